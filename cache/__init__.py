@@ -1,0 +1,1 @@
+"""The translation cache: translated blocks, their chaining and invalidation (issue 3)."""

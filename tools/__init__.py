@@ -1,0 +1,1 @@
+"""Developer and user tools that sit beside the monitor (sample builder, cache inspector)."""

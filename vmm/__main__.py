@@ -1,0 +1,5 @@
+"""`python -m vmm` runs the command line."""
+
+from vmm.cli import entry_point
+
+entry_point()

@@ -1,0 +1,38 @@
+"""The CPU state at guest entry, as QEMU's Multiboot option ROM leaves it: 32-bit protected mode,
+ring 0, flat segments from a boot GDT, paging and interrupts off, EAX/EBX per Multiboot."""
+
+from __future__ import annotations
+
+from vmm.engine import Engine
+from vmm.memory import PhysicalMemory
+from vmm.x86 import CR0_PE, EFLAGS_FIXED, encode_segment
+
+# The boot GDT lives in the monitor region (QEMU keeps its copy in the option ROM), with the same
+# selectors: 0x08 flat 32-bit code, 0x10 flat 32-bit data, 0x18/0x20 16-bit code/data.
+BOOT_GDT_OFFSET = 0x0
+BOOT_CODE_SELECTOR = 0x08
+BOOT_DATA_SELECTOR = 0x10
+BOOT_GDT = b"".join([
+    bytes(8),
+    encode_segment(0, 0xFFFFF, 0x9A, 0xC),
+    encode_segment(0, 0xFFFFF, 0x92, 0xC),
+    encode_segment(0, 0x0FFFF, 0x9E, 0x0),
+    encode_segment(0, 0x0FFFF, 0x92, 0x0),
+])
+REAL_MODE_IDT_LIMIT = 0x3FF    # the IDTR the firmware leaves behind: the real-mode vector table
+
+
+def enter_protected_mode(engine: Engine, memory: PhysicalMemory, entry: int, eax: int, ebx: int) -> None:
+    gdt_address = memory.monitor_write(BOOT_GDT_OFFSET, BOOT_GDT)
+    engine.set_table_register("gdtr", gdt_address, len(BOOT_GDT) - 1)
+    engine.set_table_register("idtr", 0, REAL_MODE_IDT_LIMIT)
+    engine.set_reg("cr0", CR0_PE | 0x10)       # PE, plus ET as on every 387-class CPU
+    engine.set_reg("cs", BOOT_CODE_SELECTOR)
+    for segment in ("ds", "es", "fs", "gs", "ss"):
+        engine.set_reg(segment, BOOT_DATA_SELECTOR)
+    engine.set_reg("eflags", EFLAGS_FIXED)
+    for register in ("ecx", "edx", "esp", "ebp", "esi", "edi"):
+        engine.set_reg(register, 0)
+    engine.set_reg("eax", eax)
+    engine.set_reg("ebx", ebx)
+    engine.set_reg("eip", entry)

@@ -1,0 +1,75 @@
+"""The one place a machine is assembled from its configuration: memory, devices, image, CPU, mode."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Optional
+
+from vmm.boot import enter_protected_mode
+from vmm.bus import PortBus
+from vmm.console import Console
+from vmm.devices.debug_exit import DEBUG_EXIT_PORT, DEBUG_EXIT_PORTS, DebugExit
+from vmm.devices.uart16550 import COM1_BASE, UART_PORTS, Uart16550
+from vmm.engine import Engine
+from vmm.errors import ConfigError
+from vmm.exits import StopReason
+from vmm.loaders import LoadedImage, load_image
+from vmm.loaders import multiboot
+from vmm.memory import PhysicalMemory
+from vmm.modes import available_modes
+from vmm.vm import Limits, VirtualMachine
+
+DEFAULT_MEM_MIB = 32
+DEFAULT_LOAD_ADDRESS = 0x100000
+
+
+@dataclass
+class MachineConfig:
+    image: str
+    mode: str = "direct"
+    mem_mib: int = DEFAULT_MEM_MIB
+    append: str = ""
+    initrd: list[str] = field(default_factory=list)
+    load_address: int = DEFAULT_LOAD_ADDRESS
+    max_instructions: Optional[int] = None
+    timeout: Optional[float] = None
+    log_unassigned_ports: bool = False
+
+    def validate(self) -> None:
+        modes = available_modes()
+        if self.mode not in modes:
+            raise ConfigError(f"unknown mode {self.mode!r} (available: {', '.join(sorted(modes))})")
+        if self.max_instructions is not None and self.max_instructions <= 0:
+            raise ConfigError(f"--max-insns must be positive, got {self.max_instructions}")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ConfigError(f"--timeout must be positive, got {self.timeout:g}")
+        if not 0 <= self.load_address < 1 << 32:
+            raise ConfigError(f"--load-addr {self.load_address:#x} is not a 32-bit address")
+
+
+def _log_unassigned(direction: str, port: int, size: int, value: int) -> None:
+    print(f"vmm: unassigned port {direction} {port:#06x} size {size} value {value:#x}", file=sys.stderr)
+
+
+def build_machine(config: MachineConfig, console: Console) -> tuple[VirtualMachine, LoadedImage]:
+    config.validate()
+    engine = Engine()
+    memory = PhysicalMemory(engine, config.mem_mib)
+    image = load_image(config.image, memory, config.load_address, reserved=(multiboot.RESERVED_AREA,))
+    info_address = multiboot.write_boot_information(memory, image, config.image, config.append, config.initrd)
+    enter_protected_mode(engine, memory, image.entry, multiboot.BOOTLOADER_MAGIC, info_address)
+
+    bus = PortBus(on_unassigned=_log_unassigned if config.log_unassigned_ports else None)
+    mode = available_modes()[config.mode]()
+    limits = Limits(config.max_instructions, config.timeout)
+    until = memory.monitor.end - 16          # a monitor address the guest can never execute
+    vm = VirtualMachine(engine, memory, bus, console, mode, limits, until)
+
+    # Port map (cf. kvmtool x86/ioport.c):
+    #   0x00F4 - 0x00F7  isa-debug-exit
+    #   0x03F8 - 0x03FF  COM1 16550A UART
+    bus.register(DEBUG_EXIT_PORT, DEBUG_EXIT_PORTS, DebugExit(
+        lambda value: vm.request_stop(StopReason.DEBUG_EXIT, f"guest wrote {value:#x} to isa-debug-exit", value)))
+    bus.register(COM1_BASE, UART_PORTS, Uart16550(console))
+    return vm, image

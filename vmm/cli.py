@@ -1,0 +1,78 @@
+"""Command line: `vmm run IMAGE ...`. Every failure is one line on stderr and a non-zero status."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from vmm.builder import DEFAULT_LOAD_ADDRESS, DEFAULT_MEM_MIB, MachineConfig, build_machine
+from vmm.console import StdioConsole
+from vmm.errors import VmmError
+from vmm.exits import StopReason
+from vmm.modes import available_modes
+from vmm.report import build_report, write_report
+
+# Endings the guest chose; every other ending is explained on stderr.
+_QUIET_ENDINGS = (StopReason.DEBUG_EXIT,)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:   # one line, not usage plus message
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _address(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid address {text!r}") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="vmm", description="A type 2 virtual machine monitor for 32-bit x86 guests.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = commands.add_parser("run", help="run a guest image")
+    run.add_argument("image", help="Multiboot or plain ELF32 kernel, flat binary, or .s/.asm source")
+    run.add_argument("--mode", default="direct", choices=sorted(available_modes()),
+                     help="how guest code executes (default: direct)")
+    run.add_argument("--mem", type=int, default=DEFAULT_MEM_MIB, metavar="MiB",
+                     help=f"guest RAM in MiB (default {DEFAULT_MEM_MIB})")
+    run.add_argument("--append", default="", metavar="CMDLINE", help="kernel command line")
+    run.add_argument("--initrd", default=None, metavar="FILE[,FILE...]", help="Multiboot modules")
+    run.add_argument("--load-addr", type=_address, default=DEFAULT_LOAD_ADDRESS, metavar="ADDR",
+                     help="load address of flat binaries and assembly (default 0x100000)")
+    run.add_argument("--max-insns", type=int, default=None, metavar="N", help="stop after about N instructions")
+    run.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="stop after this wall time")
+    run.add_argument("--report", default=None, metavar="FILE.json", help="write a JSON report of the run")
+    run.add_argument("--log-unassigned-ports", action="store_true",
+                     help="log accesses to ports no device claims (stderr)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    config = MachineConfig(
+        image=args.image, mode=args.mode, mem_mib=args.mem, append=args.append,
+        initrd=[spec for spec in args.initrd.split(",") if spec] if args.initrd else [],
+        load_address=args.load_addr, max_instructions=args.max_insns, timeout=args.timeout,
+        log_unassigned_ports=args.log_unassigned_ports)
+    try:
+        vm, image = build_machine(config, StdioConsole())
+        result = vm.run()
+        if args.report:
+            write_report(args.report, build_report(config, image, vm, result))
+    except VmmError as error:
+        print(f"vmm: {error}", file=sys.stderr)
+        return error.exit_status
+    except OSError as error:
+        print(f"vmm: {error.filename or ''}: {error.strerror}", file=sys.stderr)
+        return 1
+    if result.reason not in _QUIET_ENDINGS:
+        print(f"vmm: {result.message}", file=sys.stderr)
+    return result.exit_status
+
+
+def entry_point() -> None:
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Host side of the guest console: where serial output goes and where serial input comes from."""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+from typing import Optional
+
+
+class Console:
+    """The serial back end interface: `write` takes guest output, `read_byte` returns one pending
+    input byte or None. Subclasses decide where the bytes go."""
+
+    def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def read_byte(self) -> Optional[int]:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+class BufferConsole(Console):
+    """In-memory console for tests and embedding: output collected, input given up front."""
+
+    def __init__(self, input_bytes: bytes = b"") -> None:
+        self.output = bytearray()
+        self._input = collections.deque(input_bytes)
+
+    def write(self, data: bytes) -> None:
+        self.output += data
+
+    def read_byte(self) -> Optional[int]:
+        return self._input.popleft() if self._input else None
+
+
+class StdioConsole(Console):
+    """stdout byte for byte with no buffering; stdin read by a background thread started on the
+    guest's first look at the receive side, so a run that never reads leaves stdin alone."""
+
+    def __init__(self, out_fd: int = 1, in_fd: int = 0) -> None:
+        self._out_fd, self._in_fd = out_fd, in_fd
+        self._input: collections.deque = collections.deque()
+        self._reader: Optional[threading.Thread] = None
+        self._saved_tty = None
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._out_fd, view):]
+        except BrokenPipeError:
+            pass   # nobody reads the console any more; the guest runs on regardless
+
+    def read_byte(self) -> Optional[int]:
+        if self._reader is None:
+            self._start_reader()
+        return self._input.popleft() if self._input else None
+
+    def _start_reader(self) -> None:
+        if os.isatty(self._in_fd):
+            self._enter_character_mode()
+        self._reader = threading.Thread(target=self._read_loop, name="console-input", daemon=True)
+        self._reader.start()
+
+    def _read_loop(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self._in_fd, 4096)
+            except OSError:
+                return
+            if not chunk:
+                return
+            self._input.extend(chunk)
+
+    def _enter_character_mode(self) -> None:
+        import termios
+        self._saved_tty = termios.tcgetattr(self._in_fd)
+        mode = termios.tcgetattr(self._in_fd)
+        mode[3] &= ~(termios.ICANON | termios.ECHO)   # keystrokes go to the guest as typed
+        termios.tcsetattr(self._in_fd, termios.TCSANOW, mode)
+
+    def close(self) -> None:
+        if self._saved_tty is not None:
+            import termios
+            termios.tcsetattr(self._in_fd, termios.TCSANOW, self._saved_tty)
+            self._saved_tty = None

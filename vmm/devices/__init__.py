@@ -1,0 +1,1 @@
+"""Device models. Each implements vmm.bus.PortDevice and knows nothing of the run loop."""

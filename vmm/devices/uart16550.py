@@ -1,0 +1,204 @@
+"""A 16550A UART as QEMU's hw/char/serial.c models it: registers, divisor latch, FIFOs, loopback."""
+
+from __future__ import annotations
+
+import collections
+from typing import Callable, Optional
+
+from vmm.console import Console
+
+COM1_BASE = 0x3F8           # COM1 ports 0x3F8-0x3FF, IRQ 4
+COM1_IRQ = 4
+UART_PORTS = 8
+
+# Register offsets (DLAB = LCR bit 7 selects the divisor latch at offsets 0 and 1)
+RBR_THR_DLL, IER_DLM, IIR_FCR, LCR, MCR, LSR, MSR, SCR = range(8)
+
+LCR_DLAB = 0x80
+IER_RDI, IER_THRI, IER_RLSI, IER_MSI = 0x01, 0x02, 0x04, 0x08
+IIR_NO_INT, IIR_MSI, IIR_THRI, IIR_RDI, IIR_RLSI, IIR_FIFO_ENABLED = 0x01, 0x00, 0x02, 0x04, 0x06, 0xC0
+IIR_ID_MASK = 0x06
+FCR_FIFO_ENABLE, FCR_CLEAR_RECEIVE, FCR_CLEAR_TRANSMIT = 0x01, 0x02, 0x04
+MCR_LOOPBACK = 0x10
+LSR_DR, LSR_OE, LSR_BI, LSR_THRE, LSR_TEMT = 0x01, 0x02, 0x10, 0x20, 0x40
+LSR_INT_ANY = 0x1E
+MSR_CTS, MSR_DSR, MSR_DCD = 0x10, 0x20, 0x80
+FIFO_DEPTH = 16
+_TRIGGER_LEVELS = {0x00: 1, 0x40: 4, 0x80: 8, 0xC0: 14}
+
+
+class Uart16550:
+    """Transmit goes to the console at once (the transmitter is always empty again by the next
+    register read); receive pulls console bytes whenever the receiver has room, as QEMU does."""
+
+    name = "com1"
+
+    def __init__(self, console: Console, set_irq: Optional[Callable[[bool], None]] = None) -> None:
+        self.console = console
+        self.set_irq = set_irq
+        self.reset()
+
+    def reset(self) -> None:
+        self.divisor = 0x0C
+        self.ier = 0
+        self.iir = IIR_NO_INT
+        self.fcr = 0
+        self.lcr = 0
+        self.mcr = 0x08          # OUT2
+        self.lsr = LSR_THRE | LSR_TEMT
+        self.msr = MSR_DCD | MSR_DSR | MSR_CTS
+        self.scr = 0
+        self.rbr = 0
+        self.thr_pending = False
+        self.receive_fifo: collections.deque = collections.deque()
+        self.trigger_level = 1
+        self.irq_level = False
+
+    # -- guest side -----------------------------------------------------------------------------
+    def io_read(self, offset: int, size: int) -> int:
+        if offset in (RBR_THR_DLL, IIR_FCR, LSR):
+            self._pull_input()     # the receiver takes console input whenever it has room
+        if offset == RBR_THR_DLL:
+            if self.lcr & LCR_DLAB:
+                return self.divisor & 0xFF
+            return self._read_receiver()
+        if offset == IER_DLM:
+            return (self.divisor >> 8) & 0xFF if self.lcr & LCR_DLAB else self.ier
+        if offset == IIR_FCR:
+            value = self.iir
+            if value & IIR_ID_MASK == IIR_THRI:
+                self.thr_pending = False      # reading IIR acknowledges the THR-empty interrupt
+                self._update_irq()
+            return value
+        if offset == LCR:
+            return self.lcr
+        if offset == MCR:
+            return self.mcr
+        if offset == LSR:
+            value = self.lsr
+            if self.lsr & (LSR_BI | LSR_OE):
+                self.lsr &= ~(LSR_BI | LSR_OE)
+                self._update_irq()
+            return value
+        if offset == MSR:
+            if self.mcr & MCR_LOOPBACK:     # modem outputs wired back to the inputs
+                return ((self.mcr & 0x0C) << 4) | ((self.mcr & 0x02) << 3) | ((self.mcr & 0x01) << 5)
+            return self.msr
+        return self.scr
+
+    def io_write(self, offset: int, size: int, value: int) -> None:
+        value &= 0xFF
+        if offset == RBR_THR_DLL:
+            if self.lcr & LCR_DLAB:
+                self.divisor = (self.divisor & 0xFF00) | value
+            else:
+                self._transmit(value)
+        elif offset == IER_DLM:
+            if self.lcr & LCR_DLAB:
+                self.divisor = (self.divisor & 0x00FF) | (value << 8)
+            else:
+                changed = (self.ier ^ value) & 0x0F
+                self.ier = value & 0x0F
+                if changed & IER_THRI:
+                    # Enabling THRI while THR is empty raises it at once (Windows relies on this).
+                    self.thr_pending = bool(self.ier & IER_THRI and self.lsr & LSR_THRE)
+                if changed:
+                    self._update_irq()
+        elif offset == IIR_FCR:
+            self._write_fcr(value)
+        elif offset == LCR:
+            self.lcr = value
+        elif offset == MCR:
+            self.mcr = value & 0x1F
+        elif offset == SCR:
+            self.scr = value
+        # LSR and MSR are read-only
+
+    # -- internals ------------------------------------------------------------------------------
+    @property
+    def fifo_enabled(self) -> bool:
+        return bool(self.fcr & FCR_FIFO_ENABLE)
+
+    def _transmit(self, byte: int) -> None:
+        if self.mcr & MCR_LOOPBACK:
+            self._receive(byte)
+        else:
+            self.console.write(bytes([byte]))
+        # The byte is gone by the time the guest looks again: THR and the shifter are empty.
+        self.lsr |= LSR_THRE | LSR_TEMT
+        self.thr_pending = True
+        self._update_irq()
+
+    def _write_fcr(self, value: int) -> None:
+        if (value ^ self.fcr) & FCR_FIFO_ENABLE:
+            value |= FCR_CLEAR_RECEIVE | FCR_CLEAR_TRANSMIT   # toggling FIFOs flushes them
+        if value & FCR_CLEAR_RECEIVE:
+            self.lsr &= ~(LSR_DR | LSR_BI)
+            self.receive_fifo.clear()
+        if value & FCR_CLEAR_TRANSMIT:
+            self.lsr |= LSR_THRE
+            self.thr_pending = True
+        self.fcr = value & 0xC9
+        if self.fifo_enabled:
+            self.iir |= IIR_FIFO_ENABLED
+            self.trigger_level = _TRIGGER_LEVELS[value & 0xC0]
+        else:
+            self.iir &= ~IIR_FIFO_ENABLED
+        self._update_irq()
+
+    def _room(self) -> int:
+        if self.fifo_enabled:
+            return FIFO_DEPTH - len(self.receive_fifo)
+        return 0 if self.lsr & LSR_DR else 1
+
+    def _pull_input(self) -> None:
+        if self.mcr & MCR_LOOPBACK:
+            return               # in loopback the receiver hears only the transmitter
+        while self._room() > 0:
+            byte = self.console.read_byte()
+            if byte is None:
+                return
+            self._receive(byte)
+
+    def _receive(self, byte: int) -> None:
+        if self.fifo_enabled:
+            if len(self.receive_fifo) >= FIFO_DEPTH:
+                self.lsr |= LSR_OE
+            else:
+                self.receive_fifo.append(byte)
+        else:
+            if self.lsr & LSR_DR:
+                self.lsr |= LSR_OE
+            self.rbr = byte
+        self.lsr |= LSR_DR
+        self._update_irq()
+
+    def _read_receiver(self) -> int:
+        if self.fifo_enabled:
+            value = self.receive_fifo.popleft() if self.receive_fifo else 0
+            if not self.receive_fifo:
+                self.lsr &= ~(LSR_DR | LSR_BI)
+        else:
+            value = self.rbr
+            self.lsr &= ~(LSR_DR | LSR_BI)
+        self._update_irq()
+        return value
+
+    def _update_irq(self) -> None:
+        if self.ier & IER_RLSI and self.lsr & LSR_INT_ANY:
+            pending = IIR_RLSI
+        elif (self.ier & IER_RDI and self.lsr & LSR_DR
+              and (not self.fifo_enabled or len(self.receive_fifo) >= self.trigger_level)):
+            pending = IIR_RDI
+        elif self.ier & IER_THRI and self.thr_pending:
+            pending = IIR_THRI
+        elif self.ier & IER_MSI and self.msr & 0x0F:
+            pending = IIR_MSI
+        else:
+            pending = IIR_NO_INT
+        self.iir = pending | (self.iir & 0xF0)
+        level = pending != IIR_NO_INT
+        if level != self.irq_level:
+            self.irq_level = level
+            if self.set_irq:
+                self.set_irq(level)

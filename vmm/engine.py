@@ -1,0 +1,225 @@
+"""The host CPU: the one module that talks to Unicorn (memory map, registers, hooks, run control)."""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from dataclasses import dataclass
+from enum import Enum
+from typing import Callable, Optional
+
+import unicorn
+from unicorn import Uc, UcError
+from unicorn import unicorn_const as uc_const
+from unicorn import x86_const as x86
+
+PINNED_UNICORN_VERSION = "2.1.1"
+
+# Offsets inside the blob returned by context_save() for the pinned Unicorn build. The blob is a
+# header followed by a verbatim copy of QEMU's CPUX86State; the API exposes none of these fields.
+# tests/test_engine.py re-derives each one from a real fault, so a different build fails loudly.
+_CTX_ENV = 20
+_CTX_ERROR_CODE = _CTX_ENV + 5352        # int error_code of the last exception
+_CTX_EXCEPTION_IS_INT = _CTX_ENV + 5356  # int exception_is_int: 1 for int n / int3 / into
+_CTX_OLD_EXCEPTION = _CTX_ENV + 5464     # int old_exception: never cleared by Unicorn (see reset)
+
+PROT_NONE = uc_const.UC_PROT_NONE
+PROT_READ = uc_const.UC_PROT_READ
+PROT_WRITE = uc_const.UC_PROT_WRITE
+PROT_EXEC = uc_const.UC_PROT_EXEC
+PROT_ALL = uc_const.UC_PROT_ALL
+
+REGISTERS = {
+    "eax": x86.UC_X86_REG_EAX, "ecx": x86.UC_X86_REG_ECX, "edx": x86.UC_X86_REG_EDX,
+    "ebx": x86.UC_X86_REG_EBX, "esp": x86.UC_X86_REG_ESP, "ebp": x86.UC_X86_REG_EBP,
+    "esi": x86.UC_X86_REG_ESI, "edi": x86.UC_X86_REG_EDI, "eip": x86.UC_X86_REG_EIP,
+    "eflags": x86.UC_X86_REG_EFLAGS,
+    "cs": x86.UC_X86_REG_CS, "ss": x86.UC_X86_REG_SS, "ds": x86.UC_X86_REG_DS,
+    "es": x86.UC_X86_REG_ES, "fs": x86.UC_X86_REG_FS, "gs": x86.UC_X86_REG_GS,
+    "cr0": x86.UC_X86_REG_CR0, "cr2": x86.UC_X86_REG_CR2, "cr3": x86.UC_X86_REG_CR3,
+    "cr4": x86.UC_X86_REG_CR4,
+}
+# Descriptor-table registers are (selector, base, limit, flags) tuples in Unicorn.
+_TABLE_REGISTERS = {
+    "gdtr": x86.UC_X86_REG_GDTR, "idtr": x86.UC_X86_REG_IDTR,
+    "ldtr": x86.UC_X86_REG_LDTR, "tr": x86.UC_X86_REG_TR,
+}
+GENERAL_REGISTERS = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi", "eip", "eflags")
+SEGMENT_REGISTERS = ("cs", "ss", "ds", "es", "fs", "gs")
+
+
+class StopCause(Enum):
+    """Why Engine.run returned, as far as the engine itself can tell."""
+    RETURNED = "returned"          # hlt, emu_stop() from a hook, or the instruction count ran out
+    TIMEOUT = "timeout"            # the wall-clock budget given to run() elapsed
+    MEMORY_FAULT = "memory_fault"  # access to unmapped or protected host memory
+
+
+@dataclass
+class MemoryFault:
+    kind: str      # "read", "write" or "fetch"
+    reason: str    # "unmapped" or "protected"
+    address: Optional[int] = None
+    size: int = 0
+
+    @property
+    def message(self) -> str:
+        where = f" at {self.address:#x}" if self.address is not None else ""
+        what = "no memory" if self.reason == "unmapped" else "protected memory"
+        return f"{self.kind} of {what}{where}" + (f" ({self.size} bytes)" if self.size else "")
+
+
+_MEMORY_ERRORS = {
+    uc_const.UC_ERR_READ_UNMAPPED: ("read", "unmapped"),
+    uc_const.UC_ERR_WRITE_UNMAPPED: ("write", "unmapped"),
+    uc_const.UC_ERR_FETCH_UNMAPPED: ("fetch", "unmapped"),
+    uc_const.UC_ERR_READ_PROT: ("read", "protected"),
+    uc_const.UC_ERR_WRITE_PROT: ("write", "protected"),
+    uc_const.UC_ERR_FETCH_PROT: ("fetch", "protected"),
+}
+
+
+def unicorn_version() -> str:
+    return unicorn.__version__
+
+
+class Engine:
+    """One virtual CPU plus its physical address space, backed by one Unicorn instance.
+
+    Hooks are installed once, each forwarding to a single Python callable supplied by the monitor;
+    an exception raised inside a callable stops the engine and is re-raised from run().
+    """
+
+    def __init__(self) -> None:
+        self._uc = Uc(uc_const.UC_ARCH_X86, uc_const.UC_MODE_32)
+        self._buffers: list = []          # host buffers behind mem_map_ptr regions (kept alive)
+        self._hook_error: Optional[BaseException] = None
+        self.memory_fault: Optional[MemoryFault] = None
+        self._fault_address: Optional[tuple[int, int]] = None
+        self._uc.hook_add(uc_const.UC_HOOK_MEM_INVALID, self._record_bad_access)
+
+    def _record_bad_access(self, _uc, _access, address, size, _value, _data) -> bool:
+        self._fault_address = (address, size)
+        return False          # let the access fail; run() reports it as a MemoryFault
+
+    # -- memory ---------------------------------------------------------------------------------
+    def map_memory(self, base: int, size: int, perms: int = PROT_ALL) -> memoryview:
+        """Map `size` bytes at physical `base` over a host buffer and return a view of that buffer,
+        so the monitor reads and writes guest memory without a call into the engine."""
+        buffer = (ctypes.c_ubyte * size)()
+        self._uc.mem_map_ptr(base, size, perms, ctypes.addressof(buffer))
+        self._buffers.append(buffer)
+        return memoryview(buffer).cast("B")
+
+    def protect(self, base: int, size: int, perms: int) -> None:
+        self._uc.mem_protect(base, size, perms)
+
+    def read(self, address: int, size: int) -> bytes:
+        return bytes(self._uc.mem_read(address, size))
+
+    def write(self, address: int, data: bytes) -> None:
+        self._uc.mem_write(address, bytes(data))
+
+    def is_mapped(self, address: int, size: int = 1) -> bool:
+        end = address + size - 1
+        for begin, last, _perms in self._uc.mem_regions():
+            if begin <= address and end <= last:
+                return True
+        return False
+
+    # -- registers ------------------------------------------------------------------------------
+    def reg(self, name: str) -> int:
+        return self._uc.reg_read(REGISTERS[name])
+
+    def set_reg(self, name: str, value: int) -> None:
+        self._uc.reg_write(REGISTERS[name], value & 0xFFFFFFFF)
+
+    def table_register(self, name: str) -> tuple[int, int]:
+        """(base, limit) of gdtr/idtr, or (selector, base) semantics for ldtr/tr via selector()."""
+        _sel, base, limit, _flags = self._uc.reg_read(_TABLE_REGISTERS[name])
+        return base, limit
+
+    def table_selector(self, name: str) -> int:
+        return self._uc.reg_read(_TABLE_REGISTERS[name])[0]
+
+    def set_table_register(self, name: str, base: int, limit: int, selector: int = 0) -> None:
+        self._uc.reg_write(_TABLE_REGISTERS[name], (selector, base, limit, 0))
+
+    def snapshot_registers(self) -> dict[str, int]:
+        names = GENERAL_REGISTERS + SEGMENT_REGISTERS + ("cr0", "cr2", "cr3", "cr4")
+        return {name: self.reg(name) for name in names}
+
+    # -- hidden CPU state (exception bookkeeping not exposed by the API) ------------------------
+    def last_exception_info(self) -> tuple[int, bool]:
+        """(error_code, raised_by_int_instruction) of the exception now being hooked."""
+        blob = bytes(self._uc.context_save())
+        error_code, is_int = struct.unpack_from("<ii", blob, _CTX_ERROR_CODE)
+        return error_code & 0xFFFFFFFF, bool(is_int)
+
+    def reset_exception_state(self) -> None:
+        """Forget the exception just handled. Unicorn never clears old_exception itself, so without
+        this the next fault is reported as a double fault (#DF) and the third ends emulation."""
+        context = self._uc.context_save()
+        (old,) = struct.unpack_from("<i", bytes(context), _CTX_OLD_EXCEPTION)
+        if old != -1:
+            ctypes.memmove(ctypes.addressof(context.context) + _CTX_OLD_EXCEPTION,
+                           struct.pack("<i", -1), 4)
+            self._uc.context_restore(context)
+
+    # -- hooks ----------------------------------------------------------------------------------
+    def _guarded(self, callback: Callable, default=None) -> Callable:
+        def hook(*args):
+            if self._hook_error is not None:
+                return default
+            try:
+                return callback(*args)
+            except BaseException as error:   # surfaced from run(), never lost inside Unicorn
+                self._hook_error = error
+                self._uc.emu_stop()
+                return default
+        return hook
+
+    def on_interrupt(self, handler: Callable[[int], None]) -> None:
+        """handler(vector): an exception or `int n` raised by the guest (EIP as the CPU left it)."""
+        self._uc.hook_add(uc_const.UC_HOOK_INTR, self._guarded(lambda _uc, intno, _data: handler(intno)))
+
+    def on_invalid_opcode(self, handler: Callable[[], bool]) -> None:
+        """handler() -> True when handled (EIP redirected), False to let the engine fail."""
+        self._uc.hook_add(uc_const.UC_HOOK_INSN_INVALID,
+                          self._guarded(lambda _uc, _data: bool(handler()), default=False))
+
+    def on_port_io(self, port_in: Callable[[int, int], int],
+                   port_out: Callable[[int, int, int], None]) -> None:
+        """port_in(port, size) -> value and port_out(port, size, value), sizes in bytes.
+        Unicorn calls these for every in/out, including each element of rep ins/outs."""
+        self._uc.hook_add(uc_const.UC_HOOK_INSN,
+                          self._guarded(lambda _uc, port, size, _data: port_in(port, size), default=0),
+                          None, 1, 0, x86.UC_X86_INS_IN)
+        self._uc.hook_add(uc_const.UC_HOOK_INSN,
+                          self._guarded(lambda _uc, port, size, value, _data: port_out(port, size, value)),
+                          None, 1, 0, x86.UC_X86_INS_OUT)
+
+    # -- run control ----------------------------------------------------------------------------
+    def run(self, begin: int, until: int, count: int = 0, timeout_us: int = 0) -> StopCause:
+        """Execute from `begin` until hlt, stop(), `count` instructions or `timeout_us`."""
+        self.memory_fault = None
+        self._fault_address = None
+        try:
+            self._uc.emu_start(begin, until, timeout=timeout_us, count=count)
+        except UcError as error:
+            if self._hook_error is None:
+                if error.errno in _MEMORY_ERRORS:
+                    kind, reason = _MEMORY_ERRORS[error.errno]
+                    address, size = self._fault_address or (None, 0)
+                    self.memory_fault = MemoryFault(kind, reason, address, size)
+                    return StopCause.MEMORY_FAULT
+                raise
+        if self._hook_error is not None:
+            error, self._hook_error = self._hook_error, None
+            raise error
+        if timeout_us and self._uc.query(uc_const.UC_QUERY_TIMEOUT):
+            return StopCause.TIMEOUT
+        return StopCause.RETURNED
+
+    def stop(self) -> None:
+        self._uc.emu_stop()

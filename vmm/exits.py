@@ -1,0 +1,68 @@
+"""Why the guest left the CPU (ExitReason), why a run ended (StopReason), and the exit statuses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Optional
+
+
+class ExitReason(Enum):
+    """Every way control comes back from guest code to the monitor. Dispatched in VirtualMachine."""
+    PORT_IN = "port_in"
+    PORT_OUT = "port_out"
+    EXCEPTION = "exception"              # a CPU exception or int n/int3/into, to deliver via the IDT
+    INVALID_OPCODE = "invalid_opcode"    # bytes the engine could not decode (becomes #UD)
+    HLT = "hlt"
+    INSTRUCTION_LIMIT = "instruction_limit"
+    TIME_LIMIT = "time_limit"
+    MEMORY_FAULT = "memory_fault"        # an access to physical memory that does not exist
+    STOP_REQUEST = "stop_request"        # a device or the user asked the machine to stop
+
+
+@dataclass
+class VmExit:
+    reason: ExitReason
+    port: int = 0
+    size: int = 0
+    value: int = 0
+    vector: int = 0
+    detail: str = ""
+
+
+class StopReason(Enum):
+    """How a run ended; each has its own process exit status (see EXIT_STATUS)."""
+    DEBUG_EXIT = "debug_exit"            # the guest wrote to isa-debug-exit
+    HALTED = "halted"                    # hlt with nothing left that could wake the CPU
+    TRIPLE_FAULT = "triple_fault"        # an exception while delivering a double fault: shutdown
+    MEMORY_FAULT = "memory_fault"
+    UNSUPPORTED = "unsupported"          # the guest used a feature this monitor does not model
+    INSTRUCTION_LIMIT = "instruction_limit"
+    TIME_LIMIT = "time_limit"
+    INTERRUPTED = "interrupted"          # the user pressed Ctrl-C
+
+
+# Statuses for stops the guest did not choose. A debug-exit run exits with the guest's value & 0xFF.
+EXIT_STATUS = {
+    StopReason.HALTED: 0,
+    StopReason.TRIPLE_FAULT: 120,
+    StopReason.MEMORY_FAULT: 121,
+    StopReason.UNSUPPORTED: 122,
+    StopReason.INSTRUCTION_LIMIT: 124,
+    StopReason.TIME_LIMIT: 125,
+    StopReason.INTERRUPTED: 130,
+}
+
+
+@dataclass
+class RunResult:
+    reason: StopReason
+    message: str
+    guest_value: Optional[int] = None    # the value written to isa-debug-exit
+    registers: dict = field(default_factory=dict)
+
+    @property
+    def exit_status(self) -> int:
+        if self.reason is StopReason.DEBUG_EXIT:
+            return self.guest_value & 0xFF
+        return EXIT_STATUS[self.reason]

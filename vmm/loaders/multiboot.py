@@ -1,0 +1,133 @@
+"""Multiboot v1: find the header, load a.out-kludge images, and build the boot information the
+way qemu-system-i386 -kernel does (same addresses, command line, modules and memory map)."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Optional
+
+from vmm.errors import ImageError
+from vmm.loaders import LoadedImage, check_placement, read_image
+from vmm.memory import PAGE_SIZE, PhysicalMemory, Region
+
+HEADER_MAGIC = 0x1BADB002
+BOOTLOADER_MAGIC = 0x2BADB002           # EAX at entry
+HEADER_SEARCH_LIMIT = 8192
+FLAG_ADDRESS_FIELDS = 1 << 16           # the "a.out kludge": load by the header's addresses
+
+# Where QEMU's Multiboot option ROM puts the structures (hw/i386/multiboot.c)
+E820_MAP_ADDRESS = 0x9000
+INFO_ADDRESS = 0x9500
+INFO_SIZE = 88
+RESERVED_AREA = Region("Multiboot information area", E820_MAP_ADDRESS, INFO_ADDRESS + INFO_SIZE - E820_MAP_ADDRESS)
+BOOTLOADER_NAME = b"qemu"
+BOOT_DEVICE = 0x8000FFFF
+
+INFO_FLAGS = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 3) | (1 << 6) | (1 << 9)   # mem, boot device,
+# cmdline, modules, memory map, boot loader name
+MODULE_ENTRY_SIZE = 16
+E820_RAM, E820_RESERVED = 1, 2
+
+
+@dataclass
+class MultibootHeader:
+    offset: int
+    flags: int
+    fields: tuple   # header_addr, load_addr, load_end_addr, bss_end_addr, entry_addr
+
+
+def find_header(data: bytes) -> Optional[MultibootHeader]:
+    """The first 4-byte-aligned header in the first 8 KiB whose checksum is valid."""
+    limit = min(len(data), HEADER_SEARCH_LIMIT) - 12
+    for offset in range(0, limit + 1, 4):
+        magic, flags, checksum = struct.unpack_from("<III", data, offset)
+        if magic == HEADER_MAGIC and (magic + flags + checksum) & 0xFFFFFFFF == 0:
+            fields = struct.unpack_from("<5I", data, offset + 12) if len(data) >= offset + 32 else (0,) * 5
+            return MultibootHeader(offset, flags, fields)
+    return None
+
+
+def load_with_address_fields(name: str, data: bytes, header: MultibootHeader,
+                             memory: PhysicalMemory, reserved=()) -> LoadedImage:
+    header_addr, load_addr, load_end_addr, bss_end_addr, entry = header.fields
+    if header_addr < load_addr or header_addr - load_addr > header.offset:
+        raise ImageError(f"{name}: Multiboot header_addr {header_addr:#x} is inconsistent with load_addr {load_addr:#x}")
+    text_offset = header.offset - (header_addr - load_addr)
+    load_size = (load_end_addr - load_addr) if load_end_addr else len(data) - text_offset
+    if load_size < 0 or text_offset + load_size > len(data):
+        raise ImageError(f"{name}: truncated: Multiboot load_end_addr needs {text_offset + load_size:#x} bytes, "
+                         f"file has {len(data):#x}")
+    total = max(bss_end_addr - load_addr, load_size) if bss_end_addr else load_size
+    check_placement(memory, f"{name}: kernel", load_addr, total, reserved)
+    memory.write(load_addr, data[text_offset:text_offset + load_size])
+    memory.fill(load_addr + load_size, total - load_size)
+    return LoadedImage("multiboot", entry, load_addr, load_addr + total, [(load_addr, total)])
+
+
+def _page_align(value: int) -> int:
+    return (value + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+
+
+def e820_map(ram_size: int) -> list[tuple[int, int, int]]:
+    """The memory map SeaBIOS reports on QEMU's pc machine for `ram_size` bytes below 4 GiB."""
+    return [
+        (0x00000000, 0x0009FC00, E820_RAM),
+        (0x0009FC00, 0x00000400, E820_RESERVED),
+        (0x000F0000, 0x00010000, E820_RESERVED),
+        (0x00100000, ram_size - 0x00100000 - 0x20000, E820_RAM),
+        (ram_size - 0x20000, 0x20000, E820_RESERVED),
+        (0xFFFC0000, 0x00040000, E820_RESERVED),
+    ]
+
+
+def write_boot_information(memory: PhysicalMemory, image: LoadedImage, kernel_path: str,
+                           append: str, modules: list[str]) -> int:
+    """Lay out modules, command lines and the information structure exactly as QEMU does.
+    Returns the physical address of the information structure (EBX at entry)."""
+    module_data = []
+    for spec in modules:
+        filename = spec.split(" ", 1)[0]
+        try:
+            module_data.append((spec, read_image(filename)))
+        except ImageError as error:
+            raise ImageError(f"module {error}") from None
+
+    kernel_cmdline = f"{kernel_path} {append}".encode()
+    module_cmdlines = b"".join(spec.encode() + b"\0" for spec in modules)
+    info_offset = _page_align(image.high - image.low)
+    modules_base = image.low + info_offset
+    cmdlines_base = modules_base + MODULE_ENTRY_SIZE * len(modules)
+    strings = module_cmdlines + kernel_cmdline + b"\0" + BOOTLOADER_NAME + b"\0"
+    check_placement(memory, "Multiboot command lines", modules_base,
+                    cmdlines_base - modules_base + len(strings))
+    memory.write(cmdlines_base, strings)
+    kernel_cmdline_address = cmdlines_base + len(module_cmdlines)
+    bootloader_address = kernel_cmdline_address + len(kernel_cmdline) + 1
+
+    # QEMU sizes the area by the file names, the command line and "qemu", then page-aligns it.
+    area = info_offset + len(kernel_path) + 1 + len(append) + 1 + MODULE_ENTRY_SIZE * len(modules)
+    area += len(BOOTLOADER_NAME) + 1
+    if modules:
+        area += len(",".join(modules)) + 1
+    offset = _page_align(area)
+    cmdline_address = cmdlines_base
+    for index, (spec, data) in enumerate(module_data):
+        start = image.low + offset
+        check_placement(memory, f"module {spec.split(' ', 1)[0]}", start, max(len(data), 1))
+        memory.write(start, data)
+        memory.write(modules_base + index * MODULE_ENTRY_SIZE,
+                     struct.pack("<IIII", start, start + len(data), cmdline_address, 0))
+        cmdline_address += len(spec.encode()) + 1
+        offset = _page_align(offset + len(data))
+
+    entries = e820_map(memory.ram_size)
+    memory.write(E820_MAP_ADDRESS, b"".join(struct.pack("<IQQI", 20, base, length, kind)
+                                            for base, length, kind in entries))
+    info = bytearray(INFO_SIZE)
+    struct.pack_into("<IIII", info, 0, INFO_FLAGS, 640, (memory.ram_size >> 10) - 1024, BOOT_DEVICE)
+    struct.pack_into("<III", info, 16, kernel_cmdline_address, len(modules), modules_base)
+    struct.pack_into("<II", info, 44, len(entries) * 24, E820_MAP_ADDRESS)
+    struct.pack_into("<I", info, 64, bootloader_address)
+    memory.write(INFO_ADDRESS, bytes(info))
+    return INFO_ADDRESS

@@ -1,0 +1,29 @@
+"""Execution modes: the strategy that runs guest code on the engine until it exits to the monitor."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vmm.exits import VmExit
+    from vmm.vm import VirtualMachine
+
+
+class ExecutionMode(ABC):
+    """One way of running the guest. `attach` installs what the mode needs on the engine once;
+    `execute` runs guest code and returns the exit that stopped it. Exits that the monitor can
+    service without stopping the engine (port I/O, exceptions) go to vm.dispatch from hooks."""
+
+    name: str
+
+    @abstractmethod
+    def attach(self, vm: "VirtualMachine") -> None: ...
+
+    @abstractmethod
+    def execute(self, vm: "VirtualMachine") -> "VmExit": ...
+
+
+def available_modes() -> dict[str, type[ExecutionMode]]:
+    from vmm.modes.direct import DirectMode
+    return {DirectMode.name: DirectMode}

@@ -1,0 +1,41 @@
+"""The machine-readable account of a run: what ran, how it ended, final registers, counters."""
+
+from __future__ import annotations
+
+import json
+
+from vmm.builder import MachineConfig
+from vmm.exits import RunResult
+from vmm.loaders import LoadedImage
+from vmm.vm import VirtualMachine
+from vmm.x86 import vector_name
+
+
+def build_report(config: MachineConfig, image: LoadedImage, vm: VirtualMachine, result: RunResult) -> dict:
+    return {
+        "image": config.image,
+        "image_kind": image.kind,
+        "entry": image.entry,
+        "mode": config.mode,
+        "memory_mib": config.mem_mib,
+        "exit": {
+            "reason": result.reason.value,
+            "status": result.exit_status,
+            "guest_value": result.guest_value,
+            "message": result.message,
+        },
+        "registers": result.registers,
+        "counters": {
+            "exits": {reason.value: count for reason, count in sorted(vm.exits.items(), key=lambda i: i[0].value)},
+            "port_io": vm.bus.counters(),
+            "exceptions": {f"{vector} {vector_name(vector)}": count
+                           for vector, count in sorted(vm.delivery.delivered.items())},
+        },
+        "wall_time_s": round(vm.wall_time, 6),
+    }
+
+
+def write_report(path: str, report: dict) -> None:
+    with open(path, "w") as handle:
+        json.dump(report, handle, indent=2)
+        handle.write("\n")

@@ -1,0 +1,121 @@
+"""IA-32 architectural facts the monitor needs: flag bits, exception vectors and classes, descriptors."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+# EFLAGS bits (Intel SDM vol. 1, 3.4.3)
+CF, PF, AF, ZF, SF, TF, IF, DF, OF = (1 << 0), (1 << 2), (1 << 4), (1 << 6), (1 << 7), (1 << 8), (1 << 9), (1 << 10), (1 << 11)
+IOPL_MASK = 3 << 12
+NT, RF, VM, AC, VIF, VIP, ID = (1 << 14), (1 << 16), (1 << 17), (1 << 18), (1 << 19), (1 << 20), (1 << 21)
+EFLAGS_FIXED = 1 << 1   # bit 1 always reads as one
+
+# CR0 bits
+CR0_PE, CR0_WP, CR0_PG = 1 << 0, 1 << 16, 1 << 31
+
+# Exception vectors (SDM vol. 3, table 6-1)
+DE, DB, NMI, BP, OF_VEC, BR, UD, NM, DF, TS, NP, SS, GP, PF_VEC, MF, AC_VEC, MC, XM = (
+    0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 16, 17, 18, 19)
+
+VECTOR_NAMES = {
+    0: "#DE", 1: "#DB", 2: "NMI", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM", 8: "#DF",
+    9: "coprocessor segment overrun", 10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF",
+    16: "#MF", 17: "#AC", 18: "#MC", 19: "#XM", 20: "#VE",
+}
+
+# Exceptions that push an error code (SDM vol. 3, 6.13)
+ERROR_CODE_VECTORS = frozenset({DF, TS, NP, SS, GP, PF_VEC, AC_VEC})
+
+# Double-fault classes (SDM vol. 3, table 6-4)
+CONTRIBUTORY = frozenset({DE, TS, NP, SS, GP})
+
+
+def vector_name(vector: int) -> str:
+    return VECTOR_NAMES.get(vector, f"vector {vector:#x}")
+
+
+def needs_double_fault(first: int, second: int) -> bool:
+    """True when `second`, raised while delivering `first`, turns into #DF (SDM table 6-5)."""
+    if first in CONTRIBUTORY:
+        return second in CONTRIBUTORY
+    if first == PF_VEC:
+        return second in CONTRIBUTORY or second == PF_VEC
+    return False
+
+
+def selector_error_code(index_kind: str, index: int, external: bool) -> int:
+    """Error code naming a descriptor: bit 0 EXT, bit 1 IDT, bit 2 TI (LDT), bits 3.. the index."""
+    code = int(external)
+    if index_kind == "idt":
+        code |= 2 | (index << 3)
+    else:
+        code |= index & 0xFFFC   # a selector: index and TI bit, RPL dropped
+    return code
+
+
+# Gate and segment descriptors (SDM vol. 3, 3.4.5 and 6.11)
+GATE_TASK = 0x5
+GATE_INTERRUPT_16, GATE_TRAP_16 = 0x6, 0x7
+GATE_INTERRUPT_32, GATE_TRAP_32 = 0xE, 0xF
+
+
+@dataclass(frozen=True)
+class Gate:
+    offset: int
+    selector: int
+    type: int
+    dpl: int
+    present: bool
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "Gate":
+        low, high = struct.unpack("<II", raw)
+        access = (high >> 8) & 0xFF
+        return cls(offset=(high & 0xFFFF0000) | (low & 0xFFFF), selector=low >> 16,
+                   type=access & 0x1F, dpl=(access >> 5) & 3, present=bool(access & 0x80))
+
+    @property
+    def is_interrupt_gate(self) -> bool:
+        return self.type in (GATE_INTERRUPT_16, GATE_INTERRUPT_32)
+
+    @property
+    def is_32bit(self) -> bool:
+        return self.type in (GATE_INTERRUPT_32, GATE_TRAP_32)
+
+
+@dataclass(frozen=True)
+class SegmentDescriptor:
+    base: int
+    limit: int        # in bytes, granularity applied
+    type: int         # 4-bit type field
+    system: bool      # S=0: system segment or gate
+    dpl: int
+    present: bool
+    big: bool         # D/B
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "SegmentDescriptor":
+        low, high = struct.unpack("<II", raw)
+        base = (low >> 16) | ((high & 0xFF) << 16) | (high & 0xFF000000)
+        limit = (low & 0xFFFF) | (high & 0x000F0000)
+        if high & (1 << 23):
+            limit = (limit << 12) | 0xFFF
+        access = (high >> 8) & 0xFF
+        return cls(base=base, limit=limit, type=access & 0xF, system=not access & 0x10,
+                   dpl=(access >> 5) & 3, present=bool(access & 0x80), big=bool(high & (1 << 22)))
+
+    @property
+    def is_code(self) -> bool:
+        return not self.system and bool(self.type & 0x8)
+
+    @property
+    def is_writable_data(self) -> bool:
+        return not self.system and not self.type & 0x8 and bool(self.type & 0x2)
+
+
+def encode_segment(base: int, limit: int, access: int, flags: int = 0xC) -> bytes:
+    """An 8-byte segment descriptor; access = P|DPL|S|type, flags = G|D/B|L|AVL (limit in units)."""
+    value = (limit & 0xFFFF) | ((base & 0xFFFFFF) << 16) | ((access & 0xFF) << 40)
+    value |= ((limit >> 16) & 0xF) << 48 | (flags & 0xF) << 52 | ((base >> 24) & 0xFF) << 56
+    return struct.pack("<Q", value)

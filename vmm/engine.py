@@ -80,7 +80,9 @@ _MEMORY_ERRORS = {
 
 
 def unicorn_version() -> str:
-    return unicorn.__version__
+    """The installed Unicorn release (2.1.1's module __version__ wrongly reads 2.1.0)."""
+    from importlib.metadata import version
+    return version("unicorn")
 
 
 class Engine:
@@ -97,6 +99,9 @@ class Engine:
         self.memory_fault: Optional[MemoryFault] = None
         self._fault_address: Optional[tuple[int, int]] = None
         self._uc.hook_add(uc_const.UC_HOOK_MEM_INVALID, self._record_bad_access)
+        # Undecodable bytes: accepting them here makes Unicorn raise #UD (vector 6) through the
+        # interrupt hook like any other exception; refusing would abort emulation instead.
+        self._uc.hook_add(uc_const.UC_HOOK_INSN_INVALID, lambda _uc, _data: True)
 
     def _record_bad_access(self, _uc, _access, address, size, _value, _data) -> bool:
         self._fault_address = (address, size)
@@ -162,7 +167,7 @@ class Engine:
         context = self._uc.context_save()
         (old,) = struct.unpack_from("<i", bytes(context), _CTX_OLD_EXCEPTION)
         if old != -1:
-            ctypes.memmove(ctypes.addressof(context.context) + _CTX_OLD_EXCEPTION,
+            ctypes.memmove(context.context.value + _CTX_OLD_EXCEPTION,
                            struct.pack("<i", -1), 4)
             self._uc.context_restore(context)
 
@@ -182,11 +187,6 @@ class Engine:
     def on_interrupt(self, handler: Callable[[int], None]) -> None:
         """handler(vector): an exception or `int n` raised by the guest (EIP as the CPU left it)."""
         self._uc.hook_add(uc_const.UC_HOOK_INTR, self._guarded(lambda _uc, intno, _data: handler(intno)))
-
-    def on_invalid_opcode(self, handler: Callable[[], bool]) -> None:
-        """handler() -> True when handled (EIP redirected), False to let the engine fail."""
-        self._uc.hook_add(uc_const.UC_HOOK_INSN_INVALID,
-                          self._guarded(lambda _uc, _data: bool(handler()), default=False))
 
     def on_port_io(self, port_in: Callable[[int, int], int],
                    port_out: Callable[[int, int, int], None]) -> None:

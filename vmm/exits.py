@@ -11,8 +11,7 @@ class ExitReason(Enum):
     """Every way control comes back from guest code to the monitor. Dispatched in VirtualMachine."""
     PORT_IN = "port_in"
     PORT_OUT = "port_out"
-    EXCEPTION = "exception"              # a CPU exception or int n/int3/into, to deliver via the IDT
-    INVALID_OPCODE = "invalid_opcode"    # bytes the engine could not decode (becomes #UD)
+    EXCEPTION = "exception"              # a CPU exception (#UD included) or int n/int3/into
     HLT = "hlt"
     INSTRUCTION_LIMIT = "instruction_limit"
     TIME_LIMIT = "time_limit"

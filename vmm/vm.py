@@ -15,7 +15,7 @@ from vmm.engine import Engine
 from vmm.exits import ExitReason, RunResult, StopReason, VmExit
 from vmm.memory import PhysicalMemory, UnbackedAccess
 from vmm.modes import ExecutionMode
-from vmm.x86 import BP, IF, OF_VEC, UD, vector_name
+from vmm.x86 import BP, IF, OF_VEC, vector_name
 
 
 class RunState(Enum):
@@ -70,7 +70,6 @@ class VirtualMachine:
             ExitReason.PORT_IN: self._port_in,
             ExitReason.PORT_OUT: self._port_out,
             ExitReason.EXCEPTION: self._exception,
-            ExitReason.INVALID_OPCODE: self._invalid_opcode,
             ExitReason.HLT: self._hlt,
             ExitReason.INSTRUCTION_LIMIT: self._instruction_limit,
             ExitReason.TIME_LIMIT: self._time_limit,
@@ -138,10 +137,6 @@ class VirtualMachine:
         except UnbackedAccess:
             return 2
         return 1 if (vector, previous) in ((BP, 0xCC), (OF_VEC, 0xCE), (1, 0xF1)) else 2
-
-    def _invalid_opcode(self, vm_exit: VmExit) -> int:
-        self._deliver(UD, return_eip=self.engine.reg("eip"))
-        return 0
 
     def _deliver(self, vector: int, **how) -> None:
         try:

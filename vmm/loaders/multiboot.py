@@ -124,8 +124,11 @@ def write_boot_information(memory: PhysicalMemory, image: LoadedImage, kernel_pa
     entries = e820_map(memory.ram_size)
     memory.write(E820_MAP_ADDRESS, b"".join(struct.pack("<IQQI", 20, base, length, kind)
                                             for base, length, kind in entries))
+    # Like QEMU's option ROM, take mem_lower/mem_upper (KiB) from the RAM entries of the map.
+    mem_lower = next(length for base, length, kind in entries if base == 0 and kind == E820_RAM) >> 10
+    mem_upper = next(length for base, length, kind in entries if base == 0x100000 and kind == E820_RAM) >> 10
     info = bytearray(INFO_SIZE)
-    struct.pack_into("<IIII", info, 0, INFO_FLAGS, 640, (memory.ram_size >> 10) - 1024, BOOT_DEVICE)
+    struct.pack_into("<IIII", info, 0, INFO_FLAGS, mem_lower, mem_upper, BOOT_DEVICE)
     struct.pack_into("<III", info, 16, kernel_cmdline_address, len(modules), modules_base)
     struct.pack_into("<II", info, 44, len(entries) * 24, E820_MAP_ADDRESS)
     struct.pack_into("<I", info, 64, bootloader_address)

@@ -19,7 +19,6 @@ class DirectMode(ExecutionMode):
             lambda port, size: vm.dispatch(VmExit(ExitReason.PORT_IN, port=port, size=size)),
             lambda port, size, value: vm.dispatch(VmExit(ExitReason.PORT_OUT, port=port, size=size, value=value)))
         engine.on_interrupt(lambda vector: vm.dispatch(VmExit(ExitReason.EXCEPTION, vector=vector)))
-        engine.on_invalid_opcode(lambda: vm.dispatch(VmExit(ExitReason.INVALID_OPCODE)) or True)
 
     def execute(self, vm) -> VmExit:
         engine = vm.engine

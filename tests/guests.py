@@ -1,0 +1,98 @@
+"""Test helpers: build guest images (assembly snippets, synthetic ELF files) and run them."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import Optional
+
+from vmm.builder import MachineConfig, build_machine
+from vmm.console import BufferConsole
+
+LOAD = 0x100000
+
+# Print the NUL-terminated string at ESI on COM1, then a subroutine tail. Keystone syntax.
+PUTS = """
+puts:
+    push eax
+    push edx
+puts_next:
+    mov al, byte ptr [esi]
+    test al, al
+    jz puts_done
+    mov dx, 0x3f8
+    out dx, al
+    inc esi
+    jmp puts_next
+puts_done:
+    pop edx
+    pop eax
+    ret
+"""
+
+EXIT = """
+    mov dx, 0xf4
+    out dx, eax
+    cli
+    hlt
+"""
+
+
+def idt_setup(vectors: dict[int, str], *, base: int = 0x8000, trap_vectors=(), limit: Optional[int] = None) -> str:
+    """Assembly that fills an IDT at `base` with 32-bit gates (selector 0x08) for `vectors`
+    (vector -> handler label) and loads it. Vectors in trap_vectors get trap gates."""
+    lines = []
+    for vector, label in vectors.items():
+        access = 0x8F if vector in trap_vectors else 0x8E
+        entry = base + vector * 8
+        lines += [
+            f"    mov eax, {label}",
+            f"    mov word ptr [{entry:#x}], ax",
+            f"    mov word ptr [{entry + 2:#x}], 0x08",
+            f"    mov byte ptr [{entry + 4:#x}], 0",
+            f"    mov byte ptr [{entry + 5:#x}], {access:#x}",
+            "    shr eax, 16",
+            f"    mov word ptr [{entry + 6:#x}], ax",
+        ]
+    limit = (max(vectors) + 1) * 8 - 1 if limit is None else limit
+    lines += [
+        f"    mov word ptr [0x7ff0], {limit:#x}",
+        f"    mov dword ptr [0x7ff2], {base:#x}",
+        "    lidt [0x7ff0]",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def run_source(tmp_path: Path, source: str, stdin: bytes = b"", **config):
+    """Assemble `source` as a .s guest, run it in a fresh machine; returns (result, output, vm)."""
+    image = tmp_path / "guest.s"
+    image.write_text(source)
+    return run_image(str(image), stdin, **config)
+
+
+def run_image(image: str, stdin: bytes = b"", **config):
+    console = BufferConsole(stdin)
+    vm, _image = build_machine(MachineConfig(image=image, **config), console)
+    result = vm.run()
+    return result, bytes(console.output), vm
+
+
+def make_elf(code: bytes, *, paddr: int = LOAD, vaddr: Optional[int] = None, entry: Optional[int] = None,
+             memsz: Optional[int] = None, elf_class: int = 1, machine: int = 3, e_type: int = 2,
+             multiboot: bool = False) -> bytes:
+    """A minimal ELF32 executable with one PT_LOAD segment holding `code` (optionally preceded by
+    a Multiboot header)."""
+    vaddr = paddr if vaddr is None else vaddr
+    if multiboot:
+        flags = 0x3
+        code = struct.pack("<III", 0x1BADB002, flags, (-(0x1BADB002 + flags)) & 0xFFFFFFFF) + code
+    entry = vaddr + (12 if multiboot else 0) if entry is None else entry
+    memsz = len(code) if memsz is None else memsz
+    header_size, phdr_size = 52, 32
+    offset = 0x1000
+    ident = b"\x7fELF" + bytes([elf_class, 1, 1]) + bytes(9)
+    header = ident + struct.pack("<HHIIIIIHHHHHH", e_type, machine, 1, entry, header_size, 0, 0,
+                                 header_size, phdr_size, 1, 40, 0, 0)
+    phdr = struct.pack("<IIIIIIII", 1, offset, vaddr, paddr, len(code), memsz, 5, 0x1000)
+    body = header + phdr
+    return body + bytes(offset - len(body)) + code

@@ -1,0 +1,121 @@
+"""Image loading: every accepted kind placed correctly, every rejected kind refused with a reason."""
+
+import struct
+
+import pytest
+
+from tests.guests import EXIT, make_elf, run_image
+from vmm.engine import Engine
+from vmm.errors import ImageError
+from vmm.loaders import load_image
+from vmm.loaders import multiboot
+from vmm.loaders.assembly import assemble
+from vmm.memory import PhysicalMemory
+
+EXIT_CODE = assemble("mov eax, 9\n" + EXIT, 0)     # position independent
+
+
+def load(tmp_path, data, name="image.bin", mem_mib=32, load_address=0x100000):
+    path = tmp_path / name
+    path.write_bytes(data)
+    memory = PhysicalMemory(Engine(), mem_mib)
+    return load_image(str(path), memory, load_address, reserved=(multiboot.RESERVED_AREA,)), memory
+
+
+def test_elf_segments_load_at_physical_addresses_with_bss_zeroed(tmp_path):
+    code = b"\x90" * 16
+    image, memory = load(tmp_path, make_elf(code, paddr=0x200000, vaddr=0xC0200000, memsz=0x2000))
+    assert image.kind == "elf" and image.entry == 0x200000       # virtual entry translated
+    assert memory.read(0x200000, 16) == code
+    assert memory.read(0x200010, 0x2000 - 16) == bytes(0x2000 - 16)
+    assert (image.low, image.high) == (0x200000, 0x202000)
+
+
+def test_multiboot_header_marks_the_kind(tmp_path):
+    image, _memory = load(tmp_path, make_elf(b"\x90", multiboot=True))
+    assert image.kind == "multiboot"
+
+
+def test_bad_checksum_is_not_a_multiboot_header(tmp_path):
+    data = bytearray(make_elf(b"\x90", multiboot=True))
+    data[0x1008] ^= 1
+    image, _memory = load(tmp_path, bytes(data))
+    assert image.kind == "elf"
+
+
+def test_flat_binary_and_assembly_load_at_the_load_address(tmp_path):
+    image, memory = load(tmp_path, b"\xf4", load_address=0x300000)
+    assert (image.kind, image.entry, memory.read(0x300000, 1)) == ("flat", 0x300000, b"\xf4")
+    image, memory = load(tmp_path, b"here:\njmp here\n", name="loop.s", load_address=0x300000)
+    assert image.kind == "asm" and memory.read(0x300000, 2) == b"\xeb\xfe"
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"", "empty file"),
+    (make_elf(b"\x90", elf_class=2), "ELF64 image"),
+    (make_elf(b"\x90", machine=62), "wrong machine: e_machine 62 (x86-64), expected 3"),
+    (make_elf(b"\x90", e_type=3), "not an executable"),
+    (make_elf(b"\x90" * 64)[:0x1010], "truncated: segment 0"),
+    (make_elf(b"\x90")[:40], "truncated ELF header"),
+    (make_elf(b"\x90", paddr=0x4000000), "lies outside guest RAM"),
+    (make_elf(b"\x90", paddr=0xFFC01000), "overlaps the monitor's memory"),
+    (make_elf(b"\x90", paddr=0x9000), "overlaps the Multiboot information area"),
+])
+def test_rejected_images(tmp_path, data, message):
+    with pytest.raises(ImageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load(tmp_path, data)
+
+
+def test_flat_image_that_does_not_fit_is_rejected(tmp_path):
+    with pytest.raises(ImageError, match="outside guest RAM"):
+        load(tmp_path, b"\x90" * 16, load_address=0x1FFFFF8, mem_mib=32)
+
+
+@pytest.mark.parametrize("source, line", [
+    ("nop\nmovx eax, 1\nnop\n", "line 2: movx eax, 1"),
+    ("start:\n  jmp start\n  mov eax, nowhere\n", "line 3: mov eax, nowhere"),
+    ("nop\n\n  lea eax, eax\n", "line 3: lea eax, eax"),
+])
+def test_assembly_errors_name_the_line(tmp_path, source, line):
+    with pytest.raises(ImageError, match=line):
+        load(tmp_path, source.encode(), name="bad.s")
+
+
+def test_multiboot_information_matches_qemu_layout(tmp_path):
+    kernel = tmp_path / "kernel.elf"
+    kernel.write_bytes(make_elf(EXIT_CODE, multiboot=True, memsz=0x1800))
+    first, second = tmp_path / "one.txt", tmp_path / "two.bin"
+    first.write_bytes(b"first module")
+    second.write_bytes(bytes(range(256)) * 20)
+    result, _out, vm = run_image(str(kernel), append="console=ttyS0 quiet",
+                                 initrd=[str(first) + " arg=1", str(second)])
+    assert result.guest_value == 9
+    memory = vm.memory
+    flags, lower, upper, device, cmdline, count, mods = struct.unpack("<7I", memory.read(0x9500, 28))
+    assert (flags, lower, upper, device, count) == (0x24F, 639, 31616, 0x8000FFFF, 2)   # QEMU -m 32
+
+    def string(address):
+        data = memory.read(address, 256)
+        return data[:data.index(0)].decode()
+
+    assert string(cmdline) == f"{kernel} console=ttyS0 quiet"
+    assert mods == 0x102000                     # after the kernel, page aligned
+    starts = []
+    for index, (path, content) in enumerate([(first, b"first module"), (second, bytes(range(256)) * 20)]):
+        start, end, mod_cmdline, _pad = struct.unpack("<4I", memory.read(mods + 16 * index, 16))
+        assert memory.read(start, end - start) == content and start % 4096 == 0
+        starts.append(start)
+    assert string(struct.unpack("<I", memory.read(mods + 8, 4))[0]) == f"{first} arg=1"
+    assert starts[1] - starts[0] == 4096
+    length, address = struct.unpack("<II", memory.read(0x9500 + 44, 8))
+    assert address == 0x9000 and length == 6 * 24
+    size, base, span, kind = struct.unpack("<IQQI", memory.read(0x9000 + 3 * 24, 24))
+    assert (size, base, kind) == (20, 0x100000, 1) and base + span == 32 * 2**20 - 0x20000
+    assert string(struct.unpack("<I", memory.read(0x9500 + 64, 4))[0]) == "qemu"
+
+
+def test_missing_module_is_an_image_error(tmp_path):
+    kernel = tmp_path / "kernel.elf"
+    kernel.write_bytes(make_elf(EXIT_CODE, multiboot=True))
+    with pytest.raises(ImageError, match="module .*nothere: cannot read"):
+        run_image(str(kernel), initrd=[str(tmp_path / "nothere")])

@@ -1,0 +1,39 @@
+"""Every sample guest under the monitor: console output byte for byte and the exit status, as
+recorded from QEMU (tests/test_qemu_reference.py checks the recordings against QEMU itself)."""
+
+import json
+
+import pytest
+
+from tests.cli import run_vmm, sample_arguments
+from tests.samples import MANIFEST, REPO_ROOT, ids
+
+TRIPLE_FAULT_STATUS = 120
+
+
+@pytest.mark.parametrize("entry", MANIFEST, ids=ids(MANIFEST))
+def test_sample_in_direct_mode(entry, tmp_path):
+    report = tmp_path / "report.json"
+    proc = run_vmm(*sample_arguments(entry), "--mode", "direct", "--report", report,
+                   stdin=(entry["stdin"] or "").encode())
+    assert proc.stdout == (REPO_ROOT / entry["expected"]).read_bytes(), proc.stderr.decode()
+    summary = json.loads(report.read_text())
+    if entry["exit"] is None:                        # the triple-fault sample
+        assert proc.returncode == TRIPLE_FAULT_STATUS
+        assert summary["exit"]["reason"] == "triple_fault"
+        assert proc.stderr.decode().startswith("vmm: triple fault:") and proc.stderr.count(b"\n") == 1
+    else:
+        assert proc.returncode == entry["exit"] & 0xFF and proc.stderr == b""
+        assert summary["exit"] == {"reason": "debug_exit", "status": entry["exit"] & 0xFF,
+                                   "guest_value": entry["exit"], "message": summary["exit"]["message"]}
+    assert summary["mode"] == "direct" and summary["image"] == entry["image"]
+    assert summary["counters"]["port_io"]["com1"]["writes"] >= len(proc.stdout)
+
+
+def test_exception_sample_report_counts_each_vector(tmp_path):
+    entry = next(e for e in MANIFEST if e["name"] == "exceptions")
+    run_vmm(*sample_arguments(entry), "--report", tmp_path / "report.json")
+    report = json.loads((tmp_path / "report.json").read_text())
+    exceptions = report["counters"]["exceptions"]
+    assert exceptions["0 #DE"] == 2 and exceptions["13 #GP"] == 1 and exceptions["6 #UD"] == 2
+    assert report["counters"]["exits"]["exception"] == sum(exceptions.values())

@@ -22,7 +22,7 @@ def assert_one_line_error(proc, status, fragment):
     (make_elf(b"\xf4", machine=62), "wrong machine"),
     (make_elf(b"\xf4" * 64)[:0x1010], "truncated"),
     (make_elf(b"\xf4", paddr=0x8000000), "outside guest RAM"),
-    (make_elf(b"\xf4", paddr=0xFFC00000), "overlaps the monitor's memory"),
+    (make_elf(b"\xf4", paddr=0xFF000000), "overlaps the monitor's memory"),
 ])
 def test_rejected_images_exit_1(tmp_path, data, fragment):
     image = tmp_path / "bad.elf"

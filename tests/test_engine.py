@@ -32,7 +32,7 @@ def test_error_code_and_software_flag_come_from_the_context_blob():
             engine.set_reg("eip", engine.reg("eip") + 3)     # skip the faulting mov ds, ax (66 8e d8)
 
     engine.on_interrupt(on_interrupt)
-    assert engine.run(CODE, memory.monitor.end - 16) is StopCause.RETURNED
+    assert engine.run(CODE, memory.until_address) is StopCause.RETURNED
     assert engine.reg("eip") == CODE + 10        # past the final hlt
     # #GP(0x30) from loading selector 0x33 beyond the GDT, at the instruction; then int 0x0d, after it
     assert seen == [(13, 4, 0x30, False), (13, 9, 0, True)]
@@ -49,7 +49,7 @@ def test_reset_exception_state_prevents_spurious_double_faults():
         engine.set_reg("eip", engine.reg("eip") + 3)
 
     engine.on_interrupt(on_interrupt)
-    engine.run(CODE, memory.monitor.end - 16)
+    engine.run(CODE, memory.until_address)
     assert vectors == [13, 13, 13] and engine.reg("eax") == 7
 
 
@@ -63,7 +63,7 @@ def test_undefined_opcodes_arrive_once_as_ud():
         engine.set_reg("eip", engine.reg("eip") + 2)
 
     engine.on_interrupt(on_interrupt)
-    engine.run(CODE, memory.monitor.end - 16)
+    engine.run(CODE, memory.until_address)
     assert seen == [(6, 0), (6, 2)] and engine.reg("eax") == 7
 
 
@@ -75,7 +75,7 @@ def test_hook_exceptions_surface_from_run():
 
     engine.on_port_io(broken, lambda *a: None)
     try:
-        engine.run(CODE, memory.monitor.end - 16)
+        engine.run(CODE, memory.until_address)
     except ValueError as error:
         assert str(error) == "device bug"
     else:
@@ -84,5 +84,5 @@ def test_hook_exceptions_surface_from_run():
 
 def test_access_outside_ram_is_a_memory_fault_with_its_address():
     engine, memory = machine("mov eax, dword ptr [0x40000000]\nhlt")
-    assert engine.run(CODE, memory.monitor.end - 16) is StopCause.MEMORY_FAULT
+    assert engine.run(CODE, memory.until_address) is StopCause.MEMORY_FAULT
     assert engine.memory_fault.kind == "read" and engine.memory_fault.address == 0x40000000

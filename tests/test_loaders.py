@@ -58,7 +58,7 @@ def test_flat_binary_and_assembly_load_at_the_load_address(tmp_path):
     (make_elf(b"\x90" * 64)[:0x1010], "truncated: segment 0"),
     (make_elf(b"\x90")[:40], "truncated ELF header"),
     (make_elf(b"\x90", paddr=0x4000000), "lies outside guest RAM"),
-    (make_elf(b"\x90", paddr=0xFFC01000), "overlaps the monitor's memory"),
+    (make_elf(b"\x90", paddr=0xFF001000), "overlaps the monitor's memory"),
     (make_elf(b"\x90", paddr=0x9000), "overlaps the Multiboot information area"),
 ])
 def test_rejected_images(tmp_path, data, message):

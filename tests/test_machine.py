@@ -70,10 +70,10 @@ def test_unassigned_ports_read_all_ones_and_ignore_writes(tmp_path):
 
 
 def test_guest_cannot_write_monitor_memory(tmp_path):
-    result, _out, vm = run_source(tmp_path, "mov dword ptr [0xffc00008], 0\nmov eax, 0\n" + EXIT)
+    result, _out, vm = run_source(tmp_path, "mov dword ptr [0xff000008], 0\nmov eax, 0\n" + EXIT)
     assert result.reason is StopReason.MEMORY_FAULT and result.exit_status == 121
-    assert "write of protected memory at 0xffc00008" in result.message
-    assert vm.memory.read(0xFFC00008, 8) != bytes(8)                # the boot GDT is intact
+    assert "write of protected memory at 0xff000008" in result.message
+    assert vm.memory.read(0xFF000008, 8) != bytes(8)                # the boot GDT is intact
 
 
 def test_access_beyond_ram_is_a_memory_fault(tmp_path):

@@ -63,8 +63,7 @@ def build_machine(config: MachineConfig, console: Console) -> tuple[VirtualMachi
     bus = PortBus(on_unassigned=_log_unassigned if config.log_unassigned_ports else None)
     mode = available_modes()[config.mode]()
     limits = Limits(config.max_instructions, config.timeout)
-    until = memory.monitor.end - 16          # a monitor address the guest can never execute
-    vm = VirtualMachine(engine, memory, bus, console, mode, limits, until)
+    vm = VirtualMachine(engine, memory, bus, console, mode, limits, memory.until_address)
 
     # Port map (cf. kvmtool x86/ioport.c):
     #   0x00F4 - 0x00F7  isa-debug-exit

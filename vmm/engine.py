@@ -95,6 +95,7 @@ class Engine:
     def __init__(self) -> None:
         self._uc = Uc(uc_const.UC_ARCH_X86, uc_const.UC_MODE_32)
         self._buffers: list = []          # host buffers behind mem_map_ptr regions (kept alive)
+        self._buffer_addresses: dict[int, int] = {}
         self._hook_error: Optional[BaseException] = None
         self.memory_fault: Optional[MemoryFault] = None
         self._fault_address: Optional[tuple[int, int]] = None
@@ -115,6 +116,18 @@ class Engine:
         self._uc.mem_map_ptr(base, size, perms, ctypes.addressof(buffer))
         self._buffers.append(buffer)
         return memoryview(buffer).cast("B")
+
+    def host_buffer(self, size: int) -> memoryview:
+        """A zeroed host buffer, parts of which can later be mapped with map_buffer."""
+        buffer = (ctypes.c_ubyte * size)()
+        self._buffers.append(buffer)
+        view = memoryview(buffer).cast("B")
+        self._buffer_addresses[id(view.obj)] = ctypes.addressof(buffer)
+        return view
+
+    def map_buffer(self, base: int, view: memoryview, offset: int, size: int, perms: int) -> None:
+        """Map `size` bytes of a buffer from host_buffer (starting at `offset`) at physical `base`."""
+        self._uc.mem_map_ptr(base, size, perms, self._buffer_addresses[id(view.obj)] + offset)
 
     def protect(self, base: int, size: int, perms: int) -> None:
         self._uc.mem_protect(base, size, perms)

@@ -12,11 +12,14 @@ from vmm.x86 import CR0_PG
 MIB = 1 << 20
 PAGE_SIZE = 4096
 
-# The monitor keeps its own structures (boot descriptor tables now; translation cache, lookup
-# table and virtual-CPU block later) at the top of the 32-bit physical space, above any guest
-# RAM, as VMware and Xen reserve the top of the address space for themselves.
-MONITOR_BASE = 0xFFC00000
-MONITOR_SIZE = 4 * MIB
+# The monitor keeps its own structures (boot descriptor table, translation cache, lookup table,
+# virtual-CPU block) at the top of the 32-bit physical space, above any guest RAM, as VMware and
+# Xen reserve the top of the address space for themselves. Parts are mapped into the engine
+# only when used, each with its own permissions (map_monitor_area); the rest is a hole.
+MONITOR_BASE = 0xFF000000
+MONITOR_SIZE = 16 * MIB
+BOOT_AREA_SIZE = 0x1000                 # boot GDT, mapped read/execute
+UNTIL_PAGE_OFFSET = MONITOR_SIZE - PAGE_SIZE
 MAX_RAM_MIB = 3 * 1024          # RAM must end below the monitor region and the PCI hole
 MIN_RAM_MIB = 2                 # room for the low Multiboot structures and a 1 MiB kernel
 
@@ -63,9 +66,27 @@ class PhysicalMemory:
             raise ConfigError(f"--mem must be between {MIN_RAM_MIB} and {MAX_RAM_MIB} MiB, got {ram_mib}")
         self.ram = Region("guest RAM", 0, ram_mib * MIB)
         self.monitor = Region("monitor", MONITOR_BASE, MONITOR_SIZE)
+        self._engine = engine
         self._ram = engine.map_memory(self.ram.base, self.ram.size)
+        self._monitor = engine.host_buffer(self.monitor.size)
+        self.write_observers: list = []     # called as observer(address, size) after monitor writes
         # Readable so the CPU can load descriptors from it; guest stores into it fault.
-        self._monitor = engine.map_memory(self.monitor.base, self.monitor.size, PROT_READ | PROT_EXEC)
+        self.map_monitor_area(0, BOOT_AREA_SIZE, PROT_READ | PROT_EXEC)
+        self.map_monitor_area(UNTIL_PAGE_OFFSET, PAGE_SIZE, PROT_READ | PROT_EXEC)
+
+    def map_monitor_area(self, offset: int, size: int, perms: int) -> int:
+        """Make part of the monitor region visible to the engine with `perms`; returns its address."""
+        self._engine.map_buffer(self.monitor.base + offset, self._monitor, offset, size, perms)
+        return self.monitor.base + offset
+
+    def monitor_view(self, offset: int, size: int) -> memoryview:
+        """The monitor's own read/write window on part of its region (no engine call, no checks)."""
+        return self._monitor[offset:offset + size]
+
+    @property
+    def until_address(self) -> int:
+        """An address the guest never executes, for the engine's `until` (see engine pitfalls)."""
+        return self.monitor.base + UNTIL_PAGE_OFFSET + PAGE_SIZE - 16
 
     @property
     def ram_size(self) -> int:
@@ -85,10 +106,14 @@ class PhysicalMemory:
         return bytes(buffer[offset:offset + size])
 
     def write(self, address: int, data: bytes) -> None:
+        """A store by the monitor on the guest's behalf (loader, exception frames, emulation).
+        Observers (the translation cache) see it, since it bypasses the engine's protections."""
         buffer, offset = self._buffer(address, len(data))
         if buffer is None:
             raise UnbackedAccess(address, len(data))
         buffer[offset:offset + len(data)] = data
+        for observer in self.write_observers:
+            observer(address, len(data))
 
     def read_u32(self, address: int) -> int:
         return struct.unpack("<I", self.read(address, 4))[0]

@@ -12,7 +12,7 @@ import struct
 from collections import Counter
 from typing import Optional
 
-from vmm.engine import Engine
+from vmm.cpu import GuestCpu
 from vmm.errors import VmmError
 from vmm.memory import PAGE_SIZE, PageFault, PhysicalMemory, linear_to_physical
 from vmm.x86 import (DF, ERROR_CODE_VECTORS, GATE_INTERRUPT_16, GATE_INTERRUPT_32, GATE_TASK,
@@ -41,8 +41,8 @@ class _DeliveryFault(Exception):
 class ExceptionDelivery:
     """Delivers vectors to the guest. `delivered` counts successful deliveries by vector."""
 
-    def __init__(self, engine: Engine, memory: PhysicalMemory) -> None:
-        self.engine = engine
+    def __init__(self, cpu: GuestCpu, memory: PhysicalMemory) -> None:
+        self.cpu = cpu
         self.memory = memory
         self.delivered: Counter = Counter()
 
@@ -73,8 +73,8 @@ class ExceptionDelivery:
     def _deliver_once(self, vector: int, return_eip: int, error_code: Optional[int],
                       software: bool) -> None:
         external = not software
-        cpl = self.engine.reg("cs") & 3
-        idt_base, idt_limit = self.engine.table_register("idtr")
+        cpl = self.cpu.cpl
+        idt_base, idt_limit = self.cpu.table_register("idtr")
         gate_error = selector_error_code("idt", vector, external)
         if vector * 8 + 7 > idt_limit:
             raise _DeliveryFault(GP, gate_error)
@@ -94,13 +94,13 @@ class ExceptionDelivery:
             raise UnsupportedGuestFeature("interrupt from a less privileged ring: stack switches are not modelled yet")
 
         width = 4 if gate.is_32bit else 2
-        eflags = self.engine.reg("eflags")
-        cs = self.engine.reg("cs")
+        eflags = self.cpu.reg("eflags")
+        cs = self.cpu.reg("cs")
         frame = [eflags, cs, return_eip]
         if not software and vector in ERROR_CODE_VECTORS:
             frame.append(error_code or 0)
-        esp = self.engine.reg("esp")
-        ss_base = self._segment_base(self.engine.reg("ss"))
+        esp = self.cpu.reg("esp")
+        ss_base = self._segment_base(self.cpu.reg("ss"))
         for value in frame:
             esp = (esp - width) & 0xFFFFFFFF
             self._write_linear(ss_base + esp, value.to_bytes(4, "little")[:width])
@@ -108,18 +108,18 @@ class ExceptionDelivery:
         eflags &= ~(TF | NT | RF | VM)
         if gate.is_interrupt_gate:
             eflags &= ~IF
-        self.engine.set_reg("esp", esp)
-        self.engine.set_reg("eflags", eflags)
+        self.cpu.set_reg("esp", esp)
+        self.cpu.set_reg("eflags", eflags)
         if gate.selector != cs:
-            self.engine.set_reg("cs", gate.selector)
+            self.cpu.set_reg("cs", gate.selector)
         offset = gate.offset if gate.is_32bit else gate.offset & 0xFFFF
-        self.engine.set_reg("eip", offset)
+        self.cpu.set_reg("eip", offset)
 
     # -- descriptor and memory access as the CPU performs them ---------------------------------
     def _descriptor(self, selector: int) -> Optional[SegmentDescriptor]:
         """The descriptor a selector names, or None when it lies beyond its table's limit."""
         if selector & 4:
-            ldt_selector = self.engine.table_selector("ldtr")
+            ldt_selector = self.cpu.table_selector("ldtr")
             if not ldt_selector & 0xFFFC:
                 return None
             ldt = self._descriptor(ldt_selector)
@@ -127,7 +127,7 @@ class ExceptionDelivery:
                 return None
             base, limit = ldt.base, ldt.limit
         else:
-            base, limit = self.engine.table_register("gdtr")
+            base, limit = self.cpu.table_register("gdtr")
         index = selector & 0xFFF8
         if index + 7 > limit:
             return None
@@ -151,10 +151,10 @@ class ExceptionDelivery:
 
     def _physical(self, linear: int, write: bool) -> int:
         try:
-            return linear_to_physical(self.memory, self.engine.reg("cr0"), self.engine.reg("cr3"),
+            return linear_to_physical(self.memory, self.cpu.reg("cr0"), self.cpu.reg("cr3"),
                                       linear, write)
         except PageFault as fault:
-            self.engine.set_reg("cr2", fault.linear)
+            self.cpu.set_reg("cr2", fault.linear)
             raise _DeliveryFault(PF_VEC, fault.error_code) from None
 
     def _page_chunks(self, linear: int, size: int):

@@ -50,8 +50,7 @@ SEGMENT_REGISTERS = ("cs", "ss", "ds", "es", "fs", "gs")
 
 class StopCause(Enum):
     """Why Engine.run returned, as far as the engine itself can tell."""
-    RETURNED = "returned"          # hlt, emu_stop() from a hook, or the instruction count ran out
-    TIMEOUT = "timeout"            # the wall-clock budget given to run() elapsed
+    RETURNED = "returned"          # hlt, stop() (from a hook or another thread), or the count ran out
     MEMORY_FAULT = "memory_fault"  # access to unmapped or protected host memory
 
 
@@ -213,12 +212,12 @@ class Engine:
                           None, 1, 0, x86.UC_X86_INS_OUT)
 
     # -- run control ----------------------------------------------------------------------------
-    def run(self, begin: int, until: int, count: int = 0, timeout_us: int = 0) -> StopCause:
-        """Execute from `begin` until hlt, stop(), `count` instructions or `timeout_us`."""
+    def run(self, begin: int, until: int, count: int = 0) -> StopCause:
+        """Execute from `begin` until hlt, stop() or `count` instructions."""
         self.memory_fault = None
         self._fault_address = None
         try:
-            self._uc.emu_start(begin, until, timeout=timeout_us, count=count)
+            self._uc.emu_start(begin, until, count=count)
         except UcError as error:
             if self._hook_error is None:
                 if error.errno in _MEMORY_ERRORS:
@@ -230,8 +229,6 @@ class Engine:
         if self._hook_error is not None:
             error, self._hook_error = self._hook_error, None
             raise error
-        if timeout_us and self._uc.query(uc_const.UC_QUERY_TIMEOUT):
-            return StopCause.TIMEOUT
         return StopCause.RETURNED
 
     def stop(self) -> None:

@@ -21,11 +21,16 @@ class ExitReason(Enum):
 
 @dataclass
 class VmExit:
+    """One exit, described in guest terms by the execution mode that produced it."""
     reason: ExitReason
+    eip: int = 0                 # guest EIP: the faulting/next instruction, or where the CPU stopped
     port: int = 0
     size: int = 0
     value: int = 0
     vector: int = 0
+    error_code: int = 0
+    software: bool = False       # raised by int n / int3 / into: EIP is after the instruction
+    fault_eip: int = 0           # for software interrupts: the int instruction itself
     detail: str = ""
 
 

@@ -3,6 +3,7 @@ dispatches every exit, in one place, to the part of the monitor that services it
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from enum import Enum
@@ -15,7 +16,7 @@ from vmm.engine import Engine
 from vmm.exits import ExitReason, RunResult, StopReason, VmExit
 from vmm.memory import PhysicalMemory, UnbackedAccess
 from vmm.modes import ExecutionMode
-from vmm.x86 import BP, IF, OF_VEC, vector_name
+from vmm.x86 import IF, vector_name
 
 
 class RunState(Enum):
@@ -25,28 +26,42 @@ class RunState(Enum):
 
 
 class Limits:
-    """The instruction and wall-clock budgets of one run (None: unlimited)."""
+    """The instruction and wall-clock budgets of one run (None: unlimited).
+
+    The time limit is a watchdog thread: at the deadline it sets `expired` and stops the engine
+    (Unicorn's emu_stop is safe from another thread), and keeps stopping it every few
+    milliseconds until the run loop notices, so a stop that lands between two engine runs is
+    not lost. Modes check `expired` whenever the engine returns."""
+
+    RESTOP_INTERVAL = 0.005
 
     def __init__(self, max_instructions: Optional[int] = None, timeout: Optional[float] = None) -> None:
         self.max_instructions = max_instructions
         self.timeout = timeout
-        self._deadline: Optional[float] = None
+        self.expired = False
         self._instructions_left = max_instructions
+        self._finished = threading.Event()
 
-    def start(self) -> None:
+    def start(self, stop_engine: Callable[[], None]) -> None:
         if self.timeout is not None:
-            self._deadline = time.monotonic() + self.timeout
+            threading.Thread(target=self._watchdog, args=(stop_engine,), name="time-limit", daemon=True).start()
+
+    def _watchdog(self, stop_engine: Callable[[], None]) -> None:
+        if self._finished.wait(self.timeout):
+            return
+        self.expired = True
+        while not self._finished.is_set():
+            stop_engine()
+            self._finished.wait(self.RESTOP_INTERVAL)
+
+    def finish(self) -> None:
+        self._finished.set()
 
     def remaining_instructions(self) -> Optional[int]:
         return self._instructions_left
 
     def used_all_instructions(self) -> None:
         self._instructions_left = 0
-
-    def remaining_microseconds(self) -> int:
-        if self._deadline is None:
-            return 0
-        return max(1, int((self._deadline - time.monotonic()) * 1e6))
 
 
 class VirtualMachine:
@@ -61,7 +76,6 @@ class VirtualMachine:
         self.mode = mode
         self.limits = limits
         self.until_address = until_address    # never executed: see engine pitfall on `until`
-        self.delivery = ExceptionDelivery(engine, memory)
         self.exits: Counter = Counter()
         self.state = RunState.READY
         self.wall_time = 0.0
@@ -76,14 +90,15 @@ class VirtualMachine:
             ExitReason.MEMORY_FAULT: self._memory_fault,
             ExitReason.STOP_REQUEST: lambda vm_exit: 0,
         }
-        mode.attach(self)
+        self.cpu = mode.attach(self)
+        self.delivery = ExceptionDelivery(self.cpu, memory)
 
     # -- the run loop ---------------------------------------------------------------------------
     def run(self) -> RunResult:
         if self.state is not RunState.READY:
             raise RuntimeError("a machine runs once")
         self.state = RunState.RUNNING
-        self.limits.start()
+        self.limits.start(self.engine.stop)
         started = time.perf_counter()
         try:
             while self._result is None:
@@ -91,10 +106,11 @@ class VirtualMachine:
         except KeyboardInterrupt:
             self.request_stop(StopReason.INTERRUPTED, "interrupted by the user")
         finally:
+            self.limits.finish()
             self.wall_time = time.perf_counter() - started
             self.state = RunState.FINISHED
             self.console.close()
-        self._result.registers = self.engine.snapshot_registers()
+        self._result.registers = self.cpu.snapshot()
         return self._result
 
     @property
@@ -121,22 +137,11 @@ class VirtualMachine:
         return 0
 
     def _exception(self, vm_exit: VmExit) -> int:
-        eip = self.engine.reg("eip")
-        error_code, software = self.engine.last_exception_info()
-        self.engine.reset_exception_state()
-        if software:    # int n / int3 / into: EIP is past the instruction; blame its first byte
-            self._deliver(vm_exit.vector, return_eip=eip, fault_eip=eip - self._int_length(vm_exit.vector, eip),
-                          software=True)
+        if vm_exit.software:
+            self._deliver(vm_exit.vector, return_eip=vm_exit.eip, fault_eip=vm_exit.fault_eip, software=True)
         else:
-            self._deliver(vm_exit.vector, return_eip=eip, error_code=error_code)
+            self._deliver(vm_exit.vector, return_eip=vm_exit.eip, error_code=vm_exit.error_code)
         return 0
-
-    def _int_length(self, vector: int, next_eip: int) -> int:
-        try:
-            previous = self.memory.read(next_eip - 1, 1)[0]
-        except UnbackedAccess:
-            return 2
-        return 1 if (vector, previous) in ((BP, 0xCC), (OF_VEC, 0xCE), (1, 0xF1)) else 2
 
     def _deliver(self, vector: int, **how) -> None:
         try:
@@ -152,24 +157,23 @@ class VirtualMachine:
 
     def _hlt(self, vm_exit: VmExit) -> int:
         # No device of this platform raises interrupts yet, so nothing can wake a halted CPU.
-        eip = self.engine.reg("eip")
-        state = "enabled" if self.engine.reg("eflags") & IF else "disabled"
-        self.request_stop(StopReason.HALTED, f"guest halted at eip {eip - 1:#010x} (interrupts {state}, "
+        state = "enabled" if self.cpu.reg("eflags") & IF else "disabled"
+        self.request_stop(StopReason.HALTED, f"guest halted at eip {vm_exit.eip:#010x} (interrupts {state}, "
                                              f"no interrupt source)")
         return 0
 
     def _instruction_limit(self, vm_exit: VmExit) -> int:
         self.request_stop(StopReason.INSTRUCTION_LIMIT,
                           f"instruction limit reached ({self.limits.max_instructions} instructions) "
-                          f"at eip {self.engine.reg('eip'):#010x}")
+                          f"at eip {vm_exit.eip:#010x}")
         return 0
 
     def _time_limit(self, vm_exit: VmExit) -> int:
         self.request_stop(StopReason.TIME_LIMIT,
-                          f"time limit reached ({self.limits.timeout:g} s) at eip {self.engine.reg('eip'):#010x}")
+                          f"time limit reached ({self.limits.timeout:g} s) at eip {vm_exit.eip:#010x}")
         return 0
 
     def _memory_fault(self, vm_exit: VmExit) -> int:
         self.request_stop(StopReason.MEMORY_FAULT,
-                          f"guest memory fault at eip {self.engine.reg('eip'):#010x}: {vm_exit.detail}")
+                          f"guest memory fault at eip {vm_exit.eip:#010x}: {vm_exit.detail}")
         return 0

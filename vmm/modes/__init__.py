@@ -6,19 +6,25 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from vmm.cpu import GuestCpu
     from vmm.exits import VmExit
     from vmm.vm import VirtualMachine
 
 
 class ExecutionMode(ABC):
-    """One way of running the guest. `attach` installs what the mode needs on the engine once;
-    `execute` runs guest code and returns the exit that stopped it. Exits that the monitor can
-    service without stopping the engine (port I/O, exceptions) go to vm.dispatch from hooks."""
+    """One way of running the guest. `attach` installs what the mode needs on the engine once
+    and returns the guest-visible CPU view; `execute` runs guest code and returns the exit that
+    stopped it. Exits the monitor can service without stopping the engine (port I/O, and in
+    direct mode exceptions) go to vm.dispatch from engine hooks."""
 
     name: str
 
     @abstractmethod
-    def attach(self, vm: "VirtualMachine") -> None: ...
+    def attach(self, vm: "VirtualMachine") -> "GuestCpu": ...
+
+    def counters(self) -> dict:
+        """Mode-specific counters for the report."""
+        return {}
 
     @abstractmethod
     def execute(self, vm: "VirtualMachine") -> "VmExit": ...

@@ -3,40 +3,62 @@ machine). The reference every other mode is compared with, and their speed limit
 
 from __future__ import annotations
 
+from vmm.cpu import GuestCpu
 from vmm.engine import StopCause
 from vmm.exits import ExitReason, VmExit
+from vmm.memory import UnbackedAccess
 from vmm.modes import ExecutionMode
+from vmm.x86 import BP, DB, OF_VEC
 
 HLT_OPCODE = 0xF4
+_ONE_BYTE_INTS = ((BP, 0xCC), (OF_VEC, 0xCE), (DB, 0xF1))   # int3, into, int1
 
 
 class DirectMode(ExecutionMode):
     name = "direct"
 
-    def attach(self, vm) -> None:
+    def attach(self, vm) -> GuestCpu:
         engine = vm.engine
+        self.memory = vm.memory
         engine.on_port_io(
             lambda port, size: vm.dispatch(VmExit(ExitReason.PORT_IN, port=port, size=size)),
             lambda port, size, value: vm.dispatch(VmExit(ExitReason.PORT_OUT, port=port, size=size, value=value)))
-        engine.on_interrupt(lambda vector: vm.dispatch(VmExit(ExitReason.EXCEPTION, vector=vector)))
+        engine.on_interrupt(lambda vector: vm.dispatch(self._exception_exit(engine, vector)))
+        return GuestCpu(engine)
+
+    def _exception_exit(self, engine, vector: int) -> VmExit:
+        """Delivered from inside the interrupt hook: the engine's state is the guest's."""
+        eip = engine.reg("eip")
+        error_code, software = engine.last_exception_info()
+        engine.reset_exception_state()
+        fault_eip = eip
+        if software:    # EIP is past the int instruction; blame its first byte if delivery faults
+            fault_eip = eip - (1 if (vector, self._byte_before(eip)) in _ONE_BYTE_INTS else 2)
+        return VmExit(ExitReason.EXCEPTION, eip=eip, vector=vector, error_code=error_code,
+                      software=software, fault_eip=fault_eip)
+
+    def _byte_before(self, eip: int) -> int:
+        try:
+            return self.memory.read(eip - 1, 1)[0]
+        except UnbackedAccess:
+            return -1
 
     def execute(self, vm) -> VmExit:
         engine = vm.engine
         count = vm.limits.remaining_instructions()
-        cause = engine.run(engine.reg("eip"), vm.until_address, count=count or 0,
-                           timeout_us=vm.limits.remaining_microseconds())
+        cause = engine.run(engine.reg("eip"), vm.until_address, count=count or 0)
         if vm.stop_requested:
             return VmExit(ExitReason.STOP_REQUEST)
-        if cause is StopCause.TIMEOUT:
-            return VmExit(ExitReason.TIME_LIMIT)
+        eip = engine.reg("eip")
+        if vm.limits.expired:
+            return VmExit(ExitReason.TIME_LIMIT, eip=eip)
         if cause is StopCause.MEMORY_FAULT:
-            return VmExit(ExitReason.MEMORY_FAULT, detail=engine.memory_fault.message)
+            return VmExit(ExitReason.MEMORY_FAULT, eip=eip, detail=engine.memory_fault.message)
         if count:
             # Only `hlt` and an exhausted count return quietly. hlt leaves EIP just past itself;
             # the count stops before an instruction. A count that ran out right after a
             # non-hlt instruction ending in byte F4 would be taken for hlt: both end the run.
-            eip = engine.reg("eip")
-            if not vm.memory.ram.contains(eip - 1, 1) or vm.memory.read(eip - 1, 1)[0] != HLT_OPCODE:
+            if self._byte_before(eip) != HLT_OPCODE:
                 vm.limits.used_all_instructions()
-                return VmExit(ExitReason.INSTRUCTION_LIMIT)
-        return VmExit(ExitReason.HLT)
+                return VmExit(ExitReason.INSTRUCTION_LIMIT, eip=eip)
+        return VmExit(ExitReason.HLT, eip=eip - 1)

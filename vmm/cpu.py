@@ -1,0 +1,40 @@
+"""The guest-visible CPU: registers as the guest sees them, whatever the execution mode keeps
+in the engine. Delivery, emulation procedures and reports read and write the guest through it."""
+
+from __future__ import annotations
+
+from vmm.engine import GENERAL_REGISTERS, SEGMENT_REGISTERS, Engine
+
+SNAPSHOT_REGISTERS = GENERAL_REGISTERS + SEGMENT_REGISTERS + ("cr0", "cr2", "cr3", "cr4")
+
+
+class GuestCpu:
+    """Guest-visible register access. The base class passes everything through to the engine:
+    right for direct execution, where the engine's state IS the guest's."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def reg(self, name: str) -> int:
+        return self.engine.reg(name)
+
+    def set_reg(self, name: str, value: int) -> None:
+        self.engine.set_reg(name, value)
+
+    def table_register(self, name: str) -> tuple[int, int]:
+        """(base, limit) of gdtr or idtr."""
+        return self.engine.table_register(name)
+
+    def set_table_register(self, name: str, base: int, limit: int) -> None:
+        self.engine.set_table_register(name, base, limit)
+
+    def table_selector(self, name: str) -> int:
+        """The selector held in ldtr or tr."""
+        return self.engine.table_selector(name)
+
+    @property
+    def cpl(self) -> int:
+        return self.reg("cs") & 3
+
+    def snapshot(self) -> dict[str, int]:
+        return {name: self.reg(name) for name in SNAPSHOT_REGISTERS}

@@ -8,16 +8,19 @@ from vmm.memory import PhysicalMemory
 from vmm.x86 import CR0_PE, EFLAGS_FIXED, encode_segment
 
 # The boot GDT lives in the monitor region (QEMU keeps its copy in the option ROM), with the same
-# selectors: 0x08 flat 32-bit code, 0x10 flat 32-bit data, 0x18/0x20 16-bit code/data.
+# selectors: 0x08 flat 32-bit code, 0x10 flat 32-bit data, 0x18/0x20 16-bit code/data. The
+# region is read-only to the engine, so every descriptor has its accessed bit already set: a
+# segment load must never need to write it (a refused descriptor write inside reg_write leaves
+# Unicorn 2.1.1 unable to map or unmap memory afterwards).
 BOOT_GDT_OFFSET = 0x0
 BOOT_CODE_SELECTOR = 0x08
 BOOT_DATA_SELECTOR = 0x10
 BOOT_GDT = b"".join([
     bytes(8),
-    encode_segment(0, 0xFFFFF, 0x9A, 0xC),
-    encode_segment(0, 0xFFFFF, 0x92, 0xC),
-    encode_segment(0, 0x0FFFF, 0x9E, 0x0),
-    encode_segment(0, 0x0FFFF, 0x92, 0x0),
+    encode_segment(0, 0xFFFFF, 0x9B, 0xC),
+    encode_segment(0, 0xFFFFF, 0x93, 0xC),
+    encode_segment(0, 0x0FFFF, 0x9F, 0x0),
+    encode_segment(0, 0x0FFFF, 0x93, 0x0),
 ])
 REAL_MODE_IDT_LIMIT = 0x3FF    # the IDTR the firmware leaves behind: the real-mode vector table
 

@@ -95,6 +95,7 @@ class Engine:
         self._uc = Uc(uc_const.UC_ARCH_X86, uc_const.UC_MODE_32)
         self._buffers: list = []          # host buffers behind mem_map_ptr regions (kept alive)
         self._buffer_addresses: dict[int, int] = {}
+        self._regions: list[list[int]] = []   # [physical base, size, host address, perms]
         self._hook_error: Optional[BaseException] = None
         self.memory_fault: Optional[MemoryFault] = None
         self._fault_address: Optional[tuple[int, int]] = None
@@ -111,10 +112,9 @@ class Engine:
     def map_memory(self, base: int, size: int, perms: int = PROT_ALL) -> memoryview:
         """Map `size` bytes at physical `base` over a host buffer and return a view of that buffer,
         so the monitor reads and writes guest memory without a call into the engine."""
-        buffer = (ctypes.c_ubyte * size)()
-        self._uc.mem_map_ptr(base, size, perms, ctypes.addressof(buffer))
-        self._buffers.append(buffer)
-        return memoryview(buffer).cast("B")
+        view = self.host_buffer(size)
+        self.map_buffer(base, view, 0, size, perms)
+        return view
 
     def host_buffer(self, size: int) -> memoryview:
         """A zeroed host buffer, parts of which can later be mapped with map_buffer."""
@@ -126,10 +126,39 @@ class Engine:
 
     def map_buffer(self, base: int, view: memoryview, offset: int, size: int, perms: int) -> None:
         """Map `size` bytes of a buffer from host_buffer (starting at `offset`) at physical `base`."""
-        self._uc.mem_map_ptr(base, size, perms, self._buffer_addresses[id(view.obj)] + offset)
+        host = self._buffer_addresses[id(view.obj)] + offset
+        self._uc.mem_map_ptr(base, size, perms, host)
+        self._regions.append([base, size, host, perms])
 
     def protect(self, base: int, size: int, perms: int) -> None:
-        self._uc.mem_protect(base, size, perms)
+        """Change the engine's permissions on whole pages of host-buffer mappings.
+
+        Unicorn 2.1.1 refuses to mem_protect or unmap PART of a mem_map_ptr region once the CPU
+        has loaded a segment (UC_ERR_NOMEM), but it can unmap a whole region: so the region
+        holding the pages is unmapped whole and mapped again in up to three pieces over the same
+        host bytes, the middle one with the new permissions."""
+        end = base + size
+        while base < end:
+            region = next((r for r in self._regions if r[0] <= base < r[0] + r[1]), None)
+            if region is None:
+                raise ValueError(f"no host mapping covers {base:#x}")
+            region_base, region_size, host, old_perms = region
+            region_end = region_base + region_size
+            piece_end = min(end, region_end)
+            if old_perms != perms:
+                self._uc.mem_unmap(region_base, region_size)
+                self._regions.remove(region)
+                for start, stop, piece_perms in ((region_base, base, old_perms), (base, piece_end, perms),
+                                                 (piece_end, region_end, old_perms)):
+                    if stop > start:
+                        self._uc.mem_map_ptr(start, stop - start, piece_perms, host + (start - region_base))
+                        self._regions.append([start, stop - start, host + (start - region_base), piece_perms])
+            base = piece_end
+
+    def invalidate_code(self, begin: int, end: int) -> None:
+        """Drop what the engine itself translated from [begin, end): needed after the monitor
+        changes code behind its back (mem_write and host-buffer stores do not invalidate)."""
+        self._uc.ctl_remove_cache(begin, end)
 
     def read(self, address: int, size: int) -> bytes:
         return bytes(self._uc.mem_read(address, size))

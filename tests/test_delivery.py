@@ -52,7 +52,7 @@ RECORD_ERROR = """
 
 
 @pytest.mark.parametrize("trap_gate", [False, True])
-def test_int_n_saves_the_next_eip_and_interrupt_gates_clear_if(tmp_path, trap_gate):
+def test_int_n_saves_the_next_eip_and_interrupt_gates_clear_if(tmp_path, mode, trap_gate):
     source = guest({0x80: "on_int"}, """
     sti
     int 0x80
@@ -62,7 +62,7 @@ after:
     mov dword ptr [0x7010], eax
     mov dword ptr [0x7014], after
 """, RECORD.format(name="on_int", skip=0), trap_vectors=(0x80,) if trap_gate else ())
-    result, _out, vm = run_source(tmp_path, source)
+    result, _out, vm = run_source(tmp_path, source, mode=mode)
     assert result.reason is StopReason.DEBUG_EXIT
     saved_eip, saved_cs, saved_flags, handler_flags, flags_after, after = frame(vm, 6)
     assert saved_eip == after and saved_cs == 0x08
@@ -71,68 +71,68 @@ after:
     assert vm.delivery.delivered == {0x80: 1}
 
 
-def test_divide_error_is_a_fault_at_the_instruction(tmp_path):
+def test_divide_error_is_a_fault_at_the_instruction(tmp_path, mode):
     source = guest({0: "on_de"}, """
     xor ecx, ecx
 faulting:
     div ecx
     mov dword ptr [0x7014], faulting
 """, RECORD.format(name="on_de", skip=2))
-    result, _out, vm = run_source(tmp_path, source)
+    result, _out, vm = run_source(tmp_path, source, mode=mode)
     assert result.reason is StopReason.DEBUG_EXIT
     saved_eip, *_rest, faulting = frame(vm, 6)
     assert saved_eip == faulting
 
 
-def test_general_protection_pushes_the_selector_error_code(tmp_path):
+def test_general_protection_pushes_the_selector_error_code(tmp_path, mode):
     source = guest({13: "on_gp"}, """
     mov ax, 0x33
 faulting:
     mov ds, ax
     mov dword ptr [0x7014], faulting
 """, RECORD_ERROR.format(name="on_gp", skip=3))
-    result, _out, vm = run_source(tmp_path, source)
+    result, _out, vm = run_source(tmp_path, source, mode=mode)
     assert result.reason is StopReason.DEBUG_EXIT
     error_code, saved_eip, saved_cs, *_rest, faulting = frame(vm, 6)
     assert (error_code, saved_eip, saved_cs) == (0x30, faulting, 0x08)
 
 
 @pytest.mark.parametrize("instruction, length", [("ud2", 2), (".byte 0x0f, 0xff", 2)])
-def test_undefined_opcodes_raise_ud_at_the_instruction(tmp_path, instruction, length):
+def test_undefined_opcodes_raise_ud_at_the_instruction(tmp_path, mode, instruction, length):
     source = guest({6: "on_ud"}, f"""
 faulting:
     {instruction}
     mov dword ptr [0x7014], faulting
 """, RECORD.format(name="on_ud", skip=length))
-    result, _out, vm = run_source(tmp_path, source)
+    result, _out, vm = run_source(tmp_path, source, mode=mode)
     assert result.reason is StopReason.DEBUG_EXIT
     assert frame(vm, 6)[0] == frame(vm, 6)[5]
     assert vm.delivery.delivered == {6: 1}
 
 
-def test_int3_is_a_trap_after_the_instruction(tmp_path):
+def test_int3_is_a_trap_after_the_instruction(tmp_path, mode):
     source = guest({3: "on_bp"}, """
     int3
 after:
     mov dword ptr [0x7014], after
 """, RECORD.format(name="on_bp", skip=0))
-    result, _out, vm = run_source(tmp_path, source)
+    result, _out, vm = run_source(tmp_path, source, mode=mode)
     assert frame(vm, 6)[0] == frame(vm, 6)[5]
 
 
-def test_int_n_beyond_the_idt_limit_is_gp_at_the_int_instruction(tmp_path):
+def test_int_n_beyond_the_idt_limit_is_gp_at_the_int_instruction(tmp_path, mode):
     source = guest({13: "on_gp"}, """
 faulting:
     int 0x40
     mov dword ptr [0x7014], faulting
 """, RECORD_ERROR.format(name="on_gp", skip=2))
-    result, _out, vm = run_source(tmp_path, source)
+    result, _out, vm = run_source(tmp_path, source, mode=mode)
     assert result.reason is StopReason.DEBUG_EXIT
     error_code, saved_eip, *_rest, faulting = frame(vm, 6)
     assert error_code == 0x40 * 8 + 2 and saved_eip == faulting   # IDT bit set, EXT clear
 
 
-def test_contributory_fault_during_delivery_becomes_a_double_fault(tmp_path):
+def test_contributory_fault_during_delivery_becomes_a_double_fault(tmp_path, mode):
     # Gate 0 (#DE) is not present: delivering #DE raises #NP, contributory twice -> #DF.
     source = guest({8: "on_df", 13: "on_df"}, """
     mov byte ptr [0x8005], 0x0e
@@ -147,21 +147,21 @@ on_df:
     mov dword ptr [0x7004], eax
     mov eax, 0x42
 """ + EXIT)
-    result, _out, vm = run_source(tmp_path, source)
+    result, _out, vm = run_source(tmp_path, source, mode=mode)
     assert result.reason is StopReason.DEBUG_EXIT and result.guest_value == 0x42
     assert vm.delivery.delivered == {8: 1}
     assert frame(vm, 1) == (0,)                              # #DF pushes error code 0
 
 
-def test_undeliverable_exception_is_a_triple_fault(tmp_path):
+def test_undeliverable_exception_is_a_triple_fault(tmp_path, mode):
     source = "start:\n    mov esp, 0x90000\n" + idt_setup({6: "start"}, limit=0) + "    ud2\n"
-    result, _out, _vm = run_source(tmp_path, source)
+    result, _out, _vm = run_source(tmp_path, source, mode=mode)
     assert result.reason is StopReason.TRIPLE_FAULT
     assert result.exit_status == 120
     assert "triple fault" in result.message
 
 
-def test_repeated_contributory_faults_are_not_double_faults(tmp_path):
+def test_repeated_contributory_faults_are_not_double_faults(tmp_path, mode):
     # Regression: the engine's hidden "exception in flight" state must be cleared after each
     # delivery, or the second #GP arrives as #DF.
     source = guest({8: "on_df", 13: "on_gp"}, """
@@ -170,5 +170,5 @@ def test_repeated_contributory_faults_are_not_double_faults(tmp_path):
     mov ds, bx
     mov ds, bx
 """, RECORD_ERROR.format(name="on_gp", skip=3) + "on_df:\n    mov eax, 0x0d\n" + EXIT)
-    result, _out, vm = run_source(tmp_path, source)
+    result, _out, vm = run_source(tmp_path, source, mode=mode)
     assert result.guest_value == 0 and vm.delivery.delivered == {13: 3}

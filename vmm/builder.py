@@ -17,7 +17,10 @@ from vmm.exits import StopReason
 from vmm.loaders import LoadedImage, load_image
 from vmm.loaders import multiboot
 from vmm.memory import PhysicalMemory
-from vmm.modes import available_modes
+from vmm.modes import DEFAULT_MODE, available_modes
+from vmm.modes.bt import ARENA_SLOTS, SLOT_SIZE
+
+MAX_TCACHE_BLOCKS = ARENA_SLOTS - 1
 from vmm.vm import Limits, VirtualMachine
 
 DEFAULT_MEM_MIB = 32
@@ -27,7 +30,7 @@ DEFAULT_LOAD_ADDRESS = 0x100000
 @dataclass
 class MachineConfig:
     image: str
-    mode: str = "direct"
+    mode: str = DEFAULT_MODE
     mem_mib: int = DEFAULT_MEM_MIB
     append: str = ""
     initrd: list[str] = field(default_factory=list)
@@ -35,6 +38,7 @@ class MachineConfig:
     max_instructions: Optional[int] = None
     timeout: Optional[float] = None
     log_unassigned_ports: bool = False
+    tcache_blocks: Optional[int] = None      # translation cache capacity (bt)
 
     def validate(self) -> None:
         modes = available_modes()
@@ -44,6 +48,8 @@ class MachineConfig:
             raise ConfigError(f"--max-insns must be positive, got {self.max_instructions}")
         if self.timeout is not None and self.timeout <= 0:
             raise ConfigError(f"--timeout must be positive, got {self.timeout:g}")
+        if self.tcache_blocks is not None and not 1 <= self.tcache_blocks <= MAX_TCACHE_BLOCKS:
+            raise ConfigError(f"--tcache-size must hold 1 to {MAX_TCACHE_BLOCKS} blocks, got {self.tcache_blocks}")
         if not 0 <= self.load_address < 1 << 32:
             raise ConfigError(f"--load-addr {self.load_address:#x} is not a 32-bit address")
 
@@ -61,7 +67,7 @@ def build_machine(config: MachineConfig, console: Console) -> tuple[VirtualMachi
     enter_protected_mode(engine, memory, image.entry, multiboot.BOOTLOADER_MAGIC, info_address)
 
     bus = PortBus(on_unassigned=_log_unassigned if config.log_unassigned_ports else None)
-    mode = available_modes()[config.mode]()
+    mode = available_modes()[config.mode].from_config(config)
     limits = Limits(config.max_instructions, config.timeout)
     vm = VirtualMachine(engine, memory, bus, console, mode, limits, memory.until_address)
 

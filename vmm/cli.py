@@ -10,7 +10,8 @@ from vmm.builder import DEFAULT_LOAD_ADDRESS, DEFAULT_MEM_MIB, MachineConfig, bu
 from vmm.console import StdioConsole
 from vmm.errors import VmmError
 from vmm.exits import StopReason
-from vmm.modes import available_modes
+from vmm.modes import DEFAULT_MODE, available_modes
+from vmm.modes.bt import DEFAULT_CAPACITY, SLOT_SIZE
 from vmm.report import build_report, write_report
 
 # Endings the guest chose; every other ending is explained on stderr.
@@ -30,13 +31,24 @@ def _address(text: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid address {text!r}") from None
 
 
+def _cache_size(text: str) -> int:
+    """'4096' is a block count; '2M', '512K' or '65536B' are bytes of translated code."""
+    units = {"B": 1, "K": 1 << 10, "M": 1 << 20}
+    try:
+        if text[-1:].upper() in units:
+            return int(text[:-1]) * units[text[-1].upper()] // SLOT_SIZE
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid cache size {text!r}") from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vmm", description="A type 2 virtual machine monitor for 32-bit x86 guests.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = commands.add_parser("run", help="run a guest image")
     run.add_argument("image", help="Multiboot or plain ELF32 kernel, flat binary, or .s/.asm source")
-    run.add_argument("--mode", default="direct", choices=sorted(available_modes()),
-                     help="how guest code executes (default: direct)")
+    run.add_argument("--mode", default=DEFAULT_MODE, choices=sorted(available_modes()),
+                     help=f"bt: binary translation (default); direct: untranslated, the reference")
     run.add_argument("--mem", type=int, default=DEFAULT_MEM_MIB, metavar="MiB",
                      help=f"guest RAM in MiB (default {DEFAULT_MEM_MIB})")
     run.add_argument("--append", default="", metavar="CMDLINE", help="kernel command line")
@@ -45,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="load address of flat binaries and assembly (default 0x100000)")
     run.add_argument("--max-insns", type=int, default=None, metavar="N", help="stop after about N instructions")
     run.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="stop after this wall time")
+    run.add_argument("--tcache-size", type=_cache_size, default=None, metavar="BLOCKS|BYTES",
+                     help=f"translation cache capacity: a block count, or bytes with K/M suffix "
+                          f"({SLOT_SIZE} bytes a block; default {DEFAULT_CAPACITY} blocks)")
     run.add_argument("--report", default=None, metavar="FILE.json", help="write a JSON report of the run")
     run.add_argument("--log-unassigned-ports", action="store_true",
                      help="log accesses to ports no device claims (stderr)")
@@ -57,7 +72,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         image=args.image, mode=args.mode, mem_mib=args.mem, append=args.append,
         initrd=[spec for spec in args.initrd.split(",") if spec] if args.initrd else [],
         load_address=args.load_addr, max_instructions=args.max_insns, timeout=args.timeout,
-        log_unassigned_ports=args.log_unassigned_ports)
+        log_unassigned_ports=args.log_unassigned_ports, tcache_blocks=args.tcache_size)
     try:
         vm, image = build_machine(config, StdioConsole())
         result = vm.run()

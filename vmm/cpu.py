@@ -32,6 +32,19 @@ class GuestCpu:
         """The selector held in ldtr or tr."""
         return self.engine.table_selector(name)
 
+    def set_table_selector(self, name: str, selector: int) -> None:
+        raise NotImplementedError("ldtr/tr loads are emulated only under translation")
+
+    def load_segment(self, name: str, selector: int, raw) -> None:
+        """Load a segment register whose architectural checks were done by the caller."""
+        self.engine.set_reg(name, selector)
+
+    def read_msr(self, number: int) -> int:
+        return self.engine.read_msr(number)
+
+    def write_msr(self, number: int, value: int) -> None:
+        self.engine.write_msr(number, value)
+
     @property
     def cpl(self) -> int:
         return self.reg("cs") & 3

@@ -14,9 +14,10 @@ from typing import Optional
 
 from vmm.cpu import GuestCpu
 from vmm.errors import VmmError
-from vmm.memory import PAGE_SIZE, PageFault, PhysicalMemory, linear_to_physical
+from vmm.guest_view import GuestFault, GuestView
+from vmm.memory import PhysicalMemory
 from vmm.x86 import (DF, ERROR_CODE_VECTORS, GATE_INTERRUPT_16, GATE_INTERRUPT_32, GATE_TASK,
-                     GATE_TRAP_16, GATE_TRAP_32, GP, IF, NP, NT, PF_VEC, RF, TF, VM, Gate,
+                     GATE_TRAP_16, GATE_TRAP_32, GP, IF, NP, NT, RF, TF, VM, Gate,
                      SegmentDescriptor, needs_double_fault, selector_error_code, vector_name)
 
 _GATE_TYPES = (GATE_INTERRUPT_16, GATE_TRAP_16, GATE_INTERRUPT_32, GATE_TRAP_32)
@@ -43,7 +44,7 @@ class ExceptionDelivery:
 
     def __init__(self, cpu: GuestCpu, memory: PhysicalMemory) -> None:
         self.cpu = cpu
-        self.memory = memory
+        self.view = GuestView(cpu, memory)
         self.delivered: Counter = Counter()
 
     def deliver(self, vector: int, *, return_eip: int, fault_eip: Optional[int] = None,
@@ -60,7 +61,7 @@ class ExceptionDelivery:
                 self._deliver_once(vector, return_eip, error_code, software)
                 self.delivered[vector] += 1
                 return
-            except _DeliveryFault as second:
+            except (_DeliveryFault, GuestFault) as second:
                 if vector == DF:
                     raise TripleFault(f"{vector_name(second.vector)} while delivering #DF") from None
                 if needs_double_fault(vector, second.vector):
@@ -78,7 +79,7 @@ class ExceptionDelivery:
         gate_error = selector_error_code("idt", vector, external)
         if vector * 8 + 7 > idt_limit:
             raise _DeliveryFault(GP, gate_error)
-        gate = Gate.decode(self._read_linear(idt_base + vector * 8, 8))
+        gate = Gate.decode(self.view.read(idt_base + vector * 8, 8))
         if gate.type == GATE_TASK and gate.present:
             raise UnsupportedGuestFeature(f"task gate at IDT vector {vector:#x}: task switches are not modelled")
         if gate.type not in _GATE_TYPES:
@@ -100,10 +101,12 @@ class ExceptionDelivery:
         if not software and vector in ERROR_CODE_VECTORS:
             frame.append(error_code or 0)
         esp = self.cpu.reg("esp")
-        ss_base = self._segment_base(self.cpu.reg("ss"))
+        ss_base = self.view.segment_base(self.cpu.reg("ss"))
+        stack = b""
         for value in frame:
             esp = (esp - width) & 0xFFFFFFFF
-            self._write_linear(ss_base + esp, value.to_bytes(4, "little")[:width])
+            stack = value.to_bytes(4, "little")[:width] + stack
+        self.view.write((ss_base + esp) & 0xFFFFFFFF, stack)
 
         eflags &= ~(TF | NT | RF | VM)
         if gate.is_interrupt_gate:
@@ -115,62 +118,13 @@ class ExceptionDelivery:
         offset = gate.offset if gate.is_32bit else gate.offset & 0xFFFF
         self.cpu.set_reg("eip", offset)
 
-    # -- descriptor and memory access as the CPU performs them ---------------------------------
-    def _descriptor(self, selector: int) -> Optional[SegmentDescriptor]:
-        """The descriptor a selector names, or None when it lies beyond its table's limit."""
-        if selector & 4:
-            ldt_selector = self.cpu.table_selector("ldtr")
-            if not ldt_selector & 0xFFFC:
-                return None
-            ldt = self._descriptor(ldt_selector)
-            if ldt is None:
-                return None
-            base, limit = ldt.base, ldt.limit
-        else:
-            base, limit = self.cpu.table_register("gdtr")
-        index = selector & 0xFFF8
-        if index + 7 > limit:
-            return None
-        return SegmentDescriptor.decode(self._read_linear(base + index, 8))
-
+    # -- descriptors and memory through the guest's own tables --------------------------------
     def _code_segment(self, selector: int, external: bool) -> SegmentDescriptor:
         if not selector & 0xFFFC:
             raise _DeliveryFault(GP, int(external))
-        descriptor = self._descriptor(selector)
+        descriptor = self.view.descriptor(selector)
         if descriptor is None or not descriptor.is_code:
             raise _DeliveryFault(GP, selector_error_code("gdt", selector, external))
         if not descriptor.present:
             raise _DeliveryFault(NP, selector_error_code("gdt", selector, external))
         return descriptor
-
-    def _segment_base(self, selector: int) -> int:
-        if not selector & 0xFFFC:
-            return 0
-        descriptor = self._descriptor(selector)
-        return descriptor.base if descriptor else 0
-
-    def _physical(self, linear: int, write: bool) -> int:
-        try:
-            return linear_to_physical(self.memory, self.cpu.reg("cr0"), self.cpu.reg("cr3"),
-                                      linear, write)
-        except PageFault as fault:
-            self.cpu.set_reg("cr2", fault.linear)
-            raise _DeliveryFault(PF_VEC, fault.error_code) from None
-
-    def _page_chunks(self, linear: int, size: int):
-        """(linear, length) pieces of an access, none crossing a page boundary."""
-        while size:
-            length = min(size, PAGE_SIZE - (linear & (PAGE_SIZE - 1)))
-            yield linear, length
-            linear, size = (linear + length) & 0xFFFFFFFF, size - length
-
-    def _read_linear(self, linear: int, size: int) -> bytes:
-        return b"".join(self.memory.read(self._physical(piece, False), length)
-                        for piece, length in self._page_chunks(linear, size))
-
-    def _write_linear(self, linear: int, data: bytes) -> None:
-        pieces = [(self._physical(piece, True), length) for piece, length in self._page_chunks(linear, len(data))]
-        done = 0
-        for physical, length in pieces:      # all translations succeed before any byte is stored
-            self.memory.write(physical, data[done:done + length])
-            done += length

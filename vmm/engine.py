@@ -195,6 +195,19 @@ class Engine:
         names = GENERAL_REGISTERS + SEGMENT_REGISTERS + ("cr0", "cr2", "cr3", "cr4")
         return {name: self.reg(name) for name in names}
 
+    def read_msr(self, number: int) -> int:
+        """ValueError for an MSR the engine does not implement."""
+        try:
+            return self._uc.msr_read(number)
+        except UcError:
+            raise ValueError(f"MSR {number:#x}") from None
+
+    def write_msr(self, number: int, value: int) -> None:
+        try:
+            self._uc.msr_write(number, value)
+        except UcError:
+            raise ValueError(f"MSR {number:#x}") from None
+
     # -- hidden CPU state (exception bookkeeping not exposed by the API) ------------------------
     def last_exception_info(self) -> tuple[int, bool]:
         """(error_code, raised_by_int_instruction) of the exception now being hooked."""

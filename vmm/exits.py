@@ -12,6 +12,7 @@ class ExitReason(Enum):
     PORT_IN = "port_in"
     PORT_OUT = "port_out"
     EXCEPTION = "exception"              # a CPU exception (#UD included) or int n/int3/into
+    CALLOUT = "callout"                  # translated code hands a sensitive instruction to emulate
     HLT = "hlt"
     INSTRUCTION_LIMIT = "instruction_limit"
     TIME_LIMIT = "time_limit"
@@ -31,6 +32,7 @@ class VmExit:
     error_code: int = 0
     software: bool = False       # raised by int n / int3 / into: EIP is after the instruction
     fault_eip: int = 0           # for software interrupts: the int instruction itself
+    instruction: object = None   # CALLOUT: the decoded guest instruction (translator.decoder)
     detail: str = ""
 
 

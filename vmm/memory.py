@@ -70,6 +70,7 @@ class PhysicalMemory:
         self._ram = engine.map_memory(self.ram.base, self.ram.size)
         self._monitor = engine.host_buffer(self.monitor.size)
         self.write_observers: list = []     # called as observer(address, size) after monitor writes
+        self._monitor_mappings: list[tuple[int, int, int]] = []
         # Readable so the CPU can load descriptors from it; guest stores into it fault.
         self.map_monitor_area(0, BOOT_AREA_SIZE, PROT_READ | PROT_EXEC)
         self.map_monitor_area(UNTIL_PAGE_OFFSET, PAGE_SIZE, PROT_READ | PROT_EXEC)
@@ -77,7 +78,12 @@ class PhysicalMemory:
     def map_monitor_area(self, offset: int, size: int, perms: int) -> int:
         """Make part of the monitor region visible to the engine with `perms`; returns its address."""
         self._engine.map_buffer(self.monitor.base + offset, self._monitor, offset, size, perms)
+        self._monitor_mappings.append((self.monitor.base + offset, size, perms))
         return self.monitor.base + offset
+
+    def monitor_mappings(self) -> list[tuple[int, int, int]]:
+        """(address, size, perms) of every monitor area mapped so far."""
+        return list(self._monitor_mappings)
 
     def monitor_view(self, offset: int, size: int) -> memoryview:
         """The monitor's own read/write window on part of its region (no engine call, no checks)."""

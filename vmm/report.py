@@ -30,6 +30,7 @@ def build_report(config: MachineConfig, image: LoadedImage, vm: VirtualMachine, 
             "port_io": vm.bus.counters(),
             "exceptions": {f"{vector} {vector_name(vector)}": count
                            for vector, count in sorted(vm.delivery.delivered.items())},
+            **vm.mode.counters(),
         },
         "wall_time_s": round(vm.wall_time, 6),
     }

@@ -12,7 +12,9 @@ from typing import Callable, Optional
 from vmm.bus import PortBus
 from vmm.console import Console
 from vmm.delivery import ExceptionDelivery, TripleFault, UnsupportedGuestFeature
+from vmm.emulate import Emulator, UnsupportedInstruction
 from vmm.engine import Engine
+from vmm.guest_view import GuestFault, GuestView
 from vmm.exits import ExitReason, RunResult, StopReason, VmExit
 from vmm.memory import PhysicalMemory, UnbackedAccess
 from vmm.modes import ExecutionMode
@@ -84,6 +86,7 @@ class VirtualMachine:
             ExitReason.PORT_IN: self._port_in,
             ExitReason.PORT_OUT: self._port_out,
             ExitReason.EXCEPTION: self._exception,
+            ExitReason.CALLOUT: self._callout,
             ExitReason.HLT: self._hlt,
             ExitReason.INSTRUCTION_LIMIT: self._instruction_limit,
             ExitReason.TIME_LIMIT: self._time_limit,
@@ -92,6 +95,7 @@ class VirtualMachine:
         }
         self.cpu = mode.attach(self)
         self.delivery = ExceptionDelivery(self.cpu, memory)
+        self.emulator = Emulator(self.cpu, GuestView(self.cpu, memory))
 
     # -- the run loop ---------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -141,6 +145,23 @@ class VirtualMachine:
             self._deliver(vm_exit.vector, return_eip=vm_exit.eip, fault_eip=vm_exit.fault_eip, software=True)
         else:
             self._deliver(vm_exit.vector, return_eip=vm_exit.eip, error_code=vm_exit.error_code)
+        return 0
+
+    def _callout(self, vm_exit: VmExit) -> int:
+        """Emulate a sensitive instruction handed over by translated code."""
+        instruction = vm_exit.instruction
+        try:
+            outcome = self.emulator.emulate(instruction)
+        except GuestFault as fault:
+            self._deliver(fault.vector, return_eip=vm_exit.eip, error_code=fault.error_code)
+            return 0
+        except UnsupportedInstruction as error:
+            self.request_stop(StopReason.UNSUPPORTED, str(error))
+            return 0
+        if outcome.kind == "halt":
+            return self._hlt(vm_exit)
+        if outcome.kind == "interrupt":
+            self._deliver(outcome.vector, return_eip=instruction.end, fault_eip=vm_exit.eip, software=True)
         return 0
 
     def _deliver(self, vector: int, **how) -> None:

@@ -22,6 +22,10 @@ class ExecutionMode(ABC):
     @abstractmethod
     def attach(self, vm: "VirtualMachine") -> "GuestCpu": ...
 
+    @classmethod
+    def from_config(cls, config) -> "ExecutionMode":
+        return cls()
+
     def counters(self) -> dict:
         """Mode-specific counters for the report."""
         return {}
@@ -31,5 +35,9 @@ class ExecutionMode(ABC):
 
 
 def available_modes() -> dict[str, type[ExecutionMode]]:
+    from vmm.modes.bt import BinaryTranslationMode
     from vmm.modes.direct import DirectMode
-    return {DirectMode.name: DirectMode}
+    return {mode.name: mode for mode in (BinaryTranslationMode, DirectMode)}
+
+
+DEFAULT_MODE = "bt"

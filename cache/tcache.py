@@ -1,0 +1,216 @@
+"""The translation cache: translated blocks by key, least-recently-used eviction, chaining in both
+directions, the in-cache lookup table, and invalidation by guest page (self-modifying code)."""
+
+from __future__ import annotations
+
+import collections
+import struct
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from lru import LRU
+
+from cache.arena import CodeArena
+from translator.decoder import PAGE_SIZE, GuestBlock
+from translator.emitter import SLOT_SIZE, UNLINKED_SLOT, ExitSite, Translation
+from translator.layout import LOOKUP_ENTRIES, LOOKUP_ENTRY_SIZE
+
+
+@dataclass(frozen=True)
+class BlockKey:
+    """Everything a translation depends on besides the guest bytes."""
+    eip: int
+    single_step: bool = False      # blocks of one instruction, never chained (guest EFLAGS.TF)
+    # privilege and address space join the key with user mode and paging
+
+
+@dataclass(eq=False)
+class TranslatedBlock:
+    key: BlockKey
+    guest: GuestBlock
+    slot: int
+    host: int                                   # engine address of the translated code
+    translation: Translation
+    links: dict[int, "TranslatedBlock"] = field(default_factory=dict)       # exit index -> target
+    incoming: set[tuple["TranslatedBlock", int]] = field(default_factory=set)
+    alive: bool = True
+
+    @property
+    def host_size(self) -> int:
+        return len(self.translation.code)
+
+    def site_address(self, index: int) -> int:
+        return self.host + self.translation.exits[index].offset
+
+    def covers(self, address: int, size: int) -> bool:
+        """Whether guest bytes [address, address+size) overlap an instruction of this block."""
+        return self.guest.address < address + size and address < max(self.guest.next_address, self.guest.address + 1)
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+class TranslationCache:
+    """Owns the arena, the lookup table and every translated block. `protect_page(page, on)`
+    write-protects (on=True) or releases a guest page for the engine."""
+
+    def __init__(self, engine, arena: CodeArena, lookup_view: memoryview, capacity: int,
+                 protect_page: Callable[[int, bool], None], lookup_base: int) -> None:
+        if not 1 <= capacity <= arena.count:
+            raise ValueError(f"capacity {capacity} outside 1..{arena.count}")
+        self.engine = engine
+        self.arena = arena
+        self.capacity = capacity
+        self.protect_page = protect_page
+        self.lookup_view = lookup_view
+        self.lookup_base = lookup_base
+        self._blocks = LRU(capacity)
+        self._by_slot: dict[int, TranslatedBlock] = {}
+        self._pages: dict[int, set[TranslatedBlock]] = collections.defaultdict(set)
+        self._sites: dict[int, tuple[TranslatedBlock, int]] = {}
+        self.counters = collections.Counter()
+        self.events: collections.deque = collections.deque(maxlen=4096)   # (event, guest eip, cause)
+        self.clear_lookup_table()
+
+    # -- lookup --------------------------------------------------------------------------------
+    def find(self, key: BlockKey) -> Optional[TranslatedBlock]:
+        self.counters["lookups"] += 1
+        block = self._blocks.get(key)
+        self.counters["hits" if block is not None else "misses"] += 1
+        return block
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+    def blocks(self) -> list[TranslatedBlock]:
+        """Most recently used first."""
+        return list(self._blocks.values())
+
+    def block_at(self, host_address: int) -> Optional[TranslatedBlock]:
+        slot = self.arena.slot_of(host_address)
+        return self._by_slot.get(slot) if slot is not None else None
+
+    def site_at(self, host_address: int) -> Optional[tuple[TranslatedBlock, int]]:
+        return self._sites.get(host_address)
+
+    # -- insertion -----------------------------------------------------------------------------
+    def add(self, key: BlockKey, guest: GuestBlock, translation: Translation) -> TranslatedBlock:
+        if len(translation.code) > self.arena.slot_size:
+            raise ValueError(f"translation of {guest.address:#x} is {len(translation.code)} bytes, "
+                             f"slot is {self.arena.slot_size}")
+        while len(self._blocks) >= self.capacity or self.arena.free_slots == 0:
+            _key, victim = self._blocks.peek_last_item()
+            self.remove(victim, "capacity")
+            self.counters["evictions"] += 1
+        slot = self.arena.allocate()
+        block = TranslatedBlock(key, guest, slot, self.arena.address(slot), translation)
+        self.arena.write(block.host, bytes(translation.code))
+        self.engine.invalidate_code(block.host, block.host + self.arena.slot_size)
+        self._blocks[key] = block
+        self._by_slot[slot] = block
+        for index, site in enumerate(translation.exits):
+            self._sites[block.host + site.offset] = (block, index)
+        for page in guest.pages:
+            if not self._pages[page]:
+                self.protect_page(page, True)
+            self._pages[page].add(block)
+        if not key.single_step:
+            self._install_lookup(guest.address, block.host)
+        self.counters["blocks_translated"] += 1
+        self.counters["instructions_translated"] += len(guest.instructions)
+        self.counters["bytes_translated"] += len(translation.code)
+        return block
+
+    # -- chaining ------------------------------------------------------------------------------
+    def link(self, source: TranslatedBlock, index: int, target: TranslatedBlock) -> None:
+        """Patch exit `index` of `source` into a direct jump to `target`."""
+        if not (source.alive and target.alive) or index in source.links:
+            return
+        site = source.site_address(index)
+        self._write_code(site, b"\xE9" + struct.pack("<i", target.host - (site + 5)))
+        source.links[index] = target
+        target.incoming.add((source, index))
+        self.counters["links_made"] += 1
+
+    def unlink(self, source: TranslatedBlock, index: int) -> None:
+        """Always unlink before the target's space is reused (DynamoRIO's rule)."""
+        target = source.links.pop(index, None)
+        if target is None:
+            return
+        target.incoming.discard((source, index))
+        if source.alive:
+            self._write_code(source.site_address(index), UNLINKED_SLOT)
+        self.counters["links_broken"] += 1
+
+    def _write_code(self, address: int, data: bytes) -> None:
+        self.arena.write(address, data)
+        self.engine.invalidate_code(address, address + SLOT_SIZE)
+
+    # -- removal -------------------------------------------------------------------------------
+    def remove(self, block: TranslatedBlock, cause: str) -> None:
+        """Evict or invalidate, in a fixed order: unlink everything chained to it, then what it
+        chains to, drop it from the lookup table, the key map, the page index and the site map,
+        and only then free its slot for reuse."""
+        if not block.alive:
+            return
+        for source, index in list(block.incoming):
+            self.unlink(source, index)
+        for index in list(block.links):
+            self.unlink(block, index)
+        self._remove_lookup(block.guest.address, block.host)
+        if self._blocks.get(block.key) is block:
+            del self._blocks[block.key]
+        for page in block.guest.pages:
+            self._pages[page].discard(block)
+            if not self._pages[page]:
+                del self._pages[page]
+                self.protect_page(page, False)
+        for site in block.translation.exits:
+            self._sites.pop(block.host + site.offset, None)
+        block.alive = False
+        del self._by_slot[block.slot]
+        self.arena.release(block.slot)
+        self.events.append(("evicted" if cause == "capacity" else "invalidated", block.guest.address, cause))
+        if cause != "capacity":
+            self.counters["invalidations"] += 1
+            self.counters[f"invalidations_{cause}"] += 1
+
+    def invalidate_range(self, address: int, size: int, cause: str) -> list[TranslatedBlock]:
+        """Remove every block whose guest bytes overlap [address, address+size)."""
+        removed = []
+        for page in range(address // PAGE_SIZE, (address + size - 1) // PAGE_SIZE + 1):
+            for block in list(self._pages.get(page, ())):
+                if block.covers(address, size):
+                    self.remove(block, cause)
+                    removed.append(block)
+        return removed
+
+    def page_has_code(self, page: int) -> bool:
+        return bool(self._pages.get(page))
+
+    def flush(self, cause: str) -> None:
+        for block in list(self._blocks.values()):
+            self.remove(block, cause)
+
+    # -- the lookup table (probed by translated code) ------------------------------------------
+    def clear_lookup_table(self) -> None:
+        """Empty entries hold a tag whose low 16 bits differ from their index: never a hit."""
+        self.lookup_view[:] = b"".join(struct.pack("<II", index ^ 1, 0) for index in range(LOOKUP_ENTRIES))
+
+    def _install_lookup(self, guest: int, host: int) -> None:
+        offset = (guest & (LOOKUP_ENTRIES - 1)) * LOOKUP_ENTRY_SIZE
+        struct.pack_into("<II", self.lookup_view, offset, guest, host)
+        self.counters["lookup_table_installs"] += 1
+
+    def _remove_lookup(self, guest: int, host: int) -> None:
+        offset = (guest & (LOOKUP_ENTRIES - 1)) * LOOKUP_ENTRY_SIZE
+        tag, target = struct.unpack_from("<II", self.lookup_view, offset)
+        if tag == guest and target == host:
+            index = guest & (LOOKUP_ENTRIES - 1)
+            struct.pack_into("<II", self.lookup_view, offset, index ^ 1, 0)
+
+    def install_lookup(self, block: TranslatedBlock) -> None:
+        """Point the table entry for this block's guest address at it (after a colliding entry
+        took the slot)."""
+        if not block.key.single_step:
+            self._install_lookup(block.guest.address, block.host)

@@ -1,0 +1,152 @@
+"""The IA-32 instruction classification: which instructions the translator may copy, which end a
+block, and which it must rewrite (inline emulation) or hand to the monitor (callout).
+
+Popek and Goldberg call an instruction *sensitive* when it reads or changes the machine's
+privileged state, and *privileged* when it traps outside ring 0. The 386 is not virtualizable
+by trap-and-emulate because some sensitive instructions are not privileged: they run at any
+ring and silently show or ignore the real state (pushf/popf, sgdt/sidt/sldt/str/smsw,
+lar/lsl/verr/verw, reads and pushes of segment registers). The binary translator handles all of
+them. docs/classification.md is the table in prose; tests/test_classify.py has a case per row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from capstone import x86_const as X
+
+
+class Category(Enum):
+    INNOCUOUS = "innocuous"                   # same effect at any privilege: copied
+    DIRECT_BRANCH = "direct control flow"     # target in the instruction
+    INDIRECT_BRANCH = "indirect control flow" # target in a register, memory or the stack
+    FAR_TRANSFER = "far control flow"         # changes CS or goes through a gate
+    PRIVILEGED = "privileged"                 # traps (#GP) outside ring 0 (or above IOPL)
+    SENSITIVE = "sensitive, unprivileged"     # shows or ignores privileged state without trapping
+
+
+class Handling(Enum):
+    COPY = "copy"              # bytes copied unchanged (ident translation)
+    CHAIN = "exit slot"        # ends the block; each target gets a patchable exit slot
+    LOOKUP = "lookup"          # ends the block; target found in the in-cache lookup table
+    INLINE = "inline"          # rewritten into code that reads the virtual-CPU block, no exit
+    CALLOUT = "callout"        # ends the block; the monitor emulates it (vmm/emulate.py)
+    IO_HOOK = "I/O callout"    # copied; the engine's port I/O hook calls the monitor for each access
+
+
+@dataclass(frozen=True)
+class Rule:
+    category: Category
+    handling: Handling
+    procedure: str = ""        # the inline template or callout procedure that implements it
+
+    @property
+    def ends_block(self) -> bool:
+        return self.handling in (Handling.CHAIN, Handling.LOOKUP, Handling.CALLOUT)
+
+
+def _rules(category, handling, ids, procedure=""):
+    return {i: Rule(category, handling, procedure) for i in ids}
+
+
+_BY_ID: dict[int, Rule] = {}
+_BY_ID.update(_rules(Category.DIRECT_BRANCH, Handling.CHAIN, [
+    X.X86_INS_JAE, X.X86_INS_JA, X.X86_INS_JBE, X.X86_INS_JB, X.X86_INS_JE, X.X86_INS_JGE,
+    X.X86_INS_JG, X.X86_INS_JLE, X.X86_INS_JL, X.X86_INS_JNE, X.X86_INS_JNO, X.X86_INS_JNP,
+    X.X86_INS_JNS, X.X86_INS_JO, X.X86_INS_JP, X.X86_INS_JS, X.X86_INS_JECXZ, X.X86_INS_JCXZ,
+    X.X86_INS_LOOP, X.X86_INS_LOOPE, X.X86_INS_LOOPNE], "branch"))
+_BY_ID[X.X86_INS_RET] = Rule(Category.INDIRECT_BRANCH, Handling.LOOKUP, "ret")
+_BY_ID.update(_rules(Category.FAR_TRANSFER, Handling.CALLOUT, [X.X86_INS_LJMP], "far_jmp"))
+_BY_ID.update(_rules(Category.FAR_TRANSFER, Handling.CALLOUT, [X.X86_INS_LCALL], "far_call"))
+_BY_ID.update(_rules(Category.FAR_TRANSFER, Handling.CALLOUT, [X.X86_INS_RETF], "far_ret"))
+_BY_ID.update(_rules(Category.FAR_TRANSFER, Handling.CALLOUT, [X.X86_INS_IRET, X.X86_INS_IRETD], "iret"))
+_BY_ID.update(_rules(Category.FAR_TRANSFER, Handling.CALLOUT,
+                     [X.X86_INS_INT, X.X86_INS_INT3, X.X86_INS_INTO, X.X86_INS_INT1], "software_interrupt"))
+_BY_ID.update(_rules(Category.FAR_TRANSFER, Handling.CALLOUT,
+                     [X.X86_INS_SYSENTER, X.X86_INS_SYSEXIT, X.X86_INS_SYSCALL, X.X86_INS_SYSRET], "fast_system_call"))
+_BY_ID.update(_rules(Category.PRIVILEGED, Handling.CALLOUT, [X.X86_INS_LGDT, X.X86_INS_LIDT], "load_descriptor_table"))
+_BY_ID.update(_rules(Category.PRIVILEGED, Handling.CALLOUT, [X.X86_INS_LLDT, X.X86_INS_LTR], "load_system_segment"))
+_BY_ID.update(_rules(Category.PRIVILEGED, Handling.CALLOUT, [X.X86_INS_LMSW, X.X86_INS_CLTS], "write_msw"))
+_BY_ID.update(_rules(Category.PRIVILEGED, Handling.CALLOUT, [X.X86_INS_HLT], "hlt"))
+_BY_ID.update(_rules(Category.PRIVILEGED, Handling.CALLOUT,
+                     [X.X86_INS_INVLPG, X.X86_INS_WBINVD, X.X86_INS_INVD], "cache_control"))
+_BY_ID.update(_rules(Category.PRIVILEGED, Handling.CALLOUT, [X.X86_INS_RDMSR, X.X86_INS_WRMSR], "msr"))
+_BY_ID.update(_rules(Category.PRIVILEGED, Handling.CALLOUT, [X.X86_INS_RDPMC], "rdpmc"))
+# cli/sti: the virtual IF is the deprivileged context's EFLAGS.IF (see docs/translation.md), so
+# the instruction itself, executed at CPL 1 with the real IOPL at 1, is its inline emulation.
+_BY_ID.update(_rules(Category.PRIVILEGED, Handling.INLINE, [X.X86_INS_CLI, X.X86_INS_STI], "interrupt_flag"))
+_BY_ID.update(_rules(Category.PRIVILEGED, Handling.IO_HOOK, [
+    X.X86_INS_IN, X.X86_INS_OUT, X.X86_INS_INSB, X.X86_INS_INSW, X.X86_INS_INSD,
+    X.X86_INS_OUTSB, X.X86_INS_OUTSW, X.X86_INS_OUTSD], "port_io"))
+_BY_ID.update(_rules(Category.SENSITIVE, Handling.INLINE, [X.X86_INS_PUSHF, X.X86_INS_PUSHFD], "pushf"))
+_BY_ID.update(_rules(Category.SENSITIVE, Handling.INLINE, [X.X86_INS_POPF, X.X86_INS_POPFD], "popf"))
+_BY_ID.update(_rules(Category.SENSITIVE, Handling.INLINE, [X.X86_INS_SGDT, X.X86_INS_SIDT], "store_descriptor_table"))
+_BY_ID.update(_rules(Category.SENSITIVE, Handling.INLINE, [X.X86_INS_SLDT, X.X86_INS_STR], "store_system_segment"))
+_BY_ID.update(_rules(Category.SENSITIVE, Handling.INLINE, [X.X86_INS_SMSW], "smsw"))
+_BY_ID.update(_rules(Category.SENSITIVE, Handling.CALLOUT,
+                     [X.X86_INS_LAR, X.X86_INS_LSL, X.X86_INS_VERR, X.X86_INS_VERW], "descriptor_access"))
+_BY_ID.update(_rules(Category.SENSITIVE, Handling.CALLOUT,
+                     [X.X86_INS_LDS, X.X86_INS_LES, X.X86_INS_LFS, X.X86_INS_LGS, X.X86_INS_LSS], "load_far_pointer"))
+_BY_ID.update(_rules(Category.SENSITIVE, Handling.CALLOUT, [X.X86_INS_CPUID], "cpuid"))
+_BY_ID.update(_rules(Category.SENSITIVE, Handling.CALLOUT, [X.X86_INS_RDTSC, X.X86_INS_RDTSCP], "rdtsc"))
+
+_SEGMENT_REGISTERS = {X.X86_REG_CS, X.X86_REG_SS, X.X86_REG_DS, X.X86_REG_ES, X.X86_REG_FS, X.X86_REG_GS}
+_CONTROL_REGISTERS = {getattr(X, f"X86_REG_CR{n}") for n in range(16)}
+_DEBUG_REGISTERS = {getattr(X, f"X86_REG_DR{n}") for n in range(16)}
+
+INNOCUOUS = Rule(Category.INNOCUOUS, Handling.COPY)
+
+
+def _register_operands(insn) -> list[int]:
+    return [op.reg for op in insn.operands if op.type == X.X86_OP_REG]
+
+
+def classify(insn) -> Rule:
+    """The rule for one decoded Capstone instruction (detail mode)."""
+    rule = _BY_ID.get(insn.id)
+    if rule is not None:
+        return rule
+    iid = insn.id
+    if iid == X.X86_INS_JMP:
+        if insn.opcode[0] in (0xEB, 0xE9):
+            return Rule(Category.DIRECT_BRANCH, Handling.CHAIN, "branch")
+        if _modrm_reg(insn) == 5:
+            return Rule(Category.FAR_TRANSFER, Handling.CALLOUT, "far_jmp")
+        return Rule(Category.INDIRECT_BRANCH, Handling.LOOKUP, "indirect_jmp")
+    if iid == X.X86_INS_CALL:
+        if insn.opcode[0] == 0xE8:
+            return Rule(Category.DIRECT_BRANCH, Handling.CHAIN, "call")
+        if _modrm_reg(insn) == 3:
+            return Rule(Category.FAR_TRANSFER, Handling.CALLOUT, "far_call")
+        return Rule(Category.INDIRECT_BRANCH, Handling.LOOKUP, "indirect_call")
+    if iid == X.X86_INS_MOV:
+        registers = _register_operands(insn)
+        if any(r in _CONTROL_REGISTERS for r in registers):
+            if insn.opcode[0] == 0x0F and insn.opcode[1] == 0x20:
+                return Rule(Category.PRIVILEGED, Handling.INLINE, "read_control_register")
+            return Rule(Category.PRIVILEGED, Handling.CALLOUT, "write_control_register")
+        if any(r in _DEBUG_REGISTERS for r in registers):
+            return Rule(Category.PRIVILEGED, Handling.CALLOUT, "debug_register")
+        if insn.opcode[0] == 0x8C:
+            return Rule(Category.SENSITIVE, Handling.INLINE, "read_segment_register")
+        if insn.opcode[0] == 0x8E:
+            return Rule(Category.SENSITIVE, Handling.CALLOUT, "load_segment_register")
+        return INNOCUOUS
+    if iid == X.X86_INS_PUSH and _register_operands(insn) and _register_operands(insn)[0] in _SEGMENT_REGISTERS:
+        return Rule(Category.SENSITIVE, Handling.INLINE, "push_segment_register")
+    if iid == X.X86_INS_POP and _register_operands(insn) and _register_operands(insn)[0] in _SEGMENT_REGISTERS:
+        return Rule(Category.SENSITIVE, Handling.CALLOUT, "load_segment_register")
+    return INNOCUOUS
+
+
+def _modrm_reg(insn) -> int:
+    return (insn.modrm >> 3) & 7
+
+
+def table() -> list[tuple[str, Rule]]:
+    """(mnemonic, rule) for every explicitly classified instruction, for documentation and tools."""
+    from capstone import Cs, CS_ARCH_X86, CS_MODE_32
+    names = Cs(CS_ARCH_X86, CS_MODE_32)
+    rows = [(names.insn_name(iid), rule) for iid, rule in _BY_ID.items()]
+    return sorted(rows, key=lambda row: (row[1].category.value, row[0]))

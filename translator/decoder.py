@@ -1,0 +1,113 @@
+"""Block discovery: decode guest code with Capstone from the guest EIP up to the end of a basic
+block (a control transfer or callout, a page boundary, or the length limit)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Callable, Optional
+
+from capstone import CS_ARCH_X86, CS_MODE_32, Cs
+
+from translator.classify import Rule, classify
+
+PAGE_SIZE = 4096
+MAX_INSTRUCTION_LENGTH = 15
+DEFAULT_BLOCK_LIMIT = 32
+
+
+class BlockEnd(Enum):
+    BRANCH = "branch"              # the last instruction transfers control (or is a callout)
+    PAGE = "page boundary"
+    LIMIT = "length limit"
+    UNDECODABLE = "undecodable"    # the next bytes do not decode: #UD when reached
+    NO_MEMORY = "no memory"        # the next bytes are not in guest memory: fetch fault when reached
+
+
+@dataclass
+class GuestInstruction:
+    insn: object                   # capstone CsInsn (detail mode)
+    rule: Rule
+
+    @property
+    def address(self) -> int:
+        return self.insn.address
+
+    @property
+    def size(self) -> int:
+        return self.insn.size
+
+    @property
+    def end(self) -> int:
+        return self.insn.address + self.insn.size
+
+    @property
+    def bytes(self) -> bytes:
+        return bytes(self.insn.bytes)
+
+    def __str__(self) -> str:
+        return f"{self.insn.mnemonic} {self.insn.op_str}".strip()
+
+
+@dataclass
+class GuestBlock:
+    address: int
+    instructions: list[GuestInstruction] = field(default_factory=list)
+    end: BlockEnd = BlockEnd.LIMIT
+
+    @property
+    def next_address(self) -> int:
+        """Where execution continues when the block falls through its end."""
+        return self.instructions[-1].end if self.instructions else self.address
+
+    @property
+    def guest_size(self) -> int:
+        return self.next_address - self.address
+
+    @property
+    def pages(self) -> set[int]:
+        """Guest page numbers whose bytes this block's translation depends on."""
+        if not self.instructions:
+            return {self.address // PAGE_SIZE}
+        return {page for page in range(self.address // PAGE_SIZE, (self.next_address - 1) // PAGE_SIZE + 1)}
+
+
+class Decoder:
+    """Decodes basic blocks from guest memory. `read_code(address, size)` returns up to `size`
+    bytes of guest code at `address` (fewer at the end of memory, none outside it)."""
+
+    def __init__(self, read_code: Callable[[int, int], bytes]) -> None:
+        self.read_code = read_code
+        self._capstone = Cs(CS_ARCH_X86, CS_MODE_32)
+        self._capstone.detail = True
+
+    def decode_one(self, address: int) -> Optional[object]:
+        code = self.read_code(address, MAX_INSTRUCTION_LENGTH)
+        if not code:
+            return None
+        return next(self._capstone.disasm(code, address, 1), None)
+
+    def decode_block(self, address: int, limit: int = DEFAULT_BLOCK_LIMIT) -> GuestBlock:
+        block = GuestBlock(address)
+        page = address // PAGE_SIZE
+        current = address
+        while True:
+            if not self.read_code(current, 1):
+                block.end = BlockEnd.NO_MEMORY
+                return block
+            insn = self.decode_one(current)
+            if insn is None:
+                block.end = BlockEnd.UNDECODABLE
+                return block
+            instruction = GuestInstruction(insn, classify(insn))
+            block.instructions.append(instruction)
+            current = instruction.end
+            if instruction.rule.ends_block:
+                block.end = BlockEnd.BRANCH
+                return block
+            if len(block.instructions) >= limit:
+                block.end = BlockEnd.LIMIT
+                return block
+            if current // PAGE_SIZE != page:
+                block.end = BlockEnd.PAGE
+                return block

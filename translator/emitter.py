@@ -1,0 +1,415 @@
+"""Code generation: turn a decoded guest block into translated code.
+
+Innocuous instructions are copied byte for byte; each sensitive one becomes its inline
+emulation or a callout site; the block's final control transfer becomes exit slots (patched
+later into direct jumps to translated successors) or a flag-preserving probe of the lookup
+table. The output is position independent: absolute references go only to monitor areas, and
+jumps to other blocks are made by patching exit slots after placement.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Optional
+
+from capstone import x86_const as X
+
+from translator.classify import Handling
+from translator.decoder import BlockEnd, GuestBlock, GuestInstruction
+from translator.layout import (LOOKUP_ENTRY_SIZE, SCRATCH_BUDGET, SCRATCH_JUMP, SCRATCH_SPILL,
+                               VCPU_CR, VCPU_GDTR, VCPU_IDTR, VCPU_LDTR, VCPU_POPF_EXPECT,
+                               VCPU_PUSHF_ADJUST, VCPU_SELECTOR, VCPU_TR, MonitorAddresses)
+
+EAX, ECX, EDX, EBX, ESP, EBP, ESI, EDI = range(8)
+INT3 = 0xCC
+SLOT_SIZE = 5                       # int3 + 4 bytes, room for a `jmp rel32` when chained
+UNLINKED_SLOT = bytes([INT3, 0x90, 0x90, 0x90, 0x90])
+_PREFIXES = {0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0x66, 0x67}
+_SEGMENT_PREFIXES = {0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65}
+_REGISTER_NUMBER = {}
+for _number, _names in enumerate([("EAX", "AX", "AL"), ("ECX", "CX", "CL"), ("EDX", "DX", "DL"),
+                                  ("EBX", "BX", "BL"), ("ESP", "SP", "AH"), ("EBP", "BP", "CH"),
+                                  ("ESI", "SI", "DH"), ("EDI", "DI", "BH")]):
+    for _name in _names:
+        _REGISTER_NUMBER[getattr(X, f"X86_REG_{_name}")] = _number
+
+
+class ExitKind(Enum):
+    BRANCH = "branch"              # static successor: chainable slot
+    MISS = "lookup miss"           # indirect target not in the lookup table (target in eax)
+    CALLOUT = "callout"            # the monitor emulates an instruction
+    UNDECODABLE = "undecodable"    # raise #UD at the guest address
+    NO_MEMORY = "no memory"        # instruction fetch from outside guest memory
+    BUDGET = "instruction budget"  # --max-insns exhausted at block entry
+
+
+@dataclass
+class ExitSite:
+    kind: ExitKind
+    offset: int                    # host offset of the int3 that reports this exit
+    guest_eip: int                 # BRANCH: the successor; others: the guest instruction concerned
+    next_eip: int = 0              # CALLOUT: the instruction after the one emulated
+    instruction: Optional[GuestInstruction] = None
+    restore: tuple[int, ...] = ()  # registers to reload from the scratch page before the monitor acts
+
+    @property
+    def chainable(self) -> bool:
+        return self.kind is ExitKind.BRANCH
+
+
+@dataclass
+class PcEntry:
+    """Host instructions from `offset` on belong to guest instruction `guest_eip`; a fault there
+    is the guest's fault at that instruction once `restore` registers are reloaded."""
+    offset: int
+    guest_eip: int
+    restore: tuple[int, ...] = ()
+
+
+@dataclass
+class Rewrite:
+    guest_eip: int
+    text: str
+    handling: Handling
+    procedure: str
+    host_offset: int
+    host_size: int = 0
+
+
+@dataclass
+class Translation:
+    code: bytearray = field(default_factory=bytearray)
+    exits: list[ExitSite] = field(default_factory=list)
+    pc_map: list[PcEntry] = field(default_factory=list)
+    rewrites: list[Rewrite] = field(default_factory=list)
+    instruction_offsets: dict[int, int] = field(default_factory=dict)   # guest eip -> host offset
+
+    def pc_entry(self, offset: int) -> Optional[PcEntry]:
+        """The entry covering host offset `offset` (entries are in increasing offset order)."""
+        found = None
+        for entry in self.pc_map:
+            if entry.offset > offset:
+                break
+            found = entry
+        return found
+
+
+class UntranslatableForm(Exception):
+    """An operand form the inline templates do not cover; the instruction becomes a callout."""
+
+
+def _u32(value: int) -> bytes:
+    return struct.pack("<I", value & 0xFFFFFFFF)
+
+
+def _modrm_offset(raw: bytes) -> int:
+    index = 0
+    while raw[index] in _PREFIXES:
+        index += 1
+    if raw[index] == 0x0F:
+        return index + (3 if raw[index + 1] in (0x38, 0x3A) else 2)
+    return index + 1
+
+
+def _prefixes(raw: bytes) -> bytes:
+    index = 0
+    while raw[index] in _PREFIXES:
+        index += 1
+    return raw[:index]
+
+
+def _memory_operand(insn):
+    for operand in insn.operands:
+        if operand.type == X.X86_OP_MEM:
+            return operand
+    return None
+
+
+def _registers_in_memory_operand(insn) -> set[int]:
+    operand = _memory_operand(insn)
+    if operand is None:
+        return set()
+    return {_REGISTER_NUMBER[r] for r in (operand.mem.base, operand.mem.index) if r in _REGISTER_NUMBER}
+
+
+def _reencode_rm(insn, opcode: bytes, reg: int, keep_operand_size: bool = True) -> bytes:
+    """The instruction's own r/m operand under a different opcode and reg field: e.g. the
+    `[ebx+8]` of `jmp dword ptr [ebx+8]` as `mov eax, [ebx+8]`."""
+    raw = bytes(insn.bytes)
+    at = _modrm_offset(raw)
+    prefixes = bytes(p for p in _prefixes(raw) if keep_operand_size or p != 0x66)
+    modrm = (raw[at] & 0xC7) | (reg << 3)
+    return prefixes + opcode + bytes([modrm]) + raw[at + 1:]
+
+
+class Emitter:
+    """Translates one GuestBlock into a Translation."""
+
+    def __init__(self, addresses: MonitorAddresses) -> None:
+        self.a = addresses
+
+    # -- small encodings -----------------------------------------------------------------------
+    def _scratch(self, register: int) -> int:
+        return self.a.scratch + SCRATCH_SPILL + 4 * register
+
+    @staticmethod
+    def _mov_reg_abs(register: int, address: int, operand16: bool = False) -> bytes:
+        return (b"\x66" if operand16 else b"") + bytes([0x8B, (register << 3) | 5]) + _u32(address)
+
+    @staticmethod
+    def _mov_abs_reg(address: int, register: int, operand16: bool = False) -> bytes:
+        return (b"\x66" if operand16 else b"") + bytes([0x89, (register << 3) | 5]) + _u32(address)
+
+    def _spill(self, *registers: int) -> bytes:
+        return b"".join(self._mov_abs_reg(self._scratch(r), r) for r in registers)
+
+    def _reload(self, *registers: int) -> bytes:
+        return b"".join(self._mov_reg_abs(r, self._scratch(r)) for r in registers)
+
+    # -- block ---------------------------------------------------------------------------------
+    def translate(self, block: GuestBlock, *, budget: bool = False, chainable: bool = True) -> Translation:
+        out = Translation()
+        pending: list[tuple[int, ExitSite]] = []     # (offset of rel32 to fix, site) for jumps to sites
+        code = out.code
+
+        def mark(guest_eip: int, restore: tuple[int, ...] = ()) -> None:
+            out.pc_map.append(PcEntry(len(code), guest_eip, restore))
+
+        def site_later(rel_offset: int, site: ExitSite) -> None:
+            pending.append((rel_offset, site))
+
+        if budget and block.instructions:
+            self._emit_budget_check(out, block, site_later, mark)
+
+        last = block.instructions[-1] if block.instructions else None
+        for instruction in block.instructions:
+            out.instruction_offsets[instruction.address] = len(code)
+            rule = instruction.rule
+            start = len(code)
+            if rule.handling in (Handling.COPY, Handling.IO_HOOK) or rule.procedure == "interrupt_flag":
+                mark(instruction.address)
+                code += instruction.bytes
+            elif rule.handling is Handling.INLINE:
+                try:
+                    self._emit_inline(out, instruction, mark, site_later)
+                except UntranslatableForm:
+                    del code[start:]
+                    out.pc_map = [e for e in out.pc_map if e.offset < start]
+                    self._emit_callout(out, instruction, mark)
+                    out.rewrites.append(Rewrite(instruction.address, str(instruction), Handling.CALLOUT,
+                                                rule.procedure, start, len(code) - start))
+                    if instruction is not last:     # a callout ends the block here
+                        self._finish(out, pending)
+                        return out
+                    continue
+            elif rule.handling is Handling.CHAIN:
+                self._emit_direct_branch(out, instruction, mark, chainable)
+            elif rule.handling is Handling.LOOKUP:
+                self._emit_indirect_branch(out, instruction, mark)
+            elif rule.handling is Handling.CALLOUT:
+                self._emit_callout(out, instruction, mark)
+            if rule.handling is not Handling.COPY:
+                out.rewrites.append(Rewrite(instruction.address, str(instruction), rule.handling,
+                                            rule.procedure, start, len(code) - start))
+
+        if block.end in (BlockEnd.PAGE, BlockEnd.LIMIT) or (block.end is BlockEnd.BRANCH and last is None):
+            mark(block.next_address)
+            self._slot(out, ExitSite(ExitKind.BRANCH, 0, block.next_address))
+        elif block.end is BlockEnd.UNDECODABLE:
+            mark(block.next_address)
+            self._site(out, ExitSite(ExitKind.UNDECODABLE, 0, block.next_address))
+        elif block.end is BlockEnd.NO_MEMORY:
+            mark(block.next_address)
+            self._site(out, ExitSite(ExitKind.NO_MEMORY, 0, block.next_address))
+        self._finish(out, pending)
+        return out
+
+    def _finish(self, out: Translation, pending) -> None:
+        for rel_offset, site in pending:
+            target = len(out.code)
+            if site.kind is ExitKind.BRANCH:
+                self._slot(out, site)
+            else:
+                self._site(out, site)
+            struct.pack_into("<i", out.code, rel_offset, target - (rel_offset + 4))
+
+    def _site(self, out: Translation, site: ExitSite) -> None:
+        site.offset = len(out.code)
+        out.exits.append(site)
+        out.code.append(INT3)
+
+    def _slot(self, out: Translation, site: ExitSite) -> None:
+        site.offset = len(out.code)
+        out.exits.append(site)
+        out.code += UNLINKED_SLOT
+
+    # -- instruction budget --------------------------------------------------------------------
+    def _emit_budget_check(self, out, block, site_later, mark) -> None:
+        """Subtract the block's guest instruction count from the budget, saving and restoring
+        the guest's flags without touching its stack (lahf/seto ... add al,0x7f/sahf)."""
+        code = out.code
+        mark(block.address, (EAX,))
+        code += self._spill(EAX)
+        code += b"\x9F\x0F\x90\xC0"                                   # lahf; seto al
+        count = len(block.instructions)
+        code += b"\x81\x2D" + _u32(self.a.scratch + SCRATCH_BUDGET) + _u32(count)   # sub [budget], n
+        code += b"\x0F\x82"                                           # jb -> budget exit
+        site_later(len(code), ExitSite(ExitKind.BUDGET, 0, block.address, restore=(EAX,)))
+        code += b"\0\0\0\0"
+        code += b"\x04\x7F\x9E"                                       # add al, 0x7f; sahf
+        code += self._reload(EAX)
+
+    # -- inline emulations ---------------------------------------------------------------------
+    def _emit_inline(self, out: Translation, instruction: GuestInstruction, mark, site_later) -> None:
+        insn, procedure, code = instruction.insn, instruction.rule.procedure, out.code
+        guest = instruction.address
+        operand16 = 0x66 in _prefixes(instruction.bytes)
+        if procedure == "pushf":
+            mark(guest)
+            code += b"\x66\x9C" if operand16 else b"\x9C"            # the guest-visible push
+            mark(guest, (EAX, ECX))
+            code += self._spill(EAX, ECX)
+            code += b"\x8B\x04\x24"                                    # mov eax, [esp]
+            code += self._mov_reg_abs(ECX, self.a.vcpu + VCPU_PUSHF_ADJUST)
+            code += b"\x8D\x04\x08"                                    # lea eax, [eax+ecx]
+            code += (b"\x66" if operand16 else b"") + b"\x89\x04\x24"  # mov [esp], eax/ax
+            code += self._reload(ECX, EAX)
+            return
+        if procedure == "popf":
+            mark(guest, (EAX,))
+            code += self._spill(EAX)
+            code += (b"\x0F\xB7\x04\x24" if operand16 else b"\x8B\x04\x24")   # movzx eax, word [esp] / mov eax, [esp]
+            code += b"\x25" + _u32(0x3100)                             # and eax, IOPL|TF
+            code += b"\x3B\x05" + _u32(self.a.vcpu + VCPU_POPF_EXPECT)  # cmp eax, [expect]
+            code += self._reload(EAX)
+            code += b"\x0F\x85"                                        # jne -> callout
+            site_later(len(code), ExitSite(ExitKind.CALLOUT, 0, guest, instruction.end, instruction))
+            code += b"\0\0\0\0"
+            mark(guest)
+            code += instruction.bytes                                  # popf: IF and flags natively
+            return
+        if procedure in ("read_segment_register", "push_segment_register", "store_system_segment",
+                         "smsw", "read_control_register"):
+            self._emit_read_virtual(out, instruction, procedure, mark, operand16)
+            return
+        if procedure == "store_descriptor_table":
+            table = VCPU_GDTR if insn.id == X.X86_INS_SGDT else VCPU_IDTR
+            self._check_segment_prefix(instruction)
+            mark(guest, (EAX, ECX))
+            code += self._spill(EAX, ECX)
+            code += _reencode_rm(insn, b"\x8D", EAX, keep_operand_size=False)   # lea eax, m
+            code += self._mov_reg_abs(ECX, self.a.vcpu + table)
+            code += b"\x89\x08"                                        # mov [eax], ecx
+            code += self._mov_reg_abs(ECX, self.a.vcpu + table + 4)
+            code += b"\x66\x89\x48\x04"                                # mov [eax+4], cx
+            code += self._reload(ECX, EAX)
+            return
+        raise UntranslatableForm(procedure)
+
+    def _check_segment_prefix(self, instruction: GuestInstruction) -> None:
+        if any(p in _SEGMENT_PREFIXES for p in _prefixes(instruction.bytes)):
+            raise UntranslatableForm("segment override on an emulated memory operand")
+
+    def _emit_read_virtual(self, out, instruction, procedure, mark, operand16) -> None:
+        """Instructions that read one virtual-CPU value into a register, memory or the stack."""
+        insn, code, guest = instruction.insn, out.code, instruction.address
+        if procedure == "push_segment_register":
+            source = self.a.vcpu + VCPU_SELECTOR[insn.operands[0].reg]
+            mark(guest)
+            code += (b"\x66" if operand16 else b"") + b"\xFF\x35" + _u32(source)   # push dword [vcpu.sel]
+            return
+        if procedure == "read_segment_register":
+            source, width16 = self.a.vcpu + VCPU_SELECTOR[insn.operands[1].reg], operand16
+        elif procedure == "store_system_segment":
+            source = self.a.vcpu + (VCPU_LDTR if insn.id == X.X86_INS_SLDT else VCPU_TR)
+            width16 = operand16
+        elif procedure == "smsw":
+            source, width16 = self.a.vcpu + VCPU_CR[0], True   # smsw writes 16 bits, even to r32
+        else:   # read_control_register: mov r32, crN
+            number = int(insn.reg_name(insn.operands[1].reg)[2:])
+            if number not in VCPU_CR:
+                raise UntranslatableForm(f"cr{number}")
+            source, width16 = self.a.vcpu + VCPU_CR[number], False
+        destination = insn.operands[0]
+        if destination.type == X.X86_OP_REG:
+            mark(guest)
+            code += self._mov_reg_abs(_REGISTER_NUMBER[destination.reg], source, width16)
+            return
+        # memory destination: always a 16-bit store, through a register the operand does not use
+        self._check_segment_prefix(instruction)
+        busy = _registers_in_memory_operand(insn)
+        scratch = next(r for r in (EAX, ECX, EDX, EBX) if r not in busy)
+        mark(guest, (scratch,))
+        code += self._spill(scratch)
+        code += self._mov_reg_abs(scratch, source, True)
+        code += b"\x66" + _reencode_rm(insn, b"\x89", scratch, keep_operand_size=False)   # mov m16, r16
+        code += self._reload(scratch)
+
+    # -- control flow --------------------------------------------------------------------------
+    def _emit_direct_branch(self, out: Translation, instruction: GuestInstruction, mark, chainable) -> None:
+        insn, code, guest = instruction.insn, out.code, instruction.address
+        target = insn.operands[0].imm & 0xFFFFFFFF
+        fallthrough = instruction.end
+        raw = instruction.bytes
+        if 0x66 in _prefixes(raw):
+            raise NotImplementedError("16-bit near branches")
+        opcode = raw[len(_prefixes(raw))]
+        if insn.id == X.X86_INS_CALL:
+            mark(guest)
+            code += b"\x68" + _u32(fallthrough)           # push the GUEST return address
+            mark(target)
+            self._slot(out, ExitSite(ExitKind.BRANCH, 0, target))
+        elif insn.id == X.X86_INS_JMP:
+            mark(target)
+            self._slot(out, ExitSite(ExitKind.BRANCH, 0, target))
+        elif opcode in (0xE0, 0xE1, 0xE2, 0xE3):          # loop*, jecxz/jcxz: rel8 only
+            mark(guest)
+            code += _prefixes(raw) + bytes([opcode, SLOT_SIZE])      # taken: skip the fallthrough slot
+            mark(fallthrough)
+            self._slot(out, ExitSite(ExitKind.BRANCH, 0, fallthrough))
+            mark(target)
+            self._slot(out, ExitSite(ExitKind.BRANCH, 0, target))
+        else:                                             # jcc short or near
+            condition = (opcode & 0x0F) if opcode != 0x0F else (raw[len(_prefixes(raw)) + 1] & 0x0F)
+            mark(guest)
+            code += bytes([0x0F, 0x80 | condition]) + _u32(SLOT_SIZE)   # taken: over the fallthrough slot
+            mark(fallthrough)
+            self._slot(out, ExitSite(ExitKind.BRANCH, 0, fallthrough))
+            mark(target)
+            self._slot(out, ExitSite(ExitKind.BRANCH, 0, target))
+
+    def _emit_indirect_branch(self, out: Translation, instruction: GuestInstruction, mark) -> None:
+        """Compute the guest target into eax (ecx and eax spilled), then probe the lookup table
+        without touching the guest's flags: hit -> jump to the translation, miss -> exit."""
+        insn, code, guest = instruction.insn, out.code, instruction.address
+        if 0x66 in _prefixes(instruction.bytes):
+            raise NotImplementedError("16-bit indirect branches")
+        mark(guest, (EAX, ECX))
+        code += self._spill(ECX, EAX)
+        procedure = instruction.rule.procedure
+        if procedure == "ret":
+            pop = 4 + (insn.operands[0].imm if insn.operands else 0)
+            code += b"\x8B\x04\x24"                       # mov eax, [esp]
+            code += b"\x8D\xA4\x24" + _u32(pop)           # lea esp, [esp + 4 + imm16]
+        else:
+            code += _reencode_rm(insn, b"\x8B", EAX)      # mov eax, <the branch's operand>
+            if procedure == "indirect_call":
+                code += b"\x68" + _u32(instruction.end)   # push the guest return address
+        table = self.a.lookup_table
+        code += b"\x0F\xB7\xC8"                           # movzx ecx, ax
+        code += b"\x8B\x0C\xCD" + _u32(table)             # mov ecx, [ecx*8 + table]   (tag)
+        code += b"\xF7\xD1"                               # not ecx
+        code += b"\x8D\x4C\x01\x01"                       # lea ecx, [ecx + eax + 1]  = target - tag
+        code += b"\xE3\x01"                               # jecxz hit
+        self._site(out, ExitSite(ExitKind.MISS, 0, guest, instruction.end, instruction, (EAX, ECX)))
+        code += b"\x0F\xB7\xC8"                           # hit: movzx ecx, ax
+        code += b"\x8B\x0C\xCD" + _u32(table + 4)         # mov ecx, [ecx*8 + table + 4]
+        code += self._mov_abs_reg(self.a.scratch + SCRATCH_JUMP, ECX)
+        code += self._reload(ECX, EAX)
+        code += b"\xFF\x25" + _u32(self.a.scratch + SCRATCH_JUMP)   # jmp [scratch.jump]
+
+    def _emit_callout(self, out: Translation, instruction: GuestInstruction, mark) -> None:
+        mark(instruction.address)
+        self._site(out, ExitSite(ExitKind.CALLOUT, 0, instruction.address, instruction.end, instruction))

@@ -1,0 +1,421 @@
+"""Emulation procedures: what the monitor does for each sensitive instruction the translator hands
+it (a callout), performed on the guest-visible CPU and the guest's view of memory.
+
+Each procedure either completes the instruction (and leaves EIP at the next instruction or the
+transfer target), raises GuestFault for an exception the instruction takes (delivered by the
+caller as a fault at the instruction), or returns an Outcome the run loop acts on.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Optional
+
+from capstone import x86_const as X
+
+from vmm.errors import VmmError
+from vmm.guest_view import GuestFault, GuestView
+from vmm.x86 import (AC, AF, CF, DF, GP, ID, IF, IOPL_MASK, NP, NT, OF, PF, SF, SS, TF, ZF, CR0_PE,
+                     CR0_PG, SegmentDescriptor, selector_error_code)
+
+_SEGMENTS = {X.X86_REG_CS: "cs", X.X86_REG_SS: "ss", X.X86_REG_DS: "ds", X.X86_REG_ES: "es",
+             X.X86_REG_FS: "fs", X.X86_REG_GS: "gs"}
+_GPR32 = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
+_SUBREGISTERS = {}
+for _i, _name in enumerate(_GPR32):
+    _SUBREGISTERS[_name] = (_name, 0, 0xFFFFFFFF)
+    _SUBREGISTERS[_name[1:]] = (_name, 0, 0xFFFF)
+for _low, _high, _full in (("al", "ah", "eax"), ("cl", "ch", "ecx"), ("dl", "dh", "edx"), ("bl", "bh", "ebx")):
+    _SUBREGISTERS[_low] = (_full, 0, 0xFF)
+    _SUBREGISTERS[_high] = (_full, 8, 0xFF)
+# EFLAGS bits a ring-0 popf/iret may change (VM, VIF, VIP and RF are left alone here)
+_EFLAGS_WRITABLE = CF | PF | AF | ZF | SF | TF | IF | DF | OF | IOPL_MASK | NT | AC | ID
+
+
+class UnsupportedInstruction(VmmError):
+    """The guest used an instruction form the monitor does not emulate yet."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: str                     # "continue", "halt" or "interrupt"
+    vector: int = 0
+
+
+CONTINUE = Outcome("continue")
+HALT = Outcome("halt")
+
+
+class Emulator:
+    def __init__(self, cpu, view: GuestView) -> None:
+        self.cpu = cpu
+        self.view = view
+        self.debug_registers = [0] * 8
+
+    def emulate(self, instruction) -> Outcome:
+        procedure = getattr(self, "_" + instruction.rule.procedure, None)
+        if procedure is None:
+            raise UnsupportedInstruction(f"no emulation for {instruction} at {instruction.address:#010x}")
+        insn = instruction.insn
+        self._next = instruction.end
+        outcome = procedure(insn)
+        if outcome is None:
+            self.cpu.set_reg("eip", self._next)
+            return CONTINUE
+        return outcome
+
+    # -- operands ------------------------------------------------------------------------------
+    def _register(self, name: str) -> int:
+        full, shift, mask = _SUBREGISTERS[name]
+        return (self.cpu.reg(full) >> shift) & mask
+
+    def _set_register(self, name: str, value: int) -> None:
+        full, shift, mask = _SUBREGISTERS[name]
+        old = self.cpu.reg(full)
+        self.cpu.set_reg(full, (old & ~(mask << shift)) | ((value & mask) << shift))
+
+    def _address(self, insn, operand) -> int:
+        mem = operand.mem
+        address = mem.disp
+        if mem.base:
+            address += self._register(insn.reg_name(mem.base))
+        if mem.index:
+            address += self._register(insn.reg_name(mem.index)) * mem.scale
+        segment = _SEGMENTS.get(mem.segment) if mem.segment else None
+        if segment is None:
+            segment = "ss" if mem.base in (X.X86_REG_ESP, X.X86_REG_EBP) else "ds"
+        return (self.view.segment_base(self.cpu.reg(segment)) + address) & 0xFFFFFFFF
+
+    def _read(self, insn, operand, size: Optional[int] = None) -> int:
+        size = size or operand.size
+        if operand.type == X.X86_OP_REG:
+            name = insn.reg_name(operand.reg)
+            return self.cpu.reg(_SEGMENTS[operand.reg]) if operand.reg in _SEGMENTS else self._register(name)
+        if operand.type == X.X86_OP_IMM:
+            return operand.imm & ((1 << (8 * size)) - 1)
+        return self.view.read_int(self._address(insn, operand), size)
+
+    def _write(self, insn, operand, value: int, size: Optional[int] = None) -> None:
+        size = size or operand.size
+        if operand.type == X.X86_OP_REG:
+            self._set_register(insn.reg_name(operand.reg), value)
+        else:
+            self.view.write_int(self._address(insn, operand), size, value)
+
+    def _push(self, value: int, size: int = 4) -> None:
+        esp = (self.cpu.reg("esp") - size) & 0xFFFFFFFF
+        self.view.write_int((self.view.segment_base(self.cpu.reg("ss")) + esp) & 0xFFFFFFFF, size, value)
+        self.cpu.set_reg("esp", esp)
+
+    def _pop(self, size: int = 4) -> int:
+        esp = self.cpu.reg("esp")
+        value = self.view.read_int((self.view.segment_base(self.cpu.reg("ss")) + esp) & 0xFFFFFFFF, size)
+        self.cpu.set_reg("esp", (esp + size) & 0xFFFFFFFF)
+        return value
+
+    @staticmethod
+    def _operand16(insn) -> bool:
+        return 0x66 in bytes(insn.bytes[:4])
+
+    def _set_zf(self, value: bool) -> None:
+        flags = self.cpu.reg("eflags")
+        self.cpu.set_reg("eflags", flags | ZF if value else flags & ~ZF)
+
+    # -- segments ------------------------------------------------------------------------------
+    def load_segment(self, segment: str, selector: int) -> None:
+        """A protected-mode segment register load with the CPU's checks (SDM vol. 2, MOV)."""
+        selector &= 0xFFFF
+        cpl = self.cpu.cpl
+        index_error = selector & 0xFFFC
+        if not selector & 0xFFFC:
+            if segment in ("ss", "cs"):
+                raise GuestFault(GP, 0)
+            self.cpu.load_segment(segment, selector, None)
+            return
+        descriptor = self.view.descriptor(selector)
+        if descriptor is None:
+            raise GuestFault(GP, index_error)
+        rpl, dpl = selector & 3, descriptor.dpl
+        if segment == "ss":
+            if rpl != cpl or dpl != cpl or not descriptor.is_writable_data:
+                raise GuestFault(GP, index_error)
+            if not descriptor.present:
+                raise GuestFault(SS, index_error)
+        elif segment == "cs":
+            if not descriptor.is_code:
+                raise GuestFault(GP, index_error)
+            conforming = bool(descriptor.type & 4)
+            if (conforming and dpl > cpl) or (not conforming and (dpl != cpl or rpl > cpl)):
+                raise GuestFault(GP, index_error)
+            if not descriptor.present:
+                raise GuestFault(NP, index_error)
+        else:
+            readable = descriptor.is_writable_data or (not descriptor.system and not descriptor.type & 8) \
+                or (descriptor.is_code and descriptor.type & 2)
+            if descriptor.system or not readable:
+                raise GuestFault(GP, index_error)
+            conforming_code = descriptor.is_code and descriptor.type & 4
+            if not conforming_code and (rpl > dpl or cpl > dpl):
+                raise GuestFault(GP, index_error)
+            if not descriptor.present:
+                raise GuestFault(NP, index_error)
+        self.cpu.load_segment(segment, selector, self.view.raw_descriptor(selector))
+
+    def _load_segment_register(self, insn):
+        if insn.id == X.X86_INS_POP:
+            segment = _SEGMENTS[insn.operands[0].reg]
+            esp = self.cpu.reg("esp")
+            selector = self.view.read_int((self.view.segment_base(self.cpu.reg("ss")) + esp) & 0xFFFFFFFF,
+                                          2 if self._operand16(insn) else 4)
+            self.load_segment(segment, selector)
+            self.cpu.set_reg("esp", esp + (2 if self._operand16(insn) else 4))
+            return
+        segment = _SEGMENTS[insn.operands[0].reg]
+        self.load_segment(segment, self._read(insn, insn.operands[1], 2))
+
+    def _load_far_pointer(self, insn):
+        destination, source = insn.operands
+        size = 2 if self._operand16(insn) else 4
+        address = self._address(insn, source)
+        offset = self.view.read_int(address, size)
+        selector = self.view.read_int((address + size) & 0xFFFFFFFF, 2)
+        segment = {X.X86_INS_LDS: "ds", X.X86_INS_LES: "es", X.X86_INS_LFS: "fs",
+                   X.X86_INS_LGS: "gs", X.X86_INS_LSS: "ss"}[insn.id]
+        self.load_segment(segment, selector)
+        self._write(insn, destination, offset, size)
+
+    # -- far control transfers -----------------------------------------------------------------
+    def _far_target(self, insn) -> tuple[int, int]:
+        operand = insn.operands[0]
+        if operand.type == X.X86_OP_IMM:          # ptr16:32 (capstone gives selector, offset)
+            return insn.operands[0].imm & 0xFFFF, insn.operands[1].imm & 0xFFFFFFFF
+        size = 2 if self._operand16(insn) else 4
+        address = self._address(insn, operand)
+        return self.view.read_int((address + size) & 0xFFFFFFFF, 2), self.view.read_int(address, size)
+
+    def _check_code_target(self, selector: int) -> None:
+        descriptor = self.view.descriptor(selector)
+        if descriptor is not None and descriptor.system:
+            raise UnsupportedInstruction("far transfer through a call gate or task: not modelled yet")
+        if descriptor is not None and selector & 3 > self.cpu.cpl:
+            raise UnsupportedInstruction("far transfer to an outer privilege level: not modelled yet")
+
+    def _far_jmp(self, insn):
+        selector, offset = self._far_target(insn)
+        self._check_code_target(selector)
+        self.load_segment("cs", selector)
+        self._next = offset
+
+    def _far_call(self, insn):
+        selector, offset = self._far_target(insn)
+        self._check_code_target(selector)
+        size = 2 if self._operand16(insn) else 4
+        cs, esp = self.cpu.reg("cs"), self.cpu.reg("esp")
+        self.load_segment("cs", selector)
+        try:
+            self._push(cs, size)
+            self._push(self._next, size)
+        except GuestFault:
+            self.cpu.set_reg("esp", esp)
+            raise
+        self._next = offset
+
+    def _far_ret(self, insn):
+        size = 2 if self._operand16(insn) else 4
+        esp = self.cpu.reg("esp")
+        base = self.view.segment_base(self.cpu.reg("ss"))
+        offset = self.view.read_int((base + esp) & 0xFFFFFFFF, size)
+        selector = self.view.read_int((base + esp + size) & 0xFFFFFFFF, 2)
+        if selector & 3 > self.cpu.cpl:
+            raise UnsupportedInstruction("far return to an outer privilege level: not modelled yet")
+        self.load_segment("cs", selector)
+        release = insn.operands[0].imm if insn.operands else 0
+        self.cpu.set_reg("esp", esp + 2 * size + release)
+        self._next = offset
+
+    def _iret(self, insn):
+        size = 2 if insn.id == X.X86_INS_IRET else 4
+        flags = self.cpu.reg("eflags")
+        if flags & NT:
+            raise UnsupportedInstruction("iret with NT set (task return): not modelled yet")
+        esp = self.cpu.reg("esp")
+        base = self.view.segment_base(self.cpu.reg("ss"))
+        eip = self.view.read_int((base + esp) & 0xFFFFFFFF, size)
+        cs = self.view.read_int((base + esp + size) & 0xFFFFFFFF, 2)
+        new_flags = self.view.read_int((base + esp + 2 * size) & 0xFFFFFFFF, size)
+        if cs & 3 > self.cpu.cpl:
+            raise UnsupportedInstruction("iret to an outer privilege level: arrives with user mode")
+        self.load_segment("cs", cs)
+        self.cpu.set_reg("esp", esp + 3 * size)
+        mask = _EFLAGS_WRITABLE if size == 4 else 0xFFFF & _EFLAGS_WRITABLE
+        self.cpu.set_reg("eflags", (flags & ~mask) | (new_flags & mask))
+        self._next = eip
+
+    def _software_interrupt(self, insn):
+        if insn.id == X.X86_INS_INTO:
+            if not self.cpu.reg("eflags") & OF:
+                return None
+            return Outcome("interrupt", 4)
+        vector = {X.X86_INS_INT3: 3, X.X86_INS_INT1: 1}.get(insn.id)
+        return Outcome("interrupt", insn.operands[0].imm & 0xFF if vector is None else vector)
+
+    def _fast_system_call(self, insn):
+        raise GuestFault(GP, 0) if insn.id in (X.X86_INS_SYSENTER, X.X86_INS_SYSEXIT) else GuestFault(6)
+
+    # -- system state --------------------------------------------------------------------------
+    def _hlt(self, insn):
+        self.cpu.set_reg("eip", self._next)
+        return HALT
+
+    def _load_descriptor_table(self, insn):
+        address = self._address(insn, insn.operands[0])
+        limit = self.view.read_int(address, 2)
+        base = self.view.read_int((address + 2) & 0xFFFFFFFF, 4)
+        if self._operand16(insn):
+            base &= 0xFFFFFF
+        self.cpu.set_table_register("gdtr" if insn.id == X.X86_INS_LGDT else "idtr", base, limit)
+
+    def _store_descriptor_table(self, insn):
+        base, limit = self.cpu.table_register("gdtr" if insn.id == X.X86_INS_SGDT else "idtr")
+        self.view.write(self._address(insn, insn.operands[0]), struct.pack("<HI", limit, base))
+
+    def _load_system_segment(self, insn):
+        selector = self._read(insn, insn.operands[0], 2)
+        name = "ldtr" if insn.id == X.X86_INS_LLDT else "tr"
+        if selector & 4:
+            raise GuestFault(GP, selector & 0xFFFC)
+        if not selector & 0xFFFC:
+            if name == "tr":
+                raise GuestFault(GP, 0)
+            self.cpu.set_table_selector(name, 0)
+            return
+        raw = self.view.raw_descriptor(selector)
+        if raw is None:
+            raise GuestFault(GP, selector & 0xFFFC)
+        descriptor = SegmentDescriptor.decode(raw)
+        wanted = (2,) if name == "ldtr" else (1, 9)
+        if not descriptor.system or descriptor.type not in wanted:
+            raise GuestFault(GP, selector & 0xFFFC)
+        if not descriptor.present:
+            raise GuestFault(NP, selector & 0xFFFC)
+        if name == "tr":          # mark the TSS busy in the guest's GDT, as ltr does
+            address = self.view.descriptor_address(selector)
+            self.view.write((address + 5) & 0xFFFFFFFF, bytes([raw[5] | 0x02]))
+        self.cpu.set_table_selector(name, selector)
+
+    def _store_system_segment(self, insn):
+        value = self.cpu.table_selector("ldtr" if insn.id == X.X86_INS_SLDT else "tr")
+        operand = insn.operands[0]
+        self._write(insn, operand, value, operand.size if operand.type == X.X86_OP_REG else 2)
+
+    def _smsw(self, insn):
+        self._write(insn, insn.operands[0], self.cpu.reg("cr0"), 2)
+
+    def _read_segment_register(self, insn):
+        destination, source = insn.operands
+        self._write(insn, destination, self.cpu.reg(_SEGMENTS[source.reg]),
+                    destination.size if destination.type == X.X86_OP_REG else 2)
+
+    def _push_segment_register(self, insn):
+        self._push(self.cpu.reg(_SEGMENTS[insn.operands[0].reg]), 2 if self._operand16(insn) else 4)
+
+    def _read_control_register(self, insn):
+        number = int(insn.reg_name(insn.operands[1].reg)[2:])
+        self._write(insn, insn.operands[0], self.cpu.reg(f"cr{number}"))
+
+    def _write_control_register(self, insn):
+        number = int(insn.reg_name(insn.operands[0].reg)[2:])
+        value = self._read(insn, insn.operands[1], 4)
+        if number not in (0, 2, 3, 4):
+            raise GuestFault(6)
+        if number == 0:
+            self._set_cr0(value)
+        else:
+            self.cpu.set_reg(f"cr{number}", value)
+
+    def _set_cr0(self, value: int) -> None:
+        if not value & CR0_PE:
+            raise UnsupportedInstruction("leaving protected mode: real mode is not modelled under binary translation")
+        if value & CR0_PG:
+            raise UnsupportedInstruction("paging under binary translation arrives with memory virtualization")
+        self.cpu.set_reg("cr0", value | 0x10)
+
+    def _write_msw(self, insn):
+        cr0 = self.cpu.reg("cr0")
+        if insn.id == X.X86_INS_CLTS:
+            self._set_cr0(cr0 & ~0x8)
+            return
+        msw = self._read(insn, insn.operands[0], 2)
+        self._set_cr0((cr0 & ~0xE) | (msw & 0xF) | (cr0 & 1))   # lmsw cannot clear PE
+
+    def _debug_register(self, insn):
+        destination, source = insn.operands
+        if insn.reg_name(destination.reg).startswith("dr"):
+            self.debug_registers[int(insn.reg_name(destination.reg)[2:])] = self._read(insn, source, 4)
+        else:
+            self._write(insn, destination, self.debug_registers[int(insn.reg_name(source.reg)[2:])])
+
+    def _cache_control(self, insn):
+        return None        # no caches or TLB of the guest's own to maintain while paging is off
+
+    def _msr(self, insn):
+        number = self.cpu.reg("ecx")
+        try:
+            if insn.id == X.X86_INS_RDMSR:
+                value = self.cpu.read_msr(number)
+                self.cpu.set_reg("eax", value & 0xFFFFFFFF)
+                self.cpu.set_reg("edx", value >> 32)
+            else:
+                self.cpu.write_msr(number, (self.cpu.reg("edx") << 32) | self.cpu.reg("eax"))
+        except ValueError:
+            raise GuestFault(GP, 0) from None
+
+    def _rdpmc(self, insn):
+        raise GuestFault(GP, 0)
+
+    def _popf(self, insn):
+        size = 2 if insn.id == X.X86_INS_POPF else 4
+        value = self._pop(size)
+        mask = _EFLAGS_WRITABLE if size == 4 else 0xFFFF & _EFLAGS_WRITABLE
+        flags = self.cpu.reg("eflags")
+        self.cpu.set_reg("eflags", (flags & ~mask) | (value & mask))
+
+    def _pushf(self, insn):
+        self._push(self.cpu.reg("eflags") & ~0x30000, 2 if insn.id == X.X86_INS_PUSHF else 4)
+
+    def _descriptor_access(self, insn):
+        """lar/lsl/verr/verw: ZF=1 and a result only when the descriptor is visible at CPL/RPL."""
+        selector = self._read(insn, insn.operands[-1], 2)
+        raw = self.view.raw_descriptor(selector) if selector & 0xFFFC else None
+        ok = False
+        if raw is not None:
+            descriptor = SegmentDescriptor.decode(raw)
+            conforming_code = descriptor.is_code and descriptor.type & 4
+            visible = conforming_code or max(self.cpu.cpl, selector & 3) <= descriptor.dpl
+            if insn.id in (X.X86_INS_VERR, X.X86_INS_VERW):
+                if descriptor.is_code:
+                    ok = insn.id == X.X86_INS_VERR and bool(descriptor.type & 2) and visible
+                elif not descriptor.system:
+                    ok = visible and (insn.id == X.X86_INS_VERR or descriptor.is_writable_data)
+            else:
+                valid_system = {X.X86_INS_LAR: (1, 2, 3, 4, 5, 9, 11, 12), X.X86_INS_LSL: (1, 2, 3, 9, 11)}[insn.id]
+                ok = visible and (not descriptor.system or descriptor.type in valid_system)
+                if ok:
+                    low, high = struct.unpack("<II", raw)
+                    value = high & 0x00F0FF00 if insn.id == X.X86_INS_LAR else descriptor.limit
+                    destination = insn.operands[0]
+                    self._write(insn, destination, value & ((1 << (8 * destination.size)) - 1))
+        self._set_zf(ok)
+
+    def _cpuid(self, insn):
+        values = self.cpu.cpuid(self.cpu.reg("eax"), self.cpu.reg("ecx"))
+        for name, value in zip(("eax", "ebx", "ecx", "edx"), values):
+            self.cpu.set_reg(name, value)
+
+    def _rdtsc(self, insn):
+        value = self.cpu.timestamp()
+        self.cpu.set_reg("eax", value & 0xFFFFFFFF)
+        self.cpu.set_reg("edx", (value >> 32) & 0xFFFFFFFF)
+        if insn.id == X.X86_INS_RDTSCP:
+            self.cpu.set_reg("ecx", self.cpu.read_msr(0xC0000103) & 0xFFFFFFFF)

@@ -1,0 +1,88 @@
+"""The guest's own view of memory: linear addresses through its page tables and descriptors
+through its GDT/LDT, as the CPU resolves them. Used by exception delivery and emulation."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from vmm.memory import PAGE_SIZE, PageFault, PhysicalMemory, linear_to_physical
+from vmm.x86 import PF_VEC, SegmentDescriptor
+
+
+class GuestFault(Exception):
+    """An exception the guest takes because of what the monitor did on its behalf."""
+
+    def __init__(self, vector: int, error_code: int = 0) -> None:
+        super().__init__(f"vector {vector} error {error_code:#x}")
+        self.vector, self.error_code = vector, error_code
+
+
+class GuestView:
+    def __init__(self, cpu, memory: PhysicalMemory) -> None:
+        self.cpu = cpu
+        self.memory = memory
+
+    # -- linear memory -------------------------------------------------------------------------
+    def _physical(self, linear: int, write: bool) -> int:
+        try:
+            return linear_to_physical(self.memory, self.cpu.reg("cr0"), self.cpu.reg("cr3"), linear, write)
+        except PageFault as fault:
+            self.cpu.set_reg("cr2", fault.linear)
+            raise GuestFault(PF_VEC, fault.error_code) from None
+
+    @staticmethod
+    def _page_chunks(linear: int, size: int):
+        """(linear, length) pieces of an access, none crossing a page boundary."""
+        while size:
+            length = min(size, PAGE_SIZE - (linear & (PAGE_SIZE - 1)))
+            yield linear, length
+            linear, size = (linear + length) & 0xFFFFFFFF, size - length
+
+    def read(self, linear: int, size: int) -> bytes:
+        return b"".join(self.memory.read(self._physical(piece, False), length)
+                        for piece, length in self._page_chunks(linear, size))
+
+    def write(self, linear: int, data: bytes) -> None:
+        pieces = [(self._physical(piece, True), length) for piece, length in self._page_chunks(linear, len(data))]
+        done = 0
+        for physical, length in pieces:      # every translation succeeds before any byte is stored
+            self.memory.write(physical, data[done:done + length])
+            done += length
+
+    def read_int(self, linear: int, size: int) -> int:
+        return int.from_bytes(self.read(linear, size), "little")
+
+    def write_int(self, linear: int, size: int, value: int) -> None:
+        self.write(linear, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
+
+    # -- descriptor tables ---------------------------------------------------------------------
+    def descriptor_address(self, selector: int) -> Optional[int]:
+        """Linear address of the descriptor a selector names, or None beyond its table's limit."""
+        if selector & 4:
+            ldt_selector = self.cpu.table_selector("ldtr")
+            if not ldt_selector & 0xFFFC:
+                return None
+            ldt = self.descriptor(ldt_selector & ~4)
+            if ldt is None:
+                return None
+            base, limit = ldt.base, ldt.limit
+        else:
+            base, limit = self.cpu.table_register("gdtr")
+        index = selector & 0xFFF8
+        if index + 7 > limit:
+            return None
+        return (base + index) & 0xFFFFFFFF
+
+    def raw_descriptor(self, selector: int) -> Optional[bytes]:
+        address = self.descriptor_address(selector)
+        return None if address is None else self.read(address, 8)
+
+    def descriptor(self, selector: int) -> Optional[SegmentDescriptor]:
+        raw = self.raw_descriptor(selector)
+        return None if raw is None else SegmentDescriptor.decode(raw)
+
+    def segment_base(self, selector: int) -> int:
+        if not selector & 0xFFFC:
+            return 0
+        descriptor = self.descriptor(selector)
+        return descriptor.base if descriptor else 0

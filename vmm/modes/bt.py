@@ -1,0 +1,529 @@
+"""Binary translation, in the VMware style: guest code never runs as it is. The guest kernel's
+blocks are translated (translator/) into the translation cache (cache/) and run there,
+deprivileged at CPL 1, against a virtual CPU whose sensitive state lives in the monitor.
+
+Deprivileging: the engine runs translated code at CPL 1 with the real IOPL at 1, real
+segment registers holding the guest's selectors with RPL 1 over a shadow GDT (guest descriptors
+with DPL 0 made DPL 1, accessed bits preset), and the real TF always clear. The guest-visible
+values (CS, IOPL, TF, descriptor-table registers, control registers) live in the virtual-CPU
+block, which translated code reads and only the monitor writes. The virtual IF is the real
+EFLAGS.IF of this deprivileged context: the engine never takes host interrupts, so the bit is
+free to carry the guest's, and cli/sti/popf change it natively at IOPL 1 with no exit.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Optional
+
+from cache.arena import CodeArena
+from cache.tcache import BlockKey, TranslatedBlock, TranslationCache
+from translator.decoder import PAGE_SIZE, Decoder, GuestBlock
+from translator.emitter import Emitter, ExitKind, ExitSite, Translation
+from translator.layout import (IOPL_MASK, LOOKUP_TABLE_SIZE, REAL_IOPL, SCRATCH_BUDGET, SCRATCH_SPILL,
+                               SCRATCH_STACK_TOP, TF, VCPU_CR, VCPU_GDTR, VCPU_IDTR, VCPU_LDTR,
+                               VCPU_POPF_EXPECT, VCPU_PUSHF_ADJUST, VCPU_SELECTOR, VCPU_SIZE, VCPU_TR,
+                               MonitorAddresses)
+from vmm.cpu import GuestCpu
+from vmm.emulate import UnsupportedInstruction
+from vmm.engine import PROT_ALL, PROT_EXEC, PROT_READ, PROT_WRITE, StopCause
+from vmm.exits import ExitReason, VmExit
+from vmm.memory import MIB
+from vmm.modes import ExecutionMode
+from vmm.monitor_paging import MonitorPageTables
+from vmm.x86 import CR0_PG, CR0_WP, PF_VEC, SegmentDescriptor, UD
+
+from capstone import x86_const as X
+
+# Monitor-region areas used by the translator (offsets from MONITOR_BASE; the boot GDT is at 0)
+VCPU_OFFSET = 0x1000
+SCRATCH_OFFSET = 0x2000
+STUB_OFFSET = 0x3000
+PAGE_DIRECTORY_OFFSET = 0x4000
+SHADOW_GDT_OFFSET = 0x10000
+SHADOW_GDT_SIZE = 0x10000
+LOOKUP_OFFSET = 0x40000
+PAGE_TABLES_OFFSET = 0x100000            # 4 KiB page tables for up to 3 GiB of RAM + the monitor
+PAGE_TABLES_SIZE = 0x310000
+ARENA_OFFSET = 0x500000
+ARENA_SIZE = 10 * MIB
+SLOT_SIZE = 512
+ARENA_SLOTS = ARENA_SIZE // SLOT_SIZE
+DEFAULT_CAPACITY = 4096                  # blocks
+ONE_SHOT_SLOT = 0                        # reserved: single instructions run outside the cache
+
+_SEGMENT_NAMES = ("cs", "ss", "ds", "es", "fs", "gs")
+_SEGMENT_IDS = {name: reg for reg, name in ((X.X86_REG_CS, "cs"), (X.X86_REG_SS, "ss"), (X.X86_REG_DS, "ds"),
+                                             (X.X86_REG_ES, "es"), (X.X86_REG_FS, "fs"), (X.X86_REG_GS, "gs"))}
+_GPRS = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
+
+
+def shadow_descriptor(raw: bytes) -> bytes:
+    """The descriptor the engine uses for a guest descriptor: code/data segments of DPL 0 become
+    DPL 1 (the guest kernel runs at CPL 1) with the accessed bit preset (the shadow table is
+    read-only to the engine); system descriptors are marked not present (never used natively)."""
+    low, high = struct.unpack("<II", raw)
+    access = (high >> 8) & 0xFF
+    if access & 0x10:                      # code or data
+        access |= 0x01
+        if (access >> 5) & 3 == 0:
+            access |= 0x20
+    else:
+        access &= 0x7F
+    return struct.pack("<II", low, (high & ~0xFF00) | (access << 8))
+
+
+class TranslatedCpu(GuestCpu):
+    """Guest registers under binary translation: general registers and the arithmetic flags are
+    the engine's; EIP, IOPL, TF, selectors, descriptor-table and control registers are virtual."""
+
+    def __init__(self, mode: "BinaryTranslationMode") -> None:
+        super().__init__(mode.engine)
+        self.mode = mode
+        engine = mode.engine
+        self.eip = engine.reg("eip")
+        self.selectors = {name: engine.reg(name) for name in _SEGMENT_NAMES}
+        self.virtual_flags = engine.reg("eflags") & (IOPL_MASK | TF)
+        self.tables = {name: engine.table_register(name) for name in ("gdtr", "idtr")}
+        self.table_selectors = {"ldtr": 0, "tr": 0}
+        self.control = {n: engine.reg(f"cr{n}") for n in VCPU_CR}
+
+    def reg(self, name: str) -> int:
+        if name == "eip":
+            return self.eip
+        if name == "eflags":
+            return (self.engine.reg("eflags") & ~(IOPL_MASK | TF)) | self.virtual_flags
+        if name in self.selectors:
+            return self.selectors[name]
+        if name.startswith("cr"):
+            return self.control[int(name[2:])]
+        return self.engine.reg(name)
+
+    def set_reg(self, name: str, value: int) -> None:
+        value &= 0xFFFFFFFF
+        if name == "eip":
+            self.eip = value
+        elif name == "eflags":
+            self.engine.set_reg("eflags", (value & ~(IOPL_MASK | TF)) | REAL_IOPL)
+            if (value & (IOPL_MASK | TF)) != self.virtual_flags:
+                self.virtual_flags = value & (IOPL_MASK | TF)
+                self.mode.virtual_state_changed()
+        elif name in self.selectors:
+            raise ValueError("segment registers change through load_segment")
+        elif name.startswith("cr"):
+            self.control[int(name[2:])] = value
+            self.mode.virtual_state_changed()
+        else:
+            self.engine.set_reg(name, value)
+
+    def load_segment(self, name: str, selector: int, raw: Optional[bytes]) -> None:
+        """Load a segment register whose checks the emulator has done."""
+        if name == "cs":
+            descriptor = SegmentDescriptor.decode(raw)
+            if descriptor.base != 0 or not descriptor.big:
+                raise UnsupportedInstruction("a code segment that is not flat and 32-bit, under binary translation")
+        elif raw is not None:
+            if selector & 4:
+                raise UnsupportedInstruction("LDT segments under binary translation")
+            self.mode.refresh_shadow(selector, raw)
+            self.engine.set_reg(name, (selector & ~3) | max(selector & 3, 1))
+        else:
+            self.engine.set_reg(name, 0)
+        self.selectors[name] = selector & 0xFFFF
+        self.mode.virtual_state_changed()
+
+    def table_register(self, name: str) -> tuple[int, int]:
+        return self.tables[name]
+
+    def set_table_register(self, name: str, base: int, limit: int) -> None:
+        self.tables[name] = (base & 0xFFFFFFFF, limit & 0xFFFF)
+        if name == "gdtr":
+            self.mode.rebuild_shadow_gdt()
+        self.mode.virtual_state_changed()
+
+    def table_selector(self, name: str) -> int:
+        return self.table_selectors[name]
+
+    def set_table_selector(self, name: str, selector: int) -> None:
+        self.table_selectors[name] = selector & 0xFFFF
+        self.mode.virtual_state_changed()
+
+    @property
+    def cpl(self) -> int:
+        return self.selectors["cs"] & 3
+
+    def cpuid(self, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
+        return self.mode.run_native(b"\x0F\xA2", {"eax": leaf, "ecx": subleaf}, ("eax", "ebx", "ecx", "edx"))
+
+    def timestamp(self) -> int:
+        eax, edx = self.mode.run_native(b"\x0F\x31", {}, ("eax", "edx"))
+        return (edx << 32) | eax
+
+    def read_msr(self, number: int) -> int:
+        return self.engine.read_msr(number)
+
+    def write_msr(self, number: int, value: int) -> None:
+        self.engine.write_msr(number, value)
+
+
+@dataclass
+class _Stop:
+    """Why translated code returned to the monitor, noted by the interrupt hook."""
+    kind: str                     # "site" or "fault"
+    host_eip: int
+    block: Optional[TranslatedBlock] = None
+    site_index: int = 0
+    site: Optional[ExitSite] = None
+    vector: int = 0
+    error_code: int = 0
+    address: int = 0              # page faults: the linear address (CR2)
+
+
+class BinaryTranslationMode(ExecutionMode):
+    name = "bt"
+
+    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+        self.capacity = capacity
+        self.exit_counts: dict[str, int] = {}
+
+    # -- set-up --------------------------------------------------------------------------------
+    def attach(self, vm) -> GuestCpu:
+        self.vm = vm
+        self.engine = engine = vm.engine
+        self.memory = memory = vm.memory
+        self.vcpu_address = memory.map_monitor_area(VCPU_OFFSET, PAGE_SIZE, PROT_READ)
+        self.scratch_address = memory.map_monitor_area(SCRATCH_OFFSET, PAGE_SIZE, PROT_READ | PROT_WRITE)
+        self.stub_address = memory.map_monitor_area(STUB_OFFSET, PAGE_SIZE, PROT_READ | PROT_EXEC)
+        self.shadow_gdt_address = memory.map_monitor_area(SHADOW_GDT_OFFSET, SHADOW_GDT_SIZE, PROT_READ)
+        lookup_address = memory.map_monitor_area(LOOKUP_OFFSET, LOOKUP_TABLE_SIZE, PROT_READ)
+        arena_address = memory.map_monitor_area(ARENA_OFFSET, ARENA_SIZE, PROT_READ | PROT_EXEC)
+        directory_address = memory.map_monitor_area(PAGE_DIRECTORY_OFFSET, PAGE_SIZE, PROT_READ)
+        tables_address = memory.map_monitor_area(PAGE_TABLES_OFFSET, PAGE_TABLES_SIZE, PROT_READ)
+        self.paging = MonitorPageTables(memory.monitor_view(PAGE_DIRECTORY_OFFSET, PAGE_SIZE), directory_address,
+                                        memory.monitor_view(PAGE_TABLES_OFFSET, PAGE_TABLES_SIZE), tables_address)
+        self.paging.map_identity(memory.ram.base, memory.ram.size, writable=True)
+        for base, size, perms in memory.monitor_mappings():
+            self.paging.map_identity(base, size, writable=bool(perms & PROT_WRITE))
+        self.vcpu_view = memory.monitor_view(VCPU_OFFSET, PAGE_SIZE)
+        self.scratch_view = memory.monitor_view(SCRATCH_OFFSET, PAGE_SIZE)
+        self.shadow_view = memory.monitor_view(SHADOW_GDT_OFFSET, SHADOW_GDT_SIZE)
+        arena = CodeArena(arena_address, memory.monitor_view(ARENA_OFFSET, ARENA_SIZE), SLOT_SIZE, ARENA_SLOTS)
+        assert arena.allocate() == ONE_SHOT_SLOT
+        self.cache = TranslationCache(engine, arena, memory.monitor_view(LOOKUP_OFFSET, LOOKUP_TABLE_SIZE),
+                                      min(self.capacity, ARENA_SLOTS - 1), self._protect_page, lookup_address)
+        self.decoder = Decoder(self._read_code)
+        self.emitter = Emitter(MonitorAddresses(self.vcpu_address, self.scratch_address, lookup_address))
+        self.cpu = TranslatedCpu(self)
+        self.budget = vm.limits.max_instructions is not None
+        if self.budget:
+            struct.pack_into("<I", self.scratch_view, SCRATCH_BUDGET, min(vm.limits.max_instructions, 0x7FFFFFFF))
+        self._stop: Optional[_Stop] = None
+        self._deprivileged = False
+        self._one_shot_sites: dict[int, tuple[None, int, ExitSite]] = {}
+        self._reprotect: set[int] = set()
+        self._step_trap = False
+        self._one_shot: Optional[Translation] = None
+        self._one_shot_host = self.cache.arena.address(ONE_SHOT_SLOT)
+        engine.on_port_io(
+            lambda port, size: vm.dispatch(VmExit(ExitReason.PORT_IN, port=port, size=size)),
+            lambda port, size, value: vm.dispatch(VmExit(ExitReason.PORT_OUT, port=port, size=size, value=value)))
+        engine.on_interrupt(self._on_interrupt)
+        memory.write_observers.append(self._monitor_wrote)
+        self.rebuild_shadow_gdt()
+        self.virtual_state_changed()
+        return self.cpu
+
+    def counters(self) -> dict:
+        cache = dict(sorted(self.cache.counters.items()))
+        cache["blocks_cached"] = len(self.cache)
+        return {"translation_cache": cache, "cache_exits": dict(sorted(self.exit_counts.items()))}
+
+    def _count(self, kind: str) -> None:
+        self.exit_counts[kind] = self.exit_counts.get(kind, 0) + 1
+
+    # -- virtual CPU block and shadow descriptors ----------------------------------------------
+    def virtual_state_changed(self) -> None:
+        """Rewrite the virtual-CPU block that inline emulations read."""
+        cpu, view = self.cpu, self.vcpu_view
+        for name in _SEGMENT_NAMES:
+            struct.pack_into("<I", view, VCPU_SELECTOR[_SEGMENT_IDS[name]], cpu.selectors[name])
+        struct.pack_into("<I", view, VCPU_PUSHF_ADJUST, (cpu.virtual_flags - REAL_IOPL) & 0xFFFFFFFF)
+        struct.pack_into("<I", view, VCPU_POPF_EXPECT, cpu.virtual_flags)
+        for offset, name in ((VCPU_GDTR, "gdtr"), (VCPU_IDTR, "idtr")):
+            base, limit = cpu.tables[name]
+            struct.pack_into("<HIH", view, offset, limit, base, 0)
+        struct.pack_into("<II", view, VCPU_LDTR, cpu.table_selectors["ldtr"], cpu.table_selectors["tr"])
+        for number, offset in VCPU_CR.items():
+            struct.pack_into("<I", view, offset, cpu.control[number])
+
+    def rebuild_shadow_gdt(self) -> None:
+        base, limit = self.cpu.tables["gdtr"]
+        size = min(limit + 1, SHADOW_GDT_SIZE)
+        self.shadow_view[:SHADOW_GDT_SIZE] = bytes(SHADOW_GDT_SIZE)
+        for index in range(8, size - 7, 8):
+            try:
+                raw = self.memory.read(base + index, 8)
+            except Exception:
+                break
+            self.shadow_view[index:index + 8] = shadow_descriptor(raw)
+        self.engine.set_table_register("gdtr", self.shadow_gdt_address, max(limit, 7))
+
+    def refresh_shadow(self, selector: int, raw: bytes) -> None:
+        index = selector & 0xFFF8
+        if index + 8 <= SHADOW_GDT_SIZE:
+            self.shadow_view[index:index + 8] = shadow_descriptor(raw)
+
+    def _enter_deprivileged(self, host_target: int) -> int:
+        """Build the one-time stub that leaves the boot CPL 0 for CPL 1 with an iret."""
+        cpu = self.cpu
+        self.engine.set_reg("cr3", self.paging.directory_address)
+        self.engine.set_reg("cr0", self.engine.reg("cr0") | CR0_PG | CR0_WP)
+        for name in ("ds", "es", "fs", "gs"):
+            selector = cpu.selectors[name]
+            self.engine.set_reg(name, (selector & ~3) | 1 if selector & 0xFFFC else 0)
+        ss = (cpu.selectors["ss"] & ~3) | 1
+        cs = (cpu.selectors["cs"] & ~3) | 1
+        eflags = (self.engine.reg("eflags") & ~(IOPL_MASK | TF)) | REAL_IOPL
+        stub = (b"\xBC" + struct.pack("<I", self.scratch_address + SCRATCH_STACK_TOP)   # mov esp, stack
+                + b"\x68" + struct.pack("<I", ss) + b"\x68" + struct.pack("<I", self.engine.reg("esp"))
+                + b"\x68" + struct.pack("<I", eflags) + b"\x68" + struct.pack("<I", cs)
+                + b"\x68" + struct.pack("<I", host_target) + b"\xCF")                   # iretd
+        self.memory.monitor_view(STUB_OFFSET, len(stub))[:] = stub
+        self.engine.invalidate_code(self.stub_address, self.stub_address + PAGE_SIZE)
+        self._deprivileged = True
+        return self.stub_address
+
+    def run_native(self, code: bytes, inputs: dict, outputs: tuple) -> tuple:
+        """Run an unprivileged instruction (cpuid, rdtsc) by itself on the engine."""
+        at = STUB_OFFSET + 0x800
+        self.memory.monitor_view(at, len(code))[:] = code
+        address = self.memory.monitor.base + at
+        self.engine.invalidate_code(address, address + len(code))
+        for name, value in inputs.items():
+            self.engine.set_reg(name, value)
+        self.engine.run(address, address + len(code))
+        return tuple(self.engine.reg(name) for name in outputs)
+
+    # -- translation ---------------------------------------------------------------------------
+    def _read_code(self, address: int, size: int) -> bytes:
+        ram = self.memory.ram
+        if not ram.contains(address, 1):
+            return b""
+        return self.memory.read(address, min(size, ram.end - address))
+
+    def _key(self, eip: int) -> BlockKey:
+        return BlockKey(eip, single_step=bool(self.cpu.virtual_flags & TF))
+
+    def _translate(self, key: BlockKey) -> TranslatedBlock:
+        guest = self.decoder.decode_block(key.eip, limit=1 if key.single_step else 32)
+        translation = self.emitter.translate(guest, budget=self.budget, chainable=not key.single_step)
+        while len(translation.code) > SLOT_SIZE and len(guest.instructions) > 1:
+            guest = self.decoder.decode_block(key.eip, limit=len(guest.instructions) // 2)
+            translation = self.emitter.translate(guest, budget=self.budget, chainable=not key.single_step)
+        return self.cache.add(key, guest, translation)
+
+    def _block_for(self, eip: int) -> TranslatedBlock:
+        key = self._key(eip)
+        block = self.cache.find(key)
+        if block is None:
+            block = self._translate(key)
+        return block
+
+    def _protect_page(self, page: int, protect: bool) -> None:
+        self.paging.set_writable(page * PAGE_SIZE, not protect)
+        self._flush_tlb()
+
+    def _flush_tlb(self) -> None:
+        if self._deprivileged:
+            self.engine.set_reg("cr3", self.paging.directory_address)
+
+    def _monitor_wrote(self, address: int, size: int) -> None:
+        """The monitor stored into guest memory (emulation, exception frames): the engine's write
+        protection did not see it, so invalidate overlapping translations here."""
+        if self.memory.ram.contains(address, 1):
+            self.cache.invalidate_range(address, size, "smc")
+
+    # -- running -------------------------------------------------------------------------------
+    def _on_interrupt(self, vector: int) -> None:
+        engine = self.engine
+        eip = engine.reg("eip")
+        if vector == 3:
+            found = self.cache.site_at(eip - 1) or self._one_shot_sites.get(eip - 1)
+            if found is not None:
+                block, index = found[0], found[1]
+                site = found[2] if len(found) == 3 else block.translation.exits[index]
+                self._stop = _Stop("site", eip - 1, block, index, site)
+                engine.stop()
+                return
+        error_code, _software = engine.last_exception_info()
+        engine.reset_exception_state()
+        if vector == PF_VEC:          # only the monitor's tables exist: a store to a protected page
+            self._stop = _Stop("page_fault", eip, vector=vector, error_code=error_code, address=engine.reg("cr2"))
+        else:
+            self._stop = _Stop("fault", eip, vector=vector, error_code=error_code)
+        engine.stop()
+
+    def _restore(self, registers) -> None:
+        for register in registers:
+            value = struct.unpack_from("<I", self.scratch_view, SCRATCH_SPILL + 4 * register)[0]
+            self.engine.set_reg(_GPRS[register], value)
+
+    def _locate(self, host_eip: int) -> tuple[Optional[int], tuple]:
+        """Guest EIP and registers to restore for a stop at a host address inside translated code."""
+        block = self.cache.block_at(host_eip)
+        translation = block.translation if block is not None else None
+        base = block.host if block is not None else None
+        if block is None and self._one_shot is not None and \
+                self._one_shot_host <= host_eip < self._one_shot_host + SLOT_SIZE:
+            translation, base = self._one_shot, self._one_shot_host
+        if translation is None:
+            return None, ()
+        entry = translation.pc_entry(host_eip - base)
+        return (entry.guest_eip, entry.restore) if entry is not None else (None, ())
+
+    def _sync_guest_eip(self) -> None:
+        guest_eip, restore = self._locate(self.engine.reg("eip"))
+        if guest_eip is not None:
+            self._restore(restore)
+            self.cpu.eip = guest_eip
+
+    @classmethod
+    def from_config(cls, config) -> "BinaryTranslationMode":
+        return cls(capacity=config.tcache_blocks or DEFAULT_CAPACITY)
+
+    def execute(self, vm) -> VmExit:
+        if self._step_trap:
+            self._step_trap = False
+            return VmExit(ExitReason.EXCEPTION, eip=self.cpu.eip, vector=1)
+        begin: Optional[int] = None
+        stepping = False
+        while True:
+            if begin is None:
+                try:
+                    block = self._block_for(self.cpu.eip)
+                except ValueError as error:
+                    raise UnsupportedInstruction(str(error)) from None
+                begin = block.host
+                stepping = block.key.single_step
+            if not self._deprivileged:
+                begin = self._enter_deprivileged(begin)
+            self._stop = None
+            cause = self.engine.run(begin, vm.until_address)
+            begin = None
+            if self._reprotect:
+                for page in self._reprotect:
+                    if self.cache.page_has_code(page):
+                        self._protect_page(page, True)
+                self._reprotect = set()
+            if cause is StopCause.MEMORY_FAULT:
+                self._sync_guest_eip()
+                return VmExit(ExitReason.MEMORY_FAULT, eip=self.cpu.eip, detail=self.engine.memory_fault.message)
+            stop = self._stop
+            if stop is not None and stop.kind == "page_fault":
+                outcome = self._page_fault(stop)
+                if outcome is None:
+                    begin, stepping = self._one_shot_host, False
+                    continue
+                return outcome
+            if stop is None:
+                self._sync_guest_eip()
+                if vm.stop_requested:
+                    return VmExit(ExitReason.STOP_REQUEST, eip=self.cpu.eip)
+                if vm.limits.expired:
+                    return VmExit(ExitReason.TIME_LIMIT, eip=self.cpu.eip)
+                raise RuntimeError(f"translated code returned at {self.engine.reg('eip'):#x} for no reason")
+            if stop.kind == "fault":
+                self._count("guest_exception")
+                guest_eip, restore = self._locate(stop.host_eip)
+                if guest_eip is None:
+                    raise RuntimeError(f"exception {stop.vector} outside translated code at {stop.host_eip:#x}")
+                self._restore(restore)
+                self.cpu.eip = guest_eip
+                return VmExit(ExitReason.EXCEPTION, eip=guest_eip, vector=stop.vector, error_code=stop.error_code)
+            if vm.stop_requested:
+                self._sync_guest_eip()
+                return VmExit(ExitReason.STOP_REQUEST, eip=self.cpu.eip)
+            outcome = self._site_exit(stop, stepping)
+            if isinstance(outcome, VmExit):
+                return outcome
+            begin = outcome
+            if vm.limits.expired:
+                return VmExit(ExitReason.TIME_LIMIT, eip=self.cpu.eip)
+
+    def _site_exit(self, stop: _Stop, stepping: bool):
+        """Handle an exit from translated code through one of its sites. Returns the host address
+        to continue at, or a VmExit for the run loop."""
+        site = stop.site
+        self._count(site.kind.value)
+        if site.kind is not ExitKind.MISS:     # a miss reads the target from eax first
+            self._restore(site.restore)
+        if site.kind is ExitKind.BRANCH:
+            self.cpu.eip = site.guest_eip
+            if stepping:
+                return VmExit(ExitReason.EXCEPTION, eip=self.cpu.eip, vector=1)
+            target = self._block_for(site.guest_eip)
+            if stop.block is not None and stop.block.alive:
+                self.cache.link(stop.block, stop.site_index, target)
+            return target.host
+        if site.kind is ExitKind.MISS:
+            target_eip = self.engine.reg("eax")
+            self._restore(site.restore)
+            self.cpu.eip = target_eip
+            if stepping:
+                return VmExit(ExitReason.EXCEPTION, eip=self.cpu.eip, vector=1)
+            target = self._block_for(target_eip)
+            self.cache.install_lookup(target)
+            return target.host
+        self.cpu.eip = site.guest_eip
+        if site.kind is ExitKind.CALLOUT:
+            self._step_trap = stepping
+            return VmExit(ExitReason.CALLOUT, eip=site.guest_eip, instruction=site.instruction)
+        if site.kind is ExitKind.UNDECODABLE:
+            return VmExit(ExitReason.EXCEPTION, eip=site.guest_eip, vector=UD)
+        if site.kind is ExitKind.NO_MEMORY:
+            return VmExit(ExitReason.MEMORY_FAULT, eip=site.guest_eip,
+                          detail=f"fetch of no memory at {site.guest_eip:#x}")
+        if site.kind is ExitKind.BUDGET:
+            self.vm.limits.used_all_instructions()
+            return VmExit(ExitReason.INSTRUCTION_LIMIT, eip=site.guest_eip)
+        raise RuntimeError(f"unknown exit {site.kind}")
+
+    def _page_fault(self, stop: _Stop) -> Optional[VmExit]:
+        """A page fault from the monitor's own tables. A store into a write-protected page of guest
+        RAM that holds translations is self-modifying code (or data beside code): invalidate what
+        the store may overlap, then run that one guest instruction alone with the page writable
+        and protect the page again when it exits. Anything else touched memory the guest does not
+        have, and ends the run."""
+        guest_eip, restore = self._locate(stop.host_eip)
+        if guest_eip is None:
+            raise RuntimeError(f"page fault outside translated code at {stop.host_eip:#x}")
+        self._restore(restore)
+        self.cpu.eip = guest_eip
+        address, write = stop.address, bool(stop.error_code & 2)
+        page = address // PAGE_SIZE
+        if not (write and stop.error_code & 1 and self.memory.ram.contains(address, 1)
+                and self.cache.page_has_code(page)):
+            self._count("memory_fault")
+            access = "write" if write else "read"
+            what = "protected memory" if stop.error_code & 1 else "no memory"
+            return VmExit(ExitReason.MEMORY_FAULT, eip=guest_eip, detail=f"{access} of {what} at {address:#x}")
+        self._count("smc_store")
+        # The store's size is not reported; no single store spans more than 16 bytes of a page.
+        self.cache.invalidate_range(address, min(16, PAGE_SIZE - address % PAGE_SIZE), "smc")
+        for affected in {page, (address + 15) // PAGE_SIZE}:
+            if self.cache.page_has_code(affected):
+                self._protect_page(affected, False)
+                self._reprotect.add(affected)
+        self._prepare_one_shot(guest_eip)
+        return None
+
+    def _prepare_one_shot(self, guest_eip: int) -> None:
+        guest = self.decoder.decode_block(guest_eip, limit=1)
+        translation = self.emitter.translate(guest, budget=False, chainable=False)
+        host = self.cache.arena.address(ONE_SHOT_SLOT)
+        self.cache.arena.write(host, bytes(translation.code))
+        self.engine.invalidate_code(host, host + SLOT_SIZE)
+        self._one_shot, self._one_shot_host = translation, host
+        self._one_shot_sites = {host + site.offset: (None, index, site)
+                                for index, site in enumerate(translation.exits)}

@@ -39,6 +39,7 @@ LOAD_ADDRESS = 0x100000
 CRT0 = "include/crt0.S"
 RUNTIME = "include/runtime.S"
 MB_HEADER = "include/multiboot_header.S"
+CHECK = "include/check.S"       # self-checking helpers + panic IDT (only the samples that use it)
 
 # name -> (sources relative to src/, output file, kind)
 #   kind "multiboot": ELF32 with a Multiboot header (loadable by QEMU -kernel)
@@ -52,9 +53,21 @@ IMAGES = {
     "uart": ([MB_HEADER, CRT0, RUNTIME, "uart.S"], "uart.elf", "multiboot"),
     "echo": ([MB_HEADER, CRT0, RUNTIME, "echo.S"], "echo.elf", "multiboot"),
     "triple": ([MB_HEADER, CRT0, RUNTIME, "triple.S"], "triple.elf", "multiboot"),
+    "calls": ([MB_HEADER, CRT0, RUNTIME, CHECK, "calls.S"], "calls.elf", "multiboot"),
+    "smc": ([MB_HEADER, CRT0, RUNTIME, CHECK, "smc.S"], "smc.elf", "multiboot"),
+    "sensitive": ([MB_HEADER, CRT0, RUNTIME, CHECK, "sensitive.S"], "sensitive.elf", "multiboot"),
+    "faults_in_blocks": ([MB_HEADER, CRT0, RUNTIME, CHECK, "faults_in_blocks.S"], "faults_in_blocks.elf",
+                         "multiboot"),
     "plain": ([CRT0, RUNTIME, "plain.S"], "plain.elf", "elf"),
     "flat": ([CRT0, RUNTIME, "flat.S"], "flat.bin", "flat"),
     "hello_s": (["hello_keystone.s"], "hello.s", "asm"),  # not src/hello.s: clashes with hello.S on case-insensitive file systems
+}
+
+# Extra linker options by image name.  Self-modifying samples get a writable text segment
+# (link.ld makes the text PT_LOAD RWX when SAMPLE_WRITABLE_TEXT is defined).
+WRITABLE_TEXT = ["--defsym", "SAMPLE_WRITABLE_TEXT=1", "--no-warn-rwx-segments"]
+LINK_OPTIONS = {
+    "smc": WRITABLE_TEXT,
 }
 
 MODULES = ["sample_binaries/modules/mod1.txt", "sample_binaries/modules/mod2.txt"]
@@ -83,6 +96,10 @@ RUNS = [
     _run("uart", "uart.elf", exit=3),
     _run("echo", "echo.elf", stdin="hello world\n"),
     _run("triple", "triple.elf", exit=None),
+    _run("calls", "calls.elf"),
+    _run("smc", "smc.elf"),
+    _run("sensitive", "sensitive.elf"),
+    _run("faults_in_blocks", "faults_in_blocks.elf"),
     _run("plain", "plain.elf", qemu=False),
     _run("flat", "flat.bin", qemu=False),
     _run("hello_s", "hello.s", qemu=False),
@@ -108,9 +125,9 @@ def assemble(src: Path, obj: Path) -> None:
         check=True, cwd=SRC_DIR)
 
 
-def link(objs: list[Path], out_elf: Path) -> None:
+def link(objs: list[Path], out_elf: Path, options=()) -> None:
     subprocess.run(
-        [_tool("ld"), "-m", "elf_i386", "-n", "--build-id=none", "-T", str(LINKER_SCRIPT),
+        [_tool("ld"), "-m", "elf_i386", "-n", "--build-id=none", *options, "-T", str(LINKER_SCRIPT),
          "-o", str(out_elf), *map(str, objs)],
         check=True, cwd=REPO_ROOT)
 
@@ -127,13 +144,14 @@ def build_image(name: str, out_dir: Path, work_dir: Path) -> Path:
         obj = work_dir / f"{name}-{Path(src).stem}.o"
         assemble(SRC_DIR / src, obj)
         objs.append(obj)
+    options = LINK_OPTIONS.get(name, ())
     if kind == "flat":
         elf = work_dir / f"{name}.elf"
-        link(objs, elf)
+        link(objs, elf, options)
         subprocess.run([_tool("objcopy"), "-O", "binary", str(elf), str(out)],
                        check=True, cwd=REPO_ROOT)
     else:
-        link(objs, out)
+        link(objs, out, options)
     return out
 
 

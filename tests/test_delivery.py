@@ -172,3 +172,10 @@ def test_repeated_contributory_faults_are_not_double_faults(tmp_path, mode):
 """, RECORD_ERROR.format(name="on_gp", skip=3) + "on_df:\n    mov eax, 0x0d\n" + EXIT)
     result, _out, vm = run_source(tmp_path, source, mode=mode)
     assert result.guest_value == 0 and vm.delivery.delivered == {13: 3}
+
+
+def test_popf_and_iret_keep_every_writable_flag(tmp_path, mode):
+    # Regression: the #DF vector constant once shadowed the DF flag, so emulated popf lost DF.
+    source = "mov esp, 0x90000\npush 0x00247ed7\npopfd\npushfd\npop eax\npush 2\npopfd\n" + EXIT
+    result, _out, _vm = run_source(tmp_path, source, mode=mode)
+    assert result.guest_value == 0x00247ED7

@@ -131,3 +131,14 @@ def test_uart_scratch_register():
     device, _console = uart()
     device.io_write(SCR, 1, 0xA5)
     assert device.io_read(SCR, 1) == 0xA5
+
+
+def test_wide_accesses_to_byte_devices_are_split_across_ports():
+    # As QEMU does: `in eax, dx` at 0x3F8 reads RBR, IER, IIR and LCR; 0x3FE+2 reaches MSR, SCR.
+    device, _console = uart()
+    bus = PortBus()
+    bus.register(0x3F8, 8, device)
+    assert bus.read(0x3F8, 4) == 0x00010000          # IIR "no interrupt" in byte 2
+    bus.write(0x3FE, 2, 0xA500)
+    assert device.scr == 0xA5
+    assert bus.read(0x3FE, 4) == 0xFFFFA5B0           # MSR, SCR, then two unassigned ports

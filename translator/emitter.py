@@ -36,6 +36,15 @@ for _number, _names in enumerate([("EAX", "AX", "AL"), ("ECX", "CX", "CL"), ("ED
         _REGISTER_NUMBER[getattr(X, f"X86_REG_{_name}")] = _number
 
 
+# `jmp` to the next instruction: ends the engine's (Unicorn's) own translation block there.
+ENGINE_BLOCK_BREAK = b"\xE9\0\0\0\0"
+# Unicorn 2.1.1 mixes up its lazy flags when a flag-setting instruction precedes cmpxchg8b,
+# loope or loopne in the same engine block (cmpxchg8b loses the flags; after loope/loopne
+# pushf shows garbage). The translator starts a fresh engine block before each of them, where
+# the flags are whole again. tests/test_translator.py pins the engine bug and the workaround.
+_NEEDS_FRESH_ENGINE_BLOCK = {X.X86_INS_CMPXCHG8B, X.X86_INS_LOOPE, X.X86_INS_LOOPNE}
+
+
 class ExitKind(Enum):
     BRANCH = "branch"              # static successor: chainable slot
     MISS = "lookup miss"           # indirect target not in the lookup table (target in eax)
@@ -189,8 +198,16 @@ class Emitter:
             rule = instruction.rule
             start = len(code)
             if rule.handling in (Handling.COPY, Handling.IO_HOOK) or rule.procedure == "interrupt_flag":
+                if instruction.insn.id in _NEEDS_FRESH_ENGINE_BLOCK:
+                    mark(instruction.address)
+                    code += ENGINE_BLOCK_BREAK
                 mark(instruction.address)
                 code += instruction.bytes
+                if rule.handling is Handling.IO_HOOK:
+                    # End the engine's own block here: a device may stop the machine from the
+                    # I/O hook, and the engine stops only between its blocks.
+                    mark(instruction.end)
+                    code += ENGINE_BLOCK_BREAK
             elif rule.handling is Handling.INLINE:
                 try:
                     self._emit_inline(out, instruction, mark, site_later)
@@ -260,6 +277,7 @@ class Emitter:
         code += b"\0\0\0\0"
         code += b"\x04\x7F\x9E"                                       # add al, 0x7f; sahf
         code += self._reload(EAX)
+        code += ENGINE_BLOCK_BREAK
 
     # -- inline emulations ---------------------------------------------------------------------
     def _emit_inline(self, out: Translation, instruction: GuestInstruction, mark, site_later) -> None:
@@ -302,7 +320,10 @@ class Emitter:
             code += _reencode_rm(insn, b"\x8D", EAX, keep_operand_size=False)   # lea eax, m
             code += self._mov_reg_abs(ECX, self.a.vcpu + table)
             code += b"\x89\x08"                                        # mov [eax], ecx
-            code += self._mov_reg_abs(ECX, self.a.vcpu + table + 4)
+            if operand16:    # a 16-bit sgdt/sidt stores a 24-bit base: high byte zero
+                code += b"\x0F\xB6\x0D" + _u32(self.a.vcpu + table + 4)   # movzx ecx, byte [base bits 16-23]
+            else:
+                code += self._mov_reg_abs(ECX, self.a.vcpu + table + 4)
             code += b"\x66\x89\x48\x04"                                # mov [eax+4], cx
             code += self._reload(ECX, EAX)
             return
@@ -366,6 +387,8 @@ class Emitter:
             self._slot(out, ExitSite(ExitKind.BRANCH, 0, target))
         elif opcode in (0xE0, 0xE1, 0xE2, 0xE3):          # loop*, jecxz/jcxz: rel8 only
             mark(guest)
+            if insn.id in _NEEDS_FRESH_ENGINE_BLOCK:
+                code += ENGINE_BLOCK_BREAK
             code += _prefixes(raw) + bytes([opcode, SLOT_SIZE])      # taken: skip the fallthrough slot
             mark(fallthrough)
             self._slot(out, ExitSite(ExitKind.BRANCH, 0, fallthrough))

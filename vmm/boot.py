@@ -23,12 +23,14 @@ BOOT_GDT = b"".join([
     encode_segment(0, 0x0FFFF, 0x93, 0x0),
 ])
 REAL_MODE_IDT_LIMIT = 0x3FF    # the IDTR the firmware leaves behind: the real-mode vector table
+RESET_LDT_LIMIT = 0xFFFF       # LDTR keeps its reset base 0 / limit 0xFFFF until the first lldt
 
 
 def enter_protected_mode(engine: Engine, memory: PhysicalMemory, entry: int, eax: int, ebx: int) -> None:
     gdt_address = memory.monitor_write(BOOT_GDT_OFFSET, BOOT_GDT)
     engine.set_table_register("gdtr", gdt_address, len(BOOT_GDT) - 1)
     engine.set_table_register("idtr", 0, REAL_MODE_IDT_LIMIT)
+    engine.set_table_register("ldtr", 0, RESET_LDT_LIMIT)
     engine.set_reg("cr0", CR0_PE | 0x10)       # PE, plus ET as on every 387-class CPU
     engine.set_reg("cs", BOOT_CODE_SELECTOR)
     for segment in ("ds", "es", "fs", "gs", "ss"):

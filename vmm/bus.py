@@ -13,7 +13,9 @@ _ALL_ONES = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF}
 
 
 class PortDevice(Protocol):
-    """The two-method interface every port-mapped device implements."""
+    """The two-method interface every port-mapped device implements. A device may set
+    `access_width` (bytes) to the widest access its registers take; wider guest accesses are
+    split into consecutive byte accesses, as QEMU splits them for byte-wide devices."""
 
     name: str
 
@@ -60,8 +62,13 @@ class PortBus:
     def ranges(self) -> list[PortRange]:
         return sorted(self._ranges, key=lambda r: r.base)
 
+    def _split(self, claim: Optional[PortRange], size: int) -> bool:
+        return claim is not None and size > getattr(claim.device, "access_width", 4)
+
     def read(self, port: int, size: int) -> int:
         claim = self._by_port.get(port)
+        if self._split(claim, size):
+            return sum(self.read((port + i) & 0xFFFF, 1) << (8 * i) for i in range(size))
         if claim is None:
             self.reads["unassigned"] += 1
             if self.on_unassigned:
@@ -72,6 +79,10 @@ class PortBus:
 
     def write(self, port: int, size: int, value: int) -> None:
         claim = self._by_port.get(port)
+        if self._split(claim, size):
+            for i in range(size):
+                self.write((port + i) & 0xFFFF, 1, (value >> (8 * i)) & 0xFF)
+            return
         if claim is None:
             self.writes["unassigned"] += 1
             if self.on_unassigned:

@@ -22,7 +22,7 @@ class GuestCpu:
         self.engine.set_reg(name, value)
 
     def table_register(self, name: str) -> tuple[int, int]:
-        """(base, limit) of gdtr or idtr."""
+        """(base, limit) of gdtr, idtr, or the cached part of ldtr / tr."""
         return self.engine.table_register(name)
 
     def set_table_register(self, name: str, base: int, limit: int) -> None:
@@ -32,7 +32,7 @@ class GuestCpu:
         """The selector held in ldtr or tr."""
         return self.engine.table_selector(name)
 
-    def set_table_selector(self, name: str, selector: int) -> None:
+    def set_table_selector(self, name: str, selector: int, raw=None) -> None:
         raise NotImplementedError("ldtr/tr loads are emulated only under translation")
 
     def load_segment(self, name: str, selector: int, raw) -> None:

@@ -16,7 +16,7 @@ from vmm.cpu import GuestCpu
 from vmm.errors import VmmError
 from vmm.guest_view import GuestFault, GuestView
 from vmm.memory import PhysicalMemory
-from vmm.x86 import (DF, ERROR_CODE_VECTORS, GATE_INTERRUPT_16, GATE_INTERRUPT_32, GATE_TASK,
+from vmm.x86 import (DF_VEC, ERROR_CODE_VECTORS, GATE_INTERRUPT_16, GATE_INTERRUPT_32, GATE_TASK,
                      GATE_TRAP_16, GATE_TRAP_32, GP, IF, NP, NT, RF, TF, VM, Gate,
                      SegmentDescriptor, needs_double_fault, selector_error_code, vector_name)
 
@@ -62,10 +62,10 @@ class ExceptionDelivery:
                 self.delivered[vector] += 1
                 return
             except (_DeliveryFault, GuestFault) as second:
-                if vector == DF:
+                if vector == DF_VEC:
                     raise TripleFault(f"{vector_name(second.vector)} while delivering #DF") from None
                 if needs_double_fault(vector, second.vector):
-                    vector, error_code = DF, 0
+                    vector, error_code = DF_VEC, 0
                 else:                        # handled serially: the second one replaces the first
                     vector, error_code = second.vector, second.error_code
                 software, return_eip = False, fault_eip
@@ -114,9 +114,18 @@ class ExceptionDelivery:
         self.cpu.set_reg("esp", esp)
         self.cpu.set_reg("eflags", eflags)
         if gate.selector != cs:
-            self.cpu.set_reg("cs", gate.selector)
+            self._load_code_segment(gate.selector)
         offset = gate.offset if gate.is_32bit else gate.offset & 0xFFFF
         self.cpu.set_reg("eip", offset)
+
+    def _load_code_segment(self, selector: int) -> None:
+        """QEMU's interrupt delivery loads CS without marking its descriptor accessed; the
+        engine's segment load would set the bit in the guest's table, so put the byte back."""
+        address = self.view.descriptor_address(selector)
+        before = self.view.read(address + 5, 1)
+        self.cpu.load_segment("cs", selector, self.view.read(address, 8))
+        if self.view.read(address + 5, 1) != before:
+            self.view.write(address + 5, before)
 
     # -- descriptors and memory through the guest's own tables --------------------------------
     def _code_segment(self, selector: int, external: bool) -> SegmentDescriptor:

@@ -51,7 +51,7 @@ class Emulator:
     def __init__(self, cpu, view: GuestView) -> None:
         self.cpu = cpu
         self.view = view
-        self.debug_registers = [0] * 8
+        self.debug_registers = [0, 0, 0, 0, 0xFFFF0FF0, 0x400, 0xFFFF0FF0, 0x400]   # reset values
 
     def emulate(self, instruction) -> Outcome:
         procedure = getattr(self, "_" + instruction.rule.procedure, None)
@@ -160,7 +160,13 @@ class Emulator:
                 raise GuestFault(GP, index_error)
             if not descriptor.present:
                 raise GuestFault(NP, index_error)
-        self.cpu.load_segment(segment, selector, self.view.raw_descriptor(selector))
+        raw = self.view.raw_descriptor(selector)
+        if segment != "cs" and not raw[5] & 1:
+            # Data and stack loads mark the descriptor accessed in the guest's table (QEMU does
+            # this for them, never for CS).
+            raw = raw[:5] + bytes([raw[5] | 1]) + raw[6:]
+            self.view.write((self.view.descriptor_address(selector) + 5) & 0xFFFFFFFF, raw[5:6])
+        self.cpu.load_segment(segment, selector, raw)
 
     def _load_segment_register(self, insn):
         if insn.id == X.X86_INS_POP:
@@ -195,10 +201,14 @@ class Emulator:
         return self.view.read_int((address + size) & 0xFFFFFFFF, 2), self.view.read_int(address, size)
 
     def _check_code_target(self, selector: int) -> None:
+        if not selector & 0xFFFC:
+            raise GuestFault(GP, 0)
         descriptor = self.view.descriptor(selector)
-        if descriptor is not None and descriptor.system:
+        if descriptor is None:
+            raise GuestFault(GP, selector & 0xFFFC)
+        if descriptor.system and descriptor.present and descriptor.type in (4, 5, 12):
             raise UnsupportedInstruction("far transfer through a call gate or task: not modelled yet")
-        if descriptor is not None and selector & 3 > self.cpu.cpl:
+        if selector & 3 > self.cpu.cpl:
             raise UnsupportedInstruction("far transfer to an outer privilege level: not modelled yet")
 
     def _far_jmp(self, insn):
@@ -278,6 +288,8 @@ class Emulator:
 
     def _store_descriptor_table(self, insn):
         base, limit = self.cpu.table_register("gdtr" if insn.id == X.X86_INS_SGDT else "idtr")
+        if self._operand16(insn):
+            base &= 0xFFFFFF
         self.view.write(self._address(insn, insn.operands[0]), struct.pack("<HI", limit, base))
 
     def _load_system_segment(self, insn):
@@ -288,7 +300,7 @@ class Emulator:
         if not selector & 0xFFFC:
             if name == "tr":
                 raise GuestFault(GP, 0)
-            self.cpu.set_table_selector(name, 0)
+            self.cpu.set_table_selector(name, 0, None)
             return
         raw = self.view.raw_descriptor(selector)
         if raw is None:
@@ -302,7 +314,7 @@ class Emulator:
         if name == "tr":          # mark the TSS busy in the guest's GDT, as ltr does
             address = self.view.descriptor_address(selector)
             self.view.write((address + 5) & 0xFFFFFFFF, bytes([raw[5] | 0x02]))
-        self.cpu.set_table_selector(name, selector)
+        self.cpu.set_table_selector(name, selector, raw)
 
     def _store_system_segment(self, insn):
         value = self.cpu.table_selector("ldtr" if insn.id == X.X86_INS_SLDT else "tr")

@@ -58,16 +58,9 @@ class GuestView:
     # -- descriptor tables ---------------------------------------------------------------------
     def descriptor_address(self, selector: int) -> Optional[int]:
         """Linear address of the descriptor a selector names, or None beyond its table's limit."""
-        if selector & 4:
-            ldt_selector = self.cpu.table_selector("ldtr")
-            if not ldt_selector & 0xFFFC:
-                return None
-            ldt = self.descriptor(ldt_selector & ~4)
-            if ldt is None:
-                return None
-            base, limit = ldt.base, ldt.limit
-        else:
-            base, limit = self.cpu.table_register("gdtr")
+        # The LDT is found through LDTR's cached base and limit, as the CPU does (after reset
+        # they are 0 and 0xFFFF, before any lldt).
+        base, limit = self.cpu.table_register("ldtr" if selector & 4 else "gdtr")
         index = selector & 0xFFF8
         if index + 7 > limit:
             return None

@@ -82,6 +82,7 @@ class VirtualMachine:
         self.state = RunState.READY
         self.wall_time = 0.0
         self._result: Optional[RunResult] = None
+        self._port_hook_exit: Optional[VmExit] = None
         self._handlers: dict[ExitReason, Callable[[VmExit], int]] = {
             ExitReason.PORT_IN: self._port_in,
             ExitReason.PORT_OUT: self._port_out,
@@ -114,7 +115,8 @@ class VirtualMachine:
             self.wall_time = time.perf_counter() - started
             self.state = RunState.FINISHED
             self.console.close()
-        self._result.registers = self.cpu.snapshot()
+        if not self._result.registers:
+            self._result.registers = self.cpu.snapshot()
         return self._result
 
     @property
@@ -125,6 +127,9 @@ class VirtualMachine:
         """End the run after the current exit; the first request wins."""
         if self._result is None:
             self._result = RunResult(reason, message, guest_value)
+            if self._port_hook_exit is not None:   # the engine may run on: take the state now
+                self._result.registers = self.mode.registers_after_io(self._port_hook_exit.port,
+                                                                      self._port_hook_exit.size)
         self.engine.stop()
 
     def dispatch(self, vm_exit: VmExit) -> int:
@@ -137,7 +142,11 @@ class VirtualMachine:
         return self.bus.read(vm_exit.port, vm_exit.size)
 
     def _port_out(self, vm_exit: VmExit) -> int:
-        self.bus.write(vm_exit.port, vm_exit.size, vm_exit.value)
+        self._port_hook_exit = vm_exit
+        try:
+            self.bus.write(vm_exit.port, vm_exit.size, vm_exit.value)
+        finally:
+            self._port_hook_exit = None
         return 0
 
     def _exception(self, vm_exit: VmExit) -> int:

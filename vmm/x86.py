@@ -14,8 +14,9 @@ EFLAGS_FIXED = 1 << 1   # bit 1 always reads as one
 # CR0 bits
 CR0_PE, CR0_WP, CR0_PG = 1 << 0, 1 << 16, 1 << 31
 
-# Exception vectors (SDM vol. 3, table 6-1)
-DE, DB, NMI, BP, OF_VEC, BR, UD, NM, DF, TS, NP, SS, GP, PF_VEC, MF, AC_VEC, MC, XM = (
+# Exception vectors (SDM vol. 3, table 6-1). Where a mnemonic is also a flag name (#DF/DF,
+# #OF/OF, #PF/PF, #AC/AC) the vector takes a _VEC suffix.
+DE, DB, NMI, BP, OF_VEC, BR, UD, NM, DF_VEC, TS, NP, SS, GP, PF_VEC, MF, AC_VEC, MC, XM = (
     0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 16, 17, 18, 19)
 
 VECTOR_NAMES = {
@@ -25,7 +26,7 @@ VECTOR_NAMES = {
 }
 
 # Exceptions that push an error code (SDM vol. 3, 6.13)
-ERROR_CODE_VECTORS = frozenset({DF, TS, NP, SS, GP, PF_VEC, AC_VEC})
+ERROR_CODE_VECTORS = frozenset({DF_VEC, TS, NP, SS, GP, PF_VEC, AC_VEC})
 
 # Double-fault classes (SDM vol. 3, table 6-4)
 CONTRIBUTORY = frozenset({DE, TS, NP, SS, GP})

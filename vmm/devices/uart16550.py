@@ -32,6 +32,7 @@ class Uart16550:
     register read); receive pulls console bytes whenever the receiver has room, as QEMU does."""
 
     name = "com1"
+    access_width = 1        # byte registers: a word or dword access reaches consecutive ports
 
     def __init__(self, console: Console, set_irq: Optional[Callable[[bool], None]] = None) -> None:
         self.console = console

@@ -26,6 +26,12 @@ class ExecutionMode(ABC):
     def from_config(cls, config) -> "ExecutionMode":
         return cls()
 
+    @abstractmethod
+    def registers_after_io(self, port: int, size: int) -> dict:
+        """Guest registers just after the OUT whose hook is running, when a run ends there
+        (isa-debug-exit): the engine itself may run on to the end of its block. An empty dict
+        means the state the engine stops in is already exact."""
+
     def counters(self) -> dict:
         """Mode-specific counters for the report."""
         return {}

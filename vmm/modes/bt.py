@@ -43,6 +43,8 @@ STUB_OFFSET = 0x3000
 PAGE_DIRECTORY_OFFSET = 0x4000
 SHADOW_GDT_OFFSET = 0x10000
 SHADOW_GDT_SIZE = 0x10000
+SHADOW_LDT_OFFSET = 0x20000
+SHADOW_LDT_SIZE = 0x10000
 LOOKUP_OFFSET = 0x40000
 PAGE_TABLES_OFFSET = 0x100000            # 4 KiB page tables for up to 3 GiB of RAM + the monitor
 PAGE_TABLES_SIZE = 0x310000
@@ -85,7 +87,7 @@ class TranslatedCpu(GuestCpu):
         self.eip = engine.reg("eip")
         self.selectors = {name: engine.reg(name) for name in _SEGMENT_NAMES}
         self.virtual_flags = engine.reg("eflags") & (IOPL_MASK | TF)
-        self.tables = {name: engine.table_register(name) for name in ("gdtr", "idtr")}
+        self.tables = {name: engine.table_register(name) for name in ("gdtr", "idtr", "ldtr")}
         self.table_selectors = {"ldtr": 0, "tr": 0}
         self.control = {n: engine.reg(f"cr{n}") for n in VCPU_CR}
 
@@ -124,8 +126,6 @@ class TranslatedCpu(GuestCpu):
             if descriptor.base != 0 or not descriptor.big:
                 raise UnsupportedInstruction("a code segment that is not flat and 32-bit, under binary translation")
         elif raw is not None:
-            if selector & 4:
-                raise UnsupportedInstruction("LDT segments under binary translation")
             self.mode.refresh_shadow(selector, raw)
             self.engine.set_reg(name, (selector & ~3) | max(selector & 3, 1))
         else:
@@ -145,7 +145,11 @@ class TranslatedCpu(GuestCpu):
     def table_selector(self, name: str) -> int:
         return self.table_selectors[name]
 
-    def set_table_selector(self, name: str, selector: int) -> None:
+    def set_table_selector(self, name: str, selector: int, raw: Optional[bytes] = None) -> None:
+        if name == "ldtr":
+            self.mode.load_shadow_ldt(selector, raw)
+            ldt = SegmentDescriptor.decode(raw) if raw is not None else None
+            self.tables["ldtr"] = (ldt.base, ldt.limit) if ldt is not None else (0, 0)
         self.table_selectors[name] = selector & 0xFFFF
         self.mode.virtual_state_changed()
 
@@ -196,6 +200,7 @@ class BinaryTranslationMode(ExecutionMode):
         self.scratch_address = memory.map_monitor_area(SCRATCH_OFFSET, PAGE_SIZE, PROT_READ | PROT_WRITE)
         self.stub_address = memory.map_monitor_area(STUB_OFFSET, PAGE_SIZE, PROT_READ | PROT_EXEC)
         self.shadow_gdt_address = memory.map_monitor_area(SHADOW_GDT_OFFSET, SHADOW_GDT_SIZE, PROT_READ)
+        self.shadow_ldt_address = memory.map_monitor_area(SHADOW_LDT_OFFSET, SHADOW_LDT_SIZE, PROT_READ)
         lookup_address = memory.map_monitor_area(LOOKUP_OFFSET, LOOKUP_TABLE_SIZE, PROT_READ)
         arena_address = memory.map_monitor_area(ARENA_OFFSET, ARENA_SIZE, PROT_READ | PROT_EXEC)
         directory_address = memory.map_monitor_area(PAGE_DIRECTORY_OFFSET, PAGE_SIZE, PROT_READ)
@@ -208,6 +213,7 @@ class BinaryTranslationMode(ExecutionMode):
         self.vcpu_view = memory.monitor_view(VCPU_OFFSET, PAGE_SIZE)
         self.scratch_view = memory.monitor_view(SCRATCH_OFFSET, PAGE_SIZE)
         self.shadow_view = memory.monitor_view(SHADOW_GDT_OFFSET, SHADOW_GDT_SIZE)
+        self.shadow_ldt_view = memory.monitor_view(SHADOW_LDT_OFFSET, SHADOW_LDT_SIZE)
         arena = CodeArena(arena_address, memory.monitor_view(ARENA_OFFSET, ARENA_SIZE), SLOT_SIZE, ARENA_SLOTS)
         assert arena.allocate() == ONE_SHOT_SLOT
         self.cache = TranslationCache(engine, arena, memory.monitor_view(LOOKUP_OFFSET, LOOKUP_TABLE_SIZE),
@@ -233,6 +239,11 @@ class BinaryTranslationMode(ExecutionMode):
         self.rebuild_shadow_gdt()
         self.virtual_state_changed()
         return self.cpu
+
+    def registers_after_io(self, port: int, size: int) -> dict:
+        """Translated I/O instructions end the engine's block (see the emitter), so the engine
+        stops right after one whose hook asked to stop: the state it stops in is exact."""
+        return {}
 
     def counters(self) -> dict:
         cache = dict(sorted(self.cache.counters.items()))
@@ -270,9 +281,26 @@ class BinaryTranslationMode(ExecutionMode):
         self.engine.set_table_register("gdtr", self.shadow_gdt_address, max(limit, 7))
 
     def refresh_shadow(self, selector: int, raw: bytes) -> None:
+        view = self.shadow_ldt_view if selector & 4 else self.shadow_view
         index = selector & 0xFFF8
-        if index + 8 <= SHADOW_GDT_SIZE:
-            self.shadow_view[index:index + 8] = shadow_descriptor(raw)
+        if index + 8 <= len(view):
+            view[index:index + 8] = shadow_descriptor(raw)
+
+    def load_shadow_ldt(self, selector: int, raw: Optional[bytes]) -> None:
+        """lldt: copy the guest's LDT into the shadow LDT and point the engine's LDTR at it."""
+        if raw is None:
+            self.engine.set_table_register("ldtr", 0, 0, 0)
+            return
+        descriptor = SegmentDescriptor.decode(raw)
+        size = min(descriptor.limit + 1, SHADOW_LDT_SIZE)
+        self.shadow_ldt_view[:] = bytes(SHADOW_LDT_SIZE)
+        for index in range(0, size - 7, 8):
+            try:
+                entry = self.memory.read(descriptor.base + index, 8)
+            except Exception:
+                break
+            self.shadow_ldt_view[index:index + 8] = shadow_descriptor(entry)
+        self.engine.set_table_register("ldtr", self.shadow_ldt_address, size - 1, selector)
 
     def _enter_deprivileged(self, host_target: int) -> int:
         """Build the one-time stub that leaves the boot CPL 0 for CPL 1 with an iret."""

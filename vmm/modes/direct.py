@@ -14,6 +14,33 @@ HLT_OPCODE = 0xF4
 _ONE_BYTE_INTS = ((BP, 0xCC), (OF_VEC, 0xCE), (DB, 0xF1))   # int3, into, int1
 
 
+_CAPSTONE = None
+
+
+def instruction_length(code: bytes):
+    global _CAPSTONE
+    if _CAPSTONE is None:
+        from capstone import CS_ARCH_X86, CS_MODE_32, Cs
+        _CAPSTONE = Cs(CS_ARCH_X86, CS_MODE_32)
+    for _address, size, _mnemonic, _operands in _CAPSTONE.disasm_lite(code, 0, 1):
+        return size
+    return None
+
+
+def _is_out_to(code: bytes, port: int, size: int, dx: int) -> bool:
+    """Whether `code` starts with an OUT of `size` bytes to `port`."""
+    at = 0
+    operand16 = False
+    while code[at] in (0x66, 0x67, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65):
+        operand16 |= code[at] == 0x66
+        at += 1
+    opcode = code[at]
+    width = 1 if opcode in (0xE6, 0xEE) else (2 if operand16 else 4)
+    if opcode in (0xE6, 0xE7):
+        return code[at + 1] == port and width == size
+    return opcode in (0xEE, 0xEF) and dx == port and width == size
+
+
 class DirectMode(ExecutionMode):
     name = "direct"
 
@@ -24,7 +51,29 @@ class DirectMode(ExecutionMode):
             lambda port, size: vm.dispatch(VmExit(ExitReason.PORT_IN, port=port, size=size)),
             lambda port, size, value: vm.dispatch(VmExit(ExitReason.PORT_OUT, port=port, size=size, value=value)))
         engine.on_interrupt(lambda vector: vm.dispatch(self._exception_exit(engine, vector)))
-        return GuestCpu(engine)
+        self.cpu = GuestCpu(engine)
+        return self.cpu
+
+    def registers_after_io(self, port: int, size: int) -> dict:
+        """Inside a port I/O hook the general registers are current but the engine's EIP is the
+        start of its translation block. The OUT being serviced is the first one in that
+        straight-line code with this port and size (an earlier one would have stopped the run
+        already), so decode forward to it; the run ends just after it."""
+        snapshot = self.cpu.snapshot()
+        eip = snapshot["eip"]
+        for _ in range(64):
+            try:
+                code = self.memory.read(eip, 16)
+            except UnbackedAccess:
+                break
+            length = instruction_length(code)
+            if length is None:
+                break
+            if _is_out_to(code, port, size, snapshot["edx"] & 0xFFFF):
+                snapshot["eip"] = eip + length
+                break
+            eip += length
+        return snapshot
 
     def _exception_exit(self, engine, vector: int) -> VmExit:
         """Delivered from inside the interrupt hook: the engine's state is the guest's."""

@@ -94,7 +94,9 @@ class TranslationCache:
         return self._sites.get(host_address)
 
     # -- insertion -----------------------------------------------------------------------------
-    def add(self, key: BlockKey, guest: GuestBlock, translation: Translation) -> TranslatedBlock:
+    def add(self, key: BlockKey, guest: GuestBlock, translation: Translation,
+            near: Optional[TranslatedBlock] = None) -> TranslatedBlock:
+        """Place a translation, preferably in the same arena page as `near` (its predecessor)."""
         if len(translation.code) > self.arena.slot_size:
             raise ValueError(f"translation of {guest.address:#x} is {len(translation.code)} bytes, "
                              f"slot is {self.arena.slot_size}")
@@ -102,7 +104,7 @@ class TranslationCache:
             _key, victim = self._blocks.peek_last_item()
             self.remove(victim, "capacity")
             self.counters["evictions"] += 1
-        slot = self.arena.allocate()
+        slot = self.arena.allocate(near.host if near is not None and near.alive else None)
         block = TranslatedBlock(key, guest, slot, self.arena.address(slot), translation)
         self.arena.write(block.host, bytes(translation.code))
         self.engine.invalidate_code(block.host, block.host + self.arena.slot_size)
@@ -127,7 +129,14 @@ class TranslationCache:
         if not (source.alive and target.alive) or index in source.links:
             return
         site = source.site_address(index)
-        self._write_code(site, b"\xE9" + struct.pack("<i", target.host - (site + 5)))
+        if site // PAGE_SIZE == target.host // PAGE_SIZE:
+            # Unicorn chains its own blocks directly only within a page: a direct jump there
+            jump = b"\xE9" + struct.pack("<i", target.host - (site + 5))
+        else:
+            # across pages a direct jump would leave Unicorn's block cache for its main loop;
+            # an indirect jump through a cell is looked up in place
+            jump = b"\xFF\x25" + struct.pack("<II", site + 6, target.host)
+        self._write_code(site, jump.ljust(SLOT_SIZE, b"\x90"))
         source.links[index] = target
         target.incoming.add((source, index))
         self.counters["links_made"] += 1
@@ -141,6 +150,31 @@ class TranslationCache:
         if source.alive:
             self._write_code(source.site_address(index), UNLINKED_SLOT)
         self.counters["links_broken"] += 1
+
+    def predict(self, block: TranslatedBlock, miss: ExitSite, target: int) -> None:
+        """Add `target` to an indirect branch's inline cache: the next empty prediction gets it,
+        the compare chain is rewritten, and once all predictions are filled the learning exit
+        becomes a nop (later mismatches go to the lookup table without leaving the cache)."""
+        if not miss.inline_cache:
+            return
+        compares, recover, slots = miss.inline_cache
+        sites = [block.translation.exits[index] for index in slots]
+        predictions = [site.guest_eip for site in sites]
+        if target in predictions or 0 not in predictions:
+            return
+        sites[predictions.index(0)].guest_eip = target
+        previous = 0
+        for offset, site in zip(compares, sites):          # ecx -= p1; ecx += p1 - p2; ...
+            self.arena.write(block.host + offset, struct.pack("<I", (previous - site.guest_eip) & 0xFFFFFFFF))
+            previous = site.guest_eip
+        self.arena.write(block.host + recover, struct.pack("<I", previous & 0xFFFFFFFF))
+        self.engine.invalidate_code(block.host + compares[0], block.host + recover + 4)
+        if all(site.guest_eip for site in sites):
+            learn = block.host + miss.learn
+            self.arena.write(learn, b"\x90")
+            self.engine.invalidate_code(learn, learn + 1)
+            self._sites.pop(learn, None)
+        self.counters["predictions_set"] += 1
 
     def _write_code(self, address: int, data: bytes) -> None:
         self.arena.write(address, data)

@@ -179,3 +179,18 @@ def test_popf_and_iret_keep_every_writable_flag(tmp_path, mode):
     source = "mov esp, 0x90000\npush 0x00247ed7\npopfd\npushfd\npop eax\npush 2\npopfd\n" + EXIT
     result, _out, _vm = run_source(tmp_path, source, mode=mode)
     assert result.guest_value == 0x00247ED7
+
+
+def test_far_call_whose_offset_contains_0x66_is_32_bit(tmp_path, mode):
+    # Regression: the operand-size check once looked for a 0x66 byte anywhere in the first four
+    # bytes of the instruction, so `lcall 8:0x106600` pushed 16-bit words.
+    source = """
+    mov esp, 0x90000
+    mov byte ptr [0x106600], 0xcb
+    .byte 0x9a
+    .long 0x106600
+    .short 0x08
+    mov eax, esp
+""" + EXIT
+    result, _out, _vm = run_source(tmp_path, source, mode=mode)
+    assert result.guest_value == 0x90000

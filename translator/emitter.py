@@ -24,8 +24,10 @@ from translator.layout import (LOOKUP_ENTRY_SIZE, SCRATCH_BUDGET, SCRATCH_JUMP, 
 
 EAX, ECX, EDX, EBX, ESP, EBP, ESI, EDI = range(8)
 INT3 = 0xCC
-SLOT_SIZE = 5                       # int3 + 4 bytes, room for a `jmp rel32` when chained
-UNLINKED_SLOT = bytes([INT3, 0x90, 0x90, 0x90, 0x90])
+# An exit slot: int3 and padding while unlinked; once chained, `jmp rel32` to a target in the
+# same 4 KiB page, else `jmp [cell]` with the 4-byte cell (the target address) inside the slot.
+SLOT_SIZE = 10
+UNLINKED_SLOT = bytes([INT3]) + b"\x90" * (SLOT_SIZE - 1)
 _PREFIXES = {0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0x66, 0x67}
 _SEGMENT_PREFIXES = {0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65}
 _REGISTER_NUMBER = {}
@@ -35,6 +37,8 @@ for _number, _names in enumerate([("EAX", "AX", "AL"), ("ECX", "CX", "CL"), ("ED
     for _name in _names:
         _REGISTER_NUMBER[getattr(X, f"X86_REG_{_name}")] = _number
 
+
+INLINE_CACHE_ENTRIES = 4           # predicted targets per indirect branch before the table
 
 # `jmp` to the next instruction: ends the engine's (Unicorn's) own translation block there.
 ENGINE_BLOCK_BREAK = b"\xE9\0\0\0\0"
@@ -47,6 +51,7 @@ _NEEDS_FRESH_ENGINE_BLOCK = {X.X86_INS_CMPXCHG8B, X.X86_INS_LOOPE, X.X86_INS_LOO
 
 class ExitKind(Enum):
     BRANCH = "branch"              # static successor: chainable slot
+    PREDICTED = "predicted"        # an indirect branch's inline-cached target: chainable slot
     MISS = "lookup miss"           # indirect target not in the lookup table (target in eax)
     CALLOUT = "callout"            # the monitor emulates an instruction
     UNDECODABLE = "undecodable"    # raise #UD at the guest address
@@ -62,10 +67,13 @@ class ExitSite:
     next_eip: int = 0              # CALLOUT: the instruction after the one emulated
     instruction: Optional[GuestInstruction] = None
     restore: tuple[int, ...] = ()  # registers to reload from the scratch page before the monitor acts
+    inline_cache: tuple = ()       # MISS: (offsets of the compare imm32s, offset of the recover
+                                   # imm32, indices of the PREDICTED slots) of the same branch
+    learn: int = -1                # MISS: host offset of the learning int3 (a nop once all are filled)
 
     @property
     def chainable(self) -> bool:
-        return self.kind is ExitKind.BRANCH
+        return self.kind in (ExitKind.BRANCH, ExitKind.PREDICTED)
 
 
 @dataclass
@@ -404,34 +412,80 @@ class Emitter:
             self._slot(out, ExitSite(ExitKind.BRANCH, 0, target))
 
     def _emit_indirect_branch(self, out: Translation, instruction: GuestInstruction, mark) -> None:
-        """Compute the guest target into eax (ecx and eax spilled), then probe the lookup table
-        without touching the guest's flags: hit -> jump to the translation, miss -> exit."""
+        """An inline cache in front of the lookup table: compare the target with the one this
+        branch took first (patched in by the monitor) and, when equal, leave through a chainable
+        slot to it; otherwise compute the target into eax (ecx and eax spilled) and probe the
+        table without touching the guest's flags: hit -> jump to the translation, miss -> exit."""
         insn, code, guest = instruction.insn, out.code, instruction.address
         if 0x66 in _prefixes(instruction.bytes):
             raise NotImplementedError("16-bit indirect branches")
-        mark(guest, (EAX, ECX))
-        code += self._spill(ECX, EAX)
         procedure = instruction.rule.procedure
-        if procedure == "ret":
-            pop = 4 + (insn.operands[0].imm if insn.operands else 0)
-            code += b"\x8B\x04\x24"                       # mov eax, [esp]
-            code += b"\x8D\xA4\x24" + _u32(pop)           # lea esp, [esp + 4 + imm16]
-        else:
-            code += _reencode_rm(insn, b"\x8B", EAX)      # mov eax, <the branch's operand>
+        pop = 4 + (insn.operands[0].imm if insn.operands else 0) if procedure == "ret" else 0
+
+        def load_target(register: int) -> bytes:
+            if procedure == "ret":
+                return bytes([0x8B, 0x04 | (register << 3), 0x24])          # mov reg, [esp]
+            return _reencode_rm(insn, b"\x8B", register)                     # mov reg, <operand>
+
+        def complete_transfer() -> bytes:
+            if procedure == "ret":
+                return b"\x8D\xA4\x24" + _u32(pop)                          # lea esp, [esp + pop]
             if procedure == "indirect_call":
-                code += b"\x68" + _u32(instruction.end)   # push the guest return address
+                return b"\x68" + _u32(instruction.end)                        # push guest return address
+            return b""
+
+        # Inline cache: ecx = target, then subtract each predicted target in turn (flag-free lea,
+        # as differences from the previous one) and jecxz to that prediction's slot.
+        mark(guest, (ECX,))
+        code += self._spill(ECX)
+        code += load_target(ECX)
+        compares, jecxz_at = [], []
+        for _ in range(INLINE_CACHE_ENTRIES):
+            code += b"\x8D\x89"                                             # lea ecx, [ecx + delta]
+            compares.append(len(code))
+            code += _u32(0)
+            code += b"\xE3\x00"                                             # jecxz prediction k
+            jecxz_at.append(len(code) - 1)
+        code += b"\xEB\x00"                                                 # jmp general
+        skip_at = len(code) - 1
+        predicted_sites = []
+        for k in range(INLINE_CACHE_ENTRIES):
+            code[jecxz_at[k]] = len(code) - (jecxz_at[k] + 1)
+            mark(guest, (ECX,))
+            code += self._reload(ECX)
+            mark(guest)
+            code += complete_transfer()
+            predicted_sites.append(len(out.exits))
+            self._slot(out, ExitSite(ExitKind.PREDICTED, 0, 0))
+        assert len(code) - (skip_at + 1) < 128
+        code[skip_at] = len(code) - (skip_at + 1)
+        # general case: recover the target into eax (ecx = target - last prediction) and probe
+        # the lookup table
+        mark(guest, (EAX, ECX))
+        code += self._spill(EAX)
+        code += b"\x8D\x81"                                                 # lea eax, [ecx + last prediction]
+        recover = len(code)
+        code += _u32(0)
+        code += complete_transfer()
+        cache = (tuple(compares), recover, tuple(predicted_sites))
+        # Until every prediction is filled, exit here so the monitor can fill the next one; then
+        # it turns this int3 into a nop and mismatches probe the table without leaving the cache.
+        learn = ExitSite(ExitKind.MISS, 0, guest, instruction.end, instruction, (EAX, ECX), cache)
+        self._site(out, learn)
         table = self.a.lookup_table
-        code += b"\x0F\xB7\xC8"                           # movzx ecx, ax
-        code += b"\x8B\x0C\xCD" + _u32(table)             # mov ecx, [ecx*8 + table]   (tag)
-        code += b"\xF7\xD1"                               # not ecx
-        code += b"\x8D\x4C\x01\x01"                       # lea ecx, [ecx + eax + 1]  = target - tag
-        code += b"\xE3\x01"                               # jecxz hit
-        self._site(out, ExitSite(ExitKind.MISS, 0, guest, instruction.end, instruction, (EAX, ECX)))
-        code += b"\x0F\xB7\xC8"                           # hit: movzx ecx, ax
-        code += b"\x8B\x0C\xCD" + _u32(table + 4)         # mov ecx, [ecx*8 + table + 4]
+        code += b"\x0F\xB7\xC8"                                             # movzx ecx, ax
+        code += b"\x8B\x0C\xCD" + _u32(table)                               # mov ecx, [ecx*8 + table] (tag)
+        code += b"\xF7\xD1"                                                 # not ecx
+        code += b"\x8D\x4C\x01\x01"                                         # lea ecx, [ecx+eax+1] = target-tag
+        code += b"\xE3\x01"                                                 # jecxz hit
+        miss = ExitSite(ExitKind.MISS, 0, guest, instruction.end, instruction, (EAX, ECX), cache)
+        self._site(out, miss)
+        code += b"\x0F\xB7\xC8"                                             # hit: movzx ecx, ax
+        code += b"\x8B\x0C\xCD" + _u32(table + 4)                           # mov ecx, [ecx*8 + table + 4]
         code += self._mov_abs_reg(self.a.scratch + SCRATCH_JUMP, ECX)
         code += self._reload(ECX, EAX)
-        code += b"\xFF\x25" + _u32(self.a.scratch + SCRATCH_JUMP)   # jmp [scratch.jump]
+        code += b"\xFF\x25" + _u32(self.a.scratch + SCRATCH_JUMP)            # jmp [scratch.jump]
+        miss.learn = learn.learn = learn.offset
 
     def _emit_callout(self, out: Translation, instruction: GuestInstruction, mark) -> None:
         mark(instruction.address)

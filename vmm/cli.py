@@ -60,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--tcache-size", type=_cache_size, default=None, metavar="BLOCKS|BYTES",
                      help=f"translation cache capacity: a block count, or bytes with K/M suffix "
                           f"({SLOT_SIZE} bytes a block; default {DEFAULT_CAPACITY} blocks)")
+    run.add_argument("--dump-cache", default=None, metavar="FILE.json",
+                     help="write the final translation cache (bt) for vmm-tcache")
     run.add_argument("--report", default=None, metavar="FILE.json", help="write a JSON report of the run")
     run.add_argument("--log-unassigned-ports", action="store_true",
                      help="log accesses to ports no device claims (stderr)")
@@ -68,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    if args.dump_cache and args.mode != "bt":
+        print("vmm: error: --dump-cache needs --mode bt (direct execution has no translation cache)", file=sys.stderr)
+        return 2
     config = MachineConfig(
         image=args.image, mode=args.mode, mem_mib=args.mem, append=args.append,
         initrd=[spec for spec in args.initrd.split(",") if spec] if args.initrd else [],
@@ -78,6 +83,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         result = vm.run()
         if args.report:
             write_report(args.report, build_report(config, image, vm, result))
+        if args.dump_cache:
+            write_report(args.dump_cache, vm.mode.dump())
     except VmmError as error:
         print(f"vmm: {error}", file=sys.stderr)
         return error.exit_status

@@ -116,7 +116,7 @@ class Emulator:
 
     @staticmethod
     def _operand16(insn) -> bool:
-        return 0x66 in bytes(insn.bytes[:4])
+        return 0x66 in insn.prefix         # the operand-size prefix, not a 0x66 byte elsewhere
 
     def _set_zf(self, value: bool) -> None:
         flags = self.cpu.reg("eflags")

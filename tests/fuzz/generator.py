@@ -90,6 +90,8 @@ LOCKABLE = {"add", "or", "adc", "sbb", "and", "sub", "xor", "inc", "dec", "neg",
             "cmpxchg", "xadd", "bts", "btr", "btc", "cmpxchg8b"}
 SHIFTS = ("rol", "ror", "rcl", "rcr", "shl", "sal", "shr", "sar")
 MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF}
+# ALU item kinds after which some flags are architecturally undefined
+UNDEFINED_FLAGS = {"shift", "shiftd", "mul", "imul", "div", "bittest", "bitscan", "bcd"}
 
 # Segment pushes and pops encoded by hand: Keystone gives `push ds`/`pop es` a 0x66 prefix.
 PUSH_SEG = {"es": ".byte 0x06", "cs": ".byte 0x0e", "ss": ".byte 0x16", "ds": ".byte 0x1e",
@@ -333,7 +335,13 @@ class _Builder:
              "xadd", "bittest", "bitscan", "setcc", "cmov", "lea", "extend", "convert", "flagop",
              "bcd", "xlat", "movimm", "nop"),
             (30, 6, 10, 3, 4, 4, 5, 2, 3, 3, 2, 5, 2, 4, 4, 4, 4, 2, 3, 2, 1, 3, 1))[0]
-        return getattr(self, f"_alu_{kind}")()
+        lines = getattr(self, f"_alu_{kind}")()
+        if lines is not None and kind in UNDEFINED_FLAGS:
+            # These leave some flags undefined (SDM); the engine computes them lazily, so their
+            # values depend on where its own blocks end, which translation changes. Define
+            # every flag again (cmp esp, esp changes nothing else) before anything can see them.
+            lines = lines + ["cmp esp, esp"]
+        return lines
 
     def _alu_binop(self):
         r = self.r
@@ -1024,11 +1032,12 @@ class _Builder:
                 lines = [f"mov byte ptr [{end}-{r.randint(1, 4)}], {r.getrandbits(8):#x}"]
             else:
                 lines = [f"mov dword ptr [{end}-4], {new_value()}"]
-            if r.random() < 0.5:
-                lines.append(f"jmp {site}")
-            else:
-                for _ in range(r.randint(0, 2)):
-                    lines += self.simple()
+            for _ in range(r.randint(0, 2)):
+                lines += self.simple()
+            # Always a jump between the store and the patched instruction: the rule x86 promises
+            # (and the monitor implements either way). Without it, direct execution on Unicorn
+            # 2.1.1 can run the stale bytes after an earlier store into the same code page.
+            lines.append(f"jmp {site}")
             return lines + patched
         if kind == "loop":
             counter = self.counter()
@@ -1052,15 +1061,11 @@ class _Builder:
             choices = [0x40 + number, 0x48 + number, 0x90, 0xF5, 0xF8, 0xF9, 0xFC, 0xFD, 0x9E, 0x9F,
                        0x98, 0x99, 0x90 + number]
             original, new = r.sample(choices, 2)
-            lines = [f"mov byte ptr [{site}], {new:#x}"]
-            if r.random() < 0.5:
-                lines.append(f"jmp {site}")
+            lines = [f"mov byte ptr [{site}], {new:#x}", f"jmp {site}"]     # see "forward"
             return lines + [f"{site}:", f".byte {original:#x}"]
         if kind == "jcc_flip":
             other = self.w32()
-            lines = [f"mov byte ptr [{site}], {0x70 + r.randrange(16):#x}"]
-            if r.random() < 0.5:
-                lines.append(f"jmp {site}")
+            lines = [f"mov byte ptr [{site}], {0x70 + r.randrange(16):#x}", f"jmp {site}"]   # see "forward"
             # jcc +2 over `inc target; dec other` (one byte each), encoded by hand
             return lines + [f"{site}:", f".byte {0x70 + r.randrange(16):#x}, 0x02",
                             f".byte {0x40 + REG_NUM[target]:#x}", f".byte {0x48 + REG_NUM[other]:#x}"]
@@ -1070,8 +1075,7 @@ class _Builder:
             lines = ["cld", f"lea esi, [{self.base}{self.disp():+#x}]", f"mov edi, {end}-4"]
             lines += r.choice((["mov ecx, 4", "rep movsb"], ["movsd dword ptr es:[edi], dword ptr [esi]"],
                                [f"mov eax, {r.getrandbits(32):#x}", "stosd"]))
-            if r.random() < 0.5:
-                lines.append(f"jmp {site}")
+            lines.append(f"jmp {site}")                                               # see "forward"
             return lines + patched
         data, over = self.label("data"), self.label()
         other = self.w32()

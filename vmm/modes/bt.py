@@ -14,6 +14,7 @@ free to carry the guest's, and cli/sti/popf change it natively at IOPL 1 with no
 from __future__ import annotations
 
 import struct
+import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -50,7 +51,7 @@ PAGE_TABLES_OFFSET = 0x100000            # 4 KiB page tables for up to 3 GiB of 
 PAGE_TABLES_SIZE = 0x310000
 ARENA_OFFSET = 0x500000
 ARENA_SIZE = 10 * MIB
-SLOT_SIZE = 512
+SLOT_SIZE = 256
 ARENA_SLOTS = ARENA_SIZE // SLOT_SIZE
 DEFAULT_CAPACITY = 4096                  # blocks
 ONE_SHOT_SLOT = 0                        # reserved: single instructions run outside the cache
@@ -190,6 +191,7 @@ class BinaryTranslationMode(ExecutionMode):
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
         self.capacity = capacity
         self.exit_counts: dict[str, int] = {}
+        self.translation_seconds = 0.0
 
     # -- set-up --------------------------------------------------------------------------------
     def attach(self, vm) -> GuestCpu:
@@ -245,9 +247,14 @@ class BinaryTranslationMode(ExecutionMode):
         stops right after one whose hook asked to stop: the state it stops in is exact."""
         return {}
 
+    def dump(self) -> dict:
+        from cache.dump import dump_cache
+        return dump_cache(self.cache)
+
     def counters(self) -> dict:
         cache = dict(sorted(self.cache.counters.items()))
         cache["blocks_cached"] = len(self.cache)
+        cache["translation_seconds"] = round(self.translation_seconds, 6)
         return {"translation_cache": cache, "cache_exits": dict(sorted(self.exit_counts.items()))}
 
     def _count(self, kind: str) -> None:
@@ -343,19 +350,26 @@ class BinaryTranslationMode(ExecutionMode):
     def _key(self, eip: int) -> BlockKey:
         return BlockKey(eip, single_step=bool(self.cpu.virtual_flags & TF))
 
-    def _translate(self, key: BlockKey) -> TranslatedBlock:
+    def _translate(self, key: BlockKey, near: Optional[TranslatedBlock] = None) -> TranslatedBlock:
+        started = time.perf_counter()
+        try:
+            return self._translate_block(key, near)
+        finally:
+            self.translation_seconds += time.perf_counter() - started
+
+    def _translate_block(self, key: BlockKey, near: Optional[TranslatedBlock]) -> TranslatedBlock:
         guest = self.decoder.decode_block(key.eip, limit=1 if key.single_step else 32)
         translation = self.emitter.translate(guest, budget=self.budget, chainable=not key.single_step)
         while len(translation.code) > SLOT_SIZE and len(guest.instructions) > 1:
             guest = self.decoder.decode_block(key.eip, limit=len(guest.instructions) // 2)
             translation = self.emitter.translate(guest, budget=self.budget, chainable=not key.single_step)
-        return self.cache.add(key, guest, translation)
+        return self.cache.add(key, guest, translation, near)
 
-    def _block_for(self, eip: int) -> TranslatedBlock:
+    def _block_for(self, eip: int, near: Optional[TranslatedBlock] = None) -> TranslatedBlock:
         key = self._key(eip)
         block = self.cache.find(key)
         if block is None:
-            block = self._translate(key)
+            block = self._translate(key, near)
         return block
 
     def _protect_page(self, page: int, protect: bool) -> None:
@@ -486,11 +500,11 @@ class BinaryTranslationMode(ExecutionMode):
         self._count(site.kind.value)
         if site.kind is not ExitKind.MISS:     # a miss reads the target from eax first
             self._restore(site.restore)
-        if site.kind is ExitKind.BRANCH:
+        if site.kind in (ExitKind.BRANCH, ExitKind.PREDICTED):
             self.cpu.eip = site.guest_eip
             if stepping:
                 return VmExit(ExitReason.EXCEPTION, eip=self.cpu.eip, vector=1)
-            target = self._block_for(site.guest_eip)
+            target = self._block_for(site.guest_eip, stop.block)
             if stop.block is not None and stop.block.alive:
                 self.cache.link(stop.block, stop.site_index, target)
             return target.host
@@ -500,8 +514,10 @@ class BinaryTranslationMode(ExecutionMode):
             self.cpu.eip = target_eip
             if stepping:
                 return VmExit(ExitReason.EXCEPTION, eip=self.cpu.eip, vector=1)
-            target = self._block_for(target_eip)
+            target = self._block_for(target_eip, stop.block)
             self.cache.install_lookup(target)
+            if stop.block is not None and stop.block.alive:
+                self.cache.predict(stop.block, site, target_eip)
             return target.host
         self.cpu.eip = site.guest_eip
         if site.kind is ExitKind.CALLOUT:

@@ -149,3 +149,20 @@ def test_engine_cmpxchg8b_flags_bug_is_worked_around(tmp_path):
     translated, _out, _vm = run_source(tmp_path, source, mode="bt")
     assert translated.guest_value & 0x8D5 == 0x890           # OF SF AF from the add, ZF clear
     assert direct.guest_value & 0x8D5 != 0x890, "Unicorn fixed the cmpxchg8b flags bug: drop the workaround"
+
+
+def test_dump_cache_describes_blocks_links_and_rewrites(tmp_path):
+    proc = run_vmm("run", "sample_binaries/sensitive.elf", "--dump-cache", tmp_path / "cache.json")
+    assert proc.returncode == 0
+    dump = json.loads((tmp_path / "cache.json").read_text())
+    assert dump["format"] == "vmm-tcache/1" and dump["counters"]["blocks_translated"] >= len(dump["blocks"]) > 10
+    rewrites = [r for block in dump["blocks"] for r in block["rewrites"]]
+    assert {"inline", "callout", "exit slot", "lookup"} <= {r["handling"] for r in rewrites}
+    assert any(r["procedure"] == "pushf" for r in rewrites)
+    chained = [e for block in dump["blocks"] for e in block["exits"] if e["chained_to"]]
+    assert chained and all(bytes.fromhex(b["host_bytes"]) for b in dump["blocks"])
+    by_address = {block["guest_address"]: block for block in dump["blocks"]}
+    for exit_ in chained:        # every link is recorded at both ends
+        target = by_address[exit_["chained_to"]["guest"]]
+        assert target["incoming"]
+    assert [block["lru_position"] for block in dump["blocks"]] == list(range(len(dump["blocks"])))

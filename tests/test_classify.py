@@ -1,5 +1,7 @@
 """The classification table: one case per entry (docs/classification.md lists the same rows)."""
 
+from pathlib import Path
+
 import pytest
 from capstone import CS_ARCH_X86, CS_MODE_32, Cs
 
@@ -127,3 +129,9 @@ def test_every_explicit_table_entry_has_a_case():
     covered = {_capstone.insn_name(next(_capstone.disasm(bytes.fromhex(code), 0, 1)).id) for code, *_ in CASES}
     missing = {name for name, _rule in table()} - covered - _SIBLINGS
     assert not missing
+
+
+def test_documentation_lists_every_table_row():
+    text = (Path(__file__).resolve().parent.parent / "docs" / "classification.md").read_text()
+    for name, rule in table():
+        assert f"| `{name}` | {rule.category.value} | {rule.handling.value} | {rule.procedure} |" in text, name

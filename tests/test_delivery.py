@@ -194,3 +194,17 @@ def test_far_call_whose_offset_contains_0x66_is_32_bit(tmp_path, mode):
 """ + EXIT
     result, _out, _vm = run_source(tmp_path, source, mode=mode)
     assert result.guest_value == 0x90000
+
+
+@pytest.mark.parametrize("opcode", ["0x0f, 0x04", "0x0f, 0x0a", "0x0f, 0xa6"])
+def test_bytes_that_do_not_decode_raise_ud_at_their_address(tmp_path, mode, opcode):
+    source = guest({6: "on_ud"}, f"""
+    nop
+faulting:
+    .byte {opcode}
+    mov dword ptr [0x7014], faulting
+""", RECORD.format(name="on_ud", skip=2))
+    result, _out, vm = run_source(tmp_path, source, mode=mode)
+    assert result.reason is StopReason.DEBUG_EXIT
+    assert frame(vm, 6)[0] == frame(vm, 6)[5]
+    assert vm.delivery.delivered == {6: 1}

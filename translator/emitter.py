@@ -24,9 +24,8 @@ from translator.layout import (LOOKUP_ENTRY_SIZE, SCRATCH_BUDGET, SCRATCH_JUMP, 
 
 EAX, ECX, EDX, EBX, ESP, EBP, ESI, EDI = range(8)
 INT3 = 0xCC
-# An exit slot: int3 and padding while unlinked; once chained, `jmp rel32` to a target in the
-# same 4 KiB page, else `jmp [cell]` with the 4-byte cell (the target address) inside the slot.
-SLOT_SIZE = 10
+# An exit slot: int3 and padding while unlinked, `jmp rel32` to the target once chained.
+SLOT_SIZE = 5
 UNLINKED_SLOT = bytes([INT3]) + b"\x90" * (SLOT_SIZE - 1)
 _PREFIXES = {0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0x66, 0x67}
 _SEGMENT_PREFIXES = {0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65}

@@ -350,26 +350,26 @@ class BinaryTranslationMode(ExecutionMode):
     def _key(self, eip: int) -> BlockKey:
         return BlockKey(eip, single_step=bool(self.cpu.virtual_flags & TF))
 
-    def _translate(self, key: BlockKey, near: Optional[TranslatedBlock] = None) -> TranslatedBlock:
+    def _translate(self, key: BlockKey) -> TranslatedBlock:
         started = time.perf_counter()
         try:
-            return self._translate_block(key, near)
+            return self._translate_block(key)
         finally:
             self.translation_seconds += time.perf_counter() - started
 
-    def _translate_block(self, key: BlockKey, near: Optional[TranslatedBlock]) -> TranslatedBlock:
+    def _translate_block(self, key: BlockKey) -> TranslatedBlock:
         guest = self.decoder.decode_block(key.eip, limit=1 if key.single_step else 32)
         translation = self.emitter.translate(guest, budget=self.budget, chainable=not key.single_step)
         while len(translation.code) > SLOT_SIZE and len(guest.instructions) > 1:
             guest = self.decoder.decode_block(key.eip, limit=len(guest.instructions) // 2)
             translation = self.emitter.translate(guest, budget=self.budget, chainable=not key.single_step)
-        return self.cache.add(key, guest, translation, near)
+        return self.cache.add(key, guest, translation)
 
-    def _block_for(self, eip: int, near: Optional[TranslatedBlock] = None) -> TranslatedBlock:
+    def _block_for(self, eip: int) -> TranslatedBlock:
         key = self._key(eip)
         block = self.cache.find(key)
         if block is None:
-            block = self._translate(key, near)
+            block = self._translate(key)
         return block
 
     def _protect_page(self, page: int, protect: bool) -> None:
@@ -504,7 +504,7 @@ class BinaryTranslationMode(ExecutionMode):
             self.cpu.eip = site.guest_eip
             if stepping:
                 return VmExit(ExitReason.EXCEPTION, eip=self.cpu.eip, vector=1)
-            target = self._block_for(site.guest_eip, stop.block)
+            target = self._block_for(site.guest_eip)
             if stop.block is not None and stop.block.alive:
                 self.cache.link(stop.block, stop.site_index, target)
             return target.host
@@ -514,7 +514,7 @@ class BinaryTranslationMode(ExecutionMode):
             self.cpu.eip = target_eip
             if stepping:
                 return VmExit(ExitReason.EXCEPTION, eip=self.cpu.eip, vector=1)
-            target = self._block_for(target_eip, stop.block)
+            target = self._block_for(target_eip)
             self.cache.install_lookup(target)
             if stop.block is not None and stop.block.alive:
                 self.cache.predict(stop.block, site, target_eip)

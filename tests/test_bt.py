@@ -9,7 +9,7 @@ from capstone import CS_ARCH_X86, CS_MODE_32, Cs
 from tests.cli import run_vmm, sample_arguments
 from tests.guests import EXIT, run_image, run_source
 from tests.samples import MANIFEST, REPO_ROOT
-from translator.classify import Category, Handling, classify
+from translator.classify import Category, classify
 from vmm.exits import StopReason
 
 LOOP = """

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import filecmp
 import json
-import os
 import shutil
 import struct
 import subprocess

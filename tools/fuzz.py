@@ -27,7 +27,6 @@ Self-check of the fuzzer without bt (must report 0 failed):
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor

@@ -18,7 +18,7 @@ from capstone import x86_const as X
 
 from translator.classify import Handling
 from translator.decoder import BlockEnd, GuestBlock, GuestInstruction
-from translator.layout import (LOOKUP_ENTRY_SIZE, SCRATCH_BUDGET, SCRATCH_JUMP, SCRATCH_SPILL,
+from translator.layout import (SCRATCH_BUDGET, SCRATCH_JUMP, SCRATCH_SPILL,
                                VCPU_CR, VCPU_GDTR, VCPU_IDTR, VCPU_LDTR, VCPU_POPF_EXPECT,
                                VCPU_PUSHF_ADJUST, VCPU_SELECTOR, VCPU_TR, MonitorAddresses)
 

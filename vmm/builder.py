@@ -18,7 +18,7 @@ from vmm.loaders import LoadedImage, load_image
 from vmm.loaders import multiboot
 from vmm.memory import PhysicalMemory
 from vmm.modes import DEFAULT_MODE, available_modes
-from vmm.modes.bt import ARENA_SLOTS, SLOT_SIZE
+from vmm.modes.bt import ARENA_SLOTS
 
 MAX_TCACHE_BLOCKS = ARENA_SLOTS - 1
 from vmm.vm import Limits, VirtualMachine

@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a guest image")
     run.add_argument("image", help="Multiboot or plain ELF32 kernel, flat binary, or .s/.asm source")
     run.add_argument("--mode", default=DEFAULT_MODE, choices=sorted(available_modes()),
-                     help=f"bt: binary translation (default); direct: untranslated, the reference")
+                     help="bt: binary translation (default); direct: untranslated, the reference")
     run.add_argument("--mem", type=int, default=DEFAULT_MEM_MIB, metavar="MiB",
                      help=f"guest RAM in MiB (default {DEFAULT_MEM_MIB})")
     run.add_argument("--append", default="", metavar="CMDLINE", help="kernel command line")

@@ -8,7 +8,6 @@ triple fault (shutdown).
 
 from __future__ import annotations
 
-import struct
 from collections import Counter
 from typing import Optional
 

@@ -17,7 +17,7 @@ from capstone import x86_const as X
 from vmm.errors import VmmError
 from vmm.guest_view import GuestFault, GuestView
 from vmm.x86 import (AC, AF, CF, DF, GP, ID, IF, IOPL_MASK, NP, NT, OF, PF, SF, SS, TF, ZF, CR0_PE,
-                     CR0_PG, SegmentDescriptor, selector_error_code)
+                     CR0_PG, SegmentDescriptor)
 
 _SEGMENTS = {X.X86_REG_CS: "cs", X.X86_REG_SS: "ss", X.X86_REG_DS: "ds", X.X86_REG_ES: "es",
              X.X86_REG_FS: "fs", X.X86_REG_GS: "gs"}

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Callable, Optional
 
-import unicorn
 from unicorn import Uc, UcError
 from unicorn import unicorn_const as uc_const
 from unicorn import x86_const as x86

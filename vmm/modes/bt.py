@@ -20,15 +20,14 @@ from typing import Optional
 
 from cache.arena import CodeArena
 from cache.tcache import BlockKey, TranslatedBlock, TranslationCache
-from translator.decoder import PAGE_SIZE, Decoder, GuestBlock
+from translator.decoder import PAGE_SIZE, Decoder
 from translator.emitter import Emitter, ExitKind, ExitSite, Translation
 from translator.layout import (IOPL_MASK, LOOKUP_TABLE_SIZE, REAL_IOPL, SCRATCH_BUDGET, SCRATCH_SPILL,
                                SCRATCH_STACK_TOP, TF, VCPU_CR, VCPU_GDTR, VCPU_IDTR, VCPU_LDTR,
-                               VCPU_POPF_EXPECT, VCPU_PUSHF_ADJUST, VCPU_SELECTOR, VCPU_SIZE, VCPU_TR,
-                               MonitorAddresses)
+                               VCPU_POPF_EXPECT, VCPU_PUSHF_ADJUST, VCPU_SELECTOR, MonitorAddresses)
 from vmm.cpu import GuestCpu
 from vmm.emulate import UnsupportedInstruction
-from vmm.engine import PROT_ALL, PROT_EXEC, PROT_READ, PROT_WRITE, StopCause
+from vmm.engine import PROT_EXEC, PROT_READ, PROT_WRITE, StopCause
 from vmm.exits import ExitReason, VmExit
 from vmm.memory import MIB
 from vmm.modes import ExecutionMode

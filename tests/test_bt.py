@@ -166,3 +166,11 @@ def test_dump_cache_describes_blocks_links_and_rewrites(tmp_path):
         target = by_address[exit_["chained_to"]["guest"]]
         assert target["incoming"]
     assert [block["lru_position"] for block in dump["blocks"]] == list(range(len(dump["blocks"])))
+
+
+def test_untranslatable_form_stops_the_run_with_one_line(tmp_path):
+    image = tmp_path / "j16.s"
+    image.write_text("mov eax, 5\n.byte 0x66, 0xe9, 0x00, 0x00\nmov dx, 0xf4\nout dx, eax\n")
+    proc = run_vmm("run", image)
+    assert proc.returncode == 122
+    assert proc.stderr.decode() == "vmm: not translatable: 16-bit near branch jmp 0x100009 at 0x100005\n"

@@ -116,6 +116,10 @@ class UntranslatableForm(Exception):
     """An operand form the inline templates do not cover; the instruction becomes a callout."""
 
 
+class UnsupportedForm(Exception):
+    """An instruction form the translator does not handle at all (the run stops, `unsupported`)."""
+
+
 def _u32(value: int) -> bytes:
     return struct.pack("<I", value & 0xFFFFFFFF)
 
@@ -382,7 +386,7 @@ class Emitter:
         fallthrough = instruction.end
         raw = instruction.bytes
         if 0x66 in _prefixes(raw):
-            raise NotImplementedError("16-bit near branches")
+            raise UnsupportedForm(f"16-bit near branch {instruction} at {guest:#x}")
         opcode = raw[len(_prefixes(raw))]
         if insn.id == X.X86_INS_CALL:
             mark(guest)
@@ -417,7 +421,7 @@ class Emitter:
         table without touching the guest's flags: hit -> jump to the translation, miss -> exit."""
         insn, code, guest = instruction.insn, out.code, instruction.address
         if 0x66 in _prefixes(instruction.bytes):
-            raise NotImplementedError("16-bit indirect branches")
+            raise UnsupportedForm(f"16-bit indirect branch {instruction} at {guest:#x}")
         procedure = instruction.rule.procedure
         pop = 4 + (insn.operands[0].imm if insn.operands else 0) if procedure == "ret" else 0
 

@@ -107,7 +107,12 @@ class VirtualMachine:
         started = time.perf_counter()
         try:
             while self._result is None:
-                self.dispatch(self.mode.execute(self))
+                try:
+                    vm_exit = self.mode.execute(self)
+                except UnsupportedInstruction as error:
+                    self.request_stop(StopReason.UNSUPPORTED, str(error))
+                    break
+                self.dispatch(vm_exit)
         except KeyboardInterrupt:
             self.request_stop(StopReason.INTERRUPTED, "interrupted by the user")
         finally:

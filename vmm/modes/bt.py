@@ -21,7 +21,7 @@ from typing import Optional
 from cache.arena import CodeArena
 from cache.tcache import BlockKey, TranslatedBlock, TranslationCache
 from translator.decoder import PAGE_SIZE, Decoder
-from translator.emitter import Emitter, ExitKind, ExitSite, Translation
+from translator.emitter import Emitter, ExitKind, ExitSite, Translation, UnsupportedForm
 from translator.layout import (IOPL_MASK, LOOKUP_TABLE_SIZE, REAL_IOPL, SCRATCH_BUDGET, SCRATCH_SPILL,
                                SCRATCH_STACK_TOP, TF, VCPU_CR, VCPU_GDTR, VCPU_IDTR, VCPU_LDTR,
                                VCPU_POPF_EXPECT, VCPU_PUSHF_ADJUST, VCPU_SELECTOR, MonitorAddresses)
@@ -368,7 +368,10 @@ class BinaryTranslationMode(ExecutionMode):
         key = self._key(eip)
         block = self.cache.find(key)
         if block is None:
-            block = self._translate(key)
+            try:
+                block = self._translate(key)
+            except UnsupportedForm as error:
+                raise UnsupportedInstruction(f"not translatable: {error}") from None
         return block
 
     def _protect_page(self, page: int, protect: bool) -> None:
@@ -441,10 +444,7 @@ class BinaryTranslationMode(ExecutionMode):
         stepping = False
         while True:
             if begin is None:
-                try:
-                    block = self._block_for(self.cpu.eip)
-                except ValueError as error:
-                    raise UnsupportedInstruction(str(error)) from None
+                block = self._block_for(self.cpu.eip)
                 begin = block.host
                 stepping = block.key.single_step
             if not self._deprivileged:

@@ -70,6 +70,7 @@ class TranslationCache:
         self._sites: dict[int, tuple[TranslatedBlock, int]] = {}
         self.counters = collections.Counter()
         self.events: collections.deque = collections.deque(maxlen=4096)   # (event, guest eip, cause)
+        self.use_lookup_table = True      # off: every indirect branch exits (exec tracing)
         self.clear_lookup_table()
 
     # -- lookup --------------------------------------------------------------------------------
@@ -226,6 +227,8 @@ class TranslationCache:
         self.lookup_view[:] = b"".join(struct.pack("<II", index ^ 1, 0) for index in range(LOOKUP_ENTRIES))
 
     def _install_lookup(self, guest: int, host: int) -> None:
+        if not self.use_lookup_table:
+            return
         offset = (guest & (LOOKUP_ENTRIES - 1)) * LOOKUP_ENTRY_SIZE
         struct.pack_into("<II", self.lookup_view, offset, guest, host)
         self.counters["lookup_table_installs"] += 1

@@ -21,6 +21,7 @@ from vmm.modes import DEFAULT_MODE, available_modes
 from vmm.modes.bt import ARENA_SLOTS
 
 MAX_TCACHE_BLOCKS = ARENA_SLOTS - 1
+from vmm.trace import Tracer
 from vmm.vm import Limits, VirtualMachine
 
 DEFAULT_MEM_MIB = 32
@@ -39,6 +40,8 @@ class MachineConfig:
     timeout: Optional[float] = None
     log_unassigned_ports: bool = False
     tcache_blocks: Optional[int] = None      # translation cache capacity (bt)
+    trace: frozenset = frozenset()           # -d flags (vmm/trace.py)
+    trace_file: Optional[str] = None         # -D: the trace log (default stderr)
 
     def validate(self) -> None:
         modes = available_modes()
@@ -58,6 +61,15 @@ def _log_unassigned(direction: str, port: int, size: int, value: int) -> None:
     print(f"vmm: unassigned port {direction} {port:#06x} size {size} value {value:#x}", file=sys.stderr)
 
 
+def _open_trace(path: Optional[str]):
+    if path is None:
+        return None
+    try:
+        return open(path, "w")
+    except OSError as error:
+        raise ConfigError(f"-D {path}: {error.strerror}") from None
+
+
 def build_machine(config: MachineConfig, console: Console) -> tuple[VirtualMachine, LoadedImage]:
     config.validate()
     engine = Engine()
@@ -69,7 +81,8 @@ def build_machine(config: MachineConfig, console: Console) -> tuple[VirtualMachi
     bus = PortBus(on_unassigned=_log_unassigned if config.log_unassigned_ports else None)
     mode = available_modes()[config.mode].from_config(config)
     limits = Limits(config.max_instructions, config.timeout)
-    vm = VirtualMachine(engine, memory, bus, console, mode, limits, memory.until_address)
+    tracer = Tracer(config.trace, _open_trace(config.trace_file) if config.trace else None)
+    vm = VirtualMachine(engine, memory, bus, console, mode, limits, memory.until_address, tracer)
 
     # Port map (cf. kvmtool x86/ioport.c):
     #   0x00F4 - 0x00F7  isa-debug-exit

@@ -91,6 +91,10 @@ class PortBus:
         self.writes[claim.device.name] += 1
         claim.device.io_write(port - claim.base, size, value & _ALL_ONES[size])
 
+    def device_name(self, port: int) -> str:
+        claim = self._by_port.get(port)
+        return claim.device.name if claim is not None else "unassigned"
+
     def counters(self) -> dict[str, dict[str, int]]:
         names = sorted(set(self.reads) | set(self.writes))
         return {name: {"reads": self.reads[name], "writes": self.writes[name]} for name in names}

@@ -13,6 +13,7 @@ from vmm.exits import StopReason
 from vmm.modes import DEFAULT_MODE, available_modes
 from vmm.modes.bt import DEFAULT_CAPACITY, SLOT_SIZE
 from vmm.report import build_report, write_report
+from vmm.trace import TRACE_FLAGS, parse_trace_flags
 
 # Endings the guest chose; every other ending is explained on stderr.
 _QUIET_ENDINGS = (StopReason.DEBUG_EXIT,)
@@ -62,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
                           f"({SLOT_SIZE} bytes a block; default {DEFAULT_CAPACITY} blocks)")
     run.add_argument("--dump-cache", default=None, metavar="FILE.json",
                      help="write the final translation cache (bt) for vmm-tcache")
+    run.add_argument("-d", dest="trace", default="", metavar="FLAG[,FLAG...]",
+                     help="trace: " + ", ".join(f"{flag} ({what})" for flag, what in TRACE_FLAGS.items()))
+    run.add_argument("-D", dest="trace_file", default=None, metavar="FILE", help="write the trace here (default stderr)")
     run.add_argument("--report", default=None, metavar="FILE.json", help="write a JSON report of the run")
     run.add_argument("--log-unassigned-ports", action="store_true",
                      help="log accesses to ports no device claims (stderr)")
@@ -73,11 +77,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.dump_cache and args.mode != "bt":
         print("vmm: error: --dump-cache needs --mode bt (direct execution has no translation cache)", file=sys.stderr)
         return 2
+    try:
+        trace = parse_trace_flags(args.trace)
+    except VmmError as error:
+        print(f"vmm: error: {error}", file=sys.stderr)
+        return 2
     config = MachineConfig(
         image=args.image, mode=args.mode, mem_mib=args.mem, append=args.append,
         initrd=[spec for spec in args.initrd.split(",") if spec] if args.initrd else [],
         load_address=args.load_addr, max_instructions=args.max_insns, timeout=args.timeout,
-        log_unassigned_ports=args.log_unassigned_ports, tcache_blocks=args.tcache_size)
+        log_unassigned_ports=args.log_unassigned_ports, tcache_blocks=args.tcache_size,
+        trace=trace, trace_file=args.trace_file)
     try:
         vm, image = build_machine(config, StdioConsole())
         result = vm.run()

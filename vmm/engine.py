@@ -241,6 +241,10 @@ class Engine:
         """handler(vector): an exception or `int n` raised by the guest (EIP as the CPU left it)."""
         self._uc.hook_add(uc_const.UC_HOOK_INTR, self._guarded(lambda _uc, intno, _data: handler(intno)))
 
+    def on_block(self, handler: Callable[[int, int], None]) -> None:
+        """handler(address, size) before every engine block (costly: for tracing only)."""
+        self._uc.hook_add(uc_const.UC_HOOK_BLOCK, self._guarded(lambda _uc, address, size, _data: handler(address, size)))
+
     def on_port_io(self, port_in: Callable[[int, int], int],
                    port_out: Callable[[int, int, int], None]) -> None:
         """port_in(port, size) -> value and port_out(port, size, value), sizes in bytes.

@@ -17,6 +17,7 @@ from vmm.engine import Engine
 from vmm.guest_view import GuestFault, GuestView
 from vmm.exits import ExitReason, RunResult, StopReason, VmExit
 from vmm.memory import PhysicalMemory, UnbackedAccess
+from vmm.trace import Tracer
 from vmm.modes import ExecutionMode
 from vmm.x86 import IF, vector_name
 
@@ -70,7 +71,7 @@ class VirtualMachine:
     """Owns one machine's state (engine, memory, devices) and runs it to a RunResult."""
 
     def __init__(self, engine: Engine, memory: PhysicalMemory, bus: PortBus, console: Console,
-                 mode: ExecutionMode, limits: Limits, until_address: int) -> None:
+                 mode: ExecutionMode, limits: Limits, until_address: int, tracer: Optional[Tracer] = None) -> None:
         self.engine = engine
         self.memory = memory
         self.bus = bus
@@ -78,6 +79,7 @@ class VirtualMachine:
         self.mode = mode
         self.limits = limits
         self.until_address = until_address    # never executed: see engine pitfall on `until`
+        self.tracer = tracer or Tracer()
         self.exits: Counter = Counter()
         self.state = RunState.READY
         self.wall_time = 0.0
@@ -117,6 +119,7 @@ class VirtualMachine:
             self.request_stop(StopReason.INTERRUPTED, "interrupted by the user")
         finally:
             self.limits.finish()
+            self.tracer.close()
             self.wall_time = time.perf_counter() - started
             self.state = RunState.FINISHED
             self.console.close()
@@ -140,14 +143,21 @@ class VirtualMachine:
     def dispatch(self, vm_exit: VmExit) -> int:
         """The one place every exit is serviced. Returns the value an IN exit reads."""
         self.exits[vm_exit.reason] += 1
+        if self.tracer.exits:
+            self.tracer.exit(vm_exit)
         return self._handlers[vm_exit.reason](vm_exit)
 
     # -- exit handlers --------------------------------------------------------------------------
     def _port_in(self, vm_exit: VmExit) -> int:
-        return self.bus.read(vm_exit.port, vm_exit.size)
+        value = self.bus.read(vm_exit.port, vm_exit.size)
+        if self.tracer.io:
+            self.tracer.port("in", vm_exit.port, vm_exit.size, value, self.bus.device_name(vm_exit.port))
+        return value
 
     def _port_out(self, vm_exit: VmExit) -> int:
         self._port_hook_exit = vm_exit
+        if self.tracer.io:
+            self.tracer.port("out", vm_exit.port, vm_exit.size, vm_exit.value, self.bus.device_name(vm_exit.port))
         try:
             self.bus.write(vm_exit.port, vm_exit.size, vm_exit.value)
         finally:
@@ -179,6 +189,8 @@ class VirtualMachine:
         return 0
 
     def _deliver(self, vector: int, **how) -> None:
+        if self.tracer.int:
+            self.tracer.interrupt(vector, how["return_eip"], how.get("error_code"), how.get("software", False))
         try:
             self.delivery.deliver(vector, **how)
         except TripleFault as fault:

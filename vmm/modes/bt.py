@@ -223,6 +223,10 @@ class BinaryTranslationMode(ExecutionMode):
         self.emitter = Emitter(MonitorAddresses(self.vcpu_address, self.scratch_address, lookup_address))
         self.cpu = TranslatedCpu(self)
         self.budget = vm.limits.max_instructions is not None
+        self.tracer = vm.tracer
+        # Tracing every block execution needs every block transition to pass the monitor.
+        self.chaining = not vm.tracer.exec
+        self.cache.use_lookup_table = self.chaining
         if self.budget:
             struct.pack_into("<I", self.scratch_view, SCRATCH_BUDGET, min(vm.limits.max_instructions, 0x7FFFFFFF))
         self._stop: Optional[_Stop] = None
@@ -362,7 +366,10 @@ class BinaryTranslationMode(ExecutionMode):
         while len(translation.code) > SLOT_SIZE and len(guest.instructions) > 1:
             guest = self.decoder.decode_block(key.eip, limit=len(guest.instructions) // 2)
             translation = self.emitter.translate(guest, budget=self.budget, chainable=not key.single_step)
-        return self.cache.add(key, guest, translation)
+        block = self.cache.add(key, guest, translation)
+        if self.tracer.in_asm or self.tracer.out_asm:
+            self.tracer.translated(guest, translation, block.host)
+        return block
 
     def _block_for(self, eip: int) -> TranslatedBlock:
         key = self._key(eip)
@@ -447,6 +454,8 @@ class BinaryTranslationMode(ExecutionMode):
                 block = self._block_for(self.cpu.eip)
                 begin = block.host
                 stepping = block.key.single_step
+            if self.tracer.exec:
+                self.tracer.executed(self.cpu.eip, begin)
             if not self._deprivileged:
                 begin = self._enter_deprivileged(begin)
             self._stop = None
@@ -504,7 +513,7 @@ class BinaryTranslationMode(ExecutionMode):
             if stepping:
                 return VmExit(ExitReason.EXCEPTION, eip=self.cpu.eip, vector=1)
             target = self._block_for(site.guest_eip)
-            if stop.block is not None and stop.block.alive:
+            if self.chaining and stop.block is not None and stop.block.alive:
                 self.cache.link(stop.block, stop.site_index, target)
             return target.host
         if site.kind is ExitKind.MISS:
@@ -515,7 +524,7 @@ class BinaryTranslationMode(ExecutionMode):
                 return VmExit(ExitReason.EXCEPTION, eip=self.cpu.eip, vector=1)
             target = self._block_for(target_eip)
             self.cache.install_lookup(target)
-            if stop.block is not None and stop.block.alive:
+            if self.chaining and stop.block is not None and stop.block.alive:
                 self.cache.predict(stop.block, site, target_eip)
             return target.host
         self.cpu.eip = site.guest_eip

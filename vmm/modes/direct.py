@@ -51,6 +51,8 @@ class DirectMode(ExecutionMode):
             lambda port, size: vm.dispatch(VmExit(ExitReason.PORT_IN, port=port, size=size)),
             lambda port, size, value: vm.dispatch(VmExit(ExitReason.PORT_OUT, port=port, size=size, value=value)))
         engine.on_interrupt(lambda vector: vm.dispatch(self._exception_exit(engine, vector)))
+        if vm.tracer.exec:
+            engine.on_block(lambda address, _size: vm.tracer.executed(address))
         self.cpu = GuestCpu(engine)
         return self.cpu
 

@@ -1,0 +1,610 @@
+"""vmm-tcache: inspect the binary translator's translation cache.
+
+Input is either a guest image, which is run under `--mode bt` with the same options as `vmm run`
+(its console output is captured, never printed), or a cache dump written by
+`vmm run --dump-cache FILE.json` (recognised by content: JSON whose "format" is "vmm-tcache/1").
+
+Views: a table of every block (default); `--block ADDR` / `--range LO-HI` side by side guest and
+translated code aligned by the block's pc_map; `--summary`; `--dot FILE` for the chained-block
+graph. `--json` prints the asked view as JSON. Every failure is one line on stderr and a non-zero
+status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import shutil
+import subprocess
+import sys
+from typing import Optional, Sequence
+
+if __package__ in (None, ""):   # run as `python tools/vmm_tcache.py`: make the repository importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from vmm.builder import DEFAULT_LOAD_ADDRESS, DEFAULT_MEM_MIB, MachineConfig, build_machine  # noqa: E402
+from vmm.cli import _Parser, _address, _cache_size  # noqa: E402
+from vmm.console import BufferConsole  # noqa: E402
+from vmm.errors import VmmError  # noqa: E402
+
+PROG = "vmm-tcache"
+DUMP_FORMAT = "vmm-tcache/1"
+PAGE_SHIFT = 12
+EXIT_SLOT = "exit slot"
+PROFILE_MESSAGE = "execution counts need --profile (not implemented yet)"
+
+
+class ToolError(Exception):
+    """One line on stderr and this exit status."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# -- arguments ------------------------------------------------------------------------------------
+
+def _range(text: str) -> tuple[int, int]:
+    lo, sep, hi = text.partition("-")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"invalid range {text!r} (expected LO-HI)")
+    low, high = _address(lo.strip()), _address(hi.strip())
+    if not 0 <= low < high <= 1 << 32:
+        raise argparse.ArgumentTypeError(f"invalid range {text!r} (need 0 <= LO < HI <= 0x100000000)")
+    return low, high
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"count must be positive, got {value}")
+    return value
+
+
+def _guest_address(text: str) -> int:
+    value = _address(text)
+    if not 0 <= value < 1 << 32:
+        raise argparse.ArgumentTypeError(f"invalid address {text!r} (not a 32-bit address)")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Inspect the translation cache of a guest run under binary translation.")
+    parser.add_argument("input", metavar="IMAGE|DUMP.json",
+                        help="a guest image (run under bt) or a dump written by `vmm run --dump-cache`")
+    run = parser.add_argument_group("running a guest image (as `vmm run --mode bt`)")
+    run.add_argument("--mem", type=int, default=DEFAULT_MEM_MIB, metavar="MiB", help="guest RAM in MiB")
+    run.add_argument("--append", default="", metavar="CMDLINE", help="kernel command line")
+    run.add_argument("--initrd", default=None, metavar="FILE[,FILE...]", help="Multiboot modules")
+    run.add_argument("--load-addr", type=_address, default=DEFAULT_LOAD_ADDRESS, metavar="ADDR",
+                     help="load address of flat binaries and assembly")
+    run.add_argument("--max-insns", type=int, default=None, metavar="N", help="stop after about N instructions")
+    run.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="stop after this wall time")
+    run.add_argument("--tcache-size", type=_cache_size, default=None, metavar="BLOCKS|BYTES",
+                     help="translation cache capacity: a block count, or bytes with K/M suffix")
+    view = parser.add_argument_group("views")
+    view.add_argument("--block", type=_guest_address, default=None, metavar="ADDR",
+                      help="side by side guest and translated code of the block(s) holding ADDR")
+    view.add_argument("--range", type=_range, default=None, metavar="LO-HI",
+                      help="only blocks overlapping [LO, HI); shown side by side unless --table")
+    view.add_argument("--table", action="store_true", help="the block table even with --block/--range")
+    view.add_argument("--summary", action="store_true",
+                      help="blocks per page, evictions/invalidations, exits by reason, rewrites by class")
+    view.add_argument("--profile", action="store_true", help="hottest blocks by execution count (not implemented yet)")
+    view.add_argument("--json", action="store_true", help="machine-readable output of the asked view")
+    view.add_argument("--dot", default=None, metavar="FILE",
+                      help="write the chained-block graph (rendered if FILE is .png/.svg and Graphviz is installed)")
+    view.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                      help="ANSI colour in terminal output (auto: only when stdout is a terminal)")
+    filters = parser.add_argument_group("filters")
+    filters.add_argument("--sensitive-only", action="store_true",
+                         help="only blocks holding a rewrite other than an exit slot")
+    filters.add_argument("--top", type=_positive, default=None, metavar="N",
+                         help="only the first N blocks by LRU position (most recently used first)")
+    return parser
+
+
+# -- input ----------------------------------------------------------------------------------------
+
+def _looks_like_json(raw: bytes) -> bool:
+    return raw.lstrip()[:1] in (b"{", b"[")
+
+
+def load_input(args: argparse.Namespace) -> tuple[dict, Optional[dict]]:
+    """Returns (dump, run) where run describes the guest run when the tool ran the image itself."""
+    path = args.input
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except IsADirectoryError:
+        raise ToolError(f"{path}: is a directory") from None
+    except OSError as error:
+        raise ToolError(f"{path}: {error.strerror}") from None
+    if _looks_like_json(raw) or path.lower().endswith(".json"):
+        try:
+            document = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as error:
+            raise ToolError(f"{path}: not valid JSON ({error})") from None
+        if not isinstance(document, dict) or document.get("format") != DUMP_FORMAT:
+            found = document.get("format") if isinstance(document, dict) else None
+            raise ToolError(f"{path}: not a {DUMP_FORMAT} cache dump (format {found!r})")
+        args.input_is_dump = True
+        validate_dump(document, path)
+        return document, None
+    return run_image(args)
+
+
+def validate_dump(dump: dict, path: str) -> None:
+    blocks = dump.get("blocks")
+    if not isinstance(blocks, list):
+        raise ToolError(f"{path}: malformed dump: no block list")
+    needed = ("guest_address", "guest_size", "instructions", "host_address", "host_size", "host_bytes",
+              "lru_position", "exits", "incoming", "rewrites", "pc_map", "key")
+    for number, block in enumerate(blocks):
+        if not isinstance(block, dict):
+            raise ToolError(f"{path}: malformed dump: block {number} is not an object")
+        missing = [name for name in needed if name not in block]
+        if missing:
+            raise ToolError(f"{path}: malformed dump: block {number} has no {', '.join(missing)}")
+        try:
+            bytes.fromhex(block["host_bytes"])
+        except (TypeError, ValueError):
+            raise ToolError(f"{path}: malformed dump: block {number} host_bytes is not hex") from None
+
+
+def run_image(args: argparse.Namespace) -> tuple[dict, dict]:
+    from vmm.report import build_report
+    config = MachineConfig(
+        image=args.input, mode="bt", mem_mib=args.mem, append=args.append,
+        initrd=[spec for spec in args.initrd.split(",") if spec] if args.initrd else [],
+        load_address=args.load_addr, max_instructions=args.max_insns, timeout=args.timeout,
+        tcache_blocks=args.tcache_size)
+    console = BufferConsole()
+    try:
+        vm, image = build_machine(config, console)
+        result = vm.run()
+        report = build_report(config, image, vm, result)
+        dump = vm.mode.dump()
+    except VmmError as error:
+        raise ToolError(str(error), error.exit_status) from None
+    except OSError as error:
+        raise ToolError(f"{error.filename or args.input}: {error.strerror}") from None
+    run = {"image": args.input, "exit": report["exit"], "counters": report["counters"],
+           "console_bytes": len(console.output)}
+    return dump, run
+
+
+# -- selection ------------------------------------------------------------------------------------
+
+def block_end(block: dict) -> int:
+    return block["guest_address"] + max(block["guest_size"], 1)
+
+
+def is_sensitive(block: dict) -> bool:
+    return any(rewrite["handling"] != EXIT_SLOT for rewrite in block["rewrites"])
+
+
+def select_blocks(dump: dict, args: argparse.Namespace) -> list[dict]:
+    blocks = list(dump["blocks"])
+    if args.block is not None:
+        blocks = [b for b in blocks if b["guest_address"] <= args.block < block_end(b)]
+        if not blocks:
+            raise ToolError(f"no translated block holds guest address {args.block:#x}")
+    if args.range is not None:
+        low, high = args.range
+        blocks = [b for b in blocks if b["guest_address"] < high and block_end(b) > low]
+    if args.sensitive_only:
+        blocks = [b for b in blocks if is_sensitive(b)]
+    if args.top is not None:
+        return sorted(blocks, key=lambda b: b["lru_position"])[:args.top]
+    return sorted(blocks, key=lambda b: (b["guest_address"], b["lru_position"]))
+
+
+# -- output helpers -------------------------------------------------------------------------------
+
+class Style:
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def _wrap(self, code: str, text: str) -> str:
+        return f"\033[{code}m{text}\033[0m" if self.enabled and text else text
+
+    def bold(self, text: str) -> str:
+        return self._wrap("1", text)
+
+    def mark(self, text: str) -> str:
+        return self._wrap("33", text)
+
+    def dim(self, text: str) -> str:
+        return self._wrap("2", text)
+
+
+def _pad(text: str, plain: str, width: int) -> str:
+    """Left-justify `text` (which may hold ANSI codes) by the width of its plain form."""
+    return text + " " * max(0, width - len(plain))
+
+
+def key_text(key: dict) -> str:
+    text = f"{key.get('eip', 0):#x}"
+    if key.get("single_step"):
+        text += " tf"
+    if key.get("cpl"):
+        text += f" cpl{key['cpl']}"
+    if key.get("address_space") is not None:
+        text += f" as={key['address_space']:#x}" if isinstance(key["address_space"], int) else f" as={key['address_space']}"
+    return text
+
+
+def exit_text(exit: dict) -> str:
+    chained = exit.get("chained_to")
+    if chained:
+        return f"{exit['kind']}->{chained['guest']:#x}"
+    if exit.get("guest_target") is not None:
+        return f"{exit['kind']}({exit['guest_target']:#x} unchained)"
+    return exit["kind"]
+
+
+def format_table(headers: list[str], rows: list[list[str]], style: Style, right: set[int] = frozenset()) -> str:
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+
+    def line(cells: list[str], header: bool = False) -> str:
+        parts = []
+        for i, cell in enumerate(cells):
+            last = i == len(cells) - 1
+            text = cell.rjust(widths[i]) if i in right else (cell if last else cell.ljust(widths[i]))
+            parts.append(text)
+        out = "  ".join(parts).rstrip()
+        return style.bold(out) if header else out
+
+    return "\n".join([line(headers, True)] + [line(r) for r in rows])
+
+
+# -- the block table ------------------------------------------------------------------------------
+
+def table_rows(blocks: list[dict]) -> list[dict]:
+    return [{
+        "guest_address": b["guest_address"], "guest_size": b["guest_size"], "instructions": len(b["instructions"]),
+        "host_address": b["host_address"], "host_size": b["host_size"], "key": b["key"],
+        "lru_position": b["lru_position"],
+        "exits": [{"index": e["index"], "kind": e["kind"], "guest_target": e.get("guest_target"),
+                   "chained_to": e.get("chained_to")} for e in b["exits"]],
+        "incoming": len(b["incoming"]),
+    } for b in blocks]
+
+
+def render_table(blocks: list[dict], total: int, style: Style) -> str:
+    headers = ["guest", "len", "insns", "host", "hsize", "key", "lru", "in", "exits (kind->chained guest)"]
+    rows = [[f"{b['guest_address']:#010x}", str(b["guest_size"]), str(len(b["instructions"])),
+             f"{b['host_address']:#010x}", str(b["host_size"]), key_text(b["key"]), str(b["lru_position"]),
+             str(len(b["incoming"])), ", ".join(exit_text(e) for e in b["exits"]) or "-"] for b in blocks]
+    footer = f"{len(blocks)} of {total} blocks"
+    return format_table(headers, rows, style, right={1, 2, 4, 6, 7}) + "\n" + footer
+
+
+# -- side by side ---------------------------------------------------------------------------------
+
+def disassemble(code: bytes, address: int) -> list[dict]:
+    from capstone import CS_ARCH_X86, CS_MODE_32, Cs
+    cs = Cs(CS_ARCH_X86, CS_MODE_32)
+    cs.skipdata = True
+    return [{"address": i.address, "offset": i.address - address, "size": i.size, "bytes": i.bytes.hex(),
+             "text": f"{i.mnemonic} {i.op_str}".strip()} for i in cs.disasm(code, address)]
+
+
+def side_by_side(block: dict) -> dict:
+    """Guest instructions with the host instructions generated for each (by pc_map). Host code
+    that pc_map attributes to an address outside the block (exit slots map to their branch
+    target) stays with the guest instruction before it, tagged with that address."""
+    host = disassemble(bytes.fromhex(block["host_bytes"]), block["host_address"])
+    pc_map = sorted((int(offset), int(eip)) for offset, eip in block["pc_map"])
+    guest_addresses = [i["address"] for i in block["instructions"]]
+    rows = collections.OrderedDict((address, []) for address in guest_addresses)
+    rewrites = collections.defaultdict(list)
+    for rewrite in block["rewrites"]:
+        rewrites[rewrite["guest_address"]].append(rewrite)
+    exits_at = {e["host_offset"]: e for e in block["exits"]}
+    spans = [(r["host_offset"], r["host_offset"] + r["host_size"], r["guest_address"]) for r in block["rewrites"]]
+    current = guest_addresses[0] if guest_addresses else None
+    for insn in host:
+        mapped = None
+        for offset, eip in pc_map:
+            if offset > insn["offset"]:
+                break
+            mapped = eip
+        entry = dict(insn)
+        if mapped not in rows:      # an exit slot maps to its target: the rewrite's span names the instruction
+            owner = next((eip for start, end, eip in spans if start <= insn["offset"] < end and eip in rows), None)
+            if owner is not None:
+                current = owner
+                entry["pc_map_eip"] = mapped
+                mapped = None
+        if mapped in rows:
+            current = mapped
+        elif mapped is not None:
+            entry["pc_map_eip"] = mapped
+        exit = exits_at.get(insn["offset"])
+        if exit is not None:
+            entry["exit"] = exit
+        if current is None:
+            continue
+        rows[current].append(entry)
+    out_rows = []
+    for guest in block["instructions"]:
+        out_rows.append({"guest": guest, "rewrites": rewrites.get(guest["address"], []), "host": rows[guest["address"]]})
+    return {"guest_address": block["guest_address"], "guest_size": block["guest_size"],
+            "host_address": block["host_address"], "host_size": block["host_size"], "key": block["key"],
+            "lru_position": block["lru_position"], "rows": out_rows}
+
+
+def rewrite_label(rewrite: dict) -> str:
+    return f"{rewrite['handling']}: {rewrite['procedure']}"
+
+
+def host_label(entry: dict) -> str:
+    text = f"{entry['address']:#010x}  {entry['text']}"
+    notes = []
+    if "exit" in entry:
+        exit = entry["exit"]
+        chained = exit.get("chained_to")
+        notes.append(f"exit {exit['index']} {exit['kind']}"
+                     + (f" chained to {chained['guest']:#x}" if chained else " unchained"))
+    if "pc_map_eip" in entry:
+        notes.append(f"pc_map {entry['pc_map_eip']:#x}")
+    return text + (f"  ; {'; '.join(notes)}" if notes else "")
+
+
+def render_side_by_side(views: list[dict], style: Style) -> str:
+    chunks = []
+    for view in views:
+        header = (f"block {view['guest_address']:#010x} ({view['guest_size']} bytes, {len(view['rows'])} insns)"
+                  f" -> {view['host_address']:#010x} ({view['host_size']} bytes)  key {key_text(view['key'])}"
+                  f"  lru {view['lru_position']}")
+        lines = [style.bold(header)]
+        left = [f"{row['guest']['address']:#010x}  {row['guest']['text']}" for row in view["rows"]]
+        marks = [", ".join(rewrite_label(r) for r in row["rewrites"]) for row in view["rows"]]
+        lw = max([len("guest")] + [len(text) for text in left])
+        mw = max([len("rewrite")] + [len(text) for text in marks])
+        lines.append(style.bold(f"{'guest'.ljust(lw)} | {'rewrite'.ljust(mw)} | translated"))
+        for row, text, mark in zip(view["rows"], left, marks):
+            hosts = row["host"] or [None]
+            for number, entry in enumerate(hosts):
+                guest_cell = text if number == 0 else ""
+                mark_cell = mark if number == 0 else ""
+                host_cell = host_label(entry) if entry else style.dim("(no code)")
+                lines.append(f"{guest_cell.ljust(lw)} | {_pad(style.mark(mark_cell), mark_cell, mw)} | {host_cell}".rstrip())
+        chunks.append("\n".join(lines))
+    return "\n\n".join(chunks) if chunks else "no blocks selected"
+
+
+# -- summaries ------------------------------------------------------------------------------------
+
+def summarize(dump: dict, blocks: list[dict], run: Optional[dict]) -> dict:
+    pages = collections.defaultdict(lambda: {"blocks": 0, "instructions": 0, "guest_bytes": 0})
+    for b in blocks:
+        page = pages[b["guest_address"] >> PAGE_SHIFT << PAGE_SHIFT]
+        page["blocks"] += 1
+        page["instructions"] += len(b["instructions"])
+        page["guest_bytes"] += b["guest_size"]
+    counters = dump.get("counters", {})
+    events = dump.get("events", [])
+    by_event = collections.Counter((e.get("event"), e.get("cause")) for e in events)
+    removal_counters = {name: value for name, value in counters.items()
+                        if name == "evictions" or name.startswith("invalidations")}
+    removals_counted = counters.get("evictions", 0) + counters.get("invalidations", 0)
+    categories = collections.Counter()
+    handlings = collections.Counter()
+    procedures = collections.Counter()
+    for b in blocks:
+        category_of = {i["address"]: i.get("category") for i in b["instructions"]}
+        for r in b["rewrites"]:
+            categories[category_of.get(r["guest_address"], "unknown")] += 1
+            handlings[r["handling"]] += 1
+            procedures[r["procedure"]] += 1
+    if run is not None:
+        exits = {"source": "run", "exits": run["counters"].get("exits", {}),
+                 "cache_exits": run["counters"].get("cache_exits", {})}
+    else:
+        exits = {"source": "dump", "exits": None, "cache_exits": None,
+                 "note": "the dump holds no exit counts by reason; run the image with vmm-tcache for them"}
+    exit_sites = collections.Counter(e["kind"] for b in blocks for e in b["exits"])
+    summary = {
+        "blocks": len(blocks),
+        "blocks_in_cache": len(dump["blocks"]),
+        "capacity_blocks": dump.get("capacity_blocks"),
+        "slot_size": dump.get("slot_size"),
+        "pages": {f"{page:#010x}": value for page, value in sorted(pages.items())},
+        "removals": {
+            "counters": dict(sorted(removal_counters.items())),
+            "events": [{"event": event, "cause": cause, "count": count}
+                       for (event, cause), count in sorted(by_event.items(), key=lambda i: (str(i[0][0]), str(i[0][1])))],
+            "events_recorded": len(events),
+            "events_truncated": len(events) < removals_counted,
+        },
+        "exits": exits,
+        "exit_sites": dict(sorted(exit_sites.items())),
+        "rewrites": {"by_category": dict(sorted(categories.items())), "by_handling": dict(sorted(handlings.items())),
+                     "by_procedure": dict(sorted(procedures.items()))},
+        "counters": counters,
+        "hottest_blocks": PROFILE_MESSAGE,
+    }
+    if run is not None:
+        summary["run"] = {"image": run["image"], "exit": run["exit"], "console_bytes": run["console_bytes"]}
+    return summary
+
+
+def _counts(title: str, counts: dict, style: Style) -> list[str]:
+    lines = [style.bold(title)]
+    if not counts:
+        return lines + ["  (none)"]
+    width = max(len(str(name)) for name in counts)
+    return lines + [f"  {str(name).ljust(width)}  {value:>7}" for name, value in counts.items()]
+
+
+def render_summary(summary: dict, style: Style) -> str:
+    lines = []
+    if "run" in summary:
+        ex = summary["run"]["exit"]
+        lines.append(f"guest {summary['run']['image']}: {ex['reason']} (status {ex['status']}), "
+                     f"{summary['run']['console_bytes']} console bytes captured")
+    lines.append(f"{summary['blocks']} blocks shown of {summary['blocks_in_cache']} in the cache "
+                 f"(capacity {summary['capacity_blocks']} blocks of {summary['slot_size']} bytes)")
+    lines.append("")
+    lines.append(style.bold("blocks per guest page"))
+    lines.append(format_table(["page", "blocks", "insns", "guest bytes"],
+                              [[page, str(v["blocks"]), str(v["instructions"]), str(v["guest_bytes"])]
+                               for page, v in summary["pages"].items()], Style(False), right={1, 2, 3})
+                 .replace("\n", "\n  ").join(["  ", ""]))
+    lines.append("")
+    removals = summary["removals"]
+    lines += _counts("evictions and invalidations (counters)", removals["counters"], style)
+    lines += _counts("  by event and cause (events)",
+                     {f"{e['event']} ({e['cause']})": e["count"] for e in removals["events"]}, Style(False))
+    if removals["events_truncated"]:
+        lines.append(f"  note: the dump keeps only the last {removals['events_recorded']} events")
+    lines.append("")
+    exits = summary["exits"]
+    if exits["source"] == "run":
+        lines += _counts("exits by reason (this run)", exits["exits"], style)
+        lines += _counts("exits inside the translator by kind (this run)", exits["cache_exits"], style)
+    else:
+        lines.append(style.bold("exits by reason") + ": " + exits["note"])
+    lines += _counts("exit sites in the shown blocks by kind", summary["exit_sites"], style)
+    lines.append("")
+    rewrites = summary["rewrites"]
+    lines += _counts("sensitive instructions by category", rewrites["by_category"], style)
+    lines += _counts("rewrites by handling", rewrites["by_handling"], style)
+    lines += _counts("rewrites by procedure", rewrites["by_procedure"], style)
+    lines.append("")
+    lines.append(f"hottest blocks: {PROFILE_MESSAGE}")
+    return "\n".join(lines)
+
+
+# -- graph ----------------------------------------------------------------------------------------
+
+def graph(blocks: list[dict]) -> dict:
+    nodes = {b["host_address"]: b for b in blocks}
+    edges = []
+    for b in blocks:
+        for e in b["exits"]:
+            chained = e.get("chained_to")
+            if chained and chained["host"] in nodes:
+                edges.append({"from": b["host_address"], "to": chained["host"], "kind": e["kind"], "exit": e["index"]})
+    return {"nodes": [{"id": host, "guest_address": b["guest_address"], "instructions": len(b["instructions"])}
+                      for host, b in nodes.items()], "edges": edges}
+
+
+def dot_text(g: dict) -> str:
+    lines = ["digraph tcache {", "  node [shape=box, fontname=monospace];"]
+    for node in g["nodes"]:
+        lines.append(f'  b{node["id"]:x} [label="{node["guest_address"]:#x}\\n{node["instructions"]} insns"];')
+    for edge in g["edges"]:
+        lines.append(f'  b{edge["from"]:x} -> b{edge["to"]:x} [label="{edge["kind"]}"];')
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def write_dot(path: str, g: dict) -> str:
+    """Writes the graph; returns the file written."""
+    text = dot_text(g)
+    extension = os.path.splitext(path)[1].lower()
+    if extension in (".png", ".svg"):
+        dot = shutil.which("dot")
+        if dot:
+            try:
+                done = subprocess.run([dot, f"-T{extension[1:]}", "-o", path], input=text.encode(),
+                                      capture_output=True, timeout=120)
+            except (OSError, subprocess.TimeoutExpired) as error:
+                raise ToolError(f"dot failed: {error}") from None
+            if done.returncode != 0:
+                detail = done.stderr.decode(errors="replace").strip().splitlines()
+                raise ToolError(f"dot failed: {detail[0] if detail else f'status {done.returncode}'}")
+            return path
+        path = os.path.splitext(path)[0] + ".dot"
+        print(f"{PROG}: Graphviz `dot` is not installed: writing the graph as text to {path}", file=sys.stderr)
+    try:
+        with open(path, "w") as handle:
+            handle.write(text)
+    except OSError as error:
+        raise ToolError(f"{path}: {error.strerror}") from None
+    return path
+
+
+# -- main -----------------------------------------------------------------------------------------
+
+def _use_colour(choice: str) -> bool:
+    if choice != "auto":
+        return choice == "always"
+    return sys.stdout.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.profile:
+        raise ToolError(PROFILE_MESSAGE, 2)
+    if args.block is not None and args.range is not None:
+        raise ToolError("--block and --range cannot be used together", 2)
+    dump, run_info = load_input(args)
+    blocks = select_blocks(dump, args)
+    style = Style(_use_colour(args.color) and not args.json)
+
+    if args.dot:
+        g = graph(blocks)
+        written = write_dot(args.dot, g)
+        if args.json:
+            print(json.dumps({"dot": written, **g}, indent=2))
+        else:
+            print(f"wrote {len(g['nodes'])} blocks and {len(g['edges'])} chained exits to {written}")
+        return 0
+    if args.summary:
+        summary = summarize(dump, blocks, run_info)
+        print(json.dumps(summary, indent=2) if args.json else render_summary(summary, style))
+        return 0
+    if (args.block is not None or args.range is not None) and not args.table:
+        views = [side_by_side(b) for b in blocks]
+        print(json.dumps({"view": "side_by_side", "blocks": views}, indent=2) if args.json
+              else render_side_by_side(views, style))
+        return 0
+    if args.json:
+        print(json.dumps({"view": "table", "blocks_in_cache": len(dump["blocks"]), "blocks": table_rows(blocks)},
+                         indent=2))
+    else:
+        print(render_table(blocks, len(dump["blocks"]), style))
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exit:      # --help (0) or a bad option (2, one line already printed)
+        return exit.code if isinstance(exit.code, int) else 2
+    try:
+        return run(args)
+    except ToolError as error:
+        print(f"{PROG}: {error}", file=sys.stderr)
+        return error.status
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        if getattr(args, "input_is_dump", False):      # a dump with unexpected content
+            print(f"{PROG}: {args.input}: malformed dump: {type(error).__name__}: {error}", file=sys.stderr)
+        else:
+            print(f"{PROG}: internal error: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    except Exception as error:   # noqa: BLE001 - never a traceback
+        print(f"{PROG}: internal error: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+
+
+def main_entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    main_entry()

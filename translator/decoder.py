@@ -87,7 +87,10 @@ class Decoder:
             return None
         return next(self._capstone.disasm(code, address, 1), None)
 
-    def decode_block(self, address: int, limit: int = DEFAULT_BLOCK_LIMIT) -> GuestBlock:
+    def decode_block(self, address: int, limit: int = DEFAULT_BLOCK_LIMIT,
+                     stop_before: frozenset = frozenset()) -> GuestBlock:
+        """`stop_before`: addresses (debugger breakpoints) no block may run into; a block ends
+        before one of them (falling through to a block that starts there)."""
         block = GuestBlock(address)
         page = address // PAGE_SIZE
         current = address
@@ -110,4 +113,7 @@ class Decoder:
                 return block
             if current // PAGE_SIZE != page:
                 block.end = BlockEnd.PAGE
+                return block
+            if current in stop_before:
+                block.end = BlockEnd.LIMIT
                 return block

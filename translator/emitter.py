@@ -56,6 +56,7 @@ class ExitKind(Enum):
     UNDECODABLE = "undecodable"    # raise #UD at the guest address
     NO_MEMORY = "no memory"        # instruction fetch from outside guest memory
     BUDGET = "instruction budget"  # --max-insns exhausted at block entry
+    BREAKPOINT = "breakpoint"      # a debugger breakpoint at the guest address
 
 
 @dataclass
@@ -189,6 +190,13 @@ class Emitter:
         return b"".join(self._mov_reg_abs(r, self._scratch(r)) for r in registers)
 
     # -- block ---------------------------------------------------------------------------------
+    def breakpoint(self, address: int) -> Translation:
+        """A block that is only a debugger breakpoint before the guest instruction at `address`."""
+        out = Translation()
+        out.pc_map.append(PcEntry(0, address))
+        self._site(out, ExitSite(ExitKind.BREAKPOINT, 0, address))
+        return out
+
     def translate(self, block: GuestBlock, *, budget: bool = False, chainable: bool = True) -> Translation:
         out = Translation()
         pending: list[tuple[int, ExitSite]] = []     # (offset of rel32 to fix, site) for jumps to sites

@@ -21,6 +21,7 @@ from vmm.modes import DEFAULT_MODE, available_modes
 from vmm.modes.bt import ARENA_SLOTS
 
 MAX_TCACHE_BLOCKS = ARENA_SLOTS - 1
+from vmm.gdbstub import GdbStub
 from vmm.trace import Tracer
 from vmm.vm import Limits, VirtualMachine
 
@@ -42,6 +43,8 @@ class MachineConfig:
     tcache_blocks: Optional[int] = None      # translation cache capacity (bt)
     trace: frozenset = frozenset()           # -d flags (vmm/trace.py)
     trace_file: Optional[str] = None         # -D: the trace log (default stderr)
+    gdb_port: Optional[int] = None           # --gdb: serve the GDB remote protocol here
+    gdb_wait: bool = False                   # --gdb-wait: stop before the first instruction
 
     def validate(self) -> None:
         modes = available_modes()
@@ -53,6 +56,10 @@ class MachineConfig:
             raise ConfigError(f"--timeout must be positive, got {self.timeout:g}")
         if self.tcache_blocks is not None and not 1 <= self.tcache_blocks <= MAX_TCACHE_BLOCKS:
             raise ConfigError(f"--tcache-size must hold 1 to {MAX_TCACHE_BLOCKS} blocks, got {self.tcache_blocks}")
+        if self.gdb_wait and self.gdb_port is None:
+            raise ConfigError("--gdb-wait needs --gdb PORT")
+        if self.gdb_port is not None and not 1 <= self.gdb_port <= 65535:
+            raise ConfigError(f"--gdb port must be 1-65535, got {self.gdb_port}")
         if not 0 <= self.load_address < 1 << 32:
             raise ConfigError(f"--load-addr {self.load_address:#x} is not a 32-bit address")
 
@@ -82,7 +89,8 @@ def build_machine(config: MachineConfig, console: Console) -> tuple[VirtualMachi
     mode = available_modes()[config.mode].from_config(config)
     limits = Limits(config.max_instructions, config.timeout)
     tracer = Tracer(config.trace, _open_trace(config.trace_file) if config.trace else None)
-    vm = VirtualMachine(engine, memory, bus, console, mode, limits, memory.until_address, tracer)
+    gdb = GdbStub(config.gdb_port, config.gdb_wait) if config.gdb_port is not None else None
+    vm = VirtualMachine(engine, memory, bus, console, mode, limits, memory.until_address, tracer, gdb)
 
     # Port map (cf. kvmtool x86/ioport.c):
     #   0x00F4 - 0x00F7  isa-debug-exit

@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
                           f"({SLOT_SIZE} bytes a block; default {DEFAULT_CAPACITY} blocks)")
     run.add_argument("--dump-cache", default=None, metavar="FILE.json",
                      help="write the final translation cache (bt) for vmm-tcache")
+    run.add_argument("--gdb", type=int, default=None, metavar="PORT",
+                     help="serve the GDB remote protocol on localhost:PORT (gdb: target remote :PORT)")
+    run.add_argument("--gdb-wait", action="store_true", help="with --gdb: wait for gdb before the first instruction")
     run.add_argument("-d", dest="trace", default="", metavar="FLAG[,FLAG...]",
                      help="trace: " + ", ".join(f"{flag} ({what})" for flag, what in TRACE_FLAGS.items()))
     run.add_argument("-D", dest="trace_file", default=None, metavar="FILE", help="write the trace here (default stderr)")
@@ -87,7 +90,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         initrd=[spec for spec in args.initrd.split(",") if spec] if args.initrd else [],
         load_address=args.load_addr, max_instructions=args.max_insns, timeout=args.timeout,
         log_unassigned_ports=args.log_unassigned_ports, tcache_blocks=args.tcache_size,
-        trace=trace, trace_file=args.trace_file)
+        trace=trace, trace_file=args.trace_file, gdb_port=args.gdb, gdb_wait=args.gdb_wait)
     try:
         vm, image = build_machine(config, StdioConsole())
         result = vm.run()

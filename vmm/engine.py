@@ -241,6 +241,15 @@ class Engine:
         """handler(vector): an exception or `int n` raised by the guest (EIP as the CPU left it)."""
         self._uc.hook_add(uc_const.UC_HOOK_INTR, self._guarded(lambda _uc, intno, _data: handler(intno)))
 
+    def on_code(self, address: int, handler: Callable[[int], None]):
+        """handler(address) before the instruction at `address` executes; returns a handle for
+        remove_hook. Code the engine translated earlier does not see a new hook: invalidate it."""
+        return self._uc.hook_add(uc_const.UC_HOOK_CODE,
+                                 self._guarded(lambda _uc, at, _size, _data: handler(at)), None, address, address)
+
+    def remove_hook(self, handle) -> None:
+        self._uc.hook_del(handle)
+
     def on_block(self, handler: Callable[[int, int], None]) -> None:
         """handler(address, size) before every engine block (costly: for tracing only)."""
         self._uc.hook_add(uc_const.UC_HOOK_BLOCK, self._guarded(lambda _uc, address, size, _data: handler(address, size)))

@@ -18,6 +18,7 @@ class ExitReason(Enum):
     TIME_LIMIT = "time_limit"
     MEMORY_FAULT = "memory_fault"        # an access to physical memory that does not exist
     STOP_REQUEST = "stop_request"        # a device or the user asked the machine to stop
+    DEBUG = "debug"                      # a breakpoint, a finished single step, or gdb's Ctrl-C
 
 
 @dataclass

@@ -71,7 +71,8 @@ class VirtualMachine:
     """Owns one machine's state (engine, memory, devices) and runs it to a RunResult."""
 
     def __init__(self, engine: Engine, memory: PhysicalMemory, bus: PortBus, console: Console,
-                 mode: ExecutionMode, limits: Limits, until_address: int, tracer: Optional[Tracer] = None) -> None:
+                 mode: ExecutionMode, limits: Limits, until_address: int, tracer: Optional[Tracer] = None,
+                 gdb=None) -> None:
         self.engine = engine
         self.memory = memory
         self.bus = bus
@@ -80,6 +81,8 @@ class VirtualMachine:
         self.limits = limits
         self.until_address = until_address    # never executed: see engine pitfall on `until`
         self.tracer = tracer or Tracer()
+        self.gdb = gdb                               # vmm.gdbstub.GdbStub, or None
+        self.debugger = gdb.debugger if gdb is not None else None
         self.exits: Counter = Counter()
         self.state = RunState.READY
         self.wall_time = 0.0
@@ -95,6 +98,7 @@ class VirtualMachine:
             ExitReason.TIME_LIMIT: self._time_limit,
             ExitReason.MEMORY_FAULT: self._memory_fault,
             ExitReason.STOP_REQUEST: lambda vm_exit: 0,
+            ExitReason.DEBUG: self._debug,
         }
         self.cpu = mode.attach(self)
         self.delivery = ExceptionDelivery(self.cpu, memory)
@@ -108,6 +112,8 @@ class VirtualMachine:
         self.limits.start(self.engine.stop)
         started = time.perf_counter()
         try:
+            if self.gdb is not None:
+                self.gdb.attach(self)
             while self._result is None:
                 try:
                     vm_exit = self.mode.execute(self)
@@ -120,6 +126,10 @@ class VirtualMachine:
         finally:
             self.limits.finish()
             self.tracer.close()
+            if self.gdb is not None:
+                if self._result is not None:
+                    self.gdb.finished(self._result.exit_status)
+                self.gdb.close()
             self.wall_time = time.perf_counter() - started
             self.state = RunState.FINISHED
             self.console.close()
@@ -201,6 +211,12 @@ class VirtualMachine:
         except UnbackedAccess as error:
             self.request_stop(StopReason.MEMORY_FAULT,
                               f"delivering {vector_name(vector)}: {error}")
+
+    def _debug(self, vm_exit: VmExit) -> int:
+        """Stopped for the debugger: serve gdb until it resumes the guest."""
+        from vmm.gdbstub import SIGINT, SIGTRAP
+        self.gdb.stopped(SIGINT if self.debugger.interrupted else SIGTRAP)
+        return 0
 
     def _hlt(self, vm_exit: VmExit) -> int:
         # No device of this platform raises interrupts yet, so nothing can wake a halted CPU.

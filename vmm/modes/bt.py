@@ -20,7 +20,7 @@ from typing import Optional
 
 from cache.arena import CodeArena
 from cache.tcache import BlockKey, TranslatedBlock, TranslationCache
-from translator.decoder import PAGE_SIZE, Decoder
+from translator.decoder import PAGE_SIZE, BlockEnd, Decoder, GuestBlock
 from translator.emitter import Emitter, ExitKind, ExitSite, Translation, UnsupportedForm
 from translator.layout import (IOPL_MASK, LOOKUP_TABLE_SIZE, REAL_IOPL, SCRATCH_BUDGET, SCRATCH_SPILL,
                                SCRATCH_STACK_TOP, TF, VCPU_CR, VCPU_GDTR, VCPU_IDTR, VCPU_LDTR,
@@ -224,6 +224,10 @@ class BinaryTranslationMode(ExecutionMode):
         self.cpu = TranslatedCpu(self)
         self.budget = vm.limits.max_instructions is not None
         self.tracer = vm.tracer
+        self.debugger = vm.debugger
+        self._step_stop_pending = False
+        if self.debugger is not None:
+            self.debugger.on_breakpoints_changed = self._breakpoints_changed
         # Tracing every block execution needs every block transition to pass the monitor.
         self.chaining = not vm.tracer.exec
         self.cache.use_lookup_table = self.chaining
@@ -253,6 +257,12 @@ class BinaryTranslationMode(ExecutionMode):
     def dump(self) -> dict:
         from cache.dump import dump_cache
         return dump_cache(self.cache)
+
+    def _breakpoints_changed(self, address) -> None:
+        if address is None:
+            self.cache.flush("breakpoint")
+        else:
+            self.cache.invalidate_range(address, 1, "breakpoint")
 
     def counters(self) -> dict:
         cache = dict(sorted(self.cache.counters.items()))
@@ -361,10 +371,13 @@ class BinaryTranslationMode(ExecutionMode):
             self.translation_seconds += time.perf_counter() - started
 
     def _translate_block(self, key: BlockKey) -> TranslatedBlock:
-        guest = self.decoder.decode_block(key.eip, limit=1 if key.single_step else 32)
+        breakpoints = frozenset(self.debugger.breakpoints) if self.debugger is not None else frozenset()
+        if key.eip in breakpoints:
+            return self.cache.add(key, GuestBlock(key.eip, end=BlockEnd.BRANCH), self.emitter.breakpoint(key.eip))
+        guest = self.decoder.decode_block(key.eip, limit=1 if key.single_step else 32, stop_before=breakpoints)
         translation = self.emitter.translate(guest, budget=self.budget, chainable=not key.single_step)
         while len(translation.code) > SLOT_SIZE and len(guest.instructions) > 1:
-            guest = self.decoder.decode_block(key.eip, limit=len(guest.instructions) // 2)
+            guest = self.decoder.decode_block(key.eip, limit=len(guest.instructions) // 2, stop_before=breakpoints)
             translation = self.emitter.translate(guest, budget=self.budget, chainable=not key.single_step)
         block = self.cache.add(key, guest, translation)
         if self.tracer.in_asm or self.tracer.out_asm:
@@ -449,6 +462,17 @@ class BinaryTranslationMode(ExecutionMode):
             return VmExit(ExitReason.EXCEPTION, eip=self.cpu.eip, vector=1)
         begin: Optional[int] = None
         stepping = False
+        debugger = self.debugger
+        if debugger is not None:
+            if debugger.interrupted or self._step_stop_pending:
+                self._step_stop_pending = False
+                return VmExit(ExitReason.DEBUG, eip=self.cpu.eip)
+            if debugger.stepping or debugger.resume_over == self.cpu.eip:
+                # one guest instruction alone, outside the cache (no breakpoint in front of it)
+                self._step_stop_pending = debugger.stepping
+                debugger.resume_over = None
+                self._prepare_one_shot(self.cpu.eip)
+                begin = self._one_shot_host
         while True:
             if begin is None:
                 block = self._block_for(self.cpu.eip)
@@ -478,6 +502,8 @@ class BinaryTranslationMode(ExecutionMode):
                 return outcome
             if stop is None:
                 self._sync_guest_eip()
+                if debugger is not None and debugger.interrupted:
+                    return VmExit(ExitReason.DEBUG, eip=self.cpu.eip)
                 if vm.stop_requested:
                     return VmExit(ExitReason.STOP_REQUEST, eip=self.cpu.eip)
                 if vm.limits.expired:
@@ -497,6 +523,9 @@ class BinaryTranslationMode(ExecutionMode):
             outcome = self._site_exit(stop, stepping)
             if isinstance(outcome, VmExit):
                 return outcome
+            if self._step_stop_pending:        # the single step is done
+                self._step_stop_pending = False
+                return VmExit(ExitReason.DEBUG, eip=self.cpu.eip)
             begin = outcome
             if vm.limits.expired:
                 return VmExit(ExitReason.TIME_LIMIT, eip=self.cpu.eip)
@@ -536,6 +565,8 @@ class BinaryTranslationMode(ExecutionMode):
         if site.kind is ExitKind.NO_MEMORY:
             return VmExit(ExitReason.MEMORY_FAULT, eip=site.guest_eip,
                           detail=f"fetch of no memory at {site.guest_eip:#x}")
+        if site.kind is ExitKind.BREAKPOINT:
+            return VmExit(ExitReason.DEBUG, eip=site.guest_eip)
         if site.kind is ExitKind.BUDGET:
             self.vm.limits.used_all_instructions()
             return VmExit(ExitReason.INSTRUCTION_LIMIT, eip=site.guest_eip)

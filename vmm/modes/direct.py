@@ -53,8 +53,32 @@ class DirectMode(ExecutionMode):
         engine.on_interrupt(lambda vector: vm.dispatch(self._exception_exit(engine, vector)))
         if vm.tracer.exec:
             engine.on_block(lambda address, _size: vm.tracer.executed(address))
+        self.engine = engine
+        self.debugger = vm.debugger
+        self._breakpoint_hooks: dict[int, object] = {}
+        self._hit_breakpoint = False
+        if self.debugger is not None:
+            self.debugger.on_breakpoints_changed = self._sync_breakpoints
         self.cpu = GuestCpu(engine)
         return self.cpu
+
+    # -- debugger: a code hook per breakpoint, the engine's count for single steps ---------------
+    def _sync_breakpoints(self, _address) -> None:
+        wanted = self.debugger.breakpoints
+        for address in list(self._breakpoint_hooks):
+            if address not in wanted:
+                self.engine.remove_hook(self._breakpoint_hooks.pop(address))
+                self.engine.invalidate_code(address, address + 1)
+        for address in wanted - set(self._breakpoint_hooks):
+            self._breakpoint_hooks[address] = self.engine.on_code(address, self._breakpoint)
+            self.engine.invalidate_code(address, address + 1)   # hooks added later are not in old code
+
+    def _breakpoint(self, address: int) -> None:
+        if self.debugger.resume_over == address:
+            self.debugger.resume_over = None      # resuming from this breakpoint: run it once
+            return
+        self._hit_breakpoint = True
+        self.engine.stop()                        # stops before the instruction executes
 
     def registers_after_io(self, port: int, size: int) -> dict:
         """Inside a port I/O hook the general registers are current but the engine's EIP is the
@@ -97,10 +121,18 @@ class DirectMode(ExecutionMode):
     def execute(self, vm) -> VmExit:
         engine = vm.engine
         count = vm.limits.remaining_instructions()
-        cause = engine.run(engine.reg("eip"), vm.until_address, count=count or 0)
+        debugger = self.debugger
+        stepping = debugger is not None and debugger.stepping
+        if debugger is not None and debugger.interrupted:
+            return VmExit(ExitReason.DEBUG, eip=engine.reg("eip"))
+        self._hit_breakpoint = False
+        cause = engine.run(engine.reg("eip"), vm.until_address, count=1 if stepping else count or 0)
         if vm.stop_requested:
             return VmExit(ExitReason.STOP_REQUEST)
         eip = engine.reg("eip")
+        if debugger is not None and (stepping or self._hit_breakpoint or debugger.interrupted):
+            if cause is not StopCause.MEMORY_FAULT:
+                return VmExit(ExitReason.DEBUG, eip=eip)
         if vm.limits.expired:
             return VmExit(ExitReason.TIME_LIMIT, eip=eip)
         if cause is StopCause.MEMORY_FAULT:

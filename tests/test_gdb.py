@@ -1,0 +1,138 @@
+"""The GDB stub: the real gdb attaches and drives the guest under both modes; protocol details
+and Ctrl-C through a raw client."""
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.samples import REPO_ROOT
+
+GDB = shutil.which("gdb")
+needs_gdb = pytest.mark.skipif(GDB is None, reason="gdb is not installed (Debian package gdb)")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_vmm(*args):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "vmm", "run", *map(str, args), "--gdb", str(port)],
+                            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    return proc, port
+
+
+def run_gdb(port, *commands):
+    args = [GDB, "-batch", "-nx", "-ex", "set architecture i386", "-ex", f"target remote :{port}"]
+    for command in commands:
+        args += ["-ex", command]
+    return subprocess.run(args, capture_output=True, text=True, timeout=60).stdout
+
+
+@needs_gdb
+@pytest.mark.parametrize("mode", ["bt", "direct"])
+def test_gdb_breakpoints_steps_registers_memory(mode):
+    # `--gdb-wait`: stopped before the first instruction; a probe connection first would be the
+    # one served, so wait for the port with gdb itself.
+    port = free_port()
+    vmm = subprocess.Popen([sys.executable, "-m", "vmm", "run", "sample_binaries/hello.elf", "--mode", mode,
+                            "--gdb", str(port), "--gdb-wait"], cwd=REPO_ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(0.8)
+    out = run_gdb(port, "p/x $eip", "p/x $eax", "x/4xb 0x100000",
+                  "break *0x100020", "continue", "p/x $eip", "stepi", "p/x $eip", "p/x $eax",
+                  "hbreak *0x10003b", "continue", "p/x $eip", "set $ebx = 0x1234", "p/x $ebx",
+                  "set {int}0x200000 = 0x55aa", "x/1xw 0x200000", "delete", "continue")
+    stdout, _stderr = vmm.communicate(timeout=30)
+    values = [line.split("=")[1].strip() for line in out.splitlines() if line.startswith("$")]
+    assert values == ["0x10000c", "0x2badb002", "0x100020", "0x100024", "0x2bad0010", "0x10003b", "0x1234"]
+    assert "0x100000:\t0x02\t0xb0\t0xad\t0x1b" in out and "0x200000:\t0x000055aa" in out
+    assert "exited normally" in out
+    assert stdout == (REPO_ROOT / "sample_binaries/expected/hello.out").read_bytes() and vmm.returncode == 0
+
+
+@needs_gdb
+def test_breakpoints_in_a_hot_loop_do_not_corrupt_the_cache():
+    # calls.elf's tail-call loop at its first instruction is hit many times, then removed
+    port = free_port()
+    vmm = subprocess.Popen([sys.executable, "-m", "vmm", "run", "sample_binaries/calls.elf",
+                            "--gdb", str(port), "--gdb-wait"], cwd=REPO_ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(0.8)
+    target = _hot_address()
+    out = run_gdb(port, f"break *{target:#x}", *["continue"] * 5, "p/x $eip", "delete", "continue")
+    stdout, _stderr = vmm.communicate(timeout=60)
+    assert out.count("Breakpoint 1,") == 5
+    assert stdout == (REPO_ROOT / "sample_binaries/expected/calls.out").read_bytes() and vmm.returncode == 0
+
+
+def _hot_address() -> int:
+    """The entry of calls.elf's `fib` (recursive: hit over and over)."""
+    symbols = subprocess.run(["nm", str(REPO_ROOT / "sample_binaries/calls.elf")], capture_output=True, text=True)
+    for line in symbols.stdout.splitlines():
+        address, _kind, name = line.split()
+        if name == "fib":
+            return int(address, 16)
+    pytest.skip("calls.elf has no fib symbol")
+
+
+class Client:
+    """A minimal remote-protocol client."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+        self.buffer = b""
+
+    def send(self, text):
+        body = text.encode()
+        self.sock.sendall(b"$" + body + b"#" + f"{sum(body) & 0xFF:02x}".encode())
+        return self.receive()
+
+    def receive(self):
+        while True:
+            while b"#" not in self.buffer or len(self.buffer) < self.buffer.index(b"#") + 3:
+                self.buffer += self.sock.recv(4096)
+            self.buffer = self.buffer.lstrip(b"+")
+            start, end = self.buffer.index(b"$"), self.buffer.index(b"#")
+            body, self.buffer = self.buffer[start + 1:end].decode(), self.buffer[end + 3:]
+            self.sock.sendall(b"+")
+            return body
+
+
+@pytest.mark.parametrize("mode", ["bt", "direct"])
+def test_ctrl_c_interrupts_a_spinning_guest(tmp_path, mode):
+    image = tmp_path / "spin.s"
+    image.write_text("mov eax, 0x1234\nspin:\n    inc ecx\n    jmp spin\n")
+    port = free_port()
+    vmm = subprocess.Popen([sys.executable, "-m", "vmm", "run", str(image), "--mode", mode, "--gdb", str(port),
+                            "--gdb-wait"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(0.8)
+    client = Client(port)
+    assert client.receive() == "S05"                       # stopped at the first instruction
+    registers = client.send("g")
+    assert len(registers) == 16 * 8 and registers[64:72] == "00001000"     # eip 0x100000
+    client.sock.sendall(b"$c#63")
+    time.sleep(0.5)
+    client.sock.sendall(b"\x03")                          # gdb's Ctrl-C
+    assert client.receive() == "S02"
+    eax = client.send("p0")
+    assert eax == "34120000"
+    ecx = int.from_bytes(bytes.fromhex(client.send("p1")), "little")
+    assert ecx > 1000                                     # it really ran
+    assert client.send("m100000,1") == "b8"               # mov eax, imm32
+    client.sock.sendall(b"$k#6b")
+    vmm.communicate(timeout=20)
+    assert vmm.returncode == 130

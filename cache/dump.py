@@ -17,8 +17,8 @@ def dump_cache(cache: TranslationCache) -> dict:
                 "index": index,
                 "kind": site.kind.value,
                 "host_offset": site.offset,
-                "guest_target": site.guest_eip if site.kind.value == "branch" else None,
-                "instruction": site.guest_eip,
+                "guest_target": site.guest_eip if site.chainable else None,
+                "instruction": site.owner,
                 "chained_to": None if target is None else {"guest": target.guest.address, "host": target.host},
             })
         blocks.append({
@@ -28,10 +28,11 @@ def dump_cache(cache: TranslationCache) -> dict:
             "instructions": [{"address": i.address, "text": str(i), "handling": i.rule.handling.value,
                               "category": i.rule.category.value} for i in block.guest.instructions],
             "end": block.guest.end.value,
-            "key": {"eip": block.key.eip, "single_step": block.key.single_step, "cpl": 0, "address_space": None},
+            "key": {"eip": block.key.eip, "single_step": block.key.single_step},
             "host_address": block.host,
             "host_size": block.host_size,
-            "host_bytes": bytes(translation.code).hex(),
+            # as the cache holds it now: chained exits and filled inline caches patched in
+            "host_bytes": cache.arena.read(block.host, block.host_size).hex(),
             "lru_position": position,
             "exits": exits,
             "incoming": sorted(({"guest": source.guest.address, "exit": index} for source, index in block.incoming),
@@ -46,6 +47,7 @@ def dump_cache(cache: TranslationCache) -> dict:
         "capacity_blocks": cache.capacity,
         "slot_size": cache.arena.slot_size,
         "counters": dict(sorted(cache.counters.items())),
+        "events_total": cache.counters["events"],
         "events": [{"event": event, "guest_address": address, "cause": cause} for event, address, cause in cache.events],
         "blocks": blocks,
     }

@@ -200,6 +200,7 @@ class TranslationCache:
         del self._by_slot[block.slot]
         self.arena.release(block.slot)
         self.events.append(("evicted" if cause == "capacity" else "invalidated", block.guest.address, cause))
+        self.counters["events"] += 1          # the deque keeps the last 4096
         if cause != "capacity":
             self.counters["invalidations"] += 1
             self.counters[f"invalidations_{cause}"] += 1

@@ -70,6 +70,7 @@ class ExitSite:
     inline_cache: tuple = ()       # MISS: (offsets of the compare imm32s, offset of the recover
                                    # imm32, indices of the PREDICTED slots) of the same branch
     learn: int = -1                # MISS: host offset of the learning int3 (a nop once all are filled)
+    owner: int = 0                 # the guest instruction this exit belongs to
 
     @property
     def chainable(self) -> bool:
@@ -192,6 +193,7 @@ class Emitter:
     # -- block ---------------------------------------------------------------------------------
     def breakpoint(self, address: int) -> Translation:
         """A block that is only a debugger breakpoint before the guest instruction at `address`."""
+        self._owner = address
         out = Translation()
         out.pc_map.append(PcEntry(0, address))
         self._site(out, ExitSite(ExitKind.BREAKPOINT, 0, address))
@@ -199,6 +201,7 @@ class Emitter:
 
     def translate(self, block: GuestBlock, *, budget: bool = False, chainable: bool = True) -> Translation:
         out = Translation()
+        self._owner = block.address
         pending: list[tuple[int, ExitSite]] = []     # (offset of rel32 to fix, site) for jumps to sites
         code = out.code
 
@@ -213,6 +216,7 @@ class Emitter:
 
         last = block.instructions[-1] if block.instructions else None
         for instruction in block.instructions:
+            self._owner = instruction.address
             out.instruction_offsets[instruction.address] = len(code)
             rule = instruction.rule
             start = len(code)
@@ -250,6 +254,7 @@ class Emitter:
                 out.rewrites.append(Rewrite(instruction.address, str(instruction), rule.handling,
                                             rule.procedure, start, len(code) - start))
 
+        self._owner = block.next_address if last is None or block.end is not BlockEnd.BRANCH else last.address
         if block.end in (BlockEnd.PAGE, BlockEnd.LIMIT) or (block.end is BlockEnd.BRANCH and last is None):
             mark(block.next_address)
             self._slot(out, ExitSite(ExitKind.BRANCH, 0, block.next_address))
@@ -264,6 +269,7 @@ class Emitter:
 
     def _finish(self, out: Translation, pending) -> None:
         for rel_offset, site in pending:
+            self._owner = site.owner or site.guest_eip
             target = len(out.code)
             if site.kind is ExitKind.BRANCH:
                 self._slot(out, site)
@@ -273,11 +279,13 @@ class Emitter:
 
     def _site(self, out: Translation, site: ExitSite) -> None:
         site.offset = len(out.code)
+        site.owner = site.owner or self._owner
         out.exits.append(site)
         out.code.append(INT3)
 
     def _slot(self, out: Translation, site: ExitSite) -> None:
         site.offset = len(out.code)
+        site.owner = site.owner or self._owner
         out.exits.append(site)
         out.code += UNLINKED_SLOT
 

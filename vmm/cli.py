@@ -97,7 +97,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.report:
             write_report(args.report, build_report(config, image, vm, result))
         if args.dump_cache:
-            write_report(args.dump_cache, vm.mode.dump())
+            dump = vm.mode.dump()
+            dump["run"] = {"image": config.image, "mode": config.mode, "append": config.append,
+                           "initrd": config.initrd, "exit": result.reason.value,
+                           "exits": {reason.value: count for reason, count in vm.exits.items()},
+                           "cache_exits": vm.mode.counters().get("cache_exits", {})}
+            write_report(args.dump_cache, dump)
     except VmmError as error:
         print(f"vmm: {error}", file=sys.stderr)
         return error.exit_status

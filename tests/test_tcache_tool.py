@@ -197,6 +197,7 @@ def test_summary_counts_rewrites_by_procedure(capsys, dump_path, dump):
     pages = collections.Counter(b["guest_address"] >> 12 for b in dump["blocks"])
     assert {int(p, 16) >> 12: v["blocks"] for p, v in summary["pages"].items()} == dict(pages)
     assert summary["exits"]["source"] == "dump"
+    assert summary["exits"]["exits"] == dump["run"]["exits"] and dump["run"]["exits"]["callout"] > 0
     status, out, _ = tool(capsys, dump_path, "--summary")
     assert re.search(rf"^\s+pushf\s+{expected['pushf']}$", out, re.M)
     assert "execution counts need --profile (not implemented yet)" in out

@@ -408,6 +408,9 @@ def summarize(dump: dict, blocks: list[dict], run: Optional[dict]) -> dict:
     if run is not None:
         exits = {"source": "run", "exits": run["counters"].get("exits", {}),
                  "cache_exits": run["counters"].get("cache_exits", {})}
+    elif "exits" in dump.get("run", {}):     # dumps written by `vmm run --dump-cache` say how the run went
+        exits = {"source": "dump", "exits": dump["run"]["exits"], "cache_exits": dump["run"].get("cache_exits", {}),
+                 "note": ""}
     else:
         exits = {"source": "dump", "exits": None, "cache_exits": None,
                  "note": "the dump holds no exit counts by reason; run the image with vmm-tcache for them"}
@@ -468,9 +471,10 @@ def render_summary(summary: dict, style: Style) -> str:
         lines.append(f"  note: the dump keeps only the last {removals['events_recorded']} events")
     lines.append("")
     exits = summary["exits"]
-    if exits["source"] == "run":
-        lines += _counts("exits by reason (this run)", exits["exits"], style)
-        lines += _counts("exits inside the translator by kind (this run)", exits["cache_exits"], style)
+    if exits["exits"] is not None:
+        when = "this run" if exits["source"] == "run" else "the dumped run"
+        lines += _counts(f"exits by reason ({when})", exits["exits"], style)
+        lines += _counts(f"exits inside the translator by kind ({when})", exits["cache_exits"], style)
     else:
         lines.append(style.bold("exits by reason") + ": " + exits["note"])
     lines += _counts("exit sites in the shown blocks by kind", summary["exit_sites"], style)

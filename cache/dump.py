@@ -34,6 +34,7 @@ def dump_cache(cache: TranslationCache) -> dict:
             # as the cache holds it now: chained exits and filled inline caches patched in
             "host_bytes": cache.arena.read(block.host, block.host_size).hex(),
             "lru_position": position,
+            "executions": cache.executions(block),
             "exits": exits,
             "incoming": sorted(({"guest": source.guest.address, "exit": index} for source, index in block.incoming),
                                key=lambda link: (link["guest"], link["exit"])),

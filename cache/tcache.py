@@ -55,7 +55,8 @@ class TranslationCache:
     write-protects (on=True) or releases a guest page for the engine."""
 
     def __init__(self, engine, arena: CodeArena, lookup_view: memoryview, capacity: int,
-                 protect_page: Callable[[int, bool], None], lookup_base: int) -> None:
+                 protect_page: Callable[[int, bool], None], lookup_base: int,
+                 counters_view: Optional[memoryview] = None, counters_base: int = 0) -> None:
         if not 1 <= capacity <= arena.count:
             raise ValueError(f"capacity {capacity} outside 1..{arena.count}")
         self.engine = engine
@@ -64,6 +65,7 @@ class TranslationCache:
         self.protect_page = protect_page
         self.lookup_view = lookup_view
         self.lookup_base = lookup_base
+        self.counters_view, self.counters_base = counters_view, counters_base   # one u32 per slot
         self._blocks = LRU(capacity)
         self._by_slot: dict[int, TranslatedBlock] = {}
         self._pages: dict[int, set[TranslatedBlock]] = collections.defaultdict(set)
@@ -105,7 +107,12 @@ class TranslationCache:
             self.counters["evictions"] += 1
         slot = self.arena.allocate()
         block = TranslatedBlock(key, guest, slot, self.arena.address(slot), translation)
-        self.arena.write(block.host, bytes(translation.code))
+        code = bytearray(translation.code)
+        if translation.counter_fixups:
+            struct.pack_into("<I", self.counters_view, slot * 4, 0)
+            for offset in translation.counter_fixups:
+                struct.pack_into("<I", code, offset, self.counters_base + slot * 4)
+        self.arena.write(block.host, bytes(code))
         self.engine.invalidate_code(block.host, block.host + self.arena.slot_size)
         self._blocks[key] = block
         self._by_slot[slot] = block
@@ -214,6 +221,12 @@ class TranslationCache:
                     self.remove(block, cause)
                     removed.append(block)
         return removed
+
+    def executions(self, block: TranslatedBlock) -> Optional[int]:
+        """How often the block ran (--profile), counted by the translated code itself."""
+        if not block.translation.counter_fixups:
+            return None
+        return struct.unpack_from("<I", self.counters_view, block.slot * 4)[0]
 
     def page_has_code(self, page: int) -> bool:
         return bool(self._pages.get(page))

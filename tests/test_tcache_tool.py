@@ -200,7 +200,7 @@ def test_summary_counts_rewrites_by_procedure(capsys, dump_path, dump):
     assert summary["exits"]["exits"] == dump["run"]["exits"] and dump["run"]["exits"]["callout"] > 0
     status, out, _ = tool(capsys, dump_path, "--summary")
     assert re.search(rf"^\s+pushf\s+{expected['pushf']}$", out, re.M)
-    assert "execution counts need --profile (not implemented yet)" in out
+    assert "hottest blocks: no execution counts" in out
 
 
 def test_summary_reports_invalidations_by_cause(capsys, tmp_path):
@@ -214,10 +214,10 @@ def test_summary_reports_invalidations_by_cause(capsys, tmp_path):
     assert events[("invalidated", "smc")] == sum(1 for e in dump["events"] if e["cause"] == "smc")
 
 
-def test_profile_is_not_implemented(capsys, dump_path):
+def test_profile_needs_counts_in_the_dump(capsys, dump_path):
     status, out, err = tool(capsys, dump_path, "--profile")
     assert status == 2 and out == ""
-    assert err == "vmm-tcache: execution counts need --profile (not implemented yet)\n"
+    assert err.startswith("vmm-tcache: no execution counts: run the image with --profile") and err.count("\n") == 1
 
 
 # -- graph ----------------------------------------------------------------------------------------
@@ -312,3 +312,17 @@ def test_errors_are_one_line_without_traceback(tmp_path, dump_path):
         assert err.count("\n") == 1 and "Traceback" not in err, (args, err)
         assert err.startswith("vmm-tcache: ") and fragment in err, (args, err)
         assert proc.stdout == b"", args
+
+
+def test_profile_ranks_blocks_by_executions_counted_in_the_cache(capsys, tmp_path):
+    # calls.elf runs a 5,000,000-step loop: its block must come first with that count
+    status, out, err = tool(capsys, "sample_binaries/calls.elf", "--profile", "--top", "3", "--json")
+    assert status == 0, err
+    rows = json.loads(out)["blocks"]
+    assert len(rows) == 3 and rows[0]["executions"] >= 4_999_999
+    assert rows[0]["executions"] >= rows[1]["executions"] >= rows[2]["executions"]
+    path = tmp_path / "profiled.json"
+    subprocess.run([sys.executable, "-m", "vmm", "run", "sample_binaries/calls.elf", "--profile",
+                    "--dump-cache", str(path)], capture_output=True, timeout=60, cwd=REPO_ROOT, check=True)
+    dump = json.loads(path.read_text())
+    assert max(block["executions"] for block in dump["blocks"]) == rows[0]["executions"]

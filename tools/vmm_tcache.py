@@ -33,7 +33,7 @@ PROG = "vmm-tcache"
 DUMP_FORMAT = "vmm-tcache/1"
 PAGE_SHIFT = 12
 EXIT_SLOT = "exit slot"
-PROFILE_MESSAGE = "execution counts need --profile (not implemented yet)"
+PROFILE_MESSAGE = "no execution counts: run the image with --profile (or dump it with vmm run --profile --dump-cache)"
 
 
 class ToolError(Exception):
@@ -95,7 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     view.add_argument("--table", action="store_true", help="the block table even with --block/--range")
     view.add_argument("--summary", action="store_true",
                       help="blocks per page, evictions/invalidations, exits by reason, rewrites by class")
-    view.add_argument("--profile", action="store_true", help="hottest blocks by execution count (not implemented yet)")
+    view.add_argument("--profile", action="store_true",
+                      help="count executions inside the cache and show the hottest blocks (with --top N)")
     view.add_argument("--json", action="store_true", help="machine-readable output of the asked view")
     view.add_argument("--dot", default=None, metavar="FILE",
                       help="write the chained-block graph (rendered if FILE is .png/.svg and Graphviz is installed)")
@@ -163,7 +164,7 @@ def run_image(args: argparse.Namespace) -> tuple[dict, dict]:
         image=args.input, mode="bt", mem_mib=args.mem, append=args.append,
         initrd=[spec for spec in args.initrd.split(",") if spec] if args.initrd else [],
         load_address=args.load_addr, max_instructions=args.max_insns, timeout=args.timeout,
-        tcache_blocks=args.tcache_size)
+        tcache_blocks=args.tcache_size, profile=args.profile)
     console = BufferConsole()
     try:
         vm, image = build_machine(config, console)
@@ -433,7 +434,7 @@ def summarize(dump: dict, blocks: list[dict], run: Optional[dict]) -> dict:
         "rewrites": {"by_category": dict(sorted(categories.items())), "by_handling": dict(sorted(handlings.items())),
                      "by_procedure": dict(sorted(procedures.items()))},
         "counters": counters,
-        "hottest_blocks": PROFILE_MESSAGE,
+        "hottest_blocks": hottest(blocks, 10) if _profiled(blocks) else PROFILE_MESSAGE,
     }
     if run is not None:
         summary["run"] = {"image": run["image"], "exit": run["exit"], "console_bytes": run["console_bytes"]}
@@ -484,7 +485,11 @@ def render_summary(summary: dict, style: Style) -> str:
     lines += _counts("rewrites by handling", rewrites["by_handling"], style)
     lines += _counts("rewrites by procedure", rewrites["by_procedure"], style)
     lines.append("")
-    lines.append(f"hottest blocks: {PROFILE_MESSAGE}")
+    if isinstance(summary["hottest_blocks"], str):
+        lines.append(f"hottest blocks: {summary['hottest_blocks']}")
+    else:
+        lines += _counts("hottest blocks (executions)", {f"{row['guest_address']:#010x}": row["executions"]
+                                                         for row in summary["hottest_blocks"]}, style)
     return "\n".join(lines)
 
 
@@ -546,9 +551,26 @@ def _use_colour(choice: str) -> bool:
     return sys.stdout.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
 
 
+def _profiled(blocks: list[dict]) -> bool:
+    return any(block.get("executions") is not None for block in blocks)
+
+
+def hottest(blocks: list[dict], count: int) -> list[dict]:
+    ranked = sorted(blocks, key=lambda block: (-(block.get("executions") or 0), block["guest_address"]))
+    return [{"guest_address": b["guest_address"], "executions": b.get("executions") or 0,
+             "instructions": len(b["instructions"]), "text": "; ".join(i["text"] for i in b["instructions"][:3])}
+            for b in ranked[:count]]
+
+
+def render_hottest(rows: list[dict], total: int) -> str:
+    lines = [f"{'guest':10}  {'executions':>12}  {'insns':>5}  first instructions"]
+    lines += [f"{row['guest_address']:#010x}  {row['executions']:>12}  {row['instructions']:>5}  {row['text']}"
+              for row in rows]
+    lines.append(f"{len(rows)} hottest of {total} blocks")
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.profile:
-        raise ToolError(PROFILE_MESSAGE, 2)
     if args.block is not None and args.range is not None:
         raise ToolError("--block and --range cannot be used together", 2)
     dump, run_info = load_input(args)
@@ -562,6 +584,15 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps({"dot": written, **g}, indent=2))
         else:
             print(f"wrote {len(g['nodes'])} blocks and {len(g['edges'])} chained exits to {written}")
+        return 0
+    if args.profile:
+        if not _profiled(dump["blocks"]):
+            raise ToolError(PROFILE_MESSAGE, 2)
+        # --top here means the N hottest, not the N most recently used
+        candidates = select_blocks(dump, argparse.Namespace(**{**vars(args), "top": None}))
+        rows = hottest(candidates, args.top or 10)
+        print(json.dumps({"view": "profile", "blocks": rows}, indent=2) if args.json
+              else render_hottest(rows, len(dump["blocks"])))
         return 0
     if args.summary:
         summary = summarize(dump, blocks, run_info)

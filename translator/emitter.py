@@ -103,6 +103,7 @@ class Translation:
     pc_map: list[PcEntry] = field(default_factory=list)
     rewrites: list[Rewrite] = field(default_factory=list)
     instruction_offsets: dict[int, int] = field(default_factory=dict)   # guest eip -> host offset
+    counter_fixups: list[int] = field(default_factory=list)   # where the block's counter address goes
 
     def pc_entry(self, offset: int) -> Optional[PcEntry]:
         """The entry covering host offset `offset` (entries are in increasing offset order)."""
@@ -199,7 +200,8 @@ class Emitter:
         self._site(out, ExitSite(ExitKind.BREAKPOINT, 0, address))
         return out
 
-    def translate(self, block: GuestBlock, *, budget: bool = False, chainable: bool = True) -> Translation:
+    def translate(self, block: GuestBlock, *, budget: bool = False, chainable: bool = True,
+                  profile: bool = False) -> Translation:
         out = Translation()
         self._owner = block.address
         pending: list[tuple[int, ExitSite]] = []     # (offset of rel32 to fix, site) for jumps to sites
@@ -213,6 +215,8 @@ class Emitter:
 
         if budget and block.instructions:
             self._emit_budget_check(out, block, site_later, mark)
+        if profile:
+            self._emit_execution_counter(out, block, mark)
 
         last = block.instructions[-1] if block.instructions else None
         for instruction in block.instructions:
@@ -305,6 +309,22 @@ class Emitter:
         code += b"\x04\x7F\x9E"                                       # add al, 0x7f; sahf
         code += self._reload(EAX)
         code += ENGINE_BLOCK_BREAK
+
+    def _emit_execution_counter(self, out, block, mark) -> None:
+        """Count executions of this block without touching the guest's flags (--profile). The
+        counter's address depends on where the block is placed: the cache writes it in at the
+        offsets listed in counter_fixups."""
+        code = out.code
+        mark(block.address, (ECX,))
+        code += self._spill(ECX)
+        code += b"\x8B\x0D"                                        # mov ecx, [counter]
+        out.counter_fixups.append(len(code))
+        code += _u32(0)
+        code += b"\x8D\x49\x01"                                    # lea ecx, [ecx + 1]
+        code += b"\x89\x0D"                                        # mov [counter], ecx
+        out.counter_fixups.append(len(code))
+        code += _u32(0)
+        code += self._reload(ECX)
 
     # -- inline emulations ---------------------------------------------------------------------
     def _emit_inline(self, out: Translation, instruction: GuestInstruction, mark, site_later) -> None:

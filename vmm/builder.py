@@ -43,6 +43,7 @@ class MachineConfig:
     tcache_blocks: Optional[int] = None      # translation cache capacity (bt)
     trace: frozenset = frozenset()           # -d flags (vmm/trace.py)
     trace_file: Optional[str] = None         # -D: the trace log (default stderr)
+    profile: bool = False                    # --profile: count block executions inside the cache (bt)
     gdb_port: Optional[int] = None           # --gdb: serve the GDB remote protocol here
     gdb_wait: bool = False                   # --gdb-wait: stop before the first instruction
 

@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--tcache-size", type=_cache_size, default=None, metavar="BLOCKS|BYTES",
                      help=f"translation cache capacity: a block count, or bytes with K/M suffix "
                           f"({SLOT_SIZE} bytes a block; default {DEFAULT_CAPACITY} blocks)")
+    run.add_argument("--profile", action="store_true",
+                     help="count each translated block's executions inside the cache (bt; for vmm-tcache)")
     run.add_argument("--dump-cache", default=None, metavar="FILE.json",
                      help="write the final translation cache (bt) for vmm-tcache")
     run.add_argument("--gdb", type=int, default=None, metavar="PORT",
@@ -77,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    if args.profile and args.mode != "bt":
+        print("vmm: error: --profile needs --mode bt (it counts translated blocks)", file=sys.stderr)
+        return 2
     if args.dump_cache and args.mode != "bt":
         print("vmm: error: --dump-cache needs --mode bt (direct execution has no translation cache)", file=sys.stderr)
         return 2
@@ -90,7 +95,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         initrd=[spec for spec in args.initrd.split(",") if spec] if args.initrd else [],
         load_address=args.load_addr, max_instructions=args.max_insns, timeout=args.timeout,
         log_unassigned_ports=args.log_unassigned_ports, tcache_blocks=args.tcache_size,
-        trace=trace, trace_file=args.trace_file, gdb_port=args.gdb, gdb_wait=args.gdb_wait)
+        trace=trace, trace_file=args.trace_file, gdb_port=args.gdb, gdb_wait=args.gdb_wait, profile=args.profile)
     try:
         vm, image = build_machine(config, StdioConsole())
         result = vm.run()

@@ -46,6 +46,7 @@ SHADOW_GDT_SIZE = 0x10000
 SHADOW_LDT_OFFSET = 0x20000
 SHADOW_LDT_SIZE = 0x10000
 LOOKUP_OFFSET = 0x40000
+PROFILE_OFFSET = 0xC0000                 # execution counters, one u32 per arena slot (--profile)
 PAGE_TABLES_OFFSET = 0x100000            # 4 KiB page tables for up to 3 GiB of RAM + the monitor
 PAGE_TABLES_SIZE = 0x310000
 ARENA_OFFSET = 0x500000
@@ -187,8 +188,9 @@ class _Stop:
 class BinaryTranslationMode(ExecutionMode):
     name = "bt"
 
-    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+    def __init__(self, capacity: int = DEFAULT_CAPACITY, profile: bool = False) -> None:
         self.capacity = capacity
+        self.profile = profile
         self.exit_counts: dict[str, int] = {}
         self.translation_seconds = 0.0
 
@@ -204,6 +206,7 @@ class BinaryTranslationMode(ExecutionMode):
         self.shadow_ldt_address = memory.map_monitor_area(SHADOW_LDT_OFFSET, SHADOW_LDT_SIZE, PROT_READ)
         lookup_address = memory.map_monitor_area(LOOKUP_OFFSET, LOOKUP_TABLE_SIZE, PROT_READ)
         arena_address = memory.map_monitor_area(ARENA_OFFSET, ARENA_SIZE, PROT_READ | PROT_EXEC)
+        profile_address = memory.map_monitor_area(PROFILE_OFFSET, ARENA_SLOTS * 4, PROT_READ | PROT_WRITE)
         directory_address = memory.map_monitor_area(PAGE_DIRECTORY_OFFSET, PAGE_SIZE, PROT_READ)
         tables_address = memory.map_monitor_area(PAGE_TABLES_OFFSET, PAGE_TABLES_SIZE, PROT_READ)
         self.paging = MonitorPageTables(memory.monitor_view(PAGE_DIRECTORY_OFFSET, PAGE_SIZE), directory_address,
@@ -218,7 +221,8 @@ class BinaryTranslationMode(ExecutionMode):
         arena = CodeArena(arena_address, memory.monitor_view(ARENA_OFFSET, ARENA_SIZE), SLOT_SIZE, ARENA_SLOTS)
         assert arena.allocate() == ONE_SHOT_SLOT
         self.cache = TranslationCache(engine, arena, memory.monitor_view(LOOKUP_OFFSET, LOOKUP_TABLE_SIZE),
-                                      min(self.capacity, ARENA_SLOTS - 1), self._protect_page, lookup_address)
+                                      min(self.capacity, ARENA_SLOTS - 1), self._protect_page, lookup_address,
+                                      memory.monitor_view(PROFILE_OFFSET, ARENA_SLOTS * 4), profile_address)
         self.decoder = Decoder(self._read_code)
         self.emitter = Emitter(MonitorAddresses(self.vcpu_address, self.scratch_address, lookup_address))
         self.cpu = TranslatedCpu(self)
@@ -375,10 +379,12 @@ class BinaryTranslationMode(ExecutionMode):
         if key.eip in breakpoints:
             return self.cache.add(key, GuestBlock(key.eip, end=BlockEnd.BRANCH), self.emitter.breakpoint(key.eip))
         guest = self.decoder.decode_block(key.eip, limit=1 if key.single_step else 32, stop_before=breakpoints)
-        translation = self.emitter.translate(guest, budget=self.budget, chainable=not key.single_step)
+        translation = self.emitter.translate(guest, budget=self.budget, chainable=not key.single_step,
+                                             profile=self.profile)
         while len(translation.code) > SLOT_SIZE and len(guest.instructions) > 1:
             guest = self.decoder.decode_block(key.eip, limit=len(guest.instructions) // 2, stop_before=breakpoints)
-            translation = self.emitter.translate(guest, budget=self.budget, chainable=not key.single_step)
+            translation = self.emitter.translate(guest, budget=self.budget, chainable=not key.single_step,
+                                                 profile=self.profile)
         block = self.cache.add(key, guest, translation)
         if self.tracer.in_asm or self.tracer.out_asm:
             self.tracer.translated(guest, translation, block.host)
@@ -454,7 +460,7 @@ class BinaryTranslationMode(ExecutionMode):
 
     @classmethod
     def from_config(cls, config) -> "BinaryTranslationMode":
-        return cls(capacity=config.tcache_blocks or DEFAULT_CAPACITY)
+        return cls(capacity=config.tcache_blocks or DEFAULT_CAPACITY, profile=config.profile)
 
     def execute(self, vm) -> VmExit:
         if self._step_trap:

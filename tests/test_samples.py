@@ -2,6 +2,8 @@
 recorded from QEMU (tests/test_qemu_reference.py checks the recordings against QEMU itself)."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -41,3 +43,19 @@ def test_exception_sample_report_counts_each_vector(tmp_path, mode):
         assert exits["exception"] == sum(exceptions.values())
     else:                     # int n, int3, into are callouts; faults and #DB single steps are exits
         assert exits["exception"] + exits["callout"] >= sum(exceptions.values())
+
+
+@pytest.mark.parametrize("entry", MANIFEST, ids=ids(MANIFEST))
+def test_inspection_and_tracing_work_on_every_sample(entry, tmp_path):
+    """vmm-tcache reads every sample's cache dump, and the trace flags (all but exec, which
+    tests/test_trace.py covers) log every sample's run."""
+    dump, log = tmp_path / "cache.json", tmp_path / "trace.log"
+    proc = run_vmm(*sample_arguments(entry), "--dump-cache", dump, "-d", "in_asm,out_asm,int,exits,io", "-D", log,
+                   stdin=(entry["stdin"] or "").encode())
+    assert proc.stdout == (REPO_ROOT / entry["expected"]).read_bytes()
+    blocks = json.loads(dump.read_text())["blocks"]
+    assert log.read_text().count("OUT: [size=") >= len(blocks) > 0
+    table = subprocess.run([sys.executable, "tools/vmm_tcache.py", str(dump), "--summary", "--json"],
+                           capture_output=True, text=True, cwd=REPO_ROOT)
+    assert table.returncode == 0, table.stderr
+    assert json.loads(table.stdout)["blocks"] == len(blocks)

@@ -136,3 +136,19 @@ def test_ctrl_c_interrupts_a_spinning_guest(tmp_path, mode):
     client.sock.sendall(b"$k#6b")
     vmm.communicate(timeout=20)
     assert vmm.returncode == 130
+
+
+@needs_gdb
+@pytest.mark.parametrize("entry", [e for e in __import__("tests.samples", fromlist=["MANIFEST"]).MANIFEST
+                                   if e["stdin"] is None], ids=lambda e: e["name"])
+def test_gdb_attaches_steps_and_continues_every_sample(entry):
+    from tests.cli import sample_arguments
+    port = free_port()
+    vmm = subprocess.Popen([sys.executable, "-m", "vmm", *sample_arguments(entry), "--gdb", str(port), "--gdb-wait"],
+                           cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(0.8)
+    out = run_gdb(port, "stepi", "stepi", "stepi", "p/x $eip", "continue")
+    stdout, _stderr = vmm.communicate(timeout=60)
+    assert stdout == (REPO_ROOT / entry["expected"]).read_bytes()
+    assert [line for line in out.splitlines() if line.startswith("$1 = 0x")]
+    assert "exited" in out or entry["exit"] is None

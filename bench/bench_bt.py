@@ -56,7 +56,7 @@ top:
     shr ebx, 3
     dec ecx
     jnz top
-""" + EXIT, 8, 40_000_000),
+""" + EXIT, 8, 160_000_000),
     Guest("calls", "direct and indirect calls, ret, jump table", """
     mov esp, 0x90000
     mov dword ptr [0x200000], f1
@@ -85,7 +85,7 @@ f3:
 f4:
     inc eax
     ret
-""", 10, 8_000_000),
+""", 10, 32_000_000),
     Guest("kernel", "cli/sti/pushf/popf as a kernel's critical sections use them", """
     mov esp, 0x90000
     mov ecx, {N}
@@ -101,7 +101,7 @@ top:
     cli
     dec ecx
     jnz top
-""" + EXIT, 9, 8_000_000),
+""" + EXIT, 9, 32_000_000),
 ]
 
 

@@ -24,8 +24,8 @@ from typing import Optional, Sequence
 if __package__ in (None, ""):   # run as `python tools/vmm_tcache.py`: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from vmm.builder import DEFAULT_LOAD_ADDRESS, DEFAULT_MEM_MIB, MachineConfig, build_machine  # noqa: E402
-from vmm.cli import _Parser, _address, _cache_size  # noqa: E402
+from vmm.builder import build_machine  # noqa: E402
+from vmm.cli import _Parser, _address, add_guest_arguments, guest_config  # noqa: E402
 from vmm.console import BufferConsole  # noqa: E402
 from vmm.errors import VmmError  # noqa: E402
 
@@ -78,15 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("input", metavar="IMAGE|DUMP.json",
                         help="a guest image (run under bt) or a dump written by `vmm run --dump-cache`")
     run = parser.add_argument_group("running a guest image (as `vmm run --mode bt`)")
-    run.add_argument("--mem", type=int, default=DEFAULT_MEM_MIB, metavar="MiB", help="guest RAM in MiB")
-    run.add_argument("--append", default="", metavar="CMDLINE", help="kernel command line")
-    run.add_argument("--initrd", default=None, metavar="FILE[,FILE...]", help="Multiboot modules")
-    run.add_argument("--load-addr", type=_address, default=DEFAULT_LOAD_ADDRESS, metavar="ADDR",
-                     help="load address of flat binaries and assembly")
-    run.add_argument("--max-insns", type=int, default=None, metavar="N", help="stop after about N instructions")
-    run.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="stop after this wall time")
-    run.add_argument("--tcache-size", type=_cache_size, default=None, metavar="BLOCKS|BYTES",
-                     help="translation cache capacity: a block count, or bytes with K/M suffix")
+    add_guest_arguments(run)
     view = parser.add_argument_group("views")
     view.add_argument("--block", type=_guest_address, default=None, metavar="ADDR",
                       help="side by side guest and translated code of the block(s) holding ADDR")
@@ -160,11 +152,7 @@ def validate_dump(dump: dict, path: str) -> None:
 
 def run_image(args: argparse.Namespace) -> tuple[dict, dict]:
     from vmm.report import build_report
-    config = MachineConfig(
-        image=args.input, mode="bt", mem_mib=args.mem, append=args.append,
-        initrd=[spec for spec in args.initrd.split(",") if spec] if args.initrd else [],
-        load_address=args.load_addr, max_instructions=args.max_insns, timeout=args.timeout,
-        tcache_blocks=args.tcache_size, profile=args.profile)
+    config = guest_config(args, args.input, "bt", profile=args.profile)
     console = BufferConsole()
     try:
         vm, image = build_machine(config, console)

@@ -43,6 +43,30 @@ def _cache_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid cache size {text!r}") from None
 
 
+def add_guest_arguments(group) -> None:
+    """The options that say which guest runs and on what machine (shared with vmm-tcache)."""
+    group.add_argument("--mem", type=int, default=DEFAULT_MEM_MIB, metavar="MiB",
+                       help=f"guest RAM in MiB (default {DEFAULT_MEM_MIB})")
+    group.add_argument("--append", default="", metavar="CMDLINE", help="kernel command line")
+    group.add_argument("--initrd", default=None, metavar="FILE[,FILE...]", help="Multiboot modules")
+    group.add_argument("--load-addr", type=_address, default=DEFAULT_LOAD_ADDRESS, metavar="ADDR",
+                       help="load address of flat binaries and assembly (default 0x100000)")
+    group.add_argument("--max-insns", type=int, default=None, metavar="N", help="stop after about N instructions")
+    group.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="stop after this wall time")
+    group.add_argument("--tcache-size", type=_cache_size, default=None, metavar="BLOCKS|BYTES",
+                       help=f"translation cache capacity: a block count, or bytes with K/M suffix "
+                            f"({SLOT_SIZE} bytes a block; default {DEFAULT_CAPACITY} blocks)")
+
+
+def guest_config(args, image: str, mode: str, **more) -> MachineConfig:
+    """MachineConfig from the options add_guest_arguments defined (plus any others given)."""
+    return MachineConfig(
+        image=image, mode=mode, mem_mib=args.mem, append=args.append,
+        initrd=[spec for spec in args.initrd.split(",") if spec] if args.initrd else [],
+        load_address=args.load_addr, max_instructions=args.max_insns, timeout=args.timeout,
+        tcache_blocks=args.tcache_size, **more)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vmm", description="A type 2 virtual machine monitor for 32-bit x86 guests.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -50,17 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("image", help="Multiboot or plain ELF32 kernel, flat binary, or .s/.asm source")
     run.add_argument("--mode", default=DEFAULT_MODE, choices=sorted(available_modes()),
                      help="bt: binary translation (default); direct: untranslated, the reference")
-    run.add_argument("--mem", type=int, default=DEFAULT_MEM_MIB, metavar="MiB",
-                     help=f"guest RAM in MiB (default {DEFAULT_MEM_MIB})")
-    run.add_argument("--append", default="", metavar="CMDLINE", help="kernel command line")
-    run.add_argument("--initrd", default=None, metavar="FILE[,FILE...]", help="Multiboot modules")
-    run.add_argument("--load-addr", type=_address, default=DEFAULT_LOAD_ADDRESS, metavar="ADDR",
-                     help="load address of flat binaries and assembly (default 0x100000)")
-    run.add_argument("--max-insns", type=int, default=None, metavar="N", help="stop after about N instructions")
-    run.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="stop after this wall time")
-    run.add_argument("--tcache-size", type=_cache_size, default=None, metavar="BLOCKS|BYTES",
-                     help=f"translation cache capacity: a block count, or bytes with K/M suffix "
-                          f"({SLOT_SIZE} bytes a block; default {DEFAULT_CAPACITY} blocks)")
+    add_guest_arguments(run)
     run.add_argument("--profile", action="store_true",
                      help="count each translated block's executions inside the cache (bt; for vmm-tcache)")
     run.add_argument("--dump-cache", default=None, metavar="FILE.json",
@@ -90,12 +104,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except VmmError as error:
         print(f"vmm: error: {error}", file=sys.stderr)
         return 2
-    config = MachineConfig(
-        image=args.image, mode=args.mode, mem_mib=args.mem, append=args.append,
-        initrd=[spec for spec in args.initrd.split(",") if spec] if args.initrd else [],
-        load_address=args.load_addr, max_instructions=args.max_insns, timeout=args.timeout,
-        log_unassigned_ports=args.log_unassigned_ports, tcache_blocks=args.tcache_size,
-        trace=trace, trace_file=args.trace_file, gdb_port=args.gdb, gdb_wait=args.gdb_wait, profile=args.profile)
+    config = guest_config(args, args.image, args.mode, log_unassigned_ports=args.log_unassigned_ports,
+                          trace=trace, trace_file=args.trace_file, gdb_port=args.gdb, gdb_wait=args.gdb_wait,
+                          profile=args.profile)
     try:
         vm, image = build_machine(config, StdioConsole())
         result = vm.run()

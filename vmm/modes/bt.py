@@ -239,7 +239,7 @@ class BinaryTranslationMode(ExecutionMode):
             struct.pack_into("<I", self.scratch_view, SCRATCH_BUDGET, min(vm.limits.max_instructions, 0x7FFFFFFF))
         self._stop: Optional[_Stop] = None
         self._deprivileged = False
-        self._one_shot_sites: dict[int, tuple[None, int, ExitSite]] = {}
+        self._one_shot_sites: dict[int, int] = {}      # host address of a one-shot exit -> exit index
         self._reprotect: set[int] = set()
         self._step_trap = False
         self._one_shot: Optional[Translation] = None
@@ -418,12 +418,16 @@ class BinaryTranslationMode(ExecutionMode):
     def _on_interrupt(self, vector: int) -> None:
         engine = self.engine
         eip = engine.reg("eip")
-        if vector == 3:
-            found = self.cache.site_at(eip - 1) or self._one_shot_sites.get(eip - 1)
+        if vector == 3:               # int3: one of the translation's own exits
+            site_address = eip - 1
+            found = self.cache.site_at(site_address)
             if found is not None:
-                block, index = found[0], found[1]
-                site = found[2] if len(found) == 3 else block.translation.exits[index]
-                self._stop = _Stop("site", eip - 1, block, index, site)
+                block, index = found
+                self._stop = _Stop("site", site_address, block, index, block.translation.exits[index])
+            elif site_address in self._one_shot_sites:
+                index = self._one_shot_sites[site_address]
+                self._stop = _Stop("site", site_address, None, index, self._one_shot.exits[index])
+            if self._stop is not None:
                 engine.stop()
                 return
         error_code, _software = engine.last_exception_info()
@@ -614,5 +618,5 @@ class BinaryTranslationMode(ExecutionMode):
         self.cache.arena.write(host, bytes(translation.code))
         self.engine.invalidate_code(host, host + SLOT_SIZE)
         self._one_shot, self._one_shot_host = translation, host
-        self._one_shot_sites = {host + site.offset: (None, index, site)
+        self._one_shot_sites = {host + site.offset: index
                                 for index, site in enumerate(translation.exits)}

@@ -21,17 +21,13 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_vmm(*args):
+def start_waiting(*args):
+    """Start `vmm run ... --gdb PORT --gdb-wait` and return once the stub listens."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "vmm", "run", *map(str, args), "--gdb", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "vmm", "run", *map(str, args), "--gdb", str(port), "--gdb-wait"],
                             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
+    line = proc.stderr.readline().decode()
+    assert line == f"vmm: waiting for gdb on localhost:{port}\n", line
     return proc, port
 
 
@@ -47,11 +43,7 @@ def run_gdb(port, *commands):
 def test_gdb_breakpoints_steps_registers_memory(mode):
     # `--gdb-wait`: stopped before the first instruction; a probe connection first would be the
     # one served, so wait for the port with gdb itself.
-    port = free_port()
-    vmm = subprocess.Popen([sys.executable, "-m", "vmm", "run", "sample_binaries/hello.elf", "--mode", mode,
-                            "--gdb", str(port), "--gdb-wait"], cwd=REPO_ROOT,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(0.8)
+    vmm, port = start_waiting("sample_binaries/hello.elf", "--mode", mode)
     out = run_gdb(port, "p/x $eip", "p/x $eax", "x/4xb 0x100000",
                   "break *0x100020", "continue", "p/x $eip", "stepi", "p/x $eip", "p/x $eax",
                   "hbreak *0x10003b", "continue", "p/x $eip", "set $ebx = 0x1234", "p/x $ebx",
@@ -67,11 +59,7 @@ def test_gdb_breakpoints_steps_registers_memory(mode):
 @needs_gdb
 def test_breakpoints_in_a_hot_loop_do_not_corrupt_the_cache():
     # calls.elf's tail-call loop at its first instruction is hit many times, then removed
-    port = free_port()
-    vmm = subprocess.Popen([sys.executable, "-m", "vmm", "run", "sample_binaries/calls.elf",
-                            "--gdb", str(port), "--gdb-wait"], cwd=REPO_ROOT,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(0.8)
+    vmm, port = start_waiting("sample_binaries/calls.elf")
     target = _hot_address()
     out = run_gdb(port, f"break *{target:#x}", *["continue"] * 5, "p/x $eip", "delete", "continue")
     stdout, _stderr = vmm.communicate(timeout=60)
@@ -116,10 +104,7 @@ class Client:
 def test_ctrl_c_interrupts_a_spinning_guest(tmp_path, mode):
     image = tmp_path / "spin.s"
     image.write_text("mov eax, 0x1234\nspin:\n    inc ecx\n    jmp spin\n")
-    port = free_port()
-    vmm = subprocess.Popen([sys.executable, "-m", "vmm", "run", str(image), "--mode", mode, "--gdb", str(port),
-                            "--gdb-wait"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(0.8)
+    vmm, port = start_waiting(image, "--mode", mode)
     client = Client(port)
     assert client.receive() == "S05"                       # stopped at the first instruction
     registers = client.send("g")
@@ -143,10 +128,7 @@ def test_ctrl_c_interrupts_a_spinning_guest(tmp_path, mode):
                                    if e["stdin"] is None], ids=lambda e: e["name"])
 def test_gdb_attaches_steps_and_continues_every_sample(entry):
     from tests.cli import sample_arguments
-    port = free_port()
-    vmm = subprocess.Popen([sys.executable, "-m", "vmm", *sample_arguments(entry), "--gdb", str(port), "--gdb-wait"],
-                           cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(0.8)
+    vmm, port = start_waiting(*sample_arguments(entry)[1:])
     out = run_gdb(port, "stepi", "stepi", "stepi", "p/x $eip", "continue")
     stdout, _stderr = vmm.communicate(timeout=60)
     assert stdout == (REPO_ROOT / entry["expected"]).read_bytes()

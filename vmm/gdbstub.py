@@ -55,6 +55,9 @@ class GdbStub:
         """Called before the guest runs: wait for gdb (--gdb-wait) or accept it later."""
         self.vm = vm
         self.view = GuestView(vm.cpu, vm.memory)
+        import sys
+        print(f"vmm: {'waiting for gdb' if self.wait else 'gdb stub'} on localhost:{self.port}",
+              file=sys.stderr, flush=True)
         if self.wait:
             self._accept()
             self.debugger.stepping = False

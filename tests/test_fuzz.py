@@ -55,6 +55,15 @@ def test_bt_matches_direct_on_random_programs():
         pytest.fail(f"{len(failures)} of {CI_COUNT} programs diverge between direct and bt\n\n{shown}")
 
 
+@pytest.mark.skipif("bt" not in MODES, reason="binary translation mode 'bt' is not available")
+def test_bt_with_a_three_block_cache_matches_direct():
+    """Constant eviction: every block is unlinked and its slot reused over and over."""
+    for index in range(20):
+        comparison = compare_program(generate(program_seed(CI_SEED + 1, index), CI_LENGTH), (REFERENCE, "bt"),
+                                     tcache_blocks=3)
+        assert comparison.ok, f"program {index}:\n{comparison.report()}"
+
+
 # -- the generator ------------------------------------------------------------------------------
 def test_generator_is_deterministic_for_a_seed():
     assert generate(1234, 50).source() == generate(1234, 50).source()

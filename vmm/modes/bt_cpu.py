@@ -1,0 +1,132 @@
+"""The guest-visible CPU under binary translation: general registers and arithmetic flags are the
+engine's; EIP, IOPL, TF, selectors, descriptor-table and control registers are virtual, and the
+engine's descriptors are shadows of the guest's (DPL 0 made DPL 1 for the deprivileged kernel)."""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING, Optional
+
+from capstone import x86_const as X
+
+from translator.layout import IOPL_MASK, REAL_IOPL, TF, VCPU_CR
+from vmm.cpu import GuestCpu
+from vmm.emulate import UnsupportedInstruction
+from vmm.x86 import SegmentDescriptor
+
+if TYPE_CHECKING:
+    from vmm.modes.bt import BinaryTranslationMode
+
+SEGMENT_NAMES = ("cs", "ss", "ds", "es", "fs", "gs")
+SEGMENT_IDS = {name: reg for reg, name in ((X.X86_REG_CS, "cs"), (X.X86_REG_SS, "ss"), (X.X86_REG_DS, "ds"),
+                                           (X.X86_REG_ES, "es"), (X.X86_REG_FS, "fs"), (X.X86_REG_GS, "gs"))}
+
+
+def shadow_descriptor(raw: bytes) -> bytes:
+    """The descriptor the engine uses for a guest descriptor: code/data segments of DPL 0 become
+    DPL 1 (the guest kernel runs at CPL 1) with the accessed bit preset (the shadow table is
+    read-only to the engine); system descriptors are marked not present (never used natively)."""
+    low, high = struct.unpack("<II", raw)
+    access = (high >> 8) & 0xFF
+    if access & 0x10:                      # code or data
+        access |= 0x01
+        if (access >> 5) & 3 == 0:
+            access |= 0x20
+    else:
+        access &= 0x7F
+    return struct.pack("<II", low, (high & ~0xFF00) | (access << 8))
+
+
+class TranslatedCpu(GuestCpu):
+    """Guest registers under binary translation: general registers and the arithmetic flags are
+    the engine's; EIP, IOPL, TF, selectors, descriptor-table and control registers are virtual."""
+
+    def __init__(self, mode: "BinaryTranslationMode") -> None:
+        super().__init__(mode.engine)
+        self.mode = mode
+        engine = mode.engine
+        self.eip = engine.reg("eip")
+        self.selectors = {name: engine.reg(name) for name in SEGMENT_NAMES}
+        self.virtual_flags = engine.reg("eflags") & (IOPL_MASK | TF)
+        self.tables = {name: engine.table_register(name) for name in ("gdtr", "idtr", "ldtr")}
+        self.table_selectors = {"ldtr": 0, "tr": 0}
+        self.control = {n: engine.reg(f"cr{n}") for n in VCPU_CR}
+
+    def reg(self, name: str) -> int:
+        if name == "eip":
+            return self.eip
+        if name == "eflags":
+            return (self.engine.reg("eflags") & ~(IOPL_MASK | TF)) | self.virtual_flags
+        if name in self.selectors:
+            return self.selectors[name]
+        if name.startswith("cr"):
+            return self.control[int(name[2:])]
+        return self.engine.reg(name)
+
+    def set_reg(self, name: str, value: int) -> None:
+        value &= 0xFFFFFFFF
+        if name == "eip":
+            self.eip = value
+        elif name == "eflags":
+            self.engine.set_reg("eflags", (value & ~(IOPL_MASK | TF)) | REAL_IOPL)
+            if (value & (IOPL_MASK | TF)) != self.virtual_flags:
+                self.virtual_flags = value & (IOPL_MASK | TF)
+                self.mode.virtual_state_changed()
+        elif name in self.selectors:
+            raise ValueError("segment registers change through load_segment")
+        elif name.startswith("cr"):
+            self.control[int(name[2:])] = value
+            self.mode.virtual_state_changed()
+        else:
+            self.engine.set_reg(name, value)
+
+    def load_segment(self, name: str, selector: int, raw: Optional[bytes]) -> None:
+        """Load a segment register whose checks the emulator has done."""
+        if name == "cs":
+            descriptor = SegmentDescriptor.decode(raw)
+            if descriptor.base != 0 or not descriptor.big:
+                raise UnsupportedInstruction("a code segment that is not flat and 32-bit, under binary translation")
+        elif raw is not None:
+            self.mode.refresh_shadow(selector, raw)
+            self.engine.set_reg(name, (selector & ~3) | max(selector & 3, 1))
+        else:
+            self.engine.set_reg(name, 0)
+        self.selectors[name] = selector & 0xFFFF
+        self.mode.virtual_state_changed()
+
+    def table_register(self, name: str) -> tuple[int, int]:
+        return self.tables[name]
+
+    def set_table_register(self, name: str, base: int, limit: int) -> None:
+        self.tables[name] = (base & 0xFFFFFFFF, limit & 0xFFFF)
+        if name == "gdtr":
+            self.mode.rebuild_shadow_gdt()
+        self.mode.virtual_state_changed()
+
+    def table_selector(self, name: str) -> int:
+        return self.table_selectors[name]
+
+    def set_table_selector(self, name: str, selector: int, raw: Optional[bytes] = None) -> None:
+        if name == "ldtr":
+            self.mode.load_shadow_ldt(selector, raw)
+            ldt = SegmentDescriptor.decode(raw) if raw is not None else None
+            self.tables["ldtr"] = (ldt.base, ldt.limit) if ldt is not None else (0, 0)
+        self.table_selectors[name] = selector & 0xFFFF
+        self.mode.virtual_state_changed()
+
+    @property
+    def cpl(self) -> int:
+        return self.selectors["cs"] & 3
+
+    def cpuid(self, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
+        return self.mode.run_native(b"\x0F\xA2", {"eax": leaf, "ecx": subleaf}, ("eax", "ebx", "ecx", "edx"))
+
+    def timestamp(self) -> int:
+        eax, edx = self.mode.run_native(b"\x0F\x31", {}, ("eax", "edx"))
+        return (edx << 32) | eax
+
+    def read_msr(self, number: int) -> int:
+        return self.engine.read_msr(number)
+
+    def write_msr(self, number: int, value: int) -> None:
+        self.engine.write_msr(number, value)

@@ -10,7 +10,7 @@ from tests.cli import run_vmm, sample_arguments
 from tests.guests import EXIT, run_image, run_source
 from tests.samples import MANIFEST, REPO_ROOT
 from translator.classify import Category, classify
-from vmm.exits import StopReason
+from vmm.exits import ExitReason, StopReason
 
 LOOP = """
     mov esp, 0x90000
@@ -174,3 +174,27 @@ def test_untranslatable_form_stops_the_run_with_one_line(tmp_path):
     proc = run_vmm("run", image)
     assert proc.returncode == 122
     assert proc.stderr.decode() == "vmm: not translatable: 16-bit near branch jmp 0x100009 at 0x100005\n"
+
+
+def test_cli_sti_pushf_popf_cost_no_exit(tmp_path):
+    source = """
+    mov esp, 0x90000
+    mov ecx, 100000
+top:
+    pushfd
+    cli
+    add eax, ecx
+    popfd
+    pushfd
+    pop ebx
+    sti
+    cli
+    dec ecx
+    jnz top
+""" + EXIT
+    result, _out, vm = run_source(tmp_path, source, mode="bt")
+    assert result.reason is StopReason.DEBUG_EXIT
+    assert vm.exits.get(ExitReason.CALLOUT, 0) == 0                 # 800,000 sensitive instructions, no callout
+    assert sum(vm.mode.exit_counts.values()) < 10, vm.mode.exit_counts
+    # pushfd shows the guest's own IOPL (0) and IF (cleared by cli), not the deprivileged real IOPL 1
+    assert result.registers["ebx"] & 0x3200 == 0

@@ -102,7 +102,6 @@ class Translation:
     exits: list[ExitSite] = field(default_factory=list)
     pc_map: list[PcEntry] = field(default_factory=list)
     rewrites: list[Rewrite] = field(default_factory=list)
-    instruction_offsets: dict[int, int] = field(default_factory=dict)   # guest eip -> host offset
     counter_fixups: list[int] = field(default_factory=list)   # where the block's counter address goes
 
     def pc_entry(self, offset: int) -> Optional[PcEntry]:
@@ -221,7 +220,6 @@ class Emitter:
         last = block.instructions[-1] if block.instructions else None
         for instruction in block.instructions:
             self._owner = instruction.address
-            out.instruction_offsets[instruction.address] = len(code)
             rule = instruction.rule
             start = len(code)
             if rule.handling in (Handling.COPY, Handling.IO_HOOK) or rule.procedure == "interrupt_flag":

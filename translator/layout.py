@@ -18,7 +18,6 @@ VCPU_IDTR = 0x28
 VCPU_LDTR = 0x30           # selector, zero-extended
 VCPU_TR = 0x34
 VCPU_CR = {0: 0x38, 2: 0x3C, 3: 0x40, 4: 0x44}
-VCPU_SIZE = 0x48
 
 # Scratch page (read/write for the engine): values spilled by emitted sequences. Every slot is
 # dead at each guest instruction boundary, so nothing the guest could write there matters.

@@ -94,7 +94,6 @@ class Engine:
         self._uc = Uc(uc_const.UC_ARCH_X86, uc_const.UC_MODE_32)
         self._buffers: list = []          # host buffers behind mem_map_ptr regions (kept alive)
         self._buffer_addresses: dict[int, int] = {}
-        self._regions: list[list[int]] = []   # [physical base, size, host address, perms]
         self._hook_error: Optional[BaseException] = None
         self.memory_fault: Optional[MemoryFault] = None
         self._fault_address: Optional[tuple[int, int]] = None
@@ -127,32 +126,6 @@ class Engine:
         """Map `size` bytes of a buffer from host_buffer (starting at `offset`) at physical `base`."""
         host = self._buffer_addresses[id(view.obj)] + offset
         self._uc.mem_map_ptr(base, size, perms, host)
-        self._regions.append([base, size, host, perms])
-
-    def protect(self, base: int, size: int, perms: int) -> None:
-        """Change the engine's permissions on whole pages of host-buffer mappings.
-
-        Unicorn 2.1.1 refuses to mem_protect or unmap PART of a mem_map_ptr region once the CPU
-        has loaded a segment (UC_ERR_NOMEM), but it can unmap a whole region: so the region
-        holding the pages is unmapped whole and mapped again in up to three pieces over the same
-        host bytes, the middle one with the new permissions."""
-        end = base + size
-        while base < end:
-            region = next((r for r in self._regions if r[0] <= base < r[0] + r[1]), None)
-            if region is None:
-                raise ValueError(f"no host mapping covers {base:#x}")
-            region_base, region_size, host, old_perms = region
-            region_end = region_base + region_size
-            piece_end = min(end, region_end)
-            if old_perms != perms:
-                self._uc.mem_unmap(region_base, region_size)
-                self._regions.remove(region)
-                for start, stop, piece_perms in ((region_base, base, old_perms), (base, piece_end, perms),
-                                                 (piece_end, region_end, old_perms)):
-                    if stop > start:
-                        self._uc.mem_map_ptr(start, stop - start, piece_perms, host + (start - region_base))
-                        self._regions.append([start, stop - start, host + (start - region_base), piece_perms])
-            base = piece_end
 
     def invalidate_code(self, begin: int, end: int) -> None:
         """Drop what the engine itself translated from [begin, end): needed after the monitor
@@ -164,13 +137,6 @@ class Engine:
 
     def write(self, address: int, data: bytes) -> None:
         self._uc.mem_write(address, bytes(data))
-
-    def is_mapped(self, address: int, size: int = 1) -> bool:
-        end = address + size - 1
-        for begin, last, _perms in self._uc.mem_regions():
-            if begin <= address and end <= last:
-                return True
-        return False
 
     # -- registers ------------------------------------------------------------------------------
     def reg(self, name: str) -> int:
@@ -189,10 +155,6 @@ class Engine:
 
     def set_table_register(self, name: str, base: int, limit: int, selector: int = 0) -> None:
         self._uc.reg_write(_TABLE_REGISTERS[name], (selector, base, limit, 0))
-
-    def snapshot_registers(self) -> dict[str, int]:
-        names = GENERAL_REGISTERS + SEGMENT_REGISTERS + ("cr0", "cr2", "cr3", "cr4")
-        return {name: self.reg(name) for name in names}
 
     def read_msr(self, number: int) -> int:
         """ValueError for an MSR the engine does not implement."""

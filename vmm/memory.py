@@ -124,9 +124,6 @@ class PhysicalMemory:
     def read_u32(self, address: int) -> int:
         return struct.unpack("<I", self.read(address, 4))[0]
 
-    def write_u32(self, address: int, value: int) -> None:
-        self.write(address, struct.pack("<I", value & 0xFFFFFFFF))
-
     def fill(self, address: int, size: int, byte: int = 0) -> None:
         self.write(address, bytes([byte]) * size)
 

@@ -61,8 +61,3 @@ class MonitorPageTables:
         at = table + ((page_address >> 12) & 0x3FF) * 4
         (pte,) = struct.unpack_from("<I", self.tables, at)
         struct.pack_into("<I", self.tables, at, (pte | WRITABLE) if writable else (pte & ~WRITABLE))
-
-    def is_writable(self, page_address: int) -> bool:
-        table = self._table_for(page_address)
-        (pte,) = struct.unpack_from("<I", self.tables, table + ((page_address >> 12) & 0x3FF) * 4)
-        return bool(pte & WRITABLE)

@@ -4,6 +4,7 @@ directions, the in-cache lookup table, and invalidation by guest page (self-modi
 from __future__ import annotations
 
 import collections
+import functools
 import struct
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -14,6 +15,12 @@ from cache.arena import CodeArena
 from translator.decoder import PAGE_SIZE, GuestBlock
 from translator.emitter import SLOT_SIZE, UNLINKED_SLOT, ExitSite, Translation
 from translator.layout import LOOKUP_ENTRIES, LOOKUP_ENTRY_SIZE
+
+
+@functools.lru_cache(maxsize=1)
+def _empty_lookup_table() -> bytes:
+    """The same 512 KiB for every machine: built once per process, not once per machine."""
+    return b"".join(struct.pack("<II", index ^ 1, 0) for index in range(LOOKUP_ENTRIES))
 
 
 @dataclass(frozen=True)
@@ -238,7 +245,7 @@ class TranslationCache:
     # -- the lookup table (probed by translated code) ------------------------------------------
     def clear_lookup_table(self) -> None:
         """Empty entries hold a tag whose low 16 bits differ from their index: never a hit."""
-        self.lookup_view[:] = b"".join(struct.pack("<II", index ^ 1, 0) for index in range(LOOKUP_ENTRIES))
+        self.lookup_view[:] = _empty_lookup_table()
 
     def _install_lookup(self, guest: int, host: int) -> None:
         if not self.use_lookup_table:

@@ -146,6 +146,7 @@ class TranslationCache:
         # cell measured 2-4 times slower: Unicorn 2.1.1 leaves its block cache for those.)
         jump = b"\xE9" + struct.pack("<i", target.host - (site + 5))
         self._write_code(site, jump.ljust(SLOT_SIZE, b"\x90"))
+        self._aim_branch(source, index, target.host)
         source.links[index] = target
         target.incoming.add((source, index))
         self.counters["links_made"] += 1
@@ -158,31 +159,37 @@ class TranslationCache:
         target.incoming.discard((source, index))
         if source.alive:
             self._write_code(source.site_address(index), UNLINKED_SLOT)
+            self._aim_branch(source, index, source.site_address(index))
         self.counters["links_broken"] += 1
 
+    def _aim_branch(self, block: TranslatedBlock, index: int, address: int) -> None:
+        """A jcc whose taken side is exit `index` jumps straight to the target once linked
+        (one engine block less per taken branch) and back at the slot when unlinked."""
+        branch = block.translation.exits[index].branch
+        if branch >= 0:
+            at = block.host + branch
+            self.arena.write(at, struct.pack("<i", address - (at + 4)))
+            self.engine.invalidate_code(at, at + 4)
+
     def predict(self, block: TranslatedBlock, miss: ExitSite, target: int) -> None:
-        """Add `target` to an indirect branch's inline cache: the next empty prediction gets it,
-        the compare chain is rewritten, and once all predictions are filled the learning exit
+        """Add `target` to an indirect branch's inline cache: the next empty prediction's compare
+        gets it, and once all predictions are filled the learning exit
         becomes a nop (later mismatches go to the lookup table without leaving the cache)."""
         if not miss.inline_cache:
             return
-        compares, recover, slots = miss.inline_cache
+        compares, slots = miss.inline_cache
         sites = [block.translation.exits[index] for index in slots]
         predictions = [site.guest_eip for site in sites]
         if target in predictions or 0 not in predictions:
             return
-        sites[predictions.index(0)].guest_eip = target
-        previous = 0
-        for offset, site in zip(compares, sites):          # ecx -= p1; ecx += p1 - p2; ...
-            self.arena.write(block.host + offset, struct.pack("<I", (previous - site.guest_eip) & 0xFFFFFFFF))
-            previous = site.guest_eip
-        self.arena.write(block.host + recover, struct.pack("<I", previous & 0xFFFFFFFF))
-        self.engine.invalidate_code(block.host + compares[0], block.host + recover + 4)
+        k = predictions.index(0)
+        sites[k].guest_eip = target
+        self.arena.write(block.host + compares[k], struct.pack("<I", target))      # cmp ecx, target
+        self.engine.invalidate_code(block.host + compares[k], block.host + compares[k] + 4)
         if all(site.guest_eip for site in sites):
-            learn = block.host + miss.learn
-            self.arena.write(learn, b"\x90")
-            self.engine.invalidate_code(learn, learn + 1)
-            self._sites.pop(learn, None)
+            patch_offset, patch, learn_site = miss.learn
+            self._write_code(block.host + patch_offset, patch)
+            self._sites.pop(block.host + learn_site, None)
         self.counters["predictions_set"] += 1
 
     def _write_code(self, address: int, data: bytes) -> None:

@@ -198,3 +198,73 @@ top:
     assert sum(vm.mode.exit_counts.values()) < 10, vm.mode.exit_counts
     # pushfd shows the guest's own IOPL (0) and IF (cleared by cli), not the deprivileged real IOPL 1
     assert result.registers["ebx"] & 0x3200 == 0
+
+
+FLAGS_ACROSS_INDIRECT_BRANCHES = """
+    mov esp, 0x90000
+    mov dword ptr [0x200000], 0x002
+    mov dword ptr [0x200004], 0x003
+    mov dword ptr [0x200008], 0x006
+    mov dword ptr [0x20000c], 0x012
+    mov dword ptr [0x200010], 0x042
+    mov dword ptr [0x200014], 0x082
+    mov dword ptr [0x200018], 0x802
+    mov dword ptr [0x20001c], 0x8d7
+    mov dword ptr [0x200020], t0
+    mov dword ptr [0x200024], t1
+    mov dword ptr [0x200028], t2
+    mov dword ptr [0x20002c], t3
+    mov dword ptr [0x200030], t4
+    mov dword ptr [0x200034], t5
+    mov dword ptr [0x200038], t6
+    mov dword ptr [0x20003c], t7
+    xor ebx, ebx
+    mov esi, 3000
+again:
+    mov eax, esi
+    and eax, 7
+    push dword ptr [0x200000 + eax*4]
+    popfd
+    call dword ptr [0x200020 + eax*4]
+    pushfd
+    pop edx
+    xor ebx, edx
+    rol ebx, 3
+    mov edx, esi
+    and edx, 7
+    mov edx, dword ptr [0x200020 + edx*4]
+    push dword ptr [0x200000 + eax*4]
+    popfd
+    jmp edx
+back:
+    dec esi
+    jnz again
+    mov eax, ebx
+""" + EXIT + "".join(f"""
+t{k}:
+    pushfd
+    pop edx
+    xor ebx, edx
+    ror ebx, 5
+    cmp esp, 0x8fffc
+    jne from_jmp{k}
+    push dword ptr [0x200000 + {(k * 3) % 8} * 4]
+    popfd
+    ret
+from_jmp{k}:
+    jmp back
+""" for k in range(8))
+
+
+def test_flags_survive_every_path_of_an_indirect_branch(tmp_path):
+    """Every arithmetic flag pattern crosses ret, call [mem] (its target computed into ecx)
+    and jmp reg (compared in place) through the learning exit, the inline cache and the lookup
+    table (eight targets: more than the inline cache holds)."""
+    results = {}
+    for mode in ("direct", "bt"):
+        result, _out, vm = run_source(tmp_path, FLAGS_ACROSS_INDIRECT_BRANCHES, mode=mode)
+        assert result.reason is StopReason.DEBUG_EXIT
+        results[mode] = result.registers
+    assert results["bt"] == results["direct"]
+    counters = vm.mode.cache.counters
+    assert counters["predictions_set"] >= 8 and vm.mode.exit_counts.get("lookup miss", 0) >= 8

@@ -39,6 +39,12 @@ for _number, _names in enumerate([("EAX", "AX", "AL"), ("ECX", "CX", "CL"), ("ED
 
 INLINE_CACHE_ENTRIES = 4           # predicted targets per indirect branch before the table
 
+# The guest's arithmetic flags parked in ah (SF ZF AF PF CF) and al (OF as 0/1) so that emitted
+# code may compare; `add al, 0x7f; sahf` puts them back. In a restore list, FLAGS_IN_AX tells
+# the monitor that the live flags are not the guest's: rebuild them from ax (before eax).
+SAVE_FLAGS = b"\x9F\x0F\x90\xC0"   # lahf; seto al
+FLAGS_IN_AX = 8
+
 # `jmp` to the next instruction: ends the engine's (Unicorn's) own translation block there.
 ENGINE_BLOCK_BREAK = b"\xE9\0\0\0\0"
 # Unicorn 2.1.1 mixes up its lazy flags when a flag-setting instruction precedes cmpxchg8b,
@@ -51,7 +57,7 @@ _NEEDS_FRESH_ENGINE_BLOCK = {X.X86_INS_CMPXCHG8B, X.X86_INS_LOOPE, X.X86_INS_LOO
 class ExitKind(Enum):
     BRANCH = "branch"              # static successor: chainable slot
     PREDICTED = "predicted"        # an indirect branch's inline-cached target: chainable slot
-    MISS = "lookup miss"           # indirect target not in the lookup table (target in eax)
+    MISS = "lookup miss"           # indirect target not predicted / not in the lookup table
     CALLOUT = "callout"            # the monitor emulates an instruction
     UNDECODABLE = "undecodable"    # raise #UD at the guest address
     NO_MEMORY = "no memory"        # instruction fetch from outside guest memory
@@ -66,10 +72,14 @@ class ExitSite:
     guest_eip: int                 # BRANCH: the successor; others: the guest instruction concerned
     next_eip: int = 0              # CALLOUT: the instruction after the one emulated
     instruction: Optional[GuestInstruction] = None
-    restore: tuple[int, ...] = ()  # registers to reload from the scratch page before the monitor acts
-    inline_cache: tuple = ()       # MISS: (offsets of the compare imm32s, offset of the recover
-                                   # imm32, indices of the PREDICTED slots) of the same branch
-    learn: int = -1                # MISS: host offset of the learning int3 (a nop once all are filled)
+    restore: tuple[int, ...] = ()  # registers to reload from the scratch page before the monitor
+                                   # acts (FLAGS_IN_AX first: the guest's flags saved in ah/al)
+    inline_cache: tuple = ()       # MISS: (offsets of the compare imm32s, indices of the
+                                   # PREDICTED slots) of the same branch
+    target: int = EAX              # MISS: the register holding the guest target
+    branch: int = -1               # BRANCH: offset of a jcc's rel32 that reaches this slot too
+    learn: tuple = ()              # MISS: (offset, bytes) of the patch that skips the learning
+                                   # exit once all predictions are filled, and that exit's offset
     owner: int = 0                 # the guest instruction this exit belongs to
 
     @property
@@ -200,8 +210,10 @@ class Emitter:
         return out
 
     def translate(self, block: GuestBlock, *, budget: bool = False, chainable: bool = True,
-                  profile: bool = False) -> Translation:
+                  profile: bool = False, predictions: int = INLINE_CACHE_ENTRIES) -> Translation:
+        """`predictions`: inline-cache entries per indirect branch (fewer make a smaller block)."""
         out = Translation()
+        self._predictions = predictions
         self._owner = block.address
         pending: list[tuple[int, ExitSite]] = []     # (offset of rel32 to fix, site) for jumps to sites
         code = out.code
@@ -298,13 +310,15 @@ class Emitter:
         code = out.code
         mark(block.address, (EAX,))
         code += self._spill(EAX)
-        code += b"\x9F\x0F\x90\xC0"                                   # lahf; seto al
+        code += SAVE_FLAGS
+        mark(block.address, (FLAGS_IN_AX, EAX))
         count = len(block.instructions)
         code += b"\x81\x2D" + _u32(self.a.scratch + SCRATCH_BUDGET) + _u32(count)   # sub [budget], n
         code += b"\x0F\x82"                                           # jb -> budget exit
-        site_later(len(code), ExitSite(ExitKind.BUDGET, 0, block.address, restore=(EAX,)))
+        site_later(len(code), ExitSite(ExitKind.BUDGET, 0, block.address, restore=(FLAGS_IN_AX, EAX)))
         code += b"\0\0\0\0"
         code += b"\x04\x7F\x9E"                                       # add al, 0x7f; sahf
+        mark(block.address, (EAX,))
         code += self._reload(EAX)
         code += ENGINE_BLOCK_BREAK
 
@@ -446,83 +460,120 @@ class Emitter:
             mark(fallthrough)
             self._slot(out, ExitSite(ExitKind.BRANCH, 0, fallthrough))
             mark(target)
-            self._slot(out, ExitSite(ExitKind.BRANCH, 0, target))
+            self._slot(out, ExitSite(ExitKind.BRANCH, 0, target, branch=len(code) - 4 - SLOT_SIZE))
 
     def _emit_indirect_branch(self, out: Translation, instruction: GuestInstruction, mark) -> None:
-        """An inline cache in front of the lookup table: compare the target with the one this
-        branch took first (patched in by the monitor) and, when equal, leave through a chainable
-        slot to it; otherwise compute the target into eax (ecx and eax spilled) and probe the
-        table without touching the guest's flags: hit -> jump to the translation, miss -> exit."""
+        """An inline cache in front of the lookup table. The guest's flags go into ah/al (lahf;
+        seto al) so that plain `cmp`/`je` can test the predictions (patched in by the monitor)
+        against the target ([esp] for ret, the register, or else the operand loaded into ecx):
+        Unicorn chains the blocks a `je` ends, while the flag-free `jecxz` returns to its
+        dispatcher every time (measured: parking the flags costs about one `jecxz`, and each
+        further compare almost nothing). A hit restores flags and registers and leaves through a chainable
+        slot; a mismatch probes the lookup table with the target in ecx (hit: jump to the
+        translation; miss: exit with the target in edx)."""
         insn, code, guest = instruction.insn, out.code, instruction.address
         if 0x66 in _prefixes(instruction.bytes):
             raise UnsupportedForm(f"16-bit indirect branch {instruction} at {guest:#x}")
         procedure = instruction.rule.procedure
         pop = 4 + (insn.operands[0].imm if insn.operands else 0) if procedure == "ret" else 0
 
-        def load_target(register: int) -> bytes:
-            if procedure == "ret":
-                return bytes([0x8B, 0x04 | (register << 3), 0x24])          # mov reg, [esp]
-            return _reencode_rm(insn, b"\x8B", register)                     # mov reg, <operand>
-
         def complete_transfer() -> bytes:
             if procedure == "ret":
-                return b"\x8D\xA4\x24" + _u32(pop)                          # lea esp, [esp + pop]
+                if pop < 0x80:
+                    return b"\x8D\x64\x24" + bytes([pop])                  # lea esp, [esp + pop]
+                return b"\x8D\xA4\x24" + _u32(pop)
             if procedure == "indirect_call":
                 return b"\x68" + _u32(instruction.end)                        # push guest return address
             return b""
 
-        # Inline cache: ecx = target, then subtract each predicted target in turn (flag-free lea,
-        # as differences from the previous one) and jecxz to that prediction's slot.
-        mark(guest, (ECX,))
-        code += self._spill(ECX)
-        code += load_target(ECX)
-        compares, jecxz_at = [], []
-        for _ in range(INLINE_CACHE_ENTRIES):
-            code += b"\x8D\x89"                                             # lea ecx, [ecx + delta]
+        def restore_flags() -> bytes:
+            return b"\x04\x7F\x9E"                                         # add al, 0x7f; sahf
+
+        operand = insn.operands[0] if procedure != "ret" else None
+        if procedure == "ret":                                 # cmp dword [esp], prediction
+            compare, load_target = b"\x81\x3C\x24", b"\x8B\x0C\x24"      # mov ecx, [esp]
+        elif operand.type == X.X86_OP_REG and _REGISTER_NUMBER[operand.reg] != EAX:
+            register = _REGISTER_NUMBER[operand.reg]        # cmp reg, prediction (ah/al hold the flags)
+            compare, load_target = bytes([0x81, 0xF8 | register]), bytes([0x8B, 0xC8 | register])
+        else:                                                  # target computed into ecx first
+            compare, load_target = b"\x81\xF9", _reencode_rm(insn, b"\x8B", ECX)
+        target_in_ecx = compare == b"\x81\xF9"
+
+        def put_target_in_ecx() -> None:
+            mark(guest, (ECX,) + tuple(r for r in saved if r != ECX))
+            code.extend(self._spill(ECX) + load_target)
+
+        saved = ()
+        if target_in_ecx:
+            put_target_in_ecx()
+        mark(guest, (EAX,) + saved)
+        code += self._spill(EAX)
+        code += SAVE_FLAGS
+        saved = (FLAGS_IN_AX, EAX, ECX) if target_in_ecx else (FLAGS_IN_AX, EAX)
+        mark(guest, saved)
+        compares, branches = [], []
+        for _ in range(self._predictions):
+            code += compare                                                 # cmp <target>, prediction k
             compares.append(len(code))
             code += _u32(0)
-            code += b"\xE3\x00"                                             # jecxz prediction k
-            jecxz_at.append(len(code) - 1)
+            code += b"\x74\x00"                                             # je prediction k
+            branches.append(len(code) - 1)
         code += b"\xEB\x00"                                                 # jmp general
         skip_at = len(code) - 1
         predicted_sites = []
-        for k in range(INLINE_CACHE_ENTRIES):
-            code[jecxz_at[k]] = len(code) - (jecxz_at[k] + 1)
-            mark(guest, (ECX,))
-            code += self._reload(ECX)
+        for k in range(self._predictions):
+            assert len(code) - (branches[k] + 1) < 128
+            code[branches[k]] = len(code) - (branches[k] + 1)
+            mark(guest, saved)
+            code += restore_flags()
+            mark(guest, saved[1:])
+            code += self._reload(*saved[1:])
             mark(guest)
             code += complete_transfer()
             predicted_sites.append(len(out.exits))
             self._slot(out, ExitSite(ExitKind.PREDICTED, 0, 0))
         assert len(code) - (skip_at + 1) < 128
         code[skip_at] = len(code) - (skip_at + 1)
-        # general case: recover the target into eax (ecx = target - last prediction) and probe
-        # the lookup table
-        mark(guest, (EAX, ECX))
-        code += self._spill(EAX)
-        code += b"\x8D\x81"                                                 # lea eax, [ecx + last prediction]
-        recover = len(code)
-        code += _u32(0)
-        code += complete_transfer()
-        cache = (tuple(compares), recover, tuple(predicted_sites))
-        # Until every prediction is filled, exit here so the monitor can fill the next one; then
-        # it turns this int3 into a nop and mismatches probe the table without leaving the cache.
-        learn = ExitSite(ExitKind.MISS, 0, guest, instruction.end, instruction, (EAX, ECX), cache)
-        self._site(out, learn)
+        if not target_in_ecx:
+            put_target_in_ecx()
+            saved = (FLAGS_IN_AX, EAX, ECX)
+        # General case. Until every prediction is filled, leave here (after completing the
+        # transfer) so the monitor can fill the next one; then it patches the 2-byte nop in front
+        # into a jump over this exit and mismatches probe the table without leaving the cache.
+        mark(guest, saved)
+        cache, learn_patch = (), ()
+        if self._predictions:
+            cache = (tuple(compares), tuple(predicted_sites))
+            learn_at = len(code)
+            code += b"\x66\x90"                                             # nop, later jmp over
+            code += complete_transfer()
+            learn = ExitSite(ExitKind.MISS, 0, guest, instruction.end, instruction, saved, cache, target=ECX)
+            self._site(out, learn)
+            learn_patch = (learn_at, b"\xEB" + bytes([len(code) - (learn_at + 2)]), learn.offset)
+            learn.learn = learn_patch
+        probing = (FLAGS_IN_AX, EAX, ECX, EDX)
+        mark(guest, probing)
         table = self.a.lookup_table
-        code += b"\x0F\xB7\xC8"                                             # movzx ecx, ax
-        code += b"\x8B\x0C\xCD" + _u32(table)                               # mov ecx, [ecx*8 + table] (tag)
-        code += b"\xF7\xD1"                                                 # not ecx
-        code += b"\x8D\x4C\x01\x01"                                         # lea ecx, [ecx+eax+1] = target-tag
-        code += b"\xE3\x01"                                                 # jecxz hit
-        miss = ExitSite(ExitKind.MISS, 0, guest, instruction.end, instruction, (EAX, ECX), cache)
-        self._site(out, miss)
-        code += b"\x0F\xB7\xC8"                                             # hit: movzx ecx, ax
+        code += self._spill(EDX)
+        code += b"\x8B\xD1"                                                 # mov edx, ecx
+        code += b"\x0F\xB7\xC9"                                             # movzx ecx, cx
+        code += b"\x3B\x14\xCD" + _u32(table)                               # cmp edx, [ecx*8 + table] (tag)
+        code += b"\x75\x00"                                                 # jne miss
+        jne_at = len(code) - 1
         code += b"\x8B\x0C\xCD" + _u32(table + 4)                           # mov ecx, [ecx*8 + table + 4]
         code += self._mov_abs_reg(self.a.scratch + SCRATCH_JUMP, ECX)
-        code += self._reload(ECX, EAX)
+        code += restore_flags()
+        mark(guest, (EAX, ECX, EDX))
+        code += self._reload(EAX, ECX, EDX)
+        mark(guest)
+        code += complete_transfer()
         code += b"\xFF\x25" + _u32(self.a.scratch + SCRATCH_JUMP)            # jmp [scratch.jump]
-        miss.learn = learn.learn = learn.offset
+        code[jne_at] = len(code) - (jne_at + 1)
+        mark(guest, probing)
+        code += complete_transfer()
+        miss = ExitSite(ExitKind.MISS, 0, guest, instruction.end, instruction, probing, cache, target=EDX)
+        self._site(out, miss)
+        miss.learn = learn_patch
 
     def _emit_callout(self, out: Translation, instruction: GuestInstruction, mark) -> None:
         mark(instruction.address)

@@ -21,7 +21,7 @@ from typing import Optional
 from cache.arena import CodeArena
 from cache.tcache import BlockKey, TranslatedBlock, TranslationCache
 from translator.decoder import PAGE_SIZE, BlockEnd, Decoder, GuestBlock
-from translator.emitter import Emitter, ExitKind, ExitSite, Translation, UnsupportedForm
+from translator.emitter import FLAGS_IN_AX, INLINE_CACHE_ENTRIES, Emitter, ExitKind, ExitSite, Translation, UnsupportedForm
 from translator.layout import (IOPL_MASK, LOOKUP_TABLE_SIZE, REAL_IOPL, SCRATCH_BUDGET, SCRATCH_SPILL,
                                SCRATCH_STACK_TOP, TF, VCPU_CR, VCPU_GDTR, VCPU_IDTR, VCPU_LDTR,
                                VCPU_POPF_EXPECT, VCPU_PUSHF_ADJUST, VCPU_SELECTOR, MonitorAddresses)
@@ -33,7 +33,7 @@ from vmm.memory import MIB
 from vmm.modes import ExecutionMode
 from vmm.modes.bt_cpu import SEGMENT_IDS, SEGMENT_NAMES, TranslatedCpu, shadow_descriptor
 from vmm.monitor_paging import MonitorPageTables
-from vmm.x86 import CR0_PG, CR0_WP, PF_VEC, SegmentDescriptor, UD
+from vmm.x86 import AF, CF, CR0_PG, CR0_WP, OF, PF, PF_VEC, SF, UD, ZF, SegmentDescriptor
 
 
 # Monitor-region areas used by the translator (offsets from MONITOR_BASE; the boot GDT is at 0)
@@ -265,13 +265,17 @@ class BinaryTranslationMode(ExecutionMode):
         breakpoints = frozenset(self.debugger.breakpoints) if self.debugger is not None else frozenset()
         if key.eip in breakpoints:
             return self.cache.add(key, GuestBlock(key.eip, end=BlockEnd.BRANCH), self.emitter.breakpoint(key.eip))
-        guest = self.decoder.decode_block(key.eip, limit=1 if key.single_step else 32, stop_before=breakpoints)
-        translation = self.emitter.translate(guest, budget=self.budget, chainable=not key.single_step,
-                                             profile=self.profile)
-        while len(translation.code) > SLOT_SIZE and len(guest.instructions) > 1:
-            guest = self.decoder.decode_block(key.eip, limit=len(guest.instructions) // 2, stop_before=breakpoints)
+        limit, predictions = (1 if key.single_step else 32), INLINE_CACHE_ENTRIES
+        while True:     # a block that does not fit a slot is shortened, a lone indirect branch
+            guest = self.decoder.decode_block(key.eip, limit=limit, stop_before=breakpoints)   # predicts less
             translation = self.emitter.translate(guest, budget=self.budget, chainable=not key.single_step,
-                                                 profile=self.profile)
+                                                 profile=self.profile, predictions=predictions)
+            if len(translation.code) <= SLOT_SIZE or (len(guest.instructions) <= 1 and not predictions):
+                break
+            if len(guest.instructions) > 1:
+                limit = len(guest.instructions) // 2
+            else:
+                predictions //= 2
         block = self.cache.add(key, guest, translation)
         if self.tracer.in_asm or self.tracer.out_asm:
             self.tracer.translated(guest, translation, block.host)
@@ -327,6 +331,12 @@ class BinaryTranslationMode(ExecutionMode):
 
     def _restore(self, registers) -> None:
         for register in registers:
+            if register == FLAGS_IN_AX:       # lahf; seto al: ah = SF ZF AF PF CF, al = OF
+                ax = self.engine.reg("eax")
+                flags = self.engine.reg("eflags") & ~(SF | ZF | AF | PF | CF | OF)
+                flags |= (ax >> 8) & (SF | ZF | AF | PF | CF)
+                self.engine.set_reg("eflags", flags | (OF if ax & 0xFF else 0))
+                continue
             value = struct.unpack_from("<I", self.scratch_view, SCRATCH_SPILL + 4 * register)[0]
             self.engine.set_reg(_GPRS[register], value)
 
@@ -443,7 +453,7 @@ class BinaryTranslationMode(ExecutionMode):
                 self.cache.link(stop.block, stop.site_index, target)
             return target.host
         if site.kind is ExitKind.MISS:
-            target_eip = self.engine.reg("eax")
+            target_eip = self.engine.reg(_GPRS[site.target])
             self._restore(site.restore)
             self.cpu.eip = target_eip
             if stepping:

@@ -40,7 +40,10 @@ def tool_json(capsys, *args):
 @pytest.fixture(scope="module")
 def dump_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("tcache") / "sensitive-cache.json"
-    proc = subprocess.run([sys.executable, "-m", "vmm", "run", SENSITIVE, "--dump-cache", str(path)],
+    # --max-insns: blocks count instructions from the start, so the guest's first rdtsc does not
+    # flush the cache to switch counting on (the dump keeps every block)
+    proc = subprocess.run([sys.executable, "-m", "vmm", "run", SENSITIVE, "--max-insns", "100000000",
+                           "--dump-cache", str(path)],
                           capture_output=True, timeout=60, cwd=REPO_ROOT)
     assert proc.returncode == 0, proc.stderr.decode()
     return path

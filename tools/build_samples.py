@@ -57,6 +57,7 @@ IMAGES = {
     "sensitive": ([MB_HEADER, CRT0, RUNTIME, CHECK, "sensitive.S"], "sensitive.elf", "multiboot"),
     "faults_in_blocks": ([MB_HEADER, CRT0, RUNTIME, CHECK, "faults_in_blocks.S"], "faults_in_blocks.elf",
                          "multiboot"),
+    "ticks": ([MB_HEADER, CRT0, RUNTIME, CHECK, "ticks.S"], "ticks.elf", "multiboot"),
     "plain": ([CRT0, RUNTIME, "plain.S"], "plain.elf", "elf"),
     "flat": ([CRT0, RUNTIME, "flat.S"], "flat.bin", "flat"),
     "hello_s": (["hello_keystone.s"], "hello.s", "asm"),  # not src/hello.s: clashes with hello.S on case-insensitive file systems
@@ -99,6 +100,7 @@ RUNS = [
     _run("smc", "smc.elf"),
     _run("sensitive", "sensitive.elf"),
     _run("faults_in_blocks", "faults_in_blocks.elf"),
+    _run("ticks", "ticks.elf"),
     _run("plain", "plain.elf", qemu=False),
     _run("flat", "flat.bin", qemu=False),
     _run("hello_s", "hello.s", qemu=False),

@@ -8,6 +8,7 @@ from enum import Enum
 from typing import Callable, Optional
 
 from capstone import CS_ARCH_X86, CS_MODE_32, Cs
+from capstone.x86_const import X86_INS_STI
 
 from translator.classify import Rule, classify
 
@@ -108,6 +109,9 @@ class Decoder:
             if instruction.rule.ends_block:
                 block.end = BlockEnd.BRANCH
                 return block
+            if limit > 1 and instruction.insn.id == X86_INS_STI:
+                continue        # never end a block in sti's interrupt shadow: interrupts are
+                                # delivered between blocks (the next instruction may be on the next page)
             if len(block.instructions) >= limit:
                 block.end = BlockEnd.LIMIT
                 return block

@@ -113,6 +113,7 @@ class Translation:
     pc_map: list[PcEntry] = field(default_factory=list)
     rewrites: list[Rewrite] = field(default_factory=list)
     counter_fixups: list[int] = field(default_factory=list)   # where the block's counter address goes
+    body: int = 0                  # offset past the budget prologue (entered after a budget exit)
 
     def pc_entry(self, offset: int) -> Optional[PcEntry]:
         """The entry covering host offset `offset` (entries are in increasing offset order)."""
@@ -226,6 +227,7 @@ class Emitter:
 
         if budget and block.instructions:
             self._emit_budget_check(out, block, site_later, mark)
+        out.body = len(code)
         if profile:
             self._emit_execution_counter(out, block, mark)
 

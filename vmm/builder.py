@@ -8,6 +8,7 @@ from typing import Optional
 
 from vmm.boot import enter_protected_mode
 from vmm.bus import PortBus
+from vmm.clock import VirtualClock
 from vmm.console import Console
 from vmm.devices.debug_exit import DEBUG_EXIT_PORT, DEBUG_EXIT_PORTS, DebugExit
 from vmm.devices.uart16550 import COM1_BASE, UART_PORTS, Uart16550
@@ -46,6 +47,7 @@ class MachineConfig:
     profile: bool = False                    # --profile: count block executions inside the cache (bt)
     gdb_port: Optional[int] = None           # --gdb: serve the GDB remote protocol here
     gdb_wait: bool = False                   # --gdb-wait: stop before the first instruction
+    clock: str = "virtual"                   # --clock: virtual (deterministic) or realtime
 
     def validate(self) -> None:
         modes = available_modes()
@@ -91,11 +93,15 @@ def build_machine(config: MachineConfig, console: Console) -> tuple[VirtualMachi
     limits = Limits(config.max_instructions, config.timeout)
     tracer = Tracer(config.trace, _open_trace(config.trace_file) if config.trace else None)
     gdb = GdbStub(config.gdb_port, config.gdb_wait) if config.gdb_port is not None else None
-    vm = VirtualMachine(engine, memory, bus, console, mode, limits, memory.until_address, tracer, gdb)
+    vm = VirtualMachine(engine, memory, bus, console, mode, limits, memory.until_address, tracer, gdb,
+                        VirtualClock(config.clock))
 
     # Port map (cf. kvmtool x86/ioport.c):
+    #   0x0020 - 0x0021  i8259 master     0x00A0 - 0x00A1  i8259 slave
+    #   0x0040 - 0x0043  i8254 PIT (channel 0 on IRQ0)
     #   0x00F4 - 0x00F7  isa-debug-exit
     #   0x03F8 - 0x03FF  COM1 16550A UART
+    vm.interrupts.register(bus)
     bus.register(DEBUG_EXIT_PORT, DEBUG_EXIT_PORTS, DebugExit(
         lambda value: vm.request_stop(StopReason.DEBUG_EXIT, f"guest wrote {value:#x} to isa-debug-exit", value)))
     bus.register(COM1_BASE, UART_PORTS, Uart16550(console))

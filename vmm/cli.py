@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from vmm.clock import CLOCKS
 from vmm.builder import DEFAULT_LOAD_ADDRESS, DEFAULT_MEM_MIB, MachineConfig, build_machine
 from vmm.console import StdioConsole
 from vmm.errors import VmmError
@@ -52,6 +53,9 @@ def add_guest_arguments(group) -> None:
     group.add_argument("--load-addr", type=_address, default=DEFAULT_LOAD_ADDRESS, metavar="ADDR",
                        help="load address of flat binaries and assembly (default 0x100000)")
     group.add_argument("--max-insns", type=int, default=None, metavar="N", help="stop after about N instructions")
+    group.add_argument("--clock", choices=CLOCKS, default="virtual",
+                       help="guest time: 'virtual' counts guest instructions (100 MHz, the same on every "
+                            "run; default), 'realtime' follows the host clock")
     group.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="stop after this wall time")
     group.add_argument("--tcache-size", type=_cache_size, default=None, metavar="BLOCKS|BYTES",
                        help=f"translation cache capacity: a block count, or bytes with K/M suffix "
@@ -63,7 +67,7 @@ def guest_config(args, image: str, mode: str, **more) -> MachineConfig:
     return MachineConfig(
         image=image, mode=mode, mem_mib=args.mem, append=args.append,
         initrd=[spec for spec in args.initrd.split(",") if spec] if args.initrd else [],
-        load_address=args.load_addr, max_instructions=args.max_insns, timeout=args.timeout,
+        load_address=args.load_addr, max_instructions=args.max_insns, timeout=args.timeout, clock=args.clock,
         tcache_blocks=args.tcache_size, **more)
 
 

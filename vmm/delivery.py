@@ -47,17 +47,18 @@ class ExceptionDelivery:
         self.delivered: Counter = Counter()
 
     def deliver(self, vector: int, *, return_eip: int, fault_eip: Optional[int] = None,
-                error_code: Optional[int] = None, software: bool = False) -> None:
+                error_code: Optional[int] = None, software: bool = False, external: bool = False) -> None:
         """Enter the guest's handler for `vector`.
 
         return_eip: the EIP saved in the frame (the faulting instruction for faults, the next one
         for traps and int n). fault_eip: the instruction to blame if delivery itself faults
         (defaults to return_eip). error_code: pushed when the vector architecturally has one.
-        software: raised by int n / int3 / into (gate DPL is checked, no error code, EXT=0)."""
+        software: raised by int n / int3 / into (gate DPL is checked, no error code, EXT=0).
+        external: an interrupt from the PIC (no error code whatever the vector)."""
         fault_eip = return_eip if fault_eip is None else fault_eip
         while True:
             try:
-                self._deliver_once(vector, return_eip, error_code, software)
+                self._deliver_once(vector, return_eip, error_code, software, external)
                 self.delivered[vector] += 1
                 return
             except (_DeliveryFault, GuestFault) as second:
@@ -67,11 +68,11 @@ class ExceptionDelivery:
                     vector, error_code = DF_VEC, 0
                 else:                        # handled serially: the second one replaces the first
                     vector, error_code = second.vector, second.error_code
-                software, return_eip = False, fault_eip
+                software, external, return_eip = False, False, fault_eip
 
     # -- one delivery attempt ------------------------------------------------------------------
     def _deliver_once(self, vector: int, return_eip: int, error_code: Optional[int],
-                      software: bool) -> None:
+                      software: bool, interrupt: bool = False) -> None:
         external = not software
         cpl = self.cpu.cpl
         idt_base, idt_limit = self.cpu.table_register("idtr")
@@ -97,7 +98,7 @@ class ExceptionDelivery:
         eflags = self.cpu.reg("eflags")
         cs = self.cpu.reg("cs")
         frame = [eflags, cs, return_eip]
-        if not software and vector in ERROR_CODE_VECTORS:
+        if not software and not interrupt and vector in ERROR_CODE_VECTORS:
             frame.append(error_code or 0)
         esp = self.cpu.reg("esp")
         ss_base = self.view.segment_base(self.cpu.reg("ss"))

@@ -48,9 +48,11 @@ HALT = Outcome("halt")
 
 
 class Emulator:
-    def __init__(self, cpu, view: GuestView) -> None:
+    def __init__(self, cpu, view: GuestView, timestamp) -> None:
         self.cpu = cpu
         self.view = view
+        self.timestamp = timestamp       # rdtsc: () -> the virtual clock's cycles
+        self.interrupt_shadow = False    # set by a load of SS: no interrupt before the next instruction
         self.debug_registers = [0, 0, 0, 0, 0xFFFF0FF0, 0x400, 0xFFFF0FF0, 0x400]   # reset values
 
     def emulate(self, instruction) -> Outcome:
@@ -176,9 +178,10 @@ class Emulator:
                                           2 if self._operand16(insn) else 4)
             self.load_segment(segment, selector)
             self.cpu.set_reg("esp", esp + (2 if self._operand16(insn) else 4))
-            return
-        segment = _SEGMENTS[insn.operands[0].reg]
-        self.load_segment(segment, self._read(insn, insn.operands[1], 2))
+        else:
+            segment = _SEGMENTS[insn.operands[0].reg]
+            self.load_segment(segment, self._read(insn, insn.operands[1], 2))
+        self.interrupt_shadow = segment == "ss"
 
     def _load_far_pointer(self, insn):
         destination, source = insn.operands
@@ -426,7 +429,7 @@ class Emulator:
             self.cpu.set_reg(name, value)
 
     def _rdtsc(self, insn):
-        value = self.cpu.timestamp()
+        value = self.timestamp()
         self.cpu.set_reg("eax", value & 0xFFFFFFFF)
         self.cpu.set_reg("edx", (value >> 32) & 0xFFFFFFFF)
         if insn.id == X.X86_INS_RDTSCP:

@@ -19,6 +19,8 @@ class ExitReason(Enum):
     MEMORY_FAULT = "memory_fault"        # an access to physical memory that does not exist
     STOP_REQUEST = "stop_request"        # a device or the user asked the machine to stop
     DEBUG = "debug"                      # a breakpoint, a finished single step, or gdb's Ctrl-C
+    EVENT = "event"                      # the instructions the run loop allowed are done: the clock
+                                         # reached a timer event, a poll point or the instruction limit
 
 
 @dataclass

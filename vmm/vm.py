@@ -10,11 +10,13 @@ from enum import Enum
 from typing import Callable, Optional
 
 from vmm.bus import PortBus
+from vmm.clock import VirtualClock
 from vmm.console import Console
 from vmm.delivery import ExceptionDelivery, TripleFault, UnsupportedGuestFeature
 from vmm.emulate import Emulator, UnsupportedInstruction
 from vmm.engine import Engine
 from vmm.guest_view import GuestFault, GuestView
+from vmm.interrupts import InterruptPlatform
 from vmm.exits import ExitReason, RunResult, StopReason, VmExit
 from vmm.memory import PhysicalMemory, UnbackedAccess
 from vmm.trace import Tracer
@@ -63,6 +65,10 @@ class Limits:
     def remaining_instructions(self) -> Optional[int]:
         return self._instructions_left
 
+    def consume(self, instructions: int) -> None:
+        if self._instructions_left is not None:
+            self._instructions_left = max(0, self._instructions_left - instructions)
+
     def used_all_instructions(self) -> None:
         self._instructions_left = 0
 
@@ -72,8 +78,10 @@ class VirtualMachine:
 
     def __init__(self, engine: Engine, memory: PhysicalMemory, bus: PortBus, console: Console,
                  mode: ExecutionMode, limits: Limits, until_address: int, tracer: Optional[Tracer] = None,
-                 gdb=None) -> None:
+                 gdb=None, clock: Optional[VirtualClock] = None) -> None:
         self.engine = engine
+        self.clock = clock or VirtualClock()
+        self.interrupts = InterruptPlatform(self.clock)
         self.memory = memory
         self.bus = bus
         self.console = console
@@ -99,10 +107,12 @@ class VirtualMachine:
             ExitReason.MEMORY_FAULT: self._memory_fault,
             ExitReason.STOP_REQUEST: lambda vm_exit: 0,
             ExitReason.DEBUG: self._debug,
+            ExitReason.EVENT: self._event,
         }
         self.cpu = mode.attach(self)
         self.delivery = ExceptionDelivery(self.cpu, memory)
-        self.emulator = Emulator(self.cpu, GuestView(self.cpu, memory))
+        self.emulator = Emulator(self.cpu, GuestView(self.cpu, memory), self._read_timestamp)
+        self.external_interrupts: Counter = Counter()
 
     # -- the run loop ---------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -120,7 +130,10 @@ class VirtualMachine:
                 except UnsupportedInstruction as error:
                     self.request_stop(StopReason.UNSUPPORTED, str(error))
                     break
+                self.emulator.interrupt_shadow = False     # guest code ran since the last SS load
                 self.dispatch(vm_exit)
+                if self.interrupts.in_use and self._result is None:
+                    self._interrupt_window()
         except KeyboardInterrupt:
             self.request_stop(StopReason.INTERRUPTED, "interrupted by the user")
         finally:
@@ -136,6 +149,47 @@ class VirtualMachine:
         if not self._result.registers:
             self._result.registers = self.cpu.snapshot()
         return self._result
+
+    # -- time and external interrupts -----------------------------------------------------------
+    POLL_INTERVAL = 10_000     # instructions between looks at IF while an interrupt waits for it
+
+    def run_budget(self) -> Optional[int]:
+        """How many guest instructions the mode may run before it returns an EVENT exit (None:
+        no bound): up to the instruction limit, the next timer event, or, while an interrupt
+        waits for the guest to set IF, the next poll. Modes count instructions only when this
+        is not None, and report what ran through `retire`."""
+        bounds = []
+        left = self.limits.remaining_instructions()
+        if left is not None:
+            bounds.append(left)
+        if self.interrupts.in_use:
+            if self.interrupts.pending():
+                bounds.append(self.POLL_INTERVAL)
+            else:
+                next_event = self.interrupts.cycles_to_next_event()
+                if next_event is not None:
+                    bounds.append(next_event)
+        return max(1, min(bounds)) if bounds else None
+
+    def retire(self, instructions: int) -> None:
+        """Guest instructions the mode executed: the clock and the instruction limit move."""
+        self.clock.retire(instructions)
+        self.limits.consume(instructions)
+
+    def _read_timestamp(self) -> int:
+        self.interrupts.guest_uses_time()
+        return self.clock.cycles
+
+    def _interrupt_window(self) -> None:
+        """At an instruction boundary between two runs: take an external interrupt if INTR is
+        raised, the guest's IF is set, and no SS load just happened (sti's own shadow cannot
+        be here: the modes never return right after a native sti)."""
+        if self.emulator.interrupt_shadow or not self.cpu.reg("eflags") & IF:
+            return
+        if self.interrupts.pending():
+            vector = self.interrupts.acknowledge()
+            self.external_interrupts[vector] += 1
+            self._deliver(vector, return_eip=self.cpu.reg("eip"), external=True)
 
     @property
     def stop_requested(self) -> bool:
@@ -172,6 +226,12 @@ class VirtualMachine:
             self.bus.write(vm_exit.port, vm_exit.size, vm_exit.value)
         finally:
             self._port_hook_exit = None
+        if self.interrupts.reprogrammed and self._result is None:
+            # A PIT/PIC write may move the next event or raise INTR (an unmask, an EOI with
+            # another request waiting): end the run after this OUT so the next one is bounded
+            # anew and the interrupt window comes at once.
+            self.interrupts.reprogrammed = False
+            self.mode.end_run_after_io(vm_exit.port, vm_exit.size)
         return 0
 
     def _exception(self, vm_exit: VmExit) -> int:
@@ -219,11 +279,26 @@ class VirtualMachine:
         return 0
 
     def _hlt(self, vm_exit: VmExit) -> int:
-        # No device of this platform raises interrupts yet, so nothing can wake a halted CPU.
-        state = "enabled" if self.cpu.reg("eflags") & IF else "disabled"
-        self.request_stop(StopReason.HALTED, f"guest halted at eip {vm_exit.eip:#010x} (interrupts {state}, "
-                                             f"no interrupt source)")
+        """Idle until an interrupt: virtual time jumps to the next timer event. With IF clear,
+        or nothing that could ever raise INTR, the CPU stays halted and the run ends."""
+        resume = (vm_exit.eip + 1) & 0xFFFFFFFF
+        self.cpu.set_reg("eip", resume)
+        if self.cpu.reg("eflags") & IF and self.interrupts.in_use:
+            next_event = self.interrupts.cycles_to_next_event()
+            if not self.interrupts.pending() and next_event is not None:
+                self.clock.skip_to(self.clock.cycles + next_event)
+            if self.interrupts.pending():
+                return 0                      # the interrupt window after this exit takes it
+            state = "enabled, nothing unmasked will interrupt"
+        else:
+            state = "enabled, no interrupt source" if self.cpu.reg("eflags") & IF else "disabled"
+        self.request_stop(StopReason.HALTED, f"guest halted at eip {vm_exit.eip:#010x} (interrupts {state})")
         return 0
+
+    def _event(self, vm_exit: VmExit) -> int:
+        if self.limits.remaining_instructions() == 0:
+            return self._instruction_limit(vm_exit)
+        return 0                              # the interrupt window after this exit looks at INTR
 
     def _instruction_limit(self, vm_exit: VmExit) -> int:
         self.request_stop(StopReason.INSTRUCTION_LIMIT,

@@ -32,6 +32,10 @@ class ExecutionMode(ABC):
         (isa-debug-exit): the engine itself may run on to the end of its block. An empty dict
         means the state the engine stops in is already exact."""
 
+    def end_run_after_io(self, port: int, size: int) -> None:
+        """Called from the hook of an OUT that reprogrammed the timer or the PIC: end the current
+        run as soon after this instruction as the engine allows, with an EVENT exit."""
+
     def counters(self) -> dict:
         """Mode-specific counters for the report."""
         return {}

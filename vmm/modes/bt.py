@@ -55,6 +55,7 @@ SLOT_SIZE = 256
 ARENA_SLOTS = ARENA_SIZE // SLOT_SIZE
 DEFAULT_CAPACITY = 4096                  # blocks
 ONE_SHOT_SLOT = 0                        # reserved: single instructions run outside the cache
+BUDGET_MAX = 0x7FFFFFFF                  # the budget counter is compared as a signed number
 
 _GPRS = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
 
@@ -113,7 +114,13 @@ class BinaryTranslationMode(ExecutionMode):
         self.decoder = Decoder(self._read_code)
         self.emitter = Emitter(MonitorAddresses(self.vcpu_address, self.scratch_address, lookup_address))
         self.cpu = TranslatedCpu(self)
+        # The per-block instruction count (the budget prologue) is emitted only while someone
+        # needs it: an instruction limit, or a guest that uses time (then from that moment on).
         self.budget = vm.limits.max_instructions is not None
+        self._start_counting_pending = False
+        self._interrupt_request = False
+        self._adjust = 0        # instructions retired beyond what the budget counter says
+        vm.interrupts.on_first_use.append(self._start_counting)
         self.tracer = vm.tracer
         self.debugger = vm.debugger
         self._step_stop_pending = False
@@ -122,8 +129,6 @@ class BinaryTranslationMode(ExecutionMode):
         # Tracing every block execution needs every block transition to pass the monitor.
         self.chaining = not vm.tracer.exec
         self.cache.use_lookup_table = self.chaining
-        if self.budget:
-            struct.pack_into("<I", self.scratch_view, SCRATCH_BUDGET, min(vm.limits.max_instructions, 0x7FFFFFFF))
         self._stop: Optional[_Stop] = None
         self._deprivileged = False
         self._one_shot_sites: dict[int, int] = {}      # host address of a one-shot exit -> exit index
@@ -363,7 +368,47 @@ class BinaryTranslationMode(ExecutionMode):
     def from_config(cls, config) -> "BinaryTranslationMode":
         return cls(capacity=config.tcache_blocks or DEFAULT_CAPACITY, profile=config.profile)
 
+    def end_run_after_io(self, port: int, size: int) -> None:
+        """Translated I/O ends the engine's block, so a stop here lands right after the OUT."""
+        self._interrupt_request = True
+        self.engine.stop()
+
+    def _start_counting(self) -> None:
+        """The guest began to use time: from the next run on, blocks count their instructions.
+        Called from a port hook or a callout; the cache is flushed between runs, never under
+        the code that is running."""
+        if not self.budget:
+            self.budget = True
+            self._start_counting_pending = True
+            self.engine.stop()
+
     def execute(self, vm) -> VmExit:
+        """Run translated code. With counting on, the budget counter starts at what the run
+        loop allows and the instructions retired go to vm.retire when the run returns."""
+        if self._start_counting_pending:
+            self._start_counting_pending = False
+            self.cache.flush("counting")
+        if not self.budget:
+            return self._execute(vm)
+        bound = vm.run_budget()
+        given = BUDGET_MAX if bound is None else min(bound, BUDGET_MAX)
+        struct.pack_into("<I", self.scratch_view, SCRATCH_BUDGET, given)
+        self._given, self._adjust = given, 0
+        vm_exit = self._execute(vm)
+        left = struct.unpack_from("<i", self.scratch_view, SCRATCH_BUDGET)[0]
+        vm.retire(given - left + self._adjust)
+        return vm_exit
+
+    def _uncharge_rest_of_block(self, host_eip: int, guest_eip: int) -> None:
+        """The block at `host_eip` was charged in full at its entry; it stopped at `guest_eip`
+        (an instruction that did not complete), so the rest did not retire."""
+        block = self.cache.block_at(host_eip)
+        if block is not None:
+            self._adjust -= sum(1 for i in block.guest.instructions if i.address >= guest_eip)
+        elif self._one_shot is not None and self._one_shot_host <= host_eip < self._one_shot_host + SLOT_SIZE:
+            self._adjust -= 1
+
+    def _execute(self, vm) -> VmExit:
         if self._step_trap:
             self._step_trap = False
             return VmExit(ExitReason.EXCEPTION, eip=self.cpu.eip, vector=1)
@@ -408,7 +453,13 @@ class BinaryTranslationMode(ExecutionMode):
                     continue
                 return outcome
             if stop is None:
+                host_eip = self.engine.reg("eip")
                 self._sync_guest_eip()
+                if self.budget:
+                    self._uncharge_rest_of_block(host_eip, self.cpu.eip)
+                if self._start_counting_pending or self._interrupt_request:
+                    self._interrupt_request = False
+                    return VmExit(ExitReason.EVENT, eip=self.cpu.eip)
                 if debugger is not None and debugger.interrupted:
                     return VmExit(ExitReason.DEBUG, eip=self.cpu.eip)
                 if vm.stop_requested:
@@ -421,6 +472,7 @@ class BinaryTranslationMode(ExecutionMode):
                 guest_eip, restore = self._locate(stop.host_eip)
                 if guest_eip is None:
                     raise RuntimeError(f"exception {stop.vector} outside translated code at {stop.host_eip:#x}")
+                self._uncharge_rest_of_block(stop.host_eip, guest_eip)
                 self._restore(restore)
                 self.cpu.eip = guest_eip
                 return VmExit(ExitReason.EXCEPTION, eip=guest_eip, vector=stop.vector, error_code=stop.error_code)
@@ -475,9 +527,29 @@ class BinaryTranslationMode(ExecutionMode):
         if site.kind is ExitKind.BREAKPOINT:
             return VmExit(ExitReason.DEBUG, eip=site.guest_eip)
         if site.kind is ExitKind.BUDGET:
-            self.vm.limits.used_all_instructions()
-            return VmExit(ExitReason.INSTRUCTION_LIMIT, eip=site.guest_eip)
+            return self._budget_exit(stop)
         raise RuntimeError(f"unknown exit {site.kind}")
+
+    def _budget_exit(self, stop: _Stop):
+        """A block's prologue found fewer instructions left than the block holds. An instruction
+        limit stops before the block (never past the limit); a timer event lets the block run
+        first when some budget is left (so every run makes progress: events land at most one
+        block late, on the same instruction every run)."""
+        block = stop.block
+        length = len(block.guest.instructions)
+        left_before = struct.unpack_from("<i", self.scratch_view, SCRATCH_BUDGET)[0] + length
+        limit = self.vm.limits.remaining_instructions()
+        if (limit is not None and limit - (self._given - left_before) < length) or left_before <= 0:
+            self._adjust -= length              # the prologue charged a block that does not run
+            if limit is not None and limit - (self._given - left_before) < length:
+                self.vm.limits.used_all_instructions()
+                return VmExit(ExitReason.INSTRUCTION_LIMIT, eip=block.key.eip)
+            return VmExit(ExitReason.EVENT, eip=block.key.eip)
+        # Run the block past the budget, then stop at the next block: the counter restarts at 0
+        # and the block's overshoot is counted here.
+        struct.pack_into("<i", self.scratch_view, SCRATCH_BUDGET, 0)
+        self._adjust += length - left_before
+        return block.host + block.translation.body
 
     def _page_fault(self, stop: _Stop) -> Optional[VmExit]:
         """A page fault from the monitor's own tables. A store into a write-protected page of guest
@@ -488,6 +560,7 @@ class BinaryTranslationMode(ExecutionMode):
         guest_eip, restore = self._locate(stop.host_eip)
         if guest_eip is None:
             raise RuntimeError(f"page fault outside translated code at {stop.host_eip:#x}")
+        self._uncharge_rest_of_block(stop.host_eip, guest_eip)
         self._restore(restore)
         self.cpu.eip = guest_eip
         address, write = stop.address, bool(stop.error_code & 2)
@@ -509,6 +582,8 @@ class BinaryTranslationMode(ExecutionMode):
         return None
 
     def _prepare_one_shot(self, guest_eip: int) -> None:
+        """One guest instruction alone outside the cache (no budget prologue: it counts here)."""
+        self._adjust += 1
         guest = self.decoder.decode_block(guest_eip, limit=1)
         translation = self.emitter.translate(guest, budget=False, chainable=False)
         host = self.cache.arena.address(ONE_SHOT_SLOT)

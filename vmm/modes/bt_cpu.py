@@ -121,10 +121,6 @@ class TranslatedCpu(GuestCpu):
     def cpuid(self, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
         return self.mode.run_native(b"\x0F\xA2", {"eax": leaf, "ecx": subleaf}, ("eax", "ebx", "ecx", "edx"))
 
-    def timestamp(self) -> int:
-        eax, edx = self.mode.run_native(b"\x0F\x31", {}, ("eax", "edx"))
-        return (edx << 32) | eax
-
     def read_msr(self, number: int) -> int:
         return self.engine.read_msr(number)
 

@@ -8,7 +8,7 @@ from vmm.engine import StopCause
 from vmm.exits import ExitReason, VmExit
 from vmm.memory import UnbackedAccess
 from vmm.modes import ExecutionMode
-from vmm.x86 import BP, DB, OF_VEC
+from vmm.x86 import BP, DB, IF, OF_VEC
 
 HLT_OPCODE = 0xF4
 _ONE_BYTE_INTS = ((BP, 0xCC), (OF_VEC, 0xCE), (DB, 0xF1))   # int3, into, int1
@@ -60,7 +60,15 @@ class DirectMode(ExecutionMode):
         if self.debugger is not None:
             self.debugger.on_breakpoints_changed = self._sync_breakpoints
         self.cpu = GuestCpu(engine)
+        self._vm = vm
+        self._interrupt_request = False
+        # Once the guest uses time the run loop bounds every run: end the unbounded one now.
+        vm.interrupts.on_first_use.append(self._end_unbounded_run)
         return self.cpu
+
+    def _end_unbounded_run(self) -> None:
+        self._interrupt_request = True
+        self.engine.stop()
 
     # -- debugger: a code hook per breakpoint, the engine's count for single steps ---------------
     def _sync_breakpoints(self, _address) -> None:
@@ -79,6 +87,14 @@ class DirectMode(ExecutionMode):
             return
         self._hit_breakpoint = True
         self.engine.stop()                        # stops before the instruction executes
+
+    def end_run_after_io(self, port: int, size: int) -> None:
+        """Stop the engine: like QEMU's own TCG it takes effect at the end of the engine's block
+        (the instructions after the OUT in that block run first). An EIP written inside the
+        hook is not honoured, so the interrupt window cannot come earlier. Only when INTR is
+        raised and IF set: a reprogrammed timer is picked up at the next event instead."""
+        if self._vm.interrupts.pic.output and self.engine.reg("eflags") & IF:
+            self._end_unbounded_run()
 
     def registers_after_io(self, port: int, size: int) -> dict:
         """Inside a port I/O hook the general registers are current but the engine's EIP is the
@@ -120,16 +136,24 @@ class DirectMode(ExecutionMode):
 
     def execute(self, vm) -> VmExit:
         engine = vm.engine
-        count = vm.limits.remaining_instructions()
+        count = vm.run_budget()
         debugger = self.debugger
         stepping = debugger is not None and debugger.stepping
         if debugger is not None and debugger.interrupted:
             return VmExit(ExitReason.DEBUG, eip=engine.reg("eip"))
         self._hit_breakpoint = False
-        cause = engine.run(engine.reg("eip"), vm.until_address, count=1 if stepping else count or 0)
+        if count and not stepping:
+            cause, count = self._run_counted(vm, count)
+        else:
+            cause = engine.run(engine.reg("eip"), vm.until_address, count=1 if stepping else 0)
         if vm.stop_requested:
             return VmExit(ExitReason.STOP_REQUEST)
         eip = engine.reg("eip")
+        if self._interrupt_request:     # cut short: the instructions it ran are not counted
+            self._interrupt_request = False
+            if self._byte_before(eip) != HLT_OPCODE:
+                return VmExit(ExitReason.EVENT, eip=eip)
+            return VmExit(ExitReason.HLT, eip=eip - 1)
         if debugger is not None and (stepping or self._hit_breakpoint or debugger.interrupted):
             if cause is not StopCause.MEMORY_FAULT:
                 return VmExit(ExitReason.DEBUG, eip=eip)
@@ -137,11 +161,40 @@ class DirectMode(ExecutionMode):
             return VmExit(ExitReason.TIME_LIMIT, eip=eip)
         if cause is StopCause.MEMORY_FAULT:
             return VmExit(ExitReason.MEMORY_FAULT, eip=eip, detail=engine.memory_fault.message)
-        if count:
+        if count and not stepping:
             # Only `hlt` and an exhausted count return quietly. hlt leaves EIP just past itself;
             # the count stops before an instruction. A count that ran out right after a
-            # non-hlt instruction ending in byte F4 would be taken for hlt: both end the run.
+            # non-hlt instruction ending in byte F4 would be taken for hlt.
             if self._byte_before(eip) != HLT_OPCODE:
-                vm.limits.used_all_instructions()
-                return VmExit(ExitReason.INSTRUCTION_LIMIT, eip=eip)
+                vm.retire(count)
+                return VmExit(ExitReason.EVENT, eip=eip)
         return VmExit(ExitReason.HLT, eip=eip - 1)
+
+    def _run_counted(self, vm, count: int):
+        """Run exactly `count` instructions (the engine's count), except that an instruction
+        that blocks interrupts for one more (sti, mov ss, pop ss) is never the last: an
+        interrupt taken at the end must not land in its shadow. Returns (cause, count run)."""
+        engine = self.engine
+        if count > 1:
+            cause = engine.run(engine.reg("eip"), vm.until_address, count=count - 1)
+            if (cause is not StopCause.RETURNED or vm.stop_requested or self._interrupt_request
+                    or self._hit_breakpoint or vm.limits.expired
+                    or self._byte_before(engine.reg("eip")) == HLT_OPCODE):
+                return cause, count
+        if self._opens_shadow(engine.reg("eip")):
+            count += 1
+            cause = engine.run(engine.reg("eip"), vm.until_address, count=2)
+        else:
+            cause = engine.run(engine.reg("eip"), vm.until_address, count=1)
+        return cause, count
+
+    def _opens_shadow(self, eip: int) -> bool:
+        try:
+            code = self.memory.read(eip, 16)
+        except UnbackedAccess:
+            return False
+        at = 0
+        while at < 15 and code[at] in (0x66, 0x67, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0xF0, 0xF2, 0xF3):
+            at += 1
+        opcode = code[at]
+        return opcode in (0xFB, 0x17) or (opcode == 0x8E and (code[at + 1] >> 3) & 7 == 2)   # sti, pop ss, mov ss

@@ -1,0 +1,122 @@
+"""Time and external interrupts: the virtual clock, the PIT on IRQ0 through the PIC, hlt idling,
+delivery while the guest spins in chained translated code, and determinism."""
+
+import pytest
+
+from tests.guests import EXIT, idt_setup, run_source
+from vmm.exits import StopReason
+
+PIC_AND_PIT_100HZ = """
+    mov al, 0x11
+    out 0x20, al
+    mov al, 0x20
+    out 0x21, al
+    mov al, 0x04
+    out 0x21, al
+    mov al, 0x01
+    out 0x21, al
+    mov al, 0xFE
+    out 0x21, al
+    mov al, 0x34
+    out 0x43, al
+    mov al, 0x9C
+    out 0x40, al
+    mov al, 0x2E
+    out 0x40, al
+"""
+
+HANDLER = """
+timer:
+    inc dword ptr [0x7000]
+    push eax
+    mov al, 0x20
+    out 0x20, al
+    pop eax
+    iretd
+"""
+
+
+def spin_until_ticks(ticks: int) -> str:
+    """A guest that counts timer interrupts in a busy loop (no hlt) and exits with the count of
+    loop iterations it ran meanwhile."""
+    return ("    mov esp, 0x90000\n    mov dword ptr [0x7000], 0\n" + idt_setup({0x20: "timer"})
+            + PIC_AND_PIT_100HZ + f"""
+    xor eax, eax
+    sti
+spin:
+    inc eax
+    cmp dword ptr [0x7000], {ticks}
+    jb spin
+    cli
+""" + EXIT + HANDLER)
+
+
+def test_timer_interrupts_reach_a_guest_spinning_in_translated_code(tmp_path, mode):
+    result, _out, vm = run_source(tmp_path, spin_until_ticks(5), mode=mode, timeout=60)
+    assert result.reason is StopReason.DEBUG_EXIT
+    assert vm.external_interrupts == {0x20: 5}
+    # 100 Hz at 100.2 MHz of virtual CPU: about 1,002,000 instructions between ticks
+    assert 4 * 1_000_000 < vm.clock.cycles < 6 * 1_010_000
+    if mode == "bt":     # the spin loop stays in the cache between timer events
+        assert sum(vm.mode.exit_counts.values()) < 50, vm.mode.exit_counts
+
+
+def test_virtual_time_is_the_same_on_every_run(tmp_path, mode):
+    runs = [run_source(tmp_path, spin_until_ticks(3), mode=mode)[0] for _ in range(2)]
+    assert runs[0].guest_value == runs[1].guest_value and runs[0].registers == runs[1].registers
+
+
+def test_hlt_idles_to_the_next_tick(tmp_path, mode):
+    source = ("    mov esp, 0x90000\n    mov dword ptr [0x7000], 0\n" + idt_setup({0x20: "timer"})
+              + PIC_AND_PIT_100HZ + """
+again:
+    sti
+    hlt
+    cli
+    cmp dword ptr [0x7000], 50
+    jb again
+    mov eax, [0x7000]
+""" + EXIT + HANDLER)
+    result, _out, vm = run_source(tmp_path, source, mode=mode)
+    assert result.guest_value == 50
+    assert vm.clock.idle_cycles > 0.9 * vm.clock.cycles      # half a virtual second, nearly all idle
+
+
+def test_hlt_with_interrupts_disabled_ends_the_run_halted(tmp_path, mode):
+    result, _out, _vm = run_source(tmp_path, PIC_AND_PIT_100HZ + "    cli\n    hlt\n", mode=mode)
+    assert result.reason is StopReason.HALTED and "interrupts disabled" in result.message
+
+
+def test_hlt_with_every_line_masked_ends_the_run_halted(tmp_path, mode):
+    source = PIC_AND_PIT_100HZ + "    mov al, 0xFF\n    out 0x21, al\n    sti\n    hlt\n"
+    result, _out, _vm = run_source(tmp_path, source, mode=mode)
+    assert result.reason is StopReason.HALTED and "nothing unmasked" in result.message
+
+
+def test_boot_state_routes_irq0_to_vector_8_without_an_error_code(tmp_path, mode):
+    """QEMU's firmware leaves the master PIC at vector 8 with IRQ0 unmasked: a guest that only
+    starts the PIT and enables interrupts gets the timer on the #DF vector, with no error code."""
+    source = ("    mov esp, 0x90000\n" + idt_setup({8: "tick"}) + """
+    mov al, 0x34
+    out 0x43, al
+    out 0x40, al
+    out 0x40, al
+    sti
+    hlt
+tick:
+    mov eax, esp
+""" + EXIT)
+    result, _out, _vm = run_source(tmp_path, source, mode=mode)
+    assert result.guest_value == 0x90000 - 12            # EFLAGS, CS, EIP: three words
+
+
+def test_realtime_clock_runs_the_ticks_sample(tmp_path):
+    from tests.cli import run_vmm
+    proc = run_vmm("run", "sample_binaries/ticks.elf", "--clock", "realtime", "--timeout", "30")
+    assert proc.returncode == 0 and b"all ok" in proc.stdout
+
+
+def test_rdtsc_is_virtual_time_under_bt(tmp_path):
+    source = "    rdtsc\n    mov ebx, eax\n" + "    nop\n" * 10 + "    rdtsc\n    sub eax, ebx\n" + EXIT
+    results = [run_source(tmp_path, source, mode="bt")[0].guest_value for _ in range(2)]
+    assert results[0] == results[1] and 0 < results[0] < 100

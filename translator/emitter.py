@@ -42,7 +42,8 @@ INLINE_CACHE_ENTRIES = 4           # predicted targets per indirect branch befor
 # The guest's arithmetic flags parked in ah (SF ZF AF PF CF) and al (OF as 0/1) so that emitted
 # code may compare; `add al, 0x7f; sahf` puts them back. In a restore list, FLAGS_IN_AX tells
 # the monitor that the live flags are not the guest's: rebuild them from ax (before eax).
-SAVE_FLAGS = b"\x9F\x0F\x90\xC0"   # lahf; seto al
+SAVE_FLAGS = b"\x9F\x0F\x90\xC0"      # lahf; seto al
+RESTORE_FLAGS = b"\x04\x7F\x9E"       # add al, 0x7f; sahf
 FLAGS_IN_AX = 8
 
 # `jmp` to the next instruction: ends the engine's (Unicorn's) own translation block there.
@@ -319,7 +320,7 @@ class Emitter:
         code += b"\x0F\x82"                                           # jb -> budget exit
         site_later(len(code), ExitSite(ExitKind.BUDGET, 0, block.address, restore=(FLAGS_IN_AX, EAX)))
         code += b"\0\0\0\0"
-        code += b"\x04\x7F\x9E"                                       # add al, 0x7f; sahf
+        code += RESTORE_FLAGS
         mark(block.address, (EAX,))
         code += self._reload(EAX)
         code += ENGINE_BLOCK_BREAK
@@ -470,9 +471,9 @@ class Emitter:
         against the target ([esp] for ret, the register, or else the operand loaded into ecx):
         Unicorn chains the blocks a `je` ends, while the flag-free `jecxz` returns to its
         dispatcher every time (measured: parking the flags costs about one `jecxz`, and each
-        further compare almost nothing). A hit restores flags and registers and leaves through a chainable
-        slot; a mismatch probes the lookup table with the target in ecx (hit: jump to the
-        translation; miss: exit with the target in edx)."""
+        further compare almost nothing). A hit restores flags and registers and leaves through
+        a chainable slot; a mismatch probes the lookup table with the target in ecx (hit: jump
+        to the translation; miss: exit with the target in edx)."""
         insn, code, guest = instruction.insn, out.code, instruction.address
         if 0x66 in _prefixes(instruction.bytes):
             raise UnsupportedForm(f"16-bit indirect branch {instruction} at {guest:#x}")
@@ -488,10 +489,8 @@ class Emitter:
                 return b"\x68" + _u32(instruction.end)                        # push guest return address
             return b""
 
-        def restore_flags() -> bytes:
-            return b"\x04\x7F\x9E"                                         # add al, 0x7f; sahf
-
         operand = insn.operands[0] if procedure != "ret" else None
+        target_in_ecx = False
         if procedure == "ret":                                 # cmp dword [esp], prediction
             compare, load_target = b"\x81\x3C\x24", b"\x8B\x0C\x24"      # mov ecx, [esp]
         elif operand.type == X.X86_OP_REG and _REGISTER_NUMBER[operand.reg] != EAX:
@@ -499,10 +498,10 @@ class Emitter:
             compare, load_target = bytes([0x81, 0xF8 | register]), bytes([0x8B, 0xC8 | register])
         else:                                                  # target computed into ecx first
             compare, load_target = b"\x81\xF9", _reencode_rm(insn, b"\x8B", ECX)
-        target_in_ecx = compare == b"\x81\xF9"
+            target_in_ecx = True
 
         def put_target_in_ecx() -> None:
-            mark(guest, (ECX,) + tuple(r for r in saved if r != ECX))
+            mark(guest, saved + (ECX,))
             code.extend(self._spill(ECX) + load_target)
 
         saved = ()
@@ -527,7 +526,7 @@ class Emitter:
             assert len(code) - (branches[k] + 1) < 128
             code[branches[k]] = len(code) - (branches[k] + 1)
             mark(guest, saved)
-            code += restore_flags()
+            code += RESTORE_FLAGS
             mark(guest, saved[1:])
             code += self._reload(*saved[1:])
             mark(guest)
@@ -564,7 +563,7 @@ class Emitter:
         jne_at = len(code) - 1
         code += b"\x8B\x0C\xCD" + _u32(table + 4)                           # mov ecx, [ecx*8 + table + 4]
         code += self._mov_abs_reg(self.a.scratch + SCRATCH_JUMP, ECX)
-        code += restore_flags()
+        code += RESTORE_FLAGS
         mark(guest, (EAX, ECX, EDX))
         code += self._reload(EAX, ECX, EDX)
         mark(guest)

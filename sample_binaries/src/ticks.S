@@ -2,10 +2,10 @@
 // i8254 for 100 Hz (mode 2), count ten timer interrupts with `sti; hlt`, and check what the
 // chips show on the way: the in-service bit inside the handler, a request held in IRR while
 // IRQ0 is masked and taken as soon as it is unmasked, the latched count, the TSC moving.
-// Nothing printed depends on how fast the machine runs. Exit 0 if all is right, else 0x12.
+// Nothing printed depends on how fast the machine runs. Exit 0 if all is right, else 0x14.
 #include "check.h"
 
-#define FAIL_EXIT       0x12
+#define FAIL_EXIT       0x14
 #define PIC1_CMD        0x20
 #define PIC1_DATA       0x21
 #define PIC2_CMD        0xA0

@@ -118,7 +118,7 @@ class BinaryTranslationMode(ExecutionMode):
         # needs it: an instruction limit, or a guest that uses time (then from that moment on).
         self.budget = vm.limits.max_instructions is not None
         self._start_counting_pending = False
-        self._interrupt_request = False
+        self._end_run_requested = False
         self._adjust = 0        # instructions retired beyond what the budget counter says
         vm.interrupts.on_first_use.append(self._start_counting)
         self.tracer = vm.tracer
@@ -370,7 +370,7 @@ class BinaryTranslationMode(ExecutionMode):
 
     def end_run_after_io(self, port: int, size: int) -> None:
         """Translated I/O ends the engine's block, so a stop here lands right after the OUT."""
-        self._interrupt_request = True
+        self._end_run_requested = True
         self.engine.stop()
 
     def _start_counting(self) -> None:
@@ -457,8 +457,8 @@ class BinaryTranslationMode(ExecutionMode):
                 self._sync_guest_eip()
                 if self.budget:
                     self._uncharge_rest_of_block(host_eip, self.cpu.eip)
-                if self._start_counting_pending or self._interrupt_request:
-                    self._interrupt_request = False
+                if self._start_counting_pending or self._end_run_requested:
+                    self._end_run_requested = False
                     return VmExit(ExitReason.EVENT, eip=self.cpu.eip)
                 if debugger is not None and debugger.interrupted:
                     return VmExit(ExitReason.DEBUG, eip=self.cpu.eip)
@@ -539,9 +539,10 @@ class BinaryTranslationMode(ExecutionMode):
         length = len(block.guest.instructions)
         left_before = struct.unpack_from("<i", self.scratch_view, SCRATCH_BUDGET)[0] + length
         limit = self.vm.limits.remaining_instructions()
-        if (limit is not None and limit - (self._given - left_before) < length) or left_before <= 0:
+        limit_reached = limit is not None and limit - (self._given - left_before) < length
+        if limit_reached or left_before <= 0:
             self._adjust -= length              # the prologue charged a block that does not run
-            if limit is not None and limit - (self._given - left_before) < length:
+            if limit_reached:
                 self.vm.limits.used_all_instructions()
                 return VmExit(ExitReason.INSTRUCTION_LIMIT, eip=block.key.eip)
             return VmExit(ExitReason.EVENT, eip=block.key.eip)

@@ -27,13 +27,21 @@ def instruction_length(code: bytes):
     return None
 
 
+_PREFIXES = (0x66, 0x67, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0xF0, 0xF2, 0xF3)
+
+
+def _skip_prefixes(code: bytes) -> int:
+    """Index of the opcode byte of the instruction `code` starts with."""
+    at = 0
+    while at < len(code) - 1 and code[at] in _PREFIXES:
+        at += 1
+    return at
+
+
 def _is_out_to(code: bytes, port: int, size: int, dx: int) -> bool:
     """Whether `code` starts with an OUT of `size` bytes to `port`."""
-    at = 0
-    operand16 = False
-    while code[at] in (0x66, 0x67, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65):
-        operand16 |= code[at] == 0x66
-        at += 1
+    at = _skip_prefixes(code)
+    operand16 = 0x66 in code[:at]
     opcode = code[at]
     width = 1 if opcode in (0xE6, 0xEE) else (2 if operand16 else 4)
     if opcode in (0xE6, 0xE7):
@@ -61,13 +69,13 @@ class DirectMode(ExecutionMode):
             self.debugger.on_breakpoints_changed = self._sync_breakpoints
         self.cpu = GuestCpu(engine)
         self._vm = vm
-        self._interrupt_request = False
+        self._end_run_requested = False
         # Once the guest uses time the run loop bounds every run: end the unbounded one now.
-        vm.interrupts.on_first_use.append(self._end_unbounded_run)
+        vm.interrupts.on_first_use.append(self._end_run)
         return self.cpu
 
-    def _end_unbounded_run(self) -> None:
-        self._interrupt_request = True
+    def _end_run(self) -> None:
+        self._end_run_requested = True
         self.engine.stop()
 
     # -- debugger: a code hook per breakpoint, the engine's count for single steps ---------------
@@ -94,7 +102,7 @@ class DirectMode(ExecutionMode):
         hook is not honoured, so the interrupt window cannot come earlier. Only when INTR is
         raised and IF set: a reprogrammed timer is picked up at the next event instead."""
         if self._vm.interrupts.pic.output and self.engine.reg("eflags") & IF:
-            self._end_unbounded_run()
+            self._end_run()
 
     def registers_after_io(self, port: int, size: int) -> dict:
         """Inside a port I/O hook the general registers are current but the engine's EIP is the
@@ -149,8 +157,8 @@ class DirectMode(ExecutionMode):
         if vm.stop_requested:
             return VmExit(ExitReason.STOP_REQUEST)
         eip = engine.reg("eip")
-        if self._interrupt_request:     # cut short: the instructions it ran are not counted
-            self._interrupt_request = False
+        if self._end_run_requested:     # cut short: the instructions it ran are not counted
+            self._end_run_requested = False
             if self._byte_before(eip) != HLT_OPCODE:
                 return VmExit(ExitReason.EVENT, eip=eip)
             return VmExit(ExitReason.HLT, eip=eip - 1)
@@ -177,7 +185,7 @@ class DirectMode(ExecutionMode):
         engine = self.engine
         if count > 1:
             cause = engine.run(engine.reg("eip"), vm.until_address, count=count - 1)
-            if (cause is not StopCause.RETURNED or vm.stop_requested or self._interrupt_request
+            if (cause is not StopCause.RETURNED or vm.stop_requested or self._end_run_requested
                     or self._hit_breakpoint or vm.limits.expired
                     or self._byte_before(engine.reg("eip")) == HLT_OPCODE):
                 return cause, count
@@ -193,8 +201,6 @@ class DirectMode(ExecutionMode):
             code = self.memory.read(eip, 16)
         except UnbackedAccess:
             return False
-        at = 0
-        while at < 15 and code[at] in (0x66, 0x67, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0xF0, 0xF2, 0xF3):
-            at += 1
+        at = _skip_prefixes(code)
         opcode = code[at]
         return opcode in (0xFB, 0x17) or (opcode == 0x8E and (code[at + 1] >> 3) & 7 == 2)   # sti, pop ss, mov ss

@@ -96,3 +96,34 @@ def test_memory_can_be_mapped_after_segment_loads_from_the_read_only_boot_gdt():
     assert engine.run(CODE, memory.until_address) is StopCause.MEMORY_FAULT
     fault = engine.memory_fault
     assert (fault.kind, fault.reason, fault.address) == ("write", "protected", 0xFF003000)
+
+
+def test_stop_from_an_io_hook_lands_at_the_next_memory_access_with_a_stale_eip():
+    # Pinned engine behaviour that direct mode corrects (DirectMode._resume_point): a stop asked
+    # for inside an OUT hook is honoured at the next instruction of the same engine block that
+    # touches memory; that instruction does not run and EIP is left at the block's start.
+    engine, memory = machine("mov eax, 1\nout 0x80, al\nmov eax, 2\npush eax\nmov eax, 3\nhlt")
+    engine.on_port_io(lambda port, size: 0, lambda port, size, value: engine.stop())
+    esp = engine.reg("esp")
+    engine.run(CODE, memory.until_address)
+    assert engine.reg("eip") == CODE and engine.reg("eax") == 2 and engine.reg("esp") == esp
+
+
+def test_set_privilege_moves_the_cpu_between_rings():
+    # Unicorn refuses segment writes that change the CPL; set_privilege patches the CPL in the
+    # context first (the hflags offset is checked here against the CPL that ring-3 code sees).
+    from vmm.x86 import encode_segment
+    engine, memory = machine("mov eax, cs\nmov ebx, ss\nhlt")
+    gdt = bytes(8) + encode_segment(0, 0xFFFFF, 0x9B) + encode_segment(0, 0xFFFFF, 0x93) \
+        + encode_segment(0, 0xFFFFF, 0xFB) + encode_segment(0, 0xFFFFF, 0xF3)
+    memory.write(0x1000, gdt)
+    engine.set_table_register("gdtr", 0x1000, len(gdt) - 1)
+    engine.set_privilege(3, 0x23, 0x1B)
+    assert engine.privilege() == 3
+    vectors = []
+    engine.on_interrupt(lambda vector: (vectors.append(vector), engine.stop()))
+    engine.run(CODE, memory.until_address)
+    assert vectors == [13]                            # hlt at CPL 3
+    assert (engine.reg("eax"), engine.reg("ebx"), engine.privilege()) == (0x1B, 0x23, 3)
+    engine.set_privilege(0, 0x10, 0x08)
+    assert (engine.reg("cs"), engine.reg("ss"), engine.privilege()) == (0x08, 0x10, 0)

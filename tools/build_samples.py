@@ -39,6 +39,7 @@ CRT0 = "include/crt0.S"
 RUNTIME = "include/runtime.S"
 MB_HEADER = "include/multiboot_header.S"
 CHECK = "include/check.S"       # self-checking helpers + panic IDT (only the samples that use it)
+USER = "include/user.S"         # GDT with user segments, TSS, entering ring 3
 
 # name -> (sources relative to src/, output file, kind)
 #   kind "multiboot": ELF32 with a Multiboot header (loadable by QEMU -kernel)
@@ -58,6 +59,7 @@ IMAGES = {
     "faults_in_blocks": ([MB_HEADER, CRT0, RUNTIME, CHECK, "faults_in_blocks.S"], "faults_in_blocks.elf",
                          "multiboot"),
     "ticks": ([MB_HEADER, CRT0, RUNTIME, CHECK, "ticks.S"], "ticks.elf", "multiboot"),
+    "multitask": ([MB_HEADER, CRT0, RUNTIME, CHECK, USER, "multitask.S"], "multitask.elf", "multiboot"),
     "plain": ([CRT0, RUNTIME, "plain.S"], "plain.elf", "elf"),
     "flat": ([CRT0, RUNTIME, "flat.S"], "flat.bin", "flat"),
     "hello_s": (["hello_keystone.s"], "hello.s", "asm"),  # not src/hello.s: clashes with hello.S on case-insensitive file systems
@@ -101,6 +103,7 @@ RUNS = [
     _run("sensitive", "sensitive.elf"),
     _run("faults_in_blocks", "faults_in_blocks.elf"),
     _run("ticks", "ticks.elf"),
+    _run("multitask", "multitask.elf"),
     _run("plain", "plain.elf", qemu=False),
     _run("flat", "flat.bin", qemu=False),
     _run("hello_s", "hello.s", qemu=False),

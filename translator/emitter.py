@@ -414,7 +414,7 @@ class Emitter:
             number = int(insn.reg_name(insn.operands[1].reg)[2:])
             if number not in VCPU_CR:
                 raise UntranslatableForm(f"cr{number}")
-            source, width16 = self.a.vcpu + VCPU_CR[number], False
+            source, width16 = self.a.vcpu_privileged + VCPU_CR[number], False
         destination = insn.operands[0]
         if destination.type == X.X86_OP_REG:
             mark(guest)

@@ -18,6 +18,10 @@ VCPU_IDTR = 0x28
 VCPU_LDTR = 0x30           # selector, zero-extended
 VCPU_TR = 0x34
 VCPU_CR = {0: 0x38, 2: 0x3C, 3: 0x40, 4: 0x44}
+# The same control-register offsets in the PRIVILEGED virtual-CPU page, which the monitor's page
+# tables map supervisor-only: `mov r, crN` reads it, so at guest CPL 3 (real CPL 3) the read
+# faults and becomes the guest's #GP, with no check in the translated code. smsw, which any
+# ring may run, reads CR0 from the ordinary block above.
 
 # Scratch page (read/write for the engine): values spilled by emitted sequences. Every slot is
 # dead at each guest instruction boundary, so nothing the guest could write there matters.
@@ -30,9 +34,23 @@ LOOKUP_ENTRIES = 1 << 16   # direct mapped by the low 16 bits of the guest addre
 LOOKUP_ENTRY_SIZE = 8      # guest address (tag), translated address
 LOOKUP_TABLE_SIZE = LOOKUP_ENTRIES * LOOKUP_ENTRY_SIZE
 
-REAL_IOPL = 0x1000         # translated code runs at CPL 1 with IOPL 1: cli/sti/popf.IF work natively
+REAL_IOPL = 0x1000         # guest ring 0 runs at CPL 1 with IOPL 1: cli/sti/popf.IF work natively
 IOPL_MASK = 0x3000
 TF = 0x100
+
+
+def real_privilege(guest_cpl: int) -> int:
+    """The CPL translated code runs at: guest ring 0 deprivileged to 1, guest ring 3 at 3."""
+    return 1 if guest_cpl == 0 else 3
+
+
+def real_iopl(guest_cpl: int, guest_iopl_bits: int) -> int:
+    """The real EFLAGS.IOPL bits for translated code. Ring 0: IOPL 1 (= CPL, so cli/sti/popf
+    change the virtual IF natively). Ring 3: the guest's IOPL where it is 3 (cli/sti allowed),
+    else 0, so that cli/sti fault natively and popf silently keeps IF, as on the bare machine."""
+    if guest_cpl == 0:
+        return REAL_IOPL
+    return IOPL_MASK if guest_iopl_bits & IOPL_MASK == IOPL_MASK else 0
 
 
 @dataclass(frozen=True)
@@ -41,3 +59,4 @@ class MonitorAddresses:
     vcpu: int
     scratch: int
     lookup_table: int
+    vcpu_privileged: int = 0     # the supervisor-only page with the control registers

@@ -39,6 +39,12 @@ class GuestCpu:
         """Load a segment register whose architectural checks were done by the caller."""
         self.engine.set_reg(name, selector)
 
+    def change_privilege(self, cs: int, cs_raw: bytes, ss: int, ss_raw: bytes, esp: int) -> None:
+        """Load CS, SS and ESP together where the CPL changes (interrupts from an outer ring,
+        returns to one): the new CPL is CS's RPL. The caller has done the architectural checks."""
+        self.engine.set_privilege(cs & 3, ss, cs)
+        self.engine.set_reg("esp", esp)
+
     def read_msr(self, number: int) -> int:
         return self.engine.read_msr(number)
 

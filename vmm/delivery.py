@@ -1,20 +1,23 @@
-"""Exception and interrupt delivery through the guest's own IDT, as a ring-0 IA-32 CPU does it.
+"""Exception and interrupt delivery through the guest's own IDT, as an IA-32 CPU does it.
 
 Unicorn never consults the IDT: every exception and `int n` comes back to the monitor, which
-performs the CPU's delivery here: gate lookup and checks, the frame on the stack, the flag
-changes, the jump to the handler; a fault during delivery becomes #DF, and one during #DF a
+performs the CPU's delivery here: gate lookup and checks, the switch to the inner ring's stack
+from the TSS when the handler is more privileged, the frame on the stack, the flag changes, the
+jump to the handler; a fault during delivery becomes #DF, and one during #DF a
 triple fault (shutdown).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import contextmanager
 from typing import Optional
 
 from vmm.cpu import GuestCpu
 from vmm.errors import VmmError
 from vmm.guest_view import GuestFault, GuestView
 from vmm.memory import PhysicalMemory
+from vmm.privilege import inner_stack
 from vmm.x86 import (DF_VEC, ERROR_CODE_VECTORS, GATE_INTERRUPT_16, GATE_INTERRUPT_32, GATE_TASK,
                      GATE_TRAP_16, GATE_TRAP_32, GP, IF, NP, NT, RF, TF, VM, Gate,
                      SegmentDescriptor, needs_double_fault, selector_error_code, vector_name)
@@ -91,17 +94,25 @@ class ExceptionDelivery:
         target = self._code_segment(gate.selector, external)
         if target.dpl > cpl:
             raise _DeliveryFault(GP, selector_error_code("gdt", gate.selector, external))
-        if target.dpl < cpl:
-            raise UnsupportedGuestFeature("interrupt from a less privileged ring: stack switches are not modelled yet")
+        conforming = bool(target.type & 4)
+        new_cpl = cpl if conforming else target.dpl
 
         width = 4 if gate.is_32bit else 2
         eflags = self.cpu.reg("eflags")
         cs = self.cpu.reg("cs")
+        esp = self.cpu.reg("esp")
         frame = [eflags, cs, return_eip]
+        if new_cpl < cpl:
+            # From an outer ring: the handler's stack comes from the TSS, and the interrupted
+            # SS:ESP is saved on it first (SDM vol. 3, 6.12.1).
+            new_ss, esp, ss_raw = inner_stack(self.cpu, self.view, new_cpl)
+            frame = [self.cpu.reg("ss"), self.cpu.reg("esp")] + frame
+            stack_selector = new_ss
+        else:
+            stack_selector = self.cpu.reg("ss")
         if not software and not interrupt and vector in ERROR_CODE_VECTORS:
             frame.append(error_code or 0)
-        esp = self.cpu.reg("esp")
-        ss_base = self.view.segment_base(self.cpu.reg("ss"))
+        ss_base = self.view.segment_base(stack_selector)
         stack = b""
         for value in frame:
             esp = (esp - width) & 0xFFFFFFFF
@@ -111,21 +122,29 @@ class ExceptionDelivery:
         eflags &= ~(TF | NT | RF | VM)
         if gate.is_interrupt_gate:
             eflags &= ~IF
-        self.cpu.set_reg("esp", esp)
+        new_cs = (gate.selector & ~3) | new_cpl
+        if new_cpl < cpl:
+            with self._accessed_bits_kept(new_cs, new_ss):
+                self.cpu.change_privilege(new_cs, self.view.raw_descriptor(new_cs), new_ss, ss_raw, esp)
+        else:
+            self.cpu.set_reg("esp", esp)
+            if new_cs != cs:
+                with self._accessed_bits_kept(new_cs):
+                    self.cpu.load_segment("cs", new_cs, self.view.raw_descriptor(new_cs))
         self.cpu.set_reg("eflags", eflags)
-        if gate.selector != cs:
-            self._load_code_segment(gate.selector)
         offset = gate.offset if gate.is_32bit else gate.offset & 0xFFFF
         self.cpu.set_reg("eip", offset)
 
-    def _load_code_segment(self, selector: int) -> None:
-        """QEMU's interrupt delivery loads CS without marking its descriptor accessed; the
-        engine's segment load would set the bit in the guest's table, so put the byte back."""
-        address = self.view.descriptor_address(selector)
-        before = self.view.read(address + 5, 1)
-        self.cpu.load_segment("cs", selector, self.view.read(address, 8))
-        if self.view.read(address + 5, 1) != before:
-            self.view.write(address + 5, before)
+    @contextmanager
+    def _accessed_bits_kept(self, *selectors: int):
+        """QEMU's interrupt delivery loads CS and SS without marking their descriptors accessed;
+        the engine's segment loads would set the bit in the guest's table, so put it back."""
+        addresses = [self.view.descriptor_address(selector) + 5 for selector in selectors]
+        before = [self.view.read(address, 1) for address in addresses]
+        yield
+        for address, byte in zip(addresses, before):
+            if self.view.read(address, 1) != byte:
+                self.view.write(address, byte)
 
     # -- descriptors and memory through the guest's own tables --------------------------------
     def _code_segment(self, selector: int, external: bool) -> SegmentDescriptor:

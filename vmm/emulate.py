@@ -14,9 +14,11 @@ from typing import Optional
 
 from capstone import x86_const as X
 
+from translator.classify import Category
 from vmm.errors import VmmError
 from vmm.guest_view import GuestFault, GuestView
-from vmm.x86 import (AC, AF, CF, DF, GP, ID, IF, IOPL_MASK, NP, NT, OF, PF, SF, SS, TF, ZF, CR0_PE,
+from vmm.privilege import check_outer_stack, iopl, null_outer_data_segments
+from vmm.x86 import (AC, AF, CF, DF, GP, ID, IF, IOPL_MASK, NP, NT, OF, PF, SF, SS, TF, VM, ZF, CR0_PE,
                      CR0_PG, SegmentDescriptor)
 
 _SEGMENTS = {X.X86_REG_CS: "cs", X.X86_REG_SS: "ss", X.X86_REG_DS: "ds", X.X86_REG_ES: "es",
@@ -31,6 +33,17 @@ for _low, _high, _full in (("al", "ah", "eax"), ("cl", "ch", "ecx"), ("dl", "dh"
     _SUBREGISTERS[_high] = (_full, 8, 0xFF)
 # EFLAGS bits a ring-0 popf/iret may change (VM, VIF, VIP and RF are left alone here)
 _EFLAGS_WRITABLE = CF | PF | AF | ZF | SF | TF | IF | DF | OF | IOPL_MASK | NT | AC | ID
+
+
+def _writable_flags(cpl: int, eflags: int, size: int) -> int:
+    """The EFLAGS bits popf/iret may change at `cpl`: IOPL only at ring 0, IF only at CPL <= IOPL
+    (elsewhere both are silently kept, the 386's virtualization hole)."""
+    mask = _EFLAGS_WRITABLE
+    if cpl > 0:
+        mask &= ~IOPL_MASK
+    if cpl > iopl(eflags):
+        mask &= ~IF
+    return mask if size == 4 else mask & 0xFFFF
 
 
 class UnsupportedInstruction(VmmError):
@@ -60,6 +73,8 @@ class Emulator:
         if procedure is None:
             raise UnsupportedInstruction(f"no emulation for {instruction} at {instruction.address:#010x}")
         insn = instruction.insn
+        if instruction.rule.category is Category.PRIVILEGED and self.cpu.cpl > 0:
+            raise GuestFault(GP, 0)           # outside ring 0 every privileged instruction faults
         self._next = instruction.end
         outcome = procedure(insn)
         if outcome is None:
@@ -211,8 +226,6 @@ class Emulator:
             raise GuestFault(GP, selector & 0xFFFC)
         if descriptor.system and descriptor.present and descriptor.type in (4, 5, 12):
             raise UnsupportedInstruction("far transfer through a call gate or task: not modelled yet")
-        if selector & 3 > self.cpu.cpl:
-            raise UnsupportedInstruction("far transfer to an outer privilege level: not modelled yet")
 
     def _far_jmp(self, insn):
         selector, offset = self._far_target(insn)
@@ -240,16 +253,40 @@ class Emulator:
         base = self.view.segment_base(self.cpu.reg("ss"))
         offset = self.view.read_int((base + esp) & 0xFFFFFFFF, size)
         selector = self.view.read_int((base + esp + size) & 0xFFFFFFFF, 2)
-        if selector & 3 > self.cpu.cpl:
-            raise UnsupportedInstruction("far return to an outer privilege level: not modelled yet")
-        self.load_segment("cs", selector)
         release = insn.operands[0].imm if insn.operands else 0
-        self.cpu.set_reg("esp", esp + 2 * size + release)
+        esp = (esp + 2 * size + release) & 0xFFFFFFFF
+        if selector & 3 > self.cpu.cpl:
+            self._return_to_outer_ring(selector, base, esp, size, release)
+        elif selector & 3 < self.cpu.cpl:
+            raise GuestFault(GP, selector & 0xFFFC)
+        else:
+            self.load_segment("cs", selector)
+            self.cpu.set_reg("esp", esp)
         self._next = offset
+
+    def _return_to_outer_ring(self, cs: int, stack_base: int, esp: int, size: int, release: int = 0) -> None:
+        """The tail of iret / far ret to a less privileged ring: check the new CS, pop SS:ESP,
+        switch both, then null the data segments the outer ring may not use."""
+        rpl = cs & 3
+        if not cs & 0xFFFC:
+            raise GuestFault(GP, 0)
+        code = self.view.descriptor(cs)
+        if code is None or not code.is_code:
+            raise GuestFault(GP, cs & 0xFFFC)
+        conforming = bool(code.type & 4)
+        if (conforming and code.dpl > rpl) or (not conforming and code.dpl != rpl):
+            raise GuestFault(GP, cs & 0xFFFC)
+        if not code.present:
+            raise GuestFault(NP, cs & 0xFFFC)
+        new_esp = self.view.read_int((stack_base + esp) & 0xFFFFFFFF, size)
+        ss = self.view.read_int((stack_base + esp + size) & 0xFFFFFFFF, 2)
+        ss_raw = check_outer_stack(self.view, ss, rpl)
+        self.cpu.change_privilege(cs, self.view.raw_descriptor(cs), ss, ss_raw, (new_esp + release) & 0xFFFFFFFF)
+        null_outer_data_segments(self.cpu, self.view, rpl)
 
     def _iret(self, insn):
         size = 2 if insn.id == X.X86_INS_IRET else 4
-        flags = self.cpu.reg("eflags")
+        flags, cpl = self.cpu.reg("eflags"), self.cpu.cpl
         if flags & NT:
             raise UnsupportedInstruction("iret with NT set (task return): not modelled yet")
         esp = self.cpu.reg("esp")
@@ -257,12 +294,17 @@ class Emulator:
         eip = self.view.read_int((base + esp) & 0xFFFFFFFF, size)
         cs = self.view.read_int((base + esp + size) & 0xFFFFFFFF, 2)
         new_flags = self.view.read_int((base + esp + 2 * size) & 0xFFFFFFFF, size)
-        if cs & 3 > self.cpu.cpl:
-            raise UnsupportedInstruction("iret to an outer privilege level: arrives with user mode")
-        self.load_segment("cs", cs)
-        self.cpu.set_reg("esp", esp + 3 * size)
-        mask = _EFLAGS_WRITABLE if size == 4 else 0xFFFF & _EFLAGS_WRITABLE
-        self.cpu.set_reg("eflags", (flags & ~mask) | (new_flags & mask))
+        if cpl == 0 and size == 4 and new_flags & VM:
+            raise UnsupportedInstruction("iret to virtual-8086 mode: not modelled")
+        if cs & 3 > cpl:
+            self._return_to_outer_ring(cs, base, (esp + 3 * size) & 0xFFFFFFFF, size)
+        elif cs & 3 < cpl:
+            raise GuestFault(GP, cs & 0xFFFC)
+        else:
+            self.load_segment("cs", cs)
+            self.cpu.set_reg("esp", esp + 3 * size)
+        mask = _writable_flags(cpl, flags, size)          # the rules of the ring iret ran in
+        self.cpu.set_reg("eflags", (self.cpu.reg("eflags") & ~mask) | (new_flags & mask))
         self._next = eip
 
     def _software_interrupt(self, insn):
@@ -392,8 +434,8 @@ class Emulator:
     def _popf(self, insn):
         size = 2 if insn.id == X.X86_INS_POPF else 4
         value = self._pop(size)
-        mask = _EFLAGS_WRITABLE if size == 4 else 0xFFFF & _EFLAGS_WRITABLE
         flags = self.cpu.reg("eflags")
+        mask = _writable_flags(self.cpu.cpl, flags, size)
         self.cpu.set_reg("eflags", (flags & ~mask) | (value & mask))
 
     def _pushf(self, insn):

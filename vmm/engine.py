@@ -18,6 +18,7 @@ PINNED_UNICORN_VERSION = "2.1.1"
 # header followed by a verbatim copy of QEMU's CPUX86State; the API exposes none of these fields.
 # tests/test_engine.py re-derives each one from a real fault, so a different build fails loudly.
 _CTX_ENV = 20
+_CTX_HFLAGS = _CTX_ENV + 176             # uint32 hflags: bits 0-1 are the CPL (QEMU's HF_CPL_MASK)
 _CTX_ERROR_CODE = _CTX_ENV + 5352        # int error_code of the last exception
 _CTX_EXCEPTION_IS_INT = _CTX_ENV + 5356  # int exception_is_int: 1 for int n / int3 / into
 _CTX_OLD_EXCEPTION = _CTX_ENV + 5464     # int old_exception: never cleared by Unicorn (see reset)
@@ -185,6 +186,24 @@ class Engine:
             ctypes.memmove(context.context.value + _CTX_OLD_EXCEPTION,
                            struct.pack("<i", -1), 4)
             self._uc.context_restore(context)
+
+    def set_privilege(self, cpl: int, ss: int, cs: int) -> None:
+        """Move the CPU to privilege level `cpl` with the stack and code segments `ss` and `cs`
+        (descriptors of DPL `cpl` in the engine's tables). Unicorn refuses segment writes that
+        change the CPL, so the CPL bits of QEMU's hflags are set in the context first; the
+        segment writes then pass the CPU's checks and reload the hidden parts."""
+        context = self._uc.context_save()
+        (hflags,) = struct.unpack_from("<I", bytes(context), _CTX_HFLAGS)
+        if hflags & 3 != cpl:
+            ctypes.memmove(context.context.value + _CTX_HFLAGS, struct.pack("<I", (hflags & ~3) | cpl), 4)
+            self._uc.context_restore(context)
+        self._uc.reg_write(x86.UC_X86_REG_SS, ss)
+        self._uc.reg_write(x86.UC_X86_REG_CS, cs)
+
+    def privilege(self) -> int:
+        """The CPU's current privilege level, as the engine keeps it."""
+        (hflags,) = struct.unpack_from("<I", bytes(self._uc.context_save()), _CTX_HFLAGS)
+        return hflags & 3
 
     # -- hooks ----------------------------------------------------------------------------------
     def _guarded(self, callback: Callable, default=None) -> Callable:

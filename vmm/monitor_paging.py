@@ -50,8 +50,11 @@ class MonitorPageTables:
         struct.pack_into("<I", self.directory, index * 4, (self.tables_address + offset) | PDE_FLAGS)
         return offset
 
-    def map_identity(self, base: int, size: int, writable: bool) -> None:
+    def map_identity(self, base: int, size: int, writable: bool, user: bool = True) -> None:
+        """user=False: supervisor-only, a fault for translated guest ring-3 code (real CPL 3)."""
         flags = PTE_WRITABLE if writable else PTE_READ_ONLY
+        if not user:
+            flags &= ~USER
         for page in range(base, base + size, PAGE_SIZE):
             table = self._table_for(page)
             struct.pack_into("<I", self.tables, table + ((page >> 12) & 0x3FF) * 4, page | flags)

@@ -19,6 +19,7 @@ from vmm.guest_view import GuestFault, GuestView
 from vmm.interrupts import InterruptPlatform
 from vmm.exits import ExitReason, RunResult, StopReason, VmExit
 from vmm.memory import PhysicalMemory, UnbackedAccess
+from vmm.privilege import io_permitted
 from vmm.trace import Tracer
 from vmm.modes import ExecutionMode
 from vmm.x86 import IF, vector_name
@@ -113,6 +114,7 @@ class VirtualMachine:
         self.delivery = ExceptionDelivery(self.cpu, memory)
         self.emulator = Emulator(self.cpu, GuestView(self.cpu, memory), self._read_timestamp)
         self.external_interrupts: Counter = Counter()
+        self.io_denials = 0
 
     # -- the run loop ---------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -212,13 +214,26 @@ class VirtualMachine:
         return self._handlers[vm_exit.reason](vm_exit)
 
     # -- exit handlers --------------------------------------------------------------------------
+    def _io_denied(self, vm_exit: VmExit) -> bool:
+        """The CPU's I/O permission check, which the engine skips: outside ring 0 the access
+        needs CPL <= IOPL or a clear TSS bitmap; otherwise the mode turns it into #GP(0)."""
+        if self.cpu.cpl == 0 or io_permitted(self.cpu, self.emulator.view, vm_exit.port, vm_exit.size):
+            return False
+        self.io_denials += 1
+        self.mode.deny_io(vm_exit.port, vm_exit.size)
+        return True
+
     def _port_in(self, vm_exit: VmExit) -> int:
+        if self._io_denied(vm_exit):
+            return 0
         value = self.bus.read(vm_exit.port, vm_exit.size)
         if self.tracer.io:
             self.tracer.port("in", vm_exit.port, vm_exit.size, value, self.bus.device_name(vm_exit.port))
         return value
 
     def _port_out(self, vm_exit: VmExit) -> int:
+        if self._io_denied(vm_exit):
+            return 0
         self._port_hook_exit = vm_exit
         if self.tracer.io:
             self.tracer.port("out", vm_exit.port, vm_exit.size, vm_exit.value, self.bus.device_name(vm_exit.port))

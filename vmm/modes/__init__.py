@@ -36,6 +36,12 @@ class ExecutionMode(ABC):
         """Called from the hook of an OUT that reprogrammed the timer or the PIC: end the current
         run as soon after this instruction as the engine allows, with an EVENT exit."""
 
+    def deny_io(self, port: int, size: int) -> None:
+        """Called from the hook of an IN/OUT the guest may not execute (CPL > IOPL and the TSS
+        bitmap forbids it; the engine itself never checks): end the run and report #GP(0) at
+        that instruction, with the registers it found."""
+        raise NotImplementedError
+
     def counters(self) -> dict:
         """Mode-specific counters for the report."""
         return {}

@@ -21,6 +21,7 @@ from typing import Optional
 from cache.arena import CodeArena
 from cache.tcache import BlockKey, TranslatedBlock, TranslationCache
 from translator.decoder import PAGE_SIZE, BlockEnd, Decoder, GuestBlock
+from translator.classify import Handling
 from translator.emitter import FLAGS_IN_AX, INLINE_CACHE_ENTRIES, Emitter, ExitKind, ExitSite, Translation, UnsupportedForm
 from translator.layout import (IOPL_MASK, LOOKUP_TABLE_SIZE, REAL_IOPL, SCRATCH_BUDGET, SCRATCH_SPILL,
                                SCRATCH_STACK_TOP, TF, VCPU_CR, VCPU_GDTR, VCPU_IDTR, VCPU_LDTR,
@@ -33,7 +34,7 @@ from vmm.memory import MIB
 from vmm.modes import ExecutionMode
 from vmm.modes.bt_cpu import SEGMENT_IDS, SEGMENT_NAMES, TranslatedCpu, shadow_descriptor
 from vmm.monitor_paging import MonitorPageTables
-from vmm.x86 import AF, CF, CR0_PG, CR0_WP, OF, PF, PF_VEC, SF, UD, ZF, SegmentDescriptor
+from vmm.x86 import AF, CF, CR0_PG, CR0_WP, GP, OF, PF, PF_VEC, SF, UD, ZF, SegmentDescriptor
 
 
 # Monitor-region areas used by the translator (offsets from MONITOR_BASE; the boot GDT is at 0)
@@ -41,6 +42,7 @@ VCPU_OFFSET = 0x1000
 SCRATCH_OFFSET = 0x2000
 STUB_OFFSET = 0x3000
 PAGE_DIRECTORY_OFFSET = 0x4000
+VCPU_PRIVILEGED_OFFSET = 0x5000          # control registers, supervisor-only (mov r, crN)
 SHADOW_GDT_OFFSET = 0x10000
 SHADOW_GDT_SIZE = 0x10000
 SHADOW_LDT_OFFSET = 0x20000
@@ -88,6 +90,7 @@ class BinaryTranslationMode(ExecutionMode):
         self.engine = engine = vm.engine
         self.memory = memory = vm.memory
         self.vcpu_address = memory.map_monitor_area(VCPU_OFFSET, PAGE_SIZE, PROT_READ)
+        self.vcpu_privileged_address = memory.map_monitor_area(VCPU_PRIVILEGED_OFFSET, PAGE_SIZE, PROT_READ)
         self.scratch_address = memory.map_monitor_area(SCRATCH_OFFSET, PAGE_SIZE, PROT_READ | PROT_WRITE)
         self.stub_address = memory.map_monitor_area(STUB_OFFSET, PAGE_SIZE, PROT_READ | PROT_EXEC)
         self.shadow_gdt_address = memory.map_monitor_area(SHADOW_GDT_OFFSET, SHADOW_GDT_SIZE, PROT_READ)
@@ -102,7 +105,9 @@ class BinaryTranslationMode(ExecutionMode):
         self.paging.map_identity(memory.ram.base, memory.ram.size, writable=True)
         for base, size, perms in memory.monitor_mappings():
             self.paging.map_identity(base, size, writable=bool(perms & PROT_WRITE))
+        self.paging.map_identity(self.vcpu_privileged_address, PAGE_SIZE, writable=False, user=False)
         self.vcpu_view = memory.monitor_view(VCPU_OFFSET, PAGE_SIZE)
+        self.vcpu_privileged_view = memory.monitor_view(VCPU_PRIVILEGED_OFFSET, PAGE_SIZE)
         self.scratch_view = memory.monitor_view(SCRATCH_OFFSET, PAGE_SIZE)
         self.shadow_view = memory.monitor_view(SHADOW_GDT_OFFSET, SHADOW_GDT_SIZE)
         self.shadow_ldt_view = memory.monitor_view(SHADOW_LDT_OFFSET, SHADOW_LDT_SIZE)
@@ -112,7 +117,8 @@ class BinaryTranslationMode(ExecutionMode):
                                       min(self.capacity, ARENA_SLOTS - 1), self._protect_page, lookup_address,
                                       memory.monitor_view(PROFILE_OFFSET, ARENA_SLOTS * 4), profile_address)
         self.decoder = Decoder(self._read_code)
-        self.emitter = Emitter(MonitorAddresses(self.vcpu_address, self.scratch_address, lookup_address))
+        self.emitter = Emitter(MonitorAddresses(self.vcpu_address, self.scratch_address, lookup_address,
+                                                        self.vcpu_privileged_address))
         self.cpu = TranslatedCpu(self)
         # The per-block instruction count (the budget prologue) is emitted only while someone
         # needs it: an instruction limit, or a guest that uses time (then from that moment on).
@@ -135,6 +141,8 @@ class BinaryTranslationMode(ExecutionMode):
         self._reprotect: set[int] = set()
         self._step_trap = False
         self._one_shot: Optional[Translation] = None
+        self._one_shot_guest: Optional[GuestBlock] = None
+        self._denied_io: Optional[dict] = None
         self._one_shot_host = self.cache.arena.address(ONE_SHOT_SLOT)
         engine.on_port_io(
             lambda port, size: vm.dispatch(VmExit(ExitReason.PORT_IN, port=port, size=size)),
@@ -175,7 +183,7 @@ class BinaryTranslationMode(ExecutionMode):
         cpu, view = self.cpu, self.vcpu_view
         for name in SEGMENT_NAMES:
             struct.pack_into("<I", view, VCPU_SELECTOR[SEGMENT_IDS[name]], cpu.selectors[name])
-        struct.pack_into("<I", view, VCPU_PUSHF_ADJUST, (cpu.virtual_flags - REAL_IOPL) & 0xFFFFFFFF)
+        struct.pack_into("<I", view, VCPU_PUSHF_ADJUST, (cpu.virtual_flags - cpu.real_iopl) & 0xFFFFFFFF)
         struct.pack_into("<I", view, VCPU_POPF_EXPECT, cpu.virtual_flags)
         for offset, name in ((VCPU_GDTR, "gdtr"), (VCPU_IDTR, "idtr")):
             base, limit = cpu.tables[name]
@@ -183,6 +191,7 @@ class BinaryTranslationMode(ExecutionMode):
         struct.pack_into("<II", view, VCPU_LDTR, cpu.table_selectors["ldtr"], cpu.table_selectors["tr"])
         for number, offset in VCPU_CR.items():
             struct.pack_into("<I", view, offset, cpu.control[number])
+            struct.pack_into("<I", self.vcpu_privileged_view, offset, cpu.control[number])
 
     def rebuild_shadow_gdt(self) -> None:
         base, limit = self.cpu.tables["gdtr"]
@@ -373,6 +382,32 @@ class BinaryTranslationMode(ExecutionMode):
         self._end_run_requested = True
         self.engine.stop()
 
+    def deny_io(self, port: int, size: int) -> None:
+        """Translated I/O ends the engine's block, so the engine stops right after the denied
+        instruction (or, for rep ins/outs, in front of its next element); the registers the
+        hook saw are put back before the #GP."""
+        self._denied_io = {name: self.engine.reg(name) for name in _GPRS}
+        self.engine.stop()
+
+    def _denied_io_exit(self) -> VmExit:
+        registers, self._denied_io = self._denied_io, None
+        host_eip = self.engine.reg("eip")
+        guest_eip, _ = self._locate(host_eip)
+        if not self._is_io_instruction(host_eip, guest_eip):
+            guest_eip, _ = self._locate(host_eip - 1)
+        if self.budget:
+            self._uncharge_rest_of_block(host_eip - 1, guest_eip)
+        for name, value in registers.items():
+            self.engine.set_reg(name, value)
+        self.cpu.eip = guest_eip
+        return VmExit(ExitReason.EXCEPTION, eip=guest_eip, vector=GP, error_code=0)
+
+    def _is_io_instruction(self, host_eip: int, guest_eip: Optional[int]) -> bool:
+        block = self.cache.block_at(host_eip)
+        instructions = block.guest.instructions if block is not None else \
+            (self._one_shot_guest.instructions if self._one_shot_guest is not None else [])
+        return any(i.address == guest_eip and i.rule.handling is Handling.IO_HOOK for i in instructions)
+
     def _start_counting(self) -> None:
         """The guest began to use time: from the next run on, blocks count their instructions.
         Called from a port hook or a callout; the cache is flushed between runs, never under
@@ -437,6 +472,8 @@ class BinaryTranslationMode(ExecutionMode):
             self._stop = None
             cause = self.engine.run(begin, vm.until_address)
             begin = None
+            if self._denied_io is not None:
+                return self._denied_io_exit()
             if self._reprotect:
                 for page in self._reprotect:
                     if self.cache.page_has_code(page):
@@ -565,6 +602,9 @@ class BinaryTranslationMode(ExecutionMode):
         self._restore(restore)
         self.cpu.eip = guest_eip
         address, write = stop.address, bool(stop.error_code & 2)
+        if stop.error_code & 4 and self.vcpu_privileged_address <= address < self.vcpu_privileged_address + PAGE_SIZE:
+            # mov r, crN at guest ring 3 read the supervisor-only page: the guest's #GP(0)
+            return VmExit(ExitReason.EXCEPTION, eip=guest_eip, vector=GP, error_code=0)
         page = address // PAGE_SIZE
         if not (write and stop.error_code & 1 and self.memory.ram.contains(address, 1)
                 and self.cache.page_has_code(page)):
@@ -590,6 +630,6 @@ class BinaryTranslationMode(ExecutionMode):
         host = self.cache.arena.address(ONE_SHOT_SLOT)
         self.cache.arena.write(host, bytes(translation.code))
         self.engine.invalidate_code(host, host + SLOT_SIZE)
-        self._one_shot, self._one_shot_host = translation, host
+        self._one_shot, self._one_shot_host, self._one_shot_guest = translation, host, guest
         self._one_shot_sites = {host + site.offset: index
                                 for index, site in enumerate(translation.exits)}

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Optional
 
 from capstone import x86_const as X
 
-from translator.layout import IOPL_MASK, REAL_IOPL, TF, VCPU_CR
+from translator.layout import IOPL_MASK, TF, VCPU_CR, real_iopl, real_privilege
 from vmm.cpu import GuestCpu
 from vmm.emulate import UnsupportedInstruction
 from vmm.x86 import SegmentDescriptor
@@ -37,6 +37,11 @@ def shadow_descriptor(raw: bytes) -> bytes:
     return struct.pack("<II", low, (high & ~0xFF00) | (access << 8))
 
 
+def _real_selector(selector: int) -> int:
+    """The selector the engine holds for a guest selector: RPL 0 becomes 1 (deprivileged)."""
+    return (selector & ~3) | max(selector & 3, 1)
+
+
 class TranslatedCpu(GuestCpu):
     """Guest registers under binary translation: general registers and the arithmetic flags are
     the engine's; EIP, IOPL, TF, selectors, descriptor-table and control registers are virtual."""
@@ -48,7 +53,7 @@ class TranslatedCpu(GuestCpu):
         self.eip = engine.reg("eip")
         self.selectors = {name: engine.reg(name) for name in SEGMENT_NAMES}
         self.virtual_flags = engine.reg("eflags") & (IOPL_MASK | TF)
-        self.tables = {name: engine.table_register(name) for name in ("gdtr", "idtr", "ldtr")}
+        self.tables = {name: engine.table_register(name) for name in ("gdtr", "idtr", "ldtr", "tr")}
         self.table_selectors = {"ldtr": 0, "tr": 0}
         self.control = {n: engine.reg(f"cr{n}") for n in VCPU_CR}
 
@@ -68,9 +73,10 @@ class TranslatedCpu(GuestCpu):
         if name == "eip":
             self.eip = value
         elif name == "eflags":
-            self.engine.set_reg("eflags", (value & ~(IOPL_MASK | TF)) | REAL_IOPL)
-            if (value & (IOPL_MASK | TF)) != self.virtual_flags:
-                self.virtual_flags = value & (IOPL_MASK | TF)
+            changed = (value & (IOPL_MASK | TF)) != self.virtual_flags
+            self.virtual_flags = value & (IOPL_MASK | TF)
+            self.engine.set_reg("eflags", (value & ~(IOPL_MASK | TF)) | self.real_iopl)
+            if changed:
                 self.mode.virtual_state_changed()
         elif name in self.selectors:
             raise ValueError("segment registers change through load_segment")
@@ -88,11 +94,34 @@ class TranslatedCpu(GuestCpu):
                 raise UnsupportedInstruction("a code segment that is not flat and 32-bit, under binary translation")
         elif raw is not None:
             self.mode.refresh_shadow(selector, raw)
-            self.engine.set_reg(name, (selector & ~3) | max(selector & 3, 1))
+            self.engine.set_reg(name, _real_selector(selector))
         else:
             self.engine.set_reg(name, 0)
         self.selectors[name] = selector & 0xFFFF
         self.mode.virtual_state_changed()
+
+    def change_privilege(self, cs: int, cs_raw: bytes, ss: int, ss_raw: bytes, esp: int) -> None:
+        """An interrupt from ring 3 or a return to it: the engine moves between CPL 1 (guest
+        ring 0) and CPL 3 (guest ring 3) over the shadows of the new CS and SS, and the real
+        IOPL follows the new ring (translator/layout.py, real_iopl)."""
+        cpl = cs & 3
+        if cpl not in (0, 3):
+            raise UnsupportedInstruction(f"guest ring {cpl}: only rings 0 and 3 run under binary translation")
+        descriptor = SegmentDescriptor.decode(cs_raw)
+        if descriptor.base != 0 or not descriptor.big:
+            raise UnsupportedInstruction("a code segment that is not flat and 32-bit, under binary translation")
+        eflags = self.reg("eflags")
+        self.mode.refresh_shadow(cs, cs_raw)
+        self.mode.refresh_shadow(ss, ss_raw)
+        self.selectors["cs"], self.selectors["ss"] = cs & 0xFFFF, ss & 0xFFFF
+        self.engine.set_privilege(real_privilege(cpl), _real_selector(ss), _real_selector(cs))
+        self.engine.set_reg("esp", esp)
+        self.set_reg("eflags", eflags)          # the real IOPL of the new ring
+        self.mode.virtual_state_changed()
+
+    @property
+    def real_iopl(self) -> int:
+        return real_iopl(self.cpl, self.virtual_flags)
 
     def table_register(self, name: str) -> tuple[int, int]:
         return self.tables[name]
@@ -109,8 +138,8 @@ class TranslatedCpu(GuestCpu):
     def set_table_selector(self, name: str, selector: int, raw: Optional[bytes] = None) -> None:
         if name == "ldtr":
             self.mode.load_shadow_ldt(selector, raw)
-            ldt = SegmentDescriptor.decode(raw) if raw is not None else None
-            self.tables["ldtr"] = (ldt.base, ldt.limit) if ldt is not None else (0, 0)
+        descriptor = SegmentDescriptor.decode(raw) if raw is not None else None
+        self.tables[name] = (descriptor.base, descriptor.limit) if descriptor is not None else (0, 0)
         self.table_selectors[name] = selector & 0xFFFF
         self.mode.virtual_state_changed()
 

@@ -60,6 +60,7 @@ IMAGES = {
                          "multiboot"),
     "ticks": ([MB_HEADER, CRT0, RUNTIME, CHECK, "ticks.S"], "ticks.elf", "multiboot"),
     "multitask": ([MB_HEADER, CRT0, RUNTIME, CHECK, USER, "multitask.S"], "multitask.elf", "multiboot"),
+    "ring3": ([MB_HEADER, CRT0, RUNTIME, CHECK, USER, "ring3.S"], "ring3.elf", "multiboot"),
     "plain": ([CRT0, RUNTIME, "plain.S"], "plain.elf", "elf"),
     "flat": ([CRT0, RUNTIME, "flat.S"], "flat.bin", "flat"),
     "hello_s": (["hello_keystone.s"], "hello.s", "asm"),  # not src/hello.s: clashes with hello.S on case-insensitive file systems
@@ -104,6 +105,7 @@ RUNS = [
     _run("faults_in_blocks", "faults_in_blocks.elf"),
     _run("ticks", "ticks.elf"),
     _run("multitask", "multitask.elf"),
+    _run("ring3", "ring3.elf"),
     _run("plain", "plain.elf", qemu=False),
     _run("flat", "flat.bin", qemu=False),
     _run("hello_s", "hello.s", qemu=False),

@@ -18,7 +18,7 @@ from translator.classify import Category
 from vmm.errors import VmmError
 from vmm.guest_view import GuestFault, GuestView
 from vmm.privilege import check_outer_stack, iopl, null_outer_data_segments
-from vmm.x86 import (AC, AF, CF, DF, GP, ID, IF, IOPL_MASK, NP, NT, OF, PF, SF, SS, TF, VM, ZF, CR0_PE,
+from vmm.x86 import (AC, AF, CF, DF, GP, ID, IF, IOPL_MASK, NP, NT, OF, PF, SF, SS, TF, UD, VM, ZF, CR0_PE,
                      CR0_PG, SegmentDescriptor)
 
 _SEGMENTS = {X.X86_REG_CS: "cs", X.X86_REG_SS: "ss", X.X86_REG_DS: "ds", X.X86_REG_ES: "es",
@@ -429,7 +429,9 @@ class Emulator:
             raise GuestFault(GP, 0) from None
 
     def _rdpmc(self, insn):
-        raise GuestFault(GP, 0)
+        # Reached at ring 0 only (a privileged callout faults elsewhere). No performance
+        # counters are modelled: #UD, as QEMU's own unimplemented rdpmc raises.
+        raise GuestFault(UD, 0)
 
     def _popf(self, insn):
         size = 2 if insn.id == X.X86_INS_POPF else 4

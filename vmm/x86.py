@@ -13,6 +13,7 @@ EFLAGS_FIXED = 1 << 1   # bit 1 always reads as one
 
 # CR0 bits
 CR0_PE, CR0_WP, CR0_PG = 1 << 0, 1 << 16, 1 << 31
+CR4_PCE = 1 << 8       # rdpmc allowed outside ring 0
 
 # Exception vectors (SDM vol. 3, table 6-1). Where a mnemonic is also a flag name (#DF/DF,
 # #OF/OF, #PF/PF, #AC/AC) the vector takes a _VEC suffix.

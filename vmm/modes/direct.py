@@ -12,7 +12,7 @@ from vmm.engine import StopCause
 from vmm.exits import ExitReason, VmExit
 from vmm.memory import UnbackedAccess
 from vmm.modes import ExecutionMode
-from vmm.x86 import BP, DB, GP, IF, OF_VEC
+from vmm.x86 import BP, CR4_PCE, DB, GP, IF, OF_VEC, UD
 
 HLT_OPCODE = 0xF4
 _ONE_BYTE_INTS = ((BP, 0xCC), (OF_VEC, 0xCE), (DB, 0xF1))   # int3, into, int1
@@ -242,10 +242,21 @@ class DirectMode(ExecutionMode):
         error_code, software = engine.last_exception_info()
         engine.reset_exception_state()
         fault_eip = eip
+        if vector == UD and engine.reg("cs") & 3 and self._rdpmc_at(eip):
+            # Unicorn has no rdpmc (#UD at any ring); the CPU checks privilege first: #GP(0)
+            # outside ring 0 while CR4.PCE is clear.
+            if not engine.reg("cr4") & CR4_PCE:
+                vector, error_code = GP, 0
         if software:    # EIP is past the int instruction; blame its first byte if delivery faults
             fault_eip = eip - (1 if (vector, self._byte_before(eip)) in _ONE_BYTE_INTS else 2)
         return VmExit(ExitReason.EXCEPTION, eip=eip, vector=vector, error_code=error_code,
                       software=software, fault_eip=fault_eip)
+
+    def _rdpmc_at(self, eip: int) -> bool:
+        try:
+            return self.memory.read(eip, 2) == b"\x0f\x33"
+        except UnbackedAccess:
+            return False
 
     def _byte_before(self, eip: int) -> int:
         try:

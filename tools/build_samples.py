@@ -40,6 +40,7 @@ RUNTIME = "include/runtime.S"
 MB_HEADER = "include/multiboot_header.S"
 CHECK = "include/check.S"       # self-checking helpers + panic IDT (only the samples that use it)
 USER = "include/user.S"         # GDT with user segments, TSS, entering ring 3
+PROBE = "include/probe.S"       # probing instructions: note the exception each one takes
 
 # name -> (sources relative to src/, output file, kind)
 #   kind "multiboot": ELF32 with a Multiboot header (loadable by QEMU -kernel)
@@ -60,7 +61,8 @@ IMAGES = {
                          "multiboot"),
     "ticks": ([MB_HEADER, CRT0, RUNTIME, CHECK, "ticks.S"], "ticks.elf", "multiboot"),
     "multitask": ([MB_HEADER, CRT0, RUNTIME, CHECK, USER, "multitask.S"], "multitask.elf", "multiboot"),
-    "ring3": ([MB_HEADER, CRT0, RUNTIME, CHECK, USER, "ring3.S"], "ring3.elf", "multiboot"),
+    "ring3": ([MB_HEADER, CRT0, RUNTIME, CHECK, USER, PROBE, "ring3.S"], "ring3.elf", "multiboot"),
+    "segments": ([MB_HEADER, CRT0, RUNTIME, CHECK, USER, PROBE, "segments.S"], "segments.elf", "multiboot"),
     "plain": ([CRT0, RUNTIME, "plain.S"], "plain.elf", "elf"),
     "flat": ([CRT0, RUNTIME, "flat.S"], "flat.bin", "flat"),
     "hello_s": (["hello_keystone.s"], "hello.s", "asm"),  # not src/hello.s: clashes with hello.S on case-insensitive file systems
@@ -106,6 +108,7 @@ RUNS = [
     _run("ticks", "ticks.elf"),
     _run("multitask", "multitask.elf"),
     _run("ring3", "ring3.elf"),
+    _run("segments", "segments.elf"),
     _run("plain", "plain.elf", qemu=False),
     _run("flat", "flat.bin", qemu=False),
     _run("hello_s", "hello.s", qemu=False),

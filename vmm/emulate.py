@@ -17,9 +17,9 @@ from capstone import x86_const as X
 from translator.classify import Category
 from vmm.errors import VmmError
 from vmm.guest_view import GuestFault, GuestView
-from vmm.privilege import check_outer_stack, iopl, null_outer_data_segments
+from vmm.privilege import check_outer_stack, inner_stack, iopl, null_outer_data_segments
 from vmm.x86 import (AC, AF, CF, DF, GP, ID, IF, IOPL_MASK, NP, NT, OF, PF, SF, SS, TF, UD, VM, ZF, CR0_PE,
-                     CR0_PG, SegmentDescriptor)
+                     CR0_PG, GATE_CALL_16, GATE_CALL_32, Gate, SegmentDescriptor)
 
 _SEGMENTS = {X.X86_REG_CS: "cs", X.X86_REG_SS: "ss", X.X86_REG_DS: "ds", X.X86_REG_ES: "es",
              X.X86_REG_FS: "fs", X.X86_REG_GS: "gs"}
@@ -218,34 +218,94 @@ class Emulator:
         address = self._address(insn, operand)
         return self.view.read_int((address + size) & 0xFFFFFFFF, 2), self.view.read_int(address, size)
 
-    def _check_code_target(self, selector: int) -> None:
+    def _far_transfer(self, insn, call: bool) -> None:
+        """jmp far / call far: straight to a code segment, or through a call gate (to the
+        same ring, or for call to a more privileged one on the TSS's stack with the gate's
+        parameters copied; SDM vol. 2, CALL and JMP)."""
+        selector, offset = self._far_target(insn)
+        size = 2 if self._operand16(insn) else 4
         if not selector & 0xFFFC:
             raise GuestFault(GP, 0)
-        descriptor = self.view.descriptor(selector)
-        if descriptor is None:
+        raw = self.view.raw_descriptor(selector)
+        if raw is None:
             raise GuestFault(GP, selector & 0xFFFC)
-        if descriptor.system and descriptor.present and descriptor.type in (4, 5, 12):
-            raise UnsupportedInstruction("far transfer through a call gate or task: not modelled yet")
+        descriptor = SegmentDescriptor.decode(raw)
+        if descriptor.system:
+            if descriptor.type in (GATE_CALL_16, GATE_CALL_32):
+                self._through_call_gate(selector, Gate.decode(raw), call)
+                return
+            if descriptor.type in (1, 5, 9):      # TSS or task gate
+                raise UnsupportedInstruction("far transfer to a task: task switches are not modelled")
+            raise GuestFault(GP, selector & 0xFFFC)
+        self._check_code_segment(selector, descriptor, same_ring=True)
+        if call:
+            self._push_return(size)
+        self.load_segment("cs", (selector & ~3) | self.cpu.cpl)
+        self._next = offset if size == 4 else offset & 0xFFFF
 
-    def _far_jmp(self, insn):
-        selector, offset = self._far_target(insn)
-        self._check_code_target(selector)
-        self.load_segment("cs", selector)
-        self._next = offset
+    def _check_code_segment(self, selector: int, descriptor: SegmentDescriptor, same_ring: bool) -> None:
+        """A far transfer's target code segment. same_ring: no privilege change is possible
+        (direct jmp/call: a non-conforming target must have DPL = CPL and RPL <= CPL)."""
+        cpl = self.cpu.cpl
+        if not descriptor.is_code:
+            raise GuestFault(GP, selector & 0xFFFC)
+        conforming = bool(descriptor.type & 4)
+        if descriptor.dpl > cpl or (same_ring and not conforming and
+                                    (descriptor.dpl != cpl or selector & 3 > cpl)):
+            raise GuestFault(GP, selector & 0xFFFC)
+        if not descriptor.present:
+            raise GuestFault(NP, selector & 0xFFFC)
 
-    def _far_call(self, insn):
-        selector, offset = self._far_target(insn)
-        self._check_code_target(selector)
-        size = 2 if self._operand16(insn) else 4
-        cs, esp = self.cpu.reg("cs"), self.cpu.reg("esp")
-        self.load_segment("cs", selector)
+    def _push_return(self, size: int) -> None:
+        """Push CS:EIP of the next instruction; ESP unchanged if a push faults."""
+        esp = self.cpu.reg("esp")
         try:
-            self._push(cs, size)
+            self._push(self.cpu.reg("cs"), size)
             self._push(self._next, size)
         except GuestFault:
             self.cpu.set_reg("esp", esp)
             raise
+
+    def _through_call_gate(self, gate_selector: int, gate: Gate, call: bool) -> None:
+        cpl = self.cpu.cpl
+        if gate.dpl < cpl or gate.dpl < gate_selector & 3:
+            raise GuestFault(GP, gate_selector & 0xFFFC)
+        if not gate.present:
+            raise GuestFault(NP, gate_selector & 0xFFFC)
+        target = gate.selector
+        if not target & 0xFFFC:
+            raise GuestFault(GP, 0)
+        code = self.view.descriptor(target)
+        if code is None:
+            raise GuestFault(GP, target & 0xFFFC)
+        self._check_code_segment(target, code, same_ring=not call)
+        width = 4 if gate.type == GATE_CALL_32 else 2
+        offset = gate.offset if width == 4 else gate.offset & 0xFFFF
+        conforming = bool(code.type & 4)
+        if call and not conforming and code.dpl < cpl:
+            new_cpl = code.dpl
+            ss, esp = self.cpu.reg("ss"), self.cpu.reg("esp")
+            new_ss, new_esp, ss_raw = inner_stack(self.cpu, self.view, new_cpl)
+            old_base = self.view.segment_base(ss)
+            count = gate.parameter_count
+            parameters = [self.view.read_int((old_base + esp + width * i) & 0xFFFFFFFF, width) for i in range(count)]
+            frame = [ss, esp] + parameters[::-1] + [self.cpu.reg("cs"), self._next]
+            stack = b"".join(value.to_bytes(4, "little")[:width] for value in reversed(frame))
+            new_esp = (new_esp - len(stack)) & 0xFFFFFFFF
+            self.view.write((self.view.segment_base(new_ss) + new_esp) & 0xFFFFFFFF, stack)
+            new_cs = (target & ~3) | new_cpl
+            self.cpu.change_privilege(new_cs, self.view.raw_descriptor(new_cs), new_ss, ss_raw, new_esp)
+        else:
+            if call:
+                self._push_return(width)
+            self.load_segment("cs", (target & ~3) | cpl)
         self._next = offset
+
+    def _far_jmp(self, insn):
+        self._far_transfer(insn, call=False)
+
+    def _far_call(self, insn):
+        self._far_transfer(insn, call=True)
 
     def _far_ret(self, insn):
         size = 2 if self._operand16(insn) else 4

@@ -60,6 +60,7 @@ def selector_error_code(index_kind: str, index: int, external: bool) -> int:
 GATE_TASK = 0x5
 GATE_INTERRUPT_16, GATE_TRAP_16 = 0x6, 0x7
 GATE_INTERRUPT_32, GATE_TRAP_32 = 0xE, 0xF
+GATE_CALL_16, GATE_CALL_32 = 0x4, 0xC
 
 
 @dataclass(frozen=True)
@@ -69,13 +70,20 @@ class Gate:
     type: int
     dpl: int
     present: bool
+    raw_count: int = 0       # byte 4 of the descriptor (call gates: parameter count)
 
     @classmethod
     def decode(cls, raw: bytes) -> "Gate":
         low, high = struct.unpack("<II", raw)
         access = (high >> 8) & 0xFF
         return cls(offset=(high & 0xFFFF0000) | (low & 0xFFFF), selector=low >> 16,
-                   type=access & 0x1F, dpl=(access >> 5) & 3, present=bool(access & 0x80))
+                   type=access & 0x1F, dpl=(access >> 5) & 3, present=bool(access & 0x80),
+                   raw_count=high & 0xFF)
+
+    @property
+    def parameter_count(self) -> int:
+        """Call gates: the stack words copied to the inner ring's stack."""
+        return self.raw_count & 0x1F
 
     @property
     def is_interrupt_gate(self) -> bool:

@@ -8,11 +8,11 @@
 // Exit 0 if all is right, else 0x16.
 #include "check.h"
 #include "user.h"
+#include "probe.h"
 
 #define FAIL_EXIT       0x16
 #define DONE_VECTOR     0x80                    // ring 3 -> kernel: this phase is over
 #define KERNEL_VECTOR   0x81                    // a DPL-0 gate ring 3 may not use
-#define NO_FAULT        0xFFFFFFFF
 #define GP_0            0x000D0000              // (vector << 16) | error code
 #define KSTACK_SIZE     4096
 
@@ -76,54 +76,12 @@ done_entry:
         mov     esp, [kernel_esp]
         jmp     [continue_at]
 
-// Exceptions from the probes: note (vector << 16) | error code and where the frame was, then
-// resume ring 3 at the probe's resume address.
-#define HANDLER_NO_ERROR(name, vector) name: push 0; push vector; jmp fault_common
-#define HANDLER_ERROR(name, vector) name: push vector; jmp fault_common
-HANDLER_NO_ERROR(de_entry, 0)
-HANDLER_NO_ERROR(bp_entry, 3)
-HANDLER_NO_ERROR(ud_entry, 6)
-HANDLER_ERROR(gp_entry, 13)
-// [esp] vector, error code, EIP, CS, EFLAGS, ESP, SS (the ring-3 stack, saved by the CPU)
-fault_common:
-        push    eax
-        mov     eax, [esp + 4]
-        shl     eax, 16
-        mov     ax, [esp + 8]
-        mov     [probe_result], eax
-        cmp     dword ptr [frame_cs], 0
-        jne     1f                              // the first fault's frame is kept for checks
-        mov     eax, [esp + 16]
-        mov     [frame_cs], eax
-        mov     eax, [esp + 28]
-        mov     [frame_ss], eax
-        mov     eax, [esp + 24]
-        mov     [frame_esp], eax
-        lea     eax, [esp + 8]
-        mov     [frame_base], eax
-1:      mov     eax, [probe_resume]
-        mov     [esp + 12], eax
-        pop     eax
-        add     esp, 8
-        iretd
+        PROBE_HANDLER de_entry, 0, 0
+        PROBE_HANDLER bp_entry, 3, 0
+        PROBE_HANDLER ud_entry, 6, 0
+        PROBE_HANDLER gp_entry, 13, 1
 
 // ---------------------------------------------------------------- ring 3
-// PROBE slot, instruction: run it, note the exception it took (or NO_FAULT) in faults[slot].
-        .macro  PROBE slot, insn:vararg
-        mov     dword ptr [probe_result], NO_FAULT
-        mov     dword ptr [probe_resume], offset .Lresume\@
-        \insn
-.Lresume\@:
-        push    eax
-        mov     eax, [probe_result]
-        mov     [faults + 4 * \slot], eax
-        pop     eax
-        .endm
-// VALUE slot: note EAX in values[slot].
-        .macro  VALUE slot
-        mov     [values + 4 * \slot], eax
-        .endm
-
 phase1:
         mov     [user_esp], esp
         PROBE   0, cli
@@ -277,15 +235,6 @@ phase2:                                         // IOPL 3: cli/sti and every por
         int     DONE_VECTOR
 
 // ---------------------------------------------------------------- the kernel's checks
-        .macro  FAULT slot, expected, text:vararg
-        mov     eax, [faults + 4 * \slot]
-        CHECK_HEX \expected, \text
-        .endm
-        .macro  READ slot, expected, text:vararg
-        mov     eax, [values + 4 * \slot]
-        CHECK_HEX \expected, \text
-        .endm
-
 check_phase1:
         PUTS    "ring 3, IOPL 0:\n"
         FAULT   0, GP_0, "cli: "
@@ -328,7 +277,7 @@ check_phase1:
         READ    8, 0x200, "popf setting IOPL 3: "
         mov     ebx, offset user_gdt
         READ    9, ebx, "sgdt base: "
-        READ    10, 0x2F, "sgdt limit: "
+        READ    10, GDT_LIMIT, "sgdt limit: "
         mov     ebx, offset idt
         READ    11, ebx, "sidt base: "
         READ    12, 0x7FF, "sidt limit: "
@@ -342,14 +291,14 @@ check_phase1:
         READ    20, 0x00C0FA00, "lar user code: "
         READ    21, 0xFFFFFFFF, "lsl user data: "
         READ    22, 0, "lar TSS: "
-        mov     eax, [frame_cs]
+        mov     eax, [first_fault_frame + 4]
         CHECK_HEX USER_CS, "first fault's frame: CS "
-        mov     eax, [frame_ss]
+        mov     eax, [first_fault_frame + 16]
         CHECK_HEX USER_DS, "first fault's frame: SS "
-        mov     eax, [frame_esp]
+        mov     eax, [first_fault_frame + 12]
         mov     ebx, [user_esp]
         CHECK_HEX ebx, "first fault's frame: ESP "
-        mov     eax, [frame_base]
+        mov     eax, [first_fault_frame + 20]
         mov     ebx, offset kstack + KSTACK_SIZE - 24
         CHECK_HEX ebx, "first fault's frame on the TSS stack at "
         ret
@@ -379,15 +328,7 @@ gates_end:
 kernel_esp:     .long   0
 continue_at:    .long   0
 user_esp:       .long   0
-probe_result:   .long   0
-probe_resume:   .long   0
-frame_cs:       .long   0
-frame_ss:       .long   0
-frame_esp:      .long   0
-frame_base:     .long   0
 scratch:        .long   0, 0
-faults:         .fill   32, 4, 0
-values:         .fill   32, 4, 0
 
         .bss
         .p2align 12

@@ -1,6 +1,7 @@
 // Ring-3 support: a GDT with kernel segments at the selectors crt0.S uses (0x08, 0x10), user
-// segments (0x1B, 0x23) and a 32-bit TSS (0x28) whose I/O bitmap covers ports 0-0xFF and opens
-// only IO_PERMITTED_PORT; user_mode_init loads both. enter_user irets into ring 3.
+// segments (0x1B, 0x23), a 32-bit TSS (0x28) whose I/O bitmap covers ports 0-0xFF and opens
+// only IO_PERMITTED_PORT, and free slots 0x30-0xA8 (not present) a sample may fill;
+// user_mode_init loads the GDT and the task register. enter_user irets into ring 3.
 #include "check.h"
 #include "user.h"
 
@@ -52,7 +53,7 @@ enter_user:
 
         .data
         .p2align 3
-        .globl  user_gdt
+        .globl  user_gdt, user_gdt_descriptor
 user_gdt:
         .quad   0x0000000000000000              // 0x00: null
         .quad   0x00CF9A000000FFFF              // 0x08: kernel code, flat, DPL 0
@@ -61,6 +62,9 @@ user_gdt:
         .quad   0x00CFF2000000FFFF              // 0x20: user data, flat, DPL 3
         .word   TSS_SIZE - 1, 0                 // 0x28: 32-bit TSS, available (base filled in)
         .byte   0, 0x89, 0, 0
+        .globl  gdt_free_slots
+gdt_free_slots:
+        .fill   GDT_FREE_SLOTS, 8, 0            // 0x30 ... 0xA8
 user_gdt_end:
         .p2align 1
 user_gdt_descriptor:

@@ -10,5 +10,7 @@
 #define TSS_ESP0            4           // offsets in the TSS
 #define TSS_SS0             8
 #define IO_PERMITTED_PORT   0x80        // the one port the TSS I/O bitmap opens (POST codes)
+#define GDT_FREE_SLOTS      16          // selectors 0x30-0xA8, for the samples' own descriptors
+#define GDT_LIMIT           (0x30 + 8 * GDT_FREE_SLOTS - 1)
 
 #endif

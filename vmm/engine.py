@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import mmap
 import struct
 from dataclasses import dataclass
 from enum import Enum
@@ -116,11 +117,14 @@ class Engine:
         return view
 
     def host_buffer(self, size: int) -> memoryview:
-        """A zeroed host buffer, parts of which can later be mapped with map_buffer."""
-        buffer = (ctypes.c_ubyte * size)()
-        self._buffers.append(buffer)
-        view = memoryview(buffer).cast("B")
-        self._buffer_addresses[id(view.obj)] = ctypes.addressof(buffer)
+        """A zeroed host buffer, parts of which can later be mapped with map_buffer. Anonymous
+        memory: the host zeroes each page on its first touch, so a large guest RAM costs
+        nothing until the guest uses it (a ctypes array was memset whole: 27 ms per 32 MiB)."""
+        buffer = mmap.mmap(-1, size)
+        anchor = ctypes.c_ubyte.from_buffer(buffer)        # pins the mapping, gives its address
+        self._buffers.append((buffer, anchor))
+        view = memoryview(buffer)
+        self._buffer_addresses[id(view.obj)] = ctypes.addressof(anchor)
         return view
 
     def map_buffer(self, base: int, view: memoryview, offset: int, size: int, perms: int) -> None:

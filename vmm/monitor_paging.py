@@ -10,7 +10,9 @@ also where shadow page tables will live when guests turn paging on.
 
 from __future__ import annotations
 
+import array
 import struct
+import sys
 
 from vmm.memory import PAGE_SIZE
 
@@ -55,9 +57,16 @@ class MonitorPageTables:
         flags = PTE_WRITABLE if writable else PTE_READ_ONLY
         if not user:
             flags &= ~USER
-        for page in range(base, base + size, PAGE_SIZE):
+        page, end = base, base + size
+        while page < end:               # one page table's run of entries at a time
             table = self._table_for(page)
-            struct.pack_into("<I", self.tables, table + ((page >> 12) & 0x3FF) * 4, page | flags)
+            first = (page >> 12) & 0x3FF
+            count = min(ENTRIES - first, (end - page + PAGE_SIZE - 1) // PAGE_SIZE)
+            entries = array.array("I", range(page | flags, (page + count * PAGE_SIZE) | flags, PAGE_SIZE))
+            if sys.byteorder != "little":
+                entries.byteswap()
+            self.tables[table + first * 4:table + (first + count) * 4] = entries.tobytes()
+            page += count * PAGE_SIZE
 
     def set_writable(self, page_address: int, writable: bool) -> None:
         table = self._table_for(page_address)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import re
 
-from keystone import KS_ARCH_X86, KS_ERR_ASM_SYMBOL_MISSING, KS_MODE_32, Ks, KsError
-
 from vmm.errors import ImageError
 from vmm.loaders import LoadedImage, flat
 
@@ -14,6 +12,7 @@ _LABEL = re.compile(r"^\s*([A-Za-z_.$][\w.$]*)\s*:")
 
 def assemble(source: str, address: int, name: str = "<source>") -> bytes:
     """Machine code for `source` placed at `address`; ImageError names the offending line."""
+    from keystone import KS_ARCH_X86, KS_MODE_32, Ks, KsError   # only images that need it pay the import
     assembler = Ks(KS_ARCH_X86, KS_MODE_32)
     try:
         encoding, _count = assembler.asm(source, address)
@@ -26,13 +25,14 @@ def assemble(source: str, address: int, name: str = "<source>") -> bytes:
     return bytes(encoding)
 
 
-def _reason(error: KsError) -> str:
+def _reason(error) -> str:
     return re.sub(r"\s*\(KS_ERR_\w+\)$", "", str(error)).lower()
 
 
-def _find_bad_line(assembler: Ks, source: str, address: int) -> tuple[int, str]:
+def _find_bad_line(assembler, source: str, address: int) -> tuple[int, str]:
     """Keystone reports no line numbers, so try each line alone. A line that only fails for a
     missing symbol is retried with every label of the file defined in front of it."""
+    from keystone import KS_ERR_ASM_SYMBOL_MISSING, KsError
     lines = source.splitlines()
     labels = "\n".join(f"{m.group(1)}:" for m in map(_LABEL.match, lines) if m)
     for number, line in enumerate(lines, 1):

@@ -1,6 +1,7 @@
-"""Binary translation, in the VMware style: guest code never runs as it is. The guest kernel's
-blocks are translated (translator/) into the translation cache (cache/) and run there,
-deprivileged at CPL 1, against a virtual CPU whose sensitive state lives in the monitor.
+"""Binary translation, in the VMware style: guest code never runs as it is. The guest's blocks
+are translated (translator/) into the translation cache (cache/) and run there, guest ring 0
+deprivileged at CPL 1 and guest ring 3 at CPL 3, against a virtual CPU whose sensitive state
+lives in the monitor.
 
 Deprivileging: the engine runs translated code at CPL 1 with the real IOPL at 1, real
 segment registers holding the guest's selectors with RPL 1 over a shadow GDT (guest descriptors
@@ -9,6 +10,7 @@ values (CS, IOPL, TF, descriptor-table registers, control registers) live in the
 block, which translated code reads and only the monitor writes. The virtual IF is the real
 EFLAGS.IF of this deprivileged context: the engine never takes host interrupts, so the bit is
 free to carry the guest's, and cli/sti/popf change it natively at IOPL 1 with no exit.
+Guest ring 3 runs at CPL 3 with the real IOPL at 0 or 3 (docs/translation.md, "Guest ring 3").
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Direct execution: the guest's own code runs untranslated at ring 0 on the engine (the bare
-machine). The reference every other mode is compared with, and their speed limit."""
+"""Direct execution: the guest's own code runs untranslated on the engine, at its own ring (the
+bare machine). The reference every other mode is compared with, and their speed limit."""
 
 from __future__ import annotations
 

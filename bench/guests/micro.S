@@ -7,8 +7,8 @@
 //                 with IF=1 until ITERATIONS interrupts were handled; -DSPIN_NONE: the same
 //                 spin loop, time in use but IRQ0 masked, for ITERATIONS rounds
 //
-// ESI ends holding the spin rounds (spin guests) and the guest exits with 0 through
-// isa-debug-exit. Anything unexpected lands in check.S's panic handlers (a non-zero exit).
+// ESI ends holding the spin rounds (spin guests); the guest exits with 0 through isa-debug-exit.
+// Anything unexpected lands in check.S's panic handlers (a non-zero exit).
 #include "check.h"
 #include "user.h"
 
@@ -23,6 +23,11 @@
 #define SYSCALL_VECTOR  0x80
 #define FINISH_VECTOR   0x81                    // ring 3 ends the run through this gate
 #define IN_PORT         0x80                    // unassigned on the PC (POST codes)
+// The spin loops' variables, on a page of their own: no code beside them (a store there would be
+// self-modifying code under bt), and a page number apart from the monitor's hot pages modulo
+// 256 (the engine's TLB is direct mapped: 0x102000 would evict bt's scratch page 0xFF002000).
+#define TICKS           0x130000
+#define SPIN_ROUNDS     0x130004
 #ifndef PIT_DIVISOR
 #define PIT_DIVISOR     20
 #endif
@@ -43,9 +48,8 @@
         call    empty_function
 #elif defined(OP_DIVIDE)
         div     ecx                             // ECX = 0: #DE, the handler skips the div
-#elif defined(OP_NONE)
-#else
-#error "no operation selected"
+#elif !defined(OP_NONE) && !defined(SPIN_TIMER) && !defined(SPIN_NONE)
+#error "no guest selected: -DOP_<name> or -DSPIN_<name>"
 #endif
         .endm
 
@@ -72,7 +76,7 @@ kmain:
         call    idt_set_gate
         mov     eax, offset op_loop
         mov     edx, offset ustack_top
-        mov     ecx, 0x2                        // EFLAGS: IF clear, IOPL 0
+        mov     ecx, 0x202                      // EFLAGS: IF (nothing fires: time not in use)
         jmp     enter_user
 #else
         jmp     op_loop
@@ -115,6 +119,8 @@ divide_error:
 
 // ---------------------------------------------------------------- spin guests
 spin:
+        mov     dword ptr [TICKS], 0
+        mov     dword ptr [SPIN_ROUNDS], ITERATIONS
         mov     al, 0x11                        // PIC pair: vectors 0x20 / 0x28
         out     PIC1_CMD, al
         out     PIC2_CMD, al
@@ -144,6 +150,9 @@ spin:
         out     PIT_CH0, al
         mov     al, PIT_DIVISOR >> 8
         out     PIT_CH0, al
+        sti                                     // idle until the first tick (it counts): from
+        hlt                                     // there on every mode runs the new period (a
+                                                // run already going on need not see the OUTs)
 #else
         out     PIC1_DATA, al                   // all masked: time is in use, nothing fires
 #endif
@@ -152,9 +161,9 @@ spin:
         .p2align 4
 1:      inc     esi                             // 3 instructions a round
 #if defined(SPIN_TIMER)
-        cmp     dword ptr [ticks], ITERATIONS
+        cmp     dword ptr [TICKS], ITERATIONS
 #else
-        cmp     esi, dword ptr [spin_rounds]
+        cmp     esi, dword ptr [SPIN_ROUNDS]
 #endif
         jb      1b
         cli
@@ -165,7 +174,7 @@ timer_entry:
         push    eax
         mov     al, EOI
         out     PIC1_CMD, al
-        inc     dword ptr [ticks]
+        inc     dword ptr [TICKS]
         pop     eax
         iretd
 
@@ -176,11 +185,6 @@ finish:
         out     dx, eax
         cli
         hlt
-
-        .data
-        .p2align 2
-ticks:          .long   0
-spin_rounds:    .long   ITERATIONS
 
         .bss
         .p2align 12

@@ -77,7 +77,8 @@ patched:
 @pytest.mark.parametrize("target, what", [
     (0xFF500000, "the translation cache"),
     (0xFF040000, "the lookup table"),
-    (0xFF001000, "the virtual-CPU block"),
+    (0xFF0E8000, "the virtual-CPU block"),
+    (0xFF0EA000, "the privileged virtual-CPU page"),
     (0xFF010000, "the shadow GDT"),
 ])
 def test_guest_cannot_write_monitor_structures(tmp_path, target, what):

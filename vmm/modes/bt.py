@@ -40,11 +40,16 @@ from vmm.x86 import AF, CF, CR0_PG, CR0_WP, GP, OF, PF, PF_VEC, SF, UD, ZF, Segm
 
 
 # Monitor-region areas used by the translator (offsets from MONITOR_BASE; the boot GDT is at 0)
-VCPU_OFFSET = 0x1000
-SCRATCH_OFFSET = 0x2000
 STUB_OFFSET = 0x3000
 PAGE_DIRECTORY_OFFSET = 0x4000
-VCPU_PRIVILEGED_OFFSET = 0x5000          # control registers, supervisor-only (mov r, crN)
+# The pages translated code touches on every block sit where guest pages rarely are for the
+# engine's TLB, which is direct mapped by page number mod 256: at 0xFF0E8000-0xFF0EA000 they
+# share slots with guest pages 0x0E8-0x0EA (the BIOS area) and 0x1E8.. (2 MiB into a kernel),
+# not with a kernel's first pages at 1 MiB (0xFF002000 made a guest store to 0x102000 and a
+# spill evict each other: 5x slower loops).
+VCPU_OFFSET = 0xE8000
+SCRATCH_OFFSET = 0xE9000
+VCPU_PRIVILEGED_OFFSET = 0xEA000         # control registers, supervisor-only (mov r, crN)
 SHADOW_GDT_OFFSET = 0x10000
 SHADOW_GDT_SIZE = 0x10000
 SHADOW_LDT_OFFSET = 0x20000

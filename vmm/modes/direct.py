@@ -8,6 +8,7 @@ from typing import Optional
 from capstone import CS_GRP_CALL, CS_GRP_JUMP, CS_GRP_RET
 
 from vmm.cpu import GuestCpu
+from vmm.devices.i8254 import PIT_BASE, PIT_PORTS
 from vmm.engine import StopCause
 from vmm.exits import ExitReason, VmExit
 from vmm.memory import UnbackedAccess
@@ -182,9 +183,12 @@ class DirectMode(ExecutionMode):
     def end_run_after_io(self, port: int, size: int) -> None:
         """Stop the engine: like QEMU's own TCG it takes effect at the end of the engine's block
         (the instructions after the OUT in that block run first). An EIP written inside the
-        hook is not honoured, so the interrupt window cannot come earlier. Only when INTR is
-        raised and IF set: a reprogrammed timer is picked up at the next event instead."""
-        if self._vm.interrupts.pic.output and self.engine.reg("eflags") & IF:
+        hook is not honoured, so the interrupt window cannot come earlier. Only when it matters:
+        INTR raised with IF set, or the PIT reprogrammed (its next event may come before the
+        run's bound; the instructions of the run cut short are not counted). An EOI alone lets
+        the run go on."""
+        if PIT_BASE <= port < PIT_BASE + PIT_PORTS or \
+                (self._vm.interrupts.pic.output and self.engine.reg("eflags") & IF):
             self._end_run()
 
     def deny_io(self, port: int, size: int) -> None:

@@ -15,7 +15,7 @@ from lru import LRU
 
 from cache.arena import CodeArena
 from translator.decoder import PAGE_SIZE, GuestBlock
-from translator.emitter import SLOT_SIZE, UNLINKED_SLOT, ExitSite, Translation
+from translator.emitter import INT3, SLOT_SIZE, UNLINKED_SLOT, WINDOW_SITE_DISARMED, ExitKind, ExitSite, Translation
 from translator.layout import LOOKUP_ENTRIES, LOOKUP_ENTRY_SIZE
 
 
@@ -88,6 +88,8 @@ class TranslationCache:
         self.counters = collections.Counter()
         self.events: collections.deque = collections.deque(maxlen=4096)   # (event, guest eip, cause)
         self.use_lookup_table = True      # off: every indirect branch exits (exec tracing)
+        self._window_sites: set[int] = set()      # host addresses of INTERRUPT_WINDOW sites
+        self.windows_armed = False
         self.clear_lookup_table()
 
     # -- lookup --------------------------------------------------------------------------------
@@ -133,6 +135,10 @@ class TranslationCache:
         self._by_slot[slot] = block
         for index, site in enumerate(translation.exits):
             self._sites[block.host + site.offset] = (block, index)
+            if site.kind is ExitKind.INTERRUPT_WINDOW:
+                self._window_sites.add(block.host + site.offset)
+                if self.windows_armed:
+                    self._set_window(block.host + site.offset, True)
         for page in guest.pages:
             if not self._pages[page]:
                 self.protect_page(page, True)
@@ -225,6 +231,7 @@ class TranslationCache:
                 self.protect_page(page, False)
         for site in block.translation.exits:
             self._sites.pop(block.host + site.offset, None)
+            self._window_sites.discard(block.host + site.offset)
         block.alive = False
         del self._by_slot[block.slot]
         self.arena.release(block.slot)
@@ -256,6 +263,20 @@ class TranslationCache:
     def flush(self, cause: str) -> None:
         for block in list(self._blocks.values()):
             self.remove(block, cause)
+
+    # -- interrupt windows ---------------------------------------------------------------------
+    def arm_interrupt_windows(self, armed: bool) -> None:
+        """Turn the sites after every translated sti/popf into exits (armed) or nops. Armed while
+        an interrupt waits for the guest's IF: then setting IF natively leaves the cache."""
+        if armed == self.windows_armed:
+            return
+        self.windows_armed = armed
+        self.counters["interrupt_windows_armed" if armed else "interrupt_windows_disarmed"] += 1
+        for address in self._window_sites:
+            self._set_window(address, armed)
+
+    def _set_window(self, address: int, armed: bool) -> None:
+        self._write_code(address, bytes([INT3]) + WINDOW_SITE_DISARMED[1:] if armed else WINDOW_SITE_DISARMED)
 
     # -- the lookup table (probed by translated code) ------------------------------------------
     def clear_lookup_table(self) -> None:

@@ -120,3 +120,66 @@ def test_rdtsc_is_virtual_time_under_bt(tmp_path):
     source = "    rdtsc\n    mov ebx, eax\n" + "    nop\n" * 10 + "    rdtsc\n    sub eax, ebx\n" + EXIT
     results = [run_source(tmp_path, source, mode="bt")[0].guest_value for _ in range(2)]
     assert results[0] == results[1] and 0 < results[0] < 100
+
+
+def window_guest(window: str) -> str:
+    """A guest that keeps IF clear except at one instruction boundary per round, the label
+    window_end in `window`, many rounds over, while a fast timer (mode 2, divisor 2: an edge
+    every 168 instructions) raises IRQ0. The handler checks each return EIP and the guest exits
+    with how many were not window_end."""
+    return ("    mov esp, 0x90000\n    mov dword ptr [0x7000], 0\n    mov dword ptr [0x7004], 0\n"
+            + idt_setup({0x20: "timer"}) + """
+    mov al, 0x11
+    out 0x20, al
+    mov al, 0x20
+    out 0x21, al
+    mov al, 0x04
+    out 0x21, al
+    mov al, 0x01
+    out 0x21, al
+    mov al, 0xFE
+    out 0x21, al
+    mov al, 0x34
+    out 0x43, al
+    mov al, 2
+    out 0x40, al
+    mov al, 0
+    out 0x40, al
+    pushfd
+    or dword ptr [esp], 0x200
+    pop dword ptr [0x7008]
+    mov ecx, 300
+outer:
+    mov edx, 200
+busy:
+    dec edx
+    jnz busy
+""" + window + """
+    cli
+    dec ecx
+    jnz outer
+    mov eax, dword ptr [0x7004]
+""" + EXIT + """
+timer:
+    inc dword ptr [0x7000]
+    cmp dword ptr [esp], window_end
+    je timer_done
+    inc dword ptr [0x7004]
+timer_done:
+    push eax
+    mov al, 0x20
+    out 0x20, al
+    pop eax
+    iretd
+""")
+
+
+@pytest.mark.parametrize("window", [
+    "    sti\n    nop\nwindow_end:",                          # after sti's one-instruction shadow
+    "    push dword ptr [0x7008]\n    popfd\nwindow_end:",    # right after a popf that sets IF
+])
+def test_a_waiting_interrupt_is_taken_in_a_one_instruction_window(tmp_path, mode, window):
+    result, _out, vm = run_source(tmp_path, window_guest(window), mode=mode, timeout=60)
+    assert result.reason is StopReason.DEBUG_EXIT
+    assert result.guest_value == 0, f"{result.guest_value} interrupts landed outside the window"
+    assert vm.external_interrupts[0x20] >= 250      # one waits at nearly every window

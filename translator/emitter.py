@@ -27,6 +27,7 @@ INT3 = 0xCC
 # An exit slot: int3 and padding while unlinked, `jmp rel32` to the target once chained.
 SLOT_SIZE = 5
 UNLINKED_SLOT = bytes([INT3]) + b"\x90" * (SLOT_SIZE - 1)
+WINDOW_SITE_DISARMED = b"\x66\x90"     # a 2-byte nop; armed, its first byte is int3
 _PREFIXES = {0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0x66, 0x67}
 _SEGMENT_PREFIXES = {0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65}
 _REGISTER_NUMBER = {}
@@ -64,6 +65,7 @@ class ExitKind(Enum):
     NO_MEMORY = "no memory"        # instruction fetch from outside guest memory
     BUDGET = "instruction budget"  # --max-insns exhausted at block entry
     BREAKPOINT = "breakpoint"      # a debugger breakpoint at the guest address
+    INTERRUPT_WINDOW = "interrupt window"   # after sti/popf: armed only while an interrupt waits for IF
 
 
 @dataclass
@@ -243,6 +245,8 @@ class Emitter:
                     code += ENGINE_BLOCK_BREAK
                 mark(instruction.address)
                 code += instruction.bytes
+                if instruction.insn.id == X.X86_INS_STI:
+                    self._window_site(out, instruction, mark)
                 if rule.handling is Handling.IO_HOOK:
                     # End the engine's own block here: a device may stop the machine from the
                     # I/O hook, and the engine stops only between its blocks.
@@ -299,6 +303,16 @@ class Emitter:
         site.owner = site.owner or self._owner
         out.exits.append(site)
         out.code.append(INT3)
+
+    def _window_site(self, out: Translation, instruction: GuestInstruction, mark) -> None:
+        """After an instruction that may set IF natively (sti, popf): a 2-byte nop that the cache
+        turns into an int3 exit while an interrupt is waiting for the guest to set IF, so that
+        it is delivered at the right instruction boundary (after sti's shadow)."""
+        mark(instruction.end)
+        site = ExitSite(ExitKind.INTERRUPT_WINDOW, len(out.code), instruction.end, instruction=instruction,
+                        owner=instruction.address)
+        out.exits.append(site)
+        out.code += WINDOW_SITE_DISARMED
 
     def _slot(self, out: Translation, site: ExitSite) -> None:
         site.offset = len(out.code)
@@ -369,6 +383,7 @@ class Emitter:
             code += b"\0\0\0\0"
             mark(guest)
             code += instruction.bytes                                  # popf: IF and flags natively
+            self._window_site(out, instruction, mark)
             return
         if procedure in ("read_segment_register", "push_segment_register", "store_system_segment",
                          "smsw", "read_control_register"):

@@ -226,11 +226,12 @@ class Engine:
         """handler(vector): an exception or `int n` raised by the guest (EIP as the CPU left it)."""
         self._uc.hook_add(uc_const.UC_HOOK_INTR, self._guarded(lambda _uc, intno, _data: handler(intno)))
 
-    def on_code(self, address: int, handler: Callable[[int], None]):
-        """handler(address) before the instruction at `address` executes; returns a handle for
-        remove_hook. Code the engine translated earlier does not see a new hook: invalidate it."""
-        return self._uc.hook_add(uc_const.UC_HOOK_CODE,
-                                 self._guarded(lambda _uc, at, _size, _data: handler(at)), None, address, address)
+    def on_code(self, address: int, handler: Callable[[int], None], end: Optional[int] = None):
+        """handler(address) before the instruction at `address` (or at every address up to `end`)
+        executes; returns a handle for remove_hook. Code the engine translated earlier does not
+        see a new hook: invalidate it."""
+        return self._uc.hook_add(uc_const.UC_HOOK_CODE, self._guarded(lambda _uc, at, _size, _data: handler(at)),
+                                 None, address, address if end is None else end)
 
     def remove_hook(self, handle) -> None:
         self._uc.hook_del(handle)

@@ -185,13 +185,15 @@ class VirtualMachine:
     def _interrupt_window(self) -> None:
         """At an instruction boundary between two runs: take an external interrupt if INTR is
         raised, the guest's IF is set, and no SS load just happened (sti's own shadow cannot
-        be here: the modes never return right after a native sti)."""
-        if self.emulator.interrupt_shadow or not self.cpu.reg("eflags") & IF:
-            return
-        if self.interrupts.pending():
+        be here: the modes never return right after a native sti). An interrupt left waiting
+        makes the mode watch for the guest setting IF (watch_interrupt_window)."""
+        pending = self.interrupts.pending()
+        if pending and not self.emulator.interrupt_shadow and self.cpu.reg("eflags") & IF:
             vector = self.interrupts.acknowledge()
             self.external_interrupts[vector] += 1
             self._deliver(vector, return_eip=self.cpu.reg("eip"), external=True)
+            pending = self.interrupts.pending()
+        self.mode.watch_interrupt_window(pending and self._result is None)
 
     @property
     def stop_requested(self) -> bool:

@@ -42,6 +42,12 @@ class ExecutionMode(ABC):
         that instruction, with the registers it found."""
         raise NotImplementedError
 
+    def watch_interrupt_window(self, blocked: bool) -> None:
+        """Called after every interrupt window: `blocked` is True while INTR is raised but the
+        guest's IF is clear (or an SS load's shadow is open). While it is, the mode must return
+        to the run loop as soon as guest code sets IF (after sti's one-instruction shadow), so
+        that the interrupt is taken at that boundary and not at the next event."""
+
     def counters(self) -> dict:
         """Mode-specific counters for the report."""
         return {}

@@ -23,6 +23,8 @@ from typing import Optional
 from cache.arena import CodeArena
 from cache.tcache import BlockKey, TranslatedBlock, TranslationCache
 from translator.decoder import PAGE_SIZE, BlockEnd, Decoder, GuestBlock
+from capstone.x86_const import X86_INS_STI
+
 from translator.classify import Handling
 from translator.emitter import FLAGS_IN_AX, INLINE_CACHE_ENTRIES, Emitter, ExitKind, ExitSite, Translation, UnsupportedForm
 from translator.layout import (IOPL_MASK, LOOKUP_TABLE_SIZE, REAL_IOPL, SCRATCH_BUDGET, SCRATCH_SPILL,
@@ -150,6 +152,7 @@ class BinaryTranslationMode(ExecutionMode):
         self._one_shot: Optional[Translation] = None
         self._one_shot_guest: Optional[GuestBlock] = None
         self._denied_io: Optional[dict] = None
+        self._event_after_one_shot = False
         self._one_shot_host = self.cache.arena.address(ONE_SHOT_SLOT)
         engine.on_port_io(
             lambda port, size: vm.dispatch(VmExit(ExitReason.PORT_IN, port=port, size=size)),
@@ -523,7 +526,8 @@ class BinaryTranslationMode(ExecutionMode):
             if vm.stop_requested:
                 self._sync_guest_eip()
                 return VmExit(ExitReason.STOP_REQUEST, eip=self.cpu.eip)
-            outcome = self._site_exit(stop, stepping)
+            event_after, self._event_after_one_shot = self._event_after_one_shot, False
+            outcome = self._site_exit(stop, stepping, event_after)
             if isinstance(outcome, VmExit):
                 return outcome
             if self._step_stop_pending:        # the single step is done
@@ -533,15 +537,20 @@ class BinaryTranslationMode(ExecutionMode):
             if vm.limits.expired:
                 return VmExit(ExitReason.TIME_LIMIT, eip=self.cpu.eip)
 
-    def _site_exit(self, stop: _Stop, stepping: bool):
+    def _site_exit(self, stop: _Stop, stepping: bool, event_after: bool = False):
         """Handle an exit from translated code through one of its sites. Returns the host address
-        to continue at, or a VmExit for the run loop."""
+        to continue at, or a VmExit for the run loop. event_after: the one instruction run after
+        an sti (its shadow) is done: the interrupt window comes now."""
         site = stop.site
         self._count(site.kind.value)
         if site.kind is not ExitKind.MISS:     # a miss reads the target from eax first
             self._restore(site.restore)
+        if site.kind is ExitKind.INTERRUPT_WINDOW:
+            return self._window_exit(stop)
         if site.kind in (ExitKind.BRANCH, ExitKind.PREDICTED):
             self.cpu.eip = site.guest_eip
+            if event_after:
+                return VmExit(ExitReason.EVENT, eip=self.cpu.eip)
             if stepping:
                 return VmExit(ExitReason.EXCEPTION, eip=self.cpu.eip, vector=1)
             target = self._block_for(site.guest_eip)
@@ -552,6 +561,8 @@ class BinaryTranslationMode(ExecutionMode):
             target_eip = self.engine.reg(_GPRS[site.target])
             self._restore(site.restore)
             self.cpu.eip = target_eip
+            if event_after:
+                return VmExit(ExitReason.EVENT, eip=self.cpu.eip)
             if stepping:
                 return VmExit(ExitReason.EXCEPTION, eip=self.cpu.eip, vector=1)
             target = self._block_for(target_eip)
@@ -573,6 +584,24 @@ class BinaryTranslationMode(ExecutionMode):
         if site.kind is ExitKind.BUDGET:
             return self._budget_exit(stop)
         raise RuntimeError(f"unknown exit {site.kind}")
+
+    def watch_interrupt_window(self, blocked: bool) -> None:
+        """While an interrupt waits for IF, the sites after translated sti/popf are exits."""
+        self.cache.arm_interrupt_windows(blocked)
+
+    def _window_exit(self, stop: _Stop):
+        """An armed site after sti or popf: the rest of the block does not run now. After popf
+        the interrupt window comes at once; after sti one more instruction runs first (its
+        shadow), alone outside the cache."""
+        guest_eip = stop.site.guest_eip
+        if self.budget:
+            self._uncharge_rest_of_block(stop.host_eip, guest_eip)
+        self.cpu.eip = guest_eip
+        if stop.site.instruction.insn.id == X86_INS_STI:
+            self._prepare_one_shot(guest_eip)
+            self._event_after_one_shot = True
+            return self._one_shot_host
+        return VmExit(ExitReason.EVENT, eip=guest_eip)
 
     def _budget_exit(self, stop: _Stop):
         """A block's prologue found fewer instructions left than the block holds. An instruction

@@ -94,6 +94,9 @@ class DirectMode(ExecutionMode):
         self.memory = vm.memory
         engine.on_port_io(self._port_in, self._port_out)
         self._denied_io = None
+        self._window_hook = None
+        self._window_open = False
+        self._if_may_be_set = 0
         self._io_in_progress: Optional[tuple] = None      # (port, size, is_out) inside an I/O hook
         self._stale_eip_check: Optional[tuple] = None
         engine.on_interrupt(lambda vector: vm.dispatch(self._exception_exit(engine, vector)))
@@ -191,6 +194,37 @@ class DirectMode(ExecutionMode):
                 (self._vm.interrupts.pic.output and self.engine.reg("eflags") & IF):
             self._end_run()
 
+    def watch_interrupt_window(self, blocked: bool) -> None:
+        """While an interrupt waits for IF, a code hook on every instruction watches for the
+        guest setting it (sti, then one more instruction for its shadow; popf; iret) and ends
+        the run in front of the next instruction: slow, but only while an interrupt waits."""
+        if blocked == (self._window_hook is not None):
+            return
+        if blocked:
+            self._window_hook = self.engine.on_code(0, self._window_check, end=0xFFFFFFFF)
+        else:
+            self.engine.remove_hook(self._window_hook)
+            self._window_hook = None
+        self._if_may_be_set = 0
+        self.engine.invalidate_code(self.memory.ram.base, self.memory.ram.end)   # hooks apply to new code only
+
+    def _window_check(self, address: int) -> None:
+        if self._if_may_be_set:
+            self._if_may_be_set -= 1
+            if not self._if_may_be_set and self.engine.reg("eflags") & IF:
+                self._window_open = True
+                self.engine.stop()                # before the instruction at `address`
+                return
+        try:
+            code = self.memory.read(address, 2)
+        except UnbackedAccess:
+            return
+        opcode = code[1] if code[0] == 0x66 else code[0]
+        if opcode == 0xFB:                        # sti: the interrupt comes after the next one
+            self._if_may_be_set = 2
+        elif opcode in (0x9D, 0xCF):              # popf, iret
+            self._if_may_be_set = 1
+
     def deny_io(self, port: int, size: int) -> None:
         """The engine runs on to the end of its block after the hook (an EIP written in the hook
         is not honoured): note the registers and the block start the hook sees, and stop. The
@@ -282,6 +316,10 @@ class DirectMode(ExecutionMode):
             cause = engine.run(engine.reg("eip"), vm.until_address, count=1 if stepping else 0)
         if self._denied_io is not None:
             return self._denied_io_exit()
+        if self._window_open:           # the guest set IF with an interrupt waiting
+            self._window_open = False
+            self._end_run_requested = False
+            return VmExit(ExitReason.EVENT, eip=engine.reg("eip"))
         if vm.stop_requested:
             return VmExit(ExitReason.STOP_REQUEST)
         eip = engine.reg("eip")
@@ -316,7 +354,7 @@ class DirectMode(ExecutionMode):
         if count > 1:
             cause = engine.run(engine.reg("eip"), vm.until_address, count=count - 1)
             if (cause is not StopCause.RETURNED or vm.stop_requested or self._end_run_requested
-                    or self._denied_io is not None
+                    or self._denied_io is not None or self._window_open
                     or self._hit_breakpoint or vm.limits.expired
                     or self._byte_before(engine.reg("eip")) == HLT_OPCODE):
                 return cause, count

@@ -36,9 +36,10 @@ from vmm.engine import PROT_EXEC, PROT_READ, PROT_WRITE, StopCause
 from vmm.exits import ExitReason, VmExit
 from vmm.memory import MIB
 from vmm.modes import ExecutionMode
-from vmm.modes.bt_cpu import SEGMENT_IDS, SEGMENT_NAMES, TranslatedCpu, shadow_descriptor
+from vmm.modes.bt_cpu import SEGMENT_IDS, SEGMENT_NAMES, TranslatedCpu
+from vmm.shadow_tables import ShadowTables
 from vmm.monitor_paging import MonitorPageTables
-from vmm.x86 import AF, CF, CR0_PG, CR0_WP, GP, OF, PF, PF_VEC, SF, UD, ZF, SegmentDescriptor
+from vmm.x86 import AF, CF, CR0_PG, CR0_WP, GP, OF, PF, PF_VEC, SF, UD, ZF
 
 
 # Monitor-region areas used by the translator (offsets from MONITOR_BASE; the boot GDT is at 0)
@@ -53,9 +54,7 @@ VCPU_OFFSET = 0xE8000
 SCRATCH_OFFSET = 0xE9000
 VCPU_PRIVILEGED_OFFSET = 0xEA000         # control registers, supervisor-only (mov r, crN)
 SHADOW_GDT_OFFSET = 0x10000
-SHADOW_GDT_SIZE = 0x10000
 SHADOW_LDT_OFFSET = 0x20000
-SHADOW_LDT_SIZE = 0x10000
 LOOKUP_OFFSET = 0x40000
 PROFILE_OFFSET = 0xC0000                 # execution counters, one u32 per arena slot (--profile)
 PAGE_TABLES_OFFSET = 0x100000            # 4 KiB page tables for up to 3 GiB of RAM + the monitor
@@ -102,8 +101,7 @@ class BinaryTranslationMode(ExecutionMode):
         self.vcpu_privileged_address = memory.map_monitor_area(VCPU_PRIVILEGED_OFFSET, PAGE_SIZE, PROT_READ)
         self.scratch_address = memory.map_monitor_area(SCRATCH_OFFSET, PAGE_SIZE, PROT_READ | PROT_WRITE)
         self.stub_address = memory.map_monitor_area(STUB_OFFSET, PAGE_SIZE, PROT_READ | PROT_EXEC)
-        self.shadow_gdt_address = memory.map_monitor_area(SHADOW_GDT_OFFSET, SHADOW_GDT_SIZE, PROT_READ)
-        self.shadow_ldt_address = memory.map_monitor_area(SHADOW_LDT_OFFSET, SHADOW_LDT_SIZE, PROT_READ)
+        self.shadow = ShadowTables(engine, memory, SHADOW_GDT_OFFSET, SHADOW_LDT_OFFSET, kernel_ring=1)
         lookup_address = memory.map_monitor_area(LOOKUP_OFFSET, LOOKUP_TABLE_SIZE, PROT_READ)
         arena_address = memory.map_monitor_area(ARENA_OFFSET, ARENA_SIZE, PROT_READ | PROT_EXEC)
         profile_address = memory.map_monitor_area(PROFILE_OFFSET, ARENA_SLOTS * 4, PROT_READ | PROT_WRITE)
@@ -118,8 +116,6 @@ class BinaryTranslationMode(ExecutionMode):
         self.vcpu_view = memory.monitor_view(VCPU_OFFSET, PAGE_SIZE)
         self.vcpu_privileged_view = memory.monitor_view(VCPU_PRIVILEGED_OFFSET, PAGE_SIZE)
         self.scratch_view = memory.monitor_view(SCRATCH_OFFSET, PAGE_SIZE)
-        self.shadow_view = memory.monitor_view(SHADOW_GDT_OFFSET, SHADOW_GDT_SIZE)
-        self.shadow_ldt_view = memory.monitor_view(SHADOW_LDT_OFFSET, SHADOW_LDT_SIZE)
         arena = CodeArena(arena_address, memory.monitor_view(ARENA_OFFSET, ARENA_SIZE), SLOT_SIZE, ARENA_SLOTS)
         assert arena.allocate() == ONE_SHOT_SLOT
         self.cache = TranslationCache(engine, arena, memory.monitor_view(LOOKUP_OFFSET, LOOKUP_TABLE_SIZE),
@@ -205,37 +201,13 @@ class BinaryTranslationMode(ExecutionMode):
 
     def rebuild_shadow_gdt(self) -> None:
         base, limit = self.cpu.tables["gdtr"]
-        size = min(limit + 1, SHADOW_GDT_SIZE)
-        self.shadow_view[:SHADOW_GDT_SIZE] = bytes(SHADOW_GDT_SIZE)
-        for index in range(8, size - 7, 8):
-            try:
-                raw = self.memory.read(base + index, 8)
-            except Exception:
-                break
-            self.shadow_view[index:index + 8] = shadow_descriptor(raw)
-        self.engine.set_table_register("gdtr", self.shadow_gdt_address, max(limit, 7))
+        self.shadow.load_gdt(base, limit)
 
     def refresh_shadow(self, selector: int, raw: bytes) -> None:
-        view = self.shadow_ldt_view if selector & 4 else self.shadow_view
-        index = selector & 0xFFF8
-        if index + 8 <= len(view):
-            view[index:index + 8] = shadow_descriptor(raw)
+        self.shadow.refresh(selector, raw)
 
     def load_shadow_ldt(self, selector: int, raw: Optional[bytes]) -> None:
-        """lldt: copy the guest's LDT into the shadow LDT and point the engine's LDTR at it."""
-        if raw is None:
-            self.engine.set_table_register("ldtr", 0, 0, 0)
-            return
-        descriptor = SegmentDescriptor.decode(raw)
-        size = min(descriptor.limit + 1, SHADOW_LDT_SIZE)
-        self.shadow_ldt_view[:] = bytes(SHADOW_LDT_SIZE)
-        for index in range(0, size - 7, 8):
-            try:
-                entry = self.memory.read(descriptor.base + index, 8)
-            except Exception:
-                break
-            self.shadow_ldt_view[index:index + 8] = shadow_descriptor(entry)
-        self.engine.set_table_register("ldtr", self.shadow_ldt_address, size - 1, selector)
+        self.shadow.load_ldt(selector, raw)
 
     def _enter_deprivileged(self, host_target: int) -> int:
         """Build the one-time stub that leaves the boot CPL 0 for CPL 1 with an iret."""

@@ -4,7 +4,6 @@ engine's descriptors are shadows of the guest's (DPL 0 made DPL 1 for the depriv
 
 from __future__ import annotations
 
-import struct
 from typing import TYPE_CHECKING, Optional
 
 from capstone import x86_const as X
@@ -20,21 +19,6 @@ if TYPE_CHECKING:
 SEGMENT_NAMES = ("cs", "ss", "ds", "es", "fs", "gs")
 SEGMENT_IDS = {name: reg for reg, name in ((X.X86_REG_CS, "cs"), (X.X86_REG_SS, "ss"), (X.X86_REG_DS, "ds"),
                                            (X.X86_REG_ES, "es"), (X.X86_REG_FS, "fs"), (X.X86_REG_GS, "gs"))}
-
-
-def shadow_descriptor(raw: bytes) -> bytes:
-    """The descriptor the engine uses for a guest descriptor: code/data segments of DPL 0 become
-    DPL 1 (the guest kernel runs at CPL 1) with the accessed bit preset (the shadow table is
-    read-only to the engine); system descriptors are marked not present (never used natively)."""
-    low, high = struct.unpack("<II", raw)
-    access = (high >> 8) & 0xFF
-    if access & 0x10:                      # code or data
-        access |= 0x01
-        if (access >> 5) & 3 == 0:
-            access |= 0x20
-    else:
-        access &= 0x7F
-    return struct.pack("<II", low, (high & ~0xFF00) | (access << 8))
 
 
 def _real_selector(selector: int) -> int:

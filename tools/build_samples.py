@@ -63,6 +63,7 @@ IMAGES = {
     "multitask": ([MB_HEADER, CRT0, RUNTIME, CHECK, USER, "multitask.S"], "multitask.elf", "multiboot"),
     "ring3": ([MB_HEADER, CRT0, RUNTIME, CHECK, USER, PROBE, "ring3.S"], "ring3.elf", "multiboot"),
     "segments": ([MB_HEADER, CRT0, RUNTIME, CHECK, USER, PROBE, "segments.S"], "segments.elf", "multiboot"),
+    "holes": ([MB_HEADER, CRT0, RUNTIME, "holes.S"], "holes.elf", "multiboot"),
     "plain": ([CRT0, RUNTIME, "plain.S"], "plain.elf", "elf"),
     "flat": ([CRT0, RUNTIME, "flat.S"], "flat.bin", "flat"),
     "hello_s": (["hello_keystone.s"], "hello.s", "asm"),  # not src/hello.s: clashes with hello.S on case-insensitive file systems
@@ -109,6 +110,7 @@ RUNS = [
     _run("multitask", "multitask.elf"),
     _run("ring3", "ring3.elf"),
     _run("segments", "segments.elf"),
+    _run("holes", "holes.elf"),
     _run("plain", "plain.elf", qemu=False),
     _run("flat", "flat.bin", qemu=False),
     _run("hello_s", "hello.s", qemu=False),

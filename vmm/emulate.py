@@ -68,12 +68,17 @@ class Emulator:
         self.interrupt_shadow = False    # set by a load of SS: no interrupt before the next instruction
         self.debug_registers = [0, 0, 0, 0, 0xFFFF0FF0, 0x400, 0xFFFF0FF0, 0x400]   # reset values
 
+    def emulates(self, instruction) -> bool:
+        """Whether there is an emulation procedure for this instruction."""
+        return hasattr(self, "_" + instruction.rule.procedure) if instruction.rule.procedure else False
+
     def emulate(self, instruction) -> Outcome:
         procedure = getattr(self, "_" + instruction.rule.procedure, None)
         if procedure is None:
             raise UnsupportedInstruction(f"no emulation for {instruction} at {instruction.address:#010x}")
         insn = instruction.insn
-        if instruction.rule.category is Category.PRIVILEGED and self.cpu.cpl > 0:
+        if instruction.rule.category is Category.PRIVILEGED and self.cpu.cpl > 0 \
+                and instruction.rule.procedure != "interrupt_flag":
             raise GuestFault(GP, 0)           # outside ring 0 every privileged instruction faults
         self._next = instruction.end
         outcome = procedure(insn)
@@ -492,6 +497,16 @@ class Emulator:
         # Reached at ring 0 only (a privileged callout faults elsewhere). No performance
         # counters are modelled: #UD, as QEMU's own unimplemented rdpmc raises.
         raise GuestFault(UD, 0)
+
+    def _interrupt_flag(self, insn):
+        """cli/sti where they reach the monitor (a trap under trap-and-emulate): allowed at CPL <=
+        IOPL. After sti, interrupts wait one more instruction (the modes watch the window)."""
+        flags = self.cpu.reg("eflags")
+        if self.cpu.cpl > iopl(flags):
+            raise GuestFault(GP, 0)
+        self.cpu.set_reg("eflags", flags & ~IF if insn.id == X.X86_INS_CLI else flags | IF)
+        if insn.id == X.X86_INS_STI and not flags & IF:
+            self.interrupt_shadow = True
 
     def _popf(self, insn):
         size = 2 if insn.id == X.X86_INS_POPF else 4

@@ -59,7 +59,8 @@ class ExecutionMode(ABC):
 def available_modes() -> dict[str, type[ExecutionMode]]:
     from vmm.modes.bt import BinaryTranslationMode
     from vmm.modes.direct import DirectMode
-    return {mode.name: mode for mode in (BinaryTranslationMode, DirectMode)}
+    from vmm.modes.trap import TrapAndEmulateMode
+    return {mode.name: mode for mode in (BinaryTranslationMode, DirectMode, TrapAndEmulateMode)}
 
 
 DEFAULT_MODE = "bt"

@@ -99,7 +99,8 @@ class DirectMode(ExecutionMode):
         self._if_may_be_set = 0
         self._io_in_progress: Optional[tuple] = None      # (port, size, is_out) inside an I/O hook
         self._stale_eip_check: Optional[tuple] = None
-        engine.on_interrupt(lambda vector: vm.dispatch(self._exception_exit(engine, vector)))
+        self._pending_exit: Optional[VmExit] = None     # an exit a hook decided on (trap mode)
+        engine.on_interrupt(lambda vector: self._on_interrupt(vm, vector))
         if vm.tracer.exec:
             engine.on_block(lambda address, _size: vm.tracer.executed(address))
         self.engine = engine
@@ -274,6 +275,11 @@ class DirectMode(ExecutionMode):
             eip += length
         return snapshot
 
+    def _on_interrupt(self, vm, vector: int) -> None:
+        """Exceptions and int n are delivered from inside the engine's hook: the engine's state
+        is the guest's, and the run goes on in the handler."""
+        vm.dispatch(self._exception_exit(self.engine, vector))
+
     def _exception_exit(self, engine, vector: int) -> VmExit:
         """Delivered from inside the interrupt hook: the engine's state is the guest's."""
         eip = engine.reg("eip")
@@ -316,6 +322,9 @@ class DirectMode(ExecutionMode):
             cause = engine.run(engine.reg("eip"), vm.until_address, count=1 if stepping else 0)
         if self._denied_io is not None:
             return self._denied_io_exit()
+        if self._pending_exit is not None:
+            pending, self._pending_exit = self._pending_exit, None
+            return pending
         if self._window_open:           # the guest set IF with an interrupt waiting
             self._window_open = False
             self._end_run_requested = False
@@ -354,7 +363,7 @@ class DirectMode(ExecutionMode):
         if count > 1:
             cause = engine.run(engine.reg("eip"), vm.until_address, count=count - 1)
             if (cause is not StopCause.RETURNED or vm.stop_requested or self._end_run_requested
-                    or self._denied_io is not None or self._window_open
+                    or self._denied_io is not None or self._window_open or self._pending_exit is not None
                     or self._hit_breakpoint or vm.limits.expired
                     or self._byte_before(engine.reg("eip")) == HLT_OPCODE):
                 return cause, count

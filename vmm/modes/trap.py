@@ -1,0 +1,248 @@
+"""Trap-and-emulate, the classic way and its 386 failure: the guest kernel runs untranslated,
+deprivileged to the host's ring 3. Privileged instructions fault (#GP) and the monitor decodes
+and emulates them against a virtual CPU; port I/O reaches it through the I/O hooks. The
+sensitive but unprivileged instructions (pushf/popf, sgdt, mov r,cs, ...) run natively and show
+or ignore the real state, exactly as history says: guests that depend on them go wrong. The
+monitor records the ones it sees executed ("virtualization holes").
+
+Deprivileging: the engine's GDT is a shadow of the guest's with ring-0 code/data descriptors
+moved to ring 3 (vmm/shadow_tables.py), CS and SS hold the guest's selectors with RPL 3, the
+real IOPL is 0 (cli/sti fault), and the real EFLAGS.IF is the guest's virtual IF: the monitor
+sets it when it emulates cli/sti/iret, and a native popf silently cannot. Guest ring 3 runs at
+ring 3 too; which ring the guest is in is virtual (TrapCpu.virtual_cpl).
+
+Holes are seen by a block hook that decodes each engine block the first time it runs and counts
+its runs: a hole's count is the number of times its block started. An iret or retf that ends a
+block of the guest kernel and does not trap returned to ring 3 natively, as a same-ring return
+that leaves SS:ESP on the stack: it is recorded when the next block starts. That hook is a Python
+call per engine block: trap mode pays it so that the report can name what went wrong.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Optional
+
+from translator.classify import Category
+from translator.decoder import Decoder, GuestInstruction
+from vmm.cpu import GuestCpu
+from vmm.emulate import UnsupportedInstruction
+from vmm.exits import ExitReason, VmExit
+from vmm.modes.direct import DirectMode
+from vmm.shadow_tables import ShadowTables
+from vmm.x86 import CR0_PG, GP, IOPL_MASK, NP, SS, TS, SegmentDescriptor
+
+SHADOW_GDT_OFFSET = 0x10000          # monitor-region areas (the same places bt uses them)
+SHADOW_LDT_OFFSET = 0x20000
+REAL_RING = 3
+HLT_PROCEDURE = "hlt"
+TRAP_VECTORS = (GP, NP, SS, TS)
+
+
+def _real(selector: int) -> int:
+    """The selector the engine holds for a guest CS or SS: RPL 3 (the ring it really runs at)."""
+    return (selector & ~3) | REAL_RING
+
+
+def is_hole(instruction: GuestInstruction) -> bool:
+    """A sensitive instruction that does not trap when the kernel runs at ring 3: the ones the
+    classification calls sensitive-but-unprivileged, and far jumps and calls (they run natively
+    between the compressed segments and leave RPL 3 in CS)."""
+    rule = instruction.rule
+    return rule.category is Category.SENSITIVE or rule.procedure in ("far_jmp", "far_call")
+
+
+class TrapCpu(GuestCpu):
+    """Guest registers under trap-and-emulate: general registers, EFLAGS (but IOPL), IF and the
+    data segment registers are the engine's; the ring, CS/SS's RPL, IOPL, the descriptor-table
+    and control registers are virtual."""
+
+    def __init__(self, engine, shadow: ShadowTables) -> None:
+        super().__init__(engine)
+        self.shadow = shadow
+        self.virtual_cpl = engine.reg("cs") & 3
+        self.iopl = engine.reg("eflags") & IOPL_MASK
+        self.tables = {name: engine.table_register(name) for name in ("gdtr", "idtr", "ldtr", "tr")}
+        self.table_selectors = {"ldtr": 0, "tr": 0}
+        self.control = {n: engine.reg(f"cr{n}") for n in (0, 2, 3, 4)}
+
+    def deprivilege(self) -> None:
+        """Move the engine to ring 3 over the shadow of the guest's current GDT (once, at entry)."""
+        self.shadow.load_gdt(*self.tables["gdtr"])
+        self.engine.set_privilege(REAL_RING, _real(self.engine.reg("ss")), _real(self.engine.reg("cs")))
+        for name in ("ds", "es", "fs", "gs"):       # reload from the shadow, now at DPL 3
+            self.engine.set_reg(name, self.engine.reg(name))
+        self.engine.set_reg("eflags", self.engine.reg("eflags") & ~IOPL_MASK)
+
+    def reg(self, name: str) -> int:
+        if name in ("cs", "ss"):
+            return (self.engine.reg(name) & ~3) | self.virtual_cpl
+        if name == "eflags":
+            return (self.engine.reg("eflags") & ~IOPL_MASK) | self.iopl
+        if name.startswith("cr"):
+            return self.control[int(name[2:])]
+        return self.engine.reg(name)
+
+    def set_reg(self, name: str, value: int) -> None:
+        value &= 0xFFFFFFFF
+        if name == "eflags":
+            self.iopl = value & IOPL_MASK
+            self.engine.set_reg("eflags", value & ~IOPL_MASK)
+        elif name.startswith("cr"):
+            if name == "cr0" and value & CR0_PG:
+                raise UnsupportedInstruction("guest paging under trap-and-emulate arrives with memory virtualization")
+            self.control[int(name[2:])] = value
+        elif name in ("cs", "ss"):
+            raise ValueError("segment registers change through load_segment")
+        else:
+            self.engine.set_reg(name, value)
+
+    def load_segment(self, name: str, selector: int, raw: Optional[bytes]) -> None:
+        if raw is not None:
+            self.shadow.refresh(selector, raw)
+        if name in ("cs", "ss"):
+            self.engine.set_reg(name, _real(selector))
+        else:
+            self.engine.set_reg(name, selector if raw is not None else 0)
+
+    def change_privilege(self, cs: int, cs_raw: bytes, ss: int, ss_raw: bytes, esp: int) -> None:
+        """A ring change is only virtual here: the engine stays at ring 3."""
+        self.shadow.refresh(cs, cs_raw)
+        self.shadow.refresh(ss, ss_raw)
+        eflags = self.reg("eflags")
+        self.virtual_cpl = cs & 3
+        self.engine.set_reg("ss", _real(ss))
+        self.engine.set_reg("cs", _real(cs))
+        self.engine.set_reg("esp", esp)
+        self.set_reg("eflags", eflags)
+
+    @property
+    def cpl(self) -> int:
+        return self.virtual_cpl
+
+    def table_register(self, name: str) -> tuple[int, int]:
+        return self.tables[name]
+
+    def set_table_register(self, name: str, base: int, limit: int) -> None:
+        self.tables[name] = (base & 0xFFFFFFFF, limit & 0xFFFF)
+        if name == "gdtr":
+            self.shadow.load_gdt(base, limit)
+
+    def table_selector(self, name: str) -> int:
+        return self.table_selectors[name]
+
+    def set_table_selector(self, name: str, selector: int, raw: Optional[bytes] = None) -> None:
+        if name == "ldtr":
+            self.shadow.load_ldt(selector, raw)
+        descriptor = SegmentDescriptor.decode(raw) if raw is not None else None
+        self.tables[name] = (descriptor.base, descriptor.limit) if descriptor is not None else (0, 0)
+        self.table_selectors[name] = selector & 0xFFFF
+
+
+class TrapAndEmulateMode(DirectMode):
+    name = "trap"
+
+    def attach(self, vm) -> GuestCpu:
+        super().attach(vm)
+        shadow = ShadowTables(vm.engine, vm.memory, SHADOW_GDT_OFFSET, SHADOW_LDT_OFFSET, kernel_ring=REAL_RING)
+        self.cpu = TrapCpu(vm.engine, shadow)
+        self.decoder = Decoder(self._read_code)
+        self.traps: Counter = Counter()                 # emulated instructions, by mnemonic
+        self._block_runs: Counter = Counter()           # engine block start -> runs
+        self._holes: dict[int, tuple[str, list[int]]] = {}   # address -> (text, blocks containing it)
+        self._scanned: dict[int, Optional[tuple[int, str]]] = {}    # block -> its final iret/retf
+        self._native_return: Optional[tuple[int, str]] = None         # the one the last block ends in
+        self._native_returns: Counter = Counter()
+        self._trapped_at: Counter = Counter()                       # address -> traps taken there
+        self._entered = False
+        vm.engine.on_block(self._block_started)
+        return self.cpu
+
+    # -- running: the engine at ring 3, traps dispatched from its interrupt hook ---------------
+    def execute(self, vm) -> VmExit:
+        if not self._entered:
+            self._entered = True
+            self.cpu.deprivilege()
+        self._native_return = None
+        return super().execute(vm)
+
+    def _on_interrupt(self, vm, vector: int) -> None:
+        """A #GP (or a #NP/#SS/#TS: the shadow tables hold no system descriptors, so gates and
+        TSSs used natively fault) at an instruction the monitor emulates is a trap: emulate it
+        with the guest's own tables, in the hook, as direct mode delivers exceptions; hlt ends
+        the run. Emulating is right even for the guest's own faults there: the emulation raises
+        the same exception. Anything else is the guest's own exception."""
+        engine = self.engine
+        self._native_return = None            # the block's iret/retf trapped, or never ran
+        if vector in TRAP_VECTORS:
+            _error_code, software = engine.last_exception_info()
+            eip = engine.reg("eip")
+            instruction = None if software else self._decode(eip)
+            if instruction is not None and vm.emulator.emulates(instruction):
+                engine.reset_exception_state()
+                self.traps[instruction.insn.mnemonic] += 1
+                self._trapped_at[eip] += 1
+                if instruction.rule.procedure == HLT_PROCEDURE and self.cpu.cpl == 0:
+                    engine.set_reg("eip", instruction.end)
+                    self._pending_exit = VmExit(ExitReason.HLT, eip=eip)
+                    engine.stop()
+                    return
+                vm.dispatch(VmExit(ExitReason.CALLOUT, eip=eip, instruction=instruction))
+                return
+        super()._on_interrupt(vm, vector)
+
+    def _decode(self, eip: int) -> Optional[GuestInstruction]:
+        block = self.decoder.decode_block(eip, limit=1)
+        return block.instructions[0] if block.instructions else None
+
+    def _read_code(self, address: int, size: int) -> bytes:
+        ram = self.memory.ram
+        if not ram.contains(address, 1):
+            return b""
+        return self.memory.read(address, min(size, ram.end - address))
+
+    # -- holes ---------------------------------------------------------------------------------
+    def _block_started(self, address: int, size: int) -> None:
+        if self._native_return is not None:
+            # The block before ended in iret/retf in the guest kernel and did not trap: a return
+            # to ring 3, which at the real ring 3 ran as a same-ring return (SS:ESP not popped).
+            self._record_hole(*self._native_return)
+            self._native_return = None
+        self._block_runs[address] += 1
+        if address not in self._scanned:
+            self._scanned[address] = self._scan(address, size)
+        final_return = self._scanned[address]
+        if final_return is not None and self.cpu.virtual_cpl == 0:
+            self._native_return = final_return
+
+    def _scan(self, address: int, size: int) -> Optional[tuple[int, str]]:
+        """Note the holes in an engine block; returns (address, text) of an iret/retf ending it."""
+        end, current, last = address + size, address, None
+        while current < end:
+            block = self.decoder.decode_block(current, limit=1)
+            if not block.instructions:
+                break
+            last = block.instructions[0]
+            if is_hole(last):
+                text, blocks = self._holes.setdefault(last.address, (str(last), []))
+                blocks.append(address)
+            current = last.end
+        if last is not None and last.rule.procedure in ("iret", "far_ret"):
+            return last.address, str(last)
+        return None
+
+    def _record_hole(self, address: int, text: str) -> None:
+        self._native_returns[(address, text)] += 1
+
+    def holes(self) -> list[dict]:
+        """The sensitive instructions that ran without trapping, with how often their blocks ran
+        (for iret/retf: how often they returned to ring 3 natively)."""
+        found = [(address, text, sum(self._block_runs[block] for block in blocks) - self._trapped_at[address])
+                 for address, (text, blocks) in self._holes.items()]
+        found = [hole for hole in found if hole[2] > 0]     # those that always trapped are no holes
+        found += [(address, text, count) for (address, text), count in self._native_returns.items()]
+        return [{"address": f"{address:#010x}", "instruction": text, "count": count}
+                for address, text, count in sorted(found)]
+
+    def counters(self) -> dict:
+        return {"traps": dict(sorted(self.traps.items())), "virtualization_holes": self.holes()}

@@ -127,3 +127,17 @@ def test_set_privilege_moves_the_cpu_between_rings():
     assert (engine.reg("eax"), engine.reg("ebx"), engine.privilege()) == (0x1B, 0x23, 3)
     engine.set_privilege(0, 0x10, 0x08)
     assert (engine.reg("cs"), engine.reg("ss"), engine.privilege()) == (0x08, 0x10, 0)
+
+
+def test_the_engine_counts_the_instructions_a_counted_run_started():
+    # Engine.instructions_started reads Unicorn's emu_counter at a pinned uc_struct offset:
+    # a run given N instructions started N + 1 (the one it stopped in front of); a stop asked
+    # for in an I/O hook lands in front of the next instruction (counted, not run); hlt counts.
+    engine, memory = machine("inc eax\ninc eax\nout 0x80, al\ninc eax\ninc eax\nhlt\ninc eax\nhlt")
+    engine.run(CODE, memory.until_address, count=2)
+    assert engine.instructions_started() == 3 and engine.reg("eax") == 2
+    engine.on_port_io(lambda port, size: 0, lambda port, size, value: engine.stop())
+    engine.run(engine.reg("eip"), memory.until_address, count=100)
+    assert engine.instructions_started() == 2 and engine.reg("eax") == 2      # out, then stopped
+    engine.run(engine.reg("eip"), memory.until_address, count=100)
+    assert engine.instructions_started() == 3 and engine.reg("eax") == 4      # inc, inc, hlt

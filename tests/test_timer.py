@@ -183,3 +183,49 @@ def test_a_waiting_interrupt_is_taken_in_a_one_instruction_window(tmp_path, mode
     assert result.reason is StopReason.DEBUG_EXIT
     assert result.guest_value == 0, f"{result.guest_value} interrupts landed outside the window"
     assert vm.external_interrupts[0x20] >= 250      # one waits at nearly every window
+
+
+def test_a_chip_write_deep_in_a_long_engine_block_does_not_rerun_the_block(tmp_path, mode):
+    # Regression: direct mode looked for the instruction a stop from an I/O hook lands on at
+    # most 64 instructions from the engine block's start; further in, it resumed at the block
+    # start and ran the block again (here: the increment, and the first chip write for ever).
+    source = ("    mov dword ptr [0x7000], 0\n    inc dword ptr [0x7000]\n" + "    nop\n" * 200
+              + "    mov al, 0x34\n    out 0x43, al\n    mov eax, dword ptr [0x7000]\n" + EXIT)
+    result, _out, _vm = run_source(tmp_path, source, mode=mode, timeout=30)
+    assert result.reason is StopReason.DEBUG_EXIT and result.guest_value == 1
+
+
+def test_a_guest_polling_the_pit_sees_time_move(tmp_path, mode):
+    # Latch channel 0 and read it until the count changes: each latch is a PIT write, and the
+    # time a run cut short by it ran must not be lost (the count would never move).
+    source = """
+    mov al, 0x34
+    out 0x43, al
+    mov al, 0xFF
+    out 0x40, al
+    out 0x40, al
+    mov al, 0
+    out 0x43, al
+    in al, 0x40
+    mov bl, al
+    in al, 0x40
+    mov bh, al
+    mov ecx, 100000
+poll:
+    mov al, 0
+    out 0x43, al
+    in al, 0x40
+    mov dl, al
+    in al, 0x40
+    mov dh, al
+    cmp dx, bx
+    jne moved
+    dec ecx
+    jnz poll
+    mov eax, 0xBAD
+""" + EXIT + """
+moved:
+    mov eax, 1
+""" + EXIT
+    result, _out, _vm = run_source(tmp_path, source, mode=mode, timeout=60)
+    assert result.reason is StopReason.DEBUG_EXIT and result.guest_value == 1

@@ -20,6 +20,8 @@ PINNED_UNICORN_VERSION = "2.1.1"
 # tests/test_engine.py re-derives each one from a real fault, so a different build fails loudly.
 _CTX_ENV = 20
 _CTX_HFLAGS = _CTX_ENV + 176             # uint32 hflags: bits 0-1 are the CPL (QEMU's HF_CPL_MASK)
+# Offset of uint64 emu_counter in Unicorn's uc_struct (instructions started by a counted run).
+_UC_EMU_COUNTER = 1344
 _CTX_ERROR_CODE = _CTX_ENV + 5352        # int error_code of the last exception
 _CTX_EXCEPTION_IS_INT = _CTX_ENV + 5356  # int exception_is_int: 1 for int n / int3 / into
 _CTX_OLD_EXCEPTION = _CTX_ENV + 5464     # int old_exception: never cleared by Unicorn (see reset)
@@ -203,6 +205,12 @@ class Engine:
             self._uc.context_restore(context)
         self._uc.reg_write(x86.UC_X86_REG_SS, ss)
         self._uc.reg_write(x86.UC_X86_REG_CS, cs)
+
+    def instructions_started(self) -> int:
+        """In a run with a count: the instructions the engine started, the one it stopped in
+        front of included (a stop from a hook, or the count running out) and hlt included. Read
+        from Unicorn's own counter (uc_struct.emu_counter, offset pinned by tests/test_engine.py)."""
+        return ctypes.c_uint64.from_address(self._uc._uch.value + _UC_EMU_COUNTER).value
 
     def privilege(self) -> int:
         """The CPU's current privilege level, as the engine keeps it."""

@@ -16,6 +16,7 @@ from vmm.modes import ExecutionMode
 from vmm.x86 import BP, CR4_PCE, DB, GP, IF, OF_VEC, UD
 
 HLT_OPCODE = 0xF4
+ENGINE_BLOCK_MAX_INSTRUCTIONS = 512     # QEMU's TCG_MAX_INSNS: how far a block start can be
 _ONE_BYTE_INTS = ((BP, 0xCC), (OF_VEC, 0xCE), (DB, 0xF1))   # int3, into, int1
 
 
@@ -112,6 +113,8 @@ class DirectMode(ExecutionMode):
         self.cpu = GuestCpu(engine)
         self._vm = vm
         self._end_run_requested = False
+        self._ran_early = 0             # instructions run by the last counted run that ended early
+        self._cut_short = False
         # Once the guest uses time the run loop bounds every run: end the unbounded one now.
         vm.interrupts.on_first_use.append(self._end_run)
         return self.cpu
@@ -149,7 +152,7 @@ class DirectMode(ExecutionMode):
             return eip
         block_start, dx, port, size, out = check
         address, seen_io = block_start, False
-        for _ in range(64):
+        for _ in range(ENGINE_BLOCK_MAX_INSTRUCTIONS):
             try:
                 code = self.memory.read(address, 16)
             except UnbackedAccess:
@@ -188,9 +191,8 @@ class DirectMode(ExecutionMode):
         """Stop the engine: like QEMU's own TCG it takes effect at the end of the engine's block
         (the instructions after the OUT in that block run first). An EIP written inside the
         hook is not honoured, so the interrupt window cannot come earlier. Only when it matters:
-        INTR raised with IF set, or the PIT reprogrammed (its next event may come before the
-        run's bound; the instructions of the run cut short are not counted). An EOI alone lets
-        the run go on."""
+        INTR raised with IF set, or the PIT written (its next event may now come before the
+        run's bound, and a latch must see the time move); an EOI alone lets the run go on."""
         if PIT_BASE <= port < PIT_BASE + PIT_PORTS or \
                 (self._vm.interrupts.pic.output and self.engine.reg("eflags") & IF):
             self._end_run()
@@ -238,7 +240,7 @@ class DirectMode(ExecutionMode):
     def _denied_io_exit(self) -> VmExit:
         (registers, port, size, out), self._denied_io = self._denied_io, None
         eip = registers["eip"]
-        for _ in range(64):          # decode forward from the block start to the instruction
+        for _ in range(ENGINE_BLOCK_MAX_INSTRUCTIONS):   # from the block start to the instruction
             try:
                 code = self.memory.read(eip, 16)
             except UnbackedAccess:
@@ -261,7 +263,7 @@ class DirectMode(ExecutionMode):
         already), so decode forward to it; the run ends just after it."""
         snapshot = self.cpu.snapshot()
         eip = snapshot["eip"]
-        for _ in range(64):
+        for _ in range(ENGINE_BLOCK_MAX_INSTRUCTIONS):
             try:
                 code = self.memory.read(eip, 16)
             except UnbackedAccess:
@@ -316,10 +318,20 @@ class DirectMode(ExecutionMode):
         if debugger is not None and debugger.interrupted:
             return VmExit(ExitReason.DEBUG, eip=engine.reg("eip"))
         self._hit_breakpoint = False
-        if count and not stepping:
+        counted = bool(count) and not stepping
+        if counted:
             cause, count = self._run_counted(vm, count)
         else:
             cause = engine.run(engine.reg("eip"), vm.until_address, count=1 if stepping else 0)
+        vm_exit = self._exit_after_run(vm, cause, count if counted else 0, stepping)
+        if counted and (vm_exit.reason is not ExitReason.EVENT or self._cut_short):
+            vm.retire(self._ran_early)       # a run that ended before its count: what it ran
+        return vm_exit
+
+    def _exit_after_run(self, vm, cause, count: int, stepping: bool) -> VmExit:
+        """Why the engine returned. count: the instructions a counted run was given (0: none)."""
+        engine, debugger = self.engine, self.debugger
+        self._cut_short = False
         if self._denied_io is not None:
             return self._denied_io_exit()
         if self._pending_exit is not None:
@@ -328,15 +340,17 @@ class DirectMode(ExecutionMode):
         if self._window_open:           # the guest set IF with an interrupt waiting
             self._window_open = False
             self._end_run_requested = False
+            self._cut_short = True
             return VmExit(ExitReason.EVENT, eip=engine.reg("eip"))
         if vm.stop_requested:
             return VmExit(ExitReason.STOP_REQUEST)
         eip = engine.reg("eip")
-        if self._end_run_requested:     # cut short: the instructions it ran are not counted
+        if self._end_run_requested:     # cut short: what it ran is retired by the caller
             self._end_run_requested = False
             eip = self._resume_point(eip)
             engine.set_reg("eip", eip)
             if self._byte_before(eip) != HLT_OPCODE:
+                self._cut_short = True
                 return VmExit(ExitReason.EVENT, eip=eip)
             return VmExit(ExitReason.HLT, eip=eip - 1)
         if debugger is not None and (stepping or self._hit_breakpoint or debugger.interrupted):
@@ -346,7 +360,7 @@ class DirectMode(ExecutionMode):
             return VmExit(ExitReason.TIME_LIMIT, eip=eip)
         if cause is StopCause.MEMORY_FAULT:
             return VmExit(ExitReason.MEMORY_FAULT, eip=eip, detail=engine.memory_fault.message)
-        if count and not stepping:
+        if count:
             # Only `hlt` and an exhausted count return quietly. hlt leaves EIP just past itself;
             # the count stops before an instruction. A count that ran out right after a
             # non-hlt instruction ending in byte F4 would be taken for hlt.
@@ -360,19 +374,35 @@ class DirectMode(ExecutionMode):
         that blocks interrupts for one more (sti, mov ss, pop ss) is never the last: an
         interrupt taken at the end must not land in its shadow. Returns (cause, count run)."""
         engine = self.engine
+        done = 0
         if count > 1:
             cause = engine.run(engine.reg("eip"), vm.until_address, count=count - 1)
-            if (cause is not StopCause.RETURNED or vm.stop_requested or self._end_run_requested
-                    or self._denied_io is not None or self._window_open or self._pending_exit is not None
-                    or self._hit_breakpoint or vm.limits.expired
-                    or self._byte_before(engine.reg("eip")) == HLT_OPCODE):
+            if self._stopped_early(vm, cause):
+                self._ran_early = self._instructions_ran()
                 return cause, count
+            done = count - 1
         if self._opens_shadow(engine.reg("eip")):
             count += 1
             cause = engine.run(engine.reg("eip"), vm.until_address, count=2)
         else:
             cause = engine.run(engine.reg("eip"), vm.until_address, count=1)
+        self._ran_early = done + self._instructions_ran()
         return cause, count
+
+    def _stopped_early(self, vm, cause) -> bool:
+        return (cause is not StopCause.RETURNED or vm.stop_requested or self._end_run_requested
+                or self._denied_io is not None or self._window_open or self._pending_exit is not None
+                or self._hit_breakpoint or vm.limits.expired
+                or self._byte_before(self.engine.reg("eip")) == HLT_OPCODE)
+
+    def _instructions_ran(self) -> int:
+        """What the last counted engine run executed: the instructions it started, less the one
+        it stopped in front of (none after hlt; a fault counts as stopped in front of its
+        instruction, which may be off by one for a trap: a bounded, deterministic error)."""
+        started = self.engine.instructions_started()
+        if self._byte_before(self.engine.reg("eip")) == HLT_OPCODE:
+            return started
+        return max(0, started - 1)
 
     def _opens_shadow(self, eip: int) -> bool:
         try:

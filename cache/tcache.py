@@ -90,6 +90,11 @@ class TranslationCache:
         self.use_lookup_table = True      # off: every indirect branch exits (exec tracing)
         self._window_sites: set[int] = set()      # host addresses of INTERRUPT_WINDOW sites
         self.windows_armed = False
+        # --profile: a block's counter lives in its arena slot, which a removal frees. remove()
+        # first adds the count to removed_executions and passes (block, count) to on_remove
+        # (vmm/audit.py attributes it to the block's instructions), so no execution is lost.
+        self.removed_executions = 0
+        self.on_remove: Optional[Callable[[TranslatedBlock, int], None]] = None
         self.clear_lookup_table()
 
     # -- lookup --------------------------------------------------------------------------------
@@ -232,6 +237,11 @@ class TranslationCache:
         for site in block.translation.exits:
             self._sites.pop(block.host + site.offset, None)
             self._window_sites.discard(block.host + site.offset)
+        executions = self.executions(block)
+        if executions is not None:        # --profile: keep the count before the slot is freed
+            self.removed_executions += executions
+            if self.on_remove is not None:
+                self.on_remove(block, executions)
         block.alive = False
         del self._by_slot[block.slot]
         self.arena.release(block.slot)

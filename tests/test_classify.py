@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 from capstone import CS_ARCH_X86, CS_MODE_32, Cs
 
-from translator.classify import Category, Handling, classify, table
+from translator.classify import Category, Handling, classify, table, traps_when_deprivileged
+from translator.decoder import GuestInstruction
 
 C, H = Category, Handling
 CASES = [
@@ -135,3 +136,67 @@ def test_documentation_lists_every_table_row():
     text = (Path(__file__).resolve().parent.parent / "docs" / "classification.md").read_text()
     for name, rule in table():
         assert f"| `{name}` | {rule.category.value} | {rule.handling.value} | {rule.procedure} |" in text, name
+
+
+# traps_when_deprivileged: does the instruction trap when a ring-0 kernel runs at ring 3? One case per
+# category (and per kind where the answer differs within a category). The last field is the answer
+# from the bare Rule, which cannot tell a load of SS from one of DS.
+TRAP_CASES = [
+    ("01d8", "add eax, ebx", C.INNOCUOUS, False, False),
+    ("0f0b", "ud2 (faults, but no privilege trap)", C.INNOCUOUS, False, False),
+    ("e900000000", "jmp rel32", C.DIRECT_BRANCH, False, False),
+    ("e800000000", "call rel32", C.DIRECT_BRANCH, False, False),
+    ("c3", "ret", C.INDIRECT_BRANCH, False, False),
+    ("ffd0", "call eax", C.INDIRECT_BRANCH, False, False),
+    ("cd80", "int 0x80: through the IDT to the monitor", C.FAR_TRANSFER, True, True),
+    ("cc", "int3", C.FAR_TRANSFER, True, True),
+    ("cf", "iretd to the ring-0 kernel: #GP", C.FAR_TRANSFER, True, True),
+    ("0f34", "sysenter", C.FAR_TRANSFER, True, True),
+    ("ea001010000800", "jmp far ptr16:32: no trap, the RPL leaks", C.FAR_TRANSFER, False, False),
+    ("9a001010000800", "call far ptr16:32", C.FAR_TRANSFER, False, False),
+    ("ff18", "call far m16:32", C.FAR_TRANSFER, False, False),
+    ("cb", "retf", C.FAR_TRANSFER, False, False),
+    ("0f0110", "lgdt [eax]", C.PRIVILEGED, True, True),
+    ("0f22c0", "mov cr0, eax", C.PRIVILEGED, True, True),
+    ("0f20c0", "mov eax, cr0", C.PRIVILEGED, True, True),
+    ("fa", "cli (IOPL 0)", C.PRIVILEGED, True, True),
+    ("ec", "in al, dx (IOPL 0)", C.PRIVILEGED, True, True),
+    ("f4", "hlt", C.PRIVILEGED, True, True),
+    ("9c", "pushfd: a hole", C.SENSITIVE, False, False),
+    ("9d", "popfd: a hole", C.SENSITIVE, False, False),
+    ("0f0100", "sgdt [eax]: a hole", C.SENSITIVE, False, False),
+    ("8cc8", "mov eax, cs: a hole", C.SENSITIVE, False, False),
+    ("0e", "push cs: a hole", C.SENSITIVE, False, False),
+    ("0f0200", "lar: a hole", C.SENSITIVE, False, False),
+    ("8ed8", "mov ds, eax: a hole (compressed descriptors load)", C.SENSITIVE, False, False),
+    ("c400", "les: a hole", C.SENSITIVE, False, False),
+    ("8cd0", "mov eax, ss: a hole (reads it)", C.SENSITIVE, False, False),
+    ("8c10", "mov [eax], ss: a hole (stores it)", C.SENSITIVE, False, False),
+    ("16", "push ss: a hole", C.SENSITIVE, False, False),
+    ("8ed0", "mov ss, eax: RPL 0 != CPL 3, #GP", C.SENSITIVE, True, False),
+    ("17", "pop ss: #GP", C.SENSITIVE, True, False),
+    ("0fb200", "lss: #GP", C.SENSITIVE, True, False),
+]
+
+
+@pytest.mark.parametrize("code, text, category, traps, rule_alone", TRAP_CASES, ids=[case[1] for case in TRAP_CASES])
+def test_traps_when_deprivileged(code, text, category, traps, rule_alone):
+    insn = next(_capstone.disasm(bytes.fromhex(code), 0x100000, 1))
+    rule = classify(insn)
+    assert rule.category is category
+    # the same answer from the Capstone instruction and a decoded GuestInstruction
+    assert traps_when_deprivileged(insn) is traps
+    assert traps_when_deprivileged(GuestInstruction(insn, rule)) is traps
+    assert traps_when_deprivileged(rule) is rule_alone
+
+
+def test_trap_cases_cover_every_category():
+    assert {case[2] for case in TRAP_CASES} == set(Category)
+
+
+def test_every_sensitive_unprivileged_rule_is_a_hole_and_every_privileged_one_traps():
+    for name, rule in table():
+        if rule.category is C.SENSITIVE:
+            assert not traps_when_deprivileged(rule), name
+        if rule.category is C.PRIVILEGED:
+            assert traps_when_deprivileged(rule), name

@@ -140,6 +140,61 @@ def classify(insn) -> Rule:
     return INNOCUOUS
 
 
+# Far transfers that reach the monitor even when the guest kernel runs at ring 3: int n (and
+# int3/into/int1) through the IDT, iret back to a ring-0 kernel (a return to a more privileged
+# level is #GP), and the fast system calls (sysenter/syscall enter ring 0; sysexit/sysret are
+# #GP outside ring 0, syscall/sysret #UD in 32-bit mode).
+_TRAPPING_FAR_TRANSFERS = frozenset({"software_interrupt", "iret", "fast_system_call"})
+
+
+def traps_when_deprivileged(rule_or_insn) -> bool:
+    """Whether the instruction traps to the monitor when a kernel written for ring 0 runs
+    deprivileged at ring 3, the question pure trap-and-emulate virtualization asks (Popek and
+    Goldberg: possible only if every sensitive instruction traps). The ONE place this is decided
+    (vmm/audit.py reports it; docs/classification.md explains it).
+
+    `rule_or_insn`: a Rule, a decoded GuestInstruction (its rule), or a Capstone instruction in
+    detail mode (classified here). By category:
+
+    - PRIVILEGED: yes, #GP at CPL > 0 (port I/O and cli/sti at IOPL 0 included).
+    - SENSITIVE: no, these are the 386's holes: they run at CPL 3 and silently show or ignore the
+      real state (pushf/popf, sgdt/sidt/sldt/str/smsw, lar/lsl/verr/verw, mov r/m,Sreg, push Sreg,
+      cpuid, rdtsc, and loads of DS/ES/FS/GS, which succeed on the compressed descriptors).
+      Except loads of SS (mov ss, pop ss, lss): SS's RPL must equal the CPL, so the kernel's own
+      RPL-0 stack selector is #GP at ring 3. That needs the instruction: a bare Rule cannot tell
+      `mov ss` from `mov ds` and answers no.
+    - FAR_TRANSFER: int n/int3/into/int1, iret (back to the ring-0 kernel) and the fast system
+      calls yes; far jmp/call/ret between the kernel's segments no: they do not trap and the
+      CS they push or load carries the real RPL.
+    - INNOCUOUS, DIRECT_BRANCH, INDIRECT_BRANCH: no; not sensitive, the same at any ring (an
+      instruction that faults for other reasons, such as ud2 or div, is no privilege trap).
+    """
+    insn = None
+    if isinstance(rule_or_insn, Rule):
+        rule = rule_or_insn
+    elif isinstance(getattr(rule_or_insn, "rule", None), Rule):
+        rule, insn = rule_or_insn.rule, rule_or_insn.insn
+    else:
+        rule, insn = classify(rule_or_insn), rule_or_insn
+    if rule.category is Category.PRIVILEGED:
+        return True
+    if rule.category is Category.FAR_TRANSFER:
+        return rule.procedure in _TRAPPING_FAR_TRANSFERS
+    if rule.category is Category.SENSITIVE:
+        return insn is not None and _loads_ss(insn)
+    return False
+
+
+def _loads_ss(insn) -> bool:
+    """mov ss, r/m; pop ss; lss (not `mov r/m, ss`, which reads it)."""
+    if insn.id == X.X86_INS_LSS:
+        return True
+    if insn.id not in (X.X86_INS_MOV, X.X86_INS_POP) or not insn.operands:
+        return False
+    destination = insn.operands[0]
+    return destination.type == X.X86_OP_REG and destination.reg == X.X86_REG_SS
+
+
 def _modrm_reg(insn) -> int:
     return (insn.modrm >> 3) & 7
 

@@ -1,4 +1,4 @@
-"""Command line: `vmm run IMAGE ...`. Every failure is one line on stderr and a non-zero status."""
+"""Command line: `vmm run IMAGE ...`, `vmm audit IMAGE ...`. Every failure is one line on stderr and a non-zero status."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import sys
 from typing import Optional, Sequence
 
 from vmm.clock import CLOCKS
-from vmm.builder import DEFAULT_LOAD_ADDRESS, DEFAULT_MEM_MIB, MachineConfig, build_machine
+from vmm import audit
+from vmm.builder import DEFAULT_LOAD_ADDRESS, DEFAULT_MEM_MIB, MAX_TCACHE_BLOCKS, MachineConfig, build_machine
 from vmm.console import StdioConsole
 from vmm.errors import VmmError
 from vmm.exits import StopReason
@@ -92,11 +93,35 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--report", default=None, metavar="FILE.json", help="write a JSON report of the run")
     run.add_argument("--log-unassigned-ports", action="store_true",
                      help="log accesses to ports no device claims (stderr)")
+    audit_parser = commands.add_parser(
+        "audit", help="report the sensitive instructions a guest executes and whether trap-and-emulate "
+                      "could virtualize it", description=audit.__doc__.splitlines()[0], epilog=audit.AUDIT_EPILOG)
+    audit_parser.add_argument("image", help="Multiboot or plain ELF32 kernel, flat binary, or .s/.asm source")
+    add_guest_arguments(audit_parser)
+    audit.add_arguments(audit_parser)
     return parser
+
+
+def _audit(args) -> int:
+    """`vmm audit`: the guest runs under bt with profiling, in a cache that evicts nothing unless
+    --tcache-size says otherwise (see vmm/audit.py)."""
+    if args.tcache_size is None:
+        args.tcache_size = MAX_TCACHE_BLOCKS
+    config = guest_config(args, args.image, "bt", profile=True)
+    try:
+        return audit.run(args, config)
+    except VmmError as error:
+        print(f"vmm: {error}", file=sys.stderr)
+        return error.exit_status
+    except OSError as error:
+        print(f"vmm: {error.filename or ''}: {error.strerror}", file=sys.stderr)
+        return 1
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "audit":
+        return _audit(args)
     if args.profile and args.mode != "bt":
         print("vmm: error: --profile needs --mode bt (it counts translated blocks)", file=sys.stderr)
         return 2

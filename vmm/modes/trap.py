@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Optional
 
-from translator.classify import Category
+from translator.classify import Category, traps_when_deprivileged
 from translator.decoder import Decoder, GuestInstruction
 from vmm.cpu import GuestCpu
 from vmm.emulate import UnsupportedInstruction
@@ -45,11 +45,12 @@ def _real(selector: int) -> int:
 
 
 def is_hole(instruction: GuestInstruction) -> bool:
-    """A sensitive instruction that does not trap when the kernel runs at ring 3: the ones the
-    classification calls sensitive-but-unprivileged, and far jumps and calls (they run natively
-    between the compressed segments and leave RPL 3 in CS)."""
+    """A sensitive instruction that does not trap when the kernel runs at ring 3
+    (classify.traps_when_deprivileged decides). iret and retf are left to the return watch:
+    whether they trap depends on the ring they return to."""
     rule = instruction.rule
-    return rule.category is Category.SENSITIVE or rule.procedure in ("far_jmp", "far_call")
+    return (rule.category in (Category.SENSITIVE, Category.FAR_TRANSFER, Category.PRIVILEGED)
+            and rule.procedure not in ("iret", "far_ret") and not traps_when_deprivileged(instruction))
 
 
 class TrapCpu(GuestCpu):

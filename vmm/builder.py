@@ -48,6 +48,7 @@ class MachineConfig:
     gdb_port: Optional[int] = None           # --gdb: serve the GDB remote protocol here
     gdb_wait: bool = False                   # --gdb-wait: stop before the first instruction
     clock: str = "virtual"                   # --clock: virtual (deterministic) or realtime
+    vt_exits: Optional[frozenset] = None     # --vt-exits: the exit controls of --mode vt (None: default)
 
     def validate(self) -> None:
         modes = available_modes()

@@ -14,6 +14,7 @@ from vmm.errors import VmmError
 from vmm.exits import StopReason
 from vmm.modes import DEFAULT_MODE, available_modes
 from vmm.modes.bt import DEFAULT_CAPACITY, SLOT_SIZE
+from vmm.modes.vt import parse_exit_controls
 from vmm.report import build_report, write_report
 from vmm.trace import TRACE_FLAGS, parse_trace_flags
 
@@ -78,7 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a guest image")
     run.add_argument("image", help="Multiboot or plain ELF32 kernel, flat binary, or .s/.asm source")
     run.add_argument("--mode", default=DEFAULT_MODE, choices=sorted(available_modes()),
-                     help="bt: binary translation (default); direct: untranslated, the reference")
+                     help="bt: binary translation (default); direct: untranslated, the reference; trap: "
+                          "trap-and-emulate (kernel at ring 3, the 386's holes show); vt: hardware-assisted model")
     add_guest_arguments(run)
     run.add_argument("--profile", action="store_true",
                      help="count each translated block's executions inside the cache (bt; for vmm-tcache)")
@@ -93,6 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--report", default=None, metavar="FILE.json", help="write a JSON report of the run")
     run.add_argument("--log-unassigned-ports", action="store_true",
                      help="log accesses to ports no device claims (stderr)")
+    run.add_argument("--vt-exits", default=None, metavar="LIST",
+                     help="vt: the exit controls, 'default' (io,hlt,cpuid,external_interrupt), 'all', a list, "
+                          "or +list to add to the default; the report shows them and counts exits by reason")
     audit_parser = commands.add_parser(
         "audit", help="report the sensitive instructions a guest executes and whether trap-and-emulate "
                       "could virtualize it", description=audit.__doc__.splitlines()[0], epilog=audit.AUDIT_EPILOG)
@@ -128,14 +133,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.dump_cache and args.mode != "bt":
         print("vmm: error: --dump-cache needs --mode bt (direct execution has no translation cache)", file=sys.stderr)
         return 2
+    if args.vt_exits is not None and args.mode != "vt":
+        print("vmm: error: --vt-exits needs --mode vt (the exit controls of hardware assistance)", file=sys.stderr)
+        return 2
     try:
         trace = parse_trace_flags(args.trace)
+        vt_exits = parse_exit_controls(args.vt_exits) if args.vt_exits is not None else None
     except VmmError as error:
         print(f"vmm: error: {error}", file=sys.stderr)
         return 2
     config = guest_config(args, args.image, args.mode, log_unassigned_ports=args.log_unassigned_ports,
                           trace=trace, trace_file=args.trace_file, gdb_port=args.gdb, gdb_wait=args.gdb_wait,
-                          profile=args.profile)
+                          profile=args.profile, vt_exits=vt_exits)
     try:
         vm, image = build_machine(config, StdioConsole())
         result = vm.run()

@@ -259,6 +259,11 @@ class Engine:
                           self._guarded(lambda _uc, port, size, value, _data: port_out(port, size, value)),
                           None, 1, 0, x86.UC_X86_INS_OUT)
 
+    def on_cpuid(self, handler: Callable[[], bool]) -> None:
+        """handler() before every cpuid; True means it emulated the instruction (skip it)."""
+        self._uc.hook_add(uc_const.UC_HOOK_INSN, self._guarded(lambda _uc, _data: int(bool(handler())), default=0),
+                          None, 1, 0, x86.UC_X86_INS_CPUID)
+
     # -- run control ----------------------------------------------------------------------------
     def run(self, begin: int, until: int, count: int = 0) -> StopCause:
         """Execute from `begin` until hlt, stop() or `count` instructions."""

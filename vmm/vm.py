@@ -191,6 +191,7 @@ class VirtualMachine:
         if pending and not self.emulator.interrupt_shadow and self.cpu.reg("eflags") & IF:
             vector = self.interrupts.acknowledge()
             self.external_interrupts[vector] += 1
+            self.mode.interrupt_delivered()
             self._deliver(vector, return_eip=self.cpu.reg("eip"), external=True)
             pending = self.interrupts.pending()
         self.mode.watch_interrupt_window(pending and self._result is None)

@@ -48,6 +48,9 @@ class ExecutionMode(ABC):
         to the run loop as soon as guest code sets IF (after sti's one-instruction shadow), so
         that the interrupt is taken at that boundary and not at the next event."""
 
+    def interrupt_delivered(self) -> None:
+        """The run loop injected an external interrupt (vt counts it as an exit)."""
+
     def counters(self) -> dict:
         """Mode-specific counters for the report."""
         return {}
@@ -60,7 +63,8 @@ def available_modes() -> dict[str, type[ExecutionMode]]:
     from vmm.modes.bt import BinaryTranslationMode
     from vmm.modes.direct import DirectMode
     from vmm.modes.trap import TrapAndEmulateMode
-    return {mode.name: mode for mode in (BinaryTranslationMode, DirectMode, TrapAndEmulateMode)}
+    from vmm.modes.vt import HardwareAssistedMode
+    return {mode.name: mode for mode in (BinaryTranslationMode, DirectMode, TrapAndEmulateMode, HardwareAssistedMode)}
 
 
 DEFAULT_MODE = "bt"

@@ -40,6 +40,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -51,8 +52,13 @@ GUEST_SOURCE = ROOT / "bench" / "guests" / "micro.S"
 # header, crt0 (GDT, stack, kmain), the UART runtime, check.S (IDT, panic handlers), user.S.
 SHARED = [build_samples.MB_HEADER, build_samples.CRT0, build_samples.RUNTIME, build_samples.CHECK,
           build_samples.USER]
-MODES = ("direct", "bt")
+MODES = ("direct", "bt", "trap", "vt")
+DETAIL_MODES = ("direct", "bt")     # the detailed table; all four meet in the comparison
+# trap mode's hole watch is a Python call per engine block: its guests run N / 100 (the cost per
+# operation is still against its own baseline loop, and the ratio to direct is per operation)
+MODE_SCALE = {"trap": 0.01}
 PIT_DIVISOR = 20                 # IRQ0 every 20 PIT ticks = 1680 guest instructions (virtual clock)
+MAX_INSTRUCTIONS = 200_000_000     # trap: a guest a hole sent astray must still end
 QUICK = 0.01                     # --quick: N / 100 (the baselines: N / 10, to stay well above their fixed cost)
 QUICK_BASELINE = 0.1
 
@@ -139,14 +145,19 @@ class Run:
         return sum(self.report["counters"]["exits"].values())
 
 
-def run_vmm(image: Path, mode: str, iterations: int, directory: Path) -> Run:
+def run_vmm(image: Path, mode: str, iterations: int, directory: Path) -> Optional[Run]:
+    """The run's report; None when a mode that is not exact (trap: its holes) got the guest
+    wrong. direct and bt must always finish."""
     report = directory / f"{image.stem}.{mode}.json"
-    proc = subprocess.run([sys.executable, "-m", "vmm", "run", str(image), "--mode", mode, "--report", str(report)],
-                          capture_output=True, cwd=ROOT)
+    bound = ["--max-insns", str(MAX_INSTRUCTIONS)] if mode == "trap" else []   # counting slows the others
+    proc = subprocess.run([sys.executable, "-m", "vmm", "run", str(image), "--mode", mode, "--report", str(report),
+                           *bound], capture_output=True, cwd=ROOT)
     if not report.exists():
         raise SystemExit(f"bench: {image.name} under {mode} failed: {proc.stderr.decode().strip()}")
     result = json.loads(report.read_text())
     if result["exit"]["reason"] != "debug_exit" or result["exit"]["guest_value"] != 0:
+        if mode == "trap":
+            return None
         raise SystemExit(f"bench: {image.name} under {mode} ended badly: {result['exit']['message']}\n"
                          f"{proc.stdout.decode(errors='replace')}")
     return Run(result, iterations)
@@ -219,17 +230,20 @@ def main(argv=None) -> int:
                    for micro in MICROS]
         builds += [(f"{guest.name}-once", guest.defines, 1) for guest in BASELINES.values()]
         for name, defines, iterations in builds:
-            image = build(name, defines, iterations, shared, directory)
             for mode in MODES:
-                runs[name, mode] = run_vmm(image, mode, iterations, directory)
+                scaled = iterations if name.endswith("-once") else max(1, int(iterations * MODE_SCALE.get(mode, 1)))
+                image = build(f"{name}-{scaled}", defines, scaled, shared, directory)
+                runs[name, mode] = run_vmm(image, mode, scaled, directory)
         report(runs)
+        compare_modes(runs)
     print(f"\nwhole benchmark: {time.perf_counter() - started:.1f} s")
     return 0
 
 
 def report(runs: dict) -> None:
+    """The detailed table, bt against direct."""
     baselines = {(name, mode): baseline(guest, runs[name, mode], runs[f"{name}-once", mode])
-                 for name, guest in BASELINES.items() for mode in MODES}
+                 for name, guest in BASELINES.items() for mode in DETAIL_MODES}
     print(f"{'baseline':9} {'insns/round':>11} {'N':>10} | {'bt/direct per insn':>18} | "
           f"{'ns/insn (extra)':^15} | {'fixed ms (extra)':^16}")
     print(f"{'':9} {'':11} {'':10} | {'':18} | {'direct':>7} {'bt':>7} | {'direct':>7} {'bt':>8}")
@@ -243,7 +257,7 @@ def report(runs: dict) -> None:
           "with time in use)\n")
 
     measures = {(micro.name, mode): measure(micro, runs[micro.guest.name, mode], baselines[micro.baseline, mode])
-                for micro in MICROS for mode in MODES}
+                for micro in MICROS for mode in DETAIL_MODES}
     print(f"{'operation':10} {'base':5} {'N':>8} | {'cost (insns)':^15} | {'bt/':>5} | {'exits/op':^13} | "
           f"{'loop/op':^13} | {'bt':>4} | {'ns/op (extra)':^17}")
     print(f"{'':10} {'':5} {'':>8} | {'direct':>7} {'bt':>7} | {'dir.':>5} | {'direct':>6} {'bt':>6} | "
@@ -257,16 +271,47 @@ def report(runs: dict) -> None:
 
     print("\nexits per operation by reason (run loop; `cache ...`: translation-cache exits, bt):")
     for micro in MICROS:
-        for mode in MODES:
+        for mode in DETAIL_MODES:
             reasons = {r: n for r, n in measures[micro.name, mode].reasons.items() if abs(n) >= 0.005}
             text = ", ".join(f"{r} {n:.2f}" for r, n in sorted(reasons.items(), key=lambda i: (-i[1], i[0])))
             print(f"  {micro.name:10} {mode:6} {text or 'none'}")
-    for mode in MODES:
+    for mode in DETAIL_MODES:
         print(f"timer, {mode}: {measures['timer', mode].note}")
     print("\ncost: wall time per operation / the baseline's wall time per guest instruction, same mode (timer: "
           "per interrupt,\nagainst its spin loop); bt/dir.: wall time per operation; exits/op: counters.exits + "
           "cache_exits, loop/op:\ncounters.exits alone, per operation, the baseline's taken off; bt goal: the "
           "issue's bound on bt's exits.")
+
+
+def compare_modes(runs: dict) -> None:
+    """The Adams-and-Agesen table: each operation under the four modes, its cost in the mode's
+    own guest-instruction equivalents, its wall time against direct's, and the monitor's work per
+    operation (exits the run loop dispatched; vt: also the VM exits its controls select)."""
+    print("\nall four modes (cost: guest-instruction equivalents of the mode's own baseline loop; x direct: "
+          "wall time per operation / direct's; exits: run-loop exits per operation; vt: VM exits per operation)")
+    print(f"{'operation':10} | " + " | ".join(f"{mode:^22}" for mode in MODES))
+    print(f"{'':10} | " + " | ".join(f"{'cost':>7} {'x dir':>6} {'exits':>7}" for _ in MODES))
+    baselines = {}
+    for name, guest in BASELINES.items():
+        for mode in MODES:
+            full, once = runs[name, mode], runs[f"{name}-once", mode]
+            baselines[name, mode] = baseline(guest, full, once) if full and once else None
+    for micro in MICROS:
+        cells, direct = [], None
+        for mode in MODES:
+            run, base = runs[micro.guest.name, mode], baselines[micro.baseline, mode]
+            if run is None or base is None:
+                cells.append(f"{'went wrong (a hole)':>22}")
+                continue
+            m = measure(micro, run, base)
+            direct = m if mode == "direct" else direct
+            exits = m.loop_exits
+            if mode == "vt":
+                vt = run.report["counters"]["vt_exits"]
+                base_vt = runs[micro.baseline, mode].report["counters"]["vt_exits"]
+                exits = (sum(vt.values()) - sum(base_vt.values())) / m.operations
+            cells.append(f"{number(m.cost):>7} {ratio(m.seconds, direct.seconds):>6} {exits:7.2f}")
+        print(f"{micro.name:10} | " + " | ".join(cells))
 
 
 def ratio(a: float, b: float) -> str:

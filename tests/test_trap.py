@@ -88,3 +88,12 @@ def test_popf_cannot_set_if_at_ring_3_so_the_window_never_opens(tmp_path):
 def test_guest_hlt_with_interrupts_off_still_ends_the_run(tmp_path):
     result, _out, _vm = run_source(tmp_path, "cli\nhlt\n" + EXIT, mode="trap")
     assert result.reason is StopReason.HALTED
+
+
+def test_without_the_hole_watch_the_report_has_no_holes_and_the_guest_the_same_output(tmp_path):
+    report = tmp_path / "report.json"
+    proc = run_vmm("run", "sample_binaries/holes.elf", "--mode", "trap", "--no-hole-watch", "--report", report)
+    assert proc.stdout.decode().splitlines()[0] == "mov ax, cs: 0x000b"
+    counters = json.loads(report.read_text())["counters"]
+    assert "virtualization_holes" not in counters and counters["traps"]["cli"] >= 2
+    assert run_vmm("run", "sample_binaries/holes.elf", "--no-hole-watch").returncode == 2

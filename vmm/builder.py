@@ -49,6 +49,7 @@ class MachineConfig:
     gdb_wait: bool = False                   # --gdb-wait: stop before the first instruction
     clock: str = "virtual"                   # --clock: virtual (deterministic) or realtime
     vt_exits: Optional[frozenset] = None     # --vt-exits: the exit controls of --mode vt (None: default)
+    watch_holes: bool = True                 # trap: record the virtualization holes the guest runs
 
     def validate(self) -> None:
         modes = available_modes()

@@ -95,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--report", default=None, metavar="FILE.json", help="write a JSON report of the run")
     run.add_argument("--log-unassigned-ports", action="store_true",
                      help="log accesses to ports no device claims (stderr)")
+    run.add_argument("--no-hole-watch", action="store_true",
+                     help="trap: do not record virtualization holes (their watch is a call per engine block)")
     run.add_argument("--vt-exits", default=None, metavar="LIST",
                      help="vt: the exit controls, 'default' (io,hlt,cpuid,external_interrupt), 'all', a list, "
                           "or +list to add to the default; the report shows them and counts exits by reason")
@@ -133,6 +135,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.dump_cache and args.mode != "bt":
         print("vmm: error: --dump-cache needs --mode bt (direct execution has no translation cache)", file=sys.stderr)
         return 2
+    if args.no_hole_watch and args.mode != "trap":
+        print("vmm: error: --no-hole-watch needs --mode trap (the only mode that watches for holes)", file=sys.stderr)
+        return 2
     if args.vt_exits is not None and args.mode != "vt":
         print("vmm: error: --vt-exits needs --mode vt (the exit controls of hardware assistance)", file=sys.stderr)
         return 2
@@ -144,7 +149,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     config = guest_config(args, args.image, args.mode, log_unassigned_ports=args.log_unassigned_ports,
                           trace=trace, trace_file=args.trace_file, gdb_port=args.gdb, gdb_wait=args.gdb_wait,
-                          profile=args.profile, vt_exits=vt_exits)
+                          profile=args.profile, vt_exits=vt_exits, watch_holes=not args.no_hole_watch)
     try:
         vm, image = build_machine(config, StdioConsole())
         result = vm.run()

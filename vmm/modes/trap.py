@@ -15,7 +15,8 @@ Holes are seen by a block hook that decodes each engine block the first time it 
 its runs: a hole's count is the number of times its block started. An iret or retf that ends a
 block of the guest kernel and does not trap returned to ring 3 natively, as a same-ring return
 that leaves SS:ESP on the stack: it is recorded when the next block starts. That hook is a Python
-call per engine block: trap mode pays it so that the report can name what went wrong.
+call per engine block: trap mode pays it so that the report can name what went wrong
+(`--no-hole-watch` turns it off, leaving what trap-and-emulate itself costs).
 """
 
 from __future__ import annotations
@@ -143,6 +144,13 @@ class TrapCpu(GuestCpu):
 class TrapAndEmulateMode(DirectMode):
     name = "trap"
 
+    def __init__(self, watch_holes: bool = True) -> None:
+        self.watch_holes = watch_holes
+
+    @classmethod
+    def from_config(cls, config) -> "TrapAndEmulateMode":
+        return cls(watch_holes=config.watch_holes)
+
     def attach(self, vm) -> GuestCpu:
         super().attach(vm)
         shadow = ShadowTables(vm.engine, vm.memory, SHADOW_GDT_OFFSET, SHADOW_LDT_OFFSET, kernel_ring=REAL_RING)
@@ -156,7 +164,8 @@ class TrapAndEmulateMode(DirectMode):
         self._native_returns: Counter = Counter()
         self._trapped_at: Counter = Counter()                       # address -> traps taken there
         self._entered = False
-        vm.engine.on_block(self._block_started)
+        if self.watch_holes:     # without it trap mode costs what trap-and-emulate itself costs
+            vm.engine.on_block(self._block_started)
         return self.cpu
 
     # -- running: the engine at ring 3, traps dispatched from its interrupt hook ---------------
@@ -246,4 +255,7 @@ class TrapAndEmulateMode(DirectMode):
                 for address, text, count in sorted(found)]
 
     def counters(self) -> dict:
-        return {"traps": dict(sorted(self.traps.items())), "virtualization_holes": self.holes()}
+        counters = {"traps": dict(sorted(self.traps.items()))}
+        if self.watch_holes:
+            counters["virtualization_holes"] = self.holes()
+        return counters

@@ -49,9 +49,9 @@ from tests.samples import build_samples                    # noqa: E402  (gcc/ld
 
 GUEST_SOURCE = ROOT / "bench" / "guests" / "micro.S"
 # What every micro guest links besides micro.S, as the samples build them: the Multiboot
-# header, crt0 (GDT, stack, kmain), the UART runtime, check.S (IDT, panic handlers), user.S.
+# header, crt0 (GDT, stack, kmain), the UART runtime, check.S (IDT, panic handlers), user.S, pic.S.
 SHARED = [build_samples.MB_HEADER, build_samples.CRT0, build_samples.RUNTIME, build_samples.CHECK,
-          build_samples.USER]
+          build_samples.USER, build_samples.PIC]
 MODES = ("direct", "bt", "trap", "vt")
 DETAIL_MODES = ("direct", "bt")     # the detailed table; all four meet in the comparison
 # trap runs without its hole watch (a Python call per engine block, not part of trap-and-emulate's

@@ -6,7 +6,9 @@ import pytest
 from tests.guests import EXIT, idt_setup, run_source
 from vmm.exits import StopReason
 
-PIC_AND_PIT_100HZ = """
+def pic_and_pit(divisor: int) -> str:
+    """Assembly: the master PIC at vector 0x20 with IRQ0 alone unmasked, PIT channel 0 in mode 2."""
+    return f"""
     mov al, 0x11
     out 0x20, al
     mov al, 0x20
@@ -19,11 +21,14 @@ PIC_AND_PIT_100HZ = """
     out 0x21, al
     mov al, 0x34
     out 0x43, al
-    mov al, 0x9C
+    mov al, {divisor & 0xFF:#x}
     out 0x40, al
-    mov al, 0x2E
+    mov al, {divisor >> 8:#x}
     out 0x40, al
 """
+
+
+PIC_AND_PIT_100HZ = pic_and_pit(11932)
 
 HANDLER = """
 timer:
@@ -128,23 +133,7 @@ def window_guest(window: str) -> str:
     every 168 instructions) raises IRQ0. The handler checks each return EIP and the guest exits
     with how many were not window_end."""
     return ("    mov esp, 0x90000\n    mov dword ptr [0x7000], 0\n    mov dword ptr [0x7004], 0\n"
-            + idt_setup({0x20: "timer"}) + """
-    mov al, 0x11
-    out 0x20, al
-    mov al, 0x20
-    out 0x21, al
-    mov al, 0x04
-    out 0x21, al
-    mov al, 0x01
-    out 0x21, al
-    mov al, 0xFE
-    out 0x21, al
-    mov al, 0x34
-    out 0x43, al
-    mov al, 2
-    out 0x40, al
-    mov al, 0
-    out 0x40, al
+            + idt_setup({0x20: "timer"}) + pic_and_pit(2) + """
     pushfd
     or dword ptr [esp], 0x200
     pop dword ptr [0x7008]

@@ -41,6 +41,7 @@ MB_HEADER = "include/multiboot_header.S"
 CHECK = "include/check.S"       # self-checking helpers + panic IDT (only the samples that use it)
 USER = "include/user.S"         # GDT with user segments, TSS, entering ring 3
 PROBE = "include/probe.S"       # probing instructions: note the exception each one takes
+PIC = "include/pic.S"           # the i8259 pair remapped to 0x20, the i8254 periodic
 
 # name -> (sources relative to src/, output file, kind)
 #   kind "multiboot": ELF32 with a Multiboot header (loadable by QEMU -kernel)
@@ -60,7 +61,7 @@ IMAGES = {
     "faults_in_blocks": ([MB_HEADER, CRT0, RUNTIME, CHECK, "faults_in_blocks.S"], "faults_in_blocks.elf",
                          "multiboot"),
     "ticks": ([MB_HEADER, CRT0, RUNTIME, CHECK, "ticks.S"], "ticks.elf", "multiboot"),
-    "multitask": ([MB_HEADER, CRT0, RUNTIME, CHECK, USER, "multitask.S"], "multitask.elf", "multiboot"),
+    "multitask": ([MB_HEADER, CRT0, RUNTIME, CHECK, USER, PIC, "multitask.S"], "multitask.elf", "multiboot"),
     "ring3": ([MB_HEADER, CRT0, RUNTIME, CHECK, USER, PROBE, "ring3.S"], "ring3.elf", "multiboot"),
     "segments": ([MB_HEADER, CRT0, RUNTIME, CHECK, USER, PROBE, "segments.S"], "segments.elf", "multiboot"),
     "holes": ([MB_HEADER, CRT0, RUNTIME, "holes.S"], "holes.elf", "multiboot"),

@@ -13,11 +13,6 @@
 #include "user.h"
 
 #define PIC1_CMD        0x20
-#define PIC1_DATA       0x21
-#define PIC2_CMD        0xA0
-#define PIC2_DATA       0xA1
-#define PIT_CH0         0x40
-#define PIT_CONTROL     0x43
 #define EOI             0x20
 #define TIMER_VECTOR    0x20
 #define SYSCALL_VECTOR  0x80
@@ -121,40 +116,21 @@ divide_error:
 spin:
         mov     dword ptr [TICKS], 0
         mov     dword ptr [SPIN_ROUNDS], ITERATIONS
-        mov     al, 0x11                        // PIC pair: vectors 0x20 / 0x28
-        out     PIC1_CMD, al
-        out     PIC2_CMD, al
-        mov     al, 0x20
-        out     PIC1_DATA, al
-        mov     al, 0x28
-        out     PIC2_DATA, al
-        mov     al, 0x04
-        out     PIC1_DATA, al
-        mov     al, 0x02
-        out     PIC2_DATA, al
-        mov     al, 0x01
-        out     PIC1_DATA, al
-        out     PIC2_DATA, al
-        mov     al, 0xFF
-        out     PIC2_DATA, al
 #if defined(SPIN_TIMER)
         mov     eax, TIMER_VECTOR
         mov     edx, offset timer_entry
         mov     cl, GATE_INTR
         call    idt_set_gate
         mov     al, 0xFE                        // IRQ0 only
-        out     PIC1_DATA, al
-        mov     al, 0x34                        // PIT channel 0: lo/hi, mode 2
-        out     PIT_CONTROL, al
-        mov     al, PIT_DIVISOR & 0xFF
-        out     PIT_CH0, al
-        mov     al, PIT_DIVISOR >> 8
-        out     PIT_CH0, al
+        call    pic_remap
+        mov     ax, PIT_DIVISOR
+        call    pit_periodic
         sti                                     // idle until the first tick (it counts): from
         hlt                                     // there on every mode runs the new period (a
                                                 // run already going on need not see the OUTs)
 #else
-        out     PIC1_DATA, al                   // all masked: time is in use, nothing fires
+        mov     al, 0xFF                        // all masked: time is in use, nothing fires
+        call    pic_remap
 #endif
         xor     esi, esi
         sti

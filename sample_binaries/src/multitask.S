@@ -12,11 +12,6 @@
 
 #define FAIL_EXIT       0x15
 #define PIC1_CMD        0x20
-#define PIC1_DATA       0x21
-#define PIC2_CMD        0xA0
-#define PIC2_DATA       0xA1
-#define PIT_CH0         0x40
-#define PIT_CONTROL     0x43
 #define PIT_DIVISOR     1193                    // 1193182 Hz / 1000
 #define EOI             0x20
 #define TIMER_VECTOR    0x20
@@ -54,30 +49,10 @@ kmain:
         call    work                            // the checksum the processes must reproduce
         mov     [expected_work], eax
 
-        mov     al, 0x11                        // PIC pair: vectors 0x20 / 0x28, IRQ0 only
-        out     PIC1_CMD, al
-        out     PIC2_CMD, al
-        mov     al, 0x20
-        out     PIC1_DATA, al
-        mov     al, 0x28
-        out     PIC2_DATA, al
-        mov     al, 0x04
-        out     PIC1_DATA, al
-        mov     al, 0x02
-        out     PIC2_DATA, al
-        mov     al, 0x01
-        out     PIC1_DATA, al
-        out     PIC2_DATA, al
-        mov     al, 0xFE
-        out     PIC1_DATA, al
-        mov     al, 0xFF
-        out     PIC2_DATA, al
-        mov     al, 0x34                        // PIT channel 0: mode 2, 1 kHz
-        out     PIT_CONTROL, al
-        mov     al, PIT_DIVISOR & 0xFF
-        out     PIT_CH0, al
-        mov     al, PIT_DIVISOR >> 8
-        out     PIT_CH0, al
+        mov     al, 0xFE                        // IRQ0 only
+        call    pic_remap
+        mov     ax, PIT_DIVISOR                 // 1 kHz
+        call    pit_periodic
 
         xor     eax, eax
         call    process_create

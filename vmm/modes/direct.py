@@ -188,9 +188,9 @@ class DirectMode(ExecutionMode):
         self.engine.stop()                        # stops before the instruction executes
 
     def end_run_after_io(self, port: int, size: int) -> None:
-        """Stop the engine: like QEMU's own TCG it takes effect at the end of the engine's block
-        (the instructions after the OUT in that block run first). An EIP written inside the
-        hook is not honoured, so the interrupt window cannot come earlier. Only when it matters:
+        """Stop the engine after this OUT: in a counted run the stop lands right in front of the
+        next instruction, otherwise at the next one that touches memory (_resume_point). Only
+        when it matters:
         INTR raised with IF set, or the PIT written (its next event may now come before the
         run's bound, and a latch must see the time move); an EOI alone lets the run go on."""
         if PIT_BASE <= port < PIT_BASE + PIT_PORTS or \
@@ -229,10 +229,9 @@ class DirectMode(ExecutionMode):
             self._if_may_be_set = 1
 
     def deny_io(self, port: int, size: int) -> None:
-        """The engine runs on to the end of its block after the hook (an EIP written in the hook
-        is not honoured): note the registers and the block start the hook sees, and stop. The
-        general registers come back exactly; stores made by the rest of that block do not
-        (a documented imprecision of direct execution)."""
+        """An EIP written in the hook is not honoured, so note the registers the hook sees and
+        stop: the engine stops in front of the next instruction (counted run) or of the next one
+        that touches memory, and the registers come back as they were at the I/O instruction."""
         registers = self.cpu.snapshot()
         self._denied_io = (registers, port, size, self._io_in_progress[2])
         self.engine.stop()

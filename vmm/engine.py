@@ -10,10 +10,20 @@ from enum import Enum
 from typing import Callable, Optional
 
 from unicorn import Uc, UcError
+from unicorn.unicorn_py3.unicorn import uclib
 from unicorn import unicorn_const as uc_const
 from unicorn import x86_const as x86
 
 PINNED_UNICORN_VERSION = "2.1.1"
+
+# Our own function pointers into the library (not the binding's, whose prototypes stay its own).
+_library = ctypes.CDLL(uclib._name)
+_uc_reg_read = _library.uc_reg_read
+_uc_reg_read.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p)
+_uc_reg_read.restype = ctypes.c_int
+_uc_reg_write = _library.uc_reg_write
+_uc_reg_write.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p)
+_uc_reg_write.restype = ctypes.c_int
 
 # Offsets inside the blob returned by context_save() for the pinned Unicorn build. The blob is a
 # header followed by a verbatim copy of QEMU's CPUX86State; the API exposes none of these fields.
@@ -96,6 +106,9 @@ class Engine:
 
     def __init__(self) -> None:
         self._uc = Uc(uc_const.UC_ARCH_X86, uc_const.UC_MODE_32)
+        self._handle = self._uc._uch
+        self._register_buffer = ctypes.c_uint64()
+        self._register_pointer = ctypes.byref(self._register_buffer)
         self._buffers: list = []          # host buffers behind mem_map_ptr regions (kept alive)
         self._buffer_addresses: dict[int, int] = {}
         self._hook_error: Optional[BaseException] = None
@@ -146,11 +159,21 @@ class Engine:
         self._uc.mem_write(address, bytes(data))
 
     # -- registers ------------------------------------------------------------------------------
+    # The monitor reads and writes registers on every exit (delivery alone takes dozens): through
+    # the C API with one preallocated buffer that costs 0.4 us a call, the binding's 1.6.
     def reg(self, name: str) -> int:
-        return self._uc.reg_read(REGISTERS[name])
+        buffer = self._register_buffer
+        buffer.value = 0                  # segment selectors fill two bytes of it
+        status = _uc_reg_read(self._handle, REGISTERS[name], self._register_pointer)
+        if status:
+            raise UcError(status)
+        return buffer.value & 0xFFFFFFFF
 
     def set_reg(self, name: str, value: int) -> None:
-        self._uc.reg_write(REGISTERS[name], value & 0xFFFFFFFF)
+        self._register_buffer.value = value & 0xFFFFFFFF
+        status = _uc_reg_write(self._handle, REGISTERS[name], self._register_pointer)
+        if status:
+            raise UcError(status)
 
     def table_register(self, name: str) -> tuple[int, int]:
         """(base, limit) of gdtr/idtr, or (selector, base) semantics for ldtr/tr via selector()."""

@@ -18,7 +18,7 @@ from capstone import x86_const as X
 
 from translator.classify import Handling
 from translator.decoder import BlockEnd, GuestBlock, GuestInstruction
-from translator.layout import (SCRATCH_BUDGET, SCRATCH_JUMP, SCRATCH_SPILL,
+from translator.layout import (SCRATCH_BUDGET, SCRATCH_IO_SITE, SCRATCH_JUMP, SCRATCH_SPILL,
                                VCPU_CR, VCPU_GDTR, VCPU_IDTR, VCPU_LDTR, VCPU_POPF_EXPECT,
                                VCPU_PUSHF_ADJUST, VCPU_SELECTOR, VCPU_TR, MonitorAddresses)
 
@@ -244,6 +244,10 @@ class Emitter:
                     mark(instruction.address)
                     code += ENGINE_BLOCK_BREAK
                 mark(instruction.address)
+                if rule.handling is Handling.IO_HOOK:
+                    # Say which guest instruction this is: inside the I/O hook the engine's EIP
+                    # is stale, and a refused access must fault at exactly this instruction.
+                    code += b"\xC7\x05" + _u32(self.a.scratch + SCRATCH_IO_SITE) + _u32(instruction.address)
                 code += instruction.bytes
                 if instruction.insn.id == X.X86_INS_STI:
                     self._window_site(out, instruction, mark)

@@ -28,6 +28,7 @@ VCPU_CR = {0: 0x38, 2: 0x3C, 3: 0x40, 4: 0x44}
 SCRATCH_SPILL = 0x00       # + 4 * register number (eax=0 ... edi=7)
 SCRATCH_JUMP = 0x20        # indirect jump target of a lookup hit
 SCRATCH_BUDGET = 0x24      # guest instructions left (only with --max-insns)
+SCRATCH_IO_SITE = 0x28     # the guest address of the I/O instruction running (for its I/O hook)
 SCRATCH_STACK_TOP = 0x1000 # the monitor's entry stub uses the top of the page as its stack
 
 LOOKUP_ENTRIES = 1 << 16   # direct mapped by the low 16 bits of the guest address

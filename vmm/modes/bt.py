@@ -25,9 +25,8 @@ from cache.tcache import BlockKey, TranslatedBlock, TranslationCache
 from translator.decoder import PAGE_SIZE, BlockEnd, Decoder, GuestBlock
 from capstone.x86_const import X86_INS_STI
 
-from translator.classify import Handling
 from translator.emitter import FLAGS_IN_AX, INLINE_CACHE_ENTRIES, Emitter, ExitKind, ExitSite, Translation, UnsupportedForm
-from translator.layout import (IOPL_MASK, LOOKUP_TABLE_SIZE, REAL_IOPL, SCRATCH_BUDGET, SCRATCH_SPILL,
+from translator.layout import (IOPL_MASK, LOOKUP_TABLE_SIZE, REAL_IOPL, SCRATCH_BUDGET, SCRATCH_IO_SITE, SCRATCH_SPILL,
                                SCRATCH_STACK_TOP, TF, VCPU_CR, VCPU_GDTR, VCPU_IDTR, VCPU_LDTR,
                                VCPU_POPF_EXPECT, VCPU_PUSHF_ADJUST, VCPU_SELECTOR, MonitorAddresses)
 from vmm.cpu import GuestCpu
@@ -365,30 +364,32 @@ class BinaryTranslationMode(ExecutionMode):
         self.engine.stop()
 
     def deny_io(self, port: int, size: int) -> None:
-        """Translated I/O ends the engine's block, so the engine stops right after the denied
-        instruction (or, for rep ins/outs, in front of its next element); the registers the
-        hook saw are put back before the #GP."""
+        """Note the registers the hook sees (they go back before the #GP) and stop. Which guest
+        instruction it is, translated I/O stores in the scratch page just before it runs: in an
+        I/O hook the engine's EIP is stale (the start of some earlier engine block)."""
         self._denied_io = {name: self.engine.reg(name) for name in _GPRS}
         self.engine.stop()
 
     def _denied_io_exit(self) -> VmExit:
         registers, self._denied_io = self._denied_io, None
+        (guest_eip,) = struct.unpack_from("<I", self.scratch_view, SCRATCH_IO_SITE)
         host_eip = self.engine.reg("eip")
-        guest_eip, _ = self._locate(host_eip)
-        if not self._is_io_instruction(host_eip, guest_eip):
-            guest_eip, _ = self._locate(host_eip - 1)
-        if self.budget:
-            self._uncharge_rest_of_block(host_eip - 1, guest_eip)
+        if self.budget and self._block_holds(host_eip, guest_eip):
+            self._uncharge_rest_of_block(host_eip, guest_eip)
         for name, value in registers.items():
             self.engine.set_reg(name, value)
         self.cpu.eip = guest_eip
         return VmExit(ExitReason.EXCEPTION, eip=guest_eip, vector=GP, error_code=0)
 
-    def _is_io_instruction(self, host_eip: int, guest_eip: Optional[int]) -> bool:
+    def _block_holds(self, host_eip: int, guest_eip: int) -> bool:
+        """Whether the translation at host_eip holds guest instruction guest_eip (after a string
+        I/O element the engine can stop with a stale EIP elsewhere: then nothing is uncharged)."""
         block = self.cache.block_at(host_eip)
-        instructions = block.guest.instructions if block is not None else \
-            (self._one_shot_guest.instructions if self._one_shot_guest is not None else [])
-        return any(i.address == guest_eip and i.rule.handling is Handling.IO_HOOK for i in instructions)
+        guest = block.guest if block is not None else None
+        if guest is None and self._one_shot is not None and \
+                self._one_shot_host <= host_eip < self._one_shot_host + SLOT_SIZE:
+            guest = self._one_shot_guest
+        return guest is not None and any(i.address == guest_eip for i in guest.instructions)
 
     def _start_counting(self) -> None:
         """The guest began to use time: from the next run on, blocks count their instructions.

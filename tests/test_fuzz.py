@@ -1,29 +1,37 @@
-"""Differential fuzzing: a fixed-seed run of bt against direct, and self-tests of the fuzzer
-(generator, comparator, shrinker) that need only the direct mode.
+"""Differential fuzzing: fixed-seed runs of bt against direct (ring 0 as always; ring 3 with and
+without timer interrupts), and self-tests of the fuzzer (generator, comparator, shrinker) that
+need only the direct mode.
 
-Cost (measured): every run builds a fresh machine; one program of 40 items takes about 15 ms
-under direct (30 ms at 60 items), most of it allocating and scanning the 32 MiB of guest RAM, so
-a direct/direct pair is about 30 ms and a direct/bt pair about 55 ms with the bt of this
-writing: the bt run of 80 programs takes about 5 s, the whole file under 10 s on 2 cores.
+Cost (measured): every run builds a fresh machine; one program of 40 items takes about 40 ms
+under direct and 70 ms under bt on this machine (a ring-3 program about 60 / 80 ms, a timer
+program, whose body runs 10-30 times, about 60 / 120 ms): the ring-0 bt run of 80 programs takes
+about 9 s, the ring-3/timer run of 40 about 6 s, the whole file about 23 s on 2 cores.
 Long runs: see tools/fuzz.py; direct itself against QEMU: tests/fuzz/qemu.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 
 import pytest
 
 from tests.fuzz.compare import Outcome, compare_program, diff_outcomes, run_source, shrink
-from tests.fuzz.generator import (DATA_PTR, DEFAULT_WEIGHTS, EXC_COUNT, RESULT, Options, generate,
-                                  program_seed)
+from tests.fuzz.generator import (DATA_PTR, DEFAULT_WEIGHTS, EXC_COUNT, EXC_LOG, R0_STACK_BASE, R0_STACK_SIZE,
+                                  RESULT, STACK_TOP, TIMER_VECTOR, USER_CS, Options, generate, program_seed)
 from vmm.modes import available_modes
 
 CI_SEED = 20240601
 CI_COUNT = 80
 CI_LENGTH = 40
 REFERENCE = "direct"
+# ring 3 and timer interrupts: program i of the run has Options(ring3=True), timer for odd i
+USER_SEED = 20240602
+USER_COUNT = 40
+# SHA-256 of the sources of the first CI programs: the default options must keep generating
+# exactly these (a change to the generator that alters them changes what CI has always tested)
+CI_SOURCES_DIGEST = "1557a5fb4ea3b5601aeb563b3fcee63d54239e47dbd93bde7561346823666a2f"
 
 try:
     MODES, MODES_ERROR = available_modes(), None
@@ -33,6 +41,10 @@ except Exception as error:      # a mode module that fails to import: the bt tes
 
 def _programs(seed: int, count: int, length: int = CI_LENGTH):
     return [generate(program_seed(seed, index), length) for index in range(count)]
+
+
+def _user_options(index: int) -> Options:
+    return Options(ring3=True, timer=bool(index % 2))
 
 
 # -- bt against direct --------------------------------------------------------------------------
@@ -64,6 +76,23 @@ def test_bt_with_a_three_block_cache_matches_direct():
         assert comparison.ok, f"program {index}:\n{comparison.report()}"
 
 
+@pytest.mark.skipif("bt" not in MODES, reason="binary translation mode 'bt' is not available")
+def test_bt_matches_direct_on_random_ring3_programs_with_timer_interrupts():
+    """Bodies in ring 3 (even programs), ring 3 with PIT interrupts at random points (odd ones)."""
+    failures = []
+    for index in range(USER_COUNT):
+        options = _user_options(index)
+        comparison = compare_program(generate(program_seed(USER_SEED, index), CI_LENGTH, options), (REFERENCE, "bt"))
+        assert comparison.valid, f"program {index}: the reference mode did not finish it\n{comparison.report()}"
+        if not comparison.ok:
+            failures.append((index, options, comparison.report()))
+    if failures:
+        shown = "\n\n".join(f"program {index} (reproduce and minimize: python tools/fuzz.py --seed {USER_SEED} "
+                            f"--index {index} --length {CI_LENGTH} {'--timer' if options.timer else '--ring3'} "
+                            f"--keep-dir fuzz-failures):\n{report}" for index, options, report in failures[:3])
+        pytest.fail(f"{len(failures)} of {USER_COUNT} ring-3 programs diverge between direct and bt\n\n{shown}")
+
+
 # -- the generator ------------------------------------------------------------------------------
 def test_generator_is_deterministic_for_a_seed():
     assert generate(1234, 50).source() == generate(1234, 50).source()
@@ -74,6 +103,19 @@ def test_generator_is_deterministic_for_a_seed():
 def test_generated_source_has_no_statement_separator():
     for program in _programs(5, 20):
         assert ";" not in program.source()       # Keystone would split the line there
+    for index in range(10):
+        assert ";" not in generate(program_seed(5, index), 40, _user_options(index)).source()
+
+
+def test_default_options_generate_the_programs_they_always_did():
+    """ring3 and timer are off by default and draw no random number then: the CI programs are
+    the same as before the options existed."""
+    digest = hashlib.sha256()
+    for program in _programs(CI_SEED, 10):
+        digest.update(program.source().encode())
+    assert digest.hexdigest() == CI_SOURCES_DIGEST, "the default options now generate different programs"
+    program = generate(program_seed(CI_SEED, 0), CI_LENGTH, Options(ring3=False, timer=False))
+    assert program.source() == generate(program_seed(CI_SEED, 0), CI_LENGTH).source()
 
 
 def test_generated_programs_run_to_their_epilogue_under_direct():
@@ -99,6 +141,43 @@ def test_each_instruction_class_alone_runs_to_the_epilogue(kind):
         assert set(program.kinds()) & set(DEFAULT_WEIGHTS) <= {kind}
         outcome = run_source(program.source(), REFERENCE)
         assert outcome.reached_epilogue, (kind, program.seed, outcome.reason, outcome.message)
+
+
+def test_ring3_programs_run_to_their_epilogue_under_direct():
+    """The body runs in ring 3 (user CS in the result), exceptions arrive from it (the log holds
+    its ESP), the ring-0 stack is zeroed at the end, and timer programs take IRQ0 many times."""
+    from tests.guests import run_image
+    from tests.fuzz.compare import _image_path, MAX_INSTRUCTIONS
+    handled = interrupted = 0
+    for index in range(8):
+        program = generate(program_seed(USER_SEED + 1, index), CI_LENGTH, _user_options(index))
+        path = _image_path(None)
+        path.write_text(program.source())
+        result, _console, vm = run_image(str(path), mode=REFERENCE, max_instructions=MAX_INSTRUCTIONS)
+        assert result.reason.value == "debug_exit", (program.seed, result.message)
+        memory = vm.memory
+        assert int.from_bytes(memory.read(RESULT + 0x7C, 4), "little") == 0x600DF00D, program.seed
+        assert int.from_bytes(memory.read(RESULT + 0x24, 2), "little") == USER_CS
+        # zeroed, but for the EFLAGS image the epilogue pushes for its final popfd
+        assert memory.read(R0_STACK_BASE, R0_STACK_SIZE - 4) == bytes(R0_STACK_SIZE - 4)
+        count = int.from_bytes(memory.read(EXC_COUNT, 4), "little")
+        handled += count
+        for entry in range(min(count, 16)):     # the interrupted ESP: inside the stack area
+            esp = int.from_bytes(memory.read(EXC_LOG + 32 * entry + 28, 4), "little")
+            assert STACK_TOP - 0x4000 < esp <= STACK_TOP + 0x1000, (program.seed, entry, hex(esp))
+        if index % 2:
+            assert vm.external_interrupts[TIMER_VECTOR] > 0, (program.seed, program.info["timer"])
+            interrupted += 1
+    assert handled > 0 and interrupted == 4
+
+
+@pytest.mark.parametrize("kind", sorted(DEFAULT_WEIGHTS))
+def test_each_instruction_class_alone_runs_to_the_epilogue_in_ring3(kind):
+    weights = {name: (1 if name == kind else 0) for name in DEFAULT_WEIGHTS}
+    program = generate(program_seed(98, 0), 30, Options(weights=weights, timer=True))
+    assert set(program.kinds()) & set(DEFAULT_WEIGHTS) <= {kind}
+    outcome = run_source(program.source(), REFERENCE)
+    assert outcome.reached_epilogue, (kind, program.seed, outcome.reason, outcome.message)
 
 
 # -- the comparator -----------------------------------------------------------------------------

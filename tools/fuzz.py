@@ -22,6 +22,12 @@ shrinking if anything diverges):
 Self-check of the fuzzer without bt (must report 0 failed):
 
     python tools/fuzz.py --seed 1 --count 200 --modes direct direct
+
+--ring3 runs each body in ring 3 (user segments, TSS ring-0 stack, I/O bitmap, privileged
+instructions as deliberate #GP), --timer adds PIT interrupts at random points of it (implies
+--ring3); both change every program, so a run is reproduced with the same flags:
+
+    python tools/fuzz.py --seed 4242 --count 600 --length 60 --jobs 2 --modes direct bt --ring3 --timer
 """
 
 from __future__ import annotations
@@ -34,9 +40,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.fuzz.compare import compare_program, shrink          # noqa: E402
-from tests.fuzz.generator import generate, program_seed         # noqa: E402
-from vmm.modes import available_modes                           # noqa: E402
+from tests.fuzz.compare import compare_program, shrink                   # noqa: E402
+from tests.fuzz.generator import Options, generate, program_seed        # noqa: E402
+from vmm.modes import available_modes                                   # noqa: E402
 
 
 def _comment(text: str) -> str:
@@ -44,9 +50,19 @@ def _comment(text: str) -> str:
     return "# " + text.replace(";", ",")
 
 
-def check(seed: int, index: int, length: int, modes: tuple, shrink_seconds: float) -> dict:
+def options(ring3: bool = False, timer: bool = False) -> Options:
+    return Options(ring3=ring3, timer=timer)
+
+
+def flags(ring3: bool = False, timer: bool = False) -> str:
+    """The command-line flags that select these generator options."""
+    return "".join(flag for flag, on in ((" --ring3", ring3 and not timer), (" --timer", timer)) if on)
+
+
+def check(seed: int, index: int, length: int, modes: tuple, shrink_seconds: float,
+          ring3: bool = False, timer: bool = False) -> dict:
     """Run program `index` of the run `seed`; on divergence also shrink it."""
-    program = generate(program_seed(seed, index), length)
+    program = generate(program_seed(seed, index), length, options(ring3, timer))
     started = time.perf_counter()
     comparison = compare_program(program, modes)
     result = {"index": index, "ok": comparison.ok, "valid": comparison.valid,
@@ -72,10 +88,11 @@ def _check_job(job) -> dict:
     return check(*job)
 
 
-def keep(directory: Path, seed: int, result: dict, modes) -> Path:
+def keep(directory: Path, seed: int, result: dict, modes, length: int = 40, extra: str = "") -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     stem = f"seed{seed}-{result['index']}"
-    reproduce = f"python tools/fuzz.py --seed {seed} --index {result['index']} --modes {' '.join(modes)}"
+    reproduce = (f"python tools/fuzz.py --seed {seed} --index {result['index']} --length {length} "
+                 f"--modes {' '.join(modes)}{extra}")
     (directory / f"{stem}-original.s").write_text(
         "\n".join([_comment(f"reproduce: {reproduce}")] + [_comment(line) for line in result["report"].splitlines()])
         + "\n" + result["source"])
@@ -107,13 +124,19 @@ def main(argv=None) -> int:
     parser.add_argument("--shrink-seconds", type=float, default=120.0,
                         help="time limit for minimizing each failing program, 0 to skip (default 120)")
     parser.add_argument("--max-failures", type=int, default=0, help="stop after this many failures (0: never)")
+    parser.add_argument("--ring3", action="store_true",
+                        help="run each program's body in ring 3 (changes every program of the run)")
+    parser.add_argument("--timer", action="store_true",
+                        help="PIT interrupts at random points of the body (implies --ring3)")
     args = parser.parse_args(argv)
     modes = tuple(args.modes)
+    extra = flags(args.ring3, args.timer)
 
     if args.index is not None:
         indices = [args.index]
         if args.print:
-            print(generate(program_seed(args.seed, args.index), args.length).source(), end="")
+            print(generate(program_seed(args.seed, args.index), args.length,
+                           options(args.ring3, args.timer)).source(), end="")
             return 0
     else:
         indices = list(range(args.first, args.first + args.count))
@@ -123,7 +146,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
 
-    jobs = [(args.seed, index, args.length, modes, args.shrink_seconds) for index in indices]
+    jobs = [(args.seed, index, args.length, modes, args.shrink_seconds, args.ring3, args.timer) for index in indices]
     started = time.perf_counter()
     passed = failed = 0
     if args.jobs > 1:
@@ -139,11 +162,11 @@ def main(argv=None) -> int:
             else:
                 failed += 1
                 kind = "DIVERGES" if result["valid"] else "INVALID"
-                print(f"fuzz: program {result['index']} (seed {args.seed}) {kind}", flush=True)
+                print(f"fuzz: program {result['index']} (seed {args.seed}{extra}) {kind}", flush=True)
                 shown = result.get("small_report", result["report"]).splitlines()
                 print("\n".join("    " + line for line in shown[:30]), flush=True)
                 if args.keep_dir:
-                    path = keep(args.keep_dir, args.seed, result, modes)
+                    path = keep(args.keep_dir, args.seed, result, modes, args.length, extra)
                     print(f"    kept in {path if path.exists() else path.with_suffix('.txt')}", flush=True)
             if done % 100 == 0:
                 print(f"fuzz: {done}/{len(jobs)} programs, {failed} failed, "
@@ -154,7 +177,7 @@ def main(argv=None) -> int:
     finally:
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
-    print(f"fuzz: {' vs '.join(modes)}, seed {args.seed}, length {args.length}, "
+    print(f"fuzz: {' vs '.join(modes)}, seed {args.seed}, length {args.length}{extra.replace(' --', ', --')}, "
           f"{time.perf_counter() - started:.1f} s")
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0

@@ -1,7 +1,9 @@
 """Run one guest program under two execution modes and compare everything the guest can leave
 behind: how the run ended, the value written to isa-debug-exit, the console output, every
 register the monitor reports (GPRs, EIP, all EFLAGS bits, segment selectors, CR0-CR4) and all of
-guest RAM (the code, data, stack and system areas by name, anything else by address).
+guest RAM (the code, data, stack and system areas and the ring-0 stack of ring-3 programs by
+name, anything else by address). Nothing is excluded: ring-3 programs zero their ring-0 stack,
+where interrupt frames land, before they end (see the generator).
 
 `shrink` reduces a diverging program to a minimal one by removing items while the reference
 mode still reaches the epilogue and the two modes still disagree.
@@ -19,8 +21,9 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 from tests.fuzz.generator import (CODE_BASE, CODE_SIZE, DATA_BASE, DATA_SIZE, EPILOGUE_MAGIC, EXC_COUNT, EXC_ENTRY,
-                                  EXC_LOG, GDT, GDT_PTR, IDT, IDT_PTR, LDT, RESULT, RESULT_FIELDS, RESUME, SCRATCH,
-                                  STACK_BASE, STACK_SIZE, SYS_BASE, SYS_SIZE, TSS, Program)
+                                  EXC_LOG, GDT, GDT_PTR, IDT, IDT_PTR, LDT, PASSES, R0_STACK_BASE, R0_STACK_SIZE,
+                                  RESULT, RESULT_FIELDS, RESUME, SCRATCH, STACK_BASE, STACK_SIZE, SYS_BASE, SYS_SIZE,
+                                  TSS, Program)
 
 MAX_INSTRUCTIONS = 20_000_000     # generated programs need well under 1 million
 TIMEOUT = 60.0                    # seconds of guest time per run
@@ -32,9 +35,10 @@ REGIONS = (   # (name, start, size) of the areas a program uses, for readable me
     ("stack", STACK_BASE, STACK_SIZE),
     ("result", RESULT, 0x80),
     ("system", SYS_BASE + 0x80, SYS_SIZE - 0x80),
+    ("ring-0 stack", R0_STACK_BASE, R0_STACK_SIZE),     # ring-3 programs; zeroed by their epilogue
 )
-SYSTEM_AREAS = (("loop counters", SCRATCH, 0x70), ("RESUME", RESUME, 4), ("exception count", EXC_COUNT, 8),
-                ("exception log", EXC_LOG, 16 * EXC_ENTRY), ("IDTR image", IDT_PTR, 8), ("GDTR image", GDT_PTR, 8),
+SYSTEM_AREAS = (("loop counters", SCRATCH, 0x40), ("pass counter", PASSES, 4), ("RESUME", RESUME, 4),
+                ("exception count", EXC_COUNT, 8), ("exception log", EXC_LOG, 16 * EXC_ENTRY), ("IDTR image", IDT_PTR, 8), ("GDTR image", GDT_PTR, 8),
                 ("GDT", GDT, 0x200), ("LDT", LDT, 0x100), ("TSS", TSS, 0x100), ("IDT", IDT, 0x800))
 EFLAGS_BITS = {0: "CF", 1: "1", 2: "PF", 4: "AF", 6: "ZF", 7: "SF", 8: "TF", 9: "IF", 10: "DF",
                11: "OF", 12: "IOPL0", 13: "IOPL1", 14: "NT", 16: "RF", 17: "VM", 18: "AC",

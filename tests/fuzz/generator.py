@@ -28,6 +28,39 @@ Invariants that keep every program valid and terminating:
 The shrinker (compare.shrink) removes Items; Program.without() keeps the rest intact.
 Options(dump=True) makes the epilogue also print its state on COM1 and avoids what differs
 between this platform and QEMU by design, so that qemu.py can check the direct mode itself.
+
+Options(ring3=True) (off by default: with both options off no random number is drawn for them,
+and every seed gives the program it always gave) runs the body in ring 3:
+  * the prologue always installs the guest GDT (plus RING3_GDT's user code 0x73, DPL-3 call gate
+    0x7B, DPL-3 byte-granular / expand-down / not-present data 0x83 / 0x8B / 0x93; user data is
+    the existing 0x1B) and the IDT, loads TR with a TSS whose SS0:ESP0 is the ring-0 stack area
+    (R0_STACK_BASE, 4 KiB, no other use) and whose I/O bitmap opens a random subset of IO_GROUPS,
+    loads DS/ES with 0x1B and FS/GS with random selectors (a DPL-0 one is nulled by the iret),
+    then enters ring 3 with iretd at IOPL 0, IF set at random;
+  * the body uses only what is valid in ring 3: far transfers through 0x73/0x70 or conforming
+    0x58/0x5B, the call gate (a ring-0 function that may load FS/GS and returns with retf n),
+    DPL-3 selectors, POPFD with IF (and IOPL) bits that ring 3 cannot change, and the sensitive
+    but unprivileged instructions (pushf/popf, sgdt/sidt/sldt/str/smsw, mov from segment
+    registers, lar/lsl/verr/verw, arpl, stores to the GDT); IN/OUT/INS/OUTS items set RESUME
+    first (the bitmap may refuse them); privileged instructions, closed ports and far transfers
+    to ring 0 are deliberate-exception items (#GP, or #UD for syscall) that resume at RESUME;
+    int3/into/int 0x40 meet gates of DPL 0 or 3 at random;
+  * nothing reads or writes memory below ESP: the MOV SS shadow item uses [esp] and ENTER has a
+    frame of at least 4 bytes (an interrupt of the same ring would overwrite it);
+  * exceptions arrive on the ring-0 stack; the handlers also log the interrupted ESP (the log
+    entry's last word);
+  * the epilogue stores what ring 3 can read, then `int 0x41` (EXIT_VECTOR, DPL-3 interrupt gate
+    whose handler is the next instruction) enters ring 0, which stores CR0-CR4, ZEROES THE
+    RING-0 STACK AREA (interrupt frames there depend on where interrupts landed) and ends as
+    usual with IF clear. The whole RAM stays compared: nothing is excluded.
+Options(timer=True) implies ring3 with IF set: the prologue remaps the PIC pair to 0x20/0x28,
+unmasks IRQ0 alone and starts PIT channel 0 in mode 2 with a divisor of 2-16 (IRQ0 every
+168-1344 instructions of the virtual clock). A body runs only a few hundred instructions, so it
+runs 10-30 times over (PASSES, each pass from STACK_TOP). IRQ0's handler sends EOI and irets,
+restoring everything it touches and recording nothing, so nothing compared depends on where an
+interrupt lands (bt takes it at a block boundary, direct at an exact instruction count): its
+frames land on the ring-0 stack, also below the ESP of the call-gate function and of trap-gate
+handlers, which run in ring 0 with IF set and never look below ESP.
 """
 
 from __future__ import annotations
@@ -50,6 +83,7 @@ SYS_BASE = 0x2F0000              # result area, loop counters, exception log, GD
 SYS_SIZE = 0x1000
 RESULT = SYS_BASE                # 0x80 bytes, see RESULT_FIELDS
 SCRATCH = SYS_BASE + 0x80        # 16 loop counters
+PASSES = SYS_BASE + 0xE0         # timer programs: passes of the body still to run
 RESUME = SYS_BASE + 0xF0         # where the fault handlers resume
 EXC_COUNT = SYS_BASE + 0xF8
 EXC_LOG = SYS_BASE + 0x100       # 16 entries of 32 bytes
@@ -59,7 +93,10 @@ GDT_PTR = SYS_BASE + 0x3F0
 GDT = SYS_BASE + 0x400
 LDT = SYS_BASE + 0x600
 TSS = SYS_BASE + 0x700
-IDT = SYS_BASE + 0x800           # 0x41 gates
+IDT = SYS_BASE + 0x800           # 0x41 gates (0x42 in ring-3 programs)
+R0_STACK_BASE = 0x220000         # ring-3 programs: the ring-0 stack (TSS SS0:ESP0), zeroed at the end
+R0_STACK_SIZE = 0x1000
+R0_STACK_TOP = R0_STACK_BASE + R0_STACK_SIZE
 
 EPILOGUE_MAGIC = 0x600DF00D
 
@@ -132,6 +169,31 @@ BOOT_SELECTORS = (0x00, 0x03, 0x08, 0x0B, 0x10, 0x13, 0x18, 0x1B, 0x20, 0x23, 0x
 GUEST_SELECTORS = (0x00, 0x08, 0x0B, 0x10, 0x13, 0x18, 0x1B, 0x20, 0x28, 0x30, 0x33, 0x38, 0x40,
                    0x48, 0x4B, 0x50, 0x58, 0x5B, 0x60, 0x68, 0x6B, 0x70, 0x04, 0x0C, 0x0F, 0xFFF8)
 
+# Ring-3 programs (Options(ring3=True)): GUEST_GDT plus user code, a DPL-3 call gate and DPL-3
+# variants of the byte-granular, expand-down and not-present data descriptors; the TSS descriptor
+# grows to cover an I/O bitmap for ports 0-0x3FF. User data is the existing 0x18 (DPL 3).
+USER_CS, USER_DS, CALL_GATE = 0x73, 0x1B, 0x7B
+TSS_IO_BITMAP = 0x68             # offset of the I/O bitmap in the TSS (0x80 bytes, then 0xFF)
+RING3_TSS_LIMIT = TSS_IO_BITMAP + 0x80      # the terminating 0xFF byte is inside the limit
+RING3_GDT = dict(GUEST_GDT)
+RING3_GDT.update({
+    0x48: _descriptor(TSS, RING3_TSS_LIMIT, 0x89, 0x0),   # available 32-bit TSS with I/O bitmap
+    0x70: _descriptor(0, 0xFFFFF, 0xFA, 0xC),            # flat 32-bit code, DPL 3 (USER_CS)
+    0x78: bytes(8),                                      # call gate, DPL 3: written by the prologue
+    0x80: _descriptor(DATA_BASE, 0xFFFF, 0xF2, 0x4),     # byte-granular data at the data area, DPL 3
+    0x88: _descriptor(0, 0xFFF, 0xF6, 0xC),              # expand-down data, DPL 3
+    0x90: _descriptor(0, 0xFFFFF, 0x72, 0xC),            # data, DPL 3, not present
+})
+RING3_GDT_LIMIT = 0x97
+RING3_SELECTORS = GUEST_SELECTORS + (0x73, 0x78, 0x7B, 0x83, 0x8B, 0x90, 0x93, 0x98, 0x9B)
+# ports a ring-3 program's I/O bitmap may open (each group at random); every other port below
+# 0x400 stays closed (the PICs, the PIT, isa-debug-exit at 0xF4), and ports above are past it
+IO_GROUPS = ((0x80,), (0x61,), (0x2F8,), tuple(range(0x3F8, 0x400)))
+EXIT_VECTOR = 0x41               # int gate, DPL 3: the ring-3 epilogue returns to ring 0 through it
+TIMER_VECTOR = 0x20              # IRQ0 after the PIC remap (0x27: the master's spurious IRQ7)
+RING3_IDT_LIMIT = EXIT_VECTOR * 8 + 7
+PIT_TICK_INSTRUCTIONS = 84       # guest instructions per PIT input tick on the virtual clock
+
 # Exception vectors with handlers: vector -> (has error code, is a fault that resumes at RESUME)
 HANDLED_VECTORS = {0: (False, True), 3: (False, False), 4: (False, False), 5: (False, True),
                    6: (False, True), 11: (True, True), 13: (True, True), 0x40: (False, False)}
@@ -180,6 +242,8 @@ class Options:
     guest_gdt: Optional[bool] = None      # lgdt of GUEST_GDT, far jump, lldt/ltr
     weights: Optional[dict] = None        # class name -> weight (see DEFAULT_WEIGHTS)
     dump: bool = False                    # the epilogue also prints its state on COM1 (qemu.py)
+    ring3: bool = False                   # the body runs in ring 3 (implies exceptions, guest_gdt)
+    timer: bool = False                   # PIT IRQ0 at random points of the body (implies ring3)
 
 
 DEFAULT_WEIGHTS = {
@@ -215,6 +279,15 @@ class _Builder:
         self.base = r.choice(("ebx", "ebp"))
         self.exceptions = r.random() < 0.6 if options.exceptions is None else options.exceptions
         self.guest_gdt = r.random() < 0.5 if options.guest_gdt is None else options.guest_gdt
+        # ring 3 needs the guest GDT (user segments, TSS) and the IDT (the way back to ring 0);
+        # no random number is drawn for either option when both are off (old seeds unchanged)
+        self.timer = options.timer
+        self.ring3 = options.ring3 or options.timer
+        if self.ring3:
+            self.exceptions = self.guest_gdt = True
+        self.gate_params = 0           # dwords the DPL-3 call gate copies (ring 3)
+        self.divisor = None            # PIT channel 0 divisor (timer)
+        self.passes = 1                # times the body runs (timer)
         self.weights = dict(DEFAULT_WEIGHTS)
         self.weights.update(options.weights or {})
         self.dump = options.dump
@@ -623,7 +696,8 @@ class _Builder:
 
     def popfd_masked(self) -> list:
         r = self.r
-        allowed = 0xFFFFFFFF & ~POPFD_FORBIDDEN
+        # in ring 3 at IOPL 0 POPFD silently keeps IF (and IOPL): IF may be in the value
+        allowed = 0xFFFFFFFF & ~(POPFD_FORBIDDEN & ~IF if self.ring3 else POPFD_FORBIDDEN)
         kind = r.choice(("imm", "xor", "reg"))
         if kind == "imm":
             return [f"push {(r.getrandbits(32) & allowed) | 2:#x}", "popfd"]
@@ -686,7 +760,8 @@ class _Builder:
             return None
         self.reserved.add("ebp")
         try:
-            lines = [f"enter {4 * r.randint(0, 8)}, {r.randint(0, 1)}"]
+            # ring 3: a frame of at least 4 bytes, so that [ebp-4] is never below ESP
+            lines = [f"enter {4 * r.randint(1 if self.ring3 else 0, 8)}, {r.randint(0, 1)}"]
             for _ in range(r.randint(0, 2)):
                 lines += self.simple()
             lines.append(f"mov dword ptr [ebp-4], {self.reg(4, False)}")
@@ -745,8 +820,11 @@ class _Builder:
     def call(self) -> Optional[list]:
         r = self.r
         near0 = [f for f in self.functions if not f.far and f.nargs == 0]
-        kind = r.choice(("direct", "direct", "args", "reg", "table", "memslot", "geteip",
-                         "geteip_data", "far", "far_emulated", "retf", "iretd", "farjmp"))
+        kinds = ["direct", "direct", "args", "reg", "table", "memslot", "geteip",
+                 "geteip_data", "far", "far_emulated", "retf", "iretd", "farjmp"]
+        if self.ring3:
+            kinds += ["gate"]
+        kind = r.choice(kinds)
         if kind == "direct":
             return [f"call {r.choice(near0).name}"]
         if kind == "args":
@@ -778,22 +856,39 @@ class _Builder:
         if kind == "far":
             function = r.choice(fars)
             lines = [f"push {r.choice(R32)}" for _ in range(function.nargs)]
-            lines += [".byte 0x9a", f".long {function.name}", ".short 0x08"]   # call 0x08:function
+            lines += [".byte 0x9a", f".long {function.name}", f".short {self.far_selector():#04x}"]   # call sel:function
             if function.nargs and not function.callee_pops:
                 lines.append(f"lea esp, [esp+{4 * function.nargs}]")
             return lines
         if kind == "far_emulated":
             function = r.choice([f for f in fars if f.nargs == 0] or [None])
             return [PUSH_SEG["cs"], f"call {function.name}"] if function else None
+        if kind == "gate":
+            return self.gate_call()
         target, scratch = self.label(), self.w32()
         if kind == "farjmp":
-            return [".byte 0xea", f".long {target}", ".short 0x08", f"{target}:"]   # jmp 0x08:target
+            return [".byte 0xea", f".long {target}", f".short {self.far_selector():#04x}", f"{target}:"]   # jmp sel:target
         if scratch is None:
             return None
         if kind == "retf":
             return [PUSH_SEG["cs"], f"mov {scratch}, {target}", f"push {scratch}", "retf", f"{target}:"]
         return ["pushfd", PUSH_SEG["cs"], f"mov {scratch}, {target}", f"push {scratch}", "iretd",
                 f"{target}:"]
+
+    def far_selector(self) -> int:
+        """The selector of a far call or jump to code of the current privilege: 0x08 in ring 0;
+        in ring 3 the user code segment (RPL 3 or 0: CS gets RPL 3) or the conforming DPL-0
+        code segment 0x58 (CPL stays 3, CS gets RPL 3)."""
+        if not self.ring3:
+            return 0x08
+        return self.r.choice((USER_CS, USER_CS, USER_CS & ~3, 0x58, 0x5B))
+
+    def gate_call(self) -> list:
+        """Ring 3 to ring 0 and back through the DPL-3 call gate (arguments copied to the ring-0
+        stack, retf n releases them on both stacks). The gate ignores the offset."""
+        r = self.r
+        lines = [f"push {r.choice(R32)}" for _ in range(self.gate_params)]
+        return lines + [".byte 0x9a", f".long {r.getrandbits(32):#x}", f".short {r.choice((CALL_GATE, CALL_GATE & ~3)):#x}"]
 
     def indirect(self) -> Optional[list]:
         r = self.r
@@ -832,7 +927,7 @@ class _Builder:
         return lines + [f"{stem}_e:"]
 
     def selector(self) -> int:
-        choices = GUEST_SELECTORS if self.guest_gdt else BOOT_SELECTORS
+        choices = RING3_SELECTORS if self.ring3 else GUEST_SELECTORS if self.guest_gdt else BOOT_SELECTORS
         if self.dump:
             # with no LDT loaded QEMU's LDTR keeps its reset limit (0xFFFF): an LDT selector then
             # reads a "descriptor" from the real-mode IVT; the monitor's LDTR limit is 0
@@ -841,12 +936,28 @@ class _Builder:
 
     def sensitive(self) -> Optional[list]:
         r = self.r
-        kinds = ["pushfd", "popfd", "cli", "sti", "sgdt", "smsw", "readseg", "writeseg", "lar",
-                 "verify", "sldt", "readcr", "writecr", "cr0", "io", "io", "string_io", "arpl",
-                 "invlpg", "reload_tables"]
-        if self.guest_gdt:
-            kinds += ["lldt", "gdt_write", "expand_down"]
+        if self.ring3:
+            # sensitive but unprivileged at CPL 3 (the privileged ones are exception items);
+            # I/O may or may not be allowed by the TSS bitmap: such items resume like faults
+            kinds = ["pushfd", "popfd", "sgdt", "smsw", "readseg", "writeseg", "lar", "verify",
+                     "sldt", "io", "io", "string_io", "arpl", "gdt_write", "expand_down"]
+        else:
+            kinds = ["pushfd", "popfd", "cli", "sti", "sgdt", "smsw", "readseg", "writeseg", "lar",
+                     "verify", "sldt", "readcr", "writecr", "cr0", "io", "io", "string_io", "arpl",
+                     "invlpg", "reload_tables"]
+            if self.guest_gdt:
+                kinds += ["lldt", "gdt_write", "expand_down"]
         kind = r.choice(kinds)
+        if self.ring3 and kind in ("io", "string_io"):
+            lines = self.sensitive_kind(kind)
+            if lines is None:
+                return None
+            resume = self.label("resume")
+            return [f"mov dword ptr [{RESUME:#x}], {resume}"] + lines + [f"{resume}:"]
+        return self.sensitive_kind(kind)
+
+    def sensitive_kind(self, kind: str) -> Optional[list]:
+        r = self.r
         base = self.base
         if kind == "pushfd":
             dst = self.w32()
@@ -889,7 +1000,12 @@ class _Builder:
                 return None
             flat = (0x10, 0x18) if self.guest_gdt else (0x10,)
             segment = r.choice(("ds", "es", "fs", "gs", "ss"))
-            if segment == "ss":
+            if self.ring3:
+                # DPL-3 data (RPL 3 or 0), DPL-3 readable code, conforming code (no privilege
+                # check), null; DS/ES stay writable and flat, SS needs RPL 3
+                value = {"ss": USER_DS, "ds": r.choice((USER_DS, 0x18)), "es": r.choice((USER_DS, 0x18))}.get(
+                    segment) or r.choice((USER_DS, 0x18, 0, 3, 0x6B, 0x68, USER_CS, 0x58, 0x5B, 0x83, 0x8B))
+            elif segment == "ss":
                 value = 0x10
             elif segment in ("ds", "es"):
                 value = r.choice(flat)
@@ -897,7 +1013,8 @@ class _Builder:
                 value = r.choice(flat + ((0, 3, 0x30, 0x38, 0x1B, 0x6B) if self.guest_gdt else (0, 3, 0x20, 0x18)))
             lines = [f"mov {scratch}, {value:#x}", f"mov {segment}, {scratch}"]
             if segment == "ss":
-                lines.append(self.r.choice(("nop", "inc dword ptr [esp-4]")))   # the MOV SS shadow
+                # the MOV SS shadow; ring 3 programs never touch memory below ESP
+                lines.append(self.r.choice(("nop", "inc dword ptr [esp]" if self.ring3 else "inc dword ptr [esp-4]")))
             return lines
         if kind == "lar":
             op = r.choice(("lar", "lsl"))
@@ -997,18 +1114,20 @@ class _Builder:
             scratch = self.reg(2, True)
             return [f"mov {scratch}, {r.choice((0x40, 0x40, 0)):#x}", f"lldt {scratch}"] if scratch else None
         if kind == "gdt_write":
-            # change the limit of descriptor 0x30 (byte-granular, >= 0x1000) and look at it
+            # change the limit of descriptor 0x30 (byte-granular, >= 0x1000; its DPL-3 twin 0x80
+            # in ring 3) and look at it
             dst, source = self.reg(4, True), self.reg(4, True)
             if dst is None or source is None or dst == source:
                 return None
-            return [f"mov word ptr [{GDT + 0x30:#x}], {r.randint(0x1000, 0xFFFF):#x}",
-                    f"mov {source}, 0x30", f"lsl {dst}, {source}"]
+            slot = 0x80 if self.ring3 else 0x30
+            return [f"mov word ptr [{GDT + slot:#x}], {r.randint(0x1000, 0xFFFF):#x}",
+                    f"mov {source}, {slot | (3 if self.ring3 else 0):#x}", f"lsl {dst}, {source}"]
         # expand-down segment 0x38: offsets above its limit (0xFFF) are valid
         scratch, dst = self.reg(2, True), self.reg(4, True)
         if scratch is None or dst is None or self.reg32_of(scratch) == dst:
             return None
         segment = r.choice(("fs", "gs"))
-        return [f"mov {scratch}, 0x38", f"mov {segment}, {scratch}",
+        return [f"mov {scratch}, {0x8B if self.ring3 else 0x38:#x}", f"mov {segment}, {scratch}",
                 f"mov {dst}, dword ptr {segment}:[{DATA_PTR + self.disp():#x}]"]
 
     def smc(self) -> Optional[list]:
@@ -1116,6 +1235,8 @@ class _Builder:
                  "farjmp_bad", "int3", "int", "into", "bound"]
         if self.guest_gdt:
             kinds += ["not_present", "limit"]
+        if self.ring3:
+            kinds += ["privileged"] * 4 + ["io_closed", "far_down"]
         kind = r.choice(kinds)
         if kind == "div0":
             if not self.can_write("eax", "edx"):
@@ -1151,8 +1272,13 @@ class _Builder:
                 return None
             if kind == "ss_null":
                 lines += [f"mov {scratch}, {r.choice((0, 3, 0x08)):#x}", f"mov ss, {scratch}"]
+            elif kind == "not_present":
+                # ring 3: 0x28 (DPL 0) fails the privilege check first: #GP, not #NP
+                value = r.choice((0x28, 0x90, 0x93)) if self.ring3 else 0x28
+                lines += [f"mov {scratch}, {value:#x}", f"mov {r.choice(('ds', 'es', 'fs', 'gs'))}, {scratch}"]
             else:
-                value = 0x28 if kind == "not_present" else r.choice((0x1008, 0x2003, 0xFFF8, 0x7F0))
+                # ring 3 adds DPL-0 data (RPL 3 or 0), the call gate and a TSS: #GP
+                value = r.choice((0x1008, 0x2003, 0xFFF8, 0x7F0) + ((0x10, 0x13, 0x30, 0x7B, 0x48) if self.ring3 else ()))
                 lines += [f"mov {scratch}, {value:#x}", f"mov {r.choice(('ds', 'es', 'fs', 'gs'))}, {scratch}"]
         elif kind == "cs_write":
             lines.append(f"mov dword ptr cs:[{self.base}{self.disp():+#x}], {r.choice(R32)}")
@@ -1177,15 +1303,71 @@ class _Builder:
                       f"mov dword ptr [{self.base}{slot + 4:+#x}], {(low + r.randint(0, 50)) & 0xFFFFFFFF:#x}",
                       f"movsx {index}, byte ptr [{self.base}{self.disp():+#x}]",
                       f"bound {index}, qword ptr [{self.base}{slot:+#x}]"]
-        else:   # limit: offset past the 64 KiB byte-granular segment 0x30
+        elif kind == "privileged":
+            lines += self.privileged()
+        elif kind == "far_down":
+            # a far transfer from ring 3 to DPL-0 code (or a DPL-0 call gate, a data segment):
+            # #GP(selector) before anything changes; what a refused retf/iretd leaves on the
+            # stack is released after the resume label
+            selector = r.choice((0x08, 0x0B, 0x10, 0x50, 0x53, 0x63))
+            how = r.choice(("call", "jmp", "retf", "iretd"))
+            if how in ("call", "jmp"):
+                return lines + [f".byte {0x9a if how == 'call' else 0xea:#x}", f".long {resume}",
+                                f".short {selector:#x}", f"{resume}:"]
+            if selector in (0x50, 0x53):
+                selector = 0x08
+            pushed = 8 if how == "retf" else 12
+            lines += (["pushfd"] if how == "iretd" else []) + [f"push {selector:#x}", ".byte 0x68", f".long {resume}", how]
+            return lines + [f"{resume}:", f"lea esp, [esp+{pushed}]"]
+        elif kind == "io_closed":
+            # a port the ring-3 I/O bitmap never opens (the PICs, the PIT, isa-debug-exit), a
+            # word or dword at 0x3FF (its last bits reach the bitmap's closing 0xFF byte) or a
+            # port past the bitmap: #GP(0), nothing reaches the device
+            port = r.choice((0x20, 0x21, 0x40, 0x43, 0xA1, 0xF4, 0x3FF, 0x500, 0xFFFF))
+            width = r.choice(("ax", "eax") if port == 0x3FF else ("al", "ax", "eax"))
+            write = r.random() < 0.5
+            if port < 0x100 and r.random() < 0.5:
+                lines.append(f"out {port:#x}, {width}" if write else f"in {width}, {port:#x}")
+            else:
+                if not self.can_write("edx"):
+                    return None
+                lines += [f"mov dx, {port:#x}", f"out dx, {width}" if write else f"in {width}, dx"]
+        else:   # limit: offset past the 64 KiB byte-granular segment 0x30 (DPL-3 0x80 in ring 3)
             scratch, dst = self.reg(2, True), self.reg(4, True)
             if scratch is None or dst is None or self.reg32_of(scratch) == dst:
                 return None
             segment = r.choice(("fs", "gs", "es"))
-            lines += [f"mov {scratch}, 0x30", f"mov {segment}, {scratch}",
+            lines += [f"mov {scratch}, {0x83 if self.ring3 else 0x30:#x}", f"mov {segment}, {scratch}",
                       f"mov {dst}, dword ptr {segment}:[{r.randint(0x10000, 0x17FF0):#x}]"]
-            return lines + [f"{resume}:", f"mov {scratch}, 0x10", f"mov {segment}, {scratch}"]
+            return lines + [f"{resume}:", f"mov {scratch}, {USER_DS if self.ring3 else 0x10:#x}",
+                            f"mov {segment}, {scratch}"]
         return lines + [f"{resume}:"]
+
+    def privileged(self) -> list:
+        """An instruction that faults at CPL 3 (IOPL 0): #GP(0), or #UD for syscall."""
+        r = self.r
+        kind = r.choice(("cli", "sti", "hlt", "readcr", "writecr", "clts", "lmsw", "invlpg", "lgdt",
+                         "lidt", "lldt", "ltr", "cache", "msr", "rdpmc", "sysenter"))
+        if kind in ("cli", "sti", "hlt", "clts"):
+            return [kind]
+        if kind == "readcr":
+            return [f"mov {self.w32() or 'eax'}, cr{r.choice((0, 2, 3, 4))}"]
+        if kind == "writecr":
+            return [f"mov cr{r.choice((0, 2, 3, 4))}, {r.choice(R32)}"]
+        if kind in ("lmsw", "lldt", "ltr"):
+            return [f"{kind} {R16[r.choice(R32)]}"]
+        if kind == "invlpg":
+            pre, m = self.mem(1)
+            return pre + [f"invlpg {m}"]
+        if kind == "lgdt":
+            return [".byte 0x0f, 0x01, 0x15", f".long {GDT_PTR:#x}"]
+        if kind == "lidt":
+            return [".byte 0x0f, 0x01, 0x1d", f".long {IDT_PTR:#x}"]
+        encodings = {"cache": ("0x09", "0x08"),          # wbinvd, invd
+                     "msr": ("0x32", "0x30"),            # rdmsr, wrmsr
+                     "rdpmc": ("0x33",),
+                     "sysenter": ("0x34", "0x35", "0x05")}  # sysenter, sysexit: #GP(0), syscall: #UD
+        return [f".byte 0x0f, {r.choice(encodings[kind])}"]
 
     # -- program structure ------------------------------------------------------------------
     def prologue(self) -> list:
@@ -1202,34 +1384,53 @@ class _Builder:
             "dec ecx", f"jnz {loop}"], removable=not self.dump))
         if self.guest_gdt:
             lines = []
-            for table, entries in ((GDT, GUEST_GDT), (LDT, GUEST_LDT)):
+            for table, entries in ((GDT, RING3_GDT if self.ring3 else GUEST_GDT), (LDT, GUEST_LDT)):
                 for selector, descriptor in entries.items():
                     low, high = struct.unpack("<II", descriptor)
                     lines += [f"mov dword ptr [{table + selector:#x}], {low:#x}",
                               f"mov dword ptr [{table + selector + 4:#x}], {high:#x}"]
             reload = self.label("reload")
-            lines += [f"mov word ptr [{GDT_PTR:#x}], {GUEST_GDT_LIMIT:#x}",
+            if self.ring3:
+                lines += self.ring3_tables()
+            lines += [f"mov word ptr [{GDT_PTR:#x}], {RING3_GDT_LIMIT if self.ring3 else GUEST_GDT_LIMIT:#x}",
                       f"mov dword ptr [{GDT_PTR + 2:#x}], {GDT:#x}",
                       ".byte 0x0f, 0x01, 0x15", f".long {GDT_PTR:#x}",          # lgdt [GDT_PTR]
                       ".byte 0xea", f".long {reload}", ".short 0x08", f"{reload}:",  # jmp 0x08:reload
                       "mov ax, 0x10", "mov ds, ax", "mov es, ax", "mov ss, ax", "mov fs, ax", "mov gs, ax"]
-            if r.random() < 0.5:
+            if self.ring3:
+                # ring 3's data segments; a DPL-0 one in FS/GS is nulled by the iret to ring 3
+                lines += [f"mov ax, {USER_DS:#x}", "mov ds, ax", "mov es, ax"]
+                for segment in ("fs", "gs"):
+                    lines += [f"mov ax, {r.choice((USER_DS, 0x10, 0x6B, 0)):#x}", f"mov {segment}, ax"]
+            if r.random() < 0.5 or self.ring3:
                 lines += ["mov ax, 0x48", "ltr ax"]
             if r.random() < 0.5:
                 lines += ["mov ax, 0x40", "lldt ax"]
-            items.append(Item("gdt", lines))
+            items.append(Item("gdt", lines, removable=not self.ring3))
         if self.exceptions:
             lines = []
+            gates = []
             for vector, (_, fault) in HANDLED_VECTORS.items():
-                entry = IDT + 8 * vector
                 trap = not fault and r.random() < 0.5 or fault and r.random() < 0.2
-                lines += [f"mov eax, handler_{vector}", f"mov word ptr [{entry:#x}], ax",
+                # ring 3: int3, into and int 0x40 may find a DPL-0 gate (#GP instead)
+                user = self.ring3 and not fault and r.random() < 0.5
+                gates.append((vector, f"handler_{vector}", (0x8F00 if trap else 0x8E00) | (0x6000 if user else 0)))
+            if self.ring3:
+                gates.append((EXIT_VECTOR, "epilogue_ring0", 0xEE00))
+            if self.timer:
+                gates += [(TIMER_VECTOR, "irq0", 0x8E00), (TIMER_VECTOR + 7, "irq_spurious", 0x8E00)]
+            for vector, handler, access in gates:
+                entry = IDT + 8 * vector
+                lines += [f"mov eax, {handler}", f"mov word ptr [{entry:#x}], ax",
                           f"mov word ptr [{entry + 2:#x}], 0x08",
-                          f"mov word ptr [{entry + 4:#x}], {0x8F00 if trap else 0x8E00:#x}",
+                          f"mov word ptr [{entry + 4:#x}], {access:#x}",
                           "shr eax, 16", f"mov word ptr [{entry + 6:#x}], ax"]
-            lines += [f"mov word ptr [{IDT_PTR:#x}], {IDT_LIMIT:#x}", f"mov dword ptr [{IDT_PTR + 2:#x}], {IDT:#x}",
+            limit = RING3_IDT_LIMIT if self.ring3 else IDT_LIMIT
+            lines += [f"mov word ptr [{IDT_PTR:#x}], {limit:#x}", f"mov dword ptr [{IDT_PTR + 2:#x}], {IDT:#x}",
                       ".byte 0x0f, 0x01, 0x1d", f".long {IDT_PTR:#x}"]                # lidt [IDT_PTR]
-            items.append(Item("idt", lines))
+            items.append(Item("idt", lines, removable=not self.ring3))
+        if self.timer:
+            items.append(Item("timer", self.timer_setup()))
         values = []
         for name in R32:
             if name in ("esp", self.base):
@@ -1240,7 +1441,74 @@ class _Builder:
         items.append(Item("base", [f"mov {self.base}, {DATA_PTR:#x}"], removable=False))
         flags = (r.getrandbits(32) & (ARITH_FLAGS | DF)) | 2
         items.append(Item("flags", [f"push {flags:#x}", "popfd"], removable=not self.dump))
+        if self.ring3:
+            # iretd to ring 3 at IOPL 0 on the stack area's top, the arithmetic flags and DF
+            # kept; IF set when the timer is on (else at random: ring 3 cannot change it)
+            entry = self.label("ring3")
+            lines = [f"push {USER_DS:#x}", f"push {STACK_TOP:#x}", "pushfd"]
+            if self.timer or r.random() < 0.5:
+                lines.append(f"or dword ptr [esp], {IF:#x}")
+            lines += [f"push {USER_CS:#x}", ".byte 0x68", f".long {entry}", "iretd", f"{entry}:"]   # push imm32
+            items.append(Item("ring3", lines, removable=False))
         return items
+
+    def ring3_tables(self) -> list:
+        """GDT and TSS extras of a ring-3 program (the GDT's static part is RING3_GDT): the call
+        gate, SS0:ESP0 and the I/O bitmap (0x80 bytes for ports 0-0x3FF, then 0xFF)."""
+        r = self.r
+        self.gate_params = r.choice((0, 0, 1, 2, 3))
+        gate = GDT + (CALL_GATE & ~7)
+        lines = ["mov eax, gate_fn", f"mov word ptr [{gate:#x}], ax", f"mov word ptr [{gate + 2:#x}], 0x08",
+                 f"mov word ptr [{gate + 4:#x}], {0xEC00 | self.gate_params:#x}", "shr eax, 16",
+                 f"mov word ptr [{gate + 6:#x}], ax",
+                 f"mov dword ptr [{TSS + 4:#x}], {R0_STACK_TOP:#x}", f"mov dword ptr [{TSS + 8:#x}], 0x10",
+                 f"mov word ptr [{TSS + 0x66:#x}], {TSS_IO_BITMAP:#x}"]
+        bitmap = bytearray(b"\xff" * 0x84)
+        self.open_ports = []
+        for group in IO_GROUPS:
+            if r.random() < 0.6:
+                self.open_ports += group
+                for port in group:
+                    bitmap[port >> 3] &= ~(1 << (port & 7))
+        for offset in range(0, len(bitmap), 4):
+            value = struct.unpack_from("<I", bitmap, offset)[0]
+            lines.append(f"mov dword ptr [{TSS + TSS_IO_BITMAP + offset:#x}], {value:#x}")
+        return lines
+
+    def timer_setup(self) -> list:
+        """PIC pair remapped to 0x20/0x28 with IRQ0 alone unmasked, PIT channel 0 in mode 2 with
+        a small divisor: IRQ0 every divisor * 84 guest instructions of the virtual clock."""
+        self.divisor = self.r.randint(2, 16)
+        lines = []
+        for port, value in ((0x20, 0x11), (0xA0, 0x11), (0x21, TIMER_VECTOR), (0xA1, TIMER_VECTOR + 8),
+                            (0x21, 0x04), (0xA1, 0x02), (0x21, 0x01), (0xA1, 0x01), (0x21, 0xFE), (0xA1, 0xFF),
+                            (0x43, 0x34), (0x40, self.divisor & 0xFF), (0x40, self.divisor >> 8)):
+            lines += [f"mov al, {value:#x}", f"out {port:#x}, al"]
+        return lines
+
+    def timer_handlers(self) -> Item:
+        """IRQ0: EOI and nothing else (every register it uses restored, no record of where it
+        landed); the master's spurious IRQ7 just returns."""
+        return Item("irq", ["irq0:", "push eax", "mov al, 0x20", "out 0x20, al", "pop eax", "iretd",
+                            "irq_spurious:", "iretd"], removable=False)
+
+    def gate_function(self) -> Item:
+        """The ring-0 target of the DPL-3 call gate: arrives on the ring-0 stack (return CS:EIP,
+        the copied parameters, the caller's ESP and SS), may read a parameter, may load FS or
+        GS with a DPL-0 segment (the return to ring 3 nulls it) and returns with retf n."""
+        r = self.r
+        lines = ["gate_fn:"]
+        for _ in range(r.randint(0, 3)):
+            lines += self.simple()
+        if self.gate_params and r.random() < 0.8:
+            dst = self.w32()
+            if dst:
+                lines.append(f"mov {dst}, dword ptr [esp+{8 + 4 * r.randrange(self.gate_params)}]")
+        if r.random() < 0.4:
+            segment = r.choice(("fs", "gs"))
+            lines += [f"push {r.choice((0x10, 0x30, USER_DS, 0x83)):#x}", POP_SEG[segment]]
+        pops = 4 * self.gate_params
+        return Item("gate function", lines + [f"retf {pops}" if pops else "retf"], removable=False)
 
     def epilogue(self) -> Item:
         lines = [f"mov dword ptr [{RESULT + 4 * i:#x}], {name}" for i, name in enumerate(R32)]
@@ -1250,14 +1518,27 @@ class _Builder:
         lines += [".byte 0x0f, 0x01, 0x05", f".long {RESULT + 0x30:#x}",           # sgdt (32-bit)
                   ".byte 0x0f, 0x01, 0x0d", f".long {RESULT + 0x38:#x}",           # sidt (32-bit)
                   f"str word ptr [{RESULT + 0x40:#x}]", f"sldt word ptr [{RESULT + 0x42:#x}]"]
+        if self.ring3:
+            # what ring 3 may not read is stored in ring 0, entered through the DPL-3 gate whose
+            # handler is the next instruction (interrupt gate: IF clear from here on)
+            lines += [f"smsw word ptr [{RESULT + 0x54:#x}]", f"int {EXIT_VECTOR:#x}", "epilogue_ring0:"]
         for offset, number in zip(range(0x44, 0x54, 4), (0, 2, 3, 4)):
             lines += [f"mov eax, cr{number}", f"mov dword ptr [{RESULT + offset:#x}], eax"]
-        lines += [f"smsw word ptr [{RESULT + 0x54:#x}]",
-                  f"mov dword ptr [{RESULT + 0x7C:#x}], {EPILOGUE_MAGIC:#x}"]
+        if not self.ring3:
+            lines.append(f"smsw word ptr [{RESULT + 0x54:#x}]")
+        lines.append(f"mov dword ptr [{RESULT + 0x7C:#x}], {EPILOGUE_MAGIC:#x}")
+        if self.ring3:
+            # the ring-0 stack holds interrupt frames whose contents depend on where the timer
+            # (or anything else) interrupted ring 3: zeroed, the epilogue goes on at its top
+            lines += ["cld", f"mov edi, {R0_STACK_BASE:#x}", f"mov ecx, {R0_STACK_SIZE // 4:#x}", "xor eax, eax",
+                      "rep stosd", f"mov esp, {R0_STACK_TOP:#x}"]
         if self.dump:
             lines += self.dump_lines()
+        lines.append(f"push dword ptr [{RESULT + 0x20:#x}]")
+        if self.ring3:
+            lines.append(f"and dword ptr [esp], {0xFFFFFFFF & ~IF:#x}")     # no interrupt before the exit
         lines += [
-                  f"push dword ptr [{RESULT + 0x20:#x}]", "popfd",
+                  "popfd",
                   f"mov eax, dword ptr [{RESULT:#x}]", f"mov edx, dword ptr [{RESULT + 8:#x}]",
                   "mov dx, 0xf4", "out dx, eax", "cli", "hlt"]
         return Item("epilogue", ["epilogue:"] + lines, removable=False)
@@ -1305,6 +1586,8 @@ class _Builder:
             lines += ["mov eax, dword ptr [esp+8]", f"mov dword ptr [{log + 4:#x}+ecx], eax"]
         for index, slot in enumerate((8, 12, 16)):       # frame EIP, CS, EFLAGS
             lines += [f"mov eax, dword ptr [esp+{8 + e + 4 * index}]", f"mov dword ptr [{log + slot:#x}+ecx], eax"]
+        if self.ring3:      # every logged exception comes from ring 3: its ESP follows EFLAGS
+            lines += [f"mov eax, dword ptr [esp+{8 + e + 12}]", f"mov dword ptr [{log + 28:#x}+ecx], eax"]
         lines += ["pushfd", "pop eax", f"mov dword ptr [{log + 20:#x}+ecx], eax",
                   f"mov dword ptr [{log + 24:#x}+ecx], esp", f"inc dword ptr [{EXC_COUNT:#x}]"]
         if fault:
@@ -1368,6 +1651,12 @@ class _Builder:
     def build(self) -> Program:
         self.plan_functions()
         items = self.prologue()
+        if self.timer:
+            # a body runs a few hundred instructions: it runs several times over, from the same
+            # ESP, so that IRQ0 lands at many points of it
+            self.passes = self.r.randint(10, 30)
+            items.append(Item("passes", [f"mov dword ptr [{PASSES:#x}], {self.passes}", "pass_top:",
+                                         f"mov esp, {STACK_TOP:#x}"], removable=False))
         for _ in range(self.length):
             items.append(self.body_item())
             for target in self.pending:
@@ -1376,14 +1665,26 @@ class _Builder:
             self.pending = [target for target in self.pending if target[1] >= 0]
         items += [Item("label", [f"{name}:"]) for name, _ in self.pending]
         self.pending = []
+        if self.timer:
+            items.append(Item("passes", [f"dec dword ptr [{PASSES:#x}]", "jnz pass_top"], removable=False))
         items.append(self.epilogue())
         items += self.function_items()
         if self.exceptions:
             items += [self.handler(vector) for vector in HANDLED_VECTORS]
+        if self.ring3:
+            items.append(self.gate_function())
+        if self.timer:
+            items.append(self.timer_handlers())
         if self.dump:
             items += [self.dump_routines(), Item("end", [".align 4", "program_end:"], removable=False)]
         info = {"base": self.base, "exceptions": self.exceptions, "guest_gdt": self.guest_gdt}
         if self.dump:
             info["dump"] = True
+        if self.ring3:
+            info["ring3"] = f"call gate with {self.gate_params} parameter(s), I/O bitmap opens " + (
+                ", ".join(f"{port:#x}" for port in self.open_ports if not 0x3F9 <= port <= 0x3FF) or "nothing")
+        if self.timer:
+            info["timer"] = (f"PIT divisor {self.divisor} (IRQ0 every {self.divisor * PIT_TICK_INSTRUCTIONS} "
+                             f"instructions), body run {self.passes} times")
         return Program(self.seed, self.length, items, info)
 

@@ -208,3 +208,26 @@ faulting:
     assert result.reason is StopReason.DEBUG_EXIT
     assert frame(vm, 6)[0] == frame(vm, 6)[5]
     assert vm.delivery.delivered == {6: 1}
+
+
+def test_syscall_and_sysenter_fault_as_on_qemu(tmp_path, mode):
+    # Regression (found by the fuzzer): Unicorn runs both as no-ops unless hooked. Without the
+    # MSRs that enable them QEMU raises #UD for syscall and #GP(0) for sysenter, at the instruction.
+    from tests.guests import EXIT, idt_setup, run_source
+    source = ("    mov esp, 0x90000\n    mov dword ptr [0x7000], 0\n" + idt_setup({6: "ud", 13: "gp"}) + """
+    syscall
+    sysenter
+    mov eax, dword ptr [0x7000]
+""" + EXIT + """
+ud:
+    add dword ptr [0x7000], 0x10
+    add dword ptr [esp], 2
+    iretd
+gp:
+    add dword ptr [0x7000], 0x100
+    add dword ptr [esp + 4], 2
+    add esp, 4
+    iretd
+""")
+    result, _out, _vm = run_source(tmp_path, source, mode=mode)
+    assert result.guest_value == 0x110

@@ -282,6 +282,13 @@ class Engine:
                           self._guarded(lambda _uc, port, size, value, _data: port_out(port, size, value)),
                           None, 1, 0, x86.UC_X86_INS_OUT)
 
+    def on_fast_system_call(self, handler: Callable[[str], None]) -> None:
+        """handler("syscall" or "sysenter") in place of the instruction, EIP at it (Unicorn runs
+        them as no-ops without a hook; it moves EIP past them after the hook)."""
+        for instruction, name in ((x86.UC_X86_INS_SYSCALL, "syscall"), (x86.UC_X86_INS_SYSENTER, "sysenter")):
+            self._uc.hook_add(uc_const.UC_HOOK_INSN, self._guarded(lambda _uc, _data, name=name: handler(name)),
+                              None, 1, 0, instruction)
+
     def on_cpuid(self, handler: Callable[[], bool]) -> None:
         """handler() before every cpuid; True means it emulated the instruction (skip it)."""
         self._uc.hook_add(uc_const.UC_HOOK_INSN, self._guarded(lambda _uc, _data: int(bool(handler())), default=0),

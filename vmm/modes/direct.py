@@ -101,7 +101,9 @@ class DirectMode(ExecutionMode):
         self._io_in_progress: Optional[tuple] = None      # (port, size, is_out) inside an I/O hook
         self._stale_eip_check: Optional[tuple] = None
         self._pending_exit: Optional[VmExit] = None     # an exit a hook decided on (trap mode)
+        self._pending_exit_eip: Optional[int] = None    # ... and where the guest's EIP must be
         engine.on_interrupt(lambda vector: self._on_interrupt(vm, vector))
+        engine.on_fast_system_call(self._fast_system_call)
         if vm.tracer.exec:
             engine.on_block(lambda address, _size: vm.tracer.executed(address))
         self.engine = engine
@@ -276,6 +278,16 @@ class DirectMode(ExecutionMode):
             eip += length
         return snapshot
 
+    def _fast_system_call(self, name: str) -> None:
+        """syscall and sysenter, which Unicorn would run as no-ops: the CPU's exception without
+        the MSRs that enable them, as QEMU raises it (syscall #UD without EFER.SCE, sysenter
+        #GP(0) with SYSENTER_CS 0; neither is modelled further, as under bt)."""
+        eip = self.engine.reg("eip")                 # at the instruction (Unicorn passes it after)
+        vector = UD if name == "syscall" else GP
+        self._pending_exit = VmExit(ExitReason.EXCEPTION, eip=eip, vector=vector, error_code=0)
+        self._pending_exit_eip = eip
+        self.engine.stop()
+
     def _on_interrupt(self, vm, vector: int) -> None:
         """Exceptions and int n are delivered from inside the engine's hook: the engine's state
         is the guest's, and the run goes on in the handler."""
@@ -335,6 +347,9 @@ class DirectMode(ExecutionMode):
             return self._denied_io_exit()
         if self._pending_exit is not None:
             pending, self._pending_exit = self._pending_exit, None
+            if pending.reason is ExitReason.EXCEPTION and self._pending_exit_eip is not None:
+                engine.set_reg("eip", self._pending_exit_eip)      # the faulting syscall/sysenter
+                self._pending_exit_eip = None
             return pending
         if self._window_open:           # the guest set IF with an interrupt waiting
             self._window_open = False

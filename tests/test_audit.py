@@ -59,6 +59,8 @@ def reports(sample_audits) -> dict:
 
 @pytest.mark.parametrize("entry", MANIFEST, ids=ids(MANIFEST))
 def test_every_sample_is_audited(entry, sample_audits):
+    if "bt" not in entry["modes"]:      # the audit runs the guest under bt
+        pytest.skip(f"{entry['name']} under bt: {entry['missing']['bt']}")
     proc = sample_audits[entry["name"]]
     assert proc.returncode == 0, proc.stderr.decode()
     report = json.loads(proc.stdout)

@@ -63,6 +63,9 @@ def test_manifest_files_exist_and_match_the_build_script():
         assert (REPO_ROOT / entry["expected"]).is_file(), entry["expected"]
         for module in entry["initrd"]:
             assert (REPO_ROOT / module.split(" ", 1)[0]).is_file(), module
+        # every mode is either one the run matches QEMU in, or one with what it still lacks
+        assert sorted(entry["modes"] + list(entry["missing"])) == sorted(bs.MODES), entry["name"]
+        assert all(reason.strip() for reason in entry["missing"].values()), entry["name"]
 
 
 def _multiboot_header_offset(data: bytes):

@@ -1,6 +1,6 @@
 """The hardware-assisted model (--mode vt): every sample exactly as on QEMU (no holes: the guest
-runs at its own rings on state of its own), exits by reason as the exit controls select them,
-and the controls' option errors."""
+runs at its own rings on state of its own) but those whose manifest entry leaves vt out, exits
+by reason as the exit controls select them, and the controls' option errors."""
 
 import json
 
@@ -12,6 +12,8 @@ from tests.samples import MANIFEST, REPO_ROOT, ids
 
 @pytest.mark.parametrize("entry", MANIFEST, ids=ids(MANIFEST))
 def test_every_sample_runs_as_on_qemu(entry, tmp_path):
+    if "vt" not in entry["modes"]:      # what vt still lacks for it, from the manifest
+        pytest.skip(f"{entry['name']} under vt: {entry['missing']['vt']}")
     report = tmp_path / "report.json"
     proc = run_vmm(*sample_arguments(entry), "--mode", "vt", "--report", report,
                    stdin=(entry["stdin"] or "").encode())

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Optional
 
 from vmm.memory import PAGE_SIZE, PageFault, PhysicalMemory, linear_to_physical
-from vmm.x86 import PF_VEC, SegmentDescriptor
+from vmm.x86 import CR0_PG, PF_VEC, SegmentDescriptor
 
 
 class GuestFault(Exception):
@@ -18,17 +18,37 @@ class GuestFault(Exception):
 
 
 class GuestView:
-    def __init__(self, cpu, memory: PhysicalMemory) -> None:
+    """cpu_access: the accesses are the CPU's own on the guest's behalf (exception delivery,
+    emulated instructions): with paging on they set the accessed and dirty bits in the guest's
+    page tables, and a fault sets CR2, as on the CPU. False for a look that must leave the guest
+    as it was (a debugger's): no bits set, CR2 kept. Accesses are supervisor accesses."""
+
+    def __init__(self, cpu, memory: PhysicalMemory, *, cpu_access: bool = True) -> None:
         self.cpu = cpu
         self.memory = memory
+        self.cpu_access = cpu_access
 
     # -- linear memory -------------------------------------------------------------------------
     def _physical(self, linear: int, write: bool) -> int:
+        cr0 = self.cpu.reg("cr0")
+        if not cr0 & CR0_PG:
+            return linear & 0xFFFFFFFF
         try:
-            return linear_to_physical(self.memory, self.cpu.reg("cr0"), self.cpu.reg("cr3"), linear, write)
+            return linear_to_physical(self.memory, cr0, self.cpu.reg("cr3"), linear, write,
+                                      cr4=self.cpu.reg("cr4"), mark=self.cpu_access)
         except PageFault as fault:
-            self.cpu.set_reg("cr2", fault.linear)
+            if self.cpu_access:
+                self._set_cr2(fault.linear)
             raise GuestFault(PF_VEC, fault.error_code) from None
+
+    def _set_cr2(self, linear: int) -> None:
+        """CR2 for a fault the monitor raises. Unicorn 2.1.1's register write of CR2 loads CR3
+        with the same value (its uc_reg_write shares CR3's case, cpu_x86_update_cr3): put the
+        guest's CR3 back (the engine's TLB is flushed either way)."""
+        cr3 = self.cpu.reg("cr3")
+        self.cpu.set_reg("cr2", linear)
+        if self.cpu.reg("cr3") != cr3:
+            self.cpu.set_reg("cr3", cr3)
 
     @staticmethod
     def _page_chunks(linear: int, size: int):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from vmm.engine import PROT_EXEC, PROT_READ, Engine
 from vmm.errors import ConfigError
-from vmm.x86 import CR0_PG
+from vmm.x86 import CR0_PG, CR0_WP
 
 MIB = 1 << 20
 PAGE_SIZE = 4096
@@ -133,23 +133,56 @@ class PhysicalMemory:
         return self.monitor.base + offset
 
 
-def linear_to_physical(memory: PhysicalMemory, cr0: int, cr3: int, linear: int, write: bool) -> int:
-    """Walk the guest's two-level (non-PAE) page tables as a ring-0 access would.
-    Raises PageFault for a not-present entry or a write to a read-only page with WP."""
+# Page-directory and page-table entry bits (32-bit paging without PAE).
+PTE_P, PTE_RW, PTE_US, PTE_A, PTE_D, PTE_PS = 0x001, 0x002, 0x004, 0x020, 0x040, 0x080
+PDE_4M_RESERVED = 1 << 21               # a 4 MiB PDE's reserved bit (bits 20-13: address bits 39-32)
+CR4_PSE = 1 << 4
+PF_PROTECTION, PF_WRITE, PF_USER, PF_RESERVED = 1, 2, 4, 8      # #PF error code bits
+
+
+def linear_to_physical(memory: PhysicalMemory, cr0: int, cr3: int, linear: int, write: bool, *,
+                       cr4: int = 0, user: bool = False, mark: bool = False) -> int:
+    """Walk the guest's two-level (non-PAE) page tables for one access, as QEMU's MMU does (the
+    reference machine): 4 KiB pages, and 4 MiB pages only while CR4.PSE is set; R/W and U/S
+    combined from both levels; a supervisor write to a read-only page faults only with CR0.WP.
+    Raises PageFault with the error code the CPU reports (P, W/R, U/S, RSVD).
+
+    mark: the access is one the CPU makes for the guest, so the walk sets the accessed bit in
+    the entries it uses and the dirty bit of the page written, as QEMU does: the PDE of a page
+    table as soon as it is found present (even when the PTE then faults), the PTE or 4 MiB PDE
+    only once the access is allowed. False for the monitor's own look at guest memory."""
     linear &= 0xFFFFFFFF
     if not cr0 & CR0_PG:
         return linear
-    pde = memory.read_u32((cr3 & 0xFFFFF000) + ((linear >> 22) << 2))
-    error = 2 if write else 0
-    if not pde & 1:
+    error = (PF_WRITE if write else 0) | (PF_USER if user else 0)
+    pde_address = (cr3 & 0xFFFFF000) + ((linear >> 22) << 2)
+    pde = memory.read_u32(pde_address)
+    if not pde & PTE_P:
         raise PageFault(error, linear)
-    if pde & 0x80:   # 4 MiB page (PSE)
-        frame, writable = (pde & 0xFFC00000) | (linear & 0x3FFFFF), pde & 2
+    if pde & PTE_PS and cr4 & CR4_PSE:      # a 4 MiB page
+        if pde & PDE_4M_RESERVED:
+            raise PageFault(error | PF_RESERVED | PF_PROTECTION, linear)
+        entry, entry_address, rights = pde, pde_address, pde
+        frame = ((pde & 0x1FE000) << 19) | (pde & 0xFFC00000) | (linear & 0x3FFFFF)
     else:
-        pte = memory.read_u32((pde & 0xFFFFF000) + (((linear >> 12) & 0x3FF) << 2))
-        if not pte & 1:
+        if mark and not pde & PTE_A:
+            _store_entry(memory, pde_address, pde | PTE_A)
+        pte_address = (pde & 0xFFFFF000) + (((linear >> 12) & 0x3FF) << 2)
+        pte = memory.read_u32(pte_address)
+        if not pte & PTE_P:
             raise PageFault(error, linear)
-        frame, writable = (pte & 0xFFFFF000) | (linear & 0xFFF), pde & pte & 2
-    if write and not writable and cr0 & (1 << 16):
-        raise PageFault(error | 1, linear)
+        entry, entry_address, rights = pte, pte_address, pde & pte
+        frame = (pte & 0xFFFFF000) | (linear & 0xFFF)
+    if user and not rights & PTE_US:
+        raise PageFault(error | PF_PROTECTION, linear)
+    if write and not rights & PTE_RW and (user or cr0 & CR0_WP):
+        raise PageFault(error | PF_PROTECTION, linear)
+    if mark:
+        marked = entry | PTE_A | (PTE_D if write else 0)
+        if marked != entry:
+            _store_entry(memory, entry_address, marked)
     return frame
+
+
+def _store_entry(memory: PhysicalMemory, address: int, value: int) -> None:
+    memory.write(address, struct.pack("<I", value))

@@ -11,9 +11,9 @@ from vmm.cpu import GuestCpu
 from vmm.devices.i8254 import PIT_BASE, PIT_PORTS
 from vmm.engine import StopCause
 from vmm.exits import ExitReason, VmExit
-from vmm.memory import UnbackedAccess
+from vmm.memory import PAGE_SIZE, PageFault, UnbackedAccess, linear_to_physical
 from vmm.modes import ExecutionMode
-from vmm.x86 import BP, CR4_PCE, DB, GP, IF, OF_VEC, UD
+from vmm.x86 import BP, CR0_PG, CR4_PCE, DB, GP, IF, OF_VEC, UD
 
 HLT_OPCODE = 0xF4
 ENGINE_BLOCK_MAX_INSTRUCTIONS = 512     # QEMU's TCG_MAX_INSNS: how far a block start can be
@@ -79,7 +79,7 @@ def _is_io_to(code: bytes, port: int, size: int, dx: int, out: bool = True) -> b
         return False
     width = 1 if not opcode & 1 else (2 if operand16 else 4)
     if opcode in (0xE4, 0xE5, 0xE6, 0xE7):
-        return code[at + 1] == port and width == size
+        return len(code) > at + 1 and code[at + 1] == port and width == size
     return dx == port and width == size
 
 
@@ -121,6 +121,29 @@ class DirectMode(ExecutionMode):
         vm.interrupts.on_first_use.append(self._end_run)
         return self.cpu
 
+    def _guest_code(self, linear: int, size: int) -> bytes:
+        """Up to `size` bytes of guest code at a LINEAR address (an EIP), as the engine fetches
+        them: through the guest's page tables when paging is on. A look of the monitor's own:
+        no accessed bits set, CR2 untouched. Stops at the first page that is not mapped;
+        UnbackedAccess if not even the first byte is readable."""
+        engine = self.engine
+        cr0 = engine.reg("cr0")
+        linear &= 0xFFFFFFFF
+        if not cr0 & CR0_PG:
+            return self.memory.read(linear, size)
+        cr3, cr4 = engine.reg("cr3"), engine.reg("cr4")
+        code = b""
+        while len(code) < size:
+            length = min(size - len(code), PAGE_SIZE - (linear & (PAGE_SIZE - 1)))
+            try:
+                code += self.memory.read(linear_to_physical(self.memory, cr0, cr3, linear, False, cr4=cr4), length)
+            except (PageFault, UnbackedAccess):
+                break
+            linear = (linear + length) & 0xFFFFFFFF
+        if not code:
+            raise UnbackedAccess(linear, size)
+        return code
+
     def _port_in(self, port: int, size: int) -> int:
         self._io_in_progress = (port, size, False)
         try:
@@ -156,7 +179,7 @@ class DirectMode(ExecutionMode):
         address, seen_io = block_start, False
         for _ in range(ENGINE_BLOCK_MAX_INSTRUCTIONS):
             try:
-                code = self.memory.read(address, 16)
+                code = self._guest_code(address, 16)
             except UnbackedAccess:
                 break
             insn = _decode_one(code, address)
@@ -221,7 +244,7 @@ class DirectMode(ExecutionMode):
                 self.engine.stop()                # before the instruction at `address`
                 return
         try:
-            code = self.memory.read(address, 2)
+            code = self._guest_code(address, 2)
         except UnbackedAccess:
             return
         opcode = code[1] if code[0] == 0x66 else code[0]
@@ -243,7 +266,7 @@ class DirectMode(ExecutionMode):
         eip = registers["eip"]
         for _ in range(ENGINE_BLOCK_MAX_INSTRUCTIONS):   # from the block start to the instruction
             try:
-                code = self.memory.read(eip, 16)
+                code = self._guest_code(eip, 16)
             except UnbackedAccess:
                 break
             if _is_io_to(code, port, size, registers["edx"] & 0xFFFF, out):
@@ -266,7 +289,7 @@ class DirectMode(ExecutionMode):
         eip = snapshot["eip"]
         for _ in range(ENGINE_BLOCK_MAX_INSTRUCTIONS):
             try:
-                code = self.memory.read(eip, 16)
+                code = self._guest_code(eip, 16)
             except UnbackedAccess:
                 break
             length = instruction_length(code)
@@ -311,13 +334,13 @@ class DirectMode(ExecutionMode):
 
     def _rdpmc_at(self, eip: int) -> bool:
         try:
-            return self.memory.read(eip, 2) == b"\x0f\x33"
+            return self._guest_code(eip, 2) == b"\x0f\x33"
         except UnbackedAccess:
             return False
 
     def _byte_before(self, eip: int) -> int:
         try:
-            return self.memory.read(eip - 1, 1)[0]
+            return self._guest_code(eip - 1, 1)[0]
         except UnbackedAccess:
             return -1
 
@@ -420,9 +443,10 @@ class DirectMode(ExecutionMode):
 
     def _opens_shadow(self, eip: int) -> bool:
         try:
-            code = self.memory.read(eip, 16)
+            code = self._guest_code(eip, 16)
         except UnbackedAccess:
             return False
         at = _skip_prefixes(code)
         opcode = code[at]
-        return opcode in (0xFB, 0x17) or (opcode == 0x8E and (code[at + 1] >> 3) & 7 == 2)   # sti, pop ss, mov ss
+        mov_ss = opcode == 0x8E and len(code) > at + 1 and (code[at + 1] >> 3) & 7 == 2
+        return opcode in (0xFB, 0x17) or mov_ss           # sti, pop ss, mov ss

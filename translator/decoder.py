@@ -88,6 +88,16 @@ class Decoder:
             return None
         return next(self._capstone.disasm(code, address, 1), None)
 
+    def instructions_in(self, address: int, end: int):
+        """The classified instructions from `address` up to `end` (an engine block's bytes, as
+        a block hook reports them), stopping at bytes that do not decode."""
+        while address < end:
+            block = self.decode_block(address, limit=1)
+            if not block.instructions:
+                return
+            yield block.instructions[0]
+            address = block.instructions[0].end
+
     def decode_block(self, address: int, limit: int = DEFAULT_BLOCK_LIMIT,
                      stop_before: frozenset = frozenset()) -> GuestBlock:
         """`stop_before`: addresses (debugger breakpoints) no block may run into; a block ends

@@ -242,17 +242,11 @@ def static_audit(config) -> Audit:
     config.validate()
     memory = PhysicalMemory(Engine(), config.mem_mib)
     image = load_image(config.image, memory, config.load_address, reserved=(multiboot.RESERVED_AREA,))
-    ram = memory.ram
-
-    def read_code(address: int, size: int) -> bytes:
-        if not ram.contains(address, 1):
-            return b""
-        return memory.read(address, min(size, ram.end - address))
 
     def in_image(address: int) -> bool:
         return any(base <= address < base + size for base, size in image.segments)
 
-    decoder = Decoder(read_code)
+    decoder = Decoder(memory.read_code)
     visited: set[int] = set()
     findings: list[Finding] = []
     work = [image.entry]

@@ -109,6 +109,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _failure(error: Exception) -> int:
+    """One line on stderr for a bad image, option or file; the exit status it calls for."""
+    if isinstance(error, OSError):
+        print(f"vmm: {error.filename or ''}: {error.strerror}", file=sys.stderr)
+        return 1
+    print(f"vmm: {error}", file=sys.stderr)
+    return error.exit_status
+
+
 def _audit(args) -> int:
     """`vmm audit`: the guest runs under bt with profiling, in a cache that evicts nothing unless
     --tcache-size says otherwise (see vmm/audit.py)."""
@@ -117,12 +126,8 @@ def _audit(args) -> int:
     config = guest_config(args, args.image, "bt", profile=True)
     try:
         return audit.run(args, config)
-    except VmmError as error:
-        print(f"vmm: {error}", file=sys.stderr)
-        return error.exit_status
-    except OSError as error:
-        print(f"vmm: {error.filename or ''}: {error.strerror}", file=sys.stderr)
-        return 1
+    except (VmmError, OSError) as error:
+        return _failure(error)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -162,12 +167,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                            "exits": {reason.value: count for reason, count in vm.exits.items()},
                            "cache_exits": vm.mode.counters().get("cache_exits", {})}
             write_report(args.dump_cache, dump)
-    except VmmError as error:
-        print(f"vmm: {error}", file=sys.stderr)
-        return error.exit_status
-    except OSError as error:
-        print(f"vmm: {error.filename or ''}: {error.strerror}", file=sys.stderr)
-        return 1
+    except (VmmError, OSError) as error:
+        return _failure(error)
     if result.reason not in _QUIET_ENDINGS:
         print(f"vmm: {result.message}", file=sys.stderr)
     return result.exit_status

@@ -111,6 +111,14 @@ class PhysicalMemory:
             raise UnbackedAccess(address, size)
         return bytes(buffer[offset:offset + size])
 
+    def read_code(self, address: int, size: int) -> bytes:
+        """Up to `size` bytes of guest RAM at physical `address` for a decoder: fewer at the end
+        of RAM, none outside it (translator.decoder.Decoder's read_code)."""
+        ram = self.ram
+        if not ram.contains(address, 1):
+            return b""
+        return self.read(address, min(size, ram.end - address))
+
     def write(self, address: int, data: bytes) -> None:
         """A store by the monitor on the guest's behalf (loader, exception frames, emulation).
         Observers (the translation cache) see it, since it bypasses the engine's protections."""

@@ -120,7 +120,7 @@ class BinaryTranslationMode(ExecutionMode):
         self.cache = TranslationCache(engine, arena, memory.monitor_view(LOOKUP_OFFSET, LOOKUP_TABLE_SIZE),
                                       min(self.capacity, ARENA_SLOTS - 1), self._protect_page, lookup_address,
                                       memory.monitor_view(PROFILE_OFFSET, ARENA_SLOTS * 4), profile_address)
-        self.decoder = Decoder(self._read_code)
+        self.decoder = Decoder(self.memory.read_code)
         self.emitter = Emitter(MonitorAddresses(self.vcpu_address, self.scratch_address, lookup_address,
                                                         self.vcpu_privileged_address))
         self.cpu = TranslatedCpu(self)
@@ -240,12 +240,6 @@ class BinaryTranslationMode(ExecutionMode):
         return tuple(self.engine.reg(name) for name in outputs)
 
     # -- translation ---------------------------------------------------------------------------
-    def _read_code(self, address: int, size: int) -> bytes:
-        ram = self.memory.ram
-        if not ram.contains(address, 1):
-            return b""
-        return self.memory.read(address, min(size, ram.end - address))
-
     def _key(self, eip: int) -> BlockKey:
         return BlockKey(eip, single_step=bool(self.cpu.virtual_flags & TF))
 

@@ -155,7 +155,7 @@ class TrapAndEmulateMode(DirectMode):
         super().attach(vm)
         shadow = ShadowTables(vm.engine, vm.memory, SHADOW_GDT_OFFSET, SHADOW_LDT_OFFSET, kernel_ring=REAL_RING)
         self.cpu = TrapCpu(vm.engine, shadow)
-        self.decoder = Decoder(self._read_code)
+        self.decoder = Decoder(self.memory.read_code)
         self.traps: Counter = Counter()                 # emulated instructions, by mnemonic
         self._block_runs: Counter = Counter()           # engine block start -> runs
         self._holes: dict[int, tuple[str, list[int]]] = {}   # address -> (text, blocks containing it)
@@ -205,12 +205,6 @@ class TrapAndEmulateMode(DirectMode):
         block = self.decoder.decode_block(eip, limit=1)
         return block.instructions[0] if block.instructions else None
 
-    def _read_code(self, address: int, size: int) -> bytes:
-        ram = self.memory.ram
-        if not ram.contains(address, 1):
-            return b""
-        return self.memory.read(address, min(size, ram.end - address))
-
     # -- holes ---------------------------------------------------------------------------------
     def _block_started(self, address: int, size: int) -> None:
         if self._native_return is not None:
@@ -227,16 +221,11 @@ class TrapAndEmulateMode(DirectMode):
 
     def _scan(self, address: int, size: int) -> Optional[tuple[int, str]]:
         """Note the holes in an engine block; returns (address, text) of an iret/retf ending it."""
-        end, current, last = address + size, address, None
-        while current < end:
-            block = self.decoder.decode_block(current, limit=1)
-            if not block.instructions:
-                break
-            last = block.instructions[0]
+        last = None
+        for last in self.decoder.instructions_in(address, address + size):
             if is_hole(last):
                 text, blocks = self._holes.setdefault(last.address, (str(last), []))
                 blocks.append(address)
-            current = last.end
         if last is not None and last.rule.procedure in ("iret", "far_ret"):
             return last.address, str(last)
         return None

@@ -83,7 +83,7 @@ class HardwareAssistedMode(DirectMode):
         self._watched = {procedure: reason for reason, procedures in INSTRUCTION_EXITS.items()
                          if reason in self.controls for procedure in procedures}
         if self._watched:
-            self.decoder = Decoder(self._read_code)
+            self.decoder = Decoder(self.memory.read_code)
             self._scanned: set[int] = set()
             vm.engine.on_block(self._scan_block)
         return cpu
@@ -123,30 +123,19 @@ class HardwareAssistedMode(DirectMode):
             self._exit("external_interrupt")
 
     # -- instruction exits found by scanning ---------------------------------------------------
-    def _read_code(self, address: int, size: int) -> bytes:
-        ram = self.memory.ram
-        if not ram.contains(address, 1):
-            return b""
-        return self.memory.read(address, min(size, ram.end - address))
-
     def _scan_block(self, address: int, size: int) -> None:
         if address in self._scanned:
             return
         self._scanned.add(address)
-        current, end, found = address, address + size, False
-        while current < end:
-            block = self.decoder.decode_block(current, limit=1)
-            if not block.instructions:
-                break
-            instruction = block.instructions[0]
+        found = False
+        for instruction in self.decoder.instructions_in(address, address + size):
             reason = self._watched.get(instruction.rule.procedure)
             if reason is not None:
                 self.engine.on_code(instruction.address, lambda _at, reason=reason: self._exit(reason))
                 self._exit(reason)      # this first run: the block was translated before the hook
                 found = True
-            current = instruction.end
         if found:     # hooks apply to code translated after them: from this block's next run on
-            self.engine.invalidate_code(address, end)
+            self.engine.invalidate_code(address, address + size)
 
     def counters(self) -> dict:
         return {"vt_exit_controls": sorted(self.controls), "vt_exits": dict(sorted(self.vt_exits.items()))}

@@ -15,6 +15,7 @@ from vmm.devices.uart16550 import COM1_BASE, UART_PORTS, Uart16550
 from vmm.engine import Engine
 from vmm.errors import ConfigError
 from vmm.exits import StopReason
+from vmm.frames import FramePool
 from vmm.loaders import LoadedImage, load_image
 from vmm.loaders import multiboot
 from vmm.memory import PhysicalMemory
@@ -82,21 +83,29 @@ def _open_trace(path: Optional[str]):
         raise ConfigError(f"-D {path}: {error.strerror}") from None
 
 
-def build_machine(config: MachineConfig, console: Console) -> tuple[VirtualMachine, LoadedImage]:
+def build_machine(config: MachineConfig, console: Console,
+                  pool: Optional[FramePool] = None) -> tuple[VirtualMachine, LoadedImage]:
+    """A machine ready to run. Its RAM is frames of `pool` (machines given the same pool share
+    its host memory, never its frames), or of a private pool sized for it; nothing is shared
+    between machines otherwise. memory.release() gives the frames back."""
     config.validate()
     engine = Engine()
-    memory = PhysicalMemory(engine, config.mem_mib)
-    image = load_image(config.image, memory, config.load_address, reserved=(multiboot.RESERVED_AREA,))
-    info_address = multiboot.write_boot_information(memory, image, config.image, config.append, config.initrd)
-    enter_protected_mode(engine, memory, image.entry, multiboot.BOOTLOADER_MAGIC, info_address)
+    memory = PhysicalMemory(engine, config.mem_mib, pool)
+    try:
+        image = load_image(config.image, memory, config.load_address, reserved=(multiboot.RESERVED_AREA,))
+        info_address = multiboot.write_boot_information(memory, image, config.image, config.append, config.initrd)
+        enter_protected_mode(engine, memory, image.entry, multiboot.BOOTLOADER_MAGIC, info_address)
 
-    bus = PortBus(on_unassigned=_log_unassigned if config.log_unassigned_ports else None)
-    mode = available_modes()[config.mode].from_config(config)
-    limits = Limits(config.max_instructions, config.timeout)
-    tracer = Tracer(config.trace, _open_trace(config.trace_file) if config.trace else None)
-    gdb = GdbStub(config.gdb_port, config.gdb_wait) if config.gdb_port is not None else None
-    vm = VirtualMachine(engine, memory, bus, console, mode, limits, memory.until_address, tracer, gdb,
-                        VirtualClock(config.clock))
+        bus = PortBus(on_unassigned=_log_unassigned if config.log_unassigned_ports else None)
+        mode = available_modes()[config.mode].from_config(config)
+        limits = Limits(config.max_instructions, config.timeout)
+        tracer = Tracer(config.trace, _open_trace(config.trace_file) if config.trace else None)
+        gdb = GdbStub(config.gdb_port, config.gdb_wait) if config.gdb_port is not None else None
+        vm = VirtualMachine(engine, memory, bus, console, mode, limits, memory.until_address, tracer, gdb,
+                            VirtualClock(config.clock))
+    except BaseException:
+        memory.release()              # a shared pool gets the frames of a machine never built back
+        raise
 
     # Port map (cf. kvmtool x86/ioport.c):
     #   0x0020 - 0x0021  i8259 master     0x00A0 - 0x00A1  i8259 slave

@@ -147,6 +147,17 @@ class Engine:
         host = self._buffer_addresses[id(view.obj)] + offset
         self._uc.mem_map_ptr(base, size, perms, host)
 
+    def map_host(self, base: int, size: int, perms: int, host_address: int, owner: object) -> None:
+        """Map `size` bytes of host memory at `host_address` (page aligned, owned by `owner`, which
+        the engine keeps alive from now on) at physical `base`: RAM frames from a frame pool."""
+        if not any(kept is owner for kept in self._buffers):
+            self._buffers.append(owner)
+        self._uc.mem_map_ptr(base, size, perms, host_address)
+
+    def unmap(self, base: int, size: int) -> None:
+        """Remove the mapping(s) covering exactly [base, base + size) from the physical space."""
+        self._uc.mem_unmap(base, size)
+
     def invalidate_code(self, begin: int, end: int) -> None:
         """Drop what the engine itself translated from [begin, end): needed after the monitor
         changes code behind its back (mem_write and host-buffer stores do not invalidate)."""

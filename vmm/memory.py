@@ -1,12 +1,15 @@
-"""Guest-physical address space: guest RAM, the monitor's reserved region, and linear-address walks."""
+"""Guest-physical address space: guest RAM (pool frames through the P2M map), the monitor's reserved region, and linear-address walks."""
 
 from __future__ import annotations
 
 import struct
+from bisect import bisect_right
 from dataclasses import dataclass
+from typing import Optional
 
-from vmm.engine import PROT_EXEC, PROT_READ, Engine
+from vmm.engine import PROT_ALL, PROT_EXEC, PROT_READ, Engine
 from vmm.errors import ConfigError
+from vmm.frames import FramePool, PhysToMachine
 from vmm.x86 import CR0_PG, CR0_WP
 
 MIB = 1 << 20
@@ -58,22 +61,58 @@ class Region:
 
 
 class PhysicalMemory:
-    """Guest RAM at physical 0 plus the monitor region, both backed by host buffers that the
-    monitor reads and writes directly (no engine call on the access path)."""
+    """Guest RAM at physical 0 plus the monitor region, both backed by host memory that the
+    monitor reads and writes directly (no engine call on the access path). RAM is frames of a
+    FramePool (a private one sized for the machine unless one is given) through the machine's
+    P2M map: each extent is mapped into the engine at its guest-physical base, and monitor
+    accesses that cross extents are split."""
 
-    def __init__(self, engine: Engine, ram_mib: int) -> None:
+    def __init__(self, engine: Engine, ram_mib: int, pool: Optional[FramePool] = None) -> None:
         if not MIN_RAM_MIB <= ram_mib <= MAX_RAM_MIB:
             raise ConfigError(f"--mem must be between {MIN_RAM_MIB} and {MAX_RAM_MIB} MiB, got {ram_mib}")
         self.ram = Region("guest RAM", 0, ram_mib * MIB)
         self.monitor = Region("monitor", MONITOR_BASE, MONITOR_SIZE)
         self._engine = engine
-        self._ram = engine.map_memory(self.ram.base, self.ram.size)
+        self.pool = FramePool.for_bytes(self.ram.size) if pool is None else pool
+        self.p2m = PhysToMachine.from_allocation(self.ram.base // PAGE_SIZE, self.pool.allocate(self.ram.size // PAGE_SIZE))
+        self._map_ram()
         self._monitor = engine.host_buffer(self.monitor.size)
         self.write_observers: list = []     # called as observer(address, size) after monitor writes
         self._monitor_mappings: list[tuple[int, int, int]] = []
         # Readable so the CPU can load descriptors from it; guest stores into it fault.
         self.map_monitor_area(0, BOOT_AREA_SIZE, PROT_READ | PROT_EXEC)
         self.map_monitor_area(UNTIL_PAGE_OFFSET, PAGE_SIZE, PROT_READ | PROT_EXEC)
+
+    def _map_ram(self) -> None:
+        """Map every P2M extent into the engine and keep a host view of each for the monitor."""
+        self._ram_pieces: list[tuple[int, int, memoryview]] = []     # (guest base, guest end, host view)
+        mapped = []
+        try:
+            for guest_pfn, frame, pages in self.p2m.extents:
+                base, size = guest_pfn * PAGE_SIZE, pages * PAGE_SIZE
+                self._engine.map_host(base, size, PROT_ALL, self.pool.host_address(frame), self.pool)
+                mapped.append((base, size))
+                self._ram_pieces.append((base, base + size, self.pool.view(frame, pages)))
+        except BaseException:
+            for base, size in mapped:
+                self._engine.unmap(base, size)
+            self.pool.release(self.p2m.machine_extents())
+            raise
+        self._ram_starts = [base for base, _end, _view in self._ram_pieces]
+        # The fast path: one extent is one host buffer at guest-physical 0, as before the P2M.
+        self._ram = self._ram_pieces[0][2] if len(self._ram_pieces) == 1 and self.ram.base == 0 else None
+
+    def release(self) -> None:
+        """Give the RAM's frames back to the pool: unmapped from the engine first, so the guest
+        (and the monitor, whose RAM accesses then fail) can no longer reach them. The machine must
+        not run again. Idempotent."""
+        if not self._ram_pieces:
+            return
+        for base, end, _view in self._ram_pieces:
+            self._engine.unmap(base, end - base)
+        self._ram_pieces, self._ram_starts, self._ram = [], [], None
+        self.ram = Region("guest RAM", 0, 0)
+        self.pool.release(self.p2m.machine_extents())
 
     def map_monitor_area(self, offset: int, size: int, perms: int) -> int:
         """Make part of the monitor region visible to the engine with `perms`; returns its address."""
@@ -99,15 +138,36 @@ class PhysicalMemory:
         return self.ram.size
 
     def _buffer(self, address: int, size: int):
+        """(host buffer, offset) holding [address, address + size), or (None, 0) when no one
+        buffer does: outside memory, or RAM across two P2M extents (see _ram_parts)."""
         if self.ram.contains(address, size):
-            return self._ram, address
+            if self._ram is not None:
+                return self._ram, address
+            index = bisect_right(self._ram_starts, address) - 1
+            if index >= 0:
+                base, end, view = self._ram_pieces[index]
+                if address + size <= end:
+                    return view, address - base
+            return None, 0
         if self.monitor.contains(address, size):
             return self._monitor, address - self.monitor.base
         return None, 0
 
+    def _ram_parts(self, address: int, size: int):
+        """(view, offset, length) per extent for a RAM range that crosses extents, in order."""
+        index = bisect_right(self._ram_starts, address) - 1
+        while size:
+            base, end, view = self._ram_pieces[index]
+            length = min(size, end - address)
+            yield view, address - base, length
+            address, size, index = address + length, size - length, index + 1
+
     def read(self, address: int, size: int) -> bytes:
         buffer, offset = self._buffer(address, size)
         if buffer is None:
+            if size > 0 and self.ram.contains(address, size):
+                return b"".join(bytes(view[start:start + length])
+                                for view, start, length in self._ram_parts(address, size))
             raise UnbackedAccess(address, size)
         return bytes(buffer[offset:offset + size])
 
@@ -124,8 +184,14 @@ class PhysicalMemory:
         Observers (the translation cache) see it, since it bypasses the engine's protections."""
         buffer, offset = self._buffer(address, len(data))
         if buffer is None:
-            raise UnbackedAccess(address, len(data))
-        buffer[offset:offset + len(data)] = data
+            if not (data and self.ram.contains(address, len(data))):
+                raise UnbackedAccess(address, len(data))
+            done = 0
+            for view, start, length in self._ram_parts(address, len(data)):
+                view[start:start + length] = data[done:done + length]
+                done += length
+        else:
+            buffer[offset:offset + len(data)] = data
         for observer in self.write_observers:
             observer(address, len(data))
 

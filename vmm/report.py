@@ -36,6 +36,8 @@ def build_report(config: MachineConfig, image: LoadedImage, vm: VirtualMachine, 
             **vm.mode.counters(),
         },
         "wall_time_s": round(vm.wall_time, 6),
+        "physical_to_machine": vm.memory.p2m.as_json(),
+        "frame_pool": vm.memory.pool.counters(),
     }
 
 

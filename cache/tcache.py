@@ -36,7 +36,10 @@ class BlockKey:
     """Everything a translation depends on besides the guest bytes."""
     eip: int
     single_step: bool = False      # blocks of one instruction, never chained (guest EFLAGS.TF)
-    # privilege and address space join the key with user mode and paging
+    physical: int = -1             # where the code is in guest-physical memory (-1: at eip, paging off)
+    # The physical address lets two address spaces that map the same code at the same linear
+    # address share its translation, and keeps apart two codes that one linear address maps in
+    # turn (as QEMU keys its translation blocks by physical and virtual PC).
 
 
 @dataclass(eq=False)
@@ -49,6 +52,14 @@ class TranslatedBlock:
     links: dict[int, "TranslatedBlock"] = field(default_factory=dict)       # exit index -> target
     incoming: set[tuple["TranslatedBlock", int]] = field(default_factory=set)
     alive: bool = True
+    # Guest-physical [start, end) ranges of the block's bytes, one per linear page it spans
+    # (where the guest's paging put them when it was translated).
+    ranges: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def frames(self) -> set[int]:
+        """Guest-physical page numbers whose bytes this translation depends on."""
+        return {page for start, end in self.ranges for page in range(start // PAGE_SIZE, (end - 1) // PAGE_SIZE + 1)}
 
     @property
     def host_size(self) -> int:
@@ -58,8 +69,8 @@ class TranslatedBlock:
         return self.host + self.translation.exits[index].offset
 
     def covers(self, address: int, size: int) -> bool:
-        """Whether guest bytes [address, address+size) overlap an instruction of this block."""
-        return self.guest.address < address + size and address < max(self.guest.next_address, self.guest.address + 1)
+        """Whether guest-physical bytes [address, address+size) overlap an instruction of this block."""
+        return any(start < address + size and address < end for start, end in self.ranges)
 
     def __hash__(self) -> int:
         return id(self)
@@ -89,6 +100,7 @@ class TranslationCache:
         self.events: collections.deque = collections.deque(maxlen=4096)   # (event, guest eip, cause)
         self.use_lookup_table = True      # off: every indirect branch exits (exec tracing)
         self._window_sites: set[int] = set()      # host addresses of INTERRUPT_WINDOW sites
+        self._cross_page_links: set[tuple[TranslatedBlock, int]] = set()
         self.windows_armed = False
         # --profile: a block's counter lives in its arena slot, which a removal frees. remove()
         # first adds the count to removed_executions and passes (block, count) to on_remove
@@ -119,7 +131,10 @@ class TranslationCache:
         return self._sites.get(host_address)
 
     # -- insertion -----------------------------------------------------------------------------
-    def add(self, key: BlockKey, guest: GuestBlock, translation: Translation) -> TranslatedBlock:
+    def add(self, key: BlockKey, guest: GuestBlock, translation: Translation,
+            ranges: Optional[tuple[tuple[int, int], ...]] = None) -> TranslatedBlock:
+        """ranges: where the block's bytes are in guest-physical memory (default: at their linear
+        addresses, paging off)."""
         if len(translation.code) > self.arena.slot_size:
             raise ValueError(f"translation of {guest.address:#x} is {len(translation.code)} bytes, "
                              f"slot is {self.arena.slot_size}")
@@ -128,7 +143,9 @@ class TranslationCache:
             self.remove(victim, "capacity")
             self.counters["evictions"] += 1
         slot = self.arena.allocate()
-        block = TranslatedBlock(key, guest, slot, self.arena.address(slot), translation)
+        if ranges is None:
+            ranges = ((guest.address, max(guest.next_address, guest.address + 1)),)
+        block = TranslatedBlock(key, guest, slot, self.arena.address(slot), translation, ranges=ranges)
         code = bytearray(translation.code)
         if translation.counter_fixups:
             struct.pack_into("<I", self.counters_view, slot * 4, 0)
@@ -144,7 +161,7 @@ class TranslationCache:
                 self._window_sites.add(block.host + site.offset)
                 if self.windows_armed:
                     self._set_window(block.host + site.offset, True)
-        for page in guest.pages:
+        for page in block.frames:
             if not self._pages[page]:
                 self.protect_page(page, True)
             self._pages[page].add(block)
@@ -168,6 +185,8 @@ class TranslationCache:
         self._aim_branch(source, index, target.host)
         source.links[index] = target
         target.incoming.add((source, index))
+        if len(target.ranges) > 1 or target.guest.address // PAGE_SIZE != source.guest.address // PAGE_SIZE:
+            self._cross_page_links.add((source, index))
         self.counters["links_made"] += 1
 
     def unlink(self, source: TranslatedBlock, index: int) -> None:
@@ -176,6 +195,7 @@ class TranslationCache:
         if target is None:
             return
         target.incoming.discard((source, index))
+        self._cross_page_links.discard((source, index))
         if source.alive:
             self._write_code(source.site_address(index), UNLINKED_SLOT)
             self._aim_branch(source, index, source.site_address(index))
@@ -229,7 +249,7 @@ class TranslationCache:
         self._remove_lookup(block.guest.address, block.host)
         if self._blocks.get(block.key) is block:
             del self._blocks[block.key]
-        for page in block.guest.pages:
+        for page in block.frames:
             self._pages[page].discard(block)
             if not self._pages[page]:
                 del self._pages[page]
@@ -269,6 +289,17 @@ class TranslationCache:
 
     def page_has_code(self, page: int) -> bool:
         return bool(self._pages.get(page))
+
+    def mapping_changed(self) -> None:
+        """The guest's linear-to-physical mapping may have changed (CR3 load, invlpg, paging on or
+        off): what finds blocks by linear address alone may now be wrong. The lookup table is
+        emptied and every link into another linear page (or into a block spanning two) is
+        broken; links within a page stay, since a block is only entered where its page maps to
+        its code. Blocks stay: they are keyed by physical address too."""
+        for source, index in list(self._cross_page_links):
+            self.unlink(source, index)
+        self.clear_lookup_table()
+        self.counters["mapping_changes"] += 1
 
     def flush(self, cause: str) -> None:
         for block in list(self._blocks.values()):

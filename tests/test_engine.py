@@ -129,6 +129,20 @@ def test_set_privilege_moves_the_cpu_between_rings():
     assert (engine.reg("cs"), engine.reg("ss"), engine.privilege()) == (0x08, 0x10, 0)
 
 
+def test_segment_bases_come_from_the_hidden_part_of_the_segment_registers():
+    # The offset of QEMU's segment caches in the context blob, checked against loaded descriptors
+    # that the table no longer holds (the CPU keeps using what it loaded).
+    from vmm.x86 import encode_segment
+    engine, memory = machine("mov ax, 0x10\nmov ds, ax\nmov ax, 0x18\nmov fs, ax\nhlt")
+    gdt = bytes(8) + encode_segment(0, 0xFFFFF, 0x9B) + encode_segment(0x12345000, 0xFF, 0x93) \
+        + encode_segment(0x00ABC000, 0xFF, 0x93)
+    memory.write(0x1000, gdt)
+    engine.set_table_register("gdtr", 0x1000, len(gdt) - 1)
+    engine.run(CODE, memory.until_address)
+    memory.write(0x1000, bytes(len(gdt)))
+    assert (engine.segment_base("ds"), engine.segment_base("fs"), engine.segment_base("cs")) == (0x12345000, 0x00ABC000, 0)
+
+
 def test_the_engine_counts_the_instructions_a_counted_run_started():
     # Engine.instructions_started reads Unicorn's emu_counter at a pinned uc_struct offset:
     # a run given N instructions started N + 1 (the one it stopped in front of); a stop asked

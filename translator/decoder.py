@@ -81,12 +81,23 @@ class Decoder:
         self.read_code = read_code
         self._capstone = Cs(CS_ARCH_X86, CS_MODE_32)
         self._capstone.detail = True
+        self.short_read = False        # the last decode_one failed for lack of fetchable bytes
 
     def decode_one(self, address: int) -> Optional[object]:
-        code = self.read_code(address, MAX_INSTRUCTION_LENGTH)
+        """The instruction at `address`. Bytes of the next page are read only when the
+        instruction needs them (reading guest code through paging is an instruction fetch: it
+        marks the page accessed, or faults)."""
+        in_page = min(MAX_INSTRUCTION_LENGTH, PAGE_SIZE - address % PAGE_SIZE)
+        code = self.read_code(address, in_page)
         if not code:
             return None
-        return next(self._capstone.disasm(code, address, 1), None)
+        insn = next(self._capstone.disasm(code, address, 1), None)
+        if insn is None and len(code) == in_page < MAX_INSTRUCTION_LENGTH:
+            self.short_read = False
+            code = self.read_code(address, MAX_INSTRUCTION_LENGTH)
+            insn = next(self._capstone.disasm(code, address, 1), None)
+            self.short_read = insn is None and len(code) < MAX_INSTRUCTION_LENGTH
+        return insn
 
     def instructions_in(self, address: int, end: int):
         """The classified instructions from `address` up to `end` (an engine block's bytes, as
@@ -109,9 +120,11 @@ class Decoder:
             if not self.read_code(current, 1):
                 block.end = BlockEnd.NO_MEMORY
                 return block
+            self.short_read = False
             insn = self.decode_one(current)
             if insn is None:
-                block.end = BlockEnd.UNDECODABLE
+                # bytes cut short by the end of the code that can be fetched: a fetch fault
+                block.end = BlockEnd.NO_MEMORY if self.short_read else BlockEnd.UNDECODABLE
                 return block
             instruction = GuestInstruction(insn, classify(insn))
             block.instructions.append(instruction)

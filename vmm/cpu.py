@@ -45,6 +45,16 @@ class GuestCpu:
         self.engine.set_privilege(cs & 3, ss, cs)
         self.engine.set_reg("esp", esp)
 
+    def segment_base(self, name: str) -> int:
+        """The base of a loaded segment register, from its hidden part: every mode's engine
+        segments carry the guest's bases (the shadow descriptors copy them)."""
+        return self.engine.segment_base(name)
+
+    def invalidate_page(self, linear: int) -> None:
+        """invlpg emulated by the monitor: the engine walks the guest's own tables, so dropping
+        its whole TLB (a CR3 reload) is enough."""
+        self.engine.set_reg("cr3", self.engine.reg("cr3"))
+
     def read_msr(self, number: int) -> int:
         return self.engine.read_msr(number)
 

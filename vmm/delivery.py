@@ -107,12 +107,11 @@ class ExceptionDelivery:
             # SS:ESP is saved on it first (SDM vol. 3, 6.12.1).
             new_ss, esp, ss_raw = inner_stack(self.cpu, self.view, new_cpl)
             frame = [self.cpu.reg("ss"), self.cpu.reg("esp")] + frame
-            stack_selector = new_ss
+            ss_base = self.view.segment_base(new_ss)
         else:
-            stack_selector = self.cpu.reg("ss")
+            ss_base = self.cpu.segment_base("ss")
         if not software and not interrupt and vector in ERROR_CODE_VECTORS:
             frame.append(error_code or 0)
-        ss_base = self.view.segment_base(stack_selector)
         stack = b""
         for value in frame:
             esp = (esp - width) & 0xFFFFFFFF

@@ -19,7 +19,7 @@ from vmm.errors import VmmError
 from vmm.guest_view import GuestFault, GuestView
 from vmm.privilege import check_outer_stack, inner_stack, iopl, null_outer_data_segments
 from vmm.x86 import (AC, AF, CF, DF, GP, ID, IF, IOPL_MASK, NP, NT, OF, PF, SF, SS, TF, UD, VM, ZF, CR0_PE,
-                     CR0_PG, GATE_CALL_16, GATE_CALL_32, Gate, SegmentDescriptor)
+                     GATE_CALL_16, GATE_CALL_32, Gate, SegmentDescriptor)
 
 _SEGMENTS = {X.X86_REG_CS: "cs", X.X86_REG_SS: "ss", X.X86_REG_DS: "ds", X.X86_REG_ES: "es",
              X.X86_REG_FS: "fs", X.X86_REG_GS: "gs"}
@@ -107,7 +107,7 @@ class Emulator:
         segment = _SEGMENTS.get(mem.segment) if mem.segment else None
         if segment is None:
             segment = "ss" if mem.base in (X.X86_REG_ESP, X.X86_REG_EBP) else "ds"
-        return (self.view.segment_base(self.cpu.reg(segment)) + address) & 0xFFFFFFFF
+        return (self.cpu.segment_base(segment) + address) & 0xFFFFFFFF
 
     def _read(self, insn, operand, size: Optional[int] = None) -> int:
         size = size or operand.size
@@ -127,12 +127,12 @@ class Emulator:
 
     def _push(self, value: int, size: int = 4) -> None:
         esp = (self.cpu.reg("esp") - size) & 0xFFFFFFFF
-        self.view.write_int((self.view.segment_base(self.cpu.reg("ss")) + esp) & 0xFFFFFFFF, size, value)
+        self.view.write_int((self.cpu.segment_base("ss") + esp) & 0xFFFFFFFF, size, value)
         self.cpu.set_reg("esp", esp)
 
     def _pop(self, size: int = 4) -> int:
         esp = self.cpu.reg("esp")
-        value = self.view.read_int((self.view.segment_base(self.cpu.reg("ss")) + esp) & 0xFFFFFFFF, size)
+        value = self.view.read_int((self.cpu.segment_base("ss") + esp) & 0xFFFFFFFF, size)
         self.cpu.set_reg("esp", (esp + size) & 0xFFFFFFFF)
         return value
 
@@ -194,7 +194,7 @@ class Emulator:
         if insn.id == X.X86_INS_POP:
             segment = _SEGMENTS[insn.operands[0].reg]
             esp = self.cpu.reg("esp")
-            selector = self.view.read_int((self.view.segment_base(self.cpu.reg("ss")) + esp) & 0xFFFFFFFF,
+            selector = self.view.read_int((self.cpu.segment_base("ss") + esp) & 0xFFFFFFFF,
                                           2 if self._operand16(insn) else 4)
             self.load_segment(segment, selector)
             self.cpu.set_reg("esp", esp + (2 if self._operand16(insn) else 4))
@@ -291,7 +291,7 @@ class Emulator:
             new_cpl = code.dpl
             ss, esp = self.cpu.reg("ss"), self.cpu.reg("esp")
             new_ss, new_esp, ss_raw = inner_stack(self.cpu, self.view, new_cpl)
-            old_base = self.view.segment_base(ss)
+            old_base = self.cpu.segment_base("ss")
             count = gate.parameter_count
             parameters = [self.view.read_int((old_base + esp + width * i) & 0xFFFFFFFF, width) for i in range(count)]
             frame = [ss, esp] + parameters[::-1] + [self.cpu.reg("cs"), self._next]
@@ -315,7 +315,7 @@ class Emulator:
     def _far_ret(self, insn):
         size = 2 if self._operand16(insn) else 4
         esp = self.cpu.reg("esp")
-        base = self.view.segment_base(self.cpu.reg("ss"))
+        base = self.cpu.segment_base("ss")
         offset = self.view.read_int((base + esp) & 0xFFFFFFFF, size)
         selector = self.view.read_int((base + esp + size) & 0xFFFFFFFF, 2)
         release = insn.operands[0].imm if insn.operands else 0
@@ -355,7 +355,7 @@ class Emulator:
         if flags & NT:
             raise UnsupportedInstruction("iret with NT set (task return): not modelled yet")
         esp = self.cpu.reg("esp")
-        base = self.view.segment_base(self.cpu.reg("ss"))
+        base = self.cpu.segment_base("ss")
         eip = self.view.read_int((base + esp) & 0xFFFFFFFF, size)
         cs = self.view.read_int((base + esp + size) & 0xFFFFFFFF, 2)
         new_flags = self.view.read_int((base + esp + 2 * size) & 0xFFFFFFFF, size)
@@ -459,8 +459,6 @@ class Emulator:
     def _set_cr0(self, value: int) -> None:
         if not value & CR0_PE:
             raise UnsupportedInstruction("leaving protected mode: real mode is not modelled under binary translation")
-        if value & CR0_PG:
-            raise UnsupportedInstruction("paging under binary translation arrives with memory virtualization")
         self.cpu.set_reg("cr0", value | 0x10)
 
     def _write_msw(self, insn):
@@ -479,7 +477,9 @@ class Emulator:
             self._write(insn, destination, self.debug_registers[int(insn.reg_name(source.reg)[2:])])
 
     def _cache_control(self, insn):
-        return None        # no caches or TLB of the guest's own to maintain while paging is off
+        if insn.id == X.X86_INS_INVLPG:
+            self.cpu.invalidate_page(self._address(insn, insn.operands[0]))
+        return None        # wbinvd/invd: no caches are modelled
 
     def _msr(self, insn):
         number = self.cpu.reg("ecx")

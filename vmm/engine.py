@@ -30,6 +30,10 @@ _uc_reg_write.restype = ctypes.c_int
 # tests/test_engine.py re-derives each one from a real fault, so a different build fails loudly.
 _CTX_ENV = 20
 _CTX_HFLAGS = _CTX_ENV + 176             # uint32 hflags: bits 0-1 are the CPL (QEMU's HF_CPL_MASK)
+# SegmentCache segs[6] (ES CS SS DS FS GS): uint32 selector, uint64 base, uint32 limit, flags
+_CTX_SEGMENTS = _CTX_ENV + 184
+_SEGMENT_CACHE_SIZE = 24
+_SEGMENT_INDEX = {"es": 0, "cs": 1, "ss": 2, "ds": 3, "fs": 4, "gs": 5}
 # Offset of uint64 emu_counter in Unicorn's uc_struct (instructions started by a counted run).
 _UC_EMU_COUNTER = 1344
 _CTX_ERROR_CODE = _CTX_ENV + 5352        # int error_code of the last exception
@@ -118,6 +122,11 @@ class Engine:
         # Undecodable bytes: accepting them here makes Unicorn raise #UD (vector 6) through the
         # interrupt hook like any other exception; refusing would abort emulation instead.
         self._uc.hook_add(uc_const.UC_HOOK_INSN_INVALID, lambda _uc, _data: True)
+        # With exits enabled, emu_start's `until` is not looked up as code: otherwise, while the
+        # guest's own paging is on and does not map it, every run starts with a page walk that
+        # fails quietly, overwrites CR2 and leaves a pending #PF (the guest's next fault becomes
+        # a double fault). The exit list stays empty: runs end by hlt or stop().
+        self._uc.ctl_exits_enabled(True)
 
     def _record_bad_access(self, _uc, _access, address, size, _value, _data) -> bool:
         self._fault_address = (address, size)
@@ -245,6 +254,13 @@ class Engine:
         front of included (a stop from a hook, or the count running out) and hlt included. Read
         from Unicorn's own counter (uc_struct.emu_counter, offset pinned by tests/test_engine.py)."""
         return ctypes.c_uint64.from_address(self._uc._uch.value + _UC_EMU_COUNTER).value
+
+    def segment_base(self, name: str) -> int:
+        """The base in the hidden part of a segment register (what the CPU uses, whatever the
+        descriptor table says now)."""
+        at = _CTX_SEGMENTS + _SEGMENT_INDEX[name] * _SEGMENT_CACHE_SIZE + 8
+        (base,) = struct.unpack_from("<Q", bytes(self._uc.context_save()), at)
+        return base & 0xFFFFFFFF
 
     def privilege(self) -> int:
         """The CPU's current privilege level, as the engine keeps it."""

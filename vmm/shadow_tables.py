@@ -33,8 +33,11 @@ class ShadowTables:
     """The shadow GDT and LDT in two monitor areas (read-only to the engine), kept in step with
     the guest's tables by the CPU view at lgdt, lldt and every segment load."""
 
-    def __init__(self, engine, memory, gdt_offset: int, ldt_offset: int, kernel_ring: int) -> None:
+    def __init__(self, engine, memory, gdt_offset: int, ldt_offset: int, kernel_ring: int,
+                 read=None) -> None:
+        """read(linear, size): the guest's linear memory (default: physical, paging off)."""
         self.engine, self.memory, self.kernel_ring = engine, memory, kernel_ring
+        self.read = read if read is not None else memory.read
         self.gdt_address = memory.map_monitor_area(gdt_offset, TABLE_SIZE, PROT_READ)
         self.ldt_address = memory.map_monitor_area(ldt_offset, TABLE_SIZE, PROT_READ)
         self.gdt = memory.monitor_view(gdt_offset, TABLE_SIZE)
@@ -44,7 +47,7 @@ class ShadowTables:
         view[:] = bytes(TABLE_SIZE)
         for index in range(first, size - 7, 8):
             try:
-                raw = self.memory.read(base + index, 8)
+                raw = self.read(base + index, 8)
             except Exception:            # the table runs past guest memory: the rest stays absent
                 break
             view[index:index + 8] = shadow_descriptor(raw, self.kernel_ring)

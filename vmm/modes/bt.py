@@ -37,6 +37,9 @@ from vmm.memory import MIB
 from vmm.modes import ExecutionMode
 from vmm.modes.bt_cpu import SEGMENT_IDS, SEGMENT_NAMES, TranslatedCpu
 from vmm.shadow_tables import ShadowTables
+from vmm.shadow_paging import PagePool, ShadowPaging
+from vmm.guest_view import GuestView
+from vmm.memory import CR4_PSE, PageFault, linear_to_physical
 from vmm.monitor_paging import MonitorPageTables
 from vmm.x86 import AF, CF, CR0_PG, CR0_WP, GP, OF, PF, PF_VEC, SF, UD, ZF
 
@@ -59,7 +62,9 @@ PROFILE_OFFSET = 0xC0000                 # execution counters, one u32 per arena
 PAGE_TABLES_OFFSET = 0x100000            # 4 KiB page tables for up to 3 GiB of RAM + the monitor
 PAGE_TABLES_SIZE = 0x310000
 ARENA_OFFSET = 0x500000
-ARENA_SIZE = 10 * MIB
+ARENA_SIZE = 8 * MIB
+SHADOW_POOL_OFFSET = 0xD00000            # shadow page tables while the guest's paging is on
+SHADOW_POOL_SIZE = 0x2F0000              # 752 pages, up to the `until` page
 SLOT_SIZE = 256
 ARENA_SLOTS = ARENA_SIZE // SLOT_SIZE
 DEFAULT_CAPACITY = 4096                  # blocks
@@ -100,7 +105,8 @@ class BinaryTranslationMode(ExecutionMode):
         self.vcpu_privileged_address = memory.map_monitor_area(VCPU_PRIVILEGED_OFFSET, PAGE_SIZE, PROT_READ)
         self.scratch_address = memory.map_monitor_area(SCRATCH_OFFSET, PAGE_SIZE, PROT_READ | PROT_WRITE)
         self.stub_address = memory.map_monitor_area(STUB_OFFSET, PAGE_SIZE, PROT_READ | PROT_EXEC)
-        self.shadow = ShadowTables(engine, memory, SHADOW_GDT_OFFSET, SHADOW_LDT_OFFSET, kernel_ring=1)
+        self.shadow = ShadowTables(engine, memory, SHADOW_GDT_OFFSET, SHADOW_LDT_OFFSET, kernel_ring=1,
+                                   read=self._read_linear)
         lookup_address = memory.map_monitor_area(LOOKUP_OFFSET, LOOKUP_TABLE_SIZE, PROT_READ)
         arena_address = memory.map_monitor_area(ARENA_OFFSET, ARENA_SIZE, PROT_READ | PROT_EXEC)
         profile_address = memory.map_monitor_area(PROFILE_OFFSET, ARENA_SLOTS * 4, PROT_READ | PROT_WRITE)
@@ -112,6 +118,13 @@ class BinaryTranslationMode(ExecutionMode):
         for base, size, perms in memory.monitor_mappings():
             self.paging.map_identity(base, size, writable=bool(perms & PROT_WRITE))
         self.paging.map_identity(self.vcpu_privileged_address, PAGE_SIZE, writable=False, user=False)
+        self.real_cr3 = directory_address        # the engine's CR3: the identity map, or a shadow
+        # The pool is in the engine's physical space only (its walker reads it), in no linear map.
+        pool_address = memory.map_monitor_area(SHADOW_POOL_OFFSET, SHADOW_POOL_SIZE, PROT_READ)
+        self.shadow_paging = ShadowPaging(memory, PagePool(memory.monitor_view(SHADOW_POOL_OFFSET, SHADOW_POOL_SIZE),
+                                                           pool_address),
+                                          memory.monitor_view(PAGE_DIRECTORY_OFFSET, PAGE_SIZE),
+                                          self._flush_tlb, lambda frame: self.cache.page_has_code(frame))
         self.vcpu_view = memory.monitor_view(VCPU_OFFSET, PAGE_SIZE)
         self.vcpu_privileged_view = memory.monitor_view(VCPU_PRIVILEGED_OFFSET, PAGE_SIZE)
         self.scratch_view = memory.monitor_view(SCRATCH_OFFSET, PAGE_SIZE)
@@ -120,10 +133,11 @@ class BinaryTranslationMode(ExecutionMode):
         self.cache = TranslationCache(engine, arena, memory.monitor_view(LOOKUP_OFFSET, LOOKUP_TABLE_SIZE),
                                       min(self.capacity, ARENA_SLOTS - 1), self._protect_page, lookup_address,
                                       memory.monitor_view(PROFILE_OFFSET, ARENA_SLOTS * 4), profile_address)
-        self.decoder = Decoder(self.memory.read_code)
+        self.decoder = Decoder(self._fetch_code)
         self.emitter = Emitter(MonitorAddresses(self.vcpu_address, self.scratch_address, lookup_address,
                                                         self.vcpu_privileged_address))
         self.cpu = TranslatedCpu(self)
+        self._quiet_view = GuestView(self.cpu, memory, cpu_access=False)
         # The per-block instruction count (the budget prologue) is emitted only while someone
         # needs it: an instruction limit, or a guest that uses time (then from that moment on).
         self.budget = vm.limits.max_instructions is not None
@@ -177,7 +191,10 @@ class BinaryTranslationMode(ExecutionMode):
         cache = dict(sorted(self.cache.counters.items()))
         cache["blocks_cached"] = len(self.cache)
         cache["translation_seconds"] = round(self.translation_seconds, 6)
-        return {"translation_cache": cache, "cache_exits": dict(sorted(self.exit_counts.items()))}
+        counters = {"translation_cache": cache, "cache_exits": dict(sorted(self.exit_counts.items()))}
+        if self.shadow_paging.counters:
+            counters["shadow_paging"] = self.shadow_paging.counters_report()
+        return counters
 
     def _count(self, kind: str) -> None:
         self.exit_counts[kind] = self.exit_counts.get(kind, 0) + 1
@@ -211,7 +228,7 @@ class BinaryTranslationMode(ExecutionMode):
     def _enter_deprivileged(self, host_target: int) -> int:
         """Build the one-time stub that leaves the boot CPL 0 for CPL 1 with an iret."""
         cpu = self.cpu
-        self.engine.set_reg("cr3", self.paging.directory_address)
+        self.engine.set_reg("cr3", self.real_cr3)
         self.engine.set_reg("cr0", self.engine.reg("cr0") | CR0_PG | CR0_WP)
         for name in ("ds", "es", "fs", "gs"):
             selector = cpu.selectors[name]
@@ -239,9 +256,89 @@ class BinaryTranslationMode(ExecutionMode):
         self.engine.run(address, address + len(code))
         return tuple(self.engine.reg(name) for name in outputs)
 
+    # -- guest paging ----------------------------------------------------------------------------
+    @property
+    def guest_paging(self) -> bool:
+        return bool(self.cpu.control[0] & CR0_PG)
+
+    def control_register_written(self, number: int, old: int) -> None:
+        """The guest wrote CR0, CR3 or CR4 (the virtual CPU holds the new value). A CR3 load, or a
+        change to what the guest's tables mean, is a TLB flush: the engine moves to the shadow of
+        the guest's address space (or back to the identity map when paging goes off)."""
+        control = self.cpu.control
+        new = control[number]
+        if number == 0 and (old ^ new) & CR0_PG and not new & CR0_PG:
+            self.shadow_paging.reset()
+            self._switch_tables(self.paging.directory_address)
+        elif control[0] & CR0_PG and (number == 3 or (number == 0 and (old ^ new) & (CR0_PG | CR0_WP))
+                                      or (number == 4 and (old ^ new) & CR4_PSE)):
+            self._switch_tables(self.shadow_paging.load(control[0], control[3], control[4]))
+
+    def invalidate_page(self, linear: int) -> None:
+        """invlpg."""
+        if self.guest_paging:
+            self.shadow_paging.invalidate_page(linear)
+            self.cache.mapping_changed()
+
+    def _switch_tables(self, directory: int) -> None:
+        self.real_cr3 = directory
+        self.cache.mapping_changed()
+        self._flush_tlb()
+
+    def _fetch_code(self, linear: int, size: int) -> bytes:
+        """Guest code at a linear address for the decoder: up to `size` bytes, fewer where the
+        code that can be fetched ends (the end of RAM; with paging, a page the guest's tables do
+        not let this ring fetch from: the decoder ends the block there)."""
+        if not self.guest_paging:
+            return self.memory.read_code(linear, size)
+        code = b""
+        user = self.cpu.cpl == 3
+        while size:
+            length = min(size, PAGE_SIZE - linear % PAGE_SIZE)
+            try:
+                physical = self.shadow_paging.translate(linear, user)
+            except PageFault:
+                return code
+            piece = self.memory.read_code(physical, length)
+            code += piece
+            if len(piece) < length:
+                return code
+            linear, size = (linear + length) & 0xFFFFFFFF, size - length
+        return code
+
+    def _code_address(self, linear: int) -> int:
+        """Where the guest fetches `linear` from (PageFault if it cannot)."""
+        if not self.guest_paging:
+            return linear
+        return self.shadow_paging.translate(linear, self.cpu.cpl == 3)
+
+    def _ranges(self, guest: GuestBlock) -> tuple[tuple[int, int], ...]:
+        """The guest-physical ranges of a block just decoded (its pages are in the shadow now)."""
+        if not self.guest_paging:
+            return ((guest.address, max(guest.next_address, guest.address + 1)),)
+        ranges, linear, end = [], guest.address, max(guest.next_address, guest.address + 1)
+        while linear < end:
+            length = min(end - linear, PAGE_SIZE - linear % PAGE_SIZE)
+            start = self._code_address(linear)
+            ranges.append((start, start + length))
+            linear += length
+        return tuple(ranges)
+
+    def _read_linear(self, address: int, size: int) -> bytes:
+        """The guest's linear memory as the monitor reads it for itself (no bits set)."""
+        return self._quiet_view.read(address, size)
+
+    def _guest_page_fault(self, fault: PageFault) -> VmExit:
+        """A true fault: the guest's own tables refuse the access; it gets #PF with its CR2."""
+        self._count("true_page_fault")
+        self.shadow_paging.counters["true_faults"] += 1
+        self.cpu.set_reg("cr2", fault.linear)
+        return VmExit(ExitReason.EXCEPTION, eip=self.cpu.eip, vector=PF_VEC, error_code=fault.error_code)
+
     # -- translation ---------------------------------------------------------------------------
     def _key(self, eip: int) -> BlockKey:
-        return BlockKey(eip, single_step=bool(self.cpu.virtual_flags & TF))
+        physical = self._code_address(eip) if self.guest_paging else -1
+        return BlockKey(eip, single_step=bool(self.cpu.virtual_flags & TF), physical=physical)
 
     def _translate(self, key: BlockKey) -> TranslatedBlock:
         started = time.perf_counter()
@@ -265,14 +362,19 @@ class BinaryTranslationMode(ExecutionMode):
                 limit = len(guest.instructions) // 2
             else:
                 predictions //= 2
-        block = self.cache.add(key, guest, translation)
+        block = self.cache.add(key, guest, translation, self._ranges(guest))
         if self.tracer.in_asm or self.tracer.out_asm:
             self.tracer.translated(guest, translation, block.host)
         return block
 
     def _block_for(self, eip: int) -> TranslatedBlock:
+        """The translation of the block at `eip` (PageFault: the guest cannot fetch it)."""
         key = self._key(eip)
         block = self.cache.find(key)
+        if block is not None and len(block.ranges) > 1 and self.guest_paging \
+                and self._ranges(block.guest) != block.ranges:
+            self.cache.remove(block, "remap")       # its second page maps elsewhere now
+            block = None
         if block is None:
             try:
                 block = self._translate(key)
@@ -281,18 +383,27 @@ class BinaryTranslationMode(ExecutionMode):
         return block
 
     def _protect_page(self, page: int, protect: bool) -> None:
-        self.paging.set_writable(page * PAGE_SIZE, not protect)
+        """Write-protect a guest-physical page that holds translated code (or release it), in the
+        identity map and in every shadow that maps it."""
+        if self.memory.ram.contains(page * PAGE_SIZE, 1):
+            self.paging.set_writable(page * PAGE_SIZE, not protect)
+        if protect:
+            self.shadow_paging.protect_frame(page)
+        else:
+            self.shadow_paging.release_frame(page)
         self._flush_tlb()
 
     def _flush_tlb(self) -> None:
         if self._deprivileged:
-            self.engine.set_reg("cr3", self.paging.directory_address)
+            self.engine.set_reg("cr3", self.real_cr3)
 
     def _monitor_wrote(self, address: int, size: int) -> None:
-        """The monitor stored into guest memory (emulation, exception frames): the engine's write
-        protection did not see it, so invalidate overlapping translations here."""
+        """The monitor stored into guest memory (emulation, exception frames, accessed and dirty
+        bits): the engine's write protection did not see it, so invalidate overlapping
+        translations and look at the guest page tables it may have changed here."""
         if self.memory.ram.contains(address, 1):
             self.cache.invalidate_range(address, size, "smc")
+            self.shadow_paging.memory_written(address, size)
 
     # -- running -------------------------------------------------------------------------------
     def _on_interrupt(self, vector: int) -> None:
@@ -421,6 +532,12 @@ class BinaryTranslationMode(ExecutionMode):
             self._adjust -= 1
 
     def _execute(self, vm) -> VmExit:
+        try:
+            return self._execute_blocks(vm)
+        except PageFault as fault:       # the guest cannot fetch the code it goes to
+            return self._guest_page_fault(fault)
+
+    def _execute_blocks(self, vm) -> VmExit:
         if self._step_trap:
             self._step_trap = False
             return VmExit(ExitReason.EXCEPTION, eip=self.cpu.eip, vector=1)
@@ -456,6 +573,8 @@ class BinaryTranslationMode(ExecutionMode):
                     if self.cache.page_has_code(page):
                         self._protect_page(page, True)
                 self._reprotect = set()
+            if self.shadow_paging.lending:
+                self.shadow_paging.end_loans()
             if cause is StopCause.MEMORY_FAULT:
                 self._sync_guest_eip()
                 return VmExit(ExitReason.MEMORY_FAULT, eip=self.cpu.eip, detail=self.engine.memory_fault.message)
@@ -464,6 +583,9 @@ class BinaryTranslationMode(ExecutionMode):
                 outcome = self._page_fault(stop)
                 if outcome is None:
                     begin, stepping = self._one_shot_host, False
+                    continue
+                if isinstance(outcome, int):     # a hidden fault: the shadow entry is in place
+                    begin = outcome
                     continue
                 return outcome
             if stop is None:
@@ -544,6 +666,8 @@ class BinaryTranslationMode(ExecutionMode):
         if site.kind is ExitKind.UNDECODABLE:
             return VmExit(ExitReason.EXCEPTION, eip=site.guest_eip, vector=UD)
         if site.kind is ExitKind.NO_MEMORY:
+            if self.guest_paging:
+                return self._fetch_fault(stop, site.guest_eip)
             return VmExit(ExitReason.MEMORY_FAULT, eip=site.guest_eip,
                           detail=f"fetch of no memory at {site.guest_eip:#x}")
         if site.kind is ExitKind.BREAKPOINT:
@@ -592,12 +716,49 @@ class BinaryTranslationMode(ExecutionMode):
         self._adjust += length - left_before
         return block.host + block.translation.body
 
-    def _page_fault(self, stop: _Stop) -> Optional[VmExit]:
-        """A page fault from the monitor's own tables. A store into a write-protected page of guest
-        RAM that holds translations is self-modifying code (or data beside code): invalidate what
-        the store may overlap, then run that one guest instruction alone with the page writable
-        and protect the page again when it exits. Anything else touched memory the guest does not
-        have, and ends the run."""
+    def _fetch_fault(self, stop: _Stop, guest_eip: int):
+        """Translated code reached an instruction whose bytes could not be fetched when it was
+        translated. Fetch them again now: the guest's #PF if they still cannot be (CR2 at the
+        first byte that cannot), else the mapping changed since: translate anew."""
+        user = self.cpu.cpl == 3
+        try:
+            self.shadow_paging.translate(guest_eip, user)
+            next_page = (guest_eip | (PAGE_SIZE - 1)) + 1
+            if next_page - guest_eip < 15:
+                self.shadow_paging.translate(next_page & 0xFFFFFFFF, user)
+        except PageFault as fault:
+            return self._guest_page_fault(fault)
+        physical = self._code_address(guest_eip)
+        if not self.memory.ram.contains(physical, 1):
+            return VmExit(ExitReason.MEMORY_FAULT, eip=guest_eip, detail=f"fetch of no memory at {guest_eip:#x}")
+        if stop.block is not None:
+            self.cache.remove(stop.block, "remap")
+        return self._block_for(guest_eip).host
+
+    def _page_fault(self, stop: _Stop):
+        """A page fault from the engine's tables. Returns None to run the guest instruction alone
+        next (a one-shot), a host address to resume at, or a VmExit.
+
+        With the guest's paging on, most are hidden faults of the shadow (vmm/shadow_paging.py):
+        the entry is filled and the faulting host instruction runs again; the guest's own tables
+        may refuse the access (a true fault: the guest's #PF). A store into a write-protected
+        page of guest RAM that holds translations is self-modifying code (or data beside code):
+        invalidate what the store may overlap, then run that one guest instruction alone with
+        the page writable and protect the page again when it exits; a store into a guest page
+        table goes the same way and the shadow then looks at what it changed. Anything else
+        touched memory the guest does not have, and ends the run."""
+        address, write = stop.address, bool(stop.error_code & 2)
+        if self.guest_paging and not self.memory.monitor.contains(address, 1):
+            try:
+                frame = self.shadow_paging.fill(address, write, bool(stop.error_code & 4))
+            except PageFault as fault:
+                self._to_guest_instruction(stop)
+                return self._guest_page_fault(fault)
+            if frame is None:
+                self._count("hidden_page_fault")
+                return stop.host_eip
+            guest_eip = self._to_guest_instruction(stop)
+            return self._write_watched(address, frame, guest_eip)
         guest_eip, restore = self._locate(stop.host_eip)
         if guest_eip is None:
             raise RuntimeError(f"page fault outside translated code at {stop.host_eip:#x}")
@@ -608,6 +769,14 @@ class BinaryTranslationMode(ExecutionMode):
         if stop.error_code & 4 and self.vcpu_privileged_address <= address < self.vcpu_privileged_address + PAGE_SIZE:
             # mov r, crN at guest ring 3 read the supervisor-only page: the guest's #GP(0)
             return VmExit(ExitReason.EXCEPTION, eip=guest_eip, vector=GP, error_code=0)
+        if self.guest_paging:        # the monitor's linear range: the guest's tables decide
+            try:
+                linear_to_physical(self.memory, self.cpu.control[0], self.cpu.control[3], address, write,
+                                   cr4=self.cpu.control[4], user=bool(stop.error_code & 4), mark=True)
+            except PageFault as fault:
+                return self._guest_page_fault(fault)
+            raise UnsupportedInstruction(f"the guest maps {address:#x}: linear addresses from "
+                                         f"{self.memory.monitor.base:#x} up are the monitor's under binary translation")
         page = address // PAGE_SIZE
         if not (write and stop.error_code & 1 and self.memory.ram.contains(address, 1)
                 and self.cache.page_has_code(page)):
@@ -622,6 +791,39 @@ class BinaryTranslationMode(ExecutionMode):
             if self.cache.page_has_code(affected):
                 self._protect_page(affected, False)
                 self._reprotect.add(affected)
+        self._prepare_one_shot(guest_eip)
+        return None
+
+    def _to_guest_instruction(self, stop: _Stop) -> int:
+        """Map a fault inside translated code back to the guest instruction it belongs to (which
+        did not complete)."""
+        guest_eip, restore = self._locate(stop.host_eip)
+        if guest_eip is None:
+            raise RuntimeError(f"page fault outside translated code at {stop.host_eip:#x}")
+        self._uncharge_rest_of_block(stop.host_eip, guest_eip)
+        self._restore(restore)
+        self.cpu.eip = guest_eip
+        return guest_eip
+
+    def _write_watched(self, address: int, frame: int, guest_eip: int) -> None:
+        """A guest store the guest's tables allow into a frame the shadow keeps read-only: the
+        guest instruction runs alone with its page(s) lent writable (translated code on the frame
+        is invalidated first; a page-table frame is compared after)."""
+        offset = address % PAGE_SIZE
+        if self.cache.page_has_code(frame):
+            self._count("smc_store")
+            self.cache.invalidate_range(frame * PAGE_SIZE + offset, min(16, PAGE_SIZE - offset), "smc")
+        elif frame in self.shadow_paging.traced:
+            self._count("tracing_fault")
+            self.shadow_paging.counters["tracing_faults"] += 1
+        else:
+            self._count("write_lent")
+        self.shadow_paging.lend_write(address)
+        if offset > PAGE_SIZE - 16:
+            following = self.shadow_paging.frame_of((address + 15) & 0xFFFFFFFF)
+            if following is not None and self.cache.page_has_code(following):
+                self.cache.invalidate_range(following * PAGE_SIZE, 16, "smc")
+            self.shadow_paging.lend_write((address + 15) & 0xFFFFFFFF)
         self._prepare_one_shot(guest_eip)
         return None
 

@@ -65,8 +65,11 @@ class TranslatedCpu(GuestCpu):
         elif name in self.selectors:
             raise ValueError("segment registers change through load_segment")
         elif name.startswith("cr"):
-            self.control[int(name[2:])] = value
+            number = int(name[2:])
+            old, self.control[number] = self.control[number], value
             self.mode.virtual_state_changed()
+            if number != 2:
+                self.mode.control_register_written(number, old)
         else:
             self.engine.set_reg(name, value)
 
@@ -133,6 +136,9 @@ class TranslatedCpu(GuestCpu):
 
     def cpuid(self, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
         return self.mode.run_native(b"\x0F\xA2", {"eax": leaf, "ecx": subleaf}, ("eax", "ebx", "ecx", "edx"))
+
+    def invalidate_page(self, linear: int) -> None:
+        self.mode.invalidate_page(linear)
 
     def read_msr(self, number: int) -> int:
         return self.engine.read_msr(number)

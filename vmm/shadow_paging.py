@@ -1,0 +1,442 @@
+"""Shadow page tables: the tables the engine's MMU really walks while a guest under binary
+translation has paging on, built by the monitor from the guest's own tables.
+
+The guest's page tables map guest-linear to guest-physical pages and are only ever read by the
+monitor; the engine's CR3 points at a shadow directory of this module, whose entries map the
+same linear pages to the same frames with the protections the monitor needs on top of the
+guest's. Shadow entries are made lazily: a linear page without one faults in the engine (a
+hidden fault, which the guest never sees), the monitor walks the guest's tables as the CPU would
+(setting the guest's accessed and dirty bits), and either fills the entry or reflects a true
+fault to the guest with its CR2 and error code.
+
+The shadow behaves as the guest's TLB, as on the reference machine (QEMU): an entry, once
+filled, keeps its translation until the guest flushes it (invlpg, a CR3 load). Guest page-table
+pages are write-protected in every shadow; a store to one is caught (a tracing fault), carried
+out, and the entries it changed are dropped from the shadows of the other address spaces at
+once and from the running one at its next flush. Shadows of recently used address spaces stay
+cached across CR3 loads, so switching back to one costs no rebuild.
+
+Write permission in a shadow entry is granted only once the guest's dirty bit is set (the first
+write faults, so the monitor sets the bit as the CPU does) and never on a frame the monitor
+watches: a guest page table, or a frame holding translated code (self-modifying code).
+"""
+
+from __future__ import annotations
+
+import collections
+import struct
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from vmm.memory import (CR4_PSE, PAGE_SIZE, PTE_A, PTE_D, PTE_P, PTE_PS, PTE_RW, PTE_US, PageFault,
+                        PhysicalMemory, linear_to_physical)
+from vmm.x86 import CR0_PG, CR0_WP
+
+ENTRIES = 1024
+MONITOR_FIRST_PDE = 0xFF000000 >> 22       # the monitor region's directory entries, in every shadow
+SHADOW_PDE = PTE_P | PTE_RW | PTE_US | PTE_A
+# Accessed and dirty are preset in every shadow entry: the engine's walker never writes them.
+SHADOW_PTE_BASE = PTE_P | PTE_A | PTE_D
+_AD = PTE_A | PTE_D
+
+
+@dataclass
+class ShadowEntry:
+    frame: int                  # guest-physical page number
+    leaf: int                   # guest-physical address of the guest's PTE (or 4 MiB PDE)
+    user: bool                  # the guest's U/S, both levels combined
+    guest_writable: bool        # the guest's R/W, both levels combined
+    dirty: bool                 # the guest's dirty bit was set when the entry was made
+
+
+@dataclass(eq=False)
+class AddressSpace:
+    """The shadow of one guest page directory."""
+    directory_frame: int
+    directory_page: int                                     # pool page of the shadow directory
+    tables: dict[int, int] = field(default_factory=dict)    # directory index -> pool page
+    entries: dict[int, ShadowEntry] = field(default_factory=dict)      # linear page -> entry
+    guest_tables: dict[int, Optional[int]] = field(default_factory=dict)    # index -> guest table frame (None: 4 MiB)
+    stale_pages: set[int] = field(default_factory=set)     # linear pages to drop at the next flush
+    stale_indices: set[int] = field(default_factory=set)   # directory indices to drop at the next flush
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+class PagePool:
+    """Fixed 4 KiB pages of monitor memory for shadow directories and tables."""
+
+    def __init__(self, view: memoryview, address: int) -> None:
+        self.view, self.address = view, address
+        self.free = list(range(len(view) // PAGE_SIZE - 1, -1, -1))
+
+    def allocate(self) -> Optional[int]:
+        if not self.free:
+            return None
+        page = self.free.pop()
+        self.view[page * PAGE_SIZE:(page + 1) * PAGE_SIZE] = bytes(PAGE_SIZE)
+        return page
+
+    def release(self, page: int) -> None:
+        self.free.append(page)
+
+    def physical(self, page: int) -> int:
+        return self.address + page * PAGE_SIZE
+
+
+class ShadowPaging:
+    """The shadows of up to `max_spaces` guest address spaces. `monitor_directory` is the
+    monitor's own page directory (its entries for the monitor region go into every shadow);
+    `flush_tlb()` drops the engine's TLB after an entry lost a permission or went away;
+    `code_frame(frame)` says whether a frame holds translated code (kept read-only)."""
+
+    def __init__(self, memory: PhysicalMemory, pool: PagePool, monitor_directory: memoryview,
+                 flush_tlb: Callable[[], None], code_frame: Callable[[int], bool], max_spaces: int = 8) -> None:
+        self.memory, self.pool = memory, pool
+        self.monitor_directory = monitor_directory
+        self.flush_tlb, self.code_frame = flush_tlb, code_frame
+        self.max_spaces = max_spaces
+        self.spaces: collections.OrderedDict[int, AddressSpace] = collections.OrderedDict()
+        self.active: Optional[AddressSpace] = None
+        self.cr0 = self.cr4 = 0
+        self.reverse: dict[int, set[tuple[AddressSpace, int]]] = collections.defaultdict(set)  # frame -> entries
+        self.traced: dict[int, bytes] = {}                  # guest page-table frame -> its last seen bytes
+        self.tracers: dict[int, set[tuple[AddressSpace, int]]] = collections.defaultdict(set)
+        # frame -> (space, -1) for a directory, (space, index) for the table under that index
+        self._lent: list[tuple[AddressSpace, int]] = []     # entries writable for one instruction
+        self.counters = collections.Counter()
+
+    # -- the guest's paging registers ------------------------------------------------------------
+    def load(self, cr0: int, cr3: int, cr4: int) -> int:
+        """The guest loaded CR3 (or turned paging on): a TLB flush. Returns the physical address of
+        the shadow directory for the engine's CR3."""
+        if (cr0 ^ self.cr0) & (CR0_PG | CR0_WP) or (cr4 ^ self.cr4) & CR4_PSE:
+            self.reset()                     # the meaning of every entry changed
+        self.cr0, self.cr4 = cr0, cr4
+        if self.active is not None:
+            self._drop_stale(self.active)
+        frame = cr3 >> 12
+        space = self.spaces.get(frame)
+        if space is None:
+            space = self._new_space(frame)
+        else:
+            self.spaces.move_to_end(frame)
+            self.counters["shadow_reuses"] += 1
+        if space is not self.active:
+            self.counters["shadow_switches"] += 1
+        self.active = space
+        self._drop_stale(space)
+        return self.pool.physical(space.directory_page)
+
+    def reset(self) -> None:
+        """Forget every shadow (paging turned off, or CR0.WP / CR4.PSE changed)."""
+        for space in list(self.spaces.values()):
+            self._discard_space(space)
+        self.active = None
+        self.flush_tlb()
+
+    def invalidate_page(self, linear: int) -> None:
+        """invlpg: drop the running shadow's entry for the page; inside a 4 MiB page, all of it (as
+        QEMU drops a whole large page)."""
+        space = self.active
+        if space is None:
+            return
+        page, index = linear >> 12, linear >> 22
+        self.counters["invlpg"] += 1
+        if index in space.guest_tables and space.guest_tables[index] is None:
+            self._drop_index(space, index)
+        else:
+            self._drop_page(space, page)
+        space.stale_pages.discard(page)
+        self.flush_tlb()
+
+    # -- faults --------------------------------------------------------------------------------
+    def fill(self, linear: int, write: bool, user: bool) -> Optional[int]:
+        """A fault in the engine at `linear`. Walks the guest's tables as the CPU would for this
+        access (PageFault if the guest's tables refuse it: a true fault). Returns None when the
+        shadow entry is now in place (retry the access), or the frame when the access is allowed
+        but the monitor keeps the frame read-only (a page table, translated code, or a write the
+        guest's CR0.WP=0 allows to a read-only user page): the caller lets that one instruction
+        write through `lend_write`."""
+        space = self.active
+        frame_address = linear_to_physical(self.memory, self.cr0, self.active_cr3, linear, write,
+                                           cr4=self.cr4, user=user, mark=True)
+        entry = self._make_entry(space, linear)
+        self.counters["hidden_faults"] += 1
+        if write and not self._writable(entry):
+            return frame_address >> 12
+        return None
+
+    def frame_of(self, linear: int) -> Optional[int]:
+        entry = self.active.entries.get(linear >> 12) if self.active is not None else None
+        return entry.frame if entry is not None else None
+
+    def translate(self, linear: int, user: bool) -> int:
+        """An instruction fetch at `linear` (the translator reading guest code): the running
+        shadow's entry if it has one, as a TLB would serve it, else a walk that makes one."""
+        entry = self.active.entries.get(linear >> 12)
+        if entry is None or (user and not entry.user):
+            linear_to_physical(self.memory, self.cr0, self.active_cr3, linear, False,
+                               cr4=self.cr4, user=user, mark=True)
+            entry = self._make_entry(self.active, linear)
+            self.counters["fetch_fills"] += 1
+        return (entry.frame << 12) | (linear & 0xFFF)
+
+    @property
+    def active_cr3(self) -> int:
+        return self.active.directory_frame << 12
+
+    # -- write protection ------------------------------------------------------------------------
+    def protect_frame(self, frame: int) -> None:
+        """The monitor now watches `frame` (translated code on it): no shadow entry may write it."""
+        changed = False
+        for space, page in self.reverse.get(frame, ()):
+            changed |= self._set_writable(space, page, False)
+        if changed:
+            self.flush_tlb()
+
+    def release_frame(self, frame: int) -> None:
+        """Writes to `frame` need no watching any more (its translations are gone)."""
+        for space, page in list(self.reverse.get(frame, ())):
+            self._set_writable(space, page, self._writable(space.entries[page]))
+
+    def lend_write(self, linear: int) -> bool:
+        """Let the next guest instruction write the page at `linear` through the running shadow
+        (if it has an entry for it); `end_loans()` takes the permission back."""
+        page = linear >> 12
+        if self.active is None or page not in self.active.entries:
+            return False
+        self._lent.append((self.active, page))
+        self._set_writable(self.active, page, True)
+        return True
+
+    def end_loans(self) -> None:
+        """After the instruction ran: protect the pages again, and look at what it changed in
+        the guest's page tables."""
+        lent, self._lent = self._lent, []
+        for space, page in lent:
+            entry = space.entries.get(page)
+            if entry is not None:
+                self._set_writable(space, page, self._writable(entry))
+                if entry.frame in self.traced:
+                    self._page_table_changed(entry.frame)
+        if lent:
+            self.flush_tlb()
+
+    @property
+    def lending(self) -> bool:
+        return bool(self._lent)
+
+    def memory_written(self, address: int, size: int) -> None:
+        """Guest memory changed (a guest store let through, or the monitor's own): if it holds a
+        guest page table, find the entries that changed and drop what was made from them."""
+        if not self.traced:
+            return
+        for frame in range(address >> 12, ((address + size - 1) >> 12) + 1):
+            if frame in self.traced:
+                self._page_table_changed(frame)
+
+    # -- internals -------------------------------------------------------------------------------
+    def _new_space(self, frame: int) -> AddressSpace:
+        while len(self.spaces) >= self.max_spaces:
+            self._evict_one()
+        page = self._allocate()
+        space = AddressSpace(frame, page)
+        view = self.pool.view
+        at = page * PAGE_SIZE + MONITOR_FIRST_PDE * 4
+        view[at:page * PAGE_SIZE + PAGE_SIZE] = self.monitor_directory[MONITOR_FIRST_PDE * 4:PAGE_SIZE]
+        self.spaces[frame] = space
+        self._trace(frame, space, -1)
+        self.counters["shadows_built"] += 1
+        return space
+
+    def _allocate(self) -> int:
+        page = self.pool.allocate()
+        while page is None:
+            if not self._evict_one():
+                self.counters["pool_exhausted"] += 1
+                active = self.active
+                for index in list(active.tables):
+                    self._drop_index(active, index, release=True)
+                self.flush_tlb()
+            page = self.pool.allocate()
+        return page
+
+    def _evict_one(self) -> bool:
+        """Discard the least recently used shadow other than the running one."""
+        for space in self.spaces.values():
+            if space is not self.active:
+                self._discard_space(space)
+                self.counters["shadows_evicted"] += 1
+                return True
+        return False
+
+    def _discard_space(self, space: AddressSpace) -> None:
+        for index in list(space.tables):
+            self._drop_index(space, index, release=True)
+        self._untrace(space.directory_frame, space, -1)
+        self.pool.release(space.directory_page)
+        del self.spaces[space.directory_frame]
+        if self.active is space:
+            self.active = None
+
+    def _make_entry(self, space: AddressSpace, linear: int) -> ShadowEntry:
+        """After a successful walk (which set the guest's accessed/dirty bits): the shadow entry."""
+        index, page = linear >> 22, linear >> 12
+        directory = space.directory_frame << 12
+        pde = self.memory.read_u32(directory + index * 4)
+        if pde & PTE_PS and self.cr4 & CR4_PSE:
+            leaf, rights = directory + index * 4, pde
+            table_frame = None
+            frame = ((pde & 0xFFC00000) >> 12) | ((linear >> 12) & 0x3FF)
+        else:
+            table_frame = pde >> 12
+            leaf = (table_frame << 12) + ((linear >> 12) & 0x3FF) * 4
+            pte = self.memory.read_u32(leaf)
+            rights = pde & pte
+            frame = pte >> 12
+        if space.guest_tables.get(index, table_frame) != table_frame:
+            self._drop_index(space, index)          # the directory entry points elsewhere now
+        if index not in space.guest_tables:
+            space.guest_tables[index] = table_frame
+            if table_frame is not None:
+                self._trace(table_frame, space, index)
+        old = space.entries.get(page)
+        if old is not None:
+            self.reverse[old.frame].discard((space, page))
+        leaf_value = self.memory.read_u32(leaf)
+        entry = ShadowEntry(frame, leaf, bool(rights & PTE_US), bool(rights & PTE_RW), bool(leaf_value & PTE_D))
+        space.entries[page] = entry
+        self.reverse[frame].add((space, page))
+        self._write_pte(space, page, self._pte(entry))
+        self.counters["entries_filled"] += 1
+        return entry
+
+    def _writable(self, entry: ShadowEntry) -> bool:
+        if not entry.dirty or entry.frame in self.traced or self.code_frame(entry.frame):
+            return False
+        # With CR0.WP clear the guest kernel may write read-only pages; a supervisor-only one can
+        # be writable in the shadow (ring 3 cannot reach it), a user one is lent per write.
+        return entry.guest_writable or (not self.cr0 & CR0_WP and not entry.user)
+
+    def _pte(self, entry: ShadowEntry) -> int:
+        return ((entry.frame << 12) | SHADOW_PTE_BASE | (PTE_US if entry.user else 0)
+                | (PTE_RW if self._writable(entry) else 0))
+
+    def _table_page(self, space: AddressSpace, index: int) -> int:
+        page = space.tables.get(index)
+        if page is None:
+            page = self._allocate()
+            space.tables[index] = page
+            struct.pack_into("<I", self.pool.view, space.directory_page * PAGE_SIZE + index * 4,
+                             self.pool.physical(page) | SHADOW_PDE)
+        return page
+
+    def _write_pte(self, space: AddressSpace, page: int, value: int) -> None:
+        table = self._table_page(space, page >> 10)
+        struct.pack_into("<I", self.pool.view, table * PAGE_SIZE + (page & 0x3FF) * 4, value)
+
+    def _set_writable(self, space: AddressSpace, page: int, writable: bool) -> bool:
+        """Returns whether a permission was taken away (the engine's TLB must forget it)."""
+        table = space.tables.get(page >> 10)
+        if table is None:
+            return False
+        at = table * PAGE_SIZE + (page & 0x3FF) * 4
+        (pte,) = struct.unpack_from("<I", self.pool.view, at)
+        if not pte & PTE_P:
+            return False
+        new = (pte | PTE_RW) if writable else (pte & ~PTE_RW)
+        struct.pack_into("<I", self.pool.view, at, new)
+        return bool(pte & PTE_RW) and not writable
+
+    def _drop_page(self, space: AddressSpace, page: int) -> None:
+        entry = space.entries.pop(page, None)
+        if entry is None:
+            return
+        self.reverse[entry.frame].discard((space, page))
+        if not self.reverse[entry.frame]:
+            del self.reverse[entry.frame]
+        self._write_pte(space, page, 0)
+        self.counters["entries_dropped"] += 1
+
+    def _drop_index(self, space: AddressSpace, index: int, release: bool = False) -> None:
+        """Drop every entry under one directory index (and stop tracing its guest table)."""
+        for page in [p for p in space.entries if p >> 10 == index]:
+            self._drop_page(space, page)
+        table_frame = space.guest_tables.pop(index, None)
+        if table_frame is not None:
+            self._untrace(table_frame, space, index)
+        if release and index in space.tables:
+            self.pool.release(space.tables.pop(index))
+            struct.pack_into("<I", self.pool.view, space.directory_page * PAGE_SIZE + index * 4, 0)
+
+    def _drop_stale(self, space: AddressSpace) -> None:
+        if not (space.stale_pages or space.stale_indices):
+            return
+        for index in space.stale_indices:
+            self._drop_index(space, index)
+        for page in space.stale_pages:
+            self._drop_page(space, page)
+        space.stale_pages.clear()
+        space.stale_indices.clear()
+        self.flush_tlb()
+
+    def _trace(self, frame: int, space: AddressSpace, index: int) -> None:
+        if frame not in self.traced:
+            self.traced[frame] = self.memory.read(frame << 12, PAGE_SIZE) if self._in_ram(frame) else bytes(PAGE_SIZE)
+            self.counters["page_tables_traced"] += 1
+            self.protect_frame(frame)
+        self.tracers[frame].add((space, index))
+
+    def _untrace(self, frame: int, space: AddressSpace, index: int) -> None:
+        users = self.tracers.get(frame)
+        if users is None:
+            return
+        users.discard((space, index))
+        if not users:
+            del self.tracers[frame]
+            del self.traced[frame]
+            self.release_frame(frame)
+
+    def _in_ram(self, frame: int) -> bool:
+        return self.memory.ram.contains(frame << 12, PAGE_SIZE)
+
+    def _page_table_changed(self, frame: int) -> None:
+        """Compare a traced page with its last seen bytes: entries whose meaning changed make the
+        shadow entries built from them stale. Accessed/dirty bits being set is no change (the
+        monitor's own walks set them)."""
+        old = self.traced[frame]
+        new = self.memory.read(frame << 12, PAGE_SIZE) if self._in_ram(frame) else old
+        if new == old:
+            return
+        self.traced[frame] = new
+        self.counters["page_table_writes"] += 1
+        changed = []
+        for chunk in range(0, PAGE_SIZE, 64):
+            if old[chunk:chunk + 64] == new[chunk:chunk + 64]:
+                continue
+            for at in range(chunk, chunk + 64, 4):
+                (before,), (after,) = struct.unpack_from("<I", old, at), struct.unpack_from("<I", new, at)
+                if before == after or ((before ^ after) & ~_AD == 0 and after & before == before):
+                    continue
+                changed.append(at // 4)
+        for space, index in list(self.tracers.get(frame, ())):
+            for entry in changed:
+                if index < 0:        # the directory: a whole 4 MiB of linear space
+                    if space is self.active:
+                        space.stale_indices.add(entry)
+                    else:
+                        self._drop_index(space, entry)
+                else:
+                    page = (index << 10) | entry
+                    if space is self.active:
+                        space.stale_pages.add(page)
+                    else:
+                        self._drop_page(space, page)
+
+    def counters_report(self) -> dict:
+        report = dict(sorted(self.counters.items()))
+        report["shadows_cached"] = len(self.spaces)
+        report["pool_pages_free"] = len(self.pool.free)
+        return report

@@ -28,7 +28,8 @@ def dump_cache(cache: TranslationCache) -> dict:
             "instructions": [{"address": i.address, "text": str(i), "handling": i.rule.handling.value,
                               "category": i.rule.category.value} for i in block.guest.instructions],
             "end": block.guest.end.value,
-            "key": {"eip": block.key.eip, "single_step": block.key.single_step},
+            "key": {"eip": block.key.eip, "single_step": block.key.single_step, "physical": block.key.physical},
+            "guest_physical": [list(r) for r in block.ranges],    # where its bytes are (paging)
             "host_address": block.host,
             "host_size": block.host_size,
             # as the cache holds it now: chained exits and filled inline caches patched in

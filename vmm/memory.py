@@ -198,6 +198,14 @@ class PhysicalMemory:
     def read_u32(self, address: int) -> int:
         return struct.unpack("<I", self.read(address, 4))[0]
 
+    def read_table_entry(self, address: int) -> int:
+        """A page-table entry the guest's tables point at: outside guest RAM nothing answers and
+        the entry reads as 0 (not present), as unassigned memory reads on the reference
+        machine. The monitor's region is never walked on the guest's behalf."""
+        if not self.ram.contains(address, 4):
+            return 0
+        return self.read_u32(address)
+
     def fill(self, address: int, size: int, byte: int = 0) -> None:
         self.write(address, bytes([byte]) * size)
 
@@ -230,7 +238,7 @@ def linear_to_physical(memory: PhysicalMemory, cr0: int, cr3: int, linear: int, 
         return linear
     error = (PF_WRITE if write else 0) | (PF_USER if user else 0)
     pde_address = (cr3 & 0xFFFFF000) + ((linear >> 22) << 2)
-    pde = memory.read_u32(pde_address)
+    pde = memory.read_table_entry(pde_address)
     if not pde & PTE_P:
         raise PageFault(error, linear)
     if pde & PTE_PS and cr4 & CR4_PSE:      # a 4 MiB page
@@ -242,7 +250,7 @@ def linear_to_physical(memory: PhysicalMemory, cr0: int, cr3: int, linear: int, 
         if mark and not pde & PTE_A:
             _store_entry(memory, pde_address, pde | PTE_A)
         pte_address = (pde & 0xFFFFF000) + (((linear >> 12) & 0x3FF) << 2)
-        pte = memory.read_u32(pte_address)
+        pte = memory.read_table_entry(pte_address)
         if not pte & PTE_P:
             raise PageFault(error, linear)
         entry, entry_address, rights = pte, pte_address, pde & pte

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from vmm.memory import (CR4_PSE, PAGE_SIZE, PTE_A, PTE_D, PTE_P, PTE_PS, PTE_RW, PTE_US, PageFault,
-                        PhysicalMemory, linear_to_physical)
+                        PhysicalMemory, UnbackedAccess, linear_to_physical)
 from vmm.x86 import CR0_PG, CR0_WP
 
 ENTRIES = 1024
@@ -162,6 +162,7 @@ class ShadowPaging:
         space = self.active
         frame_address = linear_to_physical(self.memory, self.cr0, self.active_cr3, linear, write,
                                            cr4=self.cr4, user=user, mark=True)
+        self._check_backed(frame_address)
         entry = self._make_entry(space, linear)
         self.counters["hidden_faults"] += 1
         if write and not self._writable(entry):
@@ -177,11 +178,18 @@ class ShadowPaging:
         shadow's entry if it has one, as a TLB would serve it, else a walk that makes one."""
         entry = self.active.entries.get(linear >> 12)
         if entry is None or (user and not entry.user):
-            linear_to_physical(self.memory, self.cr0, self.active_cr3, linear, False,
-                               cr4=self.cr4, user=user, mark=True)
+            physical = linear_to_physical(self.memory, self.cr0, self.active_cr3, linear, False,
+                                          cr4=self.cr4, user=user, mark=True)
+            self._check_backed(physical)
             entry = self._make_entry(self.active, linear)
             self.counters["fetch_fills"] += 1
         return (entry.frame << 12) | (linear & 0xFFF)
+
+    def _check_backed(self, physical: int) -> None:
+        """Shadow entries only ever map guest RAM: a guest entry pointing anywhere else (the
+        monitor's region among others) is an access to memory the guest does not have."""
+        if not self.memory.ram.contains(physical & ~0xFFF, PAGE_SIZE):
+            raise UnbackedAccess(physical, 1)
 
     @property
     def active_cr3(self) -> int:

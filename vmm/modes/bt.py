@@ -39,7 +39,7 @@ from vmm.modes.bt_cpu import SEGMENT_IDS, SEGMENT_NAMES, TranslatedCpu
 from vmm.shadow_tables import ShadowTables
 from vmm.shadow_paging import PagePool, ShadowPaging
 from vmm.guest_view import GuestView
-from vmm.memory import CR4_PSE, PageFault, linear_to_physical
+from vmm.memory import CR4_PSE, PageFault, UnbackedAccess, linear_to_physical
 from vmm.monitor_paging import MonitorPageTables
 from vmm.x86 import AF, CF, CR0_PG, CR0_WP, GP, OF, PF, PF_VEC, SF, UD, ZF
 
@@ -297,7 +297,7 @@ class BinaryTranslationMode(ExecutionMode):
             length = min(size, PAGE_SIZE - linear % PAGE_SIZE)
             try:
                 physical = self.shadow_paging.translate(linear, user)
-            except PageFault:
+            except (PageFault, UnbackedAccess):
                 return code
             piece = self.memory.read_code(physical, length)
             code += piece
@@ -536,6 +536,9 @@ class BinaryTranslationMode(ExecutionMode):
             return self._execute_blocks(vm)
         except PageFault as fault:       # the guest cannot fetch the code it goes to
             return self._guest_page_fault(fault)
+        except UnbackedAccess as error:  # its page tables send the fetch outside guest RAM
+            return VmExit(ExitReason.MEMORY_FAULT, eip=self.cpu.eip,
+                          detail=f"fetch of no memory at {self.cpu.eip:#x} (physical {error.address:#x})")
 
     def _execute_blocks(self, vm) -> VmExit:
         if self._step_trap:
@@ -754,6 +757,12 @@ class BinaryTranslationMode(ExecutionMode):
             except PageFault as fault:
                 self._to_guest_instruction(stop)
                 return self._guest_page_fault(fault)
+            except UnbackedAccess as error:
+                self._to_guest_instruction(stop)
+                self._count("memory_fault")
+                return VmExit(ExitReason.MEMORY_FAULT, eip=self.cpu.eip,
+                              detail=f"{'write' if write else 'read'} of no memory at {address:#x} "
+                                     f"(physical {error.address:#x})")
             if frame is None:
                 self._count("hidden_page_fault")
                 return stop.host_eip

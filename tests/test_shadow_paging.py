@@ -1,0 +1,120 @@
+"""Shadow paging under binary translation (vmm/shadow_paging.py), driven by real guests: the
+monitor's memory stays out of reach whatever tables the guest builds, the shadow counts its
+faults, switches and traces, and translations are shared by physical address. The paging
+samples (tests/test_samples.py) check the guest-visible behaviour against QEMU."""
+
+import json
+
+import pytest
+
+from tests.cli import run_vmm, sample_arguments
+from tests.guests import EXIT, run_source
+from tests.samples import MANIFEST
+from vmm.exits import StopReason
+
+PAGING_ON = """
+    mov eax, 0x83                       /* PDE 0: 0-4 MiB, one 4 MiB page, kernel read/write */
+    mov dword ptr [0x10000], eax
+    mov eax, 0x11003                    /* PDE 1: 4-8 MiB through the table at 0x11000 */
+    mov dword ptr [0x10004], eax
+    mov eax, cr4
+    or eax, 0x10                        /* CR4.PSE */
+    mov cr4, eax
+    mov eax, 0x10000
+    mov cr3, eax
+    mov eax, cr0
+    or eax, 0x80010000                  /* PG | WP */
+    mov cr0, eax
+"""
+
+
+@pytest.mark.parametrize("access", ["read", "write"])
+@pytest.mark.parametrize("physical", [0xFF0E8000, 0xFF0E9000, 0xFF500000, 0xFF004000, 0xFFD00000, 0xFF000000])
+def test_guest_page_tables_cannot_reach_monitor_memory(tmp_path, physical, access):
+    # A kernel maps linear 0x400000 onto a frame of the monitor's region (the virtual-CPU block,
+    # the scratch page, the translation cache, the monitor's page directory, the shadow-table
+    # pool, the boot GDT) and writes it: the shadow never maps a frame outside guest RAM, so
+    # the store ends the run as an access to memory the guest does not have.
+    source = PAGING_ON.replace("mov cr0, eax", f"""mov cr0, eax
+    mov dword ptr [0x11000], {physical | 0x3:#x}
+    {"mov eax, dword ptr [0x400000]" if access == "read" else ""}
+    mov eax, 0xdeadbeee                 /* the value stored is made at run time, so that no */
+    inc eax                             /* translation of this code holds it */
+    mov dword ptr [0x400000], eax
+    mov eax, 0
+""") + EXIT
+    result, _out, vm = run_source(tmp_path, source, mode="bt")
+    assert result.reason is StopReason.MEMORY_FAULT, result.message
+    assert f"{access} of no memory at 0x400000" in result.message and f"physical {physical:#x}" in result.message
+    assert b"\xef\xbe\xad\xde" not in vm.memory.read(physical, 4096)
+
+
+def test_a_page_directory_outside_guest_ram_reads_as_not_present(tmp_path):
+    # CR3 aimed at the monitor's own page directory: the walk sees nothing present (and sets no
+    # accessed bits in monitor memory): the fetch after mov cr0 faults, and with no usable IDT
+    # the machine triple-faults.
+    directory = 0xFF004000
+    source = f"""
+    mov eax, {directory:#x}
+    mov cr3, eax
+    mov eax, cr0
+    or eax, 0x80000000
+    mov cr0, eax
+    mov eax, 0
+""" + EXIT
+    result, _out, vm = run_source(tmp_path, source, mode="bt")
+    before = vm.memory.read(directory, 4096)
+    assert result.reason is StopReason.TRIPLE_FAULT, result.message
+    assert vm.memory.read(directory, 4096) == before
+
+
+def _report(tmp_path, sample, mode="bt"):
+    entry = next(e for e in MANIFEST if e["name"] == sample)
+    report = tmp_path / "report.json"
+    proc = run_vmm(*sample_arguments(entry), "--mode", mode, "--report", report)
+    assert proc.returncode == entry["exit"], proc.stderr.decode()
+    return json.loads(report.read_text())
+
+
+def test_address_space_switches_reuse_cached_shadows(tmp_path):
+    # address_spaces runs two processes A, B, A, B by CR3 loads: the second visit to each space
+    # finds its shadow cached; the copy-on-write fault is a true fault, the kernel's edits of its
+    # page tables are tracing faults, and most shadow entries come from hidden faults.
+    counters = _report(tmp_path, "address_spaces")["counters"]
+    shadow = counters["shadow_paging"]
+    assert shadow["shadow_switches"] >= 4 and shadow["shadow_reuses"] >= 2
+    assert shadow["hidden_faults"] > 0 and shadow["true_faults"] > 0 and shadow["tracing_faults"] > 0
+    assert shadow["page_tables_traced"] > 0
+    assert counters["cache_exits"]["true_page_fault"] == shadow["true_faults"]
+
+
+def test_translations_are_keyed_by_physical_address(tmp_path):
+    # The two processes of address_spaces run different code at the same linear address: two
+    # blocks for one guest EIP, each with its own frame; the kernel's blocks, mapped alike in
+    # both spaces, are translated once.
+    dump = tmp_path / "cache.json"
+    entry = next(e for e in MANIFEST if e["name"] == "address_spaces")
+    proc = run_vmm(*sample_arguments(entry), "--mode", "bt", "--dump-cache", dump)
+    assert proc.returncode == 0, proc.stderr.decode()
+    blocks = json.loads(dump.read_text())["blocks"]
+    process = [b for b in blocks if b["guest_address"] == 0x40000000]
+    assert len(process) == 2 and process[0]["key"]["physical"] != process[1]["key"]["physical"]
+    kernel = [b["guest_address"] for b in blocks if b["guest_address"] < 0x40000000]
+    assert len(kernel) == len(set(kernel))
+
+
+def test_paging_off_again_returns_to_the_identity_map(tmp_path):
+    # Paging on, a store through a mapping that moves a page, paging off: linear addresses are
+    # physical again, and translated code keeps running.
+    source = PAGING_ON + """
+    mov dword ptr [0x11000], 0x203003   /* linear 0x400000 -> physical 0x203000 */
+    mov dword ptr [0x400010], 0x1234
+    mov eax, cr0
+    and eax, 0x7fffffff
+    mov cr0, eax
+    mov eax, dword ptr [0x203010]
+    sub eax, 0x1234
+""" + EXIT
+    result, _out, vm = run_source(tmp_path, source, mode="bt")
+    assert result.reason is StopReason.DEBUG_EXIT and result.guest_value == 0, result
+    assert vm.mode.shadow_paging.active is None

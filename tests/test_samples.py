@@ -80,25 +80,11 @@ def test_inspection_and_tracing_work_on_every_sample(entry, tmp_path):
 
 # -- the modes a run leaves out -------------------------------------------------------------------
 LEFT_OUT = [(entry, mode) for entry in MANIFEST for mode in entry["missing"]]
-STOPPING = [(entry, mode) for entry, mode in LEFT_OUT if mode in ("bt", "trap") and "paging" in entry["missing"][mode]]
 DIFFERING = [(entry, mode) for entry, mode in LEFT_OUT if mode in ("direct", "vt")]
 
 
 def _pair_ids(pairs):
     return [f"{entry['name']}-{mode}" for entry, mode in pairs]
-
-
-@pytest.mark.parametrize("entry, mode", STOPPING, ids=_pair_ids(STOPPING))
-def test_a_mode_without_guest_paging_stops_with_one_line(entry, mode, tmp_path):
-    """bt and trap refuse CR0.PG: the run ends `unsupported` (status 122) with one line on
-    stderr and no traceback, after what the guest printed before it turned paging on."""
-    report = tmp_path / "report.json"
-    proc = run_vmm(*sample_arguments(entry), "--mode", mode, "--report", report)
-    assert proc.returncode == 122, proc.stderr.decode()
-    assert proc.stderr.startswith(b"vmm: ") and proc.stderr.count(b"\n") == 1, proc.stderr.decode()
-    assert b"paging" in proc.stderr and b"Traceback" not in proc.stderr
-    assert (REPO_ROOT / entry["expected"]).read_bytes().startswith(proc.stdout)
-    assert json.loads(report.read_text())["exit"]["reason"] == "unsupported"
 
 
 @pytest.mark.parametrize("entry, mode", DIFFERING, ids=_pair_ids(DIFFERING))

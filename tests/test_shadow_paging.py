@@ -118,3 +118,14 @@ def test_paging_off_again_returns_to_the_identity_map(tmp_path):
     result, _out, vm = run_source(tmp_path, source, mode="bt")
     assert result.reason is StopReason.DEBUG_EXIT and result.guest_value == 0, result
     assert vm.mode.shadow_paging.active is None
+
+
+def test_trap_mode_shadows_the_guest_tables_with_ring_compression(tmp_path):
+    # Under trap the guest kernel runs natively at CPL 3 over the kernel view of its shadows:
+    # its page-table stores trap and run once with the page lent (ended by a single-step trap),
+    # hidden faults fill the shadow, true faults reach the guest's handler.
+    report = _report(tmp_path, "paging", mode="trap")
+    shadow = report["counters"]["shadow_paging"]
+    assert shadow["tracing_faults"] > 0 and shadow["page_table_writes"] > 0
+    assert shadow["hidden_faults"] > 0 and shadow["true_faults"] > 0
+    assert shadow["shadows_built"] >= 1

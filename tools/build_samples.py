@@ -98,7 +98,6 @@ MODULES = ["sample_binaries/modules/mod1.txt", "sample_binaries/modules/mod2.txt
 # skip the run there with that reason). Trap-and-emulate runs the samples that show its
 # virtualization holes and differs where they do: tests/test_trap.py checks those apart.
 MODES = ("bt", "direct", "trap", "vt")
-SHADOW_PAGING = {"trap": "guest paging under trap arrives with shadow paging (issue 7)"}
 ALIAS_STORE = ("Unicorn 2.1.1 misses a store into translated code through another linear mapping of its "
                "frame: it watches code for stores per linear page (issue 7)")
 
@@ -139,12 +138,12 @@ RUNS = [
     _run("ring3", "ring3.elf"),
     _run("segments", "segments.elf"),
     _run("holes", "holes.elf"),
-    _run("paging", "paging.elf", missing=SHADOW_PAGING),
-    _run("tlb", "tlb.elf", missing=SHADOW_PAGING),
-    _run("address_spaces", "address_spaces.elf", missing=SHADOW_PAGING),
-    _run("higher_half", "higher_half.elf", missing=SHADOW_PAGING),
-    _run("alias_smc", "alias_smc.elf", missing={**SHADOW_PAGING, "direct": ALIAS_STORE, "vt": ALIAS_STORE}),
-    _run("paging_timer", "paging_timer.elf", missing=SHADOW_PAGING),
+    _run("paging", "paging.elf"),
+    _run("tlb", "tlb.elf"),
+    _run("address_spaces", "address_spaces.elf"),
+    _run("higher_half", "higher_half.elf"),
+    _run("alias_smc", "alias_smc.elf", missing={"direct": ALIAS_STORE, "vt": ALIAS_STORE}),
+    _run("paging_timer", "paging_timer.elf"),
     _run("plain", "plain.elf", qemu=False),
     _run("flat", "flat.bin", qemu=False),
     _run("hello_s", "hello.s", qemu=False),

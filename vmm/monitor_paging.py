@@ -1,5 +1,6 @@
 """The engine's page tables under binary translation: an identity map of guest RAM and of the
-monitor's mapped areas, owned by the monitor, with per-page write protection.
+monitor's mapped areas, owned by the monitor, with per-page write protection. Its entries for
+the monitor's region also go into every shadow page directory (vmm/shadow_paging.py).
 
 Why paging at all while the guest's own paging is off: a store the engine refuses through
 Unicorn's memory permissions is reported at the start of the engine's translation block, not
@@ -14,7 +15,13 @@ import array
 import struct
 import sys
 
+from vmm.engine import PROT_READ, PROT_WRITE
 from vmm.memory import PAGE_SIZE
+
+# Monitor-region areas (offsets from MONITOR_BASE), the same under every mode that uses them
+DIRECTORY_OFFSET = 0x4000
+TABLES_OFFSET = 0x100000                 # 4 KiB page tables for up to 3 GiB of RAM + the monitor
+TABLES_SIZE = 0x310000
 
 PRESENT, WRITABLE, USER, ACCESSED, DIRTY = 0x1, 0x2, 0x4, 0x20, 0x40
 # Accessed and dirty are preset: the tables are read-only to the engine, so the page walker
@@ -67,6 +74,19 @@ class MonitorPageTables:
                 entries.byteswap()
             self.tables[table + first * 4:table + (first + count) * 4] = entries.tobytes()
             page += count * PAGE_SIZE
+
+    @classmethod
+    def build(cls, memory) -> "MonitorPageTables":
+        """Map the directory and table areas (read-only to the engine) and identity-map guest RAM
+        and every monitor area mapped so far, with their permissions."""
+        directory_address = memory.map_monitor_area(DIRECTORY_OFFSET, PAGE_SIZE, PROT_READ)
+        tables_address = memory.map_monitor_area(TABLES_OFFSET, TABLES_SIZE, PROT_READ)
+        tables = cls(memory.monitor_view(DIRECTORY_OFFSET, PAGE_SIZE), directory_address,
+                     memory.monitor_view(TABLES_OFFSET, TABLES_SIZE), tables_address)
+        tables.map_identity(memory.ram.base, memory.ram.size, writable=True)
+        for base, size, perms in memory.monitor_mappings():
+            tables.map_identity(base, size, writable=bool(perms & PROT_WRITE))
+        return tables
 
     def set_writable(self, page_address: int, writable: bool) -> None:
         table = self._table_for(page_address)

@@ -19,6 +19,12 @@ cached across CR3 loads, so switching back to one costs no rebuild.
 Write permission in a shadow entry is granted only once the guest's dirty bit is set (the first
 write faults, so the monitor sets the bit as the CPU does) and never on a frame the monitor
 watches: a guest page table, or a frame holding translated code (self-modifying code).
+
+Views: under binary translation the guest kernel runs at CPL 1, which the MMU already treats as
+supervisor, so one shadow per address space serves both guest rings. Under trap-and-emulate the
+kernel runs at CPL 3 like its processes, so each address space has two shadows (ring
+compression): a kernel view where every page the guest kernel may touch is a user page, and a
+user view with the guest's own U/S bits; the engine's CR3 follows the guest's ring.
 """
 
 from __future__ import annotations
@@ -28,9 +34,15 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from vmm.engine import PROT_READ
 from vmm.memory import (CR4_PSE, PAGE_SIZE, PTE_A, PTE_D, PTE_P, PTE_PS, PTE_RW, PTE_US, PageFault,
                         PhysicalMemory, UnbackedAccess, linear_to_physical)
 from vmm.x86 import CR0_PG, CR0_WP
+
+POOL_OFFSET = 0xD00000                    # monitor-region offset of the pool of shadow pages
+POOL_SIZE = 0x2F0000                      # 752 pages, up to the `until` page
+
+SHARED, KERNEL, USER = "shared", "kernel", "user"     # views (see the module docstring)
 
 ENTRIES = 1024
 MONITOR_FIRST_PDE = 0xFF000000 >> 22       # the monitor region's directory entries, in every shadow
@@ -54,6 +66,7 @@ class AddressSpace:
     """The shadow of one guest page directory."""
     directory_frame: int
     directory_page: int                                     # pool page of the shadow directory
+    view: str = SHARED
     tables: dict[int, int] = field(default_factory=dict)    # directory index -> pool page
     entries: dict[int, ShadowEntry] = field(default_factory=dict)      # linear page -> entry
     guest_tables: dict[int, Optional[int]] = field(default_factory=dict)    # index -> guest table frame (None: 4 MiB)
@@ -92,12 +105,14 @@ class ShadowPaging:
     `code_frame(frame)` says whether a frame holds translated code (kept read-only)."""
 
     def __init__(self, memory: PhysicalMemory, pool: PagePool, monitor_directory: memoryview,
-                 flush_tlb: Callable[[], None], code_frame: Callable[[int], bool], max_spaces: int = 8) -> None:
+                 flush_tlb: Callable[[], None], code_frame: Callable[[int], bool], max_spaces: int = 8,
+                 ring_compression: bool = False) -> None:
         self.memory, self.pool = memory, pool
         self.monitor_directory = monitor_directory
         self.flush_tlb, self.code_frame = flush_tlb, code_frame
-        self.max_spaces = max_spaces
-        self.spaces: collections.OrderedDict[int, AddressSpace] = collections.OrderedDict()
+        self.max_spaces = max_spaces * (2 if ring_compression else 1)
+        self.ring_compression = ring_compression
+        self.spaces: collections.OrderedDict[tuple[int, str], AddressSpace] = collections.OrderedDict()
         self.active: Optional[AddressSpace] = None
         self.cr0 = self.cr4 = 0
         self.reverse: dict[int, set[tuple[AddressSpace, int]]] = collections.defaultdict(set)  # frame -> entries
@@ -107,27 +122,53 @@ class ShadowPaging:
         self._lent: list[tuple[AddressSpace, int]] = []     # entries writable for one instruction
         self.counters = collections.Counter()
 
+    @classmethod
+    def build(cls, memory: PhysicalMemory, monitor_tables, flush_tlb: Callable[[], None], *,
+              code_frame: Callable[[int], bool] = lambda frame: False, ring_compression: bool = False) -> "ShadowPaging":
+        """Map the pool into the engine's physical space only (its walker reads it; no linear
+        mapping reaches it) next to the monitor's own tables (vmm/monitor_paging.py)."""
+        address = memory.map_monitor_area(POOL_OFFSET, POOL_SIZE, PROT_READ)
+        pool = PagePool(memory.monitor_view(POOL_OFFSET, POOL_SIZE), address)
+        return cls(memory, pool, monitor_tables.directory, flush_tlb, code_frame, ring_compression=ring_compression)
+
     # -- the guest's paging registers ------------------------------------------------------------
-    def load(self, cr0: int, cr3: int, cr4: int) -> int:
-        """The guest loaded CR3 (or turned paging on): a TLB flush. Returns the physical address of
-        the shadow directory for the engine's CR3."""
+    def load(self, cr0: int, cr3: int, cr4: int, user: bool = False) -> int:
+        """The guest loaded CR3 (or turned paging on): a TLB flush. `user`: the guest runs in ring
+        3 (chooses the view under ring compression). Returns the physical address of the shadow
+        directory for the engine's CR3."""
         if (cr0 ^ self.cr0) & (CR0_PG | CR0_WP) or (cr4 ^ self.cr4) & CR4_PSE:
             self.reset()                     # the meaning of every entry changed
         self.cr0, self.cr4 = cr0, cr4
-        if self.active is not None:
-            self._drop_stale(self.active)
-        frame = cr3 >> 12
-        space = self.spaces.get(frame)
-        if space is None:
-            space = self._new_space(frame)
-        else:
-            self.spaces.move_to_end(frame)
-            self.counters["shadow_reuses"] += 1
-        if space is not self.active:
+        for space in self.spaces.values():
+            self._drop_stale(space)
+        previous = self.active
+        space = self._space(cr3 >> 12, self._view(user))
+        if space is not previous:
             self.counters["shadow_switches"] += 1
-        self.active = space
-        self._drop_stale(space)
         return self.pool.physical(space.directory_page)
+
+    def select_ring(self, user: bool) -> int:
+        """Under ring compression: the guest changed rings (no TLB flush). Returns the shadow
+        directory of the view for that ring."""
+        space = self._space(self.active.directory_frame, self._view(user))
+        return self.pool.physical(space.directory_page)
+
+    def _view(self, user: bool) -> str:
+        if not self.ring_compression:
+            return SHARED
+        return USER if user else KERNEL
+
+    def _space(self, frame: int, view: str) -> AddressSpace:
+        key = (frame, view)
+        space = self.spaces.get(key)
+        if space is None:
+            space = self._new_space(frame, view)
+        else:
+            self.spaces.move_to_end(key)
+            if space is not self.active:
+                self.counters["shadow_reuses"] += 1
+        self.active = space
+        return space
 
     def reset(self) -> None:
         """Forget every shadow (paging turned off, or CR0.WP / CR4.PSE changed)."""
@@ -139,16 +180,16 @@ class ShadowPaging:
     def invalidate_page(self, linear: int) -> None:
         """invlpg: drop the running shadow's entry for the page; inside a 4 MiB page, all of it (as
         QEMU drops a whole large page)."""
-        space = self.active
-        if space is None:
+        if self.active is None:
             return
         page, index = linear >> 12, linear >> 22
         self.counters["invlpg"] += 1
-        if index in space.guest_tables and space.guest_tables[index] is None:
-            self._drop_index(space, index)
-        else:
-            self._drop_page(space, page)
-        space.stale_pages.discard(page)
+        for space in [s for s in self.spaces.values() if s.directory_frame == self.active.directory_frame]:
+            if index in space.guest_tables and space.guest_tables[index] is None:
+                self._drop_index(space, index)
+            else:
+                self._drop_page(space, page)
+            space.stale_pages.discard(page)
         self.flush_tlb()
 
     # -- faults --------------------------------------------------------------------------------
@@ -165,7 +206,7 @@ class ShadowPaging:
         self._check_backed(frame_address)
         entry = self._make_entry(space, linear)
         self.counters["hidden_faults"] += 1
-        if write and not self._writable(entry):
+        if write and not self._writable(space, entry):
             return frame_address >> 12
         return None
 
@@ -207,7 +248,7 @@ class ShadowPaging:
     def release_frame(self, frame: int) -> None:
         """Writes to `frame` need no watching any more (its translations are gone)."""
         for space, page in list(self.reverse.get(frame, ())):
-            self._set_writable(space, page, self._writable(space.entries[page]))
+            self._set_writable(space, page, self._writable(space, space.entries[page]))
 
     def lend_write(self, linear: int) -> bool:
         """Let the next guest instruction write the page at `linear` through the running shadow
@@ -226,7 +267,7 @@ class ShadowPaging:
         for space, page in lent:
             entry = space.entries.get(page)
             if entry is not None:
-                self._set_writable(space, page, self._writable(entry))
+                self._set_writable(space, page, self._writable(space, entry))
                 if entry.frame in self.traced:
                     self._page_table_changed(entry.frame)
         if lent:
@@ -246,15 +287,14 @@ class ShadowPaging:
                 self._page_table_changed(frame)
 
     # -- internals -------------------------------------------------------------------------------
-    def _new_space(self, frame: int) -> AddressSpace:
+    def _new_space(self, frame: int, view: str) -> AddressSpace:
         while len(self.spaces) >= self.max_spaces:
             self._evict_one()
         page = self._allocate()
-        space = AddressSpace(frame, page)
-        view = self.pool.view
+        space = AddressSpace(frame, page, view)
         at = page * PAGE_SIZE + MONITOR_FIRST_PDE * 4
-        view[at:page * PAGE_SIZE + PAGE_SIZE] = self.monitor_directory[MONITOR_FIRST_PDE * 4:PAGE_SIZE]
-        self.spaces[frame] = space
+        self.pool.view[at:page * PAGE_SIZE + PAGE_SIZE] = self.monitor_directory[MONITOR_FIRST_PDE * 4:PAGE_SIZE]
+        self.spaces[(frame, view)] = space
         self._trace(frame, space, -1)
         self.counters["shadows_built"] += 1
         return space
@@ -285,7 +325,7 @@ class ShadowPaging:
             self._drop_index(space, index, release=True)
         self._untrace(space.directory_frame, space, -1)
         self.pool.release(space.directory_page)
-        del self.spaces[space.directory_frame]
+        del self.spaces[(space.directory_frame, space.view)]
         if self.active is space:
             self.active = None
 
@@ -317,20 +357,24 @@ class ShadowPaging:
         entry = ShadowEntry(frame, leaf, bool(rights & PTE_US), bool(rights & PTE_RW), bool(leaf_value & PTE_D))
         space.entries[page] = entry
         self.reverse[frame].add((space, page))
-        self._write_pte(space, page, self._pte(entry))
+        self._write_pte(space, page, self._pte(space, entry))
         self.counters["entries_filled"] += 1
         return entry
 
-    def _writable(self, entry: ShadowEntry) -> bool:
+    def _writable(self, space: AddressSpace, entry: ShadowEntry) -> bool:
         if not entry.dirty or entry.frame in self.traced or self.code_frame(entry.frame):
             return False
-        # With CR0.WP clear the guest kernel may write read-only pages; a supervisor-only one can
-        # be writable in the shadow (ring 3 cannot reach it), a user one is lent per write.
-        return entry.guest_writable or (not self.cr0 & CR0_WP and not entry.user)
+        if entry.guest_writable:
+            return True
+        # With CR0.WP clear the guest kernel may write read-only pages: always in the kernel
+        # view; in a shared view a supervisor-only page can be writable (ring 3 cannot reach
+        # it), a user page is lent per write.
+        return not self.cr0 & CR0_WP and (space.view == KERNEL or (space.view == SHARED and not entry.user))
 
-    def _pte(self, entry: ShadowEntry) -> int:
-        return ((entry.frame << 12) | SHADOW_PTE_BASE | (PTE_US if entry.user else 0)
-                | (PTE_RW if self._writable(entry) else 0))
+    def _pte(self, space: AddressSpace, entry: ShadowEntry) -> int:
+        user = entry.user or space.view == KERNEL
+        return ((entry.frame << 12) | SHADOW_PTE_BASE | (PTE_US if user else 0)
+                | (PTE_RW if self._writable(space, entry) else 0))
 
     def _table_page(self, space: AddressSpace, index: int) -> int:
         page = space.tables.get(index)

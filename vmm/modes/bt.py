@@ -37,7 +37,7 @@ from vmm.memory import MIB
 from vmm.modes import ExecutionMode
 from vmm.modes.bt_cpu import SEGMENT_IDS, SEGMENT_NAMES, TranslatedCpu
 from vmm.shadow_tables import ShadowTables
-from vmm.shadow_paging import PagePool, ShadowPaging
+from vmm.shadow_paging import ShadowPaging
 from vmm.guest_view import GuestView
 from vmm.memory import CR4_PSE, PageFault, UnbackedAccess, linear_to_physical
 from vmm.monitor_paging import MonitorPageTables
@@ -46,7 +46,6 @@ from vmm.x86 import AF, CF, CR0_PG, CR0_WP, GP, OF, PF, PF_VEC, SF, UD, ZF
 
 # Monitor-region areas used by the translator (offsets from MONITOR_BASE; the boot GDT is at 0)
 STUB_OFFSET = 0x3000
-PAGE_DIRECTORY_OFFSET = 0x4000
 # The pages translated code touches on every block sit where guest pages rarely are for the
 # engine's TLB, which is direct mapped by page number mod 256: at 0xFF0E8000-0xFF0EA000 they
 # share slots with guest pages 0x0E8-0x0EA (the BIOS area) and 0x1E8.. (2 MiB into a kernel),
@@ -59,12 +58,8 @@ SHADOW_GDT_OFFSET = 0x10000
 SHADOW_LDT_OFFSET = 0x20000
 LOOKUP_OFFSET = 0x40000
 PROFILE_OFFSET = 0xC0000                 # execution counters, one u32 per arena slot (--profile)
-PAGE_TABLES_OFFSET = 0x100000            # 4 KiB page tables for up to 3 GiB of RAM + the monitor
-PAGE_TABLES_SIZE = 0x310000
-ARENA_OFFSET = 0x500000
-ARENA_SIZE = 8 * MIB
-SHADOW_POOL_OFFSET = 0xD00000            # shadow page tables while the guest's paging is on
-SHADOW_POOL_SIZE = 0x2F0000              # 752 pages, up to the `until` page
+ARENA_OFFSET = 0x500000                  # (the monitor's page tables: vmm/monitor_paging.py,
+ARENA_SIZE = 8 * MIB                     # the shadow pool: vmm/shadow_paging.py)
 SLOT_SIZE = 256
 ARENA_SLOTS = ARENA_SIZE // SLOT_SIZE
 DEFAULT_CAPACITY = 4096                  # blocks
@@ -110,21 +105,11 @@ class BinaryTranslationMode(ExecutionMode):
         lookup_address = memory.map_monitor_area(LOOKUP_OFFSET, LOOKUP_TABLE_SIZE, PROT_READ)
         arena_address = memory.map_monitor_area(ARENA_OFFSET, ARENA_SIZE, PROT_READ | PROT_EXEC)
         profile_address = memory.map_monitor_area(PROFILE_OFFSET, ARENA_SLOTS * 4, PROT_READ | PROT_WRITE)
-        directory_address = memory.map_monitor_area(PAGE_DIRECTORY_OFFSET, PAGE_SIZE, PROT_READ)
-        tables_address = memory.map_monitor_area(PAGE_TABLES_OFFSET, PAGE_TABLES_SIZE, PROT_READ)
-        self.paging = MonitorPageTables(memory.monitor_view(PAGE_DIRECTORY_OFFSET, PAGE_SIZE), directory_address,
-                                        memory.monitor_view(PAGE_TABLES_OFFSET, PAGE_TABLES_SIZE), tables_address)
-        self.paging.map_identity(memory.ram.base, memory.ram.size, writable=True)
-        for base, size, perms in memory.monitor_mappings():
-            self.paging.map_identity(base, size, writable=bool(perms & PROT_WRITE))
+        self.paging = MonitorPageTables.build(memory)
         self.paging.map_identity(self.vcpu_privileged_address, PAGE_SIZE, writable=False, user=False)
-        self.real_cr3 = directory_address        # the engine's CR3: the identity map, or a shadow
-        # The pool is in the engine's physical space only (its walker reads it), in no linear map.
-        pool_address = memory.map_monitor_area(SHADOW_POOL_OFFSET, SHADOW_POOL_SIZE, PROT_READ)
-        self.shadow_paging = ShadowPaging(memory, PagePool(memory.monitor_view(SHADOW_POOL_OFFSET, SHADOW_POOL_SIZE),
-                                                           pool_address),
-                                          memory.monitor_view(PAGE_DIRECTORY_OFFSET, PAGE_SIZE),
-                                          self._flush_tlb, lambda frame: self.cache.page_has_code(frame))
+        self.real_cr3 = self.paging.directory_address   # the engine's CR3: the identity map, or a shadow
+        self.shadow_paging = ShadowPaging.build(memory, self.paging, self._flush_tlb,
+                                                code_frame=lambda frame: self.cache.page_has_code(frame))
         self.vcpu_view = memory.monitor_view(VCPU_OFFSET, PAGE_SIZE)
         self.vcpu_privileged_view = memory.monitor_view(VCPU_PRIVILEGED_OFFSET, PAGE_SIZE)
         self.scratch_view = memory.monitor_view(SCRATCH_OFFSET, PAGE_SIZE)

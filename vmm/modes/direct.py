@@ -126,12 +126,12 @@ class DirectMode(ExecutionMode):
         them: through the guest's page tables when paging is on. A look of the monitor's own:
         no accessed bits set, CR2 untouched. Stops at the first page that is not mapped;
         UnbackedAccess if not even the first byte is readable."""
-        engine = self.engine
-        cr0 = engine.reg("cr0")
+        cpu = self.cpu                  # the guest's registers (trap: its virtual CR3, not the shadow's)
+        cr0 = cpu.reg("cr0")
         linear &= 0xFFFFFFFF
         if not cr0 & CR0_PG:
             return self.memory.read(linear, size)
-        cr3, cr4 = engine.reg("cr3"), engine.reg("cr4")
+        cr3, cr4 = cpu.reg("cr3"), cpu.reg("cr4")
         code = b""
         while len(code) < size:
             length = min(size - len(code), PAGE_SIZE - (linear & (PAGE_SIZE - 1)))

@@ -11,6 +11,13 @@ real IOPL is 0 (cli/sti fault), and the real EFLAGS.IF is the guest's virtual IF
 sets it when it emulates cli/sti/iret, and a native popf silently cannot. Guest ring 3 runs at
 ring 3 too; which ring the guest is in is virtual (TrapCpu.virtual_cpl).
 
+Guest paging: the engine walks shadow page tables (vmm/shadow_paging.py) with ring compression:
+the kernel and its processes both run at CPL 3, so each guest address space has a kernel view
+and a user view, and the engine's CR3 follows the guest's ring. Guest page faults reach the
+interrupt hook: hidden ones fill the shadow and the instruction runs again; a store the shadow
+keeps read-only (into a guest page table) runs with the page lent writable and the real TF set,
+so that the single-step trap right after it takes the permission back.
+
 Holes are seen by a block hook that decodes each engine block the first time it runs and counts
 its runs: a hole's count is the number of times its block started. An iret or retf that ends a
 block of the guest kernel and does not trap returned to ring 3 natively, as a same-ring return
@@ -27,11 +34,14 @@ from typing import Optional
 from translator.classify import Category, traps_when_deprivileged
 from translator.decoder import Decoder, GuestInstruction
 from vmm.cpu import GuestCpu
-from vmm.emulate import UnsupportedInstruction
 from vmm.exits import ExitReason, VmExit
+from vmm.guest_view import GuestView
+from vmm.memory import CR4_PSE, PageFault, UnbackedAccess
 from vmm.modes.direct import DirectMode
+from vmm.monitor_paging import MonitorPageTables
+from vmm.shadow_paging import ShadowPaging
 from vmm.shadow_tables import ShadowTables
-from vmm.x86 import CR0_PG, GP, IOPL_MASK, NP, SS, TS, SegmentDescriptor
+from vmm.x86 import CR0_PG, CR0_WP, DB, GP, IOPL_MASK, NP, PF_VEC, SS, TF, TS, SegmentDescriptor
 
 SHADOW_GDT_OFFSET = 0x10000          # monitor-region areas (the same places bt uses them)
 SHADOW_LDT_OFFSET = 0x20000
@@ -59,9 +69,10 @@ class TrapCpu(GuestCpu):
     data segment registers are the engine's; the ring, CS/SS's RPL, IOPL, the descriptor-table
     and control registers are virtual."""
 
-    def __init__(self, engine, shadow: ShadowTables) -> None:
+    def __init__(self, engine, shadow: ShadowTables, mode: "TrapAndEmulateMode") -> None:
         super().__init__(engine)
         self.shadow = shadow
+        self.mode = mode
         self.virtual_cpl = engine.reg("cs") & 3
         self.iopl = engine.reg("eflags") & IOPL_MASK
         self.tables = {name: engine.table_register(name) for name in ("gdtr", "idtr", "ldtr", "tr")}
@@ -91,9 +102,10 @@ class TrapCpu(GuestCpu):
             self.iopl = value & IOPL_MASK
             self.engine.set_reg("eflags", value & ~IOPL_MASK)
         elif name.startswith("cr"):
-            if name == "cr0" and value & CR0_PG:
-                raise UnsupportedInstruction("guest paging under trap-and-emulate arrives with memory virtualization")
-            self.control[int(name[2:])] = value
+            number = int(name[2:])
+            old, self.control[number] = self.control[number], value
+            if number != 2:
+                self.mode.control_register_written(number, old)
         elif name in ("cs", "ss"):
             raise ValueError("segment registers change through load_segment")
         else:
@@ -112,7 +124,10 @@ class TrapCpu(GuestCpu):
         self.shadow.refresh(cs, cs_raw)
         self.shadow.refresh(ss, ss_raw)
         eflags = self.reg("eflags")
+        ring_changed = (cs & 3) != self.virtual_cpl
         self.virtual_cpl = cs & 3
+        if ring_changed:
+            self.mode.ring_changed()
         self.engine.set_reg("ss", _real(ss))
         self.engine.set_reg("cs", _real(cs))
         self.engine.set_reg("esp", esp)
@@ -121,6 +136,9 @@ class TrapCpu(GuestCpu):
     @property
     def cpl(self) -> int:
         return self.virtual_cpl
+
+    def invalidate_page(self, linear: int) -> None:
+        self.mode.invalidate_page(linear)
 
     def table_register(self, name: str) -> tuple[int, int]:
         return self.tables[name]
@@ -153,9 +171,16 @@ class TrapAndEmulateMode(DirectMode):
 
     def attach(self, vm) -> GuestCpu:
         super().attach(vm)
-        shadow = ShadowTables(vm.engine, vm.memory, SHADOW_GDT_OFFSET, SHADOW_LDT_OFFSET, kernel_ring=REAL_RING)
-        self.cpu = TrapCpu(vm.engine, shadow)
-        self.decoder = Decoder(self.memory.read_code)
+        shadow = ShadowTables(vm.engine, vm.memory, SHADOW_GDT_OFFSET, SHADOW_LDT_OFFSET, kernel_ring=REAL_RING,
+                              read=lambda linear, size: self._quiet_view.read(linear, size))
+        self.monitor_tables = MonitorPageTables.build(vm.memory)
+        self.shadow_paging = ShadowPaging.build(vm.memory, self.monitor_tables, self._flush_tlb, ring_compression=True)
+        vm.memory.write_observers.append(self.shadow_paging.memory_written)
+        self._stepping_loan = False        # the real TF is set to end a lent write (not the guest's)
+        self._guest_tf = False
+        self.cpu = TrapCpu(vm.engine, shadow, self)
+        self._quiet_view = GuestView(self.cpu, vm.memory, cpu_access=False)
+        self.decoder = Decoder(self._fetch)
         self.traps: Counter = Counter()                 # emulated instructions, by mnemonic
         self._block_runs: Counter = Counter()           # engine block start -> runs
         self._holes: dict[int, tuple[str, list[int]]] = {}   # address -> (text, blocks containing it)
@@ -183,6 +208,15 @@ class TrapAndEmulateMode(DirectMode):
         the run. Emulating is right even for the guest's own faults there: the emulation raises
         the same exception. Anything else is the guest's own exception."""
         engine = self.engine
+        if vector == PF_VEC and self.cpu.control[0] & CR0_PG and not engine.last_exception_info()[1]:
+            self._page_fault(vm)
+            return
+        if self._stepping_loan:
+            guest_step = self._guest_tf
+            self._end_loan()
+            if vector == DB and not guest_step:      # the single step that ends a loan
+                engine.reset_exception_state()
+                return
         self._native_return = None            # the block's iret/retf trapped, or never ran
         if vector in TRAP_VECTORS:
             _error_code, software = engine.last_exception_info()
@@ -200,6 +234,90 @@ class TrapAndEmulateMode(DirectMode):
                 vm.dispatch(VmExit(ExitReason.CALLOUT, eip=eip, instruction=instruction))
                 return
         super()._on_interrupt(vm, vector)
+
+    # -- guest paging: shadow tables with ring compression ------------------------------------
+    def control_register_written(self, number: int, old: int) -> None:
+        """The guest wrote CR0, CR3 or CR4 (emulated: the virtual value is in place)."""
+        control, engine = self.cpu.control, self.engine
+        new = control[number]
+        if number == 0 and (old ^ new) & CR0_PG and not new & CR0_PG:
+            self.shadow_paging.reset()
+            engine.set_reg("cr0", engine.reg("cr0") & ~CR0_PG)
+        elif control[0] & CR0_PG and (number == 3 or (number == 0 and (old ^ new) & (CR0_PG | CR0_WP))
+                                      or (number == 4 and (old ^ new) & CR4_PSE)):
+            engine.set_reg("cr3", self.shadow_paging.load(control[0], control[3], control[4],
+                                                          user=self.cpu.virtual_cpl == 3))
+            engine.set_reg("cr0", engine.reg("cr0") | CR0_PG)
+
+    def ring_changed(self) -> None:
+        if self.cpu.control[0] & CR0_PG:
+            self.engine.set_reg("cr3", self.shadow_paging.select_ring(self.cpu.virtual_cpl == 3))
+
+    def invalidate_page(self, linear: int) -> None:
+        if self.cpu.control[0] & CR0_PG:
+            self.shadow_paging.invalidate_page(linear)
+
+    def _flush_tlb(self) -> None:
+        if self.engine.reg("cr0") & CR0_PG:
+            self.engine.set_reg("cr3", self.engine.reg("cr3"))
+
+    def _fetch(self, linear: int, size: int) -> bytes:
+        try:
+            return self._guest_code(linear, size)
+        except UnbackedAccess:
+            return b""
+
+    def _page_fault(self, vm) -> bool:
+        """A page fault in the engine while the guest's paging is on. Returns True when it was
+        the shadow's own (handled here), False for one the guest takes (CR2 set)."""
+        engine = self.engine
+        error_code, _software = engine.last_exception_info()
+        linear = engine.reg("cr2")
+        write, user = bool(error_code & 2), self.cpu.virtual_cpl == 3
+        try:
+            frame = self.shadow_paging.fill(linear, write, user)
+        except PageFault as fault:
+            self._end_loan()
+            self.shadow_paging.counters["true_faults"] += 1
+            self.cpu.control[2] = fault.linear
+            engine.reset_exception_state()
+            vm.dispatch(VmExit(ExitReason.EXCEPTION, eip=engine.reg("eip"), vector=PF_VEC, error_code=fault.error_code))
+            return True
+        except UnbackedAccess as error:
+            self._end_loan()
+            engine.reset_exception_state()
+            self._pending_exit = VmExit(ExitReason.MEMORY_FAULT, eip=engine.reg("eip"),
+                                        detail=f"{'write' if write else 'read'} of no memory at {linear:#x} "
+                                               f"(physical {error.address:#x})")
+            engine.stop()
+            return True
+        engine.reset_exception_state()
+        if frame is not None:           # a store into a guest page table: one instruction, lent
+            self.shadow_paging.counters["tracing_faults"] += 1
+            self.shadow_paging.lend_write(linear)
+            if (linear & 0xFFF) > 0xFF0:
+                self.shadow_paging.lend_write((linear + 15) & 0xFFFFFFFF)
+            if not self._stepping_loan:
+                self._stepping_loan = True
+                eflags = engine.reg("eflags")
+                self._guest_tf = bool(eflags & TF)
+                engine.set_reg("eflags", eflags | TF)
+        return True
+
+    def _end_loan(self) -> None:
+        """The lent store ran (or faulted): protect the page table again, give TF back."""
+        if self._stepping_loan:
+            self._stepping_loan = False
+            if not self._guest_tf:
+                self.engine.set_reg("eflags", self.engine.reg("eflags") & ~TF)
+        if self.shadow_paging.lending:
+            self.shadow_paging.end_loans()
+
+    def counters(self) -> dict:
+        counters = self._trap_counters()
+        if self.shadow_paging.counters:
+            counters["shadow_paging"] = self.shadow_paging.counters_report()
+        return counters
 
     def _decode(self, eip: int) -> Optional[GuestInstruction]:
         block = self.decoder.decode_block(eip, limit=1)
@@ -243,7 +361,7 @@ class TrapAndEmulateMode(DirectMode):
         return [{"address": f"{address:#010x}", "instruction": text, "count": count}
                 for address, text, count in sorted(found)]
 
-    def counters(self) -> dict:
+    def _trap_counters(self) -> dict:
         counters = {"traps": dict(sorted(self.traps.items()))}
         if self.watch_holes:
             counters["virtualization_holes"] = self.holes()

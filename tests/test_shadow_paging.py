@@ -117,7 +117,7 @@ def test_paging_off_again_returns_to_the_identity_map(tmp_path):
 """ + EXIT
     result, _out, vm = run_source(tmp_path, source, mode="bt")
     assert result.reason is StopReason.DEBUG_EXIT and result.guest_value == 0, result
-    assert vm.mode.shadow_paging.active is None
+    assert vm.mode.pager.active is None
 
 
 def test_trap_mode_shadows_the_guest_tables_with_ring_compression(tmp_path):

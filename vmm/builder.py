@@ -31,6 +31,12 @@ DEFAULT_MEM_MIB = 32
 DEFAULT_LOAD_ADDRESS = 0x100000
 
 
+# The memory-virtualization schemes each mode offers, its default first: shadow page tables built
+# by the monitor (vmm/shadow_paging.py) or nested paging, the two-level walk done by the
+# "hardware" (vmm/nested_paging.py; under vt, the engine's own MMU on the guest's tables).
+PAGING_SCHEMES = {"bt": ("shadow", "nested"), "trap": ("shadow", "nested"), "vt": ("nested",)}
+
+
 @dataclass
 class MachineConfig:
     image: str
@@ -51,11 +57,19 @@ class MachineConfig:
     clock: str = "virtual"                   # --clock: virtual (deterministic) or realtime
     vt_exits: Optional[frozenset] = None     # --vt-exits: the exit controls of --mode vt (None: default)
     watch_holes: bool = True                 # trap: record the virtualization holes the guest runs
+    paging: Optional[str] = None             # --paging: shadow or nested (None: the mode's default)
 
     def validate(self) -> None:
         modes = available_modes()
         if self.mode not in modes:
             raise ConfigError(f"unknown mode {self.mode!r} (available: {', '.join(sorted(modes))})")
+        schemes = PAGING_SCHEMES.get(self.mode, ())
+        if self.paging is not None and self.paging not in schemes:
+            if not schemes:
+                raise ConfigError(f"--paging does not apply to --mode {self.mode}: the guest's paging runs on the "
+                                  f"engine's own MMU (the bare machine)")
+            raise ConfigError(f"--paging {self.paging} is not available under --mode {self.mode} "
+                              f"(available: {', '.join(schemes)})")
         if self.max_instructions is not None and self.max_instructions <= 0:
             raise ConfigError(f"--max-insns must be positive, got {self.max_instructions}")
         if self.timeout is not None and self.timeout <= 0:

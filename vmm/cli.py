@@ -97,6 +97,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="log accesses to ports no device claims (stderr)")
     run.add_argument("--no-hole-watch", action="store_true",
                      help="trap: do not record virtualization holes (their watch is a call per engine block)")
+    run.add_argument("--paging", default=None, choices=("shadow", "nested"),
+                     help="memory virtualization: shadow page tables (bt and trap's default) or nested paging "
+                          "(vt's default and only scheme; bt and trap through the engine's virtual TLB)")
     run.add_argument("--vt-exits", default=None, metavar="LIST",
                      help="vt: the exit controls, 'default' (io,hlt,cpuid,external_interrupt), 'all', a list, "
                           "or +list to add to the default; the report shows them and counts exits by reason")
@@ -154,7 +157,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     config = guest_config(args, args.image, args.mode, log_unassigned_ports=args.log_unassigned_ports,
                           trace=trace, trace_file=args.trace_file, gdb_port=args.gdb, gdb_wait=args.gdb_wait,
-                          profile=args.profile, vt_exits=vt_exits, watch_holes=not args.no_hole_watch)
+                          profile=args.profile, vt_exits=vt_exits, watch_holes=not args.no_hole_watch,
+                          paging=args.paging)
     try:
         vm, image = build_machine(config, StdioConsole())
         result = vm.run()

@@ -69,6 +69,7 @@ class StopCause(Enum):
     """Why Engine.run returned, as far as the engine itself can tell."""
     RETURNED = "returned"          # hlt, stop() (from a hook or another thread), or the count ran out
     MEMORY_FAULT = "memory_fault"  # access to unmapped or protected host memory
+    TLB_REFUSED = "tlb_refused"    # virtual-TLB mode: the fill hook refused an access (EIP at it)
 
 
 @dataclass
@@ -84,6 +85,16 @@ class MemoryFault:
         what = "no memory" if self.reason == "unmapped" else "protected memory"
         return f"{self.kind} of {what}{where}" + (f" ({self.size} bytes)" if self.size else "")
 
+
+# Unicorn's virtual-TLB fill hook, which the 2.1.1 Python binding does not wrap:
+# bool cb(uc_engine *, uint64_t vaddr, uc_mem_type, uc_tlb_entry *result, void *user_data)
+class _TlbEntry(ctypes.Structure):
+    _fields_ = [("paddr", ctypes.c_uint64), ("perms", ctypes.c_int)]
+
+
+_TLB_FILL_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int,
+                                      ctypes.POINTER(_TlbEntry), ctypes.c_void_p)
+TLB_ACCESS = {uc_const.UC_MEM_READ: "read", uc_const.UC_MEM_WRITE: "write", uc_const.UC_MEM_FETCH: "fetch"}
 
 _MEMORY_ERRORS = {
     uc_const.UC_ERR_READ_UNMAPPED: ("read", "unmapped"),
@@ -127,6 +138,8 @@ class Engine:
         # fails quietly, overwrites CR2 and leaves a pending #PF (the guest's next fault becomes
         # a double fault). The exit list stays empty: runs end by hlt or stop().
         self._uc.ctl_exits_enabled(True)
+        self._tlb_refused = False
+        self._tlb_callback = None
 
     def _record_bad_access(self, _uc, _access, address, size, _value, _data) -> bool:
         self._fault_address = (address, size)
@@ -166,6 +179,37 @@ class Engine:
     def unmap(self, base: int, size: int) -> None:
         """Remove the mapping(s) covering exactly [base, base + size) from the physical space."""
         self._uc.mem_unmap(base, size)
+
+    def use_virtual_tlb(self, fill: Callable[[int, str], Optional[tuple[int, int]]]) -> None:
+        """Nested paging: from now on the engine ignores CR0.PG and its own page walk, and asks
+        fill(linear page address, "read"/"write"/"fetch") -> (physical address, PROT_* bits), or
+        None to refuse the access (run() then returns TLB_REFUSED with EIP at the instruction).
+        The engine's TLB keeps what fill gave until flush_tlb() or the guest's own flush."""
+        def hook(_uc, vaddr, access, entry, _data):
+            if self._hook_error is not None:
+                return False
+            try:
+                result = fill(vaddr, TLB_ACCESS.get(access, "read"))
+            except BaseException as error:     # surfaced from run(), never lost inside Unicorn
+                self._hook_error = error
+                return False
+            if result is None:
+                self._tlb_refused = True
+                return False
+            entry.contents.paddr, entry.contents.perms = result
+            return True
+        self._uc.ctl_tlb_mode(uc_const.UC_TLB_VIRTUAL)
+        self._tlb_callback = _TLB_FILL_CALLBACK(hook)         # kept alive with the engine
+        handle = ctypes.c_size_t()
+        status = uclib.uc_hook_add(self._uc._uch, ctypes.byref(handle), uc_const.UC_HOOK_TLB_FILL,
+                                   ctypes.cast(self._tlb_callback, ctypes.c_void_p), None, 1, 0)
+        if status != uc_const.UC_ERR_OK:
+            raise UcError(status)
+
+    def flush_tlb(self) -> None:
+        """Drop every translation in the engine's TLB."""
+        # uc_ctl(UC_CTL_TLB_FLUSH) takes no argument, which the binding's ctl() refuses to encode
+        uclib.uc_ctl(self._uc._uch, (uc_const.UC_CTL_IO_WRITE << 30) | uc_const.UC_CTL_TLB_FLUSH)
 
     def invalidate_code(self, begin: int, end: int) -> None:
         """Drop what the engine itself translated from [begin, end): needed after the monitor
@@ -326,9 +370,13 @@ class Engine:
         """Execute from `begin` until hlt, stop() or `count` instructions."""
         self.memory_fault = None
         self._fault_address = None
+        self._tlb_refused = False
         try:
             self._uc.emu_start(begin, until, count=count)
         except UcError as error:
+            if self._tlb_refused and self._hook_error is None and error.errno == uc_const.UC_ERR_EXCEPTION:
+                self.reset_exception_state()
+                return StopCause.TLB_REFUSED
             if self._hook_error is None:
                 if error.errno in _MEMORY_ERRORS:
                     kind, reason = _MEMORY_ERRORS[error.errno]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from vmm.builder import MachineConfig
+from vmm.builder import PAGING_SCHEMES, MachineConfig
 from vmm.exits import RunResult
 from vmm.loaders import LoadedImage
 from vmm.vm import VirtualMachine
@@ -17,6 +17,7 @@ def build_report(config: MachineConfig, image: LoadedImage, vm: VirtualMachine, 
         "image_kind": image.kind,
         "entry": image.entry,
         "mode": config.mode,
+        "paging": config.paging or PAGING_SCHEMES.get(config.mode, ("native",))[0],
         "memory_mib": config.mem_mib,
         "exit": {
             "reason": result.reason.value,

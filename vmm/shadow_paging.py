@@ -35,8 +35,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from vmm.engine import PROT_READ
-from vmm.memory import (CR4_PSE, PAGE_SIZE, PTE_A, PTE_D, PTE_P, PTE_PS, PTE_RW, PTE_US, PageFault,
-                        PhysicalMemory, UnbackedAccess, linear_to_physical)
+from vmm.memory import (CR4_PSE, PAGE_SIZE, PTE_A, PTE_D, PTE_P, PTE_PS, PTE_RW, PTE_US, PhysicalMemory, UnbackedAccess, linear_to_physical)
 from vmm.x86 import CR0_PG, CR0_WP
 
 POOL_OFFSET = 0xD00000                    # monitor-region offset of the pool of shadow pages
@@ -104,6 +103,8 @@ class ShadowPaging:
     `flush_tlb()` drops the engine's TLB after an entry lost a permission or went away;
     `code_frame(frame)` says whether a frame holds translated code (kept read-only)."""
 
+    virtual_tlb = False
+
     def __init__(self, memory: PhysicalMemory, pool: PagePool, monitor_directory: memoryview,
                  flush_tlb: Callable[[], None], code_frame: Callable[[int], bool], max_spaces: int = 8,
                  ring_compression: bool = False) -> None:
@@ -120,6 +121,7 @@ class ShadowPaging:
         self.tracers: dict[int, set[tuple[AddressSpace, int]]] = collections.defaultdict(set)
         # frame -> (space, -1) for a directory, (space, index) for the table under that index
         self._lent: list[tuple[AddressSpace, int]] = []     # entries writable for one instruction
+        self.refusal = None                      # (the engine reports its faults itself: unused)
         self.counters = collections.Counter()
 
     @classmethod
@@ -489,6 +491,7 @@ class ShadowPaging:
 
     def counters_report(self) -> dict:
         report = dict(sorted(self.counters.items()))
+        report["scheme"] = "shadow"
         report["shadows_cached"] = len(self.spaces)
         report["pool_pages_free"] = len(self.pool.free)
         return report

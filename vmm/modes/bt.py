@@ -25,7 +25,8 @@ from cache.tcache import BlockKey, TranslatedBlock, TranslationCache
 from translator.decoder import PAGE_SIZE, BlockEnd, Decoder, GuestBlock
 from capstone.x86_const import X86_INS_STI
 
-from translator.emitter import FLAGS_IN_AX, INLINE_CACHE_ENTRIES, Emitter, ExitKind, ExitSite, Translation, UnsupportedForm
+from translator.emitter import (FLAGS_IN_AX, INLINE_CACHE_ENTRIES, INT3, Emitter, ExitKind, ExitSite, Translation,
+                               UnsupportedForm)
 from translator.layout import (IOPL_MASK, LOOKUP_TABLE_SIZE, REAL_IOPL, SCRATCH_BUDGET, SCRATCH_IO_SITE, SCRATCH_SPILL,
                                SCRATCH_STACK_TOP, TF, VCPU_CR, VCPU_GDTR, VCPU_IDTR, VCPU_LDTR,
                                VCPU_POPF_EXPECT, VCPU_PUSHF_ADJUST, VCPU_SELECTOR, MonitorAddresses)
@@ -37,6 +38,8 @@ from vmm.memory import MIB
 from vmm.modes import ExecutionMode
 from vmm.modes.bt_cpu import SEGMENT_IDS, SEGMENT_NAMES, TranslatedCpu
 from vmm.shadow_tables import ShadowTables
+from vmm.fault_address import decode, fault_address
+from vmm.nested_paging import NestedPaging
 from vmm.shadow_paging import ShadowPaging
 from vmm.guest_view import GuestView
 from vmm.memory import CR4_PSE, PageFault, UnbackedAccess, linear_to_physical
@@ -85,9 +88,10 @@ class _Stop:
 class BinaryTranslationMode(ExecutionMode):
     name = "bt"
 
-    def __init__(self, capacity: int = DEFAULT_CAPACITY, profile: bool = False) -> None:
+    def __init__(self, capacity: int = DEFAULT_CAPACITY, profile: bool = False, paging: str = "shadow") -> None:
         self.capacity = capacity
         self.profile = profile
+        self.paging_scheme = paging
         self.exit_counts: dict[str, int] = {}
         self.translation_seconds = 0.0
 
@@ -108,8 +112,6 @@ class BinaryTranslationMode(ExecutionMode):
         self.paging = MonitorPageTables.build(memory)
         self.paging.map_identity(self.vcpu_privileged_address, PAGE_SIZE, writable=False, user=False)
         self.real_cr3 = self.paging.directory_address   # the engine's CR3: the identity map, or a shadow
-        self.shadow_paging = ShadowPaging.build(memory, self.paging, self._flush_tlb,
-                                                code_frame=lambda frame: self.cache.page_has_code(frame))
         self.vcpu_view = memory.monitor_view(VCPU_OFFSET, PAGE_SIZE)
         self.vcpu_privileged_view = memory.monitor_view(VCPU_PRIVILEGED_OFFSET, PAGE_SIZE)
         self.scratch_view = memory.monitor_view(SCRATCH_OFFSET, PAGE_SIZE)
@@ -123,6 +125,14 @@ class BinaryTranslationMode(ExecutionMode):
                                                         self.vcpu_privileged_address))
         self.cpu = TranslatedCpu(self)
         self._quiet_view = GuestView(self.cpu, memory, cpu_access=False)
+        code_frame = self.cache.page_has_code
+        if self.paging_scheme == "nested":
+            control = self.cpu.control
+            self.pager = NestedPaging(engine, memory, lambda: (control[0], control[3], control[4]),
+                                      lambda: self.cpu.cpl, code_frame,
+                                      supervisor_pages=frozenset({self.vcpu_privileged_address >> 12}))
+        else:
+            self.pager = ShadowPaging.build(memory, self.paging, self._flush_tlb, code_frame=code_frame)
         # The per-block instruction count (the budget prologue) is emitted only while someone
         # needs it: an instruction limit, or a guest that uses time (then from that moment on).
         self.budget = vm.limits.max_instructions is not None
@@ -139,6 +149,7 @@ class BinaryTranslationMode(ExecutionMode):
         self.chaining = not vm.tracer.exec
         self.cache.use_lookup_table = self.chaining
         self._stop: Optional[_Stop] = None
+        self._running_native = False
         self._deprivileged = False
         self._one_shot_sites: dict[int, int] = {}      # host address of a one-shot exit -> exit index
         self._reprotect: set[int] = set()
@@ -177,8 +188,8 @@ class BinaryTranslationMode(ExecutionMode):
         cache["blocks_cached"] = len(self.cache)
         cache["translation_seconds"] = round(self.translation_seconds, 6)
         counters = {"translation_cache": cache, "cache_exits": dict(sorted(self.exit_counts.items()))}
-        if self.shadow_paging.counters:
-            counters["shadow_paging"] = self.shadow_paging.counters_report()
+        if self.pager.counters:
+            counters["shadow_paging"] = self.pager.counters_report()
         return counters
 
     def _count(self, kind: str) -> None:
@@ -231,14 +242,22 @@ class BinaryTranslationMode(ExecutionMode):
         return self.stub_address
 
     def run_native(self, code: bytes, inputs: dict, outputs: tuple) -> tuple:
-        """Run an unprivileged instruction (cpuid, rdtsc) by itself on the engine."""
+        """Run an unprivileged instruction (cpuid, rdtsc) by itself on the engine, at the guest's
+        ring, followed by an int3 that ends the run (the engine has no `until`: exits are on)."""
         at = STUB_OFFSET + 0x800
-        self.memory.monitor_view(at, len(code))[:] = code
+        stub = code + bytes([INT3])
+        self.memory.monitor_view(at, len(stub))[:] = stub
         address = self.memory.monitor.base + at
-        self.engine.invalidate_code(address, address + len(code))
+        self.engine.invalidate_code(address, address + len(stub))
         for name, value in inputs.items():
             self.engine.set_reg(name, value)
-        self.engine.run(address, address + len(code))
+        self._running_native = True
+        try:
+            self.engine.run(address, self.vm.until_address)
+        finally:
+            self._running_native = False
+        if self.engine.reg("eip") != address + len(stub):
+            raise RuntimeError(f"native {code.hex()} did not run to its end (eip {self.engine.reg('eip'):#x})")
         return tuple(self.engine.reg(name) for name in outputs)
 
     # -- guest paging ----------------------------------------------------------------------------
@@ -253,20 +272,22 @@ class BinaryTranslationMode(ExecutionMode):
         control = self.cpu.control
         new = control[number]
         if number == 0 and (old ^ new) & CR0_PG and not new & CR0_PG:
-            self.shadow_paging.reset()
+            self.pager.reset()
             self._switch_tables(self.paging.directory_address)
         elif control[0] & CR0_PG and (number == 3 or (number == 0 and (old ^ new) & (CR0_PG | CR0_WP))
                                       or (number == 4 and (old ^ new) & CR4_PSE)):
-            self._switch_tables(self.shadow_paging.load(control[0], control[3], control[4]))
+            self._switch_tables(self.pager.load(control[0], control[3], control[4]))
 
     def invalidate_page(self, linear: int) -> None:
         """invlpg."""
         if self.guest_paging:
-            self.shadow_paging.invalidate_page(linear)
+            self.pager.invalidate_page(linear)
             self.cache.mapping_changed()
 
-    def _switch_tables(self, directory: int) -> None:
-        self.real_cr3 = directory
+    def _switch_tables(self, directory: Optional[int]) -> None:
+        """directory: the engine's new page directory (None under nested paging: no tables)."""
+        if directory is not None:
+            self.real_cr3 = directory
         self.cache.mapping_changed()
         self._flush_tlb()
 
@@ -281,7 +302,7 @@ class BinaryTranslationMode(ExecutionMode):
         while size:
             length = min(size, PAGE_SIZE - linear % PAGE_SIZE)
             try:
-                physical = self.shadow_paging.translate(linear, user)
+                physical = self.pager.translate(linear, user)
             except (PageFault, UnbackedAccess):
                 return code
             piece = self.memory.read_code(physical, length)
@@ -295,7 +316,7 @@ class BinaryTranslationMode(ExecutionMode):
         """Where the guest fetches `linear` from (PageFault if it cannot)."""
         if not self.guest_paging:
             return linear
-        return self.shadow_paging.translate(linear, self.cpu.cpl == 3)
+        return self.pager.translate(linear, self.cpu.cpl == 3)
 
     def _ranges(self, guest: GuestBlock) -> tuple[tuple[int, int], ...]:
         """The guest-physical ranges of a block just decoded (its pages are in the shadow now)."""
@@ -316,7 +337,7 @@ class BinaryTranslationMode(ExecutionMode):
     def _guest_page_fault(self, fault: PageFault) -> VmExit:
         """A true fault: the guest's own tables refuse the access; it gets #PF with its CR2."""
         self._count("true_page_fault")
-        self.shadow_paging.counters["true_faults"] += 1
+        self.pager.counters["true_faults"] += 1
         self.cpu.set_reg("cr2", fault.linear)
         return VmExit(ExitReason.EXCEPTION, eip=self.cpu.eip, vector=PF_VEC, error_code=fault.error_code)
 
@@ -373,9 +394,9 @@ class BinaryTranslationMode(ExecutionMode):
         if self.memory.ram.contains(page * PAGE_SIZE, 1):
             self.paging.set_writable(page * PAGE_SIZE, not protect)
         if protect:
-            self.shadow_paging.protect_frame(page)
+            self.pager.protect_frame(page)
         else:
-            self.shadow_paging.release_frame(page)
+            self.pager.release_frame(page)
         self._flush_tlb()
 
     def _flush_tlb(self) -> None:
@@ -388,12 +409,16 @@ class BinaryTranslationMode(ExecutionMode):
         translations and look at the guest page tables it may have changed here."""
         if self.memory.ram.contains(address, 1):
             self.cache.invalidate_range(address, size, "smc")
-            self.shadow_paging.memory_written(address, size)
+            self.pager.memory_written(address, size)
 
     # -- running -------------------------------------------------------------------------------
     def _on_interrupt(self, vector: int) -> None:
         engine = self.engine
         eip = engine.reg("eip")
+        if self._running_native:      # the int3 after run_native's instruction
+            engine.reset_exception_state()
+            engine.stop()
+            return
         if vector == 3:               # int3: one of the translation's own exits
             site_address = eip - 1
             found = self.cache.site_at(site_address)
@@ -446,7 +471,8 @@ class BinaryTranslationMode(ExecutionMode):
 
     @classmethod
     def from_config(cls, config) -> "BinaryTranslationMode":
-        return cls(capacity=config.tcache_blocks or DEFAULT_CAPACITY, profile=config.profile)
+        return cls(capacity=config.tcache_blocks or DEFAULT_CAPACITY, profile=config.profile,
+                   paging=config.paging or "shadow")
 
     def end_run_after_io(self, port: int, size: int) -> None:
         """Translated I/O ends the engine's block, so a stop here lands right after the OUT."""
@@ -561,8 +587,10 @@ class BinaryTranslationMode(ExecutionMode):
                     if self.cache.page_has_code(page):
                         self._protect_page(page, True)
                 self._reprotect = set()
-            if self.shadow_paging.lending:
-                self.shadow_paging.end_loans()
+            if self.pager.lending:
+                self.pager.end_loans()
+            if cause is StopCause.TLB_REFUSED:      # nested paging: as a page fault would
+                self._stop = self._refused_access()
             if cause is StopCause.MEMORY_FAULT:
                 self._sync_guest_eip()
                 return VmExit(ExitReason.MEMORY_FAULT, eip=self.cpu.eip, detail=self.engine.memory_fault.message)
@@ -704,16 +732,30 @@ class BinaryTranslationMode(ExecutionMode):
         self._adjust += length - left_before
         return block.host + block.translation.body
 
+    def _refused_access(self) -> _Stop:
+        """Nested paging refused an access of the translated instruction at the engine's EIP:
+        the stop a page fault there would have made, with the exact address (the engine names
+        only the page; the instruction and its registers say where in it)."""
+        page, access, present = self.pager.refusal
+        host_eip, write = self.engine.reg("eip"), access == "write"
+        address = page
+        instruction = decode(self.memory.read(host_eip, 16), host_eip)
+        if instruction is not None:
+            address = fault_address(instruction, page, write, self.engine.reg, self.engine.segment_base)
+        user = 4 if self.cpu.cpl == 3 else 0
+        return _Stop("page_fault", host_eip, vector=PF_VEC,
+                     error_code=(2 if write else 0) | user | (1 if present else 0), address=address)
+
     def _fetch_fault(self, stop: _Stop, guest_eip: int):
         """Translated code reached an instruction whose bytes could not be fetched when it was
         translated. Fetch them again now: the guest's #PF if they still cannot be (CR2 at the
         first byte that cannot), else the mapping changed since: translate anew."""
         user = self.cpu.cpl == 3
         try:
-            self.shadow_paging.translate(guest_eip, user)
+            self.pager.translate(guest_eip, user)
             next_page = (guest_eip | (PAGE_SIZE - 1)) + 1
             if next_page - guest_eip < 15:
-                self.shadow_paging.translate(next_page & 0xFFFFFFFF, user)
+                self.pager.translate(next_page & 0xFFFFFFFF, user)
         except PageFault as fault:
             return self._guest_page_fault(fault)
         physical = self._code_address(guest_eip)
@@ -736,9 +778,9 @@ class BinaryTranslationMode(ExecutionMode):
         table goes the same way and the shadow then looks at what it changed. Anything else
         touched memory the guest does not have, and ends the run."""
         address, write = stop.address, bool(stop.error_code & 2)
-        if self.guest_paging and not self.memory.monitor.contains(address, 1):
+        if (self.guest_paging or self.pager.virtual_tlb) and not self.memory.monitor.contains(address, 1):
             try:
-                frame = self.shadow_paging.fill(address, write, bool(stop.error_code & 4))
+                frame = self.pager.fill(address, write, bool(stop.error_code & 4))
             except PageFault as fault:
                 self._to_guest_instruction(stop)
                 return self._guest_page_fault(fault)
@@ -807,17 +849,17 @@ class BinaryTranslationMode(ExecutionMode):
         if self.cache.page_has_code(frame):
             self._count("smc_store")
             self.cache.invalidate_range(frame * PAGE_SIZE + offset, min(16, PAGE_SIZE - offset), "smc")
-        elif frame in self.shadow_paging.traced:
+        elif frame in self.pager.traced:
             self._count("tracing_fault")
-            self.shadow_paging.counters["tracing_faults"] += 1
+            self.pager.counters["tracing_faults"] += 1
         else:
             self._count("write_lent")
-        self.shadow_paging.lend_write(address)
+        self.pager.lend_write(address)
         if offset > PAGE_SIZE - 16:
-            following = self.shadow_paging.frame_of((address + 15) & 0xFFFFFFFF)
+            following = self.pager.frame_of((address + 15) & 0xFFFFFFFF)
             if following is not None and self.cache.page_has_code(following):
                 self.cache.invalidate_range(following * PAGE_SIZE, 16, "smc")
-            self.shadow_paging.lend_write((address + 15) & 0xFFFFFFFF)
+            self.pager.lend_write((address + 15) & 0xFFFFFFFF)
         self._prepare_one_shot(guest_eip)
         return None
 

@@ -332,6 +332,9 @@ class DirectMode(ExecutionMode):
         return VmExit(ExitReason.EXCEPTION, eip=eip, vector=vector, error_code=error_code,
                       software=software, fault_eip=fault_eip)
 
+    def _tlb_refused(self, vm) -> VmExit:
+        raise RuntimeError("the engine's virtual TLB is only used by modes with nested paging")
+
     def _rdpmc_at(self, eip: int) -> bool:
         try:
             return self._guest_code(eip, 2) == b"\x0f\x33"
@@ -397,6 +400,8 @@ class DirectMode(ExecutionMode):
             return VmExit(ExitReason.TIME_LIMIT, eip=eip)
         if cause is StopCause.MEMORY_FAULT:
             return VmExit(ExitReason.MEMORY_FAULT, eip=eip, detail=engine.memory_fault.message)
+        if cause is StopCause.TLB_REFUSED:
+            return self._tlb_refused(vm)
         if count:
             # Only `hlt` and an exhausted count return quietly. hlt leaves EIP just past itself;
             # the count stops before an instruction. A count that ran out right after a

@@ -39,6 +39,8 @@ from vmm.guest_view import GuestView
 from vmm.memory import CR4_PSE, PageFault, UnbackedAccess
 from vmm.modes.direct import DirectMode
 from vmm.monitor_paging import MonitorPageTables
+from vmm.fault_address import decode, fault_address
+from vmm.nested_paging import NestedPaging
 from vmm.shadow_paging import ShadowPaging
 from vmm.shadow_tables import ShadowTables
 from vmm.x86 import CR0_PG, CR0_WP, DB, GP, IOPL_MASK, NP, PF_VEC, SS, TF, TS, SegmentDescriptor
@@ -162,24 +164,30 @@ class TrapCpu(GuestCpu):
 class TrapAndEmulateMode(DirectMode):
     name = "trap"
 
-    def __init__(self, watch_holes: bool = True) -> None:
+    def __init__(self, watch_holes: bool = True, paging: str = "shadow") -> None:
         self.watch_holes = watch_holes
+        self.paging_scheme = paging
 
     @classmethod
     def from_config(cls, config) -> "TrapAndEmulateMode":
-        return cls(watch_holes=config.watch_holes)
+        return cls(watch_holes=config.watch_holes, paging=config.paging or "shadow")
 
     def attach(self, vm) -> GuestCpu:
         super().attach(vm)
         shadow = ShadowTables(vm.engine, vm.memory, SHADOW_GDT_OFFSET, SHADOW_LDT_OFFSET, kernel_ring=REAL_RING,
                               read=lambda linear, size: self._quiet_view.read(linear, size))
-        self.monitor_tables = MonitorPageTables.build(vm.memory)
-        self.shadow_paging = ShadowPaging.build(vm.memory, self.monitor_tables, self._flush_tlb, ring_compression=True)
-        vm.memory.write_observers.append(self.shadow_paging.memory_written)
         self._stepping_loan = False        # the real TF is set to end a lent write (not the guest's)
         self._guest_tf = False
         self.cpu = TrapCpu(vm.engine, shadow, self)
         self._quiet_view = GuestView(self.cpu, vm.memory, cpu_access=False)
+        if self.paging_scheme == "nested":
+            control = self.cpu.control
+            self.pager = NestedPaging(vm.engine, vm.memory, lambda: (control[0], control[3], control[4]),
+                                      lambda: self.cpu.virtual_cpl)
+        else:
+            self.monitor_tables = MonitorPageTables.build(vm.memory)
+            self.pager = ShadowPaging.build(vm.memory, self.monitor_tables, self._flush_tlb, ring_compression=True)
+            vm.memory.write_observers.append(self.pager.memory_written)
         self.decoder = Decoder(self._fetch)
         self.traps: Counter = Counter()                 # emulated instructions, by mnemonic
         self._block_runs: Counter = Counter()           # engine block start -> runs
@@ -241,21 +249,25 @@ class TrapAndEmulateMode(DirectMode):
         control, engine = self.cpu.control, self.engine
         new = control[number]
         if number == 0 and (old ^ new) & CR0_PG and not new & CR0_PG:
-            self.shadow_paging.reset()
-            engine.set_reg("cr0", engine.reg("cr0") & ~CR0_PG)
+            self.pager.reset()
+            if not self.pager.virtual_tlb:
+                engine.set_reg("cr0", engine.reg("cr0") & ~CR0_PG)
         elif control[0] & CR0_PG and (number == 3 or (number == 0 and (old ^ new) & (CR0_PG | CR0_WP))
                                       or (number == 4 and (old ^ new) & CR4_PSE)):
-            engine.set_reg("cr3", self.shadow_paging.load(control[0], control[3], control[4],
-                                                          user=self.cpu.virtual_cpl == 3))
-            engine.set_reg("cr0", engine.reg("cr0") | CR0_PG)
+            directory = self.pager.load(control[0], control[3], control[4], user=self.cpu.virtual_cpl == 3)
+            if directory is not None:        # shadow paging: the engine walks the shadow
+                engine.set_reg("cr3", directory)
+                engine.set_reg("cr0", engine.reg("cr0") | CR0_PG)
 
     def ring_changed(self) -> None:
-        if self.cpu.control[0] & CR0_PG:
-            self.engine.set_reg("cr3", self.shadow_paging.select_ring(self.cpu.virtual_cpl == 3))
+        if self.cpu.control[0] & CR0_PG or self.pager.virtual_tlb:
+            directory = self.pager.select_ring(self.cpu.virtual_cpl == 3)
+            if directory is not None:
+                self.engine.set_reg("cr3", directory)
 
     def invalidate_page(self, linear: int) -> None:
         if self.cpu.control[0] & CR0_PG:
-            self.shadow_paging.invalidate_page(linear)
+            self.pager.invalidate_page(linear)
 
     def _flush_tlb(self) -> None:
         if self.engine.reg("cr0") & CR0_PG:
@@ -275,10 +287,10 @@ class TrapAndEmulateMode(DirectMode):
         linear = engine.reg("cr2")
         write, user = bool(error_code & 2), self.cpu.virtual_cpl == 3
         try:
-            frame = self.shadow_paging.fill(linear, write, user)
+            frame = self.pager.fill(linear, write, user)
         except PageFault as fault:
             self._end_loan()
-            self.shadow_paging.counters["true_faults"] += 1
+            self.pager.counters["true_faults"] += 1
             self.cpu.control[2] = fault.linear
             engine.reset_exception_state()
             vm.dispatch(VmExit(ExitReason.EXCEPTION, eip=engine.reg("eip"), vector=PF_VEC, error_code=fault.error_code))
@@ -293,10 +305,10 @@ class TrapAndEmulateMode(DirectMode):
             return True
         engine.reset_exception_state()
         if frame is not None:           # a store into a guest page table: one instruction, lent
-            self.shadow_paging.counters["tracing_faults"] += 1
-            self.shadow_paging.lend_write(linear)
+            self.pager.counters["tracing_faults"] += 1
+            self.pager.lend_write(linear)
             if (linear & 0xFFF) > 0xFF0:
-                self.shadow_paging.lend_write((linear + 15) & 0xFFFFFFFF)
+                self.pager.lend_write((linear + 15) & 0xFFFFFFFF)
             if not self._stepping_loan:
                 self._stepping_loan = True
                 eflags = engine.reg("eflags")
@@ -304,19 +316,42 @@ class TrapAndEmulateMode(DirectMode):
                 engine.set_reg("eflags", eflags | TF)
         return True
 
+    def _tlb_refused(self, vm) -> VmExit:
+        """Nested paging refused an access (EIP at the instruction): the guest's #PF, or memory
+        it does not have."""
+        page, access, _present = self.pager.refusal
+        eip, write = self.engine.reg("eip"), access == "write"
+        linear = max(page, eip) if access == "fetch" else page
+        if access != "fetch":
+            instruction = decode(self._fetch(eip, 16), eip)
+            if instruction is not None:
+                linear = fault_address(instruction, page, write, self.engine.reg, self.engine.segment_base)
+        if not self.memory.monitor.contains(linear, 1):
+            try:
+                if self.pager.fill(linear, write, self.cpu.virtual_cpl == 3) is None:
+                    return VmExit(ExitReason.EVENT, eip=eip)        # allowed by now: run it again
+            except PageFault as fault:
+                self.pager.counters["true_faults"] += 1
+                self.cpu.control[2] = fault.linear
+                return VmExit(ExitReason.EXCEPTION, eip=eip, vector=PF_VEC, error_code=fault.error_code)
+            except UnbackedAccess:
+                pass
+        return VmExit(ExitReason.MEMORY_FAULT, eip=eip,
+                      detail=f"{'write' if write else 'read'} of no memory at {linear:#x}")
+
     def _end_loan(self) -> None:
         """The lent store ran (or faulted): protect the page table again, give TF back."""
         if self._stepping_loan:
             self._stepping_loan = False
             if not self._guest_tf:
                 self.engine.set_reg("eflags", self.engine.reg("eflags") & ~TF)
-        if self.shadow_paging.lending:
-            self.shadow_paging.end_loans()
+        if self.pager.lending:
+            self.pager.end_loans()
 
     def counters(self) -> dict:
         counters = self._trap_counters()
-        if self.shadow_paging.counters:
-            counters["shadow_paging"] = self.shadow_paging.counters_report()
+        if self.pager.counters:
+            counters["shadow_paging"] = self.pager.counters_report()
         return counters
 
     def _decode(self, eip: int) -> Optional[GuestInstruction]:

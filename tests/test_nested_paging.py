@@ -1,0 +1,98 @@
+"""Nested paging (vmm/nested_paging.py, `--paging nested`) under bt and trap: the engine's
+virtual TLB filled by the two-level walk, driven by the paging samples and by guests that try
+to reach the monitor's memory; the exact CR2 of a refused access (vmm/fault_address.py); and
+the --paging option's rules."""
+
+import json
+
+import pytest
+
+from tests.cli import run_vmm, sample_arguments
+from tests.guests import EXIT, run_source
+from tests.samples import MANIFEST, REPO_ROOT, ids
+from tests.test_shadow_paging import PAGING_ON
+from tests.test_trap import DIVERGING as TRAP_DIVERGING
+from vmm.exits import StopReason
+from vmm.fault_address import decode, fault_address
+from vmm.loaders.assembly import assemble
+
+PAGING_SAMPLES = [entry for entry in MANIFEST if entry["name"] in
+                  ("paging", "tlb", "address_spaces", "higher_half", "alias_smc", "paging_timer")]
+
+
+@pytest.mark.parametrize("mode", ["bt", "trap"])
+@pytest.mark.parametrize("entry", PAGING_SAMPLES, ids=ids(PAGING_SAMPLES))
+def test_paging_samples_run_as_on_qemu_under_nested_paging(entry, mode, tmp_path):
+    if mode == "trap" and entry["name"] in TRAP_DIVERGING:
+        pytest.skip(f"{entry['name']} meets a hole of trap-and-emulate (tests/test_trap.py)")
+    report = tmp_path / "report.json"
+    proc = run_vmm(*sample_arguments(entry), "--mode", mode, "--paging", "nested", "--report", report)
+    assert proc.stdout == (REPO_ROOT / entry["expected"]).read_bytes(), proc.stderr.decode()
+    assert proc.returncode == entry["exit"] & 0xFF
+    summary = json.loads(report.read_text())
+    assert summary["paging"] == "nested"
+    counters = summary["counters"]["shadow_paging"] if "shadow_paging" in summary["counters"] else None
+    assert counters is None or counters["scheme"] == "nested"
+
+
+def test_nested_paging_takes_no_trap_for_page_table_writes(tmp_path):
+    # address_spaces edits its page tables and switches CR3: under nested paging the engine's
+    # TLB fills walk the guest's tables, nothing is traced and no shadow is built.
+    entry = next(e for e in PAGING_SAMPLES if e["name"] == "address_spaces")
+    report = tmp_path / "report.json"
+    proc = run_vmm(*sample_arguments(entry), "--mode", "bt", "--paging", "nested", "--report", report)
+    assert proc.returncode == 0, proc.stderr.decode()
+    counters = json.loads(report.read_text())["counters"]
+    nested = counters["shadow_paging"]
+    assert nested["tlb_fills"] > 0 and nested["tlb_flushes"] > 0
+    assert "tracing_faults" not in nested and "shadows_built" not in nested
+    assert "tracing_fault" not in counters["cache_exits"]
+
+
+@pytest.mark.parametrize("mode", ["bt", "trap"])
+@pytest.mark.parametrize("physical", [0xFF0E9000, 0xFF500000, 0xFF004000])
+def test_nested_paging_never_maps_monitor_memory_into_the_guest(tmp_path, mode, physical):
+    source = PAGING_ON.replace("mov cr0, eax", f"""mov cr0, eax
+    mov dword ptr [0x11000], {physical | 0x3:#x}
+    mov eax, 0xdeadbeee
+    inc eax
+    mov dword ptr [0x400000], eax
+    mov eax, 0
+""") + EXIT
+    result, _out, vm = run_source(tmp_path, source, mode=mode, paging="nested")
+    assert result.reason is StopReason.MEMORY_FAULT, result.message
+    assert "write of no memory at 0x400000" in result.message
+    assert b"\xef\xbe\xad\xde" not in vm.memory.read(physical, 4096)
+
+
+def _registers(values):
+    return lambda name: values.get(name, 0)
+
+
+@pytest.mark.parametrize("source, page, write, expected", [
+    ("mov eax, dword ptr [ebx + 0x10]", 0x40001000, False, 0x40001010),       # explicit operand
+    ("mov dword ptr [ebx + 0xffe], eax", 0x40002000, True, 0x40002000),       # crossing into the page
+    ("push eax", 0x8000F000, True, 0x8000FFFC),                               # the stack, below ESP
+    ("pop eax", 0x80010000, False, 0x80010000),
+    ("movsd dword ptr es:[edi], dword ptr [esi]", 0x50000000, True, 0x50000040),   # the write: EDI
+    ("movsd dword ptr es:[edi], dword ptr [esi]", 0x60000000, False, 0x60000020),  # the read: ESI
+    ("add dword ptr [ebp - 8], 1", 0x80001000, True, 0x80001008),             # SS by default for EBP
+])
+def test_the_exact_fault_address_comes_from_the_instruction(source, page, write, expected):
+    registers = {"ebx": 0x40001000, "esp": 0x80010000, "esi": 0x60000020, "edi": 0x50000040, "ebp": 0x80000000}
+    instruction = decode(assemble(source, 0x1000), 0x1000)
+    bases = {"ss": 0, "ds": 0, "es": 0}
+    if source.startswith("add"):          # through DS it would land on the page before
+        registers["ebp"], bases["ss"] = 0x80000010, 0x1000
+    assert fault_address(instruction, page, write, _registers(registers), bases.get) == expected
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--mode", "vt", "--paging", "shadow"], "--paging shadow is not available under --mode vt"),
+    (["--mode", "direct", "--paging", "nested"], "--paging does not apply to --mode direct"),
+])
+def test_impossible_paging_options_are_one_line_errors(options, message):
+    proc = run_vmm("run", "sample_binaries/hello.elf", *options)
+    assert proc.returncode == 2, proc.stderr.decode()
+    assert proc.stderr.decode().startswith("vmm: ") and message in proc.stderr.decode()
+    assert proc.stderr.count(b"\n") == 1

@@ -1,0 +1,205 @@
+"""Nested paging for the modes that deprivilege the guest kernel (bt, trap): the two-level
+translation done by the "hardware", with no shadow tables and no traps on page-table writes.
+
+The engine runs in its virtual-TLB mode: every TLB miss asks `fill`, which is the page walker
+of a CPU with nested paging. First level, the guest's own tables (guest linear to guest
+physical, accessed and dirty bits set in them as the CPU sets them, U/S checked against the
+guest's ring, not the engine's); second level, the monitor's map (guest physical to the
+engine's memory: guest RAM only, through the physical-to-machine map). The monitor's region is
+the monitor's in every address space. What the fill gives stays in the engine's TLB until a
+flush, so the guest sees a TLB as on the reference machine; the translator's instruction
+fetches go through a small instruction TLB with the same lifetime.
+
+The same interface as vmm/shadow_paging.py's ShadowPaging (fill/translate/lend_write/...), so
+the modes handle a refused access one way whichever scheme is in use.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Callable, Optional
+
+from vmm.engine import PROT_EXEC, PROT_READ, PROT_WRITE
+from vmm.memory import (CR4_PSE, PAGE_SIZE, PTE_D, PTE_PS, PTE_RW, PageFault, PhysicalMemory,
+                        UnbackedAccess, linear_to_physical)
+from vmm.x86 import CR0_PG, CR0_WP
+
+PROT_RX = PROT_READ | PROT_EXEC
+
+
+class NestedPaging:
+    """`registers()` -> the guest's (cr0, cr3, cr4); `guest_ring()` -> 0 or 3; `code_frame(frame)`
+    says whether a frame holds translated code (stores there must leave the engine);
+    `supervisor_pages`: monitor pages guest ring 3 may not read."""
+
+    virtual_tlb = True
+
+    def __init__(self, engine, memory: PhysicalMemory, registers: Callable[[], tuple[int, int, int]],
+                 guest_ring: Callable[[], int], code_frame: Callable[[int], bool] = lambda frame: False,
+                 supervisor_pages: frozenset = frozenset()) -> None:
+        self.engine, self.memory = engine, memory
+        self.registers, self.guest_ring, self.code_frame = registers, guest_ring, code_frame
+        self.supervisor_pages = supervisor_pages
+        self.counters = collections.Counter()
+        self.traced: dict[int, bytes] = {}          # nothing is traced: page-table writes are free
+        self.active = None
+        self._fetch_tlb: dict[int, int] = {}        # linear page -> frame (the translator's fetches)
+        self._lent: set[int] = set()                # frames one guest instruction may write
+        # the last refused access: (its page's linear address, "read"/"write"/"fetch", whether
+        # something is mapped there). The engine reports the page only: the mode works out CR2.
+        self.refusal: Optional[tuple[int, str, bool]] = None
+        self._monitor = self._monitor_permissions()
+        engine.use_virtual_tlb(self._fill)
+
+    def _monitor_permissions(self) -> dict[int, int]:
+        permissions = {}
+        for base, size, perms in self.memory.monitor_mappings():
+            for page in range(base >> 12, (base + size + PAGE_SIZE - 1) >> 12):
+                permissions[page] = perms
+        return permissions
+
+    # -- the engine's TLB misses ---------------------------------------------------------------
+    def _fill(self, linear: int, access: str) -> Optional[tuple[int, int]]:
+        self.counters["tlb_fills"] += 1
+        page, write = linear >> 12, access == "write"
+        if self.memory.monitor.contains(linear, 1):
+            perms = self._monitor.get(page)
+            if perms is None or (page in self.supervisor_pages and self.guest_ring() == 3) \
+                    or (write and not perms & PROT_WRITE):
+                return self._refuse(linear, access, perms is not None)
+            return linear & ~0xFFF, perms
+        try:
+            physical, writable = self._walk(linear, write, mark=True)
+        except (PageFault, UnbackedAccess):
+            return self._refuse(linear, access, False)
+        if write and not writable:               # translated code on the frame: the monitor's store
+            return self._refuse(linear, access, True)
+        return physical, PROT_RX | (PROT_WRITE if writable else 0)
+
+    def _refuse(self, linear: int, access: str, present: bool) -> None:
+        self.counters["refused"] += 1
+        self.refusal = (linear & ~0xFFF, access, present)
+        return None
+
+    def _walk(self, linear: int, write: bool, mark: bool) -> tuple[int, bool]:
+        """(physical page address, whether the engine may write it now) for one access."""
+        cr0, cr3, cr4 = self.registers()
+        user = self.guest_ring() == 3
+        if not cr0 & CR0_PG:
+            physical = linear & ~0xFFF
+            self._check_backed(physical)
+            return physical, not self._watched(physical >> 12)
+        physical = linear_to_physical(self.memory, cr0, cr3, linear, write, cr4=cr4, user=user, mark=mark)
+        self._check_backed(physical)
+        if write:
+            return physical & ~0xFFF, not self._watched(physical >> 12)
+        # A read: writes stay refused until the guest's dirty bit is set (the first one walks
+        # again and sets it), as the CPU's TLB holds a clean entry.
+        return physical & ~0xFFF, self._may_write_clean(linear, cr0, cr3, cr4, user) and not self._watched(physical >> 12)
+
+    def _may_write_clean(self, linear: int, cr0: int, cr3: int, cr4: int, user: bool) -> bool:
+        pde = self.memory.read_table_entry((cr3 & ~0xFFF) + (linear >> 22) * 4)
+        if pde & PTE_PS and cr4 & CR4_PSE:
+            leaf, rights = pde, pde
+        else:
+            leaf = self.memory.read_table_entry((pde & ~0xFFF) + ((linear >> 12) & 0x3FF) * 4)
+            rights = pde & leaf
+        if not leaf & PTE_D:
+            return False
+        if rights & PTE_RW:
+            return True
+        return not user and not cr0 & CR0_WP
+
+    def _watched(self, frame: int) -> bool:
+        return frame not in self._lent and self.code_frame(frame)
+
+    def _check_backed(self, physical: int) -> None:
+        if not self.memory.ram.contains(physical & ~0xFFF, PAGE_SIZE):
+            raise UnbackedAccess(physical, 1)
+
+    # -- the interface the modes use (see ShadowPaging) ----------------------------------------
+    def fill(self, linear: int, write: bool, user: bool) -> Optional[int]:
+        """After a refused access: PageFault (the guest's), UnbackedAccess, the frame of a store
+        into translated code, or None (allowed now: run it again)."""
+        physical, writable = self._walk(linear, write, mark=True)
+        if write and not writable:
+            return physical >> 12
+        return None
+
+    def translate(self, linear: int, user: bool) -> int:
+        """An instruction fetch by the translator, through the instruction TLB."""
+        frame = self._fetch_tlb.get(linear >> 12)
+        if frame is None:
+            physical, _writable = self._walk(linear, False, mark=True)
+            frame = self._fetch_tlb[linear >> 12] = physical >> 12
+        return (frame << 12) | (linear & 0xFFF)
+
+    def frame_of(self, linear: int) -> Optional[int]:
+        try:
+            return self._walk(linear, False, mark=False)[0] >> 12
+        except (PageFault, UnbackedAccess):
+            return None
+
+    def load(self, cr0: int, cr3: int, cr4: int, user: bool = False) -> None:
+        """A CR3 load or paging turned on: the TLB is flushed; there are no tables to switch."""
+        self.counters["tlb_flushes"] += 1
+        self.flush()
+        return None
+
+    def select_ring(self, user: bool) -> None:
+        """The engine's TLB holds permissions of one guest ring (trap runs both at CPL 3)."""
+        self.engine.flush_tlb()
+        return None
+
+    def reset(self) -> None:
+        self.flush()
+
+    def flush(self) -> None:
+        self._fetch_tlb.clear()
+        self.engine.flush_tlb()
+
+    def invalidate_page(self, linear: int) -> None:
+        """invlpg: the whole TLB goes (the engine flushes no single page); inside a 4 MiB page
+        the instruction TLB forgets all of it, as QEMU forgets a whole large page."""
+        self.counters["invlpg"] += 1
+        if self._large_page(linear):
+            self._fetch_tlb = {page: frame for page, frame in self._fetch_tlb.items() if page >> 10 != linear >> 22}
+        else:
+            self._fetch_tlb.pop(linear >> 12, None)
+        self.engine.flush_tlb()
+
+    def _large_page(self, linear: int) -> bool:
+        cr0, cr3, cr4 = self.registers()
+        pde = self.memory.read_table_entry((cr3 & ~0xFFF) + (linear >> 22) * 4)
+        return bool(pde & PTE_PS and cr4 & CR4_PSE)
+
+    def protect_frame(self, frame: int) -> None:
+        self.engine.flush_tlb()          # entries that let stores into the frame must go
+
+    def release_frame(self, frame: int) -> None:
+        pass                             # a store refused before is filled writable next time
+
+    def lend_write(self, linear: int) -> bool:
+        frame = self.frame_of(linear)
+        if frame is None:
+            return False
+        self._lent.add(frame)
+        self.engine.flush_tlb()
+        return True
+
+    def end_loans(self) -> None:
+        if self._lent:
+            self._lent.clear()
+            self.engine.flush_tlb()
+
+    @property
+    def lending(self) -> bool:
+        return bool(self._lent)
+
+    def memory_written(self, address: int, size: int) -> None:
+        pass                             # nothing derived from the guest's tables to update
+
+    def counters_report(self) -> dict:
+        report = dict(sorted(self.counters.items()))
+        report["scheme"] = "nested"
+        return report

@@ -271,3 +271,28 @@ def test_flags_survive_every_path_of_an_indirect_branch(tmp_path):
     assert results["bt"] == results["direct"]
     counters = vm.mode.cache.counters
     assert counters["predictions_set"] >= 8 and vm.mode.exit_counts.get("lookup miss", 0) >= 8
+
+
+def test_native_cpuid_and_rdtsc_run_alone(tmp_path):
+    # bt runs cpuid (and rdtsc) by itself on the engine in a monitor stub. Regression: with the
+    # engine's exits on, emu_start's `until` no longer ended that run, and the zero bytes after
+    # the instruction ran as `add [eax], al`, adding to guest memory at CPUID's EAX.
+    source = """
+    mov edi, 0
+    mov ecx, 0x1000
+    mov al, 0x5a
+    cld
+    rep stosb
+    mov eax, 0
+    cpuid
+    mov dword ptr [0x7000], eax
+    mov eax, 1
+    cpuid
+    mov dword ptr [0x7004], eax
+    mov eax, 0
+""" + EXIT
+    result, _out, vm = run_source(tmp_path, source, mode="bt")
+    direct, _out, direct_vm = run_source(tmp_path, source, mode="direct")
+    assert result.reason is StopReason.DEBUG_EXIT and result.guest_value == 0
+    assert vm.memory.read(0x7000, 8) == direct_vm.memory.read(0x7000, 8)
+    assert vm.memory.read(0, 0x1000) == b"\x5a" * 0x1000

@@ -5,20 +5,24 @@
 Each microbenchmark is a guest (bench/guests/micro.S, built at run time into a temporary
 directory with gcc -m32 and ld, as tools/build_samples.py builds the samples) that repeats ONE
 operation N times in a loop; a baseline guest runs the same loop without it, and again with
-N = 1 for the run's fixed cost (start-up, translation). Every guest runs once under direct and
-once under bt (one `vmm run --report` each); everything printed comes from those reports:
+N = 1 for the run's fixed cost (start-up, translation). Every guest runs once under each mode
+(one `vmm run --report` each); everything printed comes from those reports:
 
   cost       wall time per operation in guest-instruction equivalents: (op loop's time per
              round - baseline's time per round) / baseline's time per guest instruction, the
-             fixed cost taken off and both under the SAME mode. The timer interrupt is measured
-             against its spin loop: (run time - fixed cost - spin instructions retired x the
-             spin baseline's time per instruction) / interrupts delivered.
+             fixed cost taken off and all under the SAME mode (pgfault: its baseline pgmapped
+             holds an invlpg, so the unit is loop0pg's time per instruction). The timer
+             interrupt is measured against its spin loop: (run time - fixed cost - spin
+             instructions retired x the spin baseline's time per instruction) / interrupts
+             delivered.
   bt/direct  bt's wall time per operation / direct's.
   exits/op   monitor exits per operation: counters.exits plus (bt) counters.cache_exits, the
-             baseline's (fixed) exits taken off, divided by N (the timer: by the interrupts
-             delivered). Under bt one return to the monitor can be in both counters: a
-             translation-cache exit that goes on to the run loop (a callout, a guest exception,
-             a budget exit that ends in an event) is counted in each.
+             baseline's taken off (its N = 1 run's, plus its exits per round times the rounds:
+             none unless the baseline loop itself exits, as pgmapped's invlpg does under bt),
+             divided by N (the timer: by the interrupts delivered). Under bt one return to the
+             monitor can be in both counters: a translation-cache exit that goes on to the run
+             loop (a callout, a guest exception, a budget exit that ends in an event) is
+             counted in each.
   loop/op    the same with counters.exits alone: exits the run loop dispatched.
 
 Operations: int 0x80 from ring 3 to a DPL-3 interrupt gate whose handler is `iretd` (its
@@ -26,8 +30,37 @@ baseline loop runs in ring 3 too); `in al, dx` from the unassigned port 0x80; cl
 pushfd+popfd; call+ret of an empty function; `div ecx` with ECX = 0, whose #DE handler adds 2 to
 the saved EIP; IRQ0 from the PIT (mode 2, divisor 20: every 1680 guest instructions on the
 virtual clock) with an EOI+iretd handler while the guest spins with IF = 1. All but the system
-call run at ring 0. Absolute times move with the machine and are only an extra column; nothing
-here is asserted.
+call run at ring 0.
+
+Paging operations (issue 7), with paging on: the guest identity-maps 0-4 MiB (kernel, stack,
+tables) in 4 KiB pages under two page directories that share that mapping, PD_A (in use; it
+also maps a test region through table PT_TEST) and PD_B; their loop is loop0's plus `xor eax,
+ebp`, which alternates EAX between the two values the operation uses (baseline loop0pg, the 5
+instructions alone, paging on). One round of each:
+  pgfault    `mov ecx, [page]` on a page not present: #PF; the guest's handler (push, mov from
+             CR2, cmp, jne, the PTE store, pop, add esp, iretd) maps the page and returns; the load
+             runs again and hits; then the loop unmaps it: a PTE store of 0 and `invlpg`. Its
+             baseline pgmapped runs the same minus the fault: the load hits the mapped page, the
+             PTE store writes the present entry again, `invlpg`; so cost = the fault's delivery,
+             the handler, its return and the load's second walk.
+  ptemod     `mov [pte], eax`: one store to a PTE of PT_TEST, a live table (the CPU walked it
+             before the loop), alternately present and not present, for a page never touched:
+             no invlpg (no TLB entry can be stale), so the row is the PTE write alone (under
+             shadow paging, the trace of a write to a write-protected guest table).
+  cr3        `mov cr3, eax`, alternately PD_B and PD_A: an address-space switch, the TLB flush
+             and the walks after it included.
+When the monitor's CLI has `vmm run --paging` (shadow, nested), these rows run once per scheme
+in PAGING_SCHEMES, labelled with it; direct, the bare machine (no --paging), runs them once, and
+that run is every scheme's reference. Without the option they run once, each mode under its own
+paging. Where their operation goes to the monitor (bt and trap: invlpg and mov cr3 are callouts
+or traps; shadow paging, bt's and trap's default: page-table writes are traced) they run fewer
+rounds (Guest.slow_under, slow_iterations).
+
+A run that does not end with the guest's exit 0 (a mode that does not support the guest:
+report stop reason `unsupported`; a combination the CLI refuses, such as vt with shadow paging:
+no report; trap: a guest its holes sent astray) leaves its cells "n/a (reason)" ("went wrong
+(a hole)" for trap), and the reports' messages are listed under the tables. Absolute times move with the machine and are only an extra column; nothing here is
+asserted.
 """
 
 from __future__ import annotations
@@ -61,6 +94,15 @@ PIT_DIVISOR = 20                 # IRQ0 every 20 PIT ticks = 1680 guest instruct
 TRAP_TIMEOUT = 30                  # s: trap, a guest a hole sent astray must still end
 QUICK = 0.01                     # --quick: N / 100 (the baselines: N / 10, to stay well above their fixed cost)
 QUICK_BASELINE = 0.1
+# `vmm run --paging SCHEME`: when the monitor's CLI has the option, the paging guests run once
+# per scheme here (rows "pgfault shadow", ...); without it, once under each mode's own paging
+PAGING_SCHEMES = ("shadow", "nested")
+# Modes without memory virtualization: the guest's paging runs on the engine's own MMU (the bare
+# machine), so `vmm run` takes no --paging there; their one run is the reference of every scheme.
+BARE_MODES = ("direct",)
+# The scheme each mode's paging is when --paging is not given (issue 7: shadow for bt and trap,
+# nested for vt; direct: the engine walks the guest's tables itself, as nested paging does)
+DEFAULT_PAGING = {"direct": "nested", "bt": "shadow", "trap": "shadow", "vt": "nested"}
 
 
 @dataclass
@@ -69,6 +111,22 @@ class Guest:
     defines: tuple[str, ...]     # -D for micro.S (ITERATIONS is added)
     iterations: int              # N of the full run (--quick and --scale multiply it)
     per_round: int = 0           # baselines: guest instructions per loop round
+    paging: bool = False         # paging on: runs once per paging scheme
+    # Where the operation goes to the monitor, tens of microseconds a round where it is native
+    # elsewhere (nanoseconds): modes (bt and trap: invlpg and mov cr3 are callouts or traps) and
+    # paging schemes (shadow: page-table writes are traced). The guest runs slow_iterations
+    # there, and trap's MODE_SCALE does not apply on top.
+    slow_under: tuple[str, ...] = ()
+    slow_iterations: int = 0
+
+    def slow(self, mode: str, scheme: Optional[str]) -> bool:
+        """Runs slow_iterations under `mode` and `scheme` (None: the mode's own paging)."""
+        paging = (scheme or DEFAULT_PAGING[mode]) if self.paging else None
+        return bool(self.slow_iterations) and (mode in self.slow_under or paging in self.slow_under)
+
+    def rounds(self, mode: str, scheme: Optional[str]) -> int:
+        """N of the full run under `mode` and `scheme`, before --quick and --scale."""
+        return self.slow_iterations if self.slow(mode, scheme) else self.iterations
 
 
 @dataclass
@@ -77,12 +135,21 @@ class Micro:
     guest: Guest
     baseline: str                # the baseline guest's name
     goal: str = ""               # what the issue asks of bt's exits per operation
+    unit: str = ""               # the baseline whose time per guest instruction is the cost's unit
+                                 # (default: `baseline`)
+
+    @property
+    def unit_baseline(self) -> str:
+        return self.unit or self.baseline
 
 
 BASELINES = {
     "loop0": Guest("loop0", ("OP_NONE",), 200_000_000, per_round=4),
     "loop3": Guest("loop3", ("OP_NONE", "RING3"), 200_000_000, per_round=4),
     "spin": Guest("spin", ("SPIN_NONE",), 20_000_000, per_round=3),
+    "loop0pg": Guest("loop0pg", ("OP_NONE", "PAGING"), 200_000_000, per_round=5, paging=True),
+    "pgmapped": Guest("pgmapped", ("OP_PGMAPPED",), 4_000_000, per_round=8, paging=True,
+                      slow_under=("bt", "trap", "shadow"), slow_iterations=5_000),
 }
 
 MICROS = [
@@ -93,6 +160,12 @@ MICROS = [
     Micro("call/ret", Guest("call_ret", ("OP_CALL_RET",), 40_000_000), "loop0"),
     Micro("divide", Guest("divide", ("OP_DIVIDE",), 20_000), "loop0"),
     Micro("timer", Guest("timer", ("SPIN_TIMER", f"PIT_DIVISOR={PIT_DIVISOR}"), 10_000), "spin"),
+    Micro("pgfault", Guest("pgfault", ("OP_PGFAULT",), 20_000, paging=True, slow_under=("bt", "trap", "shadow"),
+                           slow_iterations=2_000), "pgmapped", unit="loop0pg"),
+    Micro("ptemod", Guest("ptemod", ("OP_PTEMOD",), 40_000_000, paging=True, slow_under=("shadow",),
+                          slow_iterations=10_000), "loop0pg"),
+    Micro("cr3", Guest("cr3", ("OP_CR3",), 1_000_000, paging=True, slow_under=("bt", "trap"),
+                       slow_iterations=20_000), "loop0pg"),
 ]
 
 
@@ -135,34 +208,61 @@ class Run:
         reasons.update({f"cache {kind}": n for kind, n in counters.get("cache_exits", {}).items()})
         return reasons
 
-    @property
-    def exits(self) -> int:
-        """counters.exits + counters.cache_exits."""
-        return sum(self.exit_reasons().values())
+    def vt_exits(self) -> dict[str, int]:
+        """All VM exits (vt) as one count."""
+        return {"vt": sum(self.report["counters"].get("vt_exits", {}).values())}
+
+
+@dataclass
+class Stopped:
+    """A run that did not end with the guest's exit 0: every cell that needs it reads n/a."""
+    reason: str                  # the report's stop reason (`unsupported`, ...), `hole` (trap), `no report`
+    message: str
 
     @property
-    def loop_exits(self) -> int:
-        return sum(self.report["counters"]["exits"].values())
+    def cell(self) -> str:
+        return "went wrong (a hole)" if self.reason == "hole" else f"n/a ({self.reason})"
 
 
-def run_vmm(image: Path, mode: str, iterations: int, directory: Path) -> Optional[Run]:
-    """The run's report; None when a mode that is not exact (trap: its holes) got the guest
-    wrong. direct and bt must always finish."""
-    report = directory / f"{image.stem}.{mode}.json"
+def run_vmm(image: Path, mode: str, iterations: int, directory: Path, scheme: Optional[str] = None) -> Run | Stopped:
+    """The run's report, or why there is none to measure: a mode that stopped the guest (not
+    supported yet, e.g. paging under bt and trap before shadow paging), or (trap) a guest its
+    holes got wrong."""
+    report = directory / f"{image.stem}.{mode}{'' if scheme is None else '.' + scheme}.json"
     # trap: a guest a hole sends astray must still end: a wall-clock bound (an instruction bound
     # would make the engine count every instruction, and slow what it measures)
     bound = ["--timeout", str(TRAP_TIMEOUT), "--no-hole-watch"] if mode == "trap" else []
+    paging = [] if scheme is None else ["--paging", scheme]
+    report.unlink(missing_ok=True)              # --keep DIR from an earlier run
     proc = subprocess.run([sys.executable, "-m", "vmm", "run", str(image), "--mode", mode, "--report", str(report),
-                           *bound], capture_output=True, cwd=ROOT)
+                           *bound, *paging], capture_output=True, cwd=ROOT)
     if not report.exists():
-        raise SystemExit(f"bench: {image.name} under {mode} failed: {proc.stderr.decode().strip()}")
+        lines = proc.stderr.decode(errors="replace").strip().splitlines()
+        return Stopped("no report", lines[-1] if lines else f"exit status {proc.returncode}")
     result = json.loads(report.read_text())
     if result["exit"]["reason"] != "debug_exit" or result["exit"]["guest_value"] != 0:
-        if mode == "trap":
-            return None
-        raise SystemExit(f"bench: {image.name} under {mode} ended badly: {result['exit']['message']}\n"
-                         f"{proc.stdout.decode(errors='replace')}")
+        reason = result["exit"]["reason"]
+        if reason == "debug_exit":
+            reason = f"guest exit {result['exit']['guest_value']:#x}"
+        return Stopped("hole" if mode == "trap" and reason != "unsupported" else reason, result["exit"]["message"])
     return Run(result, iterations)
+
+
+def cli_paging_schemes() -> tuple[Optional[str], ...]:
+    """PAGING_SCHEMES if `vmm run` takes --paging, else (None,): the paging guests run once,
+    under each mode's own paging."""
+    usage = subprocess.run([sys.executable, "-m", "vmm", "run", "--help"], capture_output=True, cwd=ROOT)
+    return PAGING_SCHEMES if b"--paging" in usage.stdout else (None,)
+
+
+def schemes_of(guest: Guest, schemes: tuple[Optional[str], ...], mode: Optional[str] = None) -> tuple[Optional[str], ...]:
+    """The paging schemes `guest` runs under (None: no --paging); with `mode`, those `mode` runs."""
+    return schemes if guest.paging and mode not in BARE_MODES else (None,)
+
+
+def run_scheme(mode: str, scheme: Optional[str]) -> Optional[str]:
+    """The scheme of the run that stands for `scheme` under `mode`: a bare mode's one run."""
+    return None if mode in BARE_MODES else scheme
 
 
 @dataclass
@@ -170,33 +270,67 @@ class Baseline:
     fixed: float                 # s: the N = 1 run
     per_round: float             # s per loop round, fixed cost off
     per_instruction: float       # s per guest instruction
-    exits: int                   # of the N run (fixed: they do not grow with N)
-    loop_exits: int
-    reasons: dict[str, int]
+    fixed_exits: dict[str, float]   # by reason (Run.exit_reasons): the run's own, rounds off
+    round_exits: dict[str, float]   # by reason, per loop round: 0 unless the loop itself exits
+    fixed_vt: dict[str, float]      # the same for VM exits (Run.vt_exits)
+    round_vt: dict[str, float]
+    run: Run                     # the N run
 
 
-def baseline(guest: Guest, full: Run, once: Run) -> Baseline:
+def split_counts(full: dict[str, int], once: dict[str, int], rounds_full: int,
+                 rounds_once: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Counts of an N run and an N = 1 run -> (fixed part, part per round), by key."""
+    keys = full.keys() | once.keys()
+    per_round = {k: (full.get(k, 0) - once.get(k, 0)) / max(1, rounds_full - rounds_once) for k in keys}
+    return {k: once.get(k, 0) - per_round[k] * rounds_once for k in keys}, per_round
+
+
+def net_counts(op: dict[str, int], fixed: dict[str, float], per_round: dict[str, float], rounds: int,
+               operations: int) -> dict[str, float]:
+    """An operation run's counts, the baseline's fixed and per-round parts taken off, per operation."""
+    return {k: (op.get(k, 0) - fixed.get(k, 0) - per_round.get(k, 0) * rounds) / operations
+            for k in op.keys() | fixed.keys()}
+
+
+def baseline(guest: Guest, full: Run | Stopped, once: Run | Stopped) -> Baseline | Stopped:
+    for run in (full, once):
+        if isinstance(run, Stopped):
+            return run
     per_round = (full.wall - once.wall) / max(1, full.iterations - once.iterations)
-    return Baseline(once.wall, per_round, per_round / guest.per_round, full.exits, full.loop_exits,
-                    full.exit_reasons())
+    fixed_exits, round_exits = split_counts(full.exit_reasons(), once.exit_reasons(), full.iterations, once.iterations)
+    fixed_vt, round_vt = split_counts(full.vt_exits(), once.vt_exits(), full.iterations, once.iterations)
+    return Baseline(once.wall, per_round, per_round / guest.per_round, fixed_exits, round_exits, fixed_vt, round_vt,
+                    full)
+
+
+def baselines_of(runs: dict, modes: tuple[str, ...], schemes: tuple[Optional[str], ...]) -> dict:
+    """(baseline name, scheme, mode) -> Baseline, or the Stopped run that left it out."""
+    return {(name, scheme, mode): baseline(guest, runs[name, run_scheme(mode, scheme), mode],
+                                           runs[f"{name}-once", run_scheme(mode, scheme), mode])
+            for name, guest in BASELINES.items() for scheme in schemes_of(guest, schemes) for mode in modes}
 
 
 @dataclass
 class Measure:
     seconds: float               # wall time per operation
-    cost: float                  # in the baseline's guest-instruction equivalents
+    cost: float                  # in the unit baseline's guest-instruction equivalents
     exits: float                 # per operation: counters.exits + cache_exits
     loop_exits: float            # per operation: counters.exits
     reasons: dict[str, float]    # exits per operation by reason
+    vt_exits: float              # per operation: VM exits (vt)
     operations: int              # N, or the interrupts delivered
+    run: Run
+    base: Baseline
     note: str = ""
 
 
-def measure(micro: Micro, op: Run, base: Baseline) -> Measure:
+def measure(micro: Micro, op: Run, base: Baseline, unit: Baseline) -> Measure:
     note = ""
+    rounds = op.iterations                      # of the baseline's loop
     if micro.name == "timer":
         operations = sum(op.report["counters"]["external_interrupts"].values())
-        spin = op.report["registers"]["esi"] * BASELINES[micro.baseline].per_round
+        rounds = op.report["registers"]["esi"]
+        spin = rounds * BASELINES[micro.baseline].per_round
         per_operation = (op.wall - base.fixed - spin * base.per_instruction) / operations
         clock = op.report["counters"]["clock"]
         retired = clock["cycles"] - clock["idle_cycles"]
@@ -205,9 +339,37 @@ def measure(micro: Micro, op: Run, base: Baseline) -> Measure:
     else:
         operations = op.iterations
         per_operation = (op.wall - base.fixed) / op.iterations - base.per_round
-    reasons = {reason: (n - base.reasons.get(reason, 0)) / operations for reason, n in op.exit_reasons().items()}
-    return Measure(per_operation, per_operation / base.per_instruction, (op.exits - base.exits) / operations,
-                   (op.loop_exits - base.loop_exits) / operations, reasons, operations, note)
+    reasons = net_counts(op.exit_reasons(), base.fixed_exits, base.round_exits, rounds, operations)
+    vt = net_counts(op.vt_exits(), base.fixed_vt, base.round_vt, rounds, operations)["vt"]
+    return Measure(per_operation, per_operation / unit.per_instruction, sum(reasons.values()),
+                   sum(n for reason, n in reasons.items() if not reason.startswith("cache ")), reasons, vt,
+                   operations, op, base, note)
+
+
+@dataclass
+class Row:
+    """One line of the tables: a microbenchmark, under one paging scheme (None: the mode's own)."""
+    micro: Micro
+    scheme: Optional[str]
+
+    @property
+    def label(self) -> str:
+        return self.micro.name if self.scheme is None else f"{self.micro.name} {self.scheme}"
+
+
+def measures_of(rows: list[Row], runs: dict, baselines: dict, modes: tuple[str, ...]) -> dict:
+    """(row label, mode) -> Measure, or the Stopped run (the operation's, its baseline's or its
+    unit's) that left it out."""
+    measures = {}
+    for row in rows:
+        micro = row.micro
+        for mode in modes:
+            op = runs[micro.guest.name, run_scheme(mode, row.scheme), mode]
+            base = baselines[micro.baseline, row.scheme, mode]
+            unit = baselines[micro.unit_baseline, row.scheme, mode]
+            stopped = next((item for item in (op, base, unit) if isinstance(item, Stopped)), None)
+            measures[row.label, mode] = stopped or measure(micro, op, base, unit)
+    return measures
 
 
 def main(argv=None) -> int:
@@ -221,107 +383,158 @@ def main(argv=None) -> int:
     scale = args.scale * (QUICK if args.quick else 1.0)
     baseline_scale = args.scale * (QUICK_BASELINE if args.quick else 1.0)
     started = time.perf_counter()
+    schemes = cli_paging_schemes()
     with tempfile.TemporaryDirectory(prefix="bench_micro-") as scratch:
         directory = Path(args.keep) if args.keep else Path(scratch)
         directory.mkdir(parents=True, exist_ok=True)
         shared = build_shared(directory)
-        runs: dict[tuple[str, str], Run] = {}
-        builds = [(guest.name, guest.defines, max(2, int(guest.iterations * baseline_scale)))
-                  for guest in BASELINES.values()]
-        builds += [(micro.guest.name, micro.guest.defines, max(1, int(micro.guest.iterations * scale)))
-                   for micro in MICROS]
-        builds += [(f"{guest.name}-once", guest.defines, 1) for guest in BASELINES.values()]
-        for name, defines, iterations in builds:
+        runs: dict[tuple[str, Optional[str], str], Run | Stopped] = {}
+        # (name, guest, factor on N, at least): the N = 1 runs have factor 0
+        builds = [(guest.name, guest, baseline_scale, 2) for guest in BASELINES.values()]
+        builds += [(micro.guest.name, micro.guest, scale, 1) for micro in MICROS]
+        builds += [(f"{guest.name}-once", guest, 0, 1) for guest in BASELINES.values()]
+        images: dict[str, Path] = {}                # one build per guest and N
+        for name, guest, factor, least in builds:
             for mode in MODES:
-                scaled = iterations if name.endswith("-once") else max(1, int(iterations * MODE_SCALE.get(mode, 1)))
-                image = build(f"{name}-{scaled}", defines, scaled, shared, directory)
-                runs[name, mode] = run_vmm(image, mode, scaled, directory)
-        report(runs)
-        compare_modes(runs)
+                for scheme in schemes_of(guest, schemes, mode):
+                    iterations = max(least, int(guest.rounds(mode, scheme) * factor))
+                    if factor and not guest.slow(mode, scheme):     # slow_iterations fit trap already
+                        iterations = max(1, int(iterations * MODE_SCALE.get(mode, 1)))
+                    scaled = iterations
+                    stem = f"{name}-{scaled}"
+                    if stem not in images:
+                        images[stem] = build(stem, guest.defines, scaled, shared, directory)
+                    runs[name, scheme, mode] = run_vmm(images[stem], mode, scaled, directory, scheme)
+        rows = [Row(micro, scheme) for micro in MICROS for scheme in schemes_of(micro.guest, schemes)]
+        report(runs, rows, schemes)
+        compare_modes(runs, rows, schemes)
+        list_stopped(runs)
     print(f"\nwhole benchmark: {time.perf_counter() - started:.1f} s")
     return 0
 
 
-def report(runs: dict) -> None:
-    """The detailed table, bt against direct."""
-    baselines = {(name, mode): baseline(guest, runs[name, mode], runs[f"{name}-once", mode])
-                 for name, guest in BASELINES.items() for mode in DETAIL_MODES}
-    print(f"{'baseline':9} {'insns/round':>11} {'N':>10} | {'bt/direct per insn':>18} | "
-          f"{'ns/insn (extra)':^15} | {'fixed ms (extra)':^16}")
-    print(f"{'':9} {'':11} {'':10} | {'':18} | {'direct':>7} {'bt':>7} | {'direct':>7} {'bt':>8}")
-    for name, guest in BASELINES.items():
-        direct, bt = baselines[name, "direct"], baselines[name, "bt"]
-        print(f"{name:9} {guest.per_round:11} {runs[name, 'direct'].iterations:10} | "
-              f"{ratio(bt.per_instruction, direct.per_instruction):>18} | "
-              f"{direct.per_instruction * 1e9:7.2f} {bt.per_instruction * 1e9:7.2f} | "
-              f"{direct.fixed * 1e3:7.1f} {bt.fixed * 1e3:8.1f}")
-    print("(loop0: the ring-0 loop `add; xor; dec; jnz`; loop3: the same in ring 3; spin: `inc; cmp [mem]; jb` "
-          "with time in use)\n")
+def rounds_text(direct: Optional[int], bt: Optional[int]) -> str:
+    """N of direct's and bt's runs: one number when they agree, `direct/bt` when not (shadow paging)."""
+    if direct is None or bt is None:
+        return str(direct or bt or "n/a")
+    return str(direct) if direct == bt else f"{direct}/{bt}"
 
-    measures = {(micro.name, mode): measure(micro, runs[micro.guest.name, mode], baselines[micro.baseline, mode])
-                for micro in MICROS for mode in DETAIL_MODES}
-    print(f"{'operation':10} {'base':5} {'N':>8} | {'cost (insns)':^15} | {'bt/':>5} | {'exits/op':^13} | "
+
+def na(value, text) -> str:
+    """`text` of a Measure or Baseline, n/a for a Stopped one."""
+    return "n/a" if isinstance(value, Stopped) else text(value)
+
+
+def report(runs: dict, rows: list[Row], schemes: tuple[Optional[str], ...]) -> None:
+    """The detailed table, bt against direct."""
+    baselines = baselines_of(runs, DETAIL_MODES, schemes)
+    base_rows = [(name, scheme) for name, guest in BASELINES.items() for scheme in schemes_of(guest, schemes)]
+    width = max(9, *(len(name if scheme is None else f"{name} {scheme}") for name, scheme in base_rows))
+    print(f"{'baseline':{width}} {'insns/round':>11} {'N':>13} | {'bt/direct per insn':>18} | "
+          f"{'ns/insn (extra)':^15} | {'fixed ms (extra)':^16}")
+    print(f"{'':{width}} {'':11} {'':13} | {'':18} | {'direct':>7} {'bt':>7} | {'direct':>7} {'bt':>8}")
+    for name, scheme in base_rows:
+        direct, bt = baselines[name, scheme, "direct"], baselines[name, scheme, "bt"]
+        both = not isinstance(direct, Stopped) and not isinstance(bt, Stopped)
+        label = name if scheme is None else f"{name} {scheme}"
+        n = rounds_text(*(None if isinstance(b, Stopped) else b.run.iterations for b in (direct, bt)))
+        print(f"{label:{width}} {BASELINES[name].per_round:11} {n:>13} | "
+              f"{ratio(bt.per_instruction, direct.per_instruction) if both else 'n/a':>18} | "
+              f"{na(direct, lambda b: number(b.per_instruction * 1e9, 2)):>7} "
+              f"{na(bt, lambda b: number(b.per_instruction * 1e9, 2)):>7} | "
+              f"{na(direct, lambda b: f'{b.fixed * 1e3:.1f}'):>7} {na(bt, lambda b: f'{b.fixed * 1e3:.1f}'):>8}")
+    print("(loop0: the ring-0 loop `add; xor; dec; jnz`; loop3: the same in ring 3; spin: `inc; cmp [mem]; jb` "
+          "with time in use;\nloop0pg: `xor; add; xor; dec; jnz` with paging on; pgmapped: loop0pg with "
+          "`mov ecx, [page]; mov [pte], present entry; invlpg [page]`)\n")
+
+    measures = measures_of(rows, runs, baselines, DETAIL_MODES)
+    width = max(10, *(len(row.label) for row in rows))
+    print(f"{'operation':{width}} {'base':8} {'N':>14} | {'cost (insns)':^15} | {'bt/':>5} | {'exits/op':^13} | "
           f"{'loop/op':^13} | {'bt':>4} | {'ns/op (extra)':^17}")
-    print(f"{'':10} {'':5} {'':>8} | {'direct':>7} {'bt':>7} | {'dir.':>5} | {'direct':>6} {'bt':>6} | "
+    print(f"{'':{width}} {'':8} {'':>14} | {'direct':>7} {'bt':>7} | {'dir.':>5} | {'direct':>6} {'bt':>6} | "
           f"{'direct':>6} {'bt':>6} | {'goal':>4} | {'direct':>8} {'bt':>8}")
-    for micro in MICROS:
-        direct, bt = measures[micro.name, "direct"], measures[micro.name, "bt"]
-        print(f"{micro.name:10} {micro.baseline:5} {bt.operations:8} | {number(direct.cost):>7} {number(bt.cost):>7} | "
-              f"{ratio(bt.seconds, direct.seconds):>5} | {direct.exits:6.2f} {bt.exits:6.2f} | "
-              f"{direct.loop_exits:6.2f} {bt.loop_exits:6.2f} | {micro.goal:>4} | "
-              f"{number(direct.seconds * 1e9):>8} {number(bt.seconds * 1e9):>8}")
+    for row in rows:
+        direct, bt = measures[row.label, "direct"], measures[row.label, "bt"]
+        both = not isinstance(direct, Stopped) and not isinstance(bt, Stopped)
+        n = rounds_text(*(None if isinstance(m, Stopped) else m.operations for m in (direct, bt)))
+        print(f"{row.label:{width}} {row.micro.baseline:8} {n:>14} | "
+              f"{na(direct, lambda m: number(m.cost)):>7} {na(bt, lambda m: number(m.cost)):>7} | "
+              f"{ratio(bt.seconds, direct.seconds) if both else 'n/a':>5} | "
+              f"{na(direct, lambda m: f'{m.exits:.2f}'):>6} {na(bt, lambda m: f'{m.exits:.2f}'):>6} | "
+              f"{na(direct, lambda m: f'{m.loop_exits:.2f}'):>6} {na(bt, lambda m: f'{m.loop_exits:.2f}'):>6} | "
+              f"{row.micro.goal:>4} | "
+              f"{na(direct, lambda m: number(m.seconds * 1e9)):>8} {na(bt, lambda m: number(m.seconds * 1e9)):>8}")
 
     print("\nexits per operation by reason (run loop; `cache ...`: translation-cache exits, bt):")
-    for micro in MICROS:
+    for row in rows:
         for mode in DETAIL_MODES:
-            reasons = {r: n for r, n in measures[micro.name, mode].reasons.items() if abs(n) >= 0.005}
+            m = measures[row.label, mode]
+            if isinstance(m, Stopped):
+                print(f"  {row.label:{width}} {mode:6} {m.cell}")
+                continue
+            reasons = {r: n for r, n in m.reasons.items() if abs(n) >= 0.005}
             text = ", ".join(f"{r} {n:.2f}" for r, n in sorted(reasons.items(), key=lambda i: (-i[1], i[0])))
-            print(f"  {micro.name:10} {mode:6} {text or 'none'}")
+            print(f"  {row.label:{width}} {mode:6} {text or 'none'}")
     for mode in DETAIL_MODES:
-        print(f"timer, {mode}: {measures['timer', mode].note}")
+        print(f"timer, {mode}: {na(measures['timer', mode], lambda m: m.note)}")
     print("\ncost: wall time per operation / the baseline's wall time per guest instruction, same mode (timer: "
-          "per interrupt,\nagainst its spin loop); bt/dir.: wall time per operation; exits/op: counters.exits + "
-          "cache_exits, loop/op:\ncounters.exits alone, per operation, the baseline's taken off; bt goal: the "
-          "issue's bound on bt's exits.")
+          "per interrupt,\nagainst its spin loop; pgfault: against pgmapped, in loop0pg's instructions); bt/dir.: "
+          "wall time per operation;\nexits/op: counters.exits + cache_exits, loop/op: counters.exits alone, per "
+          "operation, the baseline's taken off;\nbt goal: the issue's bound on bt's exits.")
 
 
-def compare_modes(runs: dict) -> None:
+def compare_modes(runs: dict, rows: list[Row], schemes: tuple[Optional[str], ...]) -> None:
     """The Adams-and-Agesen table: each operation under the four modes, its cost in the mode's
     own guest-instruction equivalents, its wall time against direct's, and the monitor's work per
     operation (exits the run loop dispatched; vt: also the VM exits its controls select)."""
     print("\nall four modes (cost: guest-instruction equivalents of the mode's own baseline loop; x direct: "
           "wall time per operation / direct's; exits: run-loop exits per operation; vt: VM exits per operation)")
-    print(f"{'operation':10} | " + " | ".join(f"{mode:^22}" for mode in MODES))
-    print(f"{'':10} | " + " | ".join(f"{'cost':>7} {'x dir':>6} {'exits':>7}" for _ in MODES))
-    baselines = {}
-    for name, guest in BASELINES.items():
+    width = max(10, *(len(row.label) for row in rows))
+    print(f"{'operation':{width}} | " + " | ".join(f"{mode:^22}" for mode in MODES))
+    print(f"{'':{width}} | " + " | ".join(f"{'cost':>7} {'x dir':>6} {'exits':>7}" for _ in MODES))
+    measures = measures_of(rows, runs, baselines_of(runs, MODES, schemes), MODES)
+    for row in rows:
+        cells, direct = [], measures[row.label, "direct"]
         for mode in MODES:
-            full, once = runs[name, mode], runs[f"{name}-once", mode]
-            baselines[name, mode] = baseline(guest, full, once) if full and once else None
-    for micro in MICROS:
-        cells, direct = [], None
-        for mode in MODES:
-            run, base = runs[micro.guest.name, mode], baselines[micro.baseline, mode]
-            if run is None or base is None:
-                cells.append(f"{'went wrong (a hole)':>22}")
+            m = measures[row.label, mode]
+            if isinstance(m, Stopped):
+                cells.append(f"{m.cell:>22}")
                 continue
-            m = measure(micro, run, base)
-            direct = m if mode == "direct" else direct
-            exits = m.loop_exits
-            if mode == "vt":
-                vt = run.report["counters"]["vt_exits"]
-                base_vt = runs[micro.baseline, mode].report["counters"]["vt_exits"]
-                exits = (sum(vt.values()) - sum(base_vt.values())) / m.operations
-            cells.append(f"{number(m.cost):>7} {ratio(m.seconds, direct.seconds):>6} {exits:7.2f}")
-        print(f"{micro.name:10} | " + " | ".join(cells))
+            exits = m.vt_exits if mode == "vt" else m.loop_exits
+            x_direct = "n/a" if isinstance(direct, Stopped) else ratio(m.seconds, direct.seconds)
+            cells.append(f"{number(m.cost):>7} {x_direct:>6} {exits:7.2f}")
+        print(f"{row.label:{width}} | " + " | ".join(cells))
+
+
+def list_stopped(runs: dict) -> None:
+    """Why the n/a cells are n/a: each mode's stop reason and message, with the guests it stopped."""
+    stopped: dict[tuple, list[str]] = {}
+    for (name, scheme, mode), run in runs.items():
+        if isinstance(run, Stopped):
+            guests = stopped.setdefault((mode, scheme, run.reason, run.message), [])
+            name = name.removesuffix("-once")
+            if name not in guests:
+                guests.append(name)
+    if not stopped:
+        return
+    print("\nruns that did not end with the guest's exit 0 (their rows read n/a there):")
+    for (mode, scheme, reason, message), guests in stopped.items():
+        under = mode if scheme is None else f"{mode} --paging {scheme}"
+        print(f"  {under}: {reason}: {message} ({', '.join(guests)})")
 
 
 def ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}" if a > 0 and b > 0 else "n/a"
+    if a <= 0 or b <= 0:
+        return "n/a"
+    r = a / b
+    if r >= 10_000:                             # against a native operation within the noise
+        exponent = len(str(int(r))) - 1
+        return f"{r / 10 ** exponent:.1f}e{exponent}"
+    return f"{r:.2f}" if r < 100 else f"{r:.0f}"
 
 
-def number(value: float) -> str:
-    return f"{value:.1f}" if abs(value) < 100 else f"{value:.0f}"
+def number(value: float, digits: int = 1) -> str:
+    return f"{value:.{digits}f}" if abs(value) < 100 else f"{value:.0f}"
 
 
 if __name__ == "__main__":

@@ -34,7 +34,8 @@ DEFAULT_LOAD_ADDRESS = 0x100000
 # The memory-virtualization schemes each mode offers, its default first: shadow page tables built
 # by the monitor (vmm/shadow_paging.py) or nested paging, the two-level walk done by the
 # "hardware" (vmm/nested_paging.py; under vt, the engine's own MMU on the guest's tables).
-PAGING_SCHEMES = {"bt": ("shadow", "nested"), "trap": ("shadow", "nested"), "vt": ("nested",)}
+# Direct execution is the bare machine: no scheme, the engine's MMU on the guest's tables.
+PAGING_SCHEMES = {"bt": ("shadow", "nested"), "trap": ("shadow", "nested"), "vt": ("nested", "shadow")}
 
 
 @dataclass

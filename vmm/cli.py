@@ -98,8 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-hole-watch", action="store_true",
                      help="trap: do not record virtualization holes (their watch is a call per engine block)")
     run.add_argument("--paging", default=None, choices=("shadow", "nested"),
-                     help="memory virtualization: shadow page tables (bt and trap's default) or nested paging "
-                          "(vt's default and only scheme; bt and trap through the engine's virtual TLB)")
+                     help="memory virtualization: shadow page tables (bt and trap's default; vt as VT-x "
+                          "without EPT) or nested paging (vt's default; bt and trap through the engine's "
+                          "virtual TLB); direct has the bare machine's MMU")
     run.add_argument("--vt-exits", default=None, metavar="LIST",
                      help="vt: the exit controls, 'default' (io,hlt,cpuid,external_interrupt), 'all', a list, "
                           "or +list to add to the default; the report shows them and counts exits by reason")

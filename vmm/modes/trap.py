@@ -11,12 +11,9 @@ real IOPL is 0 (cli/sti fault), and the real EFLAGS.IF is the guest's virtual IF
 sets it when it emulates cli/sti/iret, and a native popf silently cannot. Guest ring 3 runs at
 ring 3 too; which ring the guest is in is virtual (TrapCpu.virtual_cpl).
 
-Guest paging: the engine walks shadow page tables (vmm/shadow_paging.py) with ring compression:
-the kernel and its processes both run at CPL 3, so each guest address space has a kernel view
-and a user view, and the engine's CR3 follows the guest's ring. Guest page faults reach the
-interrupt hook: hidden ones fill the shadow and the instruction runs again; a store the shadow
-keeps read-only (into a guest page table) runs with the page lent writable and the real TF set,
-so that the single-step trap right after it takes the permission back.
+Guest paging (vmm/modes/untranslated_paging.py): shadow page tables with ring compression (the
+kernel and its processes both run at CPL 3, so each guest address space has a kernel view and a
+user view, and the engine's CR3 follows the guest's ring), or nested paging.
 
 Holes are seen by a block hook that decodes each engine block the first time it runs and counts
 its runs: a hole's count is the number of times its block started. An iret or retf that ends a
@@ -36,14 +33,10 @@ from translator.decoder import Decoder, GuestInstruction
 from vmm.cpu import GuestCpu
 from vmm.exits import ExitReason, VmExit
 from vmm.guest_view import GuestView
-from vmm.memory import CR4_PSE, PageFault, UnbackedAccess
 from vmm.modes.direct import DirectMode
-from vmm.monitor_paging import MonitorPageTables
-from vmm.fault_address import decode, fault_address
-from vmm.nested_paging import NestedPaging
-from vmm.shadow_paging import ShadowPaging
+from vmm.modes.untranslated_paging import UntranslatedPaging
 from vmm.shadow_tables import ShadowTables
-from vmm.x86 import CR0_PG, CR0_WP, DB, GP, IOPL_MASK, NP, PF_VEC, SS, TF, TS, SegmentDescriptor
+from vmm.x86 import GP, IOPL_MASK, NP, SS, TS, SegmentDescriptor
 
 SHADOW_GDT_OFFSET = 0x10000          # monitor-region areas (the same places bt uses them)
 SHADOW_LDT_OFFSET = 0x20000
@@ -161,7 +154,7 @@ class TrapCpu(GuestCpu):
         self.table_selectors[name] = selector & 0xFFFF
 
 
-class TrapAndEmulateMode(DirectMode):
+class TrapAndEmulateMode(UntranslatedPaging, DirectMode):
     name = "trap"
 
     def __init__(self, watch_holes: bool = True, paging: str = "shadow") -> None:
@@ -176,18 +169,9 @@ class TrapAndEmulateMode(DirectMode):
         super().attach(vm)
         shadow = ShadowTables(vm.engine, vm.memory, SHADOW_GDT_OFFSET, SHADOW_LDT_OFFSET, kernel_ring=REAL_RING,
                               read=lambda linear, size: self._quiet_view.read(linear, size))
-        self._stepping_loan = False        # the real TF is set to end a lent write (not the guest's)
-        self._guest_tf = False
         self.cpu = TrapCpu(vm.engine, shadow, self)
         self._quiet_view = GuestView(self.cpu, vm.memory, cpu_access=False)
-        if self.paging_scheme == "nested":
-            control = self.cpu.control
-            self.pager = NestedPaging(vm.engine, vm.memory, lambda: (control[0], control[3], control[4]),
-                                      lambda: self.cpu.virtual_cpl)
-        else:
-            self.monitor_tables = MonitorPageTables.build(vm.memory)
-            self.pager = ShadowPaging.build(vm.memory, self.monitor_tables, self._flush_tlb, ring_compression=True)
-            vm.memory.write_observers.append(self.pager.memory_written)
+        self.attach_paging(vm, self.paging_scheme, ring_compression=True)
         self.decoder = Decoder(self._fetch)
         self.traps: Counter = Counter()                 # emulated instructions, by mnemonic
         self._block_runs: Counter = Counter()           # engine block start -> runs
@@ -216,15 +200,8 @@ class TrapAndEmulateMode(DirectMode):
         the run. Emulating is right even for the guest's own faults there: the emulation raises
         the same exception. Anything else is the guest's own exception."""
         engine = self.engine
-        if vector == PF_VEC and self.cpu.control[0] & CR0_PG and not engine.last_exception_info()[1]:
-            self._page_fault(vm)
+        if self.paging_interrupt(vm, vector):
             return
-        if self._stepping_loan:
-            guest_step = self._guest_tf
-            self._end_loan()
-            if vector == DB and not guest_step:      # the single step that ends a loan
-                engine.reset_exception_state()
-                return
         self._native_return = None            # the block's iret/retf trapped, or never ran
         if vector in TRAP_VECTORS:
             _error_code, software = engine.last_exception_info()
@@ -243,116 +220,8 @@ class TrapAndEmulateMode(DirectMode):
                 return
         super()._on_interrupt(vm, vector)
 
-    # -- guest paging: shadow tables with ring compression ------------------------------------
-    def control_register_written(self, number: int, old: int) -> None:
-        """The guest wrote CR0, CR3 or CR4 (emulated: the virtual value is in place)."""
-        control, engine = self.cpu.control, self.engine
-        new = control[number]
-        if number == 0 and (old ^ new) & CR0_PG and not new & CR0_PG:
-            self.pager.reset()
-            if not self.pager.virtual_tlb:
-                engine.set_reg("cr0", engine.reg("cr0") & ~CR0_PG)
-        elif control[0] & CR0_PG and (number == 3 or (number == 0 and (old ^ new) & (CR0_PG | CR0_WP))
-                                      or (number == 4 and (old ^ new) & CR4_PSE)):
-            directory = self.pager.load(control[0], control[3], control[4], user=self.cpu.virtual_cpl == 3)
-            if directory is not None:        # shadow paging: the engine walks the shadow
-                engine.set_reg("cr3", directory)
-                engine.set_reg("cr0", engine.reg("cr0") | CR0_PG)
-
-    def ring_changed(self) -> None:
-        if self.cpu.control[0] & CR0_PG or self.pager.virtual_tlb:
-            directory = self.pager.select_ring(self.cpu.virtual_cpl == 3)
-            if directory is not None:
-                self.engine.set_reg("cr3", directory)
-
-    def invalidate_page(self, linear: int) -> None:
-        if self.cpu.control[0] & CR0_PG:
-            self.pager.invalidate_page(linear)
-
-    def _flush_tlb(self) -> None:
-        if self.engine.reg("cr0") & CR0_PG:
-            self.engine.set_reg("cr3", self.engine.reg("cr3"))
-
-    def _fetch(self, linear: int, size: int) -> bytes:
-        try:
-            return self._guest_code(linear, size)
-        except UnbackedAccess:
-            return b""
-
-    def _page_fault(self, vm) -> bool:
-        """A page fault in the engine while the guest's paging is on. Returns True when it was
-        the shadow's own (handled here), False for one the guest takes (CR2 set)."""
-        engine = self.engine
-        error_code, _software = engine.last_exception_info()
-        linear = engine.reg("cr2")
-        write, user = bool(error_code & 2), self.cpu.virtual_cpl == 3
-        try:
-            frame = self.pager.fill(linear, write, user)
-        except PageFault as fault:
-            self._end_loan()
-            self.pager.counters["true_faults"] += 1
-            self.cpu.control[2] = fault.linear
-            engine.reset_exception_state()
-            vm.dispatch(VmExit(ExitReason.EXCEPTION, eip=engine.reg("eip"), vector=PF_VEC, error_code=fault.error_code))
-            return True
-        except UnbackedAccess as error:
-            self._end_loan()
-            engine.reset_exception_state()
-            self._pending_exit = VmExit(ExitReason.MEMORY_FAULT, eip=engine.reg("eip"),
-                                        detail=f"{'write' if write else 'read'} of no memory at {linear:#x} "
-                                               f"(physical {error.address:#x})")
-            engine.stop()
-            return True
-        engine.reset_exception_state()
-        if frame is not None:           # a store into a guest page table: one instruction, lent
-            self.pager.counters["tracing_faults"] += 1
-            self.pager.lend_write(linear)
-            if (linear & 0xFFF) > 0xFF0:
-                self.pager.lend_write((linear + 15) & 0xFFFFFFFF)
-            if not self._stepping_loan:
-                self._stepping_loan = True
-                eflags = engine.reg("eflags")
-                self._guest_tf = bool(eflags & TF)
-                engine.set_reg("eflags", eflags | TF)
-        return True
-
-    def _tlb_refused(self, vm) -> VmExit:
-        """Nested paging refused an access (EIP at the instruction): the guest's #PF, or memory
-        it does not have."""
-        page, access, _present = self.pager.refusal
-        eip, write = self.engine.reg("eip"), access == "write"
-        linear = max(page, eip) if access == "fetch" else page
-        if access != "fetch":
-            instruction = decode(self._fetch(eip, 16), eip)
-            if instruction is not None:
-                linear = fault_address(instruction, page, write, self.engine.reg, self.engine.segment_base)
-        if not self.memory.monitor.contains(linear, 1):
-            try:
-                if self.pager.fill(linear, write, self.cpu.virtual_cpl == 3) is None:
-                    return VmExit(ExitReason.EVENT, eip=eip)        # allowed by now: run it again
-            except PageFault as fault:
-                self.pager.counters["true_faults"] += 1
-                self.cpu.control[2] = fault.linear
-                return VmExit(ExitReason.EXCEPTION, eip=eip, vector=PF_VEC, error_code=fault.error_code)
-            except UnbackedAccess:
-                pass
-        return VmExit(ExitReason.MEMORY_FAULT, eip=eip,
-                      detail=f"{'write' if write else 'read'} of no memory at {linear:#x}")
-
-    def _end_loan(self) -> None:
-        """The lent store ran (or faulted): protect the page table again, give TF back."""
-        if self._stepping_loan:
-            self._stepping_loan = False
-            if not self._guest_tf:
-                self.engine.set_reg("eflags", self.engine.reg("eflags") & ~TF)
-        if self.pager.lending:
-            self.pager.end_loans()
-
     def counters(self) -> dict:
-        counters = self._trap_counters()
-        if self.pager.counters:
-            counters["shadow_paging"] = self.pager.counters_report()
-        return counters
+        return {**self._trap_counters(), **self.paging_counters()}
 
     def _decode(self, eip: int) -> Optional[GuestInstruction]:
         block = self.decoder.decode_block(eip, limit=1)

@@ -13,16 +13,19 @@ The exit controls (`--vt-exits`, shown in the report) name exit reasons as VT-x 
                       is delivered through the guest's IDT as by the CPU: no exit counted)
   rdtsc, cr_access, dr_access, msr, invlpg, descriptor_table
                       instruction exits Unicorn has no hook for: a block hook finds them the
-                      first time each engine block runs and a code hook at each is the exit
-                      from the next run on (the first run is counted at the scan: a block left
-                      early overcounts by one). A Python call per engine block: enabling them
-                      costs, as it did on the first VT-x parts
+                      first time each engine block runs, puts a code hook at each and runs the
+                      block again, so every execution exits. A Python call per engine block:
+                      enabling them costs, as it did on the first VT-x parts
 
 Two costs the model keeps apart (both in the report): `vt_exits`, the VM exits the hardware would
 take with these controls, and the monitor's own work that real hardware does without exiting
 (Unicorn has no IDT delivery, so the monitor delivers exceptions and interrupts in either case).
-Memory: nested paging (the engine's MMU walks the guest's tables; guest physical is the engine's
-physical memory), see the memory-virtualization issue.
+Memory: nested paging by default (the engine's MMU walks the guest's tables, the second level
+being the engine's physical memory map of guest RAM through the physical-to-machine map: no
+exits for paging at all). `--paging shadow` models VT-x without EPT: the monitor keeps shadow
+page tables (vmm/modes/untranslated_paging.py), the guest's control registers are virtual,
+and the exits that needs are forced on: cr_access and invlpg (emulated at the exit, never run
+natively) and page faults (the exception bitmap's #PF: hidden faults, tracing faults).
 """
 
 from __future__ import annotations
@@ -32,8 +35,10 @@ from collections import Counter
 from translator.decoder import Decoder
 from vmm.cpu import GuestCpu
 from vmm.errors import ConfigError
-from vmm.exits import ExitReason
+from vmm.exits import ExitReason, VmExit
 from vmm.modes.direct import DirectMode
+from vmm.modes.untranslated_paging import UntranslatedPaging
+from vmm.x86 import CR0_PG, CR0_WP, PF_VEC
 
 EVENT_EXITS = ("io", "hlt", "cpuid", "external_interrupt", "exception")
 # Instruction exits found by scanning: exit reason -> classification procedures it covers.
@@ -48,6 +53,7 @@ INSTRUCTION_EXITS = {
 }
 ALL_EXITS = EVENT_EXITS + tuple(INSTRUCTION_EXITS)
 DEFAULT_EXITS = ("io", "hlt", "cpuid", "external_interrupt")
+SHADOW_PAGING_EXITS = ("cr_access", "invlpg")      # emulated: the guest's CRs are virtual
 
 
 def parse_exit_controls(text: str) -> frozenset:
@@ -66,25 +72,68 @@ def parse_exit_controls(text: str) -> frozenset:
     return frozenset(base)
 
 
-class HardwareAssistedMode(DirectMode):
+class ShadowedControlCpu(GuestCpu):
+    """The guest's CPU under vt with shadow paging: the engine's state is the guest's except
+    CR0/CR2/CR3/CR4, which are virtual (the engine's CR3 holds a shadow, its CR0 has PG and WP
+    as the monitor needs, and its CR2 is the last hidden fault's)."""
+
+    def __init__(self, engine, mode: "HardwareAssistedMode") -> None:
+        super().__init__(engine)
+        self.mode = mode
+        self.control = {n: engine.reg(f"cr{n}") for n in (0, 2, 3, 4)}
+
+    def reg(self, name: str) -> int:
+        if name in ("cr0", "cr2", "cr3", "cr4"):
+            return self.control[int(name[2:])]
+        return self.engine.reg(name)
+
+    def set_reg(self, name: str, value: int) -> None:
+        if name not in ("cr0", "cr2", "cr3", "cr4"):
+            self.engine.set_reg(name, value)
+            return
+        number = int(name[2:])
+        old, self.control[number] = self.control[number], value & 0xFFFFFFFF
+        if number == 0:        # the guest's own bits, with paging and write protection the monitor's
+            engine_cr0 = self.engine.reg("cr0")
+            self.engine.set_reg("cr0", (value & ~(CR0_PG | CR0_WP)) | (engine_cr0 & (CR0_PG | CR0_WP)))
+        elif number == 4:
+            self.engine.set_reg("cr4", value)
+        if number != 2:
+            self.mode.control_register_written(number, old)
+
+    def invalidate_page(self, linear: int) -> None:
+        self.mode.invalidate_page(linear)
+
+
+class HardwareAssistedMode(UntranslatedPaging, DirectMode):
     name = "vt"
 
-    def __init__(self, exits: frozenset = frozenset(DEFAULT_EXITS)) -> None:
+    def __init__(self, exits: frozenset = frozenset(DEFAULT_EXITS), paging: str = "nested") -> None:
+        self.paging_scheme = paging
+        if paging == "shadow":
+            exits = exits | frozenset(SHADOW_PAGING_EXITS)
         self.controls = exits
         self.vt_exits: Counter = Counter()
 
     @classmethod
     def from_config(cls, config) -> "HardwareAssistedMode":
-        return cls(config.vt_exits if config.vt_exits is not None else frozenset(DEFAULT_EXITS))
+        return cls(config.vt_exits if config.vt_exits is not None else frozenset(DEFAULT_EXITS),
+                   paging=config.paging or "nested")
 
     def attach(self, vm) -> GuestCpu:
         cpu = super().attach(vm)
+        self._vm = vm
+        if self.paging_scheme == "shadow":
+            self.cpu = cpu = ShadowedControlCpu(vm.engine, self)
+            self.attach_paging(vm, "shadow", ring_compression=False)
+            self.engine.set_reg("cr0", self.engine.reg("cr0") | CR0_WP)
         vm.engine.on_cpuid(self._cpuid)
         self._watched = {procedure: reason for reason, procedures in INSTRUCTION_EXITS.items()
                          if reason in self.controls for procedure in procedures}
         if self._watched:
-            self.decoder = Decoder(self.memory.read_code)
+            self.decoder = Decoder(self._fetch)
             self._scanned: set[int] = set()
+            self._hooked: set[int] = set()
             vm.engine.on_block(self._scan_block)
         return cpu
 
@@ -108,8 +157,10 @@ class HardwareAssistedMode(DirectMode):
         return False                      # the guest sees the engine's CPUID, as under direct
 
     def _on_interrupt(self, vm, vector: int) -> None:
-        if "exception" in self.controls:
+        if "exception" in self.controls or (vector == PF_VEC and self.pager is not None):
             self._exit(f"exception_{vector:#04x}")
+        if self.paging_interrupt(vm, vector):
+            return
         super()._on_interrupt(vm, vector)
 
     def execute(self, vm):
@@ -130,12 +181,26 @@ class HardwareAssistedMode(DirectMode):
         found = False
         for instruction in self.decoder.instructions_in(address, address + size):
             reason = self._watched.get(instruction.rule.procedure)
-            if reason is not None:
-                self.engine.on_code(instruction.address, lambda _at, reason=reason: self._exit(reason))
-                self._exit(reason)      # this first run: the block was translated before the hook
+            if reason is not None and instruction.address not in self._hooked:
+                self._hooked.add(instruction.address)     # (engine blocks may overlap)
+                self.engine.on_code(instruction.address,
+                                    lambda _at, reason=reason, instruction=instruction: self._instruction_exit(
+                                        reason, instruction))
                 found = True
-        if found:     # hooks apply to code translated after them: from this block's next run on
-            self.engine.invalidate_code(address, address + size)
+        if found:     # hooks apply to code translated after them: translate the block again and
+            self.engine.invalidate_code(address, address + size)    # run it from its start (a
+            self.engine.set_reg("eip", address)      # PC written in a hook restarts there at once)
+
+    def _instruction_exit(self, reason: str, instruction) -> None:
+        """An instruction exit: counted; under shadow paging, CR accesses and invlpg at ring 0 are
+        emulated here (the instruction never runs natively) and the guest goes on after it.
+        Outside ring 0 they fault before any exit, as on VT-x: the engine raises the #GP."""
+        if self.engine.reg("cs") & 3 and reason in SHADOW_PAGING_EXITS:
+            return
+        self._exit(reason)
+        if self.pager is not None and reason in SHADOW_PAGING_EXITS:
+            self._vm.dispatch(VmExit(ExitReason.CALLOUT, eip=instruction.address, instruction=instruction))
 
     def counters(self) -> dict:
-        return {"vt_exit_controls": sorted(self.controls), "vt_exits": dict(sorted(self.vt_exits.items()))}
+        return {"vt_exit_controls": sorted(self.controls), "vt_exits": dict(sorted(self.vt_exits.items())),
+                **self.paging_counters()}

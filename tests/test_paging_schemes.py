@@ -1,7 +1,9 @@
-"""Nested paging (vmm/nested_paging.py, `--paging nested`) under bt and trap: the engine's
-virtual TLB filled by the two-level walk, driven by the paging samples and by guests that try
-to reach the monitor's memory; the exact CR2 of a refused access (vmm/fault_address.py); and
-the --paging option's rules."""
+"""Each mode under the paging scheme it does not use by default (`--paging`): nested paging
+under bt and trap (vmm/nested_paging.py: the engine's virtual TLB filled by the two-level
+walk), shadow paging under vt (VT-x without EPT). Driven by the paging samples and by guests
+that try to reach the monitor's memory; plus the exact CR2 of a refused access
+(vmm/fault_address.py) and the --paging option's rules. The default schemes run every sample
+in tests/test_samples.py."""
 
 import json
 
@@ -20,19 +22,21 @@ PAGING_SAMPLES = [entry for entry in MANIFEST if entry["name"] in
                   ("paging", "tlb", "address_spaces", "higher_half", "alias_smc", "paging_timer")]
 
 
-@pytest.mark.parametrize("mode", ["bt", "trap"])
+OTHER_SCHEME = [("bt", "nested"), ("trap", "nested"), ("vt", "shadow")]
+
+
+@pytest.mark.parametrize("mode, paging", OTHER_SCHEME, ids=[f"{m}-{p}" for m, p in OTHER_SCHEME])
 @pytest.mark.parametrize("entry", PAGING_SAMPLES, ids=ids(PAGING_SAMPLES))
-def test_paging_samples_run_as_on_qemu_under_nested_paging(entry, mode, tmp_path):
+def test_paging_samples_run_as_on_qemu_under_the_other_scheme(entry, mode, paging, tmp_path):
     if mode == "trap" and entry["name"] in TRAP_DIVERGING:
         pytest.skip(f"{entry['name']} meets a hole of trap-and-emulate (tests/test_trap.py)")
     report = tmp_path / "report.json"
-    proc = run_vmm(*sample_arguments(entry), "--mode", mode, "--paging", "nested", "--report", report)
+    proc = run_vmm(*sample_arguments(entry), "--mode", mode, "--paging", paging, "--report", report)
     assert proc.stdout == (REPO_ROOT / entry["expected"]).read_bytes(), proc.stderr.decode()
     assert proc.returncode == entry["exit"] & 0xFF
     summary = json.loads(report.read_text())
-    assert summary["paging"] == "nested"
-    counters = summary["counters"]["shadow_paging"] if "shadow_paging" in summary["counters"] else None
-    assert counters is None or counters["scheme"] == "nested"
+    assert summary["paging"] == paging
+    assert summary["counters"]["shadow_paging"]["scheme"] == paging
 
 
 def test_nested_paging_takes_no_trap_for_page_table_writes(tmp_path):
@@ -87,9 +91,23 @@ def test_the_exact_fault_address_comes_from_the_instruction(source, page, write,
     assert fault_address(instruction, page, write, _registers(registers), bases.get) == expected
 
 
+def test_vt_with_shadow_paging_exits_on_control_registers_and_page_faults(tmp_path):
+    # VT-x without EPT: the CR and invlpg exits are forced on and emulated, and the hidden and
+    # tracing page faults arrive through the exception bitmap's #PF.
+    entry = next(e for e in PAGING_SAMPLES if e["name"] == "address_spaces")
+    report = tmp_path / "report.json"
+    proc = run_vmm(*sample_arguments(entry), "--mode", "vt", "--paging", "shadow", "--report", report)
+    assert proc.returncode == 0, proc.stderr.decode()
+    counters = json.loads(report.read_text())["counters"]
+    assert {"cr_access", "invlpg"} <= set(counters["vt_exit_controls"])
+    assert counters["vt_exits"]["cr_access"] > 0 and counters["vt_exits"]["exception_0x0e"] > 0
+    shadow = counters["shadow_paging"]
+    assert shadow["tracing_faults"] > 0 and shadow["hidden_faults"] > 0 and shadow["shadow_reuses"] > 0
+
+
 @pytest.mark.parametrize("options, message", [
-    (["--mode", "vt", "--paging", "shadow"], "--paging shadow is not available under --mode vt"),
     (["--mode", "direct", "--paging", "nested"], "--paging does not apply to --mode direct"),
+    (["--mode", "direct", "--paging", "shadow"], "--paging does not apply to --mode direct"),
 ])
 def test_impossible_paging_options_are_one_line_errors(options, message):
     proc = run_vmm("run", "sample_binaries/hello.elf", *options)

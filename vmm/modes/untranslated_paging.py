@@ -1,0 +1,170 @@
+"""Guest paging for the modes that run guest code untranslated on the engine (trap, and vt with
+shadow paging): the engine walks monitor-built shadow tables (vmm/shadow_paging.py) or fills its
+virtual TLB by the nested walk (vmm/nested_paging.py), and the guest's control registers are
+virtual, written by emulation only.
+
+A page fault reaches the interrupt hook: a hidden one fills the shadow and the instruction runs
+again; a store the shadow keeps read-only (into a guest page table) runs with the page lent
+writable and the real TF set, so that the single-step trap right after it takes the
+permission back; a true fault is the guest's #PF, with CR2 in the virtual CPU. Under nested
+paging a refused access ends the engine's run instead (the engine reports only its page: the
+exact address comes from the instruction, vmm/fault_address.py).
+"""
+
+from __future__ import annotations
+
+from vmm.exits import ExitReason, VmExit
+from vmm.fault_address import decode, fault_address
+from vmm.memory import CR4_PSE, PageFault, UnbackedAccess
+from vmm.monitor_paging import MonitorPageTables
+from vmm.nested_paging import NestedPaging
+from vmm.shadow_paging import ShadowPaging
+from vmm.x86 import CR0_PG, CR0_WP, DB, PF_VEC, TF
+
+
+class UntranslatedPaging:
+    """Mixed into a DirectMode subclass whose `cpu` keeps `control` (virtual CR0/2/3/4) and calls
+    control_register_written, ring_changed and invalidate_page."""
+
+    pager = None
+
+    def attach_paging(self, vm, scheme: str, ring_compression: bool) -> None:
+        self._stepping_loan = False        # the real TF is set to end a lent write (not the guest's)
+        self._guest_tf = False
+        if scheme == "nested":
+            control = self.cpu.control
+            self.pager = NestedPaging(vm.engine, vm.memory, lambda: (control[0], control[3], control[4]),
+                                      lambda: self.cpu.cpl)
+        else:
+            self.monitor_tables = MonitorPageTables.build(vm.memory)
+            self.pager = ShadowPaging.build(vm.memory, self.monitor_tables, self._flush_tlb,
+                                            ring_compression=ring_compression)
+            vm.memory.write_observers.append(self.pager.memory_written)
+
+    # -- the guest's paging registers (their writes are emulated) ------------------------------
+    def control_register_written(self, number: int, old: int) -> None:
+        """The guest wrote CR0, CR3 or CR4: the virtual value is in place."""
+        control, engine = self.cpu.control, self.engine
+        new = control[number]
+        if number == 0 and (old ^ new) & CR0_PG and not new & CR0_PG:
+            self.pager.reset()
+            if not self.pager.virtual_tlb:
+                engine.set_reg("cr0", engine.reg("cr0") & ~CR0_PG)
+        elif control[0] & CR0_PG and (number == 3 or (number == 0 and (old ^ new) & (CR0_PG | CR0_WP))
+                                      or (number == 4 and (old ^ new) & CR4_PSE)):
+            directory = self.pager.load(control[0], control[3], control[4], user=self.cpu.cpl == 3)
+            if directory is not None:        # shadow paging: the engine walks the shadow
+                engine.set_reg("cr3", directory)
+                engine.set_reg("cr0", engine.reg("cr0") | CR0_PG | CR0_WP)
+
+    def ring_changed(self) -> None:
+        if self.cpu.control[0] & CR0_PG or self.pager.virtual_tlb:
+            directory = self.pager.select_ring(self.cpu.cpl == 3)
+            if directory is not None:
+                self.engine.set_reg("cr3", directory)
+
+    def invalidate_page(self, linear: int) -> None:
+        if self.cpu.control[0] & CR0_PG:
+            self.pager.invalidate_page(linear)
+
+    def _flush_tlb(self) -> None:
+        if self.engine.reg("cr0") & CR0_PG:
+            self.engine.set_reg("cr3", self.engine.reg("cr3"))
+
+    def _fetch(self, linear: int, size: int) -> bytes:
+        """Guest code at a linear address, for a decoder (b"" where none can be fetched)."""
+        try:
+            return self._guest_code(linear, size)
+        except UnbackedAccess:
+            return b""
+
+    # -- faults ----------------------------------------------------------------------------------
+    def paging_interrupt(self, vm, vector: int) -> bool:
+        """The interrupt hook's share: True when the exception was the monitor's own (a hidden
+        page fault, the single step that ends a loan) or became the guest's #PF here."""
+        if self.pager is None:
+            return False
+        engine = self.engine
+        if vector == PF_VEC and not self.pager.virtual_tlb and self.cpu.control[0] & CR0_PG \
+                and not engine.last_exception_info()[1]:
+            self._page_fault(vm)
+            return True
+        if self._stepping_loan:
+            guest_step = self._guest_tf
+            self._end_loan()
+            if vector == DB and not guest_step:      # the single step that ends a loan
+                engine.reset_exception_state()
+                return True
+        return False
+
+    def _page_fault(self, vm) -> None:
+        engine = self.engine
+        error_code, _software = engine.last_exception_info()
+        linear = engine.reg("cr2")
+        write, user = bool(error_code & 2), self.cpu.cpl == 3
+        try:
+            frame = self.pager.fill(linear, write, user)
+        except PageFault as fault:
+            self._end_loan()
+            engine.reset_exception_state()
+            vm.dispatch(self._guest_page_fault(fault, engine.reg("eip")))
+            return
+        except UnbackedAccess as error:
+            self._end_loan()
+            engine.reset_exception_state()
+            self._pending_exit = VmExit(ExitReason.MEMORY_FAULT, eip=engine.reg("eip"),
+                                        detail=f"{'write' if write else 'read'} of no memory at {linear:#x} "
+                                               f"(physical {error.address:#x})")
+            engine.stop()
+            return
+        engine.reset_exception_state()
+        if frame is not None:           # a store into a guest page table: one instruction, lent
+            self.pager.counters["tracing_faults"] += 1
+            self.pager.lend_write(linear)
+            if (linear & 0xFFF) > 0xFF0:
+                self.pager.lend_write((linear + 15) & 0xFFFFFFFF)
+            if not self._stepping_loan:
+                self._stepping_loan = True
+                eflags = engine.reg("eflags")
+                self._guest_tf = bool(eflags & TF)
+                engine.set_reg("eflags", eflags | TF)
+
+    def _guest_page_fault(self, fault: PageFault, eip: int) -> VmExit:
+        self.pager.counters["true_faults"] += 1
+        self.cpu.control[2] = fault.linear
+        return VmExit(ExitReason.EXCEPTION, eip=eip, vector=PF_VEC, error_code=fault.error_code)
+
+    def _tlb_refused(self, vm) -> VmExit:
+        """Nested paging refused an access (EIP at the instruction): the guest's #PF, or memory
+        it does not have."""
+        page, access, _present = self.pager.refusal
+        eip, write = self.engine.reg("eip"), access == "write"
+        linear = max(page, eip) if access == "fetch" else page
+        if access != "fetch":
+            instruction = decode(self._fetch(eip, 16), eip)
+            if instruction is not None:
+                linear = fault_address(instruction, page, write, self.engine.reg, self.engine.segment_base)
+        if not self.memory.monitor.contains(linear, 1):
+            try:
+                if self.pager.fill(linear, write, self.cpu.cpl == 3) is None:
+                    return VmExit(ExitReason.EVENT, eip=eip)        # allowed by now: run it again
+            except PageFault as fault:
+                return self._guest_page_fault(fault, eip)
+            except UnbackedAccess:
+                pass
+        return VmExit(ExitReason.MEMORY_FAULT, eip=eip,
+                      detail=f"{'write' if write else 'read'} of no memory at {linear:#x}")
+
+    def _end_loan(self) -> None:
+        """The lent store ran (or faulted): protect the page table again, give TF back."""
+        if self._stepping_loan:
+            self._stepping_loan = False
+            if not self._guest_tf:
+                self.engine.set_reg("eflags", self.engine.reg("eflags") & ~TF)
+        if self.pager.lending:
+            self.pager.end_loans()
+
+    def paging_counters(self) -> dict:
+        if self.pager is None or not self.pager.counters:
+            return {}
+        return {"shadow_paging": self.pager.counters_report()}

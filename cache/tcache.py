@@ -101,6 +101,8 @@ class TranslationCache:
         self.use_lookup_table = True      # off: every indirect branch exits (exec tracing)
         self._window_sites: set[int] = set()      # host addresses of INTERRUPT_WINDOW sites
         self._cross_page_links: set[tuple[TranslatedBlock, int]] = set()
+        self._lookup_installed: set[int] = set()         # entry offsets installed since the last clear
+        self._lookup_pages: dict[int, set[int]] = collections.defaultdict(set)   # guest page -> offsets
         self.windows_armed = False
         # --profile: a block's counter lives in its arena slot, which a removal frees. remove()
         # first adds the count to removed_executions and passes (block, count) to on_remove
@@ -290,15 +292,23 @@ class TranslationCache:
     def page_has_code(self, page: int) -> bool:
         return bool(self._pages.get(page))
 
-    def mapping_changed(self) -> None:
-        """The guest's linear-to-physical mapping may have changed (CR3 load, invlpg, paging on or
-        off): what finds blocks by linear address alone may now be wrong. The lookup table is
-        emptied and every link into another linear page (or into a block spanning two) is
-        broken; links within a page stay, since a block is only entered where its page maps to
-        its code. Blocks stay: they are keyed by physical address too."""
+    def mapping_changed(self, page: Optional[int] = None) -> None:
+        """The guest's linear-to-physical mapping may have changed (CR3 load, paging on or off;
+        `page`: invlpg of that linear page only): what finds blocks by linear address alone may
+        now be wrong. The lookup table forgets those entries and the links into another linear
+        page (or into a block spanning two) that may now lead elsewhere are broken; links within
+        a page stay, since a block is only entered where its page maps to its code. Blocks stay:
+        they are keyed by physical address too."""
         for source, index in list(self._cross_page_links):
-            self.unlink(source, index)
-        self.clear_lookup_table()
+            target = source.links.get(index)
+            if page is None or target is None or target.guest.address // PAGE_SIZE <= page <= \
+                    (max(target.guest.next_address, target.guest.address + 1) - 1) // PAGE_SIZE:
+                self.unlink(source, index)
+        if page is None:
+            self.clear_lookup_table()
+        else:
+            for offset in self._lookup_pages.pop(page, ()):
+                self._clear_lookup_entry(offset)
         self.counters["mapping_changes"] += 1
 
     def flush(self, cause: str) -> None:
@@ -321,14 +331,27 @@ class TranslationCache:
 
     # -- the lookup table (probed by translated code) ------------------------------------------
     def clear_lookup_table(self) -> None:
-        """Empty entries hold a tag whose low 16 bits differ from their index: never a hit."""
-        self.lookup_view[:] = _empty_lookup_table()
+        """Empty entries hold a tag whose low 16 bits differ from their index: never a hit. Only
+        the entries installed since the last clear are reset, unless most of the table is."""
+        if len(self._lookup_installed) > LOOKUP_ENTRIES // 16 or not self._lookup_installed:
+            self.lookup_view[:] = _empty_lookup_table()
+        else:
+            for offset in self._lookup_installed:
+                self._clear_lookup_entry(offset)
+        self._lookup_installed = set()
+        self._lookup_pages = collections.defaultdict(set)
+
+    def _clear_lookup_entry(self, offset: int) -> None:
+        index = offset // LOOKUP_ENTRY_SIZE
+        struct.pack_into("<II", self.lookup_view, offset, index ^ 1, 0)
 
     def _install_lookup(self, guest: int, host: int) -> None:
         if not self.use_lookup_table:
             return
         offset = (guest & (LOOKUP_ENTRIES - 1)) * LOOKUP_ENTRY_SIZE
         struct.pack_into("<II", self.lookup_view, offset, guest, host)
+        self._lookup_installed.add(offset)
+        self._lookup_pages[guest // PAGE_SIZE].add(offset)
         self.counters["lookup_table_installs"] += 1
 
     def _remove_lookup(self, guest: int, host: int) -> None:

@@ -129,3 +129,34 @@ def test_trap_mode_shadows_the_guest_tables_with_ring_compression(tmp_path):
     assert shadow["tracing_faults"] > 0 and shadow["page_table_writes"] > 0
     assert shadow["hidden_faults"] > 0 and shadow["true_faults"] > 0
     assert shadow["shadows_built"] >= 1
+
+
+SHADOWED = [("bt", "shadow"), ("trap", "shadow"), ("vt", "shadow")]
+
+
+@pytest.mark.parametrize("mode, paging", SHADOWED, ids=[m for m, _p in SHADOWED])
+@pytest.mark.parametrize("edit", [
+    "mov dword ptr [0x11000], 0x205003",            # a plain store: the monitor does it itself
+    "xor dword ptr [0x11000], 0x006000",            # read-modify-write: run alone with the page lent
+])
+def test_a_traced_page_table_edit_takes_effect_at_invlpg(tmp_path, mode, paging, edit):
+    # Linear 0x400000 maps frame 0x203000, then the PTE is edited to frame 0x205000 and the page
+    # flushed: the next load reads the new frame. Both kinds of store into a traced table.
+    source = PAGING_ON + """
+    mov dword ptr [0x203000], 0x1111
+    mov dword ptr [0x205000], 0x2222
+    mov dword ptr [0x11000], 0x203003
+    mov eax, dword ptr [0x400000]
+    mov dword ptr [0x7000], eax
+""" + f"    {edit}\n" + """
+    invlpg [0x400000]
+    mov eax, dword ptr [0x400000]
+    mov dword ptr [0x7004], eax
+    mov eax, 0
+""" + EXIT
+    result, _out, vm = run_source(tmp_path, source, mode=mode, paging=paging)
+    assert result.reason is StopReason.DEBUG_EXIT and result.guest_value == 0, result.message
+    assert vm.memory.read(0x7000, 8) == (0x1111).to_bytes(4, "little") + (0x2222).to_bytes(4, "little")
+    counters = vm.mode.pager.counters       # the table is traced once 0x400000 was used
+    assert counters["tracing_faults"] == 1
+    assert counters["stores_emulated"] == (1 if edit.startswith("mov") else 0)

@@ -1,8 +1,10 @@
-"""The exact linear address of a refused access, for CR2: the engine's virtual TLB reports only
-the page, so the address is worked out from the instruction and the registers it ran with."""
+"""What a faulting instruction accessed, worked out from its bytes and the registers it ran with:
+the exact linear address of a refused access, for CR2 (the engine's virtual TLB reports only the
+page), and the size and value of a plain store, which the monitor can carry out itself."""
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 from capstone import CS_AC_READ, CS_AC_WRITE, CS_ARCH_X86, CS_MODE_32, Cs
@@ -72,3 +74,42 @@ def fault_address(insn, page: int, write: bool, reg: Callable[[str], int],
             if end > 1 << 32 and page < end - (1 << 32):        # wraps around 4 GiB into page 0
                 return page
     return page
+
+
+# Sub-registers as (full register, shift, bits)
+_SUB_REGISTERS = {}
+for _full, _word, _low, _high in (("eax", "ax", "al", "ah"), ("ecx", "cx", "cl", "ch"),
+                                  ("edx", "dx", "dl", "dh"), ("ebx", "bx", "bl", "bh")):
+    _SUB_REGISTERS.update({_full: (_full, 0, 32), _word: (_full, 0, 16), _low: (_full, 0, 8), _high: (_full, 8, 8)})
+for _full, _word in (("esp", "sp"), ("ebp", "bp"), ("esi", "si"), ("edi", "di")):
+    _SUB_REGISTERS.update({_full: (_full, 0, 32), _word: (_full, 0, 16)})
+
+
+@functools.lru_cache(maxsize=1024)
+def store_recipe(code: bytes):
+    """For code starting with `mov m, r` or `mov m, imm` (no prefix but a segment or operand-size
+    override), a store whose whole effect is the bytes written: (instruction length, store
+    size, register or None, shift, immediate). None for anything else. Cached by the bytes:
+    the same page-table write faults again and again."""
+    insn = decode(code, 0)
+    if insn is None or insn.mnemonic != "mov" or len(insn.operands) != 2 or insn.prefix[0] or insn.prefix[3]:
+        return None
+    destination, source = insn.operands
+    if destination.type != X.X86_OP_MEM or destination.size not in (1, 2, 4):
+        return None
+    if source.type == X.X86_OP_IMM:
+        return insn.size, destination.size, None, 0, source.imm
+    if source.type == X.X86_OP_REG and insn.reg_name(source.reg) in _SUB_REGISTERS:
+        full, shift, _bits = _SUB_REGISTERS[insn.reg_name(source.reg)]
+        return insn.size, destination.size, full, shift, 0
+    return None
+
+
+def plain_store(code: bytes, reg: Callable[[str], int]):
+    """(instruction length, store size, value) of a plain store (see store_recipe), or None."""
+    recipe = store_recipe(bytes(code[:16]))
+    if recipe is None:
+        return None
+    length, size, register, shift, immediate = recipe
+    value = (reg(register) >> shift) if register is not None else immediate
+    return length, size, value & ((1 << (8 * size)) - 1)

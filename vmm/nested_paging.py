@@ -158,15 +158,18 @@ class NestedPaging:
         self._fetch_tlb.clear()
         self.engine.flush_tlb()
 
-    def invalidate_page(self, linear: int) -> None:
+    def invalidate_page(self, linear: int) -> bool:
         """invlpg: the whole TLB goes (the engine flushes no single page); inside a 4 MiB page
-        the instruction TLB forgets all of it, as QEMU forgets a whole large page."""
+        the instruction TLB forgets all of it, as QEMU forgets a whole large page. Returns
+        whether more than the one page went."""
         self.counters["invlpg"] += 1
-        if self._large_page(linear):
+        large = self._large_page(linear)
+        if large:
             self._fetch_tlb = {page: frame for page, frame in self._fetch_tlb.items() if page >> 10 != linear >> 22}
         else:
             self._fetch_tlb.pop(linear >> 12, None)
         self.engine.flush_tlb()
+        return large
 
     def _large_page(self, linear: int) -> bool:
         cr0, cr3, cr4 = self.registers()

@@ -179,20 +179,23 @@ class ShadowPaging:
         self.active = None
         self.flush_tlb()
 
-    def invalidate_page(self, linear: int) -> None:
+    def invalidate_page(self, linear: int) -> bool:
         """invlpg: drop the running shadow's entry for the page; inside a 4 MiB page, all of it (as
-        QEMU drops a whole large page)."""
+        QEMU drops a whole large page). Returns whether more than the one page went."""
         if self.active is None:
-            return
+            return False
         page, index = linear >> 12, linear >> 22
         self.counters["invlpg"] += 1
+        large = False
         for space in [s for s in self.spaces.values() if s.directory_frame == self.active.directory_frame]:
             if index in space.guest_tables and space.guest_tables[index] is None:
                 self._drop_index(space, index)
+                large = True
             else:
                 self._drop_page(space, page)
             space.stale_pages.discard(page)
         self.flush_tlb()
+        return large
 
     # -- faults --------------------------------------------------------------------------------
     def fill(self, linear: int, write: bool, user: bool) -> Optional[int]:
@@ -203,14 +206,27 @@ class ShadowPaging:
         guest's CR0.WP=0 allows to a read-only user page): the caller lets that one instruction
         write through `lend_write`."""
         space = self.active
+        entry = space.entries.get(linear >> 12)
+        if entry is not None and write and self._entry_allows_write(entry, user):
+            # The guest's TLB holds a writable translation (no walk, as on the CPU): the engine
+            # was refused by the monitor's own protection of the frame.
+            if not self._writable(space, entry):
+                return entry.frame
+            self._set_writable(space, linear >> 12, True)
+            return None
         frame_address = linear_to_physical(self.memory, self.cr0, self.active_cr3, linear, write,
                                            cr4=self.cr4, user=user, mark=True)
         self._check_backed(frame_address)
         entry = self._make_entry(space, linear)
-        self.counters["hidden_faults"] += 1
         if write and not self._writable(space, entry):
             return frame_address >> 12
+        self.counters["hidden_faults"] += 1
         return None
+
+    def _entry_allows_write(self, entry: ShadowEntry, user: bool) -> bool:
+        if not entry.dirty or (user and not entry.user):
+            return False
+        return entry.guest_writable or (not user and not self.cr0 & CR0_WP)
 
     def frame_of(self, linear: int) -> Optional[int]:
         entry = self.active.entries.get(linear >> 12) if self.active is not None else None
@@ -467,14 +483,14 @@ class ShadowPaging:
         self.traced[frame] = new
         self.counters["page_table_writes"] += 1
         changed = []
-        for chunk in range(0, PAGE_SIZE, 64):
-            if old[chunk:chunk + 64] == new[chunk:chunk + 64]:
-                continue
-            for at in range(chunk, chunk + 64, 4):
-                (before,), (after,) = struct.unpack_from("<I", old, at), struct.unpack_from("<I", new, at)
-                if before == after or ((before ^ after) & ~_AD == 0 and after & before == before):
-                    continue
-                changed.append(at // 4)
+        difference = int.from_bytes(old, "little") ^ int.from_bytes(new, "little")
+        while difference:               # one entry per lowest differing bit, as big-int steps
+            at = ((difference & -difference).bit_length() - 1) // 32 * 4
+            difference &= ~(0xFFFFFFFF << (at * 8))
+            (before,), (after,) = struct.unpack_from("<I", old, at), struct.unpack_from("<I", new, at)
+            if (before ^ after) & ~_AD == 0 and after & before == before:
+                continue                # accessed/dirty bits set: no change of meaning
+            changed.append(at // 4)
         for space, index in list(self.tracers.get(frame, ())):
             for entry in changed:
                 if index < 0:        # the directory: a whole 4 MiB of linear space

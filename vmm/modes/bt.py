@@ -38,7 +38,7 @@ from vmm.memory import MIB
 from vmm.modes import ExecutionMode
 from vmm.modes.bt_cpu import SEGMENT_IDS, SEGMENT_NAMES, TranslatedCpu
 from vmm.shadow_tables import ShadowTables
-from vmm.fault_address import decode, fault_address
+from vmm.fault_address import decode, fault_address, plain_store
 from vmm.nested_paging import NestedPaging
 from vmm.shadow_paging import ShadowPaging
 from vmm.guest_view import GuestView
@@ -196,6 +196,12 @@ class BinaryTranslationMode(ExecutionMode):
         self.exit_counts[kind] = self.exit_counts.get(kind, 0) + 1
 
     # -- virtual CPU block and shadow descriptors ----------------------------------------------
+    def control_register_changed(self, number: int) -> None:
+        """Rewrite one control register in the virtual-CPU pages (mov r, crN reads them)."""
+        value = self.cpu.control[number]
+        struct.pack_into("<I", self.vcpu_view, VCPU_CR[number], value)
+        struct.pack_into("<I", self.vcpu_privileged_view, VCPU_CR[number], value)
+
     def virtual_state_changed(self) -> None:
         """Rewrite the virtual-CPU block that inline emulations read."""
         cpu, view = self.cpu, self.vcpu_view
@@ -281,8 +287,8 @@ class BinaryTranslationMode(ExecutionMode):
     def invalidate_page(self, linear: int) -> None:
         """invlpg."""
         if self.guest_paging:
-            self.pager.invalidate_page(linear)
-            self.cache.mapping_changed()
+            large = self.pager.invalidate_page(linear)
+            self.cache.mapping_changed(None if large else linear // PAGE_SIZE)
 
     def _switch_tables(self, directory: Optional[int]) -> None:
         """directory: the engine's new page directory (None under nested paging: no tables)."""
@@ -793,6 +799,10 @@ class BinaryTranslationMode(ExecutionMode):
             if frame is None:
                 self._count("hidden_page_fault")
                 return stop.host_eip
+            if frame in self.pager.traced and not self.cache.page_has_code(frame):
+                resume = self._store_for_the_guest(stop.host_eip, address, frame)
+                if resume is not None:
+                    return resume
             guest_eip = self._to_guest_instruction(stop)
             return self._write_watched(address, frame, guest_eip)
         guest_eip, restore = self._locate(stop.host_eip)
@@ -829,6 +839,22 @@ class BinaryTranslationMode(ExecutionMode):
                 self._reprotect.add(affected)
         self._prepare_one_shot(guest_eip)
         return None
+
+    def _store_for_the_guest(self, host_eip: int, address: int, frame: int) -> Optional[int]:
+        """A tracing fault from a plain `mov` into a guest page table (the usual PTE write): the
+        monitor stores the bytes itself (the shadow looks at what changed) and the translated
+        code goes on after the instruction, without leaving its block. Returns where to resume,
+        or None for any other store (then it runs alone with the page lent)."""
+        store = plain_store(self.memory.read(host_eip, 16), self.engine.reg)
+        offset = address & 0xFFF
+        if store is None or offset + store[1] > PAGE_SIZE:
+            return None
+        length, size, value = store
+        self._count("tracing_fault")
+        self.pager.counters["tracing_faults"] += 1
+        self.pager.counters["stores_emulated"] += 1
+        self.memory.write((frame << 12) | offset, value.to_bytes(size, "little"))
+        return host_eip + length
 
     def _to_guest_instruction(self, stop: _Stop) -> int:
         """Map a fault inside translated code back to the guest instruction it belongs to (which

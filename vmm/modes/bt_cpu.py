@@ -67,7 +67,7 @@ class TranslatedCpu(GuestCpu):
         elif name.startswith("cr"):
             number = int(name[2:])
             old, self.control[number] = self.control[number], value
-            self.mode.virtual_state_changed()
+            self.mode.control_register_changed(number)
             if number != 2:
                 self.mode.control_register_written(number, old)
         else:

@@ -20,3 +20,15 @@ def sample_arguments(entry: dict) -> list[str]:
     if entry["initrd"]:
         args += ["--initrd", ",".join(entry["initrd"])]
     return args
+
+
+def sample_report(tmp_path, name: str, *options) -> dict:
+    """Run the manifest's sample `name` with `options`, check it ends with its exit value, and
+    return the JSON report."""
+    import json
+    from tests.samples import MANIFEST
+    entry = next(e for e in MANIFEST if e["name"] == name)
+    report = tmp_path / "report.json"
+    proc = run_vmm(*sample_arguments(entry), *options, "--report", report)
+    assert proc.returncode == entry["exit"] & 0xFF, proc.stderr.decode()
+    return json.loads(report.read_text())

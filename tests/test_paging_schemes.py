@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from tests.cli import run_vmm, sample_arguments
+from tests.cli import run_vmm, sample_arguments, sample_report
 from tests.guests import EXIT, run_source
 from tests.samples import MANIFEST, REPO_ROOT, ids
 from tests.test_shadow_paging import PAGING_ON
@@ -42,11 +42,7 @@ def test_paging_samples_run_as_on_qemu_under_the_other_scheme(entry, mode, pagin
 def test_nested_paging_takes_no_trap_for_page_table_writes(tmp_path):
     # address_spaces edits its page tables and switches CR3: under nested paging the engine's
     # TLB fills walk the guest's tables, nothing is traced and no shadow is built.
-    entry = next(e for e in PAGING_SAMPLES if e["name"] == "address_spaces")
-    report = tmp_path / "report.json"
-    proc = run_vmm(*sample_arguments(entry), "--mode", "bt", "--paging", "nested", "--report", report)
-    assert proc.returncode == 0, proc.stderr.decode()
-    counters = json.loads(report.read_text())["counters"]
+    counters = sample_report(tmp_path, "address_spaces", "--mode", "bt", "--paging", "nested")["counters"]
     nested = counters["shadow_paging"]
     assert nested["tlb_fills"] > 0 and nested["tlb_flushes"] > 0
     assert "tracing_faults" not in nested and "shadows_built" not in nested
@@ -94,11 +90,7 @@ def test_the_exact_fault_address_comes_from_the_instruction(source, page, write,
 def test_vt_with_shadow_paging_exits_on_control_registers_and_page_faults(tmp_path):
     # VT-x without EPT: the CR and invlpg exits are forced on and emulated, and the hidden and
     # tracing page faults arrive through the exception bitmap's #PF.
-    entry = next(e for e in PAGING_SAMPLES if e["name"] == "address_spaces")
-    report = tmp_path / "report.json"
-    proc = run_vmm(*sample_arguments(entry), "--mode", "vt", "--paging", "shadow", "--report", report)
-    assert proc.returncode == 0, proc.stderr.decode()
-    counters = json.loads(report.read_text())["counters"]
+    counters = sample_report(tmp_path, "address_spaces", "--mode", "vt", "--paging", "shadow")["counters"]
     assert {"cr_access", "invlpg"} <= set(counters["vt_exit_controls"])
     assert counters["vt_exits"]["cr_access"] > 0 and counters["vt_exits"]["exception_0x0e"] > 0
     shadow = counters["shadow_paging"]

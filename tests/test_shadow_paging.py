@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.cli import run_vmm, sample_arguments
+from tests.cli import run_vmm, sample_arguments, sample_report
 from tests.guests import EXIT, run_source
 from tests.samples import MANIFEST
 from vmm.exits import StopReason
@@ -68,19 +68,11 @@ def test_a_page_directory_outside_guest_ram_reads_as_not_present(tmp_path):
     assert vm.memory.read(directory, 4096) == before
 
 
-def _report(tmp_path, sample, mode="bt"):
-    entry = next(e for e in MANIFEST if e["name"] == sample)
-    report = tmp_path / "report.json"
-    proc = run_vmm(*sample_arguments(entry), "--mode", mode, "--report", report)
-    assert proc.returncode == entry["exit"], proc.stderr.decode()
-    return json.loads(report.read_text())
-
-
 def test_address_space_switches_reuse_cached_shadows(tmp_path):
     # address_spaces runs two processes A, B, A, B by CR3 loads: the second visit to each space
     # finds its shadow cached; the copy-on-write fault is a true fault, the kernel's edits of its
     # page tables are tracing faults, and most shadow entries come from hidden faults.
-    counters = _report(tmp_path, "address_spaces")["counters"]
+    counters = sample_report(tmp_path, "address_spaces", "--mode", "bt")["counters"]
     shadow = counters["shadow_paging"]
     assert shadow["shadow_switches"] >= 4 and shadow["shadow_reuses"] >= 2
     assert shadow["hidden_faults"] > 0 and shadow["true_faults"] > 0 and shadow["tracing_faults"] > 0
@@ -124,7 +116,7 @@ def test_trap_mode_shadows_the_guest_tables_with_ring_compression(tmp_path):
     # Under trap the guest kernel runs natively at CPL 3 over the kernel view of its shadows:
     # its page-table stores trap and run once with the page lent (ended by a single-step trap),
     # hidden faults fill the shadow, true faults reach the guest's handler.
-    report = _report(tmp_path, "paging", mode="trap")
+    report = sample_report(tmp_path, "paging", "--mode", "trap")
     shadow = report["counters"]["shadow_paging"]
     assert shadow["tracing_faults"] > 0 and shadow["page_table_writes"] > 0
     assert shadow["hidden_faults"] > 0 and shadow["true_faults"] > 0

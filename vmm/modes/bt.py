@@ -627,12 +627,7 @@ class BinaryTranslationMode(ExecutionMode):
                 raise RuntimeError(f"translated code returned at {self.engine.reg('eip'):#x} for no reason")
             if stop.kind == "fault":
                 self._count("guest_exception")
-                guest_eip, restore = self._locate(stop.host_eip)
-                if guest_eip is None:
-                    raise RuntimeError(f"exception {stop.vector} outside translated code at {stop.host_eip:#x}")
-                self._uncharge_rest_of_block(stop.host_eip, guest_eip)
-                self._restore(restore)
-                self.cpu.eip = guest_eip
+                guest_eip = self._to_guest_instruction(stop)
                 return VmExit(ExitReason.EXCEPTION, eip=guest_eip, vector=stop.vector, error_code=stop.error_code)
             if vm.stop_requested:
                 self._sync_guest_eip()
@@ -805,13 +800,7 @@ class BinaryTranslationMode(ExecutionMode):
                     return resume
             guest_eip = self._to_guest_instruction(stop)
             return self._write_watched(address, frame, guest_eip)
-        guest_eip, restore = self._locate(stop.host_eip)
-        if guest_eip is None:
-            raise RuntimeError(f"page fault outside translated code at {stop.host_eip:#x}")
-        self._uncharge_rest_of_block(stop.host_eip, guest_eip)
-        self._restore(restore)
-        self.cpu.eip = guest_eip
-        address, write = stop.address, bool(stop.error_code & 2)
+        guest_eip = self._to_guest_instruction(stop)
         if stop.error_code & 4 and self.vcpu_privileged_address <= address < self.vcpu_privileged_address + PAGE_SIZE:
             # mov r, crN at guest ring 3 read the supervisor-only page: the guest's #GP(0)
             return VmExit(ExitReason.EXCEPTION, eip=guest_eip, vector=GP, error_code=0)
@@ -861,7 +850,7 @@ class BinaryTranslationMode(ExecutionMode):
         did not complete)."""
         guest_eip, restore = self._locate(stop.host_eip)
         if guest_eip is None:
-            raise RuntimeError(f"page fault outside translated code at {stop.host_eip:#x}")
+            raise RuntimeError(f"exception {stop.vector} outside translated code at {stop.host_eip:#x}")
         self._uncharge_rest_of_block(stop.host_eip, guest_eip)
         self._restore(restore)
         self.cpu.eip = guest_eip

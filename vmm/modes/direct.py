@@ -11,6 +11,7 @@ from vmm.cpu import GuestCpu
 from vmm.devices.i8254 import PIT_BASE, PIT_PORTS
 from vmm.engine import StopCause
 from vmm.exits import ExitReason, VmExit
+from vmm.fault_address import decode
 from vmm.memory import PAGE_SIZE, PageFault, UnbackedAccess, linear_to_physical
 from vmm.modes import ExecutionMode
 from vmm.x86 import BP, CR0_PG, CR4_PCE, DB, GP, IF, OF_VEC, UD
@@ -21,22 +22,12 @@ _ONE_BYTE_INTS = ((BP, 0xCC), (OF_VEC, 0xCE), (DB, 0xF1))   # int3, into, int1
 
 
 _CAPSTONE = None
-_CAPSTONE_DETAIL = None
 # Instructions that read or write memory without a memory operand (the stack, strings, tables).
 _IMPLICIT_MEMORY = frozenset(("push", "pop", "pushal", "popal", "pushfd", "popfd", "pushf", "popf", "call",
                               "ret", "retf", "iretd", "iret", "enter", "leave", "int", "int3", "into",
                               "movsb", "movsw", "movsd", "stosb", "stosw", "stosd", "lodsb", "lodsw", "lodsd",
                               "cmpsb", "cmpsw", "cmpsd", "scasb", "scasw", "scasd", "insb", "insw", "insd",
                               "outsb", "outsw", "outsd", "xlatb"))
-
-
-def _decode_one(code: bytes, address: int):
-    global _CAPSTONE_DETAIL
-    if _CAPSTONE_DETAIL is None:
-        from capstone import CS_ARCH_X86, CS_MODE_32, Cs
-        _CAPSTONE_DETAIL = Cs(CS_ARCH_X86, CS_MODE_32)
-        _CAPSTONE_DETAIL.detail = True
-    return next(_CAPSTONE_DETAIL.disasm(code, address, 1), None)
 
 
 def _touches_memory(insn) -> bool:
@@ -182,7 +173,7 @@ class DirectMode(ExecutionMode):
                 code = self._guest_code(address, 16)
             except UnbackedAccess:
                 break
-            insn = _decode_one(code, address)
+            insn = decode(code, address)
             if insn is None:
                 break
             if seen_io and _touches_memory(insn):

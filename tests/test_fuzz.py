@@ -251,3 +251,39 @@ def test_shrinker_reduces_a_planted_divergence_to_its_cause():
 def test_shrinker_returns_a_program_that_does_not_diverge_unchanged():
     program = generate(program_seed(8, 0), 10)
     assert shrink(program, (REFERENCE, REFERENCE), max_seconds=10) is program
+
+
+ARBITER_PROGRAM = """
+    mov esp, 0x90000
+    call fn
+    jmp over
+inline_data:
+    .long 0
+over:
+    mov dword ptr [inline_data], 1
+    mov dword ptr [patch-4], 0x11111111
+    call fn
+    mov dword ptr [0x207000], eax
+    mov dx, 0xf4
+    out dx, eax
+    cli
+    hlt
+fn:
+    mov eax, 0x44444444
+patch:
+    ret
+"""
+
+
+@pytest.mark.skipif("bt" not in MODES, reason="binary translation mode 'bt' is not available")
+def test_qemu_arbitrates_a_divergence_where_the_reference_is_wrong():
+    # The smc_data pattern (a store into the running block's page, then a patch of a function on
+    # it): direct on Unicorn runs the old function, bt and QEMU the patched one.
+    from tests.fuzz.arbiter import arbitrate
+    from tests.fuzz.qemu import available
+    if not available():
+        pytest.skip("qemu-system-i386 is not installed")
+    direct, bt = run_source(ARBITER_PROGRAM, "direct"), run_source(ARBITER_PROGRAM, "bt")
+    assert (direct.guest_value, bt.guest_value) == (0x44444444, 0x11111111)
+    verdict = arbitrate(ARBITER_PROGRAM, ("direct", "bt"))
+    assert verdict.startswith("QEMU sides with bt ("), verdict

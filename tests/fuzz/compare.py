@@ -60,6 +60,7 @@ class Outcome:
     digests: tuple = ()                   # CRC-32 of each CHUNK of guest RAM
     error: Optional[str] = None           # an exception raised by the monitor (not the guest)
     seconds: float = 0.0
+    port_io: dict = field(default_factory=dict)     # the report's port I/O counters, by device
 
     def read(self, address: int, size: int) -> bytes:
         return self.memory.read(address, size) if self.memory is not None else b""
@@ -116,8 +117,11 @@ def run_source(source: str, mode: str, *, workdir: Optional[str] = None,
     path.write_text(source)
     started = time.perf_counter()
     outcome = Outcome(mode)
+    engine_mode, _, paging = mode.partition("+")     # "bt+nested": bt with --paging nested
+    if paging:
+        config = {**config, "paging": paging}
     try:
-        result, console, vm = run_image(str(path), mode=mode, max_instructions=max_instructions,
+        result, console, vm = run_image(str(path), mode=engine_mode, max_instructions=max_instructions,
                                         timeout=timeout, **config)
     except ConfigError:
         raise
@@ -133,6 +137,7 @@ def run_source(source: str, mode: str, *, workdir: Optional[str] = None,
     outcome.console = console
     outcome.registers = dict(result.registers)
     outcome.memory = vm.memory
+    outcome.port_io = vm.bus.counters()
     outcome.refresh_digests()
     return outcome
 

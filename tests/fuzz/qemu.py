@@ -41,9 +41,10 @@ def available() -> bool:
     return shutil.which(QEMU) is not None
 
 
-def run_under_qemu(source: str, timeout: float = 60.0) -> bytes:
-    """Console output of `source` booted by QEMU through a Multiboot wrapper (same bytes, same
-    load address and entry point as the monitor's .s loader)."""
+def boot_under_qemu(source: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    """`source` booted by QEMU through a Multiboot wrapper (same bytes, same load address and
+    entry point as the monitor's .s loader): its console on stdout, (exit value << 1) | 1 as
+    the status when it exits through isa-debug-exit."""
     from tools.build_samples import qemu_command, wrap_multiboot
     from vmm.loaders.assembly import assemble
 
@@ -51,9 +52,13 @@ def run_under_qemu(source: str, timeout: float = 60.0) -> bytes:
     with tempfile.TemporaryDirectory(prefix="vmm-fuzz-qemu-") as directory:
         image = Path(directory) / "program.elf"
         image.write_bytes(wrap_multiboot(CODE_BASE, [(CODE_BASE, code, len(code))]))
-        proc = subprocess.run(qemu_command(str(image)), input=b"", stdout=subprocess.PIPE,
+        return subprocess.run(qemu_command(str(image)), input=b"", stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, timeout=timeout)
-    return proc.stdout
+
+
+def run_under_qemu(source: str, timeout: float = 60.0) -> bytes:
+    """Console output of `source` booted by QEMU (boot_under_qemu)."""
+    return boot_under_qemu(source, timeout).stdout
 
 
 def parse_dump(console: bytes) -> dict:

@@ -136,3 +136,24 @@ def test_gdb_attaches_steps_and_continues_every_sample(entry):
     assert stdout == (REPO_ROOT / entry["expected"]).read_bytes()
     assert [line for line in out.splitlines() if line.startswith("$1 = 0x")]
     assert "exited" in out or entry["exit"] is None
+
+
+def test_gdb_memory_reads_leave_the_guest_as_it_was(tmp_path):
+    # With the guest's paging on, gdb reading a page the guest has not touched sets no accessed
+    # bit, and reading an unmapped address sets no CR2: the stub looks without the CPU's marks.
+    import struct
+    from tests.guests import EXIT, run_source
+    from tests.test_shadow_paging import PAGING_ON
+    from vmm.gdbstub import GdbStub
+    source = PAGING_ON + "    mov dword ptr [0x11000], 0x203003\n    mov eax, 0\n" + EXIT
+    _result, _out, vm = run_source(tmp_path, source, mode="bt")
+    stub = GdbStub(free_port(), wait=False)
+    try:
+        stub.attach(vm)                      # what a run with --gdb does before the guest starts
+        cr2 = vm.cpu.reg("cr2")
+        assert stub._command("m400000,4") == "00000000"
+        assert stub._command("m800000,4") == "E14"
+        (pte,) = struct.unpack("<I", vm.memory.read(0x11000, 4))
+        assert pte & 0x20 == 0 and vm.cpu.reg("cr2") == cr2
+    finally:
+        stub.close()

@@ -54,7 +54,7 @@ class GdbStub:
     def attach(self, vm) -> None:
         """Called before the guest runs: wait for gdb (--gdb-wait) or accept it later."""
         self.vm = vm
-        self.view = GuestView(vm.cpu, vm.memory)
+        self.view = GuestView(vm.cpu, vm.memory, cpu_access=False)     # gdb's looks leave no trace
         import sys
         print(f"vmm: {'waiting for gdb' if self.wait else 'gdb stub'} on localhost:{self.port}",
               file=sys.stderr, flush=True)

@@ -218,3 +218,48 @@ moved:
 """ + EXIT
     result, _out, _vm = run_source(tmp_path, source, mode=mode, timeout=60)
     assert result.reason is StopReason.DEBUG_EXIT and result.guest_value == 1
+
+
+PAGING_WITHOUT_PAGE_0 = """
+    mov dword ptr [0x12000], 0
+    mov dword ptr [0x12004], 0
+    mov dword ptr [0x12008], 0xffff
+    mov dword ptr [0x1200c], 0xcf9a00
+    mov dword ptr [0x12010], 0xffff
+    mov dword ptr [0x12014], 0xcf9200
+    mov word ptr [0x12020], 0x17
+    mov dword ptr [0x12022], 0x12000
+    lgdt [0x12020]
+    mov edi, 0x11000
+    mov eax, 0x1003
+    mov ecx, 1023
+map_low:
+    mov dword ptr [edi + 4], eax
+    add eax, 0x1000
+    add edi, 4
+    dec ecx
+    jnz map_low
+    mov dword ptr [0x11000], 0
+    mov dword ptr [0x10000], 0x11003
+    mov eax, 0x10000
+    mov cr3, eax
+    mov eax, cr0
+    or eax, 0x80000000
+    mov cr0, eax
+"""
+
+
+def test_the_interrupt_window_is_watched_with_the_guests_paging_on(tmp_path, mode):
+    # Regression: direct, trap and vt put their window hook on code already translated by
+    # dropping the engine's translations of guest RAM by linear address, which the engine looks
+    # up through the guest's page tables from the range's start: with paging on and page 0 not
+    # mapped, nothing was dropped and the waiting interrupt came late, outside the window.
+    # (The guest loads a GDT of its own: the boot GDT is in the monitor's region, which a
+    # paging guest's tables do not map.)
+    source = window_guest("    sti\n    nop\nwindow_end:").replace("    mov esp, 0x90000\n",
+                                                                    "    mov esp, 0x90000\n" + PAGING_WITHOUT_PAGE_0, 1)
+    source = source.replace("    mov ecx, 300\n", "    mov ecx, 60\n", 1)      # 60 rounds
+    result, _out, vm = run_source(tmp_path, source, mode=mode, timeout=60)
+    assert result.reason is StopReason.DEBUG_EXIT, result.message
+    assert result.guest_value == 0, f"{result.guest_value} interrupts landed outside the window"
+    assert vm.external_interrupts[0x20] >= 50

@@ -225,7 +225,13 @@ class DirectMode(ExecutionMode):
             self.engine.remove_hook(self._window_hook)
             self._window_hook = None
         self._if_may_be_set = 0
-        self.engine.invalidate_code(self.memory.ram.base, self.memory.ram.end)   # hooks apply to new code only
+        # Hooks apply to newly translated code only. invalidate_code takes linear addresses and
+        # resolves the range's start through the guest's page tables: with the guest's paging
+        # on (page 0 perhaps unmapped) everything goes instead, at a higher price.
+        if self.cpu.reg("cr0") & CR0_PG:
+            self.engine.flush_translations()
+        else:
+            self.engine.invalidate_code(self.memory.ram.base, self.memory.ram.end)
 
     def _window_check(self, address: int) -> None:
         if self._if_may_be_set:

@@ -93,6 +93,26 @@ def test_bt_matches_direct_on_random_ring3_programs_with_timer_interrupts():
         pytest.fail(f"{len(failures)} of {USER_COUNT} ring-3 programs diverge between direct and bt\n\n{shown}")
 
 
+PAGING_SEED, PAGING_COUNT = 5, 24
+
+
+@pytest.mark.skipif("bt" not in MODES, reason="binary translation mode 'bt' is not available")
+@pytest.mark.parametrize("other", ["bt", "bt+nested"])
+def test_bt_matches_direct_on_random_programs_with_paging_on(other):
+    """The programs run with paging on (4 KiB pages, identity): bt's shadow tables (or nested
+    paging's TLB fills) against the engine's own walk of the guest's tables, accessed and dirty
+    bits in the page tables included (they are in the RAM compared). Ring 3 and the timer for
+    every third and every other program."""
+    failures = []
+    for index in range(PAGING_COUNT):
+        options = Options(paging=True, ring3=index % 3 == 0, timer=index % 6 == 3)
+        comparison = compare_program(generate(program_seed(PAGING_SEED, index), CI_LENGTH, options), (REFERENCE, other))
+        assert comparison.valid, f"program {index}: the reference mode did not finish it\n{comparison.report()}"
+        if not comparison.ok:
+            failures.append((index, comparison.report()))
+    assert not failures, "\n\n".join(f"program {index}:\n{report}" for index, report in failures[:3])
+
+
 # -- the generator ------------------------------------------------------------------------------
 def test_generator_is_deterministic_for_a_seed():
     assert generate(1234, 50).source() == generate(1234, 50).source()

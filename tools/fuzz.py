@@ -29,6 +29,9 @@ instructions as deliberate #GP), --timer adds PIT interrupts at random points of
 
     python tools/fuzz.py --seed 4242 --count 600 --length 60 --jobs 2 --modes direct bt --ring3 --timer
 
+--paging runs every program with paging on (0-4 MiB identity-mapped by 4 KiB pages): shadow
+or nested paging against the engine's own walk, accessed and dirty bits compared with the RAM.
+
 --qemu asks QEMU which side is right for each diverging program (tests/fuzz/arbiter.py: the
 differing bytes hashed into the exit status); programs where it sides with the second mode are
 the reference's defects (direct on Unicorn has some: the smc_data sample) and are reported as
@@ -58,19 +61,20 @@ def _comment(text: str) -> str:
     return "# " + text.replace(";", ",")
 
 
-def options(ring3: bool = False, timer: bool = False) -> Options:
-    return Options(ring3=ring3, timer=timer)
+def options(ring3: bool = False, timer: bool = False, paging: bool = False) -> Options:
+    return Options(ring3=ring3, timer=timer, paging=paging)
 
 
-def flags(ring3: bool = False, timer: bool = False) -> str:
+def flags(ring3: bool = False, timer: bool = False, paging: bool = False) -> str:
     """The command-line flags that select these generator options."""
-    return "".join(flag for flag, on in ((" --ring3", ring3 and not timer), (" --timer", timer)) if on)
+    return "".join(flag for flag, on in ((" --ring3", ring3 and not timer), (" --timer", timer),
+                                         (" --paging", paging)) if on)
 
 
 def check(seed: int, index: int, length: int, modes: tuple, shrink_seconds: float,
-          ring3: bool = False, timer: bool = False, qemu: bool = False) -> dict:
+          ring3: bool = False, timer: bool = False, qemu: bool = False, paging: bool = False) -> dict:
     """Run program `index` of the run `seed`; on divergence also shrink it."""
-    program = generate(program_seed(seed, index), length, options(ring3, timer))
+    program = generate(program_seed(seed, index), length, options(ring3, timer, paging))
     started = time.perf_counter()
     comparison = compare_program(program, modes)
     result = {"index": index, "ok": comparison.ok, "valid": comparison.valid,
@@ -147,17 +151,19 @@ def main(argv=None) -> int:
                         help="ask QEMU which mode is right for each diverging program (a hash of the differing "
                              "state in its exit status); those where it sides with the second mode are counted "
                              "as the reference's defects, not failures")
+    parser.add_argument("--paging", action="store_true",
+                        help="run each program with paging on (its first 4 MiB identity-mapped by 4 KiB pages)")
     parser.add_argument("--timer", action="store_true",
                         help="PIT interrupts at random points of the body (implies --ring3)")
     args = parser.parse_args(argv)
     modes = tuple(args.modes)
-    extra = flags(args.ring3, args.timer)
+    extra = flags(args.ring3, args.timer, args.paging)
 
     if args.index is not None:
         indices = [args.index]
         if args.print:
             print(generate(program_seed(args.seed, args.index), args.length,
-                           options(args.ring3, args.timer)).source(), end="")
+                           options(args.ring3, args.timer, args.paging)).source(), end="")
             return 0
     else:
         indices = list(range(args.first, args.first + args.count))
@@ -174,7 +180,8 @@ def main(argv=None) -> int:
             print(f"fuzz: {mode}: {error}", file=sys.stderr)
             return 2
 
-    jobs = [(args.seed, index, args.length, modes, args.shrink_seconds, args.ring3, args.timer, args.qemu)
+    jobs = [(args.seed, index, args.length, modes, args.shrink_seconds, args.ring3, args.timer, args.qemu,
+             args.paging)
             for index in indices]
     started = time.perf_counter()
     passed = failed = reference_wrong = 0

@@ -97,6 +97,9 @@ IDT = SYS_BASE + 0x800           # 0x41 gates (0x42 in ring-3 programs)
 R0_STACK_BASE = 0x220000         # ring-3 programs: the ring-0 stack (TSS SS0:ESP0), zeroed at the end
 R0_STACK_SIZE = 0x1000
 R0_STACK_TOP = R0_STACK_BASE + R0_STACK_SIZE
+PAGE_DIRECTORY = 0x300000        # Options.paging: the page directory and the one table (0-4 MiB)
+PAGE_TABLE = 0x301000
+PAGE_FLAGS = 0x7                 # present, writable, user
 
 EPILOGUE_MAGIC = 0x600DF00D
 
@@ -244,6 +247,8 @@ class Options:
     dump: bool = False                    # the epilogue also prints its state on COM1 (qemu.py)
     ring3: bool = False                   # the body runs in ring 3 (implies exceptions, guest_gdt)
     timer: bool = False                   # PIT IRQ0 at random points of the body (implies ring3)
+    paging: bool = False                  # the program runs with paging on: 0-4 MiB identity-mapped
+                                          # by 4 KiB pages (PAGE_DIRECTORY), user and writable
 
 
 DEFAULT_WEIGHTS = {
@@ -285,12 +290,15 @@ class _Builder:
         self.ring3 = options.ring3 or options.timer
         if self.ring3:
             self.exceptions = self.guest_gdt = True
+        if options.paging:    # the boot GDT is in the monitor's region, which these tables do not map
+            self.guest_gdt = True
         self.gate_params = 0           # dwords the DPL-3 call gate copies (ring 3)
         self.divisor = None            # PIT channel 0 divisor (timer)
         self.passes = 1                # times the body runs (timer)
         self.weights = dict(DEFAULT_WEIGHTS)
         self.weights.update(options.weights or {})
         self.dump = options.dump
+        self.paging = options.paging
         # QEMU splits a wide access to the UART into byte accesses (and asserts when one runs
         # past 0x3FF); the monitor does not: against QEMU only byte accesses are generated
         self.uart_widths = ("al",) if self.dump else ("al", "al", "ax", "eax")
@@ -1055,7 +1063,11 @@ class _Builder:
             return [f"mov {dst}, cr{r.choice((0, 2, 3, 4))}"] if dst else None
         if kind == "writecr":
             source = r.choice(R32)
-            return [f"mov cr{r.choice((2, 2, 3))}, {source}"]
+            number = r.choice((2, 2, 3))
+            if number == 3 and self.paging:      # CR3 reloads its own directory: a TLB flush
+                scratch = self.w32()
+                return [f"mov {scratch}, {PAGE_DIRECTORY:#x}", f"mov cr3, {scratch}"] if scratch else None
+            return [f"mov cr{number}, {source}"]
         if kind == "cr0":
             scratch = self.w32()
             if scratch is None:
@@ -1373,6 +1385,14 @@ class _Builder:
     def prologue(self) -> list:
         r = self.r
         items = [Item("start", ["cli", f"mov esp, {STACK_TOP:#x}"], removable=False)]
+        if self.paging:
+            fill = self.label("page_table")
+            items.append(Item("paging", [
+                "cld", f"mov edi, {PAGE_TABLE:#x}", f"mov eax, {PAGE_FLAGS:#x}", "mov ecx, 1024", f"{fill}:",
+                "stosd", "add eax, 0x1000", "dec ecx", f"jnz {fill}",
+                f"mov dword ptr [{PAGE_DIRECTORY:#x}], {PAGE_TABLE | PAGE_FLAGS:#x}",
+                f"mov eax, {PAGE_DIRECTORY:#x}", "mov cr3, eax",
+                "mov eax, cr0", "or eax, 0x80000000", "mov cr0, eax"], removable=False))
         seed = r.getrandbits(32) | 1
         loop = self.label("fill")
         items.append(Item("fill", [

@@ -152,3 +152,60 @@ def test_a_traced_page_table_edit_takes_effect_at_invlpg(tmp_path, mode, paging,
     counters = vm.mode.pager.counters       # the table is traced once 0x400000 was used
     assert counters["tracing_faults"] == 1
     assert counters["stores_emulated"] == (1 if edit.startswith("mov") else 0)
+
+
+@pytest.mark.parametrize("mode", ["bt", "trap"])
+def test_the_shadow_pool_runs_out_and_recovers(tmp_path, mode):
+    # 800 directory entries, each a 4 MiB page onto the same frame, one load from each: a shadow
+    # table per entry (the pool holds 752 pages), so the pool runs out mid-way and the running
+    # shadow gives its tables back; every load still reads the frame's value.
+    source = PAGING_ON.replace("mov cr0, eax", """mov cr0, eax
+    mov dword ptr [0x11000], 0x400003
+    mov dword ptr [0x400010], 0x5a5a
+    mov edi, 0x10000 + 16 * 4
+    mov ecx, 800
+fill_pdes:
+    mov dword ptr [edi], 0x400083
+    add edi, 4
+    dec ecx
+    jnz fill_pdes
+    mov eax, cr3
+    mov cr3, eax
+    mov esi, 16 << 22
+    mov ecx, 800
+    xor ebx, ebx
+touch:
+    mov eax, dword ptr [esi + 0x10]
+    add ebx, eax
+    add esi, 1 << 22
+    dec ecx
+    jnz touch
+    mov eax, ebx
+    sub eax, 800 * 0x5a5a
+""") + EXIT
+    result, _out, vm = run_source(tmp_path, source, mode=mode)
+    assert result.reason is StopReason.DEBUG_EXIT and result.guest_value == 0, result.message
+    assert vm.mode.pager.counters["pool_exhausted"] >= 1
+
+
+@pytest.mark.parametrize("mode", ["bt", "trap"])
+def test_more_address_spaces_than_cached_shadows(tmp_path, mode):
+    # Twenty page directories (the cache keeps 8 shadows, 16 under trap's two views): each maps
+    # linear 0x400000 onto a frame of its own; two rounds of CR3 loads read each frame's value.
+    lines = []
+    for space in range(20):
+        directory, table, frame = 0x20000 + space * 0x2000, 0x21000 + space * 0x2000, 0x300000 + space * 0x1000
+        lines += [f"    mov dword ptr [{directory:#x}], 0x83",
+                  f"    mov dword ptr [{directory + 4:#x}], {table | 3:#x}",
+                  f"    mov dword ptr [{table:#x}], {frame | 3:#x}",
+                  f"    mov dword ptr [{frame:#x}], {space + 1}"]
+    lines += ["    xor ebx, ebx", "    mov edx, 2", "round:"]
+    for space in range(20):
+        lines += [f"    mov eax, {0x20000 + space * 0x2000:#x}", "    mov cr3, eax",
+                  "    add ebx, dword ptr [0x400000]"]
+    lines += ["    dec edx", "    jnz round", "    mov eax, ebx", f"    sub eax, {2 * sum(range(1, 21))}"]
+    source = PAGING_ON + "\n".join(lines) + "\n" + EXIT
+    result, _out, vm = run_source(tmp_path, source, mode=mode)
+    assert result.reason is StopReason.DEBUG_EXIT and result.guest_value == 0, result.message
+    counters = vm.mode.pager.counters
+    assert counters["shadows_evicted"] >= 4 and counters["shadow_switches"] >= 40

@@ -38,6 +38,15 @@ EXIT = """
 """
 
 
+def flat_gdt(base: int) -> str:
+    """Assembly that builds a flat GDT at `base` (code 0x08, data 0x10; the pointer at base+0x20)
+    and loads it: what a guest needs before the boot GDT's region can be left unmapped."""
+    return (f"    mov dword ptr [{base + 0x08:#x}], 0x0000ffff\n    mov dword ptr [{base + 0x0c:#x}], 0x00cf9a00\n"
+            f"    mov dword ptr [{base + 0x10:#x}], 0x0000ffff\n    mov dword ptr [{base + 0x14:#x}], 0x00cf9200\n"
+            f"    mov word ptr [{base + 0x20:#x}], 0x17\n    mov dword ptr [{base + 0x22:#x}], {base:#x}\n"
+            f"    lgdt [{base + 0x20:#x}]\n")
+
+
 def idt_setup(vectors: dict[int, str], *, base: int = 0x8000, trap_vectors=(), limit: Optional[int] = None) -> str:
     """Assembly that fills an IDT at `base` with 32-bit gates (selector 0x08) for `vectors`
     (vector -> handler label) and loads it. Vectors in trap_vectors get trap gates."""

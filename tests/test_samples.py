@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from tests.cli import run_vmm, sample_arguments
-from tests.guests import EXIT, idt_setup, run_source
+from tests.guests import EXIT, flat_gdt, idt_setup, run_source
 from tests.samples import MANIFEST, REPO_ROOT, ids
 from tests.test_timer import HANDLER, PIC_AND_PIT_100HZ
 from vmm.cpu import GuestCpu
@@ -170,14 +170,8 @@ def test_a_page_fault_the_monitor_raises_sets_cr2_and_keeps_cr3():
     assert (cpu.reg("cr2"), cpu.reg("cr3")) == (0x22000, PD)
 
 
-ALIAS_GUEST = ("    mov esp, 0x90000\n    mov dword ptr [0x7000], 0\n" + idt_setup({0x20: "timer"}) + """
-    mov dword ptr [0x7f08], 0x0000ffff
-    mov dword ptr [0x7f0c], 0x00cf9a00
-    mov dword ptr [0x7f10], 0x0000ffff
-    mov dword ptr [0x7f14], 0x00cf9200
-    mov word ptr [0x7f20], 0x17
-    mov dword ptr [0x7f22], 0x7f00
-    lgdt [0x7f20]
+ALIAS_GUEST = ("    mov esp, 0x90000\n    mov dword ptr [0x7000], 0\n" + idt_setup({0x20: "timer"}) + flat_gdt(0x7f00)
+               + """
     mov edi, 0x201000
     mov eax, 3
 fill:

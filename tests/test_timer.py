@@ -3,7 +3,7 @@ delivery while the guest spins in chained translated code, and determinism."""
 
 import pytest
 
-from tests.guests import EXIT, idt_setup, run_source
+from tests.guests import EXIT, flat_gdt, idt_setup, run_source
 from vmm.exits import StopReason
 
 def pic_and_pit(divisor: int) -> str:
@@ -220,16 +220,7 @@ moved:
     assert result.reason is StopReason.DEBUG_EXIT and result.guest_value == 1
 
 
-PAGING_WITHOUT_PAGE_0 = """
-    mov dword ptr [0x12000], 0
-    mov dword ptr [0x12004], 0
-    mov dword ptr [0x12008], 0xffff
-    mov dword ptr [0x1200c], 0xcf9a00
-    mov dword ptr [0x12010], 0xffff
-    mov dword ptr [0x12014], 0xcf9200
-    mov word ptr [0x12020], 0x17
-    mov dword ptr [0x12022], 0x12000
-    lgdt [0x12020]
+PAGING_WITHOUT_PAGE_0 = flat_gdt(0x12000) + """
     mov edi, 0x11000
     mov eax, 0x1003
     mov ecx, 1023

@@ -301,8 +301,7 @@ class TranslationCache:
         they are keyed by physical address too."""
         for source, index in list(self._cross_page_links):
             target = source.links.get(index)
-            if page is None or target is None or target.guest.address // PAGE_SIZE <= page <= \
-                    (max(target.guest.next_address, target.guest.address + 1) - 1) // PAGE_SIZE:
+            if page is None or target is None or page in target.guest.pages:
                 self.unlink(source, index)
         if page is None:
             self.clear_lookup_table()

@@ -67,7 +67,7 @@ class GuestBlock:
 
     @property
     def pages(self) -> set[int]:
-        """Guest page numbers whose bytes this block's translation depends on."""
+        """The linear page numbers this block's bytes are on."""
         if not self.instructions:
             return {self.address // PAGE_SIZE}
         return {page for page in range(self.address // PAGE_SIZE, (self.next_address - 1) // PAGE_SIZE + 1)}

@@ -52,8 +52,8 @@ class GuestCpu:
 
     def invalidate_page(self, linear: int) -> None:
         """invlpg emulated by the monitor: the engine walks the guest's own tables, so dropping
-        its whole TLB (a CR3 reload) is enough."""
-        self.engine.set_reg("cr3", self.engine.reg("cr3"))
+        its whole TLB is enough."""
+        self.engine.flush_tlb()
 
     def read_msr(self, number: int) -> int:
         return self.engine.read_msr(number)

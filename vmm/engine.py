@@ -206,17 +206,19 @@ class Engine:
         if status != uc_const.UC_ERR_OK:
             raise UcError(status)
 
+    def _control(self, control: int) -> None:
+        """uc_ctl of a control that takes no argument, which the binding's ctl() refuses to encode."""
+        uclib.uc_ctl(self._uc._uch, (uc_const.UC_CTL_IO_WRITE << 30) | control)
+
     def flush_tlb(self) -> None:
         """Drop every translation in the engine's TLB."""
-        # uc_ctl(UC_CTL_TLB_FLUSH) takes no argument, which the binding's ctl() refuses to encode
-        uclib.uc_ctl(self._uc._uch, (uc_const.UC_CTL_IO_WRITE << 30) | uc_const.UC_CTL_TLB_FLUSH)
+        self._control(uc_const.UC_CTL_TLB_FLUSH)
 
     def flush_translations(self) -> None:
         """Drop everything the engine translated (21 us, plus translating the working set
         again): after adding a hook that must see code translated earlier, when the code's
         addresses are linear ones the guest's paging may map anywhere."""
-        # uc_ctl(UC_CTL_TB_FLUSH) takes no argument, which the binding's ctl() refuses to encode
-        uclib.uc_ctl(self._uc._uch, (uc_const.UC_CTL_IO_WRITE << 30) | uc_const.UC_CTL_TB_FLUSH)
+        self._control(uc_const.UC_CTL_TB_FLUSH)
 
     def invalidate_code(self, begin: int, end: int) -> None:
         """Drop what the engine itself translated from [begin, end): needed after the monitor

@@ -182,6 +182,12 @@ class NestedPaging:
     def release_frame(self, frame: int) -> None:
         pass                             # a store refused before is filled writable next time
 
+    def lend_store(self, linear: int) -> None:
+        """lend_write for the page(s) a store at `linear` of up to 16 bytes may touch."""
+        self.lend_write(linear)
+        if linear & 0xFFF > PAGE_SIZE - 16:
+            self.lend_write((linear + 15) & 0xFFFFFFFF)
+
     def lend_write(self, linear: int) -> bool:
         frame = self.frame_of(linear)
         if frame is None:

@@ -38,7 +38,7 @@ from vmm.memory import MIB
 from vmm.modes import ExecutionMode
 from vmm.modes.bt_cpu import SEGMENT_IDS, SEGMENT_NAMES, TranslatedCpu
 from vmm.shadow_tables import ShadowTables
-from vmm.fault_address import decode, fault_address, plain_store
+from vmm.fault_address import decode, fault_address
 from vmm.nested_paging import NestedPaging
 from vmm.shadow_paging import ShadowPaging
 from vmm.guest_view import GuestView
@@ -324,10 +324,11 @@ class BinaryTranslationMode(ExecutionMode):
             return linear
         return self.pager.translate(linear, self.cpu.cpl == 3)
 
-    def _ranges(self, guest: GuestBlock) -> tuple[tuple[int, int], ...]:
-        """The guest-physical ranges of a block just decoded (its pages are in the shadow now)."""
+    def _ranges(self, guest: GuestBlock) -> Optional[tuple[tuple[int, int], ...]]:
+        """The guest-physical ranges of a block just decoded (its pages are in the shadow now);
+        None with paging off: its bytes are at their linear addresses (the cache's default)."""
         if not self.guest_paging:
-            return ((guest.address, max(guest.next_address, guest.address + 1)),)
+            return None
         ranges, linear, end = [], guest.address, max(guest.next_address, guest.address + 1)
         while linear < end:
             length = min(end - linear, PAGE_SIZE - linear % PAGE_SIZE)
@@ -753,13 +754,12 @@ class BinaryTranslationMode(ExecutionMode):
         first byte that cannot), else the mapping changed since: translate anew."""
         user = self.cpu.cpl == 3
         try:
-            self.pager.translate(guest_eip, user)
+            physical = self.pager.translate(guest_eip, user)
             next_page = (guest_eip | (PAGE_SIZE - 1)) + 1
             if next_page - guest_eip < 15:
                 self.pager.translate(next_page & 0xFFFFFFFF, user)
         except PageFault as fault:
             return self._guest_page_fault(fault)
-        physical = self._code_address(guest_eip)
         if not self.memory.ram.contains(physical, 1):
             return VmExit(ExitReason.MEMORY_FAULT, eip=guest_eip, detail=f"fetch of no memory at {guest_eip:#x}")
         if stop.block is not None:
@@ -795,9 +795,14 @@ class BinaryTranslationMode(ExecutionMode):
                 self._count("hidden_page_fault")
                 return stop.host_eip
             if frame in self.pager.traced and not self.cache.page_has_code(frame):
-                resume = self._store_for_the_guest(stop.host_eip, address, frame)
-                if resume is not None:
-                    return resume
+                # a plain mov into a page table is carried out by the shadow, and translated
+                # code goes on after it without leaving its block
+                length = self.pager.store_plainly(self.memory.read(stop.host_eip, 16), self.engine.reg,
+                                                  address, frame)
+                if length is not None:
+                    self._count("tracing_fault")
+                    self.pager.counters["tracing_faults"] += 1
+                    return stop.host_eip + length
             guest_eip = self._to_guest_instruction(stop)
             return self._write_watched(address, frame, guest_eip)
         guest_eip = self._to_guest_instruction(stop)
@@ -829,22 +834,6 @@ class BinaryTranslationMode(ExecutionMode):
         self._prepare_one_shot(guest_eip)
         return None
 
-    def _store_for_the_guest(self, host_eip: int, address: int, frame: int) -> Optional[int]:
-        """A tracing fault from a plain `mov` into a guest page table (the usual PTE write): the
-        monitor stores the bytes itself (the shadow looks at what changed) and the translated
-        code goes on after the instruction, without leaving its block. Returns where to resume,
-        or None for any other store (then it runs alone with the page lent)."""
-        store = plain_store(self.memory.read(host_eip, 16), self.engine.reg)
-        offset = address & 0xFFF
-        if store is None or offset + store[1] > PAGE_SIZE:
-            return None
-        length, size, value = store
-        self._count("tracing_fault")
-        self.pager.counters["tracing_faults"] += 1
-        self.pager.counters["stores_emulated"] += 1
-        self.memory.write((frame << 12) | offset, value.to_bytes(size, "little"))
-        return host_eip + length
-
     def _to_guest_instruction(self, stop: _Stop) -> int:
         """Map a fault inside translated code back to the guest instruction it belongs to (which
         did not complete)."""
@@ -869,12 +858,11 @@ class BinaryTranslationMode(ExecutionMode):
             self.pager.counters["tracing_faults"] += 1
         else:
             self._count("write_lent")
-        self.pager.lend_write(address)
         if offset > PAGE_SIZE - 16:
             following = self.pager.frame_of((address + 15) & 0xFFFFFFFF)
             if following is not None and self.cache.page_has_code(following):
                 self.cache.invalidate_range(following * PAGE_SIZE, 16, "smc")
-            self.pager.lend_write((address + 15) & 0xFFFFFFFF)
+        self.pager.lend_store(address)
         self._prepare_one_shot(guest_eip)
         return None
 

@@ -14,7 +14,7 @@ exact address comes from the instruction, vmm/fault_address.py).
 from __future__ import annotations
 
 from vmm.exits import ExitReason, VmExit
-from vmm.fault_address import decode, fault_address, plain_store
+from vmm.fault_address import decode, fault_address
 from vmm.memory import CR4_PSE, PageFault, UnbackedAccess
 from vmm.monitor_paging import MonitorPageTables
 from vmm.nested_paging import NestedPaging
@@ -68,8 +68,7 @@ class UntranslatedPaging:
             self.pager.invalidate_page(linear)
 
     def _flush_tlb(self) -> None:
-        if self.engine.reg("cr0") & CR0_PG:
-            self.engine.set_reg("cr3", self.engine.reg("cr3"))
+        self.engine.flush_tlb()
 
     def _fetch(self, linear: int, size: int) -> bytes:
         """Guest code at a linear address, for a decoder (b"" where none can be fetched)."""
@@ -120,30 +119,17 @@ class UntranslatedPaging:
         engine.reset_exception_state()
         if frame is not None:           # a store into a guest page table
             self.pager.counters["tracing_faults"] += 1
-            if self._store_for_the_guest(linear, frame):
+            eip = engine.reg("eip")
+            length = self.pager.store_plainly(self._fetch(eip, 16), engine.reg, linear, frame)
+            if length is not None:      # a plain mov, carried out: the guest goes on after it
+                engine.set_reg("eip", eip + length)
                 return
-            self.pager.lend_write(linear)       # anything but a plain mov: one instruction, lent
-            if (linear & 0xFFF) > 0xFF0:
-                self.pager.lend_write((linear + 15) & 0xFFFFFFFF)
+            self.pager.lend_store(linear)       # anything else: one instruction, lent
             if not self._stepping_loan:
                 self._stepping_loan = True
                 eflags = engine.reg("eflags")
                 self._guest_tf = bool(eflags & TF)
                 engine.set_reg("eflags", eflags | TF)
-
-    def _store_for_the_guest(self, linear: int, frame: int) -> bool:
-        """A plain `mov` into a guest page table (the usual PTE write): the monitor stores the
-        bytes itself (the shadow looks at what changed) and the guest goes on after it."""
-        eip = self.engine.reg("eip")
-        store = plain_store(self._fetch(eip, 16), self.engine.reg)
-        offset = linear & 0xFFF
-        if store is None or offset + store[1] > 0x1000:
-            return False
-        length, size, value = store
-        self.pager.counters["stores_emulated"] += 1
-        self.memory.write((frame << 12) | offset, value.to_bytes(size, "little"))
-        self.engine.set_reg("eip", eip + length)
-        return True
 
     def _guest_page_fault(self, fault: PageFault, eip: int) -> VmExit:
         self.pager.counters["true_faults"] += 1

@@ -47,6 +47,12 @@ def flat_gdt(base: int) -> str:
             f"    lgdt [{base + 0x20:#x}]\n")
 
 
+def paging_on(directory: int, cr0_bits: int = 0x80000000) -> str:
+    """Assembly that loads CR3 with `directory` and sets `cr0_bits` (PG, and WP if asked) in CR0."""
+    return (f"    mov eax, {directory:#x}\n    mov cr3, eax\n    mov eax, cr0\n"
+            f"    or eax, {cr0_bits:#x}\n    mov cr0, eax\n")
+
+
 def idt_setup(vectors: dict[int, str], *, base: int = 0x8000, trap_vectors=(), limit: Optional[int] = None) -> str:
     """Assembly that fills an IDT at `base` with 32-bit gates (selector 0x08) for `vectors`
     (vector -> handler label) and loads it. Vectors in trap_vectors get trap gates."""

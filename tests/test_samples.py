@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from tests.cli import run_vmm, sample_arguments
-from tests.guests import EXIT, flat_gdt, idt_setup, run_source
+from tests.guests import EXIT, flat_gdt, idt_setup, paging_on, run_source
 from tests.samples import MANIFEST, REPO_ROOT, ids
 from tests.test_timer import HANDLER, PIC_AND_PIT_100HZ
 from vmm.cpu import GuestCpu
@@ -182,12 +182,7 @@ fill:
     jb fill
     mov dword ptr [0x200000], 0x201003
     mov dword ptr [0x200400], 0x201003
-    mov eax, 0x200000
-    mov cr3, eax
-    mov eax, cr0
-    or eax, 0x80000000
-    mov cr0, eax
-    mov eax, high
+""" + paging_on(0x200000) + """    mov eax, high
     add eax, 0x40000000
     jmp eax
 high:

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tests.cli import run_vmm, sample_arguments, sample_report
-from tests.guests import EXIT, run_source
+from tests.guests import EXIT, paging_on, run_source
 from tests.samples import MANIFEST
 from vmm.exits import StopReason
 
@@ -20,12 +20,7 @@ PAGING_ON = """
     mov eax, cr4
     or eax, 0x10                        /* CR4.PSE */
     mov cr4, eax
-    mov eax, 0x10000
-    mov cr3, eax
-    mov eax, cr0
-    or eax, 0x80010000                  /* PG | WP */
-    mov cr0, eax
-"""
+""" + paging_on(0x10000, 0x80010000)      # PG | WP
 
 
 @pytest.mark.parametrize("access", ["read", "write"])
@@ -54,14 +49,7 @@ def test_a_page_directory_outside_guest_ram_reads_as_not_present(tmp_path):
     # accessed bits in monitor memory): the fetch after mov cr0 faults, and with no usable IDT
     # the machine triple-faults.
     directory = 0xFF004000
-    source = f"""
-    mov eax, {directory:#x}
-    mov cr3, eax
-    mov eax, cr0
-    or eax, 0x80000000
-    mov cr0, eax
-    mov eax, 0
-""" + EXIT
+    source = paging_on(directory) + "    mov eax, 0\n" + EXIT
     result, _out, vm = run_source(tmp_path, source, mode="bt")
     before = vm.memory.read(directory, 4096)
     assert result.reason is StopReason.TRIPLE_FAULT, result.message

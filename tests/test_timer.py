@@ -3,7 +3,7 @@ delivery while the guest spins in chained translated code, and determinism."""
 
 import pytest
 
-from tests.guests import EXIT, flat_gdt, idt_setup, run_source
+from tests.guests import EXIT, flat_gdt, idt_setup, paging_on, run_source
 from vmm.exits import StopReason
 
 def pic_and_pit(divisor: int) -> str:
@@ -232,12 +232,7 @@ map_low:
     jnz map_low
     mov dword ptr [0x11000], 0
     mov dword ptr [0x10000], 0x11003
-    mov eax, 0x10000
-    mov cr3, eax
-    mov eax, cr0
-    or eax, 0x80000000
-    mov cr0, eax
-"""
+""" + paging_on(0x10000)
 
 
 def test_the_interrupt_window_is_watched_with_the_guests_paging_on(tmp_path, mode):

@@ -4,7 +4,9 @@
 //
 // The processes take turns printing: each waits (spinning, never yielding) until a shared
 // `turn` variable names it, so every line after the first needs a timer switch, and the output
-// is the same however fast the machine runs. Between lines each process computes a checksum
+// is the same however fast the machine runs. A process exits still holding the turn and the
+// kernel's exit passes it on, so a timer tick between the last line and the exit cannot let
+// the other process print first (QEMU's wall-clock timer found that window). Between lines each process computes a checksum
 // long enough to be preempted in the middle, and compares it with the kernel's result.
 // Exit 0 if all is right, else 0x15.
 #include "check.h"
@@ -173,6 +175,8 @@ sys_exit:
         call    newline
         mov     eax, [current]
         xor     eax, 1
+        lea     edx, [eax + 1]                  // the turn passes to the other process (its pid)
+        mov     [turn], edx
         cmp     dword ptr [process_alive + eax * 4], 1
         jne     all_done
         mov     [current], eax
@@ -251,13 +255,14 @@ user_main:
         call    user_print_digit
         pop     esi
         call    user_print
+        inc     edi
+        cmp     edi, LINES
+        jae     3f
         mov     eax, ebp                        // hand the turn to the other process
         xor     eax, 3
         mov     [turn], eax
-        inc     edi
-        cmp     edi, LINES
-        jb      1b
-        mov     eax, SYS_EXIT
+        jmp     1b
+3:      mov     eax, SYS_EXIT                   // exit still holding the turn: exit passes it on
         lea     ebx, [ebp + 10]
         int     SYSCALL_VECTOR
         ud2                                     // exit does not return

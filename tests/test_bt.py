@@ -62,6 +62,33 @@ def test_self_modifying_code_invalidates(tmp_path):
     assert counters["cache_exits"]["smc_store"] > 10
 
 
+def test_string_io_above_iopl_is_checked_before_it_runs(tmp_path):
+    """The string_io sample's nine ring-3 ins/outs at IOPL 0 each pass the monitor's permission
+    check first (QEMU's output: a refused insb stores nothing, a refused rep with ECX = 0
+    faults); at IOPL 3 the same instructions run with no exit."""
+    entry = next(e for e in MANIFEST if e["name"] == "string_io")
+    proc = run_vmm(*sample_arguments(entry), "--mode", "bt", "--report", tmp_path / "r.json")
+    assert proc.stdout == (REPO_ROOT / entry["expected"]).read_bytes() and proc.returncode == 0
+    assert json.loads((tmp_path / "r.json").read_text())["counters"]["cache_exits"]["I/O permission"] == 9
+
+
+def test_string_io_in_ring_0_costs_no_permission_exit(tmp_path):
+    source = """
+    mov esi, message
+    mov dx, 0x3f8
+    mov ecx, 3
+    cld
+    rep outsb
+    mov eax, esi
+    sub eax, message
+""" + EXIT + """
+message: .ascii "abc"
+"""
+    result, output, vm = run_source(tmp_path, source)
+    assert output == b"abc" and result.guest_value == 3
+    assert "I/O permission" not in vm.mode.counters()["cache_exits"]
+
+
 def test_store_into_the_next_instruction_takes_effect_after_a_jump(tmp_path):
     source = """
     mov esp, 0x90000

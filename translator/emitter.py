@@ -19,7 +19,7 @@ from capstone import x86_const as X
 from translator.classify import Handling
 from translator.decoder import BlockEnd, GuestBlock, GuestInstruction
 from translator.layout import (SCRATCH_BUDGET, SCRATCH_IO_SITE, SCRATCH_JUMP, SCRATCH_SPILL,
-                               VCPU_CR, VCPU_GDTR, VCPU_IDTR, VCPU_LDTR, VCPU_POPF_EXPECT,
+                               VCPU_CR, VCPU_GDTR, VCPU_IDTR, VCPU_IO_CHECK, VCPU_LDTR, VCPU_POPF_EXPECT,
                                VCPU_PUSHF_ADJUST, VCPU_SELECTOR, VCPU_TR, MonitorAddresses)
 
 EAX, ECX, EDX, EBX, ESP, EBP, ESI, EDI = range(8)
@@ -54,6 +54,11 @@ ENGINE_BLOCK_BREAK = b"\xE9\0\0\0\0"
 # pushf shows garbage). The translator starts a fresh engine block before each of them, where
 # the flags are whole again. tests/test_translator.py pins the engine bug and the workaround.
 _NEEDS_FRESH_ENGINE_BLOCK = {X.X86_INS_CMPXCHG8B, X.X86_INS_LOOPE, X.X86_INS_LOOPNE}
+# String port I/O, which the engine lets touch memory before the I/O hook can refuse it: INS
+# stores a dummy 0 at ES:EDI first, and a rep form with ECX = 0 calls no hook at all. Outside
+# CPL <= IOPL the monitor checks the permission in front of it (ExitKind.IO_PERMISSION).
+STRING_IO = {X.X86_INS_INSB, X.X86_INS_INSW, X.X86_INS_INSD,
+             X.X86_INS_OUTSB, X.X86_INS_OUTSW, X.X86_INS_OUTSD}
 
 
 class ExitKind(Enum):
@@ -66,6 +71,7 @@ class ExitKind(Enum):
     BUDGET = "instruction budget"  # --max-insns exhausted at block entry
     BREAKPOINT = "breakpoint"      # a debugger breakpoint at the guest address
     INTERRUPT_WINDOW = "interrupt window"   # after sti/popf: armed only while an interrupt waits for IF
+    IO_PERMISSION = "I/O permission"        # string I/O above IOPL: the monitor checks the port first
 
 
 @dataclass
@@ -244,6 +250,8 @@ class Emitter:
                     mark(instruction.address)
                     code += ENGINE_BLOCK_BREAK
                 mark(instruction.address)
+                if instruction.insn.id in STRING_IO:
+                    self._emit_io_permission_guard(out, instruction, mark)
                 if rule.handling is Handling.IO_HOOK:
                     # Say which guest instruction this is: inside the I/O hook the engine's EIP
                     # is stale, and a refused access must fault at exactly this instruction.
@@ -307,6 +315,21 @@ class Emitter:
         site.owner = site.owner or self._owner
         out.exits.append(site)
         out.code.append(INT3)
+
+    def _emit_io_permission_guard(self, out: Translation, instruction: GuestInstruction, mark) -> None:
+        """In front of string I/O: while the virtual-CPU block says the guest's CPL is above its
+        IOPL, an exit where the monitor checks the TSS bitmap (#GP, or on to the instruction).
+        Flag-free (jecxz), with ECX spilled around the test; at CPL <= IOPL no exit."""
+        code = out.code
+        code += self._spill(ECX) + self._mov_reg_abs(ECX, self.a.vcpu + VCPU_IO_CHECK)
+        mark(instruction.address, (ECX,))
+        code += b"\xE3\x07"                                   # jecxz over the reload and the site
+        code += self._reload(ECX)                               # 6 bytes
+        mark(instruction.address)
+        self._site(out, ExitSite(ExitKind.IO_PERMISSION, 0, instruction.address, instruction.end, instruction))
+        mark(instruction.address, (ECX,))                       # where jecxz lands
+        code += self._reload(ECX)
+        mark(instruction.address)
 
     def _window_site(self, out: Translation, instruction: GuestInstruction, mark) -> None:
         """After an instruction that may set IF natively (sti, popf): a 2-byte nop that the cache

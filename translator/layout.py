@@ -18,6 +18,7 @@ VCPU_IDTR = 0x28
 VCPU_LDTR = 0x30           # selector, zero-extended
 VCPU_TR = 0x34
 VCPU_CR = {0: 0x38, 2: 0x3C, 3: 0x40, 4: 0x44}
+VCPU_IO_CHECK = 0x48       # 0 while the guest's CPL <= IOPL (its port I/O needs no check), else 1
 # The same control-register offsets in the PRIVILEGED virtual-CPU page, which the monitor's page
 # tables map supervisor-only: `mov r, crN` reads it, so at guest CPL 3 (real CPL 3) the read
 # faults and becomes the guest's #GP, with no check in the translated code. smsw, which any

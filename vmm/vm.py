@@ -217,12 +217,18 @@ class VirtualMachine:
         return self._handlers[vm_exit.reason](vm_exit)
 
     # -- exit handlers --------------------------------------------------------------------------
-    def _io_denied(self, vm_exit: VmExit) -> bool:
+    def io_permitted(self, port: int, size: int) -> bool:
         """The CPU's I/O permission check, which the engine skips: outside ring 0 the access
-        needs CPL <= IOPL or a clear TSS bitmap; otherwise the mode turns it into #GP(0)."""
-        if self.cpu.cpl == 0 or io_permitted(self.cpu, self.emulator.view, vm_exit.port, vm_exit.size):
-            return False
+        needs CPL <= IOPL or a clear TSS bitmap. A refusal is counted; the caller raises #GP(0)."""
+        if self.cpu.cpl == 0 or io_permitted(self.cpu, self.emulator.view, port, size):
+            return True
         self.io_denials += 1
+        return False
+
+    def _io_denied(self, vm_exit: VmExit) -> bool:
+        """An access refused by the permission check: the mode turns it into #GP(0)."""
+        if self.io_permitted(vm_exit.port, vm_exit.size):
+            return False
         self.mode.deny_io(vm_exit.port, vm_exit.size)
         return True
 

@@ -23,13 +23,14 @@ from typing import Optional
 from cache.arena import CodeArena
 from cache.tcache import BlockKey, TranslatedBlock, TranslationCache
 from translator.decoder import PAGE_SIZE, BlockEnd, Decoder, GuestBlock
-from capstone.x86_const import X86_INS_STI
+from capstone.x86_const import X86_INS_STI, X86_OP_MEM
 
 from translator.emitter import (FLAGS_IN_AX, INLINE_CACHE_ENTRIES, INT3, Emitter, ExitKind, ExitSite, Translation,
                                UnsupportedForm)
 from translator.layout import (IOPL_MASK, LOOKUP_TABLE_SIZE, REAL_IOPL, SCRATCH_BUDGET, SCRATCH_IO_SITE, SCRATCH_SPILL,
                                SCRATCH_STACK_TOP, TF, VCPU_CR, VCPU_GDTR, VCPU_IDTR, VCPU_LDTR,
-                               VCPU_POPF_EXPECT, VCPU_PUSHF_ADJUST, VCPU_SELECTOR, MonitorAddresses)
+                               VCPU_IO_CHECK, VCPU_POPF_EXPECT, VCPU_PUSHF_ADJUST, VCPU_SELECTOR,
+                               MonitorAddresses)
 from vmm.cpu import GuestCpu
 from vmm.emulate import UnsupportedInstruction
 from vmm.engine import PROT_EXEC, PROT_READ, PROT_WRITE, StopCause
@@ -70,6 +71,11 @@ ONE_SHOT_SLOT = 0                        # reserved: single instructions run out
 BUDGET_MAX = 0x7FFFFFFF                  # the budget counter is compared as a signed number
 
 _GPRS = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
+
+
+def _string_io_size(instruction) -> int:
+    """The bytes each element of a string I/O instruction moves (insb/insw/insd, outs*)."""
+    return next(operand.size for operand in instruction.insn.operands if operand.type == X86_OP_MEM)
 
 
 @dataclass
@@ -209,6 +215,7 @@ class BinaryTranslationMode(ExecutionMode):
             struct.pack_into("<I", view, VCPU_SELECTOR[SEGMENT_IDS[name]], cpu.selectors[name])
         struct.pack_into("<I", view, VCPU_PUSHF_ADJUST, (cpu.virtual_flags - cpu.real_iopl) & 0xFFFFFFFF)
         struct.pack_into("<I", view, VCPU_POPF_EXPECT, cpu.virtual_flags)
+        struct.pack_into("<I", view, VCPU_IO_CHECK, int(cpu.cpl > (cpu.virtual_flags & IOPL_MASK) >> 12))
         for offset, name in ((VCPU_GDTR, "gdtr"), (VCPU_IDTR, "idtr")):
             base, limit = cpu.tables[name]
             struct.pack_into("<HIH", view, offset, limit, base, 0)
@@ -678,6 +685,8 @@ class BinaryTranslationMode(ExecutionMode):
                 self.cache.predict(stop.block, site, target_eip)
             return target.host
         self.cpu.eip = site.guest_eip
+        if site.kind is ExitKind.IO_PERMISSION:
+            return self._io_permission_exit(stop)
         if site.kind is ExitKind.CALLOUT:
             self._step_trap = stepping
             return VmExit(ExitReason.CALLOUT, eip=site.guest_eip, instruction=site.instruction)
@@ -693,6 +702,17 @@ class BinaryTranslationMode(ExecutionMode):
         if site.kind is ExitKind.BUDGET:
             return self._budget_exit(stop)
         raise RuntimeError(f"unknown exit {site.kind}")
+
+    def _io_permission_exit(self, stop: _Stop):
+        """String I/O at CPL > IOPL: the TSS bitmap is checked before the instruction runs
+        (the engine's INS would store to ES:EDI before its I/O hook could refuse, and a rep
+        form with ECX = 0 reaches no hook). Allowed: on to the instruction; else #GP(0)."""
+        site = stop.site
+        if self.vm.io_permitted(self.engine.reg("edx") & 0xFFFF, _string_io_size(site.instruction)):
+            return stop.host_eip + 1
+        if self.budget:
+            self._uncharge_rest_of_block(stop.host_eip, site.guest_eip)
+        return VmExit(ExitReason.EXCEPTION, eip=site.guest_eip, vector=GP, error_code=0)
 
     def watch_interrupt_window(self, blocked: bool) -> None:
         """While an interrupt waits for IF, the sites after translated sti/popf are exits."""

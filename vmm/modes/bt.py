@@ -43,9 +43,9 @@ from vmm.fault_address import decode, fault_address
 from vmm.nested_paging import NestedPaging
 from vmm.shadow_paging import ShadowPaging
 from vmm.guest_view import GuestView
-from vmm.memory import CR4_PSE, PageFault, UnbackedAccess, linear_to_physical
+from vmm.memory import PageFault, UnbackedAccess, linear_to_physical
 from vmm.monitor_paging import MonitorPageTables
-from vmm.x86 import AF, CF, CR0_PG, CR0_WP, GP, OF, PF, PF_VEC, SF, UD, ZF
+from vmm.x86 import AF, CF, CR0_PG, CR0_WP, GP, OF, PF, PF_VEC, SF, UD, ZF, flushes_tlb
 
 
 # Monitor-region areas used by the translator (offsets from MONITOR_BASE; the boot GDT is at 0)
@@ -287,8 +287,7 @@ class BinaryTranslationMode(ExecutionMode):
         if number == 0 and (old ^ new) & CR0_PG and not new & CR0_PG:
             self.pager.reset()
             self._switch_tables(self.paging.directory_address)
-        elif control[0] & CR0_PG and (number == 3 or (number == 0 and (old ^ new) & (CR0_PG | CR0_WP))
-                                      or (number == 4 and (old ^ new) & CR4_PSE)):
+        elif control[0] & CR0_PG and flushes_tlb(number, old, new):
             self._switch_tables(self.pager.load(control[0], control[3], control[4]))
 
     def invalidate_page(self, linear: int) -> None:

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from vmm.exits import ExitReason, VmExit
 from vmm.fault_address import decode, fault_address
-from vmm.memory import CR4_PSE, PageFault, UnbackedAccess
+from vmm.memory import PageFault, UnbackedAccess
 from vmm.monitor_paging import MonitorPageTables
 from vmm.nested_paging import NestedPaging
 from vmm.shadow_paging import ShadowPaging
-from vmm.x86 import CR0_PG, CR0_WP, DB, PF_VEC, TF
+from vmm.x86 import CR0_PG, CR0_WP, DB, PF_VEC, TF, flushes_tlb
 
 
 class UntranslatedPaging:
@@ -50,8 +50,7 @@ class UntranslatedPaging:
             self.pager.reset()
             if not self.pager.virtual_tlb:
                 engine.set_reg("cr0", engine.reg("cr0") & ~CR0_PG)
-        elif control[0] & CR0_PG and (number == 3 or (number == 0 and (old ^ new) & (CR0_PG | CR0_WP))
-                                      or (number == 4 and (old ^ new) & CR4_PSE)):
+        elif control[0] & CR0_PG and flushes_tlb(number, old, new):
             directory = self.pager.load(control[0], control[3], control[4], user=self.cpu.cpl == 3)
             if directory is not None:        # shadow paging: the engine walks the shadow
                 engine.set_reg("cr3", directory)

@@ -11,6 +11,7 @@
 #define PG_D                0x040       // dirty: set by the CPU on a write (PTE, 4 MiB PDE)
 #define PG_AD               0x060
 #define PG_PS               0x080       // a PDE mapping a 4 MiB page (with CR4.PSE)
+#define PG_G                0x100       // global: kept across CR3 loads (with CR4.PGE)
 #define PG_FRAME            0xFFFFF000
 #define PG_KERNEL           0x003       // P RW, supervisor
 #define PG_USER             0x007       // P RW US
@@ -19,6 +20,7 @@
 #define CR0_WP              0x00010000
 #define CR0_PG              0x80000000
 #define CR4_PSE             0x00000010
+#define CR4_PGE             0x00000080
 
 #define PAGE_SIZE           4096
 #define PF_VECTOR           14

@@ -106,3 +106,20 @@ def test_impossible_paging_options_are_one_line_errors(options, message):
     assert proc.returncode == 2, proc.stderr.decode()
     assert proc.stderr.decode().startswith("vmm: ") and message in proc.stderr.decode()
     assert proc.stderr.count(b"\n") == 1
+
+
+MONITOR_WALKS = [("bt", "shadow"), ("bt", "nested"), ("trap", "shadow"), ("trap", "nested"), ("vt", "shadow")]
+
+
+@pytest.mark.parametrize("mode, paging", MONITOR_WALKS, ids=[f"{m}-{p}" for m, p in MONITOR_WALKS])
+def test_pae_paging_stops_as_unsupported_where_the_monitor_walks_the_tables(tmp_path, mode, paging):
+    # Shadow paging and the nested fill hook walk two-level tables; a PAE guest would get them
+    # read the wrong way, so its first walk stops the run (direct and vt's own MMU run PAE in
+    # the engine; the monitor's own walks there, e.g. delivering an exception, stop the same way).
+    source = PAGING_ON.replace("or eax, 0x10 ", "or eax, 0x30 ").replace("mov cr0, eax", """mov cr0, eax
+    mov eax, dword ptr [0x400000]
+""") + EXIT
+    assert "0x30" in source
+    result, _output, _vm = run_source(tmp_path, source, mode=mode, paging=paging)
+    assert result.reason is StopReason.UNSUPPORTED, result
+    assert result.message == "PAE paging (CR4.PAE): the monitor walks two-level 32-bit page tables only"

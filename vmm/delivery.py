@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from typing import Optional
 
 from vmm.cpu import GuestCpu
-from vmm.errors import VmmError
+from vmm.errors import UnsupportedGuestFeature
 from vmm.guest_view import GuestFault, GuestView
 from vmm.memory import PhysicalMemory
 from vmm.privilege import inner_stack
@@ -27,10 +27,6 @@ _GATE_TYPES = (GATE_INTERRUPT_16, GATE_TRAP_16, GATE_INTERRUPT_32, GATE_TRAP_32)
 
 class TripleFault(Exception):
     """The CPU shuts down: an exception could not be delivered even as a double fault."""
-
-
-class UnsupportedGuestFeature(VmmError):
-    """The guest relies on CPU behaviour this monitor does not model yet."""
 
 
 class _DeliveryFault(Exception):

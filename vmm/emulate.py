@@ -15,7 +15,7 @@ from typing import Optional
 from capstone import x86_const as X
 
 from translator.classify import Category
-from vmm.errors import VmmError
+from vmm.errors import UnsupportedGuestFeature
 from vmm.guest_view import GuestFault, GuestView
 from vmm.privilege import check_outer_stack, inner_stack, iopl, null_outer_data_segments
 from vmm.x86 import (AC, AF, CF, DF, GP, ID, IF, IOPL_MASK, NP, NT, OF, PF, SF, SS, TF, UD, VM, ZF, CR0_PE,
@@ -46,7 +46,7 @@ def _writable_flags(cpl: int, eflags: int, size: int) -> int:
     return mask if size == 4 else mask & 0xFFFF
 
 
-class UnsupportedInstruction(VmmError):
+class UnsupportedInstruction(UnsupportedGuestFeature):
     """The guest used an instruction form the monitor does not emulate yet."""
 
 

@@ -13,6 +13,11 @@ class ConfigError(VmmError):
     exit_status = 2
 
 
+class UnsupportedGuestFeature(VmmError):
+    """The guest relies on CPU behaviour this monitor does not model (yet): the run stops as
+    `unsupported`."""
+
+
 class ImageError(VmmError):
     """A guest image that cannot be loaded (format, size, placement)."""
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from vmm.engine import PROT_ALL, PROT_EXEC, PROT_READ, Engine
-from vmm.errors import ConfigError
+from vmm.errors import ConfigError, UnsupportedGuestFeature
 from vmm.frames import FramePool, PhysToMachine
 from vmm.x86 import CR0_PG, CR0_WP
 
@@ -219,6 +219,7 @@ class PhysicalMemory:
 PTE_P, PTE_RW, PTE_US, PTE_A, PTE_D, PTE_PS = 0x001, 0x002, 0x004, 0x020, 0x040, 0x080
 PDE_4M_RESERVED = 1 << 21               # a 4 MiB PDE's reserved bit (bits 20-13: address bits 39-32)
 CR4_PSE = 1 << 4
+CR4_PAE = 1 << 5
 PF_PROTECTION, PF_WRITE, PF_USER, PF_RESERVED = 1, 2, 4, 8      # #PF error code bits
 
 
@@ -236,6 +237,8 @@ def linear_to_physical(memory: PhysicalMemory, cr0: int, cr3: int, linear: int, 
     linear &= 0xFFFFFFFF
     if not cr0 & CR0_PG:
         return linear
+    if cr4 & CR4_PAE:
+        raise UnsupportedGuestFeature("PAE paging (CR4.PAE): the monitor walks two-level 32-bit page tables only")
     error = (PF_WRITE if write else 0) | (PF_USER if user else 0)
     pde_address = (cr3 & 0xFFFFF000) + ((linear >> 22) << 2)
     pde = memory.read_table_entry(pde_address)

@@ -12,8 +12,9 @@ from typing import Callable, Optional
 from vmm.bus import PortBus
 from vmm.clock import VirtualClock
 from vmm.console import Console
-from vmm.delivery import ExceptionDelivery, TripleFault, UnsupportedGuestFeature
-from vmm.emulate import Emulator, UnsupportedInstruction
+from vmm.delivery import ExceptionDelivery, TripleFault
+from vmm.emulate import Emulator
+from vmm.errors import UnsupportedGuestFeature
 from vmm.engine import Engine
 from vmm.guest_view import GuestFault, GuestView
 from vmm.interrupts import InterruptPlatform
@@ -129,7 +130,7 @@ class VirtualMachine:
             while self._result is None:
                 try:
                     vm_exit = self.mode.execute(self)
-                except UnsupportedInstruction as error:
+                except UnsupportedGuestFeature as error:
                     self.request_stop(StopReason.UNSUPPORTED, str(error))
                     break
                 self.emulator.interrupt_shadow = False     # guest code ran since the last SS load
@@ -273,7 +274,7 @@ class VirtualMachine:
         except GuestFault as fault:
             self._deliver(fault.vector, return_eip=vm_exit.eip, error_code=fault.error_code)
             return 0
-        except UnsupportedInstruction as error:
+        except UnsupportedGuestFeature as error:
             self.request_stop(StopReason.UNSUPPORTED, str(error))
             return 0
         if outcome.kind == "halt":

@@ -13,7 +13,6 @@
 #include "paging.h"
 
 #define FAIL_EXIT       0x1A
-#define DONE_VECTOR     0x80
 #define KSTACK_SIZE     4096
 
 #define USER_PDE        0x100                   // 0x40000000: each space's own table
@@ -57,10 +56,6 @@ kmain:
         mov     edx, offset user_pf_entry
         mov     cl, GATE_INTR
         call    idt_set_gate
-        mov     eax, DONE_VECTOR
-        mov     edx, offset done_entry
-        mov     cl, GATE_INTR_USER
-        call    idt_set_gate
         mov     dword ptr [pf_user_resume], USER_DATA_VA + D_RESUME
 
         call    build_spaces
@@ -101,19 +96,17 @@ user_pf_entry:
         jmp     pf_entry
 
 // run_user: EAX = where to enter ring 3 in the current address space; returns after the
-// process's int 0x80.
+// process's int USER_RETURN_VECTOR (user_call).
 run_user:
-        pushad
-        mov     [kernel_esp], esp
+        push    eax
+        push    ecx
+        push    edx
         mov     edx, USER_STACK_VA + PAGE_SIZE
         mov     ecx, 0x002                      // interrupts stay off
-        call    enter_user
-done_entry:
-        mov     ax, KERNEL_DS
-        mov     ds, ax
-        mov     es, ax
-        mov     esp, [kernel_esp]
-        popad
+        call    user_call
+        pop     edx
+        pop     ecx
+        pop     eax
         ret
 
 // ---------------------------------------------------------------- the two address spaces
@@ -379,7 +372,7 @@ protection:
         mov     dword ptr [USER_SHARED_VA + 8], \mark
         mov     eax, [USER_SHARED_VA + 8]
         mov     [USER_DATA_VA + D_SHARED_AFTER], eax
-        int     DONE_VECTOR
+        int     USER_RETURN_VECTOR
         .endm
 
 user_a:
@@ -399,7 +392,7 @@ user_a_probes:
         UPROBE  user_a, mov eax, [0x00100000]
         mov     eax, SUPERVISOR_VA
         UPROBE  user_a, jmp eax
-        int     DONE_VECTOR
+        int     USER_RETURN_VECTOR
 user_a_end:
 user_b:
         USER_MAIN 0xBBBB0001, 0x200, 0xBBBB0008, cow_store_b
@@ -446,7 +439,6 @@ expected_log:
 
         .data
         .p2align 2
-kernel_esp:     .long   0
 log_count:      .long   0
 log_cr2:        .fill   LOG_SLOTS, 4, 0
 log_error:      .fill   LOG_SLOTS, 4, 0

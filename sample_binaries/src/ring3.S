@@ -11,7 +11,6 @@
 #include "probe.h"
 
 #define FAIL_EXIT       0x16
-#define DONE_VECTOR     0x80                    // ring 3 -> kernel: this phase is over
 #define KERNEL_VECTOR   0x81                    // a DPL-0 gate ring 3 may not use
 #define GP_0            0x000D0000              // (vector << 16) | error code
 #define KSTACK_SIZE     4096
@@ -44,22 +43,15 @@ kmain:
         mov     ax, KERNEL_DS                   // FS and GS ring 3 may not use: iret nulls them
         mov     fs, ax
         mov     gs, ax
-        mov     [kernel_esp], esp
-        mov     dword ptr [continue_at], offset phase1_done
         mov     eax, offset phase1
         mov     edx, offset ustack + 4096
         mov     ecx, 0x202                      // IF, IOPL 0
-        call    enter_user
-
-phase1_done:
+        call    user_call
         call    check_phase1
-        mov     dword ptr [continue_at], offset phase2_done
         mov     eax, offset phase2
         mov     edx, offset ustack + 4096
         mov     ecx, 0x202 | EFL_IOPL3
-        call    enter_user
-
-phase2_done:
+        call    user_call
         call    check_phase2
         call    check_end
         pop     ebp
@@ -68,13 +60,9 @@ phase2_done:
         pop     ebx
         ret
 
-// int 0x80 from ring 3: back to the kernel's own stack and code, never to ring 3.
-done_entry:
-        mov     ax, KERNEL_DS
-        mov     ds, ax
-        mov     es, ax
-        mov     esp, [kernel_esp]
-        jmp     [continue_at]
+// int 0x81's gate: DPL 0, so ring 3 takes #GP before it (never entered)
+kernel_only_entry:
+        ud2
 
         PROBE_HANDLER de_entry, 0, 0
         PROBE_HANDLER bp_entry, 3, 0
@@ -211,7 +199,7 @@ phase1:
         setz    al
         movzx   eax, al
         VALUE   22
-        int     DONE_VECTOR
+        int     USER_RETURN_VECTOR
 
 phase2:                                         // IOPL 3: cli/sti and every port allowed
         PROBE   29, cli
@@ -232,7 +220,7 @@ phase2:                                         // IOPL 3: cli/sti and every por
         and     eax, 0x3200
         VALUE   24
         sti
-        int     DONE_VECTOR
+        int     USER_RETURN_VECTOR
 
 // ---------------------------------------------------------------- the kernel's checks
 check_phase1:
@@ -315,8 +303,7 @@ check_phase2:
         .section .rodata
 name:   .asciz  "ring3"
         .p2align 2
-gates:  .long   DONE_VECTOR, done_entry, GATE_INTR_USER
-        .long   KERNEL_VECTOR, done_entry, GATE_INTR
+gates:  .long   KERNEL_VECTOR, kernel_only_entry, GATE_INTR
         .long   0, de_entry, GATE_INTR
         .long   3, bp_entry, GATE_INTR_USER
         .long   6, ud_entry, GATE_INTR
@@ -325,8 +312,6 @@ gates_end:
 
         .data
         .p2align 2
-kernel_esp:     .long   0
-continue_at:    .long   0
 user_esp:       .long   0
 scratch:        .long   0, 0
 

@@ -10,7 +10,6 @@
 #include "probe.h"
 
 #define FAIL_EXIT       0x17
-#define DONE_VECTOR     0x80
 #define KSTACK_SIZE     4096
 
 // Selectors of the descriptors this sample puts in the GDT's free slots
@@ -117,13 +116,10 @@ kmain:
         VALUE   5
 
         // ---- ring 3
-        mov     [kernel_esp], esp
         mov     eax, offset user_probes
         mov     edx, offset ustack + 4096
         mov     ecx, 0x202
-        call    enter_user
-
-user_done:
+        call    user_call
         call    check_all
         call    check_end
         pop     ebp
@@ -213,14 +209,6 @@ make_gate:
         add     edi, 8
         ret
 
-// int 0x80 from ring 3: back to the kernel's stack.
-done_entry:
-        mov     ax, KERNEL_DS
-        mov     ds, ax
-        mov     es, ax
-        mov     esp, [kernel_esp]
-        jmp     user_done
-
         PROBE_HANDLER ts_entry, 10, 1
         PROBE_HANDLER np_entry, 11, 1
         PROBE_HANDLER ss_entry, 12, 1
@@ -245,7 +233,7 @@ user_probes:
         push    offset user_probes
         PROBE   21, retf                        // nor can ret
         add     esp, 8
-        int     DONE_VECTOR
+        int     USER_RETURN_VECTOR
 
 // ---------------------------------------------------------------- the checks
 check_all:
@@ -299,8 +287,7 @@ check_all:
         .section .rodata
 name:   .asciz  "segments"
         .p2align 2
-gates:  .long   DONE_VECTOR, done_entry, GATE_INTR_USER
-        .long   10, ts_entry, GATE_INTR
+gates:  .long   10, ts_entry, GATE_INTR
         .long   11, np_entry, GATE_INTR
         .long   12, ss_entry, GATE_INTR
         .long   13, gp_entry, GATE_INTR
@@ -319,7 +306,6 @@ plain_descriptors:
 ldt:    .quad   0x00CF92000000FFFF              // 0x04 flat data
         .quad   0x00CF92003000FFFF              // 0x0C data based at 0x3000
         .p2align 2
-kernel_esp:     .long   0
 user_esp:       .long   0
 gate_cs:        .long   0
 gate_ss:        .long   0

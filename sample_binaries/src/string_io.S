@@ -9,7 +9,6 @@
 #include "probe.h"
 
 #define FAIL_EXIT       0x1F
-#define DONE_VECTOR     0x80                    // ring 3 -> kernel: this phase is over
 #define GP_0            0x000D0000              // (vector << 16) | error code
 #define KSTACK_SIZE     4096
 #define FILL            0xA5A5A5A5              // what the buffer holds before each probe
@@ -28,10 +27,6 @@ kmain:
         call    idt_install_panic
         mov     eax, offset kstack + KSTACK_SIZE
         call    user_mode_init
-        mov     eax, DONE_VECTOR
-        mov     edx, offset done_entry
-        mov     cl, GATE_INTR_USER
-        call    idt_set_gate
         mov     eax, 13
         mov     edx, offset gp_entry
         mov     cl, GATE_INTR
@@ -40,22 +35,15 @@ kmain:
         out     0x21, al
         out     0xA1, al
 
-        mov     [kernel_esp], esp
-        mov     dword ptr [continue_at], offset phase1_done
         mov     eax, offset phase1
         mov     edx, offset ustack + 4096
         mov     ecx, 0x202                      // IF, IOPL 0
-        call    enter_user
-
-phase1_done:
+        call    user_call
         call    check_phase1
-        mov     dword ptr [continue_at], offset phase2_done
         mov     eax, offset phase2
         mov     edx, offset ustack + 4096
         mov     ecx, 0x202 | EFL_IOPL3
-        call    enter_user
-
-phase2_done:
+        call    user_call
         call    check_phase2
         call    check_end
         pop     ebp
@@ -63,14 +51,6 @@ phase2_done:
         pop     esi
         pop     ebx
         ret
-
-// int 0x80 from ring 3: back to the kernel's own stack and code, never to ring 3.
-done_entry:
-        mov     ax, KERNEL_DS
-        mov     ds, ax
-        mov     es, ax
-        mov     esp, [kernel_esp]
-        jmp     [continue_at]
 
         PROBE_HANDLER gp_entry, 13, 1
 
@@ -134,7 +114,7 @@ phase1:                                         // IOPL 0: only port 0x80 is ope
         mov     eax, esi
         sub     eax, offset buffer
         VALUE   8
-        int     DONE_VECTOR
+        int     USER_RETURN_VECTOR
 
 phase2:                                         // IOPL 3: every port allowed
         cld
@@ -154,7 +134,7 @@ phase2:                                         // IOPL 3: every port allowed
         call    refill
         xor     ecx, ecx
         PROBE   11, rep insb
-        int     DONE_VECTOR
+        int     USER_RETURN_VECTOR
 
 // ---------------------------------------------------------------- the kernel's checks
 check_phase1:
@@ -194,8 +174,6 @@ name:   .asciz  "string_io"
 
         .data
         .p2align 2
-kernel_esp:     .long   0
-continue_at:    .long   0
 buffer:         .long   0, 0
 
         .bss

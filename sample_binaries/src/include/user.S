@@ -1,7 +1,8 @@
 // Ring-3 support: a GDT with kernel segments at the selectors crt0.S uses (0x08, 0x10), user
 // segments (0x1B, 0x23), a 32-bit TSS (0x28) whose I/O bitmap covers ports 0-0xFF and opens
 // only IO_PERMITTED_PORT, and free slots 0x30-0xA8 (not present) a sample may fill;
-// user_mode_init loads the GDT and the task register. enter_user irets into ring 3.
+// user_mode_init loads the GDT and the task register. enter_user irets into ring 3; user_call
+// runs ring-3 code like a function call that returns when the code raises USER_RETURN_VECTOR.
 #include "check.h"
 #include "user.h"
 
@@ -51,7 +52,42 @@ enter_user:
         push    eax
         iretd
 
+// user_call: run ring-3 code at EAX (EDX = its stack, ECX = its EFLAGS) until it raises
+// int USER_RETURN_VECTOR (a DPL-3 gate installed here), then return in ring 0 with EBX, ESI,
+// EDI, EBP and ESP as they were and DS/ES back to the kernel's.
+        .globl  user_call
+user_call:
+        push    ebx
+        push    esi
+        push    edi
+        push    ebp
+        push    eax
+        push    ecx
+        push    edx
+        mov     eax, USER_RETURN_VECTOR
+        mov     edx, offset user_return_entry
+        mov     cl, GATE_INTR_USER
+        call    idt_set_gate
+        pop     edx
+        pop     ecx
+        pop     eax
+        mov     [user_call_esp], esp
+        jmp     enter_user
+
+user_return_entry:                              // on the TSS stack: the frame is dropped
+        mov     ax, KERNEL_DS
+        mov     ds, ax
+        mov     es, ax
+        mov     esp, [user_call_esp]
+        pop     ebp
+        pop     edi
+        pop     esi
+        pop     ebx
+        ret
+
         .data
+        .p2align 2
+user_call_esp:  .long   0
         .p2align 3
         .globl  user_gdt, user_gdt_descriptor
 user_gdt:

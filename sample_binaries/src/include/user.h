@@ -12,5 +12,6 @@
 #define IO_PERMITTED_PORT   0x80        // the one port the TSS I/O bitmap opens (POST codes)
 #define GDT_FREE_SLOTS      16          // selectors 0x30-0xA8, for the samples' own descriptors
 #define GDT_LIMIT           (0x30 + 8 * GDT_FREE_SLOTS - 1)
+#define USER_RETURN_VECTOR  0x80        // ring-3 code run by user_call ends with int USER_RETURN_VECTOR
 
 #endif

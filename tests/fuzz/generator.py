@@ -192,6 +192,7 @@ RING3_SELECTORS = GUEST_SELECTORS + (0x73, 0x78, 0x7B, 0x83, 0x8B, 0x90, 0x93, 0
 # ports a ring-3 program's I/O bitmap may open (each group at random); every other port below
 # 0x400 stays closed (the PICs, the PIT, isa-debug-exit at 0xF4), and ports above are past it
 IO_GROUPS = ((0x80,), (0x61,), (0x2F8,), tuple(range(0x3F8, 0x400)))
+STRING_IO_BYTES = {"b": 1, "w": 2, "d": 4}     # ins/outs suffix -> ports each element touches
 EXIT_VECTOR = 0x41               # int gate, DPL 3: the ring-3 epilogue returns to ring 0 through it
 TIMER_VECTOR = 0x20              # IRQ0 after the PIC remap (0x27: the master's spurious IRQ7)
 RING3_IDT_LIMIT = EXIT_VECTOR * 8 + 7
@@ -1103,20 +1104,24 @@ class _Builder:
             lines = [r.choice(("cld", "std")) if r.random() < 0.5 else "cld"]
             out = r.random() < 0.5
             in_ports = (0x3FD, 0x3F8) if self.dump else (0x3FD, 0x3F8, 0x80)
+            choice = None
             if self.ring3:
-                # only ports the bitmap opens: a refused string access is where the reference
-                # is wrong (the engine's INS stores before its I/O hook can refuse; a rep with
-                # ECX = 0 reaches no hook), checked against QEMU by the string_io sample instead
-                in_ports = tuple(port for port in in_ports if port in self.open_ports)
-                if 0x3F8 not in self.open_ports and (out or not in_ports):
+                # only accesses the bitmap opens, every port of the width: a refused string
+                # access is where the reference is wrong (the engine's INS stores before its I/O
+                # hook can refuse; a rep with ECX = 0 reaches no hook), checked against QEMU by
+                # the string_io sample instead
+                pairs = [(port, suffix) for port in ((0x3F8,) if out else in_ports) for suffix in self.uart_suffixes
+                         if all(p in self.open_ports for p in range(port, port + STRING_IO_BYTES[suffix]))]
+                if not pairs:
                     return None
+                choice = r.choice(pairs)
             if out:
                 lines += ["mov dx, 0x3f8", f"lea esi, [{base}{r.randint(-0x6000, 0x6000):+#x}]",
-                          f"mov ecx, {r.randint(0, 8)}", f"rep outs{r.choice(self.uart_suffixes)}"]
+                          f"mov ecx, {r.randint(0, 8)}", f"rep outs{choice[1] if choice else r.choice(self.uart_suffixes)}"]
             else:
-                lines += [f"mov dx, {r.choice(in_ports):#x}",
+                lines += [f"mov dx, {choice[0] if choice else r.choice(in_ports):#x}",
                           f"lea edi, [{base}{r.randint(-0x6000, 0x6000):+#x}]",
-                          f"mov ecx, {r.randint(0, 8)}", f"rep ins{r.choice(self.uart_suffixes)}"]
+                          f"mov ecx, {r.randint(0, 8)}", f"rep ins{choice[1] if choice else r.choice(self.uart_suffixes)}"]
             return lines
         if kind == "arpl":
             pre, operand, _ = self.rm(2, True)

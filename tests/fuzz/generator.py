@@ -941,6 +941,10 @@ class _Builder:
             # with no LDT loaded QEMU's LDTR keeps its reset limit (0xFFFF): an LDT selector then
             # reads a "descriptor" from the real-mode IVT; the monitor's LDTR limit is 0
             choices = [selector for selector in choices if not selector & 4]
+            if not self.guest_gdt and not self.ring3:
+                # the monitor's boot GDT is read-only to the engine, so its 16-bit entries carry
+                # the accessed bit QEMU's copy lacks (vmm/boot.py): lar would show the difference
+                choices = [selector for selector in choices if selector & ~3 not in (0x18, 0x20)]
         return self.r.choice(choices)
 
     def sensitive(self) -> Optional[list]:

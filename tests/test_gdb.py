@@ -3,6 +3,7 @@ and Ctrl-C through a raw client."""
 
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -157,3 +158,33 @@ def test_gdb_memory_reads_leave_the_guest_as_it_was(tmp_path):
         assert pte & 0x20 == 0 and vm.cpu.reg("cr2") == cr2
     finally:
         stub.close()
+
+
+def _allowed_rep_outsb(image: str) -> int:
+    """The address of the string_io sample's second `rep outsb` (f3 6e): ring 3, IOPL 0, to the
+    port the bitmap opens, ECX = 2."""
+    data = (REPO_ROOT / image).read_bytes()
+    phoff, = struct.unpack_from("<I", data, 0x1C)
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x2A)
+    for index in range(phnum):
+        kind, offset, vaddr, _paddr, filesz, _memsz, flags, _align = struct.unpack_from(
+            "<8I", data, phoff + index * phentsize)
+        if kind == 1 and flags & 1:                          # PT_LOAD, executable
+            code = data[offset:offset + filesz]
+            found = [at for at in range(len(code) - 1) if code[at:at + 2] == b"\xf3\x6e"]
+            return vaddr + found[1]
+    raise AssertionError("no executable segment")
+
+
+@needs_gdb
+def test_stepi_over_checked_string_io_completes_it():
+    # At CPL > IOPL bt checks the I/O bitmap at an exit inside the instruction's translation;
+    # a single step must go on through it and stop after the instruction, not before it.
+    address = _allowed_rep_outsb("sample_binaries/string_io.elf")
+    vmm, port = start_waiting("sample_binaries/string_io.elf", "--mode", "bt")
+    out = run_gdb(port, f"break *{address:#x}", "continue", "p/x $ecx", "stepi", "p/x $eip", "p/x $ecx",
+                  "delete", "continue")
+    stdout, _stderr = vmm.communicate(timeout=30)
+    values = [line.split("=")[1].strip() for line in out.splitlines() if line.startswith("$")]
+    assert values == ["0x2", f"{address + 2:#x}", "0x0"]
+    assert stdout == (REPO_ROOT / "sample_binaries/expected/string_io.out").read_bytes()

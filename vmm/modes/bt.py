@@ -639,6 +639,12 @@ class BinaryTranslationMode(ExecutionMode):
             if vm.stop_requested:
                 self._sync_guest_eip()
                 return VmExit(ExitReason.STOP_REQUEST, eip=self.cpu.eip)
+            if stop.site.kind is ExitKind.IO_PERMISSION:   # inside an instruction: no step ends here
+                outcome = self._io_permission_exit(stop)
+                if isinstance(outcome, VmExit):
+                    return outcome
+                begin = outcome
+                continue
             event_after, self._event_after_one_shot = self._event_after_one_shot, False
             outcome = self._site_exit(stop, stepping, event_after)
             if isinstance(outcome, VmExit):
@@ -684,8 +690,6 @@ class BinaryTranslationMode(ExecutionMode):
                 self.cache.predict(stop.block, site, target_eip)
             return target.host
         self.cpu.eip = site.guest_eip
-        if site.kind is ExitKind.IO_PERMISSION:
-            return self._io_permission_exit(stop)
         if site.kind is ExitKind.CALLOUT:
             self._step_trap = stepping
             return VmExit(ExitReason.CALLOUT, eip=site.guest_eip, instruction=site.instruction)
@@ -707,8 +711,10 @@ class BinaryTranslationMode(ExecutionMode):
         (the engine's INS would store to ES:EDI before its I/O hook could refuse, and a rep
         form with ECX = 0 reaches no hook). Allowed: on to the instruction; else #GP(0)."""
         site = stop.site
+        self._count(site.kind.value)
         if self.vm.io_permitted(self.engine.reg("edx") & 0xFFFF, _string_io_size(site.instruction)):
             return stop.host_eip + 1
+        self.cpu.eip = site.guest_eip
         if self.budget:
             self._uncharge_rest_of_block(stop.host_eip, site.guest_eip)
         return VmExit(ExitReason.EXCEPTION, eip=site.guest_eip, vector=GP, error_code=0)

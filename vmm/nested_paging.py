@@ -20,6 +20,7 @@ import collections
 from typing import Callable, Optional
 
 from vmm.engine import PROT_EXEC, PROT_READ, PROT_WRITE
+from vmm.fault_address import decode, fault_address
 from vmm.memory import (CR4_PSE, PAGE_SIZE, PTE_D, PTE_PS, PTE_RW, PageFault, PhysicalMemory,
                         UnbackedAccess, linear_to_physical)
 from vmm.x86 import CR0_PG, CR0_WP
@@ -75,6 +76,17 @@ class NestedPaging:
         if write and not writable:               # translated code on the frame: the monitor's store
             return self._refuse(linear, access, True)
         return physical, PROT_RX | (PROT_WRITE if writable else 0)
+
+    def refused_address(self, code: bytes, eip: int, reg: Callable[[str], int],
+                        segment_base: Callable[[str], int]) -> int:
+        """The exact linear address of the last refused data access, made by the instruction
+        `code` at `eip` (the engine names only the page; the instruction and its registers say
+        where in it). The page itself where the bytes do not decode."""
+        page, access, _present = self.refusal
+        instruction = decode(code, eip)
+        if instruction is None:
+            return page
+        return fault_address(instruction, page, access == "write", reg, segment_base)
 
     def _refuse(self, linear: int, access: str, present: bool) -> None:
         self.counters["refused"] += 1

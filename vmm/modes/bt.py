@@ -39,7 +39,6 @@ from vmm.memory import MIB
 from vmm.modes import ExecutionMode
 from vmm.modes.bt_cpu import SEGMENT_IDS, SEGMENT_NAMES, TranslatedCpu
 from vmm.shadow_tables import ShadowTables
-from vmm.fault_address import decode, fault_address
 from vmm.nested_paging import NestedPaging
 from vmm.shadow_paging import ShadowPaging
 from vmm.guest_view import GuestView
@@ -761,14 +760,11 @@ class BinaryTranslationMode(ExecutionMode):
 
     def _refused_access(self) -> _Stop:
         """Nested paging refused an access of the translated instruction at the engine's EIP:
-        the stop a page fault there would have made, with the exact address (the engine names
-        only the page; the instruction and its registers say where in it)."""
-        page, access, present = self.pager.refusal
+        the stop a page fault there would have made, with the exact address."""
+        _page, access, present = self.pager.refusal
         host_eip, write = self.engine.reg("eip"), access == "write"
-        address = page
-        instruction = decode(self.memory.read(host_eip, 16), host_eip)
-        if instruction is not None:
-            address = fault_address(instruction, page, write, self.engine.reg, self.engine.segment_base)
+        address = self.pager.refused_address(self.memory.read(host_eip, 16), host_eip, self.engine.reg,
+                                             self.engine.segment_base)
         user = 4 if self.cpu.cpl == 3 else 0
         return _Stop("page_fault", host_eip, vector=PF_VEC,
                      error_code=(2 if write else 0) | user | (1 if present else 0), address=address)

@@ -14,7 +14,6 @@ exact address comes from the instruction, vmm/fault_address.py).
 from __future__ import annotations
 
 from vmm.exits import ExitReason, VmExit
-from vmm.fault_address import decode, fault_address
 from vmm.memory import PageFault, UnbackedAccess
 from vmm.monitor_paging import MonitorPageTables
 from vmm.nested_paging import NestedPaging
@@ -140,11 +139,10 @@ class UntranslatedPaging:
         it does not have."""
         page, access, _present = self.pager.refusal
         eip, write = self.engine.reg("eip"), access == "write"
-        linear = max(page, eip) if access == "fetch" else page
-        if access != "fetch":
-            instruction = decode(self._fetch(eip, 16), eip)
-            if instruction is not None:
-                linear = fault_address(instruction, page, write, self.engine.reg, self.engine.segment_base)
+        if access == "fetch":
+            linear = max(page, eip)
+        else:
+            linear = self.pager.refused_address(self._fetch(eip, 16), eip, self.engine.reg, self.engine.segment_base)
         if not self.memory.monitor.contains(linear, 1):
             try:
                 if self.pager.fill(linear, write, self.cpu.cpl == 3) is None:

@@ -87,13 +87,13 @@ class Decoder:
         """The instruction at `address`. Bytes of the next page are read only when the
         instruction needs them (reading guest code through paging is an instruction fetch: it
         marks the page accessed, or faults)."""
+        self.short_read = False
         in_page = min(MAX_INSTRUCTION_LENGTH, PAGE_SIZE - address % PAGE_SIZE)
         code = self.read_code(address, in_page)
         if not code:
             return None
         insn = next(self._capstone.disasm(code, address, 1), None)
         if insn is None and len(code) == in_page < MAX_INSTRUCTION_LENGTH:
-            self.short_read = False
             code = self.read_code(address, MAX_INSTRUCTION_LENGTH)
             insn = next(self._capstone.disasm(code, address, 1), None)
             self.short_read = insn is None and len(code) < MAX_INSTRUCTION_LENGTH
@@ -120,7 +120,6 @@ class Decoder:
             if not self.read_code(current, 1):
                 block.end = BlockEnd.NO_MEMORY
                 return block
-            self.short_read = False
             insn = self.decode_one(current)
             if insn is None:
                 # bytes cut short by the end of the code that can be fetched: a fetch fault

@@ -37,6 +37,8 @@ class BlockKey:
     eip: int
     single_step: bool = False      # blocks of one instruction, never chained (guest EFLAGS.TF)
     physical: int = -1             # where the code is in guest-physical memory (-1: at eip, paging off)
+    segment_bases: tuple = (0, 0, 0)   # DS, ES, SS bases the code was translated for (64-bit host
+                                       # code adds a non-zero base itself, as QEMU's ADDSEG flag)
     # The physical address lets two address spaces that map the same code at the same linear
     # address share its translation, and keeps apart two codes that one linear address maps in
     # turn (as QEMU keys its translation blocks by physical and virtual PC).
@@ -81,7 +83,7 @@ class TranslationCache:
     write-protects (on=True) or releases a guest page for the engine."""
 
     def __init__(self, engine, arena: CodeArena, lookup_view: memoryview, capacity: int,
-                 protect_page: Callable[[int, bool], None], lookup_base: int,
+                 protect_page: Callable[[int, bool], None], host_base: int,
                  counters_view: Optional[memoryview] = None, counters_base: int = 0) -> None:
         if not 1 <= capacity <= arena.count:
             raise ValueError(f"capacity {capacity} outside 1..{arena.count}")
@@ -90,7 +92,9 @@ class TranslationCache:
         self.capacity = capacity
         self.protect_page = protect_page
         self.lookup_view = lookup_view
-        self.lookup_base = lookup_base
+        # Lookup-table entries hold a translation's address as an offset from host_base (the
+        # monitor's base, which translated code keeps in r15 and adds back).
+        self.host_base = host_base
         self.counters_view, self.counters_base = counters_view, counters_base   # one u32 per slot
         self._blocks = LRU(capacity)
         self._by_slot: dict[int, TranslatedBlock] = {}
@@ -348,7 +352,7 @@ class TranslationCache:
         if not self.use_lookup_table:
             return
         offset = (guest & (LOOKUP_ENTRIES - 1)) * LOOKUP_ENTRY_SIZE
-        struct.pack_into("<II", self.lookup_view, offset, guest, host)
+        struct.pack_into("<II", self.lookup_view, offset, guest, host - self.host_base)
         self._lookup_installed.add(offset)
         self._lookup_pages[guest // PAGE_SIZE].add(offset)
         self.counters["lookup_table_installs"] += 1
@@ -356,7 +360,7 @@ class TranslationCache:
     def _remove_lookup(self, guest: int, host: int) -> None:
         offset = (guest & (LOOKUP_ENTRIES - 1)) * LOOKUP_ENTRY_SIZE
         tag, target = struct.unpack_from("<II", self.lookup_view, offset)
-        if tag == guest and target == host:
+        if tag == guest and target == host - self.host_base:
             index = guest & (LOOKUP_ENTRIES - 1)
             struct.pack_into("<II", self.lookup_view, offset, index ^ 1, 0)
 

@@ -123,7 +123,7 @@ def test_sensitive_counts_from_the_source(reports):
 def test_counts_survive_eviction(reports):
     """A cache of 64 blocks evicts all the time: the counts of evicted blocks are kept."""
     small = audit_json("sample_binaries/sensitive.elf", "--tcache-size", "64")
-    assert small["run"]["blocks_evicted"] > 1000
+    assert small["run"]["blocks_evicted"] > 5 * 64
     assert by_key(small) == by_key(reports["sensitive"])
 
 

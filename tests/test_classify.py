@@ -16,7 +16,17 @@ CASES = [
     ("f3a5", "rep movsd", C.INNOCUOUS, H.COPY),
     ("0fc70d00002000", "cmpxchg8b [0x200000]", C.INNOCUOUS, H.COPY),
     ("0f0b", "ud2 (raises #UD in place)", C.INNOCUOUS, H.COPY),
-    ("6200", "bound (may raise #BR in place)", C.INNOCUOUS, H.COPY),
+    ("50", "push eax (a sequence in 64-bit host code, still not sensitive)", C.INNOCUOUS, H.COPY),
+    # innocuous, but not in the host's 64-bit mode: the monitor carries them out
+    ("6200", "bound (may raise #BR)", C.INNOCUOUS, H.CALLOUT),
+    ("6318", "arpl", C.INNOCUOUS, H.CALLOUT),
+    ("27", "daa", C.INNOCUOUS, H.CALLOUT),
+    ("2f", "das", C.INNOCUOUS, H.CALLOUT),
+    ("37", "aaa", C.INNOCUOUS, H.CALLOUT),
+    ("3f", "aas", C.INNOCUOUS, H.CALLOUT),
+    ("d40a", "aam", C.INNOCUOUS, H.CALLOUT),
+    ("d50a", "aad", C.INNOCUOUS, H.CALLOUT),
+    ("d6", "salc", C.INNOCUOUS, H.CALLOUT),
     ("50", "push eax", C.INNOCUOUS, H.COPY),
     # direct control flow: exit slots
     ("eb00", "jmp rel8", C.DIRECT_BRANCH, H.CHAIN),

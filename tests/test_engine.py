@@ -155,3 +155,26 @@ def test_the_engine_counts_the_instructions_a_counted_run_started():
     assert engine.instructions_started() == 2 and engine.reg("eax") == 2      # out, then stopped
     engine.run(engine.reg("eip"), memory.until_address, count=100)
     assert engine.instructions_started() == 3 and engine.reg("eax") == 4      # inc, inc, hlt
+
+
+def test_segment_limits_are_not_checked():
+    # Why the monitor cannot use VMware's segment truncation (docs/isolation.md): a load through
+    # a data segment with a 4 KiB limit, far past the limit, succeeds on the engine.
+    from vmm.x86 import encode_segment
+    engine = Engine()
+    memory = engine.map_memory(0, 0x100000)
+    gdt = bytes(8) + encode_segment(0, 0xFFFFF, 0x9B, 0xC) + encode_segment(0, 0xFFFFF, 0x93, 0xC) \
+        + encode_segment(0, 0x00FFF, 0x93, 0x4)
+    memory[0x1000:0x1000 + len(gdt)] = gdt
+    memory[0x5000:0x5004] = (0x12345678).to_bytes(4, "little")
+    engine.set_table_register("gdtr", 0x1000, len(gdt) - 1)
+    engine.set_reg("cr0", 0x11)
+    engine.set_reg("cs", 0x08)
+    engine.set_reg("ss", 0x10)
+    engine.set_reg("ds", 0x18)                       # limit 0xFFF
+    code = bytes.fromhex("a100500000") + b"\xF4"    # mov eax, [0x5000]; hlt
+    memory[0x2000:0x2000 + len(code)] = code
+    faults = []
+    engine.on_interrupt(faults.append)
+    engine.run(0x2000, 0x2100)
+    assert not faults and engine.reg("eax") == 0x12345678

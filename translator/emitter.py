@@ -1,10 +1,15 @@
-"""Code generation: turn a decoded guest block into translated code.
+"""Code generation: turn a decoded guest block into translated code, x86-64 host code that the
+engine runs in long mode (docs/isolation.md).
 
-Innocuous instructions are copied byte for byte; each sensitive one becomes its inline
-emulation or a callout site; the block's final control transfer becomes exit slots (patched
-later into direct jumps to translated successors) or a flag-preserving probe of the lookup
-table. The output is position independent: absolute references go only to monitor areas, and
-jumps to other blocks are made by patching exit slots after placement.
+Innocuous instructions are relocated (translator/x64.py: the same instruction with 32-bit
+addressing, so no guest access reaches the monitor); what 64-bit mode lacks or widens (the
+stack's push/pop/call/ret, pusha, enter/leave) is emitted as equivalent flag-free sequences;
+each sensitive instruction becomes its inline emulation or a callout site; the block's final
+control transfer becomes exit slots (patched later into direct jumps to translated successors)
+or a flag-preserving probe of the lookup table. Emitted code keeps its temporaries in r8-r11 and
+reaches the monitor's data through r15 (the monitor's base), registers guest code cannot name;
+nothing is spilled where a guest could see it. The output is position independent: jumps to
+other blocks are made by patching exit slots after placement.
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ from capstone import x86_const as X
 
 from translator.classify import Handling
 from translator.decoder import BlockEnd, GuestBlock, GuestInstruction
-from translator.layout import (SCRATCH_BUDGET, SCRATCH_IO_SITE, SCRATCH_JUMP, SCRATCH_SPILL,
+from translator.layout import (SCRATCH_BUDGET, SCRATCH_IO_SITE, SCRATCH_STACK_TOP,
                                VCPU_CR, VCPU_GDTR, VCPU_IDTR, VCPU_IO_CHECK, VCPU_LDTR, VCPU_POPF_EXPECT,
                                VCPU_PUSHF_ADJUST, VCPU_SELECTOR, VCPU_TR, MonitorAddresses)
+from translator.x64 import ADDRESS_SIZE, NeedsEmulation, relocate, split_prefixes
 
 EAX, ECX, EDX, EBX, ESP, EBP, ESI, EDI = range(8)
+R8, R9, R10, R11, R15 = 8, 9, 10, 11, 15       # the monitor's: temporaries, and its base in r15
 INT3 = 0xCC
 # An exit slot: int3 and padding while unlinked, `jmp rel32` to the target once chained.
 SLOT_SIZE = 5
@@ -30,6 +37,7 @@ UNLINKED_SLOT = bytes([INT3]) + b"\x90" * (SLOT_SIZE - 1)
 WINDOW_SITE_DISARMED = b"\x66\x90"     # a 2-byte nop; armed, its first byte is int3
 _PREFIXES = {0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0x66, 0x67}
 _SEGMENT_PREFIXES = {0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65}
+_FLAT_SEGMENT_PREFIXES = {0x2E, 0x36, 0x3E, 0x26}      # no-ops in 64-bit mode (their bases are 0)
 _REGISTER_NUMBER = {}
 for _number, _names in enumerate([("EAX", "AX", "AL"), ("ECX", "CX", "CL"), ("EDX", "DX", "DL"),
                                   ("EBX", "BX", "BL"), ("ESP", "SP", "AH"), ("EBP", "BP", "CH"),
@@ -40,25 +48,32 @@ for _number, _names in enumerate([("EAX", "AX", "AL"), ("ECX", "CX", "CL"), ("ED
 
 INLINE_CACHE_ENTRIES = 4           # predicted targets per indirect branch before the table
 
-# The guest's arithmetic flags parked in ah (SF ZF AF PF CF) and al (OF as 0/1) so that emitted
-# code may compare; `add al, 0x7f; sahf` puts them back. In a restore list, FLAGS_IN_AX tells
-# the monitor that the live flags are not the guest's: rebuild them from ax (before eax).
-SAVE_FLAGS = b"\x9F\x0F\x90\xC0"      # lahf; seto al
-RESTORE_FLAGS = b"\x04\x7F\x9E"       # add al, 0x7f; sahf
-FLAGS_IN_AX = 8
+# The guest's arithmetic flags parked in ah (SF ZF AF PF CF) and al (OF as 0/1), the guest's eax
+# in r9d, so that emitted code may compare; `add al, 0x7f; sahf; mov eax, r9d` puts them back.
+# In a restore list FLAGS_IN_AX tells the monitor to rebuild the flags from ax first.
+SAVE_FLAGS = b"\x41\x89\xC1" + b"\x9F\x0F\x90\xC0"      # mov r9d, eax; lahf; seto al
+RESTORE_FLAGS = b"\x04\x7F\x9E" + b"\x44\x89\xC8"        # add al, 0x7f; sahf; mov eax, r9d
+FLAGS_IN_AX = "flags in ax"
+EAX_IN_R9 = (EAX, "r9")
+# Restore lists name what the monitor must put back before the guest state is whole: the
+# guest's flags from ax (FLAGS_IN_AX), or a guest register from a monitor register.
 
 # `jmp` to the next instruction: ends the engine's (Unicorn's) own translation block there.
 ENGINE_BLOCK_BREAK = b"\xE9\0\0\0\0"
 # Unicorn 2.1.1 mixes up its lazy flags when a flag-setting instruction precedes cmpxchg8b,
 # loope or loopne in the same engine block (cmpxchg8b loses the flags; after loope/loopne
 # pushf shows garbage). The translator starts a fresh engine block before each of them, where
-# the flags are whole again. tests/test_translator.py pins the engine bug and the workaround.
+# the flags are whole again. tests/test_bt.py pins the engine bug and the workaround.
 _NEEDS_FRESH_ENGINE_BLOCK = {X.X86_INS_CMPXCHG8B, X.X86_INS_LOOPE, X.X86_INS_LOOPNE}
 # String port I/O, which the engine lets touch memory before the I/O hook can refuse it: INS
 # stores a dummy 0 at ES:EDI first, and a rep form with ECX = 0 calls no hook at all. Outside
 # CPL <= IOPL the monitor checks the permission in front of it (ExitKind.IO_PERMISSION).
 STRING_IO = {X.X86_INS_INSB, X.X86_INS_INSW, X.X86_INS_INSD,
              X.X86_INS_OUTSB, X.X86_INS_OUTSW, X.X86_INS_OUTSD}
+# Instructions that store the x87 instruction pointer: the engine stores the HOST address of the
+# last x87 instruction, which the monitor replaces with the guest's (ExitKind.FPU_POINTER).
+FPU_POINTER_STORES = {X.X86_INS_FNSTENV: 12, X.X86_INS_FNSAVE: 12, X.X86_INS_FXSAVE: 8,
+                      X.X86_INS_XSAVE: 8, X.X86_INS_XSAVEOPT: 8, X.X86_INS_XSAVEC: 8}
 
 
 class ExitKind(Enum):
@@ -72,6 +87,7 @@ class ExitKind(Enum):
     BREAKPOINT = "breakpoint"      # a debugger breakpoint at the guest address
     INTERRUPT_WINDOW = "interrupt window"   # after sti/popf: armed only while an interrupt waits for IF
     IO_PERMISSION = "I/O permission"        # string I/O above IOPL: the monitor checks the port first
+    FPU_POINTER = "x87 pointer"             # after fnstenv/fxsave...: the monitor writes the guest's FIP
 
 
 @dataclass
@@ -81,11 +97,11 @@ class ExitSite:
     guest_eip: int                 # BRANCH: the successor; others: the guest instruction concerned
     next_eip: int = 0              # CALLOUT: the instruction after the one emulated
     instruction: Optional[GuestInstruction] = None
-    restore: tuple[int, ...] = ()  # registers to reload from the scratch page before the monitor
-                                   # acts (FLAGS_IN_AX first: the guest's flags saved in ah/al)
+    restore: tuple = ()            # what to put back before the monitor acts (FLAGS_IN_AX first,
+                                   # then (guest register, monitor register) pairs)
     inline_cache: tuple = ()       # MISS: (offsets of the compare imm32s, indices of the
                                    # PREDICTED slots) of the same branch
-    target: int = EAX              # MISS: the register holding the guest target
+    target: str = "r8d"            # MISS: the register holding the guest target
     branch: int = -1               # BRANCH: offset of a jcc's rel32 that reaches this slot too
     learn: tuple = ()              # MISS: (offset, bytes) of the patch that skips the learning
                                    # exit once all predictions are filled, and that exit's offset
@@ -102,7 +118,7 @@ class PcEntry:
     is the guest's fault at that instruction once `restore` registers are reloaded."""
     offset: int
     guest_eip: int
-    restore: tuple[int, ...] = ()
+    restore: tuple = ()
 
 
 @dataclass
@@ -146,20 +162,8 @@ def _u32(value: int) -> bytes:
     return struct.pack("<I", value & 0xFFFFFFFF)
 
 
-def _modrm_offset(raw: bytes) -> int:
-    index = 0
-    while raw[index] in _PREFIXES:
-        index += 1
-    if raw[index] == 0x0F:
-        return index + (3 if raw[index + 1] in (0x38, 0x3A) else 2)
-    return index + 1
-
-
 def _prefixes(raw: bytes) -> bytes:
-    index = 0
-    while raw[index] in _PREFIXES:
-        index += 1
-    return raw[:index]
+    return split_prefixes(raw)[0]
 
 
 def _memory_operand(insn):
@@ -176,39 +180,77 @@ def _registers_in_memory_operand(insn) -> set[int]:
     return {_REGISTER_NUMBER[r] for r in (operand.mem.base, operand.mem.index) if r in _REGISTER_NUMBER}
 
 
-def _reencode_rm(insn, opcode: bytes, reg: int, keep_operand_size: bool = True) -> bytes:
-    """The instruction's own r/m operand under a different opcode and reg field: e.g. the
-    `[ebx+8]` of `jmp dword ptr [ebx+8]` as `mov eax, [ebx+8]`."""
+# -- x86-64 encodings --------------------------------------------------------------------------
+def _rex(w: int = 0, reg: int = 0, index: int = 0, base: int = 0) -> bytes:
+    value = 0x40 | (w << 3) | ((reg >> 3) << 2) | ((index >> 3) << 1) | (base >> 3)
+    return bytes([value]) if value != 0x40 else b""
+
+
+def _reg_reg(opcode: bytes, reg: int, rm: int, w: int = 0, prefix: bytes = b"") -> bytes:
+    """opcode with a register r/m: e.g. 89 /r is `mov rm, reg`."""
+    return prefix + _rex(w, reg, 0, rm) + opcode + bytes([0xC0 | (reg & 7) << 3 | (rm & 7)])
+
+
+def _monitor(opcode: bytes, reg: int, offset: int, prefix: bytes = b"", w: int = 0) -> bytes:
+    """opcode with the memory operand [r15 + offset] (a monitor area)."""
+    return prefix + _rex(w, reg, 0, R15) + opcode + bytes([0x80 | (reg & 7) << 3 | 7]) + _u32(offset)
+
+
+def _stack(opcode: bytes, reg: int, displacement: int, prefix: bytes = b"") -> bytes:
+    """opcode with the guest's stack operand [esp + displacement], 32-bit addressing."""
+    disp = displacement & 0xFFFFFFFF
+    if -128 <= displacement < 128:
+        return bytes([ADDRESS_SIZE]) + prefix + _rex(0, reg) + opcode + bytes([0x44 | (reg & 7) << 3, 0x24, disp & 0xFF])
+    return bytes([ADDRESS_SIZE]) + prefix + _rex(0, reg) + opcode + bytes([0x84 | (reg & 7) << 3, 0x24]) + _u32(disp)
+
+
+def _lea_esp(displacement: int) -> bytes:
+    """lea esp, [esp + displacement]: the guest's stack pointer moves, flags untouched."""
+    return _stack(b"\x8D", ESP, displacement)
+
+
+def _relocated_operand(insn, opcode: bytes, reg: int, operand16: Optional[bool] = None) -> bytes:
+    """The guest instruction's own memory operand under another opcode and reg field, relocated
+    (32-bit addressing, an absolute [disp32] kept absolute): e.g. `mov r8d, [ebx+8]` from the
+    `[ebx+8]` of `jmp dword ptr [ebx+8]`. operand16: add (True) or drop (False) the 0x66 prefix;
+    None keeps the instruction's. Segment overrides: FS/GS kept, the flat ones dropped."""
     raw = bytes(insn.bytes)
-    at = _modrm_offset(raw)
-    prefixes = bytes(p for p in _prefixes(raw) if keep_operand_size or p != 0x66)
-    modrm = (raw[at] & 0xC7) | (reg << 3)
-    return prefixes + opcode + bytes([modrm]) + raw[at + 1:]
+    prefixes, _body = split_prefixes(raw)
+    if ADDRESS_SIZE in prefixes:
+        raise UntranslatableForm("16-bit addressing")
+    kept = bytes(p for p in prefixes if p not in _FLAT_SEGMENT_PREFIXES and p not in (0x66, 0xF0, 0xF2, 0xF3))
+    wide = 0x66 in prefixes if operand16 is None else operand16
+    at = insn.modrm_offset
+    modrm = raw[at]
+    rest = raw[at + 1:at + 1 + _memory_operand_length(insn, raw)]
+    if modrm >> 6 == 0 and modrm & 7 == 5:         # [disp32]: RIP-relative in 64-bit mode
+        modrm, rest = (modrm & 0xF8) | 4, b"\x25" + rest
+    modrm = (modrm & 0xC7) | ((reg & 7) << 3)
+    return bytes([ADDRESS_SIZE]) + (b"\x66" if wide else b"") + kept + _rex(0, reg) + opcode + bytes([modrm]) + rest
+
+
+def _memory_operand_length(insn, raw: bytes) -> int:
+    """Bytes after the ModRM byte that belong to the memory operand (SIB and displacement)."""
+    modrm = raw[insn.modrm_offset]
+    mod, rm = modrm >> 6, modrm & 7
+    length = 0
+    if rm == 4:
+        length += 1
+        if mod == 0 and raw[insn.modrm_offset + 1] & 7 == 5:
+            return length + 4
+    if mod == 1:
+        return length + 1
+    if mod == 2 or (mod == 0 and rm == 5):
+        return length + 4
+    return length
 
 
 class Emitter:
     """Translates one GuestBlock into a Translation."""
 
     def __init__(self, addresses: MonitorAddresses) -> None:
-        self.a = addresses
-
-    # -- small encodings -----------------------------------------------------------------------
-    def _scratch(self, register: int) -> int:
-        return self.a.scratch + SCRATCH_SPILL + 4 * register
-
-    @staticmethod
-    def _mov_reg_abs(register: int, address: int, operand16: bool = False) -> bytes:
-        return (b"\x66" if operand16 else b"") + bytes([0x8B, (register << 3) | 5]) + _u32(address)
-
-    @staticmethod
-    def _mov_abs_reg(address: int, register: int, operand16: bool = False) -> bytes:
-        return (b"\x66" if operand16 else b"") + bytes([0x89, (register << 3) | 5]) + _u32(address)
-
-    def _spill(self, *registers: int) -> bytes:
-        return b"".join(self._mov_abs_reg(self._scratch(r), r) for r in registers)
-
-    def _reload(self, *registers: int) -> bytes:
-        return b"".join(self._mov_reg_abs(r, self._scratch(r)) for r in registers)
+        self.areas = addresses
+        self._bases = {"ds": 0, "es": 0, "ss": 0}
 
     # -- block ---------------------------------------------------------------------------------
     def breakpoint(self, address: int) -> Translation:
@@ -220,15 +262,21 @@ class Emitter:
         return out
 
     def translate(self, block: GuestBlock, *, budget: bool = False, chainable: bool = True,
-                  profile: bool = False, predictions: int = INLINE_CACHE_ENTRIES) -> Translation:
-        """`predictions`: inline-cache entries per indirect branch (fewer make a smaller block)."""
+                  profile: bool = False, predictions: int = INLINE_CACHE_ENTRIES,
+                  segment_bases: tuple = (0, 0, 0)) -> Translation:
+        """`predictions`: inline-cache entries per indirect branch (fewer make a smaller block).
+        `segment_bases`: the guest's DS, ES and SS bases, which 64-bit host code ignores: memory
+        operands through a segment with a non-zero base get it added explicitly."""
+        self._bases = dict(zip(("ds", "es", "ss"), segment_bases))
+        if self._bases["ss"]:
+            raise UnsupportedForm(f"a stack segment based at {self._bases['ss']:#x} (at {block.address:#x})")
         out = Translation()
         self._predictions = predictions
         self._owner = block.address
         pending: list[tuple[int, ExitSite]] = []     # (offset of rel32 to fix, site) for jumps to sites
         code = out.code
 
-        def mark(guest_eip: int, restore: tuple[int, ...] = ()) -> None:
+        def mark(guest_eip: int, restore: tuple = ()) -> None:
             out.pc_map.append(PcEntry(len(code), guest_eip, restore))
 
         def site_later(rel_offset: int, site: ExitSite) -> None:
@@ -246,24 +294,7 @@ class Emitter:
             rule = instruction.rule
             start = len(code)
             if rule.handling in (Handling.COPY, Handling.IO_HOOK) or rule.procedure == "interrupt_flag":
-                if instruction.insn.id in _NEEDS_FRESH_ENGINE_BLOCK:
-                    mark(instruction.address)
-                    code += ENGINE_BLOCK_BREAK
-                mark(instruction.address)
-                if instruction.insn.id in STRING_IO:
-                    self._emit_io_permission_guard(out, instruction, mark)
-                if rule.handling is Handling.IO_HOOK:
-                    # Say which guest instruction this is: inside the I/O hook the engine's EIP
-                    # is stale, and a refused access must fault at exactly this instruction.
-                    code += b"\xC7\x05" + _u32(self.a.scratch + SCRATCH_IO_SITE) + _u32(instruction.address)
-                code += instruction.bytes
-                if instruction.insn.id == X.X86_INS_STI:
-                    self._window_site(out, instruction, mark)
-                if rule.handling is Handling.IO_HOOK:
-                    # End the engine's own block here: a device may stop the machine from the
-                    # I/O hook, and the engine stops only between its blocks.
-                    mark(instruction.end)
-                    code += ENGINE_BLOCK_BREAK
+                self._emit_copy(out, instruction, mark)
             elif rule.handling is Handling.INLINE:
                 try:
                     self._emit_inline(out, instruction, mark, site_later)
@@ -316,19 +347,199 @@ class Emitter:
         out.exits.append(site)
         out.code.append(INT3)
 
+    def _slot(self, out: Translation, site: ExitSite) -> None:
+        site.offset = len(out.code)
+        site.owner = site.owner or self._owner
+        out.exits.append(site)
+        out.code += UNLINKED_SLOT
+
+    # -- memory operands and segment bases --------------------------------------------------------
+    @staticmethod
+    def _segment_of(insn, operand=None) -> Optional[str]:
+        """The segment a memory operand goes through: an override, else SS for ESP/EBP bases."""
+        operand = operand or _memory_operand(insn)
+        if operand is None:
+            return None
+        if operand.mem.segment:
+            return insn.reg_name(operand.mem.segment)
+        return "ss" if operand.mem.base in (X.X86_REG_ESP, X.X86_REG_EBP, X.X86_REG_SP, X.X86_REG_BP) else "ds"
+
+    def _needs_base(self, insn) -> bool:
+        """Whether a memory operand of the instruction goes through a DS/ES/SS with a base."""
+        if insn.id == X.X86_INS_LEA:
+            return False
+        return any(self._bases.get(self._segment_of(insn, op)) for op in insn.operands if op.type == X.X86_OP_MEM)
+
+    def _guest_operand(self, insn, opcode: bytes, reg: int, operand16: Optional[bool] = None) -> bytes:
+        """The guest's memory operand under another opcode and reg field (_relocated_operand),
+        through a DS/ES/SS base if it has one."""
+        if not self._needs_base(insn):
+            return _relocated_operand(insn, opcode, reg, operand16)
+        wide = 0x66 in _prefixes(bytes(insn.bytes)) if operand16 is None else operand16
+        return self._address_in_r10(insn) + (b"\x66" if wide else b"") + _rex(0, reg, 0, R10) + opcode \
+            + bytes([(reg & 7) << 3 | (R10 & 7)])
+
+    def _address_in_r10(self, insn) -> bytes:
+        """lea r10d, [operand]; lea r10d, [r10 + segment base]: the linear address, wrapped at
+        4 GiB as in the guest."""
+        base = self._bases[self._segment_of(insn)]
+        return _relocated_operand(insn, b"\x8D", R10, operand16=False) + b"\x45\x8D\x92" + _u32(base)
+
+    def _rebased(self, instruction: GuestInstruction) -> bytes:
+        """An innocuous instruction whose memory operand goes through a segment with a base:
+        the address is worked out into r10 and the instruction made to use [r10]."""
+        insn = instruction.insn
+        raw = bytes(insn.bytes)
+        prefixes, body = split_prefixes(raw)
+        if insn.modrm_offset == 0 and body[0] in (0xA0, 0xA1, 0xA2, 0xA3) and ADDRESS_SIZE not in prefixes:
+            # mov with a 32-bit offset: the base is known now, so is the linear address
+            linear = (int.from_bytes(body[1:5], "little") + self._bases[self._segment_of(insn)]) & 0xFFFFFFFF
+            kept = bytes(p for p in prefixes if p not in _SEGMENT_PREFIXES)
+            return bytes([ADDRESS_SIZE]) + kept + body[:1] + _u32(linear)
+        if insn.modrm_offset == 0:
+            raise UnsupportedForm(f"{instruction} through a segment with a base, at {instruction.address:#x}")
+        if any(insn.reg_name(op.reg) in ("ah", "ch", "dh", "bh") for op in insn.operands if op.type == X.X86_OP_REG):
+            raise UnsupportedForm(f"{instruction} (a high byte register) through a segment with a base")
+        relocate(insn)                                     # the checks: NeedsEmulation if not copyable
+        prefixes, _body = split_prefixes(raw)
+        kept = bytes(p for p in prefixes if p not in _SEGMENT_PREFIXES and p != ADDRESS_SIZE)
+        opcode = raw[len(prefixes):insn.modrm_offset]
+        if opcode == b"\x82":
+            opcode = b"\x80"
+        modrm = raw[insn.modrm_offset]
+        rest = raw[insn.modrm_offset + 1 + _memory_operand_length(insn, raw):]
+        reg = (modrm >> 3) & 7
+        return self._address_in_r10(insn) + kept + _rex(0, 0, 0, R10) + opcode + bytes([reg << 3 | (R10 & 7)]) + rest
+
+    # -- copies ---------------------------------------------------------------------------------
+    def _emit_copy(self, out: Translation, instruction: GuestInstruction, mark) -> None:
+        """An innocuous instruction (or port I/O, cli/sti): relocated, or the sequence that does
+        what 64-bit mode would do differently."""
+        code, rule = out.code, instruction.rule
+        if instruction.insn.id in _NEEDS_FRESH_ENGINE_BLOCK:
+            mark(instruction.address)
+            code += ENGINE_BLOCK_BREAK
+        mark(instruction.address)
+        if instruction.insn.id in STRING_IO:
+            self._emit_io_permission_guard(out, instruction, mark)
+        if rule.handling is Handling.IO_HOOK:
+            # Say which guest instruction this is: inside the I/O hook the engine's EIP is
+            # stale, and a refused access must fault at exactly this instruction.
+            code += b"\x41\xC7\x87" + _u32(self.areas.scratch + SCRATCH_IO_SITE) + _u32(instruction.address)
+        if instruction.insn.id in FPU_POINTER_STORES:
+            self._emit_fpu_pointer_store(out, instruction, mark)
+            return
+        try:
+            code += self._rebased(instruction) if self._needs_base(instruction.insn) else relocate(instruction.insn)
+        except NeedsEmulation as why:
+            self._emit_stack_instruction(out, instruction, mark, str(why))
+        if instruction.insn.id == X.X86_INS_STI:
+            self._window_site(out, instruction, mark)
+        if rule.handling is Handling.IO_HOOK:
+            # End the engine's own block here: a device may stop the machine from the I/O
+            # hook, and the engine stops only between its blocks.
+            mark(instruction.end)
+            code += ENGINE_BLOCK_BREAK
+
+    def _emit_stack_instruction(self, out: Translation, instruction: GuestInstruction, mark, why: str) -> None:
+        """push, pop, pusha, popa, enter, leave: 64-bit mode would move 8 bytes and use RSP, so
+        each becomes 32-bit stores and loads at [esp+n] and a `lea esp`, flag-free, ordered so
+        that a fault leaves the guest's registers as the CPU would (nothing changed)."""
+        insn, code = instruction.insn, out.code
+        operand16 = 0x66 in _prefixes(instruction.bytes)
+        size = 2 if operand16 else 4
+        prefix = b"\x66" if operand16 else b""
+        iid = insn.id
+        if iid == X.X86_INS_PUSH:
+            operand = insn.operands[0]
+            if operand.type == X.X86_OP_REG:
+                code += _stack(b"\x89", _REGISTER_NUMBER[operand.reg], -size, prefix)    # mov [esp-n], reg
+            elif operand.type == X.X86_OP_IMM:
+                code += _stack(b"\xC7", 0, -size, prefix) + operand.imm.to_bytes(8, "little", signed=operand.imm < 0)[:size]
+            else:
+                code += self._guest_operand(insn, b"\x8B", R8)                                 # mov r8d, m
+                code += _stack(b"\x89", R8, -size, prefix)                               # mov [esp-n], r8d
+            code += _lea_esp(-size)
+            return
+        if iid == X.X86_INS_POP:
+            operand = insn.operands[0]
+            if operand.type == X.X86_OP_REG:
+                register = _REGISTER_NUMBER[operand.reg]
+                code += _stack(b"\x8B", register, 0, prefix)                              # mov reg, [esp]
+                if register != ESP:       # pop esp: ESP is the value popped
+                    code += _lea_esp(size)
+                return
+            # pop m: the operand's address is worked out with ESP already moved (as the CPU
+            # does); if the store faults, ESP goes back (r11 holds it)
+            code += _stack(b"\x8B", R8, 0, prefix)                                        # mov r8d, [esp]
+            code += _reg_reg(b"\x89", ESP, R11)                                           # mov r11d, esp
+            code += _lea_esp(size)
+            mark(instruction.address, ((ESP, "r11"),))
+            code += self._guest_operand(insn, b"\x89", R8)                                     # mov m, r8d
+            mark(instruction.address)
+            return
+        if iid in (X.X86_INS_PUSHAL, X.X86_INS_PUSHAW):
+            order = (EAX, ECX, EDX, EBX, ESP, EBP, ESI, EDI)    # ESP as it was before
+            for k, register in enumerate(order, 1):
+                code += _stack(b"\x89", register, -k * size, prefix)
+            code += _lea_esp(-8 * size)
+            return
+        if iid in (X.X86_INS_POPAL, X.X86_INS_POPAW):
+            # both ends first (all of it is readable then), so no register changes before a fault
+            code += _stack(b"\x8B", R8, 0, prefix) + _stack(b"\x8B", R8, 7 * size, prefix)
+            for k, register in enumerate((EDI, ESI, EBP, None, EBX, EDX, ECX, EAX)):
+                if register is not None:
+                    code += _stack(b"\x8B", register, k * size, prefix)
+            code += _lea_esp(8 * size)
+            return
+        if iid == X.X86_INS_LEAVE:
+            base = bytes([ADDRESS_SIZE]) + prefix + _rex(0, R8) + b"\x8B\x45\x00"       # mov r8d, [ebp]
+            code += base
+            code += bytes([ADDRESS_SIZE, 0x8D, 0x65, size])                              # lea esp, [ebp + n]
+            code += _reg_reg(b"\x89", R8, EBP, prefix=prefix)                            # mov ebp, r8d
+            return
+        if iid == X.X86_INS_ENTER:
+            # push ebp; with a nesting level, copy level-1 frame pointers from [ebp-n*i] and push
+            # the new frame's; then ebp = the new frame and esp drops by the frame size. Every
+            # store is relative to the old ESP, so a fault changes no register.
+            frame, level = insn.operands[0].imm & 0xFFFF, insn.operands[1].imm & 0x1F
+            code += _stack(b"\x89", EBP, -size, prefix)                                   # mov [esp-n], ebp
+            code += _stack(b"\x8D", R8, -size)                                            # lea r8d, [esp-n]
+            for i in range(1, level):
+                code += bytes([ADDRESS_SIZE]) + prefix + b"\x44\x8B\x8D" + _u32(-size * i)  # mov r9d, [ebp-n*i]
+                code += _stack(b"\x89", R9, -size * (i + 1), prefix)
+            if level:
+                code += _stack(b"\x89", R8, -size * (level + 1), prefix)                  # push the frame pointer
+            code += _lea_esp(-size * (level + 1 if level else 1))
+            code += _reg_reg(b"\x89", R8, EBP, prefix=prefix)                            # mov ebp, r8d
+            code += _lea_esp(-frame)
+            return
+        raise UnsupportedForm(f"{instruction} at {instruction.address:#x}: {why}")
+
+    def _emit_fpu_pointer_store(self, out: Translation, instruction: GuestInstruction, mark) -> None:
+        """fnstenv/fnsave/fxsave/xsave*: the engine writes the host address of the last x87
+        instruction into the image; r8 gets the image's offset and an exit lets the monitor put
+        the guest's address there instead, so no monitor address reaches guest memory."""
+        code = out.code
+        code += _relocated_operand(instruction.insn, b"\x8D", R8, operand16=False)             # lea r8d, m
+        code += relocate_fpu_store(instruction.insn)
+        mark(instruction.end)
+        self._site(out, ExitSite(ExitKind.FPU_POINTER, 0, instruction.address, instruction.end, instruction))
+
     def _emit_io_permission_guard(self, out: Translation, instruction: GuestInstruction, mark) -> None:
         """In front of string I/O: while the virtual-CPU block says the guest's CPL is above its
         IOPL, an exit where the monitor checks the TSS bitmap (#GP, or on to the instruction).
-        Flag-free (jecxz), with ECX spilled around the test; at CPL <= IOPL no exit."""
+        Flag-free (jrcxz, the guest's rcx kept in r9); at CPL <= IOPL no exit."""
         code = out.code
-        code += self._spill(ECX) + self._mov_reg_abs(ECX, self.a.vcpu + VCPU_IO_CHECK)
-        mark(instruction.address, (ECX,))
-        code += b"\xE3\x07"                                   # jecxz over the reload and the site
-        code += self._reload(ECX)                               # 6 bytes
+        code += _reg_reg(b"\x89", ECX, R9, w=1)                                        # mov r9, rcx
+        mark(instruction.address, ((ECX, "r9"),))
+        code += _monitor(b"\x8B", ECX, self.areas.vcpu + VCPU_IO_CHECK)                # mov ecx, [io check]
+        code += b"\xE3\x04"                                                             # jrcxz over 4 bytes
+        code += _reg_reg(b"\x89", R9, ECX, w=1)                                        # mov rcx, r9 (3)
         mark(instruction.address)
         self._site(out, ExitSite(ExitKind.IO_PERMISSION, 0, instruction.address, instruction.end, instruction))
-        mark(instruction.address, (ECX,))                       # where jecxz lands
-        code += self._reload(ECX)
+        mark(instruction.address, ((ECX, "r9"),))                                      # where jrcxz lands
+        code += _reg_reg(b"\x89", R9, ECX, w=1)
         mark(instruction.address)
 
     def _window_site(self, out: Translation, instruction: GuestInstruction, mark) -> None:
@@ -341,75 +552,81 @@ class Emitter:
         out.exits.append(site)
         out.code += WINDOW_SITE_DISARMED
 
-    def _slot(self, out: Translation, site: ExitSite) -> None:
-        site.offset = len(out.code)
-        site.owner = site.owner or self._owner
-        out.exits.append(site)
-        out.code += UNLINKED_SLOT
-
     # -- instruction budget --------------------------------------------------------------------
     def _emit_budget_check(self, out, block, site_later, mark) -> None:
-        """Subtract the block's guest instruction count from the budget, saving and restoring
-        the guest's flags without touching its stack (lahf/seto ... add al,0x7f/sahf)."""
+        """Subtract the block's guest instruction count from the budget, the guest's flags parked
+        in ax around it (its eax in r9)."""
         code = out.code
-        mark(block.address, (EAX,))
-        code += self._spill(EAX)
+        mark(block.address)
         code += SAVE_FLAGS
-        mark(block.address, (FLAGS_IN_AX, EAX))
+        mark(block.address, (FLAGS_IN_AX, EAX_IN_R9))
         count = len(block.instructions)
-        code += b"\x81\x2D" + _u32(self.a.scratch + SCRATCH_BUDGET) + _u32(count)   # sub [budget], n
-        code += b"\x0F\x82"                                           # jb -> budget exit
-        site_later(len(code), ExitSite(ExitKind.BUDGET, 0, block.address, restore=(FLAGS_IN_AX, EAX)))
+        code += _monitor(b"\x81", 5, self.areas.scratch + SCRATCH_BUDGET) + _u32(count)  # sub [budget], n
+        code += b"\x0F\x82"                                                             # jb -> budget exit
+        site_later(len(code), ExitSite(ExitKind.BUDGET, 0, block.address, restore=(FLAGS_IN_AX, EAX_IN_R9)))
         code += b"\0\0\0\0"
-        code += RESTORE_FLAGS
-        mark(block.address, (EAX,))
-        code += self._reload(EAX)
+        code += RESTORE_FLAGS[:3]
+        mark(block.address, (EAX_IN_R9,))
+        code += RESTORE_FLAGS[3:]
+        mark(block.address)
         code += ENGINE_BLOCK_BREAK
 
     def _emit_execution_counter(self, out, block, mark) -> None:
         """Count executions of this block without touching the guest's flags (--profile). The
-        counter's address depends on where the block is placed: the cache writes it in at the
+        counter's offset depends on where the block is placed: the cache writes it in at the
         offsets listed in counter_fixups."""
         code = out.code
-        mark(block.address, (ECX,))
-        code += self._spill(ECX)
-        code += b"\x8B\x0D"                                        # mov ecx, [counter]
+        mark(block.address)
+        code += b"\x45\x8B\x8F"                                    # mov r9d, [r15 + counter]
         out.counter_fixups.append(len(code))
         code += _u32(0)
-        code += b"\x8D\x49\x01"                                    # lea ecx, [ecx + 1]
-        code += b"\x89\x0D"                                        # mov [counter], ecx
+        code += b"\x45\x8D\x49\x01"                                # lea r9d, [r9 + 1]
+        code += b"\x45\x89\x8F"                                    # mov [r15 + counter], r9d
         out.counter_fixups.append(len(code))
         code += _u32(0)
-        code += self._reload(ECX)
 
     # -- inline emulations ---------------------------------------------------------------------
+    def _switch_to_monitor_stack(self, offset: int = SCRATCH_STACK_TOP) -> bytes:
+        """mov r11, rsp; lea rsp, [r15 + scratch stack]: pushfq/popfq must not touch the guest's
+        stack (they move 8 bytes there)."""
+        return _reg_reg(b"\x89", ESP, R11, w=1) + _monitor(b"\x8D", ESP, self.areas.scratch + offset, w=1)
+
+    _BACK_TO_GUEST_STACK = b"\x4C\x89\xDC"                        # mov rsp, r11
+
     def _emit_inline(self, out: Translation, instruction: GuestInstruction, mark, site_later) -> None:
         insn, procedure, code = instruction.insn, instruction.rule.procedure, out.code
         guest = instruction.address
         operand16 = 0x66 in _prefixes(instruction.bytes)
+        size = 2 if operand16 else 4
+        prefix = b"\x66" if operand16 else b""
         if procedure == "pushf":
             mark(guest)
-            code += b"\x66\x9C" if operand16 else b"\x9C"            # the guest-visible push
-            mark(guest, (EAX, ECX))
-            code += self._spill(EAX, ECX)
-            code += b"\x8B\x04\x24"                                    # mov eax, [esp]
-            code += self._mov_reg_abs(ECX, self.a.vcpu + VCPU_PUSHF_ADJUST)
-            code += b"\x8D\x04\x08"                                    # lea eax, [eax+ecx]
-            code += (b"\x66" if operand16 else b"") + b"\x89\x04\x24"  # mov [esp], eax/ax
-            code += self._reload(ECX, EAX)
+            code += self._switch_to_monitor_stack()
+            code += b"\x9C\x41\x58"                                            # pushfq; pop r8
+            code += self._BACK_TO_GUEST_STACK
+            code += _monitor(b"\x8B", R10, self.areas.vcpu + VCPU_PUSHF_ADJUST)  # mov r10d, [adjust]
+            code += b"\x47\x8D\x04\x10"                                        # lea r8d, [r8 + r10]
+            code += _stack(b"\x89", R8, -size, prefix)                          # mov [esp-n], r8d
+            code += _lea_esp(-size)
             return
         if procedure == "popf":
-            mark(guest, (EAX,))
-            code += self._spill(EAX)
-            code += (b"\x0F\xB7\x04\x24" if operand16 else b"\x8B\x04\x24")   # movzx eax, word [esp] / mov eax, [esp]
-            code += b"\x25" + _u32(0x3100)                             # and eax, IOPL|TF
-            code += b"\x3B\x05" + _u32(self.a.vcpu + VCPU_POPF_EXPECT)  # cmp eax, [expect]
-            code += self._reload(EAX)
-            code += b"\x0F\x85"                                        # jne -> callout
+            mark(guest)
+            load = (bytes([ADDRESS_SIZE]) + b"\x44\x0F\xB7\x04\x24") if operand16 else _stack(b"\x8B", R8, 0)
+            code += load                                                        # r8d = the image
+            code += b"\x41\x81\xE0" + _u32(0x3100)                              # and r8d, IOPL|TF
+            code += _monitor(b"\x3B", R8, self.areas.vcpu + VCPU_POPF_EXPECT)    # cmp r8d, [expect]
+            code += b"\x0F\x85"                                                 # jne -> callout
             site_later(len(code), ExitSite(ExitKind.CALLOUT, 0, guest, instruction.end, instruction))
             code += b"\0\0\0\0"
-            mark(guest)
-            code += instruction.bytes                                  # popf: IF and flags natively
+            code += load
+            if operand16:          # popf: the upper half of EFLAGS stays
+                code += self._switch_to_monitor_stack() + b"\x9C\x41\x5A" + self._BACK_TO_GUEST_STACK   # r10 = rflags
+                code += b"\x41\x81\xE2" + _u32(0xFFFF0000)                      # and r10d, 0xffff0000
+                code += b"\x45\x09\xD0"                                         # or r8d, r10d
+            code += _lea_esp(size)
+            code += self._switch_to_monitor_stack()
+            code += b"\x41\x50\x9D"                                             # push r8; popfq
+            code += self._BACK_TO_GUEST_STACK
             self._window_site(out, instruction, mark)
             return
         if procedure in ("read_segment_register", "push_segment_register", "store_system_segment",
@@ -419,17 +636,15 @@ class Emitter:
         if procedure == "store_descriptor_table":
             table = VCPU_GDTR if insn.id == X.X86_INS_SGDT else VCPU_IDTR
             self._check_segment_prefix(instruction)
-            mark(guest, (EAX, ECX))
-            code += self._spill(EAX, ECX)
-            code += _reencode_rm(insn, b"\x8D", EAX, keep_operand_size=False)   # lea eax, m
-            code += self._mov_reg_abs(ECX, self.a.vcpu + table)
-            code += b"\x89\x08"                                        # mov [eax], ecx
+            mark(guest)
+            code += self._guest_operand(insn, b"\x8D", R8, operand16=False)            # lea r8d, m
+            code += _monitor(b"\x8B", R9, self.areas.vcpu + table)                # mov r9d, [limit, base low]
+            code += b"\x45\x89\x08"                                               # mov [r8], r9d
             if operand16:    # a 16-bit sgdt/sidt stores a 24-bit base: high byte zero
-                code += b"\x0F\xB6\x0D" + _u32(self.a.vcpu + table + 4)   # movzx ecx, byte [base bits 16-23]
+                code += _monitor(b"\x0F\xB6", R9, self.areas.vcpu + table + 4)    # movzx r9d, byte [base 16-23]
             else:
-                code += self._mov_reg_abs(ECX, self.a.vcpu + table + 4)
-            code += b"\x66\x89\x48\x04"                                # mov [eax+4], cx
-            code += self._reload(ECX, EAX)
+                code += _monitor(b"\x8B", R9, self.areas.vcpu + table + 4)
+            code += b"\x66\x45\x89\x48\x04"                                       # mov [r8+4], r9w
             return
         raise UntranslatableForm(procedure)
 
@@ -441,36 +656,35 @@ class Emitter:
         """Instructions that read one virtual-CPU value into a register, memory or the stack."""
         insn, code, guest = instruction.insn, out.code, instruction.address
         if procedure == "push_segment_register":
-            source = self.a.vcpu + VCPU_SELECTOR[insn.operands[0].reg]
+            source = self.areas.vcpu + VCPU_SELECTOR[insn.operands[0].reg]
+            size = 2 if operand16 else 4
             mark(guest)
-            code += (b"\x66" if operand16 else b"") + b"\xFF\x35" + _u32(source)   # push dword [vcpu.sel]
+            code += _monitor(b"\x8B", R8, source)                                  # mov r8d, [vcpu.sel]
+            code += _stack(b"\x89", R8, -size, b"\x66" if operand16 else b"")
+            code += _lea_esp(-size)
             return
         if procedure == "read_segment_register":
-            source, width16 = self.a.vcpu + VCPU_SELECTOR[insn.operands[1].reg], operand16
+            source, width16 = self.areas.vcpu + VCPU_SELECTOR[insn.operands[1].reg], operand16
         elif procedure == "store_system_segment":
-            source = self.a.vcpu + (VCPU_LDTR if insn.id == X.X86_INS_SLDT else VCPU_TR)
+            source = self.areas.vcpu + (VCPU_LDTR if insn.id == X.X86_INS_SLDT else VCPU_TR)
             width16 = operand16
         elif procedure == "smsw":
-            source, width16 = self.a.vcpu + VCPU_CR[0], True   # smsw writes 16 bits, even to r32
+            source, width16 = self.areas.vcpu + VCPU_CR[0], True   # smsw writes 16 bits, even to r32
         else:   # read_control_register: mov r32, crN
             number = int(insn.reg_name(insn.operands[1].reg)[2:])
             if number not in VCPU_CR:
                 raise UntranslatableForm(f"cr{number}")
-            source, width16 = self.a.vcpu_privileged + VCPU_CR[number], False
+            source, width16 = self.areas.vcpu_privileged + VCPU_CR[number], False
         destination = insn.operands[0]
         if destination.type == X.X86_OP_REG:
             mark(guest)
-            code += self._mov_reg_abs(_REGISTER_NUMBER[destination.reg], source, width16)
+            code += _monitor(b"\x8B", _REGISTER_NUMBER[destination.reg], source, b"\x66" if width16 else b"")
             return
-        # memory destination: always a 16-bit store, through a register the operand does not use
+        # memory destination: always a 16-bit store
         self._check_segment_prefix(instruction)
-        busy = _registers_in_memory_operand(insn)
-        scratch = next(r for r in (EAX, ECX, EDX, EBX) if r not in busy)
-        mark(guest, (scratch,))
-        code += self._spill(scratch)
-        code += self._mov_reg_abs(scratch, source, True)
-        code += b"\x66" + _reencode_rm(insn, b"\x89", scratch, keep_operand_size=False)   # mov m16, r16
-        code += self._reload(scratch)
+        mark(guest)
+        code += _monitor(b"\x8B", R8, source)                                      # mov r8d, [source]
+        code += self._guest_operand(insn, b"\x89", R8, operand16=True)                  # mov m16, r8w
 
     # -- control flow --------------------------------------------------------------------------
     def _emit_direct_branch(self, out: Translation, instruction: GuestInstruction, mark, chainable) -> None:
@@ -478,28 +692,32 @@ class Emitter:
         target = insn.operands[0].imm & 0xFFFFFFFF
         fallthrough = instruction.end
         raw = instruction.bytes
-        if 0x66 in _prefixes(raw):
+        prefixes = _prefixes(raw)
+        if 0x66 in prefixes:
             raise UnsupportedForm(f"16-bit near branch {instruction} at {guest:#x}")
-        opcode = raw[len(_prefixes(raw))]
+        opcode = raw[len(prefixes)]
         if insn.id == X.X86_INS_CALL:
             mark(guest)
-            code += b"\x68" + _u32(fallthrough)           # push the GUEST return address
+            code += _stack(b"\xC7", 0, -4) + _u32(fallthrough)      # mov dword [esp-4], the GUEST return address
+            code += _lea_esp(-4)
             mark(target)
             self._slot(out, ExitSite(ExitKind.BRANCH, 0, target))
         elif insn.id == X.X86_INS_JMP:
             mark(target)
             self._slot(out, ExitSite(ExitKind.BRANCH, 0, target))
-        elif opcode in (0xE0, 0xE1, 0xE2, 0xE3):          # loop*, jecxz/jcxz: rel8 only
+        elif opcode in (0xE0, 0xE1, 0xE2, 0xE3) and ADDRESS_SIZE in prefixes:
+            self._emit_cx_branch(out, instruction, opcode, target, mark)
+        elif opcode in (0xE0, 0xE1, 0xE2, 0xE3):          # loop*, jecxz: rel8 only, ECX by 0x67
             mark(guest)
             if insn.id in _NEEDS_FRESH_ENGINE_BLOCK:
                 code += ENGINE_BLOCK_BREAK
-            code += _prefixes(raw) + bytes([opcode, SLOT_SIZE])      # taken: skip the fallthrough slot
+            code += bytes([ADDRESS_SIZE]) + prefixes + bytes([opcode, SLOT_SIZE])   # taken: skip the fallthrough slot
             mark(fallthrough)
             self._slot(out, ExitSite(ExitKind.BRANCH, 0, fallthrough))
             mark(target)
             self._slot(out, ExitSite(ExitKind.BRANCH, 0, target))
         else:                                             # jcc short or near
-            condition = (opcode & 0x0F) if opcode != 0x0F else (raw[len(_prefixes(raw)) + 1] & 0x0F)
+            condition = (opcode & 0x0F) if opcode != 0x0F else (raw[len(prefixes) + 1] & 0x0F)
             mark(guest)
             code += bytes([0x0F, 0x80 | condition]) + _u32(SLOT_SIZE)   # taken: over the fallthrough slot
             mark(fallthrough)
@@ -507,15 +725,43 @@ class Emitter:
             mark(target)
             self._slot(out, ExitSite(ExitKind.BRANCH, 0, target, branch=len(code) - 4 - SLOT_SIZE))
 
+    def _emit_cx_branch(self, out: Translation, instruction: GuestInstruction, opcode: int, target: int,
+                        mark) -> None:
+        """loop/loope/loopne/jcxz counting in CX (a 0x67 prefix in 32-bit code), which 64-bit
+        mode cannot encode: CX is decremented with lea (flags untouched) and tested with jrcxz on
+        its zero-extended copy, the guest's rcx kept in r9."""
+        code, guest, fallthrough = out.code, instruction.address, instruction.end
+        mark(guest)
+        if instruction.insn.id in _NEEDS_FRESH_ENGINE_BLOCK:
+            code += ENGINE_BLOCK_BREAK
+        if opcode != 0xE3:
+            code += b"\x44\x8D\x41\xFF" + b"\x66\x44\x89\xC1"             # lea r8d, [rcx-1]; mov cx, r8w
+        code += _reg_reg(b"\x89", ECX, R9, w=1) + b"\x0F\xB7\xC9"          # mov r9, rcx; movzx ecx, cx
+        mark(guest, ((ECX, "r9"),))
+        nonzero_size = 3 + (6 + 2 * SLOT_SIZE if opcode in (0xE0, 0xE1) else SLOT_SIZE)
+        code += bytes([0xE3, nonzero_size])                                    # jrcxz zero
+        code += _reg_reg(b"\x89", R9, ECX, w=1)                               # CX != 0: mov rcx, r9
+        taken, not_taken = (fallthrough, target) if opcode == 0xE3 else (target, fallthrough)
+        if opcode in (0xE0, 0xE1):          # loopne / loope: and ZF clear / set
+            mark(guest)
+            code += bytes([0x0F, 0x84 if opcode == 0xE1 else 0x85]) + _u32(SLOT_SIZE)
+            mark(fallthrough)
+            self._slot(out, ExitSite(ExitKind.BRANCH, 0, fallthrough))
+        mark(taken)
+        self._slot(out, ExitSite(ExitKind.BRANCH, 0, taken))
+        mark(guest, ((ECX, "r9"),))
+        code += _reg_reg(b"\x89", R9, ECX, w=1)                               # CX == 0: mov rcx, r9
+        mark(not_taken)
+        self._slot(out, ExitSite(ExitKind.BRANCH, 0, not_taken))
+
     def _emit_indirect_branch(self, out: Translation, instruction: GuestInstruction, mark) -> None:
-        """An inline cache in front of the lookup table. The guest's flags go into ah/al (lahf;
-        seto al) so that plain `cmp`/`je` can test the predictions (patched in by the monitor)
-        against the target ([esp] for ret, the register, or else the operand loaded into ecx):
-        Unicorn chains the blocks a `je` ends, while the flag-free `jecxz` returns to its
-        dispatcher every time (measured: parking the flags costs about one `jecxz`, and each
-        further compare almost nothing). A hit restores flags and registers and leaves through
-        a chainable slot; a mismatch probes the lookup table with the target in ecx (hit: jump
-        to the translation; miss: exit with the target in edx)."""
+        """The guest target goes into r8d, then an inline cache in front of the lookup table. The
+        guest's flags go into ah/al (its eax into r9d) so that plain `cmp`/`je` can test the
+        predictions (patched in by the monitor): Unicorn chains the blocks a `je` ends, while a
+        flag-free `jrcxz` returns to its dispatcher every time. A hit restores flags and eax and
+        leaves through a chainable slot; a mismatch probes the lookup table (hit: `jmp r10` to
+        the translation, whose address no guest instruction can reach; miss: exit with the
+        target in r8d)."""
         insn, code, guest = instruction.insn, out.code, instruction.address
         if 0x66 in _prefixes(instruction.bytes):
             raise UnsupportedForm(f"16-bit indirect branch {instruction} at {guest:#x}")
@@ -524,39 +770,26 @@ class Emitter:
 
         def complete_transfer() -> bytes:
             if procedure == "ret":
-                if pop < 0x80:
-                    return b"\x8D\x64\x24" + bytes([pop])                  # lea esp, [esp + pop]
-                return b"\x8D\xA4\x24" + _u32(pop)
+                return _lea_esp(pop)
             if procedure == "indirect_call":
-                return b"\x68" + _u32(instruction.end)                        # push guest return address
+                return _stack(b"\xC7", 0, -4) + _u32(instruction.end) + _lea_esp(-4)   # push guest return address
             return b""
 
-        operand = insn.operands[0] if procedure != "ret" else None
-        target_in_ecx = False
-        if procedure == "ret":                                 # cmp dword [esp], prediction
-            compare, load_target = b"\x81\x3C\x24", b"\x8B\x0C\x24"      # mov ecx, [esp]
-        elif operand.type == X.X86_OP_REG and _REGISTER_NUMBER[operand.reg] != EAX:
-            register = _REGISTER_NUMBER[operand.reg]        # cmp reg, prediction (ah/al hold the flags)
-            compare, load_target = bytes([0x81, 0xF8 | register]), bytes([0x8B, 0xC8 | register])
-        else:                                                  # target computed into ecx first
-            compare, load_target = b"\x81\xF9", _reencode_rm(insn, b"\x8B", ECX)
-            target_in_ecx = True
-
-        def put_target_in_ecx() -> None:
-            mark(guest, saved + (ECX,))
-            code.extend(self._spill(ECX) + load_target)
-
-        saved = ()
-        if target_in_ecx:
-            put_target_in_ecx()
-        mark(guest, (EAX,) + saved)
-        code += self._spill(EAX)
+        mark(guest)
+        if procedure == "ret":
+            code += _stack(b"\x8B", R8, 0)                                  # mov r8d, [esp]
+        else:
+            operand = insn.operands[0]
+            if operand.type == X.X86_OP_REG:
+                code += _reg_reg(b"\x89", _REGISTER_NUMBER[operand.reg], R8)   # mov r8d, reg
+            else:
+                code += self._guest_operand(insn, b"\x8B", R8)                   # mov r8d, m
         code += SAVE_FLAGS
-        saved = (FLAGS_IN_AX, EAX, ECX) if target_in_ecx else (FLAGS_IN_AX, EAX)
+        saved = (FLAGS_IN_AX, EAX_IN_R9)
         mark(guest, saved)
         compares, branches = [], []
         for _ in range(self._predictions):
-            code += compare                                                 # cmp <target>, prediction k
+            code += b"\x41\x81\xF8"                                         # cmp r8d, prediction k
             compares.append(len(code))
             code += _u32(0)
             code += b"\x74\x00"                                             # je prediction k
@@ -568,18 +801,15 @@ class Emitter:
             assert len(code) - (branches[k] + 1) < 128
             code[branches[k]] = len(code) - (branches[k] + 1)
             mark(guest, saved)
-            code += RESTORE_FLAGS
-            mark(guest, saved[1:])
-            code += self._reload(*saved[1:])
+            code += RESTORE_FLAGS[:3]
+            mark(guest, (EAX_IN_R9,))
+            code += RESTORE_FLAGS[3:]
             mark(guest)
             code += complete_transfer()
             predicted_sites.append(len(out.exits))
             self._slot(out, ExitSite(ExitKind.PREDICTED, 0, 0))
         assert len(code) - (skip_at + 1) < 128
         code[skip_at] = len(code) - (skip_at + 1)
-        if not target_in_ecx:
-            put_target_in_ecx()
-            saved = (FLAGS_IN_AX, EAX, ECX)
         # General case. Until every prediction is filled, leave here (after completing the
         # transfer) so the monitor can fill the next one; then it patches the 2-byte nop in front
         # into a jump over this exit and mismatches probe the table without leaving the cache.
@@ -590,34 +820,43 @@ class Emitter:
             learn_at = len(code)
             code += b"\x66\x90"                                             # nop, later jmp over
             code += complete_transfer()
-            learn = ExitSite(ExitKind.MISS, 0, guest, instruction.end, instruction, saved, cache, target=ECX)
+            learn = ExitSite(ExitKind.MISS, 0, guest, instruction.end, instruction, saved, cache)
             self._site(out, learn)
             learn_patch = (learn_at, b"\xEB" + bytes([len(code) - (learn_at + 2)]), learn.offset)
             learn.learn = learn_patch
-        probing = (FLAGS_IN_AX, EAX, ECX, EDX)
-        mark(guest, probing)
-        table = self.a.lookup_table
-        code += self._spill(EDX)
-        code += b"\x8B\xD1"                                                 # mov edx, ecx
-        code += b"\x0F\xB7\xC9"                                             # movzx ecx, cx
-        code += b"\x3B\x14\xCD" + _u32(table)                               # cmp edx, [ecx*8 + table] (tag)
+        mark(guest, saved)
+        table = self.areas.lookup_table
+        code += b"\x45\x89\xC2"                                             # mov r10d, r8d
+        code += b"\x45\x0F\xB7\xD2"                                         # movzx r10d, r10w
+        code += b"\x47\x3B\x84\xD7" + _u32(table)                           # cmp r8d, [r15 + r10*8 + table] (tag)
         code += b"\x75\x00"                                                 # jne miss
         jne_at = len(code) - 1
-        code += b"\x8B\x0C\xCD" + _u32(table + 4)                           # mov ecx, [ecx*8 + table + 4]
-        code += self._mov_abs_reg(self.a.scratch + SCRATCH_JUMP, ECX)
-        code += RESTORE_FLAGS
-        mark(guest, (EAX, ECX, EDX))
-        code += self._reload(EAX, ECX, EDX)
+        code += b"\x47\x8B\x94\xD7" + _u32(table + 4)                       # mov r10d, [r15 + r10*8 + table + 4]
+        code += b"\x4F\x8D\x14\x17"                                         # lea r10, [r15 + r10]
+        code += RESTORE_FLAGS[:3]
+        mark(guest, (EAX_IN_R9,))
+        code += RESTORE_FLAGS[3:]
         mark(guest)
         code += complete_transfer()
-        code += b"\xFF\x25" + _u32(self.a.scratch + SCRATCH_JUMP)            # jmp [scratch.jump]
+        code += b"\x41\xFF\xE2"                                             # jmp r10
         code[jne_at] = len(code) - (jne_at + 1)
-        mark(guest, probing)
+        mark(guest, saved)
         code += complete_transfer()
-        miss = ExitSite(ExitKind.MISS, 0, guest, instruction.end, instruction, probing, cache, target=EDX)
+        miss = ExitSite(ExitKind.MISS, 0, guest, instruction.end, instruction, saved, cache)
         self._site(out, miss)
         miss.learn = learn_patch
 
     def _emit_callout(self, out: Translation, instruction: GuestInstruction, mark) -> None:
         mark(instruction.address)
         self._site(out, ExitSite(ExitKind.CALLOUT, 0, instruction.address, instruction.end, instruction))
+
+
+def relocate_fpu_store(insn) -> bytes:
+    """fnstenv & co. relocated (translator/x64.py refuses them on their own, for the pointer)."""
+    raw = bytes(insn.bytes)
+    prefixes, body = split_prefixes(raw)
+    at = insn.modrm_offset - len(prefixes)
+    modrm = body[at]
+    if modrm >> 6 == 0 and modrm & 7 == 5:
+        body = body[:at] + bytes([(modrm & 0xF8) | 4, 0x25]) + body[at + 1:]
+    return bytes([ADDRESS_SIZE]) + prefixes + body

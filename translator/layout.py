@@ -1,5 +1,6 @@
 """Where translated code finds the monitor's data: offsets in the virtual-CPU block (read-only to
-the engine), the scratch page (spill slots), and the shape of the lookup table."""
+the engine), the scratch page, and the shape of the lookup table. Translated code reaches all of
+it through r15, which holds the monitor's base (docs/isolation.md): guest code cannot name r15."""
 
 from __future__ import annotations
 
@@ -24,13 +25,11 @@ VCPU_IO_CHECK = 0x48       # 0 while the guest's CPL <= IOPL (its port I/O needs
 # faults and becomes the guest's #GP, with no check in the translated code. smsw, which any
 # ring may run, reads CR0 from the ordinary block above.
 
-# Scratch page (read/write for the engine): values spilled by emitted sequences. Every slot is
-# dead at each guest instruction boundary, so nothing the guest could write there matters.
-SCRATCH_SPILL = 0x00       # + 4 * register number (eax=0 ... edi=7)
-SCRATCH_JUMP = 0x20        # indirect jump target of a lookup hit
-SCRATCH_BUDGET = 0x24      # guest instructions left (only with --max-insns)
+# Scratch page (read/write for translated code, out of every guest instruction's reach): emitted
+# sequences keep their temporaries in r8-r11, not here.
+SCRATCH_BUDGET = 0x24      # guest instructions left (when counting)
 SCRATCH_IO_SITE = 0x28     # the guest address of the I/O instruction running (for its I/O hook)
-SCRATCH_STACK_TOP = 0x1000 # the monitor's entry stub uses the top of the page as its stack
+SCRATCH_STACK_TOP = 0x1000 # a small stack of the monitor's (pushfq/popfq, the native stubs)
 
 LOOKUP_ENTRIES = 1 << 16   # direct mapped by the low 16 bits of the guest address
 LOOKUP_ENTRY_SIZE = 8      # guest address (tag), translated address
@@ -57,7 +56,7 @@ def real_iopl(guest_cpl: int, guest_iopl_bits: int) -> int:
 
 @dataclass(frozen=True)
 class MonitorAddresses:
-    """Engine addresses of the areas translated code refers to."""
+    """Offsets from the monitor's base (r15) of the areas translated code refers to."""
     vcpu: int
     scratch: int
     lookup_table: int

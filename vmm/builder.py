@@ -104,7 +104,7 @@ def build_machine(config: MachineConfig, console: Console,
     its host memory, never its frames), or of a private pool sized for it; nothing is shared
     between machines otherwise. memory.release() gives the frames back."""
     config.validate()
-    engine = Engine()
+    engine = Engine(long_mode=available_modes()[config.mode].long_mode)
     memory = PhysicalMemory(engine, config.mem_mib, pool)
     try:
         image = load_image(config.image, memory, config.load_address, reserved=(multiboot.RESERVED_AREA,))

@@ -60,6 +60,9 @@ CONTINUE = Outcome("continue")
 HALT = Outcome("halt")
 
 
+_ARITHMETIC_FLAGS = CF | PF | AF | ZF | SF | OF
+
+
 class Emulator:
     def __init__(self, cpu, view: GuestView, timestamp) -> None:
         self.cpu = cpu
@@ -86,6 +89,46 @@ class Emulator:
             self.cpu.set_reg("eip", self._next)
             return CONTINUE
         return outcome
+
+    # -- instructions the 64-bit host lacks (translated code is 64-bit) -------------------------
+    def _decimal_adjust(self, insn):
+        """daa das aaa aas aam aad salc: run on a 32-bit scratch engine from the guest's eax and
+        flags, so the results (the undefined flags too) are the engine's own."""
+        from vmm.engine import ScratchCpu
+        scratch = getattr(self, "_scratch_cpu", None)
+        if scratch is None:
+            scratch = self._scratch_cpu = ScratchCpu()
+        eflags = self.cpu.reg("eflags")
+        eax, after, vector = scratch.run(bytes(insn.bytes), self.cpu.reg("eax"), eflags & _ARITHMETIC_FLAGS | 2)
+        if vector is not None:            # aam 0: #DE
+            raise GuestFault(vector)
+        self.cpu.set_reg("eax", eax)
+        self.cpu.set_reg("eflags", (eflags & ~_ARITHMETIC_FLAGS) | (after & _ARITHMETIC_FLAGS))
+
+    def _bound(self, insn):
+        """bound r, m: #BR unless lower <= r <= upper (signed, the operand size's)."""
+        register, memory = insn.operands
+        size = register.size
+        value = self._read(insn, register)
+        address = self._address(insn, memory)
+        lower = self.view.read_int(address, size)
+        upper = self.view.read_int((address + size) & 0xFFFFFFFF, size)
+        sign = 1 << (8 * size - 1)
+        signed = [(v ^ sign) - sign for v in (value, lower, upper)]
+        if not signed[1] <= signed[0] <= signed[2]:
+            raise GuestFault(5)
+
+    def _arpl(self, insn):
+        """arpl r/m16, r16: raise the destination selector's RPL to the source's, ZF says so."""
+        destination, source = insn.operands
+        old, new = self._read(insn, destination, 2), self._read(insn, source, 2)
+        eflags = self.cpu.reg("eflags")
+        if old & 3 < new & 3:
+            self._write(insn, destination, (old & ~3) | (new & 3), 2)
+            eflags |= ZF
+        else:
+            eflags &= ~ZF
+        self.cpu.set_reg("eflags", eflags)
 
     # -- operands ------------------------------------------------------------------------------
     def _register(self, name: str) -> int:

@@ -61,6 +61,13 @@ _TABLE_REGISTERS = {
     "gdtr": x86.UC_X86_REG_GDTR, "idtr": x86.UC_X86_REG_IDTR,
     "ldtr": x86.UC_X86_REG_LDTR, "tr": x86.UC_X86_REG_TR,
 }
+# Under binary translation the engine runs translated code in long mode (docs/isolation.md): its
+# instruction pointer and the monitor's own registers r8-r15 are 64 bits wide.
+LONG_MODE_REGISTERS = {"rip": x86.UC_X86_REG_RIP, "rsp": x86.UC_X86_REG_RSP, "cr2": x86.UC_X86_REG_CR2,
+                       **{f"r{n}": getattr(x86, f"UC_X86_REG_R{n}") for n in range(8, 16)}}
+REGISTERS.update({f"r{n}d": getattr(x86, f"UC_X86_REG_R{n}D") for n in range(8, 16)})
+EFER = 0xC0000080
+EFER_LME, EFER_LMA, EFER_NXE = 1 << 8, 1 << 10, 1 << 11
 GENERAL_REGISTERS = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi", "eip", "eflags")
 SEGMENT_REGISTERS = ("cs", "ss", "ds", "es", "fs", "gs")
 
@@ -119,8 +126,11 @@ class Engine:
     an exception raised inside a callable stops the engine and is re-raised from run().
     """
 
-    def __init__(self) -> None:
-        self._uc = Uc(uc_const.UC_ARCH_X86, uc_const.UC_MODE_32)
+    def __init__(self, long_mode: bool = False) -> None:
+        """long_mode: an engine that can run 64-bit code (binary translation's); it starts in
+        32-bit protected mode like the other, and enter_long_mode() switches it."""
+        self.long_mode = long_mode
+        self._uc = Uc(uc_const.UC_ARCH_X86, uc_const.UC_MODE_64 if long_mode else uc_const.UC_MODE_32)
         self._handle = self._uc._uch
         self._register_buffer = ctypes.c_uint64()
         self._register_pointer = ctypes.byref(self._register_buffer)
@@ -247,6 +257,30 @@ class Engine:
         status = _uc_reg_write(self._handle, REGISTERS[name], self._register_pointer)
         if status:
             raise UcError(status)
+
+    def reg64(self, name: str) -> int:
+        """A long-mode register whole (rip, rsp, r8-r15)."""
+        buffer = self._register_buffer
+        status = _uc_reg_read(self._handle, LONG_MODE_REGISTERS[name], self._register_pointer)
+        if status:
+            raise UcError(status)
+        return buffer.value
+
+    def set_reg64(self, name: str, value: int) -> None:
+        self._register_buffer.value = value
+        status = _uc_reg_write(self._handle, LONG_MODE_REGISTERS[name], self._register_pointer)
+        if status:
+            raise UcError(status)
+
+    def enter_long_mode(self, cr3: int) -> None:
+        """Paging on in IA-32e format with CR3 = `cr3` (a PML4), NX usable and write protection
+        for supervisor code too (CR0.WP: translated code runs at CPL 1, and read-only pages must
+        stop its stores): the CPU is in long mode (compatibility mode until a 64-bit code
+        segment is loaded, see set_privilege)."""
+        self._uc.reg_write(x86.UC_X86_REG_CR4, self._uc.reg_read(x86.UC_X86_REG_CR4) | 0x20)      # PAE
+        self._uc.msr_write(EFER, self._uc.msr_read(EFER) | EFER_LME | EFER_NXE)
+        self._uc.reg_write(x86.UC_X86_REG_CR3, cr3)
+        self._uc.reg_write(x86.UC_X86_REG_CR0, self._uc.reg_read(x86.UC_X86_REG_CR0) | 0x80010001)
 
     def table_register(self, name: str) -> tuple[int, int]:
         """(base, limit) of gdtr/idtr, or (selector, base) semantics for ldtr/tr via selector()."""
@@ -400,3 +434,38 @@ class Engine:
 
     def stop(self) -> None:
         self._uc.emu_stop()
+
+
+class ScratchCpu:
+    """A second, tiny 32-bit engine that runs one register-only instruction for the monitor:
+    the BCD adjustments and salc, which the binary translator's 64-bit host code lacks, get
+    exactly the engine's own 32-bit results (flags included) this way."""
+
+    _CODE = 0x1000
+
+    def __init__(self) -> None:
+        self._uc: Optional[Uc] = None
+        self._vector: Optional[int] = None
+
+    def _fresh(self) -> Uc:
+        """A new engine: after an exception (aam 0) Unicorn keeps it as in flight, and the next
+        one would arrive as #DF (the old_exception pitfall)."""
+        uc = Uc(uc_const.UC_ARCH_X86, uc_const.UC_MODE_32)
+        uc.mem_map(0, 0x2000)
+
+        def on_interrupt(uc, vector, _data):
+            self._vector = vector
+            uc.emu_stop()
+        uc.hook_add(uc_const.UC_HOOK_INTR, on_interrupt)
+        return uc
+
+    def run(self, code: bytes, eax: int, eflags: int) -> tuple[int, int, Optional[int]]:
+        """(eax, eflags, exception vector or None) after `code` ran from eax and eflags."""
+        if self._uc is None or self._vector is not None:
+            self._uc = self._fresh()
+        self._uc.mem_write(self._CODE, code + b"\xF4")
+        self._uc.reg_write(x86.UC_X86_REG_EAX, eax)
+        self._uc.reg_write(x86.UC_X86_REG_EFLAGS, eflags)
+        self._vector = None
+        self._uc.emu_start(self._CODE, self._CODE + len(code) + 1, count=1)
+        return (self._uc.reg_read(x86.UC_X86_REG_EAX), self._uc.reg_read(x86.UC_X86_REG_EFLAGS), self._vector)

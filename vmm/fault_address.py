@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 from typing import Callable
 
-from capstone import CS_AC_READ, CS_AC_WRITE, CS_ARCH_X86, CS_MODE_32, Cs
+from capstone import CS_AC_READ, CS_AC_WRITE, CS_ARCH_X86, CS_MODE_32, CS_MODE_64, Cs
 from capstone import x86_const as X
 
 PAGE_SIZE = 4096
@@ -20,16 +20,17 @@ _POPS = {"pop": None, "popfd": 4, "popf": 2, "popal": 32, "popad": 32, "popaw": 
          "ret": 4, "retf": 8, "iretd": 12, "iret": 6}
 
 
-_capstone = None
+_capstone: dict[int, Cs] = {}
 
 
-def decode(code: bytes, address: int):
-    """One instruction with operand details, or None."""
-    global _capstone
-    if _capstone is None:
-        _capstone = Cs(CS_ARCH_X86, CS_MODE_32)
-        _capstone.detail = True
-    return next(_capstone.disasm(code, address, 1), None)
+def decode(code: bytes, address: int, bits: int = 32):
+    """One instruction with operand details, or None. bits=64: translated code (binary
+    translation runs the engine in long mode; its guest accesses carry 0x67)."""
+    disassembler = _capstone.get(bits)
+    if disassembler is None:
+        disassembler = _capstone[bits] = Cs(CS_ARCH_X86, CS_MODE_64 if bits == 64 else CS_MODE_32)
+        disassembler.detail = True
+    return next(disassembler.disasm(code, address, 1), None)
 
 
 def _accesses(insn, reg: Callable[[str], int], segment_base: Callable[[str], int]) -> list[tuple[int, int, bool, bool]]:
@@ -46,7 +47,7 @@ def _accesses(insn, reg: Callable[[str], int], segment_base: Callable[[str], int
             if mem.index:
                 address += reg(insn.reg_name(mem.index)) * mem.scale
             segment = _SEGMENTS.get(mem.segment) or ("ss" if mem.base in _STACK_BASES else "ds")
-            linear = (segment_base(segment) + address) & 0xFFFFFFFF
+            linear = (segment_base(segment) + (address & 0xFFFFFFFF)) & 0xFFFFFFFF
             access = op.access or (CS_AC_READ | CS_AC_WRITE)
             found.append((linear, op.size, bool(access & CS_AC_READ), bool(access & CS_AC_WRITE)))
     mnemonic = insn.mnemonic.split()[-1]
@@ -86,13 +87,15 @@ for _full, _word in (("esp", "sp"), ("ebp", "bp"), ("esi", "si"), ("edi", "di"))
 
 
 @functools.lru_cache(maxsize=1024)
-def store_recipe(code: bytes):
+def store_recipe(code: bytes, bits: int = 32):
     """For code starting with `mov m, r` or `mov m, imm` (no prefix but a segment or operand-size
-    override), a store whose whole effect is the bytes written: (instruction length, store
-    size, register or None, shift, immediate). None for anything else. Cached by the bytes:
-    the same page-table write faults again and again."""
-    insn = decode(code, 0)
-    if insn is None or insn.mnemonic != "mov" or len(insn.operands) != 2 or insn.prefix[0] or insn.prefix[3]:
+    override, and in 64-bit code the address-size one every guest access has), a store whose
+    whole effect is the bytes written: (instruction length, store size, register or None,
+    shift, immediate). None for anything else. Cached by the bytes: the same page-table write
+    faults again and again."""
+    insn = decode(code, 0, bits)
+    if insn is None or insn.mnemonic != "mov" or len(insn.operands) != 2 or insn.prefix[0] \
+            or (insn.prefix[3] and bits == 32) or (bits == 64 and insn.rex):
         return None
     destination, source = insn.operands
     if destination.type != X.X86_OP_MEM or destination.size not in (1, 2, 4):
@@ -105,9 +108,9 @@ def store_recipe(code: bytes):
     return None
 
 
-def plain_store(code: bytes, reg: Callable[[str], int]):
+def plain_store(code: bytes, reg: Callable[[str], int], bits: int = 32):
     """(instruction length, store size, value) of a plain store (see store_recipe), or None."""
-    recipe = store_recipe(bytes(code[:16]))
+    recipe = store_recipe(bytes(code[:16]), bits)
     if recipe is None:
         return None
     length, size, register, shift, immediate = recipe

@@ -93,3 +93,115 @@ class MonitorPageTables:
         at = table + ((page_address >> 12) & 0x3FF) * 4
         (pte,) = struct.unpack_from("<I", self.tables, at)
         struct.pack_into("<I", self.tables, at, (pte | WRITABLE) if writable else (pte & ~WRITABLE))
+
+
+# -- long mode (binary translation, docs/isolation.md) ----------------------------------------------
+# Translated code runs in the engine's long mode: IA-32e tables, 8-byte entries, four levels.
+# Linear [0, 4 GiB) is the guest's (identity-mapped RAM here, a shadow when the guest's paging is
+# on), [4, 8 GiB) an alias of it (an FS/GS base plus offset past 4 GiB wraps as in 32-bit code),
+# and the monitor's region is far above, at MONITOR_LINEAR, where no 32-bit address reaches.
+MONITOR_LINEAR = 0x7F0000000000
+MONITOR_PML4_INDEX = (MONITOR_LINEAR >> 39) & 511
+NX = 1 << 63
+LARGE = 0x80                              # PS: a 2 MiB page in a page directory
+LONG_TABLE_FLAGS = PRESENT | WRITABLE | USER | ACCESSED
+LONG_PAGE_FLAGS = PRESENT | ACCESSED | DIRTY
+GUEST_GIB = 4                             # page directories for [0, 4 GiB)
+_LARGE_PAGE = 1 << 21
+
+
+class LongModeTables:
+    """The monitor's IA-32e tables: a PML4 whose entry 0 maps guest RAM one to one (2 MiB pages,
+    split into 4 KiB ones where a page must be write-protected) and whose entry
+    MONITOR_PML4_INDEX maps the monitor's areas at MONITOR_LINEAR with their permissions. Every
+    guest page is no-execute: nothing below 4 GiB ever runs as host code, so guest code cannot
+    run untranslated even by mistake. Shadow roots share the monitor's entry (monitor_entry)."""
+
+    def __init__(self, memory) -> None:
+        self.memory = memory
+        self.root_address = memory.map_monitor_area(DIRECTORY_OFFSET, PAGE_SIZE, PROT_READ)
+        self.root = memory.monitor_view(DIRECTORY_OFFSET, PAGE_SIZE)
+        self.tables_address = memory.map_monitor_area(TABLES_OFFSET, TABLES_SIZE, PROT_READ)
+        self.tables = memory.monitor_view(TABLES_OFFSET, TABLES_SIZE)
+        self.tables[:] = bytes(TABLES_SIZE)
+        self.root[:] = bytes(PAGE_SIZE)
+        self._next = 0
+        self._split: dict[int, int] = {}          # 2 MiB page number -> offset of its table
+        guest_pdpt = self._new_page()
+        self.guest_directories = [self._new_page() for _ in range(GUEST_GIB)]
+        for gib in range(2 * GUEST_GIB):           # 4-8 GiB: the same directories (the wrap)
+            self._entry(guest_pdpt, gib, self._address(self.guest_directories[gib % GUEST_GIB]) | LONG_TABLE_FLAGS)
+        self.guest_pdpt_entry = self._address(guest_pdpt) | LONG_TABLE_FLAGS
+        struct.pack_into("<Q", self.root, 0, self.guest_pdpt_entry)
+        monitor_pdpt, self._monitor_directory = self._new_page(), self._new_page()
+        self._entry(monitor_pdpt, 0, self._address(self._monitor_directory) | LONG_TABLE_FLAGS)
+        self.monitor_entry = self._address(monitor_pdpt) | LONG_TABLE_FLAGS
+        struct.pack_into("<Q", self.root, MONITOR_PML4_INDEX * 8, self.monitor_entry)
+        ram = memory.ram
+        for large in range(ram.base >> 21, (ram.end + _LARGE_PAGE - 1) >> 21):
+            self._set_large(large, writable=True)
+        # The boot GDT is at its guest-physical address as in the other modes, read-only: the
+        # firmware's table (QEMU's lives in its option ROM), the one monitor page a guest sees.
+        self._map_guest_page(memory.monitor.base, writable=False)
+
+    def _new_page(self) -> int:
+        offset = self._next
+        if offset + PAGE_SIZE > len(self.tables):
+            raise MemoryError("monitor page-table pool exhausted")
+        self._next += PAGE_SIZE
+        return offset
+
+    def _address(self, offset: int) -> int:
+        return self.tables_address + offset
+
+    def _entry(self, table: int, index: int, value: int) -> None:
+        struct.pack_into("<Q", self.tables, table + index * 8, value)
+
+    def _set_large(self, large: int, writable: bool) -> None:
+        directory, index = self.guest_directories[large >> 9], large & 511
+        flags = LONG_PAGE_FLAGS | USER | LARGE | NX | (WRITABLE if writable else 0)
+        self._entry(directory, index, (large << 21) | flags)
+
+    def map_monitor(self, offset: int, size: int, writable: bool, executable: bool, user: bool = True) -> int:
+        """Map monitor-region bytes [offset, offset + size) at MONITOR_LINEAR + offset; returns
+        that linear address. user=False: supervisor-only (translated guest ring 3 faults on it)."""
+        flags = LONG_PAGE_FLAGS | (WRITABLE if writable else 0) | (0 if executable else NX) | (USER if user else 0)
+        physical = self.memory.monitor.base + offset
+        for page in range(offset >> 12, (offset + size + PAGE_SIZE - 1) >> 12):
+            table = self._monitor_table(page >> 9)
+            self._entry(table, page & 511, (physical + ((page << 12) - offset)) | flags)
+        return MONITOR_LINEAR + offset
+
+    def _monitor_table(self, index: int) -> int:
+        (entry,) = struct.unpack_from("<Q", self.tables, self._monitor_directory + index * 8)
+        if entry & PRESENT:
+            return (entry & 0x000FFFFFFFFFF000) - self.tables_address
+        table = self._new_page()
+        self._entry(self._monitor_directory, index, self._address(table) | LONG_TABLE_FLAGS)
+        return table
+
+    def _guest_table(self, page_address: int) -> int:
+        """The table of 4 KiB entries for the 2 MiB of guest linear space around page_address,
+        made the first time (from its 2 MiB page, or empty beyond RAM)."""
+        large = page_address >> 21
+        table = self._split.get(large)
+        if table is None:
+            table = self._split[large] = self._new_page()
+            base = large << 21
+            if self.memory.ram.contains(base, 1):
+                for index in range(512):
+                    self._entry(table, index, (base + (index << 12)) | LONG_PAGE_FLAGS | USER | WRITABLE | NX)
+            self._entry(self.guest_directories[large >> 9], large & 511, self._address(table) | LONG_TABLE_FLAGS)
+        return table
+
+    def _map_guest_page(self, physical: int, writable: bool) -> None:
+        table = self._guest_table(physical)
+        self._entry(table, (physical >> 12) & 511, physical | LONG_PAGE_FLAGS | USER | NX | (WRITABLE if writable else 0))
+
+    def set_writable(self, page_address: int, writable: bool) -> None:
+        """Write-protect one 4 KiB page of guest RAM (or release it): its 2 MiB page is split
+        into a table of 4 KiB entries the first time."""
+        table = self._guest_table(page_address)
+        at = table + ((page_address >> 12) & 511) * 8
+        (entry,) = struct.unpack_from("<Q", self.tables, at)
+        struct.pack_into("<Q", self.tables, at, (entry | WRITABLE) if writable else (entry & ~WRITABLE))

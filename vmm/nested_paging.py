@@ -37,8 +37,13 @@ class NestedPaging:
 
     def __init__(self, engine, memory: PhysicalMemory, registers: Callable[[], tuple[int, int, int]],
                  guest_ring: Callable[[], int], code_frame: Callable[[int], bool] = lambda frame: False,
-                 supervisor_pages: frozenset = frozenset()) -> None:
+                 supervisor_pages: frozenset = frozenset(), monitor_linear: Optional[int] = None) -> None:
+        """monitor_linear: where the engine sees the monitor's region when it runs translated code
+        in long mode (docs/isolation.md). Then every address below 4 GiB is the guest's, 4-8 GiB
+        is its alias (the 32-bit wrap), and guest pages are never executable."""
         self.engine, self.memory = engine, memory
+        self.monitor_linear = monitor_linear
+        self._guest_perms = PROT_READ if monitor_linear is not None else PROT_RX
         self.registers, self.guest_ring, self.code_frame = registers, guest_ring, code_frame
         self.supervisor_pages = supervisor_pages
         self.counters = collections.Counter()
@@ -63,7 +68,12 @@ class NestedPaging:
     def _fill(self, linear: int, access: str) -> Optional[tuple[int, int]]:
         self.counters["tlb_fills"] += 1
         page, write = linear >> 12, access == "write"
-        if self.memory.monitor.contains(linear, 1):
+        if self.monitor_linear is not None:
+            if linear >= self.monitor_linear:
+                return self._fill_monitor(linear, access)
+            linear &= 0xFFFFFFFF                   # 4-8 GiB: the wrap of an FS/GS base + offset
+            page = linear >> 12
+        elif self.memory.monitor.contains(linear, 1):
             perms = self._monitor.get(page)
             if perms is None or (page in self.supervisor_pages and self.guest_ring() == 3) \
                     or (write and not perms & PROT_WRITE):
@@ -75,7 +85,16 @@ class NestedPaging:
             return self._refuse(linear, access, False)
         if write and not writable:               # translated code on the frame: the monitor's store
             return self._refuse(linear, access, True)
-        return physical, PROT_RX | (PROT_WRITE if writable else 0)
+        return physical, self._guest_perms | (PROT_WRITE if writable else 0)
+
+    def _fill_monitor(self, linear: int, access: str) -> Optional[tuple[int, int]]:
+        """Long mode: the monitor's own region, which only translated code reaches."""
+        physical = self.memory.monitor.base + (linear - self.monitor_linear)
+        perms = self._monitor.get(physical >> 12)
+        if perms is None or (physical >> 12 in self.supervisor_pages and self.guest_ring() == 3) \
+                or (access == "write" and not perms & PROT_WRITE):
+            return self._refuse(linear, access, perms is not None)
+        return physical & ~0xFFF, perms
 
     def refused_address(self, code: bytes, eip: int, reg: Callable[[str], int],
                         segment_base: Callable[[str], int]) -> int:
@@ -83,7 +102,7 @@ class NestedPaging:
         `code` at `eip` (the engine names only the page; the instruction and its registers say
         where in it). The page itself where the bytes do not decode."""
         page, access, _present = self.refusal
-        instruction = decode(code, eip)
+        instruction = decode(code, eip, 64 if self.monitor_linear is not None else 32)
         if instruction is None:
             return page
         return fault_address(instruction, page, access == "write", reg, segment_base)

@@ -36,6 +36,7 @@ from typing import Callable, Optional
 
 from vmm.engine import PROT_READ
 from vmm.fault_address import plain_store
+from vmm.monitor_paging import LONG_TABLE_FLAGS, MONITOR_PML4_INDEX, NX, LongModeTables
 from vmm.memory import (CR4_PSE, PAGE_SIZE, PTE_A, PTE_D, PTE_P, PTE_PS, PTE_RW, PTE_US, PhysicalMemory, UnbackedAccess, linear_to_physical)
 from vmm.x86 import CR0_PG, CR0_WP
 
@@ -65,8 +66,9 @@ class ShadowEntry:
 class AddressSpace:
     """The shadow of one guest page directory."""
     directory_frame: int
-    directory_page: int                                     # pool page of the shadow directory
+    directory_page: int                                     # pool unit of the shadow directory (the root)
     view: str = SHARED
+    directories: tuple = ()                                 # IA-32e: the units of its 4 directories
     tables: dict[int, int] = field(default_factory=dict)    # directory index -> pool page
     entries: dict[int, ShadowEntry] = field(default_factory=dict)      # linear page -> entry
     guest_tables: dict[int, Optional[int]] = field(default_factory=dict)    # index -> guest table frame (None: 4 MiB)
@@ -78,24 +80,26 @@ class AddressSpace:
 
 
 class PagePool:
-    """Fixed 4 KiB pages of monitor memory for shadow directories and tables."""
+    """Fixed units of monitor memory for shadow directories and tables: one 4 KiB page each for
+    two-level tables, two contiguous pages for IA-32e ones (a guest table of 1024 entries is two
+    tables of 512 eight-byte entries there)."""
 
-    def __init__(self, view: memoryview, address: int) -> None:
-        self.view, self.address = view, address
-        self.free = list(range(len(view) // PAGE_SIZE - 1, -1, -1))
+    def __init__(self, view: memoryview, address: int, unit: int = PAGE_SIZE) -> None:
+        self.view, self.address, self.unit = view, address, unit
+        self.free = list(range(len(view) // unit - 1, -1, -1))
 
     def allocate(self) -> Optional[int]:
         if not self.free:
             return None
         page = self.free.pop()
-        self.view[page * PAGE_SIZE:(page + 1) * PAGE_SIZE] = bytes(PAGE_SIZE)
+        self.view[page * self.unit:(page + 1) * self.unit] = bytes(self.unit)
         return page
 
     def release(self, page: int) -> None:
         self.free.append(page)
 
     def physical(self, page: int) -> int:
-        return self.address + page * PAGE_SIZE
+        return self.address + page * self.unit
 
 
 class ShadowPaging:
@@ -106,11 +110,15 @@ class ShadowPaging:
 
     virtual_tlb = False
 
-    def __init__(self, memory: PhysicalMemory, pool: PagePool, monitor_directory: memoryview,
+    def __init__(self, memory: PhysicalMemory, pool: PagePool, monitor_directory: Optional[memoryview],
                  flush_tlb: Callable[[], None], code_frame: Callable[[int], bool], max_spaces: int = 8,
-                 ring_compression: bool = False) -> None:
+                 ring_compression: bool = False, long_mode_tables=None) -> None:
+        """long_mode_tables: the monitor's LongModeTables when the engine runs in long mode
+        (binary translation): shadows are then IA-32e tables whose top entry for the monitor is
+        the monitor's own; else two-level tables sharing monitor_directory's top entries."""
         self.memory, self.pool = memory, pool
         self.monitor_directory = monitor_directory
+        self.long_mode = long_mode_tables
         self.flush_tlb, self.code_frame = flush_tlb, code_frame
         self.max_spaces = max_spaces * (2 if ring_compression else 1)
         self.ring_compression = ring_compression
@@ -131,6 +139,9 @@ class ShadowPaging:
         """Map the pool into the engine's physical space only (its walker reads it; no linear
         mapping reaches it) next to the monitor's own tables (vmm/monitor_paging.py)."""
         address = memory.map_monitor_area(POOL_OFFSET, POOL_SIZE, PROT_READ)
+        if isinstance(monitor_tables, LongModeTables):
+            pool = PagePool(memory.monitor_view(POOL_OFFSET, POOL_SIZE), address, 2 * PAGE_SIZE)
+            return cls(memory, pool, None, flush_tlb, code_frame, long_mode_tables=monitor_tables)
         pool = PagePool(memory.monitor_view(POOL_OFFSET, POOL_SIZE), address)
         return cls(memory, pool, monitor_tables.directory, flush_tlb, code_frame, ring_compression=ring_compression)
 
@@ -148,13 +159,13 @@ class ShadowPaging:
         space = self._space(cr3 >> 12, self._view(user))
         if space is not previous:
             self.counters["shadow_switches"] += 1
-        return self.pool.physical(space.directory_page)
+        return self._root(space)
 
     def select_ring(self, user: bool) -> int:
         """Under ring compression: the guest changed rings (no TLB flush). Returns the shadow
         directory of the view for that ring."""
         space = self._space(self.active.directory_frame, self._view(user))
-        return self.pool.physical(space.directory_page)
+        return self._root(space)
 
     def _view(self, user: bool) -> str:
         if not self.ring_compression:
@@ -273,7 +284,7 @@ class ShadowPaging:
         """A tracing fault from `code`: a plain `mov` into the traced `frame` (the usual PTE
         write) is carried out here, bytes stored through memory.write (so the change is looked
         at); returns the instruction's length. None for any other store (it must run lent)."""
-        store = plain_store(code, reg)
+        store = plain_store(code, reg, 64 if self.long_mode is not None else 32)
         offset = linear & 0xFFF
         if store is None or offset + store[1] > PAGE_SIZE:
             return None
@@ -330,8 +341,11 @@ class ShadowPaging:
             self._evict_one()
         page = self._allocate()
         space = AddressSpace(frame, page, view)
-        at = page * PAGE_SIZE + MONITOR_FIRST_PDE * 4
-        self.pool.view[at:page * PAGE_SIZE + PAGE_SIZE] = self.monitor_directory[MONITOR_FIRST_PDE * 4:PAGE_SIZE]
+        if self.long_mode is not None:
+            self._new_long_mode_root(space)
+        else:
+            at = page * PAGE_SIZE + MONITOR_FIRST_PDE * 4
+            self.pool.view[at:page * PAGE_SIZE + PAGE_SIZE] = self.monitor_directory[MONITOR_FIRST_PDE * 4:PAGE_SIZE]
         self.spaces[(frame, view)] = space
         self._trace(frame, space, -1)
         self.counters["shadows_built"] += 1
@@ -363,6 +377,8 @@ class ShadowPaging:
             self._drop_index(space, index, release=True)
         self._untrace(space.directory_frame, space, -1)
         self.pool.release(space.directory_page)
+        for unit in space.directories:
+            self.pool.release(unit)
         del self.spaces[(space.directory_frame, space.view)]
         if self.active is space:
             self.active = None
@@ -412,32 +428,71 @@ class ShadowPaging:
     def _pte(self, space: AddressSpace, entry: ShadowEntry) -> int:
         user = entry.user or space.view == KERNEL
         return ((entry.frame << 12) | SHADOW_PTE_BASE | (PTE_US if user else 0)
-                | (PTE_RW if self._writable(space, entry) else 0))
+                | (PTE_RW if self._writable(space, entry) else 0) | (NX if self.long_mode is not None else 0))
+
+    # -- the table format: two-level 32-bit, or IA-32e (long mode) --------------------------------
+    def _root(self, space: AddressSpace) -> int:
+        """The physical address the engine's CR3 takes for this shadow."""
+        return self.pool.physical(space.directory_page)
+
+    def _new_long_mode_root(self, space: AddressSpace) -> None:
+        """An IA-32e root: one unit holds the PML4 and the PDPT ([0, 4 GiB) and its 4-8 GiB
+        alias, over four directories in two more units); the monitor's PML4 entry is shared."""
+        space.directories = (self._allocate(), self._allocate())
+        root = space.directory_page * self.pool.unit
+        pdpt = self.pool.physical(space.directory_page) + PAGE_SIZE
+        struct.pack_into("<Q", self.pool.view, root, pdpt | LONG_TABLE_FLAGS)
+        struct.pack_into("<Q", self.pool.view, root + MONITOR_PML4_INDEX * 8, self.long_mode.monitor_entry)
+        for gib in range(8):
+            directory = self.pool.physical(space.directories[(gib & 3) >> 1]) + (gib & 1) * PAGE_SIZE
+            struct.pack_into("<Q", self.pool.view, root + PAGE_SIZE + gib * 8, directory | LONG_TABLE_FLAGS)
+
+    def _set_directory_entry(self, space: AddressSpace, index: int, table: Optional[int]) -> None:
+        """Point the guest directory index `index` (4 MiB of linear space) at a table unit, or
+        clear it. IA-32e: two 2 MiB entries, at the unit's two pages."""
+        if self.long_mode is None:
+            struct.pack_into("<I", self.pool.view, space.directory_page * PAGE_SIZE + index * 4,
+                             0 if table is None else self.pool.physical(table) | SHADOW_PDE)
+            return
+        directory = index >> 8                     # 1 GiB (256 guest entries) per directory
+        at = space.directories[directory >> 1] * self.pool.unit + (directory & 1) * PAGE_SIZE + (index & 255) * 16
+        if table is None:
+            struct.pack_into("<QQ", self.pool.view, at, 0, 0)
+        else:
+            address = self.pool.physical(table)
+            struct.pack_into("<QQ", self.pool.view, at, address | LONG_TABLE_FLAGS,
+                             (address + PAGE_SIZE) | LONG_TABLE_FLAGS)
+
+    def _pte_at(self, table: int, page: int) -> tuple[int, str]:
+        """Where in the pool the entry for linear `page` is, in a table unit, and its format."""
+        if self.long_mode is None:
+            return table * PAGE_SIZE + (page & 0x3FF) * 4, "<I"
+        return table * self.pool.unit + (page & 0x3FF) * 8, "<Q"
 
     def _table_page(self, space: AddressSpace, index: int) -> int:
         page = space.tables.get(index)
         if page is None:
             page = self._allocate()
             space.tables[index] = page
-            struct.pack_into("<I", self.pool.view, space.directory_page * PAGE_SIZE + index * 4,
-                             self.pool.physical(page) | SHADOW_PDE)
+            self._set_directory_entry(space, index, page)
         return page
 
     def _write_pte(self, space: AddressSpace, page: int, value: int) -> None:
         table = self._table_page(space, page >> 10)
-        struct.pack_into("<I", self.pool.view, table * PAGE_SIZE + (page & 0x3FF) * 4, value)
+        at, layout = self._pte_at(table, page)
+        struct.pack_into(layout, self.pool.view, at, value)
 
     def _set_writable(self, space: AddressSpace, page: int, writable: bool) -> bool:
         """Returns whether a permission was taken away (the engine's TLB must forget it)."""
         table = space.tables.get(page >> 10)
         if table is None:
             return False
-        at = table * PAGE_SIZE + (page & 0x3FF) * 4
-        (pte,) = struct.unpack_from("<I", self.pool.view, at)
+        at, layout = self._pte_at(table, page)
+        (pte,) = struct.unpack_from(layout, self.pool.view, at)
         if not pte & PTE_P:
             return False
         new = (pte | PTE_RW) if writable else (pte & ~PTE_RW)
-        struct.pack_into("<I", self.pool.view, at, new)
+        struct.pack_into(layout, self.pool.view, at, new)
         return bool(pte & PTE_RW) and not writable
 
     def _drop_page(self, space: AddressSpace, page: int) -> None:
@@ -459,7 +514,7 @@ class ShadowPaging:
             self._untrace(table_frame, space, index)
         if release and index in space.tables:
             self.pool.release(space.tables.pop(index))
-            struct.pack_into("<I", self.pool.view, space.directory_page * PAGE_SIZE + index * 4, 0)
+            self._set_directory_entry(space, index, None)
 
     def _drop_stale(self, space: AddressSpace) -> None:
         if not (space.stale_pages or space.stale_indices):

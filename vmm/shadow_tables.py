@@ -10,6 +10,7 @@ import struct
 from typing import Optional
 
 from vmm.engine import PROT_READ
+from vmm.errors import UnsupportedGuestFeature
 from vmm.x86 import SegmentDescriptor
 
 TABLE_SIZE = 0x10000            # 8192 descriptors: the architectural maximum
@@ -34,12 +35,19 @@ class ShadowTables:
     the guest's tables by the CPU view at lgdt, lldt and every segment load."""
 
     def __init__(self, engine, memory, gdt_offset: int, ldt_offset: int, kernel_ring: int,
-                 read=None) -> None:
-        """read(linear, size): the guest's linear memory (default: physical, paging off)."""
+                 read=None, linear_base: Optional[int] = None, monitor_descriptors: Optional[dict] = None) -> None:
+        """read(linear, size): the guest's linear memory (default: physical, paging off).
+        linear_base: where the engine sees the monitor's region, if not at its physical address
+        (long mode). monitor_descriptors: {selector: raw descriptor} of the monitor's own, kept
+        in the shadow GDT past any guest table (the engine's GDTR then spans the whole table)."""
         self.engine, self.memory, self.kernel_ring = engine, memory, kernel_ring
         self.read = read if read is not None else memory.read
         self.gdt_address = memory.map_monitor_area(gdt_offset, TABLE_SIZE, PROT_READ)
         self.ldt_address = memory.map_monitor_area(ldt_offset, TABLE_SIZE, PROT_READ)
+        if linear_base is not None:
+            self.gdt_address = linear_base + gdt_offset
+            self.ldt_address = linear_base + ldt_offset
+        self.monitor_descriptors = monitor_descriptors or {}
         self.gdt = memory.monitor_view(gdt_offset, TABLE_SIZE)
         self.ldt = memory.monitor_view(ldt_offset, TABLE_SIZE)
 
@@ -54,8 +62,14 @@ class ShadowTables:
 
     def load_gdt(self, base: int, limit: int) -> None:
         """lgdt: copy the guest's GDT and point the engine's GDTR at the copy."""
+        if self.monitor_descriptors and limit + 1 > min(self.monitor_descriptors):
+            raise UnsupportedGuestFeature(f"a GDT of {limit + 1} bytes: the shadow GDT keeps its last "
+                                          f"descriptors from {min(self.monitor_descriptors):#x} for the monitor")
         self._copy(self.gdt, base, min(limit + 1, TABLE_SIZE), 8)
-        self.engine.set_table_register("gdtr", self.gdt_address, max(limit, 7))
+        for selector, raw in self.monitor_descriptors.items():
+            self.gdt[selector & 0xFFF8:(selector & 0xFFF8) + 8] = raw
+        engine_limit = TABLE_SIZE - 1 if self.monitor_descriptors else max(limit, 7)
+        self.engine.set_table_register("gdtr", self.gdt_address, engine_limit)
 
     def refresh(self, selector: int, raw: bytes) -> None:
         """A segment load: the guest may have edited the descriptor since lgdt/lldt."""

@@ -50,8 +50,8 @@ class Tracer:
             lines += [f"0x{i.address:08x}:  {i.bytes.hex():<20} {i}" for i in guest_block.instructions]
             self._write("\n".join(lines) + "\n")
         if self.out_asm:
-            from capstone import CS_ARCH_X86, CS_MODE_32, Cs
-            capstone = Cs(CS_ARCH_X86, CS_MODE_32)
+            from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+            capstone = Cs(CS_ARCH_X86, CS_MODE_64)       # translated code is 64-bit
             lines = [f"OUT: [size={len(translation.code)}] guest {guest_block.address:#010x} -> host {host:#010x}"]
             lines += [f"0x{address:08x}:  {mnemonic} {operands}".rstrip()
                       for address, _size, mnemonic, operands in capstone.disasm_lite(bytes(translation.code), host)]

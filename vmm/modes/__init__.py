@@ -18,6 +18,7 @@ class ExecutionMode(ABC):
     direct mode exceptions) go to vm.dispatch from engine hooks."""
 
     name: str
+    long_mode = False          # the engine runs this mode's code in long mode (bt: docs/isolation.md)
 
     @abstractmethod
     def attach(self, vm: "VirtualMachine") -> "GuestCpu": ...

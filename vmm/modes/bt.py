@@ -3,6 +3,11 @@ are translated (translator/) into the translation cache (cache/) and run there, 
 deprivileged at CPL 1 and guest ring 3 at CPL 3, against a virtual CPU whose sensitive state
 lives in the monitor.
 
+Isolation (docs/isolation.md): translated code is 64-bit code that the engine runs in long mode.
+Every guest memory access is made with 32-bit addressing and so stays in linear [0, 4 GiB) (or
+its 4-8 GiB alias), which is the guest's alone; the monitor's region is mapped far above, at
+MONITOR_LINEAR, reached only through r15, and guest pages are never executable.
+
 Deprivileging: the engine runs translated code at CPL 1 with the real IOPL at 1, real
 segment registers holding the guest's selectors with RPL 1 over a shadow GDT (guest descriptors
 with DPL 0 made DPL 1, accessed bits preset), and the real TF always clear. The guest-visible
@@ -25,9 +30,9 @@ from cache.tcache import BlockKey, TranslatedBlock, TranslationCache
 from translator.decoder import PAGE_SIZE, BlockEnd, Decoder, GuestBlock
 from capstone.x86_const import X86_INS_STI, X86_OP_MEM
 
-from translator.emitter import (FLAGS_IN_AX, INLINE_CACHE_ENTRIES, INT3, Emitter, ExitKind, ExitSite, Translation,
-                               UnsupportedForm)
-from translator.layout import (IOPL_MASK, LOOKUP_TABLE_SIZE, REAL_IOPL, SCRATCH_BUDGET, SCRATCH_IO_SITE, SCRATCH_SPILL,
+from translator.emitter import (FLAGS_IN_AX, FPU_POINTER_STORES, INLINE_CACHE_ENTRIES, INT3, Emitter, ExitKind,
+                               ExitSite, Translation, UnsupportedForm)
+from translator.layout import (IOPL_MASK, LOOKUP_TABLE_SIZE, REAL_IOPL, SCRATCH_BUDGET, SCRATCH_IO_SITE,
                                SCRATCH_STACK_TOP, TF, VCPU_CR, VCPU_GDTR, VCPU_IDTR, VCPU_LDTR,
                                VCPU_IO_CHECK, VCPU_POPF_EXPECT, VCPU_PUSHF_ADJUST, VCPU_SELECTOR,
                                MonitorAddresses)
@@ -43,7 +48,7 @@ from vmm.nested_paging import NestedPaging
 from vmm.shadow_paging import ShadowPaging
 from vmm.guest_view import GuestView
 from vmm.memory import PageFault, UnbackedAccess, linear_to_physical
-from vmm.monitor_paging import MonitorPageTables
+from vmm.monitor_paging import MONITOR_LINEAR, LongModeTables
 from vmm.x86 import AF, CF, CR0_PG, CR0_WP, GP, OF, PF, PF_VEC, SF, UD, ZF, flushes_tlb
 
 
@@ -71,6 +76,15 @@ BUDGET_MAX = 0x7FFFFFFF                  # the budget counter is compared as a s
 
 _GPRS = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
 
+# The monitor's own 64-bit code segments, at the end of the shadow GDT: translated code runs on
+# them, at CPL 1 for guest ring 0 and CPL 3 for guest ring 3. L=1, execute-only (a guest load of
+# the selector into a data segment register is refused, as one past its GDT limit would be).
+CODE64_SELECTOR = {1: 0xFFF0 | 1, 3: 0xFFF8 | 3}
+
+
+def _code64_descriptor(dpl: int) -> bytes:
+    return struct.pack("<II", 0xFFFF, 0x00AF9900 | (dpl << 13))
+
 
 def _string_io_size(instruction) -> int:
     """The bytes each element of a string I/O instruction moves (insb/insw/insd, outs*)."""
@@ -92,6 +106,7 @@ class _Stop:
 
 class BinaryTranslationMode(ExecutionMode):
     name = "bt"
+    long_mode = True
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY, profile: bool = False, paging: str = "shadow") -> None:
         self.capacity = capacity
@@ -105,29 +120,36 @@ class BinaryTranslationMode(ExecutionMode):
         self.vm = vm
         self.engine = engine = vm.engine
         self.memory = memory = vm.memory
-        self.vcpu_address = memory.map_monitor_area(VCPU_OFFSET, PAGE_SIZE, PROT_READ)
-        self.vcpu_privileged_address = memory.map_monitor_area(VCPU_PRIVILEGED_OFFSET, PAGE_SIZE, PROT_READ)
-        self.scratch_address = memory.map_monitor_area(SCRATCH_OFFSET, PAGE_SIZE, PROT_READ | PROT_WRITE)
-        self.stub_address = memory.map_monitor_area(STUB_OFFSET, PAGE_SIZE, PROT_READ | PROT_EXEC)
+        self.monitor_tables = tables = LongModeTables(memory)
+
+        def area(offset: int, size: int, perms: int, user: bool = True) -> int:
+            """Map a monitor area (physically, and at MONITOR_LINEAR + offset); its linear address."""
+            memory.map_monitor_area(offset, size, perms)
+            return tables.map_monitor(offset, size, writable=bool(perms & PROT_WRITE),
+                                      executable=bool(perms & PROT_EXEC), user=user)
+        self.vcpu_address = area(VCPU_OFFSET, PAGE_SIZE, PROT_READ)
+        self.vcpu_privileged_address = area(VCPU_PRIVILEGED_OFFSET, PAGE_SIZE, PROT_READ, user=False)
+        self.scratch_address = area(SCRATCH_OFFSET, PAGE_SIZE, PROT_READ | PROT_WRITE)
+        self.stub_address = area(STUB_OFFSET, PAGE_SIZE, PROT_READ | PROT_EXEC)
         self.shadow = ShadowTables(engine, memory, SHADOW_GDT_OFFSET, SHADOW_LDT_OFFSET, kernel_ring=1,
-                                   read=self._read_linear)
-        lookup_address = memory.map_monitor_area(LOOKUP_OFFSET, LOOKUP_TABLE_SIZE, PROT_READ)
-        arena_address = memory.map_monitor_area(ARENA_OFFSET, ARENA_SIZE, PROT_READ | PROT_EXEC)
-        profile_address = memory.map_monitor_area(PROFILE_OFFSET, ARENA_SLOTS * 4, PROT_READ | PROT_WRITE)
-        self.paging = MonitorPageTables.build(memory)
-        self.paging.map_identity(self.vcpu_privileged_address, PAGE_SIZE, writable=False, user=False)
-        self.real_cr3 = self.paging.directory_address   # the engine's CR3: the identity map, or a shadow
+                                   read=self._read_linear, linear_base=MONITOR_LINEAR,
+                                   monitor_descriptors={CODE64_SELECTOR[ring]: _code64_descriptor(ring) for ring in (1, 3)})
+        tables.map_monitor(SHADOW_GDT_OFFSET, 0x10000, writable=False, executable=False, user=False)
+        tables.map_monitor(SHADOW_LDT_OFFSET, 0x10000, writable=False, executable=False, user=False)
+        lookup_address = area(LOOKUP_OFFSET, LOOKUP_TABLE_SIZE, PROT_READ)
+        arena_address = area(ARENA_OFFSET, ARENA_SIZE, PROT_READ | PROT_EXEC)
+        profile_address = area(PROFILE_OFFSET, ARENA_SLOTS * 4, PROT_READ | PROT_WRITE)
+        self.real_cr3 = tables.root_address      # the engine's CR3: the identity map, or a shadow
         self.vcpu_view = memory.monitor_view(VCPU_OFFSET, PAGE_SIZE)
         self.vcpu_privileged_view = memory.monitor_view(VCPU_PRIVILEGED_OFFSET, PAGE_SIZE)
         self.scratch_view = memory.monitor_view(SCRATCH_OFFSET, PAGE_SIZE)
         arena = CodeArena(arena_address, memory.monitor_view(ARENA_OFFSET, ARENA_SIZE), SLOT_SIZE, ARENA_SLOTS)
         assert arena.allocate() == ONE_SHOT_SLOT
         self.cache = TranslationCache(engine, arena, memory.monitor_view(LOOKUP_OFFSET, LOOKUP_TABLE_SIZE),
-                                      min(self.capacity, ARENA_SLOTS - 1), self._protect_page, lookup_address,
-                                      memory.monitor_view(PROFILE_OFFSET, ARENA_SLOTS * 4), profile_address)
+                                      min(self.capacity, ARENA_SLOTS - 1), self._protect_page, MONITOR_LINEAR,
+                                      memory.monitor_view(PROFILE_OFFSET, ARENA_SLOTS * 4), PROFILE_OFFSET)
         self.decoder = Decoder(self._fetch_code)
-        self.emitter = Emitter(MonitorAddresses(self.vcpu_address, self.scratch_address, lookup_address,
-                                                        self.vcpu_privileged_address))
+        self.emitter = Emitter(MonitorAddresses(VCPU_OFFSET, SCRATCH_OFFSET, LOOKUP_OFFSET, VCPU_PRIVILEGED_OFFSET))
         self.cpu = TranslatedCpu(self)
         self._quiet_view = GuestView(self.cpu, memory, cpu_access=False)
         code_frame = self.cache.page_has_code
@@ -135,9 +157,10 @@ class BinaryTranslationMode(ExecutionMode):
             control = self.cpu.control
             self.pager = NestedPaging(engine, memory, lambda: (control[0], control[3], control[4]),
                                       lambda: self.cpu.cpl, code_frame,
-                                      supervisor_pages=frozenset({self.vcpu_privileged_address >> 12}))
+                                      supervisor_pages=frozenset({(memory.monitor.base + VCPU_PRIVILEGED_OFFSET) >> 12}),
+                                      monitor_linear=MONITOR_LINEAR)
         else:
-            self.pager = ShadowPaging.build(memory, self.paging, self._flush_tlb, code_frame=code_frame)
+            self.pager = ShadowPaging.build(memory, tables, self._flush_tlb, code_frame=code_frame)
         # The per-block instruction count (the budget prologue) is emitted only while someone
         # needs it: an instruction limit, or a guest that uses time (then from that moment on).
         self.budget = vm.limits.max_instructions is not None
@@ -223,6 +246,11 @@ class BinaryTranslationMode(ExecutionMode):
             struct.pack_into("<I", view, offset, cpu.control[number])
             struct.pack_into("<I", self.vcpu_privileged_view, offset, cpu.control[number])
 
+    def segment_bases_changed(self) -> None:
+        """A DS, ES or SS base changed: translations are keyed by the bases, but the lookup table
+        is not (it holds one translation per guest address)."""
+        self.cache.clear_lookup_table()
+
     def rebuild_shadow_gdt(self) -> None:
         base, limit = self.cpu.tables["gdtr"]
         self.shadow.load_gdt(base, limit)
@@ -233,25 +261,24 @@ class BinaryTranslationMode(ExecutionMode):
     def load_shadow_ldt(self, selector: int, raw: Optional[bytes]) -> None:
         self.shadow.load_ldt(selector, raw)
 
+    def code_selector(self, cpl: int) -> int:
+        """The engine's CS for translated code at guest ring `cpl` (0 or 3)."""
+        return CODE64_SELECTOR[1 if cpl == 0 else 3]
+
     def _enter_deprivileged(self, host_target: int) -> int:
-        """Build the one-time stub that leaves the boot CPL 0 for CPL 1 with an iret."""
-        cpu = self.cpu
-        self.engine.set_reg("cr3", self.real_cr3)
-        self.engine.set_reg("cr0", self.engine.reg("cr0") | CR0_PG | CR0_WP)
+        """Once, before the first translated block: the engine leaves the boot state (32-bit,
+        CPL 0, paging off) for long mode on the monitor's tables, at CPL 1 on the monitor's
+        64-bit code segment, with r15 pointing at the monitor's region."""
+        cpu, engine = self.cpu, self.engine
+        engine.enter_long_mode(self.real_cr3)
         for name in ("ds", "es", "fs", "gs"):
             selector = cpu.selectors[name]
-            self.engine.set_reg(name, (selector & ~3) | 1 if selector & 0xFFFC else 0)
-        ss = (cpu.selectors["ss"] & ~3) | 1
-        cs = (cpu.selectors["cs"] & ~3) | 1
-        eflags = (self.engine.reg("eflags") & ~(IOPL_MASK | TF)) | REAL_IOPL
-        stub = (b"\xBC" + struct.pack("<I", self.scratch_address + SCRATCH_STACK_TOP)   # mov esp, stack
-                + b"\x68" + struct.pack("<I", ss) + b"\x68" + struct.pack("<I", self.engine.reg("esp"))
-                + b"\x68" + struct.pack("<I", eflags) + b"\x68" + struct.pack("<I", cs)
-                + b"\x68" + struct.pack("<I", host_target) + b"\xCF")                   # iretd
-        self.memory.monitor_view(STUB_OFFSET, len(stub))[:] = stub
-        self.engine.invalidate_code(self.stub_address, self.stub_address + PAGE_SIZE)
+            engine.set_reg(name, (selector & ~3) | 1 if selector & 0xFFFC else 0)
+        engine.set_privilege(1, (cpu.selectors["ss"] & ~3) | 1, self.code_selector(0))
+        engine.set_reg("eflags", (engine.reg("eflags") & ~(IOPL_MASK | TF)) | REAL_IOPL)
+        engine.set_reg64("r15", MONITOR_LINEAR)
         self._deprivileged = True
-        return self.stub_address
+        return host_target
 
     def run_native(self, code: bytes, inputs: dict, outputs: tuple) -> tuple:
         """Run an unprivileged instruction (cpuid, rdtsc) by itself on the engine, at the guest's
@@ -259,7 +286,9 @@ class BinaryTranslationMode(ExecutionMode):
         at = STUB_OFFSET + 0x800
         stub = code + bytes([INT3])
         self.memory.monitor_view(at, len(stub))[:] = stub
-        address = self.memory.monitor.base + at
+        if not self._deprivileged:
+            self._enter_deprivileged(0)
+        address = MONITOR_LINEAR + at
         self.engine.invalidate_code(address, address + len(stub))
         for name, value in inputs.items():
             self.engine.set_reg(name, value)
@@ -268,8 +297,8 @@ class BinaryTranslationMode(ExecutionMode):
             self.engine.run(address, self.vm.until_address)
         finally:
             self._running_native = False
-        if self.engine.reg("eip") != address + len(stub):
-            raise RuntimeError(f"native {code.hex()} did not run to its end (eip {self.engine.reg('eip'):#x})")
+        if self.engine.reg64("rip") != address + len(stub):
+            raise RuntimeError(f"native {code.hex()} did not run to its end (rip {self.engine.reg64('rip'):#x})")
         return tuple(self.engine.reg(name) for name in outputs)
 
     # -- guest paging ----------------------------------------------------------------------------
@@ -285,7 +314,7 @@ class BinaryTranslationMode(ExecutionMode):
         new = control[number]
         if number == 0 and (old ^ new) & CR0_PG and not new & CR0_PG:
             self.pager.reset()
-            self._switch_tables(self.paging.directory_address)
+            self._switch_tables(self.monitor_tables.root_address)
         elif control[0] & CR0_PG and flushes_tlb(number, old, new):
             self._switch_tables(self.pager.load(control[0], control[3], control[4]))
 
@@ -356,7 +385,8 @@ class BinaryTranslationMode(ExecutionMode):
     # -- translation ---------------------------------------------------------------------------
     def _key(self, eip: int) -> BlockKey:
         physical = self._code_address(eip) if self.guest_paging else -1
-        return BlockKey(eip, single_step=bool(self.cpu.virtual_flags & TF), physical=physical)
+        return BlockKey(eip, single_step=bool(self.cpu.virtual_flags & TF), physical=physical,
+                        segment_bases=self.cpu.segment_bases)
 
     def _translate(self, key: BlockKey) -> TranslatedBlock:
         started = time.perf_counter()
@@ -373,7 +403,8 @@ class BinaryTranslationMode(ExecutionMode):
         while True:     # a block that does not fit a slot is shortened, a lone indirect branch
             guest = self.decoder.decode_block(key.eip, limit=limit, stop_before=breakpoints)   # predicts less
             translation = self.emitter.translate(guest, budget=self.budget, chainable=not key.single_step,
-                                                 profile=self.profile, predictions=predictions)
+                                                 profile=self.profile, predictions=predictions,
+                                                 segment_bases=key.segment_bases)
             if len(translation.code) <= SLOT_SIZE or (len(guest.instructions) <= 1 and not predictions):
                 break
             if len(guest.instructions) > 1:
@@ -404,7 +435,7 @@ class BinaryTranslationMode(ExecutionMode):
         """Write-protect a guest-physical page that holds translated code (or release it), in the
         identity map and in every shadow that maps it."""
         if self.memory.ram.contains(page * PAGE_SIZE, 1):
-            self.paging.set_writable(page * PAGE_SIZE, not protect)
+            self.monitor_tables.set_writable(page * PAGE_SIZE, not protect)
         if protect:
             self.pager.protect_frame(page)
         else:
@@ -426,7 +457,7 @@ class BinaryTranslationMode(ExecutionMode):
     # -- running -------------------------------------------------------------------------------
     def _on_interrupt(self, vector: int) -> None:
         engine = self.engine
-        eip = engine.reg("eip")
+        eip = engine.reg64("rip")
         if self._running_native:      # the int3 after run_native's instruction
             engine.reset_exception_state()
             engine.stop()
@@ -446,21 +477,23 @@ class BinaryTranslationMode(ExecutionMode):
         error_code, _software = engine.last_exception_info()
         engine.reset_exception_state()
         if vector == PF_VEC:          # only the monitor's tables exist: a store to a protected page
-            self._stop = _Stop("page_fault", eip, vector=vector, error_code=error_code, address=engine.reg("cr2"))
+            self._stop = _Stop("page_fault", eip, vector=vector, error_code=error_code, address=engine.reg64("cr2"))
         else:
             self._stop = _Stop("fault", eip, vector=vector, error_code=error_code)
         engine.stop()
 
     def _restore(self, registers) -> None:
-        for register in registers:
-            if register == FLAGS_IN_AX:       # lahf; seto al: ah = SF ZF AF PF CF, al = OF
+        """Put back what translated code had parked (the emitter's restore lists): the guest's
+        flags from ax, then guest registers from the monitor's registers that hold them."""
+        for item in registers:
+            if item == FLAGS_IN_AX:           # lahf; seto al: ah = SF ZF AF PF CF, al = OF
                 ax = self.engine.reg("eax")
                 flags = self.engine.reg("eflags") & ~(SF | ZF | AF | PF | CF | OF)
                 flags |= (ax >> 8) & (SF | ZF | AF | PF | CF)
                 self.engine.set_reg("eflags", flags | (OF if ax & 0xFF else 0))
                 continue
-            value = struct.unpack_from("<I", self.scratch_view, SCRATCH_SPILL + 4 * register)[0]
-            self.engine.set_reg(_GPRS[register], value)
+            register, holder = item
+            self.engine.set_reg(_GPRS[register], self.engine.reg(holder + "d"))
 
     def _locate(self, host_eip: int) -> tuple[Optional[int], tuple]:
         """Guest EIP and registers to restore for a stop at a host address inside translated code."""
@@ -476,7 +509,7 @@ class BinaryTranslationMode(ExecutionMode):
         return (entry.guest_eip, entry.restore) if entry is not None else (None, ())
 
     def _sync_guest_eip(self) -> None:
-        guest_eip, restore = self._locate(self.engine.reg("eip"))
+        guest_eip, restore = self._locate(self.engine.reg64("rip"))
         if guest_eip is not None:
             self._restore(restore)
             self.cpu.eip = guest_eip
@@ -501,7 +534,7 @@ class BinaryTranslationMode(ExecutionMode):
     def _denied_io_exit(self) -> VmExit:
         registers, self._denied_io = self._denied_io, None
         (guest_eip,) = struct.unpack_from("<I", self.scratch_view, SCRATCH_IO_SITE)
-        host_eip = self.engine.reg("eip")
+        host_eip = self.engine.reg64("rip")
         if self.budget and self._block_holds(host_eip, guest_eip):
             self._uncharge_rest_of_block(host_eip, guest_eip)
         for name, value in registers.items():
@@ -617,7 +650,7 @@ class BinaryTranslationMode(ExecutionMode):
                     continue
                 return outcome
             if stop is None:
-                host_eip = self.engine.reg("eip")
+                host_eip = self.engine.reg64("rip")
                 self._sync_guest_eip()
                 if self.budget:
                     self._uncharge_rest_of_block(host_eip, self.cpu.eip)
@@ -630,7 +663,7 @@ class BinaryTranslationMode(ExecutionMode):
                     return VmExit(ExitReason.STOP_REQUEST, eip=self.cpu.eip)
                 if vm.limits.expired:
                     return VmExit(ExitReason.TIME_LIMIT, eip=self.cpu.eip)
-                raise RuntimeError(f"translated code returned at {self.engine.reg('eip'):#x} for no reason")
+                raise RuntimeError(f"translated code returned at {self.engine.reg64('rip'):#x} for no reason")
             if stop.kind == "fault":
                 self._count("guest_exception")
                 guest_eip = self._to_guest_instruction(stop)
@@ -676,7 +709,7 @@ class BinaryTranslationMode(ExecutionMode):
                 self.cache.link(stop.block, stop.site_index, target)
             return target.host
         if site.kind is ExitKind.MISS:
-            target_eip = self.engine.reg(_GPRS[site.target])
+            target_eip = self.engine.reg(site.target)
             self._restore(site.restore)
             self.cpu.eip = target_eip
             if event_after:
@@ -703,7 +736,37 @@ class BinaryTranslationMode(ExecutionMode):
             return VmExit(ExitReason.DEBUG, eip=site.guest_eip)
         if site.kind is ExitKind.BUDGET:
             return self._budget_exit(stop)
+        if site.kind is ExitKind.FPU_POINTER:
+            return self._fpu_pointer_exit(stop)
         raise RuntimeError(f"unknown exit {site.kind}")
+
+    def _fpu_pointer_exit(self, stop: _Stop):
+        """After fnstenv/fnsave/fxsave/xsave: the image holds the host address of the last x87
+        instruction; the guest gets the address of that instruction in its own code (0 where
+        the translation is gone), as the CPU and QEMU store it."""
+        site = stop.site
+        insn = site.instruction.insn
+        linear = self.engine.reg("r8d")
+        prefixes = bytes(insn.prefix)
+        for prefix, segment in ((0x64, "fs"), (0x65, "gs")):
+            if prefix in prefixes:
+                linear = (linear + self.engine.segment_base(segment)) & 0xFFFFFFFF
+        segment = next((name for prefix, name in ((0x26, "es"), (0x36, "ss"), (0x3E, "ds"), (0x2E, "cs"))
+                        if prefix in prefixes), None)
+        if segment is None and not {0x64, 0x65} & set(prefixes):
+            memory = next(op for op in insn.operands if op.type == X86_OP_MEM).mem
+            segment = "ss" if insn.reg_name(memory.base) in ("esp", "ebp") else "ds"
+        if segment is not None:
+            linear = (linear + self.cpu.segment_base(segment)) & 0xFFFFFFFF
+        at = FPU_POINTER_STORES[insn.id]
+        view = GuestView(self.cpu, self.memory, cpu_access=False)
+        stored = int.from_bytes(view.read(linear + at, 4), "little")
+        guest_eip, _restore = self._locate(MONITOR_LINEAR + stored)
+        view.write(linear + at, (guest_eip or 0).to_bytes(4, "little"))
+        if at == 8:           # fxsave/xsave: the 64-bit image's upper half covers FCS: as 32-bit code leaves it
+            view.write(linear + 12, bytes(4))
+        self.cpu.eip = site.next_eip
+        return stop.host_eip + 1
 
     def _io_permission_exit(self, stop: _Stop):
         """String I/O at CPL > IOPL: the TSS bitmap is checked before the instruction runs
@@ -762,12 +825,24 @@ class BinaryTranslationMode(ExecutionMode):
         """Nested paging refused an access of the translated instruction at the engine's EIP:
         the stop a page fault there would have made, with the exact address."""
         _page, access, present = self.pager.refusal
-        host_eip, write = self.engine.reg("eip"), access == "write"
-        address = self.pager.refused_address(self.memory.read(host_eip, 16), host_eip, self.engine.reg,
-                                             self.engine.segment_base)
+        host_eip, write = self.engine.reg64("rip"), access == "write"
+        address = self.pager.refused_address(self._host_code(host_eip), host_eip, self._host_register,
+                                             self._host_segment_base)
         user = 4 if self.cpu.cpl == 3 else 0
         return _Stop("page_fault", host_eip, vector=PF_VEC,
                      error_code=(2 if write else 0) | user | (1 if present else 0), address=address)
+
+    def _host_code(self, host_eip: int) -> bytes:
+        """Translated code at a host address (for decoding the instruction that faulted there)."""
+        return self.cache.arena.read(host_eip, 16)
+
+    def _host_register(self, name: str) -> int:
+        """A register as a translated instruction's operand names it (r8..r15 by their low half)."""
+        return self.engine.reg(name + "d" if name[0] == "r" and name[1:].isdigit() else name)
+
+    def _host_segment_base(self, segment: str) -> int:
+        """In 64-bit mode only FS and GS have bases."""
+        return self.engine.segment_base(segment) if segment in ("fs", "gs") else 0
 
     def _fetch_fault(self, stop: _Stop, guest_eip: int):
         """Translated code reached an instruction whose bytes could not be fetched when it was
@@ -800,7 +875,10 @@ class BinaryTranslationMode(ExecutionMode):
         table goes the same way and the shadow then looks at what it changed. Anything else
         touched memory the guest does not have, and ends the run."""
         address, write = stop.address, bool(stop.error_code & 2)
-        if (self.guest_paging or self.pager.virtual_tlb) and not self.memory.monitor.contains(address, 1):
+        if address >= MONITOR_LINEAR:
+            return self._monitor_page_fault(stop)
+        address &= 0xFFFFFFFF                # 4-8 GiB: the wrap of an FS/GS base plus offset
+        if self.guest_paging or self.pager.virtual_tlb:
             try:
                 frame = self.pager.fill(address, write, bool(stop.error_code & 4))
             except PageFault as fault:
@@ -818,7 +896,7 @@ class BinaryTranslationMode(ExecutionMode):
             if frame in self.pager.traced and not self.cache.page_has_code(frame):
                 # a plain mov into a page table is carried out by the shadow, and translated
                 # code goes on after it without leaving its block
-                length = self.pager.store_plainly(self.memory.read(stop.host_eip, 16), self.engine.reg,
+                length = self.pager.store_plainly(self._host_code(stop.host_eip), self._host_register,
                                                   address, frame)
                 if length is not None:
                     self._count("tracing_fault")
@@ -827,17 +905,6 @@ class BinaryTranslationMode(ExecutionMode):
             guest_eip = self._to_guest_instruction(stop)
             return self._write_watched(address, frame, guest_eip)
         guest_eip = self._to_guest_instruction(stop)
-        if stop.error_code & 4 and self.vcpu_privileged_address <= address < self.vcpu_privileged_address + PAGE_SIZE:
-            # mov r, crN at guest ring 3 read the supervisor-only page: the guest's #GP(0)
-            return VmExit(ExitReason.EXCEPTION, eip=guest_eip, vector=GP, error_code=0)
-        if self.guest_paging:        # the monitor's linear range: the guest's tables decide
-            try:
-                linear_to_physical(self.memory, self.cpu.control[0], self.cpu.control[3], address, write,
-                                   cr4=self.cpu.control[4], user=bool(stop.error_code & 4), mark=True)
-            except PageFault as fault:
-                return self._guest_page_fault(fault)
-            raise UnsupportedInstruction(f"the guest maps {address:#x}: linear addresses from "
-                                         f"{self.memory.monitor.base:#x} up are the monitor's under binary translation")
         page = address // PAGE_SIZE
         if not (write and stop.error_code & 1 and self.memory.ram.contains(address, 1)
                 and self.cache.page_has_code(page)):
@@ -854,6 +921,16 @@ class BinaryTranslationMode(ExecutionMode):
                 self._reprotect.add(affected)
         self._prepare_one_shot(guest_eip)
         return None
+
+    def _monitor_page_fault(self, stop: _Stop):
+        """A fault in the monitor's own region, which only translated code reaches: `mov r, crN`
+        at guest ring 3 reading the supervisor-only page is the guest's #GP(0); anything else is
+        the monitor's own mistake."""
+        guest_eip = self._to_guest_instruction(stop)
+        privileged = MONITOR_LINEAR + VCPU_PRIVILEGED_OFFSET
+        if stop.error_code & 4 and privileged <= stop.address < privileged + PAGE_SIZE:
+            return VmExit(ExitReason.EXCEPTION, eip=guest_eip, vector=GP, error_code=0)
+        raise RuntimeError(f"translated code at {stop.host_eip:#x} faulted on monitor address {stop.address:#x}")
 
     def _to_guest_instruction(self, stop: _Stop) -> int:
         """Map a fault inside translated code back to the guest instruction it belongs to (which
@@ -891,7 +968,8 @@ class BinaryTranslationMode(ExecutionMode):
         """One guest instruction alone outside the cache (no budget prologue: it counts here)."""
         self._adjust += 1
         guest = self.decoder.decode_block(guest_eip, limit=1)
-        translation = self.emitter.translate(guest, budget=False, chainable=False)
+        translation = self.emitter.translate(guest, budget=False, chainable=False,
+                                             segment_bases=self.cpu.segment_bases)
         host = self.cache.arena.address(ONE_SHOT_SLOT)
         self.cache.arena.write(host, bytes(translation.code))
         self.engine.invalidate_code(host, host + SLOT_SIZE)

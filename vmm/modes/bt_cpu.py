@@ -40,6 +40,19 @@ class TranslatedCpu(GuestCpu):
         self.tables = {name: engine.table_register(name) for name in ("gdtr", "idtr", "ldtr", "tr")}
         self.table_selectors = {"ldtr": 0, "tr": 0}
         self.control = {n: engine.reg(f"cr{n}") for n in VCPU_CR}
+        self.bases = {"ds": 0, "es": 0, "ss": 0}     # the boot GDT's segments are flat
+
+    @property
+    def segment_bases(self) -> tuple[int, int, int]:
+        """DS, ES and SS bases: 64-bit host code ignores them, so translations add them."""
+        return self.bases["ds"], self.bases["es"], self.bases["ss"]
+
+    def _note_base(self, name: str, raw: Optional[bytes]) -> None:
+        if name in self.bases:
+            base = SegmentDescriptor.decode(raw).base if raw is not None else 0
+            if base != self.bases[name]:
+                self.bases[name] = base
+                self.mode.segment_bases_changed()
 
     def reg(self, name: str) -> int:
         if name == "eip":
@@ -84,6 +97,7 @@ class TranslatedCpu(GuestCpu):
             self.engine.set_reg(name, _real_selector(selector))
         else:
             self.engine.set_reg(name, 0)
+        self._note_base(name, raw)
         self.selectors[name] = selector & 0xFFFF
         self.mode.virtual_state_changed()
 
@@ -101,7 +115,8 @@ class TranslatedCpu(GuestCpu):
         self.mode.refresh_shadow(cs, cs_raw)
         self.mode.refresh_shadow(ss, ss_raw)
         self.selectors["cs"], self.selectors["ss"] = cs & 0xFFFF, ss & 0xFFFF
-        self.engine.set_privilege(real_privilege(cpl), _real_selector(ss), _real_selector(cs))
+        self.engine.set_privilege(real_privilege(cpl), _real_selector(ss), self.mode.code_selector(cpl))
+        self._note_base("ss", ss_raw)
         self.engine.set_reg("esp", esp)
         self.set_reg("eflags", eflags)          # the real IOPL of the new ring
         self.mode.virtual_state_changed()

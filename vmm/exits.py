@@ -15,9 +15,10 @@ class ExitReason(Enum):
     CALLOUT = "callout"                  # translated code hands a sensitive instruction to emulate
     HLT = "hlt"
     INSTRUCTION_LIMIT = "instruction_limit"
-    TIME_LIMIT = "time_limit"
+    TIME_LIMIT = "time_limit"            # the watchdog stopped the engine at the deadline
+    INTERRUPT = "interrupt"              # the watchdog stopped the engine: the user pressed Ctrl-C
     MEMORY_FAULT = "memory_fault"        # an access to physical memory that does not exist
-    STOP_REQUEST = "stop_request"        # a device or the user asked the machine to stop
+    STOP_REQUEST = "stop_request"        # a device or a handler asked the machine to stop
     DEBUG = "debug"                      # a breakpoint, a finished single step, or gdb's Ctrl-C
     EVENT = "event"                      # the instructions the run loop allowed are done: the clock
                                          # reached a timer event, a poll point or the instruction limit

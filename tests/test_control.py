@@ -1,5 +1,6 @@
 """The monitor stays in control: Ctrl-C and the limits end every run promptly in every mode (with
-paging on and off, however often the guest exits), and bad limits are refused in one line.
+paging on and off, however often the guest exits), bad limits are refused in one line, and a bug
+inside the monitor ends the run with one line, its report and status 123, never a traceback.
 
 The Ctrl-C and time-limit tests run the real command line in a subprocess and send it a real
 SIGINT. None of this is guest-visible behaviour, so there is no QEMU reference here: QEMU's own
@@ -165,3 +166,51 @@ def test_impossible_instruction_limit_is_refused():
     """The engine's count is a size_t: 2**64 + 5 instructions used to stop after 5 (direct)."""
     assert_one_line_error(run_vmm("run", "sample_binaries/hello.elf", "--mode", "direct",
                                   "--max-insns", str(2 ** 64 + 5)), 2, "--max-insns must be positive and at most 1e+18")
+
+
+# A monitor bug provoked through the real command line: a small script patches the monitor,
+# then runs `vmm` as the console script does.
+_PATCHED_CLI = """
+import sys
+{patch}
+from vmm.cli import entry_point
+sys.argv = ["vmm", *sys.argv[1:]]
+entry_point()
+"""
+
+MONITOR_BUGS = {
+    # bt's interrupt hook loses the exit it was called for: translated code seems to return to
+    # the monitor for no reason, a state bt itself calls impossible (MonitorBug)
+    "lost_exit": ("bt", """
+from vmm.modes.bt import BinaryTranslationMode
+def lose_the_exit(self, vector):
+    self.engine.stop()
+BinaryTranslationMode._on_interrupt = lose_the_exit
+""", r"monitor bug: translated code returned at 0x[0-9a-f]+ for no reason \(vmm/modes/bt\.py:\d+ in _execute_blocks\)"),
+    # the PORT_OUT handler raises inside an engine hook (direct mode services I/O there)
+    "handler_raises": ("direct", """
+from vmm.vm import VirtualMachine
+def broken_port_out(self, vm_exit):
+    return {}["no such device"]
+VirtualMachine._port_out = broken_port_out
+""", r"monitor bug: KeyError: 'no such device' \(.*:\d+ in broken_port_out\)"),
+}
+
+
+@pytest.mark.parametrize("name", MONITOR_BUGS)
+def test_monitor_bug_ends_the_run_with_one_line(tmp_path, name):
+    import re
+    mode, patch, expected = MONITOR_BUGS[name]
+    script, image, report = tmp_path / "patched_vmm.py", tmp_path / "guest.s", tmp_path / "report.json"
+    script.write_text(_PATCHED_CLI.replace("{patch}", patch))
+    image.write_text(GUESTS["syscalls"])
+    proc = subprocess.run([sys.executable, str(script), "run", str(image), "--mode", mode, "--report", str(report)],
+                          cwd=REPO_ROOT, capture_output=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    err = proc.stderr.decode()
+    assert proc.returncode == 123, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert re.fullmatch("vmm: " + expected + "\n", err), err
+    exit = json.loads(report.read_text())["exit"]
+    assert (exit["reason"], exit["status"]) == ("monitor_bug", 123)
+    assert exit["message"] == err[len("vmm: "):-1]

@@ -50,6 +50,7 @@ class StopReason(Enum):
     INSTRUCTION_LIMIT = "instruction_limit"
     TIME_LIMIT = "time_limit"
     INTERRUPTED = "interrupted"          # the user pressed Ctrl-C
+    MONITOR_BUG = "monitor_bug"          # an impossible state or an unexpected exception in the monitor
 
 
 # Statuses for stops the guest did not choose. A debug-exit run exits with the guest's value & 0xFF.
@@ -60,6 +61,7 @@ EXIT_STATUS = {
     StopReason.UNSUPPORTED: 122,
     StopReason.INSTRUCTION_LIMIT: 124,
     StopReason.TIME_LIMIT: 125,
+    StopReason.MONITOR_BUG: 123,
     StopReason.INTERRUPTED: 130,
 }
 

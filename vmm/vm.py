@@ -6,11 +6,14 @@ from __future__ import annotations
 import os
 import select
 import signal
+import sysconfig
 import threading
 import time
+import traceback
 from collections import Counter
 from contextlib import contextmanager
 from enum import Enum
+from pathlib import Path
 from typing import Callable, Optional
 
 from vmm.bus import PortBus
@@ -18,7 +21,7 @@ from vmm.clock import VirtualClock
 from vmm.console import Console
 from vmm.delivery import ExceptionDelivery, TripleFault
 from vmm.emulate import Emulator
-from vmm.errors import UnsupportedGuestFeature
+from vmm.errors import MonitorBug, UnsupportedGuestFeature
 from vmm.engine import Engine
 from vmm.guest_view import GuestFault, GuestView
 from vmm.interrupts import InterruptPlatform
@@ -28,6 +31,24 @@ from vmm.privilege import io_permitted
 from vmm.trace import Tracer
 from vmm.modes import ExecutionMode
 from vmm.x86 import IF, vector_name
+
+
+_SOURCE_ROOT = Path(__file__).resolve().parent.parent        # vmm/, translator/, cache/ live here
+_LIBRARY_ROOTS = tuple(Path(sysconfig.get_path(name)).resolve() for name in ("stdlib", "purelib", "platlib"))
+
+
+def _where(error: BaseException) -> str:
+    """Where an exception was raised: its innermost frame outside Python's and the installed
+    libraries (a UcError is the monitor's call into Unicorn), relative to the source tree."""
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return ""
+    ours = [frame for frame in frames
+            if not any(Path(frame.filename).resolve().is_relative_to(root) for root in _LIBRARY_ROOTS)]
+    frame = (ours or frames)[-1]
+    path = Path(frame.filename).resolve()
+    name = str(path.relative_to(_SOURCE_ROOT)) if path.is_relative_to(_SOURCE_ROOT) else frame.filename
+    return f" ({name}:{frame.lineno} in {frame.name})"
 
 
 class RunState(Enum):
@@ -214,6 +235,8 @@ class VirtualMachine:
             self.request_stop(StopReason.UNSUPPORTED, str(error))
         except KeyboardInterrupt:        # a Ctrl-C while waiting for gdb, or a second one
             self.request_stop(StopReason.INTERRUPTED, "interrupted by the user (Ctrl-C)")
+        except Exception as error:       # noqa: BLE001 - whatever escapes is a monitor bug
+            self._monitor_bug(error)
         finally:
             self.limits.finish()
             self.tracer.close()
@@ -225,7 +248,11 @@ class VirtualMachine:
             self.state = RunState.FINISHED
             self.console.close()
         if not self._result.registers:
-            self._result.registers = self.cpu.snapshot()
+            try:
+                self._result.registers = self.cpu.snapshot()
+            except Exception as error:   # noqa: BLE001 - the state a monitor bug left may not read
+                if self._result.reason is not StopReason.MONITOR_BUG:
+                    self._monitor_bug(error)
         return self._result
 
     def _run_loop(self) -> None:
@@ -250,6 +277,19 @@ class VirtualMachine:
             yield
         finally:
             self.limits.waiting_on_host = False
+
+    def _monitor_bug(self, error: BaseException) -> None:
+        """An exception the monitor did not expect ended the run: one line that names it and
+        where it was raised (the innermost frame of the monitor's own code), status 123. It
+        replaces any ending already requested: the state after it cannot be trusted."""
+        text = " ".join(str(error).split()) or "(no message)"
+        if not isinstance(error, MonitorBug):      # what the monitor did not expect: name the type
+            text = f"{type(error).__name__}: {text}"
+        self._result = RunResult(StopReason.MONITOR_BUG, f"monitor bug: {text}{_where(error)}")
+        try:
+            self.engine.stop()
+        except Exception:                # noqa: BLE001
+            pass
 
     # -- time and external interrupts -----------------------------------------------------------
     POLL_INTERVAL = 10_000     # instructions between looks at IF while an interrupt waits for it

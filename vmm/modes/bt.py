@@ -34,6 +34,7 @@ from translator.layout import (IOPL_MASK, LOOKUP_TABLE_SIZE, REAL_IOPL, SCRATCH_
 from vmm.cpu import GuestCpu
 from vmm.emulate import UnsupportedInstruction
 from vmm.engine import PROT_EXEC, PROT_READ, PROT_WRITE, StopCause
+from vmm.errors import MonitorBug
 from vmm.exits import ExitReason, VmExit
 from vmm.memory import MIB
 from vmm.modes import ExecutionMode
@@ -272,7 +273,7 @@ class BinaryTranslationMode(ExecutionMode):
         finally:
             self._running_native = False
         if eip not in (address + len(code), address + len(stub)):     # stopped at, or after, the int3
-            raise RuntimeError(f"native {code.hex()} did not run to its end (eip {eip:#x})")
+            raise MonitorBug(f"native {code.hex()} did not run to its end (eip {eip:#x})")
         return tuple(self.engine.reg(name) for name in outputs)
 
     # -- guest paging ----------------------------------------------------------------------------
@@ -641,7 +642,7 @@ class BinaryTranslationMode(ExecutionMode):
                     return VmExit(ExitReason.STOP_REQUEST, eip=self.cpu.eip)
                 if vm.limits.stop_due:
                     return vm.limits.watchdog_exit(self.cpu.eip)
-                raise RuntimeError(f"translated code returned at {self.engine.reg('eip'):#x} for no reason")
+                raise MonitorBug(f"translated code returned at {self.engine.reg('eip'):#x} for no reason")
             if stop.kind == "fault":
                 self._count("guest_exception")
                 guest_eip = self._to_guest_instruction(stop)
@@ -714,7 +715,7 @@ class BinaryTranslationMode(ExecutionMode):
             return VmExit(ExitReason.DEBUG, eip=site.guest_eip)
         if site.kind is ExitKind.BUDGET:
             return self._budget_exit(stop)
-        raise RuntimeError(f"unknown exit {site.kind}")
+        raise MonitorBug(f"unknown exit {site.kind}")
 
     def _io_permission_exit(self, stop: _Stop):
         """String I/O at CPL > IOPL: the TSS bitmap is checked before the instruction runs
@@ -871,7 +872,7 @@ class BinaryTranslationMode(ExecutionMode):
         did not complete)."""
         guest_eip, restore = self._locate(stop.host_eip)
         if guest_eip is None:
-            raise RuntimeError(f"exception {stop.vector} outside translated code at {stop.host_eip:#x}")
+            raise MonitorBug(f"exception {stop.vector} outside translated code at {stop.host_eip:#x}")
         self._uncharge_rest_of_block(stop.host_eip, guest_eip)
         self._restore(restore)
         self.cpu.eip = guest_eip

@@ -10,6 +10,7 @@ from capstone import CS_GRP_CALL, CS_GRP_JUMP, CS_GRP_RET
 from vmm.cpu import GuestCpu
 from vmm.devices.i8254 import PIT_BASE, PIT_PORTS
 from vmm.engine import StopCause
+from vmm.errors import MonitorBug
 from vmm.exits import ExitReason, VmExit
 from vmm.fault_address import decode
 from vmm.memory import PAGE_SIZE, PageFault, UnbackedAccess, linear_to_physical
@@ -330,7 +331,7 @@ class DirectMode(ExecutionMode):
                       software=software, fault_eip=fault_eip)
 
     def _tlb_refused(self, vm) -> VmExit:
-        raise RuntimeError("the engine's virtual TLB is only used by modes with nested paging")
+        raise MonitorBug("the engine's virtual TLB is only used by modes with nested paging")
 
     def _rdpmc_at(self, eip: int) -> bool:
         try:

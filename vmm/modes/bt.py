@@ -34,6 +34,7 @@ from translator.layout import (IOPL_MASK, LOOKUP_TABLE_SIZE, REAL_IOPL, SCRATCH_
 from vmm.cpu import GuestCpu
 from vmm.emulate import UnsupportedInstruction
 from vmm.engine import PROT_EXEC, PROT_READ, PROT_WRITE, StopCause
+from vmm.errors import MonitorBug
 from vmm.exits import ExitReason, VmExit
 from vmm.memory import MIB
 from vmm.modes import ExecutionMode
@@ -265,11 +266,14 @@ class BinaryTranslationMode(ExecutionMode):
             self.engine.set_reg(name, value)
         self._running_native = True
         try:
-            self.engine.run(address, self.vm.until_address)
+            eip = address
+            while eip == address:      # a stop from another thread landed before the instruction
+                self.engine.run(address, self.vm.until_address)
+                eip = self.engine.reg("eip")
         finally:
             self._running_native = False
-        if self.engine.reg("eip") != address + len(stub):
-            raise RuntimeError(f"native {code.hex()} did not run to its end (eip {self.engine.reg('eip'):#x})")
+        if eip not in (address + len(code), address + len(stub)):     # stopped at, or after, the int3
+            raise MonitorBug(f"native {code.hex()} did not run to its end (eip {eip:#x})")
         return tuple(self.engine.reg(name) for name in outputs)
 
     # -- guest paging ----------------------------------------------------------------------------
@@ -587,10 +591,18 @@ class BinaryTranslationMode(ExecutionMode):
                 stepping = block.key.single_step
             if self.tracer.exec:
                 self.tracer.executed(self.cpu.eip, begin)
+            self._stop = None
             if not self._deprivileged:
                 begin = self._enter_deprivileged(begin)
-            self._stop = None
-            cause = self.engine.run(begin, vm.until_address)
+                cause = self.engine.run(begin, vm.until_address)
+            elif vm.limits.stop_due or (debugger is not None and debugger.interrupted):
+                # A stop from another thread (watchdog, gdb) that landed between two runs is
+                # taken here, as if it had landed on the first instruction: a guest that keeps
+                # leaving the engine for cache exits (faults, misses) never reaches the run loop.
+                self.engine.set_reg("eip", begin)
+                cause = StopCause.RETURNED
+            else:
+                cause = self.engine.run(begin, vm.until_address)
             begin = None
             if self._denied_io is not None:
                 return self._denied_io_exit()
@@ -628,9 +640,9 @@ class BinaryTranslationMode(ExecutionMode):
                     return VmExit(ExitReason.DEBUG, eip=self.cpu.eip)
                 if vm.stop_requested:
                     return VmExit(ExitReason.STOP_REQUEST, eip=self.cpu.eip)
-                if vm.limits.expired:
-                    return VmExit(ExitReason.TIME_LIMIT, eip=self.cpu.eip)
-                raise RuntimeError(f"translated code returned at {self.engine.reg('eip'):#x} for no reason")
+                if vm.limits.stop_due:
+                    return vm.limits.watchdog_exit(self.cpu.eip)
+                raise MonitorBug(f"translated code returned at {self.engine.reg('eip'):#x} for no reason")
             if stop.kind == "fault":
                 self._count("guest_exception")
                 guest_eip = self._to_guest_instruction(stop)
@@ -652,8 +664,8 @@ class BinaryTranslationMode(ExecutionMode):
                 self._step_stop_pending = False
                 return VmExit(ExitReason.DEBUG, eip=self.cpu.eip)
             begin = outcome
-            if vm.limits.expired:
-                return VmExit(ExitReason.TIME_LIMIT, eip=self.cpu.eip)
+            if vm.limits.stop_due:
+                return vm.limits.watchdog_exit(self.cpu.eip)
 
     def _site_exit(self, stop: _Stop, stepping: bool, event_after: bool = False):
         """Handle an exit from translated code through one of its sites. Returns the host address
@@ -703,7 +715,7 @@ class BinaryTranslationMode(ExecutionMode):
             return VmExit(ExitReason.DEBUG, eip=site.guest_eip)
         if site.kind is ExitKind.BUDGET:
             return self._budget_exit(stop)
-        raise RuntimeError(f"unknown exit {site.kind}")
+        raise MonitorBug(f"unknown exit {site.kind}")
 
     def _io_permission_exit(self, stop: _Stop):
         """String I/O at CPL > IOPL: the TSS bitmap is checked before the instruction runs
@@ -860,7 +872,7 @@ class BinaryTranslationMode(ExecutionMode):
         did not complete)."""
         guest_eip, restore = self._locate(stop.host_eip)
         if guest_eip is None:
-            raise RuntimeError(f"exception {stop.vector} outside translated code at {stop.host_eip:#x}")
+            raise MonitorBug(f"exception {stop.vector} outside translated code at {stop.host_eip:#x}")
         self._uncharge_rest_of_block(stop.host_eip, guest_eip)
         self._restore(restore)
         self.cpu.eip = guest_eip

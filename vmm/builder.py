@@ -71,10 +71,12 @@ class MachineConfig:
                                   f"engine's own MMU (the bare machine)")
             raise ConfigError(f"--paging {self.paging} is not available under --mode {self.mode} "
                               f"(available: {', '.join(schemes)})")
-        if self.max_instructions is not None and self.max_instructions <= 0:
-            raise ConfigError(f"--max-insns must be positive, got {self.max_instructions}")
-        if self.timeout is not None and self.timeout <= 0:
-            raise ConfigError(f"--timeout must be positive, got {self.timeout:g}")
+        if self.max_instructions is not None and not 0 < self.max_instructions <= Limits.MAX_INSTRUCTIONS:
+            raise ConfigError(f"--max-insns must be positive and at most {Limits.MAX_INSTRUCTIONS:.0e}, "
+                              f"got {self.max_instructions}")
+        if self.timeout is not None and not 0 < self.timeout <= Limits.MAX_TIMEOUT:     # nan, inf too
+            raise ConfigError(f"--timeout must be positive and at most {Limits.MAX_TIMEOUT:g} seconds "
+                              f"(leave it out for no limit), got {self.timeout:g}")
         if self.tcache_blocks is not None and not 1 <= self.tcache_blocks <= MAX_TCACHE_BLOCKS:
             raise ConfigError(f"--tcache-size must hold 1 to {MAX_TCACHE_BLOCKS} blocks, got {self.tcache_blocks}")
         if self.gdb_wait and self.gdb_port is None:

@@ -180,4 +180,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def entry_point() -> None:
-    sys.exit(main())
+    try:
+        status = main()
+    except KeyboardInterrupt:     # Ctrl-C outside a run (a run ends itself: status 130, its report)
+        print("vmm: interrupted", file=sys.stderr)
+        status = 130
+    sys.exit(status)

@@ -18,6 +18,14 @@ class UnsupportedGuestFeature(VmmError):
     `unsupported`."""
 
 
+class MonitorBug(VmmError):
+    """A state the monitor's own logic says cannot happen: a bug in the monitor, not in the guest.
+    A run it ends stops as `monitor_bug` (status 123), as does any exception the monitor did not
+    expect (VirtualMachine.run)."""
+
+    exit_status = 123
+
+
 class ImageError(VmmError):
     """A guest image that cannot be loaded (format, size, placement)."""
 

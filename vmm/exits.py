@@ -15,9 +15,10 @@ class ExitReason(Enum):
     CALLOUT = "callout"                  # translated code hands a sensitive instruction to emulate
     HLT = "hlt"
     INSTRUCTION_LIMIT = "instruction_limit"
-    TIME_LIMIT = "time_limit"
+    TIME_LIMIT = "time_limit"            # the watchdog stopped the engine at the deadline
+    INTERRUPT = "interrupt"              # the watchdog stopped the engine: the user pressed Ctrl-C
     MEMORY_FAULT = "memory_fault"        # an access to physical memory that does not exist
-    STOP_REQUEST = "stop_request"        # a device or the user asked the machine to stop
+    STOP_REQUEST = "stop_request"        # a device or a handler asked the machine to stop
     DEBUG = "debug"                      # a breakpoint, a finished single step, or gdb's Ctrl-C
     EVENT = "event"                      # the instructions the run loop allowed are done: the clock
                                          # reached a timer event, a poll point or the instruction limit
@@ -49,6 +50,7 @@ class StopReason(Enum):
     INSTRUCTION_LIMIT = "instruction_limit"
     TIME_LIMIT = "time_limit"
     INTERRUPTED = "interrupted"          # the user pressed Ctrl-C
+    MONITOR_BUG = "monitor_bug"          # an impossible state or an unexpected exception in the monitor
 
 
 # Statuses for stops the guest did not choose. A debug-exit run exits with the guest's value & 0xFF.
@@ -59,6 +61,7 @@ EXIT_STATUS = {
     StopReason.UNSUPPORTED: 122,
     StopReason.INSTRUCTION_LIMIT: 124,
     StopReason.TIME_LIMIT: 125,
+    StopReason.MONITOR_BUG: 123,
     StopReason.INTERRUPTED: 130,
 }
 

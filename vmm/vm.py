@@ -3,10 +3,17 @@ dispatches every exit, in one place, to the part of the monitor that services it
 
 from __future__ import annotations
 
+import os
+import select
+import signal
+import sysconfig
 import threading
 import time
+import traceback
 from collections import Counter
+from contextlib import contextmanager
 from enum import Enum
+from pathlib import Path
 from typing import Callable, Optional
 
 from vmm.bus import PortBus
@@ -14,7 +21,7 @@ from vmm.clock import VirtualClock
 from vmm.console import Console
 from vmm.delivery import ExceptionDelivery, TripleFault
 from vmm.emulate import Emulator
-from vmm.errors import UnsupportedGuestFeature
+from vmm.errors import MonitorBug, UnsupportedGuestFeature
 from vmm.engine import Engine
 from vmm.guest_view import GuestFault, GuestView
 from vmm.interrupts import InterruptPlatform
@@ -26,6 +33,24 @@ from vmm.modes import ExecutionMode
 from vmm.x86 import IF, vector_name
 
 
+_SOURCE_ROOT = Path(__file__).resolve().parent.parent        # vmm/, translator/, cache/ live here
+_LIBRARY_ROOTS = tuple(Path(sysconfig.get_path(name)).resolve() for name in ("stdlib", "purelib", "platlib"))
+
+
+def _where(error: BaseException) -> str:
+    """Where an exception was raised: its innermost frame outside Python's and the installed
+    libraries (a UcError is the monitor's call into Unicorn), relative to the source tree."""
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return ""
+    ours = [frame for frame in frames
+            if not any(Path(frame.filename).resolve().is_relative_to(root) for root in _LIBRARY_ROOTS)]
+    frame = (ours or frames)[-1]
+    path = Path(frame.filename).resolve()
+    name = str(path.relative_to(_SOURCE_ROOT)) if path.is_relative_to(_SOURCE_ROOT) else frame.filename
+    return f" ({name}:{frame.lineno} in {frame.name})"
+
+
 class RunState(Enum):
     READY = "ready"
     RUNNING = "running"
@@ -33,36 +58,115 @@ class RunState(Enum):
 
 
 class Limits:
-    """The instruction and wall-clock budgets of one run (None: unlimited).
+    """The instruction and wall-clock budgets of one run (None: unlimited), and the two stops that
+    come from outside the guest's flow: the time limit and the user's Ctrl-C.
 
-    The time limit is a watchdog thread: at the deadline it sets `expired` and stops the engine
-    (Unicorn's emu_stop is safe from another thread), and keeps stopping it every few
-    milliseconds until the run loop notices, so a stop that lands between two engine runs is
-    not lost. Modes check `expired` whenever the engine returns."""
+    Neither can wait for the guest to exit (a guest spinning inside the engine never does), so a
+    watchdog thread ends the run: at the deadline, or when SIGINT's wakeup byte arrives (the
+    interpreter's own handler only runs once the main thread is back in Python), it notes why
+    (`cause`: the first of the two wins), stops the engine (Unicorn's emu_stop is safe from
+    another thread) and keeps stopping it every few milliseconds until the run loop notices, so
+    a stop that lands between two engine runs is not lost. The modes look at `stop_due` whenever
+    the engine returns (bt also before each engine run: its cache exits never reach the run
+    loop), and the run loop after every exit: the same path for both causes in every mode."""
 
     RESTOP_INTERVAL = 0.005
+    # The longest time limit: 31 years, far beyond any run, and below the longest wait the host
+    # can make (threading.TIMEOUT_MAX, 9.2e9 s on Linux). nan, inf and larger values are refused
+    # by MachineConfig.validate: leave --timeout out for a run without one.
+    MAX_TIMEOUT = 1e9
+    # The largest instruction limit: 300 years of guest time at 100 MHz, and a count the engine
+    # can take (a size_t: 2**64 and more came back as the count modulo 2**64).
+    MAX_INSTRUCTIONS = 10 ** 18
 
     def __init__(self, max_instructions: Optional[int] = None, timeout: Optional[float] = None) -> None:
         self.max_instructions = max_instructions
         self.timeout = timeout
-        self.expired = False
+        self.cause: Optional[ExitReason] = None      # TIME_LIMIT or INTERRUPT, set by the watchdog
+        self.waiting_on_host = False                 # the main thread waits for gdb: Ctrl-C raises
         self._instructions_left = max_instructions
         self._finished = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._wakeup: Optional[tuple[int, int]] = None       # pipe: SIGINT's wakeup byte, finish()
+        self._saved_signal: Optional[tuple] = None
+        self._sigints = 0
+
+    @property
+    def stop_due(self) -> bool:
+        """The run must end now (time limit or Ctrl-C): the mode returns `watchdog_exit`."""
+        return self.cause is not None
+
+    def watchdog_exit(self, eip: int) -> VmExit:
+        """The exit a run the watchdog ended returns with (TIME_LIMIT or INTERRUPT)."""
+        return VmExit(self.cause, eip=eip)
 
     def start(self, stop_engine: Callable[[], None]) -> None:
-        if self.timeout is not None:
-            threading.Thread(target=self._watchdog, args=(stop_engine,), name="time-limit", daemon=True).start()
+        """Called by the run loop as the run starts. Ctrl-C is watched only from the main thread
+        (the only one that can own a signal handler) and only if SIGINT is not ignored."""
+        self._stop_engine = stop_engine
+        if threading.current_thread() is threading.main_thread() \
+                and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            read_end, write_end = os.pipe()
+            os.set_blocking(write_end, False)
+            self._wakeup = (read_end, write_end)
+            previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+            previous_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+            self._saved_signal = (previous_handler, previous_fd)
+        if self.timeout is not None or self._wakeup is not None:
+            self._thread = threading.Thread(target=self._watchdog, name="watchdog", daemon=True)
+            self._thread.start()
 
-    def _watchdog(self, stop_engine: Callable[[], None]) -> None:
-        if self._finished.wait(self.timeout):
-            return
-        self.expired = True
+    def _on_sigint(self, _signum, _frame) -> None:
+        """The interpreter's handler, run in the main thread between two bytecodes (perhaps
+        inside an engine hook): the watchdog thread has the wakeup byte and stops the run, so
+        nothing is raised here, where it would land at a random point of the monitor (or be
+        lost in a ctypes callback). Except while the main thread waits for gdb, which no engine
+        stop ends, and on a second Ctrl-C: the first one's stop did not reach the monitor."""
+        self._sigints += 1
+        if self.waiting_on_host or self._sigints > 1:
+            raise KeyboardInterrupt
+
+    def _watchdog(self) -> None:
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        watched = [self._wakeup[0]] if self._wakeup is not None else []
         while not self._finished.is_set():
-            stop_engine()
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if watched:
+                readable, _, _ = select.select(watched, [], [], wait)
+                if readable and signal.SIGINT in os.read(watched[0], 512) and not self._finished.is_set():
+                    self._stop(ExitReason.INTERRUPT)
+                    return
+            else:
+                self._finished.wait(wait)
+            if deadline is not None and time.monotonic() >= deadline and not self._finished.is_set():
+                self._stop(ExitReason.TIME_LIMIT)
+                return
+
+    def _stop(self, cause: ExitReason) -> None:
+        self.cause = cause
+        while not self._finished.is_set():
+            self._stop_engine()
             self._finished.wait(self.RESTOP_INTERVAL)
 
     def finish(self) -> None:
+        """The run is over: the watchdog ends, SIGINT gets its previous handler back."""
         self._finished.set()
+        if self._wakeup is not None:
+            try:
+                os.write(self._wakeup[1], b"\0")      # wakes the watchdog from select
+            except OSError:
+                pass
+        if self._thread is not None:
+            self._thread.join()
+        if self._saved_signal is not None:
+            previous_handler, previous_fd = self._saved_signal
+            signal.set_wakeup_fd(previous_fd)
+            signal.signal(signal.SIGINT, previous_handler)
+            self._saved_signal = None
+        if self._wakeup is not None:
+            for fd in self._wakeup:
+                os.close(fd)
+            self._wakeup = None
 
     def remaining_instructions(self) -> Optional[int]:
         return self._instructions_left
@@ -106,6 +210,7 @@ class VirtualMachine:
             ExitReason.HLT: self._hlt,
             ExitReason.INSTRUCTION_LIMIT: self._instruction_limit,
             ExitReason.TIME_LIMIT: self._time_limit,
+            ExitReason.INTERRUPT: self._interrupt,
             ExitReason.MEMORY_FAULT: self._memory_fault,
             ExitReason.STOP_REQUEST: lambda vm_exit: 0,
             ExitReason.DEBUG: self._debug,
@@ -125,20 +230,13 @@ class VirtualMachine:
         self.limits.start(self.engine.stop)
         started = time.perf_counter()
         try:
-            if self.gdb is not None:
-                self.gdb.attach(self)
-            while self._result is None:
-                try:
-                    vm_exit = self.mode.execute(self)
-                except UnsupportedGuestFeature as error:
-                    self.request_stop(StopReason.UNSUPPORTED, str(error))
-                    break
-                self.emulator.interrupt_shadow = False     # guest code ran since the last SS load
-                self.dispatch(vm_exit)
-                if self.interrupts.in_use and self._result is None:
-                    self._interrupt_window()
-        except KeyboardInterrupt:
-            self.request_stop(StopReason.INTERRUPTED, "interrupted by the user")
+            self._run_loop()
+        except UnsupportedGuestFeature as error:
+            self.request_stop(StopReason.UNSUPPORTED, str(error))
+        except KeyboardInterrupt:        # a Ctrl-C while waiting for gdb, or a second one
+            self.request_stop(StopReason.INTERRUPTED, "interrupted by the user (Ctrl-C)")
+        except Exception as error:       # noqa: BLE001 - whatever escapes is a monitor bug
+            self._monitor_bug(error)
         finally:
             self.limits.finish()
             self.tracer.close()
@@ -150,8 +248,48 @@ class VirtualMachine:
             self.state = RunState.FINISHED
             self.console.close()
         if not self._result.registers:
-            self._result.registers = self.cpu.snapshot()
+            try:
+                self._result.registers = self.cpu.snapshot()
+            except Exception as error:   # noqa: BLE001 - the state a monitor bug left may not read
+                if self._result.reason is not StopReason.MONITOR_BUG:
+                    self._monitor_bug(error)
         return self._result
+
+    def _run_loop(self) -> None:
+        if self.gdb is not None:
+            with self._waiting_on_host():
+                self.gdb.attach(self)
+        while self._result is None:
+            vm_exit = self.mode.execute(self)
+            self.emulator.interrupt_shadow = False     # guest code ran since the last SS load
+            self.dispatch(vm_exit)
+            if self.interrupts.in_use and self._result is None:
+                self._interrupt_window()
+            if self.limits.stop_due and self._result is None:
+                # the watchdog's stop landed outside guest code (a guest that exits all the time)
+                self.dispatch(self.limits.watchdog_exit(self.cpu.reg("eip")))
+
+    @contextmanager
+    def _waiting_on_host(self):
+        """The main thread waits on the host (gdb), where no engine stop reaches: Ctrl-C raises."""
+        self.limits.waiting_on_host = True
+        try:
+            yield
+        finally:
+            self.limits.waiting_on_host = False
+
+    def _monitor_bug(self, error: BaseException) -> None:
+        """An exception the monitor did not expect ended the run: one line that names it and
+        where it was raised (the innermost frame of the monitor's own code), status 123. It
+        replaces any ending already requested: the state after it cannot be trusted."""
+        text = " ".join(str(error).split()) or "(no message)"
+        if not isinstance(error, MonitorBug):      # what the monitor did not expect: name the type
+            text = f"{type(error).__name__}: {text}"
+        self._result = RunResult(StopReason.MONITOR_BUG, f"monitor bug: {text}{_where(error)}")
+        try:
+            self.engine.stop()
+        except Exception:                # noqa: BLE001
+            pass
 
     # -- time and external interrupts -----------------------------------------------------------
     POLL_INTERVAL = 10_000     # instructions between looks at IF while an interrupt waits for it
@@ -300,7 +438,8 @@ class VirtualMachine:
     def _debug(self, vm_exit: VmExit) -> int:
         """Stopped for the debugger: serve gdb until it resumes the guest."""
         from vmm.gdbstub import SIGINT, SIGTRAP
-        self.gdb.stopped(SIGINT if self.debugger.interrupted else SIGTRAP)
+        with self._waiting_on_host():
+            self.gdb.stopped(SIGINT if self.debugger.interrupted else SIGTRAP)
         return 0
 
     def _hlt(self, vm_exit: VmExit) -> int:
@@ -334,6 +473,10 @@ class VirtualMachine:
     def _time_limit(self, vm_exit: VmExit) -> int:
         self.request_stop(StopReason.TIME_LIMIT,
                           f"time limit reached ({self.limits.timeout:g} s) at eip {vm_exit.eip:#010x}")
+        return 0
+
+    def _interrupt(self, vm_exit: VmExit) -> int:
+        self.request_stop(StopReason.INTERRUPTED, f"interrupted by the user (Ctrl-C) at eip {vm_exit.eip:#010x}")
         return 0
 
     def _memory_fault(self, vm_exit: VmExit) -> int:

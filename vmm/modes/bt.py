@@ -39,6 +39,7 @@ from translator.layout import (IOPL_MASK, LOOKUP_TABLE_SIZE, REAL_IOPL, SCRATCH_
 from vmm.cpu import GuestCpu
 from vmm.emulate import UnsupportedInstruction
 from vmm.engine import PROT_EXEC, PROT_READ, PROT_WRITE, StopCause
+from vmm.errors import MonitorBug
 from vmm.exits import ExitReason, VmExit
 from vmm.memory import MIB
 from vmm.modes import ExecutionMode
@@ -294,11 +295,14 @@ class BinaryTranslationMode(ExecutionMode):
             self.engine.set_reg(name, value)
         self._running_native = True
         try:
-            self.engine.run(address, self.vm.until_address)
+            eip = address
+            while eip == address:      # a stop from another thread landed before the instruction
+                self.engine.run(address, self.vm.until_address)
+                eip = self.engine.reg64("rip")
         finally:
             self._running_native = False
-        if self.engine.reg64("rip") != address + len(stub):
-            raise RuntimeError(f"native {code.hex()} did not run to its end (rip {self.engine.reg64('rip'):#x})")
+        if eip not in (address + len(code), address + len(stub)):     # stopped at, or after, the int3
+            raise MonitorBug(f"native {code.hex()} did not run to its end (rip {eip:#x})")
         return tuple(self.engine.reg(name) for name in outputs)
 
     # -- guest paging ----------------------------------------------------------------------------
@@ -620,10 +624,18 @@ class BinaryTranslationMode(ExecutionMode):
                 stepping = block.key.single_step
             if self.tracer.exec:
                 self.tracer.executed(self.cpu.eip, begin)
+            self._stop = None
             if not self._deprivileged:
                 begin = self._enter_deprivileged(begin)
-            self._stop = None
-            cause = self.engine.run(begin, vm.until_address)
+                cause = self.engine.run(begin, vm.until_address)
+            elif vm.limits.stop_due or (debugger is not None and debugger.interrupted):
+                # A stop from another thread (watchdog, gdb) that landed between two runs is
+                # taken here, as if it had landed on the first instruction: a guest that keeps
+                # leaving the engine for cache exits (faults, misses) never reaches the run loop.
+                self.engine.set_reg("eip", begin)
+                cause = StopCause.RETURNED
+            else:
+                cause = self.engine.run(begin, vm.until_address)
             begin = None
             if self._denied_io is not None:
                 return self._denied_io_exit()
@@ -661,9 +673,9 @@ class BinaryTranslationMode(ExecutionMode):
                     return VmExit(ExitReason.DEBUG, eip=self.cpu.eip)
                 if vm.stop_requested:
                     return VmExit(ExitReason.STOP_REQUEST, eip=self.cpu.eip)
-                if vm.limits.expired:
-                    return VmExit(ExitReason.TIME_LIMIT, eip=self.cpu.eip)
-                raise RuntimeError(f"translated code returned at {self.engine.reg64('rip'):#x} for no reason")
+                if vm.limits.stop_due:
+                    return vm.limits.watchdog_exit(self.cpu.eip)
+                raise MonitorBug(f"translated code returned at {self.engine.reg64('rip'):#x} for no reason")
             if stop.kind == "fault":
                 self._count("guest_exception")
                 guest_eip = self._to_guest_instruction(stop)
@@ -685,8 +697,8 @@ class BinaryTranslationMode(ExecutionMode):
                 self._step_stop_pending = False
                 return VmExit(ExitReason.DEBUG, eip=self.cpu.eip)
             begin = outcome
-            if vm.limits.expired:
-                return VmExit(ExitReason.TIME_LIMIT, eip=self.cpu.eip)
+            if vm.limits.stop_due:
+                return vm.limits.watchdog_exit(self.cpu.eip)
 
     def _site_exit(self, stop: _Stop, stepping: bool, event_after: bool = False):
         """Handle an exit from translated code through one of its sites. Returns the host address
@@ -738,7 +750,7 @@ class BinaryTranslationMode(ExecutionMode):
             return self._budget_exit(stop)
         if site.kind is ExitKind.FPU_POINTER:
             return self._fpu_pointer_exit(stop)
-        raise RuntimeError(f"unknown exit {site.kind}")
+        raise MonitorBug(f"unknown exit {site.kind}")
 
     def _fpu_pointer_exit(self, stop: _Stop):
         """After fnstenv/fnsave/fxsave/xsave: the image holds the host address of the last x87
@@ -930,14 +942,14 @@ class BinaryTranslationMode(ExecutionMode):
         privileged = MONITOR_LINEAR + VCPU_PRIVILEGED_OFFSET
         if stop.error_code & 4 and privileged <= stop.address < privileged + PAGE_SIZE:
             return VmExit(ExitReason.EXCEPTION, eip=guest_eip, vector=GP, error_code=0)
-        raise RuntimeError(f"translated code at {stop.host_eip:#x} faulted on monitor address {stop.address:#x}")
+        raise MonitorBug(f"translated code at {stop.host_eip:#x} faulted on monitor address {stop.address:#x}")
 
     def _to_guest_instruction(self, stop: _Stop) -> int:
         """Map a fault inside translated code back to the guest instruction it belongs to (which
         did not complete)."""
         guest_eip, restore = self._locate(stop.host_eip)
         if guest_eip is None:
-            raise RuntimeError(f"exception {stop.vector} outside translated code at {stop.host_eip:#x}")
+            raise MonitorBug(f"exception {stop.vector} outside translated code at {stop.host_eip:#x}")
         self._uncharge_rest_of_block(stop.host_eip, guest_eip)
         self._restore(restore)
         self.cpu.eip = guest_eip

@@ -10,6 +10,7 @@ from capstone import CS_GRP_CALL, CS_GRP_JUMP, CS_GRP_RET
 from vmm.cpu import GuestCpu
 from vmm.devices.i8254 import PIT_BASE, PIT_PORTS
 from vmm.engine import StopCause
+from vmm.errors import MonitorBug
 from vmm.exits import ExitReason, VmExit
 from vmm.fault_address import decode
 from vmm.memory import PAGE_SIZE, PageFault, UnbackedAccess, linear_to_physical
@@ -330,7 +331,7 @@ class DirectMode(ExecutionMode):
                       software=software, fault_eip=fault_eip)
 
     def _tlb_refused(self, vm) -> VmExit:
-        raise RuntimeError("the engine's virtual TLB is only used by modes with nested paging")
+        raise MonitorBug("the engine's virtual TLB is only used by modes with nested paging")
 
     def _rdpmc_at(self, eip: int) -> bool:
         try:
@@ -393,8 +394,8 @@ class DirectMode(ExecutionMode):
         if debugger is not None and (stepping or self._hit_breakpoint or debugger.interrupted):
             if cause is not StopCause.MEMORY_FAULT:
                 return VmExit(ExitReason.DEBUG, eip=eip)
-        if vm.limits.expired:
-            return VmExit(ExitReason.TIME_LIMIT, eip=eip)
+        if vm.limits.stop_due:
+            return vm.limits.watchdog_exit(eip)
         if cause is StopCause.MEMORY_FAULT:
             return VmExit(ExitReason.MEMORY_FAULT, eip=eip, detail=engine.memory_fault.message)
         if cause is StopCause.TLB_REFUSED:
@@ -431,7 +432,7 @@ class DirectMode(ExecutionMode):
     def _stopped_early(self, vm, cause) -> bool:
         return (cause is not StopCause.RETURNED or vm.stop_requested or self._end_run_requested
                 or self._denied_io is not None or self._window_open or self._pending_exit is not None
-                or self._hit_breakpoint or vm.limits.expired
+                or self._hit_breakpoint or vm.limits.stop_due
                 or self._byte_before(self.engine.reg("eip")) == HLT_OPCODE)
 
     def _instructions_ran(self) -> int:

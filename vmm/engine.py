@@ -256,8 +256,10 @@ class Engine:
     def table_selector(self, name: str) -> int:
         return self._uc.reg_read(_TABLE_REGISTERS[name])[0]
 
-    def set_table_register(self, name: str, base: int, limit: int, selector: int = 0) -> None:
-        self._uc.reg_write(_TABLE_REGISTERS[name], (selector, base, limit, 0))
+    def set_table_register(self, name: str, base: int, limit: int, selector: int = 0, flags: int = 0) -> None:
+        """flags: the cached access rights of ldtr/tr (QEMU keeps the descriptor's high dword;
+        its own task switches read the TSS type there)."""
+        self._uc.reg_write(_TABLE_REGISTERS[name], (selector, base, limit, flags))
 
     def read_msr(self, number: int) -> int:
         """ValueError for an MSR the engine does not implement."""

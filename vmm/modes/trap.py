@@ -152,6 +152,12 @@ class TrapCpu(GuestCpu):
         descriptor = SegmentDescriptor.decode(raw) if raw is not None else None
         self.tables[name] = (descriptor.base, descriptor.limit) if descriptor is not None else (0, 0)
         self.table_selectors[name] = selector & 0xFFFF
+        if name == "tr":
+            # The engine's TR matters to one thing only: a native iret with NT set reads the
+            # back link at its base before it traps (the shadow's TSS descriptors are absent).
+            # With the guest's base that read finds the guest's TSS, mapped as the guest maps
+            # it; the engine's selector stays its own (str remains a hole).
+            self.engine.set_table_register("tr", *self.tables["tr"], self.engine.table_selector("tr"))
 
 
 class TrapAndEmulateMode(UntranslatedPaging, DirectMode):

@@ -59,6 +59,11 @@ class GuestCpu:
         segments carry the guest's bases (the shadow descriptors copy them)."""
         return self.engine.segment_base(name)
 
+    def segment_present(self, name: str) -> bool:
+        """Whether the engine's hidden part of a segment register holds a descriptor (see
+        Engine.segment_present): not so only after the engine's own task switch faulted."""
+        return self.engine.segment_present(name)
+
     def invalidate_page(self, linear: int) -> None:
         """invlpg emulated by the monitor: the engine walks the guest's own tables, so dropping
         its whole TLB is enough."""

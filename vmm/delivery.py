@@ -128,12 +128,13 @@ class ExceptionDelivery:
             with accessed_bits_kept(self.view, new_cs, new_ss):
                 self.cpu.change_privilege(new_cs, self.view.raw_descriptor(new_cs), new_ss, ss_raw, esp)
         else:
-            # CS is loaded even when the selector is the same, as QEMU does: its hidden part may
-            # not be the descriptor's (the engine's own task switch leaves a selector with an
-            # empty cache in CS when it faults before loading it).
+            # QEMU always loads CS. Loading the same selector again only matters when CS's hidden
+            # part is empty: the engine's own task switch (direct, vt with nested paging) leaves
+            # it so when it faults before loading the new CS.
             self.cpu.set_reg("esp", esp)
-            with accessed_bits_kept(self.view, new_cs):
-                self.cpu.load_segment("cs", new_cs, self.view.raw_descriptor(new_cs))
+            if new_cs != cs or not self.cpu.segment_present("cs"):
+                with accessed_bits_kept(self.view, new_cs):
+                    self.cpu.load_segment("cs", new_cs, self.view.raw_descriptor(new_cs))
         self.cpu.set_reg("eflags", eflags)
         offset = gate.offset if gate.is_32bit else gate.offset & 0xFFFF
         self.cpu.set_reg("eip", offset)

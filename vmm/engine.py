@@ -317,6 +317,14 @@ class Engine:
         (base,) = struct.unpack_from("<Q", bytes(self._uc.context_save()), at)
         return base & 0xFFFFFFFF
 
+    def segment_present(self, name: str) -> bool:
+        """Whether the hidden part of a segment register holds a present descriptor: QEMU's own
+        task switch loads the new selectors with empty hidden parts first (flags 0), and they
+        stay so when it faults before loading them."""
+        at = _CTX_SEGMENTS + _SEGMENT_INDEX[name] * _SEGMENT_CACHE_SIZE + 20
+        (flags,) = struct.unpack_from("<I", bytes(self._uc.context_save()), at)
+        return bool(flags & (1 << 15))
+
     def privilege(self) -> int:
         """The CPU's current privilege level, as the engine keeps it."""
         (hflags,) = struct.unpack_from("<I", bytes(self._uc.context_save()), _CTX_HFLAGS)

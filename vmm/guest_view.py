@@ -117,11 +117,11 @@ def accessed_bits_kept(view: GuestView, *selectors: int):
             continue
         physical = quiet._physical((address + 5) & 0xFFFFFFFF, False)
         byte = view.memory.read(physical, 1)
-        places.append((physical, byte))
-        if not byte[0] & 1:
+        if not byte[0] & 1 and physical not in (place for place, _byte in places):
             view.memory.write(physical, bytes([byte[0] | 1]))
+            places.append((physical, byte))
     try:
         yield
     finally:
-        for physical, byte in reversed(places):
+        for physical, byte in places:
             view.memory.write(physical, byte)

@@ -32,6 +32,7 @@ def build_report(config: MachineConfig, image: LoadedImage, vm: VirtualMachine, 
             "exceptions": {f"{vector} {vector_name(vector)}": count
                            for vector, count in sorted(vm.delivery.delivered.items())},
             "external_interrupts": {f"{vector:#04x}": count for vector, count in sorted(vm.external_interrupts.items())},
+            "task_switches": dict(sorted(vm.tasks.performed.items())),
             "clock": {"kind": "realtime" if vm.clock.realtime else "virtual", "cycles": vm.clock.cycles,
                       "idle_cycles": vm.clock.idle_cycles, "time_in_use": vm.interrupts.in_use},
             **vm.mode.counters(),

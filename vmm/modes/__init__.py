@@ -51,6 +51,10 @@ class ExecutionMode(ABC):
     def interrupt_delivered(self) -> None:
         """The run loop injected an external interrupt (vt counts it as an exit)."""
 
+    def task_switched(self, how: str) -> None:
+        """The monitor began a task switch (vmm/task_switch.py; how: jmp, call, iret or gate):
+        vt counts it as an exit, as VT-x exits on every task switch."""
+
     def counters(self) -> dict:
         """Mode-specific counters for the report."""
         return {}

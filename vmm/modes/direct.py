@@ -371,8 +371,8 @@ class DirectMode(ExecutionMode):
             return self._denied_io_exit()
         if self._pending_exit is not None:
             pending, self._pending_exit = self._pending_exit, None
-            if pending.reason is ExitReason.EXCEPTION and self._pending_exit_eip is not None:
-                engine.set_reg("eip", self._pending_exit_eip)      # the faulting syscall/sysenter
+            if self._pending_exit_eip is not None:     # the faulting syscall/sysenter, or the
+                engine.set_reg("eip", self._pending_exit_eip)      # instruction vt emulates
                 self._pending_exit_eip = None
             return pending
         if self._window_open:           # the guest set IF with an interrupt waiting

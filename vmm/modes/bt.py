@@ -164,9 +164,10 @@ class BinaryTranslationMode(ExecutionMode):
         self._denied_io: Optional[dict] = None
         self._event_after_one_shot = False
         self._one_shot_host = self.cache.arena.address(ONE_SHOT_SLOT)
-        engine.on_port_io(
-            lambda port, size: vm.dispatch(VmExit(ExitReason.PORT_IN, port=port, size=size)),
-            lambda port, size, value: vm.dispatch(VmExit(ExitReason.PORT_OUT, port=port, size=size, value=value)))
+        engine.on_port_io(      # (translated I/O notes its guest address in the scratch page)
+            lambda port, size: vm.dispatch(VmExit(ExitReason.PORT_IN, eip=self._io_site(), port=port, size=size)),
+            lambda port, size, value: vm.dispatch(VmExit(ExitReason.PORT_OUT, eip=self._io_site(), port=port,
+                                                         size=size, value=value)))
         engine.on_interrupt(self._on_interrupt)
         memory.write_observers.append(self._monitor_wrote)
         self.rebuild_shadow_gdt()
@@ -498,9 +499,14 @@ class BinaryTranslationMode(ExecutionMode):
         self._denied_io = {name: self.engine.reg(name) for name in _GPRS}
         self.engine.stop()
 
+    def _io_site(self) -> int:
+        """The guest address of the I/O instruction whose hook is running (the engine's EIP is
+        stale there): translated I/O stores it in the scratch page just before it runs."""
+        return struct.unpack_from("<I", self.scratch_view, SCRATCH_IO_SITE)[0]
+
     def _denied_io_exit(self) -> VmExit:
         registers, self._denied_io = self._denied_io, None
-        (guest_eip,) = struct.unpack_from("<I", self.scratch_view, SCRATCH_IO_SITE)
+        guest_eip = self._io_site()
         host_eip = self.engine.reg("eip")
         if self.budget and self._block_holds(host_eip, guest_eip):
             self._uncharge_rest_of_block(host_eip, guest_eip)

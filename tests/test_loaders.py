@@ -6,6 +6,7 @@ import subprocess
 
 import pytest
 
+from tests.cli import run_vmm
 from tests.guests import EXIT, make_elf, run_image
 from tests.samples import build_samples as bs
 from vmm.engine import Engine
@@ -177,3 +178,32 @@ def test_module_lists_read_as_qemu_reads_initrd(text, modules):
 def test_empty_module_names_are_refused(text):
     with pytest.raises(ValueError, match="empty"):
         multiboot.split_module_list(text)
+
+
+# memmap.elf's output for --initrd / -initrd "x,,y,z" (files "x,y" and "z"), as QEMU 7.2 printed it:
+# a doubled comma is a comma in the name, and QEMU keeps room for the module command lines as
+# long as the -initrd string, so the boot loader name lands one byte further on.
+QEMU_X_Y_Z = """\
+cmdline=0x00105026 "memmap.elf "
+boot_loader_name=0x00105033 "qemu"
+mods_count=2 mods_addr=0x00105000
+    cmdline=0x00105020 "x,y"
+    first bytes hex=6d6f6478 text="modx"
+    cmdline=0x00105024 "z"
+    first bytes hex=6d6f647a text="modz"
+"""
+
+
+def test_a_comma_in_a_module_name_is_laid_out_as_qemu_does(tmp_path):
+    (tmp_path / "memmap.elf").write_bytes((bs.SAMPLES_DIR / "memmap.elf").read_bytes())
+    (tmp_path / "x,y").write_bytes(b"modx")
+    (tmp_path / "z").write_bytes(b"modz")
+    proc = run_vmm("run", "memmap.elf", "--initrd", "x,,y,z", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()
+    wanted = ("cmdline", "boot_loader_name", "mods_count", "first bytes")
+    lines = [line for line in proc.stdout.decode().splitlines() if line.strip().startswith(wanted)]
+    assert "\n".join(lines) + "\n" == QEMU_X_Y_Z
+    if shutil.which(bs.QEMU):
+        qemu = subprocess.run(bs.qemu_command("memmap.elf", initrd=["x,,y", "z"]), capture_output=True,
+                              timeout=bs.QEMU_TIMEOUT, cwd=tmp_path)
+        assert qemu.stdout == proc.stdout

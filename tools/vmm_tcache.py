@@ -25,7 +25,7 @@ if __package__ in (None, ""):   # run as `python tools/vmm_tcache.py`: make the 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from vmm.builder import build_machine  # noqa: E402
-from vmm.cli import _Parser, _address, add_guest_arguments, guest_config  # noqa: E402
+from vmm.cli import Parser, add_guest_arguments, guest_config, parse_address  # noqa: E402
 from vmm.console import BufferConsole  # noqa: E402
 from vmm.errors import VmmError  # noqa: E402
 
@@ -50,7 +50,7 @@ def _range(text: str) -> tuple[int, int]:
     lo, sep, hi = text.partition("-")
     if not sep:
         raise argparse.ArgumentTypeError(f"invalid range {text!r} (expected LO-HI)")
-    low, high = _address(lo.strip()), _address(hi.strip())
+    low, high = parse_address(lo.strip()), parse_address(hi.strip())
     if not 0 <= low < high <= 1 << 32:
         raise argparse.ArgumentTypeError(f"invalid range {text!r} (need 0 <= LO < HI <= 0x100000000)")
     return low, high
@@ -67,14 +67,14 @@ def _positive(text: str) -> int:
 
 
 def _guest_address(text: str) -> int:
-    value = _address(text)
+    value = parse_address(text)
     if not 0 <= value < 1 << 32:
         raise argparse.ArgumentTypeError(f"invalid address {text!r} (not a 32-bit address)")
     return value
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Inspect the translation cache of a guest run under binary translation.")
+    parser = Parser(prog=PROG, description="Inspect the translation cache of a guest run under binary translation.")
     parser.add_argument("input", metavar="IMAGE|DUMP.json",
                         help="a guest image (run under bt) or a dump written by `vmm run --dump-cache`")
     run = parser.add_argument_group("running a guest image (as `vmm run --mode bt`)")

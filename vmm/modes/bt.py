@@ -92,6 +92,8 @@ class _Stop:
 
 class BinaryTranslationMode(ExecutionMode):
     name = "bt"
+    options = frozenset({"profile", "dump_cache"})
+    paging_schemes = ("shadow", "nested")
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY, profile: bool = False, paging: str = "shadow") -> None:
         self.capacity = capacity

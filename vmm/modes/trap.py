@@ -156,6 +156,8 @@ class TrapCpu(GuestCpu):
 
 class TrapAndEmulateMode(UntranslatedPaging, DirectMode):
     name = "trap"
+    options = frozenset({"watch_holes"})
+    paging_schemes = ("shadow", "nested")
 
     def __init__(self, watch_holes: bool = True, paging: str = "shadow") -> None:
         self.watch_holes = watch_holes

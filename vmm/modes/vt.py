@@ -107,6 +107,8 @@ class ShadowedControlCpu(GuestCpu):
 
 class HardwareAssistedMode(UntranslatedPaging, DirectMode):
     name = "vt"
+    options = frozenset({"vt_exits"})
+    paging_schemes = ("nested", "shadow")
 
     def __init__(self, exits: frozenset = frozenset(DEFAULT_EXITS), paging: str = "nested") -> None:
         self.paging_scheme = paging

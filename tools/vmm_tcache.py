@@ -462,8 +462,10 @@ def render_summary(summary: dict, style: Style) -> str:
     exits = summary["exits"]
     if exits["exits"] is not None:
         when = "this run" if exits["source"] == "run" else "the dumped run"
-        lines += _counts(f"exits by reason ({when})", exits["exits"], style)
-        lines += _counts(f"exits inside the translator by kind ({when})", exits["cache_exits"], style)
+        # (the report lists every reason and kind, 0 or not: the text shows those that happened)
+        lines += _counts(f"exits by reason ({when})", {k: v for k, v in exits["exits"].items() if v}, style)
+        lines += _counts(f"exits inside the translator by kind ({when})",
+                         {k: v for k, v in exits["cache_exits"].items() if v}, style)
     else:
         lines.append(style.bold("exits by reason") + ": " + exits["note"])
     lines += _counts("exit sites in the shown blocks by kind", summary["exit_sites"], style)

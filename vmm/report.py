@@ -27,7 +27,7 @@ def build_report(config: MachineConfig, image: LoadedImage, vm: VirtualMachine, 
         },
         "registers": result.registers,
         "counters": {
-            "exits": {reason.value: count for reason, count in sorted(vm.exits.items(), key=lambda i: i[0].value)},
+            "exits": {reason.value: vm.exits[reason] for reason in sorted(ExitReason, key=lambda r: r.value)},
             "port_io": vm.bus.counters(),
             "exceptions": {f"{vector} {vector_name(vector)}": count
                            for vector, count in sorted(vm.delivery.delivered.items())},

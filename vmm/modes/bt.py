@@ -71,6 +71,18 @@ BUDGET_MAX = 0x7FFFFFFF                  # the budget counter is compared as a s
 
 _GPRS = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
 
+# The report's counters, each present on every run (0 when nothing happened): the translation
+# cache's (cache/tcache.py; invalidations_CAUSE for each cause bt invalidates for), and the
+# exits that stay inside the translator: one per exit-site kind and the faults handled here.
+CACHE_COUNTERS = ("lookups", "hits", "misses", "lookup_table_installs", "blocks_translated",
+                  "instructions_translated", "bytes_translated", "links_made", "links_broken",
+                  "predictions_set", "evictions", "invalidations", "invalidations_smc",
+                  "invalidations_breakpoint", "invalidations_counting", "mapping_changes",
+                  "interrupt_windows_armed", "interrupt_windows_disarmed", "events")
+CACHE_EXIT_KINDS = tuple(kind.value for kind in ExitKind) + (
+    "hidden_page_fault", "true_page_fault", "tracing_fault", "smc_store", "write_lent", "memory_fault",
+    "guest_exception")
+
 
 def _string_io_size(instruction) -> int:
     """The bytes each element of a string I/O instruction moves (insb/insw/insd, outs*)."""
@@ -99,7 +111,7 @@ class BinaryTranslationMode(ExecutionMode):
         self.capacity = capacity
         self.profile = profile
         self.paging_scheme = paging
-        self.exit_counts: dict[str, int] = {}
+        self.exit_counts: dict[str, int] = dict.fromkeys(CACHE_EXIT_KINDS, 0)
         self.translation_seconds = 0.0
 
     # -- set-up --------------------------------------------------------------------------------
@@ -192,13 +204,11 @@ class BinaryTranslationMode(ExecutionMode):
             self.cache.invalidate_range(address, 1, "breakpoint")
 
     def counters(self) -> dict:
-        cache = dict(sorted(self.cache.counters.items()))
+        cache = {name: self.cache.counters[name] for name in sorted(set(CACHE_COUNTERS) | set(self.cache.counters))}
         cache["blocks_cached"] = len(self.cache)
         cache["translation_seconds"] = round(self.translation_seconds, 6)
-        counters = {"translation_cache": cache, "cache_exits": dict(sorted(self.exit_counts.items()))}
-        if self.pager.counters:
-            counters["shadow_paging"] = self.pager.counters_report()
-        return counters
+        return {"translation_cache": cache, "cache_exits": dict(sorted(self.exit_counts.items())),
+                "shadow_paging": self.pager.counters_report()}
 
     def _count(self, kind: str) -> None:
         self.exit_counts[kind] = self.exit_counts.get(kind, 0) + 1

@@ -268,7 +268,6 @@ class TrapAndEmulateMode(UntranslatedPaging, DirectMode):
                 for address, text, count in sorted(found)]
 
     def _trap_counters(self) -> dict:
-        counters = {"traps": dict(sorted(self.traps.items()))}
-        if self.watch_holes:
-            counters["virtualization_holes"] = self.holes()
-        return counters
+        # virtualization_holes is null, not an empty list, when nothing watched for them
+        return {"traps": dict(sorted(self.traps.items())),
+                "virtualization_holes": self.holes() if self.watch_holes else None}

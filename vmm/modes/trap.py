@@ -164,6 +164,8 @@ class TrapCpu(GuestCpu):
 
 class TrapAndEmulateMode(UntranslatedPaging, DirectMode):
     name = "trap"
+    options = frozenset({"watch_holes"})
+    paging_schemes = ("shadow", "nested")
 
     def __init__(self, watch_holes: bool = True, paging: str = "shadow") -> None:
         self.watch_holes = watch_holes
@@ -274,7 +276,6 @@ class TrapAndEmulateMode(UntranslatedPaging, DirectMode):
                 for address, text, count in sorted(found)]
 
     def _trap_counters(self) -> dict:
-        counters = {"traps": dict(sorted(self.traps.items()))}
-        if self.watch_holes:
-            counters["virtualization_holes"] = self.holes()
-        return counters
+        # virtualization_holes is null, not an empty list, when nothing watched for them
+        return {"traps": dict(sorted(self.traps.items())),
+                "virtualization_holes": self.holes() if self.watch_holes else None}

@@ -21,7 +21,8 @@ The exit controls (`--vt-exits`, shown in the report) name exit reasons as VT-x 
                       task_switched)
 
 Two costs the model keeps apart (both in the report): `vt_exits`, the VM exits the hardware would
-take with these controls, and the monitor's own work that real hardware does without exiting
+take with these controls, one count per exit reason (`exception`: every exit the exception
+bitmap took, by vector in `vt_exception_exits`), and the monitor's own work that real hardware does without exiting
 (Unicorn has no IDT delivery, so the monitor delivers exceptions and interrupts in either case).
 Memory: nested paging by default (the engine's MMU walks the guest's tables, the second level
 being the engine's physical memory map of guest RAM through the physical-to-machine map: no
@@ -139,13 +140,16 @@ class ShadowedControlCpu(GuestCpu):
 
 class HardwareAssistedMode(UntranslatedPaging, DirectMode):
     name = "vt"
+    options = frozenset({"vt_exits"})
+    paging_schemes = ("nested", "shadow")
 
     def __init__(self, exits: frozenset = frozenset(DEFAULT_EXITS), paging: str = "nested") -> None:
         self.paging_scheme = paging
         if paging == "shadow":
             exits = exits | frozenset(SHADOW_PAGING_EXITS)
         self.controls = exits
-        self.vt_exits: Counter = Counter()
+        self.vt_exits: Counter = Counter(dict.fromkeys(ALL_EXITS, 0))   # every reason in the report
+        self.vt_exception_exits: Counter = Counter()                   # the exception bitmap's, by vector
 
     @classmethod
     def from_config(cls, config) -> "HardwareAssistedMode":
@@ -192,7 +196,8 @@ class HardwareAssistedMode(UntranslatedPaging, DirectMode):
 
     def _on_interrupt(self, vm, vector: int) -> None:
         if "exception" in self.controls or (vector == PF_VEC and self.pager is not None):
-            self._exit(f"exception_{vector:#04x}")
+            self._exit("exception")
+            self.vt_exception_exits[vector] += 1
         if self.paging_interrupt(vm, vector):
             return
         super()._on_interrupt(vm, vector)
@@ -253,4 +258,5 @@ class HardwareAssistedMode(UntranslatedPaging, DirectMode):
 
     def counters(self) -> dict:
         return {"vt_exit_controls": sorted(self.controls), "vt_exits": dict(sorted(self.vt_exits.items())),
+                "vt_exception_exits": {f"{vector:#04x}": count for vector, count in sorted(self.vt_exception_exits.items())},
                 **self.paging_counters()}

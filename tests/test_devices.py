@@ -30,7 +30,8 @@ def test_bus_hands_devices_offsets_and_masks_to_the_access_size():
     assert bus.read(0x102, 1) == 0x78 and bus.read(0x100, 2) == 0x5678
     bus.write(0x103, 4, 0xAABBCCDD)
     assert device.accesses == [("r", 2, 1), ("r", 0, 2), ("w", 3, 4, 0xAABBCCDD)]
-    assert bus.counters() == {"recorder": {"reads": 2, "writes": 1}}
+    # every device on the bus and "unassigned" are listed, accessed or not
+    assert bus.counters() == {"recorder": {"reads": 2, "writes": 1}, "unassigned": {"reads": 0, "writes": 0}}
 
 
 @pytest.mark.parametrize("base, length", [(0x100, 4), (0xFE, 3), (0x103, 1), (0xF0, 0x20)])

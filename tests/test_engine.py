@@ -143,6 +143,19 @@ def test_segment_bases_come_from_the_hidden_part_of_the_segment_registers():
     assert (engine.segment_base("ds"), engine.segment_base("fs"), engine.segment_base("cs")) == (0x12345000, 0x00ABC000, 0)
 
 
+def test_segment_present_reads_the_flags_of_the_hidden_part():
+    # Engine.segment_present reads the flags at offset 20 of a segment cache: a null selector
+    # loads flags 0 (as the engine's own task switch loads new selectors first), a descriptor
+    # its access rights, P included.
+    from vmm.x86 import encode_segment
+    engine, memory = machine("mov ax, 0x10\nmov ds, ax\nxor ax, ax\nmov es, ax\nhlt")
+    gdt = bytes(8) + encode_segment(0, 0xFFFFF, 0x9B) + encode_segment(0x12345000, 0xFF, 0x93)
+    memory.write(0x1000, gdt)
+    engine.set_table_register("gdtr", 0x1000, len(gdt) - 1)
+    engine.run(CODE, memory.until_address)
+    assert [engine.segment_present(name) for name in ("cs", "ds", "es")] == [True, True, False]
+
+
 def test_the_engine_counts_the_instructions_a_counted_run_started():
     # Engine.instructions_started reads Unicorn's emu_counter at a pinned uc_struct offset:
     # a run given N instructions started N + 1 (the one it stopped in front of); a stop asked

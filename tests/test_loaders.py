@@ -1,10 +1,14 @@
 """Image loading: every accepted kind placed correctly, every rejected kind refused with a reason."""
 
+import shutil
 import struct
+import subprocess
 
 import pytest
 
+from tests.cli import run_vmm
 from tests.guests import EXIT, make_elf, run_image
+from tests.samples import build_samples as bs
 from vmm.engine import Engine
 from vmm.errors import ImageError
 from vmm.loaders import load_image
@@ -13,6 +17,7 @@ from vmm.loaders.assembly import assemble
 from vmm.memory import PhysicalMemory
 
 EXIT_CODE = assemble("mov eax, 9\n" + EXIT, 0)     # position independent
+needs_qemu = pytest.mark.skipif(shutil.which(bs.QEMU) is None, reason=f"{bs.QEMU} is not installed")
 
 
 def load(tmp_path, data, name="image.bin", mem_mib=32, load_address=0x100000):
@@ -36,11 +41,50 @@ def test_multiboot_header_marks_the_kind(tmp_path):
     assert image.kind == "multiboot"
 
 
-def test_bad_checksum_is_not_a_multiboot_header(tmp_path):
-    data = bytearray(make_elf(b"\x90", multiboot=True))
-    data[0x1008] ^= 1
-    image, _memory = load(tmp_path, bytes(data))
+def _bad_checksum_image() -> bytes:
+    data = bytearray(make_elf(EXIT_CODE, multiboot=True))
+    data[0x1008] ^= 1                     # the header's checksum
+    return bytes(data)
+
+
+def test_bad_multiboot_checksum_is_refused(tmp_path):
+    # booted as a plain ELF before, with EAX = 0x2BADB002 and a boot-information block
+    with pytest.raises(ImageError, match=r"image.bin: bad Multiboot header checksum at offset 0x1000: magic \+ "
+                                         r"flags \+ checksum is 0xffffffff, not 0 \(QEMU refuses the image too\)"):
+        load(tmp_path, _bad_checksum_image())
+    image, _memory = load(tmp_path, make_elf(EXIT_CODE))          # no header at all: a plain ELF
     assert image.kind == "elf"
+
+
+def _overlapping_segments() -> bytes:
+    code = EXIT_CODE + b"\x90" * (32 - len(EXIT_CODE))
+    return bs.wrap_multiboot(0x100000, [(0x100000, code, 32), (0x100010, b"\xaa" * 16, 16)])
+
+
+def test_overlapping_segments_are_refused(tmp_path):
+    with pytest.raises(ImageError, match=r"image.bin: segments 0 \(0x100000-0x10001f\) and 1 \(0x100010-0x10001f\) "
+                                         r"overlap in memory"):
+        load(tmp_path, _overlapping_segments())
+    # one segment's .bss under another's bytes too (QEMU boots that one, its bytes winning)
+    bss = bs.wrap_multiboot(0x100000, [(0x100000, EXIT_CODE, 0x100), (0x100080, b"\xaa" * 16, 16)])
+    with pytest.raises(ImageError, match=r"segments 0 \(0x100000-0x1000ff\) and 1 \(0x100080-0x10008f\) overlap"):
+        load(tmp_path, bss)
+    touching = bs.wrap_multiboot(0x100000, [(0x100000, EXIT_CODE, 0x80), (0x100080, b"\xaa" * 16, 16)])
+    image, memory = load(tmp_path, touching)
+    assert memory.read(0x100080, 16) == b"\xaa" * 16 and memory.read(0x100000, len(EXIT_CODE)) == EXIT_CODE
+
+
+@needs_qemu
+@pytest.mark.parametrize("image, message", [
+    (_bad_checksum_image(), "Error loading uncompressed kernel without PVH ELF Note"),
+    (_overlapping_segments(), "Some ROM regions are overlapping"),
+])
+def test_qemu_refuses_the_images_refused_here(tmp_path, image, message):
+    # What qemu-system-i386 -kernel (7.2) does with them: exit 1 and that message.
+    path = tmp_path / "image.elf"
+    path.write_bytes(image)
+    proc = subprocess.run(bs.qemu_command(str(path)), capture_output=True, timeout=bs.QEMU_TIMEOUT)
+    assert proc.returncode == 1 and message in proc.stderr.decode(), proc.stderr.decode()
 
 
 def test_flat_binary_and_assembly_load_at_the_load_address(tmp_path):
@@ -119,3 +163,47 @@ def test_missing_module_is_an_image_error(tmp_path):
     kernel.write_bytes(make_elf(EXIT_CODE, multiboot=True))
     with pytest.raises(ImageError, match="module .*nothere: cannot read"):
         run_image(str(kernel), initrd=[str(tmp_path / "nothere")])
+
+
+@pytest.mark.parametrize("text, modules", [
+    ("a", ["a"]), ("a,b", ["a", "b"]), ("a arg=1,b", ["a arg=1", "b"]),
+    ("a,,b", ["a,b"]), ("a,,,b", ["a,", "b"]), ("a,,,,b", ["a,,b"]),
+])
+def test_module_lists_read_as_qemu_reads_initrd(text, modules):
+    assert multiboot.split_module_list(text) == modules
+    assert multiboot.split_module_list(multiboot.module_list_text(modules)) == modules
+
+
+@pytest.mark.parametrize("text", ["", ",", ",a", "a,", "a,,,", "a,,b,"])
+def test_empty_module_names_are_refused(text):
+    with pytest.raises(ValueError, match="empty"):
+        multiboot.split_module_list(text)
+
+
+# memmap.elf's output for --initrd / -initrd "x,,y,z" (files "x,y" and "z"), as QEMU 7.2 printed it:
+# a doubled comma is a comma in the name, and QEMU keeps room for the module command lines as
+# long as the -initrd string, so the boot loader name lands one byte further on.
+QEMU_X_Y_Z = """\
+cmdline=0x00105026 "memmap.elf "
+boot_loader_name=0x00105033 "qemu"
+mods_count=2 mods_addr=0x00105000
+    cmdline=0x00105020 "x,y"
+    first bytes hex=6d6f6478 text="modx"
+    cmdline=0x00105024 "z"
+    first bytes hex=6d6f647a text="modz"
+"""
+
+
+def test_a_comma_in_a_module_name_is_laid_out_as_qemu_does(tmp_path):
+    (tmp_path / "memmap.elf").write_bytes((bs.SAMPLES_DIR / "memmap.elf").read_bytes())
+    (tmp_path / "x,y").write_bytes(b"modx")
+    (tmp_path / "z").write_bytes(b"modz")
+    proc = run_vmm("run", "memmap.elf", "--initrd", "x,,y,z", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()
+    wanted = ("cmdline", "boot_loader_name", "mods_count", "first bytes")
+    lines = [line for line in proc.stdout.decode().splitlines() if line.strip().startswith(wanted)]
+    assert "\n".join(lines) + "\n" == QEMU_X_Y_Z
+    if shutil.which(bs.QEMU):
+        qemu = subprocess.run(bs.qemu_command("memmap.elf", initrd=["x,,y", "z"]), capture_output=True,
+                              timeout=bs.QEMU_TIMEOUT, cwd=tmp_path)
+        assert qemu.stdout == proc.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import json
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -231,20 +232,53 @@ def test_profile_needs_counts_in_the_dump(capsys, dump_path):
 
 # -- graph ----------------------------------------------------------------------------------------
 
-def test_dot_has_a_node_per_block_and_an_edge_per_chained_exit(capsys, dump_path, dump, tmp_path):
+def test_dot_shows_every_block_and_every_chained_exit(capsys, dump_path, dump, tmp_path):
     path = tmp_path / "graph.dot"
     status, out, err = tool(capsys, dump_path, "--dot", path)
     assert status == 0, err
     text = path.read_text()
     assert text.startswith("digraph")
-    nodes = re.findall(r'^\s+(b[0-9a-f]+) \[label="(0x[0-9a-f]+)\\n(\d+) insns"\];$', text, re.M)
-    edges = re.findall(r'^\s+(b[0-9a-f]+) -> (b[0-9a-f]+) \[label="([^"]+)"\];$', text, re.M)
-    assert len(nodes) == len(dump["blocks"])
-    assert {int(a, 16) for _, a, _ in nodes} == {b["guest_address"] for b in dump["blocks"]}
+    nodes = re.findall(r'^\s+(b[0-9a-f]+) \[label="(0x[0-9a-f]+)\\n(\d+) insns(?:\\n(\d+) chained in", style=bold)?"?\];$',
+                       text, re.M)
+    edges = re.findall(r'^\s+(b[0-9a-f]+) -> (b[0-9a-f]+) \[(?:style=dashed, )?tooltip="([^"]+)"\];$', text, re.M)
+    stubs = dict(re.findall(r'^\s+(s\d+) \[shape=plain, fontcolor=gray35, label="\u2192 (0x[0-9a-f]+)"\];$', text, re.M))
+    into_stubs = re.findall(r'^\s+(b[0-9a-f]+) -> (s\d+) \[(?:style=dashed, )?color=gray50, tooltip="([^"]+)"\];$',
+                            text, re.M)
+    unchained = re.findall(r"<td>(0x[0-9a-f]+) \((\d+)\)</td>", text)
+    by_host = {f"b{b['host_address']:x}": b for b in dump["blocks"]}
+    # every block once: a node of the graph, or a cell of the table of blocks chained to no other
+    drawn = {int(a, 16) for _, a, _, _ in nodes} | {int(a, 16) for a, _ in unchained}
+    assert len(nodes) + len(unchained) == len(dump["blocks"]) and drawn == {b["guest_address"] for b in dump["blocks"]}
+    # every chained exit once: an edge to its block, or to a label naming a block chained into
+    # from 8 or more (drawn once, bold, with that count)
     chained = [(b, e) for b in dump["blocks"] for e in b["exits"] if e["chained_to"]]
-    assert len(edges) == len(chained) > 0
-    assert sorted(edges) == sorted((f"b{b['host_address']:x}", f"b{e['chained_to']['host']:x}", e["kind"])
-                                   for b, e in chained)
+    shown = edges + [(source, f"b{by_address[int(stubs[stub], 16)]:x}", kind)
+                     for by_address in [{b["guest_address"]: b["host_address"] for b in dump["blocks"]}]
+                     for source, stub, kind in into_stubs]
+    assert sorted(shown) == sorted((f"b{b['host_address']:x}", f"b{e['chained_to']['host']:x}", e["kind"])
+                                   for b, e in chained) and chained
+    into = collections.Counter(e["chained_to"]["host"] for b, e in chained if e["chained_to"]["host"] != b["host_address"])
+    hubs = {name: int(count) for name, _a, _i, count in nodes if count}
+    assert hubs and hubs == {f"b{host:x}": count for host, count in into.items() if count >= 8}
+    assert {by_host[source]["guest_address"] for source, _, _ in into_stubs} <= drawn
+
+
+def _png_size(path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` is not installed")
+def test_dot_picture_of_a_small_guest_stays_readable(capsys, dump_path, tmp_path):
+    # sensitive.elf's 395 blocks: drawn as one dot graph, the callers of its print routine and
+    # a hundred unchained blocks side by side, the PNG was 32181 x 1696 pixels (20131 x 1459
+    # without --max-insns); in rows it is about 2950 x 4400, at a legible font size.
+    target = tmp_path / "graph.png"
+    status, out, err = tool(capsys, dump_path, "--dot", target)
+    assert status == 0, err
+    width, height = _png_size(target)
+    assert width <= 4000 and height <= 5000 and max(width, height) / min(width, height) < 2.5, (width, height)
 
 
 def test_dot_renders_with_graphviz_when_installed(capsys, dump_path, tmp_path, monkeypatch):

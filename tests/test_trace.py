@@ -1,6 +1,7 @@
 """QEMU-style tracing (-d FLAGS, -D FILE) through the real command line."""
 
 import json
+import re
 
 from tests.cli import run_vmm
 
@@ -55,3 +56,28 @@ def test_unknown_trace_flag_is_one_line():
     proc = run_vmm("run", "sample_binaries/hello.elf", "-d", "bogus")
     assert proc.returncode == 2 and proc.stderr.decode().count("\n") == 1
     assert "unknown -d flag 'bogus'" in proc.stderr.decode()
+
+
+def test_port_exits_name_their_io_instruction_under_every_mode(tmp_path):
+    # Every port exit printed eip 0x00000000 before. uart.elf programs and polls the UART from
+    # blocks that hold several IN/OUTs; each exit must name the IN or OUT that made it (decoded
+    # from the image), and every mode must see the same ones in the same order.
+    from capstone import CS_ARCH_X86, CS_MODE_32, Cs
+    from tests.samples import build_samples as bs
+    _entry, segments = bs.elf_segments((bs.SAMPLES_DIR / "uart.elf").read_bytes())
+    image = {paddr + offset: byte for paddr, data, _memsz in segments for offset, byte in enumerate(data)}
+    capstone = Cs(CS_ARCH_X86, CS_MODE_32)
+    seen = {}
+    for mode in ("bt", "direct", "trap", "vt"):
+        proc, text, report = trace(tmp_path, "sample_binaries/uart.elf", "--mode", mode, "-d", "exits")
+        assert proc.returncode == 3, proc.stderr.decode()             # uart.elf's own exit value
+        exits = re.findall(r"^exit: (port_in|port_out|stop_request) eip 0x([0-9a-f]{8})$", text, re.M)
+        ports = [(reason, int(eip, 16)) for reason, eip in exits if reason != "stop_request"]
+        assert len(ports) == report["counters"]["exits"]["port_in"] + report["counters"]["exits"]["port_out"] > 100
+        for reason, eip in set(ports):
+            insn = next(capstone.disasm(bytes(image.get(eip + i, 0) for i in range(16)), eip, 1))
+            mnemonic = insn.mnemonic.split()[-1]             # (past a rep prefix)
+            assert mnemonic.startswith("in" if reason == "port_in" else "out"), (mode, hex(eip), insn.mnemonic)
+        seen[mode] = exits
+    assert seen["bt"] == seen["direct"] == seen["trap"] == seen["vt"]
+    assert seen["direct"][-1][0] == "stop_request" and int(seen["direct"][-1][1], 16) != 0

@@ -77,6 +77,8 @@ IMAGES = {
     "alias_smc": ([MB_HEADER, CRT0, RUNTIME, CHECK, PAGING, "alias_smc.S"], "alias_smc.elf", "multiboot"),
     "paging_timer": ([MB_HEADER, CRT0, RUNTIME, CHECK, PIC, PAGING, "paging_timer.S"], "paging_timer.elf",
                      "multiboot"),
+    "tasks": ([MB_HEADER, CRT0, RUNTIME, CHECK, USER, PROBE, PAGING, "tasks.S"], "tasks.elf", "multiboot"),
+    "tasks16": ([MB_HEADER, CRT0, RUNTIME, CHECK, USER, "tasks16.S"], "tasks16.elf", "multiboot"),
     "plain": ([CRT0, RUNTIME, "plain.S"], "plain.elf", "elf"),
     "flat": ([CRT0, RUNTIME, "flat.S"], "flat.bin", "flat"),
     "hello_s": (["hello_keystone.s"], "hello.s", "asm"),  # not src/hello.s: clashes with hello.S on case-insensitive file systems
@@ -109,6 +111,12 @@ ALIAS_STORE = ("Unicorn 2.1.1 misses a store into translated code through anothe
 STRING_IO_CHECK = ("Unicorn 2.1.1 skips the I/O permission check of string I/O, which only its I/O hook can make: "
                    "INS stores a dummy 0 at ES:EDI before the hook can refuse, and rep with ECX = 0 calls no hook "
                    "(issue 3)")
+
+TSS16_ENGINE = ("Unicorn 2.1.1 (QEMU 5.0) performs a far call or iret to a 16-bit TSS itself, with two bugs QEMU "
+                "6.1 fixed: it loads the upper halves of the general registers as 0xFFFF, and reads and writes the "
+                "segment selectors 4 bytes apart instead of 2, so the new CS comes from the SS field (#TS) and a "
+                "save overwrites the LDT field and what follows the TSS (under vt, only with nested paging: with "
+                "shadow paging the switch is a VM exit the monitor performs)")
 
 
 def _run(name, image, *, append=None, initrd=(), stdin=None, exit=0, expected=None, qemu=True, missing=None):
@@ -155,6 +163,8 @@ RUNS = [
     _run("higher_half", "higher_half.elf"),
     _run("alias_smc", "alias_smc.elf", missing={"direct": ALIAS_STORE, "vt": ALIAS_STORE}),
     _run("paging_timer", "paging_timer.elf"),
+    _run("tasks", "tasks.elf"),
+    _run("tasks16", "tasks16.elf", missing={"direct": TSS16_ENGINE, "vt": TSS16_ENGINE}),
     _run("plain", "plain.elf", qemu=False),
     _run("flat", "flat.bin", qemu=False),
     _run("hello_s", "hello.s", qemu=False),

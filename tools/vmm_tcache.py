@@ -25,7 +25,7 @@ if __package__ in (None, ""):   # run as `python tools/vmm_tcache.py`: make the 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from vmm.builder import build_machine  # noqa: E402
-from vmm.cli import _Parser, _address, add_guest_arguments, guest_config  # noqa: E402
+from vmm.cli import Parser, add_guest_arguments, guest_config, parse_address  # noqa: E402
 from vmm.console import BufferConsole  # noqa: E402
 from vmm.errors import VmmError  # noqa: E402
 
@@ -50,7 +50,7 @@ def _range(text: str) -> tuple[int, int]:
     lo, sep, hi = text.partition("-")
     if not sep:
         raise argparse.ArgumentTypeError(f"invalid range {text!r} (expected LO-HI)")
-    low, high = _address(lo.strip()), _address(hi.strip())
+    low, high = parse_address(lo.strip()), parse_address(hi.strip())
     if not 0 <= low < high <= 1 << 32:
         raise argparse.ArgumentTypeError(f"invalid range {text!r} (need 0 <= LO < HI <= 0x100000000)")
     return low, high
@@ -67,14 +67,14 @@ def _positive(text: str) -> int:
 
 
 def _guest_address(text: str) -> int:
-    value = _address(text)
+    value = parse_address(text)
     if not 0 <= value < 1 << 32:
         raise argparse.ArgumentTypeError(f"invalid address {text!r} (not a 32-bit address)")
     return value
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Inspect the translation cache of a guest run under binary translation.")
+    parser = Parser(prog=PROG, description="Inspect the translation cache of a guest run under binary translation.")
     parser.add_argument("input", metavar="IMAGE|DUMP.json",
                         help="a guest image (run under bt) or a dump written by `vmm run --dump-cache`")
     run = parser.add_argument_group("running a guest image (as `vmm run --mode bt`)")
@@ -462,8 +462,10 @@ def render_summary(summary: dict, style: Style) -> str:
     exits = summary["exits"]
     if exits["exits"] is not None:
         when = "this run" if exits["source"] == "run" else "the dumped run"
-        lines += _counts(f"exits by reason ({when})", exits["exits"], style)
-        lines += _counts(f"exits inside the translator by kind ({when})", exits["cache_exits"], style)
+        # (the report lists every reason and kind, 0 or not: the text shows those that happened)
+        lines += _counts(f"exits by reason ({when})", {k: v for k, v in exits["exits"].items() if v}, style)
+        lines += _counts(f"exits inside the translator by kind ({when})",
+                         {k: v for k, v in exits["cache_exits"].items() if v}, style)
     else:
         lines.append(style.bold("exits by reason") + ": " + exits["note"])
     lines += _counts("exit sites in the shown blocks by kind", summary["exit_sites"], style)
@@ -495,12 +497,114 @@ def graph(blocks: list[dict]) -> dict:
                       for host, b in nodes.items()], "edges": edges}
 
 
+# Layout of the drawing. Graphviz's dot puts every block on a rank and the components side by
+# side, which for a translation cache (scores of blocks chained into one subroutine, dozens chained
+# to nothing) gives a picture tens of thousands of pixels wide. So: a block chained into from
+# HUB_PREDECESSORS blocks or more is drawn once, and each exit into it ends at a small label
+# naming it; blocks chained to no other go into one table; the components are laid out in rows
+# of about ROW_WIDTH blocks (invisible anchor nodes between the rows).
+HUB_PREDECESSORS = 8
+ROW_WIDTH = 20
+TABLE_COLUMNS = 8
+LEGEND = ("solid: chained branch   dashed: chained by an inline-cache prediction   bold: a block chained into "
+          f"from {HUB_PREDECESSORS} or more blocks, drawn once (grey \u2192 ADDR: a chained exit into it)")
+
+
+def _rank_width(members: list[int], successors: dict) -> int:
+    """How many blocks of a component share its widest rank, ranks counted breadth first from
+    its blocks nothing in it chains into (an estimate of the room dot gives it)."""
+    inside = set(members)
+    entered = {target for node in members for target in successors[node] if target in inside}
+    frontier = [node for node in members if node not in entered] or members[:1]
+    seen, widest = set(frontier), len(frontier)
+    while frontier:
+        frontier = [t for node in frontier for t in successors[node] if t in inside and t not in seen]
+        seen.update(frontier)
+        frontier = list(dict.fromkeys(frontier))
+        widest = max(widest, len(frontier))
+    return widest
+
+
 def dot_text(g: dict) -> str:
-    lines = ["digraph tcache {", "  node [shape=box, fontname=monospace];"]
-    for node in g["nodes"]:
-        lines.append(f'  b{node["id"]:x} [label="{node["guest_address"]:#x}\\n{node["instructions"]} insns"];')
-    for edge in g["edges"]:
-        lines.append(f'  b{edge["from"]:x} -> b{edge["to"]:x} [label="{edge["kind"]}"];')
+    nodes = {node["id"]: node for node in g["nodes"]}
+    predecessors = collections.Counter(edge["to"] for edge in g["edges"] if edge["from"] != edge["to"])
+    hubs = {node for node, count in predecessors.items() if count >= HUB_PREDECESSORS}
+    drawn = [edge for edge in g["edges"] if edge["to"] not in hubs or edge["from"] == edge["to"]]
+    into_hubs = [edge for edge in g["edges"] if edge["to"] in hubs and edge["from"] != edge["to"]]
+    successors: dict = collections.defaultdict(list)
+    neighbours: dict = collections.defaultdict(set)
+    for edge in drawn:
+        successors[edge["from"]].append(edge["to"])
+        neighbours[edge["from"]].add(edge["to"])
+        neighbours[edge["to"]].add(edge["from"])
+    linked = set(neighbours) | hubs | {edge["from"] for edge in into_hubs}
+
+    def address(node: int) -> int:
+        return nodes[node]["guest_address"]
+
+    components, placed = [], set()
+    for start in sorted(linked, key=address):
+        if start in placed:
+            continue
+        members, stack = [], [start]
+        placed.add(start)
+        while stack:
+            node = stack.pop()
+            members.append(node)
+            for other in neighbours[node] - placed:
+                placed.add(other)
+                stack.append(other)
+        components.append(sorted(members, key=address))
+    rows, row, width = [], [], 0
+    for members in components:
+        wide = _rank_width(members, successors)
+        if row and width + wide > ROW_WIDTH:
+            rows.append(row)
+            row, width = [], 0
+        row.append(members)
+        width += wide
+    if row:
+        rows.append(row)
+
+    lines = ["digraph tcache {",
+             f'  graph [fontname=monospace, fontsize=11, labelloc=t, label="{LEGEND}"];',
+             '  node [shape=box, fontname=monospace, fontsize=10, margin="0.05,0.02", height=0.3];',
+             "  edge [arrowsize=0.6];"]
+    for node in sorted(linked, key=address):
+        n = nodes[node]
+        if node in hubs:
+            lines.append(f'  b{node:x} [label="{n["guest_address"]:#x}\\n{n["instructions"]} insns\\n'
+                         f'{predecessors[node]} chained in", style=bold];')
+        else:
+            lines.append(f'  b{node:x} [label="{n["guest_address"]:#x}\\n{n["instructions"]} insns"];')
+    for edge in drawn:
+        style = "style=dashed, " if edge["kind"] == "predicted" else ""
+        lines.append(f'  b{edge["from"]:x} -> b{edge["to"]:x} [{style}tooltip="{edge["kind"]}"];')
+    for index, edge in enumerate(into_hubs):
+        style = "style=dashed, " if edge["kind"] == "predicted" else ""
+        lines.append(f'  s{index} [shape=plain, fontcolor=gray35, label="\u2192 {address(edge["to"]):#x}"];')
+        lines.append(f'  b{edge["from"]:x} -> s{index} [{style}color=gray50, tooltip="{edge["kind"]}"];')
+    has_successor = {edge["from"] for edge in drawn if edge["from"] != edge["to"]}
+    for number, row in enumerate(rows):
+        lines.append(f"  row{number} [style=invis, shape=point, width=0, height=0];")
+        for members in row:
+            entered = {target for node in members for target in successors[node] if target != node}
+            for node in [node for node in members if node not in entered] or members[:1]:
+                lines.append(f"  row{number} -> b{node:x} [style=invis];")
+            for node in members:
+                if node not in has_successor:
+                    lines.append(f"  b{node:x} -> row{number + 1} [style=invis];")
+    unchained = sorted((node for node in nodes if node not in linked), key=address)
+    if unchained:
+        cells = [f"<td>{address(node):#x} ({nodes[node]['instructions']})</td>" for node in unchained]
+        table = "".join("<tr>" + "".join(cells[at:at + TABLE_COLUMNS]) + "</tr>"
+                        for at in range(0, len(cells), TABLE_COLUMNS))
+        lines.append(f'  unchained [shape=plain, label=<<table border="0" cellborder="1" cellspacing="0" '
+                     f'cellpadding="3"><tr><td colspan="{TABLE_COLUMNS}"><b>{len(unchained)} blocks chained '
+                     f'to or from no other (address, instructions)</b></td></tr>{table}</table>>];')
+    lines.append(f"  row{len(rows)} [style=invis, shape=point, width=0, height=0];")
+    if unchained:
+        lines.append(f"  row{len(rows)} -> unchained [style=invis];")
     lines.append("}")
     return "\n".join(lines) + "\n"
 

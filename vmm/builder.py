@@ -31,12 +31,6 @@ DEFAULT_MEM_MIB = 32
 DEFAULT_LOAD_ADDRESS = 0x100000
 
 
-# The memory-virtualization schemes each mode offers, its default first: shadow page tables built
-# by the monitor (vmm/shadow_paging.py) or nested paging, the two-level walk done by the
-# "hardware" (vmm/nested_paging.py; under vt, the engine's own MMU on the guest's tables).
-# Direct execution is the bare machine: no scheme, the engine's MMU on the guest's tables.
-PAGING_SCHEMES = {"bt": ("shadow", "nested"), "trap": ("shadow", "nested"), "vt": ("nested", "shadow")}
-
 
 @dataclass
 class MachineConfig:
@@ -59,18 +53,21 @@ class MachineConfig:
     vt_exits: Optional[frozenset] = None     # --vt-exits: the exit controls of --mode vt (None: default)
     watch_holes: bool = True                 # trap: record the virtualization holes the guest runs
     paging: Optional[str] = None             # --paging: shadow or nested (None: the mode's default)
+    dump_cache: Optional[str] = None         # --dump-cache: where the mode's dump() goes after the run (bt)
+
+    @property
+    def paging_scheme(self) -> str:
+        """The memory-virtualization scheme the run uses: the one asked for or the mode's
+        default (the modes' paging_schemes: shadow page tables, vmm/shadow_paging.py, or nested
+        paging, vmm/nested_paging.py); "native" for direct, whose guest paging runs on the
+        engine's MMU as on the bare machine."""
+        return self.paging or (available_modes()[self.mode].paging_schemes or ("native",))[0]
 
     def validate(self) -> None:
         modes = available_modes()
         if self.mode not in modes:
             raise ConfigError(f"unknown mode {self.mode!r} (available: {', '.join(sorted(modes))})")
-        schemes = PAGING_SCHEMES.get(self.mode, ())
-        if self.paging is not None and self.paging not in schemes:
-            if not schemes:
-                raise ConfigError(f"--paging does not apply to --mode {self.mode}: the guest's paging runs on the "
-                                  f"engine's own MMU (the bare machine)")
-            raise ConfigError(f"--paging {self.paging} is not available under --mode {self.mode} "
-                              f"(available: {', '.join(schemes)})")
+        modes[self.mode].accepts(self)        # the options that belong to some modes only
         if self.max_instructions is not None and not 0 < self.max_instructions <= Limits.MAX_INSTRUCTIONS:
             raise ConfigError(f"--max-insns must be positive and at most {Limits.MAX_INSTRUCTIONS:.0e}, "
                               f"got {self.max_instructions}")

@@ -96,5 +96,6 @@ class PortBus:
         return claim.device.name if claim is not None else "unassigned"
 
     def counters(self) -> dict[str, dict[str, int]]:
-        names = sorted(set(self.reads) | set(self.writes))
+        """Reads and writes by device: every device on the bus and "unassigned", 0 or not."""
+        names = sorted({claim.device.name for claim in self._ranges} | {"unassigned"} | set(self.reads) | set(self.writes))
         return {name: {"reads": self.reads[name], "writes": self.writes[name]} for name in names}

@@ -6,11 +6,12 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from vmm import __version__, audit
 from vmm.clock import CLOCKS
-from vmm import audit
 from vmm.builder import DEFAULT_LOAD_ADDRESS, DEFAULT_MEM_MIB, MAX_TCACHE_BLOCKS, MachineConfig, build_machine
 from vmm.console import StdioConsole
 from vmm.errors import VmmError
+from vmm.loaders.multiboot import split_module_list
 from vmm.exits import StopReason
 from vmm.modes import DEFAULT_MODE, available_modes
 from vmm.modes.bt import DEFAULT_CAPACITY, SLOT_SIZE
@@ -22,17 +23,27 @@ from vmm.trace import TRACE_FLAGS, parse_trace_flags
 _QUIET_ENDINGS = (StopReason.DEBUG_EXIT,)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:   # one line, not usage plus message
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (not usage plus message), status 2."""
+
+    def error(self, message: str) -> None:
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         raise SystemExit(2)
 
 
-def _address(text: str) -> int:
+def parse_address(text: str) -> int:
+    """An address option's value: decimal, 0x hexadecimal or 0o octal."""
     try:
         return int(text, 0)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid address {text!r}") from None
+
+
+def _module_list(text: str) -> list[str]:
+    try:
+        return split_module_list(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _cache_size(text: str) -> int:
@@ -51,8 +62,9 @@ def add_guest_arguments(group) -> None:
     group.add_argument("--mem", type=int, default=DEFAULT_MEM_MIB, metavar="MiB",
                        help=f"guest RAM in MiB (default {DEFAULT_MEM_MIB})")
     group.add_argument("--append", default="", metavar="CMDLINE", help="kernel command line")
-    group.add_argument("--initrd", default=None, metavar="FILE[,FILE...]", help="Multiboot modules")
-    group.add_argument("--load-addr", type=_address, default=DEFAULT_LOAD_ADDRESS, metavar="ADDR",
+    group.add_argument("--initrd", type=_module_list, default=[], metavar="FILE[,FILE...]",
+                       help="Multiboot modules, as QEMU's -initrd (',,' is a comma in a name)")
+    group.add_argument("--load-addr", type=parse_address, default=DEFAULT_LOAD_ADDRESS, metavar="ADDR",
                        help="load address of flat binaries and assembly (default 0x100000)")
     group.add_argument("--max-insns", type=int, default=None, metavar="N", help="stop after about N instructions")
     group.add_argument("--clock", choices=CLOCKS, default="virtual",
@@ -68,14 +80,15 @@ def guest_config(args, image: str, mode: str, **more) -> MachineConfig:
     """MachineConfig from the options add_guest_arguments defined (plus any others given)."""
     return MachineConfig(
         image=image, mode=mode, mem_mib=args.mem, append=args.append,
-        initrd=[spec for spec in args.initrd.split(",") if spec] if args.initrd else [],
+        initrd=args.initrd,
         load_address=args.load_addr, max_instructions=args.max_insns, timeout=args.timeout, clock=args.clock,
         tcache_blocks=args.tcache_size, **more)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="vmm", description="A type 2 virtual machine monitor for 32-bit x86 guests.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = Parser(prog="vmm", description="A type 2 virtual machine monitor for 32-bit x86 guests.")
+    parser.add_argument("--version", action="version", version=f"vmm {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     run = commands.add_parser("run", help="run a guest image")
     run.add_argument("image", help="Multiboot or plain ELF32 kernel, flat binary, or .s/.asm source")
     run.add_argument("--mode", default=DEFAULT_MODE, choices=sorted(available_modes()),
@@ -135,21 +148,13 @@ def _audit(args) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:           # bare `vmm`: what it can do, as a usage error
+        print(parser.format_help(), end="", file=sys.stderr)
+        return 2
     if args.command == "audit":
         return _audit(args)
-    if args.profile and args.mode != "bt":
-        print("vmm: error: --profile needs --mode bt (it counts translated blocks)", file=sys.stderr)
-        return 2
-    if args.dump_cache and args.mode != "bt":
-        print("vmm: error: --dump-cache needs --mode bt (direct execution has no translation cache)", file=sys.stderr)
-        return 2
-    if args.no_hole_watch and args.mode != "trap":
-        print("vmm: error: --no-hole-watch needs --mode trap (the only mode that watches for holes)", file=sys.stderr)
-        return 2
-    if args.vt_exits is not None and args.mode != "vt":
-        print("vmm: error: --vt-exits needs --mode vt (the exit controls of hardware assistance)", file=sys.stderr)
-        return 2
     try:
         trace = parse_trace_flags(args.trace)
         vt_exits = parse_exit_controls(args.vt_exits) if args.vt_exits is not None else None
@@ -159,19 +164,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     config = guest_config(args, args.image, args.mode, log_unassigned_ports=args.log_unassigned_ports,
                           trace=trace, trace_file=args.trace_file, gdb_port=args.gdb, gdb_wait=args.gdb_wait,
                           profile=args.profile, vt_exits=vt_exits, watch_holes=not args.no_hole_watch,
-                          paging=args.paging)
+                          paging=args.paging, dump_cache=args.dump_cache)
     try:
         vm, image = build_machine(config, StdioConsole())
         result = vm.run()
         if args.report:
             write_report(args.report, build_report(config, image, vm, result))
-        if args.dump_cache:
+        if config.dump_cache:
             dump = vm.mode.dump()
             dump["run"] = {"image": config.image, "mode": config.mode, "append": config.append,
                            "initrd": config.initrd, "exit": result.reason.value,
                            "exits": {reason.value: count for reason, count in vm.exits.items()},
                            "cache_exits": vm.mode.counters().get("cache_exits", {})}
-            write_report(args.dump_cache, dump)
+            write_report(config.dump_cache, dump)
     except (VmmError, OSError) as error:
         return _failure(error)
     if result.reason not in _QUIET_ENDINGS:

@@ -4,6 +4,7 @@ in the engine. Delivery, emulation procedures and reports read and write the gue
 from __future__ import annotations
 
 from vmm.engine import GENERAL_REGISTERS, SEGMENT_REGISTERS, Engine
+from vmm.x86 import SegmentDescriptor
 
 SNAPSHOT_REGISTERS = GENERAL_REGISTERS + SEGMENT_REGISTERS + ("cr0", "cr2", "cr3", "cr4")
 
@@ -33,7 +34,15 @@ class GuestCpu:
         return self.engine.table_selector(name)
 
     def set_table_selector(self, name: str, selector: int, raw=None) -> None:
-        raise NotImplementedError("ldtr/tr loads are emulated only under translation")
+        """Load ldtr or tr from a descriptor the caller checked (raw None: a null LDT). lldt and
+        ltr run natively here; a task switch the monitor performs loads both, with the cached
+        access rights the engine's own task switches read."""
+        if raw is None:
+            self.engine.set_table_register(name, 0, 0, selector & 0xFFFF)
+            return
+        descriptor = SegmentDescriptor.decode(raw)
+        self.engine.set_table_register(name, descriptor.base, descriptor.limit, selector & 0xFFFF,
+                                       int.from_bytes(raw[4:8], "little"))
 
     def load_segment(self, name: str, selector: int, raw) -> None:
         """Load a segment register whose architectural checks were done by the caller."""
@@ -49,6 +58,11 @@ class GuestCpu:
         """The base of a loaded segment register, from its hidden part: every mode's engine
         segments carry the guest's bases (the shadow descriptors copy them)."""
         return self.engine.segment_base(name)
+
+    def segment_present(self, name: str) -> bool:
+        """Whether the engine's hidden part of a segment register holds a descriptor (see
+        Engine.segment_present): not so only after the engine's own task switch faulted."""
+        return self.engine.segment_present(name)
 
     def invalidate_page(self, linear: int) -> None:
         """invlpg emulated by the monitor: the engine walks the guest's own tables, so dropping

@@ -3,26 +3,27 @@
 Unicorn never consults the IDT: every exception and `int n` comes back to the monitor, which
 performs the CPU's delivery here: gate lookup and checks, the switch to the inner ring's stack
 from the TSS when the handler is more privileged, the frame on the stack, the flag changes, the
-jump to the handler; a fault during delivery becomes #DF, and one during #DF a
-triple fault (shutdown).
+jump to the handler; or, for a task gate, a task switch (vmm/task_switch.py) and the error code
+on the new task's stack. A fault during delivery becomes #DF, and one during #DF a triple fault
+(shutdown).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from contextlib import contextmanager
 from typing import Optional
 
 from vmm.cpu import GuestCpu
-from vmm.errors import UnsupportedGuestFeature
-from vmm.guest_view import GuestFault, GuestView
+from vmm.guest_view import GuestFault, GuestView, accessed_bits_kept
 from vmm.memory import PhysicalMemory
 from vmm.privilege import inner_stack
+from vmm.task_switch import TaskFault, TaskSwitch
 from vmm.x86 import (DF_VEC, ERROR_CODE_VECTORS, GATE_INTERRUPT_16, GATE_INTERRUPT_32, GATE_TASK,
                      GATE_TRAP_16, GATE_TRAP_32, GP, IF, NP, NT, RF, TF, VM, Gate,
                      SegmentDescriptor, needs_double_fault, selector_error_code, vector_name)
 
 _GATE_TYPES = (GATE_INTERRUPT_16, GATE_TRAP_16, GATE_INTERRUPT_32, GATE_TRAP_32)
+_IDT_GATE_TYPES = _GATE_TYPES + (GATE_TASK,)
 
 
 class TripleFault(Exception):
@@ -40,9 +41,10 @@ class _DeliveryFault(Exception):
 class ExceptionDelivery:
     """Delivers vectors to the guest. `delivered` counts successful deliveries by vector."""
 
-    def __init__(self, cpu: GuestCpu, memory: PhysicalMemory) -> None:
+    def __init__(self, cpu: GuestCpu, memory: PhysicalMemory, tasks: Optional[TaskSwitch] = None) -> None:
         self.cpu = cpu
         self.view = GuestView(cpu, memory)
+        self.tasks = tasks if tasks is not None else TaskSwitch(cpu, self.view)
         self.delivered: Counter = Counter()
 
     def deliver(self, vector: int, *, return_eip: int, fault_eip: Optional[int] = None,
@@ -63,6 +65,8 @@ class ExceptionDelivery:
             except (_DeliveryFault, GuestFault) as second:
                 if vector == DF_VEC:
                     raise TripleFault(f"{vector_name(second.vector)} while delivering #DF") from None
+                if isinstance(second, TaskFault):    # raised in the new task: its EIP
+                    fault_eip = second.eip
                 if needs_double_fault(vector, second.vector):
                     vector, error_code = DF_VEC, 0
                 else:                        # handled serially: the second one replaces the first
@@ -78,15 +82,17 @@ class ExceptionDelivery:
         gate_error = selector_error_code("idt", vector, external)
         if vector * 8 + 7 > idt_limit:
             raise _DeliveryFault(GP, gate_error)
-        gate = Gate.decode(self.view.read(idt_base + vector * 8, 8))
-        if gate.type == GATE_TASK and gate.present:
-            raise UnsupportedGuestFeature(f"task gate at IDT vector {vector:#x}: task switches are not modelled")
-        if gate.type not in _GATE_TYPES:
+        raw_gate = self.view.read(idt_base + vector * 8, 8)
+        gate = Gate.decode(raw_gate)
+        if gate.type not in _IDT_GATE_TYPES:
             raise _DeliveryFault(GP, gate_error)
         if software and gate.dpl < cpl:
             raise _DeliveryFault(GP, gate_error)
         if not gate.present:
             raise _DeliveryFault(NP, gate_error)
+        if gate.type == GATE_TASK:
+            self._through_task_gate(raw_gate, vector, return_eip, error_code, software or interrupt)
+            return
         target = self._code_segment(gate.selector, external)
         if target.dpl > cpl:
             raise _DeliveryFault(GP, selector_error_code("gdt", gate.selector, external))
@@ -119,27 +125,38 @@ class ExceptionDelivery:
             eflags &= ~IF
         new_cs = (gate.selector & ~3) | new_cpl
         if new_cpl < cpl:
-            with self._accessed_bits_kept(new_cs, new_ss):
+            with accessed_bits_kept(self.view, new_cs, new_ss):
                 self.cpu.change_privilege(new_cs, self.view.raw_descriptor(new_cs), new_ss, ss_raw, esp)
         else:
+            # QEMU always loads CS. Loading the same selector again only matters when CS's hidden
+            # part is empty: the engine's own task switch (direct, vt with nested paging) leaves
+            # it so when it faults before loading the new CS.
             self.cpu.set_reg("esp", esp)
-            if new_cs != cs:
-                with self._accessed_bits_kept(new_cs):
+            if new_cs != cs or not self.cpu.segment_present("cs"):
+                with accessed_bits_kept(self.view, new_cs):
                     self.cpu.load_segment("cs", new_cs, self.view.raw_descriptor(new_cs))
         self.cpu.set_reg("eflags", eflags)
         offset = gate.offset if gate.is_32bit else gate.offset & 0xFFFF
         self.cpu.set_reg("eip", offset)
 
-    @contextmanager
-    def _accessed_bits_kept(self, *selectors: int):
-        """QEMU's interrupt delivery loads CS and SS without marking their descriptors accessed;
-        the engine's segment loads would set the bit in the guest's table, so put it back."""
-        addresses = [self.view.descriptor_address(selector) + 5 for selector in selectors]
-        before = [self.view.read(address, 1) for address in addresses]
-        yield
-        for address, byte in zip(addresses, before):
-            if self.view.read(address, 1) != byte:
-                self.view.write(address, byte)
+    def _through_task_gate(self, raw_gate: bytes, vector: int, return_eip: int, error_code: Optional[int],
+                           no_error_code: bool) -> None:
+        """A task gate: switch to its task (as a call: back link, NT), then push the error code
+        the vector has on the new task's stack, as wide as the new TSS (QEMU's
+        do_interrupt_protected). A fault pushing it is the new task's too."""
+        is32 = self.tasks.through_gate(raw_gate, vector, return_eip)
+        if no_error_code or vector not in ERROR_CODE_VECTORS:
+            return
+        width = 4 if is32 else 2
+        ss = self.view.descriptor(self.cpu.reg("ss"))
+        mask = 0xFFFFFFFF if ss is None or ss.big else 0xFFFF
+        esp = self.cpu.reg("esp")
+        new_sp = (esp - width) & mask
+        try:
+            self.view.write_int((self.cpu.segment_base("ss") + new_sp) & 0xFFFFFFFF, width, error_code or 0)
+        except GuestFault as fault:
+            raise TaskFault(fault.vector, fault.error_code, self.cpu.reg("eip")) from None
+        self.cpu.set_reg("esp", (esp & ~mask) | new_sp)
 
     # -- descriptors and memory through the guest's own tables --------------------------------
     def _code_segment(self, selector: int, external: bool) -> SegmentDescriptor:

@@ -17,7 +17,9 @@ from capstone import x86_const as X
 from translator.classify import Category
 from vmm.errors import UnsupportedGuestFeature
 from vmm.guest_view import GuestFault, GuestView
+from vmm.memory import UnbackedAccess
 from vmm.privilege import check_outer_stack, inner_stack, iopl, null_outer_data_segments
+from vmm.task_switch import TaskSwitch
 from vmm.x86 import (AC, AF, CF, DF, GP, ID, IF, IOPL_MASK, NP, NT, OF, PF, SF, SS, TF, UD, VM, ZF, CR0_PE,
                      GATE_CALL_16, GATE_CALL_32, Gate, SegmentDescriptor)
 
@@ -64,9 +66,10 @@ _ARITHMETIC_FLAGS = CF | PF | AF | ZF | SF | OF
 
 
 class Emulator:
-    def __init__(self, cpu, view: GuestView, timestamp) -> None:
+    def __init__(self, cpu, view: GuestView, timestamp, tasks: Optional[TaskSwitch] = None) -> None:
         self.cpu = cpu
         self.view = view
+        self.tasks = tasks if tasks is not None else TaskSwitch(cpu, view)
         self.timestamp = timestamp       # rdtsc: () -> the virtual clock's cycles
         self.interrupt_shadow = False    # set by a load of SS: no interrupt before the next instruction
         self.debug_registers = [0, 0, 0, 0, 0xFFFF0FF0, 0x400, 0xFFFF0FF0, 0x400]   # reset values
@@ -267,9 +270,10 @@ class Emulator:
         return self.view.read_int((address + size) & 0xFFFFFFFF, 2), self.view.read_int(address, size)
 
     def _far_transfer(self, insn, call: bool) -> None:
-        """jmp far / call far: straight to a code segment, or through a call gate (to the
+        """jmp far / call far: straight to a code segment, through a call gate (to the
         same ring, or for call to a more privileged one on the TSS's stack with the gate's
-        parameters copied; SDM vol. 2, CALL and JMP)."""
+        parameters copied; SDM vol. 2, CALL and JMP), or to another task (a TSS or a task gate:
+        vmm/task_switch.py)."""
         selector, offset = self._far_target(insn)
         size = 2 if self._operand16(insn) else 4
         if not selector & 0xFFFC:
@@ -282,8 +286,10 @@ class Emulator:
             if descriptor.type in (GATE_CALL_16, GATE_CALL_32):
                 self._through_call_gate(selector, Gate.decode(raw), call)
                 return
-            if descriptor.type in (1, 5, 9):      # TSS or task gate
-                raise UnsupportedInstruction("far transfer to a task: task switches are not modelled")
+            if descriptor.type in (1, 5, 9):      # an available TSS or a task gate: a task switch
+                self.tasks.far_transfer(selector, raw, call=call, next_eip=self._next)
+                self._next = self.cpu.reg("eip")
+                return
             raise GuestFault(GP, selector & 0xFFFC)
         self._check_code_segment(selector, descriptor, same_ring=True)
         if call:
@@ -349,6 +355,29 @@ class Emulator:
             self.load_segment("cs", (target & ~3) | cpl)
         self._next = offset
 
+    def switches_task(self, instruction) -> bool:
+        """Whether this far jmp/call or iret, run now, would switch tasks: iret with NT set, or a
+        far transfer to an available TSS or a task gate (vt's task-switch exit). A quiet look: if
+        it cannot read the operand or descriptor, the instruction itself will fault the same way."""
+        insn = instruction.insn
+        if instruction.rule.procedure == "iret":
+            return bool(self.cpu.reg("eflags") & NT)
+        if instruction.rule.procedure not in ("far_jmp", "far_call"):
+            return False
+        quiet = GuestView(self.cpu, self.view.memory, cpu_access=False)
+        operand = insn.operands[0]
+        try:
+            if operand.type == X.X86_OP_IMM:
+                selector = operand.imm & 0xFFFF
+            else:
+                size = 2 if self._operand16(insn) else 4
+                selector = quiet.read_int((self._address(insn, operand) + size) & 0xFFFFFFFF, 2)
+            raw = quiet.raw_descriptor(selector) if selector & 0xFFFC else None
+        except (GuestFault, UnbackedAccess):
+            return False
+        descriptor = SegmentDescriptor.decode(raw) if raw is not None else None
+        return descriptor is not None and descriptor.system and descriptor.type in (1, 5, 9)
+
     def _far_jmp(self, insn):
         self._far_transfer(insn, call=False)
 
@@ -395,8 +424,10 @@ class Emulator:
     def _iret(self, insn):
         size = 2 if insn.id == X.X86_INS_IRET else 4
         flags, cpl = self.cpu.reg("eflags"), self.cpu.cpl
-        if flags & NT:
-            raise UnsupportedInstruction("iret with NT set (task return): not modelled yet")
+        if flags & NT:                          # a return to the task in the back link
+            self.tasks.iret(next_eip=self._next)
+            self._next = self.cpu.reg("eip")
+            return
         esp = self.cpu.reg("esp")
         base = self.cpu.segment_base("ss")
         eip = self.view.read_int((base + esp) & 0xFFFFFFFF, size)

@@ -290,8 +290,10 @@ class Engine:
     def table_selector(self, name: str) -> int:
         return self._uc.reg_read(_TABLE_REGISTERS[name])[0]
 
-    def set_table_register(self, name: str, base: int, limit: int, selector: int = 0) -> None:
-        self._uc.reg_write(_TABLE_REGISTERS[name], (selector, base, limit, 0))
+    def set_table_register(self, name: str, base: int, limit: int, selector: int = 0, flags: int = 0) -> None:
+        """flags: the cached access rights of ldtr/tr (QEMU keeps the descriptor's high dword;
+        its own task switches read the TSS type there)."""
+        self._uc.reg_write(_TABLE_REGISTERS[name], (selector, base, limit, flags))
 
     def read_msr(self, number: int) -> int:
         """ValueError for an MSR the engine does not implement."""
@@ -348,6 +350,14 @@ class Engine:
         at = _CTX_SEGMENTS + _SEGMENT_INDEX[name] * _SEGMENT_CACHE_SIZE + 8
         (base,) = struct.unpack_from("<Q", bytes(self._uc.context_save()), at)
         return base & 0xFFFFFFFF
+
+    def segment_present(self, name: str) -> bool:
+        """Whether the hidden part of a segment register holds a present descriptor: QEMU's own
+        task switch loads the new selectors with empty hidden parts first (flags 0), and they
+        stay so when it faults before loading them."""
+        at = _CTX_SEGMENTS + _SEGMENT_INDEX[name] * _SEGMENT_CACHE_SIZE + 20
+        (flags,) = struct.unpack_from("<I", bytes(self._uc.context_save()), at)
+        return bool(flags & (1 << 15))
 
     def privilege(self) -> int:
         """The CPU's current privilege level, as the engine keeps it."""

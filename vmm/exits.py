@@ -28,7 +28,9 @@ class ExitReason(Enum):
 class VmExit:
     """One exit, described in guest terms by the execution mode that produced it."""
     reason: ExitReason
-    eip: int = 0                 # guest EIP: the faulting/next instruction, or where the CPU stopped
+    eip: int = 0                 # guest EIP: the faulting/next instruction, or where the CPU stopped;
+                                 # port exits: the I/O instruction (untranslated modes find it only
+                                 # while exits are traced, -d exits: else 0)
     port: int = 0
     size: int = 0
     value: int = 0

@@ -3,6 +3,7 @@ through its GDT/LDT, as the CPU resolves them. Used by exception delivery and em
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Optional
 
 from vmm.memory import PAGE_SIZE, PageFault, PhysicalMemory, linear_to_physical
@@ -99,3 +100,28 @@ class GuestView:
             return 0
         descriptor = self.descriptor(selector)
         return descriptor.base if descriptor else 0
+
+
+@contextmanager
+def accessed_bits_kept(view: GuestView, *selectors: int):
+    """QEMU loads CS and SS for interrupt delivery, and every segment register for a task
+    switch, without marking the descriptors accessed; the engine's own segment loads (direct and
+    vt, which read the guest's tables) would set the bit. So the monitor sets it for the load,
+    through the physical address (the engine then writes nothing: no page-table bit moves, and
+    no write can fault inside the engine's register write), and puts back what was there."""
+    quiet = GuestView(view.cpu, view.memory, cpu_access=False)
+    places = []
+    for selector in selectors:
+        address = view.descriptor_address(selector) if selector & 0xFFFC else None
+        if address is None:
+            continue
+        physical = quiet._physical((address + 5) & 0xFFFFFFFF, False)
+        byte = view.memory.read(physical, 1)
+        if not byte[0] & 1 and physical not in (place for place, _byte in places):
+            view.memory.write(physical, bytes([byte[0] | 1]))
+            places.append((physical, byte))
+    try:
+        yield
+    finally:
+        for physical, byte in places:
+            view.memory.write(physical, byte)

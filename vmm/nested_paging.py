@@ -28,6 +28,11 @@ from vmm.x86 import CR0_PG, CR0_WP
 PROT_RX = PROT_READ | PROT_EXEC
 
 
+
+# What the report counts for nested paging (its counters_report; the modes count true faults
+# into the same Counter).
+COUNTERS = ("tlb_fills", "tlb_flushes", "invlpg", "refused", "true_faults")
+
 class NestedPaging:
     """`registers()` -> the guest's (cr0, cr3, cr4); `guest_ring()` -> 0 or 3; `code_frame(frame)`
     says whether a frame holds translated code (stores there must leave the engine);
@@ -46,7 +51,7 @@ class NestedPaging:
         self._guest_perms = PROT_READ if monitor_linear is not None else PROT_RX
         self.registers, self.guest_ring, self.code_frame = registers, guest_ring, code_frame
         self.supervisor_pages = supervisor_pages
-        self.counters = collections.Counter()
+        self.counters = collections.Counter(dict.fromkeys(COUNTERS, 0))   # every one in the report
         self.traced: dict[int, bytes] = {}          # nothing is traced: page-table writes are free
         self.active = None
         self._fetch_tlb: dict[int, int] = {}        # linear page -> frame (the translator's fetches)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from vmm.builder import PAGING_SCHEMES, MachineConfig
-from vmm.exits import RunResult
+from vmm.builder import MachineConfig
+from vmm.exits import ExitReason, RunResult
 from vmm.loaders import LoadedImage
 from vmm.vm import VirtualMachine
 from vmm.x86 import vector_name
@@ -17,7 +17,7 @@ def build_report(config: MachineConfig, image: LoadedImage, vm: VirtualMachine, 
         "image_kind": image.kind,
         "entry": image.entry,
         "mode": config.mode,
-        "paging": config.paging or PAGING_SCHEMES.get(config.mode, ("native",))[0],
+        "paging": config.paging_scheme,
         "memory_mib": config.mem_mib,
         "exit": {
             "reason": result.reason.value,
@@ -27,11 +27,12 @@ def build_report(config: MachineConfig, image: LoadedImage, vm: VirtualMachine, 
         },
         "registers": result.registers,
         "counters": {
-            "exits": {reason.value: count for reason, count in sorted(vm.exits.items(), key=lambda i: i[0].value)},
+            "exits": {reason.value: vm.exits[reason] for reason in sorted(ExitReason, key=lambda r: r.value)},
             "port_io": vm.bus.counters(),
             "exceptions": {f"{vector} {vector_name(vector)}": count
                            for vector, count in sorted(vm.delivery.delivered.items())},
             "external_interrupts": {f"{vector:#04x}": count for vector, count in sorted(vm.external_interrupts.items())},
+            "task_switches": dict(sorted(vm.tasks.performed.items())),
             "clock": {"kind": "realtime" if vm.clock.realtime else "virtual", "cycles": vm.clock.cycles,
                       "idle_cycles": vm.clock.idle_cycles, "time_in_use": vm.interrupts.in_use},
             **vm.mode.counters(),

@@ -102,6 +102,13 @@ class PagePool:
         return self.address + page * self.unit
 
 
+
+# What the report counts for shadow paging (its counters_report; bt and trap count true and
+# tracing faults into the same Counter).
+COUNTERS = ("hidden_faults", "true_faults", "tracing_faults", "fetch_fills", "stores_emulated",
+            "page_table_writes", "page_tables_traced", "entries_filled", "entries_dropped", "invlpg",
+            "shadows_built", "shadows_evicted", "shadow_switches", "shadow_reuses", "pool_exhausted")
+
 class ShadowPaging:
     """The shadows of up to `max_spaces` guest address spaces. `monitor_directory` is the
     monitor's own page directory (its entries for the monitor region go into every shadow);
@@ -131,7 +138,7 @@ class ShadowPaging:
         # frame -> (space, -1) for a directory, (space, index) for the table under that index
         self._lent: list[tuple[AddressSpace, int]] = []     # entries writable for one instruction
         self.refusal = None                      # (the engine reports its faults itself: unused)
-        self.counters = collections.Counter()
+        self.counters = collections.Counter(dict.fromkeys(COUNTERS, 0))   # every one in the report
 
     @classmethod
     def build(cls, memory: PhysicalMemory, monitor_tables, flush_tlb: Callable[[], None], *,

@@ -28,6 +28,7 @@ from vmm.interrupts import InterruptPlatform
 from vmm.exits import ExitReason, RunResult, StopReason, VmExit
 from vmm.memory import PhysicalMemory, UnbackedAccess
 from vmm.privilege import io_permitted
+from vmm.task_switch import TaskSwitch
 from vmm.trace import Tracer
 from vmm.modes import ExecutionMode
 from vmm.x86 import IF, vector_name
@@ -217,8 +218,10 @@ class VirtualMachine:
             ExitReason.EVENT: self._event,
         }
         self.cpu = mode.attach(self)
-        self.delivery = ExceptionDelivery(self.cpu, memory)
-        self.emulator = Emulator(self.cpu, GuestView(self.cpu, memory), self._read_timestamp)
+        view = GuestView(self.cpu, memory)
+        self.tasks = TaskSwitch(self.cpu, view, on_switch=mode.task_switched)   # for both below
+        self.delivery = ExceptionDelivery(self.cpu, memory, self.tasks)
+        self.emulator = Emulator(self.cpu, view, self._read_timestamp, self.tasks)
         self.external_interrupts: Counter = Counter()
         self.io_denials = 0
 

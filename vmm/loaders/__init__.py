@@ -60,6 +60,8 @@ def load_image(path: str, memory: PhysicalMemory, load_address: int,
     data = read_image(path)
     name = os.path.basename(path)
     header = multiboot.find_header(data)
+    if header is None and not path.lower().endswith(ASSEMBLY_SUFFIXES):   # (source text holds no header)
+        multiboot.check_no_broken_header(name, data)
     if header and header.flags & multiboot.FLAG_ADDRESS_FIELDS:
         return multiboot.load_with_address_fields(name, data, header, memory, reserved)
     if data.startswith(ELF_MAGIC):

@@ -18,6 +18,19 @@ _HEADER = struct.Struct("<16sHHIIIIIHHHHHH")     # Elf32_Ehdr, 52 bytes
 _PROGRAM_HEADER = struct.Struct("<IIIIIIII")      # Elf32_Phdr, 32 bytes
 
 
+def _check_no_overlap(name: str, segments: list[tuple[int, int, int]]) -> None:
+    """Refuse segments whose physical ranges (.bss included) overlap: one would silently
+    overwrite the other. QEMU refuses overlapping file contents ("Some ROM regions are
+    overlapping") and some overlaps involving .bss, and boots the rest with what its ROM copy
+    order leaves; no linker makes such an image."""
+    placed = sorted((paddr, paddr + memsz, index) for index, paddr, memsz in segments)   # (index: its header)
+    for (low, end, index), (next_low, next_end, next_index) in zip(placed, placed[1:]):
+        if next_low < end:
+            first, second = sorted(((low, end, index), (next_low, next_end, next_index)), key=lambda s: s[2])
+            raise ImageError(f"{name}: segments {first[2]} ({first[0]:#x}-{first[1] - 1:#x}) and {second[2]} "
+                             f"({second[0]:#x}-{second[1] - 1:#x}) overlap in memory")
+
+
 def load(name: str, data: bytes, memory, reserved=(), kind: str = "elf") -> LoadedImage:
     if len(data) < 6:
         raise ImageError(f"{name}: truncated ELF header ({len(data)} bytes)")
@@ -44,7 +57,7 @@ def load(name: str, data: bytes, memory, reserved=(), kind: str = "elf") -> Load
         raise ImageError(f"{name}: truncated: program headers end at {e_phoff + e_phnum * e_phentsize:#x}, "
                          f"file has {len(data):#x} bytes")
 
-    segments = []
+    segments, indices = [], []          # indices: each segment's program header, for messages
     for index in range(e_phnum):
         (p_type, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, _pflags, _align) = \
             _PROGRAM_HEADER.unpack_from(data, e_phoff + index * e_phentsize)
@@ -57,8 +70,10 @@ def load(name: str, data: bytes, memory, reserved=(), kind: str = "elf") -> Load
                              f"file has {len(data):#x}")
         check_placement(memory, f"{name}: segment {index}", p_paddr, p_memsz, reserved)
         segments.append((p_vaddr, p_paddr, p_offset, p_filesz, p_memsz))
+        indices.append(index)
     if not segments:
         raise ImageError(f"{name}: no loadable (PT_LOAD) segments")
+    _check_no_overlap(name, [(index, paddr, memsz) for index, (_v, paddr, _o, _f, memsz) in zip(indices, segments)])
 
     for _vaddr, paddr, offset, filesz, memsz in segments:
         memory.write(paddr, data[offset:offset + filesz])

@@ -3,6 +3,7 @@ way qemu-system-i386 -kernel does (same addresses, command line, modules and mem
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
 from typing import Optional
@@ -48,6 +49,50 @@ def find_header(data: bytes) -> Optional[MultibootHeader]:
     return None
 
 
+def check_no_broken_header(name: str, data: bytes) -> None:
+    """For an image without a valid header: refuse one whose first 8 KiB hold the header magic
+    with a bad checksum. QEMU skips such a header, takes the image for something else and
+    refuses it ("Error loading uncompressed kernel without PVH ELF Note" for an ELF file);
+    booting it as a plain image, with the Multiboot boot state, would hide the broken header."""
+    limit = min(len(data), HEADER_SEARCH_LIMIT) - 12
+    for offset in range(0, limit + 1, 4):
+        magic, flags, checksum = struct.unpack_from("<III", data, offset)
+        if magic == HEADER_MAGIC:
+            raise ImageError(f"{name}: bad Multiboot header checksum at offset {offset:#x}: magic + flags + "
+                             f"checksum is {(magic + flags + checksum) & 0xFFFFFFFF:#x}, not 0 "
+                             f"(QEMU refuses the image too)")
+
+
+def split_module_list(text: str) -> list[str]:
+    """The modules an --initrd value names, read as QEMU reads -initrd: separated by commas, a
+    doubled comma standing for a comma inside a name (QEMU's option syntax; each may carry
+    arguments after a space). ValueError for an empty name, which QEMU cannot open either
+    (an empty value, or one ending in a comma, QEMU boots with a boot-information area one
+    byte longer than without it: refused here rather than copied)."""
+    if not text:
+        raise ValueError("an empty value names no module file")
+    names, current, at = [], [], 0
+    while at < len(text):
+        if text.startswith(",,", at):
+            current.append(",")
+            at += 2
+        elif text[at] == ",":
+            names.append("".join(current))
+            current, at = [], at + 1
+        else:
+            current.append(text[at])
+            at += 1
+    names.append("".join(current))
+    if "" in names:
+        raise ValueError(f"empty module name in {text!r} (a comma inside a file name is written ',,')")
+    return names
+
+
+def module_list_text(modules: list[str]) -> str:
+    """The -initrd value QEMU would be given for `modules` (split_module_list's inverse)."""
+    return ",".join(module.replace(",", ",,") for module in modules)
+
+
 def load_with_address_fields(name: str, data: bytes, header: MultibootHeader,
                              memory: PhysicalMemory, reserved=()) -> LoadedImage:
     header_addr, load_addr, load_end_addr, bss_end_addr, entry = header.fields
@@ -63,6 +108,22 @@ def load_with_address_fields(name: str, data: bytes, header: MultibootHeader,
     memory.write(load_addr, data[text_offset:text_offset + load_size])
     memory.fill(load_addr + load_size, total - load_size)
     return LoadedImage("multiboot", entry, load_addr, load_addr + total, [(load_addr, total)])
+
+
+def _check_boot_information_room(memory: PhysicalMemory, image: LoadedImage, kernel_path: str,
+                                 start: int, end: int) -> None:
+    """The module list and the command lines go on the page after the image, where QEMU puts
+    them: refuse an image that leaves no room there in guest RAM."""
+    name = os.path.basename(kernel_path)
+    movable = image.kind in ("flat", "asm")          # placed by --load-addr, not by the image
+    what = f"{name}: no room for the boot information after the image (command line and module list at " \
+           f"{start:#x}-{end - 1:#x}"
+    if not memory.ram.contains(start, end - start):
+        raise ImageError(f"{what}, outside guest RAM 0-{memory.ram.end - 1:#x}); "
+                         f"{'lower --load-addr or raise --mem' if movable else 'raise --mem'}")
+    if RESERVED_AREA.overlaps(start, end - start):
+        raise ImageError(f"{what} would overlap the {RESERVED_AREA.name} {RESERVED_AREA.base:#x}-"
+                         f"{RESERVED_AREA.end - 1:#x}){'; choose another --load-addr' if movable else ''}")
 
 
 def _page_align(value: int) -> int:
@@ -95,26 +156,27 @@ def write_boot_information(memory: PhysicalMemory, image: LoadedImage, kernel_pa
 
     kernel_cmdline = f"{kernel_path} {append}".encode()
     module_cmdlines = b"".join(spec.encode() + b"\0" for spec in modules)
+    # QEMU keeps room for the module command lines as long as its -initrd string (with its
+    # doubled commas) and puts the boot loader name after that room and the kernel's line.
+    initrd_room = len(module_list_text(modules).encode()) + 1 if modules else 0
     info_offset = _page_align(image.high - image.low)
     modules_base = image.low + info_offset
     cmdlines_base = modules_base + MODULE_ENTRY_SIZE * len(modules)
-    strings = module_cmdlines + kernel_cmdline + b"\0" + BOOTLOADER_NAME + b"\0"
-    check_placement(memory, "Multiboot command lines", modules_base,
-                    cmdlines_base - modules_base + len(strings))
-    memory.write(cmdlines_base, strings)
     kernel_cmdline_address = cmdlines_base + len(module_cmdlines)
-    bootloader_address = kernel_cmdline_address + len(kernel_cmdline) + 1
+    bootloader_address = cmdlines_base + initrd_room + len(kernel_cmdline) + 1
+    area_end = bootloader_address + len(BOOTLOADER_NAME) + 1
+    _check_boot_information_room(memory, image, kernel_path, modules_base, area_end)
+    memory.write(cmdlines_base, module_cmdlines + kernel_cmdline + b"\0")
+    memory.write(bootloader_address, BOOTLOADER_NAME + b"\0")
 
     # QEMU sizes the area by the file names, the command line and "qemu", then page-aligns it.
-    area = info_offset + len(kernel_path) + 1 + len(append) + 1 + MODULE_ENTRY_SIZE * len(modules)
-    area += len(BOOTLOADER_NAME) + 1
-    if modules:
-        area += len(",".join(modules)) + 1
+    area = info_offset + len(kernel_path.encode()) + 1 + len(append.encode()) + 1 + MODULE_ENTRY_SIZE * len(modules)
+    area += len(BOOTLOADER_NAME) + 1 + initrd_room
     offset = _page_align(area)
     cmdline_address = cmdlines_base
     for index, (spec, data) in enumerate(module_data):
         start = image.low + offset
-        check_placement(memory, f"module {spec.split(' ', 1)[0]}", start, max(len(data), 1))
+        check_placement(memory, f"module {spec.split(' ', 1)[0]}", start, max(len(data), 1), (RESERVED_AREA,))
         memory.write(start, data)
         memory.write(modules_base + index * MODULE_ENTRY_SIZE,
                      struct.pack("<IIII", start, start + len(data), cmdline_address, 0))

@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
+
+from vmm.errors import ConfigError
 
 if TYPE_CHECKING:
     from vmm.cpu import GuestCpu
     from vmm.exits import VmExit
     from vmm.vm import VirtualMachine
+
+
+# The options that only some modes take: MachineConfig field -> (the option as the user writes
+# it, its value when not given, what it belongs to). A mode lists those it takes in `options`.
+# (--tcache-size is not one: a guest option every mode accepts and only bt uses, so that the
+# same options can run a guest under each mode, as the differential fuzzer does.)
+MODE_OPTIONS = {
+    "profile": ("--profile", False, "it counts translated blocks"),
+    "dump_cache": ("--dump-cache", None, "only binary translation has a translation cache"),
+    "watch_holes": ("--no-hole-watch", True, "the only mode that watches for holes"),
+    "vt_exits": ("--vt-exits", None, "the exit controls of hardware assistance"),
+}
 
 
 class ExecutionMode(ABC):
@@ -19,6 +33,24 @@ class ExecutionMode(ABC):
 
     name: str
     long_mode = False          # the engine runs this mode's code in long mode (bt: docs/isolation.md)
+    options: frozenset = frozenset()      # the MODE_OPTIONS this mode takes
+    paging_schemes: tuple = ()            # its memory-virtualization schemes (--paging), the default
+                                          # first; none: the guest's paging runs on the engine's MMU
+
+    @classmethod
+    def accepts(cls, config) -> None:
+        """Raise ConfigError unless this mode can run with `config`: the options of other modes
+        left unset, and a paging scheme it offers."""
+        for field, (flag, unset, belongs) in MODE_OPTIONS.items():
+            if field not in cls.options and getattr(config, field) != unset:
+                takers = sorted(name for name, mode in available_modes().items() if field in mode.options)
+                raise ConfigError(f"{flag} needs --mode {' or '.join(takers)} ({belongs})")
+        if config.paging is not None and config.paging not in cls.paging_schemes:
+            if not cls.paging_schemes:
+                raise ConfigError(f"--paging does not apply to --mode {cls.name}: the guest's paging runs on the "
+                                  f"engine's own MMU (the bare machine)")
+            raise ConfigError(f"--paging {config.paging} is not available under --mode {cls.name} "
+                              f"(available: {', '.join(cls.paging_schemes)})")
 
     @abstractmethod
     def attach(self, vm: "VirtualMachine") -> "GuestCpu": ...
@@ -52,9 +84,19 @@ class ExecutionMode(ABC):
     def interrupt_delivered(self) -> None:
         """The run loop injected an external interrupt (vt counts it as an exit)."""
 
+    def task_switched(self, how: str) -> None:
+        """The monitor began a task switch (vmm/task_switch.py; how: jmp, call, iret or gate):
+        vt counts it as an exit, as VT-x exits on every task switch."""
+
     def counters(self) -> dict:
-        """Mode-specific counters for the report."""
+        """Mode-specific counters for the report: the same keys on every run (0 when nothing
+        happened), whatever the guest does."""
         return {}
+
+    def dump(self) -> Optional[dict]:
+        """The mode's own state as JSON for --dump-cache (bt: the translation cache); only modes
+        that take the dump_cache option have one."""
+        return None
 
     @abstractmethod
     def execute(self, vm: "VirtualMachine") -> "VmExit": ...

@@ -86,6 +86,18 @@ CODE64_SELECTOR = {1: 0xFFF0 | 1, 3: 0xFFF8 | 3}
 def _code64_descriptor(dpl: int) -> bytes:
     return struct.pack("<II", 0xFFFF, 0x00AF9900 | (dpl << 13))
 
+# The report's counters, each present on every run (0 when nothing happened): the translation
+# cache's (cache/tcache.py; invalidations_CAUSE for each cause bt invalidates for), and the
+# exits that stay inside the translator: one per exit-site kind and the faults handled here.
+CACHE_COUNTERS = ("lookups", "hits", "misses", "lookup_table_installs", "blocks_translated",
+                  "instructions_translated", "bytes_translated", "links_made", "links_broken",
+                  "predictions_set", "evictions", "invalidations", "invalidations_smc",
+                  "invalidations_breakpoint", "invalidations_counting", "mapping_changes",
+                  "interrupt_windows_armed", "interrupt_windows_disarmed", "events")
+CACHE_EXIT_KINDS = tuple(kind.value for kind in ExitKind) + (
+    "hidden_page_fault", "true_page_fault", "tracing_fault", "smc_store", "write_lent", "memory_fault",
+    "guest_exception")
+
 
 def _string_io_size(instruction) -> int:
     """The bytes each element of a string I/O instruction moves (insb/insw/insd, outs*)."""
@@ -108,12 +120,14 @@ class _Stop:
 class BinaryTranslationMode(ExecutionMode):
     name = "bt"
     long_mode = True
+    options = frozenset({"profile", "dump_cache"})
+    paging_schemes = ("shadow", "nested")
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY, profile: bool = False, paging: str = "shadow") -> None:
         self.capacity = capacity
         self.profile = profile
         self.paging_scheme = paging
-        self.exit_counts: dict[str, int] = {}
+        self.exit_counts: dict[str, int] = dict.fromkeys(CACHE_EXIT_KINDS, 0)
         self.translation_seconds = 0.0
 
     # -- set-up --------------------------------------------------------------------------------
@@ -188,9 +202,10 @@ class BinaryTranslationMode(ExecutionMode):
         self._denied_io: Optional[dict] = None
         self._event_after_one_shot = False
         self._one_shot_host = self.cache.arena.address(ONE_SHOT_SLOT)
-        engine.on_port_io(
-            lambda port, size: vm.dispatch(VmExit(ExitReason.PORT_IN, port=port, size=size)),
-            lambda port, size, value: vm.dispatch(VmExit(ExitReason.PORT_OUT, port=port, size=size, value=value)))
+        engine.on_port_io(      # (translated I/O notes its guest address in the scratch page)
+            lambda port, size: vm.dispatch(VmExit(ExitReason.PORT_IN, eip=self._io_site(), port=port, size=size)),
+            lambda port, size, value: vm.dispatch(VmExit(ExitReason.PORT_OUT, eip=self._io_site(), port=port,
+                                                         size=size, value=value)))
         engine.on_interrupt(self._on_interrupt)
         memory.write_observers.append(self._monitor_wrote)
         self.rebuild_shadow_gdt()
@@ -213,13 +228,11 @@ class BinaryTranslationMode(ExecutionMode):
             self.cache.invalidate_range(address, 1, "breakpoint")
 
     def counters(self) -> dict:
-        cache = dict(sorted(self.cache.counters.items()))
+        cache = {name: self.cache.counters[name] for name in sorted(set(CACHE_COUNTERS) | set(self.cache.counters))}
         cache["blocks_cached"] = len(self.cache)
         cache["translation_seconds"] = round(self.translation_seconds, 6)
-        counters = {"translation_cache": cache, "cache_exits": dict(sorted(self.exit_counts.items()))}
-        if self.pager.counters:
-            counters["shadow_paging"] = self.pager.counters_report()
-        return counters
+        return {"translation_cache": cache, "cache_exits": dict(sorted(self.exit_counts.items())),
+                "shadow_paging": self.pager.counters_report()}
 
     def _count(self, kind: str) -> None:
         self.exit_counts[kind] = self.exit_counts.get(kind, 0) + 1
@@ -535,9 +548,14 @@ class BinaryTranslationMode(ExecutionMode):
         self._denied_io = {name: self.engine.reg(name) for name in _GPRS}
         self.engine.stop()
 
+    def _io_site(self) -> int:
+        """The guest address of the I/O instruction whose hook is running (the engine's EIP is
+        stale there): translated I/O stores it in the scratch page just before it runs."""
+        return struct.unpack_from("<I", self.scratch_view, SCRATCH_IO_SITE)[0]
+
     def _denied_io_exit(self) -> VmExit:
         registers, self._denied_io = self._denied_io, None
-        (guest_eip,) = struct.unpack_from("<I", self.scratch_view, SCRATCH_IO_SITE)
+        guest_eip = self._io_site()
         host_eip = self.engine.reg64("rip")
         if self.budget and self._block_holds(host_eip, guest_eip):
             self._uncharge_rest_of_block(host_eip, guest_eip)

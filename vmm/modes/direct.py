@@ -86,6 +86,12 @@ class DirectMode(ExecutionMode):
         engine = vm.engine
         self.memory = vm.memory
         engine.on_port_io(self._port_in, self._port_out)
+        # Inside an I/O hook the engine's EIP is the start of its block. When exits are traced
+        # a block hook follows the blocks, so that each port exit names its own instruction.
+        self._io_cursor: Optional[int] = None         # where the next I/O instruction is sought
+        self._eip_after_io: Optional[int] = None      # where a run a port hook ended stopped
+        if vm.tracer.exits:
+            engine.on_block(self._block_entered)
         self._denied_io = None
         self._window_hook = None
         self._window_open = False
@@ -139,16 +145,44 @@ class DirectMode(ExecutionMode):
     def _port_in(self, port: int, size: int) -> int:
         self._io_in_progress = (port, size, False)
         try:
-            return self._vm.dispatch(VmExit(ExitReason.PORT_IN, port=port, size=size))
+            return self._vm.dispatch(VmExit(ExitReason.PORT_IN, eip=self._io_eip(port, size, False),
+                                            port=port, size=size))
         finally:
             self._io_in_progress = None
 
     def _port_out(self, port: int, size: int, value: int) -> None:
         self._io_in_progress = (port, size, True)
         try:
-            self._vm.dispatch(VmExit(ExitReason.PORT_OUT, port=port, size=size, value=value))
+            self._vm.dispatch(VmExit(ExitReason.PORT_OUT, eip=self._io_eip(port, size, True),
+                                     port=port, size=size, value=value))
         finally:
             self._io_in_progress = None
+
+    def _block_entered(self, address: int, _size: int) -> None:
+        self._io_cursor = address
+
+    def _io_eip(self, port: int, size: int, out: bool) -> int:
+        """The address of the I/O instruction whose hook is running, when exits are traced (0
+        otherwise): the first one with this port, size and direction after the one found last
+        in the same engine block. A block is straight-line code, and each element of a rep
+        string I/O instruction runs in an engine block of its own that starts at it."""
+        address = self._io_cursor
+        if address is None:
+            return 0
+        dx = self.engine.reg("edx") & 0xFFFF
+        for _ in range(ENGINE_BLOCK_MAX_INSTRUCTIONS):
+            try:
+                code = self._guest_code(address, 16)
+            except UnbackedAccess:
+                break
+            length = instruction_length(code)
+            if length is None:
+                break
+            if _is_io_to(code, port, size, dx, out):
+                self._io_cursor = address + length
+                return address
+            address += length
+        return 0
 
     def _end_run(self) -> None:
         self._end_run_requested = True
@@ -297,6 +331,7 @@ class DirectMode(ExecutionMode):
                 snapshot["eip"] = eip + length
                 break
             eip += length
+        self._eip_after_io = snapshot["eip"]
         return snapshot
 
     def _fast_system_call(self, name: str) -> None:
@@ -371,8 +406,8 @@ class DirectMode(ExecutionMode):
             return self._denied_io_exit()
         if self._pending_exit is not None:
             pending, self._pending_exit = self._pending_exit, None
-            if pending.reason is ExitReason.EXCEPTION and self._pending_exit_eip is not None:
-                engine.set_reg("eip", self._pending_exit_eip)      # the faulting syscall/sysenter
+            if self._pending_exit_eip is not None:     # the faulting syscall/sysenter, or the
+                engine.set_reg("eip", self._pending_exit_eip)      # instruction vt emulates
                 self._pending_exit_eip = None
             return pending
         if self._window_open:           # the guest set IF with an interrupt waiting
@@ -380,8 +415,10 @@ class DirectMode(ExecutionMode):
             self._end_run_requested = False
             self._cut_short = True
             return VmExit(ExitReason.EVENT, eip=engine.reg("eip"))
-        if vm.stop_requested:
-            return VmExit(ExitReason.STOP_REQUEST)
+        if vm.stop_requested:           # (a port hook's stop: where the run ends is after its OUT)
+            eip = self._eip_after_io if self._eip_after_io is not None else engine.reg("eip")
+            self._eip_after_io = None
+            return VmExit(ExitReason.STOP_REQUEST, eip=eip)
         eip = engine.reg("eip")
         if self._end_run_requested:     # cut short: what it ran is retired by the caller
             self._end_run_requested = False

@@ -36,7 +36,7 @@ from vmm.guest_view import GuestView
 from vmm.modes.direct import DirectMode
 from vmm.modes.untranslated_paging import UntranslatedPaging
 from vmm.shadow_tables import ShadowTables
-from vmm.x86 import GP, IOPL_MASK, NP, SS, TS, SegmentDescriptor
+from vmm.x86 import CR0_FPU_BITS, GP, IOPL_MASK, NP, SS, TS, SegmentDescriptor
 
 SHADOW_GDT_OFFSET = 0x10000          # monitor-region areas (the same places bt uses them)
 SHADOW_LDT_OFFSET = 0x20000
@@ -99,6 +99,8 @@ class TrapCpu(GuestCpu):
         elif name.startswith("cr"):
             number = int(name[2:])
             old, self.control[number] = self.control[number], value
+            if number == 0:             # the FPU's view of CR0 is the guest's: #NM after TS
+                self.engine.set_reg("cr0", (self.engine.reg("cr0") & ~CR0_FPU_BITS) | (value & CR0_FPU_BITS))
             if number != 2:
                 self.mode.control_register_written(number, old)
         elif name in ("cs", "ss"):
@@ -152,10 +154,18 @@ class TrapCpu(GuestCpu):
         descriptor = SegmentDescriptor.decode(raw) if raw is not None else None
         self.tables[name] = (descriptor.base, descriptor.limit) if descriptor is not None else (0, 0)
         self.table_selectors[name] = selector & 0xFFFF
+        if name == "tr":
+            # The engine's TR matters to one thing only: a native iret with NT set reads the
+            # back link at its base before it traps (the shadow's TSS descriptors are absent).
+            # With the guest's base that read finds the guest's TSS, mapped as the guest maps
+            # it; the engine's selector stays its own (str remains a hole).
+            self.engine.set_table_register("tr", *self.tables["tr"], self.engine.table_selector("tr"))
 
 
 class TrapAndEmulateMode(UntranslatedPaging, DirectMode):
     name = "trap"
+    options = frozenset({"watch_holes"})
+    paging_schemes = ("shadow", "nested")
 
     def __init__(self, watch_holes: bool = True, paging: str = "shadow") -> None:
         self.watch_holes = watch_holes
@@ -266,7 +276,6 @@ class TrapAndEmulateMode(UntranslatedPaging, DirectMode):
                 for address, text, count in sorted(found)]
 
     def _trap_counters(self) -> dict:
-        counters = {"traps": dict(sorted(self.traps.items()))}
-        if self.watch_holes:
-            counters["virtualization_holes"] = self.holes()
-        return counters
+        # virtualization_holes is null, not an empty list, when nothing watched for them
+        return {"traps": dict(sorted(self.traps.items())),
+                "virtualization_holes": self.holes() if self.watch_holes else None}

@@ -164,6 +164,8 @@ class UntranslatedPaging:
             self.pager.end_loans()
 
     def paging_counters(self) -> dict:
-        if self.pager is None or not self.pager.counters:
+        """The monitor's paging work, whenever it does any (trap; vt with shadow paging): vt's
+        nested paging is the engine's own MMU and counts nothing."""
+        if self.pager is None:
             return {}
         return {"shadow_paging": self.pager.counters_report()}

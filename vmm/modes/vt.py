@@ -16,9 +16,13 @@ The exit controls (`--vt-exits`, shown in the report) name exit reasons as VT-x 
                       first time each engine block runs, puts a code hook at each and runs the
                       block again, so every execution exits. A Python call per engine block:
                       enabling them costs, as it did on the first VT-x parts
+  task_switch         not a control: VT-x exits on every task switch and the monitor performs
+                      it (vmm/task_switch.py); counted for those the monitor sees (see
+                      task_switched)
 
 Two costs the model keeps apart (both in the report): `vt_exits`, the VM exits the hardware would
-take with these controls, and the monitor's own work that real hardware does without exiting
+take with these controls, one count per exit reason (`exception`: every exit the exception
+bitmap took, by vector in `vt_exception_exits`), and the monitor's own work that real hardware does without exiting
 (Unicorn has no IDT delivery, so the monitor delivers exceptions and interrupts in either case).
 Memory: nested paging by default (the engine's MMU walks the guest's tables, the second level
 being the engine's physical memory map of guest RAM through the physical-to-machine map: no
@@ -36,6 +40,7 @@ from translator.decoder import Decoder
 from vmm.cpu import GuestCpu
 from vmm.errors import ConfigError
 from vmm.exits import ExitReason, VmExit
+from vmm.memory import PageFault, UnbackedAccess
 from vmm.modes.direct import DirectMode
 from vmm.modes.untranslated_paging import UntranslatedPaging
 from vmm.x86 import CR0_PG, CR0_WP, PF_VEC
@@ -54,6 +59,8 @@ INSTRUCTION_EXITS = {
 ALL_EXITS = EVENT_EXITS + tuple(INSTRUCTION_EXITS)
 DEFAULT_EXITS = ("io", "hlt", "cpuid", "external_interrupt")
 SHADOW_PAGING_EXITS = ("cr_access", "invlpg")      # emulated: the guest's CRs are virtual
+# The instructions that may switch tasks, watched under shadow paging (see task_switched).
+TASK_SWITCH_PROCEDURES = ("far_jmp", "far_call", "iret")
 
 
 def parse_exit_controls(text: str) -> frozenset:
@@ -104,16 +111,45 @@ class ShadowedControlCpu(GuestCpu):
     def invalidate_page(self, linear: int) -> None:
         self.mode.invalidate_page(linear)
 
+    def load_segment(self, name: str, selector: int, raw) -> None:
+        self._descriptors_shadowed(selector)
+        super().load_segment(name, selector, raw)
+
+    def change_privilege(self, cs: int, cs_raw: bytes, ss: int, ss_raw: bytes, esp: int) -> None:
+        self._descriptors_shadowed(cs, ss)
+        super().change_privilege(cs, cs_raw, ss, ss_raw, esp)
+
+    def _descriptors_shadowed(self, *selectors: int) -> None:
+        """A segment register the monitor loads (a task switch, a delivery) makes the engine
+        read the descriptor from the guest's table through the shadow, inside its register
+        write, where a hidden page fault cannot be taken: fill the shadow for it first."""
+        if not self.control[0] & CR0_PG:
+            return
+        pager = self.mode.pager
+        for selector in selectors:
+            if not selector & 0xFFFC:
+                continue
+            base, _limit = self.table_register("ldtr" if selector & 4 else "gdtr")
+            for linear in {(base + (selector & ~7)) & ~0xFFF, (base + (selector & ~7) + 7) & ~0xFFF}:
+                if pager.frame_of(linear) is None:
+                    try:
+                        pager.fill(linear & 0xFFFFFFFF, False, False)
+                    except (PageFault, UnbackedAccess):
+                        pass              # the engine's read faults as the CPU's would
+
 
 class HardwareAssistedMode(UntranslatedPaging, DirectMode):
     name = "vt"
+    options = frozenset({"vt_exits"})
+    paging_schemes = ("nested", "shadow")
 
     def __init__(self, exits: frozenset = frozenset(DEFAULT_EXITS), paging: str = "nested") -> None:
         self.paging_scheme = paging
         if paging == "shadow":
             exits = exits | frozenset(SHADOW_PAGING_EXITS)
         self.controls = exits
-        self.vt_exits: Counter = Counter()
+        self.vt_exits: Counter = Counter(dict.fromkeys(ALL_EXITS, 0))   # every reason in the report
+        self.vt_exception_exits: Counter = Counter()                   # the exception bitmap's, by vector
 
     @classmethod
     def from_config(cls, config) -> "HardwareAssistedMode":
@@ -130,6 +166,8 @@ class HardwareAssistedMode(UntranslatedPaging, DirectMode):
         vm.engine.on_cpuid(self._cpuid)
         self._watched = {procedure: reason for reason, procedures in INSTRUCTION_EXITS.items()
                          if reason in self.controls for procedure in procedures}
+        if self.paging_scheme == "shadow":
+            self._watched.update((procedure, "task_switch") for procedure in TASK_SWITCH_PROCEDURES)
         if self._watched:
             self.decoder = Decoder(self._fetch)
             self._scanned: set[int] = set()
@@ -158,7 +196,8 @@ class HardwareAssistedMode(UntranslatedPaging, DirectMode):
 
     def _on_interrupt(self, vm, vector: int) -> None:
         if "exception" in self.controls or (vector == PF_VEC and self.pager is not None):
-            self._exit(f"exception_{vector:#04x}")
+            self._exit("exception")
+            self.vt_exception_exits[vector] += 1
         if self.paging_interrupt(vm, vector):
             return
         super()._on_interrupt(vm, vector)
@@ -172,6 +211,14 @@ class HardwareAssistedMode(UntranslatedPaging, DirectMode):
     def interrupt_delivered(self) -> None:
         if "external_interrupt" in self.controls:
             self._exit("external_interrupt")
+
+    def task_switched(self, how: str) -> None:
+        """VT-x exits on every task switch, unconditionally, and the monitor performs it. Those
+        through the IDT are the monitor's anyway; under shadow paging, far jmp/call and iret are
+        watched (a code hook at each) so that the new CR3 goes through the shadow. Under nested
+        paging the engine performs those itself, correctly but for 16-bit TSSs (see
+        sample_binaries/samples.json), and they are not counted."""
+        self._exit("task_switch")
 
     # -- instruction exits found by scanning ---------------------------------------------------
     def _scan_block(self, address: int, size: int) -> None:
@@ -195,6 +242,14 @@ class HardwareAssistedMode(UntranslatedPaging, DirectMode):
         """An instruction exit: counted; under shadow paging, CR accesses and invlpg at ring 0 are
         emulated here (the instruction never runs natively) and the guest goes on after it.
         Outside ring 0 they fault before any exit, as on VT-x: the engine raises the #GP."""
+        if reason == "task_switch":      # only those that do switch tasks exit (task_switched)
+            if self._vm.emulator.switches_task(instruction):
+                # Performed from the run loop, not in this hook: a switch may change the CPL,
+                # which the engine does by restoring a saved context (not safe in a code hook).
+                self._pending_exit = VmExit(ExitReason.CALLOUT, eip=instruction.address, instruction=instruction)
+                self._pending_exit_eip = instruction.address
+                self.engine.stop()
+            return
         if self.engine.reg("cs") & 3 and reason in SHADOW_PAGING_EXITS:
             return
         self._exit(reason)
@@ -203,4 +258,5 @@ class HardwareAssistedMode(UntranslatedPaging, DirectMode):
 
     def counters(self) -> dict:
         return {"vt_exit_controls": sorted(self.controls), "vt_exits": dict(sorted(self.vt_exits.items())),
+                "vt_exception_exits": {f"{vector:#04x}": count for vector, count in sorted(self.vt_exception_exits.items())},
                 **self.paging_counters()}

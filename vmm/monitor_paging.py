@@ -84,8 +84,16 @@ class MonitorPageTables:
         tables = cls(memory.monitor_view(DIRECTORY_OFFSET, PAGE_SIZE), directory_address,
                      memory.monitor_view(TABLES_OFFSET, TABLES_SIZE), tables_address)
         tables.map_identity(memory.ram.base, memory.ram.size, writable=True)
+        # Of the monitor's areas only what the CPU itself reads by linear address is mapped (the
+        # shadow descriptor tables under trap), supervisor-only: the deprivileged kernel at CPL 3
+        # cannot read them, the CPU's descriptor loads (implicit supervisor accesses) can. The
+        # tables themselves are read by the page walker through physical addresses only. The
+        # boot GDT is the firmware's, readable as at its guest-physical address in every mode.
         for base, size, perms in memory.monitor_mappings():
-            tables.map_identity(base, size, writable=bool(perms & PROT_WRITE))
+            if base in (directory_address, tables_address):
+                continue
+            boot = base == memory.monitor.base
+            tables.map_identity(base, size, writable=bool(perms & PROT_WRITE), user=boot)
         return tables
 
     def set_writable(self, page_address: int, writable: bool) -> None:

@@ -23,6 +23,7 @@ from vmm.x86 import (AC, AF, CF, DF, GP, ID, IF, IOPL_MASK, NP, NT, OF, PF, SF, 
 
 _SEGMENTS = {X.X86_REG_CS: "cs", X.X86_REG_SS: "ss", X.X86_REG_DS: "ds", X.X86_REG_ES: "es",
              X.X86_REG_FS: "fs", X.X86_REG_GS: "gs"}
+_CONTROL_REGISTERS = (0, 2, 3, 4)       # the others are #UD (QEMU: CR8 only in long mode)
 _GPR32 = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
 _SUBREGISTERS = {}
 for _i, _name in enumerate(_GPR32):
@@ -444,13 +445,15 @@ class Emulator:
 
     def _read_control_register(self, insn):
         number = int(insn.reg_name(insn.operands[1].reg)[2:])
+        if number not in _CONTROL_REGISTERS:
+            raise GuestFault(UD)          # CR1, CR5-CR7 (ring 0; elsewhere #GP comes first)
         self._write(insn, insn.operands[0], self.cpu.reg(f"cr{number}"))
 
     def _write_control_register(self, insn):
         number = int(insn.reg_name(insn.operands[0].reg)[2:])
+        if number not in _CONTROL_REGISTERS:
+            raise GuestFault(UD)
         value = self._read(insn, insn.operands[1], 4)
-        if number not in (0, 2, 3, 4):
-            raise GuestFault(6)
         if number == 0:
             self._set_cr0(value)
         else:

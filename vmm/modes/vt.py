@@ -72,6 +72,16 @@ def parse_exit_controls(text: str) -> frozenset:
     return frozenset(base)
 
 
+def _undefined_control_register(instruction) -> bool:
+    """mov to or from CR1 or CR5-CR7: #UD, which comes before any VM exit (the engine raises it
+    when the instruction runs natively)."""
+    if instruction.rule.procedure not in ("read_control_register", "write_control_register"):
+        return False
+    insn = instruction.insn
+    names = [insn.reg_name(operand.reg) for operand in insn.operands]
+    return not any(name in ("cr0", "cr2", "cr3", "cr4") for name in names)
+
+
 class ShadowedControlCpu(GuestCpu):
     """The guest's CPU under vt with shadow paging: the engine's state is the guest's except
     CR0/CR2/CR3/CR4, which are virtual (the engine's CR3 holds a shadow, its CR0 has PG and WP
@@ -195,7 +205,7 @@ class HardwareAssistedMode(UntranslatedPaging, DirectMode):
         """An instruction exit: counted; under shadow paging, CR accesses and invlpg at ring 0 are
         emulated here (the instruction never runs natively) and the guest goes on after it.
         Outside ring 0 they fault before any exit, as on VT-x: the engine raises the #GP."""
-        if self.engine.reg("cs") & 3 and reason in SHADOW_PAGING_EXITS:
+        if (self.engine.reg("cs") & 3 and reason in SHADOW_PAGING_EXITS) or _undefined_control_register(instruction):
             return
         self._exit(reason)
         if self.pager is not None and reason in SHADOW_PAGING_EXITS:

@@ -1,5 +1,6 @@
 """Exceptions where the CPU defines them, as qemu-system-i386 (the reference) raises them, in every
-mode and paging scheme: undefined control registers.
+mode and paging scheme: undefined control and debug registers, instructions longer than 15 bytes,
+mov cs, icebp and rdpmc.
 
 Each case is a probe guest (tests/probe.py) whose exception log was recorded under QEMU 7.2
 (`test_expectations_are_qemus` checks each recorded log against QEMU again when it is installed).
@@ -72,6 +73,30 @@ def test_vt_takes_no_cr_access_exit_for_undefined_control_registers(tmp_path):
             assert brief(parse(output)) == [(UD, 0, 0), (UD, 0, 1)]
             counts.append((paging, dict(vm.mode.vt_exits)))
     assert counts[:2] == counts[2:]
+
+
+# -- decoding, debug registers, rdpmc ------------------------------------------------------------
+PREFIXES_16 = ".byte " + ", ".join(["0x66"] * 15) + ", 0x90"        # 15 operand-size prefixes + nop
+PREFIXES_15 = ".byte " + ", ".join(["0x66"] * 14) + ", 0x90"
+LONG_ADD = ".byte " + ", ".join(["0x2e"] * 11) + ", 0x81, 0x04, 0x24, 0, 0, 0, 0"   # 18 bytes
+CASES.update({
+    # bt: #UD for the too-long ones, #GP(0x10) for mov cs, #DB after icebp
+    "decoding faults": (dict(body=[
+        PREFIXES_16, PREFIXES_15, LONG_ADD, "mov eax, 0x10", "mov cs, eax", "icebp", "ud2"]),
+        [(GP, 0, 0), (GP, 0, 2), (UD, 0, 4), (UD, 0, 5), (UD, 0, 6)]),
+    # bt and trap kept DR4/DR5 apart from DR6/DR7, ignored CR4.DE and DR6's fixed bits
+    "debug registers 4 and 5": (dict(body=[
+        "mov eax, 0x1234", "mov dr6, eax", "mov eax, dr4", "cmp eax, 0xffff1ff4", "je dr4_ok", "ud2", "dr4_ok: nop",
+        "mov eax, 8", "mov cr4, eax", "mov eax, dr5", "mov dr4, eax", "ud2"]),
+        [(UD, 0, 9), (UD, 0, 10), (UD, 0, 11)]),
+    # trap: #GP at ring 0; direct and vt: #GP at ring 3 with CR4.PCE set (QEMU 5's inverted test)
+    "rdpmc in ring 0": (dict(body=["rdpmc", "mov eax, 0x100", "mov cr4, eax", "rdpmc"]),
+                        [(UD, 0, 0), (UD, 0, 3)]),
+    "rdpmc in ring 3": (dict(ring3=True, body=["rdpmc"]), [(GP, 0, 0)]),
+    "rdpmc in ring 3 with CR4.PCE": (dict(ring3=True, setup="mov eax, 0x100\nmov cr4, eax", body=["rdpmc"]),
+                                     [(UD, 0, 0)]),
+})
+MODES.update({"rdpmc in ring 3": RING3_MODES, "rdpmc in ring 3 with CR4.PCE": RING3_MODES})
 
 
 # -- every case, under every mode it runs in, and under QEMU ---------------------------------------

@@ -13,6 +13,7 @@ EFLAGS_FIXED = 1 << 1   # bit 1 always reads as one
 
 # CR0 bits
 CR0_PE, CR0_WP, CR0_PG = 1 << 0, 1 << 16, 1 << 31
+CR4_DE = 1 << 3        # debug extensions: DR4/DR5 are #UD instead of DR6/DR7's aliases
 CR4_PCE = 1 << 8       # rdpmc allowed outside ring 0
 # CR4 bits whose change invalidates every TLB entry, global ones included (SDM vol. 3, 4.10.4.1;
 # QEMU's cpu_x86_update_cr4 flushes on the same ones): PSE, PAE, PGE

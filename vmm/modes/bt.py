@@ -22,7 +22,7 @@ from typing import Optional
 
 from cache.arena import CodeArena
 from cache.tcache import BlockKey, TranslatedBlock, TranslationCache
-from translator.decoder import PAGE_SIZE, BlockEnd, Decoder, GuestBlock
+from translator.decoder import MAX_INSTRUCTION_LENGTH, PAGE_SIZE, BlockEnd, Decoder, GuestBlock
 from capstone.x86_const import X86_INS_STI, X86_OP_MEM
 
 from translator.emitter import (FLAGS_IN_AX, INLINE_CACHE_ENTRIES, INT3, Emitter, ExitKind, ExitSite, Translation,
@@ -693,7 +693,7 @@ class BinaryTranslationMode(ExecutionMode):
             self._step_trap = stepping
             return VmExit(ExitReason.CALLOUT, eip=site.guest_eip, instruction=site.instruction)
         if site.kind is ExitKind.UNDECODABLE:
-            return VmExit(ExitReason.EXCEPTION, eip=site.guest_eip, vector=UD)
+            return self._undecodable(site.guest_eip)
         if site.kind is ExitKind.NO_MEMORY:
             if self.guest_paging:
                 return self._fetch_fault(stop, site.guest_eip)
@@ -704,6 +704,18 @@ class BinaryTranslationMode(ExecutionMode):
         if site.kind is ExitKind.BUDGET:
             return self._budget_exit(stop)
         raise RuntimeError(f"unknown exit {site.kind}")
+
+    def _undecodable(self, guest_eip: int) -> VmExit:
+        """Bytes that do not decode: #UD, or #GP(0) for an instruction longer than 15 bytes. The
+        CPU (and QEMU) fetches that one up to its 16th byte first: a page fault there wins."""
+        if not self.decoder.too_long(guest_eip):
+            return VmExit(ExitReason.EXCEPTION, eip=guest_eip, vector=UD)
+        if self.guest_paging:
+            try:
+                self.pager.translate((guest_eip + MAX_INSTRUCTION_LENGTH) & 0xFFFFFFFF, self.cpu.cpl == 3)
+            except PageFault as fault:
+                return self._guest_page_fault(fault)
+        return VmExit(ExitReason.EXCEPTION, eip=guest_eip, vector=GP, error_code=0)
 
     def _io_permission_exit(self, stop: _Stop):
         """String I/O at CPL > IOPL: the TSS bitmap is checked before the instruction runs

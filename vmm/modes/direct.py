@@ -319,11 +319,12 @@ class DirectMode(ExecutionMode):
         error_code, software = engine.last_exception_info()
         engine.reset_exception_state()
         fault_eip = eip
-        if vector == UD and engine.reg("cs") & 3 and self._rdpmc_at(eip):
-            # Unicorn has no rdpmc (#UD at any ring); the CPU checks privilege first: #GP(0)
-            # outside ring 0 while CR4.PCE is clear.
-            if not engine.reg("cr4") & CR4_PCE:
-                vector, error_code = GP, 0
+        if vector in (UD, GP) and self._rdpmc_at(eip):
+            # QEMU's helper_rdpmc: #GP(0) outside ring 0 while CR4.PCE is clear, else #UD (no
+            # counters). The engine's (QEMU 5's) has the PCE test the wrong way round. The
+            # guest's ring and CR4: trap runs ring 0 at ring 3 and keeps CR4 virtual.
+            outside = self.cpu.cpl and not self.cpu.reg("cr4") & CR4_PCE
+            vector, error_code = (GP, 0) if outside else (UD, 0)
         if software:    # EIP is past the int instruction; blame its first byte if delivery faults
             fault_eip = eip - (1 if (vector, self._byte_before(eip)) in _ONE_BYTE_INTS else 2)
         return VmExit(ExitReason.EXCEPTION, eip=eip, vector=vector, error_code=error_code,

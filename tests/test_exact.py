@@ -1,6 +1,6 @@
 """Exceptions where the CPU defines them, as qemu-system-i386 (the reference) raises them, in every
 mode and paging scheme: undefined control and debug registers, instructions longer than 15 bytes,
-mov cs, icebp and rdpmc.
+mov cs, icebp, rdpmc, x87/MMX/SSE under CR0.EM/TS and CR4.OSFXSR.
 
 Each case is a probe guest (tests/probe.py) whose exception log was recorded under QEMU 7.2
 (`test_expectations_are_qemus` checks each recorded log against QEMU again when it is installed).
@@ -75,7 +75,7 @@ def test_vt_takes_no_cr_access_exit_for_undefined_control_registers(tmp_path):
     assert counts[:2] == counts[2:]
 
 
-# -- decoding, debug registers, rdpmc ------------------------------------------------------------
+# -- decoding, debug registers, rdpmc, x87/MMX/SSE controls ---------------------------------------
 PREFIXES_16 = ".byte " + ", ".join(["0x66"] * 15) + ", 0x90"        # 15 operand-size prefixes + nop
 PREFIXES_15 = ".byte " + ", ".join(["0x66"] * 14) + ", 0x90"
 LONG_ADD = ".byte " + ", ".join(["0x2e"] * 11) + ", 0x81, 0x04, 0x24, 0, 0, 0, 0"   # 18 bytes
@@ -95,6 +95,16 @@ CASES.update({
     "rdpmc in ring 3": (dict(ring3=True, body=["rdpmc"]), [(GP, 0, 0)]),
     "rdpmc in ring 3 with CR4.PCE": (dict(ring3=True, setup="mov eax, 0x100\nmov cr4, eax", body=["rdpmc"]),
                                      [(UD, 0, 0)]),
+    # every mode ran SSE with CR4.OSFXSR clear; bt and trap ignored the guest's CR0.EM and TS;
+    # the untranslated modes raised #NM instead of #UD for SSE with both TS set and OSFXSR clear
+    "x87, MMX and SSE controls": (dict(body=[
+        "movaps xmm0, xmm1", "mov eax, 0x200", "mov cr4, eax", "movaps xmm0, xmm1", "mov eax, 0",
+        "mov cr4, eax", "movaps xmm0, xmm1", "mov eax, cr0", "or eax, 4", "mov cr0, eax", "movaps xmm0, xmm1",
+        "paddb mm0, mm1", "fld1", "mov eax, cr0", "xor eax, 0xc", "mov cr0, eax", "movaps xmm0, xmm1",
+        "movd xmm0, eax", "ldmxcsr [0x7f00]", "pshufb mm0, mm1", "paddb mm0, mm1", "fld1", "fwait", "clts", "fld1",
+        "mov eax, 0x200", "mov cr4, eax", "mov eax, cr0", "or eax, 8", "mov cr0, eax", "movaps xmm0, xmm1", "ud2"]),
+        [(UD, 0, 0), (UD, 0, 6), (UD, 0, 10), (UD, 0, 11), (NM, 0, 12), (UD, 0, 16), (UD, 0, 17), (UD, 0, 18),
+         (UD, 0, 19), (NM, 0, 20), (NM, 0, 21), (NM, 0, 30), (UD, 0, 31)]),
 })
 MODES.update({"rdpmc in ring 3": RING3_MODES, "rdpmc in ring 3 with CR4.PCE": RING3_MODES})
 

@@ -44,7 +44,8 @@ from vmm.shadow_paging import ShadowPaging
 from vmm.guest_view import GuestView
 from vmm.memory import PageFault, UnbackedAccess, linear_to_physical
 from vmm.monitor_paging import MonitorPageTables
-from vmm.x86 import AF, CF, CR0_PG, CR0_WP, GP, OF, PF, PF_VEC, SF, UD, ZF, flushes_tlb
+from vmm.x86 import (AF, CF, CR0_PG, CR0_WP, FPU_CONTROLS, GP, NM, OF, PF, PF_VEC, SF, UD, ZF, flushes_tlb,
+                     fpu_controls, nm_is_ud)
 
 
 # Monitor-region areas used by the translator (offsets from MONITOR_BASE; the boot GDT is at 0)
@@ -283,6 +284,8 @@ class BinaryTranslationMode(ExecutionMode):
         the guest's address space (or back to the identity map when paging goes off)."""
         control = self.cpu.control
         new = control[number]
+        if number in FPU_CONTROLS:     # the guest's x87/SSE controls act on the engine's
+            self.engine.set_reg(f"cr{number}", fpu_controls(number, self.engine.reg(f"cr{number}"), new))
         if number == 0 and (old ^ new) & CR0_PG and not new & CR0_PG:
             self.pager.reset()
             self._switch_tables(self.paging.directory_address)
@@ -634,7 +637,10 @@ class BinaryTranslationMode(ExecutionMode):
             if stop.kind == "fault":
                 self._count("guest_exception")
                 guest_eip = self._to_guest_instruction(stop)
-                return VmExit(ExitReason.EXCEPTION, eip=guest_eip, vector=stop.vector, error_code=stop.error_code)
+                vector = stop.vector
+                if vector == NM and nm_is_ud(self.decoder.decode_one(guest_eip), self.cpu.control[4]):
+                    vector = UD
+                return VmExit(ExitReason.EXCEPTION, eip=guest_eip, vector=vector, error_code=stop.error_code)
             if vm.stop_requested:
                 self._sync_guest_eip()
                 return VmExit(ExitReason.STOP_REQUEST, eip=self.cpu.eip)

@@ -14,7 +14,7 @@ from vmm.exits import ExitReason, VmExit
 from vmm.fault_address import decode
 from vmm.memory import PAGE_SIZE, PageFault, UnbackedAccess, linear_to_physical
 from vmm.modes import ExecutionMode
-from vmm.x86 import BP, CR0_PG, CR4_PCE, DB, GP, IF, OF_VEC, UD
+from vmm.x86 import BP, CR0_PG, CR4_PCE, DB, GP, IF, NM, OF_VEC, UD, nm_is_ud
 
 HLT_OPCODE = 0xF4
 ENGINE_BLOCK_MAX_INSTRUCTIONS = 512     # QEMU's TCG_MAX_INSNS: how far a block start can be
@@ -325,6 +325,8 @@ class DirectMode(ExecutionMode):
             # guest's ring and CR4: trap runs ring 0 at ring 3 and keeps CR4 virtual.
             outside = self.cpu.cpl and not self.cpu.reg("cr4") & CR4_PCE
             vector, error_code = (GP, 0) if outside else (UD, 0)
+        if vector == NM and nm_is_ud(self._instruction_at(eip), self.cpu.reg("cr4")):
+            vector = UD
         if software:    # EIP is past the int instruction; blame its first byte if delivery faults
             fault_eip = eip - (1 if (vector, self._byte_before(eip)) in _ONE_BYTE_INTS else 2)
         return VmExit(ExitReason.EXCEPTION, eip=eip, vector=vector, error_code=error_code,
@@ -332,6 +334,12 @@ class DirectMode(ExecutionMode):
 
     def _tlb_refused(self, vm) -> VmExit:
         raise RuntimeError("the engine's virtual TLB is only used by modes with nested paging")
+
+    def _instruction_at(self, eip: int):
+        try:
+            return decode(self._guest_code(eip, 16), eip)
+        except UnbackedAccess:
+            return None
 
     def _rdpmc_at(self, eip: int) -> bool:
         try:

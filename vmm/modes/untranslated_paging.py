@@ -18,7 +18,7 @@ from vmm.memory import PageFault, UnbackedAccess
 from vmm.monitor_paging import MonitorPageTables
 from vmm.nested_paging import NestedPaging
 from vmm.shadow_paging import ShadowPaging
-from vmm.x86 import CR0_PG, CR0_WP, DB, PF_VEC, TF, flushes_tlb
+from vmm.x86 import CR0_PG, CR0_WP, DB, FPU_CONTROLS, PF_VEC, TF, flushes_tlb, fpu_controls
 
 
 class UntranslatedPaging:
@@ -45,6 +45,8 @@ class UntranslatedPaging:
         """The guest wrote CR0, CR3 or CR4: the virtual value is in place."""
         control, engine = self.cpu.control, self.engine
         new = control[number]
+        if number in FPU_CONTROLS:     # the guest's x87/SSE controls act on the engine's
+            engine.set_reg(f"cr{number}", fpu_controls(number, engine.reg(f"cr{number}"), new))
         if number == 0 and (old ^ new) & CR0_PG and not new & CR0_PG:
             self.pager.reset()
             if not self.pager.virtual_tlb:

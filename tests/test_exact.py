@@ -1,6 +1,7 @@
 """Exceptions where the CPU defines them, as qemu-system-i386 (the reference) raises them, in every
 mode and paging scheme: undefined control and debug registers, instructions longer than 15 bytes,
-mov cs, icebp, rdpmc, x87/MMX/SSE under CR0.EM/TS and CR4.OSFXSR.
+mov cs, icebp, rdpmc, x87/MMX/SSE under CR0.EM/TS and CR4.OSFXSR, and ring-3 port I/O refused at
+IOPL 0.
 
 Each case is a probe guest (tests/probe.py) whose exception log was recorded under QEMU 7.2
 (`test_expectations_are_qemus` checks each recorded log against QEMU again when it is installed).
@@ -107,6 +108,32 @@ CASES.update({
          (UD, 0, 19), (NM, 0, 20), (NM, 0, 21), (NM, 0, 30), (UD, 0, 31)]),
 })
 MODES.update({"rdpmc in ring 3": RING3_MODES, "rdpmc in ring 3 with CR4.PCE": RING3_MODES})
+
+
+# -- ring-3 port access refused at IOPL 0 ---------------------------------------------------------
+CASES.update({
+    # direct and vt: the first refused port access stopped the engine only at a later memory
+    # access; the instructions in between ran (a second refusal replaced the first, the #GP of
+    # `mov eax, cr0` was delivered meanwhile), so the immediate-port in and out reported the
+    # wrong EIP and the handler went astray
+    "ring 3 at IOPL 0": (dict(ring3=True, body=[
+        "cli", "sti", "hlt", "in al, 0x60", "out 0x80, al", "mov eax, cr0", ".byte 0x0f, 0x01, 0x15\n.long 0x6030",
+        "int 0x81", "int3"]),
+        [(GP, 0, i) for i in range(7)] + [(GP, 0x40A, 7), (GP, 0x1A, 8)]),
+    "ring 3 port access then x87 state": (dict(ring3=True, body=[
+        "in al, 0x60\nfincstp\nmov ecx, 7\nout 0x80, al\nint 0x81", "fnstsw ax\nmovzx ecx, ax\nmov ebx, ecx\nud2"]),
+        [(GP, 0, 0), (UD, 0, -1)]),
+})
+MODES.update({"ring 3 at IOPL 0": RING3_MODES, "ring 3 port access then x87 state": RING3_MODES})
+
+
+def test_refused_port_access_leaves_no_trace(tmp_path):
+    # the x87 stack pointer fincstp moved after the refused in is back where it was (fnstsw
+    # reads TOP 0), and ECX is not the 7 the instructions after it wrote
+    options, _expected = CASES["ring 3 port access then x87 state"]
+    for mode, paging in RING3_MODES:
+        log = run_under_monitor(tmp_path, probe_source(**options), **_config(mode, paging))
+        assert [entry["ecx"] for entry in log] == [0, 0], mode
 
 
 # -- every case, under every mode it runs in, and under QEMU ---------------------------------------

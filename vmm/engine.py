@@ -289,6 +289,14 @@ class Engine:
                            struct.pack("<i", -1), 4)
             self._uc.context_restore(context)
 
+    def save_state(self):
+        """The whole CPU state (general, segment, control, FPU/SSE registers and hidden parts),
+        for restore_state: not memory, the TLB or translations."""
+        return self._uc.context_save()
+
+    def restore_state(self, state) -> None:
+        self._uc.context_restore(state)
+
     def set_privilege(self, cpl: int, ss: int, cs: int) -> None:
         """Move the CPU to privilege level `cpl` with the stack and code segments `ss` and `cs`
         (descriptors of DPL `cpl` in the engine's tables). Unicorn refuses segment writes that

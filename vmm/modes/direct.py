@@ -84,7 +84,10 @@ class DirectMode(ExecutionMode):
     def attach(self, vm) -> GuestCpu:
         engine = vm.engine
         self.memory = vm.memory
-        engine.on_port_io(self._port_in, self._port_out)
+        # Hooks that fire after a refused port access, before the stop lands, see instructions
+        # that never ran as far as the guest is concerned: they do nothing (_denied_io).
+        engine.on_port_io(lambda port, size: 0 if self._denied_io else self._port_in(port, size),
+                          lambda port, size, value: None if self._denied_io else self._port_out(port, size, value))
         self._denied_io = None
         self._window_hook = None
         self._window_open = False
@@ -93,8 +96,8 @@ class DirectMode(ExecutionMode):
         self._stale_eip_check: Optional[tuple] = None
         self._pending_exit: Optional[VmExit] = None     # an exit a hook decided on (trap mode)
         self._pending_exit_eip: Optional[int] = None    # ... and where the guest's EIP must be
-        engine.on_interrupt(lambda vector: self._on_interrupt(vm, vector))
-        engine.on_fast_system_call(self._fast_system_call)
+        engine.on_interrupt(lambda vector: self._interrupt_hook(vm, vector))
+        engine.on_fast_system_call(lambda name: None if self._denied_io else self._fast_system_call(name))
         if vm.tracer.exec:
             engine.on_block(lambda address, _size: vm.tracer.executed(address))
         self.engine = engine
@@ -251,29 +254,29 @@ class DirectMode(ExecutionMode):
             self._if_may_be_set = 1
 
     def deny_io(self, port: int, size: int) -> None:
-        """An EIP written in the hook is not honoured, so note the registers the hook sees and
-        stop: the engine stops in front of the next instruction (counted run) or of the next one
-        that touches memory, and the registers come back as they were at the I/O instruction."""
-        registers = self.cpu.snapshot()
-        self._denied_io = (registers, port, size, self._io_in_progress[2])
+        """An EIP written in the hook is not honoured, so save the CPU state the hook sees and
+        stop. In a counted run the stop lands in front of the next instruction; otherwise at the
+        next one that touches memory, and the instructions before it run: their port accesses,
+        exceptions and int n are ignored (_interrupt_hook), and the saved state comes back, so
+        that none of them happened (each runs again after the guest's #GP handler)."""
+        self._denied_io = (self.engine.save_state(), self.engine.reg("eip"), self.engine.reg("edx") & 0xFFFF,
+                           port, size, self._io_in_progress[2])
         self.engine.stop()
 
     def _denied_io_exit(self) -> VmExit:
-        (registers, port, size, out), self._denied_io = self._denied_io, None
-        eip = registers["eip"]
+        (state, eip, dx, port, size, out), self._denied_io = self._denied_io, None
+        self.engine.restore_state(state)
         for _ in range(ENGINE_BLOCK_MAX_INSTRUCTIONS):   # from the block start to the instruction
             try:
                 code = self._guest_code(eip, 16)
             except UnbackedAccess:
                 break
-            if _is_io_to(code, port, size, registers["edx"] & 0xFFFF, out):
+            if _is_io_to(code, port, size, dx, out):
                 break
             length = instruction_length(code)
             if length is None:
                 break
             eip += length
-        for name in ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi", "eflags"):
-            self.engine.set_reg(name, registers[name])
         self.engine.set_reg("eip", eip)
         return VmExit(ExitReason.EXCEPTION, eip=eip, vector=GP, error_code=0)
 
@@ -307,6 +310,12 @@ class DirectMode(ExecutionMode):
         self._pending_exit = VmExit(ExitReason.EXCEPTION, eip=eip, vector=vector, error_code=0)
         self._pending_exit_eip = eip
         self.engine.stop()
+
+    def _interrupt_hook(self, vm, vector: int) -> None:
+        if self._denied_io is not None:      # after a refused port access: never happened
+            self.engine.reset_exception_state()
+            return
+        self._on_interrupt(vm, vector)
 
     def _on_interrupt(self, vm, vector: int) -> None:
         """Exceptions and int n are delivered from inside the engine's hook: the engine's state

@@ -162,7 +162,7 @@ class HardwareAssistedMode(UntranslatedPaging, DirectMode):
         super()._port_out(port, size, value)
 
     def _cpuid(self) -> bool:
-        if "cpuid" in self.controls:
+        if "cpuid" in self.controls and not self._denied_io:     # (not run: DirectMode.deny_io)
             self._exit("cpuid")
         return False                      # the guest sees the engine's CPUID, as under direct
 
@@ -205,7 +205,8 @@ class HardwareAssistedMode(UntranslatedPaging, DirectMode):
         """An instruction exit: counted; under shadow paging, CR accesses and invlpg at ring 0 are
         emulated here (the instruction never runs natively) and the guest goes on after it.
         Outside ring 0 they fault before any exit, as on VT-x: the engine raises the #GP."""
-        if (self.engine.reg("cs") & 3 and reason in SHADOW_PAGING_EXITS) or _undefined_control_register(instruction):
+        if (self.engine.reg("cs") & 3 and reason in SHADOW_PAGING_EXITS) or self._denied_io \
+                or _undefined_control_register(instruction):
             return
         self._exit(reason)
         if self.pager is not None and reason in SHADOW_PAGING_EXITS:

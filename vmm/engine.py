@@ -289,6 +289,12 @@ class Engine:
                            struct.pack("<i", -1), 4)
             self._uc.context_restore(context)
 
+    def set_exits(self, addresses) -> None:
+        """Addresses where the engine stops before running the instruction there, as after hlt
+        (its translator ends a block in front of one). Translations made meanwhile keep the
+        stop: invalidate_code them when an exit goes."""
+        self._uc.ctl_set_exits(list(addresses))
+
     def save_state(self):
         """The whole CPU state (general, segment, control, FPU/SSE registers and hidden parts),
         for restore_state: not memory, the TLB or translations."""

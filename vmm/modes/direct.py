@@ -14,7 +14,7 @@ from vmm.exits import ExitReason, VmExit
 from vmm.fault_address import decode
 from vmm.memory import PAGE_SIZE, PageFault, UnbackedAccess, linear_to_physical
 from vmm.modes import ExecutionMode
-from vmm.x86 import BP, CR0_PG, CR4_PCE, DB, GP, IF, NM, OF_VEC, UD, nm_is_ud
+from vmm.x86 import BP, CR0_PG, CR4_PCE, DB, GP, IF, NM, OF_VEC, PF_VEC, UD, nm_is_ud
 
 HLT_OPCODE = 0xF4
 ENGINE_BLOCK_MAX_INSTRUCTIONS = 512     # QEMU's TCG_MAX_INSNS: how far a block start can be
@@ -80,6 +80,7 @@ def _is_out_to(code: bytes, port: int, size: int, dx: int) -> bool:
 
 class DirectMode(ExecutionMode):
     name = "direct"
+    pager = None          # the engine's MMU walks the guest's own page tables
 
     def attach(self, vm) -> GuestCpu:
         engine = vm.engine
@@ -96,6 +97,7 @@ class DirectMode(ExecutionMode):
         self._stale_eip_check: Optional[tuple] = None
         self._pending_exit: Optional[VmExit] = None     # an exit a hook decided on (trap mode)
         self._pending_exit_eip: Optional[int] = None    # ... and where the guest's EIP must be
+        self._fetch_exit: Optional[int] = None          # an engine exit in front of an unfetchable page
         engine.on_interrupt(lambda vector: self._interrupt_hook(vm, vector))
         engine.on_fast_system_call(lambda name: None if self._denied_io else self._fast_system_call(name))
         if vm.tracer.exec:
@@ -315,7 +317,46 @@ class DirectMode(ExecutionMode):
         if self._denied_io is not None:      # after a refused port access: never happened
             self.engine.reset_exception_state()
             return
+        if vector != PF_VEC:
+            if self._fetch_exit is not None:
+                self._clear_fetch_exit()
+        elif self.pager is None and self._fetch_ahead(self.engine.reg("eip"), self.engine.reg("cr2")):
+            self.engine.reset_exception_state()     # (no pager: the engine walks the guest's tables)
+            return
         self._on_interrupt(vm, vector)
+
+    def _fetch_ahead(self, eip: int, linear: int) -> bool:
+        """Whether a page fault at `eip` on `linear` is the engine's, not yet the guest's: the
+        engine translates a whole block before it runs any of it, so code that runs off the end
+        of a page into one it cannot fetch faults at the block's start, before the instructions
+        in front of that page ran (the CPU and QEMU 7.2 run them, then fault at the instruction
+        that needs the page). Then put an engine exit in front of that instruction, so that the
+        block ends there, and run again from `eip` (True): the fault comes again at its own
+        instruction. A fault while the exit is in place is exact (False, the exit goes)."""
+        if self._fetch_exit is not None:
+            self._clear_fetch_exit()
+            return False
+        if linear & (PAGE_SIZE - 1) or linear != (eip & ~(PAGE_SIZE - 1)) + PAGE_SIZE:
+            return False
+        address = eip
+        while address < linear:      # straight-line code to the instruction that needs the page
+            try:
+                insn = decode(self._guest_code(address, 16), address)
+            except UnbackedAccess:
+                return False
+            if insn is None or address + insn.size > linear:
+                break
+            address += insn.size
+        if address == eip:
+            return False
+        self._fetch_exit = address
+        self.engine.set_exits([address])
+        return True
+
+    def _clear_fetch_exit(self) -> None:
+        address, self._fetch_exit = self._fetch_exit, None
+        self.engine.set_exits([])
+        self.engine.invalidate_code(address - 1, address)     # the block that ends at the exit
 
     def _on_interrupt(self, vm, vector: int) -> None:
         """Exceptions and int n are delivered from inside the engine's hook: the engine's state
@@ -384,6 +425,9 @@ class DirectMode(ExecutionMode):
         """Why the engine returned. count: the instructions a counted run was given (0: none)."""
         engine, debugger = self.engine, self.debugger
         self._cut_short = False
+        fetch_exit = self._fetch_exit
+        if fetch_exit is not None:       # whatever ended the run, the exit goes
+            self._clear_fetch_exit()
         if self._denied_io is not None:
             return self._denied_io_exit()
         if self._pending_exit is not None:
@@ -408,6 +452,9 @@ class DirectMode(ExecutionMode):
                 self._cut_short = True
                 return VmExit(ExitReason.EVENT, eip=eip)
             return VmExit(ExitReason.HLT, eip=eip - 1)
+        if fetch_exit == eip and cause is StopCause.RETURNED:   # the code in front of the page ran
+            self._cut_short = True
+            return VmExit(ExitReason.EVENT, eip=eip)
         if debugger is not None and (stepping or self._hit_breakpoint or debugger.interrupted):
             if cause is not StopCause.MEMORY_FAULT:
                 return VmExit(ExitReason.DEBUG, eip=eip)
@@ -416,6 +463,7 @@ class DirectMode(ExecutionMode):
         if cause is StopCause.MEMORY_FAULT:
             return VmExit(ExitReason.MEMORY_FAULT, eip=eip, detail=engine.memory_fault.message)
         if cause is StopCause.TLB_REFUSED:
+            self._cut_short = True          # what ran before the refusal counts, even if it runs again
             return self._tlb_refused(vm)
         if count:
             # Only `hlt` and an exhausted count return quietly. hlt leaves EIP just past itself;
@@ -450,14 +498,16 @@ class DirectMode(ExecutionMode):
         return (cause is not StopCause.RETURNED or vm.stop_requested or self._end_run_requested
                 or self._denied_io is not None or self._window_open or self._pending_exit is not None
                 or self._hit_breakpoint or vm.limits.expired
-                or self._byte_before(self.engine.reg("eip")) == HLT_OPCODE)
+                or self._byte_before(self.engine.reg("eip")) == HLT_OPCODE
+                or self.engine.reg("eip") == self._fetch_exit)
 
     def _instructions_ran(self) -> int:
         """What the last counted engine run executed: the instructions it started, less the one
         it stopped in front of (none after hlt; a fault counts as stopped in front of its
         instruction, which may be off by one for a trap: a bounded, deterministic error)."""
         started = self.engine.instructions_started()
-        if self._byte_before(self.engine.reg("eip")) == HLT_OPCODE:
+        eip = self.engine.reg("eip")
+        if self._byte_before(eip) == HLT_OPCODE or eip == self._fetch_exit:   # (an exit is no instruction)
             return started
         return max(0, started - 1)
 

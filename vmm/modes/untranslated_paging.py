@@ -106,7 +106,8 @@ class UntranslatedPaging:
         except PageFault as fault:
             self._end_loan()
             engine.reset_exception_state()
-            vm.dispatch(self._guest_page_fault(fault, engine.reg("eip")))
+            if not self._fetch_ahead(engine.reg("eip"), fault.linear):
+                vm.dispatch(self._guest_page_fault(fault, engine.reg("eip")))
             return
         except UnbackedAccess as error:
             self._end_loan()
@@ -150,6 +151,8 @@ class UntranslatedPaging:
                 if self.pager.fill(linear, write, self.cpu.cpl == 3) is None:
                     return VmExit(ExitReason.EVENT, eip=eip)        # allowed by now: run it again
             except PageFault as fault:
+                if access == "fetch" and self._fetch_ahead(eip, fault.linear):
+                    return VmExit(ExitReason.EVENT, eip=eip)        # run again up to the page
                 return self._guest_page_fault(fault, eip)
             except UnbackedAccess:
                 pass

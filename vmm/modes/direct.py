@@ -452,7 +452,7 @@ class DirectMode(ExecutionMode):
                 self._cut_short = True
                 return VmExit(ExitReason.EVENT, eip=eip)
             return VmExit(ExitReason.HLT, eip=eip - 1)
-        if fetch_exit == eip and cause is StopCause.RETURNED:   # the code in front of the page ran
+        if fetch_exit == eip and cause is StopCause.RETURNED and not stepping:   # the code before the page ran
             self._cut_short = True
             return VmExit(ExitReason.EVENT, eip=eip)
         if debugger is not None and (stepping or self._hit_breakpoint or debugger.interrupted):

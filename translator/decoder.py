@@ -14,6 +14,9 @@ from translator.classify import Rule, classify
 
 PAGE_SIZE = 4096
 MAX_INSTRUCTION_LENGTH = 15
+# Legacy prefixes by group: a repeated group means what its last prefix means (QEMU's decoder)
+_PREFIX_GROUPS = {0xF0: 0, 0xF2: 1, 0xF3: 1, 0x2E: 2, 0x36: 2, 0x3E: 2, 0x26: 2, 0x64: 2, 0x65: 2,
+                  0x66: 3, 0x67: 4}
 DEFAULT_BLOCK_LIMIT = 32
 
 
@@ -98,6 +101,27 @@ class Decoder:
             insn = next(self._capstone.disasm(code, address, 1), None)
             self.short_read = insn is None and len(code) < MAX_INSTRUCTION_LENGTH
         return insn
+
+    def too_long(self, address: int) -> bool:
+        """Whether bytes that do not decode are an instruction longer than 15 bytes (redundant
+        prefixes in front of a valid one): #GP(0) on the CPU and QEMU, not #UD. Capstone
+        refuses them; the same instruction with one prefix per group decodes. The CPU fetches
+        no further than the 16th byte (the caller looks for a fetch fault there): what follows
+        reads as zeros here, it cannot make the instruction shorter."""
+        code = self.read_code(address, MAX_INSTRUCTION_LENGTH + 1)
+        count = 0
+        while count < len(code) and code[count] in _PREFIX_GROUPS:
+            count += 1
+        if count >= MAX_INSTRUCTION_LENGTH:
+            return True             # the 16th byte makes it too long, whatever it is
+        last = {}
+        for byte in code[:count]:
+            last.pop(_PREFIX_GROUPS[byte], None)
+            last[_PREFIX_GROUPS[byte]] = byte
+        kept = bytes(last.values())
+        candidate = (kept + code[count:]).ljust(len(kept) + 2 * MAX_INSTRUCTION_LENGTH, b"\0")
+        insn = next(self._capstone.disasm(candidate, address, 1), None)
+        return insn is not None and insn.size - len(kept) + count > MAX_INSTRUCTION_LENGTH
 
     def instructions_in(self, address: int, end: int):
         """The classified instructions from `address` up to `end` (an engine block's bytes, as

@@ -32,6 +32,7 @@ def enter_protected_mode(engine: Engine, memory: PhysicalMemory, entry: int, eax
     engine.set_table_register("idtr", 0, REAL_MODE_IDT_LIMIT)
     engine.set_table_register("ldtr", 0, RESET_LDT_LIMIT)
     engine.set_reg("cr0", CR0_PE | 0x10)       # PE, plus ET as on every 387-class CPU
+    engine.set_reg("cr4", 0)    # Unicorn's reset leaves SSE enabled (hflags) with CR4.OSFXSR clear
     engine.set_reg("cs", BOOT_CODE_SELECTOR)
     for segment in ("ds", "es", "fs", "gs", "ss"):
         engine.set_reg(segment, BOOT_DATA_SELECTOR)

@@ -21,10 +21,12 @@ from vmm.memory import UnbackedAccess
 from vmm.privilege import check_outer_stack, inner_stack, iopl, null_outer_data_segments
 from vmm.task_switch import TaskSwitch
 from vmm.x86 import (AC, AF, CF, DF, GP, ID, IF, IOPL_MASK, NP, NT, OF, PF, SF, SS, TF, UD, VM, ZF, CR0_PE,
-                     GATE_CALL_16, GATE_CALL_32, Gate, SegmentDescriptor)
+                     CR4_DE, CR4_PCE, GATE_CALL_16, GATE_CALL_32, Gate, SegmentDescriptor)
 
 _SEGMENTS = {X.X86_REG_CS: "cs", X.X86_REG_SS: "ss", X.X86_REG_DS: "ds", X.X86_REG_ES: "es",
              X.X86_REG_FS: "fs", X.X86_REG_GS: "gs"}
+_DR_FIXED_ONES = {6: 0xFFFF0FF0, 7: 0x400}
+_CONTROL_REGISTERS = (0, 2, 3, 4)       # the others are #UD (QEMU: CR8 only in long mode)
 _GPR32 = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
 _SUBREGISTERS = {}
 for _i, _name in enumerate(_GPR32):
@@ -84,7 +86,7 @@ class Emulator:
             raise UnsupportedInstruction(f"no emulation for {instruction} at {instruction.address:#010x}")
         insn = instruction.insn
         if instruction.rule.category is Category.PRIVILEGED and self.cpu.cpl > 0 \
-                and instruction.rule.procedure != "interrupt_flag":
+                and instruction.rule.procedure not in ("interrupt_flag", "rdpmc"):
             raise GuestFault(GP, 0)           # outside ring 0 every privileged instruction faults
         self._next = instruction.end
         outcome = procedure(insn)
@@ -246,6 +248,8 @@ class Emulator:
             self.cpu.set_reg("esp", esp + (2 if self._operand16(insn) else 4))
         else:
             segment = _SEGMENTS[insn.operands[0].reg]
+            if segment == "cs":
+                raise GuestFault(UD)      # mov cs, r/m is undefined (QEMU: #UD, not a load)
             self.load_segment(segment, self._read(insn, insn.operands[1], 2))
         self.interrupt_shadow = segment == "ss"
 
@@ -451,7 +455,11 @@ class Emulator:
             if not self.cpu.reg("eflags") & OF:
                 return None
             return Outcome("interrupt", 4)
-        vector = {X.X86_INS_INT3: 3, X.X86_INS_INT1: 1}.get(insn.id)
+        if insn.id == X.X86_INS_INT1:
+            # icebp (0xF1): QEMU is built without WANT_ICEBP and decodes it as no instruction
+            # (#UD, measured; the engine too). The CPU would raise #DB.
+            raise GuestFault(UD)
+        vector = {X.X86_INS_INT3: 3}.get(insn.id)
         return Outcome("interrupt", insn.operands[0].imm & 0xFF if vector is None else vector)
 
     def _fast_system_call(self, insn):
@@ -518,13 +526,15 @@ class Emulator:
 
     def _read_control_register(self, insn):
         number = int(insn.reg_name(insn.operands[1].reg)[2:])
+        if number not in _CONTROL_REGISTERS:
+            raise GuestFault(UD)          # CR1, CR5-CR7 (ring 0; elsewhere #GP comes first)
         self._write(insn, insn.operands[0], self.cpu.reg(f"cr{number}"))
 
     def _write_control_register(self, insn):
         number = int(insn.reg_name(insn.operands[0].reg)[2:])
+        if number not in _CONTROL_REGISTERS:
+            raise GuestFault(UD)
         value = self._read(insn, insn.operands[1], 4)
-        if number not in (0, 2, 3, 4):
-            raise GuestFault(6)
         if number == 0:
             self._set_cr0(value)
         else:
@@ -545,10 +555,16 @@ class Emulator:
 
     def _debug_register(self, insn):
         destination, source = insn.operands
-        if insn.reg_name(destination.reg).startswith("dr"):
-            self.debug_registers[int(insn.reg_name(destination.reg)[2:])] = self._read(insn, source, 4)
+        write = insn.reg_name(destination.reg).startswith("dr")
+        number = int(insn.reg_name((destination if write else source).reg)[2:])
+        if number in (4, 5):          # DR6/DR7 under other names, unless CR4.DE makes them #UD
+            if self.cpu.reg("cr4") & CR4_DE:
+                raise GuestFault(UD)
+            number += 2
+        if write:   # DR6 and DR7 read their fixed-one bits back (QEMU's helper_set_dr)
+            self.debug_registers[number] = self._read(insn, source, 4) | _DR_FIXED_ONES.get(number, 0)
         else:
-            self._write(insn, destination, self.debug_registers[int(insn.reg_name(source.reg)[2:])])
+            self._write(insn, destination, self.debug_registers[number])
 
     def _cache_control(self, insn):
         if insn.id == X.X86_INS_INVLPG:
@@ -568,8 +584,10 @@ class Emulator:
             raise GuestFault(GP, 0) from None
 
     def _rdpmc(self, insn):
-        # Reached at ring 0 only (a privileged callout faults elsewhere). No performance
-        # counters are modelled: #UD, as QEMU's own unimplemented rdpmc raises.
+        # QEMU's helper_rdpmc: #GP(0) outside ring 0 unless CR4.PCE is set; then, having no
+        # performance counters, #UD (measured: #UD at ring 0, and at ring 3 with PCE set).
+        if self.cpu.cpl > 0 and not self.cpu.reg("cr4") & CR4_PCE:
+            raise GuestFault(GP, 0)
         raise GuestFault(UD, 0)
 
     def _interrupt_flag(self, insn):

@@ -325,6 +325,20 @@ class Engine:
                            struct.pack("<i", -1), 4)
             self._uc.context_restore(context)
 
+    def set_exits(self, addresses) -> None:
+        """Addresses where the engine stops before running the instruction there, as after hlt
+        (its translator ends a block in front of one). Translations made meanwhile keep the
+        stop: invalidate_code them when an exit goes."""
+        self._uc.ctl_set_exits(list(addresses))
+
+    def save_state(self):
+        """The whole CPU state (general, segment, control, FPU/SSE registers and hidden parts),
+        for restore_state: not memory, the TLB or translations."""
+        return self._uc.context_save()
+
+    def restore_state(self, state) -> None:
+        self._uc.context_restore(state)
+
     def set_privilege(self, cpl: int, ss: int, cs: int) -> None:
         """Move the CPU to privilege level `cpl` with the stack and code segments `ss` and `cs`
         (descriptors of DPL `cpl` in the engine's tables). Unicorn refuses segment writes that

@@ -13,9 +13,14 @@ EFLAGS_FIXED = 1 << 1   # bit 1 always reads as one
 
 # CR0 bits
 CR0_PE, CR0_WP, CR0_PG = 1 << 0, 1 << 16, 1 << 31
-CR0_MP, CR0_EM, CR0_TS = 1 << 1, 1 << 2, 1 << 3
-CR0_FPU_BITS = CR0_MP | CR0_EM | CR0_TS   # what makes x87/MMX/SSE instructions fault (#NM, #UD)
+CR0_MP, CR0_EM, CR0_TS, CR0_NE = 1 << 1, 1 << 2, 1 << 3, 1 << 5
+CR4_DE = 1 << 3        # debug extensions: DR4/DR5 are #UD instead of DR6/DR7's aliases
 CR4_PCE = 1 << 8       # rdpmc allowed outside ring 0
+CR4_OSFXSR, CR4_OSXMMEXCPT = 1 << 9, 1 << 10
+# The x87/MMX/SSE controls: which of those instructions fault (#NM, #UD) and how. Modes that keep
+# the guest's CR0/CR4 virtual put these bits of them into the engine's (fpu_controls), so that
+# the guest's own instructions fault natively as the guest set them up.
+FPU_CONTROLS = {0: CR0_MP | CR0_EM | CR0_TS | CR0_NE, 4: CR4_OSFXSR | CR4_OSXMMEXCPT}
 # CR4 bits whose change invalidates every TLB entry, global ones included (SDM vol. 3, 4.10.4.1;
 # QEMU's cpu_x86_update_cr4 flushes on the same ones): PSE, PAE, PGE
 CR4_TLB_BITS = (1 << 4) | (1 << 5) | (1 << 7)
@@ -45,6 +50,29 @@ def flushes_tlb(number: int, old: int, new: int) -> bool:
         return True
     changed = old ^ new
     return bool(changed & (CR0_PG | CR0_WP)) if number == 0 else number == 4 and bool(changed & CR4_TLB_BITS)
+
+
+def fpu_controls(number: int, real: int, guest: int) -> int:
+    """The engine's CR0 or CR4 (`real`) with the x87/MMX/SSE control bits of the guest's."""
+    mask = FPU_CONTROLS[number]
+    return (real & ~mask) | (guest & mask)
+
+
+LEGACY_PREFIXES = bytes((0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0x66, 0x67))
+
+
+def nm_is_ud(insn, cr4: int) -> bool:
+    """Whether a #NM (CR0.TS set) the engine raised at `insn` (a Capstone instruction, detail
+    mode) is #UD on the reference: with CR4.OSFXSR clear, QEMU 7.2 raises #UD before it looks at
+    CR0.TS for the SSE instructions (an XMM operand, ldmxcsr/stmxcsr, the 0F 38 and 0F 3A maps),
+    where the engine (QEMU 5's order) raises #NM."""
+    if cr4 & CR4_OSFXSR or insn is None:
+        return False
+    raw = bytes(insn.bytes)
+    opcode = len(raw) - len(raw.lstrip(LEGACY_PREFIXES))
+    if insn.mnemonic in ("ldmxcsr", "stmxcsr") or raw[opcode:opcode + 2] in (b"\x0f\x38", b"\x0f\x3a"):
+        return True
+    return any(op.type == 1 and insn.reg_name(op.reg).startswith("xmm") for op in insn.operands)   # 1: register
 
 
 def vector_name(vector: int) -> str:

@@ -27,7 +27,7 @@ from typing import Optional
 
 from cache.arena import CodeArena
 from cache.tcache import BlockKey, TranslatedBlock, TranslationCache
-from translator.decoder import PAGE_SIZE, BlockEnd, Decoder, GuestBlock
+from translator.decoder import MAX_INSTRUCTION_LENGTH, PAGE_SIZE, BlockEnd, Decoder, GuestBlock
 from capstone.x86_const import X86_INS_STI, X86_OP_MEM
 
 from translator.emitter import (FLAGS_IN_AX, FPU_POINTER_STORES, INLINE_CACHE_ENTRIES, INT3, Emitter, ExitKind,
@@ -50,7 +50,8 @@ from vmm.shadow_paging import ShadowPaging
 from vmm.guest_view import GuestView
 from vmm.memory import PageFault, UnbackedAccess, linear_to_physical
 from vmm.monitor_paging import MONITOR_LINEAR, LongModeTables
-from vmm.x86 import AF, CF, CR0_PG, CR0_WP, GP, OF, PF, PF_VEC, SF, UD, ZF, flushes_tlb
+from vmm.x86 import (AF, CF, CR0_PG, CR0_WP, FPU_CONTROLS, GP, NM, OF, PF, PF_VEC, SF, UD, ZF, flushes_tlb,
+                     fpu_controls, nm_is_ud)
 
 
 # Monitor-region areas used by the translator (offsets from MONITOR_BASE; the boot GDT is at 0)
@@ -329,6 +330,8 @@ class BinaryTranslationMode(ExecutionMode):
         the guest's address space (or back to the identity map when paging goes off)."""
         control = self.cpu.control
         new = control[number]
+        if number in FPU_CONTROLS:     # the guest's x87/SSE controls act on the engine's
+            self.engine.set_reg(f"cr{number}", fpu_controls(number, self.engine.reg(f"cr{number}"), new))
         if number == 0 and (old ^ new) & CR0_PG and not new & CR0_PG:
             self.pager.reset()
             self._switch_tables(self.monitor_tables.root_address)
@@ -697,7 +700,10 @@ class BinaryTranslationMode(ExecutionMode):
             if stop.kind == "fault":
                 self._count("guest_exception")
                 guest_eip = self._to_guest_instruction(stop)
-                return VmExit(ExitReason.EXCEPTION, eip=guest_eip, vector=stop.vector, error_code=stop.error_code)
+                vector = stop.vector
+                if vector == NM and nm_is_ud(self.decoder.decode_one(guest_eip), self.cpu.control[4]):
+                    vector = UD
+                return VmExit(ExitReason.EXCEPTION, eip=guest_eip, vector=vector, error_code=stop.error_code)
             if vm.stop_requested:
                 self._sync_guest_eip()
                 return VmExit(ExitReason.STOP_REQUEST, eip=self.cpu.eip)
@@ -756,7 +762,7 @@ class BinaryTranslationMode(ExecutionMode):
             self._step_trap = stepping
             return VmExit(ExitReason.CALLOUT, eip=site.guest_eip, instruction=site.instruction)
         if site.kind is ExitKind.UNDECODABLE:
-            return VmExit(ExitReason.EXCEPTION, eip=site.guest_eip, vector=UD)
+            return self._undecodable(site.guest_eip)
         if site.kind is ExitKind.NO_MEMORY:
             if self.guest_paging:
                 return self._fetch_fault(stop, site.guest_eip)
@@ -797,6 +803,18 @@ class BinaryTranslationMode(ExecutionMode):
             view.write(linear + 12, bytes(4))
         self.cpu.eip = site.next_eip
         return stop.host_eip + 1
+
+    def _undecodable(self, guest_eip: int) -> VmExit:
+        """Bytes that do not decode: #UD, or #GP(0) for an instruction longer than 15 bytes. The
+        CPU (and QEMU) fetches that one up to its 16th byte first: a page fault there wins."""
+        if not self.decoder.too_long(guest_eip):
+            return VmExit(ExitReason.EXCEPTION, eip=guest_eip, vector=UD)
+        if self.guest_paging:
+            try:
+                self.pager.translate((guest_eip + MAX_INSTRUCTION_LENGTH) & 0xFFFFFFFF, self.cpu.cpl == 3)
+            except PageFault as fault:
+                return self._guest_page_fault(fault)
+        return VmExit(ExitReason.EXCEPTION, eip=guest_eip, vector=GP, error_code=0)
 
     def _io_permission_exit(self, stop: _Stop):
         """String I/O at CPL > IOPL: the TSS bitmap is checked before the instruction runs

@@ -11,7 +11,7 @@ from capstone import x86_const as X
 from translator.layout import IOPL_MASK, TF, VCPU_CR, real_iopl, real_privilege
 from vmm.cpu import GuestCpu
 from vmm.emulate import UnsupportedInstruction
-from vmm.x86 import CR0_FPU_BITS, SegmentDescriptor
+from vmm.x86 import SegmentDescriptor
 
 if TYPE_CHECKING:
     from vmm.modes.bt import BinaryTranslationMode
@@ -80,8 +80,6 @@ class TranslatedCpu(GuestCpu):
         elif name.startswith("cr"):
             number = int(name[2:])
             old, self.control[number] = self.control[number], value
-            if number == 0:             # the FPU's view of CR0 is the guest's: #NM after TS
-                self.engine.set_reg("cr0", (self.engine.reg("cr0") & ~CR0_FPU_BITS) | (value & CR0_FPU_BITS))
             self.mode.control_register_changed(number)
             if number != 2:
                 self.mode.control_register_written(number, old)

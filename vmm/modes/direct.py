@@ -15,7 +15,7 @@ from vmm.exits import ExitReason, VmExit
 from vmm.fault_address import decode
 from vmm.memory import PAGE_SIZE, PageFault, UnbackedAccess, linear_to_physical
 from vmm.modes import ExecutionMode
-from vmm.x86 import BP, CR0_PG, CR4_PCE, DB, GP, IF, OF_VEC, UD
+from vmm.x86 import BP, CR0_PG, CR4_PCE, DB, GP, IF, NM, OF_VEC, PF_VEC, UD, nm_is_ud
 
 HLT_OPCODE = 0xF4
 ENGINE_BLOCK_MAX_INSTRUCTIONS = 512     # QEMU's TCG_MAX_INSNS: how far a block start can be
@@ -81,11 +81,15 @@ def _is_out_to(code: bytes, port: int, size: int, dx: int) -> bool:
 
 class DirectMode(ExecutionMode):
     name = "direct"
+    pager = None          # the engine's MMU walks the guest's own page tables
 
     def attach(self, vm) -> GuestCpu:
         engine = vm.engine
         self.memory = vm.memory
-        engine.on_port_io(self._port_in, self._port_out)
+        # Hooks that fire after a refused port access, before the stop lands, see instructions
+        # that never ran as far as the guest is concerned: they do nothing (_denied_io).
+        engine.on_port_io(lambda port, size: 0 if self._denied_io else self._port_in(port, size),
+                          lambda port, size, value: None if self._denied_io else self._port_out(port, size, value))
         # Inside an I/O hook the engine's EIP is the start of its block. When exits are traced
         # a block hook follows the blocks, so that each port exit names its own instruction.
         self._io_cursor: Optional[int] = None         # where the next I/O instruction is sought
@@ -100,8 +104,9 @@ class DirectMode(ExecutionMode):
         self._stale_eip_check: Optional[tuple] = None
         self._pending_exit: Optional[VmExit] = None     # an exit a hook decided on (trap mode)
         self._pending_exit_eip: Optional[int] = None    # ... and where the guest's EIP must be
-        engine.on_interrupt(lambda vector: self._on_interrupt(vm, vector))
-        engine.on_fast_system_call(self._fast_system_call)
+        self._fetch_exit: Optional[int] = None          # an engine exit in front of an unfetchable page
+        engine.on_interrupt(lambda vector: self._interrupt_hook(vm, vector))
+        engine.on_fast_system_call(lambda name: None if self._denied_io else self._fast_system_call(name))
         if vm.tracer.exec:
             engine.on_block(lambda address, _size: vm.tracer.executed(address))
         self.engine = engine
@@ -286,29 +291,29 @@ class DirectMode(ExecutionMode):
             self._if_may_be_set = 1
 
     def deny_io(self, port: int, size: int) -> None:
-        """An EIP written in the hook is not honoured, so note the registers the hook sees and
-        stop: the engine stops in front of the next instruction (counted run) or of the next one
-        that touches memory, and the registers come back as they were at the I/O instruction."""
-        registers = self.cpu.snapshot()
-        self._denied_io = (registers, port, size, self._io_in_progress[2])
+        """An EIP written in the hook is not honoured, so save the CPU state the hook sees and
+        stop. In a counted run the stop lands in front of the next instruction; otherwise at the
+        next one that touches memory, and the instructions before it run: their port accesses,
+        exceptions and int n are ignored (_interrupt_hook), and the saved state comes back, so
+        that none of them happened (each runs again after the guest's #GP handler)."""
+        self._denied_io = (self.engine.save_state(), self.engine.reg("eip"), self.engine.reg("edx") & 0xFFFF,
+                           port, size, self._io_in_progress[2])
         self.engine.stop()
 
     def _denied_io_exit(self) -> VmExit:
-        (registers, port, size, out), self._denied_io = self._denied_io, None
-        eip = registers["eip"]
+        (state, eip, dx, port, size, out), self._denied_io = self._denied_io, None
+        self.engine.restore_state(state)
         for _ in range(ENGINE_BLOCK_MAX_INSTRUCTIONS):   # from the block start to the instruction
             try:
                 code = self._guest_code(eip, 16)
             except UnbackedAccess:
                 break
-            if _is_io_to(code, port, size, registers["edx"] & 0xFFFF, out):
+            if _is_io_to(code, port, size, dx, out):
                 break
             length = instruction_length(code)
             if length is None:
                 break
             eip += length
-        for name in ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi", "eflags"):
-            self.engine.set_reg(name, registers[name])
         self.engine.set_reg("eip", eip)
         return VmExit(ExitReason.EXCEPTION, eip=eip, vector=GP, error_code=0)
 
@@ -344,6 +349,51 @@ class DirectMode(ExecutionMode):
         self._pending_exit_eip = eip
         self.engine.stop()
 
+    def _interrupt_hook(self, vm, vector: int) -> None:
+        if self._denied_io is not None:      # after a refused port access: never happened
+            self.engine.reset_exception_state()
+            return
+        if vector != PF_VEC:
+            if self._fetch_exit is not None:
+                self._clear_fetch_exit()
+        elif self.pager is None and self._fetch_ahead(self.engine.reg("eip"), self.engine.reg("cr2")):
+            self.engine.reset_exception_state()     # (no pager: the engine walks the guest's tables)
+            return
+        self._on_interrupt(vm, vector)
+
+    def _fetch_ahead(self, eip: int, linear: int) -> bool:
+        """Whether a page fault at `eip` on `linear` is the engine's, not yet the guest's: the
+        engine translates a whole block before it runs any of it, so code that runs off the end
+        of a page into one it cannot fetch faults at the block's start, before the instructions
+        in front of that page ran (the CPU and QEMU 7.2 run them, then fault at the instruction
+        that needs the page). Then put an engine exit in front of that instruction, so that the
+        block ends there, and run again from `eip` (True): the fault comes again at its own
+        instruction. A fault while the exit is in place is exact (False, the exit goes)."""
+        if self._fetch_exit is not None:
+            self._clear_fetch_exit()
+            return False
+        if linear & (PAGE_SIZE - 1) or linear != (eip & ~(PAGE_SIZE - 1)) + PAGE_SIZE:
+            return False
+        address = eip
+        while address < linear:      # straight-line code to the instruction that needs the page
+            try:
+                insn = decode(self._guest_code(address, 16), address)
+            except UnbackedAccess:
+                return False
+            if insn is None or address + insn.size > linear:
+                break
+            address += insn.size
+        if address == eip:
+            return False
+        self._fetch_exit = address
+        self.engine.set_exits([address])
+        return True
+
+    def _clear_fetch_exit(self) -> None:
+        address, self._fetch_exit = self._fetch_exit, None
+        self.engine.set_exits([])
+        self.engine.invalidate_code(address - 1, address)     # the block that ends at the exit
+
     def _on_interrupt(self, vm, vector: int) -> None:
         """Exceptions and int n are delivered from inside the engine's hook: the engine's state
         is the guest's, and the run goes on in the handler."""
@@ -355,11 +405,14 @@ class DirectMode(ExecutionMode):
         error_code, software = engine.last_exception_info()
         engine.reset_exception_state()
         fault_eip = eip
-        if vector == UD and engine.reg("cs") & 3 and self._rdpmc_at(eip):
-            # Unicorn has no rdpmc (#UD at any ring); the CPU checks privilege first: #GP(0)
-            # outside ring 0 while CR4.PCE is clear.
-            if not engine.reg("cr4") & CR4_PCE:
-                vector, error_code = GP, 0
+        if vector in (UD, GP) and self._rdpmc_at(eip):
+            # QEMU's helper_rdpmc: #GP(0) outside ring 0 while CR4.PCE is clear, else #UD (no
+            # counters). The engine's (QEMU 5's) has the PCE test the wrong way round. The
+            # guest's ring and CR4: trap runs ring 0 at ring 3 and keeps CR4 virtual.
+            outside = self.cpu.cpl and not self.cpu.reg("cr4") & CR4_PCE
+            vector, error_code = (GP, 0) if outside else (UD, 0)
+        if vector == NM and nm_is_ud(self._instruction_at(eip), self.cpu.reg("cr4")):
+            vector = UD
         if software:    # EIP is past the int instruction; blame its first byte if delivery faults
             fault_eip = eip - (1 if (vector, self._byte_before(eip)) in _ONE_BYTE_INTS else 2)
         return VmExit(ExitReason.EXCEPTION, eip=eip, vector=vector, error_code=error_code,
@@ -367,6 +420,12 @@ class DirectMode(ExecutionMode):
 
     def _tlb_refused(self, vm) -> VmExit:
         raise MonitorBug("the engine's virtual TLB is only used by modes with nested paging")
+
+    def _instruction_at(self, eip: int):
+        try:
+            return decode(self._guest_code(eip, 16), eip)
+        except UnbackedAccess:
+            return None
 
     def _rdpmc_at(self, eip: int) -> bool:
         try:
@@ -402,6 +461,9 @@ class DirectMode(ExecutionMode):
         """Why the engine returned. count: the instructions a counted run was given (0: none)."""
         engine, debugger = self.engine, self.debugger
         self._cut_short = False
+        fetch_exit = self._fetch_exit
+        if fetch_exit is not None:       # whatever ended the run, the exit goes
+            self._clear_fetch_exit()
         if self._denied_io is not None:
             return self._denied_io_exit()
         if self._pending_exit is not None:
@@ -428,6 +490,9 @@ class DirectMode(ExecutionMode):
                 self._cut_short = True
                 return VmExit(ExitReason.EVENT, eip=eip)
             return VmExit(ExitReason.HLT, eip=eip - 1)
+        if fetch_exit == eip and cause is StopCause.RETURNED and not stepping:   # the code before the page ran
+            self._cut_short = True
+            return VmExit(ExitReason.EVENT, eip=eip)
         if debugger is not None and (stepping or self._hit_breakpoint or debugger.interrupted):
             if cause is not StopCause.MEMORY_FAULT:
                 return VmExit(ExitReason.DEBUG, eip=eip)
@@ -436,6 +501,7 @@ class DirectMode(ExecutionMode):
         if cause is StopCause.MEMORY_FAULT:
             return VmExit(ExitReason.MEMORY_FAULT, eip=eip, detail=engine.memory_fault.message)
         if cause is StopCause.TLB_REFUSED:
+            self._cut_short = True          # what ran before the refusal counts, even if it runs again
             return self._tlb_refused(vm)
         if count:
             # Only `hlt` and an exhausted count return quietly. hlt leaves EIP just past itself;
@@ -470,14 +536,16 @@ class DirectMode(ExecutionMode):
         return (cause is not StopCause.RETURNED or vm.stop_requested or self._end_run_requested
                 or self._denied_io is not None or self._window_open or self._pending_exit is not None
                 or self._hit_breakpoint or vm.limits.stop_due
-                or self._byte_before(self.engine.reg("eip")) == HLT_OPCODE)
+                or self._byte_before(self.engine.reg("eip")) == HLT_OPCODE
+                or self.engine.reg("eip") == self._fetch_exit)
 
     def _instructions_ran(self) -> int:
         """What the last counted engine run executed: the instructions it started, less the one
         it stopped in front of (none after hlt; a fault counts as stopped in front of its
         instruction, which may be off by one for a trap: a bounded, deterministic error)."""
         started = self.engine.instructions_started()
-        if self._byte_before(self.engine.reg("eip")) == HLT_OPCODE:
+        eip = self.engine.reg("eip")
+        if self._byte_before(eip) == HLT_OPCODE or eip == self._fetch_exit:   # (an exit is no instruction)
             return started
         return max(0, started - 1)
 

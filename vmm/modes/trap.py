@@ -36,7 +36,7 @@ from vmm.guest_view import GuestView
 from vmm.modes.direct import DirectMode
 from vmm.modes.untranslated_paging import UntranslatedPaging
 from vmm.shadow_tables import ShadowTables
-from vmm.x86 import CR0_FPU_BITS, GP, IOPL_MASK, NP, SS, TS, SegmentDescriptor
+from vmm.x86 import GP, IOPL_MASK, NP, SS, TS, SegmentDescriptor
 
 SHADOW_GDT_OFFSET = 0x10000          # monitor-region areas (the same places bt uses them)
 SHADOW_LDT_OFFSET = 0x20000
@@ -99,8 +99,6 @@ class TrapCpu(GuestCpu):
         elif name.startswith("cr"):
             number = int(name[2:])
             old, self.control[number] = self.control[number], value
-            if number == 0:             # the FPU's view of CR0 is the guest's: #NM after TS
-                self.engine.set_reg("cr0", (self.engine.reg("cr0") & ~CR0_FPU_BITS) | (value & CR0_FPU_BITS))
             if number != 2:
                 self.mode.control_register_written(number, old)
         elif name in ("cs", "ss"):

@@ -18,7 +18,7 @@ from vmm.memory import PageFault, UnbackedAccess
 from vmm.monitor_paging import MonitorPageTables
 from vmm.nested_paging import NestedPaging
 from vmm.shadow_paging import ShadowPaging
-from vmm.x86 import CR0_PG, CR0_WP, DB, PF_VEC, TF, flushes_tlb
+from vmm.x86 import CR0_PG, CR0_WP, DB, FPU_CONTROLS, PF_VEC, TF, flushes_tlb, fpu_controls
 
 
 class UntranslatedPaging:
@@ -45,6 +45,8 @@ class UntranslatedPaging:
         """The guest wrote CR0, CR3 or CR4: the virtual value is in place."""
         control, engine = self.cpu.control, self.engine
         new = control[number]
+        if number in FPU_CONTROLS:     # the guest's x87/SSE controls act on the engine's
+            engine.set_reg(f"cr{number}", fpu_controls(number, engine.reg(f"cr{number}"), new))
         if number == 0 and (old ^ new) & CR0_PG and not new & CR0_PG:
             self.pager.reset()
             if not self.pager.virtual_tlb:
@@ -104,7 +106,8 @@ class UntranslatedPaging:
         except PageFault as fault:
             self._end_loan()
             engine.reset_exception_state()
-            vm.dispatch(self._guest_page_fault(fault, engine.reg("eip")))
+            if not self._fetch_ahead(engine.reg("eip"), fault.linear):
+                vm.dispatch(self._guest_page_fault(fault, engine.reg("eip")))
             return
         except UnbackedAccess as error:
             self._end_loan()
@@ -148,6 +151,8 @@ class UntranslatedPaging:
                 if self.pager.fill(linear, write, self.cpu.cpl == 3) is None:
                     return VmExit(ExitReason.EVENT, eip=eip)        # allowed by now: run it again
             except PageFault as fault:
+                if access == "fetch" and self._fetch_ahead(eip, fault.linear):
+                    return VmExit(ExitReason.EVENT, eip=eip)        # run again up to the page
                 return self._guest_page_fault(fault, eip)
             except UnbackedAccess:
                 pass

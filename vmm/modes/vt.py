@@ -79,6 +79,16 @@ def parse_exit_controls(text: str) -> frozenset:
     return frozenset(base)
 
 
+def _undefined_control_register(instruction) -> bool:
+    """mov to or from CR1 or CR5-CR7: #UD, which comes before any VM exit (the engine raises it
+    when the instruction runs natively)."""
+    if instruction.rule.procedure not in ("read_control_register", "write_control_register"):
+        return False
+    insn = instruction.insn
+    names = [insn.reg_name(operand.reg) for operand in insn.operands]
+    return not any(name in ("cr0", "cr2", "cr3", "cr4") for name in names)
+
+
 class ShadowedControlCpu(GuestCpu):
     """The guest's CPU under vt with shadow paging: the engine's state is the guest's except
     CR0/CR2/CR3/CR4, which are virtual (the engine's CR3 holds a shadow, its CR0 has PG and WP
@@ -190,7 +200,7 @@ class HardwareAssistedMode(UntranslatedPaging, DirectMode):
         super()._port_out(port, size, value)
 
     def _cpuid(self) -> bool:
-        if "cpuid" in self.controls:
+        if "cpuid" in self.controls and not self._denied_io:     # (not run: DirectMode.deny_io)
             self._exit("cpuid")
         return False                      # the guest sees the engine's CPUID, as under direct
 
@@ -250,7 +260,8 @@ class HardwareAssistedMode(UntranslatedPaging, DirectMode):
                 self._pending_exit_eip = instruction.address
                 self.engine.stop()
             return
-        if self.engine.reg("cs") & 3 and reason in SHADOW_PAGING_EXITS:
+        if (self.engine.reg("cs") & 3 and reason in SHADOW_PAGING_EXITS) or self._denied_io \
+                or _undefined_control_register(instruction):
             return
         self._exit(reason)
         if self.pager is not None and reason in SHADOW_PAGING_EXITS:

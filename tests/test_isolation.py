@@ -363,11 +363,12 @@ PROFILE_COUNTERS, VCPU, SCRATCH, VCPU_PRIVILEGED = 0xFF0C0000, 0xFF0E8000, 0xFF0
 MONITOR_TABLES, TRANSLATION_CACHE, SHADOW_POOL = 0xFF100000, 0xFF500000, 0xFFD00000
 JUMP_SLOT, BUDGET_SLOT = SCRATCH + 0x20, SCRATCH + 0x24
 
-READABLE_AREAS = [("boot GDT", BOOT_GDT), ("stubs", STUBS), ("monitor page directory", MONITOR_DIRECTORY),
-                  ("shadow GDT", SHADOW_GDT), ("shadow LDT", SHADOW_LDT), ("lookup table", LOOKUP_TABLE),
-                  ("virtual CPU", VCPU), ("privileged virtual CPU", VCPU_PRIVILEGED),
-                  ("monitor page tables", MONITOR_TABLES), ("translation cache", TRANSLATION_CACHE),
-                  ("shadow pool", SHADOW_POOL)]
+# Read at +8: the first descriptor of a descriptor table is null, as unassigned memory reads.
+READABLE_AREAS = [("shadow GDT", SHADOW_GDT + 8), ("shadow LDT", SHADOW_LDT + 8), ("boot GDT", BOOT_GDT + 8),
+                  ("virtual CPU", VCPU + 8), ("privileged virtual CPU", VCPU_PRIVILEGED + 8),
+                  ("lookup table", LOOKUP_TABLE + 8), ("stubs", STUBS + 8),
+                  ("monitor page directory", MONITOR_DIRECTORY + 8), ("monitor page tables", MONITOR_TABLES + 8),
+                  ("translation cache", TRANSLATION_CACHE + 8), ("shadow pool", SHADOW_POOL + 8)]
 WRITABLE_AREAS = [("scratch page", SCRATCH + 0x100), ("budget slot", BUDGET_SLOT),
                   ("jump slot", JUMP_SLOT), ("profile counters", PROFILE_COUNTERS)]
 
@@ -434,15 +435,25 @@ def user_call_escape(p: Program) -> None:
     p.exit(0x11)
 
 
-def user_reads_monitor(p: Program) -> None:
-    """Attack 3: ring 3 reads every monitor area and stores into the writable ones."""
-    p.enter_user()
+def read_probes(p: Program) -> None:
     for name, address in READABLE_AREAS:
         p.probe(f"read {name} {address:#x}", f"    mov eax, dword ptr [{address:#x}]")
     for name, address in WRITABLE_AREAS:
         p.probe(f"store to {name} {address:#x}, read back",
                 f"    mov dword ptr [{address:#x}], 0x5a5a5a5a\n    mov eax, dword ptr [{address:#x}]")
+
+
+def user_reads_monitor(p: Program) -> None:
+    """Attack 3: ring 3 reads every monitor area and stores into the writable ones."""
+    p.enter_user()
+    read_probes(p)
     p.exit(0x12)
+
+
+def kernel_reads_monitor(p: Program) -> None:
+    """Attack 3 at ring 0 (bt's CPL 1, trap's CPL 3 with the shadow GDT and LDT in the region)."""
+    read_probes(p)
+    p.exit(0x22)
 
 
 def user_starves_kernel(p: Program) -> None:
@@ -839,6 +850,8 @@ GUESTS = [
     *_both("user_call_escape", "2: the same from ring 3", user_call_escape),
     *_both("user_reads_monitor", "3: ring 3 reads every monitor area, stores into the writable ones",
            user_reads_monitor),
+    *_both("kernel_reads_monitor", "3: the kernel reads every monitor area, stores into the writable ones",
+           kernel_reads_monitor),
     *_both("user_starves_kernel", "4: ring 3 stores into the budget slot under a ticking PIT", user_starves_kernel),
     *_both("kernel_dodges_limit", "5: the kernel stores into the budget slot under --max-insns", kernel_dodges_limit,
            options=("--max-insns", "3000000"), ending="instruction_limit"),
@@ -1018,9 +1031,9 @@ KNOWN_FAILURES = {
                             "CPL 3): the escape runs ring-3 code untranslated, RuntimeError (traceback, no report)"),
         **dict.fromkeys(TRAP, TRAP_RING3)},
     "user_reads_monitor-paging_off": {
-        **dict.fromkeys(BT, "ring 3 reads the stubs, the monitor's page directory and tables, the lookup table "
-                            "and the virtual CPU (0x1b), gets #GP from the privileged page, and the shadow "
-                            "pool read stops the run as memory_fault"),
+        **dict.fromkeys(BT, "ring 3 reads the shadow and boot GDTs, the virtual CPU, the stubs and the "
+                            "monitor's page directory and tables, gets #GP from the privileged page, and the "
+                            "shadow pool read stops the run as memory_fault"),
         "direct": STOPS_AT_UNASSIGNED, "vt-shadow": STOPS_AT_UNASSIGNED, "vt-nested": STOPS_AT_UNASSIGNED,
         **dict.fromkeys(TRAP, TRAP_RING3)},
     "user_reads_monitor-paging_on": {
@@ -1028,6 +1041,20 @@ KNOWN_FAILURES = {
                             "ring 3 reads them with no #PF, gets #GP from the privileged page, and its stores "
                             "to the scratch page, budget and jump slots and profile counters read back"),
         "vt-shadow": VT_SHADOW_REGION, **dict.fromkeys(TRAP, TRAP_RING3)},
+    "kernel_reads_monitor-paging_off": {
+        **dict.fromkeys(BT, "the kernel at CPL 1 reads the shadow and boot GDTs, the virtual CPU, the stubs "
+                            "and the monitor's page directory and tables, then the shadow pool read stops the "
+                            "run as memory_fault"),
+        "direct": STOPS_AT_UNASSIGNED, "vt-shadow": STOPS_AT_UNASSIGNED, "vt-nested": STOPS_AT_UNASSIGNED,
+        **dict.fromkeys(TRAP, "the kernel (at real ring 3) reads trap's shadow GDT and the boot GDT, then the "
+                              "virtual-CPU read stops the run as memory_fault")},
+    "kernel_reads_monitor-paging_on": {
+        **dict.fromkeys(BT, "no #PF: the kernel reads every area and its stores to the scratch page, budget "
+                            "and jump slots and profile counters read back"),
+        "trap-shadow": ("the kernel reads trap's shadow GDT, the boot GDT and the monitor's page directory and "
+                        "tables (mapped in every shadow) instead of a #PF"),
+        "trap-nested": "the kernel reads trap's shadow GDT and the boot GDT, then " + TRAP_NESTED_LINEAR,
+        "vt-shadow": VT_SHADOW_REGION},
     "user_starves_kernel-paging_off": {
         **dict.fromkeys(BT, "ring 3's stores of 0x7fffffff into the instruction budget starve the kernel: no "
                             "IRQ0 arrives during the loop (ticks: none)"),

@@ -72,6 +72,12 @@ STRING_IO = {X.X86_INS_INSB, X.X86_INS_INSW, X.X86_INS_INSD,
              X.X86_INS_OUTSB, X.X86_INS_OUTSW, X.X86_INS_OUTSD}
 # Instructions that store the x87 instruction pointer: the engine stores the HOST address of the
 # last x87 instruction, which the monitor replaces with the guest's (ExitKind.FPU_POINTER).
+# String instructions: (whether they read DS:ESI, whether they write or read ES:EDI)
+_STRING_SOURCES = {**{i: (True, True) for i in (X.X86_INS_MOVSB, X.X86_INS_MOVSW, X.X86_INS_MOVSD,
+                                               X.X86_INS_CMPSB, X.X86_INS_CMPSW, X.X86_INS_CMPSD)},
+                   **{i: (False, True) for i in (X.X86_INS_STOSB, X.X86_INS_STOSW, X.X86_INS_STOSD,
+                                                X.X86_INS_SCASB, X.X86_INS_SCASW, X.X86_INS_SCASD)},
+                   **{i: (True, False) for i in (X.X86_INS_LODSB, X.X86_INS_LODSW, X.X86_INS_LODSD)}}
 FPU_POINTER_STORES = {X.X86_INS_FNSTENV: 12, X.X86_INS_FNSAVE: 12, X.X86_INS_FXSAVE: 8,
                       X.X86_INS_XSAVE: 8, X.X86_INS_XSAVEOPT: 8, X.X86_INS_XSAVEC: 8}
 
@@ -385,6 +391,30 @@ class Emitter:
         base = self._bases[self._segment_of(insn)]
         return _relocated_operand(insn, b"\x8D", R10, operand16=False) + b"\x45\x8D\x92" + _u32(base)
 
+    def _emit_based_string(self, out: Translation, instruction: GuestInstruction, mark) -> None:
+        """A string instruction through a DS/ES with a base: ESI and EDI are moved by the bases
+        around it (lea, flags untouched; wrapping at 4 GiB as the guest's addresses do), and a
+        fault in between puts them back (the "rebase" restore items)."""
+        insn, code = instruction.insn, out.code
+        source, destination = _STRING_SOURCES[insn.id]
+        moves = []
+        if source:
+            segment = self._segment_of(insn, next(op for op in insn.operands if op.type == X.X86_OP_MEM
+                                                 and op.mem.base in (X.X86_REG_ESI, X.X86_REG_SI)))
+            if segment in ("fs", "gs"):
+                segment = None                       # their bases apply natively
+            if segment and self._bases.get(segment):
+                moves.append((ESI, self._bases[segment]))
+        if destination and self._bases["es"]:
+            moves.append((EDI, self._bases["es"]))
+        for register, base in moves:                  # lea esi/edi, [esi/edi + base]
+            code += bytes([ADDRESS_SIZE, 0x8D, 0x80 | register << 3 | register]) + _u32(base)
+        mark(instruction.address, tuple(("rebase", register, base) for register, base in moves))
+        code += relocate(insn)
+        for register, base in moves:
+            code += bytes([ADDRESS_SIZE, 0x8D, 0x80 | register << 3 | register]) + _u32(-base)
+        mark(instruction.address)
+
     def _rebased(self, instruction: GuestInstruction) -> bytes:
         """An innocuous instruction whose memory operand goes through a segment with a base:
         the address is worked out into r10 and the instruction made to use [r10]."""
@@ -430,7 +460,12 @@ class Emitter:
             self._emit_fpu_pointer_store(out, instruction, mark)
             return
         try:
-            code += self._rebased(instruction) if self._needs_base(instruction.insn) else relocate(instruction.insn)
+            if not self._needs_base(instruction.insn):
+                code += relocate(instruction.insn)
+            elif instruction.insn.id in _STRING_SOURCES and rule.handling is Handling.COPY:
+                self._emit_based_string(out, instruction, mark)
+            else:
+                code += self._rebased(instruction)
         except NeedsEmulation as why:
             self._emit_stack_instruction(out, instruction, mark, str(why))
         if instruction.insn.id == X.X86_INS_STI:

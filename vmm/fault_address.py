@@ -51,6 +51,8 @@ def _accesses(insn, reg: Callable[[str], int], segment_base: Callable[[str], int
             access = op.access or (CS_AC_READ | CS_AC_WRITE)
             found.append((linear, op.size, bool(access & CS_AC_READ), bool(access & CS_AC_WRITE)))
     mnemonic = insn.mnemonic.split()[-1]
+    if mnemonic.startswith("xlat"):        # [ebx + al]: Capstone shows no operand (64-bit) or the base only
+        found = [((segment_base("ds") + reg("ebx") + (reg("eax") & 0xFF)) & 0xFFFFFFFF, 1, True, False)]
     stack = (segment_base("ss") + reg("esp")) & 0xFFFFFFFF
     if mnemonic in _PUSHES:
         size = _PUSHES[mnemonic] or (insn.operands[0].size if insn.operands else 4)

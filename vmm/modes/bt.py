@@ -512,6 +512,10 @@ class BinaryTranslationMode(ExecutionMode):
                 flags |= (ax >> 8) & (SF | ZF | AF | PF | CF)
                 self.engine.set_reg("eflags", flags | (OF if ax & 0xFF else 0))
                 continue
+            if item[0] == "rebase":            # ESI/EDI moved by a segment base around a string op
+                _kind, register, base = item
+                self.engine.set_reg(_GPRS[register], (self.engine.reg(_GPRS[register]) - base) & 0xFFFFFFFF)
+                continue
             register, holder = item
             self.engine.set_reg(_GPRS[register], self.engine.reg(holder + "d"))
 

@@ -32,10 +32,9 @@ from capstone.x86_const import X86_INS_STI, X86_OP_MEM
 
 from translator.emitter import (FLAGS_IN_AX, FPU_POINTER_STORES, INLINE_CACHE_ENTRIES, INT3, Emitter, ExitKind,
                                ExitSite, Translation, UnsupportedForm)
-from translator.layout import (IOPL_MASK, LOOKUP_TABLE_SIZE, REAL_IOPL, SCRATCH_BUDGET, SCRATCH_IO_SITE,
-                               SCRATCH_STACK_TOP, TF, VCPU_CR, VCPU_GDTR, VCPU_IDTR, VCPU_LDTR,
-                               VCPU_IO_CHECK, VCPU_POPF_EXPECT, VCPU_PUSHF_ADJUST, VCPU_SELECTOR,
-                               MonitorAddresses)
+from translator.layout import (IOPL_MASK, LOOKUP_TABLE_SIZE, REAL_IOPL, SCRATCH_BUDGET, SCRATCH_IO_SITE, TF,
+                               VCPU_CR, VCPU_GDTR, VCPU_IDTR, VCPU_IO_CHECK, VCPU_LDTR, VCPU_POPF_EXPECT,
+                               VCPU_PUSHF_ADJUST, VCPU_SELECTOR, MonitorAddresses)
 from vmm.cpu import GuestCpu
 from vmm.emulate import UnsupportedInstruction
 from vmm.engine import PROT_EXEC, PROT_READ, PROT_WRITE, StopCause
@@ -48,19 +47,20 @@ from vmm.shadow_tables import ShadowTables
 from vmm.nested_paging import NestedPaging
 from vmm.shadow_paging import ShadowPaging
 from vmm.guest_view import GuestView
-from vmm.memory import PageFault, UnbackedAccess, linear_to_physical
+from vmm.memory import PageFault, UnbackedAccess
 from vmm.monitor_paging import MONITOR_LINEAR, LongModeTables
-from vmm.x86 import (AF, CF, CR0_PG, CR0_WP, FPU_CONTROLS, GP, NM, OF, PF, PF_VEC, SF, UD, ZF, flushes_tlb,
+from vmm.x86 import (AF, CF, CR0_PG, FPU_CONTROLS, GP, NM, OF, PF, PF_VEC, SF, UD, ZF, flushes_tlb,
                      fpu_controls, nm_is_ud)
 
 
-# Monitor-region areas used by the translator (offsets from MONITOR_BASE; the boot GDT is at 0)
+# Monitor-region areas used by the translator: offsets from the region's base, physical
+# (MONITOR_BASE) and linear (MONITOR_LINEAR, where translated code sees them); the boot GDT is at 0.
 STUB_OFFSET = 0x3000
 # The pages translated code touches on every block sit where guest pages rarely are for the
-# engine's TLB, which is direct mapped by page number mod 256: at 0xFF0E8000-0xFF0EA000 they
-# share slots with guest pages 0x0E8-0x0EA (the BIOS area) and 0x1E8.. (2 MiB into a kernel),
-# not with a kernel's first pages at 1 MiB (0xFF002000 made a guest store to 0x102000 and a
-# spill evict each other: 5x slower loops).
+# engine's TLB, which is direct mapped by page number mod 256: at offsets 0xE8000-0xEA000 (both
+# bases are multiples of 1 MiB) they share slots with guest pages 0x0E8-0x0EA (the BIOS area)
+# and 0x1E8.. (2 MiB into a kernel), not with a kernel's first pages at 1 MiB (offset 0x2000 made
+# a guest store to 0x102000 and a monitor access evict each other: 5x slower loops).
 VCPU_OFFSET = 0xE8000
 SCRATCH_OFFSET = 0xE9000
 VCPU_PRIVILEGED_OFFSET = 0xEA000         # control registers, supervisor-only (mov r, crN)
@@ -152,9 +152,9 @@ class BinaryTranslationMode(ExecutionMode):
                                    monitor_descriptors={CODE64_SELECTOR[ring]: _code64_descriptor(ring) for ring in (1, 3)})
         tables.map_monitor(SHADOW_GDT_OFFSET, 0x10000, writable=False, executable=False, user=False)
         tables.map_monitor(SHADOW_LDT_OFFSET, 0x10000, writable=False, executable=False, user=False)
-        lookup_address = area(LOOKUP_OFFSET, LOOKUP_TABLE_SIZE, PROT_READ)
+        area(LOOKUP_OFFSET, LOOKUP_TABLE_SIZE, PROT_READ)
         arena_address = area(ARENA_OFFSET, ARENA_SIZE, PROT_READ | PROT_EXEC)
-        profile_address = area(PROFILE_OFFSET, ARENA_SLOTS * 4, PROT_READ | PROT_WRITE)
+        area(PROFILE_OFFSET, ARENA_SLOTS * 4, PROT_READ | PROT_WRITE)
         self.real_cr3 = tables.root_address      # the engine's CR3: the identity map, or a shadow
         self.vcpu_view = memory.monitor_view(VCPU_OFFSET, PAGE_SIZE)
         self.vcpu_privileged_view = memory.monitor_view(VCPU_PRIVILEGED_OFFSET, PAGE_SIZE)

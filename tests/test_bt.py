@@ -327,3 +327,33 @@ def test_native_cpuid_and_rdtsc_run_alone(tmp_path):
     assert result.reason is StopReason.DEBUG_EXIT and result.guest_value == 0
     assert vm.memory.read(0x7000, 8) == direct_vm.memory.read(0x7000, 8)
     assert vm.memory.read(0, 0x1000) == b"\x5a" * 0x1000
+
+
+def test_x87_state_saves_hold_the_guest_address_not_the_host_one(tmp_path):
+    # fnstenv and fxsave store the address of the last x87 instruction. Translated code is host
+    # code, so the engine stores the address in the translation cache (a monitor address the
+    # guest must never see); the monitor puts the guest's address there (docs/isolation.md).
+    # The bare machine (direct) stores the guest's own address: both must agree.
+    source = """
+    mov esp, 0x90000
+    mov eax, cr4
+    or eax, 0x200                       /* OSFXSR: fxsave allowed */
+    mov cr4, eax
+    fninit
+last_x87:
+    fld1
+    mov ebx, 0x20000
+    fnstenv [ebx]
+    fxsave [0x20100]
+    mov eax, dword ptr [0x2000c]        /* fnstenv: FIP */
+    mov ecx, dword ptr [0x20108]        /* fxsave: FIP */
+    mov edx, dword ptr [0x2010c]        /* fxsave: FCS and the reserved half */
+    mov esi, last_x87
+""" + EXIT
+    results = {}
+    for mode in ("bt", "direct"):
+        result, _out, _vm = run_source(tmp_path, source, mode=mode)
+        registers = result.registers
+        results[mode] = (registers["eax"], registers["ecx"], registers["edx"] & 0xFFFF0000)
+        assert registers["eax"] == registers["esi"] == registers["ecx"], (mode, registers)
+    assert results["bt"] == results["direct"]

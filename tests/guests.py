@@ -30,6 +30,16 @@ puts_done:
     ret
 """
 
+# Write AL to COM1 (preserves every other register), a subroutine. Keystone syntax.
+PUTC = """
+putc:
+    push edx
+    mov dx, 0x3f8
+    out dx, al
+    pop edx
+    ret
+"""
+
 EXIT = """
     mov dx, 0xf4
     out dx, eax

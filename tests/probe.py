@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 import shutil
 
+from tests.guests import PUTC
+
 GDT, TSS, IDT, LOG = 0x6000, 0x6100, 0x8000, 0x7000
 PAGE_DIRECTORY, PAGE_TABLE = 0x300000, 0x301000
 KERNEL_STACK, USER_STACK = 0x90000, 0x80000
@@ -72,13 +74,7 @@ hex32_digit:
     pop edx
     pop ecx
     ret
-putc:
-    push edx
-    mov dx, 0x3f8
-    out dx, al
-    pop edx
-    ret
-"""
+""" + PUTC
 
 
 def probe_source(body: list, *, ring3: bool = False, iopl: int = 0, interrupts: bool = False, paging: bool = False,

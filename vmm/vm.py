@@ -230,8 +230,8 @@ class VirtualMachine:
         if self.state is not RunState.READY:
             raise RuntimeError("a machine runs once")
         self.state = RunState.RUNNING
+        started = time.perf_counter()          # before the limit's clock: the run lasts at least it
         self.limits.start(self.engine.stop)
-        started = time.perf_counter()
         try:
             self._run_loop()
         except UnsupportedGuestFeature as error:

@@ -1001,10 +1001,6 @@ SMC_ALIAS = ("a store through an alias mapping into the next instruction of the 
 BT_UNASSIGNED = ("no guest access reaches the monitor under bt (docs/isolation.md); what differs is the "
                  "platform's: the address has no memory behind it, which QEMU reads as 0 (stores vanish) where "
                  "the monitor stops the run as memory_fault (status 121)")
-VT_SHADOW_REGION = ("vt with shadow paging keeps monitor entries for 0xff000000 up in the shadow tables: the "
-                    "guest sees the monitor's pages there (page directory, page tables, boot GDT, until page) "
-                    "instead of a #PF or its own frames")
-
 KNOWN_FAILURES = {
     # bt: since translated code is 64-bit code (docs/isolation.md) no attack reaches the monitor; the
     # entries left for bt are unassigned memory (BT_UNASSIGNED), an SS base and a based code segment.
@@ -1021,7 +1017,7 @@ KNOWN_FAILURES = {
         "direct": STOPS_AT_UNASSIGNED, "vt-shadow": STOPS_AT_UNASSIGNED, "vt-nested": STOPS_AT_UNASSIGNED,
         **dict.fromkeys(TRAP, TRAP_RING3)},
     "user_reads_monitor-paging_on": {
-        "vt-shadow": VT_SHADOW_REGION, **dict.fromkeys(TRAP, TRAP_RING3)},
+        **dict.fromkeys(TRAP, TRAP_RING3)},
     "kernel_reads_monitor-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED),
         "direct": STOPS_AT_UNASSIGNED, "vt-shadow": STOPS_AT_UNASSIGNED, "vt-nested": STOPS_AT_UNASSIGNED,
         **dict.fromkeys(TRAP, "the kernel (at real ring 3) reads trap's shadow GDT and the boot GDT, then the "
@@ -1029,8 +1025,7 @@ KNOWN_FAILURES = {
     "kernel_reads_monitor-paging_on": {
         "trap-shadow": ("the kernel reads trap's shadow GDT, the boot GDT and the monitor's page directory and "
                         "tables (mapped in every shadow) instead of a #PF"),
-        "trap-nested": "the kernel reads trap's shadow GDT and the boot GDT, then " + TRAP_NESTED_LINEAR,
-        "vt-shadow": VT_SHADOW_REGION},
+        "trap-nested": "the kernel reads trap's shadow GDT and the boot GDT, then " + TRAP_NESTED_LINEAR},
     "user_starves_kernel-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED),
         "direct": STOPS_AT_UNASSIGNED, "vt-shadow": STOPS_AT_UNASSIGNED, "vt-nested": STOPS_AT_UNASSIGNED,
         **dict.fromkeys(TRAP, TRAP_RING3)},
@@ -1044,8 +1039,7 @@ KNOWN_FAILURES = {
         "trap-shadow": ("the guest's own frames are read back through the high mappings, but its store to "
                         "0xff0e8024 kills the monitor with UcError 'Unhandled CPU exception' (a traceback, no "
                         "report)"),
-        "trap-nested": TRAP_NESTED_LINEAR,
-        "vt-shadow": VT_SHADOW_REGION},
+        "trap-nested": TRAP_NESTED_LINEAR},
     "user_reads_own_mapping-paging_on": {
         **dict.fromkeys(TRAP, TRAP_RING3)},
     "kernel_operands-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED),
@@ -1076,8 +1070,7 @@ KNOWN_FAILURES = {
     "straddle-paging_on": {
         "trap-shadow": ("the half of the access at 0xff000000 reaches the monitor's boot GDT page instead of "
                         "a #PF or the guest's frame, then a triple fault"),
-        "trap-nested": TRAP_NESTED_LINEAR,
-        "vt-shadow": VT_SHADOW_REGION},
+        "trap-nested": TRAP_NESTED_LINEAR},
     "kernel_transfers-paging_on": {"trap-nested": TRAP_NESTED_LINEAR},
     "user_transfers-paging_on": dict.fromkeys(TRAP, TRAP_RING3),
     "based_code_segments-paging_on": {

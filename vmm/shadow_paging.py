@@ -142,15 +142,19 @@ class ShadowPaging:
 
     @classmethod
     def build(cls, memory: PhysicalMemory, monitor_tables, flush_tlb: Callable[[], None], *,
-              code_frame: Callable[[int], bool] = lambda frame: False, ring_compression: bool = False) -> "ShadowPaging":
+              code_frame: Callable[[int], bool] = lambda frame: False, ring_compression: bool = False,
+              monitor_entries: bool = True) -> "ShadowPaging":
         """Map the pool into the engine's physical space only (its walker reads it; no linear
-        mapping reaches it) next to the monitor's own tables (vmm/monitor_paging.py)."""
+        mapping reaches it) next to the monitor's own tables (vmm/monitor_paging.py).
+        monitor_entries=False: the shadows map the guest's linear space alone (VT-x without EPT:
+        the monitor runs on tables of its own, and every guest address is the guest's)."""
         address = memory.map_monitor_area(POOL_OFFSET, POOL_SIZE, PROT_READ)
         if isinstance(monitor_tables, LongModeTables):
             pool = PagePool(memory.monitor_view(POOL_OFFSET, POOL_SIZE), address, 2 * PAGE_SIZE)
             return cls(memory, pool, None, flush_tlb, code_frame, long_mode_tables=monitor_tables)
         pool = PagePool(memory.monitor_view(POOL_OFFSET, POOL_SIZE), address)
-        return cls(memory, pool, monitor_tables.directory, flush_tlb, code_frame, ring_compression=ring_compression)
+        return cls(memory, pool, monitor_tables.directory if monitor_entries else None, flush_tlb, code_frame,
+                   ring_compression=ring_compression)
 
     # -- the guest's paging registers ------------------------------------------------------------
     def load(self, cr0: int, cr3: int, cr4: int, user: bool = False) -> int:
@@ -350,7 +354,7 @@ class ShadowPaging:
         space = AddressSpace(frame, page, view)
         if self.long_mode is not None:
             self._new_long_mode_root(space)
-        else:
+        elif self.monitor_directory is not None:
             at = page * PAGE_SIZE + MONITOR_FIRST_PDE * 4
             self.pool.view[at:page * PAGE_SIZE + PAGE_SIZE] = self.monitor_directory[MONITOR_FIRST_PDE * 4:PAGE_SIZE]
         self.spaces[(frame, view)] = space

@@ -36,8 +36,10 @@ class UntranslatedPaging:
                                       lambda: self.cpu.cpl)
         else:
             self.monitor_tables = MonitorPageTables.build(vm.memory)
+            # trap's kernel needs the shadow descriptor tables in its linear space; vt's guest
+            # needs nothing of the monitor's there (ring compression marks trap)
             self.pager = ShadowPaging.build(vm.memory, self.monitor_tables, self._flush_tlb,
-                                            ring_compression=ring_compression)
+                                            ring_compression=ring_compression, monitor_entries=ring_compression)
             vm.memory.write_observers.append(self.pager.memory_written)
 
     # -- the guest's paging registers (their writes are emulated) ------------------------------

@@ -87,8 +87,9 @@ SHARED = [build_samples.MB_HEADER, build_samples.CRT0, build_samples.RUNTIME, bu
           build_samples.USER, build_samples.PIC]
 MODES = ("direct", "bt", "trap", "vt")
 DETAIL_MODES = ("direct", "bt")     # the detailed table; all four meet in the comparison
-# trap runs without its hole watch (a Python call per engine block, not part of trap-and-emulate's
-# own cost); its cli/sti guest traps twice a round (tens of microseconds), so its guests run N / 100
+# trap runs without its hole watch (a Python call per run of a block holding a hole, as pushfd's
+# loop does: not part of trap-and-emulate's own cost; bench_untranslated.py measures the watch);
+# its cli/sti guest traps twice a round (tens of microseconds), so its guests run N / 100
 MODE_SCALE = {"trap": 0.01}
 PIT_DIVISOR = 20                 # IRQ0 every 20 PIT ticks = 1680 guest instructions (virtual clock)
 TRAP_TIMEOUT = 30                  # s: trap, a guest a hole sent astray must still end

@@ -191,3 +191,89 @@ def test_segment_limits_are_not_checked():
     engine.on_interrupt(faults.append)
     engine.run(0x2000, 0x2100)
     assert not faults and engine.reg("eax") == 0x12345678
+
+
+LOOP = """
+    mov ecx, 5
+top:
+    add eax, 1
+    jmp middle
+middle:
+    add ebx, 1
+    out 0x80, al
+    dec ecx
+    jnz top
+    hlt
+"""
+
+
+TOP, MIDDLE, HLT = CODE + 5, CODE + 10, CODE + 18    # LOOP's labels and final hlt
+
+
+def test_the_translation_hook_fires_per_translated_block_from_the_first_and_never_per_run():
+    # Engine.on_translation (UC_HOOK_EDGE_GENERATED): once per block translated, the engine's
+    # very first block included (the zeroed stand-in at uc_struct.last_tb); the loop's five
+    # rounds translate each block once.
+    engine, memory = machine(LOOP)
+    translated, runs = [], []
+    engine.on_port_io(lambda port, size: 0, lambda port, size, value: runs.append(engine.reg("ebx")))
+    engine.on_translation(lambda address, size: translated.append(address))
+    assert engine.last_block() == 0            # the stand-in reads as a block at 0
+    engine.run(CODE, memory.until_address)
+    assert runs == [1, 2, 3, 4, 5]
+    assert sorted(translated) == [CODE, TOP, MIDDLE, HLT]
+    # The offset of last_tb, pinned: it points at the block that last returned to Unicorn's
+    # loop, the one before the final hlt's (a hlt leaves by an exception).
+    assert engine.last_block() == MIDDLE
+
+
+def test_a_stop_in_the_translation_hook_ends_the_run_in_front_of_the_block():
+    # What rerun_block relies on: none of the block runs, EIP is its start, and a counted
+    # run's emu_counter counts none of it; the next run translates it again.
+    engine, memory = machine(LOOP)
+    translated = []
+
+    def on_translation(address, size):
+        translated.append(address)
+        if address == MIDDLE and translated.count(address) == 1:
+            engine.invalidate_code(address, address + size)
+            engine.stop()
+
+    engine.on_translation(on_translation)
+    engine.on_port_io(lambda port, size: 0, lambda port, size, value: None)
+    engine.run(CODE, memory.until_address, count=100)
+    assert engine.reg("eip") == MIDDLE and engine.reg("eax") == 1 and engine.reg("ebx") == 0
+    assert engine.instructions_started() == 3           # mov ecx, add eax, jmp
+    engine.run(engine.reg("eip"), memory.until_address, count=100)     # (no count: 1 s to flush)
+    assert engine.reg("ebx") == 5 and translated.count(MIDDLE) == 2
+
+
+def test_a_block_hook_at_one_start_sees_only_the_blocks_that_start_there():
+    engine, memory = machine(LOOP)
+    seen = []
+    engine.on_block_at(MIDDLE, lambda address, size: seen.append((address, engine.reg("ebx"))))
+    engine.run(CODE, memory.until_address)
+    assert seen == [(MIDDLE, rounds) for rounds in range(5)]
+
+
+def test_with_a_code_hook_anywhere_a_stop_at_a_chained_block_leaves_eip_stale():
+    # Pinned engine behaviour (why the trap hole watch uses block hooks, not code hooks): the
+    # 4th OUT asks for a stop; nothing touches memory after it, so the stop lands at the start
+    # of the next block, `top`, entered by a chained jnz. Without code hooks EIP is `top`; with
+    # one anywhere (here on code never run) Unicorn skips its fix-up and EIP stays `middle`.
+    results = []
+    for code_hook in (False, True):
+        engine, memory = machine(LOOP)
+        outs = []
+
+        def on_out(port, size, value, engine=engine, outs=outs):
+            outs.append(value)
+            if len(outs) == 4:
+                engine.stop()
+
+        engine.on_port_io(lambda port, size: 0, on_out)
+        if code_hook:
+            engine.on_code(CODE + 0x1000, lambda address: None)
+        engine.run(CODE, memory.until_address)
+        results.append((engine.reg("eip"), engine.reg("ebx")))
+    assert results == [(TOP, 4), (MIDDLE, 4)]

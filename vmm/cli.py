@@ -109,7 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-unassigned-ports", action="store_true",
                      help="log accesses to ports no device claims (stderr)")
     run.add_argument("--no-hole-watch", action="store_true",
-                     help="trap: do not record virtualization holes (their watch is a call per engine block)")
+                     help="trap: do not record virtualization holes (their watch costs a call per "
+                          "translated block and per run of a block holding one)")
     run.add_argument("--paging", default=None, choices=("shadow", "nested"),
                      help="memory virtualization: shadow page tables (bt and trap's default; vt as VT-x "
                           "without EPT) or nested paging (vt's default; bt and trap through the engine's "

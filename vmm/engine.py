@@ -36,6 +36,10 @@ _SEGMENT_CACHE_SIZE = 24
 _SEGMENT_INDEX = {"es": 0, "cs": 1, "ss": 2, "ds": 3, "fs": 4, "gs": 5}
 # Offset of uint64 emu_counter in Unicorn's uc_struct (instructions started by a counted run).
 _UC_EMU_COUNTER = 1344
+# Offset of `struct TranslationBlock *last_tb` in uc_struct: the last block that returned to
+# Unicorn's loop, NULL until one has. Its translation hook fires only once it is set (pinned
+# by tests/test_engine.py, which finds it by the block it points to).
+_UC_LAST_TB = 14824
 _CTX_ERROR_CODE = _CTX_ENV + 5352        # int error_code of the last exception
 _CTX_EXCEPTION_IS_INT = _CTX_ENV + 5356  # int exception_is_int: 1 for int n / int3 / into
 _CTX_OLD_EXCEPTION = _CTX_ENV + 5464     # int old_exception: never cleared by Unicorn (see reset)
@@ -398,7 +402,9 @@ class Engine:
     def on_code(self, address: int, handler: Callable[[int], None], end: Optional[int] = None):
         """handler(address) before the instruction at `address` (or at every address up to `end`)
         executes; returns a handle for remove_hook. Code the engine translated earlier does not
-        see a new hook: invalidate it."""
+        see a new hook: invalidate it. While any code hook exists, a stop that lands at the start
+        of a block the engine entered by a chained jump leaves EIP where it was last written, not
+        at that block (Unicorn then skips its own fix-up): on_block_at does not."""
         return self._uc.hook_add(uc_const.UC_HOOK_CODE, self._guarded(lambda _uc, at, _size, _data: handler(at)),
                                  None, address, address if end is None else end)
 
@@ -408,6 +414,38 @@ class Engine:
     def on_block(self, handler: Callable[[int, int], None]) -> None:
         """handler(address, size) before every engine block (costly: for tracing only)."""
         self._uc.hook_add(uc_const.UC_HOOK_BLOCK, self._guarded(lambda _uc, address, size, _data: handler(address, size)))
+
+    def on_block_at(self, address: int, handler: Callable[[int, int], None]):
+        """handler(address, size) before every run of an engine block that starts at `address`
+        (a block hook bounded to that start: blocks elsewhere cost nothing, and unlike a code
+        hook it leaves how the engine keeps EIP alone). Returns a handle for remove_hook. Code
+        the engine translated earlier does not see a new hook: invalidate it."""
+        return self._uc.hook_add(uc_const.UC_HOOK_BLOCK,
+                                 self._guarded(lambda _uc, at, size, _data: handler(at, size)), None, address, address)
+
+    def on_translation(self, handler: Callable[[int, int], None]) -> None:
+        """handler(address, size) each time the engine translates a block, before the block runs
+        (Unicorn's UC_HOOK_EDGE_GENERATED, which fires where a lookup misses and the block is
+        translated, never per execution). Hooks added in the handler miss the block just
+        translated: invalidate it and stop(), which ends the run in front of it, none of it run,
+        with EIP at its start (and counted in no instruction count).
+
+        Unicorn calls the hook only once some block has returned to its loop (uc_struct.last_tb
+        set, for the hook's `previous` argument): before that, every block is translated
+        unseen, and under trap all of a kernel's first blocks may end in a trap. So an engine
+        that has not run yet gets a zeroed stand-in there, and the hook sees every block."""
+        self._uc.hook_add(uc_const.UC_HOOK_EDGE_GENERATED,
+                          self._guarded(lambda _uc, block, _previous, _data: handler(block.pc, block.size)))
+        last_tb = ctypes.c_uint64.from_address(self._uc._uch.value + _UC_LAST_TB)
+        if not last_tb.value:
+            self._no_block_yet = ctypes.create_string_buffer(512)    # read as a TranslationBlock
+            last_tb.value = ctypes.addressof(self._no_block_yet)
+
+    def last_block(self) -> int:
+        """The address (pc) of the last engine block that returned to Unicorn's loop, -1 if none
+        has: read where on_translation finds it (tests pin the offset with it)."""
+        pointer = ctypes.c_uint64.from_address(self._uc._uch.value + _UC_LAST_TB).value
+        return ctypes.c_uint64.from_address(pointer).value if pointer else -1
 
     def on_port_io(self, port_in: Callable[[int, int], int],
                    port_out: Callable[[int, int, int], None]) -> None:

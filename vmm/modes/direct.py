@@ -105,6 +105,8 @@ class DirectMode(ExecutionMode):
         self._pending_exit: Optional[VmExit] = None     # an exit a hook decided on (trap mode)
         self._pending_exit_eip: Optional[int] = None    # ... and where the guest's EIP must be
         self._fetch_exit: Optional[int] = None          # an engine exit in front of an unfetchable page
+        self._stopped_between_blocks = False            # the run ended in front of a block (rerun_block)
+        self._rerun = False                             # ... and only for that
         engine.on_interrupt(lambda vector: self._interrupt_hook(vm, vector))
         engine.on_fast_system_call(lambda name: None if self._denied_io else self._fast_system_call(name))
         if vm.tracer.exec:
@@ -188,6 +190,17 @@ class DirectMode(ExecutionMode):
                 return address
             address += length
         return 0
+
+    def rerun_block(self, address: int) -> None:
+        """From a translation hook (Engine.on_translation) that added hooks the block just
+        translated at `address` lacks (it is invalidated): end the run in front of it, none of
+        it run, and run again from its start, newly translated."""
+        if self._pending_exit is None:
+            self._pending_exit = VmExit(ExitReason.EVENT, eip=address)
+            self._pending_exit_eip = address
+            self._rerun = True
+        self._stopped_between_blocks = True
+        self.engine.stop()
 
     def _end_run(self) -> None:
         self._end_run_requested = True
@@ -440,6 +453,15 @@ class DirectMode(ExecutionMode):
             return -1
 
     def execute(self, vm) -> VmExit:
+        while True:
+            vm_exit = self._run_engine(vm)
+            rerun, self._rerun = self._rerun, False
+            # A run that ended only for a block to be translated again (rerun_block) goes on:
+            # no exit of the guest's, nothing for the run loop (its instructions are retired).
+            if not (rerun and vm_exit.reason is ExitReason.EVENT) or vm.stop_requested or vm.limits.stop_due:
+                return vm_exit
+
+    def _run_engine(self, vm) -> VmExit:
         engine = vm.engine
         count = vm.run_budget()
         debugger = self.debugger
@@ -461,6 +483,7 @@ class DirectMode(ExecutionMode):
         """Why the engine returned. count: the instructions a counted run was given (0: none)."""
         engine, debugger = self.engine, self.debugger
         self._cut_short = False
+        self._stopped_between_blocks = False
         fetch_exit = self._fetch_exit
         if fetch_exit is not None:       # whatever ended the run, the exit goes
             self._clear_fetch_exit()
@@ -468,9 +491,10 @@ class DirectMode(ExecutionMode):
             return self._denied_io_exit()
         if self._pending_exit is not None:
             pending, self._pending_exit = self._pending_exit, None
-            if self._pending_exit_eip is not None:     # the faulting syscall/sysenter, or the
-                engine.set_reg("eip", self._pending_exit_eip)      # instruction vt emulates
-                self._pending_exit_eip = None
+            if self._pending_exit_eip is not None:     # the faulting syscall/sysenter, the
+                engine.set_reg("eip", self._pending_exit_eip)      # instruction vt emulates, or
+                self._pending_exit_eip = None                      # a block to run again
+            self._cut_short = pending.reason is ExitReason.EVENT   # (what ran is retired)
             return pending
         if self._window_open:           # the guest set IF with an interrupt waiting
             self._window_open = False
@@ -524,6 +548,7 @@ class DirectMode(ExecutionMode):
                 self._ran_early = self._instructions_ran()
                 return cause, count
             done = count - 1
+            self._run_goes_on()
         if self._opens_shadow(engine.reg("eip")):
             count += 1
             cause = engine.run(engine.reg("eip"), vm.until_address, count=2)
@@ -531,6 +556,11 @@ class DirectMode(ExecutionMode):
             cause = engine.run(engine.reg("eip"), vm.until_address, count=1)
         self._ran_early = done + self._instructions_ran()
         return cause, count
+
+    def _run_goes_on(self) -> None:
+        """A counted run goes on in another engine run from EIP, exactly where the last one
+        stopped (in front of an instruction, perhaps inside an engine block): for a mode that
+        follows engine blocks (trap's hole watch), the block running was left there."""
 
     def _stopped_early(self, vm, cause) -> bool:
         return (cause is not StopCause.RETURNED or vm.stop_requested or self._end_run_requested
@@ -545,8 +575,9 @@ class DirectMode(ExecutionMode):
         instruction, which may be off by one for a trap: a bounded, deterministic error)."""
         started = self.engine.instructions_started()
         eip = self.engine.reg("eip")
-        if self._byte_before(eip) == HLT_OPCODE or eip == self._fetch_exit:   # (an exit is no instruction)
-            return started
+        between, self._stopped_between_blocks = self._stopped_between_blocks, False
+        if between or self._byte_before(eip) == HLT_OPCODE or eip == self._fetch_exit:   # (an exit is
+            return started                                                   # no instruction)
         return max(0, started - 1)
 
     def _opens_shadow(self, eip: int) -> bool:

@@ -15,12 +15,15 @@ Guest paging (vmm/modes/untranslated_paging.py): shadow page tables with ring co
 kernel and its processes both run at CPL 3, so each guest address space has a kernel view and a
 user view, and the engine's CR3 follows the guest's ring), or nested paging.
 
-Holes are seen by a block hook that decodes each engine block the first time it runs and counts
-its runs: a hole's count is the number of times its block started. An iret or retf that ends a
-block of the guest kernel and does not trap returned to ring 3 natively, as a same-ring return
-that leaves SS:ESP on the stack: it is recorded when the next block starts. That hook is a Python
-call per engine block: trap mode pays it so that the report can name what went wrong
-(`--no-hole-watch` turns it off, leaving what trap-and-emulate itself costs).
+Holes are seen when the engine translates a block (Engine.on_translation): the block is decoded
+(once per distinct code) and, if it holds a hole or ends in iret/retf, gets a block hook bounded
+to its start, and is translated again before it first runs. The hook counts the block's holes as
+it starts; an exception inside the block, or the end of a run there, takes back those it did not
+reach, so a hole's count is how often it ran natively. An iret or retf that ends a block of the
+guest kernel and runs to the block's end (it did not trap) returned to ring 3 natively, as a
+same-ring return that leaves SS:ESP on the stack. So the watch costs a Python call per
+translation and per run of a block with a hole in it, not per block run (`--no-hole-watch` turns
+it off, leaving what trap-and-emulate itself costs).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ SHADOW_LDT_OFFSET = 0x20000
 REAL_RING = 3
 HLT_PROCEDURE = "hlt"
 TRAP_VECTORS = (GP, NP, SS, TS)
+NATIVE_RETURNS = ("iret", "far_ret")     # procedures of the returns the hole watch follows
 
 
 def _real(selector: int) -> int:
@@ -56,7 +60,7 @@ def is_hole(instruction: GuestInstruction) -> bool:
     whether they trap depends on the ring they return to."""
     rule = instruction.rule
     return (rule.category in (Category.SENSITIVE, Category.FAR_TRANSFER, Category.PRIVILEGED)
-            and rule.procedure not in ("iret", "far_ret") and not traps_when_deprivileged(instruction))
+            and rule.procedure not in NATIVE_RETURNS and not traps_when_deprivileged(instruction))
 
 
 class TrapCpu(GuestCpu):
@@ -182,15 +186,21 @@ class TrapAndEmulateMode(UntranslatedPaging, DirectMode):
         self.attach_paging(vm, self.paging_scheme, ring_compression=True)
         self.decoder = Decoder(self._fetch)
         self.traps: Counter = Counter()                 # emulated instructions, by mnemonic
-        self._block_runs: Counter = Counter()           # engine block start -> runs
-        self._holes: dict[int, tuple[str, list[int]]] = {}   # address -> (text, blocks containing it)
-        self._scanned: dict[int, Optional[tuple[int, str]]] = {}    # block -> its final iret/retf
-        self._native_return: Optional[tuple[int, str]] = None         # the one the last block ends in
-        self._native_returns: Counter = Counter()
-        self._trapped_at: Counter = Counter()                       # address -> traps taken there
+        # The hole watch: engine blocks are scanned when the engine translates them; those
+        # holding a hole or ending in iret/retf get a block hook bounded to their start.
+        self._scans: dict[tuple[int, bytes], tuple] = {}    # (start, code) -> (holes, final iret/retf)
+        self._blocks: dict[tuple[int, int], tuple] = {}     # (start, size) -> the scan of its code now
+        self._watched_starts: set[int] = set()              # block starts with a block hook
+        self._hole_text: dict[int, str] = {}                # hole address -> its instruction
+        self._hole_runs: Counter = Counter()                # hole address -> native runs
+        self._native_returns: Counter = Counter()           # (address, text) of an iret/retf -> runs
+        # The watched block running now, if the guest has not left it: (start, size, its scan,
+        # the ring it started in). Its holes are counted when it starts, and the ones it did
+        # not reach taken back when an exception or the run's end shows where it was left.
+        self._current: Optional[tuple] = None
         self._entered = False
         if self.watch_holes:     # without it trap mode costs what trap-and-emulate itself costs
-            vm.engine.on_block(self._block_started)
+            vm.engine.on_translation(self._translated)
         return self.cpu
 
     # -- running: the engine at ring 3, traps dispatched from its interrupt hook ---------------
@@ -198,8 +208,21 @@ class TrapAndEmulateMode(UntranslatedPaging, DirectMode):
         if not self._entered:
             self._entered = True
             self.cpu.deprivilege()
-        self._native_return = None
-        return super().execute(vm)
+        vm_exit = super().execute(vm)
+        if self._current is not None:             # where the run left the guest
+            self._block_left(vm_exit.eip if vm_exit.reason is ExitReason.STOP_REQUEST else self.engine.reg("eip"))
+        return vm_exit
+
+    def _run_goes_on(self) -> None:
+        if self._current is not None:
+            self._block_left(self.engine.reg("eip"))
+
+    def _interrupt_hook(self, vm, vector: int) -> None:
+        # An exception (any: a hidden page fault too) ends the engine block it comes from, at
+        # EIP; after a refused port access nothing that follows happened (the run's end says).
+        if self._current is not None and self._denied_io is None:
+            self._block_left(self.engine.reg("eip"))
+        super()._interrupt_hook(vm, vector)
 
     def _on_interrupt(self, vm, vector: int) -> None:
         """A #GP (or a #NP/#SS/#TS: the shadow tables hold no system descriptors, so gates and
@@ -210,7 +233,6 @@ class TrapAndEmulateMode(UntranslatedPaging, DirectMode):
         engine = self.engine
         if self.paging_interrupt(vm, vector):
             return
-        self._native_return = None            # the block's iret/retf trapped, or never ran
         if vector in TRAP_VECTORS:
             _error_code, software = engine.last_exception_info()
             eip = engine.reg("eip")
@@ -218,7 +240,6 @@ class TrapAndEmulateMode(UntranslatedPaging, DirectMode):
             if instruction is not None and vm.emulator.emulates(instruction):
                 engine.reset_exception_state()
                 self.traps[instruction.insn.mnemonic] += 1
-                self._trapped_at[eip] += 1
                 if instruction.rule.procedure == HLT_PROCEDURE and self.cpu.cpl == 0:
                     engine.set_reg("eip", instruction.end)
                     self._pending_exit = VmExit(ExitReason.HLT, eip=eip)
@@ -236,39 +257,80 @@ class TrapAndEmulateMode(UntranslatedPaging, DirectMode):
         return block.instructions[0] if block.instructions else None
 
     # -- holes ---------------------------------------------------------------------------------
-    def _block_started(self, address: int, size: int) -> None:
-        if self._native_return is not None:
-            # The block before ended in iret/retf in the guest kernel and did not trap: a return
-            # to ring 3, which at the real ring 3 ran as a same-ring return (SS:ESP not popped).
-            self._record_hole(*self._native_return)
-            self._native_return = None
-        self._block_runs[address] += 1
-        if address not in self._scanned:
-            self._scanned[address] = self._scan(address, size)
-        final_return = self._scanned[address]
-        if final_return is not None and self.cpu.virtual_cpl == 0:
-            self._native_return = final_return
+    def _translated(self, address: int, size: int) -> None:
+        """The engine translated a block (before it runs): one that holds a hole or ends in
+        iret/retf is watched from its start; a hook new to it misses this translation, so the
+        block is translated again and the run ends in front of it, none of it run."""
+        if self._current is not None:       # the block before this one ran to its end
+            self._block_left(None)
+        holes, final_return = self._block_scan(address, size)
+        if (holes or final_return is not None) and self._watch_start(address):
+            self.engine.invalidate_code(address, address + size)
+            self.rerun_block(address)
 
-    def _scan(self, address: int, size: int) -> Optional[tuple[int, str]]:
-        """Note the holes in an engine block; returns (address, text) of an iret/retf ending it."""
-        last = None
+    def _watch_start(self, address: int) -> bool:
+        """A block hook at `address`; False if there is one already."""
+        if address in self._watched_starts:
+            return False
+        self._watched_starts.add(address)
+        self.engine.on_block_at(address, self._watched_block_started)
+        return True
+
+    def _block_scan(self, address: int, size: int) -> tuple:
+        """The holes in the engine block at `address` and the iret/retf ending it, as its code
+        is now (scanned once per distinct code: a block translated again costs a fetch)."""
+        code = self._fetch(address, size)
+        scan = self._scans.get((address, code))
+        if scan is None:
+            scan = self._scans[(address, code)] = self._scan(address, size)
+        self._blocks[(address, size)] = scan
+        return scan
+
+    def _scan(self, address: int, size: int) -> tuple:
+        """(addresses of the holes in an engine block, (address, text) of an iret/retf ending it)."""
+        holes, last = [], None
         for last in self.decoder.instructions_in(address, address + size):
             if is_hole(last):
-                text, blocks = self._holes.setdefault(last.address, (str(last), []))
-                blocks.append(address)
-        if last is not None and last.rule.procedure in ("iret", "far_ret"):
-            return last.address, str(last)
-        return None
+                holes.append(last.address)
+                self._hole_text.setdefault(last.address, str(last))
+        final_return = None
+        if last is not None and last.rule.procedure in NATIVE_RETURNS:
+            final_return = (last.address, str(last))
+        return tuple(holes), final_return
 
-    def _record_hole(self, address: int, text: str) -> None:
-        self._native_returns[(address, text)] += 1
+    def _watched_block_started(self, address: int, size: int) -> None:
+        scan = self._blocks.get((address, size))
+        if scan is None:         # (every translation is scanned: for safety only)
+            scan = self._block_scan(address, size)
+        if self._current is not None:
+            self._block_left(None)
+        for hole in scan[0]:
+            self._hole_runs[hole] += 1
+        self._current = (address, size, scan, self.cpu.virtual_cpl)
+
+    def _block_left(self, at: Optional[int]) -> None:
+        """The current watched block was left at `at` (an exception's EIP, where an engine run
+        ended), None at its end (the next block was translated or began). Left inside, the
+        holes from `at` on did not run (a faulting one neither: a trap emulates it, a fault
+        runs it again in a block of its own). Run to its end, a final iret/retf that began in
+        the guest kernel returned to ring 3 natively, as a same-ring return that leaves SS:ESP
+        on the stack. Within its bytes only this block can be running: another block starting
+        inside them would hold the same instructions from there on, so its holes, and be
+        watched. (Not followed: a store into the running block's own bytes, after which the
+        engine goes on in a new block at the next instruction without an exception.)"""
+        (start, size, (holes, final_return), ring), self._current = self._current, None
+        if at is not None and start <= at < start + size:
+            for hole in holes:
+                if hole >= at:
+                    self._hole_runs[hole] -= 1
+        elif final_return is not None and ring == 0:
+            self._native_returns[final_return] += 1
 
     def holes(self) -> list[dict]:
-        """The sensitive instructions that ran without trapping, with how often their blocks ran
-        (for iret/retf: how often they returned to ring 3 natively)."""
-        found = [(address, text, sum(self._block_runs[block] for block in blocks) - self._trapped_at[address])
-                 for address, (text, blocks) in self._holes.items()]
-        found = [hole for hole in found if hole[2] > 0]     # those that always trapped are no holes
+        """The sensitive instructions that ran without trapping, with how often they ran so (for
+        iret/retf: how often they returned to ring 3 natively)."""
+        found = [(address, self._hole_text[address], runs) for address, runs in self._hole_runs.items()
+                 if runs > 0]                               # those that always trapped are no holes
         found += [(address, text, count) for (address, text), count in self._native_returns.items()]
         return [{"address": f"{address:#010x}", "instruction": text, "count": count}
                 for address, text, count in sorted(found)]

@@ -12,10 +12,11 @@ The exit controls (`--vt-exits`, shown in the report) name exit reasons as VT-x 
   exception           the exception bitmap: every vector exits (without it a guest exception
                       is delivered through the guest's IDT as by the CPU: no exit counted)
   rdtsc, cr_access, dr_access, msr, invlpg, descriptor_table
-                      instruction exits Unicorn has no hook for: a block hook finds them the
-                      first time each engine block runs, puts a code hook at each and runs the
-                      block again, so every execution exits. A Python call per engine block:
-                      enabling them costs, as it did on the first VT-x parts
+                      instruction exits Unicorn has no hook for: each engine block is scanned
+                      when the engine translates it (Engine.on_translation), a code hook goes
+                      at each watched instruction, and a block that got one is translated
+                      again before it runs, so every execution exits. The cost is paid per
+                      translation and per exit, not per block run
   task_switch         not a control: VT-x exits on every task switch and the monitor performs
                       it (vmm/task_switch.py); counted for those the monitor sees (see
                       task_switched)
@@ -180,9 +181,10 @@ class HardwareAssistedMode(UntranslatedPaging, DirectMode):
             self._watched.update((procedure, "task_switch") for procedure in TASK_SWITCH_PROCEDURES)
         if self._watched:
             self.decoder = Decoder(self._fetch)
-            self._scanned: set[int] = set()
-            self._hooked: set[int] = set()
-            vm.engine.on_block(self._scan_block)
+            self._scans: dict[tuple[int, bytes], tuple] = {}     # (start, code) -> (watched, others)
+            self._code_hooks: set[int] = set()       # addresses with a code hook
+            self._exit_at: dict[int, tuple] = {}     # address -> (reason, instruction) its hook exits for
+            vm.engine.on_translation(self._scan_block)
         return cpu
 
     def _exit(self, reason: str) -> None:
@@ -232,21 +234,39 @@ class HardwareAssistedMode(UntranslatedPaging, DirectMode):
 
     # -- instruction exits found by scanning ---------------------------------------------------
     def _scan_block(self, address: int, size: int) -> None:
-        if address in self._scanned:
-            return
-        self._scanned.add(address)
-        found = False
-        for instruction in self.decoder.instructions_in(address, address + size):
-            reason = self._watched.get(instruction.rule.procedure)
-            if reason is not None and instruction.address not in self._hooked:
-                self._hooked.add(instruction.address)     # (engine blocks may overlap)
-                self.engine.on_code(instruction.address,
-                                    lambda _at, reason=reason, instruction=instruction: self._instruction_exit(
-                                        reason, instruction))
-                found = True
-        if found:     # hooks apply to code translated after them: translate the block again and
-            self.engine.invalidate_code(address, address + size)    # run it from its start (a
-            self.engine.set_reg("eip", address)      # PC written in a hook restarts there at once)
+        """The engine translated a block (before it runs): a code hook at each watched
+        instruction in it. A hook new to the block misses this translation: the block is
+        translated again and the run ends in front of it, none of it run, so that its first run
+        exits too. Scanned once per distinct code; a block translated again costs a fetch."""
+        code = self._fetch(address, size)
+        scan = self._scans.get((address, code))
+        if scan is None:
+            watched, others = [], []
+            for instruction in self.decoder.instructions_in(address, address + size):
+                reason = self._watched.get(instruction.rule.procedure)
+                if reason is None:
+                    others.append(instruction.address)
+                else:
+                    watched.append((instruction.address, (reason, instruction)))
+            scan = self._scans[(address, code)] = (tuple(watched), tuple(others))
+        watched, others = scan
+        for other in others:            # code written over a watched instruction: its hook idles
+            self._exit_at.pop(other, None)
+        hooked = False
+        for at, exit_for in watched:
+            if at not in self._code_hooks:
+                self._code_hooks.add(at)
+                self.engine.on_code(at, self._code_exit)
+                hooked = True
+            self._exit_at[at] = exit_for
+        if hooked:
+            self.engine.invalidate_code(address, address + size)
+            self.rerun_block(address)
+
+    def _code_exit(self, address: int) -> None:
+        exit_for = self._exit_at.get(address)
+        if exit_for is not None:
+            self._instruction_exit(*exit_for)
 
     def _instruction_exit(self, reason: str, instruction) -> None:
         """An instruction exit: counted; under shadow paging, CR accesses and invlpg at ring 0 are

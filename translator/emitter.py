@@ -32,8 +32,8 @@ EAX, ECX, EDX, EBX, ESP, EBP, ESI, EDI = range(8)
 R8, R9, R10, R11, R15 = 8, 9, 10, 11, 15       # the monitor's: temporaries, and its base in r15
 INT3 = 0xCC
 # An exit slot: int3 and padding while unlinked, `jmp rel32` to the target once chained.
-SLOT_SIZE = 5
-UNLINKED_SLOT = bytes([INT3]) + b"\x90" * (SLOT_SIZE - 1)
+EXIT_SLOT_SIZE = 5                     # (not the 256-byte arena slot a whole block takes)
+UNLINKED_SLOT = bytes([INT3]) + b"\x90" * (EXIT_SLOT_SIZE - 1)
 WINDOW_SITE_DISARMED = b"\x66\x90"     # a 2-byte nop; armed, its first byte is int3
 _PREFIXES = {0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0x66, 0x67}
 _SEGMENT_PREFIXES = {0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65}
@@ -746,7 +746,7 @@ class Emitter:
             mark(guest)
             if insn.id in _NEEDS_FRESH_ENGINE_BLOCK:
                 code += ENGINE_BLOCK_BREAK
-            code += bytes([ADDRESS_SIZE]) + prefixes + bytes([opcode, SLOT_SIZE])   # taken: skip the fallthrough slot
+            code += bytes([ADDRESS_SIZE]) + prefixes + bytes([opcode, EXIT_SLOT_SIZE])   # taken: skip the fallthrough slot
             mark(fallthrough)
             self._slot(out, ExitSite(ExitKind.BRANCH, 0, fallthrough))
             mark(target)
@@ -754,11 +754,11 @@ class Emitter:
         else:                                             # jcc short or near
             condition = (opcode & 0x0F) if opcode != 0x0F else (raw[len(prefixes) + 1] & 0x0F)
             mark(guest)
-            code += bytes([0x0F, 0x80 | condition]) + _u32(SLOT_SIZE)   # taken: over the fallthrough slot
+            code += bytes([0x0F, 0x80 | condition]) + _u32(EXIT_SLOT_SIZE)   # taken: over the fallthrough slot
             mark(fallthrough)
             self._slot(out, ExitSite(ExitKind.BRANCH, 0, fallthrough))
             mark(target)
-            self._slot(out, ExitSite(ExitKind.BRANCH, 0, target, branch=len(code) - 4 - SLOT_SIZE))
+            self._slot(out, ExitSite(ExitKind.BRANCH, 0, target, branch=len(code) - 4 - EXIT_SLOT_SIZE))
 
     def _emit_cx_branch(self, out: Translation, instruction: GuestInstruction, opcode: int, target: int,
                         mark) -> None:
@@ -773,13 +773,13 @@ class Emitter:
             code += b"\x44\x8D\x41\xFF" + b"\x66\x44\x89\xC1"             # lea r8d, [rcx-1]; mov cx, r8w
         code += _reg_reg(b"\x89", ECX, R9, w=1) + b"\x0F\xB7\xC9"          # mov r9, rcx; movzx ecx, cx
         mark(guest, ((ECX, "r9"),))
-        nonzero_size = 3 + (6 + 2 * SLOT_SIZE if opcode in (0xE0, 0xE1) else SLOT_SIZE)
+        nonzero_size = 3 + (6 + 2 * EXIT_SLOT_SIZE if opcode in (0xE0, 0xE1) else EXIT_SLOT_SIZE)
         code += bytes([0xE3, nonzero_size])                                    # jrcxz zero
         code += _reg_reg(b"\x89", R9, ECX, w=1)                               # CX != 0: mov rcx, r9
         taken, not_taken = (fallthrough, target) if opcode == 0xE3 else (target, fallthrough)
         if opcode in (0xE0, 0xE1):          # loopne / loope: and ZF clear / set
             mark(guest)
-            code += bytes([0x0F, 0x84 if opcode == 0xE1 else 0x85]) + _u32(SLOT_SIZE)
+            code += bytes([0x0F, 0x84 if opcode == 0xE1 else 0x85]) + _u32(EXIT_SLOT_SIZE)
             mark(fallthrough)
             self._slot(out, ExitSite(ExitKind.BRANCH, 0, fallthrough))
         mark(taken)

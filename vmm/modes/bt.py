@@ -70,8 +70,8 @@ LOOKUP_OFFSET = 0x40000
 PROFILE_OFFSET = 0xC0000                 # execution counters, one u32 per arena slot (--profile)
 ARENA_OFFSET = 0x500000                  # (the monitor's page tables: vmm/monitor_paging.py,
 ARENA_SIZE = 8 * MIB                     # the shadow pool: vmm/shadow_paging.py)
-SLOT_SIZE = 256
-ARENA_SLOTS = ARENA_SIZE // SLOT_SIZE
+ARENA_SLOT_SIZE = 256                    # an arena slot: one translated block (not the 5-byte exit slot)
+ARENA_SLOTS = ARENA_SIZE // ARENA_SLOT_SIZE
 DEFAULT_CAPACITY = 4096                  # blocks
 ONE_SHOT_SLOT = 0                        # reserved: single instructions run outside the cache
 BUDGET_MAX = 0x7FFFFFFF                  # the budget counter is compared as a signed number
@@ -159,7 +159,7 @@ class BinaryTranslationMode(ExecutionMode):
         self.vcpu_view = memory.monitor_view(VCPU_OFFSET, PAGE_SIZE)
         self.vcpu_privileged_view = memory.monitor_view(VCPU_PRIVILEGED_OFFSET, PAGE_SIZE)
         self.scratch_view = memory.monitor_view(SCRATCH_OFFSET, PAGE_SIZE)
-        arena = CodeArena(arena_address, memory.monitor_view(ARENA_OFFSET, ARENA_SIZE), SLOT_SIZE, ARENA_SLOTS)
+        arena = CodeArena(arena_address, memory.monitor_view(ARENA_OFFSET, ARENA_SIZE), ARENA_SLOT_SIZE, ARENA_SLOTS)
         assert arena.allocate() == ONE_SHOT_SLOT
         self.cache = TranslationCache(engine, arena, memory.monitor_view(LOOKUP_OFFSET, LOOKUP_TABLE_SIZE),
                                       min(self.capacity, ARENA_SLOTS - 1), self._protect_page, MONITOR_LINEAR,
@@ -425,7 +425,7 @@ class BinaryTranslationMode(ExecutionMode):
             translation = self.emitter.translate(guest, budget=self.budget, chainable=not key.single_step,
                                                  profile=self.profile, predictions=predictions,
                                                  segment_bases=key.segment_bases)
-            if len(translation.code) <= SLOT_SIZE or (len(guest.instructions) <= 1 and not predictions):
+            if len(translation.code) <= ARENA_SLOT_SIZE or (len(guest.instructions) <= 1 and not predictions):
                 break
             if len(guest.instructions) > 1:
                 limit = len(guest.instructions) // 2
@@ -525,7 +525,7 @@ class BinaryTranslationMode(ExecutionMode):
         translation = block.translation if block is not None else None
         base = block.host if block is not None else None
         if block is None and self._one_shot is not None and \
-                self._one_shot_host <= host_eip < self._one_shot_host + SLOT_SIZE:
+                self._one_shot_host <= host_eip < self._one_shot_host + ARENA_SLOT_SIZE:
             translation, base = self._one_shot, self._one_shot_host
         if translation is None:
             return None, ()
@@ -577,7 +577,7 @@ class BinaryTranslationMode(ExecutionMode):
         block = self.cache.block_at(host_eip)
         guest = block.guest if block is not None else None
         if guest is None and self._one_shot is not None and \
-                self._one_shot_host <= host_eip < self._one_shot_host + SLOT_SIZE:
+                self._one_shot_host <= host_eip < self._one_shot_host + ARENA_SLOT_SIZE:
             guest = self._one_shot_guest
         return guest is not None and any(i.address == guest_eip for i in guest.instructions)
 
@@ -613,7 +613,7 @@ class BinaryTranslationMode(ExecutionMode):
         block = self.cache.block_at(host_eip)
         if block is not None:
             self._adjust -= sum(1 for i in block.guest.instructions if i.address >= guest_eip)
-        elif self._one_shot is not None and self._one_shot_host <= host_eip < self._one_shot_host + SLOT_SIZE:
+        elif self._one_shot is not None and self._one_shot_host <= host_eip < self._one_shot_host + ARENA_SLOT_SIZE:
             self._adjust -= 1
 
     def _execute(self, vm) -> VmExit:
@@ -1024,7 +1024,7 @@ class BinaryTranslationMode(ExecutionMode):
                                              segment_bases=self.cpu.segment_bases)
         host = self.cache.arena.address(ONE_SHOT_SLOT)
         self.cache.arena.write(host, bytes(translation.code))
-        self.engine.invalidate_code(host, host + SLOT_SIZE)
+        self.engine.invalidate_code(host, host + ARENA_SLOT_SIZE)
         self._one_shot, self._one_shot_host, self._one_shot_guest = translation, host, guest
         self._one_shot_sites = {host + site.offset: index
                                 for index, site in enumerate(translation.exits)}

@@ -14,7 +14,8 @@ from vmm.errors import VmmError
 from vmm.loaders.multiboot import split_module_list
 from vmm.exits import StopReason
 from vmm.modes import DEFAULT_MODE, available_modes
-from vmm.modes.bt import ARENA_SLOT_SIZE, DEFAULT_CAPACITY
+from vmm.modes.bt import DEFAULT_CAPACITY
+from vmm.monitor_layout import ARENA_SLOT_SIZE
 from vmm.modes.vt import parse_exit_controls
 from vmm.report import build_report, write_report
 from vmm.trace import TRACE_FLAGS, parse_trace_flags

@@ -35,6 +35,7 @@ from translator.emitter import (FLAGS_IN_AX, FPU_POINTER_STORES, INLINE_CACHE_EN
 from translator.layout import (IOPL_MASK, REAL_IOPL, SCRATCH_BUDGET, SCRATCH_IO_SITE, TF,
                                VCPU_CR, VCPU_GDTR, VCPU_IDTR, VCPU_IO_CHECK, VCPU_LDTR, VCPU_POPF_EXPECT,
                                VCPU_PUSHF_ADJUST, VCPU_SELECTOR, MonitorAddresses)
+from translator.x86decode import GPR32
 from vmm.cpu import GuestCpu
 from vmm.emulate import UnsupportedInstruction
 from vmm.engine import PROT_EXEC, PROT_READ, PROT_WRITE, StopCause
@@ -60,8 +61,6 @@ from vmm.x86 import (AF, CF, CR0_PG, FPU_CONTROLS, GP, NM, OF, PF, PF_VEC, SF, U
 DEFAULT_CAPACITY = 4096                  # blocks
 ONE_SHOT_SLOT = 0                        # reserved: single instructions run outside the cache
 BUDGET_MAX = 0x7FFFFFFF                  # the budget counter is compared as a signed number
-
-_GPRS = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
 
 # The monitor's own 64-bit code segments, at the end of the shadow GDT: translated code runs on
 # them, at CPL 1 for guest ring 0 and CPL 3 for guest ring 3. L=1, execute-only (a guest load of
@@ -499,10 +498,10 @@ class BinaryTranslationMode(ExecutionMode):
                 continue
             if item[0] == "rebase":            # ESI/EDI moved by a segment base around a string op
                 _kind, register, base = item
-                self.engine.set_reg(_GPRS[register], (self.engine.reg(_GPRS[register]) - base) & 0xFFFFFFFF)
+                self.engine.set_reg(GPR32[register], (self.engine.reg(GPR32[register]) - base) & 0xFFFFFFFF)
                 continue
             register, holder = item
-            self.engine.set_reg(_GPRS[register], self.engine.reg(holder + "d"))
+            self.engine.set_reg(GPR32[register], self.engine.reg(holder + "d"))
 
     def _locate(self, host_eip: int) -> tuple[Optional[int], tuple]:
         """Guest EIP and registers to restore for a stop at a host address inside translated code."""
@@ -537,7 +536,7 @@ class BinaryTranslationMode(ExecutionMode):
         """Note the registers the hook sees (they go back before the #GP) and stop. Which guest
         instruction it is, translated I/O stores in the scratch page just before it runs: in an
         I/O hook the engine's EIP is stale (the start of some earlier engine block)."""
-        self._denied_io = {name: self.engine.reg(name) for name in _GPRS}
+        self._denied_io = {name: self.engine.reg(name) for name in GPR32}
         self.engine.stop()
 
     def _io_site(self) -> int:

@@ -15,7 +15,7 @@ from lru import LRU
 
 from cache.arena import CodeArena
 from translator.decoder import PAGE_SIZE, GuestBlock
-from translator.emitter import INT3, SLOT_SIZE, UNLINKED_SLOT, WINDOW_SITE_DISARMED, ExitKind, ExitSite, Translation
+from translator.emitter import EXIT_SLOT_SIZE, INT3, UNLINKED_SLOT, WINDOW_SITE_DISARMED, ExitKind, ExitSite, Translation
 from translator.layout import LOOKUP_ENTRIES, LOOKUP_ENTRY_SIZE
 
 
@@ -187,7 +187,7 @@ class TranslationCache:
         # A direct jump: Unicorn chains its own blocks through it. (An indirect jump through a
         # cell measured 2-4 times slower: Unicorn 2.1.1 leaves its block cache for those.)
         jump = b"\xE9" + struct.pack("<i", target.host - (site + 5))
-        self._write_code(site, jump.ljust(SLOT_SIZE, b"\x90"))
+        self._write_code(site, jump.ljust(EXIT_SLOT_SIZE, b"\x90"))
         self._aim_branch(source, index, target.host)
         source.links[index] = target
         target.incoming.add((source, index))
@@ -239,7 +239,7 @@ class TranslationCache:
 
     def _write_code(self, address: int, data: bytes) -> None:
         self.arena.write(address, data)
-        self.engine.invalidate_code(address, address + SLOT_SIZE)
+        self.engine.invalidate_code(address, address + EXIT_SLOT_SIZE)
 
     # -- removal -------------------------------------------------------------------------------
     def remove(self, block: TranslatedBlock, cause: str) -> None:

@@ -15,7 +15,8 @@ from tests.samples import MANIFEST, REPO_ROOT, ids
 from tests.test_shadow_paging import PAGING_ON
 from tests.test_trap import DIVERGING as TRAP_DIVERGING
 from vmm.exits import StopReason
-from vmm.fault_address import decode, fault_address
+from translator.x86decode import decode
+from vmm.fault_address import fault_address
 from vmm.loaders.assembly import assemble
 
 PAGING_SAMPLES = [entry for entry in MANIFEST if entry["name"] in

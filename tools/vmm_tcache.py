@@ -278,11 +278,10 @@ def render_table(blocks: list[dict], total: int, style: Style) -> str:
 # -- side by side ---------------------------------------------------------------------------------
 
 def disassemble(code: bytes, address: int) -> list[dict]:
-    from capstone import CS_ARCH_X86, CS_MODE_64, Cs
-    cs = Cs(CS_ARCH_X86, CS_MODE_64)          # translated code is 64-bit (docs/isolation.md)
-    cs.skipdata = True
+    from translator.x86decode import listing_with_data
     return [{"address": i.address, "offset": i.address - address, "size": i.size, "bytes": i.bytes.hex(),
-             "text": f"{i.mnemonic} {i.op_str}".strip()} for i in cs.disasm(code, address)]
+             "text": f"{i.mnemonic} {i.op_str}".strip()}
+            for i in listing_with_data(code, address, 64)]   # translated code is 64-bit (docs/isolation.md)
 
 
 def side_by_side(block: dict) -> dict:

@@ -209,7 +209,6 @@ def _modrm_reg(insn) -> int:
 
 def table() -> list[tuple[str, Rule]]:
     """(mnemonic, rule) for every explicitly classified instruction, for documentation and tools."""
-    from capstone import Cs, CS_ARCH_X86, CS_MODE_32
-    names = Cs(CS_ARCH_X86, CS_MODE_32)
-    rows = [(names.insn_name(iid), rule) for iid, rule in _BY_ID.items()]
+    from translator.x86decode import instruction_name
+    rows = [(instruction_name(iid), rule) for iid, rule in _BY_ID.items()]
     return sorted(rows, key=lambda row: (row[1].category.value, row[0]))

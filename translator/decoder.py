@@ -7,16 +7,12 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Callable, Optional
 
-from capstone import CS_ARCH_X86, CS_MODE_32, Cs
 from capstone.x86_const import X86_INS_STI
 
 from translator.classify import Rule, classify
+from translator.x86decode import MAX_INSTRUCTION_LENGTH, PREFIX_GROUPS, decode
 
 PAGE_SIZE = 4096
-MAX_INSTRUCTION_LENGTH = 15
-# Legacy prefixes by group: a repeated group means what its last prefix means (QEMU's decoder)
-_PREFIX_GROUPS = {0xF0: 0, 0xF2: 1, 0xF3: 1, 0x2E: 2, 0x36: 2, 0x3E: 2, 0x26: 2, 0x64: 2, 0x65: 2,
-                  0x66: 3, 0x67: 4}
 DEFAULT_BLOCK_LIMIT = 32
 
 
@@ -82,8 +78,6 @@ class Decoder:
 
     def __init__(self, read_code: Callable[[int, int], bytes]) -> None:
         self.read_code = read_code
-        self._capstone = Cs(CS_ARCH_X86, CS_MODE_32)
-        self._capstone.detail = True
         self.short_read = False        # the last decode_one failed for lack of fetchable bytes
 
     def decode_one(self, address: int) -> Optional[object]:
@@ -95,10 +89,10 @@ class Decoder:
         code = self.read_code(address, in_page)
         if not code:
             return None
-        insn = next(self._capstone.disasm(code, address, 1), None)
+        insn = decode(code, address)
         if insn is None and len(code) == in_page < MAX_INSTRUCTION_LENGTH:
             code = self.read_code(address, MAX_INSTRUCTION_LENGTH)
-            insn = next(self._capstone.disasm(code, address, 1), None)
+            insn = decode(code, address)
             self.short_read = insn is None and len(code) < MAX_INSTRUCTION_LENGTH
         return insn
 
@@ -110,17 +104,17 @@ class Decoder:
         reads as zeros here, it cannot make the instruction shorter."""
         code = self.read_code(address, MAX_INSTRUCTION_LENGTH + 1)
         count = 0
-        while count < len(code) and code[count] in _PREFIX_GROUPS:
+        while count < len(code) and code[count] in PREFIX_GROUPS:
             count += 1
         if count >= MAX_INSTRUCTION_LENGTH:
             return True             # the 16th byte makes it too long, whatever it is
         last = {}
         for byte in code[:count]:
-            last.pop(_PREFIX_GROUPS[byte], None)
-            last[_PREFIX_GROUPS[byte]] = byte
+            last.pop(PREFIX_GROUPS[byte], None)
+            last[PREFIX_GROUPS[byte]] = byte
         kept = bytes(last.values())
         candidate = (kept + code[count:]).ljust(len(kept) + 2 * MAX_INSTRUCTION_LENGTH, b"\0")
-        insn = next(self._capstone.disasm(candidate, address, 1), None)
+        insn = decode(candidate, address)
         return insn is not None and insn.size - len(kept) + count > MAX_INSTRUCTION_LENGTH
 
     def instructions_in(self, address: int, end: int):

@@ -26,24 +26,16 @@ from translator.decoder import BlockEnd, GuestBlock, GuestInstruction
 from translator.layout import (SCRATCH_BUDGET, SCRATCH_IO_SITE, SCRATCH_STACK_TOP,
                                VCPU_CR, VCPU_GDTR, VCPU_IDTR, VCPU_IO_CHECK, VCPU_LDTR, VCPU_POPF_EXPECT,
                                VCPU_PUSHF_ADJUST, VCPU_SELECTOR, VCPU_TR, MonitorAddresses)
-from translator.x64 import ADDRESS_SIZE, NeedsEmulation, relocate, split_prefixes
+from translator.x64 import NeedsEmulation, relocate
+from translator.x86decode import ADDRESS_SIZE, FLAT_SEGMENT_PREFIXES, REGISTER_NUMBER, SEGMENT_PREFIXES, split_prefixes
 
 EAX, ECX, EDX, EBX, ESP, EBP, ESI, EDI = range(8)
 R8, R9, R10, R11, R15 = 8, 9, 10, 11, 15       # the monitor's: temporaries, and its base in r15
 INT3 = 0xCC
 # An exit slot: int3 and padding while unlinked, `jmp rel32` to the target once chained.
-SLOT_SIZE = 5
-UNLINKED_SLOT = bytes([INT3]) + b"\x90" * (SLOT_SIZE - 1)
+EXIT_SLOT_SIZE = 5                     # (not the 256-byte arena slot a whole block takes)
+UNLINKED_SLOT = bytes([INT3]) + b"\x90" * (EXIT_SLOT_SIZE - 1)
 WINDOW_SITE_DISARMED = b"\x66\x90"     # a 2-byte nop; armed, its first byte is int3
-_PREFIXES = {0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0x66, 0x67}
-_SEGMENT_PREFIXES = {0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65}
-_FLAT_SEGMENT_PREFIXES = {0x2E, 0x36, 0x3E, 0x26}      # no-ops in 64-bit mode (their bases are 0)
-_REGISTER_NUMBER = {}
-for _number, _names in enumerate([("EAX", "AX", "AL"), ("ECX", "CX", "CL"), ("EDX", "DX", "DL"),
-                                  ("EBX", "BX", "BL"), ("ESP", "SP", "AH"), ("EBP", "BP", "CH"),
-                                  ("ESI", "SI", "DH"), ("EDI", "DI", "BH")]):
-    for _name in _names:
-        _REGISTER_NUMBER[getattr(X, f"X86_REG_{_name}")] = _number
 
 
 INLINE_CACHE_ENTRIES = 4           # predicted targets per indirect branch before the table
@@ -183,7 +175,7 @@ def _registers_in_memory_operand(insn) -> set[int]:
     operand = _memory_operand(insn)
     if operand is None:
         return set()
-    return {_REGISTER_NUMBER[r] for r in (operand.mem.base, operand.mem.index) if r in _REGISTER_NUMBER}
+    return {REGISTER_NUMBER[r] for r in (operand.mem.base, operand.mem.index) if r in REGISTER_NUMBER}
 
 
 # -- x86-64 encodings --------------------------------------------------------------------------
@@ -224,7 +216,7 @@ def _relocated_operand(insn, opcode: bytes, reg: int, operand16: Optional[bool] 
     prefixes, _body = split_prefixes(raw)
     if ADDRESS_SIZE in prefixes:
         raise UntranslatableForm("16-bit addressing")
-    kept = bytes(p for p in prefixes if p not in _FLAT_SEGMENT_PREFIXES and p not in (0x66, 0xF0, 0xF2, 0xF3))
+    kept = bytes(p for p in prefixes if p not in FLAT_SEGMENT_PREFIXES and p not in (0x66, 0xF0, 0xF2, 0xF3))
     wide = 0x66 in prefixes if operand16 is None else operand16
     at = insn.modrm_offset
     modrm = raw[at]
@@ -424,7 +416,7 @@ class Emitter:
         if insn.modrm_offset == 0 and body[0] in (0xA0, 0xA1, 0xA2, 0xA3) and ADDRESS_SIZE not in prefixes:
             # mov with a 32-bit offset: the base is known now, so is the linear address
             linear = (int.from_bytes(body[1:5], "little") + self._bases[self._segment_of(insn)]) & 0xFFFFFFFF
-            kept = bytes(p for p in prefixes if p not in _SEGMENT_PREFIXES)
+            kept = bytes(p for p in prefixes if p not in SEGMENT_PREFIXES)
             return bytes([ADDRESS_SIZE]) + kept + body[:1] + _u32(linear)
         if insn.modrm_offset == 0:
             raise UnsupportedForm(f"{instruction} through a segment with a base, at {instruction.address:#x}")
@@ -432,7 +424,7 @@ class Emitter:
             raise UnsupportedForm(f"{instruction} (a high byte register) through a segment with a base")
         relocate(insn)                                     # the checks: NeedsEmulation if not copyable
         prefixes, _body = split_prefixes(raw)
-        kept = bytes(p for p in prefixes if p not in _SEGMENT_PREFIXES and p != ADDRESS_SIZE)
+        kept = bytes(p for p in prefixes if p not in SEGMENT_PREFIXES and p != ADDRESS_SIZE)
         opcode = raw[len(prefixes):insn.modrm_offset]
         if opcode == b"\x82":
             opcode = b"\x80"
@@ -488,7 +480,7 @@ class Emitter:
         if iid == X.X86_INS_PUSH:
             operand = insn.operands[0]
             if operand.type == X.X86_OP_REG:
-                code += _stack(b"\x89", _REGISTER_NUMBER[operand.reg], -size, prefix)    # mov [esp-n], reg
+                code += _stack(b"\x89", REGISTER_NUMBER[operand.reg], -size, prefix)    # mov [esp-n], reg
             elif operand.type == X.X86_OP_IMM:
                 code += _stack(b"\xC7", 0, -size, prefix) + operand.imm.to_bytes(8, "little", signed=operand.imm < 0)[:size]
             else:
@@ -499,7 +491,7 @@ class Emitter:
         if iid == X.X86_INS_POP:
             operand = insn.operands[0]
             if operand.type == X.X86_OP_REG:
-                register = _REGISTER_NUMBER[operand.reg]
+                register = REGISTER_NUMBER[operand.reg]
                 code += _stack(b"\x8B", register, 0, prefix)                              # mov reg, [esp]
                 if register != ESP:       # pop esp: ESP is the value popped
                     code += _lea_esp(size)
@@ -684,7 +676,7 @@ class Emitter:
         raise UntranslatableForm(procedure)
 
     def _check_segment_prefix(self, instruction: GuestInstruction) -> None:
-        if any(p in _SEGMENT_PREFIXES for p in _prefixes(instruction.bytes)):
+        if any(p in SEGMENT_PREFIXES for p in _prefixes(instruction.bytes)):
             raise UntranslatableForm("segment override on an emulated memory operand")
 
     def _emit_read_virtual(self, out, instruction, procedure, mark, operand16) -> None:
@@ -713,7 +705,7 @@ class Emitter:
         destination = insn.operands[0]
         if destination.type == X.X86_OP_REG:
             mark(guest)
-            code += _monitor(b"\x8B", _REGISTER_NUMBER[destination.reg], source, b"\x66" if width16 else b"")
+            code += _monitor(b"\x8B", REGISTER_NUMBER[destination.reg], source, b"\x66" if width16 else b"")
             return
         # memory destination: always a 16-bit store
         self._check_segment_prefix(instruction)
@@ -746,7 +738,7 @@ class Emitter:
             mark(guest)
             if insn.id in _NEEDS_FRESH_ENGINE_BLOCK:
                 code += ENGINE_BLOCK_BREAK
-            code += bytes([ADDRESS_SIZE]) + prefixes + bytes([opcode, SLOT_SIZE])   # taken: skip the fallthrough slot
+            code += bytes([ADDRESS_SIZE]) + prefixes + bytes([opcode, EXIT_SLOT_SIZE])   # taken: skip the fallthrough slot
             mark(fallthrough)
             self._slot(out, ExitSite(ExitKind.BRANCH, 0, fallthrough))
             mark(target)
@@ -754,11 +746,11 @@ class Emitter:
         else:                                             # jcc short or near
             condition = (opcode & 0x0F) if opcode != 0x0F else (raw[len(prefixes) + 1] & 0x0F)
             mark(guest)
-            code += bytes([0x0F, 0x80 | condition]) + _u32(SLOT_SIZE)   # taken: over the fallthrough slot
+            code += bytes([0x0F, 0x80 | condition]) + _u32(EXIT_SLOT_SIZE)   # taken: over the fallthrough slot
             mark(fallthrough)
             self._slot(out, ExitSite(ExitKind.BRANCH, 0, fallthrough))
             mark(target)
-            self._slot(out, ExitSite(ExitKind.BRANCH, 0, target, branch=len(code) - 4 - SLOT_SIZE))
+            self._slot(out, ExitSite(ExitKind.BRANCH, 0, target, branch=len(code) - 4 - EXIT_SLOT_SIZE))
 
     def _emit_cx_branch(self, out: Translation, instruction: GuestInstruction, opcode: int, target: int,
                         mark) -> None:
@@ -773,13 +765,13 @@ class Emitter:
             code += b"\x44\x8D\x41\xFF" + b"\x66\x44\x89\xC1"             # lea r8d, [rcx-1]; mov cx, r8w
         code += _reg_reg(b"\x89", ECX, R9, w=1) + b"\x0F\xB7\xC9"          # mov r9, rcx; movzx ecx, cx
         mark(guest, ((ECX, "r9"),))
-        nonzero_size = 3 + (6 + 2 * SLOT_SIZE if opcode in (0xE0, 0xE1) else SLOT_SIZE)
+        nonzero_size = 3 + (6 + 2 * EXIT_SLOT_SIZE if opcode in (0xE0, 0xE1) else EXIT_SLOT_SIZE)
         code += bytes([0xE3, nonzero_size])                                    # jrcxz zero
         code += _reg_reg(b"\x89", R9, ECX, w=1)                               # CX != 0: mov rcx, r9
         taken, not_taken = (fallthrough, target) if opcode == 0xE3 else (target, fallthrough)
         if opcode in (0xE0, 0xE1):          # loopne / loope: and ZF clear / set
             mark(guest)
-            code += bytes([0x0F, 0x84 if opcode == 0xE1 else 0x85]) + _u32(SLOT_SIZE)
+            code += bytes([0x0F, 0x84 if opcode == 0xE1 else 0x85]) + _u32(EXIT_SLOT_SIZE)
             mark(fallthrough)
             self._slot(out, ExitSite(ExitKind.BRANCH, 0, fallthrough))
         mark(taken)
@@ -816,7 +808,7 @@ class Emitter:
         else:
             operand = insn.operands[0]
             if operand.type == X.X86_OP_REG:
-                code += _reg_reg(b"\x89", _REGISTER_NUMBER[operand.reg], R8)   # mov r8d, reg
+                code += _reg_reg(b"\x89", REGISTER_NUMBER[operand.reg], R8)   # mov r8d, reg
             else:
                 code += self._guest_operand(insn, b"\x8B", R8)                   # mov r8d, m
         code += SAVE_FLAGS

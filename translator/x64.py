@@ -22,10 +22,7 @@ from __future__ import annotations
 
 from capstone import x86_const as X
 
-ADDRESS_SIZE = 0x67
-OPERAND_SIZE = 0x66
-LEGACY_PREFIXES = frozenset({0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, OPERAND_SIZE, ADDRESS_SIZE})
-MAX_INSTRUCTION_LENGTH = 15
+from translator.x86decode import ADDRESS_SIZE, MAX_INSTRUCTION_LENGTH, split_prefixes
 
 # One-byte opcodes that are invalid (or mean something else) in 64-bit mode: push/pop of ES, CS,
 # SS, DS; the BCD adjustments; pusha/popa; bound (EVEX there); arpl (movsxd there); far call and
@@ -57,14 +54,6 @@ _STORES_FPU_POINTER = frozenset({X.X86_INS_FNSTENV, X.X86_INS_FNSAVE, X.X86_INS_
 
 class NeedsEmulation(Exception):
     """The instruction cannot run as a copy in 64-bit mode; the translator emits it otherwise."""
-
-
-def split_prefixes(raw: bytes) -> tuple[bytes, bytes]:
-    """(legacy prefixes, the rest) of an instruction's bytes."""
-    index = 0
-    while index < len(raw) and raw[index] in LEGACY_PREFIXES:
-        index += 1
-    return raw[:index], raw[index:]
 
 
 def relocate(insn) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from vmm.engine import Engine
 from vmm.memory import PhysicalMemory
+from vmm.monitor_layout import BOOT_GDT_OFFSET
 from vmm.x86 import CR0_PE, EFLAGS_FIXED, encode_segment
 
 # The boot GDT lives in the monitor region (QEMU keeps its copy in the option ROM), with the same
@@ -12,7 +13,6 @@ from vmm.x86 import CR0_PE, EFLAGS_FIXED, encode_segment
 # region is read-only to the engine, so every descriptor has its accessed bit already set: a
 # segment load must never need to write it (a refused descriptor write inside reg_write leaves
 # Unicorn 2.1.1 unable to map or unmap memory afterwards).
-BOOT_GDT_OFFSET = 0x0
 BOOT_CODE_SELECTOR = 0x08
 BOOT_DATA_SELECTOR = 0x10
 BOOT_GDT = b"".join([

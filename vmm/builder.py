@@ -20,7 +20,7 @@ from vmm.loaders import LoadedImage, load_image
 from vmm.loaders import multiboot
 from vmm.memory import PhysicalMemory
 from vmm.modes import DEFAULT_MODE, available_modes
-from vmm.modes.bt import ARENA_SLOTS
+from vmm.monitor_layout import ARENA_SLOTS
 
 MAX_TCACHE_BLOCKS = ARENA_SLOTS - 1
 from vmm.gdbstub import GdbStub

@@ -14,7 +14,8 @@ from vmm.errors import VmmError
 from vmm.loaders.multiboot import split_module_list
 from vmm.exits import StopReason
 from vmm.modes import DEFAULT_MODE, available_modes
-from vmm.modes.bt import DEFAULT_CAPACITY, SLOT_SIZE
+from vmm.modes.bt import DEFAULT_CAPACITY
+from vmm.monitor_layout import ARENA_SLOT_SIZE
 from vmm.modes.vt import parse_exit_controls
 from vmm.report import build_report, write_report
 from vmm.trace import TRACE_FLAGS, parse_trace_flags
@@ -51,7 +52,7 @@ def _cache_size(text: str) -> int:
     units = {"B": 1, "K": 1 << 10, "M": 1 << 20}
     try:
         if text[-1:].upper() in units:
-            return int(text[:-1]) * units[text[-1].upper()] // SLOT_SIZE
+            return int(text[:-1]) * units[text[-1].upper()] // ARENA_SLOT_SIZE
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid cache size {text!r}") from None
@@ -73,7 +74,7 @@ def add_guest_arguments(group) -> None:
     group.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="stop after this wall time")
     group.add_argument("--tcache-size", type=_cache_size, default=None, metavar="BLOCKS|BYTES",
                        help=f"translation cache capacity: a block count, or bytes with K/M suffix "
-                            f"({SLOT_SIZE} bytes a block; default {DEFAULT_CAPACITY} blocks)")
+                            f"({ARENA_SLOT_SIZE} bytes a block; default {DEFAULT_CAPACITY} blocks)")
 
 
 def guest_config(args, image: str, mode: str, **more) -> MachineConfig:

@@ -15,6 +15,8 @@ from typing import Optional
 from capstone import x86_const as X
 
 from translator.classify import Category
+from translator.x86decode import SEGMENT_NAMES as _SEGMENTS
+from translator.x86decode import SUBREGISTERS
 from vmm.errors import UnsupportedGuestFeature
 from vmm.guest_view import GuestFault, GuestView
 from vmm.memory import UnbackedAccess
@@ -23,18 +25,10 @@ from vmm.task_switch import TaskSwitch
 from vmm.x86 import (AC, AF, CF, DF, GP, ID, IF, IOPL_MASK, NP, NT, OF, PF, SF, SS, TF, UD, VM, ZF, CR0_PE,
                      CR4_DE, CR4_PCE, GATE_CALL_16, GATE_CALL_32, Gate, SegmentDescriptor)
 
-_SEGMENTS = {X.X86_REG_CS: "cs", X.X86_REG_SS: "ss", X.X86_REG_DS: "ds", X.X86_REG_ES: "es",
-             X.X86_REG_FS: "fs", X.X86_REG_GS: "gs"}
 _DR_FIXED_ONES = {6: 0xFFFF0FF0, 7: 0x400}
 _CONTROL_REGISTERS = (0, 2, 3, 4)       # the others are #UD (QEMU: CR8 only in long mode)
-_GPR32 = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
-_SUBREGISTERS = {}
-for _i, _name in enumerate(_GPR32):
-    _SUBREGISTERS[_name] = (_name, 0, 0xFFFFFFFF)
-    _SUBREGISTERS[_name[1:]] = (_name, 0, 0xFFFF)
-for _low, _high, _full in (("al", "ah", "eax"), ("cl", "ch", "ecx"), ("dl", "dh", "edx"), ("bl", "bh", "ebx")):
-    _SUBREGISTERS[_low] = (_full, 0, 0xFF)
-    _SUBREGISTERS[_high] = (_full, 8, 0xFF)
+# Register name -> (full register, shift, mask)
+_SUBREGISTERS = {name: (full, shift, (1 << bits) - 1) for name, (full, shift, bits) in SUBREGISTERS.items()}
 # EFLAGS bits a ring-0 popf/iret may change (VM, VIF, VIP and RF are left alone here)
 _EFLAGS_WRITABLE = CF | PF | AF | ZF | SF | TF | IF | DF | OF | IOPL_MASK | NT | AC | ID
 

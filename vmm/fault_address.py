@@ -7,30 +7,19 @@ from __future__ import annotations
 import functools
 from typing import Callable
 
-from capstone import CS_AC_READ, CS_AC_WRITE, CS_ARCH_X86, CS_MODE_32, CS_MODE_64, Cs
+from capstone import CS_AC_READ, CS_AC_WRITE
 from capstone import x86_const as X
+
+from translator.x86decode import SEGMENT_NAMES as _SEGMENTS
+from translator.x86decode import SUBREGISTERS as _SUB_REGISTERS
+from translator.x86decode import decode
 
 PAGE_SIZE = 4096
 _STACK_BASES = (X.X86_REG_ESP, X.X86_REG_EBP, X.X86_REG_SP, X.X86_REG_BP)
-_SEGMENTS = {X.X86_REG_CS: "cs", X.X86_REG_SS: "ss", X.X86_REG_DS: "ds", X.X86_REG_ES: "es",
-             X.X86_REG_FS: "fs", X.X86_REG_GS: "gs"}
 _PUSHES = {"push": None, "pushfd": 4, "pushf": 2, "pushal": 32, "pushad": 32, "pushaw": 16, "pusha": 16,
            "call": 4, "enter": 4}
 _POPS = {"pop": None, "popfd": 4, "popf": 2, "popal": 32, "popad": 32, "popaw": 16, "popa": 16,
          "ret": 4, "retf": 8, "iretd": 12, "iret": 6}
-
-
-_capstone: dict[int, Cs] = {}
-
-
-def decode(code: bytes, address: int, bits: int = 32):
-    """One instruction with operand details, or None. bits=64: translated code (binary
-    translation runs the engine in long mode; its guest accesses carry 0x67)."""
-    disassembler = _capstone.get(bits)
-    if disassembler is None:
-        disassembler = _capstone[bits] = Cs(CS_ARCH_X86, CS_MODE_64 if bits == 64 else CS_MODE_32)
-        disassembler.detail = True
-    return next(disassembler.disasm(code, address, 1), None)
 
 
 def _accesses(insn, reg: Callable[[str], int], segment_base: Callable[[str], int]) -> list[tuple[int, int, bool, bool]]:
@@ -77,15 +66,6 @@ def fault_address(insn, page: int, write: bool, reg: Callable[[str], int],
             if end > 1 << 32 and page < end - (1 << 32):        # wraps around 4 GiB into page 0
                 return page
     return page
-
-
-# Sub-registers as (full register, shift, bits)
-_SUB_REGISTERS = {}
-for _full, _word, _low, _high in (("eax", "ax", "al", "ah"), ("ecx", "cx", "cl", "ch"),
-                                  ("edx", "dx", "dl", "dh"), ("ebx", "bx", "bl", "bh")):
-    _SUB_REGISTERS.update({_full: (_full, 0, 32), _word: (_full, 0, 16), _low: (_full, 0, 8), _high: (_full, 8, 8)})
-for _full, _word in (("esp", "sp"), ("ebp", "bp"), ("esi", "si"), ("edi", "di")):
-    _SUB_REGISTERS.update({_full: (_full, 0, 32), _word: (_full, 0, 16)})
 
 
 @functools.lru_cache(maxsize=1024)

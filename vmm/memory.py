@@ -10,19 +10,14 @@ from typing import Optional
 from vmm.engine import PROT_ALL, PROT_EXEC, PROT_READ, Engine
 from vmm.errors import ConfigError, UnsupportedGuestFeature
 from vmm.frames import FramePool, PhysToMachine
+from vmm.monitor_layout import (BOOT_GDT_OFFSET, BOOT_GDT_SIZE, MONITOR_BASE, MONITOR_SIZE, UNTIL_PAGE_OFFSET,
+                                UNTIL_PAGE_SIZE)
 from vmm.x86 import CR0_PG, CR0_WP
 
 MIB = 1 << 20
 PAGE_SIZE = 4096
 
-# The monitor keeps its own structures (boot descriptor table, translation cache, lookup table,
-# virtual-CPU block) at the top of the 32-bit physical space, above any guest RAM, as VMware and
-# Xen reserve the top of the address space for themselves. Parts are mapped into the engine
-# only when used, each with its own permissions (map_monitor_area); the rest is a hole.
-MONITOR_BASE = 0xFF000000
-MONITOR_SIZE = 16 * MIB
-BOOT_AREA_SIZE = 0x1000                 # boot GDT, mapped read/execute
-UNTIL_PAGE_OFFSET = MONITOR_SIZE - PAGE_SIZE
+# The monitor's region (its map: vmm/monitor_layout.py) sits at the top of the 32-bit physical space.
 MAX_RAM_MIB = 3 * 1024          # RAM must end below the monitor region and the PCI hole
 MIN_RAM_MIB = 2                 # room for the low Multiboot structures and a 1 MiB kernel
 
@@ -80,8 +75,8 @@ class PhysicalMemory:
         self.write_observers: list = []     # called as observer(address, size) after monitor writes
         self._monitor_mappings: list[tuple[int, int, int]] = []
         # Readable so the CPU can load descriptors from it; guest stores into it fault.
-        self.map_monitor_area(0, BOOT_AREA_SIZE, PROT_READ | PROT_EXEC)
-        self.map_monitor_area(UNTIL_PAGE_OFFSET, PAGE_SIZE, PROT_READ | PROT_EXEC)
+        self.map_monitor_area(BOOT_GDT_OFFSET, BOOT_GDT_SIZE, PROT_READ | PROT_EXEC)
+        self.map_monitor_area(UNTIL_PAGE_OFFSET, UNTIL_PAGE_SIZE, PROT_READ | PROT_EXEC)
 
     def _map_ram(self) -> None:
         """Map every P2M extent into the engine and keep a host view of each for the monitor."""

@@ -17,11 +17,7 @@ import sys
 
 from vmm.engine import PROT_READ, PROT_WRITE
 from vmm.memory import PAGE_SIZE
-
-# Monitor-region areas (offsets from MONITOR_BASE), the same under every mode that uses them
-DIRECTORY_OFFSET = 0x4000
-TABLES_OFFSET = 0x100000                 # 4 KiB page tables for up to 3 GiB of RAM + the monitor
-TABLES_SIZE = 0x310000
+from vmm.monitor_layout import DIRECTORY_OFFSET, DIRECTORY_SIZE, MONITOR_LINEAR, TABLES_OFFSET, TABLES_SIZE
 
 PRESENT, WRITABLE, USER, ACCESSED, DIRTY = 0x1, 0x2, 0x4, 0x20, 0x40
 # Accessed and dirty are preset: the tables are read-only to the engine, so the page walker
@@ -79,9 +75,9 @@ class MonitorPageTables:
     def build(cls, memory) -> "MonitorPageTables":
         """Map the directory and table areas (read-only to the engine) and identity-map guest RAM
         and every monitor area mapped so far, with their permissions."""
-        directory_address = memory.map_monitor_area(DIRECTORY_OFFSET, PAGE_SIZE, PROT_READ)
+        directory_address = memory.map_monitor_area(DIRECTORY_OFFSET, DIRECTORY_SIZE, PROT_READ)
         tables_address = memory.map_monitor_area(TABLES_OFFSET, TABLES_SIZE, PROT_READ)
-        tables = cls(memory.monitor_view(DIRECTORY_OFFSET, PAGE_SIZE), directory_address,
+        tables = cls(memory.monitor_view(DIRECTORY_OFFSET, DIRECTORY_SIZE), directory_address,
                      memory.monitor_view(TABLES_OFFSET, TABLES_SIZE), tables_address)
         tables.map_identity(memory.ram.base, memory.ram.size, writable=True)
         # Of the monitor's areas only what the CPU itself reads by linear address is mapped (the
@@ -108,7 +104,6 @@ class MonitorPageTables:
 # Linear [0, 4 GiB) is the guest's (identity-mapped RAM here, a shadow when the guest's paging is
 # on), [4, 8 GiB) an alias of it (an FS/GS base plus offset past 4 GiB wraps as in 32-bit code),
 # and the monitor's region is far above, at MONITOR_LINEAR, where no 32-bit address reaches.
-MONITOR_LINEAR = 0x7F0000000000
 MONITOR_PML4_INDEX = (MONITOR_LINEAR >> 39) & 511
 NX = 1 << 63
 LARGE = 0x80                              # PS: a 2 MiB page in a page directory
@@ -127,8 +122,8 @@ class LongModeTables:
 
     def __init__(self, memory) -> None:
         self.memory = memory
-        self.root_address = memory.map_monitor_area(DIRECTORY_OFFSET, PAGE_SIZE, PROT_READ)
-        self.root = memory.monitor_view(DIRECTORY_OFFSET, PAGE_SIZE)
+        self.root_address = memory.map_monitor_area(DIRECTORY_OFFSET, DIRECTORY_SIZE, PROT_READ)
+        self.root = memory.monitor_view(DIRECTORY_OFFSET, DIRECTORY_SIZE)
         self.tables_address = memory.map_monitor_area(TABLES_OFFSET, TABLES_SIZE, PROT_READ)
         self.tables = memory.monitor_view(TABLES_OFFSET, TABLES_SIZE)
         self.tables[:] = bytes(TABLES_SIZE)

@@ -36,17 +36,15 @@ from typing import Callable, Optional
 
 from vmm.engine import PROT_READ
 from vmm.fault_address import plain_store
+from vmm.monitor_layout import MONITOR_BASE, POOL_OFFSET, POOL_SIZE
 from vmm.monitor_paging import LONG_TABLE_FLAGS, MONITOR_PML4_INDEX, NX, LongModeTables
 from vmm.memory import (CR4_PSE, PAGE_SIZE, PTE_A, PTE_D, PTE_P, PTE_PS, PTE_RW, PTE_US, PhysicalMemory, UnbackedAccess, linear_to_physical)
 from vmm.x86 import CR0_PG, CR0_WP
 
-POOL_OFFSET = 0xD00000                    # monitor-region offset of the pool of shadow pages
-POOL_SIZE = 0x2F0000                      # 752 pages, up to the `until` page
-
 SHARED, KERNEL, USER = "shared", "kernel", "user"     # views (see the module docstring)
 
 ENTRIES = 1024
-MONITOR_FIRST_PDE = 0xFF000000 >> 22       # the monitor region's directory entries, in every shadow
+MONITOR_FIRST_PDE = MONITOR_BASE >> 22       # the monitor region's directory entries, in every shadow
 SHADOW_PDE = PTE_P | PTE_RW | PTE_US | PTE_A
 # Accessed and dirty are preset in every shadow entry: the engine's walker never writes them.
 SHADOW_PTE_BASE = PTE_P | PTE_A | PTE_D

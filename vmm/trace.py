@@ -50,11 +50,10 @@ class Tracer:
             lines += [f"0x{i.address:08x}:  {i.bytes.hex():<20} {i}" for i in guest_block.instructions]
             self._write("\n".join(lines) + "\n")
         if self.out_asm:
-            from capstone import CS_ARCH_X86, CS_MODE_64, Cs
-            capstone = Cs(CS_ARCH_X86, CS_MODE_64)       # translated code is 64-bit
+            from translator.x86decode import listing
             lines = [f"OUT: [size={len(translation.code)}] guest {guest_block.address:#010x} -> host {host:#010x}"]
             lines += [f"0x{address:08x}:  {mnemonic} {operands}".rstrip()
-                      for address, _size, mnemonic, operands in capstone.disasm_lite(bytes(translation.code), host)]
+                      for address, _size, mnemonic, operands in listing(bytes(translation.code), host, 64)]
             self._write("\n".join(lines) + "\n")
 
     def executed(self, guest: int, host: Optional[int] = None) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from translator.x86decode import split_prefixes
+
 # EFLAGS bits (Intel SDM vol. 1, 3.4.3)
 CF, PF, AF, ZF, SF, TF, IF, DF, OF = (1 << 0), (1 << 2), (1 << 4), (1 << 6), (1 << 7), (1 << 8), (1 << 9), (1 << 10), (1 << 11)
 IOPL_MASK = 3 << 12
@@ -58,9 +60,6 @@ def fpu_controls(number: int, real: int, guest: int) -> int:
     return (real & ~mask) | (guest & mask)
 
 
-LEGACY_PREFIXES = bytes((0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0x66, 0x67))
-
-
 def nm_is_ud(insn, cr4: int) -> bool:
     """Whether a #NM (CR0.TS set) the engine raised at `insn` (a Capstone instruction, detail
     mode) is #UD on the reference: with CR4.OSFXSR clear, QEMU 7.2 raises #UD before it looks at
@@ -69,7 +68,7 @@ def nm_is_ud(insn, cr4: int) -> bool:
     if cr4 & CR4_OSFXSR or insn is None:
         return False
     raw = bytes(insn.bytes)
-    opcode = len(raw) - len(raw.lstrip(LEGACY_PREFIXES))
+    opcode = len(split_prefixes(raw)[0])
     if insn.mnemonic in ("ldmxcsr", "stmxcsr") or raw[opcode:opcode + 2] in (b"\x0f\x38", b"\x0f\x3a"):
         return True
     return any(op.type == 1 and insn.reg_name(op.reg).startswith("xmm") for op in insn.operands)   # 1: register

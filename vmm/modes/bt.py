@@ -32,15 +32,15 @@ from capstone.x86_const import X86_INS_STI, X86_OP_MEM
 
 from translator.emitter import (FLAGS_IN_AX, FPU_POINTER_STORES, INLINE_CACHE_ENTRIES, INT3, Emitter, ExitKind,
                                ExitSite, Translation, UnsupportedForm)
-from translator.layout import (IOPL_MASK, LOOKUP_TABLE_SIZE, REAL_IOPL, SCRATCH_BUDGET, SCRATCH_IO_SITE, TF,
+from translator.layout import (IOPL_MASK, REAL_IOPL, SCRATCH_BUDGET, SCRATCH_IO_SITE, TF,
                                VCPU_CR, VCPU_GDTR, VCPU_IDTR, VCPU_IO_CHECK, VCPU_LDTR, VCPU_POPF_EXPECT,
                                VCPU_PUSHF_ADJUST, VCPU_SELECTOR, MonitorAddresses)
+from translator.x86decode import GPR32
 from vmm.cpu import GuestCpu
 from vmm.emulate import UnsupportedInstruction
 from vmm.engine import PROT_EXEC, PROT_READ, PROT_WRITE, StopCause
 from vmm.errors import MonitorBug
 from vmm.exits import ExitReason, VmExit
-from vmm.memory import MIB
 from vmm.modes import ExecutionMode
 from vmm.modes.bt_cpu import SEGMENT_IDS, SEGMENT_NAMES, TranslatedCpu
 from vmm.shadow_tables import ShadowTables
@@ -48,35 +48,19 @@ from vmm.nested_paging import NestedPaging
 from vmm.shadow_paging import ShadowPaging
 from vmm.guest_view import GuestView
 from vmm.memory import PageFault, UnbackedAccess
-from vmm.monitor_paging import MONITOR_LINEAR, LongModeTables
+from vmm.monitor_layout import (ARENA_OFFSET, ARENA_SIZE, ARENA_SLOT_SIZE, ARENA_SLOTS, LOOKUP_OFFSET, LOOKUP_SIZE,
+                                MONITOR_LINEAR, PROFILE_OFFSET, PROFILE_SIZE, SCRATCH_OFFSET, SCRATCH_SIZE,
+                                SHADOW_GDT_OFFSET, SHADOW_GDT_SIZE, SHADOW_LDT_OFFSET, SHADOW_LDT_SIZE, STUB_OFFSET,
+                                STUB_SIZE, VCPU_OFFSET, VCPU_PRIVILEGED_OFFSET, VCPU_PRIVILEGED_SIZE, VCPU_SIZE)
+from vmm.monitor_paging import LongModeTables
 from vmm.x86 import (AF, CF, CR0_PG, FPU_CONTROLS, GP, NM, OF, PF, PF_VEC, SF, UD, ZF, flushes_tlb,
                      fpu_controls, nm_is_ud)
 
 
-# Monitor-region areas used by the translator: offsets from the region's base, physical
-# (MONITOR_BASE) and linear (MONITOR_LINEAR, where translated code sees them); the boot GDT is at 0.
-STUB_OFFSET = 0x3000
-# The pages translated code touches on every block sit where guest pages rarely are for the
-# engine's TLB, which is direct mapped by page number mod 256: at offsets 0xE8000-0xEA000 (both
-# bases are multiples of 1 MiB) they share slots with guest pages 0x0E8-0x0EA (the BIOS area)
-# and 0x1E8.. (2 MiB into a kernel), not with a kernel's first pages at 1 MiB (offset 0x2000 made
-# a guest store to 0x102000 and a monitor access evict each other: 5x slower loops).
-VCPU_OFFSET = 0xE8000
-SCRATCH_OFFSET = 0xE9000
-VCPU_PRIVILEGED_OFFSET = 0xEA000         # control registers, supervisor-only (mov r, crN)
-SHADOW_GDT_OFFSET = 0x10000
-SHADOW_LDT_OFFSET = 0x20000
-LOOKUP_OFFSET = 0x40000
-PROFILE_OFFSET = 0xC0000                 # execution counters, one u32 per arena slot (--profile)
-ARENA_OFFSET = 0x500000                  # (the monitor's page tables: vmm/monitor_paging.py,
-ARENA_SIZE = 8 * MIB                     # the shadow pool: vmm/shadow_paging.py)
-SLOT_SIZE = 256
-ARENA_SLOTS = ARENA_SIZE // SLOT_SIZE
+# The monitor-region areas bt uses (offsets, sizes, where the TLB wants them): vmm/monitor_layout.py.
 DEFAULT_CAPACITY = 4096                  # blocks
 ONE_SHOT_SLOT = 0                        # reserved: single instructions run outside the cache
 BUDGET_MAX = 0x7FFFFFFF                  # the budget counter is compared as a signed number
-
-_GPRS = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
 
 # The monitor's own 64-bit code segments, at the end of the shadow GDT: translated code runs on
 # them, at CPL 1 for guest ring 0 and CPL 3 for guest ring 3. L=1, execute-only (a guest load of
@@ -143,27 +127,27 @@ class BinaryTranslationMode(ExecutionMode):
             memory.map_monitor_area(offset, size, perms)
             return tables.map_monitor(offset, size, writable=bool(perms & PROT_WRITE),
                                       executable=bool(perms & PROT_EXEC), user=user)
-        self.vcpu_address = area(VCPU_OFFSET, PAGE_SIZE, PROT_READ)
-        self.vcpu_privileged_address = area(VCPU_PRIVILEGED_OFFSET, PAGE_SIZE, PROT_READ, user=False)
-        self.scratch_address = area(SCRATCH_OFFSET, PAGE_SIZE, PROT_READ | PROT_WRITE)
-        self.stub_address = area(STUB_OFFSET, PAGE_SIZE, PROT_READ | PROT_EXEC)
+        self.vcpu_address = area(VCPU_OFFSET, VCPU_SIZE, PROT_READ)
+        self.vcpu_privileged_address = area(VCPU_PRIVILEGED_OFFSET, VCPU_PRIVILEGED_SIZE, PROT_READ, user=False)
+        self.scratch_address = area(SCRATCH_OFFSET, SCRATCH_SIZE, PROT_READ | PROT_WRITE)
+        self.stub_address = area(STUB_OFFSET, STUB_SIZE, PROT_READ | PROT_EXEC)
         self.shadow = ShadowTables(engine, memory, SHADOW_GDT_OFFSET, SHADOW_LDT_OFFSET, kernel_ring=1,
                                    read=self._read_linear, linear_base=MONITOR_LINEAR,
                                    monitor_descriptors={CODE64_SELECTOR[ring]: _code64_descriptor(ring) for ring in (1, 3)})
-        tables.map_monitor(SHADOW_GDT_OFFSET, 0x10000, writable=False, executable=False, user=False)
-        tables.map_monitor(SHADOW_LDT_OFFSET, 0x10000, writable=False, executable=False, user=False)
-        area(LOOKUP_OFFSET, LOOKUP_TABLE_SIZE, PROT_READ)
+        tables.map_monitor(SHADOW_GDT_OFFSET, SHADOW_GDT_SIZE, writable=False, executable=False, user=False)
+        tables.map_monitor(SHADOW_LDT_OFFSET, SHADOW_LDT_SIZE, writable=False, executable=False, user=False)
+        area(LOOKUP_OFFSET, LOOKUP_SIZE, PROT_READ)
         arena_address = area(ARENA_OFFSET, ARENA_SIZE, PROT_READ | PROT_EXEC)
-        area(PROFILE_OFFSET, ARENA_SLOTS * 4, PROT_READ | PROT_WRITE)
+        area(PROFILE_OFFSET, PROFILE_SIZE, PROT_READ | PROT_WRITE)
         self.real_cr3 = tables.root_address      # the engine's CR3: the identity map, or a shadow
-        self.vcpu_view = memory.monitor_view(VCPU_OFFSET, PAGE_SIZE)
-        self.vcpu_privileged_view = memory.monitor_view(VCPU_PRIVILEGED_OFFSET, PAGE_SIZE)
-        self.scratch_view = memory.monitor_view(SCRATCH_OFFSET, PAGE_SIZE)
-        arena = CodeArena(arena_address, memory.monitor_view(ARENA_OFFSET, ARENA_SIZE), SLOT_SIZE, ARENA_SLOTS)
+        self.vcpu_view = memory.monitor_view(VCPU_OFFSET, VCPU_SIZE)
+        self.vcpu_privileged_view = memory.monitor_view(VCPU_PRIVILEGED_OFFSET, VCPU_PRIVILEGED_SIZE)
+        self.scratch_view = memory.monitor_view(SCRATCH_OFFSET, SCRATCH_SIZE)
+        arena = CodeArena(arena_address, memory.monitor_view(ARENA_OFFSET, ARENA_SIZE), ARENA_SLOT_SIZE, ARENA_SLOTS)
         assert arena.allocate() == ONE_SHOT_SLOT
-        self.cache = TranslationCache(engine, arena, memory.monitor_view(LOOKUP_OFFSET, LOOKUP_TABLE_SIZE),
+        self.cache = TranslationCache(engine, arena, memory.monitor_view(LOOKUP_OFFSET, LOOKUP_SIZE),
                                       min(self.capacity, ARENA_SLOTS - 1), self._protect_page, MONITOR_LINEAR,
-                                      memory.monitor_view(PROFILE_OFFSET, ARENA_SLOTS * 4), PROFILE_OFFSET)
+                                      memory.monitor_view(PROFILE_OFFSET, PROFILE_SIZE), PROFILE_OFFSET)
         self.decoder = Decoder(self._fetch_code)
         self.emitter = Emitter(MonitorAddresses(VCPU_OFFSET, SCRATCH_OFFSET, LOOKUP_OFFSET, VCPU_PRIVILEGED_OFFSET))
         self.cpu = TranslatedCpu(self)
@@ -425,7 +409,7 @@ class BinaryTranslationMode(ExecutionMode):
             translation = self.emitter.translate(guest, budget=self.budget, chainable=not key.single_step,
                                                  profile=self.profile, predictions=predictions,
                                                  segment_bases=key.segment_bases)
-            if len(translation.code) <= SLOT_SIZE or (len(guest.instructions) <= 1 and not predictions):
+            if len(translation.code) <= ARENA_SLOT_SIZE or (len(guest.instructions) <= 1 and not predictions):
                 break
             if len(guest.instructions) > 1:
                 limit = len(guest.instructions) // 2
@@ -514,10 +498,10 @@ class BinaryTranslationMode(ExecutionMode):
                 continue
             if item[0] == "rebase":            # ESI/EDI moved by a segment base around a string op
                 _kind, register, base = item
-                self.engine.set_reg(_GPRS[register], (self.engine.reg(_GPRS[register]) - base) & 0xFFFFFFFF)
+                self.engine.set_reg(GPR32[register], (self.engine.reg(GPR32[register]) - base) & 0xFFFFFFFF)
                 continue
             register, holder = item
-            self.engine.set_reg(_GPRS[register], self.engine.reg(holder + "d"))
+            self.engine.set_reg(GPR32[register], self.engine.reg(holder + "d"))
 
     def _locate(self, host_eip: int) -> tuple[Optional[int], tuple]:
         """Guest EIP and registers to restore for a stop at a host address inside translated code."""
@@ -525,7 +509,7 @@ class BinaryTranslationMode(ExecutionMode):
         translation = block.translation if block is not None else None
         base = block.host if block is not None else None
         if block is None and self._one_shot is not None and \
-                self._one_shot_host <= host_eip < self._one_shot_host + SLOT_SIZE:
+                self._one_shot_host <= host_eip < self._one_shot_host + ARENA_SLOT_SIZE:
             translation, base = self._one_shot, self._one_shot_host
         if translation is None:
             return None, ()
@@ -552,7 +536,7 @@ class BinaryTranslationMode(ExecutionMode):
         """Note the registers the hook sees (they go back before the #GP) and stop. Which guest
         instruction it is, translated I/O stores in the scratch page just before it runs: in an
         I/O hook the engine's EIP is stale (the start of some earlier engine block)."""
-        self._denied_io = {name: self.engine.reg(name) for name in _GPRS}
+        self._denied_io = {name: self.engine.reg(name) for name in GPR32}
         self.engine.stop()
 
     def _io_site(self) -> int:
@@ -577,7 +561,7 @@ class BinaryTranslationMode(ExecutionMode):
         block = self.cache.block_at(host_eip)
         guest = block.guest if block is not None else None
         if guest is None and self._one_shot is not None and \
-                self._one_shot_host <= host_eip < self._one_shot_host + SLOT_SIZE:
+                self._one_shot_host <= host_eip < self._one_shot_host + ARENA_SLOT_SIZE:
             guest = self._one_shot_guest
         return guest is not None and any(i.address == guest_eip for i in guest.instructions)
 
@@ -613,7 +597,7 @@ class BinaryTranslationMode(ExecutionMode):
         block = self.cache.block_at(host_eip)
         if block is not None:
             self._adjust -= sum(1 for i in block.guest.instructions if i.address >= guest_eip)
-        elif self._one_shot is not None and self._one_shot_host <= host_eip < self._one_shot_host + SLOT_SIZE:
+        elif self._one_shot is not None and self._one_shot_host <= host_eip < self._one_shot_host + ARENA_SLOT_SIZE:
             self._adjust -= 1
 
     def _execute(self, vm) -> VmExit:
@@ -980,7 +964,7 @@ class BinaryTranslationMode(ExecutionMode):
         the monitor's own mistake."""
         guest_eip = self._to_guest_instruction(stop)
         privileged = MONITOR_LINEAR + VCPU_PRIVILEGED_OFFSET
-        if stop.error_code & 4 and privileged <= stop.address < privileged + PAGE_SIZE:
+        if stop.error_code & 4 and privileged <= stop.address < privileged + VCPU_PRIVILEGED_SIZE:
             return VmExit(ExitReason.EXCEPTION, eip=guest_eip, vector=GP, error_code=0)
         raise MonitorBug(f"translated code at {stop.host_eip:#x} faulted on monitor address {stop.address:#x}")
 
@@ -1024,7 +1008,7 @@ class BinaryTranslationMode(ExecutionMode):
                                              segment_bases=self.cpu.segment_bases)
         host = self.cache.arena.address(ONE_SHOT_SLOT)
         self.cache.arena.write(host, bytes(translation.code))
-        self.engine.invalidate_code(host, host + SLOT_SIZE)
+        self.engine.invalidate_code(host, host + ARENA_SLOT_SIZE)
         self._one_shot, self._one_shot_host, self._one_shot_guest = translation, host, guest
         self._one_shot_sites = {host + site.offset: index
                                 for index, site in enumerate(translation.exits)}

@@ -12,7 +12,7 @@ from vmm.devices.i8254 import PIT_BASE, PIT_PORTS
 from vmm.engine import StopCause
 from vmm.errors import MonitorBug
 from vmm.exits import ExitReason, VmExit
-from vmm.fault_address import decode
+from translator.x86decode import LEGACY_PREFIXES, decode, instruction_length
 from vmm.memory import PAGE_SIZE, PageFault, UnbackedAccess, linear_to_physical
 from vmm.modes import ExecutionMode
 from vmm.x86 import BP, CR0_PG, CR4_PCE, DB, GP, IF, NM, OF_VEC, PF_VEC, UD, nm_is_ud
@@ -22,7 +22,6 @@ ENGINE_BLOCK_MAX_INSTRUCTIONS = 512     # QEMU's TCG_MAX_INSNS: how far a block 
 _ONE_BYTE_INTS = ((BP, 0xCC), (OF_VEC, 0xCE), (DB, 0xF1))   # int3, into, int1
 
 
-_CAPSTONE = None
 # Instructions that read or write memory without a memory operand (the stack, strings, tables).
 _IMPLICIT_MEMORY = frozenset(("push", "pop", "pushal", "popal", "pushfd", "popfd", "pushf", "popf", "call",
                               "ret", "retf", "iretd", "iret", "enter", "leave", "int", "int3", "into",
@@ -38,23 +37,10 @@ def _touches_memory(insn) -> bool:
     return insn.mnemonic != "lea" and any(op.type == X86_OP_MEM for op in insn.operands)
 
 
-def instruction_length(code: bytes):
-    global _CAPSTONE
-    if _CAPSTONE is None:
-        from capstone import CS_ARCH_X86, CS_MODE_32, Cs
-        _CAPSTONE = Cs(CS_ARCH_X86, CS_MODE_32)
-    for _address, size, _mnemonic, _operands in _CAPSTONE.disasm_lite(code, 0, 1):
-        return size
-    return None
-
-
-_PREFIXES = (0x66, 0x67, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0xF0, 0xF2, 0xF3)
-
-
 def _skip_prefixes(code: bytes) -> int:
     """Index of the opcode byte of the instruction `code` starts with."""
     at = 0
-    while at < len(code) - 1 and code[at] in _PREFIXES:
+    while at < len(code) - 1 and code[at] in LEGACY_PREFIXES:
         at += 1
     return at
 

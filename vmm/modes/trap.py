@@ -38,11 +38,10 @@ from vmm.exits import ExitReason, VmExit
 from vmm.guest_view import GuestView
 from vmm.modes.direct import DirectMode
 from vmm.modes.untranslated_paging import UntranslatedPaging
+from vmm.monitor_layout import SHADOW_GDT_OFFSET, SHADOW_LDT_OFFSET
 from vmm.shadow_tables import ShadowTables
 from vmm.x86 import GP, IOPL_MASK, NP, SS, TS, SegmentDescriptor
 
-SHADOW_GDT_OFFSET = 0x10000          # monitor-region areas (the same places bt uses them)
-SHADOW_LDT_OFFSET = 0x20000
 REAL_RING = 3
 HLT_PROCEDURE = "hlt"
 TRAP_VECTORS = (GP, NP, SS, TS)

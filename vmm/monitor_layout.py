@@ -1,0 +1,111 @@
+"""The map of the monitor's region: every area's offset, size, engine permissions and owner, in one table that every user imports (as Firecracker's arch/x86_64/layout.rs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from translator.layout import LOOKUP_TABLE_SIZE
+from vmm.engine import PROT_EXEC, PROT_READ, PROT_WRITE
+
+# The monitor keeps its own structures (boot descriptor table, translation cache, lookup table,
+# virtual-CPU block) at the top of the 32-bit physical space, above any guest RAM, as VMware and
+# Xen reserve the top of the address space for themselves. Parts are mapped into the engine only
+# when used, each with its own permissions (PhysicalMemory.map_monitor_area); the rest is a hole.
+MONITOR_BASE = 0xFF000000
+MONITOR_SIZE = 0x1000000                 # 16 MiB, to the end of the 32-bit physical space
+# Under bt the engine runs translated code in long mode and sees the same areas at this linear
+# address, far above anything a 32-bit guest address reaches (docs/isolation.md).
+MONITOR_LINEAR = 0x7F0000000000
+
+# The translation cache's arena is cut into slots of one translated block each (a block that does
+# not fit is retranslated shorter); the --profile counters are one u32 per slot.
+ARENA_SLOT_SIZE = 256                    # (not the 5-byte exit slot: translator/emitter.py)
+ARENA_SIZE = 0x800000                    # 8 MiB
+ARENA_SLOTS = ARENA_SIZE // ARENA_SLOT_SIZE
+
+# Offsets from MONITOR_BASE (physical) and MONITOR_LINEAR (bt's linear view); sizes in bytes.
+BOOT_GDT_OFFSET, BOOT_GDT_SIZE = 0x0, 0x1000
+STUB_OFFSET, STUB_SIZE = 0x3000, 0x1000
+DIRECTORY_OFFSET, DIRECTORY_SIZE = 0x4000, 0x1000
+SHADOW_GDT_OFFSET, SHADOW_GDT_SIZE = 0x10000, 0x10000      # 8192 descriptors: the architectural maximum
+SHADOW_LDT_OFFSET, SHADOW_LDT_SIZE = 0x20000, 0x10000
+LOOKUP_OFFSET, LOOKUP_SIZE = 0x40000, LOOKUP_TABLE_SIZE
+PROFILE_OFFSET, PROFILE_SIZE = 0xC0000, ARENA_SLOTS * 4
+# The pages translated code touches on every block sit where guest pages rarely are for the
+# engine's TLB, which is direct mapped by page number mod 256: at offsets 0xE8000-0xEA000 (both
+# bases are multiples of 1 MiB) they share slots with guest pages 0x0E8-0x0EA (the BIOS area)
+# and 0x1E8.. (2 MiB into a kernel), not with a kernel's first pages at 1 MiB (offset 0x2000 made
+# a guest store to 0x102000 and a monitor access evict each other: 5x slower loops).
+VCPU_OFFSET, VCPU_SIZE = 0xE8000, 0x1000
+SCRATCH_OFFSET, SCRATCH_SIZE = 0xE9000, 0x1000
+VCPU_PRIVILEGED_OFFSET, VCPU_PRIVILEGED_SIZE = 0xEA000, 0x1000
+TABLES_OFFSET, TABLES_SIZE = 0x100000, 0x310000    # 4 KiB page tables for up to 3 GiB of RAM + the monitor
+ARENA_OFFSET = 0x500000
+POOL_OFFSET, POOL_SIZE = 0xD00000, 0x2F0000         # 752 pages of shadow page tables
+UNTIL_PAGE_OFFSET, UNTIL_PAGE_SIZE = MONITOR_SIZE - 0x1000, 0x1000
+
+
+@dataclass(frozen=True)
+class Area:
+    """One area of the monitor region. `perms` are the engine's (PROT_*) where it is mapped;
+    `supervisor` areas are mapped supervisor-only in bt's linear view; `owner` writes it."""
+    name: str
+    offset: int
+    size: int
+    perms: int
+    owner: str
+    what: str
+    supervisor: bool = False
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.size
+
+    @property
+    def access(self) -> str:
+        """The engine's permissions in words, as docs/architecture.md shows them."""
+        words = [word for bit, word in ((PROT_READ, "read"), (PROT_WRITE, "write"), (PROT_EXEC, "execute"))
+                 if self.perms & bit]
+        return "/".join(words) + (", supervisor-only" if self.supervisor else "")
+
+
+AREAS = (
+    Area("boot GDT", BOOT_GDT_OFFSET, BOOT_GDT_SIZE, PROT_READ | PROT_EXEC, "vmm/boot.py",
+         "boot GDT (descriptors pre-marked accessed)"),
+    Area("stubs", STUB_OFFSET, STUB_SIZE, PROT_READ | PROT_EXEC, "vmm/modes/bt.py",
+         "stubs: native cpuid/rdtsc (bt)"),
+    Area("directory", DIRECTORY_OFFSET, DIRECTORY_SIZE, PROT_READ, "vmm/monitor_paging.py",
+         "page directory (bt: PML4) of the monitor's page tables (bt, trap/vt with shadow paging)"),
+    Area("shadow GDT", SHADOW_GDT_OFFSET, SHADOW_GDT_SIZE, PROT_READ, "vmm/shadow_tables.py",
+         "shadow GDT (bt, trap)", supervisor=True),
+    Area("shadow LDT", SHADOW_LDT_OFFSET, SHADOW_LDT_SIZE, PROT_READ, "vmm/shadow_tables.py",
+         "shadow LDT (bt, trap)", supervisor=True),
+    Area("lookup table", LOOKUP_OFFSET, LOOKUP_SIZE, PROT_READ, "cache/tcache.py",
+         "lookup table, 65536 entries of (guest, host) (bt)"),
+    Area("profile", PROFILE_OFFSET, PROFILE_SIZE, PROT_READ | PROT_WRITE, "cache/tcache.py",
+         "execution counters, one per arena slot (bt, --profile)"),
+    Area("vcpu", VCPU_OFFSET, VCPU_SIZE, PROT_READ, "vmm/modes/bt.py",
+         "virtual-CPU block (bt)"),
+    Area("scratch", SCRATCH_OFFSET, SCRATCH_SIZE, PROT_READ | PROT_WRITE, "vmm/modes/bt.py",
+         "scratch page: instruction budget, I/O site, a small monitor stack for pushfq/popfq and the "
+         "native stubs (bt)"),
+    Area("vcpu privileged", VCPU_PRIVILEGED_OFFSET, VCPU_PRIVILEGED_SIZE, PROT_READ, "vmm/modes/bt.py",
+         "privileged virtual-CPU page: control registers for `mov r, crN` (bt)", supervisor=True),
+    Area("page tables", TABLES_OFFSET, TABLES_SIZE, PROT_READ, "vmm/monitor_paging.py",
+         "the monitor's page tables (as the directory)"),
+    Area("arena", ARENA_OFFSET, ARENA_SIZE, PROT_READ | PROT_EXEC, "cache/arena.py",
+         f"translation cache arena, {ARENA_SIZE >> 20} MiB of {ARENA_SLOT_SIZE}-byte slots (bt)"),
+    Area("shadow pool", POOL_OFFSET, POOL_SIZE, PROT_READ, "vmm/shadow_paging.py",
+         "pool of shadow page directories and tables (shadow paging), in no linear map"),
+    Area("until", UNTIL_PAGE_OFFSET, UNTIL_PAGE_SIZE, PROT_READ | PROT_EXEC, "vmm/memory.py",
+         "the never-executed `until` page"),
+)
+
+
+def markdown_table() -> str:
+    """docs/architecture.md's "Monitor region" table, made from AREAS (tests check they agree)."""
+    rows = ["| offset | size | area | engine access | owner |", "|---|---|---|---|---|"]
+    for area in AREAS:
+        size = f"{area.size >> 20} MiB" if area.size % 0x100000 == 0 else f"0x{area.size:X}"
+        rows.append(f"| 0x{area.offset:06X} | {size} | {area.what} | {area.access} | {area.owner} |")
+    return "\n".join(rows)

@@ -228,15 +228,15 @@ def check_keystone(path: Path) -> None:
     except ImportError:
         print(f"build_samples: keystone not installed, {path.name} not checked", file=sys.stderr)
         return
-    from vmm.loaders.assembly import new_assembler     # not a bare Ks: its radix may be hex
-    encoding, count = new_assembler().asm(path.read_text(), LOAD_ADDRESS)
+    from vmm.loaders.assembly import shared_assembler     # not a bare Ks: its radix may be hex
+    encoding, count = shared_assembler().asm(path.read_text(), LOAD_ADDRESS)
     if not encoding:
         raise SystemExit(f"build_samples: Keystone produced no code for {path}")
 
 
 def assemble_keystone(path: Path) -> bytes:
-    from vmm.loaders.assembly import new_assembler
-    encoding, _ = new_assembler().asm(path.read_text(), LOAD_ADDRESS)
+    from vmm.loaders.assembly import shared_assembler
+    encoding, _ = shared_assembler().asm(path.read_text(), LOAD_ADDRESS)
     return bytes(encoding)
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
-import warnings
 
 import pytest
 
@@ -40,18 +39,14 @@ except Exception as error:      # a mode module that fails to import: the bt tes
     MODES, MODES_ERROR = {}, error
 
 
-def _compare(program, modes, **options):
-    """compare_program, run a second time when the reference did not reach the epilogue. Once
-    in about five full-suite runs (never alone, never under a loop of the same programs) a
-    ring-3 program stopped early under both modes alike; the cause is not found yet, so the
-    first report stays visible as a warning and a second failure fails the test."""
-    comparison = compare_program(program, modes, **options)
-    if comparison.valid:
-        return comparison
-    retry = compare_program(program, modes, **options)
-    second = "and again on a second run" if not retry.valid else "but not on a second run"
-    warnings.warn(f"the reference stopped early {second}:\n{comparison.report()}")
-    return retry
+def _unfinished(index: int, comparison) -> str:
+    """Why the reference did not reach the epilogue: the seed, each mode's stop reason and EIP
+    (the report) and the reference's registers. Such a run is a failure, never retried: once the
+    cause was Keystone reading the source's numbers as hex (vmm/loaders/assembly.py)."""
+    reference = comparison.outcomes[0]
+    registers = " ".join(f"{name}={value:#x}" for name, value in reference.registers.items())
+    return (f"program {index}: the reference mode did not finish it\n{comparison.report()}\n"
+            f"{reference.mode} state: {registers or '(none)'}")
 
 
 def _programs(seed: int, count: int, length: int = CI_LENGTH):
@@ -71,8 +66,8 @@ def test_bt_matches_direct_on_random_programs():
         raise MODES_ERROR
     failures = []
     for index in range(CI_COUNT):
-        comparison = _compare(generate(program_seed(CI_SEED, index), CI_LENGTH), (REFERENCE, "bt"))
-        assert comparison.valid, f"program {index}: the reference mode did not finish it\n{comparison.report()}"
+        comparison = compare_program(generate(program_seed(CI_SEED, index), CI_LENGTH), (REFERENCE, "bt"))
+        assert comparison.valid, _unfinished(index, comparison)
         if not comparison.ok:
             failures.append((index, comparison.report()))
     if failures:
@@ -97,8 +92,8 @@ def test_bt_matches_direct_on_random_ring3_programs_with_timer_interrupts():
     failures = []
     for index in range(USER_COUNT):
         options = _user_options(index)
-        comparison = _compare(generate(program_seed(USER_SEED, index), CI_LENGTH, options), (REFERENCE, "bt"))
-        assert comparison.valid, f"program {index}: the reference mode did not finish it\n{comparison.report()}"
+        comparison = compare_program(generate(program_seed(USER_SEED, index), CI_LENGTH, options), (REFERENCE, "bt"))
+        assert comparison.valid, _unfinished(index, comparison)
         if not comparison.ok:
             failures.append((index, options, comparison.report()))
     if failures:
@@ -121,11 +116,34 @@ def test_bt_matches_direct_on_random_programs_with_paging_on(other):
     failures = []
     for index in range(PAGING_COUNT):
         options = Options(paging=True, ring3=index % 3 == 0, timer=index % 6 == 3)
-        comparison = _compare(generate(program_seed(PAGING_SEED, index), CI_LENGTH, options), (REFERENCE, other))
-        assert comparison.valid, f"program {index}: the reference mode did not finish it\n{comparison.report()}"
+        comparison = compare_program(generate(program_seed(PAGING_SEED, index), CI_LENGTH, options), (REFERENCE, other))
+        assert comparison.valid, _unfinished(index, comparison)
         if not comparison.ok:
             failures.append((index, comparison.report()))
     assert not failures, "\n\n".join(f"program {index}:\n{report}" for index, report in failures[:3])
+
+
+def _leave_a_hex_radix_behind() -> None:
+    """Free a Keystone instance whose radix ks_option set to 16: the next instance's radix, never
+    initialised by Keystone, is then usually that memory (what other allocations in a long
+    process left there by chance once in 5-13 full-suite runs)."""
+    from keystone import KS_ARCH_X86, KS_MODE_32, KS_OPT_SYNTAX_INTEL, Ks
+    assembler = Ks(KS_ARCH_X86, KS_MODE_32)
+    assembler.syntax = KS_OPT_SYNTAX_INTEL
+    del assembler
+
+
+@pytest.mark.skipif("bt" not in MODES, reason="binary translation mode 'bt' is not available")
+def test_programs_reach_their_epilogue_whatever_keystone_left_in_memory():
+    """The flaky early stop: ring-3 program 2 stopped before its epilogue under direct and bt
+    alike (a read of no memory at 0x99e40000) when Keystone read its numbers as hex. Without
+    the fix every program here stops early."""
+    for index in range(4):
+        program = generate(program_seed(USER_SEED, index), CI_LENGTH, _user_options(index))
+        _leave_a_hex_radix_behind()
+        comparison = compare_program(program, (REFERENCE, "bt"))
+        assert comparison.valid, _unfinished(index, comparison)
+        assert comparison.ok, comparison.report()
 
 
 # -- the generator ------------------------------------------------------------------------------

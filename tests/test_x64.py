@@ -11,11 +11,11 @@ import struct
 
 import pytest
 from capstone import CS_ARCH_X86, CS_MODE_32, Cs
-from keystone import KS_ARCH_X86, KS_MODE_32, Ks
 from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_32, UC_MODE_64, Uc, UcError
 from unicorn import x86_const as U
 
 from translator.x64 import NeedsEmulation, relocate
+from vmm.loaders.assembly import new_assembler
 
 RAM = 0x400000
 DATA, DATA_SIZE = 0x10000, 0x20000
@@ -26,7 +26,7 @@ CODE64 = MONITOR_LINEAR + 0x1000
 GPRS = ("EAX", "ECX", "EDX", "EBX", "ESP", "EBP", "ESI", "EDI")
 FLAGS = 0x8D5 | 0x400                   # CF PF AF ZF SF OF, and DF
 
-_ks = Ks(KS_ARCH_X86, KS_MODE_32)
+_ks = new_assembler()        # not a bare Ks: its radix may be hex (vmm/loaders/assembly.py)
 _cs = Cs(CS_ARCH_X86, CS_MODE_32)
 _cs.detail = True
 

@@ -224,18 +224,19 @@ def build_image(name: str, out_dir: Path, work_dir: Path) -> Path:
 def check_keystone(path: Path) -> None:
     """Make sure the .s sample assembles with Keystone the way the monitor will do it."""
     try:
-        from keystone import Ks, KS_ARCH_X86, KS_MODE_32
+        import keystone  # noqa: F401
     except ImportError:
         print(f"build_samples: keystone not installed, {path.name} not checked", file=sys.stderr)
         return
-    encoding, count = Ks(KS_ARCH_X86, KS_MODE_32).asm(path.read_text(), LOAD_ADDRESS)
+    from vmm.loaders.assembly import shared_assembler     # not a bare Ks: its radix may be hex
+    encoding, count = shared_assembler().asm(path.read_text(), LOAD_ADDRESS)
     if not encoding:
         raise SystemExit(f"build_samples: Keystone produced no code for {path}")
 
 
 def assemble_keystone(path: Path) -> bytes:
-    from keystone import Ks, KS_ARCH_X86, KS_MODE_32
-    encoding, _ = Ks(KS_ARCH_X86, KS_MODE_32).asm(path.read_text(), LOAD_ADDRESS)
+    from vmm.loaders.assembly import shared_assembler
+    encoding, _ = shared_assembler().asm(path.read_text(), LOAD_ADDRESS)
     return bytes(encoding)
 
 

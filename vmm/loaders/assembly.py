@@ -3,23 +3,61 @@
 from __future__ import annotations
 
 import re
+import threading
 
-from vmm.errors import ImageError
+from vmm.errors import ImageError, MonitorBug
 from vmm.loaders import LoadedImage, flat
 
 _LABEL = re.compile(r"^\s*([A-Za-z_.$][\w.$]*)\s*:")
 
 
+# Keystone (0.9.2) never initialises the default radix of its lexer (MCAsmInfo::Radix, in heap
+# memory allocated by each ks_open; keystone-engine/keystone#528 and #608). An instance whose
+# memory happens to hold 16 reads every bare number as hex: "mov ecx, 12" became mov ecx, 0x12,
+# so the same source now and then assembled differently, depending on what the process had
+# allocated and freed before (the fuzz programs that "stopped early" under every mode alike,
+# once in 5-13 full-suite runs). The API cannot set 10 (ks_option forces 16), so each new
+# instance is probed, and one that reads hex is set aside for good: freed, its memory would hand
+# the next instance the same radix. The monitor then keeps one instance for the process (its
+# radix never changes; every ks_asm builds its parser afresh).
+_RADIX_PROBE, _DECIMAL = "push 10", [0x6A, 0x0A]
+_MAX_INSTANCES = 64
+_set_aside: list = []
+_shared = None
+_lock = threading.Lock()
+
+
+def new_assembler():
+    """A new 32-bit Intel-syntax Keystone instance that reads bare numbers as decimal."""
+    from keystone import KS_ARCH_X86, KS_MODE_32, Ks   # only images that need it pay the import
+    for _ in range(_MAX_INSTANCES):
+        assembler = Ks(KS_ARCH_X86, KS_MODE_32)
+        if assembler.asm(_RADIX_PROBE, 0)[0] == _DECIMAL:
+            return assembler
+        _set_aside.append(assembler)
+    raise MonitorBug(f"Keystone read decimal numbers as hex in {_MAX_INSTANCES} instances in a row")
+
+
+def shared_assembler():
+    """The process's one checked instance (new_assembler), made on first use."""
+    global _shared
+    with _lock:
+        if _shared is None:
+            _shared = new_assembler()
+        return _shared
+
+
 def assemble(source: str, address: int, name: str = "<source>") -> bytes:
     """Machine code for `source` placed at `address`; ImageError names the offending line."""
-    from keystone import KS_ARCH_X86, KS_MODE_32, Ks, KsError   # only images that need it pay the import
-    assembler = Ks(KS_ARCH_X86, KS_MODE_32)
-    try:
-        encoding, _count = assembler.asm(source, address)
-    except KsError as error:
-        line_number, text = _find_bad_line(assembler, source, address)
-        where = f" at line {line_number}: {text.strip()}" if line_number else ""
-        raise ImageError(f"{name}: assembly error{where}: {_reason(error)}") from None
+    from keystone import KsError
+    assembler = shared_assembler()
+    with _lock:
+        try:
+            encoding, _count = assembler.asm(source, address)
+        except KsError as error:
+            line_number, text = _find_bad_line(assembler, source, address)
+            where = f" at line {line_number}: {text.strip()}" if line_number else ""
+            raise ImageError(f"{name}: assembly error{where}: {_reason(error)}") from None
     if not encoding:
         raise ImageError(f"{name}: assembly produced no code")
     return bytes(encoding)

@@ -32,9 +32,7 @@ from capstone.x86_const import X86_INS_STI, X86_OP_MEM
 
 from translator.emitter import (FLAGS_IN_AX, FPU_POINTER_STORES, INLINE_CACHE_ENTRIES, INT3, Emitter, ExitKind,
                                ExitSite, Translation, UnsupportedForm)
-from translator.layout import (IOPL_MASK, REAL_IOPL, SCRATCH_BUDGET, SCRATCH_IO_SITE, TF,
-                               VCPU_CR, VCPU_GDTR, VCPU_IDTR, VCPU_IO_CHECK, VCPU_LDTR, VCPU_POPF_EXPECT,
-                               VCPU_PUSHF_ADJUST, VCPU_SELECTOR, MonitorAddresses)
+from translator.layout import IOPL_MASK, REAL_IOPL, SCRATCH_BUDGET, SCRATCH_IO_SITE, TF, MonitorAddresses
 from translator.x86decode import GPR32
 from vmm.cpu import GuestCpu
 from vmm.emulate import UnsupportedInstruction
@@ -42,7 +40,7 @@ from vmm.engine import PROT_EXEC, PROT_READ, PROT_WRITE, StopCause
 from vmm.errors import MonitorBug
 from vmm.exits import ExitReason, VmExit
 from vmm.modes import ExecutionMode
-from vmm.modes.bt_cpu import SEGMENT_IDS, SEGMENT_NAMES, TranslatedCpu
+from vmm.modes.bt.vcpu import CODE64_SELECTOR, TranslatedCpu, VcpuBlock, code64_descriptor, code_selector
 from vmm.shadow_tables import ShadowTables
 from vmm.nested_paging import NestedPaging
 from vmm.shadow_paging import ShadowPaging
@@ -62,14 +60,6 @@ DEFAULT_CAPACITY = 4096                  # blocks
 ONE_SHOT_SLOT = 0                        # reserved: single instructions run outside the cache
 BUDGET_MAX = 0x7FFFFFFF                  # the budget counter is compared as a signed number
 
-# The monitor's own 64-bit code segments, at the end of the shadow GDT: translated code runs on
-# them, at CPL 1 for guest ring 0 and CPL 3 for guest ring 3. L=1, execute-only (a guest load of
-# the selector into a data segment register is refused, as one past its GDT limit would be).
-CODE64_SELECTOR = {1: 0xFFF0 | 1, 3: 0xFFF8 | 3}
-
-
-def _code64_descriptor(dpl: int) -> bytes:
-    return struct.pack("<II", 0xFFFF, 0x00AF9900 | (dpl << 13))
 
 # The report's counters, each present on every run (0 when nothing happened): the translation
 # cache's (cache/tcache.py; invalidations_CAUSE for each cause bt invalidates for), and the
@@ -133,15 +123,13 @@ class BinaryTranslationMode(ExecutionMode):
         self.stub_address = area(STUB_OFFSET, STUB_SIZE, PROT_READ | PROT_EXEC)
         self.shadow = ShadowTables(engine, memory, SHADOW_GDT_OFFSET, SHADOW_LDT_OFFSET, kernel_ring=1,
                                    read=self._read_linear, linear_base=MONITOR_LINEAR,
-                                   monitor_descriptors={CODE64_SELECTOR[ring]: _code64_descriptor(ring) for ring in (1, 3)})
+                                   monitor_descriptors={CODE64_SELECTOR[ring]: code64_descriptor(ring) for ring in (1, 3)})
         tables.map_monitor(SHADOW_GDT_OFFSET, SHADOW_GDT_SIZE, writable=False, executable=False, user=False)
         tables.map_monitor(SHADOW_LDT_OFFSET, SHADOW_LDT_SIZE, writable=False, executable=False, user=False)
         area(LOOKUP_OFFSET, LOOKUP_SIZE, PROT_READ)
         arena_address = area(ARENA_OFFSET, ARENA_SIZE, PROT_READ | PROT_EXEC)
         area(PROFILE_OFFSET, PROFILE_SIZE, PROT_READ | PROT_WRITE)
         self.real_cr3 = tables.root_address      # the engine's CR3: the identity map, or a shadow
-        self.vcpu_view = memory.monitor_view(VCPU_OFFSET, VCPU_SIZE)
-        self.vcpu_privileged_view = memory.monitor_view(VCPU_PRIVILEGED_OFFSET, VCPU_PRIVILEGED_SIZE)
         self.scratch_view = memory.monitor_view(SCRATCH_OFFSET, SCRATCH_SIZE)
         arena = CodeArena(arena_address, memory.monitor_view(ARENA_OFFSET, ARENA_SIZE), ARENA_SLOT_SIZE, ARENA_SLOTS)
         assert arena.allocate() == ONE_SHOT_SLOT
@@ -150,7 +138,9 @@ class BinaryTranslationMode(ExecutionMode):
                                       memory.monitor_view(PROFILE_OFFSET, PROFILE_SIZE), PROFILE_OFFSET)
         self.decoder = Decoder(self._fetch_code)
         self.emitter = Emitter(MonitorAddresses(VCPU_OFFSET, SCRATCH_OFFSET, LOOKUP_OFFSET, VCPU_PRIVILEGED_OFFSET))
-        self.cpu = TranslatedCpu(self)
+        self.vcpu_block = VcpuBlock(memory.monitor_view(VCPU_OFFSET, VCPU_SIZE),
+                                    memory.monitor_view(VCPU_PRIVILEGED_OFFSET, VCPU_PRIVILEGED_SIZE))
+        self.cpu = TranslatedCpu(self, self.vcpu_block)
         self._quiet_view = GuestView(self.cpu, memory, cpu_access=False)
         code_frame = self.cache.page_has_code
         if self.paging_scheme == "nested":
@@ -194,7 +184,7 @@ class BinaryTranslationMode(ExecutionMode):
         engine.on_interrupt(self._on_interrupt)
         memory.write_observers.append(self._monitor_wrote)
         self.rebuild_shadow_gdt()
-        self.virtual_state_changed()
+        self.vcpu_block.virtual_state_changed(self.cpu)
         return self.cpu
 
     def registers_after_io(self, port: int, size: int) -> dict:
@@ -222,29 +212,7 @@ class BinaryTranslationMode(ExecutionMode):
     def _count(self, kind: str) -> None:
         self.exit_counts[kind] = self.exit_counts.get(kind, 0) + 1
 
-    # -- virtual CPU block and shadow descriptors ----------------------------------------------
-    def control_register_changed(self, number: int) -> None:
-        """Rewrite one control register in the virtual-CPU pages (mov r, crN reads them)."""
-        value = self.cpu.control[number]
-        struct.pack_into("<I", self.vcpu_view, VCPU_CR[number], value)
-        struct.pack_into("<I", self.vcpu_privileged_view, VCPU_CR[number], value)
-
-    def virtual_state_changed(self) -> None:
-        """Rewrite the virtual-CPU block that inline emulations read."""
-        cpu, view = self.cpu, self.vcpu_view
-        for name in SEGMENT_NAMES:
-            struct.pack_into("<I", view, VCPU_SELECTOR[SEGMENT_IDS[name]], cpu.selectors[name])
-        struct.pack_into("<I", view, VCPU_PUSHF_ADJUST, (cpu.virtual_flags - cpu.real_iopl) & 0xFFFFFFFF)
-        struct.pack_into("<I", view, VCPU_POPF_EXPECT, cpu.virtual_flags)
-        struct.pack_into("<I", view, VCPU_IO_CHECK, int(cpu.cpl > (cpu.virtual_flags & IOPL_MASK) >> 12))
-        for offset, name in ((VCPU_GDTR, "gdtr"), (VCPU_IDTR, "idtr")):
-            base, limit = cpu.tables[name]
-            struct.pack_into("<HIH", view, offset, limit, base, 0)
-        struct.pack_into("<II", view, VCPU_LDTR, cpu.table_selectors["ldtr"], cpu.table_selectors["tr"])
-        for number, offset in VCPU_CR.items():
-            struct.pack_into("<I", view, offset, cpu.control[number])
-            struct.pack_into("<I", self.vcpu_privileged_view, offset, cpu.control[number])
-
+    # -- shadow descriptors (the virtual-CPU block: vcpu.py) ----------------------------------------------
     def segment_bases_changed(self) -> None:
         """A DS, ES or SS base changed: translations are keyed by the bases, but the lookup table
         is not (it holds one translation per guest address)."""
@@ -260,10 +228,6 @@ class BinaryTranslationMode(ExecutionMode):
     def load_shadow_ldt(self, selector: int, raw: Optional[bytes]) -> None:
         self.shadow.load_ldt(selector, raw)
 
-    def code_selector(self, cpl: int) -> int:
-        """The engine's CS for translated code at guest ring `cpl` (0 or 3)."""
-        return CODE64_SELECTOR[1 if cpl == 0 else 3]
-
     def _enter_deprivileged(self, host_target: int) -> int:
         """Once, before the first translated block: the engine leaves the boot state (32-bit,
         CPL 0, paging off) for long mode on the monitor's tables, at CPL 1 on the monitor's
@@ -273,7 +237,7 @@ class BinaryTranslationMode(ExecutionMode):
         for name in ("ds", "es", "fs", "gs"):
             selector = cpu.selectors[name]
             engine.set_reg(name, (selector & ~3) | 1 if selector & 0xFFFC else 0)
-        engine.set_privilege(1, (cpu.selectors["ss"] & ~3) | 1, self.code_selector(0))
+        engine.set_privilege(1, (cpu.selectors["ss"] & ~3) | 1, code_selector(0))
         engine.set_reg("eflags", (engine.reg("eflags") & ~(IOPL_MASK | TF)) | REAL_IOPL)
         engine.set_reg64("r15", MONITOR_LINEAR)
         self._deprivileged = True

@@ -32,7 +32,7 @@ from capstone.x86_const import X86_INS_STI, X86_OP_MEM
 
 from translator.emitter import (FLAGS_IN_AX, FPU_POINTER_STORES, INLINE_CACHE_ENTRIES, INT3, Emitter, ExitKind,
                                ExitSite, Translation, UnsupportedForm)
-from translator.layout import IOPL_MASK, REAL_IOPL, SCRATCH_BUDGET, SCRATCH_IO_SITE, TF, MonitorAddresses
+from translator.layout import IOPL_MASK, REAL_IOPL, SCRATCH_IO_SITE, TF, MonitorAddresses
 from translator.x86decode import GPR32
 from vmm.cpu import GuestCpu
 from vmm.emulate import UnsupportedInstruction
@@ -40,6 +40,7 @@ from vmm.engine import PROT_EXEC, PROT_READ, PROT_WRITE, StopCause
 from vmm.errors import MonitorBug
 from vmm.exits import ExitReason, VmExit
 from vmm.modes import ExecutionMode
+from vmm.modes.bt.budget import InstructionBudget
 from vmm.modes.bt.vcpu import CODE64_SELECTOR, TranslatedCpu, VcpuBlock, code64_descriptor, code_selector
 from vmm.shadow_tables import ShadowTables
 from vmm.nested_paging import NestedPaging
@@ -58,7 +59,6 @@ from vmm.x86 import (AF, CF, CR0_PG, FPU_CONTROLS, GP, NM, OF, PF, PF_VEC, SF, U
 # The monitor-region areas bt uses (offsets, sizes, where the TLB wants them): vmm/monitor_layout.py.
 DEFAULT_CAPACITY = 4096                  # blocks
 ONE_SHOT_SLOT = 0                        # reserved: single instructions run outside the cache
-BUDGET_MAX = 0x7FFFFFFF                  # the budget counter is compared as a signed number
 
 
 # The report's counters, each present on every run (0 when nothing happened): the translation
@@ -137,6 +137,11 @@ class BinaryTranslationMode(ExecutionMode):
                                       min(self.capacity, ARENA_SLOTS - 1), self._protect_page, MONITOR_LINEAR,
                                       memory.monitor_view(PROFILE_OFFSET, PROFILE_SIZE), PROFILE_OFFSET)
         self.decoder = Decoder(self._fetch_code)
+        # The per-block instruction count (the budget prologue) is emitted only while someone
+        # needs it: an instruction limit, or a guest that uses time (then from that moment on).
+        self.budget = InstructionBudget(self.scratch_view, vm.limits, vm.limits.max_instructions is not None,
+                                        self.cache, self._in_one_shot, engine.stop)
+        vm.interrupts.on_first_use.append(self.budget.start_counting)
         self.emitter = Emitter(MonitorAddresses(VCPU_OFFSET, SCRATCH_OFFSET, LOOKUP_OFFSET, VCPU_PRIVILEGED_OFFSET))
         self.vcpu_block = VcpuBlock(memory.monitor_view(VCPU_OFFSET, VCPU_SIZE),
                                     memory.monitor_view(VCPU_PRIVILEGED_OFFSET, VCPU_PRIVILEGED_SIZE))
@@ -151,13 +156,7 @@ class BinaryTranslationMode(ExecutionMode):
                                       monitor_linear=MONITOR_LINEAR)
         else:
             self.pager = ShadowPaging.build(memory, tables, self._flush_tlb, code_frame=code_frame)
-        # The per-block instruction count (the budget prologue) is emitted only while someone
-        # needs it: an instruction limit, or a guest that uses time (then from that moment on).
-        self.budget = vm.limits.max_instructions is not None
-        self._start_counting_pending = False
         self._end_run_requested = False
-        self._adjust = 0        # instructions retired beyond what the budget counter says
-        vm.interrupts.on_first_use.append(self._start_counting)
         self.tracer = vm.tracer
         self.debugger = vm.debugger
         self._step_stop_pending = False
@@ -370,7 +369,7 @@ class BinaryTranslationMode(ExecutionMode):
         limit, predictions = (1 if key.single_step else 32), INLINE_CACHE_ENTRIES
         while True:     # a block that does not fit a slot is shortened, a lone indirect branch
             guest = self.decoder.decode_block(key.eip, limit=limit, stop_before=breakpoints)   # predicts less
-            translation = self.emitter.translate(guest, budget=self.budget, chainable=not key.single_step,
+            translation = self.emitter.translate(guest, budget=self.budget.enabled, chainable=not key.single_step,
                                                  profile=self.profile, predictions=predictions,
                                                  segment_bases=key.segment_bases)
             if len(translation.code) <= ARENA_SLOT_SIZE or (len(guest.instructions) <= 1 and not predictions):
@@ -472,8 +471,7 @@ class BinaryTranslationMode(ExecutionMode):
         block = self.cache.block_at(host_eip)
         translation = block.translation if block is not None else None
         base = block.host if block is not None else None
-        if block is None and self._one_shot is not None and \
-                self._one_shot_host <= host_eip < self._one_shot_host + ARENA_SLOT_SIZE:
+        if block is None and self._in_one_shot(host_eip):
             translation, base = self._one_shot, self._one_shot_host
         if translation is None:
             return None, ()
@@ -512,8 +510,8 @@ class BinaryTranslationMode(ExecutionMode):
         registers, self._denied_io = self._denied_io, None
         guest_eip = self._io_site()
         host_eip = self.engine.reg64("rip")
-        if self.budget and self._block_holds(host_eip, guest_eip):
-            self._uncharge_rest_of_block(host_eip, guest_eip)
+        if self.budget.enabled and self._block_holds(host_eip, guest_eip):
+            self.budget.uncharge_rest_of_block(host_eip, guest_eip)
         for name, value in registers.items():
             self.engine.set_reg(name, value)
         self.cpu.eip = guest_eip
@@ -524,45 +522,25 @@ class BinaryTranslationMode(ExecutionMode):
         I/O element the engine can stop with a stale EIP elsewhere: then nothing is uncharged)."""
         block = self.cache.block_at(host_eip)
         guest = block.guest if block is not None else None
-        if guest is None and self._one_shot is not None and \
-                self._one_shot_host <= host_eip < self._one_shot_host + ARENA_SLOT_SIZE:
+        if guest is None and self._in_one_shot(host_eip):
             guest = self._one_shot_guest
         return guest is not None and any(i.address == guest_eip for i in guest.instructions)
-
-    def _start_counting(self) -> None:
-        """The guest began to use time: from the next run on, blocks count their instructions.
-        Called from a port hook or a callout; the cache is flushed between runs, never under
-        the code that is running."""
-        if not self.budget:
-            self.budget = True
-            self._start_counting_pending = True
-            self.engine.stop()
 
     def execute(self, vm) -> VmExit:
         """Run translated code. With counting on, the budget counter starts at what the run
         loop allows and the instructions retired go to vm.retire when the run returns."""
-        if self._start_counting_pending:
-            self._start_counting_pending = False
+        if self.budget.take_start():
             self.cache.flush("counting")
-        if not self.budget:
+        if not self.budget.enabled:
             return self._execute(vm)
-        bound = vm.run_budget()
-        given = BUDGET_MAX if bound is None else min(bound, BUDGET_MAX)
-        struct.pack_into("<I", self.scratch_view, SCRATCH_BUDGET, given)
-        self._given, self._adjust = given, 0
+        self.budget.begin_run(vm.run_budget())
         vm_exit = self._execute(vm)
-        left = struct.unpack_from("<i", self.scratch_view, SCRATCH_BUDGET)[0]
-        vm.retire(given - left + self._adjust)
+        vm.retire(self.budget.retired())
         return vm_exit
 
-    def _uncharge_rest_of_block(self, host_eip: int, guest_eip: int) -> None:
-        """The block at `host_eip` was charged in full at its entry; it stopped at `guest_eip`
-        (an instruction that did not complete), so the rest did not retire."""
-        block = self.cache.block_at(host_eip)
-        if block is not None:
-            self._adjust -= sum(1 for i in block.guest.instructions if i.address >= guest_eip)
-        elif self._one_shot is not None and self._one_shot_host <= host_eip < self._one_shot_host + ARENA_SLOT_SIZE:
-            self._adjust -= 1
+    def _in_one_shot(self, host_eip: int) -> bool:
+        """Whether a host address is inside the one-shot translation now in its slot."""
+        return self._one_shot is not None and self._one_shot_host <= host_eip < self._one_shot_host + ARENA_SLOT_SIZE
 
     def _execute(self, vm) -> VmExit:
         try:
@@ -637,9 +615,9 @@ class BinaryTranslationMode(ExecutionMode):
             if stop is None:
                 host_eip = self.engine.reg64("rip")
                 self._sync_guest_eip()
-                if self.budget:
-                    self._uncharge_rest_of_block(host_eip, self.cpu.eip)
-                if self._start_counting_pending or self._end_run_requested:
+                if self.budget.enabled:
+                    self.budget.uncharge_rest_of_block(host_eip, self.cpu.eip)
+                if self.budget.start_pending or self._end_run_requested:
                     self._end_run_requested = False
                     return VmExit(ExitReason.EVENT, eip=self.cpu.eip)
                 if debugger is not None and debugger.interrupted:
@@ -723,7 +701,7 @@ class BinaryTranslationMode(ExecutionMode):
         if site.kind is ExitKind.BREAKPOINT:
             return VmExit(ExitReason.DEBUG, eip=site.guest_eip)
         if site.kind is ExitKind.BUDGET:
-            return self._budget_exit(stop)
+            return self.budget.block_exit(stop.block)
         if site.kind is ExitKind.FPU_POINTER:
             return self._fpu_pointer_exit(stop)
         raise MonitorBug(f"unknown exit {site.kind}")
@@ -777,8 +755,8 @@ class BinaryTranslationMode(ExecutionMode):
         if self.vm.io_permitted(self.engine.reg("edx") & 0xFFFF, _string_io_size(site.instruction)):
             return stop.host_eip + 1
         self.cpu.eip = site.guest_eip
-        if self.budget:
-            self._uncharge_rest_of_block(stop.host_eip, site.guest_eip)
+        if self.budget.enabled:
+            self.budget.uncharge_rest_of_block(stop.host_eip, site.guest_eip)
         return VmExit(ExitReason.EXCEPTION, eip=site.guest_eip, vector=GP, error_code=0)
 
     def watch_interrupt_window(self, blocked: bool) -> None:
@@ -790,36 +768,14 @@ class BinaryTranslationMode(ExecutionMode):
         the interrupt window comes at once; after sti one more instruction runs first (its
         shadow), alone outside the cache."""
         guest_eip = stop.site.guest_eip
-        if self.budget:
-            self._uncharge_rest_of_block(stop.host_eip, guest_eip)
+        if self.budget.enabled:
+            self.budget.uncharge_rest_of_block(stop.host_eip, guest_eip)
         self.cpu.eip = guest_eip
         if stop.site.instruction.insn.id == X86_INS_STI:
             self._prepare_one_shot(guest_eip)
             self._event_after_one_shot = True
             return self._one_shot_host
         return VmExit(ExitReason.EVENT, eip=guest_eip)
-
-    def _budget_exit(self, stop: _Stop):
-        """A block's prologue found fewer instructions left than the block holds. An instruction
-        limit stops before the block (never past the limit); a timer event lets the block run
-        first when some budget is left (so every run makes progress: events land at most one
-        block late, on the same instruction every run)."""
-        block = stop.block
-        length = len(block.guest.instructions)
-        left_before = struct.unpack_from("<i", self.scratch_view, SCRATCH_BUDGET)[0] + length
-        limit = self.vm.limits.remaining_instructions()
-        limit_reached = limit is not None and limit - (self._given - left_before) < length
-        if limit_reached or left_before <= 0:
-            self._adjust -= length              # the prologue charged a block that does not run
-            if limit_reached:
-                self.vm.limits.used_all_instructions()
-                return VmExit(ExitReason.INSTRUCTION_LIMIT, eip=block.key.eip)
-            return VmExit(ExitReason.EVENT, eip=block.key.eip)
-        # Run the block past the budget, then stop at the next block: the counter restarts at 0
-        # and the block's overshoot is counted here.
-        struct.pack_into("<i", self.scratch_view, SCRATCH_BUDGET, 0)
-        self._adjust += length - left_before
-        return block.host + block.translation.body
 
     def _refused_access(self) -> _Stop:
         """Nested paging refused an access of the translated instruction at the engine's EIP:
@@ -938,7 +894,7 @@ class BinaryTranslationMode(ExecutionMode):
         guest_eip, restore = self._locate(stop.host_eip)
         if guest_eip is None:
             raise MonitorBug(f"exception {stop.vector} outside translated code at {stop.host_eip:#x}")
-        self._uncharge_rest_of_block(stop.host_eip, guest_eip)
+        self.budget.uncharge_rest_of_block(stop.host_eip, guest_eip)
         self._restore(restore)
         self.cpu.eip = guest_eip
         return guest_eip
@@ -966,7 +922,7 @@ class BinaryTranslationMode(ExecutionMode):
 
     def _prepare_one_shot(self, guest_eip: int) -> None:
         """One guest instruction alone outside the cache (no budget prologue: it counts here)."""
-        self._adjust += 1
+        self.budget.charge_one_shot()
         guest = self.decoder.decode_block(guest_eip, limit=1)
         translation = self.emitter.translate(guest, budget=False, chainable=False,
                                              segment_bases=self.cpu.segment_bases)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import struct
 import time
-from dataclasses import dataclass
 from typing import Optional
 
 from cache.arena import CodeArena
@@ -31,7 +30,7 @@ from translator.decoder import MAX_INSTRUCTION_LENGTH, PAGE_SIZE, BlockEnd, Deco
 from capstone.x86_const import X86_INS_STI, X86_OP_MEM
 
 from translator.emitter import (FLAGS_IN_AX, FPU_POINTER_STORES, INLINE_CACHE_ENTRIES, INT3, Emitter, ExitKind,
-                               ExitSite, Translation, UnsupportedForm)
+                               Translation, UnsupportedForm)
 from translator.layout import IOPL_MASK, REAL_IOPL, SCRATCH_IO_SITE, TF, MonitorAddresses
 from translator.x86decode import GPR32
 from vmm.cpu import GuestCpu
@@ -41,6 +40,8 @@ from vmm.errors import MonitorBug
 from vmm.exits import ExitReason, VmExit
 from vmm.modes import ExecutionMode
 from vmm.modes.bt.budget import InstructionBudget
+from vmm.modes.bt.faults import CacheFaults
+from vmm.modes.bt.stops import CacheExit, CacheExitKind, Resume, RunOneShot
 from vmm.modes.bt.vcpu import CODE64_SELECTOR, TranslatedCpu, VcpuBlock, code64_descriptor, code_selector
 from vmm.shadow_tables import ShadowTables
 from vmm.nested_paging import NestedPaging
@@ -77,19 +78,6 @@ CACHE_EXIT_KINDS = tuple(kind.value for kind in ExitKind) + (
 def _string_io_size(instruction) -> int:
     """The bytes each element of a string I/O instruction moves (insb/insw/insd, outs*)."""
     return next(operand.size for operand in instruction.insn.operands if operand.type == X86_OP_MEM)
-
-
-@dataclass
-class _Stop:
-    """Why translated code returned to the monitor, noted by the interrupt hook."""
-    kind: str                     # "site" or "fault"
-    host_eip: int
-    block: Optional[TranslatedBlock] = None
-    site_index: int = 0
-    site: Optional[ExitSite] = None
-    vector: int = 0
-    error_code: int = 0
-    address: int = 0              # page faults: the linear address (CR2)
 
 
 class BinaryTranslationMode(ExecutionMode):
@@ -165,11 +153,10 @@ class BinaryTranslationMode(ExecutionMode):
         # Tracing every block execution needs every block transition to pass the monitor.
         self.chaining = not vm.tracer.exec
         self.cache.use_lookup_table = self.chaining
-        self._stop: Optional[_Stop] = None
+        self._stop: Optional[CacheExit] = None
         self._running_native = False
         self._deprivileged = False
         self._one_shot_sites: dict[int, int] = {}      # host address of a one-shot exit -> exit index
-        self._reprotect: set[int] = set()
         self._step_trap = False
         self._one_shot: Optional[Translation] = None
         self._one_shot_guest: Optional[GuestBlock] = None
@@ -180,6 +167,8 @@ class BinaryTranslationMode(ExecutionMode):
             lambda port, size: vm.dispatch(VmExit(ExitReason.PORT_IN, eip=self._io_site(), port=port, size=size)),
             lambda port, size, value: vm.dispatch(VmExit(ExitReason.PORT_OUT, eip=self._io_site(), port=port,
                                                          size=size, value=value)))
+        self.faults = CacheFaults(self.cache, self.pager, memory, engine, self.cpu, self.budget, self._locate,
+                                  self._restore, self._protect_page, self._block_for, self._count)
         engine.on_interrupt(self._on_interrupt)
         memory.write_observers.append(self._monitor_wrote)
         self.rebuild_shadow_gdt()
@@ -342,13 +331,6 @@ class BinaryTranslationMode(ExecutionMode):
         """The guest's linear memory as the monitor reads it for itself (no bits set)."""
         return self._quiet_view.read(address, size)
 
-    def _guest_page_fault(self, fault: PageFault) -> VmExit:
-        """A true fault: the guest's own tables refuse the access; it gets #PF with its CR2."""
-        self._count("true_page_fault")
-        self.pager.counters["true_faults"] += 1
-        self.cpu.set_reg("cr2", fault.linear)
-        return VmExit(ExitReason.EXCEPTION, eip=self.cpu.eip, vector=PF_VEC, error_code=fault.error_code)
-
     # -- translation ---------------------------------------------------------------------------
     def _key(self, eip: int) -> BlockKey:
         physical = self._code_address(eip) if self.guest_paging else -1
@@ -434,19 +416,20 @@ class BinaryTranslationMode(ExecutionMode):
             found = self.cache.site_at(site_address)
             if found is not None:
                 block, index = found
-                self._stop = _Stop("site", site_address, block, index, block.translation.exits[index])
+                self._stop = CacheExit(CacheExitKind.SITE, site_address, block, index, block.translation.exits[index])
             elif site_address in self._one_shot_sites:
                 index = self._one_shot_sites[site_address]
-                self._stop = _Stop("site", site_address, None, index, self._one_shot.exits[index])
+                self._stop = CacheExit(CacheExitKind.SITE, site_address, None, index, self._one_shot.exits[index])
             if self._stop is not None:
                 engine.stop()
                 return
         error_code, _software = engine.last_exception_info()
         engine.reset_exception_state()
         if vector == PF_VEC:          # only the monitor's tables exist: a store to a protected page
-            self._stop = _Stop("page_fault", eip, vector=vector, error_code=error_code, address=engine.reg64("cr2"))
+            self._stop = CacheExit(CacheExitKind.PAGE_FAULT, eip, vector=vector, error_code=error_code,
+                                   address=engine.reg64("cr2"))
         else:
-            self._stop = _Stop("fault", eip, vector=vector, error_code=error_code)
+            self._stop = CacheExit(CacheExitKind.FAULT, eip, vector=vector, error_code=error_code)
         engine.stop()
 
     def _restore(self, registers) -> None:
@@ -546,7 +529,7 @@ class BinaryTranslationMode(ExecutionMode):
         try:
             return self._execute_blocks(vm)
         except PageFault as fault:       # the guest cannot fetch the code it goes to
-            return self._guest_page_fault(fault)
+            return self.faults.guest_page_fault(fault)
         except UnbackedAccess as error:  # its page tables send the fetch outside guest RAM
             return VmExit(ExitReason.MEMORY_FAULT, eip=self.cpu.eip,
                           detail=f"fetch of no memory at {self.cpu.eip:#x} (physical {error.address:#x})")
@@ -590,28 +573,23 @@ class BinaryTranslationMode(ExecutionMode):
             begin = None
             if self._denied_io is not None:
                 return self._denied_io_exit()
-            if self._reprotect:
-                for page in self._reprotect:
-                    if self.cache.page_has_code(page):
-                        self._protect_page(page, True)
-                self._reprotect = set()
-            if self.pager.lending:
-                self.pager.end_loans()
+            self.faults.after_run()
             if cause is StopCause.TLB_REFUSED:      # nested paging: as a page fault would
-                self._stop = self._refused_access()
+                self._stop = self.faults.refused_access()
             if cause is StopCause.MEMORY_FAULT:
                 self._sync_guest_eip()
                 return VmExit(ExitReason.MEMORY_FAULT, eip=self.cpu.eip, detail=self.engine.memory_fault.message)
             stop = self._stop
-            if stop is not None and stop.kind == "page_fault":
-                outcome = self._page_fault(stop)
-                if outcome is None:
+            if stop is not None and stop.kind is CacheExitKind.PAGE_FAULT:
+                outcome = self.faults.page_fault(stop)
+                if isinstance(outcome, RunOneShot):
+                    self._prepare_one_shot(outcome.eip)
                     begin, stepping = self._one_shot_host, False
                     continue
-                if isinstance(outcome, int):     # a hidden fault: the shadow entry is in place
-                    begin = outcome
+                if isinstance(outcome, Resume):  # e.g. a hidden fault: the shadow entry is in place
+                    begin = outcome.host
                     continue
-                return outcome
+                return outcome.vm_exit
             if stop is None:
                 host_eip = self.engine.reg64("rip")
                 self._sync_guest_eip()
@@ -627,9 +605,9 @@ class BinaryTranslationMode(ExecutionMode):
                 if vm.limits.stop_due:
                     return vm.limits.watchdog_exit(self.cpu.eip)
                 raise MonitorBug(f"translated code returned at {self.engine.reg64('rip'):#x} for no reason")
-            if stop.kind == "fault":
+            if stop.kind is CacheExitKind.FAULT:
                 self._count("guest_exception")
-                guest_eip = self._to_guest_instruction(stop)
+                guest_eip = self.faults.to_guest_instruction(stop)
                 vector = stop.vector
                 if vector == NM and nm_is_ud(self.decoder.decode_one(guest_eip), self.cpu.control[4]):
                     vector = UD
@@ -654,7 +632,7 @@ class BinaryTranslationMode(ExecutionMode):
             if vm.limits.stop_due:
                 return vm.limits.watchdog_exit(self.cpu.eip)
 
-    def _site_exit(self, stop: _Stop, stepping: bool, event_after: bool = False):
+    def _site_exit(self, stop: CacheExit, stepping: bool, event_after: bool = False):
         """Handle an exit from translated code through one of its sites. Returns the host address
         to continue at, or a VmExit for the run loop. event_after: the one instruction run after
         an sti (its shadow) is done: the interrupt window comes now."""
@@ -695,7 +673,8 @@ class BinaryTranslationMode(ExecutionMode):
             return self._undecodable(site.guest_eip)
         if site.kind is ExitKind.NO_MEMORY:
             if self.guest_paging:
-                return self._fetch_fault(stop, site.guest_eip)
+                outcome = self.faults.fetch_fault(stop, site.guest_eip)
+                return outcome.host if isinstance(outcome, Resume) else outcome.vm_exit
             return VmExit(ExitReason.MEMORY_FAULT, eip=site.guest_eip,
                           detail=f"fetch of no memory at {site.guest_eip:#x}")
         if site.kind is ExitKind.BREAKPOINT:
@@ -706,7 +685,7 @@ class BinaryTranslationMode(ExecutionMode):
             return self._fpu_pointer_exit(stop)
         raise MonitorBug(f"unknown exit {site.kind}")
 
-    def _fpu_pointer_exit(self, stop: _Stop):
+    def _fpu_pointer_exit(self, stop: CacheExit):
         """After fnstenv/fnsave/fxsave/xsave: the image holds the host address of the last x87
         instruction; the guest gets the address of that instruction in its own code (0 where
         the translation is gone), as the CPU and QEMU store it."""
@@ -743,10 +722,10 @@ class BinaryTranslationMode(ExecutionMode):
             try:
                 self.pager.translate((guest_eip + MAX_INSTRUCTION_LENGTH) & 0xFFFFFFFF, self.cpu.cpl == 3)
             except PageFault as fault:
-                return self._guest_page_fault(fault)
+                return self.faults.guest_page_fault(fault)
         return VmExit(ExitReason.EXCEPTION, eip=guest_eip, vector=GP, error_code=0)
 
-    def _io_permission_exit(self, stop: _Stop):
+    def _io_permission_exit(self, stop: CacheExit):
         """String I/O at CPL > IOPL: the TSS bitmap is checked before the instruction runs
         (the engine's INS would store to ES:EDI before its I/O hook could refuse, and a rep
         form with ECX = 0 reaches no hook). Allowed: on to the instruction; else #GP(0)."""
@@ -763,7 +742,7 @@ class BinaryTranslationMode(ExecutionMode):
         """While an interrupt waits for IF, the sites after translated sti/popf are exits."""
         self.cache.arm_interrupt_windows(blocked)
 
-    def _window_exit(self, stop: _Stop):
+    def _window_exit(self, stop: CacheExit):
         """An armed site after sti or popf: the rest of the block does not run now. After popf
         the interrupt window comes at once; after sti one more instruction runs first (its
         shadow), alone outside the cache."""
@@ -776,149 +755,6 @@ class BinaryTranslationMode(ExecutionMode):
             self._event_after_one_shot = True
             return self._one_shot_host
         return VmExit(ExitReason.EVENT, eip=guest_eip)
-
-    def _refused_access(self) -> _Stop:
-        """Nested paging refused an access of the translated instruction at the engine's EIP:
-        the stop a page fault there would have made, with the exact address."""
-        _page, access, present = self.pager.refusal
-        host_eip, write = self.engine.reg64("rip"), access == "write"
-        address = self.pager.refused_address(self._host_code(host_eip), host_eip, self._host_register,
-                                             self._host_segment_base)
-        user = 4 if self.cpu.cpl == 3 else 0
-        return _Stop("page_fault", host_eip, vector=PF_VEC,
-                     error_code=(2 if write else 0) | user | (1 if present else 0), address=address)
-
-    def _host_code(self, host_eip: int) -> bytes:
-        """Translated code at a host address (for decoding the instruction that faulted there)."""
-        return self.cache.arena.read(host_eip, 16)
-
-    def _host_register(self, name: str) -> int:
-        """A register as a translated instruction's operand names it (r8..r15 by their low half)."""
-        return self.engine.reg(name + "d" if name[0] == "r" and name[1:].isdigit() else name)
-
-    def _host_segment_base(self, segment: str) -> int:
-        """In 64-bit mode only FS and GS have bases."""
-        return self.engine.segment_base(segment) if segment in ("fs", "gs") else 0
-
-    def _fetch_fault(self, stop: _Stop, guest_eip: int):
-        """Translated code reached an instruction whose bytes could not be fetched when it was
-        translated. Fetch them again now: the guest's #PF if they still cannot be (CR2 at the
-        first byte that cannot), else the mapping changed since: translate anew."""
-        user = self.cpu.cpl == 3
-        try:
-            physical = self.pager.translate(guest_eip, user)
-            next_page = (guest_eip | (PAGE_SIZE - 1)) + 1
-            if next_page - guest_eip < 15:
-                self.pager.translate(next_page & 0xFFFFFFFF, user)
-        except PageFault as fault:
-            return self._guest_page_fault(fault)
-        if not self.memory.ram.contains(physical, 1):
-            return VmExit(ExitReason.MEMORY_FAULT, eip=guest_eip, detail=f"fetch of no memory at {guest_eip:#x}")
-        if stop.block is not None:
-            self.cache.remove(stop.block, "remap")
-        return self._block_for(guest_eip).host
-
-    def _page_fault(self, stop: _Stop):
-        """A page fault from the engine's tables. Returns None to run the guest instruction alone
-        next (a one-shot), a host address to resume at, or a VmExit.
-
-        With the guest's paging on, most are hidden faults of the shadow (vmm/shadow_paging.py):
-        the entry is filled and the faulting host instruction runs again; the guest's own tables
-        may refuse the access (a true fault: the guest's #PF). A store into a write-protected
-        page of guest RAM that holds translations is self-modifying code (or data beside code):
-        invalidate what the store may overlap, then run that one guest instruction alone with
-        the page writable and protect the page again when it exits; a store into a guest page
-        table goes the same way and the shadow then looks at what it changed. Anything else
-        touched memory the guest does not have, and ends the run."""
-        address, write = stop.address, bool(stop.error_code & 2)
-        if address >= MONITOR_LINEAR:
-            return self._monitor_page_fault(stop)
-        address &= 0xFFFFFFFF                # 4-8 GiB: the wrap of an FS/GS base plus offset
-        if self.guest_paging or self.pager.virtual_tlb:
-            try:
-                frame = self.pager.fill(address, write, bool(stop.error_code & 4))
-            except PageFault as fault:
-                self._to_guest_instruction(stop)
-                return self._guest_page_fault(fault)
-            except UnbackedAccess as error:
-                self._to_guest_instruction(stop)
-                self._count("memory_fault")
-                return VmExit(ExitReason.MEMORY_FAULT, eip=self.cpu.eip,
-                              detail=f"{'write' if write else 'read'} of no memory at {address:#x} "
-                                     f"(physical {error.address:#x})")
-            if frame is None:
-                self._count("hidden_page_fault")
-                return stop.host_eip
-            if frame in self.pager.traced and not self.cache.page_has_code(frame):
-                # a plain mov into a page table is carried out by the shadow, and translated
-                # code goes on after it without leaving its block
-                length = self.pager.store_plainly(self._host_code(stop.host_eip), self._host_register,
-                                                  address, frame)
-                if length is not None:
-                    self._count("tracing_fault")
-                    self.pager.counters["tracing_faults"] += 1
-                    return stop.host_eip + length
-            guest_eip = self._to_guest_instruction(stop)
-            return self._write_watched(address, frame, guest_eip)
-        guest_eip = self._to_guest_instruction(stop)
-        page = address // PAGE_SIZE
-        if not (write and stop.error_code & 1 and self.memory.ram.contains(address, 1)
-                and self.cache.page_has_code(page)):
-            self._count("memory_fault")
-            access = "write" if write else "read"
-            what = "protected memory" if stop.error_code & 1 else "no memory"
-            return VmExit(ExitReason.MEMORY_FAULT, eip=guest_eip, detail=f"{access} of {what} at {address:#x}")
-        self._count("smc_store")
-        # The store's size is not reported; no single store spans more than 16 bytes of a page.
-        self.cache.invalidate_range(address, min(16, PAGE_SIZE - address % PAGE_SIZE), "smc")
-        for affected in {page, (address + 15) // PAGE_SIZE}:
-            if self.cache.page_has_code(affected):
-                self._protect_page(affected, False)
-                self._reprotect.add(affected)
-        self._prepare_one_shot(guest_eip)
-        return None
-
-    def _monitor_page_fault(self, stop: _Stop):
-        """A fault in the monitor's own region, which only translated code reaches: `mov r, crN`
-        at guest ring 3 reading the supervisor-only page is the guest's #GP(0); anything else is
-        the monitor's own mistake."""
-        guest_eip = self._to_guest_instruction(stop)
-        privileged = MONITOR_LINEAR + VCPU_PRIVILEGED_OFFSET
-        if stop.error_code & 4 and privileged <= stop.address < privileged + VCPU_PRIVILEGED_SIZE:
-            return VmExit(ExitReason.EXCEPTION, eip=guest_eip, vector=GP, error_code=0)
-        raise MonitorBug(f"translated code at {stop.host_eip:#x} faulted on monitor address {stop.address:#x}")
-
-    def _to_guest_instruction(self, stop: _Stop) -> int:
-        """Map a fault inside translated code back to the guest instruction it belongs to (which
-        did not complete)."""
-        guest_eip, restore = self._locate(stop.host_eip)
-        if guest_eip is None:
-            raise MonitorBug(f"exception {stop.vector} outside translated code at {stop.host_eip:#x}")
-        self.budget.uncharge_rest_of_block(stop.host_eip, guest_eip)
-        self._restore(restore)
-        self.cpu.eip = guest_eip
-        return guest_eip
-
-    def _write_watched(self, address: int, frame: int, guest_eip: int) -> None:
-        """A guest store the guest's tables allow into a frame the shadow keeps read-only: the
-        guest instruction runs alone with its page(s) lent writable (translated code on the frame
-        is invalidated first; a page-table frame is compared after)."""
-        offset = address % PAGE_SIZE
-        if self.cache.page_has_code(frame):
-            self._count("smc_store")
-            self.cache.invalidate_range(frame * PAGE_SIZE + offset, min(16, PAGE_SIZE - offset), "smc")
-        elif frame in self.pager.traced:
-            self._count("tracing_fault")
-            self.pager.counters["tracing_faults"] += 1
-        else:
-            self._count("write_lent")
-        if offset > PAGE_SIZE - 16:
-            following = self.pager.frame_of((address + 15) & 0xFFFFFFFF)
-            if following is not None and self.cache.page_has_code(following):
-                self.cache.invalidate_range(following * PAGE_SIZE, 16, "smc")
-        self.pager.lend_store(address)
-        self._prepare_one_shot(guest_eip)
-        return None
 
     def _prepare_one_shot(self, guest_eip: int) -> None:
         """One guest instruction alone outside the cache (no budget prologue: it counts here)."""

@@ -1,7 +1,8 @@
-"""Binary translation, in the VMware style: guest code never runs as it is. The guest's blocks
-are translated (translator/) into the translation cache (cache/) and run there, guest ring 0
-deprivileged at CPL 1 and guest ring 3 at CPL 3, against a virtual CPU whose sensitive state
-lives in the monitor.
+"""Binary translation, in the VMware style (the mode's facade: attach, execute, counters, dump,
+options, wiring its collaborators: vcpu, budget, faults, dispatch): guest code never runs as it
+is. The guest's blocks are translated (translator/) into the translation cache (cache/) and run
+there, guest ring 0 deprivileged at CPL 1 and guest ring 3 at CPL 3, against a virtual CPU whose
+sensitive state lives in the monitor.
 
 Isolation (docs/isolation.md): translated code is 64-bit code that the engine runs in long mode.
 Every guest memory access is made with 32-bit addressing and so stays in linear [0, 4 GiB) (or
@@ -20,28 +21,23 @@ Guest ring 3 runs at CPL 3 with the real IOPL at 0 or 3 (docs/translation.md, "G
 
 from __future__ import annotations
 
-import struct
 import time
 from typing import Optional
 
 from cache.arena import CodeArena
 from cache.tcache import BlockKey, TranslatedBlock, TranslationCache
-from translator.decoder import MAX_INSTRUCTION_LENGTH, PAGE_SIZE, BlockEnd, Decoder, GuestBlock
-from capstone.x86_const import X86_INS_STI, X86_OP_MEM
-
-from translator.emitter import (FLAGS_IN_AX, FPU_POINTER_STORES, INLINE_CACHE_ENTRIES, INT3, Emitter, ExitKind,
-                               Translation, UnsupportedForm)
-from translator.layout import IOPL_MASK, REAL_IOPL, SCRATCH_IO_SITE, TF, MonitorAddresses
-from translator.x86decode import GPR32
+from translator.decoder import PAGE_SIZE, BlockEnd, Decoder, GuestBlock
+from translator.emitter import INLINE_CACHE_ENTRIES, INT3, Emitter, ExitKind, UnsupportedForm
+from translator.layout import IOPL_MASK, REAL_IOPL, TF, MonitorAddresses
 from vmm.cpu import GuestCpu
 from vmm.emulate import UnsupportedInstruction
-from vmm.engine import PROT_EXEC, PROT_READ, PROT_WRITE, StopCause
+from vmm.engine import PROT_EXEC, PROT_READ, PROT_WRITE
 from vmm.errors import MonitorBug
 from vmm.exits import ExitReason, VmExit
 from vmm.modes import ExecutionMode
 from vmm.modes.bt.budget import InstructionBudget
+from vmm.modes.bt.dispatch import ONE_SHOT_SLOT, Dispatcher, StopKind, TranslatedCode
 from vmm.modes.bt.faults import CacheFaults
-from vmm.modes.bt.stops import CacheExit, CacheExitKind, Resume, RunOneShot
 from vmm.modes.bt.vcpu import CODE64_SELECTOR, TranslatedCpu, VcpuBlock, code64_descriptor, code_selector
 from vmm.shadow_tables import ShadowTables
 from vmm.nested_paging import NestedPaging
@@ -53,13 +49,11 @@ from vmm.monitor_layout import (ARENA_OFFSET, ARENA_SIZE, ARENA_SLOT_SIZE, ARENA
                                 SHADOW_GDT_OFFSET, SHADOW_GDT_SIZE, SHADOW_LDT_OFFSET, SHADOW_LDT_SIZE, STUB_OFFSET,
                                 STUB_SIZE, VCPU_OFFSET, VCPU_PRIVILEGED_OFFSET, VCPU_PRIVILEGED_SIZE, VCPU_SIZE)
 from vmm.monitor_paging import LongModeTables
-from vmm.x86 import (AF, CF, CR0_PG, FPU_CONTROLS, GP, NM, OF, PF, PF_VEC, SF, UD, ZF, flushes_tlb,
-                     fpu_controls, nm_is_ud)
+from vmm.x86 import CR0_PG, FPU_CONTROLS, flushes_tlb, fpu_controls
 
 
 # The monitor-region areas bt uses (offsets, sizes, where the TLB wants them): vmm/monitor_layout.py.
 DEFAULT_CAPACITY = 4096                  # blocks
-ONE_SHOT_SLOT = 0                        # reserved: single instructions run outside the cache
 
 
 # The report's counters, each present on every run (0 when nothing happened): the translation
@@ -73,11 +67,6 @@ CACHE_COUNTERS = ("lookups", "hits", "misses", "lookup_table_installs", "blocks_
 CACHE_EXIT_KINDS = tuple(kind.value for kind in ExitKind) + (
     "hidden_page_fault", "true_page_fault", "tracing_fault", "smc_store", "write_lent", "memory_fault",
     "guest_exception")
-
-
-def _string_io_size(instruction) -> int:
-    """The bytes each element of a string I/O instruction moves (insb/insw/insd, outs*)."""
-    return next(operand.size for operand in instruction.insn.operands if operand.type == X86_OP_MEM)
 
 
 class BinaryTranslationMode(ExecutionMode):
@@ -127,10 +116,12 @@ class BinaryTranslationMode(ExecutionMode):
         self.decoder = Decoder(self._fetch_code)
         # The per-block instruction count (the budget prologue) is emitted only while someone
         # needs it: an instruction limit, or a guest that uses time (then from that moment on).
-        self.budget = InstructionBudget(self.scratch_view, vm.limits, vm.limits.max_instructions is not None,
-                                        self.cache, self._in_one_shot, engine.stop)
-        vm.interrupts.on_first_use.append(self.budget.start_counting)
         self.emitter = Emitter(MonitorAddresses(VCPU_OFFSET, SCRATCH_OFFSET, LOOKUP_OFFSET, VCPU_PRIVILEGED_OFFSET))
+        self.code = TranslatedCode(self.cache, self.decoder, self.emitter, engine)
+        self.budget = InstructionBudget(self.scratch_view, vm.limits, vm.limits.max_instructions is not None,
+                                        self.cache, self.code.in_one_shot,
+                                        lambda: self.dispatcher.record(StopKind.START_COUNTING))
+        vm.interrupts.on_first_use.append(self.budget.start_counting)
         self.vcpu_block = VcpuBlock(memory.monitor_view(VCPU_OFFSET, VCPU_SIZE),
                                     memory.monitor_view(VCPU_PRIVILEGED_OFFSET, VCPU_PRIVILEGED_SIZE))
         self.cpu = TranslatedCpu(self, self.vcpu_block)
@@ -144,31 +135,25 @@ class BinaryTranslationMode(ExecutionMode):
                                       monitor_linear=MONITOR_LINEAR)
         else:
             self.pager = ShadowPaging.build(memory, tables, self._flush_tlb, code_frame=code_frame)
-        self._end_run_requested = False
         self.tracer = vm.tracer
         self.debugger = vm.debugger
-        self._step_stop_pending = False
         if self.debugger is not None:
             self.debugger.on_breakpoints_changed = self._breakpoints_changed
         # Tracing every block execution needs every block transition to pass the monitor.
         self.chaining = not vm.tracer.exec
         self.cache.use_lookup_table = self.chaining
-        self._stop: Optional[CacheExit] = None
-        self._running_native = False
         self._deprivileged = False
-        self._one_shot_sites: dict[int, int] = {}      # host address of a one-shot exit -> exit index
-        self._step_trap = False
-        self._one_shot: Optional[Translation] = None
-        self._one_shot_guest: Optional[GuestBlock] = None
-        self._denied_io: Optional[dict] = None
-        self._event_after_one_shot = False
-        self._one_shot_host = self.cache.arena.address(ONE_SHOT_SLOT)
+        self.faults = CacheFaults(self.cache, self.pager, memory, engine, self.cpu, self.budget, self.code.locate,
+                                  self.code.restore, self._protect_page, self._block_for, self._count)
+        self.dispatcher = Dispatcher(vm, engine, self.cpu, memory, self.cache, self.code, self.decoder, self.pager,
+                                     self.budget, self.faults, self.scratch_view, self._block_for,
+                                     lambda: self._deprivileged, self._enter_deprivileged,
+                                     lambda: self.guest_paging, self._count, self.chaining)
+        io_site = self.dispatcher.io_site
         engine.on_port_io(      # (translated I/O notes its guest address in the scratch page)
-            lambda port, size: vm.dispatch(VmExit(ExitReason.PORT_IN, eip=self._io_site(), port=port, size=size)),
-            lambda port, size, value: vm.dispatch(VmExit(ExitReason.PORT_OUT, eip=self._io_site(), port=port,
+            lambda port, size: vm.dispatch(VmExit(ExitReason.PORT_IN, eip=io_site(), port=port, size=size)),
+            lambda port, size, value: vm.dispatch(VmExit(ExitReason.PORT_OUT, eip=io_site(), port=port,
                                                          size=size, value=value)))
-        self.faults = CacheFaults(self.cache, self.pager, memory, engine, self.cpu, self.budget, self._locate,
-                                  self._restore, self._protect_page, self._block_for, self._count)
         engine.on_interrupt(self._on_interrupt)
         memory.write_observers.append(self._monitor_wrote)
         self.rebuild_shadow_gdt()
@@ -243,14 +228,14 @@ class BinaryTranslationMode(ExecutionMode):
         self.engine.invalidate_code(address, address + len(stub))
         for name, value in inputs.items():
             self.engine.set_reg(name, value)
-        self._running_native = True
+        self.dispatcher.running_native = True
         try:
             eip = address
             while eip == address:      # a stop from another thread landed before the instruction
                 self.engine.run(address, self.vm.until_address)
                 eip = self.engine.reg64("rip")
         finally:
-            self._running_native = False
+            self.dispatcher.running_native = False
         if eip not in (address + len(code), address + len(stub)):     # stopped at, or after, the int3
             raise MonitorBug(f"native {code.hex()} did not run to its end (rip {eip:#x})")
         return tuple(self.engine.reg(name) for name in outputs)
@@ -403,69 +388,9 @@ class BinaryTranslationMode(ExecutionMode):
             self.cache.invalidate_range(address, size, "smc")
             self.pager.memory_written(address, size)
 
-    # -- running -------------------------------------------------------------------------------
+    # -- running (the hub: dispatch.py) -------------------------------------------------------------
     def _on_interrupt(self, vector: int) -> None:
-        engine = self.engine
-        eip = engine.reg64("rip")
-        if self._running_native:      # the int3 after run_native's instruction
-            engine.reset_exception_state()
-            engine.stop()
-            return
-        if vector == 3:               # int3: one of the translation's own exits
-            site_address = eip - 1
-            found = self.cache.site_at(site_address)
-            if found is not None:
-                block, index = found
-                self._stop = CacheExit(CacheExitKind.SITE, site_address, block, index, block.translation.exits[index])
-            elif site_address in self._one_shot_sites:
-                index = self._one_shot_sites[site_address]
-                self._stop = CacheExit(CacheExitKind.SITE, site_address, None, index, self._one_shot.exits[index])
-            if self._stop is not None:
-                engine.stop()
-                return
-        error_code, _software = engine.last_exception_info()
-        engine.reset_exception_state()
-        if vector == PF_VEC:          # only the monitor's tables exist: a store to a protected page
-            self._stop = CacheExit(CacheExitKind.PAGE_FAULT, eip, vector=vector, error_code=error_code,
-                                   address=engine.reg64("cr2"))
-        else:
-            self._stop = CacheExit(CacheExitKind.FAULT, eip, vector=vector, error_code=error_code)
-        engine.stop()
-
-    def _restore(self, registers) -> None:
-        """Put back what translated code had parked (the emitter's restore lists): the guest's
-        flags from ax, then guest registers from the monitor's registers that hold them."""
-        for item in registers:
-            if item == FLAGS_IN_AX:           # lahf; seto al: ah = SF ZF AF PF CF, al = OF
-                ax = self.engine.reg("eax")
-                flags = self.engine.reg("eflags") & ~(SF | ZF | AF | PF | CF | OF)
-                flags |= (ax >> 8) & (SF | ZF | AF | PF | CF)
-                self.engine.set_reg("eflags", flags | (OF if ax & 0xFF else 0))
-                continue
-            if item[0] == "rebase":            # ESI/EDI moved by a segment base around a string op
-                _kind, register, base = item
-                self.engine.set_reg(GPR32[register], (self.engine.reg(GPR32[register]) - base) & 0xFFFFFFFF)
-                continue
-            register, holder = item
-            self.engine.set_reg(GPR32[register], self.engine.reg(holder + "d"))
-
-    def _locate(self, host_eip: int) -> tuple[Optional[int], tuple]:
-        """Guest EIP and registers to restore for a stop at a host address inside translated code."""
-        block = self.cache.block_at(host_eip)
-        translation = block.translation if block is not None else None
-        base = block.host if block is not None else None
-        if block is None and self._in_one_shot(host_eip):
-            translation, base = self._one_shot, self._one_shot_host
-        if translation is None:
-            return None, ()
-        entry = translation.pc_entry(host_eip - base)
-        return (entry.guest_eip, entry.restore) if entry is not None else (None, ())
-
-    def _sync_guest_eip(self) -> None:
-        guest_eip, restore = self._locate(self.engine.reg64("rip"))
-        if guest_eip is not None:
-            self._restore(restore)
-            self.cpu.eip = guest_eip
+        self.dispatcher.on_interrupt(vector)
 
     @classmethod
     def from_config(cls, config) -> "BinaryTranslationMode":
@@ -474,40 +399,13 @@ class BinaryTranslationMode(ExecutionMode):
 
     def end_run_after_io(self, port: int, size: int) -> None:
         """Translated I/O ends the engine's block, so a stop here lands right after the OUT."""
-        self._end_run_requested = True
-        self.engine.stop()
+        self.dispatcher.record(StopKind.END_RUN)
 
     def deny_io(self, port: int, size: int) -> None:
         """Note the registers the hook sees (they go back before the #GP) and stop. Which guest
         instruction it is, translated I/O stores in the scratch page just before it runs: in an
         I/O hook the engine's EIP is stale (the start of some earlier engine block)."""
-        self._denied_io = {name: self.engine.reg(name) for name in GPR32}
-        self.engine.stop()
-
-    def _io_site(self) -> int:
-        """The guest address of the I/O instruction whose hook is running (the engine's EIP is
-        stale there): translated I/O stores it in the scratch page just before it runs."""
-        return struct.unpack_from("<I", self.scratch_view, SCRATCH_IO_SITE)[0]
-
-    def _denied_io_exit(self) -> VmExit:
-        registers, self._denied_io = self._denied_io, None
-        guest_eip = self._io_site()
-        host_eip = self.engine.reg64("rip")
-        if self.budget.enabled and self._block_holds(host_eip, guest_eip):
-            self.budget.uncharge_rest_of_block(host_eip, guest_eip)
-        for name, value in registers.items():
-            self.engine.set_reg(name, value)
-        self.cpu.eip = guest_eip
-        return VmExit(ExitReason.EXCEPTION, eip=guest_eip, vector=GP, error_code=0)
-
-    def _block_holds(self, host_eip: int, guest_eip: int) -> bool:
-        """Whether the translation at host_eip holds guest instruction guest_eip (after a string
-        I/O element the engine can stop with a stale EIP elsewhere: then nothing is uncharged)."""
-        block = self.cache.block_at(host_eip)
-        guest = block.guest if block is not None else None
-        if guest is None and self._in_one_shot(host_eip):
-            guest = self._one_shot_guest
-        return guest is not None and any(i.address == guest_eip for i in guest.instructions)
+        self.dispatcher.deny_io()
 
     def execute(self, vm) -> VmExit:
         """Run translated code. With counting on, the budget counter starts at what the run
@@ -515,256 +413,12 @@ class BinaryTranslationMode(ExecutionMode):
         if self.budget.take_start():
             self.cache.flush("counting")
         if not self.budget.enabled:
-            return self._execute(vm)
+            return self.dispatcher.execute(vm)
         self.budget.begin_run(vm.run_budget())
-        vm_exit = self._execute(vm)
+        vm_exit = self.dispatcher.execute(vm)
         vm.retire(self.budget.retired())
         return vm_exit
-
-    def _in_one_shot(self, host_eip: int) -> bool:
-        """Whether a host address is inside the one-shot translation now in its slot."""
-        return self._one_shot is not None and self._one_shot_host <= host_eip < self._one_shot_host + ARENA_SLOT_SIZE
-
-    def _execute(self, vm) -> VmExit:
-        try:
-            return self._execute_blocks(vm)
-        except PageFault as fault:       # the guest cannot fetch the code it goes to
-            return self.faults.guest_page_fault(fault)
-        except UnbackedAccess as error:  # its page tables send the fetch outside guest RAM
-            return VmExit(ExitReason.MEMORY_FAULT, eip=self.cpu.eip,
-                          detail=f"fetch of no memory at {self.cpu.eip:#x} (physical {error.address:#x})")
-
-    def _execute_blocks(self, vm) -> VmExit:
-        if self._step_trap:
-            self._step_trap = False
-            return VmExit(ExitReason.EXCEPTION, eip=self.cpu.eip, vector=1)
-        begin: Optional[int] = None
-        stepping = False
-        debugger = self.debugger
-        if debugger is not None:
-            if debugger.interrupted or self._step_stop_pending:
-                self._step_stop_pending = False
-                return VmExit(ExitReason.DEBUG, eip=self.cpu.eip)
-            if debugger.stepping or debugger.resume_over == self.cpu.eip:
-                # one guest instruction alone, outside the cache (no breakpoint in front of it)
-                self._step_stop_pending = debugger.stepping
-                debugger.resume_over = None
-                self._prepare_one_shot(self.cpu.eip)
-                begin = self._one_shot_host
-        while True:
-            if begin is None:
-                block = self._block_for(self.cpu.eip)
-                begin = block.host
-                stepping = block.key.single_step
-            if self.tracer.exec:
-                self.tracer.executed(self.cpu.eip, begin)
-            self._stop = None
-            if not self._deprivileged:
-                begin = self._enter_deprivileged(begin)
-                cause = self.engine.run(begin, vm.until_address)
-            elif vm.limits.stop_due or (debugger is not None and debugger.interrupted):
-                # A stop from another thread (watchdog, gdb) that landed between two runs is
-                # taken here, as if it had landed on the first instruction: a guest that keeps
-                # leaving the engine for cache exits (faults, misses) never reaches the run loop.
-                self.engine.set_reg("eip", begin)
-                cause = StopCause.RETURNED
-            else:
-                cause = self.engine.run(begin, vm.until_address)
-            begin = None
-            if self._denied_io is not None:
-                return self._denied_io_exit()
-            self.faults.after_run()
-            if cause is StopCause.TLB_REFUSED:      # nested paging: as a page fault would
-                self._stop = self.faults.refused_access()
-            if cause is StopCause.MEMORY_FAULT:
-                self._sync_guest_eip()
-                return VmExit(ExitReason.MEMORY_FAULT, eip=self.cpu.eip, detail=self.engine.memory_fault.message)
-            stop = self._stop
-            if stop is not None and stop.kind is CacheExitKind.PAGE_FAULT:
-                outcome = self.faults.page_fault(stop)
-                if isinstance(outcome, RunOneShot):
-                    self._prepare_one_shot(outcome.eip)
-                    begin, stepping = self._one_shot_host, False
-                    continue
-                if isinstance(outcome, Resume):  # e.g. a hidden fault: the shadow entry is in place
-                    begin = outcome.host
-                    continue
-                return outcome.vm_exit
-            if stop is None:
-                host_eip = self.engine.reg64("rip")
-                self._sync_guest_eip()
-                if self.budget.enabled:
-                    self.budget.uncharge_rest_of_block(host_eip, self.cpu.eip)
-                if self.budget.start_pending or self._end_run_requested:
-                    self._end_run_requested = False
-                    return VmExit(ExitReason.EVENT, eip=self.cpu.eip)
-                if debugger is not None and debugger.interrupted:
-                    return VmExit(ExitReason.DEBUG, eip=self.cpu.eip)
-                if vm.stop_requested:
-                    return VmExit(ExitReason.STOP_REQUEST, eip=self.cpu.eip)
-                if vm.limits.stop_due:
-                    return vm.limits.watchdog_exit(self.cpu.eip)
-                raise MonitorBug(f"translated code returned at {self.engine.reg64('rip'):#x} for no reason")
-            if stop.kind is CacheExitKind.FAULT:
-                self._count("guest_exception")
-                guest_eip = self.faults.to_guest_instruction(stop)
-                vector = stop.vector
-                if vector == NM and nm_is_ud(self.decoder.decode_one(guest_eip), self.cpu.control[4]):
-                    vector = UD
-                return VmExit(ExitReason.EXCEPTION, eip=guest_eip, vector=vector, error_code=stop.error_code)
-            if vm.stop_requested:
-                self._sync_guest_eip()
-                return VmExit(ExitReason.STOP_REQUEST, eip=self.cpu.eip)
-            if stop.site.kind is ExitKind.IO_PERMISSION:   # inside an instruction: no step ends here
-                outcome = self._io_permission_exit(stop)
-                if isinstance(outcome, VmExit):
-                    return outcome
-                begin = outcome
-                continue
-            event_after, self._event_after_one_shot = self._event_after_one_shot, False
-            outcome = self._site_exit(stop, stepping, event_after)
-            if isinstance(outcome, VmExit):
-                return outcome
-            if self._step_stop_pending:        # the single step is done
-                self._step_stop_pending = False
-                return VmExit(ExitReason.DEBUG, eip=self.cpu.eip)
-            begin = outcome
-            if vm.limits.stop_due:
-                return vm.limits.watchdog_exit(self.cpu.eip)
-
-    def _site_exit(self, stop: CacheExit, stepping: bool, event_after: bool = False):
-        """Handle an exit from translated code through one of its sites. Returns the host address
-        to continue at, or a VmExit for the run loop. event_after: the one instruction run after
-        an sti (its shadow) is done: the interrupt window comes now."""
-        site = stop.site
-        self._count(site.kind.value)
-        if site.kind is not ExitKind.MISS:     # a miss reads the target from eax first
-            self._restore(site.restore)
-        if site.kind is ExitKind.INTERRUPT_WINDOW:
-            return self._window_exit(stop)
-        if site.kind in (ExitKind.BRANCH, ExitKind.PREDICTED):
-            self.cpu.eip = site.guest_eip
-            if event_after:
-                return VmExit(ExitReason.EVENT, eip=self.cpu.eip)
-            if stepping:
-                return VmExit(ExitReason.EXCEPTION, eip=self.cpu.eip, vector=1)
-            target = self._block_for(site.guest_eip)
-            if self.chaining and stop.block is not None and stop.block.alive:
-                self.cache.link(stop.block, stop.site_index, target)
-            return target.host
-        if site.kind is ExitKind.MISS:
-            target_eip = self.engine.reg(site.target)
-            self._restore(site.restore)
-            self.cpu.eip = target_eip
-            if event_after:
-                return VmExit(ExitReason.EVENT, eip=self.cpu.eip)
-            if stepping:
-                return VmExit(ExitReason.EXCEPTION, eip=self.cpu.eip, vector=1)
-            target = self._block_for(target_eip)
-            self.cache.install_lookup(target)
-            if self.chaining and stop.block is not None and stop.block.alive:
-                self.cache.predict(stop.block, site, target_eip)
-            return target.host
-        self.cpu.eip = site.guest_eip
-        if site.kind is ExitKind.CALLOUT:
-            self._step_trap = stepping
-            return VmExit(ExitReason.CALLOUT, eip=site.guest_eip, instruction=site.instruction)
-        if site.kind is ExitKind.UNDECODABLE:
-            return self._undecodable(site.guest_eip)
-        if site.kind is ExitKind.NO_MEMORY:
-            if self.guest_paging:
-                outcome = self.faults.fetch_fault(stop, site.guest_eip)
-                return outcome.host if isinstance(outcome, Resume) else outcome.vm_exit
-            return VmExit(ExitReason.MEMORY_FAULT, eip=site.guest_eip,
-                          detail=f"fetch of no memory at {site.guest_eip:#x}")
-        if site.kind is ExitKind.BREAKPOINT:
-            return VmExit(ExitReason.DEBUG, eip=site.guest_eip)
-        if site.kind is ExitKind.BUDGET:
-            return self.budget.block_exit(stop.block)
-        if site.kind is ExitKind.FPU_POINTER:
-            return self._fpu_pointer_exit(stop)
-        raise MonitorBug(f"unknown exit {site.kind}")
-
-    def _fpu_pointer_exit(self, stop: CacheExit):
-        """After fnstenv/fnsave/fxsave/xsave: the image holds the host address of the last x87
-        instruction; the guest gets the address of that instruction in its own code (0 where
-        the translation is gone), as the CPU and QEMU store it."""
-        site = stop.site
-        insn = site.instruction.insn
-        linear = self.engine.reg("r8d")
-        prefixes = bytes(insn.prefix)
-        for prefix, segment in ((0x64, "fs"), (0x65, "gs")):
-            if prefix in prefixes:
-                linear = (linear + self.engine.segment_base(segment)) & 0xFFFFFFFF
-        segment = next((name for prefix, name in ((0x26, "es"), (0x36, "ss"), (0x3E, "ds"), (0x2E, "cs"))
-                        if prefix in prefixes), None)
-        if segment is None and not {0x64, 0x65} & set(prefixes):
-            memory = next(op for op in insn.operands if op.type == X86_OP_MEM).mem
-            segment = "ss" if insn.reg_name(memory.base) in ("esp", "ebp") else "ds"
-        if segment is not None:
-            linear = (linear + self.cpu.segment_base(segment)) & 0xFFFFFFFF
-        at = FPU_POINTER_STORES[insn.id]
-        view = GuestView(self.cpu, self.memory, cpu_access=False)
-        stored = int.from_bytes(view.read(linear + at, 4), "little")
-        guest_eip, _restore = self._locate(MONITOR_LINEAR + stored)
-        view.write(linear + at, (guest_eip or 0).to_bytes(4, "little"))
-        if at == 8:           # fxsave/xsave: the 64-bit image's upper half covers FCS: as 32-bit code leaves it
-            view.write(linear + 12, bytes(4))
-        self.cpu.eip = site.next_eip
-        return stop.host_eip + 1
-
-    def _undecodable(self, guest_eip: int) -> VmExit:
-        """Bytes that do not decode: #UD, or #GP(0) for an instruction longer than 15 bytes. The
-        CPU (and QEMU) fetches that one up to its 16th byte first: a page fault there wins."""
-        if not self.decoder.too_long(guest_eip):
-            return VmExit(ExitReason.EXCEPTION, eip=guest_eip, vector=UD)
-        if self.guest_paging:
-            try:
-                self.pager.translate((guest_eip + MAX_INSTRUCTION_LENGTH) & 0xFFFFFFFF, self.cpu.cpl == 3)
-            except PageFault as fault:
-                return self.faults.guest_page_fault(fault)
-        return VmExit(ExitReason.EXCEPTION, eip=guest_eip, vector=GP, error_code=0)
-
-    def _io_permission_exit(self, stop: CacheExit):
-        """String I/O at CPL > IOPL: the TSS bitmap is checked before the instruction runs
-        (the engine's INS would store to ES:EDI before its I/O hook could refuse, and a rep
-        form with ECX = 0 reaches no hook). Allowed: on to the instruction; else #GP(0)."""
-        site = stop.site
-        self._count(site.kind.value)
-        if self.vm.io_permitted(self.engine.reg("edx") & 0xFFFF, _string_io_size(site.instruction)):
-            return stop.host_eip + 1
-        self.cpu.eip = site.guest_eip
-        if self.budget.enabled:
-            self.budget.uncharge_rest_of_block(stop.host_eip, site.guest_eip)
-        return VmExit(ExitReason.EXCEPTION, eip=site.guest_eip, vector=GP, error_code=0)
 
     def watch_interrupt_window(self, blocked: bool) -> None:
         """While an interrupt waits for IF, the sites after translated sti/popf are exits."""
         self.cache.arm_interrupt_windows(blocked)
-
-    def _window_exit(self, stop: CacheExit):
-        """An armed site after sti or popf: the rest of the block does not run now. After popf
-        the interrupt window comes at once; after sti one more instruction runs first (its
-        shadow), alone outside the cache."""
-        guest_eip = stop.site.guest_eip
-        if self.budget.enabled:
-            self.budget.uncharge_rest_of_block(stop.host_eip, guest_eip)
-        self.cpu.eip = guest_eip
-        if stop.site.instruction.insn.id == X86_INS_STI:
-            self._prepare_one_shot(guest_eip)
-            self._event_after_one_shot = True
-            return self._one_shot_host
-        return VmExit(ExitReason.EVENT, eip=guest_eip)
-
-    def _prepare_one_shot(self, guest_eip: int) -> None:
-        """One guest instruction alone outside the cache (no budget prologue: it counts here)."""
-        self.budget.charge_one_shot()
-        guest = self.decoder.decode_block(guest_eip, limit=1)
-        translation = self.emitter.translate(guest, budget=False, chainable=False,
-                                             segment_bases=self.cpu.segment_bases)
-        host = self.cache.arena.address(ONE_SHOT_SLOT)
-        self.cache.arena.write(host, bytes(translation.code))
-        self.engine.invalidate_code(host, host + ARENA_SLOT_SIZE)
-        self._one_shot, self._one_shot_host, self._one_shot_guest = translation, host, guest
-        self._one_shot_sites = {host + site.offset: index
-                                for index, site in enumerate(translation.exits)}

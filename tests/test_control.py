@@ -186,7 +186,7 @@ from vmm.modes.bt import BinaryTranslationMode
 def lose_the_exit(self, vector):
     self.engine.stop()
 BinaryTranslationMode._on_interrupt = lose_the_exit
-""", r"monitor bug: translated code returned at 0x[0-9a-f]+ for no reason \(vmm/modes/bt\.py:\d+ in _execute_blocks\)"),
+""", r"monitor bug: translated code returned at 0x[0-9a-f]+ for no reason \(vmm/modes/bt/dispatch\.py:\d+ in execute_blocks\)"),
     # the PORT_OUT handler raises inside an engine hook (direct mode services I/O there)
     "handler_raises": ("direct", """
 from vmm.vm import VirtualMachine

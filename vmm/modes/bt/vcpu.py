@@ -1,24 +1,43 @@
-"""The guest-visible CPU under binary translation: general registers and arithmetic flags are the
-engine's; EIP, IOPL, TF, selectors, descriptor-table and control registers are virtual, and the
-engine's descriptors are shadows of the guest's (DPL 0 made DPL 1 for the deprivileged kernel)."""
+"""The guest-visible CPU under binary translation: TranslatedCpu (general registers and arithmetic
+flags are the engine's; EIP, IOPL, TF, selectors, descriptor-table and control registers are
+virtual, and the engine's descriptors are shadows of the guest's, DPL 0 made DPL 1 for the
+deprivileged kernel), the VcpuBlock writer that mirrors the virtual state into the monitor pages
+translated code reads, and the monitor's own 64-bit code selectors."""
 
 from __future__ import annotations
 
+import struct
 from typing import TYPE_CHECKING, Optional
 
 from capstone import x86_const as X
 
-from translator.layout import IOPL_MASK, TF, VCPU_CR, real_iopl, real_privilege
+from translator.layout import (IOPL_MASK, TF, VCPU_CR, VCPU_GDTR, VCPU_IDTR, VCPU_IO_CHECK, VCPU_LDTR,
+                               VCPU_POPF_EXPECT, VCPU_PUSHF_ADJUST, VCPU_SELECTOR, real_iopl, real_privilege)
 from vmm.cpu import GuestCpu
 from vmm.emulate import UnsupportedInstruction
 from vmm.x86 import SegmentDescriptor
 
 if TYPE_CHECKING:
-    from vmm.modes.bt import BinaryTranslationMode
+    from vmm.modes.bt.mode import BinaryTranslationMode
 
 SEGMENT_NAMES = ("cs", "ss", "ds", "es", "fs", "gs")
 SEGMENT_IDS = {name: reg for reg, name in ((X.X86_REG_CS, "cs"), (X.X86_REG_SS, "ss"), (X.X86_REG_DS, "ds"),
                                            (X.X86_REG_ES, "es"), (X.X86_REG_FS, "fs"), (X.X86_REG_GS, "gs"))}
+
+
+# The monitor's own 64-bit code segments, at the end of the shadow GDT: translated code runs on
+# them, at CPL 1 for guest ring 0 and CPL 3 for guest ring 3. L=1, execute-only (a guest load of
+# the selector into a data segment register is refused, as one past its GDT limit would be).
+CODE64_SELECTOR = {1: 0xFFF0 | 1, 3: 0xFFF8 | 3}
+
+
+def code64_descriptor(dpl: int) -> bytes:
+    return struct.pack("<II", 0xFFFF, 0x00AF9900 | (dpl << 13))
+
+
+def code_selector(cpl: int) -> int:
+    """The engine's CS for translated code at guest ring `cpl` (0 or 3)."""
+    return CODE64_SELECTOR[1 if cpl == 0 else 3]
 
 
 def _real_selector(selector: int) -> int:
@@ -26,13 +45,45 @@ def _real_selector(selector: int) -> int:
     return (selector & ~3) | max(selector & 3, 1)
 
 
+class VcpuBlock:
+    """The virtual-CPU pages that inline emulations read and only the monitor writes: the block
+    (user-readable) and the privileged page (control registers, for `mov r, crN` at ring 0)."""
+
+    def __init__(self, view, privileged_view) -> None:
+        self.view = view
+        self.privileged_view = privileged_view
+
+    def control_register_changed(self, cpu: "TranslatedCpu", number: int) -> None:
+        """Rewrite one control register in both pages (mov r, crN reads them)."""
+        value = cpu.control[number]
+        struct.pack_into("<I", self.view, VCPU_CR[number], value)
+        struct.pack_into("<I", self.privileged_view, VCPU_CR[number], value)
+
+    def virtual_state_changed(self, cpu: "TranslatedCpu") -> None:
+        """Rewrite the whole block from the virtual CPU."""
+        view = self.view
+        for name in SEGMENT_NAMES:
+            struct.pack_into("<I", view, VCPU_SELECTOR[SEGMENT_IDS[name]], cpu.selectors[name])
+        struct.pack_into("<I", view, VCPU_PUSHF_ADJUST, (cpu.virtual_flags - cpu.real_iopl) & 0xFFFFFFFF)
+        struct.pack_into("<I", view, VCPU_POPF_EXPECT, cpu.virtual_flags)
+        struct.pack_into("<I", view, VCPU_IO_CHECK, int(cpu.cpl > (cpu.virtual_flags & IOPL_MASK) >> 12))
+        for offset, name in ((VCPU_GDTR, "gdtr"), (VCPU_IDTR, "idtr")):
+            base, limit = cpu.tables[name]
+            struct.pack_into("<HIH", view, offset, limit, base, 0)
+        struct.pack_into("<II", view, VCPU_LDTR, cpu.table_selectors["ldtr"], cpu.table_selectors["tr"])
+        for number, offset in VCPU_CR.items():
+            struct.pack_into("<I", view, offset, cpu.control[number])
+            struct.pack_into("<I", self.privileged_view, offset, cpu.control[number])
+
+
 class TranslatedCpu(GuestCpu):
     """Guest registers under binary translation: general registers and the arithmetic flags are
     the engine's; EIP, IOPL, TF, selectors, descriptor-table and control registers are virtual."""
 
-    def __init__(self, mode: "BinaryTranslationMode") -> None:
+    def __init__(self, mode: "BinaryTranslationMode", block: VcpuBlock) -> None:
         super().__init__(mode.engine)
-        self.mode = mode
+        self.mode = mode        # shadow descriptors, guest paging, native runs
+        self.block = block
         engine = mode.engine
         self.eip = engine.reg("eip")
         self.selectors = {name: engine.reg(name) for name in SEGMENT_NAMES}
@@ -74,13 +125,13 @@ class TranslatedCpu(GuestCpu):
             self.virtual_flags = value & (IOPL_MASK | TF)
             self.engine.set_reg("eflags", (value & ~(IOPL_MASK | TF)) | self.real_iopl)
             if changed:
-                self.mode.virtual_state_changed()
+                self.block.virtual_state_changed(self)
         elif name in self.selectors:
             raise ValueError("segment registers change through load_segment")
         elif name.startswith("cr"):
             number = int(name[2:])
             old, self.control[number] = self.control[number], value
-            self.mode.control_register_changed(number)
+            self.block.control_register_changed(self, number)
             if number != 2:
                 self.mode.control_register_written(number, old)
         else:
@@ -99,7 +150,7 @@ class TranslatedCpu(GuestCpu):
             self.engine.set_reg(name, 0)
         self._note_base(name, raw)
         self.selectors[name] = selector & 0xFFFF
-        self.mode.virtual_state_changed()
+        self.block.virtual_state_changed(self)
 
     def change_privilege(self, cs: int, cs_raw: bytes, ss: int, ss_raw: bytes, esp: int) -> None:
         """An interrupt from ring 3 or a return to it: the engine moves between CPL 1 (guest
@@ -115,11 +166,11 @@ class TranslatedCpu(GuestCpu):
         self.mode.refresh_shadow(cs, cs_raw)
         self.mode.refresh_shadow(ss, ss_raw)
         self.selectors["cs"], self.selectors["ss"] = cs & 0xFFFF, ss & 0xFFFF
-        self.engine.set_privilege(real_privilege(cpl), _real_selector(ss), self.mode.code_selector(cpl))
+        self.engine.set_privilege(real_privilege(cpl), _real_selector(ss), code_selector(cpl))
         self._note_base("ss", ss_raw)
         self.engine.set_reg("esp", esp)
         self.set_reg("eflags", eflags)          # the real IOPL of the new ring
-        self.mode.virtual_state_changed()
+        self.block.virtual_state_changed(self)
 
     @property
     def real_iopl(self) -> int:
@@ -132,7 +183,7 @@ class TranslatedCpu(GuestCpu):
         self.tables[name] = (base & 0xFFFFFFFF, limit & 0xFFFF)
         if name == "gdtr":
             self.mode.rebuild_shadow_gdt()
-        self.mode.virtual_state_changed()
+        self.block.virtual_state_changed(self)
 
     def table_selector(self, name: str) -> int:
         return self.table_selectors[name]
@@ -143,7 +194,7 @@ class TranslatedCpu(GuestCpu):
         descriptor = SegmentDescriptor.decode(raw) if raw is not None else None
         self.tables[name] = (descriptor.base, descriptor.limit) if descriptor is not None else (0, 0)
         self.table_selectors[name] = selector & 0xFFFF
-        self.mode.virtual_state_changed()
+        self.block.virtual_state_changed(self)
 
     @property
     def cpl(self) -> int:

@@ -1,0 +1,94 @@
+"""The instruction budget of binary translation: the counter in the scratch page that each block's
+prologue charges, what a run was given, the instructions retired beyond what the counter says, and
+the arithmetic of the budget exit (an instruction limit or a timer event at a block's entry)."""
+
+from __future__ import annotations
+
+import struct
+from typing import Callable, Optional, Union
+
+from translator.layout import SCRATCH_BUDGET
+from vmm.exits import ExitReason, VmExit
+
+BUDGET_MAX = 0x7FFFFFFF                  # the budget counter is compared as a signed number
+
+
+class InstructionBudget:
+    """Counts the guest instructions translated code retires. Blocks carry a budget prologue only
+    while `enabled` (an instruction limit, or a guest that uses time: then from that moment on);
+    the prologue charges a whole block at its entry, so a block that stops early is uncharged the
+    rest here, and a one-shot (no prologue) is charged here."""
+
+    def __init__(self, scratch_view, limits, enabled: bool, cache, in_one_shot: Callable[[int], bool],
+                 stop_engine: Callable[[], None]) -> None:
+        self.scratch_view = scratch_view
+        self.limits = limits
+        self.enabled = enabled
+        self.cache = cache                    # block_at: which block a host address is in
+        self.in_one_shot = in_one_shot        # whether a host address is in the one-shot slot
+        self.stop_engine = stop_engine
+        self.start_pending = False            # counting began: flush the cache before the next run
+        self.given = 0                        # what the counter started the run at
+        self.adjust = 0                       # instructions retired beyond what the counter says
+
+    def start_counting(self) -> None:
+        """The guest began to use time: from the next run on, blocks count their instructions.
+        Called from a port hook or a callout; the cache is flushed between runs, never under
+        the code that is running."""
+        if not self.enabled:
+            self.enabled = True
+            self.start_pending = True
+            self.stop_engine()
+
+    def take_start(self) -> bool:
+        """Whether counting began since the last run (once)."""
+        pending, self.start_pending = self.start_pending, False
+        return pending
+
+    def begin_run(self, bound: Optional[int]) -> None:
+        """The counter starts at what the run loop allows (at most BUDGET_MAX)."""
+        given = BUDGET_MAX if bound is None else min(bound, BUDGET_MAX)
+        struct.pack_into("<I", self.scratch_view, SCRATCH_BUDGET, given)
+        self.given, self.adjust = given, 0
+
+    def retired(self) -> int:
+        """The instructions retired since begin_run."""
+        return self.given - self._left() + self.adjust
+
+    def _left(self) -> int:
+        return struct.unpack_from("<i", self.scratch_view, SCRATCH_BUDGET)[0]
+
+    def charge_one_shot(self) -> None:
+        """One guest instruction run alone outside the cache (no prologue charged it)."""
+        self.adjust += 1
+
+    def uncharge_rest_of_block(self, host_eip: int, guest_eip: int) -> None:
+        """The block at `host_eip` was charged in full at its entry; it stopped at `guest_eip`
+        (an instruction that did not complete), so the rest did not retire."""
+        block = self.cache.block_at(host_eip)
+        if block is not None:
+            self.adjust -= sum(1 for i in block.guest.instructions if i.address >= guest_eip)
+        elif self.in_one_shot(host_eip):
+            self.adjust -= 1
+
+    def block_exit(self, block) -> Union[VmExit, int]:
+        """A block's prologue found fewer instructions left than the block holds. An instruction
+        limit stops before the block (never past the limit); a timer event lets the block run
+        first when some budget is left (so every run makes progress: events land at most one
+        block late, on the same instruction every run). Returns the VmExit, or the host address
+        of the block's body to run it past the budget."""
+        length = len(block.guest.instructions)
+        left_before = self._left() + length
+        limit = self.limits.remaining_instructions()
+        limit_reached = limit is not None and limit - (self.given - left_before) < length
+        if limit_reached or left_before <= 0:
+            self.adjust -= length              # the prologue charged a block that does not run
+            if limit_reached:
+                self.limits.used_all_instructions()
+                return VmExit(ExitReason.INSTRUCTION_LIMIT, eip=block.key.eip)
+            return VmExit(ExitReason.EVENT, eip=block.key.eip)
+        # Run the block past the budget, then stop at the next block: the counter restarts at 0
+        # and the block's overshoot is counted here.
+        struct.pack_into("<i", self.scratch_view, SCRATCH_BUDGET, 0)
+        self.adjust += length - left_before
+        return block.host + block.translation.body

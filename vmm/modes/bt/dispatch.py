@@ -1,0 +1,447 @@
+"""The hub of binary translation, in the DynamoRIO style: run translated code until it returns to
+the monitor, find out why (one recorded PendingStop, or the engine's own stop cause), handle the
+cache exit (exit sites, faults through CacheFaults) and go on, or leave with a VmExit. Also where
+translated code is (TranslatedCode: the cache's blocks and the one-shot slot)."""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from capstone.x86_const import X86_INS_STI, X86_OP_MEM
+
+from translator.decoder import MAX_INSTRUCTION_LENGTH
+from translator.emitter import FLAGS_IN_AX, FPU_POINTER_STORES, ExitKind, Translation
+from translator.layout import SCRATCH_IO_SITE
+from translator.x86decode import GPR32
+from vmm.engine import StopCause
+from vmm.errors import MonitorBug
+from vmm.exits import ExitReason, VmExit
+from vmm.guest_view import GuestView
+from vmm.memory import PageFault, UnbackedAccess
+from vmm.modes.bt.stops import CacheExit, CacheExitKind, Exit, Outcome, Resume, RunOneShot
+from vmm.monitor_layout import ARENA_SLOT_SIZE, MONITOR_LINEAR
+from vmm.x86 import AF, CF, GP, NM, OF, PF, PF_VEC, SF, UD, ZF, nm_is_ud
+
+ONE_SHOT_SLOT = 0                        # reserved: single instructions run outside the cache
+
+
+def _string_io_size(instruction) -> int:
+    """The bytes each element of a string I/O instruction moves (insb/insw/insd, outs*)."""
+    return next(operand.size for operand in instruction.insn.operands if operand.type == X86_OP_MEM)
+
+
+class StopKind(enum.Enum):
+    """Why a run of the engine ended, as a hook recorded it."""
+    CACHE_EXIT = "cache_exit"             # an exit site or an exception of translated code (data: CacheExit)
+    DENIED_IO = "denied_io"               # I/O the TSS bitmap refuses (data: the registers the hook saw)
+    END_RUN = "end_run"                   # a device asked the run to end right after an OUT
+    START_COUNTING = "start_counting"     # the guest began to use time: blocks count from the next run
+
+
+@dataclass(frozen=True)
+class PendingStop:
+    kind: StopKind
+    data: object = None
+
+
+class TranslatedCode:
+    """Where translated code is: the cache's blocks, and the one-shot slot where a single guest
+    instruction runs alone. Maps a host address back to the guest instruction and the registers
+    translated code parked there."""
+
+    def __init__(self, cache, decoder, emitter, engine) -> None:
+        self.cache = cache
+        self.decoder = decoder
+        self.emitter = emitter
+        self.engine = engine
+        self.one_shot: Optional[Translation] = None
+        self.one_shot_guest = None
+        self.one_shot_host = cache.arena.address(ONE_SHOT_SLOT)
+        self.one_shot_sites: dict[int, int] = {}      # host address of a one-shot exit -> exit index
+
+    def prepare_one_shot(self, guest_eip: int, segment_bases) -> int:
+        """Translate one guest instruction into the one-shot slot (no budget prologue); its host."""
+        guest = self.decoder.decode_block(guest_eip, limit=1)
+        translation = self.emitter.translate(guest, budget=False, chainable=False, segment_bases=segment_bases)
+        host = self.cache.arena.address(ONE_SHOT_SLOT)
+        self.cache.arena.write(host, bytes(translation.code))
+        self.engine.invalidate_code(host, host + ARENA_SLOT_SIZE)
+        self.one_shot, self.one_shot_host, self.one_shot_guest = translation, host, guest
+        self.one_shot_sites = {host + site.offset: index for index, site in enumerate(translation.exits)}
+        return host
+
+    def in_one_shot(self, host_eip: int) -> bool:
+        """Whether a host address is inside the one-shot translation now in its slot."""
+        return self.one_shot is not None and self.one_shot_host <= host_eip < self.one_shot_host + ARENA_SLOT_SIZE
+
+    def site_at(self, address: int) -> Optional[CacheExit]:
+        """The exit site whose int3 is at a host address, as a cache exit (None: no site)."""
+        found = self.cache.site_at(address)
+        if found is not None:
+            block, index = found
+            return CacheExit(CacheExitKind.SITE, address, block, index, block.translation.exits[index])
+        if address in self.one_shot_sites:
+            index = self.one_shot_sites[address]
+            return CacheExit(CacheExitKind.SITE, address, None, index, self.one_shot.exits[index])
+        return None
+
+    def locate(self, host_eip: int) -> tuple[Optional[int], tuple]:
+        """Guest EIP and registers to restore for a stop at a host address inside translated code."""
+        block = self.cache.block_at(host_eip)
+        translation = block.translation if block is not None else None
+        base = block.host if block is not None else None
+        if block is None and self.in_one_shot(host_eip):
+            translation, base = self.one_shot, self.one_shot_host
+        if translation is None:
+            return None, ()
+        entry = translation.pc_entry(host_eip - base)
+        return (entry.guest_eip, entry.restore) if entry is not None else (None, ())
+
+    def holds(self, host_eip: int, guest_eip: int) -> bool:
+        """Whether the translation at host_eip holds guest instruction guest_eip (after a string
+        I/O element the engine can stop with a stale EIP elsewhere: then nothing is uncharged)."""
+        block = self.cache.block_at(host_eip)
+        guest = block.guest if block is not None else None
+        if guest is None and self.in_one_shot(host_eip):
+            guest = self.one_shot_guest
+        return guest is not None and any(i.address == guest_eip for i in guest.instructions)
+
+    def restore(self, registers) -> None:
+        """Put back what translated code had parked (the emitter's restore lists): the guest's
+        flags from ax, then guest registers from the monitor's registers that hold them."""
+        engine = self.engine
+        for item in registers:
+            if item == FLAGS_IN_AX:           # lahf; seto al: ah = SF ZF AF PF CF, al = OF
+                ax = engine.reg("eax")
+                flags = engine.reg("eflags") & ~(SF | ZF | AF | PF | CF | OF)
+                flags |= (ax >> 8) & (SF | ZF | AF | PF | CF)
+                engine.set_reg("eflags", flags | (OF if ax & 0xFF else 0))
+                continue
+            if item[0] == "rebase":            # ESI/EDI moved by a segment base around a string op
+                _kind, register, base = item
+                engine.set_reg(GPR32[register], (engine.reg(GPR32[register]) - base) & 0xFFFFFFFF)
+                continue
+            register, holder = item
+            engine.set_reg(GPR32[register], engine.reg(holder + "d"))
+
+
+class Dispatcher:
+    """Runs translated code and handles what brings it back. Hooks record one PendingStop (the
+    first wins); each cache exit is handled to an Outcome (Resume | RunOneShot | Exit)."""
+
+    def __init__(self, vm, engine, cpu, memory, cache, code: TranslatedCode, decoder, pager, budget, faults,
+                 scratch_view, block_for: Callable, deprivileged: Callable[[], bool],
+                 enter_deprivileged: Callable[[int], int], guest_paging: Callable[[], bool],
+                 count: Callable[[str], None], chaining: bool) -> None:
+        self.vm = vm
+        self.engine = engine
+        self.cpu = cpu
+        self.memory = memory
+        self.cache = cache
+        self.code = code
+        self.decoder = decoder
+        self.pager = pager
+        self.budget = budget
+        self.faults = faults
+        self.scratch_view = scratch_view
+        self.block_for = block_for
+        self.deprivileged = deprivileged
+        self.enter_deprivileged = enter_deprivileged
+        self.guest_paging = guest_paging
+        self.count = count
+        self.chaining = chaining
+        self.debugger = vm.debugger
+        self.tracer = vm.tracer
+        self.pending: Optional[PendingStop] = None
+        self.running_native = False           # run_native's int3 is its own end, not an exit
+        # Carried from one engine run (or one execute) to the next, not why a run ended:
+        self._step_trap = False               # a callout ran under TF: #DB on the next execute
+        self._step_stop_pending = False       # gdb's single step is one one-shot: stop after it
+        self._event_after_one_shot = False    # the shadow of an sti runs alone, then the event
+
+    # -- what hooks record ------------------------------------------------------------------------
+    def record(self, kind: StopKind, data=None) -> None:
+        """Note why the engine should stop (the first reason of a run wins) and stop it."""
+        if self.pending is None:
+            self.pending = PendingStop(kind, data)
+        self.engine.stop()
+
+    def on_interrupt(self, vector: int) -> None:
+        engine = self.engine
+        eip = engine.reg64("rip")
+        if self.running_native:       # the int3 after run_native's instruction
+            engine.reset_exception_state()
+            engine.stop()
+            return
+        if vector == 3:               # int3: one of the translation's own exits
+            site = self.code.site_at(eip - 1)
+            if site is not None:
+                self.record(StopKind.CACHE_EXIT, site)
+                return
+        error_code, _software = engine.last_exception_info()
+        engine.reset_exception_state()
+        if vector == PF_VEC:          # only the monitor's tables exist: a store to a protected page
+            self.record(StopKind.CACHE_EXIT, CacheExit(CacheExitKind.PAGE_FAULT, eip, vector=vector,
+                                                       error_code=error_code, address=engine.reg64("cr2")))
+        else:
+            self.record(StopKind.CACHE_EXIT, CacheExit(CacheExitKind.FAULT, eip, vector=vector,
+                                                       error_code=error_code))
+
+    def deny_io(self) -> None:
+        """Note the registers the hook sees (they go back before the #GP) and stop."""
+        self.record(StopKind.DENIED_IO, {name: self.engine.reg(name) for name in GPR32})
+
+    def io_site(self) -> int:
+        """The guest address of the I/O instruction whose hook is running (the engine's EIP is
+        stale there): translated I/O stores it in the scratch page just before it runs."""
+        return struct.unpack_from("<I", self.scratch_view, SCRATCH_IO_SITE)[0]
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def execute(self, vm) -> VmExit:
+        try:
+            return self.execute_blocks(vm)
+        except PageFault as fault:       # the guest cannot fetch the code it goes to
+            return self.faults.guest_page_fault(fault)
+        except UnbackedAccess as error:  # its page tables send the fetch outside guest RAM
+            return VmExit(ExitReason.MEMORY_FAULT, eip=self.cpu.eip,
+                          detail=f"fetch of no memory at {self.cpu.eip:#x} (physical {error.address:#x})")
+
+    def _run_one_shot(self, guest_eip: int) -> int:
+        """One guest instruction alone outside the cache (no budget prologue: it counts here)."""
+        self.budget.charge_one_shot()
+        return self.code.prepare_one_shot(guest_eip, self.cpu.segment_bases)
+
+    def _sync_guest_eip(self) -> None:
+        guest_eip, restore = self.code.locate(self.engine.reg64("rip"))
+        if guest_eip is not None:
+            self.code.restore(restore)
+            self.cpu.eip = guest_eip
+
+    def execute_blocks(self, vm) -> VmExit:
+        if self._step_trap:
+            self._step_trap = False
+            return VmExit(ExitReason.EXCEPTION, eip=self.cpu.eip, vector=1)
+        begin: Optional[int] = None
+        stepping = False
+        debugger = self.debugger
+        if debugger is not None:
+            if debugger.interrupted or self._step_stop_pending:
+                self._step_stop_pending = False
+                return VmExit(ExitReason.DEBUG, eip=self.cpu.eip)
+            if debugger.stepping or debugger.resume_over == self.cpu.eip:
+                # one guest instruction alone, outside the cache (no breakpoint in front of it)
+                self._step_stop_pending = debugger.stepping
+                debugger.resume_over = None
+                begin = self._run_one_shot(self.cpu.eip)
+        while True:
+            if begin is None:
+                block = self.block_for(self.cpu.eip)
+                begin = block.host
+                stepping = block.key.single_step
+            if self.tracer.exec:
+                self.tracer.executed(self.cpu.eip, begin)
+            self.pending = None
+            if not self.deprivileged():
+                begin = self.enter_deprivileged(begin)
+                cause = self.engine.run(begin, vm.until_address)
+            elif vm.limits.stop_due or (debugger is not None and debugger.interrupted):
+                # A stop from another thread (watchdog, gdb) that landed between two runs is
+                # taken here, as if it had landed on the first instruction: a guest that keeps
+                # leaving the engine for cache exits (faults, misses) never reaches the run loop.
+                self.engine.set_reg("eip", begin)
+                cause = StopCause.RETURNED
+            else:
+                cause = self.engine.run(begin, vm.until_address)
+            begin = None
+            pending, self.pending = self.pending, None
+            if pending is not None and pending.kind is StopKind.DENIED_IO:
+                return self._denied_io_exit(pending.data)
+            self.faults.after_run()
+            stop = pending.data if pending is not None and pending.kind is StopKind.CACHE_EXIT else None
+            if cause is StopCause.TLB_REFUSED:      # nested paging: as a page fault would
+                stop = self.faults.refused_access()
+            if cause is StopCause.MEMORY_FAULT:
+                self._sync_guest_eip()
+                return VmExit(ExitReason.MEMORY_FAULT, eip=self.cpu.eip, detail=self.engine.memory_fault.message)
+            if stop is not None and stop.kind is CacheExitKind.PAGE_FAULT:
+                outcome = self.faults.page_fault(stop)
+                if isinstance(outcome, RunOneShot):
+                    begin, stepping = self._run_one_shot(outcome.eip), False
+                    continue
+                if isinstance(outcome, Resume):  # e.g. a hidden fault: the shadow entry is in place
+                    begin = outcome.host
+                    continue
+                return outcome.vm_exit
+            if stop is None:
+                host_eip = self.engine.reg64("rip")
+                self._sync_guest_eip()
+                if self.budget.enabled:
+                    self.budget.uncharge_rest_of_block(host_eip, self.cpu.eip)
+                if pending is not None:          # END_RUN or START_COUNTING
+                    return VmExit(ExitReason.EVENT, eip=self.cpu.eip)
+                if debugger is not None and debugger.interrupted:
+                    return VmExit(ExitReason.DEBUG, eip=self.cpu.eip)
+                if vm.stop_requested:
+                    return VmExit(ExitReason.STOP_REQUEST, eip=self.cpu.eip)
+                if vm.limits.stop_due:
+                    return vm.limits.watchdog_exit(self.cpu.eip)
+                raise MonitorBug(f"translated code returned at {self.engine.reg64('rip'):#x} for no reason")
+            if stop.kind is CacheExitKind.FAULT:
+                self.count("guest_exception")
+                guest_eip = self.faults.to_guest_instruction(stop)
+                vector = stop.vector
+                if vector == NM and nm_is_ud(self.decoder.decode_one(guest_eip), self.cpu.control[4]):
+                    vector = UD
+                return VmExit(ExitReason.EXCEPTION, eip=guest_eip, vector=vector, error_code=stop.error_code)
+            if vm.stop_requested:
+                self._sync_guest_eip()
+                return VmExit(ExitReason.STOP_REQUEST, eip=self.cpu.eip)
+            if stop.site.kind is ExitKind.IO_PERMISSION:   # inside an instruction: no step ends here
+                outcome = self._io_permission_exit(stop)
+                if isinstance(outcome, Exit):
+                    return outcome.vm_exit
+                begin = outcome.host
+                continue
+            event_after, self._event_after_one_shot = self._event_after_one_shot, False
+            outcome = self._site_exit(stop, stepping, event_after)
+            if isinstance(outcome, Exit):
+                return outcome.vm_exit
+            # (stepping stays that of the block the site left, a one-shot after sti included)
+            begin = self._run_one_shot(outcome.eip) if isinstance(outcome, RunOneShot) else outcome.host
+            if self._step_stop_pending:        # the single step is done
+                self._step_stop_pending = False
+                return VmExit(ExitReason.DEBUG, eip=self.cpu.eip)
+            if vm.limits.stop_due:
+                return vm.limits.watchdog_exit(self.cpu.eip)
+
+    # -- exit sites -------------------------------------------------------------------------------
+    def _site_exit(self, stop: CacheExit, stepping: bool, event_after: bool = False) -> Outcome:
+        """Handle an exit from translated code through one of its sites. event_after: the one
+        instruction run after an sti (its shadow) is done: the interrupt window comes now."""
+        site = stop.site
+        self.count(site.kind.value)
+        if site.kind is not ExitKind.MISS:     # a miss reads the target from eax first
+            self.code.restore(site.restore)
+        if site.kind is ExitKind.INTERRUPT_WINDOW:
+            return self._window_exit(stop)
+        if site.kind in (ExitKind.BRANCH, ExitKind.PREDICTED):
+            self.cpu.eip = site.guest_eip
+            if event_after:
+                return Exit(VmExit(ExitReason.EVENT, eip=self.cpu.eip))
+            if stepping:
+                return Exit(VmExit(ExitReason.EXCEPTION, eip=self.cpu.eip, vector=1))
+            target = self.block_for(site.guest_eip)
+            if self.chaining and stop.block is not None and stop.block.alive:
+                self.cache.link(stop.block, stop.site_index, target)
+            return Resume(target.host)
+        if site.kind is ExitKind.MISS:
+            target_eip = self.engine.reg(site.target)
+            self.code.restore(site.restore)
+            self.cpu.eip = target_eip
+            if event_after:
+                return Exit(VmExit(ExitReason.EVENT, eip=self.cpu.eip))
+            if stepping:
+                return Exit(VmExit(ExitReason.EXCEPTION, eip=self.cpu.eip, vector=1))
+            target = self.block_for(target_eip)
+            self.cache.install_lookup(target)
+            if self.chaining and stop.block is not None and stop.block.alive:
+                self.cache.predict(stop.block, site, target_eip)
+            return Resume(target.host)
+        self.cpu.eip = site.guest_eip
+        if site.kind is ExitKind.CALLOUT:
+            self._step_trap = stepping
+            return Exit(VmExit(ExitReason.CALLOUT, eip=site.guest_eip, instruction=site.instruction))
+        if site.kind is ExitKind.UNDECODABLE:
+            return Exit(self._undecodable(site.guest_eip))
+        if site.kind is ExitKind.NO_MEMORY:
+            if self.guest_paging():
+                return self.faults.fetch_fault(stop, site.guest_eip)
+            return Exit(VmExit(ExitReason.MEMORY_FAULT, eip=site.guest_eip,
+                               detail=f"fetch of no memory at {site.guest_eip:#x}"))
+        if site.kind is ExitKind.BREAKPOINT:
+            return Exit(VmExit(ExitReason.DEBUG, eip=site.guest_eip))
+        if site.kind is ExitKind.BUDGET:
+            outcome = self.budget.block_exit(stop.block)
+            return Exit(outcome) if isinstance(outcome, VmExit) else Resume(outcome)
+        if site.kind is ExitKind.FPU_POINTER:
+            return self._fpu_pointer_exit(stop)
+        raise MonitorBug(f"unknown exit {site.kind}")
+
+    def _fpu_pointer_exit(self, stop: CacheExit) -> Outcome:
+        """After fnstenv/fnsave/fxsave/xsave: the image holds the host address of the last x87
+        instruction; the guest gets the address of that instruction in its own code (0 where
+        the translation is gone), as the CPU and QEMU store it."""
+        site = stop.site
+        insn = site.instruction.insn
+        linear = self.engine.reg("r8d")
+        prefixes = bytes(insn.prefix)
+        for prefix, segment in ((0x64, "fs"), (0x65, "gs")):
+            if prefix in prefixes:
+                linear = (linear + self.engine.segment_base(segment)) & 0xFFFFFFFF
+        segment = next((name for prefix, name in ((0x26, "es"), (0x36, "ss"), (0x3E, "ds"), (0x2E, "cs"))
+                        if prefix in prefixes), None)
+        if segment is None and not {0x64, 0x65} & set(prefixes):
+            memory = next(op for op in insn.operands if op.type == X86_OP_MEM).mem
+            segment = "ss" if insn.reg_name(memory.base) in ("esp", "ebp") else "ds"
+        if segment is not None:
+            linear = (linear + self.cpu.segment_base(segment)) & 0xFFFFFFFF
+        at = FPU_POINTER_STORES[insn.id]
+        view = GuestView(self.cpu, self.memory, cpu_access=False)
+        stored = int.from_bytes(view.read(linear + at, 4), "little")
+        guest_eip, _restore = self.code.locate(MONITOR_LINEAR + stored)
+        view.write(linear + at, (guest_eip or 0).to_bytes(4, "little"))
+        if at == 8:           # fxsave/xsave: the 64-bit image's upper half covers FCS: as 32-bit code leaves it
+            view.write(linear + 12, bytes(4))
+        self.cpu.eip = site.next_eip
+        return Resume(stop.host_eip + 1)
+
+    def _undecodable(self, guest_eip: int) -> VmExit:
+        """Bytes that do not decode: #UD, or #GP(0) for an instruction longer than 15 bytes. The
+        CPU (and QEMU) fetches that one up to its 16th byte first: a page fault there wins."""
+        if not self.decoder.too_long(guest_eip):
+            return VmExit(ExitReason.EXCEPTION, eip=guest_eip, vector=UD)
+        if self.guest_paging():
+            try:
+                self.pager.translate((guest_eip + MAX_INSTRUCTION_LENGTH) & 0xFFFFFFFF, self.cpu.cpl == 3)
+            except PageFault as fault:
+                return self.faults.guest_page_fault(fault)
+        return VmExit(ExitReason.EXCEPTION, eip=guest_eip, vector=GP, error_code=0)
+
+    def _io_permission_exit(self, stop: CacheExit) -> Outcome:
+        """String I/O at CPL > IOPL: the TSS bitmap is checked before the instruction runs
+        (the engine's INS would store to ES:EDI before its I/O hook could refuse, and a rep
+        form with ECX = 0 reaches no hook). Allowed: on to the instruction; else #GP(0)."""
+        site = stop.site
+        self.count(site.kind.value)
+        if self.vm.io_permitted(self.engine.reg("edx") & 0xFFFF, _string_io_size(site.instruction)):
+            return Resume(stop.host_eip + 1)
+        self.cpu.eip = site.guest_eip
+        if self.budget.enabled:
+            self.budget.uncharge_rest_of_block(stop.host_eip, site.guest_eip)
+        return Exit(VmExit(ExitReason.EXCEPTION, eip=site.guest_eip, vector=GP, error_code=0))
+
+    def _window_exit(self, stop: CacheExit) -> Outcome:
+        """An armed site after sti or popf: the rest of the block does not run now. After popf
+        the interrupt window comes at once; after sti one more instruction runs first (its
+        shadow), alone outside the cache."""
+        guest_eip = stop.site.guest_eip
+        if self.budget.enabled:
+            self.budget.uncharge_rest_of_block(stop.host_eip, guest_eip)
+        self.cpu.eip = guest_eip
+        if stop.site.instruction.insn.id == X86_INS_STI:
+            self._event_after_one_shot = True
+            return RunOneShot(guest_eip)
+        return Exit(VmExit(ExitReason.EVENT, eip=guest_eip))
+
+    def _denied_io_exit(self, registers: dict) -> VmExit:
+        guest_eip = self.io_site()
+        host_eip = self.engine.reg64("rip")
+        if self.budget.enabled and self.code.holds(host_eip, guest_eip):
+            self.budget.uncharge_rest_of_block(host_eip, guest_eip)
+        for name, value in registers.items():
+            self.engine.set_reg(name, value)
+        self.cpu.eip = guest_eip
+        return VmExit(ExitReason.EXCEPTION, eip=guest_eip, vector=GP, error_code=0)

@@ -1,0 +1,424 @@
+"""Binary translation, in the VMware style (the mode's facade: attach, execute, counters, dump,
+options, wiring its collaborators: vcpu, budget, faults, dispatch): guest code never runs as it
+is. The guest's blocks are translated (translator/) into the translation cache (cache/) and run
+there, guest ring 0 deprivileged at CPL 1 and guest ring 3 at CPL 3, against a virtual CPU whose
+sensitive state lives in the monitor.
+
+Isolation (docs/isolation.md): translated code is 64-bit code that the engine runs in long mode.
+Every guest memory access is made with 32-bit addressing and so stays in linear [0, 4 GiB) (or
+its 4-8 GiB alias), which is the guest's alone; the monitor's region is mapped far above, at
+MONITOR_LINEAR, reached only through r15, and guest pages are never executable.
+
+Deprivileging: the engine runs translated code at CPL 1 with the real IOPL at 1, real
+segment registers holding the guest's selectors with RPL 1 over a shadow GDT (guest descriptors
+with DPL 0 made DPL 1, accessed bits preset), and the real TF always clear. The guest-visible
+values (CS, IOPL, TF, descriptor-table registers, control registers) live in the virtual-CPU
+block, which translated code reads and only the monitor writes. The virtual IF is the real
+EFLAGS.IF of this deprivileged context: the engine never takes host interrupts, so the bit is
+free to carry the guest's, and cli/sti/popf change it natively at IOPL 1 with no exit.
+Guest ring 3 runs at CPL 3 with the real IOPL at 0 or 3 (docs/translation.md, "Guest ring 3").
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+from cache.arena import CodeArena
+from cache.tcache import BlockKey, TranslatedBlock, TranslationCache
+from translator.decoder import PAGE_SIZE, BlockEnd, Decoder, GuestBlock
+from translator.emitter import INLINE_CACHE_ENTRIES, INT3, Emitter, ExitKind, UnsupportedForm
+from translator.layout import IOPL_MASK, REAL_IOPL, TF, MonitorAddresses
+from vmm.cpu import GuestCpu
+from vmm.emulate import UnsupportedInstruction
+from vmm.engine import PROT_EXEC, PROT_READ, PROT_WRITE
+from vmm.errors import MonitorBug
+from vmm.exits import ExitReason, VmExit
+from vmm.modes import ExecutionMode
+from vmm.modes.bt.budget import InstructionBudget
+from vmm.modes.bt.dispatch import ONE_SHOT_SLOT, Dispatcher, StopKind, TranslatedCode
+from vmm.modes.bt.faults import CacheFaults
+from vmm.modes.bt.vcpu import CODE64_SELECTOR, TranslatedCpu, VcpuBlock, code64_descriptor, code_selector
+from vmm.shadow_tables import ShadowTables
+from vmm.nested_paging import NestedPaging
+from vmm.shadow_paging import ShadowPaging
+from vmm.guest_view import GuestView
+from vmm.memory import PageFault, UnbackedAccess
+from vmm.monitor_layout import (ARENA_OFFSET, ARENA_SIZE, ARENA_SLOT_SIZE, ARENA_SLOTS, LOOKUP_OFFSET, LOOKUP_SIZE,
+                                MONITOR_LINEAR, PROFILE_OFFSET, PROFILE_SIZE, SCRATCH_OFFSET, SCRATCH_SIZE,
+                                SHADOW_GDT_OFFSET, SHADOW_GDT_SIZE, SHADOW_LDT_OFFSET, SHADOW_LDT_SIZE, STUB_OFFSET,
+                                STUB_SIZE, VCPU_OFFSET, VCPU_PRIVILEGED_OFFSET, VCPU_PRIVILEGED_SIZE, VCPU_SIZE)
+from vmm.monitor_paging import LongModeTables
+from vmm.x86 import CR0_PG, FPU_CONTROLS, flushes_tlb, fpu_controls
+
+
+# The monitor-region areas bt uses (offsets, sizes, where the TLB wants them): vmm/monitor_layout.py.
+DEFAULT_CAPACITY = 4096                  # blocks
+
+
+# The report's counters, each present on every run (0 when nothing happened): the translation
+# cache's (cache/tcache.py; invalidations_CAUSE for each cause bt invalidates for), and the
+# exits that stay inside the translator: one per exit-site kind and the faults handled here.
+CACHE_COUNTERS = ("lookups", "hits", "misses", "lookup_table_installs", "blocks_translated",
+                  "instructions_translated", "bytes_translated", "links_made", "links_broken",
+                  "predictions_set", "evictions", "invalidations", "invalidations_smc",
+                  "invalidations_breakpoint", "invalidations_counting", "mapping_changes",
+                  "interrupt_windows_armed", "interrupt_windows_disarmed", "events")
+CACHE_EXIT_KINDS = tuple(kind.value for kind in ExitKind) + (
+    "hidden_page_fault", "true_page_fault", "tracing_fault", "smc_store", "write_lent", "memory_fault",
+    "guest_exception")
+
+
+class BinaryTranslationMode(ExecutionMode):
+    name = "bt"
+    long_mode = True
+    options = frozenset({"profile", "dump_cache"})
+    paging_schemes = ("shadow", "nested")
+
+    def __init__(self, capacity: int = DEFAULT_CAPACITY, profile: bool = False, paging: str = "shadow") -> None:
+        self.capacity = capacity
+        self.profile = profile
+        self.paging_scheme = paging
+        self.exit_counts: dict[str, int] = dict.fromkeys(CACHE_EXIT_KINDS, 0)
+        self.translation_seconds = 0.0
+
+    # -- set-up --------------------------------------------------------------------------------
+    def attach(self, vm) -> GuestCpu:
+        self.vm = vm
+        self.engine = engine = vm.engine
+        self.memory = memory = vm.memory
+        self.monitor_tables = tables = LongModeTables(memory)
+
+        def area(offset: int, size: int, perms: int, user: bool = True) -> int:
+            """Map a monitor area (physically, and at MONITOR_LINEAR + offset); its linear address."""
+            memory.map_monitor_area(offset, size, perms)
+            return tables.map_monitor(offset, size, writable=bool(perms & PROT_WRITE),
+                                      executable=bool(perms & PROT_EXEC), user=user)
+        self.vcpu_address = area(VCPU_OFFSET, VCPU_SIZE, PROT_READ)
+        self.vcpu_privileged_address = area(VCPU_PRIVILEGED_OFFSET, VCPU_PRIVILEGED_SIZE, PROT_READ, user=False)
+        self.scratch_address = area(SCRATCH_OFFSET, SCRATCH_SIZE, PROT_READ | PROT_WRITE)
+        self.stub_address = area(STUB_OFFSET, STUB_SIZE, PROT_READ | PROT_EXEC)
+        self.shadow = ShadowTables(engine, memory, SHADOW_GDT_OFFSET, SHADOW_LDT_OFFSET, kernel_ring=1,
+                                   read=self._read_linear, linear_base=MONITOR_LINEAR,
+                                   monitor_descriptors={CODE64_SELECTOR[ring]: code64_descriptor(ring) for ring in (1, 3)})
+        tables.map_monitor(SHADOW_GDT_OFFSET, SHADOW_GDT_SIZE, writable=False, executable=False, user=False)
+        tables.map_monitor(SHADOW_LDT_OFFSET, SHADOW_LDT_SIZE, writable=False, executable=False, user=False)
+        area(LOOKUP_OFFSET, LOOKUP_SIZE, PROT_READ)
+        arena_address = area(ARENA_OFFSET, ARENA_SIZE, PROT_READ | PROT_EXEC)
+        area(PROFILE_OFFSET, PROFILE_SIZE, PROT_READ | PROT_WRITE)
+        self.real_cr3 = tables.root_address      # the engine's CR3: the identity map, or a shadow
+        self.scratch_view = memory.monitor_view(SCRATCH_OFFSET, SCRATCH_SIZE)
+        arena = CodeArena(arena_address, memory.monitor_view(ARENA_OFFSET, ARENA_SIZE), ARENA_SLOT_SIZE, ARENA_SLOTS)
+        assert arena.allocate() == ONE_SHOT_SLOT
+        self.cache = TranslationCache(engine, arena, memory.monitor_view(LOOKUP_OFFSET, LOOKUP_SIZE),
+                                      min(self.capacity, ARENA_SLOTS - 1), self._protect_page, MONITOR_LINEAR,
+                                      memory.monitor_view(PROFILE_OFFSET, PROFILE_SIZE), PROFILE_OFFSET)
+        self.decoder = Decoder(self._fetch_code)
+        # The per-block instruction count (the budget prologue) is emitted only while someone
+        # needs it: an instruction limit, or a guest that uses time (then from that moment on).
+        self.emitter = Emitter(MonitorAddresses(VCPU_OFFSET, SCRATCH_OFFSET, LOOKUP_OFFSET, VCPU_PRIVILEGED_OFFSET))
+        self.code = TranslatedCode(self.cache, self.decoder, self.emitter, engine)
+        self.budget = InstructionBudget(self.scratch_view, vm.limits, vm.limits.max_instructions is not None,
+                                        self.cache, self.code.in_one_shot,
+                                        lambda: self.dispatcher.record(StopKind.START_COUNTING))
+        vm.interrupts.on_first_use.append(self.budget.start_counting)
+        self.vcpu_block = VcpuBlock(memory.monitor_view(VCPU_OFFSET, VCPU_SIZE),
+                                    memory.monitor_view(VCPU_PRIVILEGED_OFFSET, VCPU_PRIVILEGED_SIZE))
+        self.cpu = TranslatedCpu(self, self.vcpu_block)
+        self._quiet_view = GuestView(self.cpu, memory, cpu_access=False)
+        code_frame = self.cache.page_has_code
+        if self.paging_scheme == "nested":
+            control = self.cpu.control
+            self.pager = NestedPaging(engine, memory, lambda: (control[0], control[3], control[4]),
+                                      lambda: self.cpu.cpl, code_frame,
+                                      supervisor_pages=frozenset({(memory.monitor.base + VCPU_PRIVILEGED_OFFSET) >> 12}),
+                                      monitor_linear=MONITOR_LINEAR)
+        else:
+            self.pager = ShadowPaging.build(memory, tables, self._flush_tlb, code_frame=code_frame)
+        self.tracer = vm.tracer
+        self.debugger = vm.debugger
+        if self.debugger is not None:
+            self.debugger.on_breakpoints_changed = self._breakpoints_changed
+        # Tracing every block execution needs every block transition to pass the monitor.
+        self.chaining = not vm.tracer.exec
+        self.cache.use_lookup_table = self.chaining
+        self._deprivileged = False
+        self.faults = CacheFaults(self.cache, self.pager, memory, engine, self.cpu, self.budget, self.code.locate,
+                                  self.code.restore, self._protect_page, self._block_for, self._count)
+        self.dispatcher = Dispatcher(vm, engine, self.cpu, memory, self.cache, self.code, self.decoder, self.pager,
+                                     self.budget, self.faults, self.scratch_view, self._block_for,
+                                     lambda: self._deprivileged, self._enter_deprivileged,
+                                     lambda: self.guest_paging, self._count, self.chaining)
+        io_site = self.dispatcher.io_site
+        engine.on_port_io(      # (translated I/O notes its guest address in the scratch page)
+            lambda port, size: vm.dispatch(VmExit(ExitReason.PORT_IN, eip=io_site(), port=port, size=size)),
+            lambda port, size, value: vm.dispatch(VmExit(ExitReason.PORT_OUT, eip=io_site(), port=port,
+                                                         size=size, value=value)))
+        engine.on_interrupt(self._on_interrupt)
+        memory.write_observers.append(self._monitor_wrote)
+        self.rebuild_shadow_gdt()
+        self.vcpu_block.virtual_state_changed(self.cpu)
+        return self.cpu
+
+    def registers_after_io(self, port: int, size: int) -> dict:
+        """Translated I/O instructions end the engine's block (see the emitter), so the engine
+        stops right after one whose hook asked to stop: the state it stops in is exact."""
+        return {}
+
+    def dump(self) -> dict:
+        from cache.dump import dump_cache
+        return dump_cache(self.cache)
+
+    def _breakpoints_changed(self, address) -> None:
+        if address is None:
+            self.cache.flush("breakpoint")
+        else:
+            self.cache.invalidate_range(address, 1, "breakpoint")
+
+    def counters(self) -> dict:
+        cache = {name: self.cache.counters[name] for name in sorted(set(CACHE_COUNTERS) | set(self.cache.counters))}
+        cache["blocks_cached"] = len(self.cache)
+        cache["translation_seconds"] = round(self.translation_seconds, 6)
+        return {"translation_cache": cache, "cache_exits": dict(sorted(self.exit_counts.items())),
+                "shadow_paging": self.pager.counters_report()}
+
+    def _count(self, kind: str) -> None:
+        self.exit_counts[kind] = self.exit_counts.get(kind, 0) + 1
+
+    # -- shadow descriptors (the virtual-CPU block: vcpu.py) ----------------------------------------------
+    def segment_bases_changed(self) -> None:
+        """A DS, ES or SS base changed: translations are keyed by the bases, but the lookup table
+        is not (it holds one translation per guest address)."""
+        self.cache.clear_lookup_table()
+
+    def rebuild_shadow_gdt(self) -> None:
+        base, limit = self.cpu.tables["gdtr"]
+        self.shadow.load_gdt(base, limit)
+
+    def refresh_shadow(self, selector: int, raw: bytes) -> None:
+        self.shadow.refresh(selector, raw)
+
+    def load_shadow_ldt(self, selector: int, raw: Optional[bytes]) -> None:
+        self.shadow.load_ldt(selector, raw)
+
+    def _enter_deprivileged(self, host_target: int) -> int:
+        """Once, before the first translated block: the engine leaves the boot state (32-bit,
+        CPL 0, paging off) for long mode on the monitor's tables, at CPL 1 on the monitor's
+        64-bit code segment, with r15 pointing at the monitor's region."""
+        cpu, engine = self.cpu, self.engine
+        engine.enter_long_mode(self.real_cr3)
+        for name in ("ds", "es", "fs", "gs"):
+            selector = cpu.selectors[name]
+            engine.set_reg(name, (selector & ~3) | 1 if selector & 0xFFFC else 0)
+        engine.set_privilege(1, (cpu.selectors["ss"] & ~3) | 1, code_selector(0))
+        engine.set_reg("eflags", (engine.reg("eflags") & ~(IOPL_MASK | TF)) | REAL_IOPL)
+        engine.set_reg64("r15", MONITOR_LINEAR)
+        self._deprivileged = True
+        return host_target
+
+    def run_native(self, code: bytes, inputs: dict, outputs: tuple) -> tuple:
+        """Run an unprivileged instruction (cpuid, rdtsc) by itself on the engine, at the guest's
+        ring, followed by an int3 that ends the run (the engine has no `until`: exits are on)."""
+        at = STUB_OFFSET + 0x800
+        stub = code + bytes([INT3])
+        self.memory.monitor_view(at, len(stub))[:] = stub
+        if not self._deprivileged:
+            self._enter_deprivileged(0)
+        address = MONITOR_LINEAR + at
+        self.engine.invalidate_code(address, address + len(stub))
+        for name, value in inputs.items():
+            self.engine.set_reg(name, value)
+        self.dispatcher.running_native = True
+        try:
+            eip = address
+            while eip == address:      # a stop from another thread landed before the instruction
+                self.engine.run(address, self.vm.until_address)
+                eip = self.engine.reg64("rip")
+        finally:
+            self.dispatcher.running_native = False
+        if eip not in (address + len(code), address + len(stub)):     # stopped at, or after, the int3
+            raise MonitorBug(f"native {code.hex()} did not run to its end (rip {eip:#x})")
+        return tuple(self.engine.reg(name) for name in outputs)
+
+    # -- guest paging ----------------------------------------------------------------------------
+    @property
+    def guest_paging(self) -> bool:
+        return bool(self.cpu.control[0] & CR0_PG)
+
+    def control_register_written(self, number: int, old: int) -> None:
+        """The guest wrote CR0, CR3 or CR4 (the virtual CPU holds the new value). A CR3 load, or a
+        change to what the guest's tables mean, is a TLB flush: the engine moves to the shadow of
+        the guest's address space (or back to the identity map when paging goes off)."""
+        control = self.cpu.control
+        new = control[number]
+        if number in FPU_CONTROLS:     # the guest's x87/SSE controls act on the engine's
+            self.engine.set_reg(f"cr{number}", fpu_controls(number, self.engine.reg(f"cr{number}"), new))
+        if number == 0 and (old ^ new) & CR0_PG and not new & CR0_PG:
+            self.pager.reset()
+            self._switch_tables(self.monitor_tables.root_address)
+        elif control[0] & CR0_PG and flushes_tlb(number, old, new):
+            self._switch_tables(self.pager.load(control[0], control[3], control[4]))
+
+    def invalidate_page(self, linear: int) -> None:
+        """invlpg."""
+        if self.guest_paging:
+            large = self.pager.invalidate_page(linear)
+            self.cache.mapping_changed(None if large else linear // PAGE_SIZE)
+
+    def _switch_tables(self, directory: Optional[int]) -> None:
+        """directory: the engine's new page directory (None under nested paging: no tables)."""
+        if directory is not None:
+            self.real_cr3 = directory
+        self.cache.mapping_changed()
+        self._flush_tlb()
+
+    def _fetch_code(self, linear: int, size: int) -> bytes:
+        """Guest code at a linear address for the decoder: up to `size` bytes, fewer where the
+        code that can be fetched ends (the end of RAM; with paging, a page the guest's tables do
+        not let this ring fetch from: the decoder ends the block there)."""
+        if not self.guest_paging:
+            return self.memory.read_code(linear, size)
+        code = b""
+        user = self.cpu.cpl == 3
+        while size:
+            length = min(size, PAGE_SIZE - linear % PAGE_SIZE)
+            try:
+                physical = self.pager.translate(linear, user)
+            except (PageFault, UnbackedAccess):
+                return code
+            piece = self.memory.read_code(physical, length)
+            code += piece
+            if len(piece) < length:
+                return code
+            linear, size = (linear + length) & 0xFFFFFFFF, size - length
+        return code
+
+    def _code_address(self, linear: int) -> int:
+        """Where the guest fetches `linear` from (PageFault if it cannot)."""
+        if not self.guest_paging:
+            return linear
+        return self.pager.translate(linear, self.cpu.cpl == 3)
+
+    def _ranges(self, guest: GuestBlock) -> Optional[tuple[tuple[int, int], ...]]:
+        """The guest-physical ranges of a block just decoded (its pages are in the shadow now);
+        None with paging off: its bytes are at their linear addresses (the cache's default)."""
+        if not self.guest_paging:
+            return None
+        ranges, linear, end = [], guest.address, max(guest.next_address, guest.address + 1)
+        while linear < end:
+            length = min(end - linear, PAGE_SIZE - linear % PAGE_SIZE)
+            start = self._code_address(linear)
+            ranges.append((start, start + length))
+            linear += length
+        return tuple(ranges)
+
+    def _read_linear(self, address: int, size: int) -> bytes:
+        """The guest's linear memory as the monitor reads it for itself (no bits set)."""
+        return self._quiet_view.read(address, size)
+
+    # -- translation ---------------------------------------------------------------------------
+    def _key(self, eip: int) -> BlockKey:
+        physical = self._code_address(eip) if self.guest_paging else -1
+        return BlockKey(eip, single_step=bool(self.cpu.virtual_flags & TF), physical=physical,
+                        segment_bases=self.cpu.segment_bases)
+
+    def _translate(self, key: BlockKey) -> TranslatedBlock:
+        started = time.perf_counter()
+        try:
+            return self._translate_block(key)
+        finally:
+            self.translation_seconds += time.perf_counter() - started
+
+    def _translate_block(self, key: BlockKey) -> TranslatedBlock:
+        breakpoints = frozenset(self.debugger.breakpoints) if self.debugger is not None else frozenset()
+        if key.eip in breakpoints:
+            return self.cache.add(key, GuestBlock(key.eip, end=BlockEnd.BRANCH), self.emitter.breakpoint(key.eip))
+        limit, predictions = (1 if key.single_step else 32), INLINE_CACHE_ENTRIES
+        while True:     # a block that does not fit a slot is shortened, a lone indirect branch
+            guest = self.decoder.decode_block(key.eip, limit=limit, stop_before=breakpoints)   # predicts less
+            translation = self.emitter.translate(guest, budget=self.budget.enabled, chainable=not key.single_step,
+                                                 profile=self.profile, predictions=predictions,
+                                                 segment_bases=key.segment_bases)
+            if len(translation.code) <= ARENA_SLOT_SIZE or (len(guest.instructions) <= 1 and not predictions):
+                break
+            if len(guest.instructions) > 1:
+                limit = len(guest.instructions) // 2
+            else:
+                predictions //= 2
+        block = self.cache.add(key, guest, translation, self._ranges(guest))
+        if self.tracer.in_asm or self.tracer.out_asm:
+            self.tracer.translated(guest, translation, block.host)
+        return block
+
+    def _block_for(self, eip: int) -> TranslatedBlock:
+        """The translation of the block at `eip` (PageFault: the guest cannot fetch it)."""
+        key = self._key(eip)
+        block = self.cache.find(key)
+        if block is not None and len(block.ranges) > 1 and self.guest_paging \
+                and self._ranges(block.guest) != block.ranges:
+            self.cache.remove(block, "remap")       # its second page maps elsewhere now
+            block = None
+        if block is None:
+            try:
+                block = self._translate(key)
+            except UnsupportedForm as error:
+                raise UnsupportedInstruction(f"not translatable: {error}") from None
+        return block
+
+    def _protect_page(self, page: int, protect: bool) -> None:
+        """Write-protect a guest-physical page that holds translated code (or release it), in the
+        identity map and in every shadow that maps it."""
+        if self.memory.ram.contains(page * PAGE_SIZE, 1):
+            self.monitor_tables.set_writable(page * PAGE_SIZE, not protect)
+        if protect:
+            self.pager.protect_frame(page)
+        else:
+            self.pager.release_frame(page)
+        self._flush_tlb()
+
+    def _flush_tlb(self) -> None:
+        if self._deprivileged:
+            self.engine.set_reg("cr3", self.real_cr3)
+
+    def _monitor_wrote(self, address: int, size: int) -> None:
+        """The monitor stored into guest memory (emulation, exception frames, accessed and dirty
+        bits): the engine's write protection did not see it, so invalidate overlapping
+        translations and look at the guest page tables it may have changed here."""
+        if self.memory.ram.contains(address, 1):
+            self.cache.invalidate_range(address, size, "smc")
+            self.pager.memory_written(address, size)
+
+    # -- running (the hub: dispatch.py) -------------------------------------------------------------
+    def _on_interrupt(self, vector: int) -> None:
+        self.dispatcher.on_interrupt(vector)
+
+    @classmethod
+    def from_config(cls, config) -> "BinaryTranslationMode":
+        return cls(capacity=config.tcache_blocks or DEFAULT_CAPACITY, profile=config.profile,
+                   paging=config.paging or "shadow")
+
+    def end_run_after_io(self, port: int, size: int) -> None:
+        """Translated I/O ends the engine's block, so a stop here lands right after the OUT."""
+        self.dispatcher.record(StopKind.END_RUN)
+
+    def deny_io(self, port: int, size: int) -> None:
+        """Note the registers the hook sees (they go back before the #GP) and stop. Which guest
+        instruction it is, translated I/O stores in the scratch page just before it runs: in an
+        I/O hook the engine's EIP is stale (the start of some earlier engine block)."""
+        self.dispatcher.deny_io()
+
+    def execute(self, vm) -> VmExit:
+        """Run translated code. With counting on, the budget counter starts at what the run
+        loop allows and the instructions retired go to vm.retire when the run returns."""
+        if self.budget.take_start():
+            self.cache.flush("counting")
+        if not self.budget.enabled:
+            return self.dispatcher.execute(vm)
+        self.budget.begin_run(vm.run_budget())
+        vm_exit = self.dispatcher.execute(vm)
+        vm.retire(self.budget.retired())
+        return vm_exit
+
+    def watch_interrupt_window(self, blocked: bool) -> None:
+        """While an interrupt waits for IF, the sites after translated sti/popf are exits."""
+        self.cache.arm_interrupt_windows(blocked)

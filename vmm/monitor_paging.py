@@ -1,12 +1,13 @@
-"""The engine's page tables under binary translation: an identity map of guest RAM and of the
-monitor's mapped areas, owned by the monitor, with per-page write protection. Its entries for
-the monitor's region also go into every shadow page directory (vmm/shadow_paging.py).
+"""The monitor's own page tables, which the engine walks while the guest's paging is off: an
+identity map of guest RAM with per-page write protection, two-level for trap and vt
+(MonitorPageTables, whose monitor entries also go into trap's shadow directories) and IA-32e for
+bt (LongModeTables: the guest's 4 GiB, its 4-8 GiB alias, and the monitor's region far above,
+whose PML4 entry every bt shadow root shares; docs/isolation.md).
 
 Why paging at all while the guest's own paging is off: a store the engine refuses through
 Unicorn's memory permissions is reported at the start of the engine's translation block, not
 at the store; a page fault from a read-only PTE is precise (EIP at the store, CR2 the address).
-Write-protecting guest code pages this way gives exact self-modifying-code detection. This is
-also where shadow page tables will live when guests turn paging on.
+Write-protecting guest code pages this way gives exact self-modifying-code detection.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Shadow page tables: the tables the engine's MMU really walks while a guest under binary
-translation has paging on, built by the monitor from the guest's own tables.
+"""Shadow page tables: the tables the engine's MMU really walks while a guest has paging on
+under bt, trap or vt with --paging shadow, built by the monitor from the guest's own tables
+(two-level for trap and vt; IA-32e for bt, whose engine runs in long mode).
 
 The guest's page tables map guest-linear to guest-physical pages and are only ever read by the
 monitor; the engine's CR3 points at a shadow directory of this module, whose entries map the

@@ -88,7 +88,17 @@ class InterruptPlatform:
             return None
         return max(1, (self.pit.now + ticks) * CYCLES_PER_PIT_TICK - self.clock.cycles)
 
+    def reprograms_timer(self, port: int) -> bool:
+        """Whether an OUT to `port` reprograms the PIT: its next event may come sooner than the
+        run's bound, so the run must end and be bounded anew."""
+        return PIT_BASE <= port < PIT_BASE + PIT_PORTS
+
     # -- the INTR line -------------------------------------------------------------------------
+    @property
+    def intr_raised(self) -> bool:
+        """INTR as the PIC pair drives it now (no clock sync: safe inside an I/O hook)."""
+        return self.pic.output
+
     def pending(self) -> bool:
         """Whether INTR is raised (a vector would be acknowledged now)."""
         if self.in_use:

@@ -8,7 +8,6 @@ from typing import Optional
 from capstone import CS_GRP_CALL, CS_GRP_JUMP, CS_GRP_RET
 
 from vmm.cpu import GuestCpu
-from vmm.devices.i8254 import PIT_BASE, PIT_PORTS
 from vmm.engine import StopCause
 from vmm.errors import MonitorBug
 from vmm.exits import ExitReason, VmExit
@@ -248,8 +247,8 @@ class DirectMode(ExecutionMode):
         when it matters:
         INTR raised with IF set, or the PIT written (its next event may now come before the
         run's bound, and a latch must see the time move); an EOI alone lets the run go on."""
-        if PIT_BASE <= port < PIT_BASE + PIT_PORTS or \
-                (self._vm.interrupts.pic.output and self.engine.reg("eflags") & IF):
+        interrupts = self._vm.interrupts
+        if interrupts.reprograms_timer(port) or (interrupts.intr_raised and self.engine.reg("eflags") & IF):
             self._end_run()
 
     def watch_interrupt_window(self, blocked: bool) -> None:

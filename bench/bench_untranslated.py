@@ -31,49 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.samples import build_samples                    # noqa: E402  (Multiboot wrapper)
+from tests.guests import watched_loop                      # noqa: E402  (the loop guest, shared with its test)
 from vmm.loaders.assembly import assemble                 # noqa: E402
 
 LOAD = 0x100000
-PAGING = """
-    mov edi, 0x81000
-    mov eax, 3
-fill:
-    mov dword ptr [edi], eax
-    add eax, 0x1000
-    add edi, 4
-    cmp edi, 0x82000
-    jne fill
-    mov dword ptr [0x80000], 0x81003
-    mov eax, 0x80000
-    mov cr3, eax
-    mov eax, cr0
-    or eax, 0x80000000
-    mov cr0, eax
-"""
-SOURCE = """
-    mov esp, 0x90000
-    pushfd
-    popfd
-{paging}
-    mov ecx, {N}
-    xor eax, eax
-    mov esi, 0x200000
-top:
-    mov ebx, dword ptr [esi]
-    add eax, ebx
-    lea ebx, [eax + ecx*2]
-    mov dword ptr [esi + 4], ebx
-    xor eax, ebx
-    shr ebx, 3
-    dec ecx
-    jnz top
-    xor eax, eax
-    mov dx, 0xf4
-    out dx, eax
-    cli
-    hlt
-"""
-GUESTS = {"compute": "", "compute-pg": PAGING}
+GUESTS = {"compute": False, "compute-pg": True}      # the loop, paging off / on
 ITERATIONS = 160_000_000      # bench_bt.py's compute: about 0.35 s unwatched here
 PAIRS = [
     ("trap-watch/trap", ["--mode", "trap"], ["--mode", "trap", "--no-hole-watch"]),
@@ -83,7 +45,7 @@ PAIRS = [
 
 def loop_guest(directory: Path, iterations: int, paging: bool) -> Path:
     """A Multiboot image of the loop guest (paging on or off), exit status 0."""
-    source = SOURCE.replace("{paging}", PAGING if paging else "").replace("{N}", str(iterations))
+    source = watched_loop(iterations, paging)
     code = assemble(source, LOAD, "loop")
     image = directory / f"loop{'-pg' if paging else ''}-{iterations}.elf"
     image.write_bytes(build_samples.wrap_multiboot(LOAD, [(LOAD, code, len(code))]))
@@ -113,7 +75,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         directory = Path(scratch)
         for name, paging in GUESTS.items():
-            image = loop_guest(directory, iterations, bool(paging))
+            image = loop_guest(directory, iterations, paging)
             for label, watched, fast in PAIRS:
                 slow_report = fastest(image, watched, directory / "watched.json", args.repeat)
                 fast_report = fastest(image, fast, directory / "fast.json", args.repeat)

@@ -63,6 +63,43 @@ def paging_on(directory: int, cr0_bits: int = 0x80000000) -> str:
             f"    or eax, {cr0_bits:#x}\n    mov cr0, eax\n")
 
 
+def identity_paging(directory: int = 0x80000, table: int = 0x81000) -> str:
+    """Assembly that maps the first 4 MiB one to one through one page table (every page present
+    and writable, supervisor) and turns paging on with that directory."""
+    return (f"    mov edi, {table:#x}\n    mov eax, 3\nfill:\n    mov dword ptr [edi], eax\n"
+            f"    add eax, 0x1000\n    add edi, 4\n    cmp edi, {table + 0x1000:#x}\n    jne fill\n"
+            f"    mov dword ptr [{directory:#x}], {table | 3:#x}\n" + paging_on(directory))
+
+
+def watched_loop(rounds: int, paging: bool) -> str:
+    """bench_bt's compute loop behind one pushfd/popfd pair (two holes for trap's watch, each run
+    once), paging on or off; it ends writing 0 to isa-debug-exit. The guest of
+    tests/test_watch_cost.py and bench/bench_untranslated.py."""
+    return f"""
+    mov esp, 0x90000
+    pushfd
+    popfd
+{identity_paging() if paging else ""}
+    mov ecx, {rounds}
+    xor eax, eax
+    mov esi, 0x200000
+top:
+    mov ebx, dword ptr [esi]
+    add eax, ebx
+    lea ebx, [eax + ecx*2]
+    mov dword ptr [esi + 4], ebx
+    xor eax, ebx
+    shr ebx, 3
+    dec ecx
+    jnz top
+    xor eax, eax
+    mov dx, 0xf4
+    out dx, eax
+    cli
+    hlt
+"""
+
+
 def idt_setup(vectors: dict[int, str], *, base: int = 0x8000, trap_vectors=(), limit: Optional[int] = None) -> str:
     """Assembly that fills an IDT at `base` with 32-bit gates (selector 0x08) for `vectors`
     (vector -> handler label) and loads it. Vectors in trap_vectors get trap gates."""

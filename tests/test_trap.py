@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.cli import run_vmm, sample_arguments
-from tests.guests import EXIT, run_source
+from tests.guests import EXIT, identity_paging, run_source
 from tests.samples import MANIFEST, REPO_ROOT, ids
 from tests.test_timer import window_guest
 from vmm.exits import StopReason
@@ -112,20 +112,7 @@ def test_without_the_hole_watch_the_report_has_no_holes_and_the_guest_the_same_o
 # page fault: the monitor fills the shadow and the load runs again) and then runs a pushfd.
 HIDDEN_FAULT_BEFORE_A_HOLE = """
     mov esp, 0x90000
-    mov edi, 0x81000
-    mov eax, 3
-fill:
-    mov dword ptr [edi], eax
-    add eax, 0x1000
-    add edi, 4
-    cmp edi, 0x82000
-    jne fill
-    mov dword ptr [0x80000], 0x81003
-    mov eax, 0x80000
-    mov cr3, eax
-    mov eax, cr0
-    or eax, 0x80000000
-    mov cr0, eax
+""" + identity_paging() + """
     mov ecx, 100
     mov esi, 0x200000
 top:

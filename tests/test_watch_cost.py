@@ -13,52 +13,11 @@ unwatched run's."""
 
 import pytest
 
-from tests.guests import run_source
+from tests.guests import run_source, watched_loop
 from vmm.exits import StopReason
 
 ROUNDS = 40_000_000         # 320 million instructions: about 0.2 s unwatched on the development machine
 BOUND = 3.0
-PAGING = """
-    mov edi, 0x81000
-    mov eax, 3
-fill:
-    mov dword ptr [edi], eax
-    add eax, 0x1000
-    add edi, 4
-    cmp edi, 0x82000
-    jne fill
-    mov dword ptr [0x80000], 0x81003
-    mov eax, 0x80000
-    mov cr3, eax
-    mov eax, cr0
-    or eax, 0x80000000
-    mov cr0, eax
-"""
-LOOP = """
-    mov esp, 0x90000
-    pushfd
-    popfd
-{paging}
-    mov ecx, {rounds}
-    xor eax, eax
-    mov esi, 0x200000
-top:
-    mov ebx, dword ptr [esi]
-    add eax, ebx
-    lea ebx, [eax + ecx*2]
-    mov dword ptr [esi + 4], ebx
-    xor eax, ebx
-    shr ebx, 3
-    dec ecx
-    jnz top
-    xor eax, eax
-    mov dx, 0xf4
-    out dx, eax
-    cli
-    hlt
-"""
-
-
 def _fastest(tmp_path, source, limit=None, **config):
     """The faster of two runs (the VirtualMachine); a run the time limit ends fails the test."""
     runs = []
@@ -79,7 +38,7 @@ def _ratio(tmp_path, source, watched: dict, unwatched: dict):
 
 @pytest.mark.parametrize("paging", [False, True], ids=["paging-off", "paging-on"])
 def test_the_hole_watch_costs_a_loop_no_more_than_a_few_times_its_run(tmp_path, paging):
-    source = LOOP.format(paging=PAGING if paging else "", rounds=ROUNDS)
+    source = watched_loop(ROUNDS, paging)
     watched, ratio = _ratio(tmp_path, source, dict(mode="trap"), dict(mode="trap", watch_holes=False))
     holes = watched.mode.holes()
     assert [(hole["instruction"], hole["count"]) for hole in holes] == [("pushfd", 1), ("popfd", 1)]
@@ -87,7 +46,7 @@ def test_the_hole_watch_costs_a_loop_no_more_than_a_few_times_its_run(tmp_path, 
 
 
 def test_shadow_paging_under_vt_costs_a_loop_no_more_than_a_few_times_nested_paging(tmp_path):
-    source = LOOP.format(paging=PAGING, rounds=ROUNDS)
+    source = watched_loop(ROUNDS, True)
     shadow, ratio = _ratio(tmp_path, source, dict(mode="vt", paging="shadow"), dict(mode="vt", paging="nested"))
     assert shadow.mode.vt_exits["cr_access"] == 3        # mov cr3, mov eax, cr0, mov cr0
     assert ratio < BOUND

@@ -26,7 +26,7 @@ from translator.decoder import BlockEnd, GuestBlock, GuestInstruction
 from translator.layout import (SCRATCH_BUDGET, SCRATCH_IO_SITE, SCRATCH_STACK_TOP,
                                VCPU_CR, VCPU_GDTR, VCPU_IDTR, VCPU_IO_CHECK, VCPU_LDTR, VCPU_POPF_EXPECT,
                                VCPU_PUSHF_ADJUST, VCPU_SELECTOR, VCPU_TR, MonitorAddresses)
-from translator.x64 import NeedsEmulation, relocate
+from translator.x64 import NeedsEmulation, absolute_form, relocate
 from translator.x86decode import ADDRESS_SIZE, FLAT_SEGMENT_PREFIXES, REGISTER_NUMBER, SEGMENT_PREFIXES, split_prefixes
 
 EAX, ECX, EDX, EBX, ESP, EBP, ESI, EDI = range(8)
@@ -219,12 +219,8 @@ def _relocated_operand(insn, opcode: bytes, reg: int, operand16: Optional[bool] 
     kept = bytes(p for p in prefixes if p not in FLAT_SEGMENT_PREFIXES and p not in (0x66, 0xF0, 0xF2, 0xF3))
     wide = 0x66 in prefixes if operand16 is None else operand16
     at = insn.modrm_offset
-    modrm = raw[at]
-    rest = raw[at + 1:at + 1 + _memory_operand_length(insn, raw)]
-    if modrm >> 6 == 0 and modrm & 7 == 5:         # [disp32]: RIP-relative in 64-bit mode
-        modrm, rest = (modrm & 0xF8) | 4, b"\x25" + rest
-    modrm = (modrm & 0xC7) | ((reg & 7) << 3)
-    return bytes([ADDRESS_SIZE]) + (b"\x66" if wide else b"") + kept + _rex(0, reg) + opcode + bytes([modrm]) + rest
+    operand = absolute_form((raw[at] & 0xC7) | ((reg & 7) << 3)) + raw[at + 1:at + 1 + _memory_operand_length(insn, raw)]
+    return bytes([ADDRESS_SIZE]) + (b"\x66" if wide else b"") + kept + _rex(0, reg) + opcode + operand
 
 
 def _memory_operand_length(insn, raw: bytes) -> int:
@@ -549,7 +545,7 @@ class Emitter:
         the guest's address there instead, so no monitor address reaches guest memory."""
         code = out.code
         code += _relocated_operand(instruction.insn, b"\x8D", R8, operand16=False)             # lea r8d, m
-        code += relocate_fpu_store(instruction.insn)
+        code += relocate(instruction.insn, keeps_fpu_pointer=True)
         mark(instruction.end)
         self._site(out, ExitSite(ExitKind.FPU_POINTER, 0, instruction.address, instruction.end, instruction))
 
@@ -877,13 +873,3 @@ class Emitter:
         mark(instruction.address)
         self._site(out, ExitSite(ExitKind.CALLOUT, 0, instruction.address, instruction.end, instruction))
 
-
-def relocate_fpu_store(insn) -> bytes:
-    """fnstenv & co. relocated (translator/x64.py refuses them on their own, for the pointer)."""
-    raw = bytes(insn.bytes)
-    prefixes, body = split_prefixes(raw)
-    at = insn.modrm_offset - len(prefixes)
-    modrm = body[at]
-    if modrm >> 6 == 0 and modrm & 7 == 5:
-        body = body[:at] + bytes([(modrm & 0xF8) | 4, 0x25]) + body[at + 1:]
-    return bytes([ADDRESS_SIZE]) + prefixes + body

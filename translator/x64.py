@@ -56,9 +56,19 @@ class NeedsEmulation(Exception):
     """The instruction cannot run as a copy in 64-bit mode; the translator emits it otherwise."""
 
 
-def relocate(insn) -> bytes:
+def absolute_form(modrm: int) -> bytes:
+    """The ModRM byte (and SIB) that keep a 32-bit instruction's memory operand meaning the same
+    in 64-bit mode: [disp32] (mod 00, r/m 101) is RIP-relative there, so it becomes a SIB with no
+    base and no index (absolute); every other form stays as it is."""
+    if modrm >> 6 == 0 and modrm & 7 == 5:
+        return bytes([(modrm & 0xF8) | 4, 0x25])
+    return bytes([modrm])
+
+
+def relocate(insn, *, keeps_fpu_pointer: bool = False) -> bytes:
     """The 64-bit host bytes of a 32-bit guest instruction (a Capstone instruction in detail
-    mode), or NeedsEmulation."""
+    mode), or NeedsEmulation. keeps_fpu_pointer: the caller replaces the x87 instruction pointer
+    that fnstenv/fnsave/fxsave/xsave* store (the engine's is a host address)."""
     raw = bytes(insn.bytes)
     prefixes, body = split_prefixes(raw)
     opcode = body[0]
@@ -87,14 +97,11 @@ def relocate(insn) -> bytes:
             return prefixes + bytes([0xFF, (0xC8 if opcode >= 0x48 else 0xC0) | (opcode & 7)])
         if opcode == 0x82:               # an alias of 0x80 that 64-bit mode lacks
             body = b"\x80" + body[1:]
-    if insn.id in _STORES_FPU_POINTER:
+    if insn.id in _STORES_FPU_POINTER and not keeps_fpu_pointer:
         raise NeedsEmulation("stores the x87 instruction pointer")
     if _has_modrm_memory(insn, prefixes):
         at = insn.modrm_offset - len(prefixes)
-        modrm = body[at]
-        if modrm >> 6 == 0 and modrm & 7 == 5:
-            # [disp32] is RIP-relative in 64-bit mode; absolute through a SIB with no base/index
-            body = body[:at] + bytes([(modrm & 0xF8) | 4, 0x25]) + body[at + 1:]
+        body = body[:at] + absolute_form(body[at]) + body[at + 1:]
         host = bytes([ADDRESS_SIZE]) + prefixes + body
     elif body[0] in _IMPLICIT_MEMORY:
         host = bytes([ADDRESS_SIZE]) + prefixes + body

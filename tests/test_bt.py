@@ -7,7 +7,7 @@ import pytest
 from capstone import CS_ARCH_X86, CS_MODE_32, CS_MODE_64, Cs
 
 from tests.cli import run_vmm, sample_arguments
-from tests.guests import EXIT, run_image, run_source
+from tests.guests import EXIT, flat_gdt, run_image, run_source
 from tests.samples import MANIFEST, REPO_ROOT
 from translator.classify import Category, classify
 from vmm.exits import ExitReason, StopReason
@@ -357,3 +357,32 @@ last_x87:
         results[mode] = (registers["eax"], registers["ecx"], registers["edx"] & 0xFFFF0000)
         assert registers["eax"] == registers["esi"] == registers["ecx"], (mode, registers)
     assert results["bt"] == results["direct"]
+
+
+def test_x87_state_saves_through_a_based_segment(tmp_path):
+    # The same through a DS based at 0x10000, which 64-bit host code ignores: the image must land
+    # at base + offset (the emitter adds the base) and the fix-up must find it there.
+    source = flat_gdt(0x6000) + """
+    mov dword ptr [0x6018], 0x0000ffff      /* 0x18: data, base 0x10000, 4 GiB */
+    mov dword ptr [0x601c], 0x00cf9201
+    mov word ptr [0x6020], 0x1f
+    lgdt [0x6020]
+    mov esp, 0x90000
+    fninit
+last_x87:
+    fld1
+    mov ax, 0x18
+    mov ds, ax
+    mov ebx, 0x10000
+    fnstenv [ebx]                            /* linear 0x20000 */
+    mov ax, 0x10
+    mov ds, ax
+    mov eax, dword ptr [0x2000c]             /* FIP */
+    mov ecx, dword ptr [0x1000c]             /* nothing stored at the unbased address */
+    mov esi, last_x87
+""" + EXIT
+    for mode in ("bt", "direct"):
+        result, _out, _vm = run_source(tmp_path, source, mode=mode)
+        registers = result.registers
+        assert result.reason.value == "debug_exit", (mode, result.message)
+        assert (registers["eax"], registers["ecx"]) == (registers["esi"], 0), (mode, registers)

@@ -418,7 +418,7 @@ class Emitter:
             raise UnsupportedForm(f"{instruction} through a segment with a base, at {instruction.address:#x}")
         if any(insn.reg_name(op.reg) in ("ah", "ch", "dh", "bh") for op in insn.operands if op.type == X.X86_OP_REG):
             raise UnsupportedForm(f"{instruction} (a high byte register) through a segment with a base")
-        relocate(insn)                                     # the checks: NeedsEmulation if not copyable
+        relocate(insn, keeps_fpu_pointer=True)             # the checks: NeedsEmulation if not copyable
         prefixes, _body = split_prefixes(raw)
         kept = bytes(p for p in prefixes if p not in SEGMENT_PREFIXES and p != ADDRESS_SIZE)
         opcode = raw[len(prefixes):insn.modrm_offset]
@@ -444,18 +444,21 @@ class Emitter:
             # Say which guest instruction this is: inside the I/O hook the engine's EIP is
             # stale, and a refused access must fault at exactly this instruction.
             code += b"\x41\xC7\x87" + _u32(self.areas.scratch + SCRATCH_IO_SITE) + _u32(instruction.address)
-        if instruction.insn.id in FPU_POINTER_STORES:
-            self._emit_fpu_pointer_store(out, instruction, mark)
-            return
+        fpu_pointer = instruction.insn.id in FPU_POINTER_STORES
         try:
             if not self._needs_base(instruction.insn):
-                code += relocate(instruction.insn)
+                code += relocate(instruction.insn, keeps_fpu_pointer=fpu_pointer)
             elif instruction.insn.id in _STRING_SOURCES and rule.handling is Handling.COPY:
                 self._emit_based_string(out, instruction, mark)
             else:
                 code += self._rebased(instruction)
         except NeedsEmulation as why:
             self._emit_stack_instruction(out, instruction, mark, str(why))
+        if fpu_pointer:
+            # the engine stored the host address of the last x87 instruction in the image: an
+            # exit lets the monitor put the guest's there, so no monitor address reaches the guest
+            mark(instruction.end)
+            self._site(out, ExitSite(ExitKind.FPU_POINTER, 0, instruction.address, instruction.end, instruction))
         if instruction.insn.id == X.X86_INS_STI:
             self._window_site(out, instruction, mark)
         if rule.handling is Handling.IO_HOOK:
@@ -538,16 +541,6 @@ class Emitter:
             code += _lea_esp(-frame)
             return
         raise UnsupportedForm(f"{instruction} at {instruction.address:#x}: {why}")
-
-    def _emit_fpu_pointer_store(self, out: Translation, instruction: GuestInstruction, mark) -> None:
-        """fnstenv/fnsave/fxsave/xsave*: the engine writes the host address of the last x87
-        instruction into the image; r8 gets the image's offset and an exit lets the monitor put
-        the guest's address there instead, so no monitor address reaches guest memory."""
-        code = out.code
-        code += _relocated_operand(instruction.insn, b"\x8D", R8, operand16=False)             # lea r8d, m
-        code += relocate(instruction.insn, keeps_fpu_pointer=True)
-        mark(instruction.end)
-        self._site(out, ExitSite(ExitKind.FPU_POINTER, 0, instruction.address, instruction.end, instruction))
 
     def _emit_io_permission_guard(self, out: Translation, instruction: GuestInstruction, mark) -> None:
         """In front of string I/O: while the virtual-CPU block says the guest's CPL is above its

@@ -55,8 +55,9 @@ class GuestCpu:
         self.engine.set_reg("esp", esp)
 
     def segment_base(self, name: str) -> int:
-        """The base of a loaded segment register, from its hidden part: every mode's engine
-        segments carry the guest's bases (the shadow descriptors copy them)."""
+        """The base of a loaded segment register, from its hidden part: the engine's segments
+        carry the guest's bases (the shadow descriptors copy them), except DS/ES/SS in bt's long
+        mode, which TranslatedCpu answers for itself."""
         return self.engine.segment_base(name)
 
     def segment_present(self, name: str) -> bool:

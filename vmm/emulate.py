@@ -109,7 +109,7 @@ class Emulator:
         register, memory = insn.operands
         size = register.size
         value = self._read(insn, register)
-        address = self._address(insn, memory)
+        address = self.operand_address(insn, memory)
         lower = self.view.read_int(address, size)
         upper = self.view.read_int((address + size) & 0xFFFFFFFF, size)
         sign = 1 << (8 * size - 1)
@@ -139,7 +139,9 @@ class Emulator:
         old = self.cpu.reg(full)
         self.cpu.set_reg(full, (old & ~(mask << shift)) | ((value & mask) << shift))
 
-    def _address(self, insn, operand) -> int:
+    def operand_address(self, insn, operand) -> int:
+        """The linear address of a memory operand of `insn`, from the guest's registers and
+        segment bases (the default segment SS for ESP/EBP bases, else DS)."""
         mem = operand.mem
         address = mem.disp
         if mem.base:
@@ -158,14 +160,14 @@ class Emulator:
             return self.cpu.reg(_SEGMENTS[operand.reg]) if operand.reg in _SEGMENTS else self._register(name)
         if operand.type == X.X86_OP_IMM:
             return operand.imm & ((1 << (8 * size)) - 1)
-        return self.view.read_int(self._address(insn, operand), size)
+        return self.view.read_int(self.operand_address(insn, operand), size)
 
     def _write(self, insn, operand, value: int, size: Optional[int] = None) -> None:
         size = size or operand.size
         if operand.type == X.X86_OP_REG:
             self._set_register(insn.reg_name(operand.reg), value)
         else:
-            self.view.write_int(self._address(insn, operand), size, value)
+            self.view.write_int(self.operand_address(insn, operand), size, value)
 
     def _push(self, value: int, size: int = 4) -> None:
         esp = (self.cpu.reg("esp") - size) & 0xFFFFFFFF
@@ -250,7 +252,7 @@ class Emulator:
     def _load_far_pointer(self, insn):
         destination, source = insn.operands
         size = 2 if self._operand16(insn) else 4
-        address = self._address(insn, source)
+        address = self.operand_address(insn, source)
         offset = self.view.read_int(address, size)
         selector = self.view.read_int((address + size) & 0xFFFFFFFF, 2)
         segment = {X.X86_INS_LDS: "ds", X.X86_INS_LES: "es", X.X86_INS_LFS: "fs",
@@ -264,7 +266,7 @@ class Emulator:
         if operand.type == X.X86_OP_IMM:          # ptr16:32 (capstone gives selector, offset)
             return insn.operands[0].imm & 0xFFFF, insn.operands[1].imm & 0xFFFFFFFF
         size = 2 if self._operand16(insn) else 4
-        address = self._address(insn, operand)
+        address = self.operand_address(insn, operand)
         return self.view.read_int((address + size) & 0xFFFFFFFF, 2), self.view.read_int(address, size)
 
     def _far_transfer(self, insn, call: bool) -> None:
@@ -369,7 +371,7 @@ class Emulator:
                 selector = operand.imm & 0xFFFF
             else:
                 size = 2 if self._operand16(insn) else 4
-                selector = quiet.read_int((self._address(insn, operand) + size) & 0xFFFFFFFF, 2)
+                selector = quiet.read_int((self.operand_address(insn, operand) + size) & 0xFFFFFFFF, 2)
             raw = quiet.raw_descriptor(selector) if selector & 0xFFFC else None
         except (GuestFault, UnbackedAccess):
             return False
@@ -465,7 +467,7 @@ class Emulator:
         return HALT
 
     def _load_descriptor_table(self, insn):
-        address = self._address(insn, insn.operands[0])
+        address = self.operand_address(insn, insn.operands[0])
         limit = self.view.read_int(address, 2)
         base = self.view.read_int((address + 2) & 0xFFFFFFFF, 4)
         if self._operand16(insn):
@@ -476,7 +478,7 @@ class Emulator:
         base, limit = self.cpu.table_register("gdtr" if insn.id == X.X86_INS_SGDT else "idtr")
         if self._operand16(insn):
             base &= 0xFFFFFF
-        self.view.write(self._address(insn, insn.operands[0]), struct.pack("<HI", limit, base))
+        self.view.write(self.operand_address(insn, insn.operands[0]), struct.pack("<HI", limit, base))
 
     def _load_system_segment(self, insn):
         selector = self._read(insn, insn.operands[0], 2)
@@ -562,7 +564,7 @@ class Emulator:
 
     def _cache_control(self, insn):
         if insn.id == X.X86_INS_INVLPG:
-            self.cpu.invalidate_page(self._address(insn, insn.operands[0]))
+            self.cpu.invalidate_page(self.operand_address(insn, insn.operands[0]))
         return None        # wbinvd/invd: no caches are modelled
 
     def _msr(self, insn):

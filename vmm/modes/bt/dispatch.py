@@ -376,18 +376,8 @@ class Dispatcher:
         the translation is gone), as the CPU and QEMU store it."""
         site = stop.site
         insn = site.instruction.insn
-        linear = self.engine.reg("r8d")
-        prefixes = bytes(insn.prefix)
-        for prefix, segment in ((0x64, "fs"), (0x65, "gs")):
-            if prefix in prefixes:
-                linear = (linear + self.engine.segment_base(segment)) & 0xFFFFFFFF
-        segment = next((name for prefix, name in ((0x26, "es"), (0x36, "ss"), (0x3E, "ds"), (0x2E, "cs"))
-                        if prefix in prefixes), None)
-        if segment is None and not {0x64, 0x65} & set(prefixes):
-            memory = next(op for op in insn.operands if op.type == X86_OP_MEM).mem
-            segment = "ss" if insn.reg_name(memory.base) in ("esp", "ebp") else "ds"
-        if segment is not None:
-            linear = (linear + self.cpu.segment_base(segment)) & 0xFFFFFFFF
+        # the registers the operand uses are as the instruction found them (it changes none)
+        linear = self.vm.emulator.operand_address(insn, next(op for op in insn.operands if op.type == X86_OP_MEM))
         at = FPU_POINTER_STORES[insn.id]
         view = GuestView(self.cpu, self.memory, cpu_access=False)
         stored = int.from_bytes(view.read(linear + at, 4), "little")

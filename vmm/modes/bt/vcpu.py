@@ -98,6 +98,13 @@ class TranslatedCpu(GuestCpu):
         """DS, ES and SS bases: 64-bit host code ignores them, so translations add them."""
         return self.bases["ds"], self.bases["es"], self.bases["ss"]
 
+    def segment_base(self, name: str) -> int:
+        """The guest's base. In long mode the engine keeps no DS/ES/SS base (it loads only FS's
+        and GS's), so those three are the ones noted at each load; CS is flat under bt."""
+        if name in self.bases:
+            return self.bases[name]
+        return 0 if name == "cs" else self.engine.segment_base(name)
+
     def _note_base(self, name: str, raw: Optional[bytes]) -> None:
         if name in self.bases:
             base = SegmentDescriptor.decode(raw).base if raw is not None else 0

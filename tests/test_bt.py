@@ -4,7 +4,7 @@ isolation of the monitor's structures, and engine bugs the translator works arou
 import json
 
 import pytest
-from capstone import CS_ARCH_X86, CS_MODE_32, CS_MODE_64, Cs
+from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 
 from tests.cli import run_vmm, sample_arguments
 from tests.guests import EXIT, flat_gdt, run_image, run_source

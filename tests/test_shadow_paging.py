@@ -98,7 +98,7 @@ def test_paging_off_again_returns_to_the_identity_map(tmp_path):
 """ + EXIT
     result, _out, vm = run_source(tmp_path, source, mode="bt")
     assert result.reason is StopReason.DEBUG_EXIT and result.guest_value == 0, result
-    assert vm.mode.pager.active is None
+    assert vm.mode.paging.pager.active is None
 
 
 def test_trap_mode_shadows_the_guest_tables_with_ring_compression(tmp_path):
@@ -138,7 +138,7 @@ def test_a_traced_page_table_edit_takes_effect_at_invlpg(tmp_path, mode, paging,
     result, _out, vm = run_source(tmp_path, source, mode=mode, paging=paging)
     assert result.reason is StopReason.DEBUG_EXIT and result.guest_value == 0, result.message
     assert vm.memory.read(0x7000, 8) == (0x1111).to_bytes(4, "little") + (0x2222).to_bytes(4, "little")
-    counters = vm.mode.pager.counters       # the table is traced once 0x400000 was used
+    counters = vm.mode.paging.pager.counters       # the table is traced once 0x400000 was used
     assert counters["tracing_faults"] == 1
     assert counters["stores_emulated"] == (1 if edit.startswith("mov") else 0)
 
@@ -174,7 +174,7 @@ touch:
 """) + EXIT
     result, _out, vm = run_source(tmp_path, source, mode=mode)
     assert result.reason is StopReason.DEBUG_EXIT and result.guest_value == 0, result.message
-    assert vm.mode.pager.counters["pool_exhausted"] >= 1
+    assert vm.mode.paging.pager.counters["pool_exhausted"] >= 1
 
 
 @pytest.mark.parametrize("mode", ["bt", "trap"])
@@ -196,5 +196,5 @@ def test_more_address_spaces_than_cached_shadows(tmp_path, mode):
     source = PAGING_ON + "\n".join(lines) + "\n" + EXIT
     result, _out, vm = run_source(tmp_path, source, mode=mode)
     assert result.reason is StopReason.DEBUG_EXIT and result.guest_value == 0, result.message
-    counters = vm.mode.pager.counters
+    counters = vm.mode.paging.pager.counters
     assert counters["shadows_evicted"] >= 4 and counters["shadow_switches"] >= 40

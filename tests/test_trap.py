@@ -131,7 +131,7 @@ def test_a_hole_counts_the_times_it_ran_though_its_block_faulted_in_front_of_it(
     # fault): counting block starts said 201 (the hole watch before issue 13), it ran 100 times.
     result, _out, vm = run_source(tmp_path, HIDDEN_FAULT_BEFORE_A_HOLE, mode="trap")
     assert result.reason is StopReason.DEBUG_EXIT
-    assert vm.mode.pager.counters["hidden_faults"] >= 100
+    assert vm.mode.paging.pager.counters["hidden_faults"] >= 100
     assert [(hole["instruction"], hole["count"]) for hole in vm.mode.holes()] == [("pushfd", 100)]
 
 

@@ -1,12 +1,13 @@
-"""The guest's own view of memory: linear addresses through its page tables and descriptors
-through its GDT/LDT, as the CPU resolves them. Used by exception delivery and emulation."""
+"""The guest's own view of memory: linear addresses through its page tables, code as the CPU
+fetches it, and descriptors through its GDT/LDT, as the CPU resolves them. Used by exception
+delivery, emulation and every decoder of guest code."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Optional
+from typing import Callable, Optional
 
-from vmm.memory import PAGE_SIZE, PageFault, PhysicalMemory, linear_to_physical
+from vmm.memory import PAGE_SIZE, PageFault, PhysicalMemory, UnbackedAccess, linear_to_physical
 from vmm.x86 import CR0_PG, PF_VEC, SegmentDescriptor
 
 
@@ -22,25 +23,55 @@ class GuestView:
     """cpu_access: the accesses are the CPU's own on the guest's behalf (exception delivery,
     emulated instructions): with paging on they set the accessed and dirty bits in the guest's
     page tables, and a fault sets CR2, as on the CPU. False for a look that must leave the guest
-    as it was (a debugger's): no bits set, CR2 kept. Accesses are supervisor accesses."""
+    as it was (a debugger's): no bits set, CR2 kept. Accesses are supervisor accesses.
 
-    def __init__(self, cpu, memory: PhysicalMemory, *, cpu_access: bool = True) -> None:
+    code_address(linear) -> physical: where code fetches go when the monitor's own TLB serves
+    them (bt's translator: GuestPaging.code_address, which reaches guest RAM only). Without it
+    fetch_code walks the guest's tables as the other accesses do and reads whatever memory the
+    engine itself would fetch from."""
+
+    def __init__(self, cpu, memory: PhysicalMemory, *, cpu_access: bool = True,
+                 code_address: Optional[Callable[[int], int]] = None) -> None:
         self.cpu = cpu
         self.memory = memory
         self.cpu_access = cpu_access
+        self.code_address = code_address
 
     # -- linear memory -------------------------------------------------------------------------
-    def _physical(self, linear: int, write: bool) -> int:
+    def _walk(self, linear: int, write: bool) -> int:
+        """The physical address of `linear` through the guest's tables (PageFault if they refuse)."""
         cr0 = self.cpu.reg("cr0")
         if not cr0 & CR0_PG:
             return linear & 0xFFFFFFFF
+        return linear_to_physical(self.memory, cr0, self.cpu.reg("cr3"), linear, write,
+                                  cr4=self.cpu.reg("cr4"), mark=self.cpu_access)
+
+    def _physical(self, linear: int, write: bool) -> int:
         try:
-            return linear_to_physical(self.memory, cr0, self.cpu.reg("cr3"), linear, write,
-                                      cr4=self.cpu.reg("cr4"), mark=self.cpu_access)
+            return self._walk(linear, write)
         except PageFault as fault:
             if self.cpu_access:
                 self._set_cr2(fault.linear)
             raise GuestFault(PF_VEC, fault.error_code) from None
+
+    def fetch_code(self, linear: int, size: int) -> bytes:
+        """Up to `size` bytes of guest code at a linear address (an EIP), as the CPU fetches
+        them: fewer where what can be fetched ends (a page the guest's tables refuse, memory
+        the guest does not have), b"" when not even the first byte can be. The one way every
+        decoder of guest code reads it (bt's translator, the untranslated modes' look-aheads)."""
+        code = b""
+        for piece, length in self._page_chunks(linear & 0xFFFFFFFF, size):
+            try:
+                if self.code_address is not None:
+                    chunk = self.memory.read_code(self.code_address(piece), length)
+                else:
+                    chunk = self.memory.read(self._walk(piece, False), length)
+            except (PageFault, UnbackedAccess):
+                break
+            code += chunk
+            if len(chunk) < length:
+                break
+        return code
 
     def _set_cr2(self, linear: int) -> None:
         """CR2 for a fault the monitor raises. Unicorn 2.1.1's register write of CR2 loads CR3

@@ -10,8 +10,8 @@ the monitor's in every address space. What the fill gives stays in the engine's 
 flush, so the guest sees a TLB as on the reference machine; the translator's instruction
 fetches go through a small instruction TLB with the same lifetime.
 
-The same interface as vmm/shadow_paging.py's ShadowPaging (fill/translate/lend_write/...), so
-the modes handle a refused access one way whichever scheme is in use.
+A Pager (vmm/guest_paging.py) as vmm/shadow_paging.py's ShadowPaging is, so the modes handle a
+refused access one way whichever scheme is in use.
 """
 
 from __future__ import annotations
@@ -53,7 +53,6 @@ class NestedPaging:
         self.registers, self.guest_ring, self.code_frame = registers, guest_ring, code_frame
         self.supervisor_pages = supervisor_pages
         self.counters = collections.Counter(dict.fromkeys(COUNTERS, 0))   # every one in the report
-        self.traced: dict[int, bytes] = {}          # nothing is traced: page-table writes are free
         self.active = None
         self._fetch_tlb: dict[int, int] = {}        # linear page -> frame (the translator's fetches)
         self._lent: set[int] = set()                # frames one guest instruction may write
@@ -154,7 +153,7 @@ class NestedPaging:
         if not self.memory.ram.contains(physical & ~0xFFF, PAGE_SIZE):
             raise UnbackedAccess(physical, 1)
 
-    # -- the interface the modes use (see ShadowPaging) ----------------------------------------
+    # -- the Pager protocol (vmm/guest_paging.py) ------------------------------------------------
     def fill(self, linear: int, write: bool, user: bool) -> Optional[int]:
         """After a refused access: PageFault (the guest's), UnbackedAccess, the frame of a store
         into translated code, or None (allowed now: run it again)."""
@@ -219,11 +218,8 @@ class NestedPaging:
     def release_frame(self, frame: int) -> None:
         pass                             # a store refused before is filled writable next time
 
-    def lend_store(self, linear: int) -> None:
-        """lend_write for the page(s) a store at `linear` of up to 16 bytes may touch."""
-        self.lend_write(linear)
-        if linear & 0xFFF > PAGE_SIZE - 16:
-            self.lend_write((linear + 15) & 0xFFFFFFFF)
+    def page_table(self, frame: int) -> bool:
+        return False                     # nothing is traced: page-table writes are free
 
     def lend_write(self, linear: int) -> bool:
         frame = self.frame_of(linear)

@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from vmm.engine import PROT_READ
-from vmm.fault_address import plain_store
 from vmm.monitor_layout import MONITOR_BASE, POOL_OFFSET, POOL_SIZE
 from vmm.monitor_paging import LONG_TABLE_FLAGS, MONITOR_PML4_INDEX, NX, LongModeTables
 from vmm.memory import (CR4_PSE, PAGE_SIZE, PTE_A, PTE_D, PTE_P, PTE_PS, PTE_RW, PTE_US, PhysicalMemory, UnbackedAccess, linear_to_physical)
@@ -136,7 +135,6 @@ class ShadowPaging:
         self.tracers: dict[int, set[tuple[AddressSpace, int]]] = collections.defaultdict(set)
         # frame -> (space, -1) for a directory, (space, index) for the table under that index
         self._lent: list[tuple[AddressSpace, int]] = []     # entries writable for one instruction
-        self.refusal = None                      # (the engine reports its faults itself: unused)
         self.counters = collections.Counter(dict.fromkeys(COUNTERS, 0))   # every one in the report
 
     @classmethod
@@ -290,24 +288,10 @@ class ShadowPaging:
         for space, page in list(self.reverse.get(frame, ())):
             self._set_writable(space, page, self._writable(space, space.entries[page]))
 
-    def store_plainly(self, code: bytes, reg: Callable[[str], int], linear: int, frame: int) -> Optional[int]:
-        """A tracing fault from `code`: a plain `mov` into the traced `frame` (the usual PTE
-        write) is carried out here, bytes stored through memory.write (so the change is looked
-        at); returns the instruction's length. None for any other store (it must run lent)."""
-        store = plain_store(code, reg, 64 if self.long_mode is not None else 32)
-        offset = linear & 0xFFF
-        if store is None or offset + store[1] > PAGE_SIZE:
-            return None
-        length, size, value = store
-        self.counters["stores_emulated"] += 1
-        self.memory.write((frame << 12) | offset, value.to_bytes(size, "little"))
-        return length
-
-    def lend_store(self, linear: int) -> None:
-        """lend_write for the page(s) a store at `linear` of up to 16 bytes may touch."""
-        self.lend_write(linear)
-        if linear & 0xFFF > PAGE_SIZE - 16:
-            self.lend_write((linear + 15) & 0xFFFFFFFF)
+    def page_table(self, frame: int) -> bool:
+        """Whether `frame` holds a guest page table (or directory) that a shadow was built from:
+        its stores are traced."""
+        return frame in self.traced
 
     def lend_write(self, linear: int) -> bool:
         """Let the next guest instruction write the page at `linear` through the running shadow

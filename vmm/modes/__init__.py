@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import enum
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 from vmm.errors import ConfigError
@@ -23,6 +25,15 @@ MODE_OPTIONS = {
     "watch_holes": ("--no-hole-watch", True, "the only mode that watches for holes"),
     "vt_exits": ("--vt-exits", None, "the exit controls of hardware assistance"),
 }
+
+
+@dataclass(frozen=True)
+class PendingStop:
+    """Why a mode's hooks stopped the engine, recorded once per engine run (the first reason wins,
+    as VirtualMachine.request_stop's does): `kind` is the mode's own Enum, `data` what handling
+    it needs. The mode decodes it when the engine returns, instead of a flag per reason."""
+    kind: enum.Enum
+    data: object = None
 
 
 class ExecutionMode(ABC):

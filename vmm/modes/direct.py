@@ -1,8 +1,11 @@
 """Direct execution: the guest's own code runs untranslated on the engine, at its own ring (the
-bare machine). The reference every other mode is compared with, and their speed limit."""
+bare machine). The reference every other mode is compared with, and their speed limit. Also the
+base of the other untranslated modes (trap, vt): their guest paging (vmm/guest_paging.py, with
+the real TF lent for a watched store) and the one stop a run's hooks record."""
 
 from __future__ import annotations
 
+import enum
 from typing import Optional
 
 from capstone import CS_GRP_CALL, CS_GRP_JUMP, CS_GRP_RET
@@ -12,9 +15,11 @@ from vmm.engine import StopCause
 from vmm.errors import MonitorBug
 from vmm.exits import ExitReason, VmExit
 from translator.x86decode import LEGACY_PREFIXES, decode, instruction_length
-from vmm.memory import PAGE_SIZE, PageFault, UnbackedAccess, linear_to_physical
-from vmm.modes import ExecutionMode
-from vmm.x86 import BP, CR0_PG, CR4_PCE, DB, GP, IF, NM, OF_VEC, PF_VEC, UD, nm_is_ud
+from vmm.guest_paging import GuestPaging, GuestPF, Hidden, Lend, NoMemory, PagingOff, Traced
+from vmm.guest_view import GuestView
+from vmm.memory import PAGE_SIZE, UnbackedAccess
+from vmm.modes import ExecutionMode, PendingStop
+from vmm.x86 import BP, CR0_PG, CR0_WP, CR4_PCE, DB, GP, IF, NM, OF_VEC, PF_VEC, TF, UD, nm_is_ud
 
 HLT_OPCODE = 0xF4
 ENGINE_BLOCK_MAX_INSTRUCTIONS = 512     # QEMU's TCG_MAX_INSNS: how far a block start can be
@@ -60,95 +65,149 @@ def _is_io_to(code: bytes, port: int, size: int, dx: int, out: bool = True) -> b
     return dx == port and width == size
 
 
-def _is_out_to(code: bytes, port: int, size: int, dx: int) -> bool:
-    return _is_io_to(code, port, size, dx, out=True)
+class StopKind(enum.Enum):
+    """Why a run of the engine ended, as a hook recorded it (PendingStop.data in brackets)."""
+    DENIED_IO = "denied_io"       # ring-3 I/O refused ((saved state, block start, dx, port, size, out))
+    EXIT = "exit"                 # a hook decided the exit ((VmExit, the guest's EIP or None: as it stands))
+    RERUN_BLOCK = "rerun_block"   # a block must be translated again before it runs (its address)
+    WINDOW = "window"             # the guest set IF while an interrupt waits
+    END_RUN = "end_run"           # a device asked the run to end (inside an I/O hook: (block start,
+                                  # dx, port, size, out), to find where it really ends; else None)
+    BREAKPOINT = "breakpoint"     # a debugger breakpoint, in front of its instruction
+
+
+class TrapFlagLoan:
+    """The real TF, lent for one guest instruction that runs with a page lent writable (a store
+    the shadow keeps read-only, trap and vt): the single-step trap right after it ends the loan.
+    The guest's own TF is kept as the guest set it."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.active = False
+        self.guest_tf = False
+
+    def begin(self) -> None:
+        if not self.active:
+            self.active = True
+            eflags = self.engine.reg("eflags")
+            self.guest_tf = bool(eflags & TF)
+            self.engine.set_reg("eflags", eflags | TF)
+
+    def end(self) -> None:
+        if self.active:
+            self.active = False
+            if not self.guest_tf:
+                self.engine.set_reg("eflags", self.engine.reg("eflags") & ~TF)
 
 
 class DirectMode(ExecutionMode):
     name = "direct"
-    pager = None          # the engine's MMU walks the guest's own page tables
 
     def attach(self, vm) -> GuestCpu:
         engine = vm.engine
         self.memory = vm.memory
-        # Hooks that fire after a refused port access, before the stop lands, see instructions
-        # that never ran as far as the guest is concerned: they do nothing (_denied_io).
-        engine.on_port_io(lambda port, size: 0 if self._denied_io else self._port_in(port, size),
-                          lambda port, size, value: None if self._denied_io else self._port_out(port, size, value))
+        self.engine = engine
+        # Hooks record why the engine must stop: one PendingStop per run, the first one wins
+        # (record_stop), except a refused port access, after which nothing that runs before the
+        # stop lands happened as far as the guest is concerned: hooks then do nothing.
+        self._stop: Optional[PendingStop] = None
+        engine.on_port_io(lambda port, size: 0 if self.io_denied else self._port_in(port, size),
+                          lambda port, size, value: None if self.io_denied else self._port_out(port, size, value))
         # Inside an I/O hook the engine's EIP is the start of its block. When exits are traced
         # a block hook follows the blocks, so that each port exit names its own instruction.
         self._io_cursor: Optional[int] = None         # where the next I/O instruction is sought
         self._eip_after_io: Optional[int] = None      # where a run a port hook ended stopped
         if vm.tracer.exits:
             engine.on_block(self._block_entered)
-        self._denied_io = None
         self._window_hook = None
-        self._window_open = False
         self._if_may_be_set = 0
-        self._io_in_progress: Optional[tuple] = None      # (port, size, is_out) inside an I/O hook
-        self._stale_eip_check: Optional[tuple] = None
-        self._pending_exit: Optional[VmExit] = None     # an exit a hook decided on (trap mode)
-        self._pending_exit_eip: Optional[int] = None    # ... and where the guest's EIP must be
+        self._io_hook: Optional[tuple] = None           # (port, size, is_out) while an I/O hook runs
         self._fetch_exit: Optional[int] = None          # an engine exit in front of an unfetchable page
         self._stopped_between_blocks = False            # the run ended in front of a block (rerun_block)
-        self._rerun = False                             # ... and only for that
         engine.on_interrupt(lambda vector: self._interrupt_hook(vm, vector))
-        engine.on_fast_system_call(lambda name: None if self._denied_io else self._fast_system_call(name))
+        engine.on_fast_system_call(lambda name: None if self.io_denied else self._fast_system_call(name))
         if vm.tracer.exec:
             engine.on_block(lambda address, _size: vm.tracer.executed(address))
-        self.engine = engine
         self.debugger = vm.debugger
         self._breakpoint_hooks: dict[int, object] = {}
-        self._hit_breakpoint = False
         if self.debugger is not None:
             self.debugger.on_breakpoints_changed = self._sync_breakpoints
-        self.cpu = GuestCpu(engine)
+        self.paging: Optional[GuestPaging] = None     # direct: the engine's MMU walks the guest's tables
+        self.loan = TrapFlagLoan(engine)
+        self.use_cpu(GuestCpu(engine))
         self._vm = vm
-        self._end_run_requested = False
         self._ran_early = 0             # instructions run by the last counted run that ended early
-        self._cut_short = False
         # Once the guest uses time the run loop bounds every run: end the unbounded one now.
         vm.interrupts.on_first_use.append(self._end_run)
         return self.cpu
 
+    def use_cpu(self, cpu: GuestCpu) -> None:
+        """The guest-visible CPU view (trap and vt bring their own): the guest's code is read
+        through its registers (trap: its virtual CR3, not the shadow's)."""
+        self.cpu = cpu
+        # a look of the monitor's own: no accessed bits set, CR2 untouched
+        self.code_view = GuestView(cpu, self.memory, cpu_access=False)
+
     def _guest_code(self, linear: int, size: int) -> bytes:
         """Up to `size` bytes of guest code at a LINEAR address (an EIP), as the engine fetches
-        them: through the guest's page tables when paging is on. A look of the monitor's own:
-        no accessed bits set, CR2 untouched. Stops at the first page that is not mapped;
-        UnbackedAccess if not even the first byte is readable."""
-        cpu = self.cpu                  # the guest's registers (trap: its virtual CR3, not the shadow's)
-        cr0 = cpu.reg("cr0")
-        linear &= 0xFFFFFFFF
-        if not cr0 & CR0_PG:
-            return self.memory.read(linear, size)
-        cr3, cr4 = cpu.reg("cr3"), cpu.reg("cr4")
-        code = b""
-        while len(code) < size:
-            length = min(size - len(code), PAGE_SIZE - (linear & (PAGE_SIZE - 1)))
-            try:
-                code += self.memory.read(linear_to_physical(self.memory, cr0, cr3, linear, False, cr4=cr4), length)
-            except (PageFault, UnbackedAccess):
-                break
-            linear = (linear + length) & 0xFFFFFFFF
+        them (GuestView.fetch_code); UnbackedAccess if not even the first byte can be."""
+        code = self.code_view.fetch_code(linear, size)
         if not code:
-            raise UnbackedAccess(linear, size)
+            raise UnbackedAccess(linear & 0xFFFFFFFF, size)
         return code
 
+    # -- the one recorded stop -------------------------------------------------------------------
+    def record_stop(self, kind: StopKind, data=None) -> None:
+        """Note why the engine must stop and stop it. The first reason of a run wins, except a
+        refused port access: the state goes back to that instruction, whatever was noted before."""
+        if self._stop is None or (kind is StopKind.DENIED_IO and self._stop.kind is not StopKind.DENIED_IO):
+            self._stop = PendingStop(kind, data)
+        self.engine.stop()
+
+    @property
+    def io_denied(self) -> bool:
+        """A refused port access stopped the run: until the stop lands nothing happens."""
+        return self._stop is not None and self._stop.kind is StopKind.DENIED_IO
+
+    def _instructions_from(self, address: int):
+        """(address, code) of the straight-line instructions from `address` on, as far as an
+        engine block can reach, while their code can be fetched and decodes: the decode-forward
+        walk of the look-aheads below."""
+        for _ in range(ENGINE_BLOCK_MAX_INSTRUCTIONS):
+            try:
+                code = self._guest_code(address, 16)
+            except UnbackedAccess:
+                return
+            length = instruction_length(code)
+            if length is None:
+                return
+            yield address, code, length
+            address += length
+
+    def _find_io(self, start: int, port: int, size: int, dx: int, out: bool) -> Optional[tuple[int, int]]:
+        """(address, length) of the first IN (out=False) or OUT of `size` bytes at `port` from
+        `start` on in straight-line code (inside a port hook the engine's EIP is the start of its
+        block, and the access being serviced is the first such one after it), None if not found."""
+        for address, code, length in self._instructions_from(start):
+            if _is_io_to(code, port, size, dx, out):
+                return address, length
+        return None
+
     def _port_in(self, port: int, size: int) -> int:
-        self._io_in_progress = (port, size, False)
+        self._io_hook = (port, size, False)
         try:
             return self._vm.dispatch(VmExit(ExitReason.PORT_IN, eip=self._io_eip(port, size, False),
                                             port=port, size=size))
         finally:
-            self._io_in_progress = None
+            self._io_hook = None
 
     def _port_out(self, port: int, size: int, value: int) -> None:
-        self._io_in_progress = (port, size, True)
+        self._io_hook = (port, size, True)
         try:
             self._vm.dispatch(VmExit(ExitReason.PORT_OUT, eip=self._io_eip(port, size, True),
                                      port=port, size=size, value=value))
         finally:
-            self._io_in_progress = None
+            self._io_hook = None
 
     def _block_entered(self, address: int, _size: int) -> None:
         self._io_cursor = address
@@ -158,59 +217,39 @@ class DirectMode(ExecutionMode):
         otherwise): the first one with this port, size and direction after the one found last
         in the same engine block. A block is straight-line code, and each element of a rep
         string I/O instruction runs in an engine block of its own that starts at it."""
-        address = self._io_cursor
-        if address is None:
+        if self._io_cursor is None:
             return 0
-        dx = self.engine.reg("edx") & 0xFFFF
-        for _ in range(ENGINE_BLOCK_MAX_INSTRUCTIONS):
-            try:
-                code = self._guest_code(address, 16)
-            except UnbackedAccess:
-                break
-            length = instruction_length(code)
-            if length is None:
-                break
-            if _is_io_to(code, port, size, dx, out):
-                self._io_cursor = address + length
-                return address
-            address += length
-        return 0
+        found = self._find_io(self._io_cursor, port, size, self.engine.reg("edx") & 0xFFFF, out)
+        if found is None:
+            return 0
+        address, length = found
+        self._io_cursor = address + length
+        return address
 
     def rerun_block(self, address: int) -> None:
         """From a translation hook (Engine.on_translation) that added hooks the block just
         translated at `address` lacks (it is invalidated): end the run in front of it, none of
         it run, and run again from its start, newly translated."""
-        if self._pending_exit is None:
-            self._pending_exit = VmExit(ExitReason.EVENT, eip=address)
-            self._pending_exit_eip = address
-            self._rerun = True
         self._stopped_between_blocks = True
-        self.engine.stop()
+        self.record_stop(StopKind.RERUN_BLOCK, address)
 
     def _end_run(self) -> None:
-        self._end_run_requested = True
-        if self._io_in_progress is not None and self._stale_eip_check is None:
-            # Inside an I/O hook the engine's EIP is the start of its block; remember it and
-            # the I/O instruction to find where the engine really stops (_resume_point).
-            self._stale_eip_check = (self.engine.reg("eip"), self.engine.reg("edx") & 0xFFFF,
-                                     *self._io_in_progress)
-        self.engine.stop()
+        # Inside an I/O hook the engine's EIP is the start of its block; remember it and the
+        # I/O instruction to find where the engine really stops (_resume_point).
+        io_hook = self._io_hook
+        self.record_stop(StopKind.END_RUN, None if io_hook is None else
+                         (self.engine.reg("eip"), self.engine.reg("edx") & 0xFFFF, *io_hook))
 
-    def _resume_point(self, eip: int) -> int:
+    def _resume_point(self, eip: int, check: Optional[tuple]) -> int:
         """Where a run stopped from an I/O hook really ended. Unicorn 2.1.1 honours the stop
         at the next instruction that touches memory in the same engine block, abandoning it
         with EIP left at the block's start (tests/test_engine.py pins this): when EIP is that
         start, it is the first memory-touching instruction after the I/O one, if any."""
-        check, self._stale_eip_check = self._stale_eip_check, None
         if check is None or eip != check[0]:
             return eip
         block_start, dx, port, size, out = check
-        address, seen_io = block_start, False
-        for _ in range(ENGINE_BLOCK_MAX_INSTRUCTIONS):
-            try:
-                code = self._guest_code(address, 16)
-            except UnbackedAccess:
-                break
+        seen_io = False
+        for address, code, _length in self._instructions_from(block_start):
             insn = decode(code, address)
             if insn is None:
                 break
@@ -220,7 +259,6 @@ class DirectMode(ExecutionMode):
                 seen_io = True
             elif insn.group(CS_GRP_JUMP) or insn.group(CS_GRP_CALL) or insn.group(CS_GRP_RET):
                 break
-            address += insn.size
         return eip
 
     # -- debugger: a code hook per breakpoint, the engine's count for single steps ---------------
@@ -238,8 +276,7 @@ class DirectMode(ExecutionMode):
         if self.debugger.resume_over == address:
             self.debugger.resume_over = None      # resuming from this breakpoint: run it once
             return
-        self._hit_breakpoint = True
-        self.engine.stop()                        # stops before the instruction executes
+        self.record_stop(StopKind.BREAKPOINT)     # stops before the instruction executes
 
     def end_run_after_io(self, port: int, size: int) -> None:
         """Stop the engine after this OUT: in a counted run the stop lands right in front of the
@@ -275,8 +312,7 @@ class DirectMode(ExecutionMode):
         if self._if_may_be_set:
             self._if_may_be_set -= 1
             if not self._if_may_be_set and self.engine.reg("eflags") & IF:
-                self._window_open = True
-                self.engine.stop()                # before the instruction at `address`
+                self.record_stop(StopKind.WINDOW)     # before the instruction at `address`
                 return
         try:
             code = self._guest_code(address, 2)
@@ -294,24 +330,14 @@ class DirectMode(ExecutionMode):
         next one that touches memory, and the instructions before it run: their port accesses,
         exceptions and int n are ignored (_interrupt_hook), and the saved state comes back, so
         that none of them happened (each runs again after the guest's #GP handler)."""
-        self._denied_io = (self.engine.save_state(), self.engine.reg("eip"), self.engine.reg("edx") & 0xFFFF,
-                           port, size, self._io_in_progress[2])
-        self.engine.stop()
+        self.record_stop(StopKind.DENIED_IO, (self.engine.save_state(), self.engine.reg("eip"),
+                                              self.engine.reg("edx") & 0xFFFF, port, size, self._io_hook[2]))
 
-    def _denied_io_exit(self) -> VmExit:
-        (state, eip, dx, port, size, out), self._denied_io = self._denied_io, None
+    def _denied_io_exit(self, denied: tuple) -> VmExit:
+        state, start, dx, port, size, out = denied
         self.engine.restore_state(state)
-        for _ in range(ENGINE_BLOCK_MAX_INSTRUCTIONS):   # from the block start to the instruction
-            try:
-                code = self._guest_code(eip, 16)
-            except UnbackedAccess:
-                break
-            if _is_io_to(code, port, size, dx, out):
-                break
-            length = instruction_length(code)
-            if length is None:
-                break
-            eip += length
+        found = self._find_io(start, port, size, dx, out)       # from the block start to it
+        eip = found[0] if found is not None else start
         self.engine.set_reg("eip", eip)
         return VmExit(ExitReason.EXCEPTION, eip=eip, vector=GP, error_code=0)
 
@@ -321,19 +347,9 @@ class DirectMode(ExecutionMode):
         straight-line code with this port and size (an earlier one would have stopped the run
         already), so decode forward to it; the run ends just after it."""
         snapshot = self.cpu.snapshot()
-        eip = snapshot["eip"]
-        for _ in range(ENGINE_BLOCK_MAX_INSTRUCTIONS):
-            try:
-                code = self._guest_code(eip, 16)
-            except UnbackedAccess:
-                break
-            length = instruction_length(code)
-            if length is None:
-                break
-            if _is_out_to(code, port, size, snapshot["edx"] & 0xFFFF):
-                snapshot["eip"] = eip + length
-                break
-            eip += length
+        found = self._find_io(snapshot["eip"], port, size, snapshot["edx"] & 0xFFFF, out=True)
+        if found is not None:
+            snapshot["eip"] = found[0] + found[1]
         self._eip_after_io = snapshot["eip"]
         return snapshot
 
@@ -343,18 +359,16 @@ class DirectMode(ExecutionMode):
         #GP(0) with SYSENTER_CS 0; neither is modelled further, as under bt)."""
         eip = self.engine.reg("eip")                 # at the instruction (Unicorn passes it after)
         vector = UD if name == "syscall" else GP
-        self._pending_exit = VmExit(ExitReason.EXCEPTION, eip=eip, vector=vector, error_code=0)
-        self._pending_exit_eip = eip
-        self.engine.stop()
+        self.record_stop(StopKind.EXIT, (VmExit(ExitReason.EXCEPTION, eip=eip, vector=vector, error_code=0), eip))
 
     def _interrupt_hook(self, vm, vector: int) -> None:
-        if self._denied_io is not None:      # after a refused port access: never happened
+        if self.io_denied:      # after a refused port access: never happened
             self.engine.reset_exception_state()
             return
         if vector != PF_VEC:
             if self._fetch_exit is not None:
                 self._clear_fetch_exit()
-        elif self.pager is None and self._fetch_ahead(self.engine.reg("eip"), self.engine.reg("cr2")):
+        elif self.paging is None and self._fetch_ahead(self.engine.reg("eip"), self.engine.reg("cr2")):
             self.engine.reset_exception_state()     # (no pager: the engine walks the guest's tables)
             return
         self._on_interrupt(vm, vector)
@@ -416,8 +430,112 @@ class DirectMode(ExecutionMode):
         return VmExit(ExitReason.EXCEPTION, eip=eip, vector=vector, error_code=error_code,
                       software=software, fault_eip=fault_eip)
 
+    # -- guest paging (trap, vt: the service is vmm/guest_paging.py) ------------------------------
+    def control_register_written(self, number: int, old: int) -> None:
+        """The guest wrote CR0, CR3 or CR4 (virtual under trap and vt, written by emulation only)."""
+        change = self.paging.control_register_written(number, old)
+        engine = self.engine
+        if isinstance(change, PagingOff):
+            if not self.paging.virtual_tlb:
+                engine.set_reg("cr0", engine.reg("cr0") & ~CR0_PG)
+        elif change is not None and change.directory is not None:    # shadow paging: the engine
+            engine.set_reg("cr3", change.directory)                   # walks the shadow
+            engine.set_reg("cr0", engine.reg("cr0") | CR0_PG | CR0_WP)
+
+    def ring_changed(self) -> None:
+        directory = self.paging.ring_changed()
+        if directory is not None:
+            self.engine.set_reg("cr3", directory)
+
+    def invalidate_page(self, linear: int) -> None:
+        self.paging.invalidate_page(linear)
+
+    def _fetch(self, linear: int, size: int) -> bytes:
+        """Guest code at a linear address, for a decoder (b"" where none can be fetched)."""
+        return self.code_view.fetch_code(linear, size)
+
+    def paging_interrupt(self, vm, vector: int) -> bool:
+        """The interrupt hook's share of guest paging: True when the exception was the monitor's
+        own (a hidden page fault, the single step that ends a loan) or became the guest's #PF."""
+        if self.paging is None:
+            return False
+        engine = self.engine
+        if vector == PF_VEC and not self.paging.virtual_tlb and self.paging.on \
+                and not engine.last_exception_info()[1]:
+            self._page_fault(vm)
+            return True
+        if self.loan.active:
+            guest_step = self.loan.guest_tf
+            self._end_loan()
+            if vector == DB and not guest_step:      # the single step that ends a loan
+                engine.reset_exception_state()
+                return True
+        return False
+
+    def _page_fault(self, vm) -> None:
+        """A page fault of the engine on the shadow: a hidden fault fills it and the instruction
+        runs again; a store the shadow keeps read-only (into a guest page table) is carried out
+        (a plain mov) or runs with the page lent writable and the real TF set, so that the
+        single-step trap right after it takes the permission back; a true fault is the guest's
+        #PF, with CR2 in the virtual CPU."""
+        engine = self.engine
+        error_code, _software = engine.last_exception_info()
+        linear, eip = engine.reg("cr2"), engine.reg("eip")
+        write = bool(error_code & 2)
+        verdict = self.paging.fault(linear, write, self.cpu.cpl == 3, lambda: self._fetch(eip, 16), engine.reg)
+        if isinstance(verdict, GuestPF):
+            self._end_loan()
+            engine.reset_exception_state()
+            if not self._fetch_ahead(eip, verdict.fault.linear):
+                vm.dispatch(self.paging.guest_page_fault(verdict.fault, eip))
+            return
+        if isinstance(verdict, NoMemory):
+            self._end_loan()
+            engine.reset_exception_state()
+            self.record_stop(StopKind.EXIT, (VmExit(
+                ExitReason.MEMORY_FAULT, eip=eip, detail=f"{'write' if write else 'read'} of no memory at "
+                                                         f"{linear:#x} (physical {verdict.physical:#x})"), None))
+            return
+        engine.reset_exception_state()
+        if isinstance(verdict, Traced):     # a plain mov, carried out: the guest goes on after it
+            engine.set_reg("eip", eip + verdict.length)
+        elif isinstance(verdict, Lend):     # anything else: one instruction, lent
+            self.paging.lend(linear)
+            self.loan.begin()
+
+    def _end_loan(self) -> None:
+        """The lent store ran (or faulted): protect the page table again, give TF back."""
+        self.loan.end()
+        self.paging.end_loans()
+
     def _tlb_refused(self, vm) -> VmExit:
-        raise MonitorBug("the engine's virtual TLB is only used by modes with nested paging")
+        """Nested paging refused an access (EIP at the instruction): the guest's #PF, or memory
+        it does not have."""
+        if self.paging is None:
+            raise MonitorBug("the engine's virtual TLB is only used by modes with nested paging")
+        page, access, _present = self.paging.refusal
+        eip, write = self.engine.reg("eip"), access == "write"
+        if access == "fetch":
+            linear = max(page, eip)
+        else:
+            linear = self.paging.refused_address(self._fetch(eip, 16), eip, self.engine.reg, self.engine.segment_base)
+        if not self.memory.monitor.contains(linear, 1):
+            verdict = self.paging.fault(linear, write, self.cpu.cpl == 3, lambda: self._fetch(eip, 16), self.engine.reg)
+            if isinstance(verdict, Hidden):
+                return VmExit(ExitReason.EVENT, eip=eip)        # allowed by now: run it again
+            if isinstance(verdict, GuestPF):
+                if access == "fetch" and self._fetch_ahead(eip, verdict.fault.linear):
+                    return VmExit(ExitReason.EVENT, eip=eip)    # run again up to the page
+                return self.paging.guest_page_fault(verdict.fault, eip)
+        return VmExit(ExitReason.MEMORY_FAULT, eip=eip,
+                      detail=f"{'write' if write else 'read'} of no memory at {linear:#x}")
+
+    def paging_counters(self) -> dict:
+        """The monitor's paging work, whenever it does any (trap; vt with shadow paging): vt's
+        nested paging is the engine's own MMU and counts nothing."""
+        if self.paging is None:
+            return {}
+        return {"shadow_paging": self.paging.counters_report()}
 
     def _instruction_at(self, eip: int):
         try:
@@ -439,87 +557,87 @@ class DirectMode(ExecutionMode):
 
     def execute(self, vm) -> VmExit:
         while True:
-            vm_exit = self._run_engine(vm)
-            rerun, self._rerun = self._rerun, False
+            vm_exit, stop = self._run_engine(vm)
             # A run that ended only for a block to be translated again (rerun_block) goes on:
             # no exit of the guest's, nothing for the run loop (its instructions are retired).
-            if not (rerun and vm_exit.reason is ExitReason.EVENT) or vm.stop_requested or vm.limits.stop_due:
+            if not (stop is StopKind.RERUN_BLOCK and vm_exit.reason is ExitReason.EVENT) \
+                    or vm.stop_requested or vm.limits.stop_due:
                 return vm_exit
 
-    def _run_engine(self, vm) -> VmExit:
+    def _run_engine(self, vm) -> tuple[VmExit, Optional[StopKind]]:
+        """One run of the engine: its exit and the kind of stop a hook recorded (None: none)."""
         engine = vm.engine
         count = vm.run_budget()
         debugger = self.debugger
         stepping = debugger is not None and debugger.stepping
         if debugger is not None and debugger.interrupted:
-            return VmExit(ExitReason.DEBUG, eip=engine.reg("eip"))
-        self._hit_breakpoint = False
+            return VmExit(ExitReason.DEBUG, eip=engine.reg("eip")), None
+        self._stop = None
         counted = bool(count) and not stepping
         if counted:
             cause, count = self._run_counted(vm, count)
         else:
             cause = engine.run(engine.reg("eip"), vm.until_address, count=1 if stepping else 0)
-        vm_exit = self._exit_after_run(vm, cause, count if counted else 0, stepping)
-        if counted and (vm_exit.reason is not ExitReason.EVENT or self._cut_short):
+        stop, self._stop = self._stop, None
+        vm_exit, cut_short = self._exit_after_run(vm, cause, stop, count if counted else 0, stepping)
+        if counted and (vm_exit.reason is not ExitReason.EVENT or cut_short):
             vm.retire(self._ran_early)       # a run that ended before its count: what it ran
-        return vm_exit
+        return vm_exit, stop.kind if stop is not None else None
 
-    def _exit_after_run(self, vm, cause, count: int, stepping: bool) -> VmExit:
-        """Why the engine returned. count: the instructions a counted run was given (0: none)."""
+    def _exit_after_run(self, vm, cause, stop: Optional[PendingStop], count: int,
+                        stepping: bool) -> tuple[VmExit, bool]:
+        """Why the engine returned: the stop a hook recorded, else the engine's own cause.
+        count: the instructions a counted run was given (0: none). Also whether the run was
+        cut short (ended before its count: what it ran is retired by the caller)."""
         engine, debugger = self.engine, self.debugger
-        self._cut_short = False
         self._stopped_between_blocks = False
         fetch_exit = self._fetch_exit
         if fetch_exit is not None:       # whatever ended the run, the exit goes
             self._clear_fetch_exit()
-        if self._denied_io is not None:
-            return self._denied_io_exit()
-        if self._pending_exit is not None:
-            pending, self._pending_exit = self._pending_exit, None
-            if self._pending_exit_eip is not None:     # the faulting syscall/sysenter, the
-                engine.set_reg("eip", self._pending_exit_eip)      # instruction vt emulates, or
-                self._pending_exit_eip = None                      # a block to run again
-            self._cut_short = pending.reason is ExitReason.EVENT   # (what ran is retired)
-            return pending
-        if self._window_open:           # the guest set IF with an interrupt waiting
-            self._window_open = False
-            self._end_run_requested = False
-            self._cut_short = True
-            return VmExit(ExitReason.EVENT, eip=engine.reg("eip"))
+        kind = stop.kind if stop is not None else None
+        if kind is StopKind.DENIED_IO:
+            return self._denied_io_exit(stop.data), False
+        if kind is StopKind.EXIT:        # the faulting syscall/sysenter, the instruction vt
+            vm_exit, eip = stop.data     # emulates, trap's hlt, a fault of guest paging
+            if eip is not None:
+                engine.set_reg("eip", eip)
+            return vm_exit, False
+        if kind is StopKind.RERUN_BLOCK:     # (what ran is retired)
+            engine.set_reg("eip", stop.data)
+            return VmExit(ExitReason.EVENT, eip=stop.data), True
+        if kind is StopKind.WINDOW:      # the guest set IF with an interrupt waiting
+            return VmExit(ExitReason.EVENT, eip=engine.reg("eip")), True
         if vm.stop_requested:           # (a port hook's stop: where the run ends is after its OUT)
             eip = self._eip_after_io if self._eip_after_io is not None else engine.reg("eip")
             self._eip_after_io = None
-            return VmExit(ExitReason.STOP_REQUEST, eip=eip)
+            return VmExit(ExitReason.STOP_REQUEST, eip=eip), False
         eip = engine.reg("eip")
-        if self._end_run_requested:     # cut short: what it ran is retired by the caller
-            self._end_run_requested = False
-            eip = self._resume_point(eip)
+        if kind is StopKind.END_RUN:     # cut short: what it ran is retired by the caller
+            eip = self._resume_point(eip, stop.data)
             engine.set_reg("eip", eip)
             if self._byte_before(eip) != HLT_OPCODE:
-                self._cut_short = True
-                return VmExit(ExitReason.EVENT, eip=eip)
-            return VmExit(ExitReason.HLT, eip=eip - 1)
+                return VmExit(ExitReason.EVENT, eip=eip), True
+            return VmExit(ExitReason.HLT, eip=eip - 1), False
         if fetch_exit == eip and cause is StopCause.RETURNED and not stepping:   # the code before the page ran
-            self._cut_short = True
-            return VmExit(ExitReason.EVENT, eip=eip)
-        if debugger is not None and (stepping or self._hit_breakpoint or debugger.interrupted):
+            return VmExit(ExitReason.EVENT, eip=eip), True
+        if debugger is not None and (stepping or kind is StopKind.BREAKPOINT or debugger.interrupted):
             if cause is not StopCause.MEMORY_FAULT:
-                return VmExit(ExitReason.DEBUG, eip=eip)
+                return VmExit(ExitReason.DEBUG, eip=eip), False
         if vm.limits.stop_due:
-            return vm.limits.watchdog_exit(eip)
+            return vm.limits.watchdog_exit(eip), False
         if cause is StopCause.MEMORY_FAULT:
-            return VmExit(ExitReason.MEMORY_FAULT, eip=eip, detail=engine.memory_fault.message)
+            return VmExit(ExitReason.MEMORY_FAULT, eip=eip, detail=engine.memory_fault.message), False
         if cause is StopCause.TLB_REFUSED:
-            self._cut_short = True          # what ran before the refusal counts, even if it runs again
-            return self._tlb_refused(vm)
+            # what ran before the refusal counts, even if it runs again
+            return self._tlb_refused(vm), True
         if count:
             # Only `hlt` and an exhausted count return quietly. hlt leaves EIP just past itself;
             # the count stops before an instruction. A count that ran out right after a
             # non-hlt instruction ending in byte F4 would be taken for hlt.
             if self._byte_before(eip) != HLT_OPCODE:
                 vm.retire(count)
-                return VmExit(ExitReason.EVENT, eip=eip)
-        return VmExit(ExitReason.HLT, eip=eip - 1)
+                return VmExit(ExitReason.EVENT, eip=eip), False
+        return VmExit(ExitReason.HLT, eip=eip - 1), False
 
     def _run_counted(self, vm, count: int):
         """Run exactly `count` instructions (the engine's count), except that an instruction
@@ -548,9 +666,8 @@ class DirectMode(ExecutionMode):
         follows engine blocks (trap's hole watch), the block running was left there."""
 
     def _stopped_early(self, vm, cause) -> bool:
-        return (cause is not StopCause.RETURNED or vm.stop_requested or self._end_run_requested
-                or self._denied_io is not None or self._window_open or self._pending_exit is not None
-                or self._hit_breakpoint or vm.limits.stop_due
+        return (cause is not StopCause.RETURNED or vm.stop_requested or self._stop is not None
+                or vm.limits.stop_due
                 or self._byte_before(self.engine.reg("eip")) == HLT_OPCODE
                 or self.engine.reg("eip") == self._fetch_exit)
 

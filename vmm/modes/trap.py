@@ -11,7 +11,7 @@ real IOPL is 0 (cli/sti fault), and the real EFLAGS.IF is the guest's virtual IF
 sets it when it emulates cli/sti/iret, and a native popf silently cannot. Guest ring 3 runs at
 ring 3 too; which ring the guest is in is virtual (TrapCpu.virtual_cpl).
 
-Guest paging (vmm/modes/untranslated_paging.py): shadow page tables with ring compression (the
+Guest paging (vmm/guest_paging.py, as DirectMode uses it): shadow page tables with ring compression (the
 kernel and its processes both run at CPL 3, so each guest address space has a kernel view and a
 user view, and the engine's CR3 follows the guest's ring), or nested paging.
 
@@ -35,9 +35,8 @@ from translator.classify import Category, traps_when_deprivileged
 from translator.decoder import Decoder, GuestInstruction
 from vmm.cpu import GuestCpu
 from vmm.exits import ExitReason, VmExit
-from vmm.guest_view import GuestView
-from vmm.modes.direct import DirectMode
-from vmm.modes.untranslated_paging import UntranslatedPaging
+from vmm.guest_paging import GuestPaging
+from vmm.modes.direct import DirectMode, StopKind
 from vmm.monitor_layout import SHADOW_GDT_OFFSET, SHADOW_LDT_OFFSET
 from vmm.shadow_tables import ShadowTables
 from vmm.x86 import GP, IOPL_MASK, NP, SS, TS, SegmentDescriptor
@@ -163,7 +162,7 @@ class TrapCpu(GuestCpu):
             self.engine.set_table_register("tr", *self.tables["tr"], self.engine.table_selector("tr"))
 
 
-class TrapAndEmulateMode(UntranslatedPaging, DirectMode):
+class TrapAndEmulateMode(DirectMode):
     name = "trap"
     options = frozenset({"watch_holes"})
     paging_schemes = ("shadow", "nested")
@@ -179,10 +178,9 @@ class TrapAndEmulateMode(UntranslatedPaging, DirectMode):
     def attach(self, vm) -> GuestCpu:
         super().attach(vm)
         shadow = ShadowTables(vm.engine, vm.memory, SHADOW_GDT_OFFSET, SHADOW_LDT_OFFSET, kernel_ring=REAL_RING,
-                              read=lambda linear, size: self._quiet_view.read(linear, size))
-        self.cpu = TrapCpu(vm.engine, shadow, self)
-        self._quiet_view = GuestView(self.cpu, vm.memory, cpu_access=False)
-        self.attach_paging(vm, self.paging_scheme, ring_compression=True)
+                              read=lambda linear, size: self.code_view.read(linear, size))
+        self.use_cpu(TrapCpu(vm.engine, shadow, self))
+        self.paging = GuestPaging.untranslated(vm, self.cpu, self.paging_scheme, ring_compression=True)
         self.decoder = Decoder(self._fetch)
         self.traps: Counter = Counter()                 # emulated instructions, by mnemonic
         # The hole watch: engine blocks are scanned when the engine translates them; those
@@ -219,7 +217,7 @@ class TrapAndEmulateMode(UntranslatedPaging, DirectMode):
     def _interrupt_hook(self, vm, vector: int) -> None:
         # An exception (any: a hidden page fault too) ends the engine block it comes from, at
         # EIP; after a refused port access nothing that follows happened (the run's end says).
-        if self._current is not None and self._denied_io is None:
+        if self._current is not None and not self.io_denied:
             self._block_left(self.engine.reg("eip"))
         super()._interrupt_hook(vm, vector)
 
@@ -241,8 +239,7 @@ class TrapAndEmulateMode(UntranslatedPaging, DirectMode):
                 self.traps[instruction.insn.mnemonic] += 1
                 if instruction.rule.procedure == HLT_PROCEDURE and self.cpu.cpl == 0:
                     engine.set_reg("eip", instruction.end)
-                    self._pending_exit = VmExit(ExitReason.HLT, eip=eip)
-                    engine.stop()
+                    self.record_stop(StopKind.EXIT, (VmExit(ExitReason.HLT, eip=eip), None))
                     return
                 vm.dispatch(VmExit(ExitReason.CALLOUT, eip=eip, instruction=instruction))
                 return

@@ -28,7 +28,7 @@ bitmap took, by vector in `vt_exception_exits`), and the monitor's own work that
 Memory: nested paging by default (the engine's MMU walks the guest's tables, the second level
 being the engine's physical memory map of guest RAM through the physical-to-machine map: no
 exits for paging at all). `--paging shadow` models VT-x without EPT: the monitor keeps shadow
-page tables (vmm/modes/untranslated_paging.py), the guest's control registers are virtual,
+page tables (vmm/guest_paging.py), the guest's control registers are virtual,
 and the exits that needs are forced on: cr_access and invlpg (emulated at the exit, never run
 natively) and page faults (the exception bitmap's #PF: hidden faults, tracing faults).
 """
@@ -41,9 +41,8 @@ from translator.decoder import Decoder
 from vmm.cpu import GuestCpu
 from vmm.errors import ConfigError
 from vmm.exits import ExitReason, VmExit
-from vmm.memory import PageFault, UnbackedAccess
-from vmm.modes.direct import DirectMode
-from vmm.modes.untranslated_paging import UntranslatedPaging
+from vmm.guest_paging import GuestPaging
+from vmm.modes.direct import DirectMode, StopKind
 from vmm.x86 import CR0_PG, CR0_WP, PF_VEC
 
 EVENT_EXITS = ("io", "hlt", "cpuid", "external_interrupt", "exception")
@@ -136,20 +135,15 @@ class ShadowedControlCpu(GuestCpu):
         write, where a hidden page fault cannot be taken: fill the shadow for it first."""
         if not self.control[0] & CR0_PG:
             return
-        pager = self.mode.pager
         for selector in selectors:
             if not selector & 0xFFFC:
                 continue
             base, _limit = self.table_register("ldtr" if selector & 4 else "gdtr")
             for linear in {(base + (selector & ~7)) & ~0xFFF, (base + (selector & ~7) + 7) & ~0xFFF}:
-                if pager.frame_of(linear) is None:
-                    try:
-                        pager.fill(linear & 0xFFFFFFFF, False, False)
-                    except (PageFault, UnbackedAccess):
-                        pass              # the engine's read faults as the CPU's would
+                self.mode.paging.prefill(linear)
 
 
-class HardwareAssistedMode(UntranslatedPaging, DirectMode):
+class HardwareAssistedMode(DirectMode):
     name = "vt"
     options = frozenset({"vt_exits"})
     paging_schemes = ("nested", "shadow")
@@ -171,8 +165,9 @@ class HardwareAssistedMode(UntranslatedPaging, DirectMode):
         cpu = super().attach(vm)
         self._vm = vm
         if self.paging_scheme == "shadow":
-            self.cpu = cpu = ShadowedControlCpu(vm.engine, self)
-            self.attach_paging(vm, "shadow", ring_compression=False)
+            self.use_cpu(ShadowedControlCpu(vm.engine, self))
+            cpu = self.cpu
+            self.paging = GuestPaging.untranslated(vm, cpu, "shadow", ring_compression=False)
             self.engine.set_reg("cr0", self.engine.reg("cr0") | CR0_WP)
         vm.engine.on_cpuid(self._cpuid)
         self._watched = {procedure: reason for reason, procedures in INSTRUCTION_EXITS.items()
@@ -202,12 +197,12 @@ class HardwareAssistedMode(UntranslatedPaging, DirectMode):
         super()._port_out(port, size, value)
 
     def _cpuid(self) -> bool:
-        if "cpuid" in self.controls and not self._denied_io:     # (not run: DirectMode.deny_io)
+        if "cpuid" in self.controls and not self.io_denied:     # (not run: DirectMode.deny_io)
             self._exit("cpuid")
         return False                      # the guest sees the engine's CPUID, as under direct
 
     def _on_interrupt(self, vm, vector: int) -> None:
-        if "exception" in self.controls or (vector == PF_VEC and self.pager is not None):
+        if "exception" in self.controls or (vector == PF_VEC and self.paging is not None):
             self._exit("exception")
             self.vt_exception_exits[vector] += 1
         if self.paging_interrupt(vm, vector):
@@ -276,15 +271,14 @@ class HardwareAssistedMode(UntranslatedPaging, DirectMode):
             if self._vm.emulator.switches_task(instruction):
                 # Performed from the run loop, not in this hook: a switch may change the CPL,
                 # which the engine does by restoring a saved context (not safe in a code hook).
-                self._pending_exit = VmExit(ExitReason.CALLOUT, eip=instruction.address, instruction=instruction)
-                self._pending_exit_eip = instruction.address
-                self.engine.stop()
+                self.record_stop(StopKind.EXIT, (VmExit(ExitReason.CALLOUT, eip=instruction.address,
+                                                        instruction=instruction), instruction.address))
             return
-        if (self.engine.reg("cs") & 3 and reason in SHADOW_PAGING_EXITS) or self._denied_io \
+        if (self.engine.reg("cs") & 3 and reason in SHADOW_PAGING_EXITS) or self.io_denied \
                 or _undefined_control_register(instruction):
             return
         self._exit(reason)
-        if self.pager is not None and reason in SHADOW_PAGING_EXITS:
+        if self.paging is not None and reason in SHADOW_PAGING_EXITS:
             self._vm.dispatch(VmExit(ExitReason.CALLOUT, eip=instruction.address, instruction=instruction))
 
     def counters(self) -> dict:

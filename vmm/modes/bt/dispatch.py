@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 from capstone.x86_const import X86_INS_STI, X86_OP_MEM
@@ -21,6 +20,7 @@ from vmm.errors import MonitorBug
 from vmm.exits import ExitReason, VmExit
 from vmm.guest_view import GuestView
 from vmm.memory import PageFault, UnbackedAccess
+from vmm.modes import PendingStop
 from vmm.modes.bt.stops import CacheExit, CacheExitKind, Exit, Outcome, Resume, RunOneShot
 from vmm.monitor_layout import ARENA_SLOT_SIZE, MONITOR_LINEAR
 from vmm.x86 import AF, CF, GP, NM, OF, PF, PF_VEC, SF, UD, ZF, nm_is_ud
@@ -39,12 +39,6 @@ class StopKind(enum.Enum):
     DENIED_IO = "denied_io"               # I/O the TSS bitmap refuses (data: the registers the hook saw)
     END_RUN = "end_run"                   # a device asked the run to end right after an OUT
     START_COUNTING = "start_counting"     # the guest began to use time: blocks count from the next run
-
-
-@dataclass(frozen=True)
-class PendingStop:
-    kind: StopKind
-    data: object = None
 
 
 class TranslatedCode:
@@ -132,10 +126,9 @@ class Dispatcher:
     """Runs translated code and handles what brings it back. Hooks record one PendingStop (the
     first wins); each cache exit is handled to an Outcome (Resume | RunOneShot | Exit)."""
 
-    def __init__(self, vm, engine, cpu, memory, cache, code: TranslatedCode, decoder, pager, budget, faults,
+    def __init__(self, vm, engine, cpu, memory, cache, code: TranslatedCode, decoder, paging, budget, faults,
                  scratch_view, block_for: Callable, deprivileged: Callable[[], bool],
-                 enter_deprivileged: Callable[[int], int], guest_paging: Callable[[], bool],
-                 count: Callable[[str], None], chaining: bool) -> None:
+                 enter_deprivileged: Callable[[int], int], count: Callable[[str], None], chaining: bool) -> None:
         self.vm = vm
         self.engine = engine
         self.cpu = cpu
@@ -143,14 +136,13 @@ class Dispatcher:
         self.cache = cache
         self.code = code
         self.decoder = decoder
-        self.pager = pager
+        self.paging = paging
         self.budget = budget
         self.faults = faults
         self.scratch_view = scratch_view
         self.block_for = block_for
         self.deprivileged = deprivileged
         self.enter_deprivileged = enter_deprivileged
-        self.guest_paging = guest_paging
         self.count = count
         self.chaining = chaining
         self.debugger = vm.debugger
@@ -357,7 +349,7 @@ class Dispatcher:
         if site.kind is ExitKind.UNDECODABLE:
             return Exit(self._undecodable(site.guest_eip))
         if site.kind is ExitKind.NO_MEMORY:
-            if self.guest_paging():
+            if self.paging.on:
                 return self.faults.fetch_fault(stop, site.guest_eip)
             return Exit(VmExit(ExitReason.MEMORY_FAULT, eip=site.guest_eip,
                                detail=f"fetch of no memory at {site.guest_eip:#x}"))
@@ -393,9 +385,9 @@ class Dispatcher:
         CPU (and QEMU) fetches that one up to its 16th byte first: a page fault there wins."""
         if not self.decoder.too_long(guest_eip):
             return VmExit(ExitReason.EXCEPTION, eip=guest_eip, vector=UD)
-        if self.guest_paging():
+        if self.paging.on:
             try:
-                self.pager.translate((guest_eip + MAX_INSTRUCTION_LENGTH) & 0xFFFFFFFF, self.cpu.cpl == 3)
+                self.paging.code_address((guest_eip + MAX_INSTRUCTION_LENGTH) & 0xFFFFFFFF)
             except PageFault as fault:
                 return self.faults.guest_page_fault(fault)
         return VmExit(ExitReason.EXCEPTION, eip=guest_eip, vector=GP, error_code=0)

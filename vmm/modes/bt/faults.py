@@ -9,26 +9,28 @@ from typing import Callable, Optional
 
 from translator.decoder import PAGE_SIZE
 from vmm.exits import ExitReason, VmExit
-from vmm.memory import PageFault, UnbackedAccess
+from vmm.guest_paging import GuestPF, Hidden, NoMemory, Traced
+from vmm.memory import PageFault
 from vmm.monitor_layout import MONITOR_LINEAR, VCPU_PRIVILEGED_OFFSET, VCPU_PRIVILEGED_SIZE
 from vmm.errors import MonitorBug
 from vmm.modes.bt.stops import CacheExit, CacheExitKind, Exit, Outcome, Resume, RunOneShot
-from vmm.x86 import CR0_PG, GP, PF_VEC
+from vmm.x86 import GP, PF_VEC
 
 
 class CacheFaults:
-    """Handles the page faults and fetch faults of translated code. Given the cache, the pager,
-    guest memory, the engine and the virtual CPU, plus what it cannot own: `locate(host)` (the
+    """Handles the page faults and fetch faults of translated code. Given the cache, the guest-
+    paging service (vmm/guest_paging.py: it classifies each fault, this acts on the verdict with
+    one-shots), guest memory, the engine and the virtual CPU, plus what it cannot own: `locate(host)` (the
     guest EIP and registers to restore at a host address), `restore(registers)`, the budget,
     `protect_page(page, protect)`, `block_for(eip)` (the translation to resume at after a remap)
     and `count(kind)` (the cache-exit counters)."""
 
-    def __init__(self, cache, pager, memory, engine, cpu, budget,
+    def __init__(self, cache, paging, memory, engine, cpu, budget,
                  locate: Callable[[int], tuple[Optional[int], tuple]], restore: Callable[[tuple], None],
                  protect_page: Callable[[int, bool], None], block_for: Callable[[int], object],
                  count: Callable[[str], None]) -> None:
         self.cache = cache
-        self.pager = pager
+        self.paging = paging
         self.memory = memory
         self.engine = engine
         self.cpu = cpu
@@ -40,10 +42,6 @@ class CacheFaults:
         self.count = count
         self.reprotect: set[int] = set()     # code pages left writable for an SMC one-shot
 
-    @property
-    def guest_paging(self) -> bool:
-        return bool(self.cpu.control[0] & CR0_PG)
-
     def after_run(self) -> None:
         """After each engine run: code pages opened for a one-shot store are protected again,
         and pages the shadow lent writable go back."""
@@ -52,22 +50,19 @@ class CacheFaults:
                 if self.cache.page_has_code(page):
                     self.protect_page(page, True)
             self.reprotect = set()
-        if self.pager.lending:
-            self.pager.end_loans()
+        self.paging.end_loans()
 
     def guest_page_fault(self, fault: PageFault) -> VmExit:
         """A true fault: the guest's own tables refuse the access; it gets #PF with its CR2."""
         self.count("true_page_fault")
-        self.pager.counters["true_faults"] += 1
-        self.cpu.set_reg("cr2", fault.linear)
-        return VmExit(ExitReason.EXCEPTION, eip=self.cpu.eip, vector=PF_VEC, error_code=fault.error_code)
+        return self.paging.guest_page_fault(fault, self.cpu.eip)
 
     def refused_access(self) -> CacheExit:
         """Nested paging refused an access of the translated instruction at the engine's EIP:
         the stop a page fault there would have made, with the exact address."""
-        _page, access, present = self.pager.refusal
+        _page, access, present = self.paging.refusal
         host_eip, write = self.engine.reg64("rip"), access == "write"
-        address = self.pager.refused_address(self._host_code(host_eip), host_eip, self._host_register,
+        address = self.paging.refused_address(self._host_code(host_eip), host_eip, self._host_register,
                                              self._host_segment_base)
         user = 4 if self.cpu.cpl == 3 else 0
         return CacheExit(CacheExitKind.PAGE_FAULT, host_eip, vector=PF_VEC,
@@ -89,12 +84,11 @@ class CacheFaults:
         """Translated code reached an instruction whose bytes could not be fetched when it was
         translated. Fetch them again now: the guest's #PF if they still cannot be (CR2 at the
         first byte that cannot), else the mapping changed since: translate anew."""
-        user = self.cpu.cpl == 3
         try:
-            physical = self.pager.translate(guest_eip, user)
+            physical = self.paging.code_address(guest_eip)
             next_page = (guest_eip | (PAGE_SIZE - 1)) + 1
             if next_page - guest_eip < 15:
-                self.pager.translate(next_page & 0xFFFFFFFF, user)
+                self.paging.code_address(next_page & 0xFFFFFFFF)
         except PageFault as fault:
             return Exit(self.guest_page_fault(fault))
         if not self.memory.ram.contains(physical, 1):
@@ -119,32 +113,26 @@ class CacheFaults:
         if address >= MONITOR_LINEAR:
             return self._monitor_page_fault(stop)
         address &= 0xFFFFFFFF                # 4-8 GiB: the wrap of an FS/GS base plus offset
-        if self.guest_paging or self.pager.virtual_tlb:
-            try:
-                frame = self.pager.fill(address, write, bool(stop.error_code & 4))
-            except PageFault as fault:
-                self.to_guest_instruction(stop)
-                return Exit(self.guest_page_fault(fault))
-            except UnbackedAccess as error:
-                self.to_guest_instruction(stop)
-                self.count("memory_fault")
-                return Exit(VmExit(ExitReason.MEMORY_FAULT, eip=self.cpu.eip,
-                                   detail=f"{'write' if write else 'read'} of no memory at {address:#x} "
-                                          f"(physical {error.address:#x})"))
-            if frame is None:
+        if self.paging.on or self.paging.virtual_tlb:
+            verdict = self.paging.fault(address, write, bool(stop.error_code & 4),
+                                        lambda: self._host_code(stop.host_eip), self._host_register)
+            if isinstance(verdict, Hidden):
                 self.count("hidden_page_fault")
                 return Resume(stop.host_eip)
-            if frame in self.pager.traced and not self.cache.page_has_code(frame):
-                # a plain mov into a page table is carried out by the shadow, and translated
-                # code goes on after it without leaving its block
-                length = self.pager.store_plainly(self._host_code(stop.host_eip), self._host_register,
-                                                  address, frame)
-                if length is not None:
-                    self.count("tracing_fault")
-                    self.pager.counters["tracing_faults"] += 1
-                    return Resume(stop.host_eip + length)
+            if isinstance(verdict, Traced):
+                # a plain mov into a page table, carried out: translated code goes on after it
+                # without leaving its block
+                self.count("tracing_fault")
+                return Resume(stop.host_eip + verdict.length)
             guest_eip = self.to_guest_instruction(stop)
-            return self._write_watched(address, frame, guest_eip)
+            if isinstance(verdict, GuestPF):
+                return Exit(self.guest_page_fault(verdict.fault))
+            if isinstance(verdict, NoMemory):
+                self.count("memory_fault")
+                return Exit(VmExit(ExitReason.MEMORY_FAULT, eip=guest_eip,
+                                   detail=f"{'write' if write else 'read'} of no memory at {address:#x} "
+                                          f"(physical {verdict.physical:#x})"))
+            return self._write_watched(address, verdict.frame, guest_eip)
         guest_eip = self.to_guest_instruction(stop)
         page = address // PAGE_SIZE
         if not (write and stop.error_code & 1 and self.memory.ram.contains(address, 1)
@@ -192,14 +180,13 @@ class CacheFaults:
         if self.cache.page_has_code(frame):
             self.count("smc_store")
             self.cache.invalidate_range(frame * PAGE_SIZE + offset, min(16, PAGE_SIZE - offset), "smc")
-        elif frame in self.pager.traced:
-            self.count("tracing_fault")
-            self.pager.counters["tracing_faults"] += 1
+        elif self.paging.page_table(frame):
+            self.count("tracing_fault")     # (the service counted it for the report's paging)
         else:
             self.count("write_lent")
         if offset > PAGE_SIZE - 16:
-            following = self.pager.frame_of((address + 15) & 0xFFFFFFFF)
+            following = self.paging.frame_of((address + 15) & 0xFFFFFFFF)
             if following is not None and self.cache.page_has_code(following):
                 self.cache.invalidate_range(following * PAGE_SIZE, 16, "smc")
-        self.pager.lend_store(address)
+        self.paging.lend(address)
         return RunOneShot(guest_eip)

@@ -1,5 +1,6 @@
 """Binary translation, in the VMware style (the mode's facade: attach, execute, counters, dump,
-options, wiring its collaborators: vcpu, budget, faults, dispatch): guest code never runs as it
+options, wiring its collaborators: vcpu, budget, faults, dispatch, and the guest-paging service
+vmm/guest_paging.py): guest code never runs as it
 is. The guest's blocks are translated (translator/) into the translation cache (cache/) and run
 there, guest ring 0 deprivileged at CPL 1 and guest ring 3 at CPL 3, against a virtual CPU whose
 sensitive state lives in the monitor.
@@ -42,14 +43,13 @@ from vmm.modes.bt.vcpu import CODE64_SELECTOR, TranslatedCpu, VcpuBlock, code64_
 from vmm.shadow_tables import ShadowTables
 from vmm.nested_paging import NestedPaging
 from vmm.shadow_paging import ShadowPaging
+from vmm.guest_paging import GuestPaging, PagingOff
 from vmm.guest_view import GuestView
-from vmm.memory import PageFault, UnbackedAccess
 from vmm.monitor_layout import (ARENA_OFFSET, ARENA_SIZE, ARENA_SLOT_SIZE, ARENA_SLOTS, LOOKUP_OFFSET, LOOKUP_SIZE,
                                 MONITOR_LINEAR, PROFILE_OFFSET, PROFILE_SIZE, SCRATCH_OFFSET, SCRATCH_SIZE,
                                 SHADOW_GDT_OFFSET, SHADOW_GDT_SIZE, SHADOW_LDT_OFFSET, SHADOW_LDT_SIZE, STUB_OFFSET,
                                 STUB_SIZE, VCPU_OFFSET, VCPU_PRIVILEGED_OFFSET, VCPU_PRIVILEGED_SIZE, VCPU_SIZE)
 from vmm.monitor_paging import LongModeTables
-from vmm.x86 import CR0_PG, FPU_CONTROLS, flushes_tlb, fpu_controls
 
 
 # The monitor-region areas bt uses (offsets, sizes, where the TLB wants them): vmm/monitor_layout.py.
@@ -113,7 +113,7 @@ class BinaryTranslationMode(ExecutionMode):
         self.cache = TranslationCache(engine, arena, memory.monitor_view(LOOKUP_OFFSET, LOOKUP_SIZE),
                                       min(self.capacity, ARENA_SLOTS - 1), self._protect_page, MONITOR_LINEAR,
                                       memory.monitor_view(PROFILE_OFFSET, PROFILE_SIZE), PROFILE_OFFSET)
-        self.decoder = Decoder(self._fetch_code)
+        self.decoder = Decoder(lambda linear, size: self._quiet_view.fetch_code(linear, size))
         # The per-block instruction count (the budget prologue) is emitted only while someone
         # needs it: an instruction limit, or a guest that uses time (then from that moment on).
         self.emitter = Emitter(MonitorAddresses(VCPU_OFFSET, SCRATCH_OFFSET, LOOKUP_OFFSET, VCPU_PRIVILEGED_OFFSET))
@@ -125,16 +125,20 @@ class BinaryTranslationMode(ExecutionMode):
         self.vcpu_block = VcpuBlock(memory.monitor_view(VCPU_OFFSET, VCPU_SIZE),
                                     memory.monitor_view(VCPU_PRIVILEGED_OFFSET, VCPU_PRIVILEGED_SIZE))
         self.cpu = TranslatedCpu(self, self.vcpu_block)
-        self._quiet_view = GuestView(self.cpu, memory, cpu_access=False)
         code_frame = self.cache.page_has_code
         if self.paging_scheme == "nested":
             control = self.cpu.control
-            self.pager = NestedPaging(engine, memory, lambda: (control[0], control[3], control[4]),
-                                      lambda: self.cpu.cpl, code_frame,
-                                      supervisor_pages=frozenset({(memory.monitor.base + VCPU_PRIVILEGED_OFFSET) >> 12}),
-                                      monitor_linear=MONITOR_LINEAR)
+            pager = NestedPaging(engine, memory, lambda: (control[0], control[3], control[4]),
+                                 lambda: self.cpu.cpl, code_frame,
+                                 supervisor_pages=frozenset({(memory.monitor.base + VCPU_PRIVILEGED_OFFSET) >> 12}),
+                                 monitor_linear=MONITOR_LINEAR)
         else:
-            self.pager = ShadowPaging.build(memory, tables, self._flush_tlb, code_frame=code_frame)
+            pager = ShadowPaging.build(memory, tables, self._flush_tlb, code_frame=code_frame)
+        # translated code is 64-bit: the faulting instructions the service decodes are too
+        self.paging = GuestPaging(pager, self.cpu, engine, memory, address_bits=64)
+        # the translator's fetches go through the pager's TLB (stale code runs until the
+        # guest's flush, as on QEMU), and reach guest RAM only
+        self._quiet_view = GuestView(self.cpu, memory, cpu_access=False, code_address=self.paging.code_address)
         self.tracer = vm.tracer
         self.debugger = vm.debugger
         if self.debugger is not None:
@@ -143,12 +147,11 @@ class BinaryTranslationMode(ExecutionMode):
         self.chaining = not vm.tracer.exec
         self.cache.use_lookup_table = self.chaining
         self._deprivileged = False
-        self.faults = CacheFaults(self.cache, self.pager, memory, engine, self.cpu, self.budget, self.code.locate,
+        self.faults = CacheFaults(self.cache, self.paging, memory, engine, self.cpu, self.budget, self.code.locate,
                                   self.code.restore, self._protect_page, self._block_for, self._count)
-        self.dispatcher = Dispatcher(vm, engine, self.cpu, memory, self.cache, self.code, self.decoder, self.pager,
+        self.dispatcher = Dispatcher(vm, engine, self.cpu, memory, self.cache, self.code, self.decoder, self.paging,
                                      self.budget, self.faults, self.scratch_view, self._block_for,
-                                     lambda: self._deprivileged, self._enter_deprivileged,
-                                     lambda: self.guest_paging, self._count, self.chaining)
+                                     lambda: self._deprivileged, self._enter_deprivileged, self._count, self.chaining)
         io_site = self.dispatcher.io_site
         engine.on_port_io(      # (translated I/O notes its guest address in the scratch page)
             lambda port, size: vm.dispatch(VmExit(ExitReason.PORT_IN, eip=io_site(), port=port, size=size)),
@@ -180,7 +183,7 @@ class BinaryTranslationMode(ExecutionMode):
         cache["blocks_cached"] = len(self.cache)
         cache["translation_seconds"] = round(self.translation_seconds, 6)
         return {"translation_cache": cache, "cache_exits": dict(sorted(self.exit_counts.items())),
-                "shadow_paging": self.pager.counters_report()}
+                "shadow_paging": self.paging.counters_report()}
 
     def _count(self, kind: str) -> None:
         self.exit_counts[kind] = self.exit_counts.get(kind, 0) + 1
@@ -240,74 +243,36 @@ class BinaryTranslationMode(ExecutionMode):
             raise MonitorBug(f"native {code.hex()} did not run to its end (rip {eip:#x})")
         return tuple(self.engine.reg(name) for name in outputs)
 
-    # -- guest paging ----------------------------------------------------------------------------
-    @property
-    def guest_paging(self) -> bool:
-        return bool(self.cpu.control[0] & CR0_PG)
-
+    # -- guest paging (the service: vmm/guest_paging.py) -------------------------------------------
     def control_register_written(self, number: int, old: int) -> None:
-        """The guest wrote CR0, CR3 or CR4 (the virtual CPU holds the new value). A CR3 load, or a
-        change to what the guest's tables mean, is a TLB flush: the engine moves to the shadow of
-        the guest's address space (or back to the identity map when paging goes off)."""
-        control = self.cpu.control
-        new = control[number]
-        if number in FPU_CONTROLS:     # the guest's x87/SSE controls act on the engine's
-            self.engine.set_reg(f"cr{number}", fpu_controls(number, self.engine.reg(f"cr{number}"), new))
-        if number == 0 and (old ^ new) & CR0_PG and not new & CR0_PG:
-            self.pager.reset()
-            self._switch_tables(self.monitor_tables.root_address)
-        elif control[0] & CR0_PG and flushes_tlb(number, old, new):
-            self._switch_tables(self.pager.load(control[0], control[3], control[4]))
-
-    def invalidate_page(self, linear: int) -> None:
-        """invlpg."""
-        if self.guest_paging:
-            large = self.pager.invalidate_page(linear)
-            self.cache.mapping_changed(None if large else linear // PAGE_SIZE)
-
-    def _switch_tables(self, directory: Optional[int]) -> None:
-        """directory: the engine's new page directory (None under nested paging: no tables)."""
-        if directory is not None:
-            self.real_cr3 = directory
+        """The guest wrote CR0, CR3 or CR4 (the virtual CPU holds the new value). On a TLB flush
+        the engine moves to the shadow of the guest's address space (or back to the identity map
+        when paging goes off), and translations into other pages are unlinked."""
+        change = self.paging.control_register_written(number, old)
+        if change is None:
+            return
+        if isinstance(change, PagingOff):
+            self.real_cr3 = self.monitor_tables.root_address
+        elif change.directory is not None:      # (nested paging: no tables to switch)
+            self.real_cr3 = change.directory
         self.cache.mapping_changed()
         self._flush_tlb()
 
-    def _fetch_code(self, linear: int, size: int) -> bytes:
-        """Guest code at a linear address for the decoder: up to `size` bytes, fewer where the
-        code that can be fetched ends (the end of RAM; with paging, a page the guest's tables do
-        not let this ring fetch from: the decoder ends the block there)."""
-        if not self.guest_paging:
-            return self.memory.read_code(linear, size)
-        code = b""
-        user = self.cpu.cpl == 3
-        while size:
-            length = min(size, PAGE_SIZE - linear % PAGE_SIZE)
-            try:
-                physical = self.pager.translate(linear, user)
-            except (PageFault, UnbackedAccess):
-                return code
-            piece = self.memory.read_code(physical, length)
-            code += piece
-            if len(piece) < length:
-                return code
-            linear, size = (linear + length) & 0xFFFFFFFF, size - length
-        return code
-
-    def _code_address(self, linear: int) -> int:
-        """Where the guest fetches `linear` from (PageFault if it cannot)."""
-        if not self.guest_paging:
-            return linear
-        return self.pager.translate(linear, self.cpu.cpl == 3)
+    def invalidate_page(self, linear: int) -> None:
+        """invlpg."""
+        large = self.paging.invalidate_page(linear)
+        if large is not None:
+            self.cache.mapping_changed(None if large else linear // PAGE_SIZE)
 
     def _ranges(self, guest: GuestBlock) -> Optional[tuple[tuple[int, int], ...]]:
         """The guest-physical ranges of a block just decoded (its pages are in the shadow now);
         None with paging off: its bytes are at their linear addresses (the cache's default)."""
-        if not self.guest_paging:
+        if not self.paging.on:
             return None
         ranges, linear, end = [], guest.address, max(guest.next_address, guest.address + 1)
         while linear < end:
             length = min(end - linear, PAGE_SIZE - linear % PAGE_SIZE)
-            start = self._code_address(linear)
+            start = self.paging.code_address(linear)
             ranges.append((start, start + length))
             linear += length
         return tuple(ranges)
@@ -318,7 +283,7 @@ class BinaryTranslationMode(ExecutionMode):
 
     # -- translation ---------------------------------------------------------------------------
     def _key(self, eip: int) -> BlockKey:
-        physical = self._code_address(eip) if self.guest_paging else -1
+        physical = self.paging.code_address(eip) if self.paging.on else -1
         return BlockKey(eip, single_step=bool(self.cpu.virtual_flags & TF), physical=physical,
                         segment_bases=self.cpu.segment_bases)
 
@@ -354,7 +319,7 @@ class BinaryTranslationMode(ExecutionMode):
         """The translation of the block at `eip` (PageFault: the guest cannot fetch it)."""
         key = self._key(eip)
         block = self.cache.find(key)
-        if block is not None and len(block.ranges) > 1 and self.guest_paging \
+        if block is not None and len(block.ranges) > 1 and self.paging.on \
                 and self._ranges(block.guest) != block.ranges:
             self.cache.remove(block, "remap")       # its second page maps elsewhere now
             block = None
@@ -370,10 +335,7 @@ class BinaryTranslationMode(ExecutionMode):
         identity map and in every shadow that maps it."""
         if self.memory.ram.contains(page * PAGE_SIZE, 1):
             self.monitor_tables.set_writable(page * PAGE_SIZE, not protect)
-        if protect:
-            self.pager.protect_frame(page)
-        else:
-            self.pager.release_frame(page)
+        self.paging.watch_code_frame(page, protect)
         self._flush_tlb()
 
     def _flush_tlb(self) -> None:
@@ -386,7 +348,7 @@ class BinaryTranslationMode(ExecutionMode):
         translations and look at the guest page tables it may have changed here."""
         if self.memory.ram.contains(address, 1):
             self.cache.invalidate_range(address, size, "smc")
-            self.pager.memory_written(address, size)
+            self.paging.memory_written(address, size)
 
     # -- running (the hub: dispatch.py) -------------------------------------------------------------
     def _on_interrupt(self, vector: int) -> None:

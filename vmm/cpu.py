@@ -1,5 +1,7 @@
 """The guest-visible CPU: registers as the guest sees them, whatever the execution mode keeps
-in the engine. Delivery, emulation procedures and reports read and write the guest through it."""
+in the engine. Delivery, emulation procedures and reports read and write the guest through it.
+VirtualSystemCpu is the bookkeeping shared by the views that keep the guest's descriptor-table
+and control registers virtual (bt's TranslatedCpu, trap's TrapCpu)."""
 
 from __future__ import annotations
 
@@ -82,3 +84,34 @@ class GuestCpu:
 
     def snapshot(self) -> dict[str, int]:
         return {name: self.reg(name) for name in SNAPSHOT_REGISTERS}
+
+
+class VirtualSystemCpu(GuestCpu):
+    """A view whose descriptor-table registers (GDTR, IDTR, LDTR, TR: base, limit and selector)
+    and control registers (`control`: CR0, CR2, CR3, CR4) are the monitor's copies of the
+    guest's, the engine holding its own. Subclasses extend the setters with what the change
+    means to them (shadow descriptor tables, the virtual-CPU block) and call these first."""
+
+    TABLE_REGISTERS = ("gdtr", "idtr", "ldtr", "tr")
+
+    def __init__(self, engine: Engine, control_registers=(0, 2, 3, 4)) -> None:
+        super().__init__(engine)
+        self.tables = {name: engine.table_register(name) for name in self.TABLE_REGISTERS}
+        self.table_selectors = {"ldtr": 0, "tr": 0}
+        self.control = {n: engine.reg(f"cr{n}") for n in control_registers}
+
+    def table_register(self, name: str) -> tuple[int, int]:
+        return self.tables[name]
+
+    def set_table_register(self, name: str, base: int, limit: int) -> None:
+        self.tables[name] = (base & 0xFFFFFFFF, limit & 0xFFFF)
+
+    def table_selector(self, name: str) -> int:
+        return self.table_selectors[name]
+
+    def set_table_selector(self, name: str, selector: int, raw=None) -> None:
+        """LDTR or TR from a descriptor the caller checked (raw None: null): its cached base and
+        limit, and the selector."""
+        descriptor = SegmentDescriptor.decode(raw) if raw is not None else None
+        self.tables[name] = (descriptor.base, descriptor.limit) if descriptor is not None else (0, 0)
+        self.table_selectors[name] = selector & 0xFFFF

@@ -33,13 +33,13 @@ from typing import Optional
 
 from translator.classify import Category, traps_when_deprivileged
 from translator.decoder import Decoder, GuestInstruction
-from vmm.cpu import GuestCpu
+from vmm.cpu import GuestCpu, VirtualSystemCpu
 from vmm.exits import ExitReason, VmExit
 from vmm.guest_paging import GuestPaging
 from vmm.modes.direct import DirectMode, StopKind
 from vmm.monitor_layout import SHADOW_GDT_OFFSET, SHADOW_LDT_OFFSET
 from vmm.shadow_tables import ShadowTables
-from vmm.x86 import GP, IOPL_MASK, NP, SS, TS, SegmentDescriptor
+from vmm.x86 import GP, IOPL_MASK, NP, SS, TS
 
 REAL_RING = 3
 HLT_PROCEDURE = "hlt"
@@ -61,7 +61,7 @@ def is_hole(instruction: GuestInstruction) -> bool:
             and rule.procedure not in NATIVE_RETURNS and not traps_when_deprivileged(instruction))
 
 
-class TrapCpu(GuestCpu):
+class TrapCpu(VirtualSystemCpu):
     """Guest registers under trap-and-emulate: general registers, EFLAGS (but IOPL), IF and the
     data segment registers are the engine's; the ring, CS/SS's RPL, IOPL, the descriptor-table
     and control registers are virtual."""
@@ -72,9 +72,6 @@ class TrapCpu(GuestCpu):
         self.mode = mode
         self.virtual_cpl = engine.reg("cs") & 3
         self.iopl = engine.reg("eflags") & IOPL_MASK
-        self.tables = {name: engine.table_register(name) for name in ("gdtr", "idtr", "ldtr", "tr")}
-        self.table_selectors = {"ldtr": 0, "tr": 0}
-        self.control = {n: engine.reg(f"cr{n}") for n in (0, 2, 3, 4)}
 
     def deprivilege(self) -> None:
         """Move the engine to ring 3 over the shadow of the guest's current GDT (once, at entry)."""
@@ -137,23 +134,15 @@ class TrapCpu(GuestCpu):
     def invalidate_page(self, linear: int) -> None:
         self.mode.invalidate_page(linear)
 
-    def table_register(self, name: str) -> tuple[int, int]:
-        return self.tables[name]
-
     def set_table_register(self, name: str, base: int, limit: int) -> None:
-        self.tables[name] = (base & 0xFFFFFFFF, limit & 0xFFFF)
+        super().set_table_register(name, base, limit)
         if name == "gdtr":
             self.shadow.load_gdt(base, limit)
-
-    def table_selector(self, name: str) -> int:
-        return self.table_selectors[name]
 
     def set_table_selector(self, name: str, selector: int, raw: Optional[bytes] = None) -> None:
         if name == "ldtr":
             self.shadow.load_ldt(selector, raw)
-        descriptor = SegmentDescriptor.decode(raw) if raw is not None else None
-        self.tables[name] = (descriptor.base, descriptor.limit) if descriptor is not None else (0, 0)
-        self.table_selectors[name] = selector & 0xFFFF
+        super().set_table_selector(name, selector, raw)
         if name == "tr":
             # The engine's TR matters to one thing only: a native iret with NT set reads the
             # back link at its base before it traps (the shadow's TSS descriptors are absent).

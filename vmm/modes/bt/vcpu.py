@@ -13,7 +13,7 @@ from capstone import x86_const as X
 
 from translator.layout import (IOPL_MASK, TF, VCPU_CR, VCPU_GDTR, VCPU_IDTR, VCPU_IO_CHECK, VCPU_LDTR,
                                VCPU_POPF_EXPECT, VCPU_PUSHF_ADJUST, VCPU_SELECTOR, real_iopl, real_privilege)
-from vmm.cpu import GuestCpu
+from vmm.cpu import VirtualSystemCpu
 from vmm.emulate import UnsupportedInstruction
 from vmm.x86 import SegmentDescriptor
 
@@ -76,21 +76,18 @@ class VcpuBlock:
             struct.pack_into("<I", self.privileged_view, offset, cpu.control[number])
 
 
-class TranslatedCpu(GuestCpu):
+class TranslatedCpu(VirtualSystemCpu):
     """Guest registers under binary translation: general registers and the arithmetic flags are
     the engine's; EIP, IOPL, TF, selectors, descriptor-table and control registers are virtual."""
 
     def __init__(self, mode: "BinaryTranslationMode", block: VcpuBlock) -> None:
-        super().__init__(mode.engine)
+        super().__init__(mode.engine, tuple(VCPU_CR))
         self.mode = mode        # shadow descriptors, guest paging, native runs
         self.block = block
         engine = mode.engine
         self.eip = engine.reg("eip")
         self.selectors = {name: engine.reg(name) for name in SEGMENT_NAMES}
         self.virtual_flags = engine.reg("eflags") & (IOPL_MASK | TF)
-        self.tables = {name: engine.table_register(name) for name in ("gdtr", "idtr", "ldtr", "tr")}
-        self.table_selectors = {"ldtr": 0, "tr": 0}
-        self.control = {n: engine.reg(f"cr{n}") for n in VCPU_CR}
         self.bases = {"ds": 0, "es": 0, "ss": 0}     # the boot GDT's segments are flat
 
     @property
@@ -183,24 +180,16 @@ class TranslatedCpu(GuestCpu):
     def real_iopl(self) -> int:
         return real_iopl(self.cpl, self.virtual_flags)
 
-    def table_register(self, name: str) -> tuple[int, int]:
-        return self.tables[name]
-
     def set_table_register(self, name: str, base: int, limit: int) -> None:
-        self.tables[name] = (base & 0xFFFFFFFF, limit & 0xFFFF)
+        super().set_table_register(name, base, limit)
         if name == "gdtr":
             self.mode.rebuild_shadow_gdt()
         self.block.virtual_state_changed(self)
 
-    def table_selector(self, name: str) -> int:
-        return self.table_selectors[name]
-
     def set_table_selector(self, name: str, selector: int, raw: Optional[bytes] = None) -> None:
         if name == "ldtr":
             self.mode.load_shadow_ldt(selector, raw)
-        descriptor = SegmentDescriptor.decode(raw) if raw is not None else None
-        self.tables[name] = (descriptor.base, descriptor.limit) if descriptor is not None else (0, 0)
-        self.table_selectors[name] = selector & 0xFFFF
+        super().set_table_selector(name, selector, raw)
         self.block.virtual_state_changed(self)
 
     @property
@@ -212,9 +201,3 @@ class TranslatedCpu(GuestCpu):
 
     def invalidate_page(self, linear: int) -> None:
         self.mode.invalidate_page(linear)
-
-    def read_msr(self, number: int) -> int:
-        return self.engine.read_msr(number)
-
-    def write_msr(self, number: int, value: int) -> None:
-        self.engine.write_msr(number, value)

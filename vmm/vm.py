@@ -224,6 +224,8 @@ class VirtualMachine:
         self.emulator = Emulator(self.cpu, view, self._read_timestamp, self.tasks)
         self.external_interrupts: Counter = Counter()
         self.io_denials = 0
+        self.devices: dict = {}        # name -> device model with state(), filled by the builder
+        self.screen = None             # the VGA text device (vmm/devices/vga.py), if any
 
     # -- the run loop ---------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -456,6 +458,10 @@ class VirtualMachine:
                 self.clock.skip_to(self.clock.cycles + next_event)
             if self.interrupts.pending():
                 return 0                      # the interrupt window after this exit takes it
+            if self.interrupts.wait_for_input(lambda: self.limits.stop_due):
+                return 0                      # typed input raised a UART's IRQ
+            if self.limits.stop_due:
+                return 0                      # the run loop dispatches the watchdog's stop
             state = "enabled, nothing unmasked will interrupt"
         else:
             state = "enabled, no interrupt source" if self.cpu.reg("eflags") & IF else "disabled"

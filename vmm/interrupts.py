@@ -87,6 +87,10 @@ class InterruptPlatform:
                     self.guest_uses_time()
         return set_level
 
+    def other_timer_armed(self) -> bool:
+        """Whether a timer besides the PIT will raise an interrupt (the RTC's enabled ones)."""
+        return self.rtc is not None and self.rtc.next_event() is not None
+
     def _armed_inputs(self) -> list:
         return [source for source in self.input_sources if source.armed()]
 

@@ -18,9 +18,9 @@ MODE_KBD_INT, MODE_MOUSE_INT, MODE_SYS, MODE_DISABLE_KBD, MODE_DISABLE_MOUSE, MO
 # Output port
 OUT_RESET, OUT_A20 = 0x01, 0x02
 
-# What SeaBIOS leaves under QEMU 7.2 (measured): command byte 0x61 (keyboard interrupt, system
-# flag, scan-code translation), status 0x18 | SELFTEST with nothing waiting (0x1c right after a command).
-BOOT_MODE = MODE_KCC | MODE_SYS | MODE_KBD_INT
+# What SeaBIOS leaves under QEMU 7.2 (measured): command byte 0x61 (keyboard interrupt, mouse
+# disabled, scan-code translation), status 0x1c (unlocked, last write a command, system flag).
+BOOT_MODE = MODE_KCC | MODE_DISABLE_MOUSE | MODE_KBD_INT
 BOOT_STATUS = STAT_UNLOCKED | STAT_SELFTEST | STAT_CMD
 
 KBD_ACK, KBD_RESEND, KBD_SELFTEST_OK, KBD_ECHO = 0xFA, 0xFE, 0xAA, 0xEE

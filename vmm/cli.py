@@ -107,6 +107,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="trace: " + ", ".join(f"{flag} ({what})" for flag, what in TRACE_FLAGS.items()))
     run.add_argument("-D", dest="trace_file", default=None, metavar="FILE", help="write the trace here (default stderr)")
     run.add_argument("--report", default=None, metavar="FILE.json", help="write a JSON report of the run")
+    run.add_argument("--screen", action="store_true",
+                     help="print the VGA text screen (80x25) on stderr when the run ends")
     run.add_argument("--log-unassigned-ports", action="store_true",
                      help="log accesses to ports no device claims (stderr)")
     run.add_argument("--no-hole-watch", action="store_true",
@@ -170,6 +172,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         vm, image = build_machine(config, StdioConsole())
         result = vm.run()
+        if args.screen:
+            sys.stderr.write(vm.screen.render())
         if args.report:
             write_report(args.report, build_report(config, image, vm, result))
         if config.dump_cache:

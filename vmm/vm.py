@@ -224,6 +224,8 @@ class VirtualMachine:
         self.emulator = Emulator(self.cpu, view, self._read_timestamp, self.tasks)
         self.external_interrupts: Counter = Counter()
         self.io_denials = 0
+        self.devices: dict = {}        # name -> device model with state(), filled by the builder
+        self.screen = None             # the VGA text device (vmm/devices/vga.py), if any
 
     # -- the run loop ---------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -296,6 +298,7 @@ class VirtualMachine:
 
     # -- time and external interrupts -----------------------------------------------------------
     POLL_INTERVAL = 10_000     # instructions between looks at IF while an interrupt waits for it
+    IDLE_SKIPS = 100_000       # timer events one hlt may skip over before it counts as halted for good
 
     def run_budget(self) -> Optional[int]:
         """How many guest instructions the mode may run before it returns an EVENT exit (None:
@@ -451,11 +454,21 @@ class VirtualMachine:
         resume = (vm_exit.eip + 1) & 0xFFFFFFFF
         self.cpu.set_reg("eip", resume)
         if self.cpu.reg("eflags") & IF and self.interrupts.in_use:
-            next_event = self.interrupts.cycles_to_next_event()
-            if not self.interrupts.pending() and next_event is not None:
+            # Skip to the next event; while another device's timer (the RTC's) is armed, events
+            # of a masked source (the PIT's) are skipped on until one interrupts.
+            for _ in range(self.IDLE_SKIPS):
+                next_event = self.interrupts.cycles_to_next_event()
+                if self.interrupts.pending() or next_event is None:
+                    break
                 self.clock.skip_to(self.clock.cycles + next_event)
+                if not self.interrupts.other_timer_armed():
+                    break
             if self.interrupts.pending():
                 return 0                      # the interrupt window after this exit takes it
+            if self.interrupts.wait_for_input(lambda: self.limits.stop_due):
+                return 0                      # typed input raised a UART's IRQ
+            if self.limits.stop_due:
+                return 0                      # the run loop dispatches the watchdog's stop
             state = "enabled, nothing unmasked will interrupt"
         else:
             state = "enabled, no interrupt source" if self.cpu.reg("eflags") & IF else "disabled"

@@ -11,7 +11,9 @@ from vmm.bus import PortBus
 from vmm.clock import VirtualClock
 from vmm.console import Console
 from vmm.devices.debug_exit import DEBUG_EXIT_PORT, DEBUG_EXIT_PORTS, DebugExit
+from vmm.devices.ide import IDE_BASE, IDE_CONTROL, IDE_IRQ, IDE_PORTS, IdeChannel
 from vmm.devices.uart16550 import COM1_BASE, UART_PORTS, Uart16550
+from vmm.disks import DriveSpec, open_drives
 from vmm.engine import Engine
 from vmm.errors import ConfigError
 from vmm.exits import StopReason
@@ -54,6 +56,7 @@ class MachineConfig:
     watch_holes: bool = True                 # trap: record the virtualization holes the guest runs
     paging: Optional[str] = None             # --paging: shadow or nested (None: the mode's default)
     dump_cache: Optional[str] = None         # --dump-cache: where the mode's dump() goes after the run (bt)
+    drives: list[DriveSpec] = field(default_factory=list)   # --drive: IDE disks (vmm/disks.py)
 
     @property
     def paging_scheme(self) -> str:
@@ -117,6 +120,7 @@ def build_machine(config: MachineConfig, console: Console,
         gdb = GdbStub(config.gdb_port, config.gdb_wait) if config.gdb_port is not None else None
         vm = VirtualMachine(engine, memory, bus, console, mode, limits, memory.until_address, tracer, gdb,
                             VirtualClock(config.clock))
+        disks = open_drives(config.drives)
     except BaseException:
         memory.release()              # a shared pool gets the frames of a machine never built back
         raise
@@ -125,9 +129,19 @@ def build_machine(config: MachineConfig, console: Console,
     #   0x0020 - 0x0021  i8259 master     0x00A0 - 0x00A1  i8259 slave
     #   0x0040 - 0x0043  i8254 PIT (channel 0 on IRQ0)
     #   0x00F4 - 0x00F7  isa-debug-exit
+    #   0x01F0 - 0x01F7  IDE primary channel command block (IRQ 14), 0x03F6 its control register
     #   0x03F8 - 0x03FF  COM1 16550A UART
     vm.interrupts.register(bus)
     bus.register(DEBUG_EXIT_PORT, DEBUG_EXIT_PORTS, DebugExit(
         lambda value: vm.request_stop(StopReason.DEBUG_EXIT, f"guest wrote {value:#x} to isa-debug-exit", value)))
     bus.register(COM1_BASE, UART_PORTS, Uart16550(console))
+
+    def ide_irq(level: int) -> None:
+        vm.interrupts.pic.set_irq(IDE_IRQ, level)
+        if level:       # raised from an I/O access: the run loop ends the run so INTR is seen at once
+            vm.interrupts.reprogrammed = True
+    vm.ide = IdeChannel(disks, ide_irq, tracer.disk_command if tracer.disk else None)
+    vm.at_exit.append(vm.ide.close)       # what the guest wrote is in the files when the run ends
+    bus.register(IDE_BASE, IDE_PORTS, vm.ide)
+    bus.register(IDE_CONTROL, 1, vm.ide.control)
     return vm, image

@@ -224,6 +224,8 @@ class VirtualMachine:
         self.emulator = Emulator(self.cpu, view, self._read_timestamp, self.tasks)
         self.external_interrupts: Counter = Counter()
         self.io_denials = 0
+        self.ide = None                              # the IDE channel (vmm/devices/ide.py), set by the builder
+        self.at_exit: list[Callable[[], None]] = []  # device clean-up when the run ends (disks flushed)
 
     # -- the run loop ---------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -250,6 +252,8 @@ class VirtualMachine:
             self.wall_time = time.perf_counter() - started
             self.state = RunState.FINISHED
             self.console.close()
+            for close in self.at_exit:
+                close()
         if not self._result.registers:
             try:
                 self._result.registers = self.cpu.snapshot()
@@ -380,6 +384,7 @@ class VirtualMachine:
         value = self.bus.read(vm_exit.port, vm_exit.size)
         if self.tracer.io:
             self.tracer.port("in", vm_exit.port, vm_exit.size, value, self.bus.device_name(vm_exit.port))
+        self._end_run_if_reprogrammed(vm_exit)
         return value
 
     def _port_out(self, vm_exit: VmExit) -> int:
@@ -392,13 +397,17 @@ class VirtualMachine:
             self.bus.write(vm_exit.port, vm_exit.size, vm_exit.value)
         finally:
             self._port_hook_exit = None
+        self._end_run_if_reprogrammed(vm_exit)
+        return 0
+
+    def _end_run_if_reprogrammed(self, vm_exit: VmExit) -> None:
         if self.interrupts.reprogrammed and self._result is None:
             # A PIT/PIC write may move the next event or raise INTR (an unmask, an EOI with
-            # another request waiting): end the run after this OUT so the next one is bounded
+            # another request waiting), and a device may raise its IRQ from an IN or OUT (the
+            # IDE's next sector): end the run after this access so the next one is bounded
             # anew and the interrupt window comes at once.
             self.interrupts.reprogrammed = False
             self.mode.end_run_after_io(vm_exit.port, vm_exit.size)
-        return 0
 
     def _exception(self, vm_exit: VmExit) -> int:
         if vm_exit.software:

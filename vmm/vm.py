@@ -384,7 +384,9 @@ class VirtualMachine:
         value = self.bus.read(vm_exit.port, vm_exit.size)
         if self.tracer.io:
             self.tracer.port("in", vm_exit.port, vm_exit.size, value, self.bus.device_name(vm_exit.port))
-        self._end_run_if_reprogrammed(vm_exit)
+        # An IRQ raised by an IN (the IDE's next sector) does not end the run here: a stop inside
+        # the hook of an INS lands on the element's own store, and the engine runs the element,
+        # IN included, again (a data word lost). It is seen at the next OUT, hlt or event.
         return value
 
     def _port_out(self, vm_exit: VmExit) -> int:
@@ -397,15 +399,11 @@ class VirtualMachine:
             self.bus.write(vm_exit.port, vm_exit.size, vm_exit.value)
         finally:
             self._port_hook_exit = None
-        self._end_run_if_reprogrammed(vm_exit)
-        return 0
-
-    def _end_run_if_reprogrammed(self, vm_exit: VmExit) -> None:
         if self.interrupts.reprogrammed and self._result is None:
             # A PIT/PIC write may move the next event or raise INTR (an unmask, an EOI with
-            # another request waiting), and a device may raise its IRQ from an IN or OUT (the
-            # IDE's next sector): end the run after this access so the next one is bounded
-            # anew and the interrupt window comes at once.
+            # another request waiting), and a device may have raised its IRQ (the IDE on a
+            # command or a sector written; or on an earlier IN): end the run after this OUT so
+            # the next one is bounded anew and the interrupt window comes at once.
             self.interrupts.reprogrammed = False
             self.mode.end_run_after_io(vm_exit.port, vm_exit.size)
 

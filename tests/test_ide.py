@@ -807,3 +807,23 @@ def test_report_counts_per_drive_and_trace_names_commands(tmp_path):
     log = trace.read_text()
     assert "ide: unit 0 command 0x20 READ SECTORS lba sector 3 count 2" in log
     assert "ide: software reset" in log
+
+
+def test_xv6s_probe_of_disk_1_with_no_master():
+    """xv6's ideinit with fs.img at index 1 alone: idewait(0) on the unit SeaBIOS left selected,
+    the slave's status non-zero, then idewait(0) on the absent master, which shows SeaBIOS's
+    aborted probe (QEMU 7.2, recorded with a probe guest: 04 00 00 00 00 A0 41 41 for
+    0x1F1-0x1F7 and 0x3F6 once the master is selected)."""
+    ide, _ = channel(None, MemoryDisk(100))
+    assert ide.io_read(7, 1) & 0xC0 == 0x40
+    ide.io_write(6, 1, 0xF0)
+    assert ide.io_read(7, 1) != 0
+    ide.io_write(6, 1, 0xE0)
+    assert [ide.io_read(r, 1) for r in range(1, 8)] + [ide.control.io_read(0, 1)] == \
+        [0x04, 0, 0, 0, 0, 0xE0, 0x41, 0x41]
+    ide.io_write(6, 1, 0xF0)                                    # xv6's idestart for block 1 on dev 1
+    for reg, value in ((2, 1), (3, 1), (4, 0), (5, 0)):
+        ide.io_write(reg, 1, value)
+    ide.io_write(7, 1, 0x20)
+    assert ide.io_read(7, 1) == 0x58
+    assert b"".join(ide.io_read(0, 4).to_bytes(4, "little") for _ in range(128)) == bytes(512)

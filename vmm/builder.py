@@ -13,11 +13,13 @@ from vmm.bus import PortBus
 from vmm.clock import CPU_HZ, VirtualClock
 from vmm.console import Console, NullConsole
 from vmm.devices.debug_exit import DEBUG_EXIT_PORT, DEBUG_EXIT_PORTS, DebugExit
+from vmm.devices.ide import IDE_BASE, IDE_CONTROL, IDE_IRQ, IDE_PORTS, IdeChannel
 from vmm.devices.i8042 import I8042, I8042_COMMAND, I8042_DATA
 from vmm.devices.mc146818 import MC146818, VIRTUAL_START_EPOCH
 from vmm.devices.reset import PORT92, RESET_CONTROL, Port92, ResetControl
 from vmm.devices.uart16550 import COM1_BASE, COM1_IRQ, COM2_BASE, COM2_IRQ, UART_PORTS, Uart16550
 from vmm.devices.vga import VGA_BASE, VGA_PORTS, VgaText
+from vmm.disks import DriveSpec, open_drives
 from vmm.engine import Engine
 from vmm.errors import ConfigError
 from vmm.exits import StopReason
@@ -60,6 +62,7 @@ class MachineConfig:
     watch_holes: bool = True                 # trap: record the virtualization holes the guest runs
     paging: Optional[str] = None             # --paging: shadow or nested (None: the mode's default)
     dump_cache: Optional[str] = None         # --dump-cache: where the mode's dump() goes after the run (bt)
+    drives: list[DriveSpec] = field(default_factory=list)   # --drive: IDE disks (vmm/disks.py)
 
     @property
     def paging_scheme(self) -> str:
@@ -127,6 +130,7 @@ def build_machine(config: MachineConfig, console: Console,
         gdb = GdbStub(config.gdb_port, config.gdb_wait) if config.gdb_port is not None else None
         vm = VirtualMachine(engine, memory, bus, console, mode, limits, memory.until_address, tracer, gdb,
                             VirtualClock(config.clock))
+        disks = open_drives(config.drives)
     except BaseException:
         memory.release()              # a shared pool gets the frames of a machine never built back
         raise
@@ -138,6 +142,7 @@ def build_machine(config: MachineConfig, console: Console,
     #   0x0070 - 0x0071  MC146818 RTC/CMOS (IRQ8)
     #   0x0092           port 92: A20 gate, fast reset
     #   0x00F4 - 0x00F7  isa-debug-exit
+    #   0x01F0 - 0x01F7  IDE primary channel command block (IRQ 14), 0x03F6 its control register
     #   0x02F8 - 0x02FF  COM2 16550A UART (IRQ3, nothing attached)
     #   0x03C0 - 0x03DF  VGA (CRT controller at 0x3D4/0x3D5)
     #   0x03F8 - 0x03FF  COM1 16550A UART (IRQ4, the console)
@@ -167,4 +172,8 @@ def build_machine(config: MachineConfig, console: Console,
     bus.register(VGA_BASE, VGA_PORTS, vga)
     vm.screen = vga
     vm.devices.update({device.name: device for device in (rtc, keyboard, port92, reset_control, com1, com2, vga)})
+    vm.ide = IdeChannel(disks, interrupts.device_irq(IDE_IRQ), tracer.disk_command if tracer.disk else None)
+    vm.at_exit.append(vm.ide.close)       # what the guest wrote is in the files when the run ends
+    bus.register(IDE_BASE, IDE_PORTS, vm.ide)
+    bus.register(IDE_CONTROL, 1, vm.ide.control)
     return vm, image

@@ -226,6 +226,8 @@ class VirtualMachine:
         self.io_denials = 0
         self.devices: dict = {}        # name -> device model with state(), filled by the builder
         self.screen = None             # the VGA text device (vmm/devices/vga.py), if any
+        self.ide = None                              # the IDE channel (vmm/devices/ide.py), set by the builder
+        self.at_exit: list[Callable[[], None]] = []  # device clean-up when the run ends (disks flushed)
 
     # -- the run loop ---------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -252,6 +254,8 @@ class VirtualMachine:
             self.wall_time = time.perf_counter() - started
             self.state = RunState.FINISHED
             self.console.close()
+            for close in self.at_exit:
+                close()
         if not self._result.registers:
             try:
                 self._result.registers = self.cpu.snapshot()
@@ -383,6 +387,9 @@ class VirtualMachine:
         value = self.bus.read(vm_exit.port, vm_exit.size)
         if self.tracer.io:
             self.tracer.port("in", vm_exit.port, vm_exit.size, value, self.bus.device_name(vm_exit.port))
+        # An IRQ raised by an IN (the IDE's next sector) does not end the run here: a stop inside
+        # the hook of an INS lands on the element's own store, and the engine runs the element,
+        # IN included, again (a data word lost). It is seen at the next OUT, hlt or event.
         return value
 
     def _port_out(self, vm_exit: VmExit) -> int:
@@ -397,8 +404,9 @@ class VirtualMachine:
             self._port_hook_exit = None
         if self.interrupts.reprogrammed and self._result is None:
             # A PIT/PIC write may move the next event or raise INTR (an unmask, an EOI with
-            # another request waiting): end the run after this OUT so the next one is bounded
-            # anew and the interrupt window comes at once.
+            # another request waiting), and a device may have raised its IRQ (the IDE on a
+            # command or a sector written; or on an earlier IN): end the run after this OUT so
+            # the next one is bounded anew and the interrupt window comes at once.
             self.interrupts.reprogrammed = False
             self.mode.end_run_after_io(vm_exit.port, vm_exit.size)
         return 0

@@ -17,7 +17,7 @@ from vmm.exits import ExitReason, VmExit
 from vmm.memory import PageFault, UnbackedAccess
 from vmm.monitor_paging import MonitorPageTables
 from vmm.nested_paging import NestedPaging
-from vmm.shadow_paging import ShadowPaging
+from vmm.shadow_paging import MonitorPageAccess, ShadowPaging
 from vmm.x86 import CR0_PG, CR0_WP, DB, FPU_CONTROLS, PF_VEC, TF, flushes_tlb, fpu_controls
 
 
@@ -27,7 +27,9 @@ class UntranslatedPaging:
 
     pager = None
 
-    def attach_paging(self, vm, scheme: str, ring_compression: bool) -> None:
+    def attach_paging(self, vm, scheme: str, ring_compression: bool, monitor_pages=()) -> None:
+        """monitor_pages: linear addresses of monitor pages the engine reads through every shadow
+        (trap's descriptor tables; vt's guest needs nothing of the monitor's there)."""
         self._stepping_loan = False        # the real TF is set to end a lent write (not the guest's)
         self._guest_tf = False
         if scheme == "nested":
@@ -36,10 +38,8 @@ class UntranslatedPaging:
                                       lambda: self.cpu.cpl)
         else:
             self.monitor_tables = MonitorPageTables.build(vm.memory)
-            # trap's kernel needs the shadow descriptor tables in its linear space; vt's guest
-            # needs nothing of the monitor's there (ring compression marks trap)
             self.pager = ShadowPaging.build(vm.memory, self.monitor_tables, self._flush_tlb,
-                                            ring_compression=ring_compression, monitor_entries=ring_compression)
+                                            ring_compression=ring_compression, monitor_pages=monitor_pages)
             vm.memory.write_observers.append(self.pager.memory_written)
 
     # -- the guest's paging registers (their writes are emulated) ------------------------------
@@ -119,6 +119,14 @@ class UntranslatedPaging:
                                                f"(physical {error.address:#x})")
             engine.stop()
             return
+        except MonitorPageAccess as access:
+            # The guest's own page at a linear address of one of the monitor's: the instruction
+            # runs with the guest's translation lent (or is emulated, serve_monitor_page).
+            engine.reset_exception_state()
+            if not self.serve_monitor_page(vm, access):
+                self.pager.lend_monitor_page(access)
+                self._single_step()
+            return
         engine.reset_exception_state()
         if frame is not None:           # a store into a guest page table
             self.pager.counters["tracing_faults"] += 1
@@ -128,11 +136,20 @@ class UntranslatedPaging:
                 engine.set_reg("eip", eip + length)
                 return
             self.pager.lend_store(linear)       # anything else: one instruction, lent
-            if not self._stepping_loan:
-                self._stepping_loan = True
-                eflags = engine.reg("eflags")
-                self._guest_tf = bool(eflags & TF)
-                engine.set_reg("eflags", eflags | TF)
+            self._single_step()
+
+    def _single_step(self) -> None:
+        """The real TF for one instruction: its #DB ends what was lent for it."""
+        if not self._stepping_loan:
+            self._stepping_loan = True
+            eflags = self.engine.reg("eflags")
+            self._guest_tf = bool(eflags & TF)
+            self.engine.set_reg("eflags", eflags | TF)
+
+    def serve_monitor_page(self, vm, access) -> bool:
+        """A mode may carry out an access at a monitor page's linear address itself (True)
+        rather than have it run lent."""
+        return False
 
     def _guest_page_fault(self, fault: PageFault, eip: int) -> VmExit:
         self.pager.counters["true_faults"] += 1

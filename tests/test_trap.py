@@ -221,3 +221,19 @@ def test_the_ring_views_expectations_are_qemus(entry):
     from tests.test_isolation import run_qemu
     outcome = run_qemu(_ring_views_guest(entry))
     assert (outcome.console.decode(), outcome.ending) == RING_VIEWS_QEMU[entry]
+
+
+@pytest.mark.parametrize("address", [0xFF410008, 0xFF004008, 0xFF100008],
+                         ids=["ring views", "monitor directory", "monitor tables"])
+def test_with_paging_off_the_kernel_cannot_read_the_monitors_areas(tmp_path, address):
+    # The kernel at the real ring 3 with its paging off once read trap's ring views and the
+    # monitor's page directory and tables (the engine did not page). On QEMU that is
+    # unassigned memory: 0. Here the engine pages on the flat tables, where those areas are
+    # supervisor-only: the read is an access to memory the guest does not have, as in the areas
+    # the engine does not map (the run stops, or reads 0 once unassigned memory does).
+    source = f"    mov eax, 0x5a\n    mov eax, dword ptr [{address:#x}]\n" + EXIT
+    result, _out, _vm = run_source(tmp_path, source, mode="trap")
+    if result.reason is StopReason.DEBUG_EXIT:
+        assert result.guest_value & 0xFF == 0
+    else:
+        assert result.reason is StopReason.MEMORY_FAULT and f"{address:#x}" in result.message, result.message

@@ -93,6 +93,30 @@ class MonitorPageTables:
             tables.map_identity(base, size, writable=bool(perms & PROT_WRITE), user=boot)
         return tables
 
+    @classmethod
+    def build_flat(cls, memory) -> "MonitorPageTables":
+        """trap's tables for while the guest's paging is off: all 4 GiB one to one and user
+        accessible (4 MiB pages where no monitor area is), so guest RAM and every address the
+        engine itself answers for behave as without paging; but the monitor's areas mapped so
+        far are supervisor-only and read-only, so that the deprivileged kernel at CPL 3 faults
+        on them (the CPU's descriptor loads, supervisor accesses, still read trap's ring views;
+        the page walker reads tables by physical address). The boot GDT stays user-readable,
+        the firmware's as in every mode. Needs CR4.PSE in the engine."""
+        directory_address = memory.map_monitor_area(DIRECTORY_OFFSET, DIRECTORY_SIZE, PROT_READ)
+        tables_address = memory.map_monitor_area(TABLES_OFFSET, TABLES_SIZE, PROT_READ)
+        tables = cls(memory.monitor_view(DIRECTORY_OFFSET, DIRECTORY_SIZE), directory_address,
+                     memory.monitor_view(TABLES_OFFSET, TABLES_SIZE), tables_address)
+        areas = memory.monitor_mappings()
+        split = {index for base, size, _perms in areas for index in range(base >> 22, ((base + size - 1) >> 22) + 1)}
+        for index in range(ENTRIES):
+            if index in split:
+                tables.map_identity(index << 22, 1 << 22, writable=True)
+            else:
+                struct.pack_into("<I", tables.directory, index * 4, (index << 22) | PDE_FLAGS | DIRTY | LARGE)
+        for base, size, _perms in areas:
+            tables.map_identity(base, size, writable=False, user=base == memory.monitor.base)
+        return tables
+
     def set_writable(self, page_address: int, writable: bool) -> None:
         table = self._table_for(page_address)
         at = table + ((page_address >> 12) & 0x3FF) * 4

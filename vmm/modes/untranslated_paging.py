@@ -14,7 +14,7 @@ exact address comes from the instruction, vmm/fault_address.py).
 from __future__ import annotations
 
 from vmm.exits import ExitReason, VmExit
-from vmm.memory import PageFault, UnbackedAccess
+from vmm.memory import CR4_PSE, PageFault, UnbackedAccess
 from vmm.monitor_paging import MonitorPageTables
 from vmm.nested_paging import NestedPaging
 from vmm.shadow_paging import MonitorPageAccess, ShadowPaging
@@ -26,6 +26,7 @@ class UntranslatedPaging:
     control_register_written, ring_changed and invalidate_page."""
 
     pager = None
+    flat_tables = False          # trap: the engine pages on MonitorPageTables.build_flat while the guest does not
 
     def attach_paging(self, vm, scheme: str, ring_compression: bool, monitor_pages=()) -> None:
         """monitor_pages: linear addresses of monitor pages the engine reads through every shadow
@@ -36,11 +37,20 @@ class UntranslatedPaging:
             control = self.cpu.control
             self.pager = NestedPaging(vm.engine, vm.memory, lambda: (control[0], control[3], control[4]),
                                       lambda: self.cpu.cpl)
-        else:
+        elif not monitor_pages:
             self.monitor_tables = MonitorPageTables.build(vm.memory)
             self.pager = ShadowPaging.build(vm.memory, self.monitor_tables, self._flush_tlb,
+                                            ring_compression=ring_compression)
+            vm.memory.write_observers.append(self.pager.memory_written)
+        else:
+            # trap: the engine pages even while the guest does not (MonitorPageTables.build_flat),
+            # so that the monitor's areas are supervisor-only to the kernel at CPL 3
+            self.pager = ShadowPaging.build(vm.memory, None, self._flush_tlb,
                                             ring_compression=ring_compression, monitor_pages=monitor_pages)
             vm.memory.write_observers.append(self.pager.memory_written)
+            self.monitor_tables = MonitorPageTables.build_flat(vm.memory)
+            self.flat_tables = True
+            self._page_flat()
 
     # -- the guest's paging registers (their writes are emulated) ------------------------------
     def control_register_written(self, number: int, old: int) -> None:
@@ -51,13 +61,22 @@ class UntranslatedPaging:
             engine.set_reg(f"cr{number}", fpu_controls(number, engine.reg(f"cr{number}"), new))
         if number == 0 and (old ^ new) & CR0_PG and not new & CR0_PG:
             self.pager.reset()
-            if not self.pager.virtual_tlb:
+            if self.flat_tables:
+                self._page_flat()
+            elif not self.pager.virtual_tlb:
                 engine.set_reg("cr0", engine.reg("cr0") & ~CR0_PG)
         elif control[0] & CR0_PG and flushes_tlb(number, old, new):
             directory = self.pager.load(control[0], control[3], control[4], user=self.cpu.cpl == 3)
             if directory is not None:        # shadow paging: the engine walks the shadow
                 engine.set_reg("cr3", directory)
                 engine.set_reg("cr0", engine.reg("cr0") | CR0_PG | CR0_WP)
+
+    def _page_flat(self) -> None:
+        """The engine on the flat tables (the guest's paging is off)."""
+        engine = self.engine
+        engine.set_reg("cr4", engine.reg("cr4") | CR4_PSE)
+        engine.set_reg("cr3", self.monitor_tables.directory_address)
+        engine.set_reg("cr0", engine.reg("cr0") | CR0_PG)
 
     def ring_changed(self) -> None:
         if self.cpu.control[0] & CR0_PG or self.pager.virtual_tlb:
@@ -86,10 +105,13 @@ class UntranslatedPaging:
         if self.pager is None:
             return False
         engine = self.engine
-        if vector == PF_VEC and not self.pager.virtual_tlb and self.cpu.control[0] & CR0_PG \
-                and not engine.last_exception_info()[1]:
-            self._page_fault(vm)
-            return True
+        if vector == PF_VEC and not self.pager.virtual_tlb and not engine.last_exception_info()[1]:
+            if self.cpu.control[0] & CR0_PG:
+                self._page_fault(vm)
+                return True
+            if self.flat_tables:
+                self._monitor_area_fault(vm)
+                return True
         if self._stepping_loan:
             guest_step = self._guest_tf
             self._end_loan()
@@ -150,6 +172,19 @@ class UntranslatedPaging:
         """A mode may carry out an access at a monitor page's linear address itself (True)
         rather than have it run lent."""
         return False
+
+    def _monitor_area_fault(self, vm) -> None:
+        """The guest's paging is off and it reached a monitor area the flat tables keep from it:
+        to the guest that is physical memory it does not have, as where no area is mapped."""
+        engine = self.engine
+        error_code, _software = engine.last_exception_info()
+        linear, eip = engine.reg("cr2"), engine.reg("eip")
+        engine.reset_exception_state()
+        if self._fetch_ahead(eip, linear):
+            return
+        self._pending_exit = VmExit(ExitReason.MEMORY_FAULT, eip=eip,
+                                    detail=f"{'write' if error_code & 2 else 'read'} of no memory at {linear:#x}")
+        engine.stop()
 
     def _guest_page_fault(self, fault: PageFault, eip: int) -> VmExit:
         self.pager.counters["true_faults"] += 1

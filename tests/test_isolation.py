@@ -361,6 +361,7 @@ BOOT_GDT, STUBS, MONITOR_DIRECTORY = 0xFF000000, 0xFF003000, 0xFF004000
 SHADOW_GDT, SHADOW_LDT, LOOKUP_TABLE = 0xFF010000, 0xFF020000, 0xFF040000
 PROFILE_COUNTERS, VCPU, SCRATCH, VCPU_PRIVILEGED = 0xFF0C0000, 0xFF0E8000, 0xFF0E9000, 0xFF0EA000
 MONITOR_TABLES, TRANSLATION_CACHE, SHADOW_POOL = 0xFF100000, 0xFF500000, 0xFFD00000
+RING_VIEWS = 0xFF410000      # trap's shadow GDT/LDT, one view per virtual ring (ring 0's GDT first)
 JUMP_SLOT, BUDGET_SLOT = SCRATCH + 0x20, SCRATCH + 0x24
 
 # Read at +8: the first descriptor of a descriptor table is null, as unassigned memory reads.
@@ -368,6 +369,7 @@ READABLE_AREAS = [("shadow GDT", SHADOW_GDT + 8), ("shadow LDT", SHADOW_LDT + 8)
                   ("virtual CPU", VCPU + 8), ("privileged virtual CPU", VCPU_PRIVILEGED + 8),
                   ("lookup table", LOOKUP_TABLE + 8), ("stubs", STUBS + 8),
                   ("monitor page directory", MONITOR_DIRECTORY + 8), ("monitor page tables", MONITOR_TABLES + 8),
+                  ("trap's ring views", RING_VIEWS + 8),
                   ("translation cache", TRANSLATION_CACHE + 8), ("shadow pool", SHADOW_POOL + 8)]
 WRITABLE_AREAS = [("scratch page", SCRATCH + 0x100), ("budget slot", BUDGET_SLOT),
                   ("jump slot", JUMP_SLOT), ("profile counters", PROFILE_COUNTERS)]
@@ -451,7 +453,7 @@ def user_reads_monitor(p: Program) -> None:
 
 
 def kernel_reads_monitor(p: Program) -> None:
-    """Attack 3 at ring 0 (bt's CPL 1, trap's CPL 3 with the shadow GDT and LDT in the region)."""
+    """Attack 3 at ring 0 (bt's CPL 1, trap's CPL 3 with its ring views of the GDT and LDT in the region)."""
     read_probes(p)
     p.exit(0x22)
 
@@ -524,7 +526,7 @@ OWN_MAPPINGS = [("translation cache", TRANSLATION_CACHE, 0x500000), ("virtual CP
                 ("scratch page", SCRATCH, 0x604000), ("privileged virtual CPU", VCPU_PRIVILEGED, 0x605000),
                 ("shadow GDT", SHADOW_GDT, 0x601000), ("lookup table", LOOKUP_TABLE, 0x602000),
                 ("boot GDT", BOOT_GDT, 0x600000), ("until page", 0xFFFFF000, 0x606000),
-                ("shadow pool", SHADOW_POOL, 0x607000)]
+                ("shadow pool", SHADOW_POOL, 0x607000), ("trap's ring views", RING_VIEWS, 0x410000)]
 
 
 def _map_own_frames(p: Program) -> None:

@@ -1,8 +1,8 @@
 """The monitor's own page tables, which the engine walks while the guest's paging is off: an
 identity map of guest RAM with per-page write protection, two-level for trap and vt
-(MonitorPageTables, whose monitor entries also go into trap's shadow directories) and IA-32e for
-bt (LongModeTables: the guest's 4 GiB, its 4-8 GiB alias, and the monitor's region far above,
-whose PML4 entry every bt shadow root shares; docs/isolation.md).
+(MonitorPageTables; trap's `build_flat` keeps the monitor's areas from its deprivileged kernel)
+and IA-32e for bt (LongModeTables: the guest's 4 GiB, its 4-8 GiB alias, and the monitor's
+region far above, whose PML4 entry every bt shadow root shares; docs/isolation.md).
 
 Why paging at all while the guest's own paging is off: a store the engine refuses through
 Unicorn's memory permissions is reported at the start of the engine's translation block, not
@@ -81,11 +81,9 @@ class MonitorPageTables:
         tables = cls(memory.monitor_view(DIRECTORY_OFFSET, DIRECTORY_SIZE), directory_address,
                      memory.monitor_view(TABLES_OFFSET, TABLES_SIZE), tables_address)
         tables.map_identity(memory.ram.base, memory.ram.size, writable=True)
-        # Of the monitor's areas only what the CPU itself reads by linear address is mapped (the
-        # shadow descriptor tables under trap), supervisor-only: the deprivileged kernel at CPL 3
-        # cannot read them, the CPU's descriptor loads (implicit supervisor accesses) can. The
-        # tables themselves are read by the page walker through physical addresses only. The
-        # boot GDT is the firmware's, readable as at its guest-physical address in every mode.
+        # The monitor's areas are supervisor-only (the tables themselves are read by the page
+        # walker through physical addresses only, and are left out). The boot GDT is the
+        # firmware's, readable as at its guest-physical address in every mode.
         for base, size, perms in memory.monitor_mappings():
             if base in (directory_address, tables_address):
                 continue

@@ -151,7 +151,8 @@ def _ring_views_guest(entry: str):
     """The kernel maps 0xFF400000-0xFF7FFFFF onto its own RAM (where trap keeps its ring views of
     the GDT and LDT, 0xFF410000 on: a monitor page in every shadow, lent or emulated), loads DS
     from there, copies from there with rep movsd, scribbles over what lies at the kernel view's
-    GDT linear address and loads DS natively; then enters ring 3 by `entry` (iretd or retf) with
+    GDT linear address and loads DS natively, loads ring 3's readable code segment into DS (a
+    mark in its view: emulated); then enters ring 3 by `entry` (iretd or retf) with
     ES and FS holding the kernel's data selector. The process shows its segment registers (ES and
     FS nulled by the return, as the CPU does), is refused the kernel's data selector and a far
     call to the kernel's code (#GP with the selector), and reads its own page at 0xFF470008."""
@@ -170,6 +171,8 @@ def _ring_views_guest(entry: str):
         p.probe("mov ds, 0x10 with 0xff410010 scribbled",
                 "    mov dword ptr [0xff410010], 0xffffffff\n    mov dword ptr [0xff410014], 0xffffffff\n"
                 "    mov ax, 0x10\n    mov ds, ax\n    mov eax, dword ptr [0x410010]")
+        p.probe("the kernel loads ring 3's code segment into DS",      # marked in its view: emulated
+                "    mov ax, 0x1b\n    mov ds, ax\n    mov eax, ds\n    mov bx, 0x10\n    mov ds, bx")
         p.emit("    mov dword ptr [0x470008], 0x600d3333")
         flags = "    pushfd\n    and dword ptr [esp], 0xfffffdff\n" if entry == "iretd" else ""
         p.emit(f"    push 0x23\n    push {USER_STACK:#x}\n{flags}    push 0x1b\n    mov eax, user_entry\n    push eax\n"
@@ -196,14 +199,15 @@ def _ring_views_console(entry: str, load_eip: int, call_eip: int) -> str:
             "mov ds, [0xff410010] holding 0x10: 00000010\n"
             "rep movsd from 0xff410000: 00000011 00000044\n"
             "mov ds, 0x10 with 0xff410010 scribbled: ffffffff\n"
+            "the kernel loads ring 3's code segment into DS: 0000001b\n"
             f"ring 3 after the kernel's {entry}: es fs gs cs ss: 00000000 00000000 00000023 0000001b 00000023\n"
             f"ring 3 loads the kernel's data selector: #0d e=00000010 eip={load_eip:08x}\n"
             f"ring 3 far call to the kernel's code: #0d e=00000008 eip={call_eip:08x}\n"
             "ring 3 reads own 0xff470008: 600d3333\n")
 
 
-RING_VIEWS_QEMU = {"iretd": (_ring_views_console("iretd", 0x1007BD, 0x100812), "exit 0x33"),
-                   "retf": (_ring_views_console("retf", 0x1007B5, 0x10080A), "exit 0x33")}
+RING_VIEWS_QEMU = {"iretd": (_ring_views_console("iretd", 0x100814, 0x100869), "exit 0x33"),
+                   "retf": (_ring_views_console("retf", 0x10080C, 0x100861), "exit 0x33")}
 
 
 @pytest.mark.parametrize("entry", sorted(RING_VIEWS_QEMU))

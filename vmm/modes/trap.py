@@ -237,7 +237,8 @@ class TrapAndEmulateMode(UntranslatedPaging, DirectMode):
 
     def _on_interrupt(self, vm, vector: int) -> None:
         """A #GP (or a #NP/#SS/#TS: the shadow tables hold no system descriptors, so gates and
-        TSSs used natively fault) at an instruction the monitor emulates is a trap: emulate it
+        TSSs used natively fault, and the ring views mark other rings' code not present) at an
+        instruction the monitor emulates is a trap: emulate it
         with the guest's own tables, in the hook, as direct mode delivers exceptions; hlt ends
         the run. Emulating is right even for the guest's own faults there: the emulation raises
         the same exception. Anything else is the guest's own exception."""

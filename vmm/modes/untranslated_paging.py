@@ -6,9 +6,13 @@ virtual, written by emulation only.
 A page fault reaches the interrupt hook: a hidden one fills the shadow and the instruction runs
 again; a store the shadow keeps read-only (into a guest page table) runs with the page lent
 writable and the real TF set, so that the single-step trap right after it takes the
-permission back; a true fault is the guest's #PF, with CR2 in the virtual CPU. Under nested
-paging a refused access ends the engine's run instead (the engine reports only its page: the
-exact address comes from the instruction, vmm/fault_address.py).
+permission back; a true fault is the guest's #PF, with CR2 in the virtual CPU. Under trap the
+shadows also hold the monitor's descriptor-table pages, supervisor-only: a guest access its own
+tables allow there runs the same way with the guest's translation lent (or is emulated), and
+while the guest's paging is off the engine pages on flat tables that keep the monitor's areas
+from the kernel at CPL 3. Under nested paging a refused access ends the engine's run instead
+(the engine reports only its page: the exact address comes from the instruction,
+vmm/fault_address.py).
 """
 
 from __future__ import annotations

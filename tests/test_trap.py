@@ -241,3 +241,30 @@ def test_with_paging_off_the_kernel_cannot_read_the_monitors_areas(tmp_path, add
         assert result.guest_value & 0xFF == 0
     else:
         assert result.reason is StopReason.MEMORY_FAULT and f"{address:#x}" in result.message, result.message
+
+
+def _descriptor_with(access: int) -> bytes:
+    """A flat 4 GiB descriptor with the access byte `access`."""
+    return (0x0000FFFF | (0x00CF0000 | access << 8) << 32).to_bytes(8, "little")
+
+
+@pytest.mark.parametrize("access, ring, view_access, marked", [
+    (0x9A, 0, 0xFB, False),     # the ring's own code: DPL 3, accessed
+    (0xFA, 0, 0x7B, True),      # ring 3's code in the kernel's view: not present (a mark)
+    (0x7A, 0, 0x7B, False),     # ...but the guest's own not-present code is no mark
+    (0x9E, 0, 0x7F, True),      # conforming code: a mark in the kernel's view
+    (0xDA, 0, 0x7B, True),      # ring 2's code: a mark
+    (0x92, 0, 0xF3, False),     # the kernel's data: DPL 3
+    (0xF2, 0, 0xF3, False),     # ring 3's data: loadable by the kernel as it is
+    (0x92, 1, 0x93, False),     # ring 0's data in ring 1's view: DPL 0 kept, the engine's #GP
+    (0xB2, 1, 0xF3, False),     # ring 1's own data
+    (0x9A, 3, 0x9B, False),     # ring 3's view: the guest's descriptors as they are
+    (0x9E, 3, 0x9F, False),
+    (0x89, 0, 0x09, False),     # a TSS: never present in any view (the monitor emulates its uses)
+    (0x89, 3, 0x09, False),
+])
+def test_a_ring_view_lets_through_what_that_ring_may_do_and_marks_the_rest(access, ring, view_access, marked):
+    from vmm.shadow_tables import ring_view_descriptor
+    descriptor, was_marked = ring_view_descriptor(_descriptor_with(access), ring)
+    assert (descriptor[5], was_marked) == (view_access, marked)
+    assert descriptor[:5] + descriptor[6:] == _descriptor_with(access)[:5] + _descriptor_with(access)[6:]

@@ -80,7 +80,7 @@ def test_inspection_and_tracing_work_on_every_sample(entry, tmp_path):
 
 # -- the modes a run leaves out -------------------------------------------------------------------
 LEFT_OUT = [(entry, mode) for entry in MANIFEST for mode in entry["missing"]]
-DIFFERING = [(entry, mode) for entry, mode in LEFT_OUT if mode in ("direct", "vt")]
+DIFFERING = [(entry, mode) for entry, mode in LEFT_OUT if mode in ("direct", "trap", "vt")]
 
 
 def _pair_ids(pairs):

@@ -1,8 +1,8 @@
 """The monitor's own page tables, which the engine walks while the guest's paging is off: an
 identity map of guest RAM with per-page write protection, two-level for trap and vt
-(MonitorPageTables, whose monitor entries also go into trap's shadow directories) and IA-32e for
-bt (LongModeTables: the guest's 4 GiB, its 4-8 GiB alias, and the monitor's region far above,
-whose PML4 entry every bt shadow root shares; docs/isolation.md).
+(MonitorPageTables; trap's `build_flat` keeps the monitor's areas from its deprivileged kernel)
+and IA-32e for bt (LongModeTables: the guest's 4 GiB, its 4-8 GiB alias, and the monitor's
+region far above, whose PML4 entry every bt shadow root shares; docs/isolation.md).
 
 Why paging at all while the guest's own paging is off: a store the engine refuses through
 Unicorn's memory permissions is reported at the start of the engine's translation block, not
@@ -81,16 +81,38 @@ class MonitorPageTables:
         tables = cls(memory.monitor_view(DIRECTORY_OFFSET, DIRECTORY_SIZE), directory_address,
                      memory.monitor_view(TABLES_OFFSET, TABLES_SIZE), tables_address)
         tables.map_identity(memory.ram.base, memory.ram.size, writable=True)
-        # Of the monitor's areas only what the CPU itself reads by linear address is mapped (the
-        # shadow descriptor tables under trap), supervisor-only: the deprivileged kernel at CPL 3
-        # cannot read them, the CPU's descriptor loads (implicit supervisor accesses) can. The
-        # tables themselves are read by the page walker through physical addresses only. The
-        # boot GDT is the firmware's, readable as at its guest-physical address in every mode.
+        # The monitor's areas are supervisor-only (the tables themselves are read by the page
+        # walker through physical addresses only, and are left out). The boot GDT is the
+        # firmware's, readable as at its guest-physical address in every mode.
         for base, size, perms in memory.monitor_mappings():
             if base in (directory_address, tables_address):
                 continue
             boot = base == memory.monitor.base
             tables.map_identity(base, size, writable=bool(perms & PROT_WRITE), user=boot)
+        return tables
+
+    @classmethod
+    def build_flat(cls, memory) -> "MonitorPageTables":
+        """trap's tables for while the guest's paging is off: all 4 GiB one to one and user
+        accessible (4 MiB pages where no monitor area is), so guest RAM and every address the
+        engine itself answers for behave as without paging; but the monitor's areas mapped so
+        far are supervisor-only and read-only, so that the deprivileged kernel at CPL 3 faults
+        on them (the CPU's descriptor loads, supervisor accesses, still read trap's ring views;
+        the page walker reads tables by physical address). The boot GDT stays user-readable,
+        the firmware's as in every mode. Needs CR4.PSE in the engine."""
+        directory_address = memory.map_monitor_area(DIRECTORY_OFFSET, DIRECTORY_SIZE, PROT_READ)
+        tables_address = memory.map_monitor_area(TABLES_OFFSET, TABLES_SIZE, PROT_READ)
+        tables = cls(memory.monitor_view(DIRECTORY_OFFSET, DIRECTORY_SIZE), directory_address,
+                     memory.monitor_view(TABLES_OFFSET, TABLES_SIZE), tables_address)
+        areas = memory.monitor_mappings()
+        split = {index for base, size, _perms in areas for index in range(base >> 22, ((base + size - 1) >> 22) + 1)}
+        for index in range(ENTRIES):
+            if index in split:
+                tables.map_identity(index << 22, 1 << 22, writable=True)
+            else:
+                struct.pack_into("<I", tables.directory, index * 4, (index << 22) | PDE_FLAGS | DIRTY | LARGE)
+        for base, size, _perms in areas:
+            tables.map_identity(base, size, writable=False, user=base == memory.monitor.base)
         return tables
 
     def set_writable(self, page_address: int, writable: bool) -> None:

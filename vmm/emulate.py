@@ -14,7 +14,7 @@ from typing import Optional
 
 from capstone import x86_const as X
 
-from translator.classify import Category
+from translator.classify import Category, Procedure
 from translator.x86decode import SEGMENT_NAMES as _SEGMENTS
 from translator.x86decode import SUBREGISTERS
 from vmm.errors import UnsupportedGuestFeature
@@ -70,17 +70,23 @@ class Emulator:
         self.interrupt_shadow = False    # set by a load of SS: no interrupt before the next instruction
         self.debug_registers = [0, 0, 0, 0, 0xFFFF0FF0, 0x400, 0xFFFF0FF0, 0x400]   # reset values
 
+    @classmethod
+    def has_emulation(cls, procedure: Optional[Procedure]) -> bool:
+        """Whether there is an emulation for this procedure: the method named after it."""
+        return procedure is not None and hasattr(cls, "_" + procedure.value)
+
     def emulates(self, instruction) -> bool:
         """Whether there is an emulation procedure for this instruction."""
-        return hasattr(self, "_" + instruction.rule.procedure) if instruction.rule.procedure else False
+        return self.has_emulation(instruction.rule.procedure)
 
     def emulate(self, instruction) -> Outcome:
-        procedure = getattr(self, "_" + instruction.rule.procedure, None)
-        if procedure is None:
+        rule = instruction.rule
+        if not self.has_emulation(rule.procedure):
             raise UnsupportedInstruction(f"no emulation for {instruction} at {instruction.address:#010x}")
+        procedure = getattr(self, "_" + rule.procedure.value)
         insn = instruction.insn
-        if instruction.rule.category is Category.PRIVILEGED and self.cpu.cpl > 0 \
-                and instruction.rule.procedure not in ("interrupt_flag", "rdpmc"):
+        if rule.category is Category.PRIVILEGED and self.cpu.cpl > 0 \
+                and rule.procedure not in (Procedure.INTERRUPT_FLAG, Procedure.RDPMC):
             raise GuestFault(GP, 0)           # outside ring 0 every privileged instruction faults
         self._next = instruction.end
         outcome = procedure(insn)
@@ -360,9 +366,9 @@ class Emulator:
         far transfer to an available TSS or a task gate (vt's task-switch exit). A quiet look: if
         it cannot read the operand or descriptor, the instruction itself will fault the same way."""
         insn = instruction.insn
-        if instruction.rule.procedure == "iret":
+        if instruction.rule.procedure is Procedure.IRET:
             return bool(self.cpu.reg("eflags") & NT)
-        if instruction.rule.procedure not in ("far_jmp", "far_call"):
+        if instruction.rule.procedure not in (Procedure.FAR_JMP, Procedure.FAR_CALL):
             return False
         quiet = GuestView(self.cpu, self.view.memory, cpu_access=False)
         operand = insn.operands[0]

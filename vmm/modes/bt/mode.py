@@ -26,9 +26,9 @@ from typing import Optional
 
 from cache.arena import CodeArena
 from cache.tcache import BlockKey, TranslatedBlock, TranslationCache
-from translator.decoder import PAGE_SIZE, BlockEnd, Decoder, GuestBlock
+from translator.decoder import BlockEnd, Decoder, GuestBlock
 from translator.emitter import INLINE_CACHE_ENTRIES, INT3, Emitter, ExitKind, UnsupportedForm
-from translator.layout import IOPL_MASK, REAL_IOPL, TF, MonitorAddresses
+from translator.layout import REAL_IOPL, MonitorAddresses
 from vmm.cpu import GuestCpu
 from vmm.emulate import UnsupportedInstruction
 from vmm.engine import PROT_EXEC, PROT_READ, PROT_WRITE
@@ -49,7 +49,7 @@ from vmm.monitor_layout import (ARENA_OFFSET, ARENA_SIZE, ARENA_SLOT_SIZE, ARENA
                                 SHADOW_GDT_OFFSET, SHADOW_GDT_SIZE, SHADOW_LDT_OFFSET, SHADOW_LDT_SIZE, STUB_OFFSET,
                                 STUB_SIZE, VCPU_OFFSET, VCPU_PRIVILEGED_OFFSET, VCPU_PRIVILEGED_SIZE, VCPU_SIZE)
 from vmm.monitor_paging import LongModeTables
-from vmm.x86 import CR0_PG, FPU_CONTROLS, flushes_tlb, fpu_controls
+from vmm.x86 import CR0_PG, FPU_CONTROLS, IOPL_MASK, PAGE_SIZE, TF, flushes_tlb, fpu_controls
 
 
 # The monitor-region areas bt uses (offsets, sizes, where the TLB wants them): vmm/monitor_layout.py.

@@ -41,8 +41,8 @@ class Procedure(Enum):
     (translator/emitter.py) and, for every callout and inline rule, the monitor's emulation
     (vmm/emulate.py's Emulator._<value>), which trap and vt also use (vmm/modes/trap.py,
     vmm/modes/vt.py). One list for all of them, here because the translator imports nothing of
-    vmm while vmm may import the translator; tests/test_classify.py checks that every procedure
-    a rule can name has its emulation."""
+    vmm while vmm may import the translator. Every procedure a callout or inline rule names has
+    its emulation (tests/test_procedures.py)."""
     # control flow the translator rewrites itself (no emulation: the modes run it natively)
     BRANCH = "branch"
     CALL = "call"

@@ -9,7 +9,9 @@ from capstone import CS_ARCH_X86, CS_MODE_32, Cs
 from translator.classify import Handling, Procedure, classify, rules
 from vmm.emulate import Emulator
 from vmm.modes import trap, vt
+from tests.guests import run_source
 from tests.test_classify import CASES
+from vmm.exits import StopReason
 
 # Rules whose procedure the translator carries out itself and every mode runs natively.
 NATIVE_HANDLINGS = (Handling.CHAIN, Handling.LOOKUP, Handling.IO_HOOK)
@@ -56,3 +58,14 @@ def test_mode_tables_name_emulated_procedures(name, procedures):
     for procedure in procedures:
         assert isinstance(procedure, Procedure), (name, procedure)
         assert procedure in named and Emulator.has_emulation(procedure), (name, procedure)
+
+
+@pytest.mark.parametrize("mode, paging", [("bt", "shadow"), ("trap", "shadow"), ("vt", "shadow")])
+def test_clearing_cr0_pe_stops_unsupported_naming_no_other_mode(tmp_path, mode, paging):
+    """The emulation of `mov cr0` is shared by every mode that emulates CR0 writes; its message
+    said "under binary translation" under trap and vt too. (QEMU enters real mode; the monitor
+    does not model it and says so.)"""
+    source = "mov eax, cr0\nand eax, 0xfffffffe\nmov cr0, eax\nhlt\n"
+    result, _output, _vm = run_source(tmp_path, source, mode=mode, paging=paging, max_instructions=1000)
+    assert result.reason is StopReason.UNSUPPORTED
+    assert "real mode is not modelled" in result.message and "binary translation" not in result.message

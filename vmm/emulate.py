@@ -554,7 +554,7 @@ class Emulator:
 
     def _set_cr0(self, value: int) -> None:
         if not value & CR0_PE:
-            raise UnsupportedInstruction("leaving protected mode: real mode is not modelled under binary translation")
+            raise UnsupportedInstruction("leaving protected mode: real mode is not modelled where the monitor emulates CR0")
         self.cpu.set_reg("cr0", value | CR0_ET)        # ET is hardwired to one on a 387-class CPU
 
     def _write_msw(self, insn):

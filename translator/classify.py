@@ -161,18 +161,27 @@ _DEBUG_REGISTERS = {getattr(X, f"X86_REG_DR{n}") for n in range(16)}
 
 INNOCUOUS = Rule(Category.INNOCUOUS, Handling.COPY)
 # The rules classify() picks by opcode or operands, beyond the table by instruction id.
-_JUMP = Rule(Category.DIRECT_BRANCH, Handling.CHAIN, Procedure.BRANCH)
-_CALL = Rule(Category.DIRECT_BRANCH, Handling.CHAIN, Procedure.CALL)
-_FAR_JMP = Rule(Category.FAR_TRANSFER, Handling.CALLOUT, Procedure.FAR_JMP)
-_FAR_CALL = Rule(Category.FAR_TRANSFER, Handling.CALLOUT, Procedure.FAR_CALL)
-_INDIRECT_JMP = Rule(Category.INDIRECT_BRANCH, Handling.LOOKUP, Procedure.INDIRECT_JMP)
-_INDIRECT_CALL = Rule(Category.INDIRECT_BRANCH, Handling.LOOKUP, Procedure.INDIRECT_CALL)
-_READ_CONTROL_REGISTER = Rule(Category.PRIVILEGED, Handling.INLINE, Procedure.READ_CONTROL_REGISTER)
-_WRITE_CONTROL_REGISTER = Rule(Category.PRIVILEGED, Handling.CALLOUT, Procedure.WRITE_CONTROL_REGISTER)
-_DEBUG_REGISTER = Rule(Category.PRIVILEGED, Handling.CALLOUT, Procedure.DEBUG_REGISTER)
-_READ_SEGMENT_REGISTER = Rule(Category.SENSITIVE, Handling.INLINE, Procedure.READ_SEGMENT_REGISTER)
-_LOAD_SEGMENT_REGISTER = Rule(Category.SENSITIVE, Handling.CALLOUT, Procedure.LOAD_SEGMENT_REGISTER)
-_PUSH_SEGMENT_REGISTER = Rule(Category.SENSITIVE, Handling.INLINE, Procedure.PUSH_SEGMENT_REGISTER)
+_BY_FORM: set[Rule] = set()
+
+
+def _by_form(category: Category, handling: Handling, procedure: Procedure) -> Rule:
+    rule = Rule(category, handling, procedure)
+    _BY_FORM.add(rule)
+    return rule
+
+
+_JUMP = _by_form(Category.DIRECT_BRANCH, Handling.CHAIN, Procedure.BRANCH)
+_CALL = _by_form(Category.DIRECT_BRANCH, Handling.CHAIN, Procedure.CALL)
+_FAR_JMP = _by_form(Category.FAR_TRANSFER, Handling.CALLOUT, Procedure.FAR_JMP)
+_FAR_CALL = _by_form(Category.FAR_TRANSFER, Handling.CALLOUT, Procedure.FAR_CALL)
+_INDIRECT_JMP = _by_form(Category.INDIRECT_BRANCH, Handling.LOOKUP, Procedure.INDIRECT_JMP)
+_INDIRECT_CALL = _by_form(Category.INDIRECT_BRANCH, Handling.LOOKUP, Procedure.INDIRECT_CALL)
+_READ_CONTROL_REGISTER = _by_form(Category.PRIVILEGED, Handling.INLINE, Procedure.READ_CONTROL_REGISTER)
+_WRITE_CONTROL_REGISTER = _by_form(Category.PRIVILEGED, Handling.CALLOUT, Procedure.WRITE_CONTROL_REGISTER)
+_DEBUG_REGISTER = _by_form(Category.PRIVILEGED, Handling.CALLOUT, Procedure.DEBUG_REGISTER)
+_READ_SEGMENT_REGISTER = _by_form(Category.SENSITIVE, Handling.INLINE, Procedure.READ_SEGMENT_REGISTER)
+_LOAD_SEGMENT_REGISTER = _by_form(Category.SENSITIVE, Handling.CALLOUT, Procedure.LOAD_SEGMENT_REGISTER)
+_PUSH_SEGMENT_REGISTER = _by_form(Category.SENSITIVE, Handling.INLINE, Procedure.PUSH_SEGMENT_REGISTER)
 
 
 def _register_operands(insn) -> list[int]:
@@ -215,10 +224,7 @@ def classify(insn) -> Rule:
 
 def rules() -> frozenset[Rule]:
     """Every rule classify() can return (for the checks that each procedure has its emulation)."""
-    return frozenset(_BY_ID.values()) | {
-        INNOCUOUS, _JUMP, _CALL, _FAR_JMP, _FAR_CALL, _INDIRECT_JMP, _INDIRECT_CALL, _READ_CONTROL_REGISTER,
-        _WRITE_CONTROL_REGISTER, _DEBUG_REGISTER, _READ_SEGMENT_REGISTER, _LOAD_SEGMENT_REGISTER,
-        _PUSH_SEGMENT_REGISTER}
+    return frozenset(_BY_ID.values()) | _BY_FORM | {INNOCUOUS}
 
 
 # Far transfers that reach the monitor even when the guest kernel runs at ring 3: int n (and

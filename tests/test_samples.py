@@ -18,7 +18,8 @@ from vmm.cpu import GuestCpu
 from vmm.engine import Engine
 from vmm.exits import ExitReason, StopReason
 from vmm.guest_view import GuestFault, GuestView
-from vmm.memory import PTE_A, PTE_D, PhysicalMemory
+from vmm.memory import PhysicalMemory
+from vmm.x86 import PTE_A, PTE_D
 
 TRIPLE_FAULT_STATUS = 120
 

@@ -28,9 +28,7 @@ from vmm.loaders import LoadedImage, load_image
 from vmm.loaders import multiboot
 from vmm.memory import PhysicalMemory
 from vmm.modes import DEFAULT_MODE, available_modes
-from vmm.monitor_layout import ARENA_SLOTS
-
-MAX_TCACHE_BLOCKS = ARENA_SLOTS - 1
+from vmm.monitor_layout import MAX_TCACHE_BLOCKS
 from vmm.gdbstub import GdbStub
 from vmm.trace import Tracer
 from vmm.vm import Limits, VirtualMachine

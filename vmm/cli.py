@@ -8,15 +8,14 @@ from typing import Optional, Sequence
 
 from vmm import __version__, audit
 from vmm.clock import CLOCKS
-from vmm.builder import DEFAULT_LOAD_ADDRESS, DEFAULT_MEM_MIB, MAX_TCACHE_BLOCKS, MachineConfig, build_machine
+from vmm.builder import DEFAULT_LOAD_ADDRESS, DEFAULT_MEM_MIB, MachineConfig, build_machine
 from vmm.console import StdioConsole
 from vmm.disks import parse_drive
 from vmm.errors import VmmError
 from vmm.loaders.multiboot import split_module_list
 from vmm.exits import StopReason
 from vmm.modes import DEFAULT_MODE, available_modes
-from vmm.modes.bt import DEFAULT_CAPACITY
-from vmm.monitor_layout import ARENA_SLOT_SIZE
+from vmm.monitor_layout import ARENA_SLOT_SIZE, DEFAULT_TCACHE_BLOCKS, MAX_TCACHE_BLOCKS
 from vmm.modes.vt import parse_exit_controls
 from vmm.report import build_report, write_report
 from vmm.trace import TRACE_FLAGS, parse_trace_flags
@@ -75,7 +74,7 @@ def add_guest_arguments(group) -> None:
     group.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="stop after this wall time")
     group.add_argument("--tcache-size", type=_cache_size, default=None, metavar="BLOCKS|BYTES",
                        help=f"translation cache capacity: a block count, or bytes with K/M suffix "
-                            f"({ARENA_SLOT_SIZE} bytes a block; default {DEFAULT_CAPACITY} blocks)")
+                            f"({ARENA_SLOT_SIZE} bytes a block; default {DEFAULT_TCACHE_BLOCKS} blocks)")
 
 
 def guest_config(args, image: str, mode: str, **more) -> MachineConfig:

@@ -22,6 +22,10 @@ MONITOR_LINEAR = 0x7F0000000000
 ARENA_SLOT_SIZE = 256                    # (not the 5-byte exit slot: translator/emitter.py)
 ARENA_SIZE = 0x800000                    # 8 MiB
 ARENA_SLOTS = ARENA_SIZE // ARENA_SLOT_SIZE
+# The cache's capacity in blocks (--tcache-size): one a slot, less the slot bt keeps for the
+# single instructions it runs outside the cache (vmm/modes/bt/dispatch.py, ONE_SHOT_SLOT).
+DEFAULT_TCACHE_BLOCKS = 4096
+MAX_TCACHE_BLOCKS = ARENA_SLOTS - 1
 
 # Offsets from MONITOR_BASE (physical) and MONITOR_LINEAR (bt's linear view); sizes in bytes.
 BOOT_GDT_OFFSET, BOOT_GDT_SIZE = 0x0, 0x1000

@@ -46,9 +46,9 @@ from typing import Callable, Optional
 from vmm.engine import PROT_READ
 from vmm.fault_address import plain_store
 from vmm.monitor_layout import POOL_OFFSET, POOL_SIZE
-from vmm.monitor_paging import LONG_TABLE_FLAGS, MONITOR_PML4_INDEX, NX, LongModeTables
-from vmm.memory import (CR4_PSE, PAGE_SIZE, PTE_A, PTE_D, PTE_P, PTE_PS, PTE_RW, PTE_US, PhysicalMemory, UnbackedAccess, linear_to_physical)
-from vmm.x86 import CR0_PG, CR0_WP
+from vmm.monitor_paging import LONG_TABLE_FLAGS, MONITOR_PML4_INDEX, LongModeTables
+from vmm.memory import PhysicalMemory, UnbackedAccess, linear_to_physical
+from vmm.x86 import CR0_PG, CR0_WP, CR4_PSE, PAGE_SIZE, PTE_A, PTE_D, PTE_NX, PTE_P, PTE_PS, PTE_RW, PTE_US
 
 SHARED, KERNEL, USER = "shared", "kernel", "user"     # views (see the module docstring)
 
@@ -483,7 +483,7 @@ class ShadowPaging:
     def _pte(self, space: AddressSpace, entry: ShadowEntry) -> int:
         user = entry.user or space.view == KERNEL
         return ((entry.frame << 12) | SHADOW_PTE_BASE | (PTE_US if user else 0)
-                | (PTE_RW if self._writable(space, entry) else 0) | (NX if self.long_mode is not None else 0))
+                | (PTE_RW if self._writable(space, entry) else 0) | (PTE_NX if self.long_mode is not None else 0))
 
     # -- the table format: two-level 32-bit, or IA-32e (long mode) --------------------------------
     def _root(self, space: AddressSpace) -> int:

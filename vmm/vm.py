@@ -20,7 +20,7 @@ from vmm.bus import PortBus
 from vmm.clock import VirtualClock
 from vmm.console import Console
 from vmm.delivery import ExceptionDelivery, TripleFault
-from vmm.emulate import Emulator
+from vmm.emulate import Emulator, OutcomeKind
 from vmm.errors import MonitorBug, UnsupportedGuestFeature
 from vmm.engine import Engine
 from vmm.guest_view import GuestFault, GuestView
@@ -429,9 +429,9 @@ class VirtualMachine:
         except UnsupportedGuestFeature as error:
             self.request_stop(StopReason.UNSUPPORTED, str(error))
             return 0
-        if outcome.kind == "halt":
+        if outcome.kind is OutcomeKind.HALT:
             return self._hlt(vm_exit)
-        if outcome.kind == "interrupt":
+        if outcome.kind is OutcomeKind.INTERRUPT:
             self._deliver(outcome.vector, return_eip=instruction.end, fault_eip=vm_exit.eip, software=True)
         return 0
 

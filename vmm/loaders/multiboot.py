@@ -10,7 +10,8 @@ from typing import Optional
 
 from vmm.errors import ImageError
 from vmm.loaders import LoadedImage, check_placement, read_image
-from vmm.memory import PAGE_SIZE, PhysicalMemory, Region
+from vmm.memory import PhysicalMemory, Region
+from vmm.x86 import PAGE_SIZE
 
 HEADER_MAGIC = 0x1BADB002
 BOOTLOADER_MAGIC = 0x2BADB002           # EAX at entry

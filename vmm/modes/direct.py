@@ -12,9 +12,9 @@ from vmm.engine import StopCause
 from vmm.errors import MonitorBug
 from vmm.exits import ExitReason, VmExit
 from translator.x86decode import LEGACY_PREFIXES, decode, instruction_length
-from vmm.memory import PAGE_SIZE, PageFault, UnbackedAccess, linear_to_physical
+from vmm.memory import PageFault, UnbackedAccess, linear_to_physical
 from vmm.modes import ExecutionMode
-from vmm.x86 import BP, CR0_PG, CR4_PCE, DB, GP, IF, NM, OF_VEC, PF_VEC, UD, nm_is_ud
+from vmm.x86 import BP, CR0_PG, CR4_PCE, DB, GP, IF, NM, OF_VEC, PAGE_SIZE, PF_VEC, UD, nm_is_ud
 
 HLT_OPCODE = 0xF4
 ENGINE_BLOCK_MAX_INSTRUCTIONS = 512     # QEMU's TCG_MAX_INSNS: how far a block start can be

@@ -34,7 +34,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Optional
 
-from translator.classify import Category, traps_when_deprivileged
+from translator.classify import Category, Procedure, traps_when_deprivileged
 from translator.decoder import Decoder, GuestInstruction
 from vmm.cpu import GuestCpu
 from vmm.exits import ExitReason, StopReason, VmExit
@@ -46,9 +46,8 @@ from vmm.shadow_tables import ShadowTables
 from vmm.x86 import GP, IOPL_MASK, NP, SS, TS, SegmentDescriptor
 
 REAL_RING = 3
-HLT_PROCEDURE = "hlt"
 TRAP_VECTORS = (GP, NP, SS, TS)
-RETURNS = ("iret", "far_ret")     # no holes: a native one is a same-ring return (shadow_tables.py)
+RETURNS = (Procedure.IRET, Procedure.FAR_RET)     # no holes: a native one is a same-ring return (shadow_tables.py)
 
 
 def _real(selector: int) -> int:
@@ -252,7 +251,7 @@ class TrapAndEmulateMode(UntranslatedPaging, DirectMode):
             if instruction is not None and vm.emulator.emulates(instruction):
                 engine.reset_exception_state()
                 self.traps[instruction.insn.mnemonic] += 1
-                if instruction.rule.procedure == HLT_PROCEDURE and self.cpu.cpl == 0:
+                if instruction.rule.procedure is Procedure.HLT and self.cpu.cpl == 0:
                     engine.set_reg("eip", instruction.end)
                     self._pending_exit = VmExit(ExitReason.HLT, eip=eip)
                     engine.stop()

@@ -1,7 +1,12 @@
 """Guest paging as the monitor virtualizes it, one service for bt, trap and vt: over a Pager (shadow
 or nested paging) it applies the guest's control-register writes and invlpg, and classifies every
 fault on guest memory into a Verdict that the mode acts on in its own way (bt with a one-shot
-translation, trap and vt with the real TF lent for one instruction)."""
+translation, trap and vt with the real TF lent for one instruction).
+
+Trap's shadows also hold the pages of its ring views of the GDT and LDT (vmm/shadow_tables.py),
+supervisor-only, at their linear addresses in the monitor's region: a guest access its own tables
+allow there is the MonitorPage verdict, which trap serves by emulating the instruction or by one
+single-stepped instruction with the guest's translation lent (GuestPaging.lend_monitor_page)."""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from vmm.fault_address import plain_store
 from vmm.memory import PAGE_SIZE, PageFault, PhysicalMemory, UnbackedAccess
 from vmm.monitor_paging import MonitorPageTables
 from vmm.nested_paging import NestedPaging
-from vmm.shadow_paging import ShadowPaging
+from vmm.shadow_paging import MonitorPageAccess, ShadowPaging
 from vmm.x86 import CR0_PG, FPU_CONTROLS, PF_VEC, flushes_tlb, fpu_controls
 
 
@@ -59,6 +64,11 @@ class Pager(Protocol):
     def protect_frame(self, frame: int) -> None: ...
     def release_frame(self, frame: int) -> None: ...
     def lend_write(self, linear: int) -> bool: ...
+
+    def lend_monitor_page(self, access: MonitorPageAccess) -> None:
+        """The guest's own frame in place of a monitor page for one instruction (only a pager
+        with monitor pages in its tables raises MonitorPageAccess: trap's shadows)."""
+
     def end_loans(self) -> None: ...
 
     @property
@@ -89,6 +99,15 @@ class Lend:
 
 
 @dataclass(frozen=True)
+class MonitorPage:
+    """The guest's tables allow the access, but at its linear address the shadow keeps one of the
+    monitor's pages (trap's ring views, supervisor-only, which the CPU's descriptor loads read):
+    the mode emulates the instruction, or runs it alone with the guest's own frame lent there
+    (GuestPaging.lend_monitor_page), after which the monitor's page comes back."""
+    access: MonitorPageAccess
+
+
+@dataclass(frozen=True)
 class GuestPF:
     """A true fault: the guest's own tables refuse the access (GuestPaging.guest_page_fault)."""
     fault: PageFault
@@ -100,7 +119,7 @@ class NoMemory:
     physical: int
 
 
-Verdict = Union[Hidden, Traced, Lend, GuestPF, NoMemory]
+Verdict = Union[Hidden, Traced, Lend, MonitorPage, GuestPF, NoMemory]
 
 
 # -- what a control-register write does to the mapping (GuestPaging.control_register_written) -----
@@ -134,17 +153,20 @@ class GuestPaging:
         self.address_bits = address_bits
 
     @classmethod
-    def untranslated(cls, vm, cpu, scheme: str, ring_compression: bool) -> "GuestPaging":
+    def untranslated(cls, vm, cpu, scheme: str, ring_compression: bool, monitor_pages=()) -> "GuestPaging":
         """For the modes that run guest code untranslated (trap, vt): nested paging through the
-        engine's virtual TLB, or shadow paging on two-level tables with the monitor's entries
-        where the guest's kernel needs them (trap's shadow descriptor tables: ring_compression)."""
+        engine's virtual TLB, or shadow paging on two-level tables. monitor_pages: the linear
+        addresses of the monitor pages the engine reads through every shadow, supervisor-only
+        (trap's ring views: its shadows hold nothing else of the monitor's); without them (vt)
+        the shadows map the guest's linear space alone, next to the monitor's own tables."""
         engine, memory = vm.engine, vm.memory
         if scheme == "nested":
             control = cpu.control
             pager = NestedPaging(engine, memory, lambda: (control[0], control[3], control[4]), lambda: cpu.cpl)
         else:
-            pager = ShadowPaging.build(memory, MonitorPageTables.build(memory), engine.flush_tlb,
-                                       ring_compression=ring_compression, monitor_entries=ring_compression)
+            tables = None if monitor_pages else MonitorPageTables.build(memory)
+            pager = ShadowPaging.build(memory, tables, engine.flush_tlb,
+                                       ring_compression=ring_compression, monitor_pages=monitor_pages)
             memory.write_observers.append(pager.memory_written)
         return cls(pager, cpu, engine, memory)
 
@@ -241,6 +263,8 @@ class GuestPaging:
             return GuestPF(fault)
         except UnbackedAccess as error:
             return NoMemory(error.address)
+        except MonitorPageAccess as access:
+            return MonitorPage(access)
         if frame is None:
             return Hidden()
         if pager.page_table(frame) and not pager.code_frame(frame):
@@ -269,6 +293,12 @@ class GuestPaging:
         self.pager.lend_write(linear)
         if linear & 0xFFF > PAGE_SIZE - 16:
             self.pager.lend_write((linear + 15) & 0xFFFFFFFF)
+
+    def lend_monitor_page(self, verdict: MonitorPage) -> None:
+        """Let the next guest instruction reach its own frame where the shadow keeps a monitor
+        page (a store only if the access was one, never into a frame the monitor watches), until
+        end_loans() puts the monitor's page back."""
+        self.pager.lend_monitor_page(verdict.access)
 
     @property
     def lending(self) -> bool:

@@ -7,8 +7,8 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Callable, Optional
 
-from vmm.memory import PAGE_SIZE, PageFault, PhysicalMemory, UnbackedAccess, linear_to_physical
-from vmm.x86 import CR0_PG, PF_VEC, SegmentDescriptor
+from vmm.memory import PageFault, PhysicalMemory, UnbackedAccess, linear_to_physical
+from vmm.x86 import CR0_PG, PAGE_SIZE, PF_VEC, SegmentDescriptor
 
 
 class GuestFault(Exception):

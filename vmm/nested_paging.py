@@ -20,11 +20,11 @@ import collections
 from typing import Callable, Optional
 
 from vmm.engine import PROT_EXEC, PROT_READ, PROT_WRITE
+from vmm.errors import MonitorBug
 from translator.x86decode import decode
 from vmm.fault_address import fault_address
-from vmm.memory import (CR4_PSE, PAGE_SIZE, PTE_D, PTE_PS, PTE_RW, PageFault, PhysicalMemory,
-                        UnbackedAccess, linear_to_physical)
-from vmm.x86 import CR0_PG, CR0_WP
+from vmm.memory import PageFault, PhysicalMemory, UnbackedAccess, linear_to_physical
+from vmm.x86 import CR0_PG, CR0_WP, CR4_PSE, PAGE_SIZE, PTE_D, PTE_PS, PTE_RW
 
 PROT_RX = PROT_READ | PROT_EXEC
 
@@ -228,6 +228,11 @@ class NestedPaging:
         self._lent.add(frame)
         self.engine.flush_tlb()
         return True
+
+    def lend_monitor_page(self, access) -> None:
+        """(The Pager protocol's: fill never raises MonitorPageAccess here, the monitor's region
+        is answered by its own map above the guest's walk.)"""
+        raise MonitorBug(f"nested paging lends no monitor page ({access})")
 
     def end_loans(self) -> None:
         if self._lent:

@@ -1,7 +1,8 @@
 """Direct execution: the guest's own code runs untranslated on the engine, at its own ring (the
 bare machine). The reference every other mode is compared with, and their speed limit. Also the
 base of the other untranslated modes (trap, vt): their guest paging (vmm/guest_paging.py, with
-the real TF lent for a watched store) and the one stop a run's hooks record."""
+the real TF lent for a watched store or for trap's access at a monitor page's address) and the
+one stop a run's hooks record."""
 
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ from vmm.engine import StopCause
 from vmm.errors import MonitorBug
 from vmm.exits import ExitReason, VmExit
 from translator.x86decode import LEGACY_PREFIXES, decode, instruction_length
-from vmm.guest_paging import GuestPaging, GuestPF, Hidden, Lend, NoMemory, PagingOff, Traced
+from vmm.guest_paging import GuestPaging, GuestPF, Hidden, Lend, MonitorPage, NoMemory, PagingOff, Traced
 from vmm.guest_view import GuestView
-from vmm.memory import PAGE_SIZE, UnbackedAccess
+from vmm.memory import UnbackedAccess
 from vmm.modes import ExecutionMode, PendingStop
-from vmm.x86 import BP, CR0_PG, CR0_WP, CR4_PCE, DB, GP, IF, NM, OF_VEC, PF_VEC, TF, UD, nm_is_ud
+from vmm.x86 import BP, CR0_PG, CR0_WP, CR4_PCE, DB, GP, IF, NM, OF_VEC, PAGE_SIZE, PF_VEC, TF, UD, nm_is_ud
 
 HLT_OPCODE = 0xF4
 ENGINE_BLOCK_MAX_INSTRUCTIONS = 512     # QEMU's TCG_MAX_INSNS: how far a block start can be
@@ -80,12 +81,15 @@ class StopKind(enum.Enum):
     END_RUN = "end_run"           # a device asked the run to end (inside an I/O hook: (block start,
                                   # dx, port, size, out), to find where it really ends; else None)
     BREAKPOINT = "breakpoint"     # a debugger breakpoint, in front of its instruction
+    MONITOR_AREA = "monitor_area"  # trap, the guest's paging off: it reached a monitor area the flat
+                                   # tables keep from it, memory it does not have ((eip, linear, write))
 
 
 class TrapFlagLoan:
-    """The real TF, lent for one guest instruction that runs with a page lent writable (a store
-    the shadow keeps read-only, trap and vt): the single-step trap right after it ends the loan.
-    The guest's own TF is kept as the guest set it."""
+    """The real TF, lent for one guest instruction that runs with a page lent (a store the shadow
+    keeps read-only, trap and vt; trap's access to its own frame where the shadow keeps a ring
+    view's page): the single-step trap right after it ends the loan. The guest's own TF is kept
+    as the guest set it."""
 
     def __init__(self, engine) -> None:
         self.engine = engine
@@ -447,11 +451,16 @@ class DirectMode(ExecutionMode):
         change = self.paging.control_register_written(number, old)
         engine = self.engine
         if isinstance(change, PagingOff):
-            if not self.paging.virtual_tlb:
-                engine.set_reg("cr0", engine.reg("cr0") & ~CR0_PG)
+            self._paging_off()
         elif change is not None and change.directory is not None:    # shadow paging: the engine
             engine.set_reg("cr3", change.directory)                   # walks the shadow
             engine.set_reg("cr0", engine.reg("cr0") | CR0_PG | CR0_WP)
+
+    def _paging_off(self) -> None:
+        """The guest turned paging off: shadow paging leaves the engine unpaged (vt; trap pages
+        on flat tables instead), nested paging's virtual TLB goes on answering."""
+        if not self.paging.virtual_tlb:
+            self.engine.set_reg("cr0", self.engine.reg("cr0") & ~CR0_PG)
 
     def ring_changed(self) -> None:
         directory = self.paging.ring_changed()
@@ -471,10 +480,12 @@ class DirectMode(ExecutionMode):
         if self.paging is None:
             return False
         engine = self.engine
-        if vector == PF_VEC and not self.paging.virtual_tlb and self.paging.on \
-                and not engine.last_exception_info()[1]:
-            self._page_fault(vm)
-            return True
+        if vector == PF_VEC and not self.paging.virtual_tlb and not engine.last_exception_info()[1]:
+            if self.paging.on:
+                self._page_fault(vm)
+                return True
+            if self._unpaged_fault(vm):
+                return True
         if self.loan.active:
             guest_step = self.loan.guest_tf
             self._end_loan()
@@ -483,12 +494,24 @@ class DirectMode(ExecutionMode):
                 return True
         return False
 
+    def _unpaged_fault(self, vm) -> bool:
+        """A page fault of the engine while the guest's paging is off: the monitor's own when
+        the engine pages anyway (trap's flat tables: True, handled)."""
+        return False
+
+    def serve_monitor_page(self, vm, verdict: MonitorPage) -> bool:
+        """A mode may carry out an access at a monitor page's linear address itself (True:
+        trap emulates what it knows) rather than have it run with the guest's frame lent."""
+        return False
+
     def _page_fault(self, vm) -> None:
         """A page fault of the engine on the shadow: a hidden fault fills it and the instruction
         runs again; a store the shadow keeps read-only (into a guest page table) is carried out
         (a plain mov) or runs with the page lent writable and the real TF set, so that the
-        single-step trap right after it takes the permission back; a true fault is the guest's
-        #PF, with CR2 in the virtual CPU."""
+        single-step trap right after it takes the permission back; an access the guest allows
+        where the shadow keeps a monitor page (trap's ring views) is served by the mode or runs
+        the same way with the guest's frame lent there; a true fault is the guest's #PF, with
+        CR2 in the virtual CPU."""
         engine = self.engine
         error_code, _software = engine.last_exception_info()
         linear, eip = engine.reg("cr2"), engine.reg("eip")
@@ -513,6 +536,10 @@ class DirectMode(ExecutionMode):
         elif isinstance(verdict, Lend):     # anything else: one instruction, lent
             self.paging.lend(linear)
             self.loan.begin()
+        elif isinstance(verdict, MonitorPage):      # the guest's own page at a monitor page's
+            if not self.serve_monitor_page(vm, verdict):    # address: emulated, or one step lent
+                self.paging.lend_monitor_page(verdict)
+                self.loan.begin()
 
     def _end_loan(self) -> None:
         """The lent store ran (or faulted): protect the page table again, give TF back."""
@@ -613,6 +640,11 @@ class DirectMode(ExecutionMode):
             if eip is not None:
                 engine.set_reg("eip", eip)
             return vm_exit, False
+        if kind is StopKind.MONITOR_AREA:
+            eip, linear, write = stop.data
+            engine.set_reg("eip", eip)
+            return VmExit(ExitReason.MEMORY_FAULT, eip=eip,
+                          detail=f"{'write' if write else 'read'} of no memory at {linear:#x}"), False
         if kind is StopKind.RERUN_BLOCK:     # (what ran is retired)
             engine.set_reg("eip", stop.data)
             return VmExit(ExitReason.EVENT, eip=stop.data), True
@@ -626,7 +658,7 @@ class DirectMode(ExecutionMode):
         if kind is StopKind.END_RUN:     # cut short: what it ran is retired by the caller
             eip = self._resume_point(eip, stop.data)
             engine.set_reg("eip", eip)
-            if self._byte_before(eip) != HLT_OPCODE:
+            if not engine.halted():
                 return VmExit(ExitReason.EVENT, eip=eip), True
             return VmExit(ExitReason.HLT, eip=eip - 1), False
         if fetch_exit == eip and cause is StopCause.RETURNED and not stepping:   # the code before the page ran
@@ -643,9 +675,8 @@ class DirectMode(ExecutionMode):
             return self._tlb_refused(vm), True
         if count:
             # Only `hlt` and an exhausted count return quietly. hlt leaves EIP just past itself;
-            # the count stops before an instruction. A count that ran out right after a
-            # non-hlt instruction ending in byte F4 would be taken for hlt.
-            if self._byte_before(eip) != HLT_OPCODE:
+            # the count stops before an instruction (perhaps after one ending in byte F4).
+            if not engine.halted():
                 vm.retire(count)
                 return VmExit(ExitReason.EVENT, eip=eip), False
         return VmExit(ExitReason.HLT, eip=eip - 1), False
@@ -679,7 +710,7 @@ class DirectMode(ExecutionMode):
     def _stopped_early(self, vm, cause) -> bool:
         return (cause is not StopCause.RETURNED or vm.stop_requested or self._stop is not None
                 or vm.limits.stop_due
-                or self._byte_before(self.engine.reg("eip")) == HLT_OPCODE
+                or self.engine.halted()
                 or self.engine.reg("eip") == self._fetch_exit)
 
     def _instructions_ran(self) -> int:
@@ -689,7 +720,7 @@ class DirectMode(ExecutionMode):
         started = self.engine.instructions_started()
         eip = self.engine.reg("eip")
         between, self._stopped_between_blocks = self._stopped_between_blocks, False
-        if between or self._byte_before(eip) == HLT_OPCODE or eip == self._fetch_exit:   # (an exit is
+        if between or self.engine.halted() or eip == self._fetch_exit:   # (an exit is
             return started                                                   # no instruction)
         return max(0, started - 1)
 

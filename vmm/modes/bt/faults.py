@@ -7,14 +7,13 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from translator.decoder import PAGE_SIZE
 from vmm.exits import ExitReason, VmExit
-from vmm.guest_paging import GuestPF, Hidden, NoMemory, Traced
+from vmm.guest_paging import GuestPF, Hidden, MonitorPage, NoMemory, Traced
 from vmm.memory import PageFault
 from vmm.monitor_layout import MONITOR_LINEAR, VCPU_PRIVILEGED_OFFSET, VCPU_PRIVILEGED_SIZE
 from vmm.errors import MonitorBug
 from vmm.modes.bt.stops import CacheExit, CacheExitKind, Exit, Outcome, Resume, RunOneShot
-from vmm.x86 import GP, PF_VEC
+from vmm.x86 import GP, PAGE_SIZE, PF_VEC
 
 
 class CacheFaults:
@@ -132,7 +131,10 @@ class CacheFaults:
                 return Exit(VmExit(ExitReason.MEMORY_FAULT, eip=guest_eip,
                                    detail=f"{'write' if write else 'read'} of no memory at {address:#x} "
                                           f"(physical {verdict.physical:#x})"))
-            return self._write_watched(address, verdict.frame, guest_eip)
+            if isinstance(verdict, MonitorPage):
+                # bt's shadows keep no monitor page in the guest's 4 GiB (the monitor is above it)
+                raise MonitorBug(f"a monitor page at guest linear {address:#x} under binary translation")
+            return self._write_watched(address, verdict.frame, guest_eip)   # Lend
         guest_eip = self.to_guest_instruction(stop)
         page = address // PAGE_SIZE
         if not (write and stop.error_code & 1 and self.memory.ram.contains(address, 1)

@@ -17,11 +17,11 @@ from typing import Callable, Optional, Protocol, Union
 from vmm.errors import MonitorBug
 from vmm.exits import ExitReason, VmExit
 from vmm.fault_address import plain_store
-from vmm.memory import PAGE_SIZE, PageFault, PhysicalMemory, UnbackedAccess
+from vmm.memory import PageFault, PhysicalMemory, UnbackedAccess
 from vmm.monitor_paging import MonitorPageTables
 from vmm.nested_paging import NestedPaging
 from vmm.shadow_paging import MonitorPageAccess, ShadowPaging
-from vmm.x86 import CR0_PG, FPU_CONTROLS, PF_VEC, flushes_tlb, fpu_controls
+from vmm.x86 import CR0_PG, FPU_CONTROLS, PAGE_SIZE, PF_VEC, flushes_tlb, fpu_controls
 
 
 class Pager(Protocol):

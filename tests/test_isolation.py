@@ -1003,7 +1003,7 @@ BT_UNASSIGNED = ("no guest access reaches the monitor under bt (docs/isolation.m
                  "the monitor stops the run as memory_fault (status 121)")
 KNOWN_FAILURES = {
     # bt: since translated code is 64-bit code (docs/isolation.md) no attack reaches the monitor; the
-    # entries left for bt are unassigned memory (BT_UNASSIGNED), an SS base and a based code segment.
+    # entries left for bt are unassigned memory (BT_UNASSIGNED) and a based code segment.
     "kernel_call_escape-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED),
         **dict.fromkeys(UNTRANSLATED, STOPS_AT_UNASSIGNED)},
     "kernel_call_escape-paging_on": {
@@ -1058,9 +1058,7 @@ KNOWN_FAILURES = {
         
         "direct": STOPS_AT_UNASSIGNED, "vt-shadow": STOPS_AT_UNASSIGNED, "vt-nested": STOPS_AT_UNASSIGNED,
         **dict.fromkeys(TRAP, TRAP_RING3)},
-    "user_segments-paging_on": {**dict.fromkeys(TRAP, TRAP_RING3), **dict.fromkeys(
-        BT, "the stack segment based at 0xff000000 stops bt as unsupported: its 64-bit stack sequences do not "
-            "add an SS base (docs/isolation.md)")},
+    "user_segments-paging_on": dict.fromkeys(TRAP, TRAP_RING3),
     "kernel_smc_race-paging_on": dict.fromkeys(UNTRANSLATED, SMC_ALIAS),
     "user_smc_race-paging_off": dict.fromkeys(TRAP, TRAP_RING3),
     "user_smc_race-paging_on": {"direct": SMC_ALIAS, "vt-shadow": SMC_ALIAS, "vt-nested": SMC_ALIAS,

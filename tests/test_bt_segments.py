@@ -1,0 +1,401 @@
+"""Segments with a base under binary translation, against QEMU: a stack segment with a base (the
+stack sequences and [esp]/[ebp] operands add it, docs/isolation.md) and code segments with a
+base (blocks keyed by the CS base, EIPs relative to it, docs/translation.md).
+
+Each guest prints what it saw on COM1 and exits through isa-debug-exit. The expected console
+output below is what qemu-system-i386 printed for the same guest (recorded with
+`python -m tests.test_bt_segments --record`, checked against a live QEMU by
+test_expected_output_is_qemus when QEMU is installed); every mode must print exactly that.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.guests import run_source
+
+QEMU = "qemu-system-i386"
+LOAD = 0x100000
+
+# Print EAX as eight hex digits and a space (print_hex), a newline (newline), the string at ESI
+# (puts); exit with EAX. Every one of them uses the stack: under a based SS they are the test too.
+RUNTIME = r"""
+print_hex:
+    push ecx
+    push eax
+    mov ecx, 8
+print_next:
+    rol eax, 4
+    push eax
+    and al, 0x0f
+    add al, 0x30
+    cmp al, 0x39
+    jbe print_digit
+    add al, 0x27
+print_digit:
+    call putc
+    pop eax
+    dec ecx
+    jnz print_next
+    mov al, 0x20
+    call putc
+    pop eax
+    pop ecx
+    ret
+
+newline:
+    push eax
+    mov al, 10
+    call putc
+    pop eax
+    ret
+
+putc:
+    push edx
+    mov dx, 0x3f8
+    out dx, al
+    pop edx
+    ret
+
+exit:
+    mov dx, 0xf4
+    out dx, eax
+    cli
+    hlt
+"""
+
+GDT, IDT = 0x6000, 0x7000
+
+
+def _descriptor(base: int, limit: int, access: int, flags: int) -> tuple[int, int]:
+    low = (limit & 0xFFFF) | ((base & 0xFFFF) << 16)
+    high = (((base >> 16) & 0xFF) | (access << 8) | (((limit >> 16) & 0xF) << 16) | (flags << 20)
+            | (base & 0xFF000000))
+    return low, high
+
+
+def _prologue(segments: dict[int, tuple[int, int]], vectors: dict[int, str], paging: str = "") -> str:
+    """GDT (flat code 0x08 and data 0x10, then `segments`: selector -> (base, access byte)),
+    IDT with interrupt gates to flat code for `vectors`, a flat stack; `paging`: more set-up."""
+    entries = {0x08: _descriptor(0, 0xFFFFF, 0x9A, 0xC), 0x10: _descriptor(0, 0xFFFFF, 0x92, 0xC)}
+    for selector, (base, access) in segments.items():
+        entries[selector & ~7] = _descriptor(base, 0xFFFFF, access, 0xC)
+    s = "start:\n    cli\n    cld\n    mov esp, 0x90000\n"
+    for selector, (low, high) in entries.items():
+        s += f"    mov dword ptr [{GDT + selector:#x}], {low:#x}\n    mov dword ptr [{GDT + selector + 4:#x}], {high:#x}\n"
+    s += f"    mov word ptr [{GDT + 0x800:#x}], 0x7ff\n    mov dword ptr [{GDT + 0x802:#x}], {GDT:#x}\n"
+    s += f"    lgdt [{GDT + 0x800:#x}]\n    .byte 0xea\n    .long reload_cs\n    .word 0x08\nreload_cs:\n"
+    s += "    mov ax, 0x10\n    mov ds, ax\n    mov es, ax\n    mov ss, ax\n"
+    for vector, label in vectors.items():
+        entry = IDT + vector * 8
+        s += (f"    mov eax, {label}\n    mov word ptr [{entry:#x}], ax\n    mov word ptr [{entry + 2:#x}], 0x08\n"
+              f"    mov word ptr [{entry + 4:#x}], 0x8e00\n    shr eax, 16\n    mov word ptr [{entry + 6:#x}], ax\n")
+    s += f"    mov word ptr [{IDT + 0x800:#x}], 0x7ff\n    mov dword ptr [{IDT + 0x802:#x}], {IDT:#x}\n"
+    s += f"    lidt [{IDT + 0x800:#x}]\n"
+    return s + paging
+
+
+# ---------------------------------------------------------------------------- a stack segment with a base
+# SS 0x18 is based at 0xFFF00000: ESP 0x190000 is linear 0x90000 (the sum wraps at 4 GiB) and the
+# flat DS reads back what the stack sequences stored there. SS 0x20 is based at 0x40000.
+STACK_SEGMENTS = {0x18: (0xFFF00000, 0x92), 0x20: (0x40000, 0x92)}
+
+STACK_BODY = r"""
+    mov ax, 0x18
+    mov ss, ax
+    mov esp, 0x190000
+/* push imm, reg, memory; the flat view of linear 0x8fff4..0x90000 */
+    push 0x11111111
+    mov ebx, 0x22222222
+    push ebx
+    mov dword ptr [0x5000], 0x33333333
+    push dword ptr [0x5000]
+    mov eax, dword ptr [0x8fffc]
+    call print_hex
+    mov eax, dword ptr [0x8fff8]
+    call print_hex
+    mov eax, dword ptr [0x8fff4]
+    call print_hex
+    mov eax, esp
+    call print_hex
+    call newline
+/* pop reg, pop memory (its address after ESP moved), [esp] operands */
+    pop eax
+    call print_hex
+    pop dword ptr [0x5004]
+    mov eax, dword ptr [0x5004]
+    call print_hex
+    mov eax, dword ptr [esp]
+    call print_hex
+    add dword ptr [esp], 5
+    mov ecx, 0
+    mov eax, dword ptr [esp + ecx*4]
+    call print_hex
+    pop eax
+    call newline
+/* call and ret: the return address on the based stack is an EIP; ret imm; indirect call */
+    call read_return
+returned_here:
+    call print_hex
+    mov eax, returned_here
+    call print_hex
+    push 0x44444444
+    call pop_four
+    mov eax, esp
+    call print_hex
+    mov eax, read_return
+    call eax
+    call print_hex
+    lea edx, [read_return]
+    mov dword ptr [0x5008], edx
+    call dword ptr [0x5008]
+    call print_hex
+    call newline
+/* pushfd, an [esp] operand changing the image, popfd */
+    clc
+    pushfd
+    mov eax, dword ptr [0x8fffc]
+    and eax, 0x8d5
+    call print_hex
+    or dword ptr [esp], 0x801
+    popfd
+    setc al
+    seto ah
+    movzx eax, ax
+    call print_hex
+    pushfd
+    and dword ptr [esp], 0xfffff77e
+    popfd
+    .byte 0x66, 0x9c                /* pushf (16 bits) */
+    movzx eax, word ptr [0x8fffe]
+    and eax, 0x8d5
+    call print_hex
+    .byte 0x66, 0x9d                /* popf (16 bits) */
+    call newline
+/* enter and leave, [ebp+x] operands */
+    mov ebp, 0x600dbeef
+    enter 8, 0
+    mov eax, dword ptr [0x8fffc]
+    call print_hex
+    mov dword ptr [ebp - 4], 0xabcd1234
+    mov eax, dword ptr [0x8fff8]
+    call print_hex
+    mov eax, dword ptr [ebp]
+    call print_hex
+    add dword ptr [ebp - 4], 1
+    mov eax, dword ptr [ebp - 4]
+    call print_hex
+    mov eax, esp
+    call print_hex
+    leave
+    mov eax, ebp
+    call print_hex
+    mov eax, esp
+    call print_hex
+    call newline
+    mov ebp, 0x18ff00
+    mov dword ptr [ebp - 4], 0x77777777
+    enter 4, 2
+    mov eax, dword ptr [esp + 4]
+    call print_hex
+    mov eax, dword ptr [esp + 8]
+    call print_hex
+    mov eax, dword ptr [0x8fffc]
+    call print_hex
+    mov eax, ebp
+    call print_hex
+    leave
+    mov eax, esp
+    call print_hex
+    call newline
+/* pusha and popa */
+    mov eax, 0xa0
+    mov ecx, 0xc1
+    mov edx, 0xd2
+    mov ebx, 0xb3
+    mov ebp, 0xb5
+    mov esi, 0x56
+    mov edi, 0xd7
+    pushad
+    mov eax, dword ptr [0x8ffec]
+    call print_hex
+    mov eax, dword ptr [0x8fffc]
+    call print_hex
+    mov dword ptr [esp + 28], 0x12345678
+    popad
+    call print_hex
+    mov eax, esp
+    call print_hex
+    push 0x1234
+    .byte 0x66, 0x60                /* pushaw */
+    mov ax, word ptr [esp + 6]
+    movzx eax, ax
+    call print_hex
+    .byte 0x66, 0x61                /* popaw */
+    pop eax
+    call print_hex
+    call newline
+/* an exception on the based stack: the handler reads its frame through SS */
+    ud2
+after_ud2:
+    mov eax, esp
+    call print_hex
+    call newline
+/* another base: SS 0x20 at 0x40000, ESP 0x50000 is linear 0x90000 */
+    mov ax, 0x20
+    mov ss, ax
+    mov esp, 0x50000
+    push 0x55555555
+    mov eax, dword ptr [0x8fffc]
+    call print_hex
+    call read_return
+    call print_hex
+    pop eax
+    call newline
+    mov ax, 0x10
+    mov ss, ax
+    mov esp, 0x90000
+    mov eax, 0x33
+    jmp exit
+
+read_return:
+    mov eax, dword ptr [esp]
+    ret
+pop_four:
+    ret 4
+
+vector_06:
+    mov eax, dword ptr [esp]
+    call print_hex
+    mov eax, dword ptr [esp + 4]
+    call print_hex
+    mov eax, esp
+    call print_hex
+    mov eax, dword ptr [0x8fff4]
+    call print_hex
+    add dword ptr [esp], 2
+    iretd
+"""
+
+STACK_GUEST = _prologue(STACK_SEGMENTS, {6: "vector_06"}) + STACK_BODY + RUNTIME
+
+
+# With paging on: a dword pushed through SS based at 0xFFF00000 with ESP 0x100002 is at linear
+# 0xFFFFFFFE: two bytes at the top of the address space, two at linear 0 (the CPU's wrap; the
+# monitor's 4-8 GiB alias).
+WRAP_PAGING = r"""
+    mov edi, 0x80000
+    xor eax, eax
+    mov ecx, 0x800
+    rep stosd
+    mov dword ptr [0x80000], 0x87          /* 0-4 MiB: one large page */
+    mov dword ptr [0x80ffc], 0x81003       /* 0xffc00000-: a table, its last page at 0x300000 */
+    mov dword ptr [0x81ffc], 0x300003
+    mov eax, cr4
+    or eax, 0x10
+    mov cr4, eax
+    mov eax, 0x80000
+    mov cr3, eax
+    mov eax, cr0
+    or eax, 0x80000000
+    mov cr0, eax
+"""
+
+WRAP_BODY = r"""
+    mov dword ptr [0], 0x99999999
+    mov dword ptr [0x300ffc], 0x88888888
+    mov ax, 0x18
+    mov ss, ax
+    mov esp, 0x100002
+    push 0x44332211
+    mov eax, esp
+    call print_hex
+    mov eax, dword ptr [0x300ffc]
+    call print_hex
+    mov eax, dword ptr [0]
+    call print_hex
+    mov eax, dword ptr [esp]
+    call print_hex
+    pop eax
+    call print_hex
+    mov ebp, 0xffffe
+    mov dword ptr [ebp + 4], 0x66557788
+    mov eax, dword ptr [0x300ffc]
+    call print_hex
+    mov eax, dword ptr [0]
+    call print_hex
+    call newline
+    mov ax, 0x10
+    mov ss, ax
+    mov esp, 0x90000
+    mov eax, 0x34
+    jmp exit
+"""
+
+WRAP_GUEST = _prologue(STACK_SEGMENTS, {}, WRAP_PAGING) + WRAP_BODY + RUNTIME
+
+
+# ---------------------------------------------------------------------------- running
+def run_qemu(source: str, timeout: float = 30.0) -> tuple[bytes, int]:
+    """The guest under qemu-system-i386 (Keystone's bytes at the same address, Multiboot wrapped
+    as tools/build_samples.py does): console output and isa-debug-exit's value (-1: none)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tools.build_samples import qemu_command, wrap_multiboot
+    from vmm.loaders.assembly import assemble
+    code = assemble(source, LOAD)
+    with tempfile.TemporaryDirectory(prefix="vmm-segments-qemu-") as directory:
+        image = Path(directory) / "guest.elf"
+        image.write_bytes(wrap_multiboot(LOAD, [(LOAD, code, len(code))]))
+        proc = subprocess.run(qemu_command(str(image)), input=b"", capture_output=True, timeout=timeout)
+    return proc.stdout, (proc.returncode >> 1 if proc.returncode & 1 else -1)
+
+
+GUESTS = {"stack_segment": STACK_GUEST, "stack_segment_wrap": WRAP_GUEST}
+
+# What qemu-system-i386 printed for each guest, and the value it wrote to isa-debug-exit.
+EXPECTED = {
+    "stack_segment": (0x33, """\
+11111111 22222222 33333333 0018fff4 
+33333333 22222222 11111111 11111116 
+00100152 00100152 00190000 00100179 00100190 
+00000044 00000101 00000044 
+600dbeef abcd1234 600dbeef abcd1235 0018fff4 600dbeef 00190000 
+0018fffc 77777777 0018ff00 0018fffc 00190000 
+00190000 000000a0 12345678 00190000 0000fffc 00001234 
+001002e5 00000008 0018fff4 001002e5 00190000 
+55555555 00100313 
+"""),
+    "stack_segment_wrap": (0x34, """\
+000ffffe 22110010 99994433 44332211 44332211 01370000 77880010 
+"""),
+}
+
+COMBINATIONS = [("bt", "shadow"), ("bt", "nested"), ("direct", None)]
+
+
+@pytest.mark.parametrize("mode, paging", COMBINATIONS, ids=[m if p is None else f"{m}-{p}" for m, p in COMBINATIONS])
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_guest_prints_what_qemu_printed(tmp_path, name, mode, paging):
+    value, console = EXPECTED[name]
+    result, output, _vm = run_source(tmp_path, GUESTS[name], mode=mode, **({"paging": paging} if paging else {}))
+    assert output.decode("latin-1") == console, result.message
+    assert (result.reason.value, result.guest_value) == ("debug_exit", value), result.message
+
+
+@pytest.mark.skipif(shutil.which(QEMU) is None, reason=f"{QEMU} is not installed")
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_expected_output_is_qemus(name):
+    output, value = run_qemu(GUESTS[name])
+    assert (value, output.decode("latin-1")) == EXPECTED[name]
+
+
+if __name__ == "__main__":
+    for name in sys.argv[1:] or GUESTS:
+        output, value = run_qemu(GUESTS[name])
+        print(f"{name}: exit {value:#x}\n{output.decode('latin-1')}")

@@ -23,7 +23,7 @@ from capstone import x86_const as X
 
 from translator.classify import Handling
 from translator.decoder import BlockEnd, GuestBlock, GuestInstruction
-from translator.layout import (SCRATCH_BUDGET, SCRATCH_IO_SITE, SCRATCH_STACK_TOP,
+from translator.layout import (IOPL_MASK, SCRATCH_BUDGET, SCRATCH_IO_SITE, SCRATCH_STACK_TOP, TF,
                                VCPU_CR, VCPU_GDTR, VCPU_IDTR, VCPU_IO_CHECK, VCPU_LDTR, VCPU_POPF_EXPECT,
                                VCPU_PUSHF_ADJUST, VCPU_SELECTOR, VCPU_TR, MonitorAddresses)
 from translator.x64 import NeedsEmulation, absolute_form, relocate
@@ -660,7 +660,7 @@ class Emitter:
             mark(guest)
             load = self._stack_access(b"\x0F\xB7" if operand16 else b"\x8B", R8, 0)   # (movzx for popf)
             code += load                                                        # r8d = the image
-            code += b"\x41\x81\xE0" + _u32(0x3100)                              # and r8d, IOPL|TF
+            code += b"\x41\x81\xE0" + _u32(IOPL_MASK | TF)                       # and r8d, IOPL|TF
             code += _monitor(b"\x3B", R8, self.areas.vcpu + VCPU_POPF_EXPECT)    # cmp r8d, [expect]
             code += b"\x0F\x85"                                                 # jne -> callout
             site_later(len(code), ExitSite(ExitKind.CALLOUT, 0, guest, instruction.end, instruction))

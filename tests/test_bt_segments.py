@@ -341,6 +341,205 @@ WRAP_BODY = r"""
 WRAP_GUEST = _prologue(STACK_SEGMENTS, {}, WRAP_PAGING) + WRAP_BODY + RUNTIME
 
 
+# ---------------------------------------------------------------------------- code segments with a base
+# CS 0x18 is based at 0xFF800: the code at linear L runs there at EIP L - 0xFF800 (relative
+# branches and calls work on EIPs, so the runtime above runs in it too, at other EIPs than in
+# the flat CS). CS 0x20's base is set at run time so that EIP routine_a - 0xFF800 is routine_b
+# in it: the same EIP, other code.
+CODE_BASE = 0xFF800
+CODE_SEGMENTS = {0x18: (CODE_BASE, 0x9A), 0x20: (0, 0x9A)}
+
+CODE_BODY = rf"""
+    lea eax, [routine_b + {CODE_BASE:#x}]
+    lea edx, [routine_a]
+    sub eax, edx
+    mov word ptr [{GDT + 0x22:#x}], ax
+    shr eax, 16
+    mov byte ptr [{GDT + 0x24:#x}], al
+    mov byte ptr [{GDT + 0x27:#x}], ah
+    .byte 0xea
+    .long based_entry - {CODE_BASE:#x}
+    .word 0x18
+based_entry:
+/* relative call and pop: the EIP, not the linear address */
+    call here
+here:
+    pop eax
+    call print_hex
+    mov eax, cs
+    call print_hex
+/* an indirect call through a register and through memory, a loop (chained blocks) */
+    mov eax, read_return - {CODE_BASE:#x}
+    call eax
+    call print_hex
+    mov dword ptr [0x5000], read_return - {CODE_BASE:#x}
+    call dword ptr [0x5000]
+    call print_hex
+    xor eax, eax
+    mov ecx, 1000
+count:
+    add eax, ecx
+    call add_one
+    loop count
+    call print_hex
+/* a cs: operand goes through CS's base */
+    mov eax, dword ptr cs:[datum - {CODE_BASE:#x}]
+    call print_hex
+    call newline
+/* #UD in the based segment: the handler (flat CS) sees EIP and CS 0x18, and returns there */
+    ud2
+after_ud2:
+    int3
+after_int3:
+    call newline
+/* a far call to flat code and its far return */
+    .byte 0x9a
+    .long flat_routine
+    .word 0x08
+    call print_hex
+    call newline
+/* the same EIP in two code segments: two codes */
+    .byte 0x9a
+    .long routine_a - {CODE_BASE:#x}
+    .word 0x18
+    .byte 0x9a
+    .long routine_a - {CODE_BASE:#x}
+    .word 0x20
+    .byte 0x9a
+    .long routine_a - {CODE_BASE:#x}
+    .word 0x18
+    call newline
+/* a store into the code through the flat DS, then the code runs again in the based CS */
+    mov ecx, 3
+patch_loop:
+    mov byte ptr [patched + 1], cl
+patched:
+    mov eax, 0x99
+    call print_hex
+    loop patch_loop
+    call newline
+/* a far return back to flat code */
+    push 0x08
+    lea eax, [flat_again]
+    push eax
+    retf
+flat_again:
+    call here_flat
+here_flat:
+    pop eax
+    call print_hex
+    mov eax, cs
+    call print_hex
+    call newline
+    mov eax, 0x35
+    jmp exit
+
+add_one:
+    inc eax
+    ret
+
+read_return:
+    mov eax, dword ptr [esp]
+    ret
+
+datum: .long 0xda7a0001
+
+flat_routine:
+    mov eax, dword ptr [esp]
+    call print_hex
+    mov eax, dword ptr [esp + 4]
+    call print_hex
+    mov eax, cs
+    call print_hex
+    mov eax, 0xf1a7
+    retf
+
+routine_a:
+    mov eax, 0xaaaa
+    call print_hex
+    call here_a
+here_a:
+    pop eax
+    call print_hex
+    retf
+
+routine_b:
+    mov eax, 0xbbbb
+    call print_hex
+    call here_b
+here_b:
+    pop eax
+    call print_hex
+    retf
+
+vector_03:
+vector_06:
+    mov eax, dword ptr [esp]
+    call print_hex
+    mov eax, dword ptr [esp + 4]
+    call print_hex
+    cmp dword ptr [esp + 4], 0x18
+    jne handler_done
+    mov eax, dword ptr [esp]
+    cmp eax, after_ud2 - {CODE_BASE:#x}
+    jae handler_done
+    add dword ptr [esp], 2
+handler_done:
+    iretd
+"""
+
+CODE_GUEST = _prologue(CODE_SEGMENTS, {3: "vector_03", 6: "vector_06"}) + CODE_BODY + RUNTIME
+
+
+# With paging on (0-4 MiB identity mapped, nothing above): the same, after a fetch fault in a
+# code segment based at 0x3FFFF0: its nops run up to linear 0x400000, which is not mapped. The
+# #PF reports the EIP (0x10) and the linear address in CR2.
+FAULT_PROBE = r"""
+    mov dword ptr [0x3ffff0], 0x90909090
+    mov dword ptr [0x3ffff4], 0x90909090
+    mov dword ptr [0x3ffff8], 0x90909090
+    mov dword ptr [0x3ffffc], 0x90909090
+    .byte 0xea
+    .long 0
+    .word 0x28
+fetch_fault_done:
+"""
+
+FAULT_HANDLER = r"""
+vector_0e:
+    mov eax, dword ptr [esp]
+    call print_hex
+    mov eax, dword ptr [esp + 4]
+    call print_hex
+    mov eax, dword ptr [esp + 8]
+    call print_hex
+    mov eax, cr2
+    call print_hex
+    call newline
+    mov esp, 0x90000
+    jmp fetch_fault_done
+"""
+
+IDENTITY_PAGING = r"""
+    mov edi, 0x80000
+    xor eax, eax
+    mov ecx, 0x400
+    rep stosd
+    mov dword ptr [0x80000], 0x87
+    mov eax, cr4
+    or eax, 0x10
+    mov cr4, eax
+    mov eax, 0x80000
+    mov cr3, eax
+    mov eax, cr0
+    or eax, 0x80000000
+    mov cr0, eax
+"""
+
+CODE_PAGING_GUEST = (_prologue({**CODE_SEGMENTS, 0x28: (0x3FFFF0, 0x9A)}, {3: "vector_03", 6: "vector_06", 14: "vector_0e"},
+                               IDENTITY_PAGING) + FAULT_PROBE + CODE_BODY + FAULT_HANDLER + RUNTIME)
+
+
 # ---------------------------------------------------------------------------- running
 def run_qemu(source: str, timeout: float = 30.0) -> tuple[bytes, int]:
     """The guest under qemu-system-i386 (Keystone's bytes at the same address, Multiboot wrapped
@@ -356,7 +555,8 @@ def run_qemu(source: str, timeout: float = 30.0) -> tuple[bytes, int]:
     return proc.stdout, (proc.returncode >> 1 if proc.returncode & 1 else -1)
 
 
-GUESTS = {"stack_segment": STACK_GUEST, "stack_segment_wrap": WRAP_GUEST}
+GUESTS = {"stack_segment": STACK_GUEST, "stack_segment_wrap": WRAP_GUEST, "code_segment": CODE_GUEST,
+          "code_segment_paging": CODE_PAGING_GUEST}
 
 # What qemu-system-i386 printed for each guest, and the value it wrote to isa-debug-exit.
 EXPECTED = {
@@ -374,16 +574,49 @@ EXPECTED = {
     "stack_segment_wrap": (0x34, """\
 000ffffe 22110010 99994433 44332211 44332211 01370000 77880010 
 """),
+    "code_segment": (0x35, """\
+0000091b 00000018 0000092f 00000944 0007a6fc da7a0001 
+0000096e 00000018 00000971 00000018 
+0000097d 00000018 00000008 0000f1a7 
+0000aaaa 00000a1f 0000bbbb 00000a1f 0000aaaa 00000a1f 
+00000003 00000002 00000001 
+001001cc 00000008 
+"""),
+    "code_segment_paging": (0x35, """\
+00000000 00000010 00000028 00400000 
+000009b8 00000018 000009cc 000009e1 0007a6fc da7a0001 
+00000a0b 00000018 00000a0e 00000018 
+00000a1a 00000018 00000008 0000f1a7 
+0000aaaa 00000abc 0000bbbb 00000abc 0000aaaa 00000abc 
+00000003 00000002 00000001 
+00100269 00000008 
+"""),
 }
+
+# Direct mode reports that #PF at EIP 0 (the engine block's start): its fix-up for a fetch that
+# runs into a page it cannot fetch from finds the instruction by decoding from EIP as if it were
+# the linear address (vmm/modes/direct.py), which a code segment with a base breaks.
+DIFFERS = {("code_segment_paging", "direct"): "direct mode's fetch-fault fix-up assumes CS base 0"}
 
 COMBINATIONS = [("bt", "shadow"), ("bt", "nested"), ("direct", None)]
 
 
-@pytest.mark.parametrize("mode, paging", COMBINATIONS, ids=[m if p is None else f"{m}-{p}" for m, p in COMBINATIONS])
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+def _cases() -> list:
+    cases = []
+    for name in sorted(EXPECTED):
+        for mode, paging in COMBINATIONS:
+            reason = DIFFERS.get((name, mode))
+            marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+            cases.append(pytest.param(name, mode, paging, marks=marks,
+                                      id=f"{name}-{mode if paging is None else f'{mode}-{paging}'}"))
+    return cases
+
+
+@pytest.mark.parametrize("name, mode, paging", _cases())
 def test_guest_prints_what_qemu_printed(tmp_path, name, mode, paging):
     value, console = EXPECTED[name]
-    result, output, _vm = run_source(tmp_path, GUESTS[name], mode=mode, **({"paging": paging} if paging else {}))
+    result, output, _vm = run_source(tmp_path, GUESTS[name], mode=mode, timeout=20.0,
+                                     **({"paging": paging} if paging else {}))
     assert output.decode("latin-1") == console, result.message
     assert (result.reason.value, result.guest_value) == ("debug_exit", value), result.message
 

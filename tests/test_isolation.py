@@ -1003,7 +1003,7 @@ BT_UNASSIGNED = ("no guest access reaches the monitor under bt (docs/isolation.m
                  "the monitor stops the run as memory_fault (status 121)")
 KNOWN_FAILURES = {
     # bt: since translated code is 64-bit code (docs/isolation.md) no attack reaches the monitor; the
-    # entries left for bt are unassigned memory (BT_UNASSIGNED) and a based code segment.
+    # entries left for bt are unassigned memory (BT_UNASSIGNED).
     "kernel_call_escape-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED),
         **dict.fromkeys(UNTRANSLATED, STOPS_AT_UNASSIGNED)},
     "kernel_call_escape-paging_on": {
@@ -1072,8 +1072,7 @@ KNOWN_FAILURES = {
     "kernel_transfers-paging_on": {"trap-nested": TRAP_NESTED_LINEAR},
     "user_transfers-paging_on": dict.fromkeys(TRAP, TRAP_RING3),
     "based_code_segments-paging_on": {
-        "trap-shadow": TRAP_RING3, "trap-nested": TRAP_NESTED_LINEAR,
-        **dict.fromkeys(BT, "stops as unsupported: bt runs flat code segments only")},
+        "trap-shadow": TRAP_RING3, "trap-nested": TRAP_NESTED_LINEAR},
 }
 
 

@@ -263,7 +263,7 @@ class Emitter:
 
     def __init__(self, addresses: MonitorAddresses) -> None:
         self.areas = addresses
-        self._bases = {"ds": 0, "es": 0, "ss": 0}
+        self._bases = {"ds": 0, "es": 0, "ss": 0, "cs": 0}
 
     # -- block ---------------------------------------------------------------------------------
     def breakpoint(self, address: int) -> Translation:
@@ -276,11 +276,14 @@ class Emitter:
 
     def translate(self, block: GuestBlock, *, budget: bool = False, chainable: bool = True,
                   profile: bool = False, predictions: int = INLINE_CACHE_ENTRIES,
-                  segment_bases: tuple = (0, 0, 0)) -> Translation:
+                  segment_bases: tuple = (0, 0, 0), code_base: int = 0) -> Translation:
         """`predictions`: inline-cache entries per indirect branch (fewer make a smaller block).
         `segment_bases`: the guest's DS, ES and SS bases, which 64-bit host code ignores: memory
-        operands through a segment with a non-zero base get it added explicitly."""
+        operands through a segment with a non-zero base get it added explicitly. `code_base`:
+        the CS base, added to `cs:` operands the same way (the block's addresses are EIPs,
+        which is what calls push and branches compare, so nothing else needs it)."""
         self._bases = dict(zip(("ds", "es", "ss"), segment_bases))
+        self._bases["cs"] = code_base
         out = Translation()
         self._predictions = predictions
         self._owner = block.address

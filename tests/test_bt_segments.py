@@ -461,6 +461,30 @@ routine_a:
 here_a:
     pop eax
     call print_hex
+    xor ecx, ecx
+    jmp next_a                    /* one block, one inline cache: its fifth target is looked up */
+next_a:
+    jmp dword ptr [targets + ecx*4]
+a_0:
+    mov eax, 0xa0
+    jmp join_a
+a_1:
+    mov eax, 0xa1
+    jmp join_a
+a_2:
+    mov eax, 0xa2
+    jmp join_a
+a_3:
+    mov eax, 0xa3
+    jmp join_a
+a_4:
+    mov eax, 0xa4
+    jmp join_a
+join_a:
+    call print_hex
+    inc ecx
+    cmp ecx, 5
+    jne next_a
     retf
 
 routine_b:
@@ -470,7 +494,39 @@ routine_b:
 here_b:
     pop eax
     call print_hex
+    xor ecx, ecx
+    jmp next_b                    /* one block, one inline cache: its fifth target is looked up */
+next_b:
+    jmp dword ptr [targets + ecx*4]
+b_0:
+    mov eax, 0xb0
+    jmp join_b
+b_1:
+    mov eax, 0xb1
+    jmp join_b
+b_2:
+    mov eax, 0xb2
+    jmp join_b
+b_3:
+    mov eax, 0xb3
+    jmp join_b
+b_4:
+    mov eax, 0xb4
+    jmp join_b
+join_b:
+    call print_hex
+    inc ecx
+    cmp ecx, 5
+    jne next_b
     retf
+
+/* the same EIPs in both routines: a jump table whose fifth target is found in the lookup table */
+targets:
+    .long a_0 - {CODE_BASE:#x}
+    .long a_1 - {CODE_BASE:#x}
+    .long a_2 - {CODE_BASE:#x}
+    .long a_3 - {CODE_BASE:#x}
+    .long a_4 - {CODE_BASE:#x}
 
 vector_03:
 vector_06:
@@ -578,7 +634,7 @@ EXPECTED = {
 0000091b 00000018 0000092f 00000944 0007a6fc da7a0001 
 0000096e 00000018 00000971 00000018 
 0000097d 00000018 00000008 0000f1a7 
-0000aaaa 00000a1f 0000bbbb 00000a1f 0000aaaa 00000a1f 
+0000aaaa 00000a1f 000000a0 000000a1 000000a2 000000a3 000000a4 0000bbbb 00000a1f 000000b0 000000b1 000000b2 000000b3 000000b4 0000aaaa 00000a1f 000000a0 000000a1 000000a2 000000a3 000000a4 
 00000003 00000002 00000001 
 001001cc 00000008 
 """),
@@ -587,7 +643,7 @@ EXPECTED = {
 000009b8 00000018 000009cc 000009e1 0007a6fc da7a0001 
 00000a0b 00000018 00000a0e 00000018 
 00000a1a 00000018 00000008 0000f1a7 
-0000aaaa 00000abc 0000bbbb 00000abc 0000aaaa 00000abc 
+0000aaaa 00000abc 000000a0 000000a1 000000a2 000000a3 000000a4 0000bbbb 00000abc 000000b0 000000b1 000000b2 000000b3 000000b4 0000aaaa 00000abc 000000a0 000000a1 000000a2 000000a3 000000a4 
 00000003 00000002 00000001 
 00100269 00000008 
 """),

@@ -842,7 +842,7 @@ class Emitter:
         # The branches to the predictions are short (rel8) unless the predicted paths are too
         # long for them (a call's push through a based SS): then near (rel32).
         predicted_path = len(RESTORE_FLAGS) + len(complete_transfer()) + EXIT_SLOT_SIZE
-        short = self._predictions * (predicted_path + 9) + 2 < 128
+        short = self._predictions * predicted_path < 128      # the `jmp general` jumps over them all
         je, jmp = (b"\x74", b"\xEB") if short else (b"\x0F\x84", b"\xE9")
         width = 1 if short else 4
         for _ in range(self._predictions):

@@ -997,7 +997,10 @@ TRAP_RING3 = ("trap-and-emulate's iretd hole: the kernel's iretd to ring 3 runs 
 TRAP_NESTED_LINEAR = ("trap with nested paging stops as memory_fault, naming the linear address as if it were "
                       "physical, where QEMU delivers the guest's #PF (or reaches the guest's own frame)")
 SMC_ALIAS = ("a store through an alias mapping into the next instruction of the running engine block is "
-             "missed the second time (Unicorn's block runs stale: 3 where QEMU counts 2); bt gets it right")
+             "missed the second time (Unicorn's block runs stale: 3 where QEMU counts 2); bt gets it right. "
+             "Unicorn re-marks only the translated linear page's TLB entry for slow stores, not an alias's; "
+             "dropping the engine's TLB after each translation fixes this guest but breaks QEMU's stale-TLB "
+             "behaviour (sample tlb: a PTE change must not show before invlpg)")
 BT_UNASSIGNED = ("no guest access reaches the monitor under bt (docs/isolation.md); what differs is the "
                  "platform's: the address has no memory behind it, which QEMU reads as 0 (stores vanish) where "
                  "the monitor stops the run as memory_fault (status 121)")

@@ -80,9 +80,11 @@ def _descriptor(base: int, limit: int, access: int, flags: int) -> tuple[int, in
     return low, high
 
 
-def _prologue(segments: dict[int, tuple[int, int]], vectors: dict[int, str], paging: str = "") -> str:
+def _prologue(segments: dict[int, tuple[int, int]], vectors: dict[int, str], paging: str = "",
+              user_vectors: tuple = ()) -> str:
     """GDT (flat code 0x08 and data 0x10, then `segments`: selector -> (base, access byte)),
-    IDT with interrupt gates to flat code for `vectors`, a flat stack; `paging`: more set-up."""
+    IDT with interrupt gates to flat code for `vectors` (DPL 3 for those in `user_vectors`), a
+    flat stack; `paging`: more set-up."""
     entries = {0x08: _descriptor(0, 0xFFFFF, 0x9A, 0xC), 0x10: _descriptor(0, 0xFFFFF, 0x92, 0xC)}
     for selector, (base, access) in segments.items():
         entries[selector & ~7] = _descriptor(base, 0xFFFFF, access, 0xC)
@@ -94,8 +96,9 @@ def _prologue(segments: dict[int, tuple[int, int]], vectors: dict[int, str], pag
     s += "    mov ax, 0x10\n    mov ds, ax\n    mov es, ax\n    mov ss, ax\n"
     for vector, label in vectors.items():
         entry = IDT + vector * 8
+        access = 0xEE00 if vector in user_vectors else 0x8E00
         s += (f"    mov eax, {label}\n    mov word ptr [{entry:#x}], ax\n    mov word ptr [{entry + 2:#x}], 0x08\n"
-              f"    mov word ptr [{entry + 4:#x}], 0x8e00\n    shr eax, 16\n    mov word ptr [{entry + 6:#x}], ax\n")
+              f"    mov word ptr [{entry + 4:#x}], {access:#x}\n    shr eax, 16\n    mov word ptr [{entry + 6:#x}], ax\n")
     s += f"    mov word ptr [{IDT + 0x800:#x}], 0x7ff\n    mov dword ptr [{IDT + 0x802:#x}], {IDT:#x}\n"
     s += f"    lidt [{IDT + 0x800:#x}]\n"
     return s + paging
@@ -596,6 +599,80 @@ CODE_PAGING_GUEST = (_prologue({**CODE_SEGMENTS, 0x28: (0x3FFFF0, 0x9A)}, {3: "v
                                IDENTITY_PAGING) + FAULT_PROBE + CODE_BODY + FAULT_HANDLER + RUNTIME)
 
 
+# Ring 3 in a code segment based at 0xFF800 (0x1B; data 0x23 flat): iretd into it, calls and
+# returns there, int 0x80 (the kernel sees the EIP after it and CS 0x1B), a #UD from it handled in
+# the flat ring-0 kernel and returned to, then the exit through int 0x80.
+TSS = 0x9000
+USER_SEGMENTS = {0x18: (CODE_BASE, 0xFA), 0x20: (0, 0xF2)}
+
+USER_BODY = rf"""
+    mov dword ptr [{TSS + 0x8:#x}], 0x10
+    mov dword ptr [{TSS + 0x4:#x}], 0x90000
+    mov dword ptr [{GDT + 0x28:#x}], {(TSS << 16) | 0x67:#x}
+    mov dword ptr [{GDT + 0x2c:#x}], 0x8900
+    mov ax, 0x28
+    ltr ax
+    push 0x23
+    push 0x70000
+    pushfd
+    push 0x1b
+    mov eax, user_entry - {CODE_BASE:#x}
+    push eax
+    iretd
+user_entry:
+    mov ax, 0x23
+    mov ds, ax
+    mov es, ax
+    call user_here
+user_here:
+    pop eax
+    int 0x80
+    mov eax, user_read - {CODE_BASE:#x}
+    call eax
+    int 0x80
+    ud2
+    mov eax, esp
+    int 0x80
+    mov eax, cs
+    int 0x80
+    mov eax, -1
+    int 0x80
+
+user_read:
+    mov eax, dword ptr [esp]
+    ret
+
+vector_80:
+    push eax
+    mov eax, dword ptr [esp + 4]
+    call print_hex
+    mov eax, dword ptr [esp + 8]
+    call print_hex
+    mov eax, dword ptr [esp + 16]
+    call print_hex
+    pop eax
+    call print_hex
+    call newline
+    cmp eax, -1
+    jne user_back
+    mov eax, 0x36
+    jmp exit
+user_back:
+    iretd
+
+vector_06:
+    mov eax, dword ptr [esp]
+    call print_hex
+    mov eax, dword ptr [esp + 4]
+    call print_hex
+    call newline
+    add dword ptr [esp], 2
+    iretd
+"""
+
+USER_GUEST = _prologue(USER_SEGMENTS, {6: "vector_06", 0x80: "vector_80"}, user_vectors=(0x80,)) + USER_BODY + RUNTIME
+
+
 # ---------------------------------------------------------------------------- running
 def run_qemu(source: str, timeout: float = 30.0) -> tuple[bytes, int]:
     """The guest under qemu-system-i386 (Keystone's bytes at the same address, Multiboot wrapped
@@ -612,7 +689,7 @@ def run_qemu(source: str, timeout: float = 30.0) -> tuple[bytes, int]:
 
 
 GUESTS = {"stack_segment": STACK_GUEST, "stack_segment_wrap": WRAP_GUEST, "code_segment": CODE_GUEST,
-          "code_segment_paging": CODE_PAGING_GUEST}
+          "code_segment_paging": CODE_PAGING_GUEST, "user_code_segment": USER_GUEST}
 
 # What qemu-system-i386 printed for each guest, and the value it wrote to isa-debug-exit.
 EXPECTED = {
@@ -646,6 +723,14 @@ EXPECTED = {
 0000aaaa 00000abc 000000a0 000000a1 000000a2 000000a3 000000a4 0000bbbb 00000abc 000000b0 000000b1 000000b2 000000b3 000000b4 0000aaaa 00000abc 000000a0 000000a1 000000a2 000000a3 000000a4 
 00000003 00000002 00000001 
 00100269 00000008 
+"""),
+    "user_code_segment": (0x36, """\
+0000093f 0000001b 00070000 0000093c 
+00000948 0000001b 00070000 00000946 
+00000948 0000001b 
+0000094e 0000001b 00070000 00070000 
+00000952 0000001b 00070000 0000001b 
+00000959 0000001b 00070000 ffffffff 
 """),
 }
 

@@ -3,9 +3,9 @@ stack sequences and [esp]/[ebp] operands add it, docs/isolation.md) and code seg
 base (blocks keyed by the CS base, EIPs relative to it, docs/translation.md).
 
 Each guest prints what it saw on COM1 and exits through isa-debug-exit. The expected console
-output below is what qemu-system-i386 printed for the same guest (recorded with
-`python -m tests.test_bt_segments --record`, checked against a live QEMU by
-test_expected_output_is_qemus when QEMU is installed); every mode must print exactly that.
+output below is what qemu-system-i386 printed for the same guest (`python -m
+tests.test_bt_segments [NAME...]` prints QEMU's output again; test_expected_output_is_qemus
+checks the record against a live QEMU when it is installed); every mode must print exactly that.
 """
 
 from __future__ import annotations

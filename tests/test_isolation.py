@@ -1005,7 +1005,7 @@ BT_UNASSIGNED = ("no guest access reaches the monitor under bt (docs/isolation.m
                  "the monitor stops the run as memory_fault (status 121)")
 KNOWN_FAILURES = {
     # bt: since translated code is 64-bit code (docs/isolation.md) no attack reaches the monitor; the
-    # entries left for bt are unassigned memory (BT_UNASSIGNED), an SS base and a based code segment.
+    # entries left for bt are unassigned memory (BT_UNASSIGNED).
     "kernel_call_escape-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED),
         **dict.fromkeys(UNTRANSLATED, STOPS_AT_UNASSIGNED)},
     "kernel_call_escape-paging_on": {
@@ -1047,9 +1047,7 @@ KNOWN_FAILURES = {
     "kernel_segments-paging_on": {"trap-nested": TRAP_NESTED_LINEAR},
     "user_segments-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED),
         **dict.fromkeys(UNTRANSLATED, STOPS_AT_UNASSIGNED)},
-    "user_segments-paging_on": {"trap-nested": TRAP_NESTED_LINEAR, **dict.fromkeys(
-        BT, "the stack segment based at 0xff000000 stops bt as unsupported: its 64-bit stack sequences do not "
-            "add an SS base (docs/isolation.md)")},
+    "user_segments-paging_on": {"trap-nested": TRAP_NESTED_LINEAR},
     "kernel_smc_race-paging_on": dict.fromkeys(UNTRANSLATED, SMC_ALIAS),
     "user_smc_race-paging_on": dict.fromkeys(UNTRANSLATED, SMC_ALIAS),
     "straddle-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED), **dict.fromkeys(UNTRANSLATED, "the access at 0xfefffffe (unassigned on QEMU: "
@@ -1059,8 +1057,7 @@ KNOWN_FAILURES = {
     "kernel_transfers-paging_on": {"trap-nested": TRAP_NESTED_LINEAR},
     "user_transfers-paging_on": {"trap-nested": TRAP_NESTED_LINEAR},
     "based_code_segments-paging_on": {
-        "trap-nested": TRAP_NESTED_LINEAR,
-        **dict.fromkeys(BT, "stops as unsupported: bt runs flat code segments only")},
+        "trap-nested": TRAP_NESTED_LINEAR},
 }
 
 

@@ -76,6 +76,7 @@ class DirectMode(ExecutionMode):
 
     def attach(self, vm) -> GuestCpu:
         engine = vm.engine
+        engine.keep_alias_stores_coherent()     # Unicorn 2.1.1 misses stores through an alias (Engine facts)
         self.memory = vm.memory
         # Hooks that fire after a refused port access, before the stop lands, see instructions
         # that never ran as far as the guest is concerned: they do nothing (_denied_io).

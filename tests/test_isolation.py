@@ -995,11 +995,6 @@ STOPS_AT_UNASSIGNED = ("the monitor's region is unassigned memory on QEMU (reads
                        "the first access to it stops the run as memory_fault (status 121)")
 TRAP_NESTED_LINEAR = ("trap with nested paging stops as memory_fault, naming the linear address as if it were "
                       "physical, where QEMU delivers the guest's #PF (or reaches the guest's own frame)")
-SMC_ALIAS = ("a store through an alias mapping into the next instruction of the running engine block is "
-             "missed the second time (Unicorn's block runs stale: 3 where QEMU counts 2); bt gets it right. "
-             "Unicorn re-marks only the translated linear page's TLB entry for slow stores, not an alias's; "
-             "dropping the engine's TLB after each translation fixes this guest but breaks QEMU's stale-TLB "
-             "behaviour (sample tlb: a PTE change must not show before invlpg)")
 BT_UNASSIGNED = ("no guest access reaches the monitor under bt (docs/isolation.md); what differs is the "
                  "platform's: the address has no memory behind it, which QEMU reads as 0 (stores vanish) where "
                  "the monitor stops the run as memory_fault (status 121)")
@@ -1048,8 +1043,6 @@ KNOWN_FAILURES = {
     "user_segments-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED),
         **dict.fromkeys(UNTRANSLATED, STOPS_AT_UNASSIGNED)},
     "user_segments-paging_on": {"trap-nested": TRAP_NESTED_LINEAR},
-    "kernel_smc_race-paging_on": dict.fromkeys(UNTRANSLATED, SMC_ALIAS),
-    "user_smc_race-paging_on": dict.fromkeys(UNTRANSLATED, SMC_ALIAS),
     "straddle-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED), **dict.fromkeys(UNTRANSLATED, "the access at 0xfefffffe (unassigned on QEMU: "
                                                             "0) stops the run as memory_fault")},
     "straddle-paging_on": {

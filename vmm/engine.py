@@ -44,6 +44,21 @@ _UC_LAST_TB = 14824
 # the run returns, cleared when the next one starts (tests/test_engine.py finds both by a hlt).
 _UC_CPU = 416
 _CPU_HALTED = 33176
+# The CPU's software TLB (QEMU's CPUTLB in X86CPU's CPUNegativeOffsetState, just before `env`):
+# env sits at 35408 in the X86CPU that uc_struct's cpu points at, neg.tlb 2192 bytes before it.
+# CPUTLB = CPUTLBCommon c (32 bytes), CPUTLBDesc d[3] (696 bytes each: the victim table
+# vtable[8] at 48), CPUTLBDescFast f[3] at 2128 (uintptr mask, CPUTLBEntry *table); i386 has
+# NB_MMU_MODES 3. A CPUTLBEntry is 64 bytes: addr_read, addr_write, addr_code, paddr (Unicorn's
+# own: the guest-physical page), addend (host address minus the virtual page). All pinned by
+# tests/test_engine.py, which finds env by the context blob's copy of it.
+_CPU_TLB = 35408 - 2192
+_TLB_DESC, _TLB_DESC_SIZE, _DESC_VTABLE = 32, 696, 48
+_TLB_FAST = 2128
+_MMU_MODES, _VICTIM_ENTRIES, _TLB_ENTRY_SIZE = 3, 8, 64
+_ENTRY_WRITE, _ENTRY_CODE, _ENTRY_PADDR, _ENTRY_ADDEND = 8, 16, 24, 32
+# Low bits of addr_write (qemu/include/exec/cpu-all.h, TARGET_PAGE_BITS_MIN 12).
+_TLB_INVALID, _TLB_NOTDIRTY, _TLB_MMIO, _TLB_DISCARD_WRITE = 0x800, 0x400, 0x200, 0x40
+_TLB_NOT_FAST_RAM = _TLB_INVALID | _TLB_NOTDIRTY | _TLB_MMIO | _TLB_DISCARD_WRITE
 _CTX_ERROR_CODE = _CTX_ENV + 5352        # int error_code of the last exception
 _CTX_EXCEPTION_IS_INT = _CTX_ENV + 5356  # int exception_is_int: 1 for int n / int3 / into
 _CTX_OLD_EXCEPTION = _CTX_ENV + 5464     # int old_exception: never cleared by Unicorn (see reset)
@@ -109,6 +124,13 @@ class _TlbEntry(ctypes.Structure):
 
 _TLB_FILL_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int,
                                       ctypes.POINTER(_TlbEntry), ctypes.c_void_p)
+# Unicorn's translation hook, raw: void cb(uc_engine *, uc_tb *block, uc_tb *previous, void *user_data)
+class _UcTb(ctypes.Structure):
+    _fields_ = [("pc", ctypes.c_uint64), ("icount", ctypes.c_uint16), ("size", ctypes.c_uint16)]
+
+
+_EDGE_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.POINTER(_UcTb), ctypes.POINTER(_UcTb),
+                                  ctypes.c_void_p)
 TLB_ACCESS = {uc_const.UC_MEM_READ: "read", uc_const.UC_MEM_WRITE: "write", uc_const.UC_MEM_FETCH: "fetch"}
 
 _MEMORY_ERRORS = {
@@ -440,10 +462,92 @@ class Engine:
         that has not run yet gets a zeroed stand-in there, and the hook sees every block."""
         self._uc.hook_add(uc_const.UC_HOOK_EDGE_GENERATED,
                           self._guarded(lambda _uc, block, _previous, _data: handler(block.pc, block.size)))
+        self._see_every_translation()
+
+    def _see_every_translation(self) -> None:
+        """Unicorn calls translation hooks only once uc_struct.last_tb is set (for the hook's
+        `previous` argument): give an engine that has not run yet a zeroed stand-in there."""
         last_tb = ctypes.c_uint64.from_address(self._uc._uch.value + _UC_LAST_TB)
         if not last_tb.value:
             self._no_block_yet = ctypes.create_string_buffer(512)    # read as a TranslationBlock
             last_tb.value = ctypes.addressof(self._no_block_yet)
+
+    def keep_alias_stores_coherent(self) -> None:
+        """Make guest stores through any linear alias of a frame see the code the engine
+        translated from it, as QEMU does (Engine facts in docs/architecture.md).
+
+        Unicorn 2.1.1 runs guest stores into RAM on its fast path once a TLB entry is marked
+        dirty; a store through an entry still marked TLB_NOTDIRTY takes the slow path, which
+        invalidates translations on that page and marks the entry dirty. When it translates a
+        block, Unicorn marks TLB_NOTDIRTY again only on the entries whose VIRTUAL page is the
+        block's (tlb_reset_dirty_by_vaddr), where QEMU marks every entry that maps the same host
+        page (tlb_protect_code -> tlb_reset_dirty). So a store through a second mapping of the
+        frame, made dirty before the translation, stays fast and the block runs stale. After
+        each translation this marks those entries as QEMU would, and touches nothing else: each
+        entry keeps its translation, so a PTE change stays unseen until invlpg as on QEMU.
+
+        Costs a few microseconds per translated block (never per executed one)."""
+        cpu = ctypes.c_uint64.from_address(self._uc._uch.value + _UC_CPU).value
+        self._tlb = cpu + _CPU_TLB
+        self._victim_tables = [(self._tlb + _TLB_DESC + mode * _TLB_DESC_SIZE + _DESC_VTABLE, _VICTIM_ENTRIES)
+                               for mode in range(_MMU_MODES)]
+
+        def hook(_uc, block, _previous, _data):
+            if self._hook_error is not None:
+                return
+            try:
+                self.mark_code_page_aliases(block.contents.pc, block.contents.size)
+            except BaseException as error:   # surfaced from run(), never lost inside Unicorn
+                self._hook_error = error
+                self._uc.emu_stop()
+
+        self._alias_callback = _EDGE_CALLBACK(hook)          # kept alive with the engine
+        handle = ctypes.c_size_t()
+        status = uclib.uc_hook_add(self._uc._uch, ctypes.byref(handle), uc_const.UC_HOOK_EDGE_GENERATED,
+                                   ctypes.cast(self._alias_callback, ctypes.c_void_p), None, 1, 0)
+        if status != uc_const.UC_ERR_OK:
+            raise UcError(status)
+        self._see_every_translation()
+
+    def mark_code_page_aliases(self, address: int, size: int) -> int:
+        """Mark TLB_NOTDIRTY on every dirty, writable TLB entry that maps the host page(s) of the
+        code at [address, address + size) (what QEMU's tlb_reset_dirty does for a new block);
+        returns how many it marked. The host page is the one the code TLB entry of each page
+        names. Entries are matched by Unicorn's paddr field first (a byte search, C speed), then
+        checked by host address: the engine maps each host page at one physical address (RAM
+        frames are distinct), so the same host page is the same physical page."""
+        fast = struct.unpack("<6Q", ctypes.string_at(self._tlb + _TLB_FAST, 16 * _MMU_MODES))
+        tables = [(fast[2 * mode + 1], (fast[2 * mode] >> 6) + 1) for mode in range(_MMU_MODES)]
+        tables += self._victim_tables
+        contents = [(table, ctypes.string_at(table, entries * _TLB_ENTRY_SIZE)) for table, entries in tables]
+        first, last = address & ~0xFFF, (address + size - 1) & ~0xFFF
+        code_pages: dict[int, int] = {}          # paddr -> host page of the code
+        for page in (first,) if first == last else (first, last):
+            for mode in range(_MMU_MODES):       # the fast slot of each mode, then the victims
+                mask, table = fast[2 * mode], fast[2 * mode + 1]
+                slot = ((page >> 12) << 6) & mask
+                code, paddr, addend = struct.unpack("<3Q", ctypes.string_at(table + slot + _ENTRY_CODE, 24))
+                if code & ~0xFFF == page:
+                    code_pages[paddr] = (page + addend) & 0xFFFFFFFFFFFFFFFF
+            for table, data in contents[_MMU_MODES:]:
+                for at in range(0, len(data), _TLB_ENTRY_SIZE):
+                    code, paddr, addend = struct.unpack_from("<3Q", data, at + _ENTRY_CODE)
+                    if code & ~0xFFF == page:
+                        code_pages[paddr] = (page + addend) & 0xFFFFFFFFFFFFFFFF
+        marked = 0
+        for paddr, host in code_pages.items():
+            pattern = struct.pack("<Q", paddr)
+            for table, data in contents:
+                at = data.find(pattern)
+                while at >= 0:
+                    if at % _TLB_ENTRY_SIZE == _ENTRY_PADDR:
+                        entry = at - _ENTRY_PADDR
+                        write, addend = struct.unpack_from("<Q16xQ", data, entry + _ENTRY_WRITE)
+                        if not write & _TLB_NOT_FAST_RAM and ((write & ~0xFFF) + addend) & 0xFFFFFFFFFFFFFFFF == host:
+                            ctypes.c_uint64.from_address(table + entry + _ENTRY_WRITE).value = write | _TLB_NOTDIRTY
+                            marked += 1
+                    at = data.find(pattern, at + 1)
+        return marked
 
     def last_block(self) -> int:
         """The address (pc) of the last engine block that returned to Unicorn's loop, -1 if none

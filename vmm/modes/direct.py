@@ -115,6 +115,7 @@ class DirectMode(ExecutionMode):
 
     def attach(self, vm) -> GuestCpu:
         engine = vm.engine
+        engine.keep_alias_stores_coherent()     # Unicorn 2.1.1 misses stores through an alias (Engine facts)
         self.memory = vm.memory
         self.engine = engine
         # Hooks record why the engine must stop: one PendingStop per run, the first one wins

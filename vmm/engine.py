@@ -190,6 +190,19 @@ class Engine:
             self._buffers.append(owner)
         self._uc.mem_map_ptr(base, size, perms, host_address)
 
+    def map_mmio(self, base: int, size: int, read: Callable[[int, int], int],
+                 write: Callable[[int, int, int], None]) -> None:
+        """Map `size` bytes at physical `base` as memory-mapped I/O: every engine access there
+        calls read(offset, size) -> value or write(offset, size, value) (offset from `base`),
+        while ordinary RAM accesses elsewhere call nothing. An access that runs from RAM into the
+        region is split by the engine (the RAM part stored, the rest given to write). An
+        exception raised by a callback stops the engine and is re-raised from run(). Guest code
+        cannot be fetched from the region (the run stops as a MemoryFault "fetch")."""
+        self._uc.mmio_map(base, size,
+                          self._guarded(lambda _uc, offset, width, _data: read(offset, width), default=0), None,
+                          self._guarded(lambda _uc, offset, width, value, _data: write(offset, width, value)),
+                          None)
+
     def unmap(self, base: int, size: int) -> None:
         """Remove the mapping(s) covering exactly [base, base + size) from the physical space."""
         self._uc.mem_unmap(base, size)

@@ -42,6 +42,7 @@ VCPU_PRIVILEGED_OFFSET, VCPU_PRIVILEGED_SIZE = 0xEA000, 0x1000
 TABLES_OFFSET, TABLES_SIZE = 0x100000, 0x310000    # 4 KiB page tables for up to 3 GiB of RAM + the monitor
 ARENA_OFFSET = 0x500000
 POOL_OFFSET, POOL_SIZE = 0xD00000, 0x2F0000         # 752 pages of shadow page tables
+UNASSIGNED_PAGE_OFFSET, UNASSIGNED_PAGE_SIZE = MONITOR_SIZE - 0x2000, 0x1000
 UNTIL_PAGE_OFFSET, UNTIL_PAGE_SIZE = MONITOR_SIZE - 0x1000, 0x1000
 
 
@@ -97,6 +98,9 @@ AREAS = (
          f"translation cache arena, {ARENA_SIZE >> 20} MiB of {ARENA_SLOT_SIZE}-byte slots (bt)"),
     Area("shadow pool", POOL_OFFSET, POOL_SIZE, PROT_READ, "vmm/shadow_paging.py",
          "pool of shadow page directories and tables (shadow paging), in no linear map"),
+    Area("unassigned page", UNASSIGNED_PAGE_OFFSET, UNASSIGNED_PAGE_SIZE, PROT_READ | PROT_WRITE, "vmm/memory.py",
+         "MMIO: unassigned memory (reads 0, stores dropped) for guest pages behind the monitor's own areas "
+         "(trap, vt: 32-bit shadow entries)"),
     Area("until", UNTIL_PAGE_OFFSET, UNTIL_PAGE_SIZE, PROT_READ | PROT_EXEC, "vmm/memory.py",
          "the never-executed `until` page"),
 )

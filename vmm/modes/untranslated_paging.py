@@ -148,8 +148,10 @@ class UntranslatedPaging:
             linear = max(page, eip)
         else:
             linear = self.pager.refused_address(self._fetch(eip, 16), eip, self.engine.reg, self.engine.segment_base)
-        if not self.memory.monitor.contains(linear, 1):
+        if not self.pager.monitor_page(linear):
             try:
+                if access == "fetch":
+                    self.pager.translate(linear, self.cpu.cpl == 3)     # code from RAM only
                 if self.pager.fill(linear, write, self.cpu.cpl == 3) is None:
                     return VmExit(ExitReason.EVENT, eip=eip)        # allowed by now: run it again
             except PageFault as fault:
@@ -157,9 +159,9 @@ class UntranslatedPaging:
                     return VmExit(ExitReason.EVENT, eip=eip)        # run again up to the page
                 return self._guest_page_fault(fault, eip)
             except UnbackedAccess:
-                pass
+                pass                # code fetched from outside RAM
         return VmExit(ExitReason.MEMORY_FAULT, eip=eip,
-                      detail=f"{'write' if write else 'read'} of no memory at {linear:#x}")
+                      detail=f"{access} of {'the monitor' if self.pager.monitor_page(linear) else 'no memory'} at {linear:#x}")
 
     def _end_loan(self) -> None:
         """The lent store ran (or faulted): protect the page table again, give TF back."""

@@ -989,92 +989,57 @@ UNTRANSLATED = ("direct", "trap-shadow", "trap-nested", "vt-shadow", "vt-nested"
 TRAP = ("trap-shadow", "trap-nested")
 BT = ("bt-shadow", "bt-nested")
 
-STOPS_AT_UNASSIGNED = ("the monitor's region is unassigned memory on QEMU (reads give 0, stores vanish), but "
-                       "the first access to it stops the run as memory_fault (status 121)")
 TRAP_RING3 = ("trap-and-emulate's iretd hole: the kernel's iretd to ring 3 runs natively as a same-ring "
               "return, so the process runs with the kernel's virtual ring and its first int 0x80 ends in "
               "#GP(0x18) (exit 0x4d); tests/test_trap.py DIVERGING")
-TRAP_NESTED_LINEAR = ("trap with nested paging stops as memory_fault, naming the linear address as if it were "
-                      "physical, where QEMU delivers the guest's #PF (or reaches the guest's own frame)")
+TRAP_NESTED_LINEAR = ("trap with nested paging keeps the monitor's own pages (shadow GDT and LDT, boot GDT, the until "
+                      "page) at their addresses in every guest address space: the guest's access there stops as "
+                      "memory_fault where QEMU reaches the guest's own frame")
 SMC_ALIAS = ("a store through an alias mapping into the next instruction of the running engine block is "
              "missed the second time (Unicorn's block runs stale: 3 where QEMU counts 2); bt gets it right")
-BT_UNASSIGNED = ("no guest access reaches the monitor under bt (docs/isolation.md); what differs is the "
-                 "platform's: the address has no memory behind it, which QEMU reads as 0 (stores vanish) where "
-                 "the monitor stops the run as memory_fault (status 121)")
+ENGINE_PHYSICAL = ("vt with shadow paging runs a guest whose paging is off on the engine's physical space, where "
+                   "the monitor's shadow pool sits at its guest-physical address (0xffd00000): the store there is "
+                   "refused as memory_fault where QEMU drops it (docs/isolation.md)")
+BT_SS_BASE = ("the stack segment based at 0xff000000 stops bt as unsupported: its 64-bit stack sequences do not "
+              "add an SS base (docs/isolation.md)")
 KNOWN_FAILURES = {
-    # bt: since translated code is 64-bit code (docs/isolation.md) no attack reaches the monitor; the
-    # entries left for bt are unassigned memory (BT_UNASSIGNED), an SS base and a based code segment.
-    "kernel_call_escape-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED),
-        **dict.fromkeys(UNTRANSLATED, STOPS_AT_UNASSIGNED)},
-    "kernel_call_escape-paging_on": {
-        "trap-nested": TRAP_NESTED_LINEAR},
-    "user_call_escape-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED),
-        "direct": STOPS_AT_UNASSIGNED, "vt-shadow": STOPS_AT_UNASSIGNED, "vt-nested": STOPS_AT_UNASSIGNED,
-        **dict.fromkeys(TRAP, TRAP_RING3)},
-    "user_call_escape-paging_on": {
-        **dict.fromkeys(TRAP, TRAP_RING3)},
-    "user_reads_monitor-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED),
-        "direct": STOPS_AT_UNASSIGNED, "vt-shadow": STOPS_AT_UNASSIGNED, "vt-nested": STOPS_AT_UNASSIGNED,
-        **dict.fromkeys(TRAP, TRAP_RING3)},
-    "user_reads_monitor-paging_on": {
-        **dict.fromkeys(TRAP, TRAP_RING3)},
-    "kernel_reads_monitor-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED),
-        "direct": STOPS_AT_UNASSIGNED, "vt-shadow": STOPS_AT_UNASSIGNED, "vt-nested": STOPS_AT_UNASSIGNED,
+    # bt: since translated code is 64-bit code (docs/isolation.md) no attack reaches the monitor, and
+    # unassigned memory reads 0 as on QEMU; the entries left for bt are an SS base and a based code segment.
+    "user_call_escape-paging_off": dict.fromkeys(TRAP, TRAP_RING3),
+    "user_call_escape-paging_on": dict.fromkeys(TRAP, TRAP_RING3),
+    "user_reads_monitor-paging_off": {"vt-shadow": ENGINE_PHYSICAL, **dict.fromkeys(TRAP, TRAP_RING3)},
+    "user_reads_monitor-paging_on": dict.fromkeys(TRAP, TRAP_RING3),
+    "kernel_reads_monitor-paging_off": {
+        "vt-shadow": ENGINE_PHYSICAL,
         **dict.fromkeys(TRAP, "the kernel (at real ring 3) reads trap's shadow GDT and the boot GDT, then the "
                               "virtual-CPU read stops the run as memory_fault")},
     "kernel_reads_monitor-paging_on": {
         "trap-shadow": ("the kernel reads trap's shadow GDT, the boot GDT and the monitor's page directory and "
                         "tables (mapped in every shadow) instead of a #PF"),
-        "trap-nested": "the kernel reads trap's shadow GDT and the boot GDT, then " + TRAP_NESTED_LINEAR},
-    "user_starves_kernel-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED),
-        "direct": STOPS_AT_UNASSIGNED, "vt-shadow": STOPS_AT_UNASSIGNED, "vt-nested": STOPS_AT_UNASSIGNED,
-        **dict.fromkeys(TRAP, TRAP_RING3)},
-    "user_starves_kernel-paging_on": {
-        **dict.fromkeys(TRAP, TRAP_RING3)},
-    "kernel_dodges_limit-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED),
-        **dict.fromkeys(UNTRANSLATED, STOPS_AT_UNASSIGNED)},
-    "kernel_dodges_limit-paging_on": {
-        "trap-nested": TRAP_NESTED_LINEAR},
+        "trap-nested": "the kernel reads trap's shadow GDT and the boot GDT instead of a #PF"},
+    "user_starves_kernel-paging_off": dict.fromkeys(TRAP, TRAP_RING3),
+    "user_starves_kernel-paging_on": dict.fromkeys(TRAP, TRAP_RING3),
     "kernel_maps_monitor_range-paging_on": {
         "trap-shadow": ("the guest's own frames are read back through the high mappings, but its store to "
                         "0xff0e8024 kills the monitor with UcError 'Unhandled CPU exception' (a traceback, no "
                         "report)"),
         "trap-nested": TRAP_NESTED_LINEAR},
-    "user_reads_own_mapping-paging_on": {
-        **dict.fromkeys(TRAP, TRAP_RING3)},
-    "kernel_operands-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED),
-        **dict.fromkeys(UNTRANSLATED, STOPS_AT_UNASSIGNED)},
-    "kernel_operands-paging_on": {
-        "trap-nested": TRAP_NESTED_LINEAR},
-    "user_operands-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED),
-        "direct": STOPS_AT_UNASSIGNED, "vt-shadow": STOPS_AT_UNASSIGNED, "vt-nested": STOPS_AT_UNASSIGNED,
-        **dict.fromkeys(TRAP, TRAP_RING3)},
-    "user_operands-paging_on": {
-        **dict.fromkeys(TRAP, TRAP_RING3)},
-    "kernel_segments-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED),
-                                   **dict.fromkeys(UNTRANSLATED, STOPS_AT_UNASSIGNED)},
-    "kernel_segments-paging_on": {"trap-nested": TRAP_NESTED_LINEAR},
-    "user_segments-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED),
-        
-        "direct": STOPS_AT_UNASSIGNED, "vt-shadow": STOPS_AT_UNASSIGNED, "vt-nested": STOPS_AT_UNASSIGNED,
-        **dict.fromkeys(TRAP, TRAP_RING3)},
-    "user_segments-paging_on": {**dict.fromkeys(TRAP, TRAP_RING3), **dict.fromkeys(
-        BT, "the stack segment based at 0xff000000 stops bt as unsupported: its 64-bit stack sequences do not "
-            "add an SS base (docs/isolation.md)")},
+    "user_reads_own_mapping-paging_on": dict.fromkeys(TRAP, TRAP_RING3),
+    "user_operands-paging_off": dict.fromkeys(TRAP, TRAP_RING3),
+    "user_operands-paging_on": dict.fromkeys(TRAP, TRAP_RING3),
+    "user_segments-paging_off": {**dict.fromkeys(TRAP, TRAP_RING3), **dict.fromkeys(BT, BT_SS_BASE)},
+    "user_segments-paging_on": {**dict.fromkeys(TRAP, TRAP_RING3), **dict.fromkeys(BT, BT_SS_BASE)},
     "kernel_smc_race-paging_on": dict.fromkeys(UNTRANSLATED, SMC_ALIAS),
     "user_smc_race-paging_off": dict.fromkeys(TRAP, TRAP_RING3),
     "user_smc_race-paging_on": {"direct": SMC_ALIAS, "vt-shadow": SMC_ALIAS, "vt-nested": SMC_ALIAS,
                                 **dict.fromkeys(TRAP, TRAP_RING3)},
-    "straddle-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED), **dict.fromkeys(UNTRANSLATED, "the access at 0xfefffffe (unassigned on QEMU: "
-                                                            "0) stops the run as memory_fault")},
     "straddle-paging_on": {
         "trap-shadow": ("the half of the access at 0xff000000 reaches the monitor's boot GDT page instead of "
                         "a #PF or the guest's frame, then a triple fault"),
         "trap-nested": TRAP_NESTED_LINEAR},
-    "kernel_transfers-paging_on": {"trap-nested": TRAP_NESTED_LINEAR},
     "user_transfers-paging_on": dict.fromkeys(TRAP, TRAP_RING3),
     "based_code_segments-paging_on": {
-        "trap-shadow": TRAP_RING3, "trap-nested": TRAP_NESTED_LINEAR,
+        "trap-shadow": TRAP_RING3, "trap-nested": TRAP_RING3,
         **dict.fromkeys(BT, "stops as unsupported: bt runs flat code segments only")},
 }
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from vmm.bus import PHYSICAL_SPACE, MmioBus
-from vmm.engine import PROT_ALL, PROT_EXEC, PROT_READ, Engine
+from vmm.engine import PROT_ALL, PROT_EXEC, PROT_READ, PROT_WRITE, Engine
 from vmm.errors import ConfigError, UnsupportedGuestFeature
 from vmm.frames import FramePool, PhysToMachine
 from vmm.monitor_layout import (BOOT_GDT_OFFSET, BOOT_GDT_SIZE, MONITOR_BASE, MONITOR_SIZE, UNASSIGNED_PAGE_OFFSET,
@@ -88,13 +88,18 @@ class PhysicalMemory:
         self.mmio = MmioBus()
         self.mmio.reserve(self.ram.base, self.ram.size, "guest RAM")
         self._holes: list[tuple[int, int]] = []     # engine MMIO regions at their guest-physical base
-        self._identity = False                      # serve_unassigned(identity=True): direct, vt-nested
         self._shared_frame = 0                      # the guest page last given the shared page
         # Whether guest-physical reads of the boot GDT page see the boot GDT (the firmware's
         # table, which the guest's GDTR may still name) rather than unassigned memory.
         self.boot_gdt_visible = lambda: True
-        # Readable so the CPU can load descriptors from it; guest stores into it fault.
-        self.map_monitor_area(BOOT_GDT_OFFSET, BOOT_GDT_SIZE, PROT_READ | PROT_EXEC)
+        # The boot GDT is served through the bus in every mode (_bus_read): the CPU's descriptor
+        # loads see the table while the guest's GDTR names it; once the guest has its own, the
+        # page is unassigned memory as on QEMU (whose boot GDT lives in its option ROM), and a
+        # guest store there is dropped, never a fault.
+        gdt = self.monitor.base + BOOT_GDT_OFFSET
+        engine.map_mmio(gdt, BOOT_GDT_SIZE, lambda offset, size: self._bus_read(gdt + offset, size),
+                        lambda offset, size, value: self._bus_write(gdt + offset, size, value))
+        self._monitor_mappings.append((gdt, BOOT_GDT_SIZE, PROT_READ | PROT_WRITE))
         self.map_monitor_area(UNTIL_PAGE_OFFSET, UNTIL_PAGE_SIZE, PROT_READ | PROT_EXEC)
 
     def _map_ram(self) -> None:
@@ -146,21 +151,16 @@ class PhysicalMemory:
         identity: the engine walks the guest's own tables (direct, vt with nested paging), so
         guest-physical is engine-physical and the monitor's pages there are guest addresses:
         the until page is given back to the guest (nothing reads it: the engine's exits are
-        enabled) and the boot GDT page is served through the bus, as the boot GDT while the
-        guest's GDTR still names it and as unassigned memory once the guest loaded its own
-        (docs/isolation.md). guest_gdt_base() -> the guest's GDTR base."""
-        self._identity = identity
+        enabled). guest_gdt_base() -> the guest's GDTR base: the boot GDT page shows the boot
+        GDT while it names it, and is unassigned memory once the guest loaded its own
+        (docs/isolation.md)."""
         engine = self._engine
         boot_gdt = self.monitor.base + BOOT_GDT_OFFSET
         self.boot_gdt_visible = lambda: guest_gdt_base() == boot_gdt
         if identity:
-            gdt = self.monitor.base + BOOT_GDT_OFFSET
-            for base, size in ((gdt, BOOT_GDT_SIZE), (self.monitor.base + UNTIL_PAGE_OFFSET, UNTIL_PAGE_SIZE)):
-                engine.unmap(base, size)
-                self._monitor_mappings = [m for m in self._monitor_mappings if m[0] != base]
-            engine.map_mmio(gdt, BOOT_GDT_SIZE, lambda offset, size: self._bus_read(gdt + offset, size),
-                            lambda offset, size, value: self._bus_write(gdt + offset, size, value))
-            self._monitor_mappings.append((gdt, BOOT_GDT_SIZE, 0))
+            until = self.monitor.base + UNTIL_PAGE_OFFSET
+            engine.unmap(until, UNTIL_PAGE_SIZE)
+            self._monitor_mappings = [m for m in self._monitor_mappings if m[0] != until]
         taken = sorted([(self.ram.base, self.ram.end)] + [(base, base + size) for base, size, _p in self._monitor_mappings])
         cursor = 0
         for start, end in taken + [(PHYSICAL_SPACE, PHYSICAL_SPACE)]:

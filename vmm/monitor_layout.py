@@ -71,8 +71,9 @@ class Area:
 
 
 AREAS = (
-    Area("boot GDT", BOOT_GDT_OFFSET, BOOT_GDT_SIZE, PROT_READ | PROT_EXEC, "vmm/boot.py",
-         "boot GDT (descriptors pre-marked accessed)"),
+    Area("boot GDT", BOOT_GDT_OFFSET, BOOT_GDT_SIZE, PROT_READ | PROT_WRITE, "vmm/boot.py",
+         "boot GDT (descriptors pre-marked accessed), MMIO: the table while the guest's GDTR names it, "
+         "else unassigned memory (vmm/memory.py)"),
     Area("stubs", STUB_OFFSET, STUB_SIZE, PROT_READ | PROT_EXEC, "vmm/modes/bt/mode.py",
          "stubs: native cpuid/rdtsc (bt)"),
     Area("directory", DIRECTORY_OFFSET, DIRECTORY_SIZE, PROT_READ, "vmm/monitor_paging.py",

@@ -996,7 +996,10 @@ TRAP_NESTED_LINEAR = ("trap with nested paging keeps the monitor's own pages (sh
                       "page) at their addresses in every guest address space: the guest's access there stops as "
                       "memory_fault where QEMU reaches the guest's own frame")
 SMC_ALIAS = ("a store through an alias mapping into the next instruction of the running engine block is "
-             "missed the second time (Unicorn's block runs stale: 3 where QEMU counts 2); bt gets it right")
+             "missed the second time (Unicorn's block runs stale: 3 where QEMU counts 2); bt gets it right. "
+             "Unicorn re-marks only the translated linear page's TLB entry for slow stores, not an alias's; "
+             "dropping the engine's TLB after each translation fixes this guest but breaks QEMU's stale-TLB "
+             "behaviour (sample tlb: a PTE change must not show before invlpg)")
 ENGINE_PHYSICAL = ("vt with shadow paging runs a guest whose paging is off on the engine's physical space, where "
                    "the monitor's shadow pool sits at its guest-physical address (0xffd00000): the store there is "
                    "refused as memory_fault where QEMU drops it (docs/isolation.md)")

@@ -60,6 +60,12 @@ def _is_io_to(code: bytes, port: int, size: int, dx: int, out: bool = True) -> b
     return dx == port and width == size
 
 
+def _is_rep_string_io(code: bytes) -> bool:
+    """Whether `code` starts with rep ins/outs (each element runs in an engine block of its own)."""
+    at = _skip_prefixes(code)
+    return code[at] in (0x6C, 0x6D, 0x6E, 0x6F) and any(prefix in code[:at] for prefix in (0xF2, 0xF3))
+
+
 def _is_out_to(code: bytes, port: int, size: int, dx: int) -> bool:
     return _is_io_to(code, port, size, dx, out=True)
 
@@ -217,6 +223,11 @@ class DirectMode(ExecutionMode):
             if seen_io and _touches_memory(insn):
                 return address
             if not seen_io and _is_io_to(code, port, size, dx, out):
+                if address == block_start and _is_rep_string_io(code):
+                    # An element of rep ins/outs is an engine block of its own, starting at the
+                    # instruction: the stop lands after the element with EIP at it and ECX
+                    # counted down, where the rest of the string resumes (as on the CPU).
+                    return eip
                 seen_io = True
             elif insn.group(CS_GRP_JUMP) or insn.group(CS_GRP_CALL) or insn.group(CS_GRP_RET):
                 break

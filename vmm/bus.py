@@ -172,6 +172,11 @@ class MmioBus:
         return not any(r.base <= last and address < r.end for r in self._ranges), None
 
     def read(self, address: int, size: int) -> int:
+        if not self._ranges:                # no device at all: every access is unassigned
+            self.reads["unassigned"] += 1
+            if self.on_unassigned:
+                self.on_unassigned("read", address, size, 0)
+            return 0
         whole, claim = self._whole(address, size)
         if not whole:
             return sum(self.read(address + i, 1) << (8 * i) for i in range(size))
@@ -184,6 +189,11 @@ class MmioBus:
         return claim.device.io_read(address - claim.base, size) & _MASK.get(size, (1 << 8 * size) - 1)
 
     def write(self, address: int, size: int, value: int) -> None:
+        if not self._ranges:
+            self.writes["unassigned"] += 1
+            if self.on_unassigned:
+                self.on_unassigned("write", address, size, value)
+            return
         whole, claim = self._whole(address, size)
         if not whole:
             for i in range(size):

@@ -89,6 +89,7 @@ class PhysicalMemory:
         self.mmio.reserve(self.ram.base, self.ram.size, "guest RAM")
         self._holes: list[tuple[int, int]] = []     # engine MMIO regions at their guest-physical base
         self._shared_frame = 0                      # the guest page last given the shared page
+        self._released = False                      # release(): no memory left, every access fails
         # Whether guest-physical reads of the boot GDT page see the boot GDT (the firmware's
         # table, which the guest's GDTR may still name) rather than unassigned memory.
         self.boot_gdt_visible = lambda: True
@@ -131,6 +132,7 @@ class PhysicalMemory:
             self._engine.unmap(base, end - base)
         self._ram_pieces, self._ram_starts, self._ram = [], [], None
         self.ram = Region("guest RAM", 0, 0)
+        self._released = True
         self.pool.release(self.p2m.machine_extents())
 
     def map_monitor_area(self, offset: int, size: int, perms: int) -> int:
@@ -279,6 +281,8 @@ class PhysicalMemory:
             address, size = address + length, size - length
 
     def _read_outside(self, address: int, size: int) -> bytes:
+        if self._released:
+            raise UnbackedAccess(address, size)
         out = bytearray()
         for start, length, in_ram in self._pieces(address, size):
             if in_ram:
@@ -291,6 +295,8 @@ class PhysicalMemory:
         return bytes(out)
 
     def _write_outside(self, address: int, data: bytes) -> None:
+        if self._released:
+            raise UnbackedAccess(address, len(data))
         done = 0
         for start, length, in_ram in self._pieces(address, len(data)):
             if in_ram:

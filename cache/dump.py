@@ -40,7 +40,7 @@ def dump_cache(cache: TranslationCache) -> dict:
             "incoming": sorted(({"guest": source.guest.address, "exit": index} for source, index in block.incoming),
                                key=lambda link: (link["guest"], link["exit"])),
             "rewrites": [{"guest_address": r.guest_eip, "text": r.text, "handling": r.handling.value,
-                          "procedure": r.procedure, "host_offset": r.host_offset, "host_size": r.host_size}
+                          "procedure": r.procedure.value, "host_offset": r.host_offset, "host_size": r.host_size}
                          for r in translation.rewrites],
             "pc_map": [[entry.offset, entry.guest_eip] for entry in translation.pc_map],
         })

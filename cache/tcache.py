@@ -14,9 +14,10 @@ from typing import Callable, Optional
 from lru import LRU
 
 from cache.arena import CodeArena
-from translator.decoder import PAGE_SIZE, GuestBlock
+from translator.decoder import GuestBlock
 from translator.emitter import EXIT_SLOT_SIZE, INT3, UNLINKED_SLOT, WINDOW_SITE_DISARMED, ExitKind, ExitSite, Translation
 from translator.layout import LOOKUP_ENTRIES, LOOKUP_ENTRY_SIZE
+from translator.x86arch import PAGE_SIZE
 
 
 @functools.lru_cache(maxsize=1)

@@ -260,7 +260,7 @@ def qemu_available() -> bool:
 
 def run_under_qemu(source: str) -> list:
     """The probe's log under qemu-system-i386 (the reference)."""
-    from tests.fuzz.qemu import boot_under_qemu
+    from tools.fuzzlib.qemu import boot_under_qemu
     return parse(boot_under_qemu(source, timeout=60).stdout)
 
 

@@ -9,7 +9,7 @@ from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 from tests.cli import run_vmm, sample_arguments
 from tests.guests import EXIT, flat_gdt, run_image, run_source
 from tests.samples import MANIFEST, REPO_ROOT
-from translator.classify import Category, classify
+from translator.classify import Category, Procedure, classify
 from vmm.exits import ExitReason, StopReason
 
 LOOP = """
@@ -125,7 +125,7 @@ def test_guest_cannot_execute_the_translation_cache(tmp_path):
     assert "fetch of no memory at 0xff500000" in result.message
 
 
-_NATIVE_IN_TRANSLATIONS = {"interrupt_flag", "popf", "pushf", "port_io"}
+_NATIVE_IN_TRANSLATIONS = {Procedure.INTERRUPT_FLAG, Procedure.POPF, Procedure.PUSHF, Procedure.PORT_IO}
 
 
 @pytest.mark.parametrize("name", ["sensitive", "exceptions", "calls"])

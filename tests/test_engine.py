@@ -170,6 +170,20 @@ def test_the_engine_counts_the_instructions_a_counted_run_started():
     assert engine.instructions_started() == 3 and engine.reg("eax") == 4      # inc, inc, hlt
 
 
+def test_halted_tells_hlt_from_a_count_that_ran_out_after_a_byte_f4():
+    # Engine.halted reads CPUState.halted through uc_struct's cpu pointer (pinned offsets). A
+    # count that runs out after `jne` (75 F4) leaves EIP past an F4 byte just as hlt does: xv6's
+    # spin loop in acquire was taken for hlt by that byte and halted the guest mid-instruction.
+    engine, memory = machine("mov ecx, 2\nagain:\nnop\nnop\nnop\nnop\nnop\nnop\nnop\nnop\nnop\n"
+                             "dec ecx\njnz again\ninc eax\nhlt\ninc eax")
+    engine.run(CODE, memory.until_address, count=23)        # mov, 2 x (9 nops, dec, jnz): past jnz
+    assert engine.read(engine.reg("eip") - 1, 1) == b"\xf4" and not engine.halted()
+    engine.run(engine.reg("eip"), memory.until_address)      # inc eax, hlt
+    assert engine.halted() and engine.reg("eax") == 1
+    engine.run(engine.reg("eip"), memory.until_address, count=1)
+    assert not engine.halted() and engine.reg("eax") == 2     # the next run clears it
+
+
 def test_segment_limits_are_not_checked():
     # Why the monitor cannot use VMware's segment truncation (docs/isolation.md): a load through
     # a data segment with a 4 KiB limit, far past the limit, succeeds on the engine.

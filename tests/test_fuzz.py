@@ -6,20 +6,22 @@ Cost (measured): every run builds a fresh machine; one program of 40 items takes
 under direct and 70 ms under bt on this machine (a ring-3 program about 60 / 80 ms, a timer
 program, whose body runs 10-30 times, about 60 / 120 ms): the ring-0 bt run of 80 programs takes
 about 9 s, the ring-3/timer run of 40 about 6 s, the whole file about 23 s on 2 cores.
-Long runs: see tools/fuzz.py; direct itself against QEMU: tests/fuzz/qemu.py.
+Long runs: see tools/fuzz.py; direct itself against QEMU: tools/fuzzlib/qemu.py.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.fuzz.compare import Outcome, compare_program, diff_outcomes, run_source, shrink
-from tests.fuzz.generator import (DATA_PTR, DEFAULT_WEIGHTS, EXC_COUNT, EXC_LOG, R0_STACK_BASE, R0_STACK_SIZE,
-                                  RESULT, STACK_TOP, TIMER_VECTOR, USER_CS, Options, generate, program_seed)
+from tools.fuzzlib.compare import Outcome, compare_program, diff_outcomes, run_source, shrink
+from tools.fuzzlib.generator import (DATA_PTR, DEFAULT_WEIGHTS, EXC_COUNT, EXC_LOG, R0_STACK_BASE, R0_STACK_SIZE,
+                                     RESULT, STACK_TOP, TIMER_VECTOR, USER_CS, Options, generate, program_seed)
 from vmm.modes import available_modes
 
 CI_SEED = 20240601
@@ -32,6 +34,19 @@ USER_COUNT = 40
 # SHA-256 of the sources of the first CI programs: the default options must keep generating
 # exactly these (a change to the generator that alters them changes what CI has always tested)
 CI_SOURCES_DIGEST = "1557a5fb4ea3b5601aeb563b3fcee63d54239e47dbd93bde7561346823666a2f"
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_tools_import_nothing_of_tests():
+    """The fuzz library lives in tools/fuzzlib/ (packaged with tools*): tools/fuzz.py and the tests
+    import it, not the other way round (design review P5)."""
+    for path in (ROOT / "tools").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            modules = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            assert not any(module == "tests" or module.startswith("tests.") for module in modules), path
+
 
 try:
     MODES, MODES_ERROR = available_modes(), None
@@ -200,7 +215,7 @@ def test_ring3_programs_run_to_their_epilogue_under_direct():
     """The body runs in ring 3 (user CS in the result), exceptions arrive from it (the log holds
     its ESP), the ring-0 stack is zeroed at the end, and timer programs take IRQ0 many times."""
     from tests.guests import run_image
-    from tests.fuzz.compare import _image_path, MAX_INSTRUCTIONS
+    from tools.fuzzlib.compare import _image_path, MAX_INSTRUCTIONS
     handled = interrupted = 0
     for index in range(8):
         program = generate(program_seed(USER_SEED + 1, index), CI_LENGTH, _user_options(index))
@@ -332,8 +347,8 @@ patch:
 def test_qemu_arbitrates_a_divergence_where_the_reference_is_wrong():
     # The smc_data pattern (a store into the running block's page, then a patch of a function on
     # it): direct on Unicorn runs the old function, bt and QEMU the patched one.
-    from tests.fuzz.arbiter import arbitrate
-    from tests.fuzz.qemu import available
+    from tools.fuzzlib.arbiter import arbitrate
+    from tools.fuzzlib.qemu import available
     if not available():
         pytest.skip("qemu-system-i386 is not installed")
     direct, bt = run_source(ARBITER_PROGRAM, "direct"), run_source(ARBITER_PROGRAM, "bt")

@@ -361,6 +361,7 @@ BOOT_GDT, STUBS, MONITOR_DIRECTORY = 0xFF000000, 0xFF003000, 0xFF004000
 SHADOW_GDT, SHADOW_LDT, LOOKUP_TABLE = 0xFF010000, 0xFF020000, 0xFF040000
 PROFILE_COUNTERS, VCPU, SCRATCH, VCPU_PRIVILEGED = 0xFF0C0000, 0xFF0E8000, 0xFF0E9000, 0xFF0EA000
 MONITOR_TABLES, TRANSLATION_CACHE, SHADOW_POOL = 0xFF100000, 0xFF500000, 0xFFD00000
+RING_VIEWS = 0xFF410000      # trap's shadow GDT/LDT, one view per virtual ring (ring 0's GDT first)
 JUMP_SLOT, BUDGET_SLOT = SCRATCH + 0x20, SCRATCH + 0x24
 
 # Read at +8: the first descriptor of a descriptor table is null, as unassigned memory reads.
@@ -368,6 +369,7 @@ READABLE_AREAS = [("shadow GDT", SHADOW_GDT + 8), ("shadow LDT", SHADOW_LDT + 8)
                   ("virtual CPU", VCPU + 8), ("privileged virtual CPU", VCPU_PRIVILEGED + 8),
                   ("lookup table", LOOKUP_TABLE + 8), ("stubs", STUBS + 8),
                   ("monitor page directory", MONITOR_DIRECTORY + 8), ("monitor page tables", MONITOR_TABLES + 8),
+                  ("trap's ring views", RING_VIEWS + 8),
                   ("translation cache", TRANSLATION_CACHE + 8), ("shadow pool", SHADOW_POOL + 8)]
 WRITABLE_AREAS = [("scratch page", SCRATCH + 0x100), ("budget slot", BUDGET_SLOT),
                   ("jump slot", JUMP_SLOT), ("profile counters", PROFILE_COUNTERS)]
@@ -451,7 +453,7 @@ def user_reads_monitor(p: Program) -> None:
 
 
 def kernel_reads_monitor(p: Program) -> None:
-    """Attack 3 at ring 0 (bt's CPL 1, trap's CPL 3 with the shadow GDT and LDT in the region)."""
+    """Attack 3 at ring 0 (bt's CPL 1, trap's CPL 3 with its ring views of the GDT and LDT in the region)."""
     read_probes(p)
     p.exit(0x22)
 
@@ -524,7 +526,7 @@ OWN_MAPPINGS = [("translation cache", TRANSLATION_CACHE, 0x500000), ("virtual CP
                 ("scratch page", SCRATCH, 0x604000), ("privileged virtual CPU", VCPU_PRIVILEGED, 0x605000),
                 ("shadow GDT", SHADOW_GDT, 0x601000), ("lookup table", LOOKUP_TABLE, 0x602000),
                 ("boot GDT", BOOT_GDT, 0x600000), ("until page", 0xFFFFF000, 0x606000),
-                ("shadow pool", SHADOW_POOL, 0x607000)]
+                ("shadow pool", SHADOW_POOL, 0x607000), ("trap's ring views", RING_VIEWS, 0x410000)]
 
 
 def _map_own_frames(p: Program) -> None:
@@ -995,60 +997,80 @@ UNTRANSLATED = ("direct", "trap-shadow", "trap-nested", "vt-shadow", "vt-nested"
 TRAP = ("trap-shadow", "trap-nested")
 BT = ("bt-shadow", "bt-nested")
 
-TRAP_RING3 = ("trap-and-emulate's iretd hole: the kernel's iretd to ring 3 runs natively as a same-ring "
-              "return, so the process runs with the kernel's virtual ring and its first int 0x80 ends in "
-              "#GP(0x18) (exit 0x4d); tests/test_trap.py DIVERGING")
-TRAP_NESTED_LINEAR = ("trap with nested paging keeps the monitor's own pages (shadow GDT and LDT, boot GDT, the until "
-                      "page) at their addresses in every guest address space: the guest's access there stops as "
-                      "memory_fault where QEMU reaches the guest's own frame")
+STOPS_AT_UNASSIGNED = ("the monitor's region is unassigned memory on QEMU (reads give 0, stores vanish), but "
+                       "the first access to it stops the run as memory_fault (status 121)")
+TRAP_NESTED_LINEAR = ("trap with nested paging stops as memory_fault, naming the linear address as if it were "
+                      "physical, where QEMU delivers the guest's #PF (or reaches the guest's own frame)")
 SMC_ALIAS = ("a store through an alias mapping into the next instruction of the running engine block is "
              "missed the second time (Unicorn's block runs stale: 3 where QEMU counts 2); bt gets it right. "
              "Unicorn re-marks only the translated linear page's TLB entry for slow stores, not an alias's; "
              "dropping the engine's TLB after each translation fixes this guest but breaks QEMU's stale-TLB "
              "behaviour (sample tlb: a PTE change must not show before invlpg)")
+BT_UNASSIGNED = ("no guest access reaches the monitor under bt (docs/isolation.md); what differs is the "
+                 "platform's: the address has no memory behind it, which QEMU reads as 0 (stores vanish) where "
+                 "the monitor stops the run as memory_fault (status 121)")
 ENGINE_PHYSICAL = ("vt with shadow paging runs a guest whose paging is off on the engine's physical space, where "
                    "the monitor's shadow pool sits at its guest-physical address (0xffd00000): the store there is "
                    "refused as memory_fault where QEMU drops it (docs/isolation.md)")
 BT_SS_BASE = ("the stack segment based at 0xff000000 stops bt as unsupported: its 64-bit stack sequences do not "
               "add an SS base (docs/isolation.md)")
 KNOWN_FAILURES = {
-    # bt: since translated code is 64-bit code (docs/isolation.md) no attack reaches the monitor, and
-    # unassigned memory reads 0 as on QEMU; the entries left for bt are an SS base and a based code segment.
-    "user_call_escape-paging_off": dict.fromkeys(TRAP, TRAP_RING3),
-    "user_call_escape-paging_on": dict.fromkeys(TRAP, TRAP_RING3),
-    "user_reads_monitor-paging_off": {"vt-shadow": ENGINE_PHYSICAL, **dict.fromkeys(TRAP, TRAP_RING3)},
-    "user_reads_monitor-paging_on": dict.fromkeys(TRAP, TRAP_RING3),
-    "kernel_reads_monitor-paging_off": {
-        "vt-shadow": ENGINE_PHYSICAL,
-        **dict.fromkeys(TRAP, "the kernel (at real ring 3) reads trap's shadow GDT and the boot GDT, then the "
-                              "virtual-CPU read stops the run as memory_fault")},
+    # bt: since translated code is 64-bit code (docs/isolation.md) no attack reaches the monitor; the
+    # entries left for bt are unassigned memory (BT_UNASSIGNED), an SS base and a based code segment.
+    "kernel_call_escape-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED),
+        **dict.fromkeys(UNTRANSLATED, STOPS_AT_UNASSIGNED)},
+    "kernel_call_escape-paging_on": {
+        "trap-nested": TRAP_NESTED_LINEAR},
+    "user_call_escape-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED),
+        **dict.fromkeys(UNTRANSLATED, STOPS_AT_UNASSIGNED)},
+    "user_call_escape-paging_on": {
+        "trap-nested": TRAP_NESTED_LINEAR},
+    "user_reads_monitor-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED),
+        **dict.fromkeys(UNTRANSLATED, STOPS_AT_UNASSIGNED)},
+    "user_reads_monitor-paging_on": {
+        "trap-nested": TRAP_NESTED_LINEAR},
+    "kernel_reads_monitor-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED),
+        **dict.fromkeys(UNTRANSLATED, STOPS_AT_UNASSIGNED)},
     "kernel_reads_monitor-paging_on": {
-        "trap-shadow": ("the kernel reads trap's shadow GDT, the boot GDT and the monitor's page directory and "
-                        "tables (mapped in every shadow) instead of a #PF"),
-        "trap-nested": "the kernel reads trap's shadow GDT and the boot GDT instead of a #PF"},
-    "user_starves_kernel-paging_off": dict.fromkeys(TRAP, TRAP_RING3),
-    "user_starves_kernel-paging_on": dict.fromkeys(TRAP, TRAP_RING3),
+        "trap-nested": TRAP_NESTED_LINEAR},
+    "user_starves_kernel-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED),
+        **dict.fromkeys(UNTRANSLATED, STOPS_AT_UNASSIGNED)},
+    "user_starves_kernel-paging_on": {
+        "trap-nested": TRAP_NESTED_LINEAR},
+    "kernel_dodges_limit-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED),
+        **dict.fromkeys(UNTRANSLATED, STOPS_AT_UNASSIGNED)},
+    "kernel_dodges_limit-paging_on": {
+        "trap-nested": TRAP_NESTED_LINEAR},
     "kernel_maps_monitor_range-paging_on": {
-        "trap-shadow": ("the guest's own frames are read back through the high mappings, but its store to "
-                        "0xff0e8024 kills the monitor with UcError 'Unhandled CPU exception' (a traceback, no "
-                        "report)"),
         "trap-nested": TRAP_NESTED_LINEAR},
-    "user_reads_own_mapping-paging_on": dict.fromkeys(TRAP, TRAP_RING3),
-    "user_operands-paging_off": dict.fromkeys(TRAP, TRAP_RING3),
-    "user_operands-paging_on": dict.fromkeys(TRAP, TRAP_RING3),
-    "user_segments-paging_off": {**dict.fromkeys(TRAP, TRAP_RING3), **dict.fromkeys(BT, BT_SS_BASE)},
-    "user_segments-paging_on": {**dict.fromkeys(TRAP, TRAP_RING3), **dict.fromkeys(BT, BT_SS_BASE)},
+    "user_reads_own_mapping-paging_on": {
+        "trap-nested": TRAP_NESTED_LINEAR},
+    "kernel_operands-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED),
+        **dict.fromkeys(UNTRANSLATED, STOPS_AT_UNASSIGNED)},
+    "kernel_operands-paging_on": {
+        "trap-nested": TRAP_NESTED_LINEAR},
+    "user_operands-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED),
+        **dict.fromkeys(UNTRANSLATED, STOPS_AT_UNASSIGNED)},
+    "user_operands-paging_on": {
+        "trap-nested": TRAP_NESTED_LINEAR},
+    "kernel_segments-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED),
+                                   **dict.fromkeys(UNTRANSLATED, STOPS_AT_UNASSIGNED)},
+    "kernel_segments-paging_on": {"trap-nested": TRAP_NESTED_LINEAR},
+    "user_segments-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED),
+        **dict.fromkeys(UNTRANSLATED, STOPS_AT_UNASSIGNED)},
+    "user_segments-paging_on": {"trap-nested": TRAP_NESTED_LINEAR, **dict.fromkeys(
+        BT, "the stack segment based at 0xff000000 stops bt as unsupported: its 64-bit stack sequences do not "
+            "add an SS base (docs/isolation.md)")},
     "kernel_smc_race-paging_on": dict.fromkeys(UNTRANSLATED, SMC_ALIAS),
-    "user_smc_race-paging_off": dict.fromkeys(TRAP, TRAP_RING3),
-    "user_smc_race-paging_on": {"direct": SMC_ALIAS, "vt-shadow": SMC_ALIAS, "vt-nested": SMC_ALIAS,
-                                **dict.fromkeys(TRAP, TRAP_RING3)},
+    "user_smc_race-paging_on": dict.fromkeys(UNTRANSLATED, SMC_ALIAS),
+    "straddle-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED), **dict.fromkeys(UNTRANSLATED, "the access at 0xfefffffe (unassigned on QEMU: "
+                                                            "0) stops the run as memory_fault")},
     "straddle-paging_on": {
-        "trap-shadow": ("the half of the access at 0xff000000 reaches the monitor's boot GDT page instead of "
-                        "a #PF or the guest's frame, then a triple fault"),
         "trap-nested": TRAP_NESTED_LINEAR},
-    "user_transfers-paging_on": dict.fromkeys(TRAP, TRAP_RING3),
+    "kernel_transfers-paging_on": {"trap-nested": TRAP_NESTED_LINEAR},
+    "user_transfers-paging_on": {"trap-nested": TRAP_NESTED_LINEAR},
     "based_code_segments-paging_on": {
-        "trap-shadow": TRAP_RING3, "trap-nested": TRAP_RING3,
+        "trap-nested": TRAP_NESTED_LINEAR,
         **dict.fromkeys(BT, "stops as unsupported: bt runs flat code segments only")},
 }
 

@@ -57,3 +57,14 @@ def test_every_area_a_machine_maps_is_in_the_layout(tmp_path, config):
         owners = [area for area in AREAS if area.offset <= offset and offset + size <= area.end]
         assert len(owners) == 1, f"{offset:#x}+{size:#x} is in no area of the map"
         assert perms == owners[0].perms, owners[0].name
+
+
+def test_the_config_layer_takes_the_cache_capacity_from_the_layout_not_from_bt():
+    """builder.py and cli.py check and document --tcache-size with the layout's numbers; they import
+    nothing of bt's internals (design review P4)."""
+    import ast
+    root = DOCS.parent.parent
+    for name in ("vmm/builder.py", "vmm/cli.py"):
+        for node in ast.walk(ast.parse((root / name).read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert not (node.module or "").startswith("vmm.modes.bt"), (name, node.module)

@@ -11,7 +11,8 @@ from vmm.console import BufferConsole
 from vmm.engine import Engine
 from vmm.exits import StopReason
 from vmm.frames import FRAME_SIZE, Extent, FramePool, PhysToMachine, PoolExhausted
-from vmm.memory import MIB, PAGE_SIZE, PhysicalMemory, UnbackedAccess
+from vmm.memory import MIB, PhysicalMemory, UnbackedAccess
+from vmm.x86 import PAGE_SIZE
 from vmm.report import build_report
 
 @pytest.fixture(params=["direct", "bt", "trap", "vt"])

@@ -12,7 +12,7 @@ import json
 import pytest
 
 from tests.cli import run_vmm, sample_arguments
-from tests.fuzz import qemu as qemu_reference
+from tools.fuzzlib import qemu as qemu_reference
 from tests.guests import EXIT, run_source
 from tests.samples import MANIFEST, REPO_ROOT
 from vmm.exits import StopReason

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Differential fuzzer: random guest programs run under two execution modes, every difference
-in the final state reported (see tests/fuzz/generator.py and tests/fuzz/compare.py).
+in the final state reported (see tools/fuzzlib/generator.py and tools/fuzzlib/compare.py).
 
     python tools/fuzz.py --seed S --count N --length L --modes direct bt [--keep-dir DIR]
 
@@ -32,7 +32,7 @@ instructions as deliberate #GP), --timer adds PIT interrupts at random points of
 --paging runs every program with paging on (0-4 MiB identity-mapped by 4 KiB pages): shadow
 or nested paging against the engine's own walk, accessed and dirty bits compared with the RAM.
 
---qemu asks QEMU which side is right for each diverging program (tests/fuzz/arbiter.py: the
+--qemu asks QEMU which side is right for each diverging program (tools/fuzzlib/arbiter.py: the
 differing bytes hashed into the exit status); programs where it sides with the second mode are
 the reference's defects (direct on Unicorn has some: the smc_data sample) and are reported as
 such, not counted as failures. `--modes bt+nested` picks a paging scheme.
@@ -48,9 +48,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.fuzz.arbiter import arbitrate                                # noqa: E402
-from tests.fuzz.compare import compare_program, shrink                   # noqa: E402
-from tests.fuzz.generator import Options, generate, program_seed        # noqa: E402
+from tools.fuzzlib.arbiter import arbitrate                             # noqa: E402
+from tools.fuzzlib.compare import compare_program, shrink                # noqa: E402
+from tools.fuzzlib.generator import Options, generate, program_seed     # noqa: E402
 from vmm.builder import MachineConfig                                    # noqa: E402
 from vmm.errors import VmmError                                         # noqa: E402
 from vmm.modes import available_modes                                   # noqa: E402

@@ -28,10 +28,10 @@ from vmm.builder import build_machine  # noqa: E402
 from vmm.cli import Parser, add_guest_arguments, guest_config, parse_address  # noqa: E402
 from vmm.console import BufferConsole  # noqa: E402
 from vmm.errors import VmmError  # noqa: E402
+from vmm.x86 import PAGE_SHIFT  # noqa: E402
 
 PROG = "vmm-tcache"
 DUMP_FORMAT = "vmm-tcache/1"
-PAGE_SHIFT = 12
 EXIT_SLOT = "exit slot"
 PROFILE_MESSAGE = "no execution counts: run the image with --profile (or dump it with vmm run --profile --dump-cache)"
 

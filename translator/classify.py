@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import Optional
 
 from capstone import x86_const as X
 
@@ -35,18 +36,73 @@ class Handling(Enum):
     IO_HOOK = "I/O callout"    # copied; the engine's port I/O hook calls the monitor for each access
 
 
+class Procedure(Enum):
+    """What carries out a classified instruction: an inline template or branch form
+    (translator/emitter.py) and, for every callout and inline rule, the monitor's emulation
+    (vmm/emulate.py's Emulator._<value>), which trap and vt also use (vmm/modes/trap.py,
+    vmm/modes/vt.py). One list for all of them, here because the translator imports nothing of
+    vmm while vmm may import the translator. Every procedure a callout or inline rule names has
+    its emulation (tests/test_procedures.py)."""
+    # control flow the translator rewrites itself (no emulation: the modes run it natively)
+    BRANCH = "branch"
+    CALL = "call"
+    RET = "ret"
+    INDIRECT_JMP = "indirect_jmp"
+    INDIRECT_CALL = "indirect_call"
+    PORT_IO = "port_io"                         # the engine's I/O hook, not a callout
+    # far transfers
+    FAR_JMP = "far_jmp"
+    FAR_CALL = "far_call"
+    FAR_RET = "far_ret"
+    IRET = "iret"
+    SOFTWARE_INTERRUPT = "software_interrupt"
+    FAST_SYSTEM_CALL = "fast_system_call"
+    # privileged
+    LOAD_DESCRIPTOR_TABLE = "load_descriptor_table"
+    LOAD_SYSTEM_SEGMENT = "load_system_segment"
+    WRITE_MSW = "write_msw"
+    HLT = "hlt"
+    CACHE_CONTROL = "cache_control"
+    MSR = "msr"
+    RDPMC = "rdpmc"
+    INTERRUPT_FLAG = "interrupt_flag"
+    READ_CONTROL_REGISTER = "read_control_register"
+    WRITE_CONTROL_REGISTER = "write_control_register"
+    DEBUG_REGISTER = "debug_register"
+    # sensitive, unprivileged
+    PUSHF = "pushf"
+    POPF = "popf"
+    STORE_DESCRIPTOR_TABLE = "store_descriptor_table"
+    STORE_SYSTEM_SEGMENT = "store_system_segment"
+    SMSW = "smsw"
+    READ_SEGMENT_REGISTER = "read_segment_register"
+    PUSH_SEGMENT_REGISTER = "push_segment_register"
+    LOAD_SEGMENT_REGISTER = "load_segment_register"
+    DESCRIPTOR_ACCESS = "descriptor_access"
+    LOAD_FAR_POINTER = "load_far_pointer"
+    CPUID = "cpuid"
+    RDTSC = "rdtsc"
+    # innocuous, but missing from the 64-bit host that runs translated code
+    DECIMAL_ADJUST = "decimal_adjust"
+    BOUND = "bound"
+    ARPL = "arpl"
+
+    def __str__(self) -> str:          # tables, dumps and messages show the plain name
+        return self.value
+
+
 @dataclass(frozen=True)
 class Rule:
     category: Category
     handling: Handling
-    procedure: str = ""        # the inline template or callout procedure that implements it
+    procedure: Optional[Procedure] = None   # what implements it (None: copied unchanged)
 
     @property
     def ends_block(self) -> bool:
         return self.handling in (Handling.CHAIN, Handling.LOOKUP, Handling.CALLOUT)
 
 
-def _rules(category, handling, ids, procedure=""):
+def _rules(category, handling, ids, procedure: Procedure):
     return {i: Rule(category, handling, procedure) for i in ids}
 
 
@@ -55,55 +111,77 @@ _BY_ID.update(_rules(Category.DIRECT_BRANCH, Handling.CHAIN, [
     X.X86_INS_JAE, X.X86_INS_JA, X.X86_INS_JBE, X.X86_INS_JB, X.X86_INS_JE, X.X86_INS_JGE,
     X.X86_INS_JG, X.X86_INS_JLE, X.X86_INS_JL, X.X86_INS_JNE, X.X86_INS_JNO, X.X86_INS_JNP,
     X.X86_INS_JNS, X.X86_INS_JO, X.X86_INS_JP, X.X86_INS_JS, X.X86_INS_JECXZ, X.X86_INS_JCXZ,
-    X.X86_INS_LOOP, X.X86_INS_LOOPE, X.X86_INS_LOOPNE], "branch"))
-_BY_ID[X.X86_INS_RET] = Rule(Category.INDIRECT_BRANCH, Handling.LOOKUP, "ret")
-_BY_ID.update(_rules(Category.FAR_TRANSFER, Handling.CALLOUT, [X.X86_INS_LJMP], "far_jmp"))
-_BY_ID.update(_rules(Category.FAR_TRANSFER, Handling.CALLOUT, [X.X86_INS_LCALL], "far_call"))
-_BY_ID.update(_rules(Category.FAR_TRANSFER, Handling.CALLOUT, [X.X86_INS_RETF], "far_ret"))
-_BY_ID.update(_rules(Category.FAR_TRANSFER, Handling.CALLOUT, [X.X86_INS_IRET, X.X86_INS_IRETD], "iret"))
+    X.X86_INS_LOOP, X.X86_INS_LOOPE, X.X86_INS_LOOPNE], Procedure.BRANCH))
+_BY_ID[X.X86_INS_RET] = Rule(Category.INDIRECT_BRANCH, Handling.LOOKUP, Procedure.RET)
+_BY_ID.update(_rules(Category.FAR_TRANSFER, Handling.CALLOUT, [X.X86_INS_LJMP], Procedure.FAR_JMP))
+_BY_ID.update(_rules(Category.FAR_TRANSFER, Handling.CALLOUT, [X.X86_INS_LCALL], Procedure.FAR_CALL))
+_BY_ID.update(_rules(Category.FAR_TRANSFER, Handling.CALLOUT, [X.X86_INS_RETF], Procedure.FAR_RET))
+_BY_ID.update(_rules(Category.FAR_TRANSFER, Handling.CALLOUT, [X.X86_INS_IRET, X.X86_INS_IRETD], Procedure.IRET))
 _BY_ID.update(_rules(Category.FAR_TRANSFER, Handling.CALLOUT,
-                     [X.X86_INS_INT, X.X86_INS_INT3, X.X86_INS_INTO, X.X86_INS_INT1], "software_interrupt"))
+                     [X.X86_INS_INT, X.X86_INS_INT3, X.X86_INS_INTO, X.X86_INS_INT1], Procedure.SOFTWARE_INTERRUPT))
 _BY_ID.update(_rules(Category.FAR_TRANSFER, Handling.CALLOUT,
-                     [X.X86_INS_SYSENTER, X.X86_INS_SYSEXIT, X.X86_INS_SYSCALL, X.X86_INS_SYSRET], "fast_system_call"))
-_BY_ID.update(_rules(Category.PRIVILEGED, Handling.CALLOUT, [X.X86_INS_LGDT, X.X86_INS_LIDT], "load_descriptor_table"))
-_BY_ID.update(_rules(Category.PRIVILEGED, Handling.CALLOUT, [X.X86_INS_LLDT, X.X86_INS_LTR], "load_system_segment"))
-_BY_ID.update(_rules(Category.PRIVILEGED, Handling.CALLOUT, [X.X86_INS_LMSW, X.X86_INS_CLTS], "write_msw"))
-_BY_ID.update(_rules(Category.PRIVILEGED, Handling.CALLOUT, [X.X86_INS_HLT], "hlt"))
+                     [X.X86_INS_SYSENTER, X.X86_INS_SYSEXIT, X.X86_INS_SYSCALL, X.X86_INS_SYSRET], Procedure.FAST_SYSTEM_CALL))
+_BY_ID.update(_rules(Category.PRIVILEGED, Handling.CALLOUT, [X.X86_INS_LGDT, X.X86_INS_LIDT], Procedure.LOAD_DESCRIPTOR_TABLE))
+_BY_ID.update(_rules(Category.PRIVILEGED, Handling.CALLOUT, [X.X86_INS_LLDT, X.X86_INS_LTR], Procedure.LOAD_SYSTEM_SEGMENT))
+_BY_ID.update(_rules(Category.PRIVILEGED, Handling.CALLOUT, [X.X86_INS_LMSW, X.X86_INS_CLTS], Procedure.WRITE_MSW))
+_BY_ID.update(_rules(Category.PRIVILEGED, Handling.CALLOUT, [X.X86_INS_HLT], Procedure.HLT))
 _BY_ID.update(_rules(Category.PRIVILEGED, Handling.CALLOUT,
-                     [X.X86_INS_INVLPG, X.X86_INS_WBINVD, X.X86_INS_INVD], "cache_control"))
-_BY_ID.update(_rules(Category.PRIVILEGED, Handling.CALLOUT, [X.X86_INS_RDMSR, X.X86_INS_WRMSR], "msr"))
-_BY_ID.update(_rules(Category.PRIVILEGED, Handling.CALLOUT, [X.X86_INS_RDPMC], "rdpmc"))
+                     [X.X86_INS_INVLPG, X.X86_INS_WBINVD, X.X86_INS_INVD], Procedure.CACHE_CONTROL))
+_BY_ID.update(_rules(Category.PRIVILEGED, Handling.CALLOUT, [X.X86_INS_RDMSR, X.X86_INS_WRMSR], Procedure.MSR))
+_BY_ID.update(_rules(Category.PRIVILEGED, Handling.CALLOUT, [X.X86_INS_RDPMC], Procedure.RDPMC))
 # cli/sti: the virtual IF is the deprivileged context's EFLAGS.IF (see docs/translation.md), so
 # the instruction itself, executed at CPL 1 with the real IOPL at 1, is its inline emulation.
-_BY_ID.update(_rules(Category.PRIVILEGED, Handling.INLINE, [X.X86_INS_CLI, X.X86_INS_STI], "interrupt_flag"))
+_BY_ID.update(_rules(Category.PRIVILEGED, Handling.INLINE, [X.X86_INS_CLI, X.X86_INS_STI], Procedure.INTERRUPT_FLAG))
 _BY_ID.update(_rules(Category.PRIVILEGED, Handling.IO_HOOK, [
     X.X86_INS_IN, X.X86_INS_OUT, X.X86_INS_INSB, X.X86_INS_INSW, X.X86_INS_INSD,
-    X.X86_INS_OUTSB, X.X86_INS_OUTSW, X.X86_INS_OUTSD], "port_io"))
-_BY_ID.update(_rules(Category.SENSITIVE, Handling.INLINE, [X.X86_INS_PUSHF, X.X86_INS_PUSHFD], "pushf"))
-_BY_ID.update(_rules(Category.SENSITIVE, Handling.INLINE, [X.X86_INS_POPF, X.X86_INS_POPFD], "popf"))
-_BY_ID.update(_rules(Category.SENSITIVE, Handling.INLINE, [X.X86_INS_SGDT, X.X86_INS_SIDT], "store_descriptor_table"))
-_BY_ID.update(_rules(Category.SENSITIVE, Handling.INLINE, [X.X86_INS_SLDT, X.X86_INS_STR], "store_system_segment"))
-_BY_ID.update(_rules(Category.SENSITIVE, Handling.INLINE, [X.X86_INS_SMSW], "smsw"))
+    X.X86_INS_OUTSB, X.X86_INS_OUTSW, X.X86_INS_OUTSD], Procedure.PORT_IO))
+_BY_ID.update(_rules(Category.SENSITIVE, Handling.INLINE, [X.X86_INS_PUSHF, X.X86_INS_PUSHFD], Procedure.PUSHF))
+_BY_ID.update(_rules(Category.SENSITIVE, Handling.INLINE, [X.X86_INS_POPF, X.X86_INS_POPFD], Procedure.POPF))
+_BY_ID.update(_rules(Category.SENSITIVE, Handling.INLINE, [X.X86_INS_SGDT, X.X86_INS_SIDT], Procedure.STORE_DESCRIPTOR_TABLE))
+_BY_ID.update(_rules(Category.SENSITIVE, Handling.INLINE, [X.X86_INS_SLDT, X.X86_INS_STR], Procedure.STORE_SYSTEM_SEGMENT))
+_BY_ID.update(_rules(Category.SENSITIVE, Handling.INLINE, [X.X86_INS_SMSW], Procedure.SMSW))
 _BY_ID.update(_rules(Category.SENSITIVE, Handling.CALLOUT,
-                     [X.X86_INS_LAR, X.X86_INS_LSL, X.X86_INS_VERR, X.X86_INS_VERW], "descriptor_access"))
+                     [X.X86_INS_LAR, X.X86_INS_LSL, X.X86_INS_VERR, X.X86_INS_VERW], Procedure.DESCRIPTOR_ACCESS))
 _BY_ID.update(_rules(Category.SENSITIVE, Handling.CALLOUT,
-                     [X.X86_INS_LDS, X.X86_INS_LES, X.X86_INS_LFS, X.X86_INS_LGS, X.X86_INS_LSS], "load_far_pointer"))
-_BY_ID.update(_rules(Category.SENSITIVE, Handling.CALLOUT, [X.X86_INS_CPUID], "cpuid"))
-_BY_ID.update(_rules(Category.SENSITIVE, Handling.CALLOUT, [X.X86_INS_RDTSC, X.X86_INS_RDTSCP], "rdtsc"))
+                     [X.X86_INS_LDS, X.X86_INS_LES, X.X86_INS_LFS, X.X86_INS_LGS, X.X86_INS_LSS], Procedure.LOAD_FAR_POINTER))
+_BY_ID.update(_rules(Category.SENSITIVE, Handling.CALLOUT, [X.X86_INS_CPUID], Procedure.CPUID))
+_BY_ID.update(_rules(Category.SENSITIVE, Handling.CALLOUT, [X.X86_INS_RDTSC, X.X86_INS_RDTSCP], Procedure.RDTSC))
 
 # Innocuous instructions that the host's 64-bit mode does not have (translated code is 64-bit:
 # docs/isolation.md): the monitor carries them out. Not sensitive; a callout for the host's sake.
 _BY_ID.update(_rules(Category.INNOCUOUS, Handling.CALLOUT,
                      [X.X86_INS_DAA, X.X86_INS_DAS, X.X86_INS_AAA, X.X86_INS_AAS, X.X86_INS_AAM, X.X86_INS_AAD,
-                      X.X86_INS_SALC], "decimal_adjust"))
-_BY_ID.update(_rules(Category.INNOCUOUS, Handling.CALLOUT, [X.X86_INS_BOUND], "bound"))
-_BY_ID.update(_rules(Category.INNOCUOUS, Handling.CALLOUT, [X.X86_INS_ARPL], "arpl"))
+                      X.X86_INS_SALC], Procedure.DECIMAL_ADJUST))
+_BY_ID.update(_rules(Category.INNOCUOUS, Handling.CALLOUT, [X.X86_INS_BOUND], Procedure.BOUND))
+_BY_ID.update(_rules(Category.INNOCUOUS, Handling.CALLOUT, [X.X86_INS_ARPL], Procedure.ARPL))
 
 _SEGMENT_REGISTERS = {X.X86_REG_CS, X.X86_REG_SS, X.X86_REG_DS, X.X86_REG_ES, X.X86_REG_FS, X.X86_REG_GS}
 _CONTROL_REGISTERS = {getattr(X, f"X86_REG_CR{n}") for n in range(16)}
 _DEBUG_REGISTERS = {getattr(X, f"X86_REG_DR{n}") for n in range(16)}
 
 INNOCUOUS = Rule(Category.INNOCUOUS, Handling.COPY)
+# The rules classify() picks by opcode or operands, beyond the table by instruction id.
+_BY_FORM: set[Rule] = set()
+
+
+def _by_form(category: Category, handling: Handling, procedure: Procedure) -> Rule:
+    rule = Rule(category, handling, procedure)
+    _BY_FORM.add(rule)
+    return rule
+
+
+_JUMP = _by_form(Category.DIRECT_BRANCH, Handling.CHAIN, Procedure.BRANCH)
+_CALL = _by_form(Category.DIRECT_BRANCH, Handling.CHAIN, Procedure.CALL)
+_FAR_JMP = _by_form(Category.FAR_TRANSFER, Handling.CALLOUT, Procedure.FAR_JMP)
+_FAR_CALL = _by_form(Category.FAR_TRANSFER, Handling.CALLOUT, Procedure.FAR_CALL)
+_INDIRECT_JMP = _by_form(Category.INDIRECT_BRANCH, Handling.LOOKUP, Procedure.INDIRECT_JMP)
+_INDIRECT_CALL = _by_form(Category.INDIRECT_BRANCH, Handling.LOOKUP, Procedure.INDIRECT_CALL)
+_READ_CONTROL_REGISTER = _by_form(Category.PRIVILEGED, Handling.INLINE, Procedure.READ_CONTROL_REGISTER)
+_WRITE_CONTROL_REGISTER = _by_form(Category.PRIVILEGED, Handling.CALLOUT, Procedure.WRITE_CONTROL_REGISTER)
+_DEBUG_REGISTER = _by_form(Category.PRIVILEGED, Handling.CALLOUT, Procedure.DEBUG_REGISTER)
+_READ_SEGMENT_REGISTER = _by_form(Category.SENSITIVE, Handling.INLINE, Procedure.READ_SEGMENT_REGISTER)
+_LOAD_SEGMENT_REGISTER = _by_form(Category.SENSITIVE, Handling.CALLOUT, Procedure.LOAD_SEGMENT_REGISTER)
+_PUSH_SEGMENT_REGISTER = _by_form(Category.SENSITIVE, Handling.INLINE, Procedure.PUSH_SEGMENT_REGISTER)
 
 
 def _register_operands(insn) -> list[int]:
@@ -118,41 +196,42 @@ def classify(insn) -> Rule:
     iid = insn.id
     if iid == X.X86_INS_JMP:
         if insn.opcode[0] in (0xEB, 0xE9):
-            return Rule(Category.DIRECT_BRANCH, Handling.CHAIN, "branch")
-        if _modrm_reg(insn) == 5:
-            return Rule(Category.FAR_TRANSFER, Handling.CALLOUT, "far_jmp")
-        return Rule(Category.INDIRECT_BRANCH, Handling.LOOKUP, "indirect_jmp")
+            return _JUMP
+        return _FAR_JMP if _modrm_reg(insn) == 5 else _INDIRECT_JMP
     if iid == X.X86_INS_CALL:
         if insn.opcode[0] == 0xE8:
-            return Rule(Category.DIRECT_BRANCH, Handling.CHAIN, "call")
-        if _modrm_reg(insn) == 3:
-            return Rule(Category.FAR_TRANSFER, Handling.CALLOUT, "far_call")
-        return Rule(Category.INDIRECT_BRANCH, Handling.LOOKUP, "indirect_call")
+            return _CALL
+        return _FAR_CALL if _modrm_reg(insn) == 3 else _INDIRECT_CALL
     if iid == X.X86_INS_MOV:
         registers = _register_operands(insn)
         if any(r in _CONTROL_REGISTERS for r in registers):
             if insn.opcode[0] == 0x0F and insn.opcode[1] == 0x20:
-                return Rule(Category.PRIVILEGED, Handling.INLINE, "read_control_register")
-            return Rule(Category.PRIVILEGED, Handling.CALLOUT, "write_control_register")
+                return _READ_CONTROL_REGISTER
+            return _WRITE_CONTROL_REGISTER
         if any(r in _DEBUG_REGISTERS for r in registers):
-            return Rule(Category.PRIVILEGED, Handling.CALLOUT, "debug_register")
+            return _DEBUG_REGISTER
         if insn.opcode[0] == 0x8C:
-            return Rule(Category.SENSITIVE, Handling.INLINE, "read_segment_register")
+            return _READ_SEGMENT_REGISTER
         if insn.opcode[0] == 0x8E:
-            return Rule(Category.SENSITIVE, Handling.CALLOUT, "load_segment_register")
+            return _LOAD_SEGMENT_REGISTER
         return INNOCUOUS
     if iid == X.X86_INS_PUSH and _register_operands(insn) and _register_operands(insn)[0] in _SEGMENT_REGISTERS:
-        return Rule(Category.SENSITIVE, Handling.INLINE, "push_segment_register")
+        return _PUSH_SEGMENT_REGISTER
     if iid == X.X86_INS_POP and _register_operands(insn) and _register_operands(insn)[0] in _SEGMENT_REGISTERS:
-        return Rule(Category.SENSITIVE, Handling.CALLOUT, "load_segment_register")
+        return _LOAD_SEGMENT_REGISTER
     return INNOCUOUS
+
+
+def rules() -> frozenset[Rule]:
+    """Every rule classify() can return (for the checks that each procedure has its emulation)."""
+    return frozenset(_BY_ID.values()) | _BY_FORM | {INNOCUOUS}
 
 
 # Far transfers that reach the monitor even when the guest kernel runs at ring 3: int n (and
 # int3/into/int1) through the IDT, iret back to a ring-0 kernel (a return to a more privileged
 # level is #GP), and the fast system calls (sysenter/syscall enter ring 0; sysexit/sysret are
 # #GP outside ring 0, syscall/sysret #UD in 32-bit mode).
-_TRAPPING_FAR_TRANSFERS = frozenset({"software_interrupt", "iret", "fast_system_call"})
+_TRAPPING_FAR_TRANSFERS = frozenset({Procedure.SOFTWARE_INTERRUPT, Procedure.IRET, Procedure.FAST_SYSTEM_CALL})
 
 
 def traps_when_deprivileged(rule_or_insn) -> bool:

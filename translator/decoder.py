@@ -10,9 +10,9 @@ from typing import Callable, Optional
 from capstone.x86_const import X86_INS_STI
 
 from translator.classify import Rule, classify
+from translator.x86arch import PAGE_SIZE
 from translator.x86decode import MAX_INSTRUCTION_LENGTH, PREFIX_GROUPS, decode
 
-PAGE_SIZE = 4096
 DEFAULT_BLOCK_LIMIT = 32
 
 

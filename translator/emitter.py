@@ -21,7 +21,7 @@ from typing import Optional
 
 from capstone import x86_const as X
 
-from translator.classify import Handling
+from translator.classify import Handling, Procedure
 from translator.decoder import BlockEnd, GuestBlock, GuestInstruction
 from translator.layout import (SCRATCH_BUDGET, SCRATCH_IO_SITE, SCRATCH_STACK_TOP,
                                VCPU_CR, VCPU_GDTR, VCPU_IDTR, VCPU_IO_CHECK, VCPU_LDTR, VCPU_POPF_EXPECT,
@@ -124,7 +124,7 @@ class Rewrite:
     guest_eip: int
     text: str
     handling: Handling
-    procedure: str
+    procedure: Procedure
     host_offset: int
     host_size: int = 0
 
@@ -287,7 +287,7 @@ class Emitter:
             self._owner = instruction.address
             rule = instruction.rule
             start = len(code)
-            if rule.handling in (Handling.COPY, Handling.IO_HOOK) or rule.procedure == "interrupt_flag":
+            if rule.handling in (Handling.COPY, Handling.IO_HOOK) or rule.procedure is Procedure.INTERRUPT_FLAG:
                 self._emit_copy(out, instruction, mark)
             elif rule.handling is Handling.INLINE:
                 try:
@@ -615,7 +615,7 @@ class Emitter:
         operand16 = 0x66 in _prefixes(instruction.bytes)
         size = 2 if operand16 else 4
         prefix = b"\x66" if operand16 else b""
-        if procedure == "pushf":
+        if procedure is Procedure.PUSHF:
             mark(guest)
             code += self._switch_to_monitor_stack()
             code += b"\x9C\x41\x58"                                            # pushfq; pop r8
@@ -625,7 +625,7 @@ class Emitter:
             code += _stack(b"\x89", R8, -size, prefix)                          # mov [esp-n], r8d
             code += _lea_esp(-size)
             return
-        if procedure == "popf":
+        if procedure is Procedure.POPF:
             mark(guest)
             load = (bytes([ADDRESS_SIZE]) + b"\x44\x0F\xB7\x04\x24") if operand16 else _stack(b"\x8B", R8, 0)
             code += load                                                        # r8d = the image
@@ -645,11 +645,11 @@ class Emitter:
             code += self._BACK_TO_GUEST_STACK
             self._window_site(out, instruction, mark)
             return
-        if procedure in ("read_segment_register", "push_segment_register", "store_system_segment",
-                         "smsw", "read_control_register"):
+        if procedure in (Procedure.READ_SEGMENT_REGISTER, Procedure.PUSH_SEGMENT_REGISTER,
+                         Procedure.STORE_SYSTEM_SEGMENT, Procedure.SMSW, Procedure.READ_CONTROL_REGISTER):
             self._emit_read_virtual(out, instruction, procedure, mark, operand16)
             return
-        if procedure == "store_descriptor_table":
+        if procedure is Procedure.STORE_DESCRIPTOR_TABLE:
             table = VCPU_GDTR if insn.id == X.X86_INS_SGDT else VCPU_IDTR
             self._check_segment_prefix(instruction)
             mark(guest)
@@ -671,7 +671,7 @@ class Emitter:
     def _emit_read_virtual(self, out, instruction, procedure, mark, operand16) -> None:
         """Instructions that read one virtual-CPU value into a register, memory or the stack."""
         insn, code, guest = instruction.insn, out.code, instruction.address
-        if procedure == "push_segment_register":
+        if procedure is Procedure.PUSH_SEGMENT_REGISTER:
             source = self.areas.vcpu + VCPU_SELECTOR[insn.operands[0].reg]
             size = 2 if operand16 else 4
             mark(guest)
@@ -679,12 +679,12 @@ class Emitter:
             code += _stack(b"\x89", R8, -size, b"\x66" if operand16 else b"")
             code += _lea_esp(-size)
             return
-        if procedure == "read_segment_register":
+        if procedure is Procedure.READ_SEGMENT_REGISTER:
             source, width16 = self.areas.vcpu + VCPU_SELECTOR[insn.operands[1].reg], operand16
-        elif procedure == "store_system_segment":
+        elif procedure is Procedure.STORE_SYSTEM_SEGMENT:
             source = self.areas.vcpu + (VCPU_LDTR if insn.id == X.X86_INS_SLDT else VCPU_TR)
             width16 = operand16
-        elif procedure == "smsw":
+        elif procedure is Procedure.SMSW:
             source, width16 = self.areas.vcpu + VCPU_CR[0], True   # smsw writes 16 bits, even to r32
         else:   # read_control_register: mov r32, crN
             number = int(insn.reg_name(insn.operands[1].reg)[2:])
@@ -782,17 +782,17 @@ class Emitter:
         if 0x66 in _prefixes(instruction.bytes):
             raise UnsupportedForm(f"16-bit indirect branch {instruction} at {guest:#x}")
         procedure = instruction.rule.procedure
-        pop = 4 + (insn.operands[0].imm if insn.operands else 0) if procedure == "ret" else 0
+        pop = 4 + (insn.operands[0].imm if insn.operands else 0) if procedure is Procedure.RET else 0
 
         def complete_transfer() -> bytes:
-            if procedure == "ret":
+            if procedure is Procedure.RET:
                 return _lea_esp(pop)
-            if procedure == "indirect_call":
+            if procedure is Procedure.INDIRECT_CALL:
                 return _stack(b"\xC7", 0, -4) + _u32(instruction.end) + _lea_esp(-4)   # push guest return address
             return b""
 
         mark(guest)
-        if procedure == "ret":
+        if procedure is Procedure.RET:
             code += _stack(b"\x8B", R8, 0)                                  # mov r8d, [esp]
         else:
             operand = insn.operands[0]

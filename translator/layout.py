@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from capstone import x86_const as X
 
+from translator.x86arch import IOPL_MASK
+
 # Virtual-CPU block: guest-visible values the inline emulations read. The monitor writes it
 # through its host buffer; the engine maps it read-only, so guest stores cannot reach it.
 VCPU_SELECTOR = {X.X86_REG_CS: 0x00, X.X86_REG_SS: 0x04, X.X86_REG_DS: 0x08,
@@ -36,8 +38,6 @@ LOOKUP_ENTRY_SIZE = 8      # guest address (tag), translated address
 LOOKUP_TABLE_SIZE = LOOKUP_ENTRIES * LOOKUP_ENTRY_SIZE
 
 REAL_IOPL = 0x1000         # guest ring 0 runs at CPL 1 with IOPL 1: cli/sti/popf.IF work natively
-IOPL_MASK = 0x3000
-TF = 0x100
 
 
 def real_privilege(guest_cpl: int) -> int:

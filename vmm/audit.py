@@ -36,7 +36,7 @@ from typing import Optional
 
 from capstone import x86_const as X
 
-from translator.classify import Category, Rule, classify, traps_when_deprivileged
+from translator.classify import Category, Procedure, Rule, classify, traps_when_deprivileged
 from translator.decoder import Decoder, GuestInstruction
 from vmm.console import StdioConsole
 
@@ -58,13 +58,13 @@ class Finding:
     form: str                  # mnemonic, or the operand form for segment-register instructions
     category: Category
     handling: str
-    procedure: str
+    procedure: Procedure
     traps: bool
     count: Optional[int] = None
 
     def as_json(self) -> dict:
         return {"address": self.address, "bytes": self.raw.hex(), "instruction": self.text, "form": self.form,
-                "class": self.category.value, "handling": self.handling, "procedure": self.procedure,
+                "class": self.category.value, "handling": self.handling, "procedure": self.procedure.value,
                 "traps_when_deprivileged": self.traps, "count": self.count}
 
 
@@ -119,16 +119,16 @@ def instruction_form(instruction: GuestInstruction) -> str:
     """The name a hole goes by in the verdict: the mnemonic, except for the segment-register
     forms (mov/push/pop of ds, cs, ... differ only by operand) and the far transfers."""
     procedure, mnemonic = instruction.rule.procedure, instruction.insn.mnemonic
-    if procedure == "read_segment_register":
+    if procedure is Procedure.READ_SEGMENT_REGISTER:
         return "mov r/m,Sreg"
-    if procedure == "load_segment_register":    # SS apart: its loads trap when deprivileged
+    if procedure is Procedure.LOAD_SEGMENT_REGISTER:    # SS apart: its loads trap when deprivileged
         loads_ss = instruction.insn.operands[0].reg == X.X86_REG_SS
         return f"{mnemonic} {'ss' if loads_ss else 'Sreg'}" + (",r/m" if mnemonic == "mov" else "")
-    if procedure == "push_segment_register":
+    if procedure is Procedure.PUSH_SEGMENT_REGISTER:
         return "push Sreg"
-    if procedure == "far_jmp":
+    if procedure is Procedure.FAR_JMP:
         return "ljmp"
-    if procedure == "far_call":
+    if procedure is Procedure.FAR_CALL:
         return "lcall"
     return mnemonic
 
@@ -206,7 +206,7 @@ def dynamic_audit(config) -> Audit:
 
 # -- static -----------------------------------------------------------------------------------------
 
-_UNFOLLOWED_STOPS = {"far_ret", "iret"}
+_UNFOLLOWED_STOPS = {Procedure.FAR_RET, Procedure.IRET}
 
 
 def _successors(instruction: GuestInstruction) -> tuple[list[int], bool, bool]:
@@ -216,14 +216,14 @@ def _successors(instruction: GuestInstruction) -> tuple[list[int], bool, bool]:
     immediates = [op.imm for op in insn.operands if op.type == X.X86_OP_IMM]
     if category is Category.DIRECT_BRANCH:
         target = immediates[-1] & 0xFFFFFFFF
-        unconditional_jump = procedure == "branch" and insn.id == X.X86_INS_JMP
+        unconditional_jump = procedure is Procedure.BRANCH and insn.id == X.X86_INS_JMP
         return [target], not unconditional_jump, False
     if category is Category.INDIRECT_BRANCH:
-        return [], procedure == "indirect_call", True
+        return [], procedure is Procedure.INDIRECT_CALL, True
     if category is Category.FAR_TRANSFER:
-        if procedure == "far_jmp":
+        if procedure is Procedure.FAR_JMP:
             return ([immediates[-1] & 0xFFFFFFFF], False, False) if opcode == 0xEA else ([], False, True)
-        if procedure == "far_call":
+        if procedure is Procedure.FAR_CALL:
             return ([immediates[-1] & 0xFFFFFFFF], True, False) if opcode == 0x9A else ([], True, True)
         if procedure in _UNFOLLOWED_STOPS or insn.id in (X.X86_INS_SYSEXIT, X.X86_INS_SYSRET):
             return [], False, True

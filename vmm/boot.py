@@ -6,7 +6,7 @@ from __future__ import annotations
 from vmm.engine import Engine
 from vmm.memory import PhysicalMemory
 from vmm.monitor_layout import BOOT_GDT_OFFSET
-from vmm.x86 import CR0_PE, EFLAGS_FIXED, encode_segment
+from vmm.x86 import CR0_ET, CR0_PE, EFLAGS_FIXED, encode_segment
 
 # The boot GDT lives in the monitor region (QEMU keeps its copy in the option ROM), with the same
 # selectors: 0x08 flat 32-bit code, 0x10 flat 32-bit data, 0x18/0x20 16-bit code/data. The
@@ -31,7 +31,7 @@ def enter_protected_mode(engine: Engine, memory: PhysicalMemory, entry: int, eax
     engine.set_table_register("gdtr", gdt_address, len(BOOT_GDT) - 1)
     engine.set_table_register("idtr", 0, REAL_MODE_IDT_LIMIT)
     engine.set_table_register("ldtr", 0, RESET_LDT_LIMIT)
-    engine.set_reg("cr0", CR0_PE | 0x10)       # PE, plus ET as on every 387-class CPU
+    engine.set_reg("cr0", CR0_PE | CR0_ET)     # PE, plus ET as on every 387-class CPU
     engine.set_reg("cr4", 0)    # Unicorn's reset leaves SSE enabled (hflags) with CR4.OSFXSR clear
     engine.set_reg("cs", BOOT_CODE_SELECTOR)
     for segment in ("ds", "es", "fs", "gs", "ss"):

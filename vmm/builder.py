@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Optional
 
+from vmm.bios import write_firmware_state
 from vmm.boot import enter_protected_mode
 from vmm.bus import PortBus
-from vmm.clock import VirtualClock
-from vmm.console import Console
+from vmm.clock import CPU_HZ, VirtualClock
+from vmm.console import Console, NullConsole
 from vmm.devices.debug_exit import DEBUG_EXIT_PORT, DEBUG_EXIT_PORTS, DebugExit
-from vmm.devices.uart16550 import COM1_BASE, UART_PORTS, Uart16550
+from vmm.devices.ide import IDE_BASE, IDE_CONTROL, IDE_IRQ, IDE_PORTS, IdeChannel
+from vmm.devices.i8042 import I8042, I8042_COMMAND, I8042_DATA
+from vmm.devices.mc146818 import MC146818, VIRTUAL_START_EPOCH
+from vmm.devices.reset import PORT92, RESET_CONTROL, Port92, ResetControl
+from vmm.devices.uart16550 import COM1_BASE, COM1_IRQ, COM2_BASE, COM2_IRQ, UART_PORTS, Uart16550
+from vmm.devices.vga import VGA_BASE, VGA_PORTS, VgaText
+from vmm.disks import DriveSpec, open_drives
 from vmm.engine import Engine
 from vmm.errors import ConfigError
 from vmm.exits import StopReason
@@ -20,9 +28,7 @@ from vmm.loaders import LoadedImage, load_image
 from vmm.loaders import multiboot
 from vmm.memory import PhysicalMemory, UnbackedAccess
 from vmm.modes import DEFAULT_MODE, available_modes
-from vmm.monitor_layout import ARENA_SLOTS
-
-MAX_TCACHE_BLOCKS = ARENA_SLOTS - 1
+from vmm.monitor_layout import MAX_TCACHE_BLOCKS
 from vmm.gdbstub import GdbStub
 from vmm.trace import Tracer
 from vmm.vm import Limits, VirtualMachine
@@ -55,6 +61,7 @@ class MachineConfig:
     paging: Optional[str] = None             # --paging: shadow or nested (None: the mode's default)
     dump_cache: Optional[str] = None         # --dump-cache: where the mode's dump() goes after the run (bt)
     unassigned: str = "zero"                 # --unassigned: zero (QEMU's unassigned memory) or stop
+    drives: list[DriveSpec] = field(default_factory=list)   # --drive: IDE disks (vmm/disks.py)
 
     @property
     def paging_scheme(self) -> str:
@@ -122,8 +129,12 @@ def build_machine(config: MachineConfig, console: Console,
     config.validate()
     engine = Engine(long_mode=available_modes()[config.mode].long_mode)
     memory = PhysicalMemory(engine, config.mem_mib, pool)
+    # Wall time at the start: a fixed date under the virtual clock (every run the same), the
+    # host's under --clock realtime (UTC, as QEMU's default -rtc base=utc).
+    start_epoch = VIRTUAL_START_EPOCH if config.clock == "virtual" else int(time.time())
     try:
-        image = load_image(config.image, memory, config.load_address, reserved=(multiboot.RESERVED_AREA,))
+        write_firmware_state(memory, start_epoch)      # before the image: its bytes win, as on QEMU
+        image = load_image(config.image, memory, config.load_address)
         info_address = multiboot.write_boot_information(memory, image, config.image, config.append, config.initrd)
         enter_protected_mode(engine, memory, image.entry, multiboot.BOOTLOADER_MAGIC, info_address)
 
@@ -139,17 +150,50 @@ def build_machine(config: MachineConfig, console: Console,
         memory.serve_unassigned(config.mode == "direct" or (config.mode == "vt" and config.paging_scheme == "nested"),
                                 lambda: vm.cpu.table_register("gdtr")[0])
         memory.mmio.on_unassigned = _unassigned_handler(tracer, config.unassigned == "stop")
+        disks = open_drives(config.drives)
     except BaseException:
         memory.release()              # a shared pool gets the frames of a machine never built back
         raise
 
-    # Port map (cf. kvmtool x86/ioport.c):
+    # Port map (QEMU's pc machine; docs/architecture.md has the table):
     #   0x0020 - 0x0021  i8259 master     0x00A0 - 0x00A1  i8259 slave
     #   0x0040 - 0x0043  i8254 PIT (channel 0 on IRQ0)
+    #   0x0060, 0x0064   i8042 PS/2 controller and keyboard (IRQ1)
+    #   0x0070 - 0x0071  MC146818 RTC/CMOS (IRQ8)
+    #   0x0092           port 92: A20 gate, fast reset
     #   0x00F4 - 0x00F7  isa-debug-exit
-    #   0x03F8 - 0x03FF  COM1 16550A UART
-    vm.interrupts.register(bus)
+    #   0x01F0 - 0x01F7  IDE primary channel command block (IRQ 14), 0x03F6 its control register
+    #   0x02F8 - 0x02FF  COM2 16550A UART (IRQ3, nothing attached)
+    #   0x03C0 - 0x03DF  VGA (CRT controller at 0x3D4/0x3D5)
+    #   0x03F8 - 0x03FF  COM1 16550A UART (IRQ4, the console)
+    #   0x0CF9           reset control register
+    interrupts = vm.interrupts
+    interrupts.register(bus)
+
+    def reset(why: str) -> None:
+        vm.request_stop(StopReason.RESET, f"guest reset the machine: {why}")
+
+    rtc = MC146818(lambda: vm.clock.cycles, CPU_HZ, start_epoch, memory.ram_size, interrupts.device_irq(8))
+    interrupts.attach_rtc(rtc, bus)
+    keyboard = I8042(reset, lambda irq, level: interrupts.device_irq(irq)(level))
+    bus.register(I8042_DATA, 1, keyboard)
+    bus.register(I8042_COMMAND, 1, keyboard.command_port())
+    port92, reset_control = Port92(reset), ResetControl(reset)
+    bus.register(PORT92, 1, port92)
+    bus.register(RESET_CONTROL, 1, reset_control)
     bus.register(DEBUG_EXIT_PORT, DEBUG_EXIT_PORTS, DebugExit(
         lambda value: vm.request_stop(StopReason.DEBUG_EXIT, f"guest wrote {value:#x} to isa-debug-exit", value)))
-    bus.register(COM1_BASE, UART_PORTS, Uart16550(console))
+    com1 = Uart16550(console, interrupts.device_irq(COM1_IRQ), name="com1")
+    com2 = Uart16550(NullConsole(), interrupts.device_irq(COM2_IRQ), name="com2")
+    bus.register(COM1_BASE, UART_PORTS, com1)
+    bus.register(COM2_BASE, UART_PORTS, com2)
+    interrupts.input_sources += [com1, com2]
+    vga = VgaText(memory.read)
+    bus.register(VGA_BASE, VGA_PORTS, vga)
+    vm.screen = vga
+    vm.devices.update({device.name: device for device in (rtc, keyboard, port92, reset_control, com1, com2, vga)})
+    vm.ide = IdeChannel(disks, interrupts.device_irq(IDE_IRQ), tracer.disk_command if tracer.disk else None)
+    vm.at_exit.append(vm.ide.close)       # what the guest wrote is in the files when the run ends
+    bus.register(IDE_BASE, IDE_PORTS, vm.ide)
+    bus.register(IDE_CONTROL, 1, vm.ide.control)
     return vm, image

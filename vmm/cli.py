@@ -8,14 +8,14 @@ from typing import Optional, Sequence
 
 from vmm import __version__, audit
 from vmm.clock import CLOCKS
-from vmm.builder import DEFAULT_LOAD_ADDRESS, DEFAULT_MEM_MIB, MAX_TCACHE_BLOCKS, MachineConfig, build_machine
+from vmm.builder import DEFAULT_LOAD_ADDRESS, DEFAULT_MEM_MIB, MachineConfig, build_machine
 from vmm.console import StdioConsole
+from vmm.disks import parse_drive
 from vmm.errors import VmmError
 from vmm.loaders.multiboot import split_module_list
 from vmm.exits import StopReason
 from vmm.modes import DEFAULT_MODE, available_modes
-from vmm.modes.bt import DEFAULT_CAPACITY
-from vmm.monitor_layout import ARENA_SLOT_SIZE
+from vmm.monitor_layout import ARENA_SLOT_SIZE, DEFAULT_TCACHE_BLOCKS, MAX_TCACHE_BLOCKS
 from vmm.modes.vt import parse_exit_controls
 from vmm.report import build_report, write_report
 from vmm.trace import TRACE_FLAGS, parse_trace_flags
@@ -77,7 +77,7 @@ def add_guest_arguments(group) -> None:
                             "QEMU's PC (default); 'stop' ends the run at the first access (memory_fault, 121)")
     group.add_argument("--tcache-size", type=_cache_size, default=None, metavar="BLOCKS|BYTES",
                        help=f"translation cache capacity: a block count, or bytes with K/M suffix "
-                            f"({ARENA_SLOT_SIZE} bytes a block; default {DEFAULT_CAPACITY} blocks)")
+                            f"({ARENA_SLOT_SIZE} bytes a block; default {DEFAULT_TCACHE_BLOCKS} blocks)")
 
 
 def guest_config(args, image: str, mode: str, **more) -> MachineConfig:
@@ -109,7 +109,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-d", dest="trace", default="", metavar="FLAG[,FLAG...]",
                      help="trace: " + ", ".join(f"{flag} ({what})" for flag, what in TRACE_FLAGS.items()))
     run.add_argument("-D", dest="trace_file", default=None, metavar="FILE", help="write the trace here (default stderr)")
+    run.add_argument("--drive", action="append", default=[], metavar="file=PATH,if=ide,index=N[,...]",
+                     help="an IDE disk, QEMU-style: index 0/1 the primary master/slave, format=raw (the "
+                          "file itself, written in place) or overlay (copy-on-write, the file never written; "
+                          "overlay=PATH keeps the writes in a file, otherwise in memory), readonly")
     run.add_argument("--report", default=None, metavar="FILE.json", help="write a JSON report of the run")
+    run.add_argument("--screen", action="store_true",
+                     help="print the VGA text screen (80x25) on stderr when the run ends")
     run.add_argument("--log-unassigned-ports", action="store_true",
                      help="log accesses to ports no device claims (stderr)")
     run.add_argument("--no-hole-watch", action="store_true",
@@ -163,16 +169,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         trace = parse_trace_flags(args.trace)
         vt_exits = parse_exit_controls(args.vt_exits) if args.vt_exits is not None else None
+        drives = []
+        for text in args.drive:
+            drives.append(parse_drive(text, next_index=len(drives)))
     except VmmError as error:
         print(f"vmm: error: {error}", file=sys.stderr)
         return 2
     config = guest_config(args, args.image, args.mode, log_unassigned_ports=args.log_unassigned_ports,
                           trace=trace, trace_file=args.trace_file, gdb_port=args.gdb, gdb_wait=args.gdb_wait,
                           profile=args.profile, vt_exits=vt_exits, watch_holes=not args.no_hole_watch,
-                          paging=args.paging, dump_cache=args.dump_cache)
+                          paging=args.paging, dump_cache=args.dump_cache, drives=drives)
     try:
         vm, image = build_machine(config, StdioConsole())
         result = vm.run()
+        if args.screen:
+            sys.stderr.write(vm.screen.render())
         if args.report:
             write_report(args.report, build_report(config, image, vm, result))
         if config.dump_cache:

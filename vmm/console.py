@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import os
 import threading
+import time
 from typing import Optional
 
 
@@ -18,7 +19,23 @@ class Console:
     def read_byte(self) -> Optional[int]:
         return None
 
+    def input_may_arrive(self) -> bool:
+        """Whether input is waiting or may still come (False once the input side is at its end):
+        an idle guest waiting for typed input waits only while this holds."""
+        return False
+
+    def wait_input(self, timeout: float) -> None:
+        """Block until input may have arrived, at most `timeout` seconds."""
+        time.sleep(timeout)
+
     def close(self) -> None:
+        pass
+
+
+class NullConsole(Console):
+    """A serial line with nothing attached (QEMU's -serial null): output dropped, no input."""
+
+    def write(self, data: bytes) -> None:
         pass
 
 
@@ -35,6 +52,9 @@ class BufferConsole(Console):
     def read_byte(self) -> Optional[int]:
         return self._input.popleft() if self._input else None
 
+    def input_may_arrive(self) -> bool:
+        return bool(self._input)
+
 
 class StdioConsole(Console):
     """stdout byte for byte with no buffering; stdin read by a background thread started on the
@@ -45,6 +65,8 @@ class StdioConsole(Console):
         self._input: collections.deque = collections.deque()
         self._reader: Optional[threading.Thread] = None
         self._saved_tty = None
+        self._arrived = threading.Event()      # set by the reader thread on input and at EOF
+        self._at_end = False
 
     def write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -59,6 +81,17 @@ class StdioConsole(Console):
             self._start_reader()
         return self._input.popleft() if self._input else None
 
+    def input_may_arrive(self) -> bool:
+        if self._reader is None:
+            self._start_reader()
+        return bool(self._input) or not self._at_end
+
+    def wait_input(self, timeout: float) -> None:
+        if self._input or self._at_end:
+            return
+        self._arrived.wait(timeout)
+        self._arrived.clear()
+
     def _start_reader(self) -> None:
         if os.isatty(self._in_fd):
             self._enter_character_mode()
@@ -70,10 +103,13 @@ class StdioConsole(Console):
             try:
                 chunk = os.read(self._in_fd, 4096)
             except OSError:
-                return
+                chunk = b""
             if not chunk:
+                self._at_end = True
+                self._arrived.set()
                 return
             self._input.extend(chunk)
+            self._arrived.set()
 
     def _enter_character_mode(self) -> None:
         import termios

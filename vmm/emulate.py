@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from enum import Enum
 from typing import Optional
 
 from capstone import x86_const as X
 
-from translator.classify import Category
+from translator.classify import Category, Procedure
 from translator.x86decode import SEGMENT_NAMES as _SEGMENTS
 from translator.x86decode import SUBREGISTERS
 from vmm.errors import UnsupportedGuestFeature
@@ -22,8 +23,9 @@ from vmm.guest_view import GuestFault, GuestView
 from vmm.memory import UnbackedAccess
 from vmm.privilege import check_outer_stack, inner_stack, iopl, null_outer_data_segments
 from vmm.task_switch import TaskSwitch
-from vmm.x86 import (AC, AF, CF, DF, GP, ID, IF, IOPL_MASK, NP, NT, OF, PF, SF, SS, TF, UD, VM, ZF, CR0_PE,
-                     CR4_DE, CR4_PCE, GATE_CALL_16, GATE_CALL_32, Gate, SegmentDescriptor)
+from vmm.x86 import (AC, AF, BP, BR, CF, DF, GP, ID, IF, IOPL_MASK, NP, NT, OF, OF_VEC, PF, RF, SF, SS, TF, UD, VM,
+                     ZF, CR0_ET, CR0_MSW, CR0_PE, CR0_TS, CR4_DE, CR4_PCE, GATE_CALL_16, GATE_CALL_32, GATE_TASK,
+                     LDT_TYPE, MSR_TSC_AUX, TSS_AVAILABLE_16, TSS_AVAILABLE_32, Gate, SegmentDescriptor)
 
 _DR_FIXED_ONES = {6: 0xFFFF0FF0, 7: 0x400}
 _CONTROL_REGISTERS = (0, 2, 3, 4)       # the others are #UD (QEMU: CR8 only in long mode)
@@ -48,14 +50,22 @@ class UnsupportedInstruction(UnsupportedGuestFeature):
     """The guest used an instruction form the monitor does not emulate yet."""
 
 
+class OutcomeKind(Enum):
+    CONTINUE = "continue"         # the instruction is done; EIP is at the next one or the target
+    HALT = "halt"                 # hlt: the run loop waits for an interrupt
+    INTERRUPT = "interrupt"       # int n/int3/into: the run loop delivers `vector` as a software interrupt
+
+
 @dataclass(frozen=True)
 class Outcome:
-    kind: str                     # "continue", "halt" or "interrupt"
+    kind: OutcomeKind
     vector: int = 0
 
 
-CONTINUE = Outcome("continue")
-HALT = Outcome("halt")
+CONTINUE = Outcome(OutcomeKind.CONTINUE)
+HALT = Outcome(OutcomeKind.HALT)
+# A far transfer to one of these switches tasks (an available TSS, or a task gate naming one).
+_TASK_TARGETS = (TSS_AVAILABLE_16, GATE_TASK, TSS_AVAILABLE_32)
 
 
 _ARITHMETIC_FLAGS = CF | PF | AF | ZF | SF | OF
@@ -70,17 +80,23 @@ class Emulator:
         self.interrupt_shadow = False    # set by a load of SS: no interrupt before the next instruction
         self.debug_registers = [0, 0, 0, 0, 0xFFFF0FF0, 0x400, 0xFFFF0FF0, 0x400]   # reset values
 
+    @classmethod
+    def has_emulation(cls, procedure: Optional[Procedure]) -> bool:
+        """Whether there is an emulation for this procedure: the method named after it."""
+        return procedure is not None and hasattr(cls, "_" + procedure.value)
+
     def emulates(self, instruction) -> bool:
         """Whether there is an emulation procedure for this instruction."""
-        return hasattr(self, "_" + instruction.rule.procedure) if instruction.rule.procedure else False
+        return self.has_emulation(instruction.rule.procedure)
 
     def emulate(self, instruction) -> Outcome:
-        procedure = getattr(self, "_" + instruction.rule.procedure, None)
-        if procedure is None:
+        rule = instruction.rule
+        if not self.has_emulation(rule.procedure):
             raise UnsupportedInstruction(f"no emulation for {instruction} at {instruction.address:#010x}")
+        procedure = getattr(self, "_" + rule.procedure.value)
         insn = instruction.insn
-        if instruction.rule.category is Category.PRIVILEGED and self.cpu.cpl > 0 \
-                and instruction.rule.procedure not in ("interrupt_flag", "rdpmc"):
+        if rule.category is Category.PRIVILEGED and self.cpu.cpl > 0 \
+                and rule.procedure not in (Procedure.INTERRUPT_FLAG, Procedure.RDPMC):
             raise GuestFault(GP, 0)           # outside ring 0 every privileged instruction faults
         self._next = instruction.end
         outcome = procedure(insn)
@@ -115,7 +131,7 @@ class Emulator:
         sign = 1 << (8 * size - 1)
         signed = [(v ^ sign) - sign for v in (value, lower, upper)]
         if not signed[1] <= signed[0] <= signed[2]:
-            raise GuestFault(5)
+            raise GuestFault(BR)
 
     def _arpl(self, insn):
         """arpl r/m16, r16: raise the destination selector's RPL to the source's, ZF says so."""
@@ -286,7 +302,7 @@ class Emulator:
             if descriptor.type in (GATE_CALL_16, GATE_CALL_32):
                 self._through_call_gate(selector, Gate.decode(raw), call)
                 return
-            if descriptor.type in (1, 5, 9):      # an available TSS or a task gate: a task switch
+            if descriptor.type in _TASK_TARGETS:
                 self.tasks.far_transfer(selector, raw, call=call, next_eip=self._next)
                 self._next = self.cpu.reg("eip")
                 return
@@ -360,9 +376,9 @@ class Emulator:
         far transfer to an available TSS or a task gate (vt's task-switch exit). A quiet look: if
         it cannot read the operand or descriptor, the instruction itself will fault the same way."""
         insn = instruction.insn
-        if instruction.rule.procedure == "iret":
+        if instruction.rule.procedure is Procedure.IRET:
             return bool(self.cpu.reg("eflags") & NT)
-        if instruction.rule.procedure not in ("far_jmp", "far_call"):
+        if instruction.rule.procedure not in (Procedure.FAR_JMP, Procedure.FAR_CALL):
             return False
         quiet = GuestView(self.cpu, self.view.memory, cpu_access=False)
         operand = insn.operands[0]
@@ -376,7 +392,7 @@ class Emulator:
         except (GuestFault, UnbackedAccess):
             return False
         descriptor = SegmentDescriptor.decode(raw) if raw is not None else None
-        return descriptor is not None and descriptor.system and descriptor.type in (1, 5, 9)
+        return descriptor is not None and descriptor.system and descriptor.type in _TASK_TARGETS
 
     def _far_jmp(self, insn):
         self._far_transfer(insn, call=False)
@@ -450,16 +466,16 @@ class Emulator:
         if insn.id == X.X86_INS_INTO:
             if not self.cpu.reg("eflags") & OF:
                 return None
-            return Outcome("interrupt", 4)
+            return Outcome(OutcomeKind.INTERRUPT, OF_VEC)
         if insn.id == X.X86_INS_INT1:
             # icebp (0xF1): QEMU is built without WANT_ICEBP and decodes it as no instruction
             # (#UD, measured; the engine too). The CPU would raise #DB.
             raise GuestFault(UD)
-        vector = {X.X86_INS_INT3: 3}.get(insn.id)
-        return Outcome("interrupt", insn.operands[0].imm & 0xFF if vector is None else vector)
+        vector = {X.X86_INS_INT3: BP}.get(insn.id)
+        return Outcome(OutcomeKind.INTERRUPT, insn.operands[0].imm & 0xFF if vector is None else vector)
 
     def _fast_system_call(self, insn):
-        raise GuestFault(GP, 0) if insn.id in (X.X86_INS_SYSENTER, X.X86_INS_SYSEXIT) else GuestFault(6)
+        raise GuestFault(GP, 0) if insn.id in (X.X86_INS_SYSENTER, X.X86_INS_SYSEXIT) else GuestFault(UD)
 
     # -- system state --------------------------------------------------------------------------
     def _hlt(self, insn):
@@ -494,7 +510,7 @@ class Emulator:
         if raw is None:
             raise GuestFault(GP, selector & 0xFFFC)
         descriptor = SegmentDescriptor.decode(raw)
-        wanted = (2,) if name == "ldtr" else (1, 9)
+        wanted = (LDT_TYPE,) if name == "ldtr" else (TSS_AVAILABLE_16, TSS_AVAILABLE_32)
         if not descriptor.system or descriptor.type not in wanted:
             raise GuestFault(GP, selector & 0xFFFC)
         if not descriptor.present:
@@ -538,16 +554,16 @@ class Emulator:
 
     def _set_cr0(self, value: int) -> None:
         if not value & CR0_PE:
-            raise UnsupportedInstruction("leaving protected mode: real mode is not modelled under binary translation")
-        self.cpu.set_reg("cr0", value | 0x10)
+            raise UnsupportedInstruction("leaving protected mode: real mode is not modelled where the monitor emulates CR0")
+        self.cpu.set_reg("cr0", value | CR0_ET)        # ET is hardwired to one on a 387-class CPU
 
     def _write_msw(self, insn):
         cr0 = self.cpu.reg("cr0")
         if insn.id == X.X86_INS_CLTS:
-            self._set_cr0(cr0 & ~0x8)
+            self._set_cr0(cr0 & ~CR0_TS)
             return
         msw = self._read(insn, insn.operands[0], 2)
-        self._set_cr0((cr0 & ~0xE) | (msw & 0xF) | (cr0 & 1))   # lmsw cannot clear PE
+        self._set_cr0((cr0 & ~(CR0_MSW & ~CR0_PE)) | (msw & CR0_MSW) | (cr0 & CR0_PE))   # lmsw cannot clear PE
 
     def _debug_register(self, insn):
         destination, source = insn.operands
@@ -604,7 +620,7 @@ class Emulator:
         self.cpu.set_reg("eflags", (flags & ~mask) | (value & mask))
 
     def _pushf(self, insn):
-        self._push(self.cpu.reg("eflags") & ~0x30000, 2 if insn.id == X.X86_INS_PUSHF else 4)
+        self._push(self.cpu.reg("eflags") & ~(RF | VM), 2 if insn.id == X.X86_INS_PUSHF else 4)   # the image clears both
 
     def _descriptor_access(self, insn):
         """lar/lsl/verr/verw: ZF=1 and a result only when the descriptor is visible at CPL/RPL."""
@@ -640,4 +656,4 @@ class Emulator:
         self.cpu.set_reg("eax", value & 0xFFFFFFFF)
         self.cpu.set_reg("edx", (value >> 32) & 0xFFFFFFFF)
         if insn.id == X.X86_INS_RDTSCP:
-            self.cpu.set_reg("ecx", self.cpu.read_msr(0xC0000103) & 0xFFFFFFFF)
+            self.cpu.set_reg("ecx", self.cpu.read_msr(MSR_TSC_AUX) & 0xFFFFFFFF)

@@ -40,6 +40,10 @@ _UC_EMU_COUNTER = 1344
 # Unicorn's loop, NULL until one has. Its translation hook fires only once it is set (pinned
 # by tests/test_engine.py, which finds it by the block it points to).
 _UC_LAST_TB = 14824
+# `CPUState *cpu` in uc_struct, and `uint32_t halted` in that CPUState: set by hlt, left set when
+# the run returns, cleared when the next one starts (tests/test_engine.py finds both by a hlt).
+_UC_CPU = 416
+_CPU_HALTED = 33176
 _CTX_ERROR_CODE = _CTX_ENV + 5352        # int error_code of the last exception
 _CTX_EXCEPTION_IS_INT = _CTX_ENV + 5356  # int exception_is_int: 1 for int n / int3 / into
 _CTX_OLD_EXCEPTION = _CTX_ENV + 5464     # int old_exception: never cleared by Unicorn (see reset)
@@ -535,6 +539,13 @@ class Engine:
 
     def stop(self) -> None:
         self._uc.emu_stop()
+
+    def halted(self) -> bool:
+        """Whether the last run ended by executing hlt (EIP is then past it). Telling hlt from
+        EIP alone is wrong: a run that stops after an instruction ending in byte F4 (`jne $-10`
+        is 75 F4) looks the same."""
+        cpu = ctypes.c_uint64.from_address(self._uc._uch.value + _UC_CPU).value
+        return ctypes.c_uint32.from_address(cpu + _CPU_HALTED).value != 0
 
 
 class ScratchCpu:

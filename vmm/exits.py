@@ -47,6 +47,8 @@ class StopReason(Enum):
     DEBUG_EXIT = "debug_exit"            # the guest wrote to isa-debug-exit
     HALTED = "halted"                    # hlt with nothing left that could wake the CPU
     TRIPLE_FAULT = "triple_fault"        # an exception while delivering a double fault: shutdown
+    RESET = "reset"                      # the guest reset the machine (port 0x92, 0xCF9, the keyboard
+                                         # controller): the end of the run, as QEMU's -no-reboot makes it
     MEMORY_FAULT = "memory_fault"
     UNSUPPORTED = "unsupported"          # the guest used a feature this monitor does not model
     INSTRUCTION_LIMIT = "instruction_limit"
@@ -59,6 +61,7 @@ class StopReason(Enum):
 EXIT_STATUS = {
     StopReason.HALTED: 0,
     StopReason.TRIPLE_FAULT: 120,
+    StopReason.RESET: 119,
     StopReason.MEMORY_FAULT: 121,
     StopReason.UNSUPPORTED: 122,
     StopReason.INSTRUCTION_LIMIT: 124,

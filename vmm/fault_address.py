@@ -13,8 +13,8 @@ from capstone import x86_const as X
 from translator.x86decode import SEGMENT_NAMES as _SEGMENTS
 from translator.x86decode import SUBREGISTERS as _SUB_REGISTERS
 from translator.x86decode import decode
+from vmm.x86 import PAGE_SIZE
 
-PAGE_SIZE = 4096
 _STACK_BASES = (X.X86_REG_ESP, X.X86_REG_EBP, X.X86_REG_SP, X.X86_REG_BP)
 _PUSHES = {"push": None, "pushfd": 4, "pushf": 2, "pushal": 32, "pushad": 32, "pushaw": 16, "pusha": 16,
            "call": 4, "enter": 4}

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from typing import Iterable, Optional
 
 from vmm.errors import ConfigError
+from vmm.x86 import PAGE_SIZE
 
-FRAME_SIZE = 4096
+FRAME_SIZE = PAGE_SIZE
 FRAME_SHIFT = 12
 
 

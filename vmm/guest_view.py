@@ -6,8 +6,8 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Optional
 
-from vmm.memory import PAGE_SIZE, PageFault, PhysicalMemory, linear_to_physical
-from vmm.x86 import CR0_PG, PF_VEC, SegmentDescriptor
+from vmm.memory import PageFault, PhysicalMemory, linear_to_physical
+from vmm.x86 import CR0_PG, PAGE_SIZE, PF_VEC, SegmentDescriptor
 
 
 class GuestFault(Exception):

@@ -1,5 +1,6 @@
 """The platform's interrupt sources as the CPU sees them: the i8259 pair on the INTR line, the i8254
-on IRQ0, both on the virtual clock; plus the boot state QEMU's firmware leaves them in."""
+on IRQ0 and the RTC on IRQ8, all on the virtual clock, and the devices fed by host input (a UART
+that interrupts on receive) polled on it; plus the boot state QEMU's firmware leaves them in."""
 
 from __future__ import annotations
 
@@ -8,12 +9,16 @@ from typing import Optional
 from vmm.clock import CYCLES_PER_PIT_TICK, VirtualClock
 from vmm.devices.i8254 import PIT_BASE, PIT_IRQ, PIT_PORTS, I8254
 from vmm.devices.i8259 import MASTER_BASE, PIC_PORTS, SLAVE_BASE, PicPair
+from vmm.devices.mc146818 import RTC_BASE, RTC_PORTS
 
 # What SeaBIOS leaves at the Multiboot entry under QEMU 7.2 (measured with a probe guest):
 # master vectors 0x08-0x0F with IRQ0, 1, 2 and 6 unmasked, slave vectors 0x70-0x77, PIT channel 0
 # in mode 2 with the full count (65536: 18.2 Hz), lo/hi access (read-back status 0x34).
 BOOT_PIC = ((MASTER_BASE, 0x08, 0x04, 0xB8), (SLAVE_BASE, 0x70, 0x02, 0x8E))   # base, ICW2, ICW3, IMR
 BOOT_PIT_CONTROL = 0x34
+# Host input (typed on stdin) reaches a UART that interrupts on receive within this many guest
+# cycles (0.1 ms of guest time): the run is bounded there as at a timer event.
+INPUT_POLL_CYCLES = 10_000
 
 
 class _ClockedPorts:
@@ -47,6 +52,9 @@ class InterruptPlatform:
         self.in_use = False
         self.reprogrammed = False       # a chip was written since the run began
         self.on_first_use = []          # callbacks: a mode switching its instruction counting on
+        self.rtc = None                 # vmm.devices.mc146818.MC146818, attached by the builder
+        self.input_sources = []         # devices fed by host input: armed(), poll(), input_may_arrive(),
+        # wait_input(timeout)
         self._boot_state()
 
     def _boot_state(self) -> None:
@@ -63,6 +71,45 @@ class InterruptPlatform:
         bus.register(SLAVE_BASE, PIC_PORTS, _ClockedPorts(self.pic.slave, self))
         bus.register(PIT_BASE, PIT_PORTS, _ClockedPorts(self.pit, self))
 
+    def attach_rtc(self, rtc, bus) -> None:
+        self.rtc = rtc
+        bus.register(RTC_BASE, RTC_PORTS, _ClockedPorts(rtc, self))
+
+    def device_irq(self, irq: int):
+        """The IRQ line a device drives (an edge from an I/O access or from host input): the
+        next interrupt window must see it, so the run that caused it ends after the access
+        (`reprogrammed`), and an interrupt source makes time observable like the chips do."""
+        def set_level(level: bool) -> None:
+            self.pic.set_irq(irq, level)
+            if level:
+                self.reprogrammed = True
+                if not self.in_use:
+                    self.guest_uses_time()
+        return set_level
+
+    def other_timer_armed(self) -> bool:
+        """Whether a timer besides the PIT will raise an interrupt (the RTC's enabled ones)."""
+        return self.rtc is not None and self.rtc.next_event() is not None
+
+    def _armed_inputs(self) -> list:
+        return [source for source in self.input_sources if source.armed()]
+
+    def wait_for_input(self, stop_due) -> bool:
+        """The CPU idles (hlt, IF set) with nothing but host input to wake it: wait for input to
+        reach an armed device, polling; False at once if none is armed or no input can come
+        any more, or when `stop_due()` (the watchdog's time limit or Ctrl-C) turns true."""
+        while True:
+            sources = [source for source in self._armed_inputs() if source.input_may_arrive()]
+            if not sources:
+                return False
+            for source in sources:
+                source.poll()
+            if self.pic.output:
+                return True
+            if stop_due():
+                return False
+            sources[0].wait_input(0.05)
+
     def guest_uses_time(self) -> None:
         if not self.in_use:
             self.in_use = True
@@ -76,6 +123,10 @@ class InterruptPlatform:
         ticks = self.clock.pit_ticks
         if ticks > self.pit.now:
             self.pit.advance(ticks - self.pit.now)
+        if self.rtc is not None:
+            self.rtc.advance()
+        for source in self._armed_inputs():
+            source.poll()
 
     def cycles_to_next_event(self) -> Optional[int]:
         """Guest cycles until the next timer edge (>= 1), or None if none is coming or time is
@@ -83,15 +134,21 @@ class InterruptPlatform:
         if not self.in_use:
             return None
         self.sync()
+        now = self.clock.cycles
+        events = []
         ticks = self.pit.next_event()
-        if ticks is None:
-            return None
-        return max(1, (self.pit.now + ticks) * CYCLES_PER_PIT_TICK - self.clock.cycles)
+        if ticks is not None:
+            events.append((self.pit.now + ticks) * CYCLES_PER_PIT_TICK - now)
+        if self.rtc is not None and (due := self.rtc.next_event()) is not None:
+            events.append(due - now)
+        if self._armed_inputs():
+            events.append(INPUT_POLL_CYCLES)
+        return max(1, min(events)) if events else None
 
     def reprograms_timer(self, port: int) -> bool:
-        """Whether an OUT to `port` reprograms the PIT: its next event may come sooner than the
-        run's bound, so the run must end and be bounded anew."""
-        return PIT_BASE <= port < PIT_BASE + PIT_PORTS
+        """Whether an OUT to `port` reprograms the PIT or the RTC: its next event may come sooner
+        than the run's bound, so the run must end and be bounded anew."""
+        return PIT_BASE <= port < PIT_BASE + PIT_PORTS or RTC_BASE <= port < RTC_BASE + RTC_PORTS
 
     # -- the INTR line -------------------------------------------------------------------------
     @property

@@ -13,10 +13,9 @@ from vmm.errors import ConfigError, UnsupportedGuestFeature
 from vmm.frames import FramePool, PhysToMachine
 from vmm.monitor_layout import (BOOT_GDT_OFFSET, BOOT_GDT_SIZE, MONITOR_BASE, MONITOR_SIZE, UNASSIGNED_PAGE_OFFSET,
                                 UNTIL_PAGE_OFFSET, UNTIL_PAGE_SIZE)
-from vmm.x86 import CR0_PG, CR0_WP
+from vmm.x86 import CR0_PG, CR0_WP, CR4_PAE, CR4_PSE, PAGE_SIZE, PTE_A, PTE_D, PTE_P, PTE_PS, PTE_RW, PTE_US
 
 MIB = 1 << 20
-PAGE_SIZE = 4096
 
 # The monitor's region (its map: vmm/monitor_layout.py) sits at the top of the 32-bit physical space.
 MAX_RAM_MIB = 3 * 1024          # RAM must end below the monitor region and the PCI hole
@@ -370,11 +369,7 @@ class PhysicalMemory:
         return self.monitor.base + offset
 
 
-# Page-directory and page-table entry bits (32-bit paging without PAE).
-PTE_P, PTE_RW, PTE_US, PTE_A, PTE_D, PTE_PS = 0x001, 0x002, 0x004, 0x020, 0x040, 0x080
 PDE_4M_RESERVED = 1 << 21               # a 4 MiB PDE's reserved bit (bits 20-13: address bits 39-32)
-CR4_PSE = 1 << 4
-CR4_PAE = 1 << 5
 PF_PROTECTION, PF_WRITE, PF_USER, PF_RESERVED = 1, 2, 4, 8      # #PF error code bits
 
 

@@ -22,6 +22,10 @@ MONITOR_LINEAR = 0x7F0000000000
 ARENA_SLOT_SIZE = 256                    # (not the 5-byte exit slot: translator/emitter.py)
 ARENA_SIZE = 0x800000                    # 8 MiB
 ARENA_SLOTS = ARENA_SIZE // ARENA_SLOT_SIZE
+# The cache's capacity in blocks (--tcache-size): one a slot, less the slot bt keeps for the
+# single instructions it runs outside the cache (vmm/modes/bt/dispatch.py, ONE_SHOT_SLOT).
+DEFAULT_TCACHE_BLOCKS = 4096
+MAX_TCACHE_BLOCKS = ARENA_SLOTS - 1
 
 # Offsets from MONITOR_BASE (physical) and MONITOR_LINEAR (bt's linear view); sizes in bytes.
 BOOT_GDT_OFFSET, BOOT_GDT_SIZE = 0x0, 0x1000
@@ -40,6 +44,8 @@ VCPU_OFFSET, VCPU_SIZE = 0xE8000, 0x1000
 SCRATCH_OFFSET, SCRATCH_SIZE = 0xE9000, 0x1000
 VCPU_PRIVILEGED_OFFSET, VCPU_PRIVILEGED_SIZE = 0xEA000, 0x1000
 TABLES_OFFSET, TABLES_SIZE = 0x100000, 0x310000    # 4 KiB page tables for up to 3 GiB of RAM + the monitor
+# trap's shadow GDT and LDT, one view per virtual ring (vmm/shadow_tables.py): 4 x (GDT + LDT)
+RING_VIEWS_OFFSET, RING_VIEWS_SIZE = 0x410000, 0x80000
 ARENA_OFFSET = 0x500000
 POOL_OFFSET, POOL_SIZE = 0xD00000, 0x2F0000         # 752 pages of shadow page tables
 UNASSIGNED_PAGE_OFFSET, UNASSIGNED_PAGE_SIZE = MONITOR_SIZE - 0x2000, 0x1000
@@ -79,9 +85,9 @@ AREAS = (
     Area("directory", DIRECTORY_OFFSET, DIRECTORY_SIZE, PROT_READ, "vmm/monitor_paging.py",
          "page directory (bt: PML4) of the monitor's page tables (bt, trap/vt with shadow paging)"),
     Area("shadow GDT", SHADOW_GDT_OFFSET, SHADOW_GDT_SIZE, PROT_READ, "vmm/shadow_tables.py",
-         "shadow GDT (bt, trap)", supervisor=True),
+         "shadow GDT (bt)", supervisor=True),
     Area("shadow LDT", SHADOW_LDT_OFFSET, SHADOW_LDT_SIZE, PROT_READ, "vmm/shadow_tables.py",
-         "shadow LDT (bt, trap)", supervisor=True),
+         "shadow LDT (bt)", supervisor=True),
     Area("lookup table", LOOKUP_OFFSET, LOOKUP_SIZE, PROT_READ, "cache/tcache.py",
          "lookup table, 65536 entries of (guest, host) (bt)"),
     Area("profile", PROFILE_OFFSET, PROFILE_SIZE, PROT_READ | PROT_WRITE, "cache/tcache.py",
@@ -95,6 +101,9 @@ AREAS = (
          "privileged virtual-CPU page: control registers for `mov r, crN` (bt)", supervisor=True),
     Area("page tables", TABLES_OFFSET, TABLES_SIZE, PROT_READ, "vmm/monitor_paging.py",
          "the monitor's page tables (as the directory)"),
+    Area("ring views", RING_VIEWS_OFFSET, RING_VIEWS_SIZE, PROT_READ, "vmm/shadow_tables.py",
+         "shadow GDT and LDT of each virtual ring, 64 KiB each, ring 0's first (trap): supervisor-only in "
+         "trap's page tables"),
     Area("arena", ARENA_OFFSET, ARENA_SIZE, PROT_READ | PROT_EXEC, "cache/arena.py",
          f"translation cache arena, {ARENA_SIZE >> 20} MiB of {ARENA_SLOT_SIZE}-byte slots (bt)"),
     Area("shadow pool", POOL_OFFSET, POOL_SIZE, PROT_READ, "vmm/shadow_paging.py",

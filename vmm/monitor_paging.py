@@ -1,8 +1,8 @@
 """The monitor's own page tables, which the engine walks while the guest's paging is off: an
 identity map of guest RAM with per-page write protection, two-level for trap and vt
-(MonitorPageTables, whose monitor entries also go into trap's shadow directories) and IA-32e for
-bt (LongModeTables: the guest's 4 GiB, its 4-8 GiB alias, and the monitor's region far above,
-whose PML4 entry every bt shadow root shares; docs/isolation.md).
+(MonitorPageTables; trap's `build_flat` keeps the monitor's areas from its deprivileged kernel)
+and IA-32e for bt (LongModeTables: the guest's 4 GiB, its 4-8 GiB alias, and the monitor's
+region far above, whose PML4 entry every bt shadow root shares; docs/isolation.md).
 
 Why paging at all while the guest's own paging is off: a store the engine refuses through
 Unicorn's memory permissions is reported at the start of the engine's translation block, not
@@ -17,15 +17,14 @@ import struct
 import sys
 
 from vmm.engine import PROT_READ, PROT_WRITE
-from vmm.memory import PAGE_SIZE
 from vmm.monitor_layout import DIRECTORY_OFFSET, DIRECTORY_SIZE, MONITOR_LINEAR, TABLES_OFFSET, TABLES_SIZE
+from vmm.x86 import PAGE_SIZE, PTE_A, PTE_D, PTE_NX, PTE_P, PTE_PS, PTE_RW, PTE_US
 
-PRESENT, WRITABLE, USER, ACCESSED, DIRTY = 0x1, 0x2, 0x4, 0x20, 0x40
 # Accessed and dirty are preset: the tables are read-only to the engine, so the page walker
 # must never need to update them.
-PDE_FLAGS = PRESENT | WRITABLE | USER | ACCESSED
-PTE_READ_ONLY = PRESENT | USER | ACCESSED | DIRTY
-PTE_WRITABLE = PTE_READ_ONLY | WRITABLE
+PDE_FLAGS = PTE_P | PTE_RW | PTE_US | PTE_A
+PTE_READ_ONLY = PTE_P | PTE_US | PTE_A | PTE_D
+PTE_WRITABLE = PTE_READ_ONLY | PTE_RW
 ENTRIES = 1024
 
 
@@ -46,7 +45,7 @@ class MonitorPageTables:
         """Offset in the pool of the page table covering `address`, created on first use."""
         index = address >> 22
         (pde,) = struct.unpack_from("<I", self.directory, index * 4)
-        if pde & PRESENT:
+        if pde & PTE_P:
             return (pde & ~0xFFF) - self.tables_address
         offset = self._next_table
         if offset + PAGE_SIZE > len(self.tables):
@@ -60,7 +59,7 @@ class MonitorPageTables:
         """user=False: supervisor-only, a fault for translated guest ring-3 code (real CPL 3)."""
         flags = PTE_WRITABLE if writable else PTE_READ_ONLY
         if not user:
-            flags &= ~USER
+            flags &= ~PTE_US
         page, end = base, base + size
         while page < end:               # one page table's run of entries at a time
             table = self._table_for(page)
@@ -81,11 +80,9 @@ class MonitorPageTables:
         tables = cls(memory.monitor_view(DIRECTORY_OFFSET, DIRECTORY_SIZE), directory_address,
                      memory.monitor_view(TABLES_OFFSET, TABLES_SIZE), tables_address)
         tables.map_identity(memory.ram.base, memory.ram.size, writable=True)
-        # Of the monitor's areas only what the CPU itself reads by linear address is mapped (the
-        # shadow descriptor tables under trap), supervisor-only: the deprivileged kernel at CPL 3
-        # cannot read them, the CPU's descriptor loads (implicit supervisor accesses) can. The
-        # tables themselves are read by the page walker through physical addresses only. The
-        # boot GDT is the firmware's, readable as at its guest-physical address in every mode.
+        # The monitor's areas are supervisor-only (the tables themselves are read by the page
+        # walker through physical addresses only, and are left out). The boot GDT is the
+        # firmware's, readable as at its guest-physical address in every mode.
         for base, size, perms in memory.monitor_mappings():
             if base in (directory_address, tables_address):
                 continue
@@ -93,11 +90,35 @@ class MonitorPageTables:
             tables.map_identity(base, size, writable=bool(perms & PROT_WRITE), user=boot)
         return tables
 
+    @classmethod
+    def build_flat(cls, memory) -> "MonitorPageTables":
+        """trap's tables for while the guest's paging is off: all 4 GiB one to one and user
+        accessible (4 MiB pages where no monitor area is), so guest RAM and every address the
+        engine itself answers for behave as without paging; but the monitor's areas mapped so
+        far are supervisor-only and read-only, so that the deprivileged kernel at CPL 3 faults
+        on them (the CPU's descriptor loads, supervisor accesses, still read trap's ring views;
+        the page walker reads tables by physical address). The boot GDT stays user-readable,
+        the firmware's as in every mode. Needs CR4.PSE in the engine."""
+        directory_address = memory.map_monitor_area(DIRECTORY_OFFSET, DIRECTORY_SIZE, PROT_READ)
+        tables_address = memory.map_monitor_area(TABLES_OFFSET, TABLES_SIZE, PROT_READ)
+        tables = cls(memory.monitor_view(DIRECTORY_OFFSET, DIRECTORY_SIZE), directory_address,
+                     memory.monitor_view(TABLES_OFFSET, TABLES_SIZE), tables_address)
+        areas = memory.monitor_mappings()
+        split = {index for base, size, _perms in areas for index in range(base >> 22, ((base + size - 1) >> 22) + 1)}
+        for index in range(ENTRIES):
+            if index in split:
+                tables.map_identity(index << 22, 1 << 22, writable=True)
+            else:
+                struct.pack_into("<I", tables.directory, index * 4, (index << 22) | PDE_FLAGS | PTE_D | PTE_PS)
+        for base, size, _perms in areas:
+            tables.map_identity(base, size, writable=False, user=base == memory.monitor.base)
+        return tables
+
     def set_writable(self, page_address: int, writable: bool) -> None:
         table = self._table_for(page_address)
         at = table + ((page_address >> 12) & 0x3FF) * 4
         (pte,) = struct.unpack_from("<I", self.tables, at)
-        struct.pack_into("<I", self.tables, at, (pte | WRITABLE) if writable else (pte & ~WRITABLE))
+        struct.pack_into("<I", self.tables, at, (pte | PTE_RW) if writable else (pte & ~PTE_RW))
 
 
 # -- long mode (binary translation, docs/isolation.md) ----------------------------------------------
@@ -106,10 +127,8 @@ class MonitorPageTables:
 # on), [4, 8 GiB) an alias of it (an FS/GS base plus offset past 4 GiB wraps as in 32-bit code),
 # and the monitor's region is far above, at MONITOR_LINEAR, where no 32-bit address reaches.
 MONITOR_PML4_INDEX = (MONITOR_LINEAR >> 39) & 511
-NX = 1 << 63
-LARGE = 0x80                              # PS: a 2 MiB page in a page directory
-LONG_TABLE_FLAGS = PRESENT | WRITABLE | USER | ACCESSED
-LONG_PAGE_FLAGS = PRESENT | ACCESSED | DIRTY
+LONG_TABLE_FLAGS = PTE_P | PTE_RW | PTE_US | PTE_A
+LONG_PAGE_FLAGS = PTE_P | PTE_A | PTE_D
 GUEST_GIB = 4                             # page directories for [0, 4 GiB)
 _LARGE_PAGE = 1 << 21
 
@@ -168,13 +187,13 @@ class LongModeTables:
 
     def _set_large(self, large: int, writable: bool) -> None:
         directory, index = self.guest_directories[large >> 9], large & 511
-        flags = LONG_PAGE_FLAGS | USER | LARGE | NX | (WRITABLE if writable else 0)
+        flags = LONG_PAGE_FLAGS | PTE_US | PTE_PS | PTE_NX | (PTE_RW if writable else 0)
         self._entry(directory, index, (large << 21) | flags)
 
     def map_monitor(self, offset: int, size: int, writable: bool, executable: bool, user: bool = True) -> int:
         """Map monitor-region bytes [offset, offset + size) at MONITOR_LINEAR + offset; returns
         that linear address. user=False: supervisor-only (translated guest ring 3 faults on it)."""
-        flags = LONG_PAGE_FLAGS | (WRITABLE if writable else 0) | (0 if executable else NX) | (USER if user else 0)
+        flags = LONG_PAGE_FLAGS | (PTE_RW if writable else 0) | (0 if executable else PTE_NX) | (PTE_US if user else 0)
         physical = self.memory.monitor.base + offset
         for page in range(offset >> 12, (offset + size + PAGE_SIZE - 1) >> 12):
             table = self._monitor_table(page >> 9)
@@ -183,7 +202,7 @@ class LongModeTables:
 
     def _monitor_table(self, index: int) -> int:
         (entry,) = struct.unpack_from("<Q", self.tables, self._monitor_directory + index * 8)
-        if entry & PRESENT:
+        if entry & PTE_P:
             return (entry & 0x000FFFFFFFFFF000) - self.tables_address
         table = self._new_page()
         self._entry(self._monitor_directory, index, self._address(table) | LONG_TABLE_FLAGS)
@@ -199,13 +218,13 @@ class LongModeTables:
             base = large << 21
             if self.memory.ram.contains(base, 1):
                 for index in range(512):
-                    self._entry(table, index, (base + (index << 12)) | LONG_PAGE_FLAGS | USER | WRITABLE | NX)
+                    self._entry(table, index, (base + (index << 12)) | LONG_PAGE_FLAGS | PTE_US | PTE_RW | PTE_NX)
             self._entry(self.guest_directories[large >> 9], large & 511, self._address(table) | LONG_TABLE_FLAGS)
         return table
 
     def _map_guest_page(self, physical: int, writable: bool) -> None:
         table = self._guest_table(physical)
-        self._entry(table, (physical >> 12) & 511, physical | LONG_PAGE_FLAGS | USER | NX | (WRITABLE if writable else 0))
+        self._entry(table, (physical >> 12) & 511, physical | LONG_PAGE_FLAGS | PTE_US | PTE_NX | (PTE_RW if writable else 0))
 
     def set_writable(self, page_address: int, writable: bool) -> None:
         """Write-protect one 4 KiB page of guest RAM (or release it): its 2 MiB page is split
@@ -213,4 +232,4 @@ class LongModeTables:
         table = self._guest_table(page_address)
         at = table + ((page_address >> 12) & 511) * 8
         (entry,) = struct.unpack_from("<Q", self.tables, at)
-        struct.pack_into("<Q", self.tables, at, (entry | WRITABLE) if writable else (entry & ~WRITABLE))
+        struct.pack_into("<Q", self.tables, at, (entry | PTE_RW) if writable else (entry & ~PTE_RW))

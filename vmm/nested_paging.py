@@ -24,9 +24,8 @@ from typing import Callable, Optional
 from vmm.engine import PROT_EXEC, PROT_READ, PROT_WRITE
 from translator.x86decode import decode
 from vmm.fault_address import fault_address
-from vmm.memory import (CR4_PSE, PAGE_SIZE, PTE_D, PTE_PS, PTE_RW, PageFault, PhysicalMemory,
-                        UnbackedAccess, linear_to_physical)
-from vmm.x86 import CR0_PG, CR0_WP
+from vmm.memory import PageFault, PhysicalMemory, UnbackedAccess, linear_to_physical
+from vmm.x86 import CR0_PG, CR0_WP, CR4_PSE, PAGE_SIZE, PTE_D, PTE_PS, PTE_RW
 
 PROT_RX = PROT_READ | PROT_EXEC
 

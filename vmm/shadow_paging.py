@@ -26,6 +26,14 @@ supervisor, so one shadow per address space serves both guest rings. Under trap-
 kernel runs at CPL 3 like its processes, so each address space has two shadows (ring
 compression): a kernel view where every page the guest kernel may touch is a user page, and a
 user view with the guest's own U/S bits; the engine's CR3 follows the guest's ring.
+
+The monitor's pages: under trap the engine reads its shadow descriptor tables by linear address,
+so every shadow maps those pages (`monitor_pages`), supervisor-only and read-only: the CPU's
+descriptor loads are supervisor accesses, the guest at CPL 3 faults on them. Nothing else of
+the monitor is in a shadow. The guest's own use of such a linear address is served from its own
+tables: a fault the walk refuses is the guest's #PF, and an access it allows gets the guest's
+translation lent to the page for one instruction (MonitorPageAccess, `lend_monitor_page`), after
+which the monitor's entry comes back.
 """
 
 from __future__ import annotations
@@ -37,19 +45,27 @@ from typing import Callable, Optional
 
 from vmm.engine import PROT_READ
 from vmm.fault_address import plain_store
-from vmm.monitor_layout import MONITOR_BASE, POOL_OFFSET, POOL_SIZE
-from vmm.monitor_paging import LONG_TABLE_FLAGS, MONITOR_PML4_INDEX, NX, LongModeTables
-from vmm.memory import (CR4_PSE, PAGE_SIZE, PTE_A, PTE_D, PTE_P, PTE_PS, PTE_RW, PTE_US, PhysicalMemory, UnbackedAccess, linear_to_physical)
-from vmm.x86 import CR0_PG, CR0_WP
+from vmm.monitor_layout import POOL_OFFSET, POOL_SIZE
+from vmm.monitor_paging import LONG_TABLE_FLAGS, MONITOR_PML4_INDEX, LongModeTables
+from vmm.memory import PhysicalMemory, UnbackedAccess, linear_to_physical
+from vmm.x86 import CR0_PG, CR0_WP, CR4_PSE, PAGE_SIZE, PTE_A, PTE_D, PTE_NX, PTE_P, PTE_PS, PTE_RW, PTE_US
 
 SHARED, KERNEL, USER = "shared", "kernel", "user"     # views (see the module docstring)
 
 ENTRIES = 1024
-MONITOR_FIRST_PDE = MONITOR_BASE >> 22       # the monitor region's directory entries, in every shadow
 SHADOW_PDE = PTE_P | PTE_RW | PTE_US | PTE_A
 # Accessed and dirty are preset in every shadow entry: the engine's walker never writes them.
 SHADOW_PTE_BASE = PTE_P | PTE_A | PTE_D
 _AD = PTE_A | PTE_D
+
+
+class MonitorPageAccess(Exception):
+    """The guest's tables allow an access at a linear address where the monitor keeps a page of
+    its own in every shadow: the access must run with the guest's translation lent."""
+
+    def __init__(self, linear: int, physical: int, write: bool) -> None:
+        super().__init__(f"guest access at {linear:#x} (physical {physical:#x}), a monitor page")
+        self.linear, self.physical, self.write = linear, physical, write
 
 
 @dataclass
@@ -116,14 +132,16 @@ class ShadowPaging:
 
     virtual_tlb = False
 
-    def __init__(self, memory: PhysicalMemory, pool: PagePool, monitor_directory: Optional[memoryview],
+    def __init__(self, memory: PhysicalMemory, pool: PagePool, monitor_pages: Optional[dict[int, int]],
                  flush_tlb: Callable[[], None], code_frame: Callable[[int], bool], max_spaces: int = 8,
                  ring_compression: bool = False, long_mode_tables=None) -> None:
         """long_mode_tables: the monitor's LongModeTables when the engine runs in long mode
         (binary translation): shadows are then IA-32e tables whose top entry for the monitor is
-        the monitor's own; else two-level tables sharing monitor_directory's top entries."""
+        the monitor's own; else two-level tables holding monitor_pages ({linear page number:
+        the engine's entry}) besides the guest's."""
         self.memory, self.pool = memory, pool
-        self.monitor_directory = monitor_directory
+        self.monitor_pages = monitor_pages or {}
+        self._lent_monitor: list[tuple[AddressSpace, int, int]] = []   # (space, page, guest frame)
         self.long_mode = long_mode_tables
         self.flush_tlb, self.code_frame = flush_tlb, code_frame
         self.max_spaces = max_spaces * (2 if ring_compression else 1)
@@ -142,18 +160,20 @@ class ShadowPaging:
     @classmethod
     def build(cls, memory: PhysicalMemory, monitor_tables, flush_tlb: Callable[[], None], *,
               code_frame: Callable[[int], bool] = lambda frame: False, ring_compression: bool = False,
-              monitor_entries: bool = True) -> "ShadowPaging":
+              monitor_pages=()) -> "ShadowPaging":
         """Map the pool into the engine's physical space only (its walker reads it; no linear
         mapping reaches it) next to the monitor's own tables (vmm/monitor_paging.py).
-        monitor_entries=False: the shadows map the guest's linear space alone (VT-x without EPT:
-        the monitor runs on tables of its own, and every guest address is the guest's)."""
+        monitor_pages: linear addresses of the monitor pages (identity-mapped) the engine must
+        reach through every shadow, supervisor-only and read-only (trap's descriptor tables);
+        without them the shadows map the guest's linear space alone (vt: VT-x without EPT, the
+        monitor runs on tables of its own, and every guest address is the guest's)."""
         address = memory.map_monitor_area(POOL_OFFSET, POOL_SIZE, PROT_READ)
         if isinstance(monitor_tables, LongModeTables):
             pool = PagePool(memory.monitor_view(POOL_OFFSET, POOL_SIZE), address, 2 * PAGE_SIZE)
             return cls(memory, pool, None, flush_tlb, code_frame, long_mode_tables=monitor_tables)
         pool = PagePool(memory.monitor_view(POOL_OFFSET, POOL_SIZE), address)
-        return cls(memory, pool, monitor_tables.directory if monitor_entries else None, flush_tlb, code_frame,
-                   ring_compression=ring_compression)
+        pages = {linear >> 12: (linear & ~0xFFF) | SHADOW_PTE_BASE for linear in monitor_pages}
+        return cls(memory, pool, pages, flush_tlb, code_frame, ring_compression=ring_compression)
 
     # -- the guest's paging registers ------------------------------------------------------------
     def load(self, cr0: int, cr3: int, cr4: int, user: bool = False) -> int:
@@ -228,6 +248,11 @@ class ShadowPaging:
         guest's CR0.WP=0 allows to a read-only user page): the caller lets that one instruction
         write through `lend_write`."""
         space = self.active
+        if linear >> 12 in self.monitor_pages:
+            frame_address = linear_to_physical(self.memory, self.cr0, self.active_cr3, linear, write,
+                                               cr4=self.cr4, user=user, mark=True)
+            self._check_backed(frame_address)
+            raise MonitorPageAccess(linear, frame_address, write)
         entry = space.entries.get(linear >> 12)
         if entry is not None and write and self._entry_allows_write(entry, user):
             # The guest's TLB holds a writable translation (no walk, as on the CPU): the engine
@@ -261,6 +286,8 @@ class ShadowPaging:
             physical = linear_to_physical(self.memory, self.cr0, self.active_cr3, linear, False,
                                           cr4=self.cr4, user=user, mark=True)
             self._check_backed(physical)
+            if linear >> 12 in self.monitor_pages:      # (the monitor's entry stays)
+                return physical
             entry = self._make_entry(self.active, linear)
             self.counters["fetch_fills"] += 1
         return (entry.frame << 12) | (linear & 0xFFF)
@@ -318,9 +345,24 @@ class ShadowPaging:
         self._set_writable(self.active, page, True)
         return True
 
+    def lend_monitor_page(self, access: MonitorPageAccess) -> None:
+        """Let the next guest instruction reach its own frame at a linear address where the
+        running shadow maps a monitor page (the access the guest's walk allowed: a store only if
+        it was one, and never into a frame the monitor watches); `end_loans()` puts the
+        monitor's entry back."""
+        page, frame = access.linear >> 12, access.physical >> 12
+        writable = access.write and frame not in self.traced and not self.code_frame(frame)
+        self._lent_monitor.append((self.active, page, frame))
+        self._write_pte(self.active, page, (frame << 12) | SHADOW_PTE_BASE | PTE_US | (PTE_RW if writable else 0))
+        self.flush_tlb()
+
     def end_loans(self) -> None:
         """After the instruction ran: protect the pages again, and look at what it changed in
         the guest's page tables."""
+        lent_monitor, self._lent_monitor = self._lent_monitor, []
+        for space, page, _frame in lent_monitor:
+            if self.spaces.get((space.directory_frame, space.view)) is space:
+                self._write_pte(space, page, self.monitor_pages[page])
         lent, self._lent = self._lent, []
         for space, page in lent:
             entry = space.entries.get(page)
@@ -328,12 +370,12 @@ class ShadowPaging:
                 self._set_writable(space, page, self._writable(space, entry))
                 if entry.frame in self.traced:
                     self._page_table_changed(entry.frame)
-        if lent:
+        if lent or lent_monitor:
             self.flush_tlb()
 
     @property
     def lending(self) -> bool:
-        return bool(self._lent)
+        return bool(self._lent or self._lent_monitor)
 
     def memory_written(self, address: int, size: int) -> None:
         """Guest memory changed (a guest store let through, or the monitor's own): if it holds a
@@ -352,9 +394,7 @@ class ShadowPaging:
         space = AddressSpace(frame, page, view)
         if self.long_mode is not None:
             self._new_long_mode_root(space)
-        elif self.monitor_directory is not None:
-            at = page * PAGE_SIZE + MONITOR_FIRST_PDE * 4
-            self.pool.view[at:page * PAGE_SIZE + PAGE_SIZE] = self.monitor_directory[MONITOR_FIRST_PDE * 4:PAGE_SIZE]
+        self._map_monitor_pages(space)
         self.spaces[(frame, view)] = space
         self._trace(frame, space, -1)
         self.counters["shadows_built"] += 1
@@ -369,8 +409,13 @@ class ShadowPaging:
                 for index in list(active.tables):
                     self._drop_index(active, index, release=True)
                 self.flush_tlb()
+                self._map_monitor_pages(active)
             page = self.pool.allocate()
         return page
+
+    def _map_monitor_pages(self, space: AddressSpace) -> None:
+        for page, pte in self.monitor_pages.items():
+            self._write_pte(space, page, pte)
 
     def _evict_one(self) -> bool:
         """Discard the least recently used shadow other than the running one."""
@@ -443,7 +488,7 @@ class ShadowPaging:
         if not self.memory.ram.contains(address, PAGE_SIZE):
             address = self.memory.engine_page(address, wide=self.long_mode is not None)
         return (address | SHADOW_PTE_BASE | (PTE_US if user else 0)
-                | (PTE_RW if self._writable(space, entry) else 0) | (NX if self.long_mode is not None else 0))
+                | (PTE_RW if self._writable(space, entry) else 0) | (PTE_NX if self.long_mode is not None else 0))
 
     # -- the table format: two-level 32-bit, or IA-32e (long mode) --------------------------------
     def _root(self, space: AddressSpace) -> int:

@@ -1,4 +1,4 @@
-"""Execution tracing in QEMU's style: `-d in_asm,out_asm,exec,int,exits,io,guest_errors` into a log (`-D FILE`)."""
+"""Execution tracing in QEMU's style: `-d in_asm,out_asm,exec,int,exits,io,disk,guest_errors` into a log (`-D FILE`)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ TRACE_FLAGS = {
     "int": "interrupts and exceptions delivered to the guest",
     "exits": "every exit to the monitor",
     "io": "every port access",
+    "disk": "every IDE command (drive, command, sector, count) and software reset",
     "guest_errors": "every access to unassigned guest-physical memory, in QEMU's words",
 }
 
@@ -69,6 +70,9 @@ class Tracer:
     def exit(self, vm_exit) -> None:
         extra = f" {vm_exit.instruction}" if vm_exit.instruction is not None else ""
         self._write(f"exit: {vm_exit.reason.value} eip {vm_exit.eip:#010x}{extra}")
+
+    def disk_command(self, text: str) -> None:
+        self._write(text)
 
     def port(self, direction: str, port: int, size: int, value: int, device: str) -> None:
         self._write(f"io: {direction} {port:#06x} size {size} value {value:#x} ({device})")

@@ -1,4 +1,4 @@
-"""IA-32 architectural facts the monitor needs: flag bits, exception vectors and classes, descriptors."""
+"""IA-32 architectural rules the monitor needs (TLB flushes, FPU controls, vector classes, descriptors) over the constants of translator/x86arch.py, re-exported here."""
 
 from __future__ import annotations
 
@@ -7,30 +7,18 @@ from dataclasses import dataclass
 
 from translator.x86decode import split_prefixes
 
-# EFLAGS bits (Intel SDM vol. 1, 3.4.3)
-CF, PF, AF, ZF, SF, TF, IF, DF, OF = (1 << 0), (1 << 2), (1 << 4), (1 << 6), (1 << 7), (1 << 8), (1 << 9), (1 << 10), (1 << 11)
-IOPL_MASK = 3 << 12
-NT, RF, VM, AC, VIF, VIP, ID = (1 << 14), (1 << 16), (1 << 17), (1 << 18), (1 << 19), (1 << 20), (1 << 21)
-EFLAGS_FIXED = 1 << 1   # bit 1 always reads as one
+# The numbers themselves (EFLAGS, CR0/CR4 bits, vectors, PAGE_SIZE, PTE bits, descriptor types,
+# MSRs) are defined once, in translator/x86arch.py, where the translator may import them too;
+# the monitor imports them from here with the rules below.
+from translator.x86arch import *  # noqa: E402,F401,F403
 
-# CR0 bits
-CR0_PE, CR0_WP, CR0_PG = 1 << 0, 1 << 16, 1 << 31
-CR0_MP, CR0_EM, CR0_TS, CR0_NE = 1 << 1, 1 << 2, 1 << 3, 1 << 5
-CR4_DE = 1 << 3        # debug extensions: DR4/DR5 are #UD instead of DR6/DR7's aliases
-CR4_PCE = 1 << 8       # rdpmc allowed outside ring 0
-CR4_OSFXSR, CR4_OSXMMEXCPT = 1 << 9, 1 << 10
 # The x87/MMX/SSE controls: which of those instructions fault (#NM, #UD) and how. Modes that keep
 # the guest's CR0/CR4 virtual put these bits of them into the engine's (fpu_controls), so that
 # the guest's own instructions fault natively as the guest set them up.
 FPU_CONTROLS = {0: CR0_MP | CR0_EM | CR0_TS | CR0_NE, 4: CR4_OSFXSR | CR4_OSXMMEXCPT}
 # CR4 bits whose change invalidates every TLB entry, global ones included (SDM vol. 3, 4.10.4.1;
 # QEMU's cpu_x86_update_cr4 flushes on the same ones): PSE, PAE, PGE
-CR4_TLB_BITS = (1 << 4) | (1 << 5) | (1 << 7)
-
-# Exception vectors (SDM vol. 3, table 6-1). Where a mnemonic is also a flag name (#DF/DF,
-# #OF/OF, #PF/PF, #AC/AC) the vector takes a _VEC suffix.
-DE, DB, NMI, BP, OF_VEC, BR, UD, NM, DF_VEC, TS, NP, SS, GP, PF_VEC, MF, AC_VEC, MC, XM = (
-    0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 16, 17, 18, 19)
+CR4_TLB_BITS = CR4_PSE | CR4_PAE | CR4_PGE
 
 VECTOR_NAMES = {
     0: "#DE", 1: "#DB", 2: "NMI", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM", 8: "#DF",
@@ -98,10 +86,6 @@ def selector_error_code(index_kind: str, index: int, external: bool) -> int:
 
 
 # Gate and segment descriptors (SDM vol. 3, 3.4.5 and 6.11)
-GATE_TASK = 0x5
-GATE_INTERRUPT_16, GATE_TRAP_16 = 0x6, 0x7
-GATE_INTERRUPT_32, GATE_TRAP_32 = 0xE, 0xF
-GATE_CALL_16, GATE_CALL_32 = 0x4, 0xC
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""A 16550A UART as QEMU's hw/char/serial.c models it: registers, divisor latch, FIFOs, loopback."""
+"""A 16550A UART as QEMU's hw/char/serial.c models it: registers, divisor latch, FIFOs, loopback,
+the interrupt line (raised whatever MCR's OUT2 says, as QEMU does)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from vmm.console import Console
 
 COM1_BASE = 0x3F8           # COM1 ports 0x3F8-0x3FF, IRQ 4
 COM1_IRQ = 4
+COM2_BASE = 0x2F8           # COM2 ports 0x2F8-0x2FF, IRQ 3
+COM2_IRQ = 3
 UART_PORTS = 8
 
 # Register offsets (DLAB = LCR bit 7 selects the divisor latch at offsets 0 and 1)
@@ -29,14 +32,18 @@ _TRIGGER_LEVELS = {0x00: 1, 0x40: 4, 0x80: 8, 0xC0: 14}
 
 class Uart16550:
     """Transmit goes to the console at once (the transmitter is always empty again by the next
-    register read); receive pulls console bytes whenever the receiver has room, as QEMU does."""
+    register read); receive pulls console bytes whenever the receiver has room, as QEMU does:
+    on a register read, and, while the guest has the receive interrupt enabled, whenever the
+    platform polls host input (an `input source`: armed, poll, input_may_arrive, wait_input),
+    so input typed while the guest idles in hlt raises the IRQ and wakes it."""
 
-    name = "com1"
     access_width = 1        # byte registers: a word or dword access reaches consecutive ports
 
-    def __init__(self, console: Console, set_irq: Optional[Callable[[bool], None]] = None) -> None:
+    def __init__(self, console: Console, set_irq: Optional[Callable[[bool], None]] = None,
+                 name: str = "com1") -> None:
         self.console = console
         self.set_irq = set_irq
+        self.name = name
         self.reset()
 
     def reset(self) -> None:
@@ -114,6 +121,27 @@ class Uart16550:
         elif offset == SCR:
             self.scr = value
         # LSR and MSR are read-only
+
+    # -- host input -----------------------------------------------------------------------------
+    def armed(self) -> bool:
+        """Input must reach the guest as it arrives: the receive interrupt is enabled and input
+        is waiting or may still come."""
+        return bool(self.ier & IER_RDI) and not self.mcr & MCR_LOOPBACK and self.console.input_may_arrive()
+
+    def poll(self) -> None:
+        self._pull_input()
+
+    def input_may_arrive(self) -> bool:
+        return self.console.input_may_arrive()
+
+    def wait_input(self, timeout: float) -> None:
+        self.console.wait_input(timeout)
+
+    def state(self) -> dict:
+        return {"divisor": self.divisor, "ier": self.ier, "iir": self.iir, "fcr": self.fcr, "lcr": self.lcr,
+                "mcr": self.mcr, "lsr": self.lsr, "msr": self.msr, "scr": self.scr, "rbr": self.rbr,
+                "thr_pending": self.thr_pending, "receive_fifo": list(self.receive_fifo),
+                "trigger_level": self.trigger_level, "irq": self.irq_level}
 
     # -- internals ------------------------------------------------------------------------------
     @property

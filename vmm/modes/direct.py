@@ -12,9 +12,9 @@ from vmm.engine import StopCause
 from vmm.errors import MonitorBug
 from vmm.exits import ExitReason, VmExit
 from translator.x86decode import LEGACY_PREFIXES, decode, instruction_length
-from vmm.memory import PAGE_SIZE, PageFault, UnbackedAccess, linear_to_physical
+from vmm.memory import PageFault, UnbackedAccess, linear_to_physical
 from vmm.modes import ExecutionMode
-from vmm.x86 import BP, CR0_PG, CR4_PCE, DB, GP, IF, NM, OF_VEC, PF_VEC, UD, nm_is_ud
+from vmm.x86 import BP, CR0_PG, CR4_PCE, DB, GP, IF, NM, OF_VEC, PAGE_SIZE, PF_VEC, UD, nm_is_ud
 
 HLT_OPCODE = 0xF4
 ENGINE_BLOCK_MAX_INSTRUCTIONS = 512     # QEMU's TCG_MAX_INSNS: how far a block start can be
@@ -506,7 +506,7 @@ class DirectMode(ExecutionMode):
             self._end_run_requested = False
             eip = self._resume_point(eip)
             engine.set_reg("eip", eip)
-            if self._byte_before(eip) != HLT_OPCODE:
+            if not engine.halted():
                 self._cut_short = True
                 return VmExit(ExitReason.EVENT, eip=eip)
             return VmExit(ExitReason.HLT, eip=eip - 1)
@@ -525,9 +525,8 @@ class DirectMode(ExecutionMode):
             return self._tlb_refused(vm)
         if count:
             # Only `hlt` and an exhausted count return quietly. hlt leaves EIP just past itself;
-            # the count stops before an instruction. A count that ran out right after a
-            # non-hlt instruction ending in byte F4 would be taken for hlt.
-            if self._byte_before(eip) != HLT_OPCODE:
+            # the count stops before an instruction (perhaps after one ending in byte F4).
+            if not engine.halted():
                 vm.retire(count)
                 return VmExit(ExitReason.EVENT, eip=eip)
         return VmExit(ExitReason.HLT, eip=eip - 1)
@@ -562,7 +561,7 @@ class DirectMode(ExecutionMode):
         return (cause is not StopCause.RETURNED or vm.stop_requested or self._end_run_requested
                 or self._denied_io is not None or self._window_open or self._pending_exit is not None
                 or self._hit_breakpoint or vm.limits.stop_due
-                or self._byte_before(self.engine.reg("eip")) == HLT_OPCODE
+                or self.engine.halted()
                 or self.engine.reg("eip") == self._fetch_exit)
 
     def _instructions_ran(self) -> int:
@@ -572,7 +571,7 @@ class DirectMode(ExecutionMode):
         started = self.engine.instructions_started()
         eip = self.engine.reg("eip")
         between, self._stopped_between_blocks = self._stopped_between_blocks, False
-        if between or self._byte_before(eip) == HLT_OPCODE or eip == self._fetch_exit:   # (an exit is
+        if between or self.engine.halted() or eip == self._fetch_exit:   # (an exit is
             return started                                                   # no instruction)
         return max(0, started - 1)
 

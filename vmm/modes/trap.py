@@ -5,25 +5,28 @@ sensitive but unprivileged instructions (pushf/popf, sgdt, mov r,cs, ...) run na
 or ignore the real state, exactly as history says: guests that depend on them go wrong. The
 monitor records the ones it sees executed ("virtualization holes").
 
-Deprivileging: the engine's GDT is a shadow of the guest's with ring-0 code/data descriptors
-moved to ring 3 (vmm/shadow_tables.py), CS and SS hold the guest's selectors with RPL 3, the
-real IOPL is 0 (cli/sti fault), and the real EFLAGS.IF is the guest's virtual IF: the monitor
-sets it when it emulates cli/sti/iret, and a native popf silently cannot. Guest ring 3 runs at
-ring 3 too; which ring the guest is in is virtual (TrapCpu.virtual_cpl).
+Deprivileging (ring compression): the kernel and its processes all run at the real ring 3;
+which ring the guest is in is virtual (TrapCpu.virtual_cpl). The engine's GDT and LDT are the
+shadow views of the guest's for that ring (vmm/shadow_tables.py): in the kernel's, its own code
+and data have DPL 3 and the code of other rings is marked not present, so the kernel's iret,
+retf or far jmp/call to ring 3 faults (#NP) and is emulated, ring change included; ring 3's is
+the guest's table as it is, so a process that loads a kernel selector gets the CPU's #GP. CS
+and SS hold the guest's selectors with RPL 3, the real IOPL is 0 (cli/sti fault), and the real
+EFLAGS.IF is the guest's virtual IF: the monitor sets it when it emulates cli/sti/iret, and a
+native popf silently cannot.
 
-Guest paging (vmm/modes/untranslated_paging.py): shadow page tables with ring compression (the
-kernel and its processes both run at CPL 3, so each guest address space has a kernel view and a
-user view, and the engine's CR3 follows the guest's ring), or nested paging.
+Guest paging (vmm/modes/untranslated_paging.py): shadow page tables, again with a kernel view
+and a user view of each address space, the engine's CR3 following the guest's ring, or nested
+paging.
 
 Holes are seen when the engine translates a block (Engine.on_translation): the block is decoded
-(once per distinct code) and, if it holds a hole or ends in iret/retf, gets a block hook bounded
-to its start, and is translated again before it first runs. The hook counts the block's holes as
-it starts; an exception inside the block, or the end of a run there, takes back those it did not
-reach, so a hole's count is how often it ran natively. An iret or retf that ends a block of the
-guest kernel and runs to the block's end (it did not trap) returned to ring 3 natively, as a
-same-ring return that leaves SS:ESP on the stack. So the watch costs a Python call per
-translation and per run of a block with a hole in it, not per block run (`--no-hole-watch` turns
-it off, leaving what trap-and-emulate itself costs).
+(once per distinct code) and, if it holds a hole, gets a block hook bounded to its start, and is
+translated again before it first runs. The hook counts the block's holes as it starts; an
+exception inside the block, or the end of a run there, takes back those it did not reach, so a
+hole's count is how often it ran natively. So the watch costs a Python call per translation and
+per run of a block with a hole in it, not per block run (`--no-hole-watch` turns it off, leaving
+what trap-and-emulate itself costs). iret and retf are no holes: the views make every one that
+changes rings fault, and a same-ring one at ring 3 is the CPU's own.
 """
 
 from __future__ import annotations
@@ -31,21 +34,20 @@ from __future__ import annotations
 from collections import Counter
 from typing import Optional
 
-from translator.classify import Category, traps_when_deprivileged
+from translator.classify import Category, Procedure, traps_when_deprivileged
 from translator.decoder import Decoder, GuestInstruction
 from vmm.cpu import GuestCpu
-from vmm.exits import ExitReason, VmExit
+from vmm.exits import ExitReason, StopReason, VmExit
 from vmm.guest_view import GuestView
 from vmm.modes.direct import DirectMode
 from vmm.modes.untranslated_paging import UntranslatedPaging
-from vmm.monitor_layout import SHADOW_GDT_OFFSET, SHADOW_LDT_OFFSET
+from vmm.monitor_layout import RING_VIEWS_OFFSET
 from vmm.shadow_tables import ShadowTables
 from vmm.x86 import GP, IOPL_MASK, NP, SS, TS, SegmentDescriptor
 
 REAL_RING = 3
-HLT_PROCEDURE = "hlt"
 TRAP_VECTORS = (GP, NP, SS, TS)
-NATIVE_RETURNS = ("iret", "far_ret")     # procedures of the returns the hole watch follows
+RETURNS = (Procedure.IRET, Procedure.FAR_RET)     # no holes: a native one is a same-ring return (shadow_tables.py)
 
 
 def _real(selector: int) -> int:
@@ -55,11 +57,11 @@ def _real(selector: int) -> int:
 
 def is_hole(instruction: GuestInstruction) -> bool:
     """A sensitive instruction that does not trap when the kernel runs at ring 3
-    (classify.traps_when_deprivileged decides). iret and retf are left to the return watch:
-    whether they trap depends on the ring they return to."""
+    (classify.traps_when_deprivileged decides). iret and retf trap whenever they change rings
+    (the ring views mark the other rings' code not present); same-ring ones run as on the CPU."""
     rule = instruction.rule
     return (rule.category in (Category.SENSITIVE, Category.FAR_TRANSFER, Category.PRIVILEGED)
-            and rule.procedure not in NATIVE_RETURNS and not traps_when_deprivileged(instruction))
+            and rule.procedure not in RETURNS and not traps_when_deprivileged(instruction))
 
 
 class TrapCpu(GuestCpu):
@@ -79,6 +81,7 @@ class TrapCpu(GuestCpu):
 
     def deprivilege(self) -> None:
         """Move the engine to ring 3 over the shadow of the guest's current GDT (once, at entry)."""
+        self.shadow.select_ring(self.virtual_cpl)
         self.shadow.load_gdt(*self.tables["gdtr"])
         self.engine.set_privilege(REAL_RING, _real(self.engine.reg("ss")), _real(self.engine.reg("cs")))
         for name in ("ds", "es", "fs", "gs"):       # reload from the shadow, now at DPL 3
@@ -110,24 +113,32 @@ class TrapCpu(GuestCpu):
             self.engine.set_reg(name, value)
 
     def load_segment(self, name: str, selector: int, raw: Optional[bytes]) -> None:
-        if raw is not None:
-            self.shadow.refresh(selector, raw)
-        if name in ("cs", "ss"):
-            self.engine.set_reg(name, _real(selector))
-        else:
-            self.engine.set_reg(name, selector if raw is not None else 0)
+        if raw is None:
+            self.engine.set_reg(name, _real(selector) if name in ("cs", "ss") else 0)
+            return
+        self.shadow.refresh(selector, raw)
+        self._engine_load(name, selector, raw)
+
+    def _engine_load(self, name: str, selector: int, raw: bytes) -> None:
+        """Load a segment register of the engine's with a descriptor the monitor checked as the
+        CPU would: the running view may mark it (another ring's code), or give it a DPL the
+        engine at CPL 3 refuses. CS and SS hold the selector with RPL 3."""
+        with self.shadow.loadable(selector, raw):
+            self.engine.set_reg(name, _real(selector) if name in ("cs", "ss") else selector)
 
     def change_privilege(self, cs: int, cs_raw: bytes, ss: int, ss_raw: bytes, esp: int) -> None:
-        """A ring change is only virtual here: the engine stays at ring 3."""
-        self.shadow.refresh(cs, cs_raw)
-        self.shadow.refresh(ss, ss_raw)
+        """A ring change is virtual here (the engine stays at ring 3), but the engine's
+        descriptor tables and page tables become the new ring's views."""
         eflags = self.reg("eflags")
         ring_changed = (cs & 3) != self.virtual_cpl
         self.virtual_cpl = cs & 3
+        self.shadow.select_ring(self.virtual_cpl)
+        self.shadow.refresh(cs, cs_raw)
+        self.shadow.refresh(ss, ss_raw)
         if ring_changed:
             self.mode.ring_changed()
-        self.engine.set_reg("ss", _real(ss))
-        self.engine.set_reg("cs", _real(cs))
+        self._engine_load("ss", ss, ss_raw)
+        self._engine_load("cs", cs, cs_raw)
         self.engine.set_reg("esp", esp)
         self.set_reg("eflags", eflags)
 
@@ -178,24 +189,24 @@ class TrapAndEmulateMode(UntranslatedPaging, DirectMode):
 
     def attach(self, vm) -> GuestCpu:
         super().attach(vm)
-        shadow = ShadowTables(vm.engine, vm.memory, SHADOW_GDT_OFFSET, SHADOW_LDT_OFFSET, kernel_ring=REAL_RING,
-                              read=lambda linear, size: self._quiet_view.read(linear, size))
+        shadow = ShadowTables(vm.engine, vm.memory, 0, 0, kernel_ring=REAL_RING,
+                              read=lambda linear, size: self._quiet_view.read(linear, size),
+                              views_offset=RING_VIEWS_OFFSET)
         self.cpu = TrapCpu(vm.engine, shadow, self)
         self._quiet_view = GuestView(self.cpu, vm.memory, cpu_access=False)
-        self.attach_paging(vm, self.paging_scheme, ring_compression=True)
+        self.attach_paging(vm, self.paging_scheme, ring_compression=True, monitor_pages=shadow.linear_pages())
         self.decoder = Decoder(self._fetch)
         self.traps: Counter = Counter()                 # emulated instructions, by mnemonic
         # The hole watch: engine blocks are scanned when the engine translates them; those
-        # holding a hole or ending in iret/retf get a block hook bounded to their start.
-        self._scans: dict[tuple[int, bytes], tuple] = {}    # (start, code) -> (holes, final iret/retf)
+        # holding a hole get a block hook bounded to their start.
+        self._scans: dict[tuple[int, bytes], tuple] = {}    # (start, code) -> its holes
         self._blocks: dict[tuple[int, int], tuple] = {}     # (start, size) -> the scan of its code now
         self._watched_starts: set[int] = set()              # block starts with a block hook
         self._hole_text: dict[int, str] = {}                # hole address -> its instruction
         self._hole_runs: Counter = Counter()                # hole address -> native runs
-        self._native_returns: Counter = Counter()           # (address, text) of an iret/retf -> runs
-        # The watched block running now, if the guest has not left it: (start, size, its scan,
-        # the ring it started in). Its holes are counted when it starts, and the ones it did
-        # not reach taken back when an exception or the run's end shows where it was left.
+        # The watched block running now, if the guest has not left it: (start, size, its
+        # holes). Its holes are counted when it starts, and the ones it did not reach taken
+        # back when an exception or the run's end shows where it was left.
         self._current: Optional[tuple] = None
         self._entered = False
         if self.watch_holes:     # without it trap mode costs what trap-and-emulate itself costs
@@ -225,7 +236,8 @@ class TrapAndEmulateMode(UntranslatedPaging, DirectMode):
 
     def _on_interrupt(self, vm, vector: int) -> None:
         """A #GP (or a #NP/#SS/#TS: the shadow tables hold no system descriptors, so gates and
-        TSSs used natively fault) at an instruction the monitor emulates is a trap: emulate it
+        TSSs used natively fault, and the ring views mark other rings' code not present) at an
+        instruction the monitor emulates is a trap: emulate it
         with the guest's own tables, in the hook, as direct mode delivers exceptions; hlt ends
         the run. Emulating is right even for the guest's own faults there: the emulation raises
         the same exception. Anything else is the guest's own exception."""
@@ -233,20 +245,43 @@ class TrapAndEmulateMode(UntranslatedPaging, DirectMode):
         if self.paging_interrupt(vm, vector):
             return
         if vector in TRAP_VECTORS:
-            _error_code, software = engine.last_exception_info()
+            error_code, software = engine.last_exception_info()
             eip = engine.reg("eip")
             instruction = None if software else self._decode(eip)
             if instruction is not None and vm.emulator.emulates(instruction):
                 engine.reset_exception_state()
                 self.traps[instruction.insn.mnemonic] += 1
-                if instruction.rule.procedure == HLT_PROCEDURE and self.cpu.cpl == 0:
+                if instruction.rule.procedure is Procedure.HLT and self.cpu.cpl == 0:
                     engine.set_reg("eip", instruction.end)
                     self._pending_exit = VmExit(ExitReason.HLT, eip=eip)
                     engine.stop()
                     return
                 vm.dispatch(VmExit(ExitReason.CALLOUT, eip=eip, instruction=instruction))
                 return
+            if not software and not error_code & 2 and self.cpu.shadow.hides(error_code):
+                # The fault is the monitor's mark, not the guest's: delivered, the guest would
+                # see an exception the CPU never raises. (Every instruction that loads a
+                # descriptor is emulated; this would be one the emulator does not know.)
+                engine.reset_exception_state()
+                vm.request_stop(StopReason.UNSUPPORTED,
+                                f"{instruction if instruction is not None else 'an instruction'} at {eip:#010x} "
+                                f"used descriptor {error_code & 0xFFFC:#06x}, which trap's ring views hide, "
+                                f"and is not emulated")
+                return
         super()._on_interrupt(vm, vector)
+
+    def serve_monitor_page(self, vm, access) -> bool:
+        """An access the guest's tables allow at a linear address where the shadow keeps one of
+        the monitor's descriptor-table pages: an instruction the emulator knows is emulated on
+        the guest's own tables (a segment load must not find the guest's page lent where the
+        engine reads descriptors); any other runs with the page lent for one step."""
+        eip = self.engine.reg("eip")
+        instruction = self._decode(eip)
+        if instruction is None or not vm.emulator.emulates(instruction):
+            return False
+        self.traps[instruction.insn.mnemonic] += 1
+        vm.dispatch(VmExit(ExitReason.CALLOUT, eip=eip, instruction=instruction))
+        return True
 
     def counters(self) -> dict:
         return {**self._trap_counters(), **self.paging_counters()}
@@ -257,13 +292,12 @@ class TrapAndEmulateMode(UntranslatedPaging, DirectMode):
 
     # -- holes ---------------------------------------------------------------------------------
     def _translated(self, address: int, size: int) -> None:
-        """The engine translated a block (before it runs): one that holds a hole or ends in
-        iret/retf is watched from its start; a hook new to it misses this translation, so the
-        block is translated again and the run ends in front of it, none of it run."""
+        """The engine translated a block (before it runs): one that holds a hole is watched from
+        its start; a hook new to it misses this translation, so the block is translated again
+        and the run ends in front of it, none of it run."""
         if self._current is not None:       # the block before this one ran to its end
-            self._block_left(None)
-        holes, final_return = self._block_scan(address, size)
-        if (holes or final_return is not None) and self._watch_start(address):
+            self._current = None
+        if self._block_scan(address, size) and self._watch_start(address):
             self.engine.invalidate_code(address, address + size)
             self.rerun_block(address)
 
@@ -276,61 +310,50 @@ class TrapAndEmulateMode(UntranslatedPaging, DirectMode):
         return True
 
     def _block_scan(self, address: int, size: int) -> tuple:
-        """The holes in the engine block at `address` and the iret/retf ending it, as its code
-        is now (scanned once per distinct code: a block translated again costs a fetch)."""
+        """The holes in the engine block at `address`, as its code is now (scanned once per
+        distinct code: a block translated again costs a fetch)."""
         code = self._fetch(address, size)
-        scan = self._scans.get((address, code))
-        if scan is None:
-            scan = self._scans[(address, code)] = self._scan(address, size)
-        self._blocks[(address, size)] = scan
-        return scan
+        holes = self._scans.get((address, code))
+        if holes is None:
+            holes = self._scans[(address, code)] = self._scan(address, size)
+        self._blocks[(address, size)] = holes
+        return holes
 
     def _scan(self, address: int, size: int) -> tuple:
-        """(addresses of the holes in an engine block, (address, text) of an iret/retf ending it)."""
-        holes, last = [], None
-        for last in self.decoder.instructions_in(address, address + size):
-            if is_hole(last):
-                holes.append(last.address)
-                self._hole_text.setdefault(last.address, str(last))
-        final_return = None
-        if last is not None and last.rule.procedure in NATIVE_RETURNS:
-            final_return = (last.address, str(last))
-        return tuple(holes), final_return
+        """The addresses of the holes in an engine block."""
+        holes = []
+        for instruction in self.decoder.instructions_in(address, address + size):
+            if is_hole(instruction):
+                holes.append(instruction.address)
+                self._hole_text.setdefault(instruction.address, str(instruction))
+        return tuple(holes)
 
     def _watched_block_started(self, address: int, size: int) -> None:
-        scan = self._blocks.get((address, size))
-        if scan is None:         # (every translation is scanned: for safety only)
-            scan = self._block_scan(address, size)
-        if self._current is not None:
-            self._block_left(None)
-        for hole in scan[0]:
+        holes = self._blocks.get((address, size))
+        if holes is None:         # (every translation is scanned: for safety only)
+            holes = self._block_scan(address, size)
+        for hole in holes:
             self._hole_runs[hole] += 1
-        self._current = (address, size, scan, self.cpu.virtual_cpl)
+        self._current = (address, size, holes)
 
     def _block_left(self, at: Optional[int]) -> None:
         """The current watched block was left at `at` (an exception's EIP, where an engine run
-        ended), None at its end (the next block was translated or began). Left inside, the
-        holes from `at` on did not run (a faulting one neither: a trap emulates it, a fault
-        runs it again in a block of its own). Run to its end, a final iret/retf that began in
-        the guest kernel returned to ring 3 natively, as a same-ring return that leaves SS:ESP
-        on the stack. Within its bytes only this block can be running: another block starting
-        inside them would hold the same instructions from there on, so its holes, and be
-        watched. (Not followed: a store into the running block's own bytes, after which the
-        engine goes on in a new block at the next instruction without an exception.)"""
-        (start, size, (holes, final_return), ring), self._current = self._current, None
+        ended). Left inside, the holes from `at` on did not run (a faulting one neither: a trap
+        emulates it, a fault runs it again in a block of its own). Within its bytes only this
+        block can be running: another block starting inside them would hold the same
+        instructions from there on, so its holes, and be watched. (Not followed: a store into
+        the running block's own bytes, after which the engine goes on in a new block at the
+        next instruction without an exception.)"""
+        (start, size, holes), self._current = self._current, None
         if at is not None and start <= at < start + size:
             for hole in holes:
                 if hole >= at:
                     self._hole_runs[hole] -= 1
-        elif final_return is not None and ring == 0:
-            self._native_returns[final_return] += 1
 
     def holes(self) -> list[dict]:
-        """The sensitive instructions that ran without trapping, with how often they ran so (for
-        iret/retf: how often they returned to ring 3 natively)."""
+        """The sensitive instructions that ran without trapping, with how often they ran so."""
         found = [(address, self._hole_text[address], runs) for address, runs in self._hole_runs.items()
                  if runs > 0]                               # those that always trapped are no holes
-        found += [(address, text, count) for (address, text), count in self._native_returns.items()]
         return [{"address": f"{address:#010x}", "instruction": text, "count": count}
                 for address, text, count in sorted(found)]
 

@@ -6,18 +6,22 @@ virtual, written by emulation only.
 A page fault reaches the interrupt hook: a hidden one fills the shadow and the instruction runs
 again; a store the shadow keeps read-only (into a guest page table) runs with the page lent
 writable and the real TF set, so that the single-step trap right after it takes the
-permission back; a true fault is the guest's #PF, with CR2 in the virtual CPU. Under nested
-paging a refused access ends the engine's run instead (the engine reports only its page: the
-exact address comes from the instruction, vmm/fault_address.py).
+permission back; a true fault is the guest's #PF, with CR2 in the virtual CPU. Under trap the
+shadows also hold the monitor's descriptor-table pages, supervisor-only: a guest access its own
+tables allow there runs the same way with the guest's translation lent (or is emulated), and
+while the guest's paging is off the engine pages on flat tables that keep the monitor's areas
+from the kernel at CPL 3. Under nested paging a refused access ends the engine's run instead
+(the engine reports only its page: the exact address comes from the instruction,
+vmm/fault_address.py).
 """
 
 from __future__ import annotations
 
 from vmm.exits import ExitReason, VmExit
-from vmm.memory import PageFault, UnbackedAccess
+from vmm.memory import CR4_PSE, PageFault, UnbackedAccess
 from vmm.monitor_paging import MonitorPageTables
 from vmm.nested_paging import NestedPaging
-from vmm.shadow_paging import ShadowPaging
+from vmm.shadow_paging import MonitorPageAccess, ShadowPaging
 from vmm.x86 import CR0_PG, CR0_WP, DB, FPU_CONTROLS, PF_VEC, TF, flushes_tlb, fpu_controls
 
 
@@ -26,21 +30,31 @@ class UntranslatedPaging:
     control_register_written, ring_changed and invalidate_page."""
 
     pager = None
+    flat_tables = False          # trap: the engine pages on MonitorPageTables.build_flat while the guest does not
 
-    def attach_paging(self, vm, scheme: str, ring_compression: bool) -> None:
+    def attach_paging(self, vm, scheme: str, ring_compression: bool, monitor_pages=()) -> None:
+        """monitor_pages: linear addresses of monitor pages the engine reads through every shadow
+        (trap's descriptor tables; vt's guest needs nothing of the monitor's there)."""
         self._stepping_loan = False        # the real TF is set to end a lent write (not the guest's)
         self._guest_tf = False
         if scheme == "nested":
             control = self.cpu.control
             self.pager = NestedPaging(vm.engine, vm.memory, lambda: (control[0], control[3], control[4]),
                                       lambda: self.cpu.cpl)
-        else:
+        elif not monitor_pages:
             self.monitor_tables = MonitorPageTables.build(vm.memory)
-            # trap's kernel needs the shadow descriptor tables in its linear space; vt's guest
-            # needs nothing of the monitor's there (ring compression marks trap)
             self.pager = ShadowPaging.build(vm.memory, self.monitor_tables, self._flush_tlb,
-                                            ring_compression=ring_compression, monitor_entries=ring_compression)
+                                            ring_compression=ring_compression)
             vm.memory.write_observers.append(self.pager.memory_written)
+        else:
+            # trap: the engine pages even while the guest does not (MonitorPageTables.build_flat),
+            # so that the monitor's areas are supervisor-only to the kernel at CPL 3
+            self.pager = ShadowPaging.build(vm.memory, None, self._flush_tlb,
+                                            ring_compression=ring_compression, monitor_pages=monitor_pages)
+            vm.memory.write_observers.append(self.pager.memory_written)
+            self.monitor_tables = MonitorPageTables.build_flat(vm.memory)
+            self.flat_tables = True
+            self._page_flat()
 
     # -- the guest's paging registers (their writes are emulated) ------------------------------
     def control_register_written(self, number: int, old: int) -> None:
@@ -51,13 +65,22 @@ class UntranslatedPaging:
             engine.set_reg(f"cr{number}", fpu_controls(number, engine.reg(f"cr{number}"), new))
         if number == 0 and (old ^ new) & CR0_PG and not new & CR0_PG:
             self.pager.reset()
-            if not self.pager.virtual_tlb:
+            if self.flat_tables:
+                self._page_flat()
+            elif not self.pager.virtual_tlb:
                 engine.set_reg("cr0", engine.reg("cr0") & ~CR0_PG)
         elif control[0] & CR0_PG and flushes_tlb(number, old, new):
             directory = self.pager.load(control[0], control[3], control[4], user=self.cpu.cpl == 3)
             if directory is not None:        # shadow paging: the engine walks the shadow
                 engine.set_reg("cr3", directory)
                 engine.set_reg("cr0", engine.reg("cr0") | CR0_PG | CR0_WP)
+
+    def _page_flat(self) -> None:
+        """The engine on the flat tables (the guest's paging is off)."""
+        engine = self.engine
+        engine.set_reg("cr4", engine.reg("cr4") | CR4_PSE)
+        engine.set_reg("cr3", self.monitor_tables.directory_address)
+        engine.set_reg("cr0", engine.reg("cr0") | CR0_PG)
 
     def ring_changed(self) -> None:
         if self.cpu.control[0] & CR0_PG or self.pager.virtual_tlb:
@@ -86,10 +109,13 @@ class UntranslatedPaging:
         if self.pager is None:
             return False
         engine = self.engine
-        if vector == PF_VEC and not self.pager.virtual_tlb and self.cpu.control[0] & CR0_PG \
-                and not engine.last_exception_info()[1]:
-            self._page_fault(vm)
-            return True
+        if vector == PF_VEC and not self.pager.virtual_tlb and not engine.last_exception_info()[1]:
+            if self.cpu.control[0] & CR0_PG:
+                self._page_fault(vm)
+                return True
+            if self.flat_tables:
+                self._monitor_area_fault(vm)
+                return True
         if self._stepping_loan:
             guest_step = self._guest_tf
             self._end_loan()
@@ -119,6 +145,14 @@ class UntranslatedPaging:
                                                f"(physical {error.address:#x})")
             engine.stop()
             return
+        except MonitorPageAccess as access:
+            # The guest's own page at a linear address of one of the monitor's: the instruction
+            # runs with the guest's translation lent (or is emulated, serve_monitor_page).
+            engine.reset_exception_state()
+            if not self.serve_monitor_page(vm, access):
+                self.pager.lend_monitor_page(access)
+                self._single_step()
+            return
         engine.reset_exception_state()
         if frame is not None:           # a store into a guest page table
             self.pager.counters["tracing_faults"] += 1
@@ -128,11 +162,33 @@ class UntranslatedPaging:
                 engine.set_reg("eip", eip + length)
                 return
             self.pager.lend_store(linear)       # anything else: one instruction, lent
-            if not self._stepping_loan:
-                self._stepping_loan = True
-                eflags = engine.reg("eflags")
-                self._guest_tf = bool(eflags & TF)
-                engine.set_reg("eflags", eflags | TF)
+            self._single_step()
+
+    def _single_step(self) -> None:
+        """The real TF for one instruction: its #DB ends what was lent for it."""
+        if not self._stepping_loan:
+            self._stepping_loan = True
+            eflags = self.engine.reg("eflags")
+            self._guest_tf = bool(eflags & TF)
+            self.engine.set_reg("eflags", eflags | TF)
+
+    def serve_monitor_page(self, vm, access) -> bool:
+        """A mode may carry out an access at a monitor page's linear address itself (True)
+        rather than have it run lent."""
+        return False
+
+    def _monitor_area_fault(self, vm) -> None:
+        """The guest's paging is off and it reached a monitor area the flat tables keep from it:
+        to the guest that is physical memory it does not have, as where no area is mapped."""
+        engine = self.engine
+        error_code, _software = engine.last_exception_info()
+        linear, eip = engine.reg("cr2"), engine.reg("eip")
+        engine.reset_exception_state()
+        if self._fetch_ahead(eip, linear):
+            return
+        self._pending_exit = VmExit(ExitReason.MEMORY_FAULT, eip=eip,
+                                    detail=f"{'write' if error_code & 2 else 'read'} of no memory at {linear:#x}")
+        engine.stop()
 
     def _guest_page_fault(self, fault: PageFault, eip: int) -> VmExit:
         self.pager.counters["true_faults"] += 1

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from translator.classify import Procedure
 from translator.decoder import Decoder
 from vmm.cpu import GuestCpu
 from vmm.errors import ConfigError
@@ -49,19 +50,19 @@ from vmm.x86 import CR0_PG, CR0_WP, PF_VEC
 EVENT_EXITS = ("io", "hlt", "cpuid", "external_interrupt", "exception")
 # Instruction exits found by scanning: exit reason -> classification procedures it covers.
 INSTRUCTION_EXITS = {
-    "rdtsc": ("rdtsc",),
-    "cr_access": ("read_control_register", "write_control_register", "write_msw"),
-    "dr_access": ("debug_register",),
-    "msr": ("msr",),
-    "invlpg": ("cache_control",),
-    "descriptor_table": ("load_descriptor_table", "store_descriptor_table", "load_system_segment",
-                         "store_system_segment"),
+    "rdtsc": (Procedure.RDTSC,),
+    "cr_access": (Procedure.READ_CONTROL_REGISTER, Procedure.WRITE_CONTROL_REGISTER, Procedure.WRITE_MSW),
+    "dr_access": (Procedure.DEBUG_REGISTER,),
+    "msr": (Procedure.MSR,),
+    "invlpg": (Procedure.CACHE_CONTROL,),
+    "descriptor_table": (Procedure.LOAD_DESCRIPTOR_TABLE, Procedure.STORE_DESCRIPTOR_TABLE,
+                         Procedure.LOAD_SYSTEM_SEGMENT, Procedure.STORE_SYSTEM_SEGMENT),
 }
 ALL_EXITS = EVENT_EXITS + tuple(INSTRUCTION_EXITS)
 DEFAULT_EXITS = ("io", "hlt", "cpuid", "external_interrupt")
 SHADOW_PAGING_EXITS = ("cr_access", "invlpg")      # emulated: the guest's CRs are virtual
 # The instructions that may switch tasks, watched under shadow paging (see task_switched).
-TASK_SWITCH_PROCEDURES = ("far_jmp", "far_call", "iret")
+TASK_SWITCH_PROCEDURES = (Procedure.FAR_JMP, Procedure.FAR_CALL, Procedure.IRET)
 
 
 def parse_exit_controls(text: str) -> frozenset:
@@ -83,7 +84,7 @@ def parse_exit_controls(text: str) -> frozenset:
 def _undefined_control_register(instruction) -> bool:
     """mov to or from CR1 or CR5-CR7: #UD, which comes before any VM exit (the engine raises it
     when the instruction runs natively)."""
-    if instruction.rule.procedure not in ("read_control_register", "write_control_register"):
+    if instruction.rule.procedure not in (Procedure.READ_CONTROL_REGISTER, Procedure.WRITE_CONTROL_REGISTER):
         return False
     insn = instruction.insn
     names = [insn.reg_name(operand.reg) for operand in insn.operands]

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from translator.decoder import PAGE_SIZE
 from vmm.exits import ExitReason, VmExit
 from vmm.memory import PageFault, UnbackedAccess
 from vmm.monitor_layout import MONITOR_LINEAR, VCPU_PRIVILEGED_OFFSET, VCPU_PRIVILEGED_SIZE
 from vmm.errors import MonitorBug
 from vmm.modes.bt.stops import CacheExit, CacheExitKind, Exit, Outcome, Resume, RunOneShot
-from vmm.x86 import CR0_PG, GP, PF_VEC
+from vmm.x86 import CR0_PG, GP, PAGE_SIZE, PF_VEC
 
 
 class CacheFaults:

@@ -26,9 +26,9 @@ from typing import Optional
 
 from cache.arena import CodeArena
 from cache.tcache import BlockKey, TranslatedBlock, TranslationCache
-from translator.decoder import PAGE_SIZE, BlockEnd, Decoder, GuestBlock
+from translator.decoder import BlockEnd, Decoder, GuestBlock
 from translator.emitter import INLINE_CACHE_ENTRIES, INT3, Emitter, ExitKind, UnsupportedForm
-from translator.layout import IOPL_MASK, REAL_IOPL, TF, MonitorAddresses
+from translator.layout import REAL_IOPL, MonitorAddresses
 from vmm.cpu import GuestCpu
 from vmm.emulate import UnsupportedInstruction
 from vmm.engine import PROT_EXEC, PROT_READ, PROT_WRITE
@@ -44,16 +44,16 @@ from vmm.nested_paging import NestedPaging
 from vmm.shadow_paging import ShadowPaging
 from vmm.guest_view import GuestView
 from vmm.memory import PageFault, UnbackedAccess
-from vmm.monitor_layout import (ARENA_OFFSET, ARENA_SIZE, ARENA_SLOT_SIZE, ARENA_SLOTS, LOOKUP_OFFSET, LOOKUP_SIZE,
-                                MONITOR_LINEAR, PROFILE_OFFSET, PROFILE_SIZE, SCRATCH_OFFSET, SCRATCH_SIZE,
+from vmm.monitor_layout import (ARENA_OFFSET, ARENA_SIZE, ARENA_SLOT_SIZE, ARENA_SLOTS, DEFAULT_TCACHE_BLOCKS,
+                                LOOKUP_OFFSET, LOOKUP_SIZE, MONITOR_LINEAR, PROFILE_OFFSET, PROFILE_SIZE, SCRATCH_OFFSET, SCRATCH_SIZE,
                                 SHADOW_GDT_OFFSET, SHADOW_GDT_SIZE, SHADOW_LDT_OFFSET, SHADOW_LDT_SIZE, STUB_OFFSET,
                                 STUB_SIZE, VCPU_OFFSET, VCPU_PRIVILEGED_OFFSET, VCPU_PRIVILEGED_SIZE, VCPU_SIZE)
 from vmm.monitor_paging import LongModeTables
-from vmm.x86 import CR0_PG, FPU_CONTROLS, flushes_tlb, fpu_controls
+from vmm.x86 import CR0_PG, FPU_CONTROLS, IOPL_MASK, PAGE_SIZE, TF, flushes_tlb, fpu_controls
 
 
-# The monitor-region areas bt uses (offsets, sizes, where the TLB wants them): vmm/monitor_layout.py.
-DEFAULT_CAPACITY = 4096                  # blocks
+# The monitor-region areas bt uses (offsets, sizes, where the TLB wants them) and the cache's
+# capacity: vmm/monitor_layout.py.
 
 
 # The report's counters, each present on every run (0 when nothing happened): the translation
@@ -75,7 +75,7 @@ class BinaryTranslationMode(ExecutionMode):
     options = frozenset({"profile", "dump_cache"})
     paging_schemes = ("shadow", "nested")
 
-    def __init__(self, capacity: int = DEFAULT_CAPACITY, profile: bool = False, paging: str = "shadow") -> None:
+    def __init__(self, capacity: int = DEFAULT_TCACHE_BLOCKS, profile: bool = False, paging: str = "shadow") -> None:
         self.capacity = capacity
         self.profile = profile
         self.paging_scheme = paging
@@ -394,7 +394,7 @@ class BinaryTranslationMode(ExecutionMode):
 
     @classmethod
     def from_config(cls, config) -> "BinaryTranslationMode":
-        return cls(capacity=config.tcache_blocks or DEFAULT_CAPACITY, profile=config.profile,
+        return cls(capacity=config.tcache_blocks or DEFAULT_TCACHE_BLOCKS, profile=config.profile,
                    paging=config.paging or "shadow")
 
     def end_run_after_io(self, port: int, size: int) -> None:

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Optional
 
 from capstone import x86_const as X
 
-from translator.layout import (IOPL_MASK, TF, VCPU_CR, VCPU_GDTR, VCPU_IDTR, VCPU_IO_CHECK, VCPU_LDTR,
+from translator.layout import (VCPU_CR, VCPU_GDTR, VCPU_IDTR, VCPU_IO_CHECK, VCPU_LDTR,
                                VCPU_POPF_EXPECT, VCPU_PUSHF_ADJUST, VCPU_SELECTOR, real_iopl, real_privilege)
 from vmm.cpu import GuestCpu
 from vmm.emulate import UnsupportedInstruction
-from vmm.x86 import SegmentDescriptor
+from vmm.x86 import IOPL_MASK, TF, SegmentDescriptor
 
 if TYPE_CHECKING:
     from vmm.modes.bt.mode import BinaryTranslationMode

@@ -12,9 +12,9 @@ from __future__ import annotations
 import re
 from typing import Optional
 
-from tests.fuzz.compare import _ranges, run_source
-from tests.fuzz.qemu import available as qemu_available
-from tests.fuzz.qemu import boot_under_qemu
+from tools.fuzzlib.compare import _ranges, run_source
+from tools.fuzzlib.qemu import available as qemu_available
+from tools.fuzzlib.qemu import boot_under_qemu
 
 EXIT_LINES = re.compile(r"^[ \t]*mov dx, 0xf4[ \t]*\n[ \t]*out dx, eax[ \t]*$", re.MULTILINE)
 # QEMU's Multiboot entry leaves ECX, EDX and EFLAGS as its option ROM had them; the monitor

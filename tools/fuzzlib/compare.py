@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-from tests.fuzz.generator import (CODE_BASE, CODE_SIZE, DATA_BASE, DATA_SIZE, EPILOGUE_MAGIC, EXC_COUNT, EXC_ENTRY,
-                                  EXC_LOG, GDT, GDT_PTR, IDT, IDT_PTR, LDT, PASSES, R0_STACK_BASE, R0_STACK_SIZE,
-                                  RESULT, RESULT_FIELDS, RESUME, SCRATCH, STACK_BASE, STACK_SIZE, SYS_BASE, SYS_SIZE,
-                                  TSS, Program)
+from tools.fuzzlib.generator import (CODE_BASE, CODE_SIZE, DATA_BASE, DATA_SIZE, EPILOGUE_MAGIC, EXC_COUNT, EXC_ENTRY,
+                                     EXC_LOG, GDT, GDT_PTR, IDT, IDT_PTR, LDT, PASSES, R0_STACK_BASE, R0_STACK_SIZE,
+                                     RESULT, RESULT_FIELDS, RESUME, SCRATCH, STACK_BASE, STACK_SIZE, SYS_BASE, SYS_SIZE,
+                                     TSS, Program)
 
 MAX_INSTRUCTIONS = 20_000_000     # generated programs need well under 1 million
 TIMEOUT = 60.0                    # seconds of guest time per run
@@ -105,7 +105,8 @@ def run_source(source: str, mode: str, *, workdir: Optional[str] = None,
                max_instructions: int = MAX_INSTRUCTIONS, timeout: float = TIMEOUT, **config) -> Outcome:
     """Assemble and run `source` in a fresh machine in `mode`. A ConfigError (an unknown mode)
     propagates; any other exception from the monitor is recorded in Outcome.error."""
-    from tests.guests import run_image
+    from vmm.builder import MachineConfig, build_machine
+    from vmm.console import BufferConsole
     from vmm.errors import ConfigError
 
     global _RUNS_SINCE_COLLECT
@@ -121,8 +122,11 @@ def run_source(source: str, mode: str, *, workdir: Optional[str] = None,
     if paging:
         config = {**config, "paging": paging}
     try:
-        result, console, vm = run_image(str(path), mode=engine_mode, max_instructions=max_instructions,
-                                        timeout=timeout, **config)
+        output = BufferConsole()
+        vm, _image = build_machine(MachineConfig(image=str(path), mode=engine_mode, max_instructions=max_instructions,
+                                                 timeout=timeout, **config), output)
+        result = vm.run()
+        console = bytes(output.output)
     except ConfigError:
         raise
     except Exception as error:      # a monitor crash is a result to compare, not a test error

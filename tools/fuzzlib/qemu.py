@@ -6,9 +6,9 @@ and code areas on COM1, and the two consoles are compared word by word. Fields t
 platform design are masked: the boot GDT's address (GDTR when the program loads no GDT of its
 own) and the firmware IDTR (when it loads no IDT).
 
-    python -m tests.fuzz.qemu --seed 1 --count 50        # direct against QEMU
-    python -m tests.fuzz.qemu --seed 1 --count 50 --ring3          # bodies in ring 3
-    python -m tests.fuzz.qemu --seed 1 --count 50 --timer          # and IRQ0 (QEMU: real time)
+    python -m tools.fuzzlib.qemu --seed 1 --count 50        # direct against QEMU
+    python -m tools.fuzzlib.qemu --seed 1 --count 50 --ring3          # bodies in ring 3
+    python -m tools.fuzzlib.qemu --seed 1 --count 50 --timer          # and IRQ0 (QEMU: real time)
 
 Under --timer QEMU's PIT runs in real time, so interrupts land elsewhere than under the monitor:
 the programs must not care where (see the generator), and here that is checked too.
@@ -24,8 +24,8 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from tests.fuzz.compare import Outcome, run_source, shrink
-from tests.fuzz.generator import CODE_BASE, RESULT_FIELDS, Options, Program, generate, program_seed
+from tools.fuzzlib.compare import Outcome, run_source, shrink
+from tools.fuzzlib.generator import CODE_BASE, RESULT_FIELDS, Options, Program, generate, program_seed
 
 QEMU = "qemu-system-i386"
 RESULT_WORDS = {offset // 4: name for offset, (name, _size) in RESULT_FIELDS.items()}

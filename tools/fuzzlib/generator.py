@@ -70,6 +70,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Optional
 
+from translator.x86arch import AF, CF, DF, IF, NT, OF, PF, SF, TF, ZF
+
 # -- guest memory layout --------------------------------------------------------------------------
 CODE_BASE = 0x100000
 CODE_SIZE = 0x10000
@@ -113,7 +115,6 @@ RESULT_FIELDS = {   # offset in the result area -> (name, size)
 }
 
 # -- EFLAGS ---------------------------------------------------------------------------------------
-CF, PF, AF, ZF, SF, TF, IF, DF, OF, NT = 1, 4, 0x10, 0x40, 0x80, 0x100, 0x200, 0x400, 0x800, 0x4000
 ARITH_FLAGS = CF | PF | AF | ZF | SF | OF
 POPFD_FORBIDDEN = TF | IF | NT   # never popped: single-stepping, interrupts on, task return
 

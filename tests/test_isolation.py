@@ -997,81 +997,36 @@ UNTRANSLATED = ("direct", "trap-shadow", "trap-nested", "vt-shadow", "vt-nested"
 TRAP = ("trap-shadow", "trap-nested")
 BT = ("bt-shadow", "bt-nested")
 
-STOPS_AT_UNASSIGNED = ("the monitor's region is unassigned memory on QEMU (reads give 0, stores vanish), but "
-                       "the first access to it stops the run as memory_fault (status 121)")
-TRAP_NESTED_LINEAR = ("trap with nested paging stops as memory_fault, naming the linear address as if it were "
-                      "physical, where QEMU delivers the guest's #PF (or reaches the guest's own frame)")
+MONITOR_AREAS = ("while the guest's paging is off the monitor's own mapped areas sit at their guest-physical "
+                 "addresses (trap: its flat tables keep them supervisor-only; vt with shadow paging: the engine's "
+                 "physical space), so the access there stops as memory_fault where QEMU reads 0 and drops stores; "
+                 "the rest of the range is unassigned memory as on QEMU (docs/isolation.md)")
+TRAP_NESTED_LINEAR = ("trap with nested paging fills the monitor's own areas (shadow descriptor tables, boot GDT, "
+                      "until page) from the monitor's map in every guest address space: the guest's access there "
+                      "stops as memory_fault where QEMU delivers the guest's #PF or reaches its own frame")
 SMC_ALIAS = ("a store through an alias mapping into the next instruction of the running engine block is "
              "missed the second time (Unicorn's block runs stale: 3 where QEMU counts 2); bt gets it right. "
              "Unicorn re-marks only the translated linear page's TLB entry for slow stores, not an alias's; "
              "dropping the engine's TLB after each translation fixes this guest but breaks QEMU's stale-TLB "
              "behaviour (sample tlb: a PTE change must not show before invlpg)")
-BT_UNASSIGNED = ("no guest access reaches the monitor under bt (docs/isolation.md); what differs is the "
-                 "platform's: the address has no memory behind it, which QEMU reads as 0 (stores vanish) where "
-                 "the monitor stops the run as memory_fault (status 121)")
-ENGINE_PHYSICAL = ("vt with shadow paging runs a guest whose paging is off on the engine's physical space, where "
-                   "the monitor's shadow pool sits at its guest-physical address (0xffd00000): the store there is "
-                   "refused as memory_fault where QEMU drops it (docs/isolation.md)")
 BT_SS_BASE = ("the stack segment based at 0xff000000 stops bt as unsupported: its 64-bit stack sequences do not "
               "add an SS base (docs/isolation.md)")
 KNOWN_FAILURES = {
-    # bt: since translated code is 64-bit code (docs/isolation.md) no attack reaches the monitor; the
-    # entries left for bt are unassigned memory (BT_UNASSIGNED), an SS base and a based code segment.
-    "kernel_call_escape-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED),
-        **dict.fromkeys(UNTRANSLATED, STOPS_AT_UNASSIGNED)},
-    "kernel_call_escape-paging_on": {
-        "trap-nested": TRAP_NESTED_LINEAR},
-    "user_call_escape-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED),
-        **dict.fromkeys(UNTRANSLATED, STOPS_AT_UNASSIGNED)},
-    "user_call_escape-paging_on": {
-        "trap-nested": TRAP_NESTED_LINEAR},
-    "user_reads_monitor-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED),
-        **dict.fromkeys(UNTRANSLATED, STOPS_AT_UNASSIGNED)},
-    "user_reads_monitor-paging_on": {
-        "trap-nested": TRAP_NESTED_LINEAR},
-    "kernel_reads_monitor-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED),
-        **dict.fromkeys(UNTRANSLATED, STOPS_AT_UNASSIGNED)},
-    "kernel_reads_monitor-paging_on": {
-        "trap-nested": TRAP_NESTED_LINEAR},
-    "user_starves_kernel-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED),
-        **dict.fromkeys(UNTRANSLATED, STOPS_AT_UNASSIGNED)},
-    "user_starves_kernel-paging_on": {
-        "trap-nested": TRAP_NESTED_LINEAR},
-    "kernel_dodges_limit-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED),
-        **dict.fromkeys(UNTRANSLATED, STOPS_AT_UNASSIGNED)},
-    "kernel_dodges_limit-paging_on": {
-        "trap-nested": TRAP_NESTED_LINEAR},
-    "kernel_maps_monitor_range-paging_on": {
-        "trap-nested": TRAP_NESTED_LINEAR},
-    "user_reads_own_mapping-paging_on": {
-        "trap-nested": TRAP_NESTED_LINEAR},
-    "kernel_operands-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED),
-        **dict.fromkeys(UNTRANSLATED, STOPS_AT_UNASSIGNED)},
-    "kernel_operands-paging_on": {
-        "trap-nested": TRAP_NESTED_LINEAR},
-    "user_operands-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED),
-        **dict.fromkeys(UNTRANSLATED, STOPS_AT_UNASSIGNED)},
-    "user_operands-paging_on": {
-        "trap-nested": TRAP_NESTED_LINEAR},
-    "kernel_segments-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED),
-                                   **dict.fromkeys(UNTRANSLATED, STOPS_AT_UNASSIGNED)},
-    "kernel_segments-paging_on": {"trap-nested": TRAP_NESTED_LINEAR},
-    "user_segments-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED),
-        **dict.fromkeys(UNTRANSLATED, STOPS_AT_UNASSIGNED)},
-    "user_segments-paging_on": {"trap-nested": TRAP_NESTED_LINEAR, **dict.fromkeys(
-        BT, "the stack segment based at 0xff000000 stops bt as unsupported: its 64-bit stack sequences do not "
-            "add an SS base (docs/isolation.md)")},
+    # bt: since translated code is 64-bit code (docs/isolation.md) no attack reaches the monitor, and
+    # unassigned memory reads 0 as on QEMU; the entries left for bt are an SS base and a based code segment.
+    "user_reads_monitor-paging_off": dict.fromkeys((*TRAP, "vt-shadow"), MONITOR_AREAS),
+    "user_reads_monitor-paging_on": {"trap-nested": TRAP_NESTED_LINEAR},
+    "kernel_reads_monitor-paging_off": dict.fromkeys((*TRAP, "vt-shadow"), MONITOR_AREAS),
+    "kernel_reads_monitor-paging_on": {"trap-nested": TRAP_NESTED_LINEAR},
+    "kernel_maps_monitor_range-paging_on": {"trap-nested": TRAP_NESTED_LINEAR},
+    "user_reads_own_mapping-paging_on": {"trap-nested": TRAP_NESTED_LINEAR},
+    "user_segments-paging_off": dict.fromkeys(BT, BT_SS_BASE),
+    "user_segments-paging_on": dict.fromkeys(BT, BT_SS_BASE),
     "kernel_smc_race-paging_on": dict.fromkeys(UNTRANSLATED, SMC_ALIAS),
     "user_smc_race-paging_on": dict.fromkeys(UNTRANSLATED, SMC_ALIAS),
-    "straddle-paging_off": {**dict.fromkeys(BT, BT_UNASSIGNED), **dict.fromkeys(UNTRANSLATED, "the access at 0xfefffffe (unassigned on QEMU: "
-                                                            "0) stops the run as memory_fault")},
-    "straddle-paging_on": {
-        "trap-nested": TRAP_NESTED_LINEAR},
-    "kernel_transfers-paging_on": {"trap-nested": TRAP_NESTED_LINEAR},
-    "user_transfers-paging_on": {"trap-nested": TRAP_NESTED_LINEAR},
-    "based_code_segments-paging_on": {
-        "trap-nested": TRAP_NESTED_LINEAR,
-        **dict.fromkeys(BT, "stops as unsupported: bt runs flat code segments only")},
+    "straddle-paging_off": {"trap-shadow": MONITOR_AREAS},
+    "straddle-paging_on": {"trap-nested": TRAP_NESTED_LINEAR},
+    "based_code_segments-paging_on": dict.fromkeys(BT, "stops as unsupported: bt runs flat code segments only"),
 }
 
 

@@ -230,14 +230,14 @@ def test_ram_accesses_call_nothing_and_device_accesses_reach_the_device():
 def test_recorded_output_is_qemus():
     if shutil.which("qemu-system-i386") is None:
         pytest.skip("qemu-system-i386 is not installed")
-    from tests.fuzz.qemu import boot_under_qemu
+    from tools.fuzzlib.qemu import boot_under_qemu
     for paging in (False, True):
         proc = boot_under_qemu(probe_guest(paging))
         assert (proc.stdout.decode(), proc.returncode) == (QEMU_OUTPUT[paging], (QEMU_ENDING << 1) | 1)
 
 
 if __name__ == "__main__":
-    from tests.fuzz.qemu import boot_under_qemu
+    from tools.fuzzlib.qemu import boot_under_qemu
     for paging in (False, True):
         proc = boot_under_qemu(probe_guest(paging))
         print(f"paging={paging} status={proc.returncode}\n{proc.stdout.decode()}")

@@ -170,7 +170,7 @@ class LongModeTables:
         for large in range((ram.end + _LARGE_PAGE - 1) >> 21, GUEST_GIB << 9):
             physical = memory.engine_page(large << 21, wide=True)
             directory, index = self.guest_directories[large >> 9], large & 511
-            self._entry(directory, index, physical | LONG_PAGE_FLAGS | USER | LARGE | NX | WRITABLE)
+            self._entry(directory, index, physical | LONG_PAGE_FLAGS | PTE_US | PTE_PS | PTE_NX | PTE_RW)
 
     def _new_page(self) -> int:
         offset = self._next

@@ -37,9 +37,11 @@ class BlockKey:
     """Everything a translation depends on besides the guest bytes."""
     eip: int
     single_step: bool = False      # blocks of one instruction, never chained (guest EFLAGS.TF)
-    physical: int = -1             # where the code is in guest-physical memory (-1: at eip, paging off)
+    physical: int = -1             # where the code is in guest-physical memory (-1: paging off)
     segment_bases: tuple = (0, 0, 0)   # DS, ES, SS bases the code was translated for (64-bit host
                                        # code adds a non-zero base itself, as QEMU's ADDSEG flag)
+    cs_base: int = 0               # the code segment's base: the code is at linear cs_base + eip
+                                   # (QEMU's TB key has cs_base too)
     # The physical address lets two address spaces that map the same code at the same linear
     # address share its translation, and keeps apart two codes that one linear address maps in
     # turn (as QEMU keys its translation blocks by physical and virtual PC).
@@ -151,7 +153,7 @@ class TranslationCache:
             self.counters["evictions"] += 1
         slot = self.arena.allocate()
         if ranges is None:
-            ranges = ((guest.address, max(guest.next_address, guest.address + 1)),)
+            ranges = ((guest.linear, guest.linear + max(guest.guest_size, 1)),)
         block = TranslatedBlock(key, guest, slot, self.arena.address(slot), translation, ranges=ranges)
         code = bytearray(translation.code)
         if translation.counter_fixups:
@@ -173,7 +175,7 @@ class TranslationCache:
                 self.protect_page(page, True)
             self._pages[page].add(block)
         if not key.single_step:
-            self._install_lookup(guest.address, block.host)
+            self._install_lookup(block)
         self.counters["blocks_translated"] += 1
         self.counters["instructions_translated"] += len(guest.instructions)
         self.counters["bytes_translated"] += len(translation.code)
@@ -192,7 +194,7 @@ class TranslationCache:
         self._aim_branch(source, index, target.host)
         source.links[index] = target
         target.incoming.add((source, index))
-        if len(target.ranges) > 1 or target.guest.address // PAGE_SIZE != source.guest.address // PAGE_SIZE:
+        if len(target.ranges) > 1 or target.guest.linear // PAGE_SIZE != source.guest.linear // PAGE_SIZE:
             self._cross_page_links.add((source, index))
         self.counters["links_made"] += 1
 
@@ -349,13 +351,17 @@ class TranslationCache:
         index = offset // LOOKUP_ENTRY_SIZE
         struct.pack_into("<II", self.lookup_view, offset, index ^ 1, 0)
 
-    def _install_lookup(self, guest: int, host: int) -> None:
+    def _install_lookup(self, block: TranslatedBlock) -> None:
+        """Tagged by the guest EIP (what translated code looks up); the entry belongs to the
+        linear page of the block (invlpg of that page clears it). Entries are for the CS base
+        running: the monitor clears the table when that changes."""
         if not self.use_lookup_table:
             return
+        guest = block.guest.address
         offset = (guest & (LOOKUP_ENTRIES - 1)) * LOOKUP_ENTRY_SIZE
-        struct.pack_into("<II", self.lookup_view, offset, guest, host - self.host_base)
+        struct.pack_into("<II", self.lookup_view, offset, guest, block.host - self.host_base)
         self._lookup_installed.add(offset)
-        self._lookup_pages[guest // PAGE_SIZE].add(offset)
+        self._lookup_pages[block.guest.linear // PAGE_SIZE].add(offset)
         self.counters["lookup_table_installs"] += 1
 
     def _remove_lookup(self, guest: int, host: int) -> None:
@@ -369,4 +375,4 @@ class TranslationCache:
         """Point the table entry for this block's guest address at it (after a colliding entry
         took the slot)."""
         if not block.key.single_step:
-            self._install_lookup(block.guest.address, block.host)
+            self._install_lookup(block)

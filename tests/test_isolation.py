@@ -1009,24 +1009,19 @@ SMC_ALIAS = ("a store through an alias mapping into the next instruction of the 
              "Unicorn re-marks only the translated linear page's TLB entry for slow stores, not an alias's; "
              "dropping the engine's TLB after each translation fixes this guest but breaks QEMU's stale-TLB "
              "behaviour (sample tlb: a PTE change must not show before invlpg)")
-BT_SS_BASE = ("the stack segment based at 0xff000000 stops bt as unsupported: its 64-bit stack sequences do not "
-              "add an SS base (docs/isolation.md)")
 KNOWN_FAILURES = {
     # bt: since translated code is 64-bit code (docs/isolation.md) no attack reaches the monitor, and
-    # unassigned memory reads 0 as on QEMU; the entries left for bt are an SS base and a based code segment.
+    # unassigned memory reads 0 as on QEMU; no entry is left for bt.
     "user_reads_monitor-paging_off": dict.fromkeys((*TRAP, "vt-shadow"), MONITOR_AREAS),
     "user_reads_monitor-paging_on": {"trap-nested": TRAP_NESTED_LINEAR},
     "kernel_reads_monitor-paging_off": dict.fromkeys((*TRAP, "vt-shadow"), MONITOR_AREAS),
     "kernel_reads_monitor-paging_on": {"trap-nested": TRAP_NESTED_LINEAR},
     "kernel_maps_monitor_range-paging_on": {"trap-nested": TRAP_NESTED_LINEAR},
     "user_reads_own_mapping-paging_on": {"trap-nested": TRAP_NESTED_LINEAR},
-    "user_segments-paging_off": dict.fromkeys(BT, BT_SS_BASE),
-    "user_segments-paging_on": dict.fromkeys(BT, BT_SS_BASE),
     "kernel_smc_race-paging_on": dict.fromkeys(UNTRANSLATED, SMC_ALIAS),
     "user_smc_race-paging_on": dict.fromkeys(UNTRANSLATED, SMC_ALIAS),
     "straddle-paging_off": {"trap-shadow": MONITOR_AREAS},
     "straddle-paging_on": {"trap-nested": TRAP_NESTED_LINEAR},
-    "based_code_segments-paging_on": dict.fromkeys(BT, "stops as unsupported: bt runs flat code segments only"),
 }
 
 

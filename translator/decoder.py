@@ -1,5 +1,6 @@
 """Block discovery: decode guest code with Capstone from the guest EIP up to the end of a basic
-block (a control transfer or callout, a page boundary, or the length limit)."""
+block (a control transfer or callout, a page boundary, or the length limit). Addresses are EIPs;
+the bytes are read at linear CS.base + EIP (`base`), and pages are linear pages."""
 
 from __future__ import annotations
 
@@ -51,9 +52,15 @@ class GuestInstruction:
 
 @dataclass
 class GuestBlock:
-    address: int
+    address: int                   # the EIP of its first instruction
     instructions: list[GuestInstruction] = field(default_factory=list)
     end: BlockEnd = BlockEnd.LIMIT
+    base: int = 0                  # the CS base it was decoded for: its bytes are at base + EIP
+
+    @property
+    def linear(self) -> int:
+        """The linear address of its first byte."""
+        return (self.base + self.address) & 0xFFFFFFFF
 
     @property
     def next_address(self) -> int:
@@ -67,9 +74,10 @@ class GuestBlock:
     @property
     def pages(self) -> set[int]:
         """The linear page numbers this block's bytes are on."""
+        start = self.linear
         if not self.instructions:
-            return {self.address // PAGE_SIZE}
-        return {page for page in range(self.address // PAGE_SIZE, (self.next_address - 1) // PAGE_SIZE + 1)}
+            return {start // PAGE_SIZE}
+        return {page for page in range(start // PAGE_SIZE, (start + self.guest_size - 1) // PAGE_SIZE + 1)}
 
 
 class Decoder:
@@ -80,29 +88,30 @@ class Decoder:
         self.read_code = read_code
         self.short_read = False        # the last decode_one failed for lack of fetchable bytes
 
-    def decode_one(self, address: int) -> Optional[object]:
-        """The instruction at `address`. Bytes of the next page are read only when the
-        instruction needs them (reading guest code through paging is an instruction fetch: it
-        marks the page accessed, or faults)."""
+    def decode_one(self, address: int, base: int = 0) -> Optional[object]:
+        """The instruction at EIP `address` (its bytes at linear base + address). Bytes of the
+        next page are read only when the instruction needs them (reading guest code through
+        paging is an instruction fetch: it marks the page accessed, or faults)."""
         self.short_read = False
-        in_page = min(MAX_INSTRUCTION_LENGTH, PAGE_SIZE - address % PAGE_SIZE)
-        code = self.read_code(address, in_page)
+        linear = (base + address) & 0xFFFFFFFF
+        in_page = min(MAX_INSTRUCTION_LENGTH, PAGE_SIZE - linear % PAGE_SIZE)
+        code = self.read_code(linear, in_page)
         if not code:
             return None
         insn = decode(code, address)
         if insn is None and len(code) == in_page < MAX_INSTRUCTION_LENGTH:
-            code = self.read_code(address, MAX_INSTRUCTION_LENGTH)
+            code = self.read_code(linear, MAX_INSTRUCTION_LENGTH)
             insn = decode(code, address)
             self.short_read = insn is None and len(code) < MAX_INSTRUCTION_LENGTH
         return insn
 
-    def too_long(self, address: int) -> bool:
+    def too_long(self, address: int, base: int = 0) -> bool:
         """Whether bytes that do not decode are an instruction longer than 15 bytes (redundant
         prefixes in front of a valid one): #GP(0) on the CPU and QEMU, not #UD. Capstone
         refuses them; the same instruction with one prefix per group decodes. The CPU fetches
         no further than the 16th byte (the caller looks for a fetch fault there): what follows
         reads as zeros here, it cannot make the instruction shorter."""
-        code = self.read_code(address, MAX_INSTRUCTION_LENGTH + 1)
+        code = self.read_code((base + address) & 0xFFFFFFFF, MAX_INSTRUCTION_LENGTH + 1)
         count = 0
         while count < len(code) and code[count] in PREFIX_GROUPS:
             count += 1
@@ -128,17 +137,18 @@ class Decoder:
             address = block.instructions[0].end
 
     def decode_block(self, address: int, limit: int = DEFAULT_BLOCK_LIMIT,
-                     stop_before: frozenset = frozenset()) -> GuestBlock:
-        """`stop_before`: addresses (debugger breakpoints) no block may run into; a block ends
-        before one of them (falling through to a block that starts there)."""
-        block = GuestBlock(address)
-        page = address // PAGE_SIZE
+                     stop_before: frozenset = frozenset(), base: int = 0) -> GuestBlock:
+        """The block at EIP `address` of a code segment based at `base`. `stop_before`:
+        addresses (debugger breakpoints) no block may run into; a block ends before one of them
+        (falling through to a block that starts there)."""
+        block = GuestBlock(address, base=base)
+        page = (base + address) // PAGE_SIZE
         current = address
         while True:
-            if not self.read_code(current, 1):
+            if not self.read_code((base + current) & 0xFFFFFFFF, 1):
                 block.end = BlockEnd.NO_MEMORY
                 return block
-            insn = self.decode_one(current)
+            insn = self.decode_one(current, base)
             if insn is None:
                 # bytes cut short by the end of the code that can be fetched: a fetch fault
                 block.end = BlockEnd.NO_MEMORY if self.short_read else BlockEnd.UNDECODABLE
@@ -155,7 +165,7 @@ class Decoder:
             if len(block.instructions) >= limit:
                 block.end = BlockEnd.LIMIT
                 return block
-            if current // PAGE_SIZE != page:
+            if (base + current) // PAGE_SIZE != page:
                 block.end = BlockEnd.PAGE
                 return block
             if current in stop_before:

@@ -27,6 +27,7 @@ from translator.layout import (SCRATCH_BUDGET, SCRATCH_IO_SITE, SCRATCH_STACK_TO
                                VCPU_CR, VCPU_GDTR, VCPU_IDTR, VCPU_IO_CHECK, VCPU_LDTR, VCPU_POPF_EXPECT,
                                VCPU_PUSHF_ADJUST, VCPU_SELECTOR, VCPU_TR, MonitorAddresses)
 from translator.x64 import NeedsEmulation, absolute_form, relocate
+from translator.x86arch import IOPL_MASK, TF
 from translator.x86decode import ADDRESS_SIZE, FLAT_SEGMENT_PREFIXES, REGISTER_NUMBER, SEGMENT_PREFIXES, split_prefixes
 
 EAX, ECX, EDX, EBX, ESP, EBP, ESI, EDI = range(8)
@@ -160,6 +161,12 @@ def _u32(value: int) -> bytes:
     return struct.pack("<I", value & 0xFFFFFFFF)
 
 
+def _signed32(value: int) -> int:
+    """value as a signed 32-bit displacement (an address computation that wraps at 4 GiB)."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
 def _prefixes(raw: bytes) -> bytes:
     return split_prefixes(raw)[0]
 
@@ -207,6 +214,19 @@ def _lea_esp(displacement: int) -> bytes:
     return _stack(b"\x8D", ESP, displacement)
 
 
+def _frame(opcode: bytes, reg: int, displacement: int, prefix: bytes = b"") -> bytes:
+    """opcode with the guest's frame operand [ebp + displacement], 32-bit addressing."""
+    if -128 <= displacement < 128:
+        return bytes([ADDRESS_SIZE]) + prefix + _rex(0, reg) + opcode + bytes([0x45 | (reg & 7) << 3, displacement & 0xFF])
+    return bytes([ADDRESS_SIZE]) + prefix + _rex(0, reg) + opcode + bytes([0x85 | (reg & 7) << 3]) + _u32(displacement)
+
+
+def _through(opcode: bytes, reg: int, address: int, prefix: bytes = b"") -> bytes:
+    """opcode with the memory operand [address register] (a linear address worked out in r10
+    or r11: zero-extended, so an access that crosses 4 GiB lands in the 4-8 GiB alias)."""
+    return prefix + _rex(0, reg, 0, address) + opcode + bytes([(reg & 7) << 3 | (address & 7)])
+
+
 def _relocated_operand(insn, opcode: bytes, reg: int, operand16: Optional[bool] = None) -> bytes:
     """The guest instruction's own memory operand under another opcode and reg field, relocated
     (32-bit addressing, an absolute [disp32] kept absolute): e.g. `mov r8d, [ebx+8]` from the
@@ -244,7 +264,7 @@ class Emitter:
 
     def __init__(self, addresses: MonitorAddresses) -> None:
         self.areas = addresses
-        self._bases = {"ds": 0, "es": 0, "ss": 0}
+        self._bases = {"ds": 0, "es": 0, "ss": 0, "cs": 0}
 
     # -- block ---------------------------------------------------------------------------------
     def breakpoint(self, address: int) -> Translation:
@@ -257,13 +277,14 @@ class Emitter:
 
     def translate(self, block: GuestBlock, *, budget: bool = False, chainable: bool = True,
                   profile: bool = False, predictions: int = INLINE_CACHE_ENTRIES,
-                  segment_bases: tuple = (0, 0, 0)) -> Translation:
+                  segment_bases: tuple = (0, 0, 0), code_base: int = 0) -> Translation:
         """`predictions`: inline-cache entries per indirect branch (fewer make a smaller block).
         `segment_bases`: the guest's DS, ES and SS bases, which 64-bit host code ignores: memory
-        operands through a segment with a non-zero base get it added explicitly."""
+        operands through a segment with a non-zero base get it added explicitly. `code_base`:
+        the CS base, added to `cs:` operands the same way (the block's addresses are EIPs,
+        which is what calls push and branches compare, so nothing else needs it)."""
         self._bases = dict(zip(("ds", "es", "ss"), segment_bases))
-        if self._bases["ss"]:
-            raise UnsupportedForm(f"a stack segment based at {self._bases['ss']:#x} (at {block.address:#x})")
+        self._bases["cs"] = code_base
         out = Translation()
         self._predictions = predictions
         self._owner = block.address
@@ -379,6 +400,20 @@ class Emitter:
         base = self._bases[self._segment_of(insn)]
         return _relocated_operand(insn, b"\x8D", R10, operand16=False) + b"\x45\x8D\x92" + _u32(base)
 
+    def _stack_access(self, opcode: bytes, reg: int, displacement: int, prefix: bytes = b"",
+                      frame: bool = False, scratch: int = R10) -> bytes:
+        """opcode with the guest's stack operand SS:[esp + displacement] (frame: SS:[ebp + ...]).
+        64-bit mode ignores the SS base, so a block translated for a based SS works the linear
+        address out first: `lea scratch, [esp + displacement + base]`, 32 bits wide, so it
+        wraps at 4 GiB as the CPU's does; then the access goes through `scratch`. A flat SS
+        (almost every guest) gets the plain operand: a nonzero base is another translation (the
+        block key has the bases), never a test in translated code."""
+        base = self._bases["ss"]
+        plain = _frame if frame else _stack
+        if not base:
+            return plain(opcode, reg, displacement, prefix)
+        return plain(b"\x8D", scratch, _signed32(displacement + base)) + _through(opcode, reg, scratch, prefix)
+
     def _emit_based_string(self, out: Translation, instruction: GuestInstruction, mark) -> None:
         """A string instruction through a DS/ES with a base: ESI and EDI are moved by the bases
         around it (lea, flags untouched; wrapping at 4 GiB as the guest's addresses do), and a
@@ -479,25 +514,26 @@ class Emitter:
         if iid == X.X86_INS_PUSH:
             operand = insn.operands[0]
             if operand.type == X.X86_OP_REG:
-                code += _stack(b"\x89", REGISTER_NUMBER[operand.reg], -size, prefix)    # mov [esp-n], reg
+                code += self._stack_access(b"\x89", REGISTER_NUMBER[operand.reg], -size, prefix)   # mov [esp-n], reg
             elif operand.type == X.X86_OP_IMM:
-                code += _stack(b"\xC7", 0, -size, prefix) + operand.imm.to_bytes(8, "little", signed=operand.imm < 0)[:size]
+                code += self._stack_access(b"\xC7", 0, -size, prefix) \
+                    + operand.imm.to_bytes(8, "little", signed=operand.imm < 0)[:size]
             else:
                 code += self._guest_operand(insn, b"\x8B", R8)                                 # mov r8d, m
-                code += _stack(b"\x89", R8, -size, prefix)                               # mov [esp-n], r8d
+                code += self._stack_access(b"\x89", R8, -size, prefix)                  # mov [esp-n], r8d
             code += _lea_esp(-size)
             return
         if iid == X.X86_INS_POP:
             operand = insn.operands[0]
             if operand.type == X.X86_OP_REG:
                 register = REGISTER_NUMBER[operand.reg]
-                code += _stack(b"\x8B", register, 0, prefix)                              # mov reg, [esp]
+                code += self._stack_access(b"\x8B", register, 0, prefix)                 # mov reg, [esp]
                 if register != ESP:       # pop esp: ESP is the value popped
                     code += _lea_esp(size)
                 return
             # pop m: the operand's address is worked out with ESP already moved (as the CPU
             # does); if the store faults, ESP goes back (r11 holds it)
-            code += _stack(b"\x8B", R8, 0, prefix)                                        # mov r8d, [esp]
+            code += self._stack_access(b"\x8B", R8, 0, prefix)                           # mov r8d, [esp]
             code += _reg_reg(b"\x89", ESP, R11)                                           # mov r11d, esp
             code += _lea_esp(size)
             mark(instruction.address, ((ESP, "r11"),))
@@ -507,20 +543,19 @@ class Emitter:
         if iid in (X.X86_INS_PUSHAL, X.X86_INS_PUSHAW):
             order = (EAX, ECX, EDX, EBX, ESP, EBP, ESI, EDI)    # ESP as it was before
             for k, register in enumerate(order, 1):
-                code += _stack(b"\x89", register, -k * size, prefix)
+                code += self._stack_access(b"\x89", register, -k * size, prefix)
             code += _lea_esp(-8 * size)
             return
         if iid in (X.X86_INS_POPAL, X.X86_INS_POPAW):
             # both ends first (all of it is readable then), so no register changes before a fault
-            code += _stack(b"\x8B", R8, 0, prefix) + _stack(b"\x8B", R8, 7 * size, prefix)
+            code += self._stack_access(b"\x8B", R8, 0, prefix) + self._stack_access(b"\x8B", R8, 7 * size, prefix)
             for k, register in enumerate((EDI, ESI, EBP, None, EBX, EDX, ECX, EAX)):
                 if register is not None:
-                    code += _stack(b"\x8B", register, k * size, prefix)
+                    code += self._stack_access(b"\x8B", register, k * size, prefix)
             code += _lea_esp(8 * size)
             return
         if iid == X.X86_INS_LEAVE:
-            base = bytes([ADDRESS_SIZE]) + prefix + _rex(0, R8) + b"\x8B\x45\x00"       # mov r8d, [ebp]
-            code += base
+            code += self._stack_access(b"\x8B", R8, 0, prefix, frame=True)             # mov r8d, [ebp]
             code += bytes([ADDRESS_SIZE, 0x8D, 0x65, size])                              # lea esp, [ebp + n]
             code += _reg_reg(b"\x89", R8, EBP, prefix=prefix)                            # mov ebp, r8d
             return
@@ -529,13 +564,13 @@ class Emitter:
             # the new frame's; then ebp = the new frame and esp drops by the frame size. Every
             # store is relative to the old ESP, so a fault changes no register.
             frame, level = insn.operands[0].imm & 0xFFFF, insn.operands[1].imm & 0x1F
-            code += _stack(b"\x89", EBP, -size, prefix)                                   # mov [esp-n], ebp
+            code += self._stack_access(b"\x89", EBP, -size, prefix)                      # mov [esp-n], ebp
             code += _stack(b"\x8D", R8, -size)                                            # lea r8d, [esp-n]
             for i in range(1, level):
-                code += bytes([ADDRESS_SIZE]) + prefix + b"\x44\x8B\x8D" + _u32(-size * i)  # mov r9d, [ebp-n*i]
-                code += _stack(b"\x89", R9, -size * (i + 1), prefix)
+                code += self._stack_access(b"\x8B", R9, -size * i, prefix, frame=True)   # mov r9d, [ebp-n*i]
+                code += self._stack_access(b"\x89", R9, -size * (i + 1), prefix)
             if level:
-                code += _stack(b"\x89", R8, -size * (level + 1), prefix)                  # push the frame pointer
+                code += self._stack_access(b"\x89", R8, -size * (level + 1), prefix)     # push the frame pointer
             code += _lea_esp(-size * (level + 1 if level else 1))
             code += _reg_reg(b"\x89", R8, EBP, prefix=prefix)                            # mov ebp, r8d
             code += _lea_esp(-frame)
@@ -622,14 +657,14 @@ class Emitter:
             code += self._BACK_TO_GUEST_STACK
             code += _monitor(b"\x8B", R10, self.areas.vcpu + VCPU_PUSHF_ADJUST)  # mov r10d, [adjust]
             code += b"\x47\x8D\x04\x10"                                        # lea r8d, [r8 + r10]
-            code += _stack(b"\x89", R8, -size, prefix)                          # mov [esp-n], r8d
+            code += self._stack_access(b"\x89", R8, -size, prefix)             # mov [esp-n], r8d
             code += _lea_esp(-size)
             return
         if procedure is Procedure.POPF:
             mark(guest)
-            load = (bytes([ADDRESS_SIZE]) + b"\x44\x0F\xB7\x04\x24") if operand16 else _stack(b"\x8B", R8, 0)
+            load = self._stack_access(b"\x0F\xB7" if operand16 else b"\x8B", R8, 0)   # (movzx for popf)
             code += load                                                        # r8d = the image
-            code += b"\x41\x81\xE0" + _u32(0x3100)                              # and r8d, IOPL|TF
+            code += b"\x41\x81\xE0" + _u32(IOPL_MASK | TF)                       # and r8d, IOPL|TF
             code += _monitor(b"\x3B", R8, self.areas.vcpu + VCPU_POPF_EXPECT)    # cmp r8d, [expect]
             code += b"\x0F\x85"                                                 # jne -> callout
             site_later(len(code), ExitSite(ExitKind.CALLOUT, 0, guest, instruction.end, instruction))
@@ -676,7 +711,7 @@ class Emitter:
             size = 2 if operand16 else 4
             mark(guest)
             code += _monitor(b"\x8B", R8, source)                                  # mov r8d, [vcpu.sel]
-            code += _stack(b"\x89", R8, -size, b"\x66" if operand16 else b"")
+            code += self._stack_access(b"\x89", R8, -size, b"\x66" if operand16 else b"")
             code += _lea_esp(-size)
             return
         if procedure is Procedure.READ_SEGMENT_REGISTER:
@@ -714,7 +749,7 @@ class Emitter:
         opcode = raw[len(prefixes)]
         if insn.id == X.X86_INS_CALL:
             mark(guest)
-            code += _stack(b"\xC7", 0, -4) + _u32(fallthrough)      # mov dword [esp-4], the GUEST return address
+            code += self._stack_access(b"\xC7", 0, -4) + _u32(fallthrough)   # mov dword [esp-4], the GUEST return address
             code += _lea_esp(-4)
             mark(target)
             self._slot(out, ExitSite(ExitKind.BRANCH, 0, target))
@@ -788,12 +823,13 @@ class Emitter:
             if procedure is Procedure.RET:
                 return _lea_esp(pop)
             if procedure is Procedure.INDIRECT_CALL:
-                return _stack(b"\xC7", 0, -4) + _u32(instruction.end) + _lea_esp(-4)   # push guest return address
+                # push the guest return address (r11: on a lookup hit r10 holds the host target)
+                return self._stack_access(b"\xC7", 0, -4, scratch=R11) + _u32(instruction.end) + _lea_esp(-4)
             return b""
 
         mark(guest)
         if procedure is Procedure.RET:
-            code += _stack(b"\x8B", R8, 0)                                  # mov r8d, [esp]
+            code += self._stack_access(b"\x8B", R8, 0)                     # mov r8d, [esp]
         else:
             operand = insn.operands[0]
             if operand.type == X.X86_OP_REG:
@@ -804,18 +840,29 @@ class Emitter:
         saved = (FLAGS_IN_AX, EAX_IN_R9)
         mark(guest, saved)
         compares, branches = [], []
+        # The branches to the predictions are short (rel8) unless the predicted paths are too
+        # long for them (a call's push through a based SS): then near (rel32).
+        predicted_path = len(RESTORE_FLAGS) + len(complete_transfer()) + EXIT_SLOT_SIZE
+        short = self._predictions * predicted_path < 128      # the `jmp general` jumps over them all
+        je, jmp = (b"\x74", b"\xEB") if short else (b"\x0F\x84", b"\xE9")
+        width = 1 if short else 4
         for _ in range(self._predictions):
             code += b"\x41\x81\xF8"                                         # cmp r8d, prediction k
             compares.append(len(code))
             code += _u32(0)
-            code += b"\x74\x00"                                             # je prediction k
-            branches.append(len(code) - 1)
-        code += b"\xEB\x00"                                                 # jmp general
-        skip_at = len(code) - 1
+            code += je + bytes(width)                                       # je prediction k
+            branches.append(len(code) - width)
+        code += jmp + bytes(width)                                          # jmp general
+        skip_at = len(code) - width
+
+        def aim(at: int) -> None:
+            distance = len(code) - (at + width)
+            assert not short or distance < 128
+            code[at:at + width] = distance.to_bytes(width, "little")
+
         predicted_sites = []
         for k in range(self._predictions):
-            assert len(code) - (branches[k] + 1) < 128
-            code[branches[k]] = len(code) - (branches[k] + 1)
+            aim(branches[k])
             mark(guest, saved)
             code += RESTORE_FLAGS[:3]
             mark(guest, (EAX_IN_R9,))
@@ -824,8 +871,7 @@ class Emitter:
             code += complete_transfer()
             predicted_sites.append(len(out.exits))
             self._slot(out, ExitSite(ExitKind.PREDICTED, 0, 0))
-        assert len(code) - (skip_at + 1) < 128
-        code[skip_at] = len(code) - (skip_at + 1)
+        aim(skip_at)
         # General case. Until every prediction is filled, leave here (after completing the
         # transfer) so the monitor can fill the next one; then it patches the 2-byte nop in front
         # into a jump over this exit and mismatches probe the table without leaving the cache.

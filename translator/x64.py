@@ -9,8 +9,9 @@ operand gets the address-size prefix 0x67, so its effective address is computed 
 zero-extended, as in the guest: a guest access reaches linear [0, 4 GiB), or [0, 8 GiB) through
 an FS or GS base near the top (the monitor maps 4-8 GiB as an alias of 0-4 GiB, which is the
 32-bit wrap), and never the monitor's memory far above. The invariants the copied form relies on:
-DS, ES, SS and CS have base 0 (64-bit mode ignores their bases; the monitor keeps non-flat
-segments out of copied code) and the guest's registers have zero upper halves.
+the operand's DS, ES, SS or CS has base 0 (64-bit mode ignores their bases: an operand through a
+based one is not copied as it is, translator/emitter.py adds the base) and the guest's registers
+have zero upper halves.
 
 What cannot be copied this way raises NeedsEmulation with the reason: instructions that do not
 exist in 64-bit mode, those whose operand size is 64 bits there (the stack: push, pop, call,

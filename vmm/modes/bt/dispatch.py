@@ -62,10 +62,11 @@ class TranslatedCode:
         self.one_shot_host = cache.arena.address(ONE_SHOT_SLOT)
         self.one_shot_sites: dict[int, int] = {}      # host address of a one-shot exit -> exit index
 
-    def prepare_one_shot(self, guest_eip: int, segment_bases) -> int:
+    def prepare_one_shot(self, guest_eip: int, segment_bases, code_base: int) -> int:
         """Translate one guest instruction into the one-shot slot (no budget prologue); its host."""
-        guest = self.decoder.decode_block(guest_eip, limit=1)
-        translation = self.emitter.translate(guest, budget=False, chainable=False, segment_bases=segment_bases)
+        guest = self.decoder.decode_block(guest_eip, limit=1, base=code_base)
+        translation = self.emitter.translate(guest, budget=False, chainable=False, segment_bases=segment_bases,
+                                             code_base=code_base)
         host = self.cache.arena.address(ONE_SHOT_SLOT)
         self.cache.arena.write(host, bytes(translation.code))
         self.engine.invalidate_code(host, host + ARENA_SLOT_SIZE)
@@ -208,13 +209,14 @@ class Dispatcher:
         except UnbackedAccess as error:  # its page tables send the fetch outside guest RAM
             if error.kind in ("read", "write"):     # a data access under --unassigned stop
                 raise
+            linear = (self.cpu.code_base + self.cpu.eip) & 0xFFFFFFFF
             return VmExit(ExitReason.MEMORY_FAULT, eip=self.cpu.eip,
-                          detail=f"fetch of no memory at {self.cpu.eip:#x} (physical {error.address:#x})")
+                          detail=f"fetch of no memory at {linear:#x} (physical {error.address:#x})")
 
     def _run_one_shot(self, guest_eip: int) -> int:
         """One guest instruction alone outside the cache (no budget prologue: it counts here)."""
         self.budget.charge_one_shot()
-        return self.code.prepare_one_shot(guest_eip, self.cpu.segment_bases)
+        return self.code.prepare_one_shot(guest_eip, self.cpu.segment_bases, self.cpu.code_base)
 
     def _sync_guest_eip(self) -> None:
         guest_eip, restore = self.code.locate(self.engine.reg64("rip"))
@@ -295,7 +297,8 @@ class Dispatcher:
                 self.count("guest_exception")
                 guest_eip = self.faults.to_guest_instruction(stop)
                 vector = stop.vector
-                if vector == NM and nm_is_ud(self.decoder.decode_one(guest_eip), self.cpu.control[4]):
+                if vector == NM and nm_is_ud(self.decoder.decode_one(guest_eip, self.cpu.code_base),
+                                             self.cpu.control[4]):
                     vector = UD
                 return VmExit(ExitReason.EXCEPTION, eip=guest_eip, vector=vector, error_code=stop.error_code)
             if vm.stop_requested:
@@ -361,8 +364,9 @@ class Dispatcher:
         if site.kind is ExitKind.NO_MEMORY:
             if self.guest_paging():
                 return self.faults.fetch_fault(stop, site.guest_eip)
+            linear = (self.cpu.code_base + site.guest_eip) & 0xFFFFFFFF
             return Exit(VmExit(ExitReason.MEMORY_FAULT, eip=site.guest_eip,
-                               detail=f"fetch of no memory at {site.guest_eip:#x}"))
+                               detail=f"fetch of no memory at {linear:#x}"))
         if site.kind is ExitKind.BREAKPOINT:
             return Exit(VmExit(ExitReason.DEBUG, eip=site.guest_eip))
         if site.kind is ExitKind.BUDGET:
@@ -393,11 +397,12 @@ class Dispatcher:
     def _undecodable(self, guest_eip: int) -> VmExit:
         """Bytes that do not decode: #UD, or #GP(0) for an instruction longer than 15 bytes. The
         CPU (and QEMU) fetches that one up to its 16th byte first: a page fault there wins."""
-        if not self.decoder.too_long(guest_eip):
+        base = self.cpu.code_base
+        if not self.decoder.too_long(guest_eip, base):
             return VmExit(ExitReason.EXCEPTION, eip=guest_eip, vector=UD)
         if self.guest_paging():
             try:
-                self.pager.translate((guest_eip + MAX_INSTRUCTION_LENGTH) & 0xFFFFFFFF, self.cpu.cpl == 3)
+                self.pager.translate((base + guest_eip + MAX_INSTRUCTION_LENGTH) & 0xFFFFFFFF, self.cpu.cpl == 3)
             except PageFault as fault:
                 return self.faults.guest_page_fault(fault)
         return VmExit(ExitReason.EXCEPTION, eip=guest_eip, vector=GP, error_code=0)

@@ -89,16 +89,17 @@ class CacheFaults:
         translated. Fetch them again now: the guest's #PF if they still cannot be (CR2 at the
         first byte that cannot), else the mapping changed since: translate anew."""
         user = self.cpu.cpl == 3
+        linear = (self.cpu.code_base + guest_eip) & 0xFFFFFFFF
         try:
-            physical = self.pager.translate(guest_eip, user)
-            next_page = (guest_eip | (PAGE_SIZE - 1)) + 1
-            if next_page - guest_eip < 15:
+            physical = self.pager.translate(linear, user)
+            next_page = (linear | (PAGE_SIZE - 1)) + 1
+            if next_page - linear < 15:
                 self.pager.translate(next_page & 0xFFFFFFFF, user)
         except PageFault as fault:
             return Exit(self.guest_page_fault(fault))
         if not self.memory.ram.contains(physical, 1):
             return Exit(VmExit(ExitReason.MEMORY_FAULT, eip=guest_eip,
-                               detail=f"fetch of no memory at {guest_eip:#x}"))
+                               detail=f"fetch of no memory at {linear:#x}"))
         if stop.block is not None:
             self.cache.remove(stop.block, "remap")
         return Resume(self.block_for(guest_eip).host)

@@ -187,8 +187,8 @@ class BinaryTranslationMode(ExecutionMode):
 
     # -- shadow descriptors (the virtual-CPU block: vcpu.py) ----------------------------------------------
     def segment_bases_changed(self) -> None:
-        """A DS, ES or SS base changed: translations are keyed by the bases, but the lookup table
-        is not (it holds one translation per guest address)."""
+        """A CS, DS, ES or SS base changed: translations are keyed by the bases, but the lookup
+        table is not (it holds one translation per guest EIP)."""
         self.cache.clear_lookup_table()
 
     def rebuild_shadow_gdt(self) -> None:
@@ -304,7 +304,8 @@ class BinaryTranslationMode(ExecutionMode):
         None with paging off: its bytes are at their linear addresses (the cache's default)."""
         if not self.guest_paging:
             return None
-        ranges, linear, end = [], guest.address, max(guest.next_address, guest.address + 1)
+        ranges, linear = [], guest.linear
+        end = linear + max(guest.guest_size, 1)
         while linear < end:
             length = min(end - linear, PAGE_SIZE - linear % PAGE_SIZE)
             start = self._code_address(linear)
@@ -318,9 +319,13 @@ class BinaryTranslationMode(ExecutionMode):
 
     # -- translation ---------------------------------------------------------------------------
     def _key(self, eip: int) -> BlockKey:
-        physical = self._code_address(eip) if self.guest_paging else -1
+        """What the block at `eip` is translated for. A code segment with a base (rare) puts
+        the code at linear cs_base + eip and is part of the key, as in QEMU's TB key."""
+        cs_base = self.cpu.code_base
+        linear = (cs_base + eip) & 0xFFFFFFFF
+        physical = self._code_address(linear) if self.guest_paging else -1
         return BlockKey(eip, single_step=bool(self.cpu.virtual_flags & TF), physical=physical,
-                        segment_bases=self.cpu.segment_bases)
+                        segment_bases=self.cpu.segment_bases, cs_base=cs_base)
 
     def _translate(self, key: BlockKey) -> TranslatedBlock:
         started = time.perf_counter()
@@ -335,10 +340,11 @@ class BinaryTranslationMode(ExecutionMode):
             return self.cache.add(key, GuestBlock(key.eip, end=BlockEnd.BRANCH), self.emitter.breakpoint(key.eip))
         limit, predictions = (1 if key.single_step else 32), INLINE_CACHE_ENTRIES
         while True:     # a block that does not fit a slot is shortened, a lone indirect branch
-            guest = self.decoder.decode_block(key.eip, limit=limit, stop_before=breakpoints)   # predicts less
+            guest = self.decoder.decode_block(key.eip, limit=limit, stop_before=breakpoints,   # predicts less
+                                              base=key.cs_base)
             translation = self.emitter.translate(guest, budget=self.budget.enabled, chainable=not key.single_step,
                                                  profile=self.profile, predictions=predictions,
-                                                 segment_bases=key.segment_bases)
+                                                 segment_bases=key.segment_bases, code_base=key.cs_base)
             if len(translation.code) <= ARENA_SLOT_SIZE or (len(guest.instructions) <= 1 and not predictions):
                 break
             if len(guest.instructions) > 1:

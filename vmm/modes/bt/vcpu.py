@@ -91,19 +91,25 @@ class TranslatedCpu(GuestCpu):
         self.tables = {name: engine.table_register(name) for name in ("gdtr", "idtr", "ldtr", "tr")}
         self.table_selectors = {"ldtr": 0, "tr": 0}
         self.control = {n: engine.reg(f"cr{n}") for n in VCPU_CR}
-        self.bases = {"ds": 0, "es": 0, "ss": 0}     # the boot GDT's segments are flat
+        self.bases = {"ds": 0, "es": 0, "ss": 0, "cs": 0}     # the boot GDT's segments are flat
 
     @property
     def segment_bases(self) -> tuple[int, int, int]:
         """DS, ES and SS bases: 64-bit host code ignores them, so translations add them."""
         return self.bases["ds"], self.bases["es"], self.bases["ss"]
 
+    @property
+    def code_base(self) -> int:
+        """The CS base: guest code runs at linear code_base + EIP (translated code runs on the
+        monitor's own 64-bit CS, so the blocks are keyed by it)."""
+        return self.bases["cs"]
+
     def segment_base(self, name: str) -> int:
-        """The guest's base. In long mode the engine keeps no DS/ES/SS base (it loads only FS's
-        and GS's), so those three are the ones noted at each load; CS is flat under bt."""
+        """The guest's base. In long mode the engine keeps no CS/DS/ES/SS base (it loads only
+        FS's and GS's), so those four are the ones noted at each load."""
         if name in self.bases:
             return self.bases[name]
-        return 0 if name == "cs" else self.engine.segment_base(name)
+        return self.engine.segment_base(name)
 
     def _note_base(self, name: str, raw: Optional[bytes]) -> None:
         if name in self.bases:
@@ -147,9 +153,8 @@ class TranslatedCpu(GuestCpu):
     def load_segment(self, name: str, selector: int, raw: Optional[bytes]) -> None:
         """Load a segment register whose checks the emulator has done."""
         if name == "cs":
-            descriptor = SegmentDescriptor.decode(raw)
-            if descriptor.base != 0 or not descriptor.big:
-                raise UnsupportedInstruction("a code segment that is not flat and 32-bit, under binary translation")
+            if not SegmentDescriptor.decode(raw).big:
+                raise UnsupportedInstruction("a 16-bit code segment, under binary translation")
         elif raw is not None:
             self.mode.refresh_shadow(selector, raw)
             self.engine.set_reg(name, _real_selector(selector))
@@ -166,15 +171,15 @@ class TranslatedCpu(GuestCpu):
         cpl = cs & 3
         if cpl not in (0, 3):
             raise UnsupportedInstruction(f"guest ring {cpl}: only rings 0 and 3 run under binary translation")
-        descriptor = SegmentDescriptor.decode(cs_raw)
-        if descriptor.base != 0 or not descriptor.big:
-            raise UnsupportedInstruction("a code segment that is not flat and 32-bit, under binary translation")
+        if not SegmentDescriptor.decode(cs_raw).big:
+            raise UnsupportedInstruction("a 16-bit code segment, under binary translation")
         eflags = self.reg("eflags")
         self.mode.refresh_shadow(cs, cs_raw)
         self.mode.refresh_shadow(ss, ss_raw)
         self.selectors["cs"], self.selectors["ss"] = cs & 0xFFFF, ss & 0xFFFF
         self.engine.set_privilege(real_privilege(cpl), _real_selector(ss), code_selector(cpl))
         self._note_base("ss", ss_raw)
+        self._note_base("cs", cs_raw)
         self.engine.set_reg("esp", esp)
         self.set_reg("eflags", eflags)          # the real IOPL of the new ring
         self.block.virtual_state_changed(self)

@@ -26,7 +26,7 @@ from vmm.exits import StopReason
 from vmm.frames import FramePool
 from vmm.loaders import LoadedImage, load_image
 from vmm.loaders import multiboot
-from vmm.memory import PhysicalMemory
+from vmm.memory import PhysicalMemory, UnbackedAccess
 from vmm.modes import DEFAULT_MODE, available_modes
 from vmm.monitor_layout import MAX_TCACHE_BLOCKS
 from vmm.gdbstub import GdbStub
@@ -60,6 +60,7 @@ class MachineConfig:
     watch_holes: bool = True                 # trap: record the virtualization holes the guest runs
     paging: Optional[str] = None             # --paging: shadow or nested (None: the mode's default)
     dump_cache: Optional[str] = None         # --dump-cache: where the mode's dump() goes after the run (bt)
+    unassigned: str = "zero"                 # --unassigned: zero (QEMU's unassigned memory) or stop
     drives: list[DriveSpec] = field(default_factory=list)   # --drive: IDE disks (vmm/disks.py)
 
     @property
@@ -87,12 +88,28 @@ class MachineConfig:
             raise ConfigError("--gdb-wait needs --gdb PORT")
         if self.gdb_port is not None and not 1 <= self.gdb_port <= 65535:
             raise ConfigError(f"--gdb port must be 1-65535, got {self.gdb_port}")
+        if self.unassigned not in ("zero", "stop"):
+            raise ConfigError(f"--unassigned must be zero or stop, got {self.unassigned!r}")
         if not 0 <= self.load_address < 1 << 32:
             raise ConfigError(f"--load-addr {self.load_address:#x} is not a 32-bit address")
 
 
 def _log_unassigned(direction: str, port: int, size: int, value: int) -> None:
     print(f"vmm: unassigned port {direction} {port:#06x} size {size} value {value:#x}", file=sys.stderr)
+
+
+def _unassigned_handler(tracer: Tracer, stop: bool):
+    """What an access to unassigned guest-physical memory does beyond reading 0: a -d
+    guest_errors line, and with --unassigned stop the end of the run (memory_fault)."""
+    if not tracer.guest_errors and not stop:
+        return None
+
+    def handler(kind: str, address: int, size: int, _value: int) -> None:
+        if tracer.guest_errors:
+            tracer.unassigned(kind, address, size)
+        if stop:
+            raise UnbackedAccess(address, size, kind)
+    return handler
 
 
 def _open_trace(path: Optional[str]):
@@ -128,6 +145,11 @@ def build_machine(config: MachineConfig, console: Console,
         gdb = GdbStub(config.gdb_port, config.gdb_wait) if config.gdb_port is not None else None
         vm = VirtualMachine(engine, memory, bus, console, mode, limits, memory.until_address, tracer, gdb,
                             VirtualClock(config.clock))
+        # The engine's walk of the guest's own tables (direct; vt with nested paging) makes
+        # guest-physical addresses engine-physical ones; the other schemes map every page.
+        memory.serve_unassigned(config.mode == "direct" or (config.mode == "vt" and config.paging_scheme == "nested"),
+                                lambda: vm.cpu.table_register("gdtr")[0])
+        memory.mmio.on_unassigned = _unassigned_handler(tracer, config.unassigned == "stop")
         disks = open_drives(config.drives)
     except BaseException:
         memory.release()              # a shared pool gets the frames of a machine never built back

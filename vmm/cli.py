@@ -72,6 +72,9 @@ def add_guest_arguments(group) -> None:
                        help="guest time: 'virtual' counts guest instructions (100 MHz, the same on every "
                             "run; default), 'realtime' follows the host clock")
     group.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="stop after this wall time")
+    group.add_argument("--unassigned", choices=("zero", "stop"), default="zero",
+                       help="guest-physical memory with nothing behind it: 'zero' reads 0 and drops stores, as "
+                            "QEMU's PC (default); 'stop' ends the run at the first access (memory_fault, 121)")
     group.add_argument("--tcache-size", type=_cache_size, default=None, metavar="BLOCKS|BYTES",
                        help=f"translation cache capacity: a block count, or bytes with K/M suffix "
                             f"({ARENA_SLOT_SIZE} bytes a block; default {DEFAULT_TCACHE_BLOCKS} blocks)")
@@ -83,7 +86,7 @@ def guest_config(args, image: str, mode: str, **more) -> MachineConfig:
         image=image, mode=mode, mem_mib=args.mem, append=args.append,
         initrd=args.initrd,
         load_address=args.load_addr, max_instructions=args.max_insns, timeout=args.timeout, clock=args.clock,
-        tcache_blocks=args.tcache_size, **more)
+        tcache_blocks=args.tcache_size, unassigned=args.unassigned, **more)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -251,13 +251,16 @@ class GuestPaging:
 
     # -- faults ----------------------------------------------------------------------------------
     def fault(self, linear: int, write: bool, user: bool, code: Callable[[], bytes],
-              reg: Callable[[str], int]) -> Verdict:
+              reg: Callable[[str], int], fetch: bool = False) -> Verdict:
         """What a fault (or nested refusal) at `linear` is. `code()` gives the faulting
         instruction's bytes and `reg` its registers, for a store into a traced page table that
         the monitor carries out itself when it is a plain `mov` (not on a frame that holds
-        translated code: that one must invalidate, and runs lent)."""
+        translated code: that one must invalidate, and runs lent). A `fetch` is served from
+        guest RAM only: anywhere else (a device, unassigned memory) is NoMemory."""
         pager = self.pager
         try:
+            if fetch:
+                pager.translate(linear, user)
             frame = pager.fill(linear, write, user)
         except PageFault as fault:
             return GuestPF(fault)
@@ -327,6 +330,11 @@ class GuestPaging:
         """The exact linear address of the refused data access, made by the instruction `code`
         at `eip` (CR2): worked out from the instruction and its registers."""
         return self._nested().refused_address(code, eip, reg, segment_base)
+
+    def monitor_page(self, linear: int) -> bool:
+        """Whether the refused `linear` is one of the monitor's own pages (trap's 32-bit engine
+        keeps its areas at their physical addresses in every guest address space)."""
+        return self._nested().monitor_page(linear)
 
     def _nested(self) -> NestedPaging:
         if not isinstance(self.pager, NestedPaging):

@@ -1,17 +1,18 @@
-"""Guest-physical address space: guest RAM (pool frames through the P2M map), the monitor's reserved region, and linear-address walks."""
+"""Guest-physical address space: guest RAM (pool frames through the P2M map), the MMIO bus and unassigned memory everywhere else, the monitor's reserved region, and linear-address walks."""
 
 from __future__ import annotations
 
 import struct
 from bisect import bisect_right
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
-from vmm.engine import PROT_ALL, PROT_EXEC, PROT_READ, Engine
+from vmm.bus import PHYSICAL_SPACE, MmioBus
+from vmm.engine import PROT_ALL, PROT_EXEC, PROT_READ, PROT_WRITE, Engine
 from vmm.errors import ConfigError, UnsupportedGuestFeature
 from vmm.frames import FramePool, PhysToMachine
-from vmm.monitor_layout import (BOOT_GDT_OFFSET, BOOT_GDT_SIZE, MONITOR_BASE, MONITOR_SIZE, UNTIL_PAGE_OFFSET,
-                                UNTIL_PAGE_SIZE)
+from vmm.monitor_layout import (BOOT_GDT_OFFSET, BOOT_GDT_SIZE, MONITOR_BASE, MONITOR_SIZE, UNASSIGNED_PAGE_OFFSET,
+                                UNTIL_PAGE_OFFSET, UNTIL_PAGE_SIZE)
 from vmm.x86 import CR0_PG, CR0_WP, CR4_PAE, CR4_PSE, PAGE_SIZE, PTE_A, PTE_D, PTE_P, PTE_PS, PTE_RW, PTE_US
 
 MIB = 1 << 20
@@ -30,11 +31,19 @@ class PageFault(Exception):
 
 
 class UnbackedAccess(Exception):
-    """A physical address with no memory behind it."""
+    """A physical address with no memory behind it, where the monitor cannot go on: code fetched
+    from it, or any access under --unassigned stop (data accesses otherwise read as 0)."""
 
-    def __init__(self, address: int, size: int) -> None:
-        super().__init__(f"no memory at physical {address:#x} (+{size})")
-        self.address, self.size = address, size
+    def __init__(self, address: int, size: int, kind: str = "") -> None:
+        super().__init__(f"{kind + ' of ' if kind else ''}no memory at physical {address:#x} (+{size})")
+        self.address, self.size, self.kind = address, size, kind
+
+
+# Where the engine sees guest-physical page P of the monitor's range (P >= MONITOR_BASE) when
+# that range of the engine's physical space is the monitor's: engines whose page-table entries
+# can name more than 4 GiB (bt's IA-32e shadows, the virtual TLB of nested paging) reach the
+# unassigned memory there at UNASSIGNED_ALIAS + P (docs/isolation.md, "Unassigned memory").
+UNASSIGNED_ALIAS = 1 << 32
 
 
 @dataclass(frozen=True)
@@ -73,8 +82,24 @@ class PhysicalMemory:
         self._monitor = engine.host_buffer(self.monitor.size)
         self.write_observers: list = []     # called as observer(address, size) after monitor writes
         self._monitor_mappings: list[tuple[int, int, int]] = []
-        # Readable so the CPU can load descriptors from it; guest stores into it fault.
-        self.map_monitor_area(BOOT_GDT_OFFSET, BOOT_GDT_SIZE, PROT_READ | PROT_EXEC)
+        # Everything that is neither RAM nor a device is QEMU's unassigned memory: the bus serves
+        # the guest's accesses there, the engine's (serve_unassigned) and the monitor's own alike.
+        self.mmio = MmioBus()
+        self.mmio.reserve(self.ram.base, self.ram.size, "guest RAM")
+        self._holes: list[tuple[int, int]] = []     # engine MMIO regions at their guest-physical base
+        self._shared_frame = 0                      # the guest page last given the shared page
+        self._released = False                      # release(): no memory left, every access fails
+        # Whether guest-physical reads of the boot GDT page see the boot GDT (the firmware's
+        # table, which the guest's GDTR may still name) rather than unassigned memory.
+        self.boot_gdt_visible = lambda: True
+        # The boot GDT is served through the bus in every mode (_bus_read): the CPU's descriptor
+        # loads see the table while the guest's GDTR names it; once the guest has its own, the
+        # page is unassigned memory as on QEMU (whose boot GDT lives in its option ROM), and a
+        # guest store there is dropped, never a fault.
+        gdt = self.monitor.base + BOOT_GDT_OFFSET
+        engine.map_mmio(gdt, BOOT_GDT_SIZE, lambda offset, size: self._bus_read(gdt + offset, size),
+                        lambda offset, size, value: self._bus_write(gdt + offset, size, value))
+        self._monitor_mappings.append((gdt, BOOT_GDT_SIZE, PROT_READ | PROT_WRITE))
         self.map_monitor_area(UNTIL_PAGE_OFFSET, UNTIL_PAGE_SIZE, PROT_READ | PROT_EXEC)
 
     def _map_ram(self) -> None:
@@ -106,13 +131,89 @@ class PhysicalMemory:
             self._engine.unmap(base, end - base)
         self._ram_pieces, self._ram_starts, self._ram = [], [], None
         self.ram = Region("guest RAM", 0, 0)
+        self._released = True
         self.pool.release(self.p2m.machine_extents())
 
     def map_monitor_area(self, offset: int, size: int, perms: int) -> int:
         """Make part of the monitor region visible to the engine with `perms`; returns its address."""
+        self._carve(self.monitor.base + offset, size)
         self._engine.map_buffer(self.monitor.base + offset, self._monitor, offset, size, perms)
         self._monitor_mappings.append((self.monitor.base + offset, size, perms))
         return self.monitor.base + offset
+
+    # -- the engine's view of what is not RAM ------------------------------------------------------
+    def serve_unassigned(self, identity: bool, guest_gdt_base: Callable[[], int]) -> None:
+        """Map every part of the engine's 4 GiB physical space that holds neither RAM nor a
+        monitor area as MMIO served by the bus, so that a guest access there reads 0 and drops
+        its store as on QEMU, with no Python call on any RAM access; and the alias of the
+        monitor's range above 4 GiB (engine_page). Called once the mode mapped its areas (later
+        areas are carved out of the holes).
+
+        identity: the engine walks the guest's own tables (direct, vt with nested paging), so
+        guest-physical is engine-physical and the monitor's pages there are guest addresses:
+        the until page is given back to the guest (nothing reads it: the engine's exits are
+        enabled). guest_gdt_base() -> the guest's GDTR base: the boot GDT page shows the boot
+        GDT while it names it, and is unassigned memory once the guest loaded its own
+        (docs/isolation.md)."""
+        engine = self._engine
+        boot_gdt = self.monitor.base + BOOT_GDT_OFFSET
+        self.boot_gdt_visible = lambda: guest_gdt_base() == boot_gdt
+        if identity:
+            until = self.monitor.base + UNTIL_PAGE_OFFSET
+            engine.unmap(until, UNTIL_PAGE_SIZE)
+            self._monitor_mappings = [m for m in self._monitor_mappings if m[0] != until]
+        taken = sorted([(self.ram.base, self.ram.end)] + [(base, base + size) for base, size, _p in self._monitor_mappings])
+        cursor = 0
+        for start, end in taken + [(PHYSICAL_SPACE, PHYSICAL_SPACE)]:
+            if start > cursor:
+                self._map_hole(cursor, start - cursor)
+            cursor = max(cursor, end)
+        alias = UNASSIGNED_ALIAS + self.monitor.base
+        # The engine's own accesses there are the guest's data accesses (its descriptor loads go
+        # to the monitor's tables): the boot GDT never shows through.
+        bus = self.mmio
+        engine.map_mmio(alias, self.monitor.size, lambda offset, size: bus.read(self.monitor.base + offset, size),
+                        lambda offset, size, value: bus.write(self.monitor.base + offset, size, value))
+        if not identity:
+            # The one page 32-bit shadow tables point at for guest pages the monitor's own areas
+            # shadow (they cannot name the alias above 4 GiB): offsets only, the page is the one
+            # last filled.
+            self._carve(self.monitor.base + UNASSIGNED_PAGE_OFFSET, PAGE_SIZE)
+            engine.map_mmio(self.monitor.base + UNASSIGNED_PAGE_OFFSET, PAGE_SIZE,
+                            lambda offset, size: bus.read(self._shared_frame + offset, size),
+                            lambda offset, size, value: bus.write(self._shared_frame + offset, size, value))
+
+    def _map_hole(self, base: int, size: int) -> None:
+        bus = self.mmio
+        self._engine.map_mmio(base, size, lambda offset, width: bus.read(base + offset, width),
+                              lambda offset, width, value: bus.write(base + offset, width, value))
+        self._holes.append((base, size))
+
+    def _carve(self, base: int, size: int) -> None:
+        """Take [base, base + size) out of the holes (a monitor area mapped there now)."""
+        for hole_base, hole_size in [h for h in self._holes if h[0] < base + size and base < h[0] + h[1]]:
+            self._engine.unmap(hole_base, hole_size)
+            self._holes.remove((hole_base, hole_size))
+            if hole_base < base:
+                self._map_hole(hole_base, base - hole_base)
+            if base + size < hole_base + hole_size:
+                self._map_hole(base + size, hole_base + hole_size - base - size)
+
+    def engine_page(self, physical: int, wide: bool) -> int:
+        """The engine-physical page that serves guest-physical page `physical` for a shadow or
+        nested entry: RAM and the holes where the guest names them, the monitor's range at its
+        alias above 4 GiB when the entry can name it (`wide`), else (a guest page behind one of
+        the monitor's own areas, or past 4 GiB) the shared unassigned page."""
+        page = physical & ~0xFFF
+        if self.ram.contains(page, PAGE_SIZE) or page < self.monitor.base:
+            return page
+        if page < PHYSICAL_SPACE:
+            if wide:
+                return UNASSIGNED_ALIAS + page
+            if any(base <= page < base + size for base, size in self._holes):
+                return page
+        self._shared_frame = page
+        return self.monitor.base + UNASSIGNED_PAGE_OFFSET
 
     def monitor_mappings(self) -> list[tuple[int, int, int]]:
         """(address, size, perms) of every monitor area mapped so far."""
@@ -143,8 +244,6 @@ class PhysicalMemory:
                 if address + size <= end:
                     return view, address - base
             return None, 0
-        if self.monitor.contains(address, size):
-            return self._monitor, address - self.monitor.base
         return None, 0
 
     def _ram_parts(self, address: int, size: int):
@@ -157,13 +256,71 @@ class PhysicalMemory:
             address, size, index = address + length, size - length, index + 1
 
     def read(self, address: int, size: int) -> bytes:
+        """Guest-physical bytes as the guest's CPU would read them: RAM, devices, and 0 from
+        unassigned memory (the monitor's region is unassigned to the guest; only the boot GDT
+        shows through while boot_gdt_visible())."""
         buffer, offset = self._buffer(address, size)
         if buffer is None:
             if size > 0 and self.ram.contains(address, size):
                 return b"".join(bytes(view[start:start + length])
                                 for view, start, length in self._ram_parts(address, size))
-            raise UnbackedAccess(address, size)
+            return self._read_outside(address, size)
         return bytes(buffer[offset:offset + size])
+
+    def _pieces(self, address: int, size: int):
+        """(address, length, in RAM) runs covering [address, address + size)."""
+        ram = self.ram
+        while size > 0:
+            if ram.contains(address, 1):
+                length = min(size, ram.end - address)
+                yield address, length, True
+            else:
+                length = size if address >= ram.end else min(size, ram.base - address)
+                yield address, length, False
+            address, size = address + length, size - length
+
+    def _read_outside(self, address: int, size: int) -> bytes:
+        if self._released:
+            raise UnbackedAccess(address, size)
+        out = bytearray()
+        for start, length, in_ram in self._pieces(address, size):
+            if in_ram:
+                out += self.read(start, length)
+                continue
+            while length:
+                chunk = 4 if length >= 4 and not start & 3 else 1
+                out += self._bus_read(start, chunk).to_bytes(chunk, "little")
+                start, length = start + chunk, length - chunk
+        return bytes(out)
+
+    def _write_outside(self, address: int, data: bytes) -> None:
+        if self._released:
+            raise UnbackedAccess(address, len(data))
+        done = 0
+        for start, length, in_ram in self._pieces(address, len(data)):
+            if in_ram:
+                self.write(start, data[done:done + length])
+            else:
+                at = 0
+                while at < length:
+                    chunk = 4 if length - at >= 4 and not (start + at) & 3 else 1
+                    self._bus_write(start + at, chunk, int.from_bytes(data[done + at:done + at + chunk], "little"))
+                    at += chunk
+            done += length
+
+    def _boot_gdt(self, address: int, size: int) -> bool:
+        base = self.monitor.base + BOOT_GDT_OFFSET
+        return base <= address and address + size <= base + BOOT_GDT_SIZE and self.boot_gdt_visible()
+
+    def _bus_read(self, address: int, size: int) -> int:
+        """A guest-physical read outside RAM, through the MMIO bus (0 where nothing answers)."""
+        if self._boot_gdt(address, size):
+            offset = address - self.monitor.base
+            return int.from_bytes(self._monitor[offset:offset + size], "little")
+        return self.mmio.read(address, size)
+
+    def _bus_write(self, address: int, size: int, value: int) -> None:
+        self.mmio.write(address, size, value)
 
     def read_code(self, address: int, size: int) -> bytes:
         """Up to `size` bytes of guest RAM at physical `address` for a decoder: fewer at the end
@@ -175,11 +332,14 @@ class PhysicalMemory:
 
     def write(self, address: int, data: bytes) -> None:
         """A store by the monitor on the guest's behalf (loader, exception frames, emulation).
-        Observers (the translation cache) see it, since it bypasses the engine's protections."""
+        Observers (the translation cache) see it, since it bypasses the engine's protections.
+        Outside RAM it goes to the MMIO bus (unassigned memory drops it)."""
         buffer, offset = self._buffer(address, len(data))
         if buffer is None:
             if not (data and self.ram.contains(address, len(data))):
-                raise UnbackedAccess(address, len(data))
+                if data:
+                    self._write_outside(address, data)
+                return
             done = 0
             for view, start, length in self._ram_parts(address, len(data)):
                 view[start:start + length] = data[done:done + length]

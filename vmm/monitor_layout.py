@@ -48,6 +48,7 @@ TABLES_OFFSET, TABLES_SIZE = 0x100000, 0x310000    # 4 KiB page tables for up to
 RING_VIEWS_OFFSET, RING_VIEWS_SIZE = 0x410000, 0x80000
 ARENA_OFFSET = 0x500000
 POOL_OFFSET, POOL_SIZE = 0xD00000, 0x2F0000         # 752 pages of shadow page tables
+UNASSIGNED_PAGE_OFFSET, UNASSIGNED_PAGE_SIZE = MONITOR_SIZE - 0x2000, 0x1000
 UNTIL_PAGE_OFFSET, UNTIL_PAGE_SIZE = MONITOR_SIZE - 0x1000, 0x1000
 
 
@@ -76,8 +77,9 @@ class Area:
 
 
 AREAS = (
-    Area("boot GDT", BOOT_GDT_OFFSET, BOOT_GDT_SIZE, PROT_READ | PROT_EXEC, "vmm/boot.py",
-         "boot GDT (descriptors pre-marked accessed)"),
+    Area("boot GDT", BOOT_GDT_OFFSET, BOOT_GDT_SIZE, PROT_READ | PROT_WRITE, "vmm/boot.py",
+         "boot GDT (descriptors pre-marked accessed), MMIO: the table while the guest's GDTR names it, "
+         "else unassigned memory (vmm/memory.py)"),
     Area("stubs", STUB_OFFSET, STUB_SIZE, PROT_READ | PROT_EXEC, "vmm/modes/bt/mode.py",
          "stubs: native cpuid/rdtsc (bt)"),
     Area("directory", DIRECTORY_OFFSET, DIRECTORY_SIZE, PROT_READ, "vmm/monitor_paging.py",
@@ -106,6 +108,9 @@ AREAS = (
          f"translation cache arena, {ARENA_SIZE >> 20} MiB of {ARENA_SLOT_SIZE}-byte slots (bt)"),
     Area("shadow pool", POOL_OFFSET, POOL_SIZE, PROT_READ, "vmm/shadow_paging.py",
          "pool of shadow page directories and tables (shadow paging), in no linear map"),
+    Area("unassigned page", UNASSIGNED_PAGE_OFFSET, UNASSIGNED_PAGE_SIZE, PROT_READ | PROT_WRITE, "vmm/memory.py",
+         "MMIO: unassigned memory (reads 0, stores dropped) for guest pages behind the monitor's own areas "
+         "(trap, vt: 32-bit shadow entries)"),
     Area("until", UNTIL_PAGE_OFFSET, UNTIL_PAGE_SIZE, PROT_READ | PROT_EXEC, "vmm/memory.py",
          "the never-executed `until` page"),
 )

@@ -163,9 +163,14 @@ class LongModeTables:
         ram = memory.ram
         for large in range(ram.base >> 21, (ram.end + _LARGE_PAGE - 1) >> 21):
             self._set_large(large, writable=True)
-        # The boot GDT is at its guest-physical address as in the other modes, read-only: the
-        # firmware's table (QEMU's lives in its option ROM), the one monitor page a guest sees.
-        self._map_guest_page(memory.monitor.base, writable=False)
+        # The rest of the guest's 4 GiB is unassigned memory (or a device), served by the MMIO
+        # bus: the engine's holes where the guest names them, the monitor's range through its
+        # alias above 4 GiB (PhysicalMemory.engine_page). The boot GDT shows through there while
+        # the guest's GDTR names it (the firmware's table: QEMU's lives in its option ROM).
+        for large in range((ram.end + _LARGE_PAGE - 1) >> 21, GUEST_GIB << 9):
+            physical = memory.engine_page(large << 21, wide=True)
+            directory, index = self.guest_directories[large >> 9], large & 511
+            self._entry(directory, index, physical | LONG_PAGE_FLAGS | PTE_US | PTE_PS | PTE_NX | PTE_RW)
 
     def _new_page(self) -> int:
         offset = self._next

@@ -5,8 +5,10 @@ The engine runs in its virtual-TLB mode: every TLB miss asks `fill`, which is th
 of a CPU with nested paging. First level, the guest's own tables (guest linear to guest
 physical, accessed and dirty bits set in them as the CPU sets them, U/S checked against the
 guest's ring, not the engine's); second level, the monitor's map (guest physical to the
-engine's memory: guest RAM only, through the physical-to-machine map). The monitor's region is
-the monitor's in every address space. What the fill gives stays in the engine's TLB until a
+engine's memory: guest RAM through the physical-to-machine map, and everything else through the
+MMIO bus, where unassigned memory reads 0 as on QEMU: PhysicalMemory.engine_page). Code is
+fetched from RAM only. The monitor's areas are the monitor's in every address space (trap's 32-bit
+engine sees them at their physical addresses; the rest of that range is the guest's). What the fill gives stays in the engine's TLB until a
 flush, so the guest sees a TLB as on the reference machine; the translator's instruction
 fetches go through a small instruction TLB with the same lifetime.
 
@@ -78,19 +80,25 @@ class NestedPaging:
                 return self._fill_monitor(linear, access)
             linear &= 0xFFFFFFFF                   # 4-8 GiB: the wrap of an FS/GS base + offset
             page = linear >> 12
-        elif self.memory.monitor.contains(linear, 1):
-            perms = self._monitor.get(page)
-            if perms is None or (page in self.supervisor_pages and self.guest_ring() == 3) \
-                    or (write and not perms & PROT_WRITE):
-                return self._refuse(linear, access, perms is not None)
+        elif self.monitor_page(linear):
+            perms = self._monitor[page]
+            if (page in self.supervisor_pages and self.guest_ring() == 3) or (write and not perms & PROT_WRITE):
+                return self._refuse(linear, access, True)
             return linear & ~0xFFF, perms
         try:
-            physical, writable = self._walk(linear, write, mark=True)
+            physical, writable = self._walk(linear, write, mark=True, fetch=access == "fetch")
         except (PageFault, UnbackedAccess):
             return self._refuse(linear, access, False)
         if write and not writable:               # translated code on the frame: the monitor's store
             return self._refuse(linear, access, True)
+        if not self.memory.ram.contains(physical, PAGE_SIZE):      # a device, or unassigned memory
+            return self.memory.engine_page(physical, wide=True), PROT_READ | (PROT_WRITE if writable else 0)
         return physical, self._guest_perms | (PROT_WRITE if writable else 0)
+
+    def monitor_page(self, linear: int) -> bool:
+        """Whether `linear` is one of the monitor's own pages in the guest's linear space (the
+        32-bit engine of trap: the areas it maps at their physical addresses)."""
+        return self.monitor_linear is None and (linear & 0xFFFFFFFF) >> 12 in self._monitor
 
     def _fill_monitor(self, linear: int, access: str) -> Optional[tuple[int, int]]:
         """Long mode: the monitor's own region, which only translated code reaches."""
@@ -117,16 +125,19 @@ class NestedPaging:
         self.refusal = (linear & ~0xFFF, access, present)
         return None
 
-    def _walk(self, linear: int, write: bool, mark: bool) -> tuple[int, bool]:
-        """(physical page address, whether the engine may write it now) for one access."""
+    def _walk(self, linear: int, write: bool, mark: bool, fetch: bool = False) -> tuple[int, bool]:
+        """(guest-physical page address, whether the engine may write it now) for one access;
+        UnbackedAccess for a fetch from outside RAM."""
         cr0, cr3, cr4 = self.registers()
         user = self.guest_ring() == 3
         if not cr0 & CR0_PG:
             physical = linear & ~0xFFF
-            self._check_backed(physical)
+            if fetch:
+                self._check_backed(physical)
             return physical, not self._watched(physical >> 12)
         physical = linear_to_physical(self.memory, cr0, cr3, linear, write, cr4=cr4, user=user, mark=mark)
-        self._check_backed(physical)
+        if fetch:
+            self._check_backed(physical)
         if write:
             return physical & ~0xFFF, not self._watched(physical >> 12)
         # A read: writes stay refused until the guest's dirty bit is set (the first one walks
@@ -151,12 +162,12 @@ class NestedPaging:
 
     def _check_backed(self, physical: int) -> None:
         if not self.memory.ram.contains(physical & ~0xFFF, PAGE_SIZE):
-            raise UnbackedAccess(physical, 1)
+            raise UnbackedAccess(physical, 1, "fetch")
 
     # -- the Pager protocol (vmm/guest_paging.py) ------------------------------------------------
     def fill(self, linear: int, write: bool, user: bool) -> Optional[int]:
-        """After a refused access: PageFault (the guest's), UnbackedAccess, the frame of a store
-        into translated code, or None (allowed now: run it again)."""
+        """After a refused access: PageFault (the guest's), the frame of a store into translated
+        code, or None (allowed now: run it again)."""
         physical, writable = self._walk(linear, write, mark=True)
         if write and not writable:
             return physical >> 12
@@ -166,7 +177,7 @@ class NestedPaging:
         """An instruction fetch by the translator, through the instruction TLB."""
         frame = self._fetch_tlb.get(linear >> 12)
         if frame is None:
-            physical, _writable = self._walk(linear, False, mark=True)
+            physical, _writable = self._walk(linear, False, mark=True, fetch=True)
             frame = self._fetch_tlb[linear >> 12] = physical >> 12
         return (frame << 12) | (linear & 0xFFF)
 

@@ -29,6 +29,7 @@ def build_report(config: MachineConfig, image: LoadedImage, vm: VirtualMachine, 
         "counters": {
             "exits": {reason.value: vm.exits[reason] for reason in sorted(ExitReason, key=lambda r: r.value)},
             "port_io": vm.bus.counters(),
+            "mmio": vm.memory.mmio.counters(),
             "exceptions": {f"{vector} {vector_name(vector)}": count
                            for vector, count in sorted(vm.delivery.delivered.items())},
             "external_interrupts": {f"{vector:#04x}": count for vector, count in sorted(vm.external_interrupts.items())},

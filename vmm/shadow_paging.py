@@ -261,7 +261,6 @@ class ShadowPaging:
             return None
         frame_address = linear_to_physical(self.memory, self.cr0, self.active_cr3, linear, write,
                                            cr4=self.cr4, user=user, mark=True)
-        self._check_backed(frame_address)
         entry = self._make_entry(space, linear)
         if write and not self._writable(space, entry):
             return frame_address >> 12
@@ -292,10 +291,10 @@ class ShadowPaging:
         return (entry.frame << 12) | (linear & 0xFFF)
 
     def _check_backed(self, physical: int) -> None:
-        """Shadow entries only ever map guest RAM: a guest entry pointing anywhere else (the
-        monitor's region among others) is an access to memory the guest does not have."""
+        """Code is fetched from guest RAM only: a guest entry pointing anywhere else for a fetch
+        is code the monitor cannot run (data accesses there reach the MMIO bus: _pte)."""
         if not self.memory.ram.contains(physical & ~0xFFF, PAGE_SIZE):
-            raise UnbackedAccess(physical, 1)
+            raise UnbackedAccess(physical, 1, "fetch")
 
     @property
     def active_cr3(self) -> int:
@@ -465,8 +464,14 @@ class ShadowPaging:
         return not self.cr0 & CR0_WP and (space.view == KERNEL or (space.view == SHARED and not entry.user))
 
     def _pte(self, space: AddressSpace, entry: ShadowEntry) -> int:
+        """The shadow entry: a RAM frame where the guest names it; a device's or unassigned
+        memory's where the engine serves it (PhysicalMemory.engine_page: the same address below
+        the monitor's range, an alias or the shared unassigned page above)."""
         user = entry.user or space.view == KERNEL
-        return ((entry.frame << 12) | SHADOW_PTE_BASE | (PTE_US if user else 0)
+        address = entry.frame << 12
+        if not self.memory.ram.contains(address, PAGE_SIZE):
+            address = self.memory.engine_page(address, wide=self.long_mode is not None)
+        return (address | SHADOW_PTE_BASE | (PTE_US if user else 0)
                 | (PTE_RW if self._writable(space, entry) else 0) | (PTE_NX if self.long_mode is not None else 0))
 
     # -- the table format: two-level 32-bit, or IA-32e (long mode) --------------------------------

@@ -1,4 +1,4 @@
-"""Execution tracing in QEMU's style: `-d in_asm,out_asm,exec,int,exits,io,disk` into a log (`-D FILE`)."""
+"""Execution tracing in QEMU's style: `-d in_asm,out_asm,exec,int,exits,io,disk,guest_errors` into a log (`-D FILE`)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ TRACE_FLAGS = {
     "exits": "every exit to the monitor",
     "io": "every port access",
     "disk": "every IDE command (drive, command, sector, count) and software reset",
+    "guest_errors": "every access to unassigned guest-physical memory, in QEMU's words",
 }
 
 
@@ -75,3 +76,8 @@ class Tracer:
 
     def port(self, direction: str, port: int, size: int, value: int, device: str) -> None:
         self._write(f"io: {direction} {port:#06x} size {size} value {value:#x} ({device})")
+
+    def unassigned(self, kind: str, address: int, size: int) -> None:
+        # QEMU's own line for it (memory.c, memory_region_access_valid, under -d guest_errors)
+        self._write(f"Invalid {kind} at addr {address:#X}, size {size}, region '(null)', reason: rejected"
+                    .replace("0X", "0x"))

@@ -240,6 +240,8 @@ class VirtualMachine:
             self._run_loop()
         except UnsupportedGuestFeature as error:
             self.request_stop(StopReason.UNSUPPORTED, str(error))
+        except UnbackedAccess as error:  # --unassigned stop, from inside the engine's MMIO
+            self.request_stop(StopReason.MEMORY_FAULT, f"{error} (--unassigned stop)" if error.kind else str(error))
         except KeyboardInterrupt:        # a Ctrl-C while waiting for gdb, or a second one
             self.request_stop(StopReason.INTERRUPTED, "interrupted by the user (Ctrl-C)")
         except Exception as error:       # noqa: BLE001 - whatever escapes is a monitor bug

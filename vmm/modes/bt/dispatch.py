@@ -199,6 +199,8 @@ class Dispatcher:
         except PageFault as fault:       # the guest cannot fetch the code it goes to
             return self.faults.guest_page_fault(fault)
         except UnbackedAccess as error:  # its page tables send the fetch outside guest RAM
+            if error.kind in ("read", "write"):     # a data access under --unassigned stop
+                raise
             linear = (self.cpu.code_base + self.cpu.eip) & 0xFFFFFFFF
             return VmExit(ExitReason.MEMORY_FAULT, eip=self.cpu.eip,
                           detail=f"fetch of no memory at {linear:#x} (physical {error.address:#x})")

@@ -105,9 +105,6 @@ MODULES = ["sample_binaries/modules/mod1.txt", "sample_binaries/modules/mod2.txt
 MODES = ("bt", "direct", "trap", "vt")
 RUNNING_PAGE_STORE = ("Unicorn 2.1.1 misses a store into translated code on a page after a store into that "
                       "page from the engine block running on it (a fuzzer find, issue 3)")
-ALIAS_STORE = ("Unicorn 2.1.1 misses a store into translated code through another linear mapping of its "
-               "frame: it watches code for stores per linear page (issue 7)")
-
 STRING_IO_CHECK = ("Unicorn 2.1.1 skips the I/O permission check of string I/O, which only its I/O hook can make: "
                    "INS stores a dummy 0 at ES:EDI before the hook can refuse, and rep with ECX = 0 calls no hook "
                    "(issue 3)")
@@ -161,7 +158,7 @@ RUNS = [
     _run("tlb", "tlb.elf"),
     _run("address_spaces", "address_spaces.elf"),
     _run("higher_half", "higher_half.elf"),
-    _run("alias_smc", "alias_smc.elf", missing={"direct": ALIAS_STORE, "vt": ALIAS_STORE}),
+    _run("alias_smc", "alias_smc.elf"),
     _run("paging_timer", "paging_timer.elf"),
     _run("tasks", "tasks.elf"),
     _run("tasks16", "tasks16.elf", missing={"direct": TSS16_ENGINE, "vt": TSS16_ENGINE}),

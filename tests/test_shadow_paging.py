@@ -200,3 +200,43 @@ def test_more_address_spaces_than_cached_shadows(tmp_path, mode):
     assert result.reason is StopReason.DEBUG_EXIT and result.guest_value == 0, result.message
     counters = vm.mode.paging.pager.counters
     assert counters["shadows_evicted"] >= 4 and counters["shadow_switches"] >= 40
+
+
+@pytest.mark.parametrize("mode, paging", SHADOWED, ids=[m for m, _p in SHADOWED])
+def test_a_page_table_cleared_while_unused_stops_being_traced(tmp_path, mode, paging):
+    # Space B maps linear 0x400000 through the table at 0x21000 onto 0x300000; once B has run,
+    # the table is traced. Back in space A the kernel clears that table one store at a time (as
+    # an OS clears a freed page): after FLOOD_WRITES stores with no use of it, its shadows are
+    # dropped and the other 1021 stores run at full speed. It then maps 0x301000 there and B,
+    # entered again, reads the new frame: the table was traced anew when used.
+    source = PAGING_ON + """
+    mov dword ptr [0x300000], 7
+    mov dword ptr [0x301000], 9
+    mov dword ptr [0x20000], 0x83
+    mov dword ptr [0x20004], 0x21003
+    mov dword ptr [0x21000], 0x300003
+    mov eax, 0x20000
+    mov cr3, eax
+    mov ebx, dword ptr [0x400000]
+    mov eax, 0x10000
+    mov cr3, eax
+    mov edi, 0x21000
+    xor eax, eax
+clear:
+    mov dword ptr [edi], eax
+    add edi, 4
+    cmp edi, 0x22000
+    jne clear
+    mov dword ptr [0x21000], 0x301003
+    mov eax, 0x20000
+    mov cr3, eax
+    mov eax, dword ptr [0x400000]
+    shl ebx, 8
+    or eax, ebx
+    sub eax, 0x709
+""" + EXIT
+    result, _out, vm = run_source(tmp_path, source, mode=mode, paging=paging)
+    assert result.reason is StopReason.DEBUG_EXIT and result.guest_value == 0, result.message
+    counters = vm.mode.paging.pager.counters
+    assert counters["flooded_tables_unshadowed"] >= 1
+    assert counters["tracing_faults"] < 20          # of the 1025 stores into the table

@@ -121,7 +121,13 @@ class PagePool:
 # tracing faults into the same Counter).
 COUNTERS = ("hidden_faults", "true_faults", "tracing_faults", "fetch_fills", "stores_emulated",
             "page_table_writes", "page_tables_traced", "entries_filled", "entries_dropped", "invlpg",
-            "shadows_built", "shadows_evicted", "shadow_switches", "shadow_reuses", "pool_exhausted")
+            "shadows_built", "shadows_evicted", "shadow_switches", "shadow_reuses", "pool_exhausted",
+            "flooded_tables_unshadowed")
+# Write-flood detection (KVM's detect_write_flooding): a traced page table stored into this many
+# times with no shadow entry made from it in between is no longer used as one (a freed table
+# being cleared, a page reused for data): the shadows built from it are dropped and it is no
+# longer traced, so the rest of the stores run at full speed. A fill that walks it traces it again.
+FLOOD_WRITES = 3
 
 class ShadowPaging:
     """The shadows of up to `max_spaces` guest address spaces. `monitor_directory` is the
@@ -150,6 +156,7 @@ class ShadowPaging:
         self.cr0 = self.cr4 = 0
         self.reverse: dict[int, set[tuple[AddressSpace, int]]] = collections.defaultdict(set)  # frame -> entries
         self.traced: dict[int, bytes] = {}                  # guest page-table frame -> its last seen bytes
+        self.unused_writes: dict[int, int] = {}             # traced frame -> stores since a fill walked it
         self.tracers: dict[int, set[tuple[AddressSpace, int]]] = collections.defaultdict(set)
         # frame -> (space, -1) for a directory, (space, index) for the table under that index
         self._lent: list[tuple[AddressSpace, int]] = []     # entries writable for one instruction
@@ -187,6 +194,7 @@ class ShadowPaging:
         space = self._space(cr3 >> 12, self._view(user))
         if space is not previous:
             self.counters["shadow_switches"] += 1
+        self.unused_writes.pop(space.directory_frame, None)
         return self._root(space)
 
     def select_ring(self, user: bool) -> int:
@@ -442,6 +450,8 @@ class ShadowPaging:
             space.guest_tables[index] = table_frame
             if table_frame is not None:
                 self._trace(table_frame, space, index)
+        self.unused_writes.pop(space.directory_frame, None)     # both are in use as page tables
+        self.unused_writes.pop(table_frame, None)
         old = space.entries.get(page)
         if old is not None:
             self.reverse[old.frame].discard((space, page))
@@ -586,6 +596,7 @@ class ShadowPaging:
         if not users:
             del self.tracers[frame]
             del self.traced[frame]
+            self.unused_writes.pop(frame, None)
             self.release_frame(frame)
 
     def _in_ram(self, frame: int) -> bool:
@@ -595,6 +606,8 @@ class ShadowPaging:
         """Compare a traced page with its last seen bytes: entries whose meaning changed make the
         shadow entries built from them stale. Accessed/dirty bits being set is no change (the
         monitor's own walks set them)."""
+        if self._flooded(frame):
+            return
         old = self.traced[frame]
         new = self.memory.read(frame << 12, PAGE_SIZE) if self._in_ram(frame) else old
         if new == old:
@@ -623,6 +636,24 @@ class ShadowPaging:
                         space.stale_pages.add(page)
                     else:
                         self._drop_page(space, page)
+
+    def _flooded(self, frame: int) -> bool:
+        """Count a store into the traced `frame`; at FLOOD_WRITES with no use in between, drop
+        every shadow entry built from it, which ends its tracing, and say so. Not while the
+        running shadow has entries from it: those must keep their translation until the guest
+        flushes its TLB (the stale-TLB behaviour QEMU shows), so they stay traced."""
+        writes = self.unused_writes[frame] = self.unused_writes.get(frame, 0) + 1
+        tracers = self.tracers.get(frame, ())
+        if writes < FLOOD_WRITES or any(space is self.active for space, _index in tracers):
+            return False
+        for space, index in list(tracers):
+            if index < 0:            # a directory: its whole shadow goes
+                if self.spaces.get((space.directory_frame, space.view)) is space:
+                    self._discard_space(space)
+            else:
+                self._drop_index(space, index, release=True)
+        self.counters["flooded_tables_unshadowed"] += 1
+        return True
 
     def counters_report(self) -> dict:
         report = dict(sorted(self.counters.items()))

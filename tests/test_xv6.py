@@ -1,0 +1,50 @@
+"""An unmodified xv6 (../shared/guests/xv6) driven at its serial console as a user types: every
+command's output must be what the same command prints under qemu-system-i386, which runs the same
+image beside it (tests/xv6.py drives both). With `kernel`, the file system is a copy of fs.img on
+the second IDE disk, and what the commands wrote must leave the copy byte for byte as QEMU leaves
+its own copy."""
+
+import hashlib
+import shutil
+
+import pytest
+
+from tests.xv6 import QEMU, XV6, qemu_command, session, vmm_command, xv6_missing
+
+pytestmark = [
+    pytest.mark.skipif(xv6_missing() is not None, reason=xv6_missing() or ""),
+    pytest.mark.skipif(shutil.which(QEMU) is None, reason=f"{QEMU} is not installed (tools/run_tests.sh installs it)"),
+]
+
+# What a user tries first; `wc README` is README.md's own check (49 313 2191 under QEMU).
+MEMFS_LINES = ["echo hi", "wc README", "echo hi there | wc", "ls", "mkdir d", "echo x > d/f", "cat d/f", "rm d/f"]
+DISK_LINES = ["ls", "echo hello > f", "cat f", "mkdir d", "echo x > d/g", "cat d/g"]
+
+
+@pytest.fixture(scope="module")
+def memfs_under_qemu():
+    transcript = session(qemu_command("kernelmemfs"), MEMFS_LINES, timeout=60)
+    assert b"49 313 2191 README" in transcript[2], transcript    # QEMU itself ran the commands
+    return transcript
+
+
+@pytest.mark.parametrize("options", [("--mode", "bt"), ("--mode", "bt", "--paging", "nested")],
+                         ids=["bt-shadow", "bt-nested"])
+def test_the_shell_of_kernelmemfs_answers_as_under_qemu(memfs_under_qemu, options):
+    transcript = session(vmm_command("kernelmemfs", *options), MEMFS_LINES, timeout=120)
+    for line, ours, qemus in zip(["(boot)"] + MEMFS_LINES, transcript, memfs_under_qemu):
+        assert ours == qemus, f"{line!r}: {ours!r} where QEMU prints {qemus!r}"
+
+
+def test_kernel_on_an_ide_disk_writes_the_image_as_qemu_does(tmp_path):
+    ours_image, qemus_image = tmp_path / "fs-vmm.img", tmp_path / "fs-qemu.img"
+    shutil.copy(XV6 / "fs.img", ours_image)
+    shutil.copy(XV6 / "fs.img", qemus_image)
+    qemus = session(qemu_command("kernel", "-drive", f"file={qemus_image},index=1,media=disk,format=raw"),
+                    DISK_LINES, timeout=60)
+    assert b"hello" in qemus[3] and b"README" in qemus[1], qemus
+    ours = session(vmm_command("kernel", "--drive", f"file={ours_image},if=ide,index=1"), DISK_LINES, timeout=120)
+    for line, mine, theirs in zip(["(boot)"] + DISK_LINES, ours, qemus):
+        assert mine == theirs, f"{line!r}: {mine!r} where QEMU prints {theirs!r}"
+    digest = [hashlib.sha256(path.read_bytes()).hexdigest() for path in (ours_image, qemus_image, XV6 / "fs.img")]
+    assert digest[0] == digest[1] != digest[2]       # the same writes, and some there were

@@ -18,6 +18,7 @@ from vmm.errors import MonitorBug
 from vmm.exits import ExitReason, VmExit
 from vmm.fault_address import plain_store
 from vmm.memory import PageFault, PhysicalMemory, UnbackedAccess
+from vmm.monitor_layout import MONITOR_LINEAR
 from vmm.monitor_paging import MonitorPageTables
 from vmm.nested_paging import NestedPaging
 from vmm.shadow_paging import MonitorPageAccess, ShadowPaging
@@ -152,13 +153,24 @@ class GuestPaging:
         self.memory = memory
         self.address_bits = address_bits
 
+    @staticmethod
+    def monitor_linear(scheme: str) -> Optional[int]:
+        """Where an untranslated mode's engine sees the monitor areas it reads by linear address
+        (trap's ring views of the GDT and LDT), None for their physical address. Nested paging's
+        virtual TLB answers for any linear address: MONITOR_LINEAR, above anything a 32-bit guest
+        address reaches (as bt's), so that every address below 4 GiB is the guest's. Two-level
+        shadow tables cannot name it: the pages stay at their physical addresses, supervisor-only,
+        and the guest's own access there is the MonitorPage verdict."""
+        return MONITOR_LINEAR if scheme == "nested" else None
+
     @classmethod
     def untranslated(cls, vm, cpu, scheme: str, ring_compression: bool, monitor_pages=()) -> "GuestPaging":
         """For the modes that run guest code untranslated (trap, vt): nested paging through the
         engine's virtual TLB, or shadow paging on two-level tables. monitor_pages: the linear
         addresses of the monitor pages the engine reads through every shadow, supervisor-only
         (trap's ring views: its shadows hold nothing else of the monitor's); without them (vt)
-        the shadows map the guest's linear space alone, next to the monitor's own tables."""
+        the shadows map the guest's linear space alone. Under nested paging they are at
+        monitor_linear(), where no guest address reaches."""
         engine, memory = vm.engine, vm.memory
         if scheme == "nested":
             control = cpu.control
@@ -330,11 +342,6 @@ class GuestPaging:
         """The exact linear address of the refused data access, made by the instruction `code`
         at `eip` (CR2): worked out from the instruction and its registers."""
         return self._nested().refused_address(code, eip, reg, segment_base)
-
-    def monitor_page(self, linear: int) -> bool:
-        """Whether the refused `linear` is one of the monitor's own pages (trap's 32-bit engine
-        keeps its areas at their physical addresses in every guest address space)."""
-        return self._nested().monitor_page(linear)
 
     def _nested(self) -> NestedPaging:
         if not isinstance(self.pager, NestedPaging):

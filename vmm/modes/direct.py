@@ -558,17 +558,15 @@ class DirectMode(ExecutionMode):
             linear = max(page, eip)
         else:
             linear = self.paging.refused_address(self._fetch(eip, 16), eip, self.engine.reg, self.engine.segment_base)
-        if not self.paging.monitor_page(linear):
-            verdict = self.paging.fault(linear, write, self.cpu.cpl == 3, lambda: self._fetch(eip, 16), self.engine.reg,
-                                        fetch=access == "fetch")
-            if isinstance(verdict, Hidden):
-                return VmExit(ExitReason.EVENT, eip=eip)        # allowed by now: run it again
-            if isinstance(verdict, GuestPF):
-                if access == "fetch" and self._fetch_ahead(eip, verdict.fault.linear):
-                    return VmExit(ExitReason.EVENT, eip=eip)    # run again up to the page
-                return self.paging.guest_page_fault(verdict.fault, eip)
-        where = "the monitor" if self.paging.monitor_page(linear) else "no memory"
-        return VmExit(ExitReason.MEMORY_FAULT, eip=eip, detail=f"{access} of {where} at {linear:#x}")
+        verdict = self.paging.fault(linear, write, self.cpu.cpl == 3, lambda: self._fetch(eip, 16), self.engine.reg,
+                                    fetch=access == "fetch")
+        if isinstance(verdict, Hidden):
+            return VmExit(ExitReason.EVENT, eip=eip)        # allowed by now: run it again
+        if isinstance(verdict, GuestPF):
+            if access == "fetch" and self._fetch_ahead(eip, verdict.fault.linear):
+                return VmExit(ExitReason.EVENT, eip=eip)    # run again up to the page
+            return self.paging.guest_page_fault(verdict.fault, eip)
+        return VmExit(ExitReason.MEMORY_FAULT, eip=eip, detail=f"{access} of no memory at {linear:#x}")
 
     def paging_counters(self) -> dict:
         """The monitor's paging work, whenever it does any (trap; vt with shadow paging): vt's

@@ -17,7 +17,9 @@ native popf silently cannot.
 
 Guest paging (vmm/guest_paging.py, as DirectMode uses it): shadow page tables, again with a
 kernel view and a user view of each address space, the engine's CR3 following the guest's ring,
-or nested paging. Of the monitor, the shadows hold only the ring views' pages, supervisor-only
+or nested paging, under which the ring views are at MONITOR_LINEAR, above anything a 32-bit
+guest address reaches, and every address below 4 GiB is the guest's (GuestPaging.monitor_linear).
+Of the monitor, the shadows hold only the ring views' pages, supervisor-only
 (the CPU's descriptor loads read them, the kernel at CPL 3 cannot): a guest access its own
 tables allow at one of those linear addresses (GuestPaging's MonitorPage verdict) is emulated
 (serve_monitor_page) or runs one single-stepped instruction with the guest's translation lent.
@@ -186,6 +188,7 @@ class TrapAndEmulateMode(DirectMode):
         super().attach(vm)
         shadow = ShadowTables(vm.engine, vm.memory, 0, 0, kernel_ring=REAL_RING,
                               read=lambda linear, size: self.code_view.read(linear, size),
+                              linear_base=GuestPaging.monitor_linear(self.paging_scheme),
                               views_offset=RING_VIEWS_OFFSET)
         self.use_cpu(TrapCpu(vm.engine, shadow, self))
         self.paging = GuestPaging.untranslated(vm, self.cpu, self.paging_scheme, ring_compression=True,

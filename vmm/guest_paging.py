@@ -6,7 +6,11 @@ translation, trap and vt with the real TF lent for one instruction).
 Trap's shadows also hold the pages of its ring views of the GDT and LDT (vmm/shadow_tables.py),
 supervisor-only, at their linear addresses in the monitor's region: a guest access its own tables
 allow there is the MonitorPage verdict, which trap serves by emulating the instruction or by one
-single-stepped instruction with the guest's translation lent (GuestPaging.lend_monitor_page)."""
+single-stepped instruction with the guest's translation lent (GuestPaging.lend_monitor_page).
+While the guest's paging is off, shadow paging pages the engine on flat tables (PagingOff's
+directory) where the monitor's range is unassigned memory, and a guest access at a page the
+engine keeps there is the same verdict, its "own frame" the unassigned memory at that address.
+Nested paging keeps those pages above 4 GiB (monitor_linear), out of the guest's reach."""
 
 from __future__ import annotations
 
@@ -19,7 +23,6 @@ from vmm.exits import ExitReason, VmExit
 from vmm.fault_address import plain_store
 from vmm.memory import PageFault, PhysicalMemory, UnbackedAccess
 from vmm.monitor_layout import MONITOR_LINEAR
-from vmm.monitor_paging import MonitorPageTables
 from vmm.nested_paging import NestedPaging
 from vmm.shadow_paging import MonitorPageAccess, ShadowPaging
 from vmm.x86 import CR0_PG, FPU_CONTROLS, PAGE_SIZE, PF_VEC, flushes_tlb, fpu_controls
@@ -31,6 +34,8 @@ class Pager(Protocol):
     (the engine's virtual TLB, filled by a two-level walk)."""
 
     virtual_tlb: bool                        # the engine's TLB misses call the pager (nested)
+    unpaged_directory: Optional[int]         # the engine's tables while the guest's paging is off
+                                             # (two-level shadow paging: the flat tables), else None
     counters: collections.Counter            # the report's counters (true faults counted here too)
     code_frame: Callable[[int], bool]        # whether a frame holds translated code (bt)
 
@@ -101,10 +106,11 @@ class Lend:
 
 @dataclass(frozen=True)
 class MonitorPage:
-    """The guest's tables allow the access, but at its linear address the shadow keeps one of the
-    monitor's pages (trap's ring views, supervisor-only, which the CPU's descriptor loads read):
-    the mode emulates the instruction, or runs it alone with the guest's own frame lent there
-    (GuestPaging.lend_monitor_page), after which the monitor's page comes back."""
+    """The guest's tables allow the access (or its paging is off), but at its linear address the
+    engine's tables keep one of the monitor's pages (trap's ring views, supervisor-only, which
+    the CPU's descriptor loads read; the flat tables' absent pages): the mode emulates the
+    instruction, or runs it alone with the guest's own frame lent there, unassigned memory
+    outside its RAM (GuestPaging.lend_monitor_page), after which the monitor's page comes back."""
     access: MonitorPageAccess
 
 
@@ -133,7 +139,11 @@ class TablesLoaded:
 
 @dataclass(frozen=True)
 class PagingOff:
-    """The guest turned paging off: every translation is gone."""
+    """The guest turned paging off: every translation is gone. The engine walks `directory` from
+    now on (shadow paging of trap and vt: the flat tables, where the monitor's range is
+    unassigned memory), None where the pager has no tables for it (nested paging's virtual TLB
+    goes on answering; bt pages on its own tables)."""
+    directory: Optional[int] = None
 
 
 MappingChange = Union[TablesLoaded, PagingOff]
@@ -176,8 +186,7 @@ class GuestPaging:
             control = cpu.control
             pager = NestedPaging(engine, memory, lambda: (control[0], control[3], control[4]), lambda: cpu.cpl)
         else:
-            tables = None if monitor_pages else MonitorPageTables.build(memory)
-            pager = ShadowPaging.build(memory, tables, engine.flush_tlb,
+            pager = ShadowPaging.build(memory, None, engine.flush_tlb,
                                        ring_compression=ring_compression, monitor_pages=monitor_pages)
             memory.write_observers.append(pager.memory_written)
         return cls(pager, cpu, engine, memory)
@@ -206,10 +215,14 @@ class GuestPaging:
             engine.set_reg(f"cr{number}", fpu_controls(number, engine.reg(f"cr{number}"), new))
         if number == 0 and (old ^ new) & CR0_PG and not new & CR0_PG:
             self.pager.reset()
-            return PagingOff()
+            return self.unpaged()
         if control[0] & CR0_PG and flushes_tlb(number, old, new):
             return TablesLoaded(self.pager.load(control[0], control[3], control[4], user=self.cpu.cpl == 3))
         return None
+
+    def unpaged(self) -> PagingOff:
+        """What the mapping is while the guest's paging is off (as at entry)."""
+        return PagingOff(self.pager.unpaged_directory)
 
     def ring_changed(self) -> Optional[int]:
         """The guest changed rings (trap, where both run at CPL 3): the directory of the new

@@ -45,6 +45,7 @@ class NestedPaging:
     `supervisor_pages`: monitor pages guest ring 3 may not read."""
 
     virtual_tlb = True
+    unpaged_directory = None     # while the guest's paging is off the fill answers one to one
 
     def __init__(self, engine, memory: PhysicalMemory, registers: Callable[[], tuple[int, int, int]],
                  guest_ring: Callable[[], int], code_frame: Callable[[int], bool] = lambda frame: False,

@@ -367,3 +367,35 @@ def test_with_a_code_hook_anywhere_a_stop_at_a_chained_block_leaves_eip_stale():
         engine.run(CODE, memory.until_address)
         results.append((engine.reg("eip"), engine.reg("ebx")))
     assert results == [(TOP, 4), (MIDDLE, 4)]
+
+
+def test_a_32_bit_engine_reads_descriptors_through_a_gdt_based_above_4_gib():
+    # trap with nested paging keeps its ring views of the GDT and LDT at MONITOR_LINEAR, where no
+    # 32-bit guest address reaches (docs/isolation.md). Unicorn's API writes 32 bits of a 32-bit
+    # engine's GDTR and LDTR bases; Engine.set_table_register puts the rest into the CPU state
+    # (the context blob's copy shows where), and the CPU's descriptor loads add base and
+    # selector in 64 bits: the virtual TLB is asked for the page above 4 GiB, never for 0x410000.
+    import struct
+    from vmm.engine import _CTX_TABLE_BASES, PROT_EXEC, PROT_WRITE
+    from vmm.boot import BOOT_GDT
+    high, views = 0x7F0000410000, 0xFF410000
+    engine, memory = machine("mov ax, 0x10\nmov ds, ax\nhlt")
+    engine.map_memory(views, 0x1000, PROT_READ)[:len(BOOT_GDT)] = BOOT_GDT
+    engine.set_table_register("gdtr", high, len(BOOT_GDT) - 1)
+    engine.set_table_register("ldtr", high + 0x800, 0x17, 0x0c)
+    assert engine.table_register("gdtr") == (high, len(BOOT_GDT) - 1)
+    assert engine.table_register("ldtr")[0] == high + 0x800
+    blob = bytes(engine.save_state())
+    assert struct.unpack_from("<Q", blob, _CTX_TABLE_BASES["gdtr"])[0] == high
+    assert struct.unpack_from("<Q", blob, _CTX_TABLE_BASES["ldtr"])[0] == high + 0x800
+    fills = []
+
+    def fill(linear, access):
+        fills.append((linear, access))
+        if linear == high & ~0xFFF:
+            return views, PROT_READ
+        return (linear, PROT_READ | PROT_WRITE | PROT_EXEC) if linear < 0x400000 else None
+
+    engine.use_virtual_tlb(fill)
+    assert engine.run(CODE, memory.until_address, count=2) is StopCause.RETURNED
+    assert engine.reg("ds") == 0x10 and fills == [(CODE, "fetch"), (high & ~0xFFF, "read")]

@@ -33,6 +33,9 @@ _CTX_HFLAGS = _CTX_ENV + 176             # uint32 hflags: bits 0-1 are the CPL (
 # SegmentCache segs[6] (ES CS SS DS FS GS): uint32 selector, uint64 base, uint32 limit, flags
 _CTX_SEGMENTS = _CTX_ENV + 184
 _SEGMENT_CACHE_SIZE = 24
+# After them, SegmentCache ldt, tr, gdt, idt: the base of the LDT's and the GDT's (uint64, at +8).
+_CTX_TABLE_BASES = {"ldtr": _CTX_SEGMENTS + 6 * _SEGMENT_CACHE_SIZE + 8,
+                    "gdtr": _CTX_SEGMENTS + 8 * _SEGMENT_CACHE_SIZE + 8}
 _SEGMENT_INDEX = {"es": 0, "cs": 1, "ss": 2, "ds": 3, "fs": 4, "gs": 5}
 # Offset of uint64 emu_counter in Unicorn's uc_struct (instructions started by a counted run).
 _UC_EMU_COUNTER = 1344
@@ -51,7 +54,8 @@ _CPU_HALTED = 33176
 # NB_MMU_MODES 3. A CPUTLBEntry is 64 bytes: addr_read, addr_write, addr_code, paddr (Unicorn's
 # own: the guest-physical page), addend (host address minus the virtual page). All pinned by
 # tests/test_engine.py, which finds env by the context blob's copy of it.
-_CPU_TLB = 35408 - 2192
+_CPU_ENV = 35408
+_CPU_TLB = _CPU_ENV - 2192
 _TLB_DESC, _TLB_DESC_SIZE, _DESC_VTABLE = 32, 696, 48
 _TLB_FAST = 2128
 _MMU_MODES, _VICTIM_ENTRIES, _TLB_ENTRY_SIZE = 3, 8, 64
@@ -354,6 +358,8 @@ class Engine:
     def table_register(self, name: str) -> tuple[int, int]:
         """(base, limit) of gdtr/idtr, or (selector, base) semantics for ldtr/tr via selector()."""
         _sel, base, limit, _flags = self._uc.reg_read(_TABLE_REGISTERS[name])
+        if name in _CTX_TABLE_BASES and not self.long_mode:      # (the API reads 32 bits of it)
+            base = ctypes.c_uint64.from_address(self._env() + _CTX_TABLE_BASES[name] - _CTX_ENV).value
         return base, limit
 
     def table_selector(self, name: str) -> int:
@@ -361,8 +367,22 @@ class Engine:
 
     def set_table_register(self, name: str, base: int, limit: int, selector: int = 0, flags: int = 0) -> None:
         """flags: the cached access rights of ldtr/tr (QEMU keeps the descriptor's high dword;
-        its own task switches read the TSS type there)."""
-        self._uc.reg_write(_TABLE_REGISTERS[name], (selector, base, limit, flags))
+        its own task switches read the TSS type there). The GDT's and LDT's base may lie above
+        4 GiB in a 32-bit engine too (trap with nested paging keeps its descriptor tables there,
+        where no 32-bit guest address reaches: docs/isolation.md): the CPU adds base and
+        selector in 64 bits for its descriptor loads, but Unicorn's API writes 32 bits of it, so
+        the rest goes straight into the CPU state (offsets pinned by tests/test_engine.py)."""
+        if self.long_mode or not base >> 32:
+            self._uc.reg_write(_TABLE_REGISTERS[name], (selector, base, limit, flags))
+            return
+        if name not in _CTX_TABLE_BASES:
+            raise ValueError(f"{name} base {base:#x}: only the GDT and LDT may lie above 4 GiB")
+        self._uc.reg_write(_TABLE_REGISTERS[name], (selector, base & 0xFFFFFFFF, limit, flags))
+        ctypes.c_uint64.from_address(self._env() + _CTX_TABLE_BASES[name] - _CTX_ENV).value = base
+
+    def _env(self) -> int:
+        """The address of QEMU's CPUX86State (the CPU state the context blob copies)."""
+        return ctypes.c_uint64.from_address(self._uc._uch.value + _UC_CPU).value + _CPU_ENV
 
     def read_msr(self, number: int) -> int:
         """ValueError for an MSR the engine does not implement."""

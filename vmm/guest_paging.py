@@ -6,7 +6,11 @@ translation, trap and vt with the real TF lent for one instruction).
 Trap's shadows also hold the pages of its ring views of the GDT and LDT (vmm/shadow_tables.py),
 supervisor-only, at their linear addresses in the monitor's region: a guest access its own tables
 allow there is the MonitorPage verdict, which trap serves by emulating the instruction or by one
-single-stepped instruction with the guest's translation lent (GuestPaging.lend_monitor_page)."""
+single-stepped instruction with the guest's translation lent (GuestPaging.lend_monitor_page).
+While the guest's paging is off, shadow paging pages the engine on flat tables (PagingOff's
+directory) where the monitor's range is unassigned memory, and a guest access at a page the
+engine keeps there is the same verdict, its "own frame" the unassigned memory at that address.
+Nested paging keeps those pages above 4 GiB (monitor_linear), out of the guest's reach."""
 
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from vmm.errors import MonitorBug
 from vmm.exits import ExitReason, VmExit
 from vmm.fault_address import plain_store
 from vmm.memory import PageFault, PhysicalMemory, UnbackedAccess
-from vmm.monitor_paging import MonitorPageTables
+from vmm.monitor_layout import MONITOR_LINEAR
 from vmm.nested_paging import NestedPaging
 from vmm.shadow_paging import MonitorPageAccess, ShadowPaging
 from vmm.x86 import CR0_PG, FPU_CONTROLS, PAGE_SIZE, PF_VEC, flushes_tlb, fpu_controls
@@ -30,6 +34,8 @@ class Pager(Protocol):
     (the engine's virtual TLB, filled by a two-level walk)."""
 
     virtual_tlb: bool                        # the engine's TLB misses call the pager (nested)
+    unpaged_directory: Optional[int]         # the engine's tables while the guest's paging is off
+                                             # (two-level shadow paging: the flat tables), else None
     counters: collections.Counter            # the report's counters (true faults counted here too)
     code_frame: Callable[[int], bool]        # whether a frame holds translated code (bt)
 
@@ -100,10 +106,11 @@ class Lend:
 
 @dataclass(frozen=True)
 class MonitorPage:
-    """The guest's tables allow the access, but at its linear address the shadow keeps one of the
-    monitor's pages (trap's ring views, supervisor-only, which the CPU's descriptor loads read):
-    the mode emulates the instruction, or runs it alone with the guest's own frame lent there
-    (GuestPaging.lend_monitor_page), after which the monitor's page comes back."""
+    """The guest's tables allow the access (or its paging is off), but at its linear address the
+    engine's tables keep one of the monitor's pages (trap's ring views, supervisor-only, which
+    the CPU's descriptor loads read; the flat tables' absent pages): the mode emulates the
+    instruction, or runs it alone with the guest's own frame lent there, unassigned memory
+    outside its RAM (GuestPaging.lend_monitor_page), after which the monitor's page comes back."""
     access: MonitorPageAccess
 
 
@@ -132,7 +139,11 @@ class TablesLoaded:
 
 @dataclass(frozen=True)
 class PagingOff:
-    """The guest turned paging off: every translation is gone."""
+    """The guest turned paging off: every translation is gone. The engine walks `directory` from
+    now on (shadow paging of trap and vt: the flat tables, where the monitor's range is
+    unassigned memory), None where the pager has no tables for it (nested paging's virtual TLB
+    goes on answering; bt pages on its own tables)."""
+    directory: Optional[int] = None
 
 
 MappingChange = Union[TablesLoaded, PagingOff]
@@ -152,20 +163,30 @@ class GuestPaging:
         self.memory = memory
         self.address_bits = address_bits
 
+    @staticmethod
+    def monitor_linear(scheme: str) -> Optional[int]:
+        """Where an untranslated mode's engine sees the monitor areas it reads by linear address
+        (trap's ring views of the GDT and LDT), None for their physical address. Nested paging's
+        virtual TLB answers for any linear address: MONITOR_LINEAR, above anything a 32-bit guest
+        address reaches (as bt's), so that every address below 4 GiB is the guest's. Two-level
+        shadow tables cannot name it: the pages stay at their physical addresses, supervisor-only,
+        and the guest's own access there is the MonitorPage verdict."""
+        return MONITOR_LINEAR if scheme == "nested" else None
+
     @classmethod
     def untranslated(cls, vm, cpu, scheme: str, ring_compression: bool, monitor_pages=()) -> "GuestPaging":
         """For the modes that run guest code untranslated (trap, vt): nested paging through the
         engine's virtual TLB, or shadow paging on two-level tables. monitor_pages: the linear
         addresses of the monitor pages the engine reads through every shadow, supervisor-only
         (trap's ring views: its shadows hold nothing else of the monitor's); without them (vt)
-        the shadows map the guest's linear space alone, next to the monitor's own tables."""
+        the shadows map the guest's linear space alone. Under nested paging they are at
+        monitor_linear(), where no guest address reaches."""
         engine, memory = vm.engine, vm.memory
         if scheme == "nested":
             control = cpu.control
             pager = NestedPaging(engine, memory, lambda: (control[0], control[3], control[4]), lambda: cpu.cpl)
         else:
-            tables = None if monitor_pages else MonitorPageTables.build(memory)
-            pager = ShadowPaging.build(memory, tables, engine.flush_tlb,
+            pager = ShadowPaging.build(memory, None, engine.flush_tlb,
                                        ring_compression=ring_compression, monitor_pages=monitor_pages)
             memory.write_observers.append(pager.memory_written)
         return cls(pager, cpu, engine, memory)
@@ -194,10 +215,14 @@ class GuestPaging:
             engine.set_reg(f"cr{number}", fpu_controls(number, engine.reg(f"cr{number}"), new))
         if number == 0 and (old ^ new) & CR0_PG and not new & CR0_PG:
             self.pager.reset()
-            return PagingOff()
+            return self.unpaged()
         if control[0] & CR0_PG and flushes_tlb(number, old, new):
             return TablesLoaded(self.pager.load(control[0], control[3], control[4], user=self.cpu.cpl == 3))
         return None
+
+    def unpaged(self) -> PagingOff:
+        """What the mapping is while the guest's paging is off (as at entry)."""
+        return PagingOff(self.pager.unpaged_directory)
 
     def ring_changed(self) -> Optional[int]:
         """The guest changed rings (trap, where both run at CPL 3): the directory of the new
@@ -330,11 +355,6 @@ class GuestPaging:
         """The exact linear address of the refused data access, made by the instruction `code`
         at `eip` (CR2): worked out from the instruction and its registers."""
         return self._nested().refused_address(code, eip, reg, segment_base)
-
-    def monitor_page(self, linear: int) -> bool:
-        """Whether the refused `linear` is one of the monitor's own pages (trap's 32-bit engine
-        keeps its areas at their physical addresses in every guest address space)."""
-        return self._nested().monitor_page(linear)
 
     def _nested(self) -> NestedPaging:
         if not isinstance(self.pager, NestedPaging):

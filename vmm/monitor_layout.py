@@ -83,7 +83,7 @@ AREAS = (
     Area("stubs", STUB_OFFSET, STUB_SIZE, PROT_READ | PROT_EXEC, "vmm/modes/bt/mode.py",
          "stubs: native cpuid/rdtsc (bt)"),
     Area("directory", DIRECTORY_OFFSET, DIRECTORY_SIZE, PROT_READ, "vmm/monitor_paging.py",
-         "page directory (bt: PML4) of the monitor's page tables (bt, trap/vt with shadow paging)"),
+         "PML4 of the monitor's long-mode tables (bt)"),
     Area("shadow GDT", SHADOW_GDT_OFFSET, SHADOW_GDT_SIZE, PROT_READ, "vmm/shadow_tables.py",
          "shadow GDT (bt)", supervisor=True),
     Area("shadow LDT", SHADOW_LDT_OFFSET, SHADOW_LDT_SIZE, PROT_READ, "vmm/shadow_tables.py",
@@ -100,17 +100,18 @@ AREAS = (
     Area("vcpu privileged", VCPU_PRIVILEGED_OFFSET, VCPU_PRIVILEGED_SIZE, PROT_READ, "vmm/modes/bt/vcpu.py",
          "privileged virtual-CPU page: control registers for `mov r, crN` (bt)", supervisor=True),
     Area("page tables", TABLES_OFFSET, TABLES_SIZE, PROT_READ, "vmm/monitor_paging.py",
-         "the monitor's page tables (as the directory)"),
+         "the monitor's long-mode page tables (bt)"),
     Area("ring views", RING_VIEWS_OFFSET, RING_VIEWS_SIZE, PROT_READ, "vmm/shadow_tables.py",
          "shadow GDT and LDT of each virtual ring, 64 KiB each, ring 0's first (trap): supervisor-only in "
-         "trap's page tables"),
+         "trap's shadow and flat tables; under nested paging at MONITOR_LINEAR + offset"),
     Area("arena", ARENA_OFFSET, ARENA_SIZE, PROT_READ | PROT_EXEC, "cache/arena.py",
          f"translation cache arena, {ARENA_SIZE >> 20} MiB of {ARENA_SLOT_SIZE}-byte slots (bt)"),
     Area("shadow pool", POOL_OFFSET, POOL_SIZE, PROT_READ, "vmm/shadow_paging.py",
-         "pool of shadow page directories and tables (shadow paging), in no linear map"),
+         "pool of shadow page directories and tables (shadow paging) and of trap's and vt's flat tables, in "
+         "no linear map"),
     Area("unassigned page", UNASSIGNED_PAGE_OFFSET, UNASSIGNED_PAGE_SIZE, PROT_READ | PROT_WRITE, "vmm/memory.py",
          "MMIO: unassigned memory (reads 0, stores dropped) for guest pages behind the monitor's own areas "
-         "(trap, vt: 32-bit shadow entries)"),
+         "(trap, vt: 32-bit shadow entries, and trap's loans of them)"),
     Area("until", UNTIL_PAGE_OFFSET, UNTIL_PAGE_SIZE, PROT_READ | PROT_EXEC, "vmm/memory.py",
          "the never-executed `until` page"),
 )

@@ -1,23 +1,26 @@
-"""The monitor's own page tables, which the engine walks while the guest's paging is off: an
-identity map of guest RAM with per-page write protection, two-level for trap and vt
-(MonitorPageTables; trap's `build_flat` keeps the monitor's areas from its deprivileged kernel)
-and IA-32e for bt (LongModeTables: the guest's 4 GiB, its 4-8 GiB alias, and the monitor's
-region far above, whose PML4 entry every bt shadow root shares; docs/isolation.md).
+"""The monitor's own page tables, which the engine walks while the guest's paging is off: for
+trap and vt with shadow paging, FlatTables (the guest-physical space one to one, the monitor's
+range as unassigned memory); for bt, LongModeTables (IA-32e: the guest's 4 GiB, its 4-8 GiB
+alias, and the monitor's region far above, whose PML4 entry every bt shadow root shares;
+docs/isolation.md).
 
-Why paging at all while the guest's own paging is off: a store the engine refuses through
+Why paging at all while the guest's own paging is off. bt: a store the engine refuses through
 Unicorn's memory permissions is reported at the start of the engine's translation block, not
 at the store; a page fault from a read-only PTE is precise (EIP at the store, CR2 the address).
-Write-protecting guest code pages this way gives exact self-modifying-code detection.
+Write-protecting guest code pages this way gives exact self-modifying-code detection. trap and
+vt: unpaged, the engine's physical space would be the guest's, the monitor's areas at their
+physical addresses in it (the shadow pool, trap's ring views: their bytes read, stores refused,
+where QEMU reads 0 and drops stores).
 """
 
 from __future__ import annotations
 
-import array
 import struct
-import sys
+from typing import Callable
 
-from vmm.engine import PROT_READ, PROT_WRITE
-from vmm.monitor_layout import DIRECTORY_OFFSET, DIRECTORY_SIZE, MONITOR_LINEAR, TABLES_OFFSET, TABLES_SIZE
+from vmm.engine import PROT_READ
+from vmm.memory import UNASSIGNED_ALIAS
+from vmm.monitor_layout import BOOT_GDT_OFFSET, DIRECTORY_OFFSET, DIRECTORY_SIZE, MONITOR_LINEAR, TABLES_OFFSET, TABLES_SIZE
 from vmm.x86 import PAGE_SIZE, PTE_A, PTE_D, PTE_NX, PTE_P, PTE_PS, PTE_RW, PTE_US
 
 # Accessed and dirty are preset: the tables are read-only to the engine, so the page walker
@@ -26,99 +29,75 @@ PDE_FLAGS = PTE_P | PTE_RW | PTE_US | PTE_A
 PTE_READ_ONLY = PTE_P | PTE_US | PTE_A | PTE_D
 PTE_WRITABLE = PTE_READ_ONLY | PTE_RW
 ENTRIES = 1024
+LARGE_PAGE = 1 << 22
 
 
-class MonitorPageTables:
-    """`directory_view`/`tables_view` are the monitor's windows on the page directory (4 KiB) and
-    a pool of page tables; `*_address` are where the engine sees them."""
+def large_page_entry(physical: int) -> int:
+    """A user-writable 4 MiB PDE for `physical` (4 MiB aligned, below 1 TiB): PSE-36 puts
+    physical address bits 32-39 in PDE bits 13-20, so a two-level table names the unassigned
+    alias above 4 GiB too (QEMU's walker, and the engine's, implement it)."""
+    return (physical & 0xFFC00000) | ((physical >> 32) << 13) | PDE_FLAGS | PTE_D | PTE_PS
 
-    def __init__(self, directory_view: memoryview, directory_address: int,
-                 tables_view: memoryview, tables_address: int) -> None:
-        self.directory = directory_view
-        self.directory_address = directory_address
-        self.tables = tables_view
-        self.tables_address = tables_address
-        self._next_table = 0
-        self.directory[:PAGE_SIZE] = bytes(PAGE_SIZE)
 
-    def _table_for(self, address: int) -> int:
-        """Offset in the pool of the page table covering `address`, created on first use."""
-        index = address >> 22
-        (pde,) = struct.unpack_from("<I", self.directory, index * 4)
-        if pde & PTE_P:
-            return (pde & ~0xFFF) - self.tables_address
-        offset = self._next_table
-        if offset + PAGE_SIZE > len(self.tables):
-            raise MemoryError("monitor page-table pool exhausted")
-        self._next_table += PAGE_SIZE
-        self.tables[offset:offset + PAGE_SIZE] = bytes(PAGE_SIZE)
-        struct.pack_into("<I", self.directory, index * 4, (self.tables_address + offset) | PDE_FLAGS)
-        return offset
+class FlatTables:
+    """The tables the engine walks while the guest's paging is off under shadow paging (trap,
+    vt; built by vmm/shadow_paging.py, in its pool): every guest-physical address the guest
+    names behaves as without paging, and the monitor's range is unassigned memory to the guest
+    as on QEMU, though the monitor's areas lie in the engine's physical space there.
 
-    def map_identity(self, base: int, size: int, writable: bool, user: bool = True) -> None:
-        """user=False: supervisor-only, a fault for translated guest ring-3 code (real CPL 3)."""
-        flags = PTE_WRITABLE if writable else PTE_READ_ONLY
-        if not user:
-            flags &= ~PTE_US
-        page, end = base, base + size
-        while page < end:               # one page table's run of entries at a time
-            table = self._table_for(page)
-            first = (page >> 12) & 0x3FF
-            count = min(ENTRIES - first, (end - page + PAGE_SIZE - 1) // PAGE_SIZE)
-            entries = array.array("I", range(page | flags, (page + count * PAGE_SIZE) | flags, PAGE_SIZE))
-            if sys.byteorder != "little":
-                entries.byteswap()
-            self.tables[table + first * 4:table + (first + count) * 4] = entries.tobytes()
-            page += count * PAGE_SIZE
+    4 MiB pages (the engine needs CR4.PSE): below the monitor's range one to one (RAM, the
+    engine's holes); in it, each 4 MiB at the unassigned alias above 4 GiB
+    (PhysicalMemory.engine_page), unless the engine itself must reach a page there by linear
+    address: then 4 KiB entries, that page the monitor's (`kept`: {page: entry}, trap's ring
+    views, supervisor-only and read-only; the boot GDT page one to one, MMIO that serves the
+    table while the guest's GDTR names it and unassigned memory after), the holes one to one,
+    and any other monitor page absent. The guest's access at a kept or absent page faults and
+    is the monitor's to serve (`serves`): it is unassigned memory to the guest, reached for one
+    instruction through an entry lent in its place (`lend`, `restore`)."""
 
-    @classmethod
-    def build(cls, memory) -> "MonitorPageTables":
-        """Map the directory and table areas (read-only to the engine) and identity-map guest RAM
-        and every monitor area mapped so far, with their permissions."""
-        directory_address = memory.map_monitor_area(DIRECTORY_OFFSET, DIRECTORY_SIZE, PROT_READ)
-        tables_address = memory.map_monitor_area(TABLES_OFFSET, TABLES_SIZE, PROT_READ)
-        tables = cls(memory.monitor_view(DIRECTORY_OFFSET, DIRECTORY_SIZE), directory_address,
-                     memory.monitor_view(TABLES_OFFSET, TABLES_SIZE), tables_address)
-        tables.map_identity(memory.ram.base, memory.ram.size, writable=True)
-        # The monitor's areas are supervisor-only (the tables themselves are read by the page
-        # walker through physical addresses only, and are left out). The boot GDT is the
-        # firmware's, readable as at its guest-physical address in every mode.
-        for base, size, perms in memory.monitor_mappings():
-            if base in (directory_address, tables_address):
-                continue
-            boot = base == memory.monitor.base
-            tables.map_identity(base, size, writable=bool(perms & PROT_WRITE), user=boot)
-        return tables
-
-    @classmethod
-    def build_flat(cls, memory) -> "MonitorPageTables":
-        """trap's tables for while the guest's paging is off: all 4 GiB one to one and user
-        accessible (4 MiB pages where no monitor area is), so guest RAM and every address the
-        engine itself answers for behave as without paging; but the monitor's areas mapped so
-        far are supervisor-only and read-only, so that the deprivileged kernel at CPL 3 faults
-        on them (the CPU's descriptor loads, supervisor accesses, still read trap's ring views;
-        the page walker reads tables by physical address). The boot GDT stays user-readable,
-        the firmware's as in every mode. Needs CR4.PSE in the engine."""
-        directory_address = memory.map_monitor_area(DIRECTORY_OFFSET, DIRECTORY_SIZE, PROT_READ)
-        tables_address = memory.map_monitor_area(TABLES_OFFSET, TABLES_SIZE, PROT_READ)
-        tables = cls(memory.monitor_view(DIRECTORY_OFFSET, DIRECTORY_SIZE), directory_address,
-                     memory.monitor_view(TABLES_OFFSET, TABLES_SIZE), tables_address)
-        areas = memory.monitor_mappings()
-        split = {index for base, size, _perms in areas for index in range(base >> 22, ((base + size - 1) >> 22) + 1)}
+    def __init__(self, memory, kept: dict[int, int], new_page: Callable[[], tuple[memoryview, int]]) -> None:
+        """new_page() -> (view, physical address) of a zeroed page for a table."""
+        self.directory, self.directory_address = new_page()
+        self._tables: dict[int, memoryview] = {}          # directory index -> its table
+        self._standing: dict[int, int] = {}               # page -> its entry when nothing is lent
+        self._served: set[int] = set()                    # pages whose guest accesses the monitor serves
+        monitor = memory.monitor
+        boot_gdt = (monitor.base + BOOT_GDT_OFFSET) >> 12
+        mapped = {page for base, size, _perms in memory.monitor_mappings()
+                  for page in range(base >> 12, (base + size + PAGE_SIZE - 1) >> 12)}
         for index in range(ENTRIES):
-            if index in split:
-                tables.map_identity(index << 22, 1 << 22, writable=True)
+            base = index * LARGE_PAGE
+            pages = range(base >> 12, (base + LARGE_PAGE) >> 12)
+            if base < monitor.base:
+                entry = large_page_entry(base)
+            elif not any(page in kept or page == boot_gdt for page in pages):
+                entry = large_page_entry(UNASSIGNED_ALIAS + base)
             else:
-                struct.pack_into("<I", tables.directory, index * 4, (index << 22) | PDE_FLAGS | PTE_D | PTE_PS)
-        for base, size, _perms in areas:
-            tables.map_identity(base, size, writable=False, user=base == memory.monitor.base)
-        return tables
+                table, address = new_page()
+                self._tables[index] = table
+                entry = address | PDE_FLAGS
+                for page in pages:
+                    if page in kept:
+                        self._standing[page] = kept[page]
+                        self._served.add(page)
+                    elif page == boot_gdt or page not in mapped:
+                        self._standing[page] = (page << 12) | PTE_WRITABLE
+                    else:
+                        self._standing[page] = 0
+                        self._served.add(page)
+                    struct.pack_into("<I", table, (page & 0x3FF) * 4, self._standing[page])
+            struct.pack_into("<I", self.directory, index * 4, entry)
 
-    def set_writable(self, page_address: int, writable: bool) -> None:
-        table = self._table_for(page_address)
-        at = table + ((page_address >> 12) & 0x3FF) * 4
-        (pte,) = struct.unpack_from("<I", self.tables, at)
-        struct.pack_into("<I", self.tables, at, (pte | PTE_RW) if writable else (pte & ~PTE_RW))
+    def serves(self, page: int) -> bool:
+        """Whether a guest access at linear (= physical) `page` faults into the monitor."""
+        return page in self._served
+
+    def lend(self, page: int, entry: int) -> None:
+        """Put `entry` in place of a served page's for one guest instruction."""
+        struct.pack_into("<I", self._tables[page >> 10], (page & 0x3FF) * 4, entry)
+
+    def restore(self, page: int) -> None:
+        struct.pack_into("<I", self._tables[page >> 10], (page & 0x3FF) * 4, self._standing[page])
 
 
 # -- long mode (binary translation, docs/isolation.md) ----------------------------------------------

@@ -7,10 +7,12 @@ physical, accessed and dirty bits set in them as the CPU sets them, U/S checked 
 guest's ring, not the engine's); second level, the monitor's map (guest physical to the
 engine's memory: guest RAM through the physical-to-machine map, and everything else through the
 MMIO bus, where unassigned memory reads 0 as on QEMU: PhysicalMemory.engine_page). Code is
-fetched from RAM only. The monitor's areas are the monitor's in every address space (trap's 32-bit
-engine sees them at their physical addresses; the rest of that range is the guest's). What the fill gives stays in the engine's TLB until a
-flush, so the guest sees a TLB as on the reference machine; the translator's instruction
-fetches go through a small instruction TLB with the same lifetime.
+fetched from RAM only. Every linear address below 4 GiB is the guest's: the monitor's areas the
+engine itself reads by linear address (bt's virtual CPU and translation cache, trap's ring views
+of the GDT and LDT) are at MONITOR_LINEAR, far above anything a 32-bit guest address reaches, and
+the fill answers there from the monitor's own map (docs/isolation.md). What the fill gives stays
+in the engine's TLB until a flush, so the guest sees a TLB as on the reference machine; the
+translator's instruction fetches go through a small instruction TLB with the same lifetime.
 
 A Pager (vmm/guest_paging.py) as vmm/shadow_paging.py's ShadowPaging is, so the modes handle a
 refused access one way whichever scheme is in use.
@@ -26,6 +28,7 @@ from vmm.errors import MonitorBug
 from translator.x86decode import decode
 from vmm.fault_address import fault_address
 from vmm.memory import PageFault, PhysicalMemory, UnbackedAccess, linear_to_physical
+from vmm.monitor_layout import MONITOR_LINEAR
 from vmm.x86 import CR0_PG, CR0_WP, CR4_PSE, PAGE_SIZE, PTE_D, PTE_PS, PTE_RW
 
 PROT_RX = PROT_READ | PROT_EXEC
@@ -42,16 +45,19 @@ class NestedPaging:
     `supervisor_pages`: monitor pages guest ring 3 may not read."""
 
     virtual_tlb = True
+    unpaged_directory = None     # while the guest's paging is off the fill answers one to one
 
     def __init__(self, engine, memory: PhysicalMemory, registers: Callable[[], tuple[int, int, int]],
                  guest_ring: Callable[[], int], code_frame: Callable[[int], bool] = lambda frame: False,
-                 supervisor_pages: frozenset = frozenset(), monitor_linear: Optional[int] = None) -> None:
-        """monitor_linear: where the engine sees the monitor's region when it runs translated code
-        in long mode (docs/isolation.md). Then every address below 4 GiB is the guest's, 4-8 GiB
-        is its alias (the 32-bit wrap), and guest pages are never executable."""
+                 supervisor_pages: frozenset = frozenset(), monitor_linear: int = MONITOR_LINEAR) -> None:
+        """monitor_linear: where the engine sees the monitor's region (docs/isolation.md): every
+        address below 4 GiB is the guest's, 4-8 GiB its alias (the 32-bit wrap: bt's FS/GS base
+        plus offset, a 32-bit engine's CS base plus EIP). An engine in long mode runs translated
+        code (bt): guest pages are then never executable, and faulting code is 64-bit code."""
         self.engine, self.memory = engine, memory
         self.monitor_linear = monitor_linear
-        self._guest_perms = PROT_READ if monitor_linear is not None else PROT_RX
+        self.translated = engine.long_mode
+        self._guest_perms = PROT_READ if self.translated else PROT_RX
         self.registers, self.guest_ring, self.code_frame = registers, guest_ring, code_frame
         self.supervisor_pages = supervisor_pages
         self.counters = collections.Counter(dict.fromkeys(COUNTERS, 0))   # every one in the report
@@ -74,17 +80,10 @@ class NestedPaging:
     # -- the engine's TLB misses ---------------------------------------------------------------
     def _fill(self, linear: int, access: str) -> Optional[tuple[int, int]]:
         self.counters["tlb_fills"] += 1
-        page, write = linear >> 12, access == "write"
-        if self.monitor_linear is not None:
-            if linear >= self.monitor_linear:
-                return self._fill_monitor(linear, access)
-            linear &= 0xFFFFFFFF                   # 4-8 GiB: the wrap of an FS/GS base + offset
-            page = linear >> 12
-        elif self.monitor_page(linear):
-            perms = self._monitor[page]
-            if (page in self.supervisor_pages and self.guest_ring() == 3) or (write and not perms & PROT_WRITE):
-                return self._refuse(linear, access, True)
-            return linear & ~0xFFF, perms
+        write = access == "write"
+        if linear >= self.monitor_linear:
+            return self._fill_monitor(linear, access)
+        linear &= 0xFFFFFFFF                       # 4-8 GiB: the 32-bit wrap
         try:
             physical, writable = self._walk(linear, write, mark=True, fetch=access == "fetch")
         except (PageFault, UnbackedAccess):
@@ -95,17 +94,13 @@ class NestedPaging:
             return self.memory.engine_page(physical, wide=True), PROT_READ | (PROT_WRITE if writable else 0)
         return physical, self._guest_perms | (PROT_WRITE if writable else 0)
 
-    def monitor_page(self, linear: int) -> bool:
-        """Whether `linear` is one of the monitor's own pages in the guest's linear space (the
-        32-bit engine of trap: the areas it maps at their physical addresses)."""
-        return self.monitor_linear is None and (linear & 0xFFFFFFFF) >> 12 in self._monitor
-
     def _fill_monitor(self, linear: int, access: str) -> Optional[tuple[int, int]]:
-        """Long mode: the monitor's own region, which only translated code reaches."""
+        """The monitor's own region, which only the engine reaches: translated code (bt), the
+        CPU's own descriptor loads (trap's ring views)."""
         physical = self.memory.monitor.base + (linear - self.monitor_linear)
         perms = self._monitor.get(physical >> 12)
         if perms is None or (physical >> 12 in self.supervisor_pages and self.guest_ring() == 3) \
-                or (access == "write" and not perms & PROT_WRITE):
+                or (access == "write" and not perms & PROT_WRITE) or (access == "fetch" and not perms & PROT_EXEC):
             return self._refuse(linear, access, perms is not None)
         return physical & ~0xFFF, perms
 
@@ -115,7 +110,7 @@ class NestedPaging:
         `code` at `eip` (the engine names only the page; the instruction and its registers say
         where in it). The page itself where the bytes do not decode."""
         page, access, _present = self.refusal
-        instruction = decode(code, eip, 64 if self.monitor_linear is not None else 32)
+        instruction = decode(code, eip, 64 if self.translated else 32)
         if instruction is None:
             return page
         return fault_address(instruction, page, access == "write", reg, segment_base)

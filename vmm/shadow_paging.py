@@ -34,6 +34,12 @@ the monitor is in a shadow. The guest's own use of such a linear address is serv
 tables: a fault the walk refuses is the guest's #PF, and an access it allows gets the guest's
 translation lent to the page for one instruction (MonitorPageAccess, `lend_monitor_page`), after
 which the monitor's entry comes back.
+
+While the guest's paging is off (no shadow active) the engine walks the flat tables
+(vmm/monitor_paging.py's FlatTables, two-level shadows only: trap, vt), built in the pool:
+guest-physical addresses one to one and the monitor's range unassigned memory. Of the monitor
+they keep the same pages, and the guest's access at one is served the same way: its "own
+frame" there is the unassigned memory at that physical address.
 """
 
 from __future__ import annotations
@@ -45,7 +51,8 @@ from typing import Callable, Optional
 
 from vmm.engine import PROT_READ
 from vmm.monitor_layout import POOL_OFFSET, POOL_SIZE
-from vmm.monitor_paging import LONG_TABLE_FLAGS, MONITOR_PML4_INDEX, LongModeTables
+from vmm.errors import MonitorBug
+from vmm.monitor_paging import LONG_TABLE_FLAGS, MONITOR_PML4_INDEX, FlatTables, LongModeTables
 from vmm.memory import PhysicalMemory, UnbackedAccess, linear_to_physical
 from vmm.x86 import CR0_PG, CR0_WP, CR4_PSE, PAGE_SIZE, PTE_A, PTE_D, PTE_NX, PTE_P, PTE_PS, PTE_RW, PTE_US
 
@@ -146,7 +153,12 @@ class ShadowPaging:
         the engine's entry}) besides the guest's."""
         self.memory, self.pool = memory, pool
         self.monitor_pages = monitor_pages or {}
-        self._lent_monitor: list[tuple[AddressSpace, int, int]] = []   # (space, page, guest frame)
+        # The engine's tables while the guest's paging is off (two-level shadows: trap, vt; bt
+        # pages on its own LongModeTables then).
+        self.flat = None if long_mode_tables is not None else \
+            FlatTables(memory, self.monitor_pages, self._table_page_for_flat)
+        # (space, page, guest frame); space None: the flat tables' page
+        self._lent_monitor: list[tuple[Optional[AddressSpace], int, int]] = []
         self.long_mode = long_mode_tables
         self.flush_tlb, self.code_frame = flush_tlb, code_frame
         self.max_spaces = max_spaces * (2 if ring_compression else 1)
@@ -161,6 +173,17 @@ class ShadowPaging:
         # frame -> (space, -1) for a directory, (space, index) for the table under that index
         self._lent: list[tuple[AddressSpace, int]] = []     # entries writable for one instruction
         self.counters = collections.Counter(dict.fromkeys(COUNTERS, 0))   # every one in the report
+
+    def _table_page_for_flat(self) -> tuple[memoryview, int]:
+        """A zeroed pool page for the flat tables, theirs for good (taken before any shadow)."""
+        unit = self.pool.allocate()
+        return self.pool.view[unit * PAGE_SIZE:(unit + 1) * PAGE_SIZE], self.pool.physical(unit)
+
+    @property
+    def unpaged_directory(self) -> Optional[int]:
+        """The directory the engine walks while the guest's paging is off (the flat tables),
+        None where the monitor pages the engine otherwise then (bt)."""
+        return self.flat.directory_address if self.flat is not None else None
 
     @classmethod
     def build(cls, memory: PhysicalMemory, monitor_tables, flush_tlb: Callable[[], None], *,
@@ -254,10 +277,14 @@ class ShadowPaging:
         guest's CR0.WP=0 allows to a read-only user page): the caller lets that one instruction
         write through `lend_write`."""
         space = self.active
+        if space is None and self.flat is not None:      # the guest's paging is off: flat tables
+            if self.flat.serves(linear >> 12):
+                raise MonitorPageAccess(linear, linear, write)
+            raise MonitorBug(f"a page fault at {linear:#x} on the flat tables, where only the monitor's "
+                             f"pages fault")
         if linear >> 12 in self.monitor_pages:
             frame_address = linear_to_physical(self.memory, self.cr0, self.active_cr3, linear, write,
                                                cr4=self.cr4, user=user, mark=True)
-            self._check_backed(frame_address)
             raise MonitorPageAccess(linear, frame_address, write)
         entry = space.entries.get(linear >> 12)
         if entry is not None and write and self._entry_allows_write(entry, user):
@@ -339,13 +366,21 @@ class ShadowPaging:
 
     def lend_monitor_page(self, access: MonitorPageAccess) -> None:
         """Let the next guest instruction reach its own frame at a linear address where the
-        running shadow maps a monitor page (the access the guest's walk allowed: a store only if
-        it was one, and never into a frame the monitor watches); `end_loans()` puts the
-        monitor's entry back."""
+        running shadow (with the guest's paging off, the flat tables) maps a monitor page (the
+        access the guest's walk allowed: a store only if it was one, and never into a frame the
+        monitor watches); outside its RAM the frame is a device's or unassigned memory, served
+        where PhysicalMemory.engine_page says. `end_loans()` puts the monitor's entry back."""
         page, frame = access.linear >> 12, access.physical >> 12
         writable = access.write and frame not in self.traced and not self.code_frame(frame)
+        address = frame << 12
+        if not self.memory.ram.contains(address, PAGE_SIZE):    # a device, or unassigned memory
+            address = self.memory.engine_page(address, wide=False)
+        entry = address | SHADOW_PTE_BASE | PTE_US | (PTE_RW if writable else 0)
         self._lent_monitor.append((self.active, page, frame))
-        self._write_pte(self.active, page, (frame << 12) | SHADOW_PTE_BASE | PTE_US | (PTE_RW if writable else 0))
+        if self.active is None:
+            self.flat.lend(page, entry)
+        else:
+            self._write_pte(self.active, page, entry)
         self.flush_tlb()
 
     def end_loans(self) -> None:
@@ -353,7 +388,9 @@ class ShadowPaging:
         the guest's page tables."""
         lent_monitor, self._lent_monitor = self._lent_monitor, []
         for space, page, _frame in lent_monitor:
-            if self.spaces.get((space.directory_frame, space.view)) is space:
+            if space is None:
+                self.flat.restore(page)
+            elif self.spaces.get((space.directory_frame, space.view)) is space:
                 self._write_pte(space, page, self.monitor_pages[page])
         lent, self._lent = self._lent, []
         for space, page in lent:

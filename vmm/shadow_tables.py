@@ -103,7 +103,7 @@ class ShadowTables:
                  views_offset: Optional[int] = None) -> None:
         """read(linear, size): the guest's linear memory (default: physical, paging off).
         linear_base: where the engine sees the monitor's region, if not at its physical address
-        (long mode). monitor_descriptors: {selector: raw descriptor} of the monitor's own, kept
+        (MONITOR_LINEAR: bt, trap with nested paging). monitor_descriptors: {selector: raw descriptor} of the monitor's own, kept
         in the shadow GDT past any guest table (the engine's GDTR then spans the whole table).
         views_offset: one view per virtual ring (trap), ring r's GDT at views_offset + r *
         VIEW_SIZE and its LDT right after; else one view at gdt_offset and ldt_offset (bt)."""

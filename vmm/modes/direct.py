@@ -20,7 +20,7 @@ from vmm.guest_paging import GuestPaging, GuestPF, Hidden, Lend, MonitorPage, No
 from vmm.guest_view import GuestView
 from vmm.memory import UnbackedAccess
 from vmm.modes import ExecutionMode, PendingStop
-from vmm.x86 import BP, CR0_PG, CR0_WP, CR4_PCE, DB, GP, IF, NM, OF_VEC, PAGE_SIZE, PF_VEC, TF, UD, nm_is_ud
+from vmm.x86 import BP, CR0_PG, CR0_WP, CR4_PCE, CR4_PSE, DB, GP, IF, NM, OF_VEC, PAGE_SIZE, PF_VEC, TF, UD, nm_is_ud
 
 HLT_OPCODE = 0xF4
 ENGINE_BLOCK_MAX_INSTRUCTIONS = 512     # QEMU's TCG_MAX_INSNS: how far a block start can be
@@ -81,8 +81,6 @@ class StopKind(enum.Enum):
     END_RUN = "end_run"           # a device asked the run to end (inside an I/O hook: (block start,
                                   # dx, port, size, out), to find where it really ends; else None)
     BREAKPOINT = "breakpoint"     # a debugger breakpoint, in front of its instruction
-    MONITOR_AREA = "monitor_area"  # trap, the guest's paging off: it reached a monitor area the flat
-                                   # tables keep from it, memory it does not have ((eip, linear, write))
 
 
 class TrapFlagLoan:
@@ -452,16 +450,20 @@ class DirectMode(ExecutionMode):
         change = self.paging.control_register_written(number, old)
         engine = self.engine
         if isinstance(change, PagingOff):
-            self._paging_off()
+            self._paging_off(change)
         elif change is not None and change.directory is not None:    # shadow paging: the engine
             engine.set_reg("cr3", change.directory)                   # walks the shadow
             engine.set_reg("cr0", engine.reg("cr0") | CR0_PG | CR0_WP)
 
-    def _paging_off(self) -> None:
-        """The guest turned paging off: shadow paging leaves the engine unpaged (vt; trap pages
-        on flat tables instead), nested paging's virtual TLB goes on answering."""
-        if not self.paging.virtual_tlb:
-            self.engine.set_reg("cr0", self.engine.reg("cr0") & ~CR0_PG)
+    def _paging_off(self, change: PagingOff) -> None:
+        """The guest's paging is off (at entry, or it turned it off): shadow paging pages the
+        engine on the pager's flat tables (4 MiB pages: CR4.PSE), where the monitor's range is
+        unassigned memory; nested paging's virtual TLB goes on answering."""
+        if change.directory is not None:
+            engine = self.engine
+            engine.set_reg("cr4", engine.reg("cr4") | CR4_PSE)
+            engine.set_reg("cr3", change.directory)
+            engine.set_reg("cr0", engine.reg("cr0") | CR0_PG | CR0_WP)
 
     def ring_changed(self) -> None:
         directory = self.paging.ring_changed()
@@ -482,22 +484,14 @@ class DirectMode(ExecutionMode):
             return False
         engine = self.engine
         if vector == PF_VEC and not self.paging.virtual_tlb and not engine.last_exception_info()[1]:
-            if self.paging.on:
-                self._page_fault(vm)
-                return True
-            if self._unpaged_fault(vm):
-                return True
+            self._page_fault(vm)        # the engine walks the monitor's tables: a fault is its own
+            return True
         if self.loan.active:
             guest_step = self.loan.guest_tf
             self._end_loan()
             if vector == DB and not guest_step:      # the single step that ends a loan
                 engine.reset_exception_state()
                 return True
-        return False
-
-    def _unpaged_fault(self, vm) -> bool:
-        """A page fault of the engine while the guest's paging is off: the monitor's own when
-        the engine pages anyway (trap's flat tables: True, handled)."""
         return False
 
     def serve_monitor_page(self, vm, verdict: MonitorPage) -> bool:
@@ -510,9 +504,9 @@ class DirectMode(ExecutionMode):
         runs again; a store the shadow keeps read-only (into a guest page table) is carried out
         (a plain mov) or runs with the page lent writable and the real TF set, so that the
         single-step trap right after it takes the permission back; an access the guest allows
-        where the shadow keeps a monitor page (trap's ring views) is served by the mode or runs
-        the same way with the guest's frame lent there; a true fault is the guest's #PF, with
-        CR2 in the virtual CPU."""
+        where the shadow keeps a monitor page (trap's ring views; with the guest's paging off,
+        the flat tables' pages) is served by the mode or runs the same way with the guest's
+        frame lent there; a true fault is the guest's #PF, with CR2 in the virtual CPU."""
         engine = self.engine
         error_code, _software = engine.last_exception_info()
         linear, eip = engine.reg("cr2"), engine.reg("eip")
@@ -558,17 +552,15 @@ class DirectMode(ExecutionMode):
             linear = max(page, eip)
         else:
             linear = self.paging.refused_address(self._fetch(eip, 16), eip, self.engine.reg, self.engine.segment_base)
-        if not self.paging.monitor_page(linear):
-            verdict = self.paging.fault(linear, write, self.cpu.cpl == 3, lambda: self._fetch(eip, 16), self.engine.reg,
-                                        fetch=access == "fetch")
-            if isinstance(verdict, Hidden):
-                return VmExit(ExitReason.EVENT, eip=eip)        # allowed by now: run it again
-            if isinstance(verdict, GuestPF):
-                if access == "fetch" and self._fetch_ahead(eip, verdict.fault.linear):
-                    return VmExit(ExitReason.EVENT, eip=eip)    # run again up to the page
-                return self.paging.guest_page_fault(verdict.fault, eip)
-        where = "the monitor" if self.paging.monitor_page(linear) else "no memory"
-        return VmExit(ExitReason.MEMORY_FAULT, eip=eip, detail=f"{access} of {where} at {linear:#x}")
+        verdict = self.paging.fault(linear, write, self.cpu.cpl == 3, lambda: self._fetch(eip, 16), self.engine.reg,
+                                    fetch=access == "fetch")
+        if isinstance(verdict, Hidden):
+            return VmExit(ExitReason.EVENT, eip=eip)        # allowed by now: run it again
+        if isinstance(verdict, GuestPF):
+            if access == "fetch" and self._fetch_ahead(eip, verdict.fault.linear):
+                return VmExit(ExitReason.EVENT, eip=eip)    # run again up to the page
+            return self.paging.guest_page_fault(verdict.fault, eip)
+        return VmExit(ExitReason.MEMORY_FAULT, eip=eip, detail=f"{access} of no memory at {linear:#x}")
 
     def paging_counters(self) -> dict:
         """The monitor's paging work, whenever it does any (trap; vt with shadow paging): vt's
@@ -642,11 +634,6 @@ class DirectMode(ExecutionMode):
             if eip is not None:
                 engine.set_reg("eip", eip)
             return vm_exit, False
-        if kind is StopKind.MONITOR_AREA:
-            eip, linear, write = stop.data
-            engine.set_reg("eip", eip)
-            return VmExit(ExitReason.MEMORY_FAULT, eip=eip,
-                          detail=f"{'write' if write else 'read'} of no memory at {linear:#x}"), False
         if kind is StopKind.RERUN_BLOCK:     # (what ran is retired)
             engine.set_reg("eip", stop.data)
             return VmExit(ExitReason.EVENT, eip=stop.data), True

@@ -17,13 +17,15 @@ native popf silently cannot.
 
 Guest paging (vmm/guest_paging.py, as DirectMode uses it): shadow page tables, again with a
 kernel view and a user view of each address space, the engine's CR3 following the guest's ring,
-or nested paging. Of the monitor, the shadows hold only the ring views' pages, supervisor-only
+or nested paging, under which the ring views are at MONITOR_LINEAR, above anything a 32-bit
+guest address reaches, and every address below 4 GiB is the guest's (GuestPaging.monitor_linear).
+Of the monitor, the shadows hold only the ring views' pages, supervisor-only
 (the CPU's descriptor loads read them, the kernel at CPL 3 cannot): a guest access its own
 tables allow at one of those linear addresses (GuestPaging's MonitorPage verdict) is emulated
 (serve_monitor_page) or runs one single-stepped instruction with the guest's translation lent.
-While the guest's paging is off the engine pages on flat tables (MonitorPageTables.build_flat:
-trap's reaction to PagingOff) that keep every monitor area supervisor-only; a guest access to
-one is memory it does not have (StopKind.MONITOR_AREA, memory_fault).
+While the guest's paging is off the engine pages on the shadow pager's flat tables, which keep
+the same pages and make the rest of the monitor's range unassigned memory; the guest's access at
+a kept page is served the same way, as unassigned memory (reads 0, stores dropped, as on QEMU).
 
 Holes are seen when the engine translates a block (Engine.on_translation): the block is decoded
 (once per distinct code) and, if it holds a hole, gets a block hook bounded to its start, and is
@@ -47,9 +49,8 @@ from vmm.exits import ExitReason, StopReason, VmExit
 from vmm.guest_paging import GuestPaging, MonitorPage
 from vmm.modes.direct import DirectMode, StopKind
 from vmm.monitor_layout import RING_VIEWS_OFFSET
-from vmm.monitor_paging import MonitorPageTables
 from vmm.shadow_tables import ShadowTables
-from vmm.x86 import CR0_PG, CR4_PSE, GP, IOPL_MASK, NP, SS, TS
+from vmm.x86 import GP, IOPL_MASK, NP, SS, TS
 
 REAL_RING = 3
 TRAP_VECTORS = (GP, NP, SS, TS)
@@ -186,18 +187,12 @@ class TrapAndEmulateMode(DirectMode):
         super().attach(vm)
         shadow = ShadowTables(vm.engine, vm.memory, 0, 0, kernel_ring=REAL_RING,
                               read=lambda linear, size: self.code_view.read(linear, size),
+                              linear_base=GuestPaging.monitor_linear(self.paging_scheme),
                               views_offset=RING_VIEWS_OFFSET)
         self.use_cpu(TrapCpu(vm.engine, shadow, self))
         self.paging = GuestPaging.untranslated(vm, self.cpu, self.paging_scheme, ring_compression=True,
                                                monitor_pages=shadow.linear_pages())
-        # Shadow paging: the engine pages even while the guest does not, on flat tables that keep
-        # the monitor's areas supervisor-only to the kernel at CPL 3 (built after the shadow pool
-        # and the ring views are mapped: their pages are among those kept). Nested paging: every
-        # access of the guest's is the virtual TLB's already.
-        self.flat_tables: Optional[MonitorPageTables] = None
-        if not self.paging.virtual_tlb:
-            self.flat_tables = MonitorPageTables.build_flat(vm.memory)
-            self._page_flat()
+        self._paging_off(self.paging.unpaged())     # (the guest's paging is off at entry)
         self.decoder = Decoder(self._fetch)
         self.traps: Counter = Counter()                 # emulated instructions, by mnemonic
         # The hole watch: engine blocks are scanned when the engine translates them; those
@@ -272,7 +267,7 @@ class TrapAndEmulateMode(DirectMode):
                 return
         super()._on_interrupt(vm, vector)
 
-    # -- guest paging: the ring views in the shadows, the flat tables while paging is off -------
+    # -- guest paging: the ring views in the shadows and the flat tables ---------------------------
     def serve_monitor_page(self, vm, verdict: MonitorPage) -> bool:
         """An access the guest's tables allow at a linear address where the shadow keeps one of
         the monitor's descriptor-table pages: an instruction the emulator knows is emulated on
@@ -284,34 +279,6 @@ class TrapAndEmulateMode(DirectMode):
             return False
         self.traps[instruction.insn.mnemonic] += 1
         vm.dispatch(VmExit(ExitReason.CALLOUT, eip=eip, instruction=instruction))
-        return True
-
-    def _page_flat(self) -> None:
-        """The engine on the flat tables (the guest's paging is off)."""
-        engine = self.engine
-        engine.set_reg("cr4", engine.reg("cr4") | CR4_PSE)
-        engine.set_reg("cr3", self.flat_tables.directory_address)
-        engine.set_reg("cr0", engine.reg("cr0") | CR0_PG)
-
-    def _paging_off(self) -> None:
-        """PagingOff: under shadow paging the engine goes back to the flat tables, not unpaged."""
-        if self.flat_tables is not None:
-            self._page_flat()
-        else:
-            super()._paging_off()
-
-    def _unpaged_fault(self, vm) -> bool:
-        """A #PF while the guest's paging is off: the kernel reached a monitor area the flat tables
-        keep from it. To the guest that is physical memory it does not have, as where no area is
-        mapped: the run ends (memory_fault), unless it is code running off its page (_fetch_ahead)."""
-        if self.flat_tables is None:
-            return False
-        engine = self.engine
-        error_code, _software = engine.last_exception_info()
-        linear, eip = engine.reg("cr2"), engine.reg("eip")
-        engine.reset_exception_state()
-        if not self._fetch_ahead(eip, linear):
-            self.record_stop(StopKind.MONITOR_AREA, (eip, linear, bool(error_code & 2)))
         return True
 
     def counters(self) -> dict:

@@ -28,9 +28,11 @@ bitmap took, by vector in `vt_exception_exits`), and the monitor's own work that
 Memory: nested paging by default (the engine's MMU walks the guest's tables, the second level
 being the engine's physical memory map of guest RAM through the physical-to-machine map: no
 exits for paging at all). `--paging shadow` models VT-x without EPT: the monitor keeps shadow
-page tables (vmm/guest_paging.py), the guest's control registers are virtual,
-and the exits that needs are forced on: cr_access and invlpg (emulated at the exit, never run
-natively) and page faults (the exception bitmap's #PF: hidden faults, tracing faults).
+page tables (vmm/guest_paging.py; while the guest's paging is off the engine walks the
+monitor's flat tables, where the monitor's range is unassigned memory as on QEMU), the guest's
+control registers are virtual, and the exits that needs are forced on: cr_access and invlpg
+(emulated at the exit, never run natively) and page faults (the exception bitmap's #PF: hidden
+faults, tracing faults).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from vmm.errors import ConfigError
 from vmm.exits import ExitReason, VmExit
 from vmm.guest_paging import GuestPaging
 from vmm.modes.direct import DirectMode, StopKind
-from vmm.x86 import CR0_PG, CR0_WP, PF_VEC
+from vmm.x86 import CR0_PG, CR0_WP, CR4_PAE, CR4_PSE, PF_VEC
 
 EVENT_EXITS = ("io", "hlt", "cpuid", "external_interrupt", "exception")
 # Instruction exits found by scanning: exit reason -> classification procedures it covers.
@@ -114,8 +116,9 @@ class ShadowedControlCpu(GuestCpu):
         if number == 0:        # the guest's own bits, with paging and write protection the monitor's
             engine_cr0 = self.engine.reg("cr0")
             self.engine.set_reg("cr0", (value & ~(CR0_PG | CR0_WP)) | (engine_cr0 & (CR0_PG | CR0_WP)))
-        elif number == 4:
-            self.engine.set_reg("cr4", value)
+        elif number == 4:     # the paging format is the monitor's: two-level tables (no PAE) with
+            # 4 MiB pages in its flat tables, while the guest's paging is off (shadows have none)
+            self.engine.set_reg("cr4", (value & ~CR4_PAE) | CR4_PSE)
         if number != 2:
             self.mode.control_register_written(number, old)
 
@@ -169,7 +172,7 @@ class HardwareAssistedMode(DirectMode):
             self.use_cpu(ShadowedControlCpu(vm.engine, self))
             cpu = self.cpu
             self.paging = GuestPaging.untranslated(vm, cpu, "shadow", ring_compression=False)
-            self.engine.set_reg("cr0", self.engine.reg("cr0") | CR0_WP)
+            self._paging_off(self.paging.unpaged())     # the flat tables (the guest's paging is off)
         vm.engine.on_cpuid(self._cpuid)
         self._watched = {procedure: reason for reason, procedures in INSTRUCTION_EXITS.items()
                          if reason in self.controls for procedure in procedures}

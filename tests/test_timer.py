@@ -116,9 +116,20 @@ tick:
 
 
 def test_realtime_clock_runs_the_ticks_sample(tmp_path):
+    # Under --clock realtime the PIT follows the host's clock: the sample's ten ticks at 100 Hz
+    # cannot take less than 90 ms of the host's time. Its exact checks around the unmask (one
+    # tick taken there, none more) hold under the virtual clock (tests/test_samples.py); under
+    # the host's clock a loaded host may let a second tick land in the two instructions after the
+    # unmask, as real hardware may, so only what no host delay can break is asserted here.
+    import json
     from tests.cli import run_vmm
-    proc = run_vmm("run", "sample_binaries/ticks.elf", "--clock", "realtime", "--timeout", "30")
-    assert proc.returncode == 0 and b"all ok" in proc.stdout
+    report = tmp_path / "report.json"
+    proc = run_vmm("run", "sample_binaries/ticks.elf", "--clock", "realtime", "--timeout", "30",
+                   "--report", report)
+    for check in (b"timer interrupts counted: 10 ok", b"ISR inside the handler: 0x00000001 ok",
+                  b"TSC advanced across the ticks ok", b"no interrupt while masked: 10 ok"):
+        assert check in proc.stdout, proc.stdout
+    assert json.loads(report.read_text())["wall_time_s"] >= 0.09
 
 
 def test_rdtsc_is_virtual_time_under_bt(tmp_path):

@@ -28,6 +28,7 @@ from vmm.interrupts import InterruptPlatform
 from vmm.exits import ExitReason, RunResult, StopReason, VmExit
 from vmm.memory import PhysicalMemory, UnbackedAccess
 from vmm.privilege import io_permitted
+from vmm.run_context import RunContext
 from vmm.task_switch import TaskSwitch
 from vmm.trace import Tracer
 from vmm.modes import ExecutionMode
@@ -217,11 +218,18 @@ class VirtualMachine:
             ExitReason.DEBUG: self._debug,
             ExitReason.EVENT: self._event,
         }
-        self.cpu = mode.attach(self)
+        # The mode sees the machine through this context only (vmm/run_context.py).
+        self.context = RunContext(engine=engine, memory=memory, tracer=self.tracer, debugger=self.debugger,
+                                  limits=limits, interrupts=self.interrupts, until_address=until_address,
+                                  dispatch=self.dispatch, run_budget=self.run_budget, retire=self.retire,
+                                  stop_requested=lambda: self.stop_requested, request_stop=self.request_stop,
+                                  io_permitted=self.io_permitted)
+        self.cpu = mode.attach(self.context)
         view = GuestView(self.cpu, memory)
         self.tasks = TaskSwitch(self.cpu, view, on_switch=mode.task_switched)   # for both below
         self.delivery = ExceptionDelivery(self.cpu, memory, self.tasks)
         self.emulator = Emulator(self.cpu, view, self._read_timestamp, self.tasks)
+        self.context.emulator = self.emulator
         self.external_interrupts: Counter = Counter()
         self.io_denials = 0
         self.devices: dict = {}        # name -> device model with state(), filled by the builder
@@ -271,7 +279,7 @@ class VirtualMachine:
             with self._waiting_on_host():
                 self.gdb.attach(self)
         while self._result is None:
-            vm_exit = self.mode.execute(self)
+            vm_exit = self.mode.execute()
             self.emulator.interrupt_shadow = False     # guest code ran since the last SS load
             self.dispatch(vm_exit)
             if self.interrupts.in_use and self._result is None:

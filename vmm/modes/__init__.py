@@ -12,7 +12,7 @@ from vmm.errors import ConfigError
 if TYPE_CHECKING:
     from vmm.cpu import GuestCpu
     from vmm.exits import VmExit
-    from vmm.vm import VirtualMachine
+    from vmm.run_context import RunContext
 
 
 # The options that only some modes take: MachineConfig field -> (the option as the user writes
@@ -39,8 +39,9 @@ class PendingStop:
 class ExecutionMode(ABC):
     """One way of running the guest. `attach` installs what the mode needs on the engine once
     and returns the guest-visible CPU view; `execute` runs guest code and returns the exit that
-    stopped it. Exits the monitor can service without stopping the engine (port I/O, and in
-    direct mode exceptions) go to vm.dispatch from engine hooks."""
+    stopped it. The mode reaches the machine only through the RunContext that attach is given
+    (vmm/run_context.py). Exits the monitor can service without stopping the engine (port I/O,
+    and in direct mode exceptions) go to its `dispatch` from engine hooks."""
 
     name: str
     long_mode = False          # the engine runs this mode's code in long mode (bt: docs/isolation.md)
@@ -64,7 +65,7 @@ class ExecutionMode(ABC):
                               f"(available: {', '.join(cls.paging_schemes)})")
 
     @abstractmethod
-    def attach(self, vm: "VirtualMachine") -> "GuestCpu": ...
+    def attach(self, context: "RunContext") -> "GuestCpu": ...
 
     @classmethod
     def from_config(cls, config) -> "ExecutionMode":
@@ -110,7 +111,7 @@ class ExecutionMode(ABC):
         return None
 
     @abstractmethod
-    def execute(self, vm: "VirtualMachine") -> "VmExit": ...
+    def execute(self) -> "VmExit": ...
 
 
 def available_modes() -> dict[str, type[ExecutionMode]]:

@@ -170,6 +170,72 @@ def test_the_engine_counts_the_instructions_a_counted_run_started():
     assert engine.instructions_started() == 3 and engine.reg("eax") == 4      # inc, inc, hlt
 
 
+CALL_LOOP = """
+    mov esp, 0x8000
+    mov ecx, 400000
+top:
+    add eax, 1
+    call f
+    add esi, eax
+    dec ecx
+    jnz top
+    hlt
+f:
+    add edx, 3
+    jmp g
+g:
+    add edi, 1
+    ret
+"""
+
+
+def test_a_count_cut_from_another_thread_ends_the_run_where_it_resumes_exactly():
+    # Engine.cut_count writes uc_struct.emu_count (pinned offset: the count a run was given).
+    # Host input ends direct mode's runs this way from the console's reader thread: each cut
+    # run stops in front of an instruction, EIP at it, and resuming there runs nothing twice
+    # (every block of the loop is entered by a chained jump, and re-running the call would
+    # push twice: stop() from another thread does that now and then, see Engine facts). The
+    # instructions the runs started, less the one each cut run stopped in front of, are
+    # exactly what the guest executed.
+    import ctypes
+    import random
+    import threading
+    import time
+    from vmm.engine import _UC_EMU_COUNT
+    engine, memory = machine(CALL_LOOP)
+    engine.run(CODE, memory.until_address, count=12345)
+    assert ctypes.c_uint64.from_address(engine._uc._uch.value + _UC_EMU_COUNT).value == 12345
+    engine, memory = machine(CALL_LOOP)
+    done = threading.Event()
+
+    def cutter():
+        while not done.is_set():
+            time.sleep(random.uniform(0.0002, 0.002))
+            engine.cut_count()
+
+    thread = threading.Thread(target=cutter, daemon=True)
+    thread.start()
+    eip, runs, executed = CODE, 0, 0
+    try:
+        while True:
+            engine.run(eip, memory.until_address, count=10 ** 15)
+            runs += 1
+            eip = engine.reg("eip")
+            if engine.halted():
+                executed += engine.instructions_started()
+                break
+            executed += engine.instructions_started() - 1
+    finally:
+        done.set()
+        thread.join()
+    total, rounds = 0, 400000
+    for _ in range(rounds):
+        total = (total + _ + 1) & 0xFFFFFFFF
+    assert (engine.reg("eax"), engine.reg("edx"), engine.reg("edi"), engine.reg("esi"), engine.reg("esp")) == \
+        (rounds, 3 * rounds, rounds, total, 0x8000)
+    assert executed == 2 + 9 * rounds + 1 and runs > 5
+
+
 def test_halted_tells_hlt_from_a_count_that_ran_out_after_a_byte_f4():
     # Engine.halted reads CPUState.halted through uc_struct's cpu pointer (pinned offsets). A
     # count that runs out after `jne` (75 F4) leaves EIP past an F4 byte just as hlt does: xv6's

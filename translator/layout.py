@@ -31,6 +31,7 @@ VCPU_IO_CHECK = 0x48       # 0 while the guest's CPL <= IOPL (its port I/O needs
 # sequences keep their temporaries in r8-r11, not here.
 SCRATCH_BUDGET = 0x24      # guest instructions left (when counting)
 SCRATCH_IO_SITE = 0x28     # the guest address of the I/O instruction running (for its I/O hook)
+SCRATCH_WAKE = 0x2C        # non-zero: end the run at the next block entry (host input, when counting)
 SCRATCH_STACK_TOP = 0x1000 # a small stack of the monitor's (pushfq/popfq, the native stubs)
 
 LOOKUP_ENTRIES = 1 << 16   # direct mapped by the low 16 bits of the guest address

@@ -34,8 +34,11 @@ _CTX_HFLAGS = _CTX_ENV + 176             # uint32 hflags: bits 0-1 are the CPL (
 _CTX_SEGMENTS = _CTX_ENV + 184
 _SEGMENT_CACHE_SIZE = 24
 _SEGMENT_INDEX = {"es": 0, "cs": 1, "ss": 2, "ds": 3, "fs": 4, "gs": 5}
-# Offset of uint64 emu_counter in Unicorn's uc_struct (instructions started by a counted run).
+# Offset of uint64 emu_counter in Unicorn's uc_struct (instructions started by a counted run),
+# and of uint64 emu_count right after it (the count the run was given, which Unicorn's count
+# hook compares emu_counter with before each instruction).
 _UC_EMU_COUNTER = 1344
+_UC_EMU_COUNT = 1352
 # Offset of `struct TranslationBlock *last_tb` in uc_struct: the last block that returned to
 # Unicorn's loop, NULL until one has. Its translation hook fires only once it is set (pinned
 # by tests/test_engine.py, which finds it by the block it points to).
@@ -426,6 +429,16 @@ class Engine:
         front of included (a stop from a hook, or the count running out) and hlt included. Read
         from Unicorn's own counter (uc_struct.emu_counter, offset pinned by tests/test_engine.py)."""
         return ctypes.c_uint64.from_address(self._uc._uch.value + _UC_EMU_COUNTER).value
+
+    def cut_count(self) -> None:
+        """End a counted run in front of its next instruction, from any thread: the count the
+        run was given becomes 0, so Unicorn's count hook stops the run before the next
+        instruction, with EIP at it and that instruction counted in instructions_started (as a
+        count that runs out). Unlike stop(), which from another thread lands at the start of an
+        engine block with EIP left where it was last written (Unicorn skips its PC fix-up when a
+        stop was requested): resuming from there runs instructions again (Engine facts). No
+        effect on a run without a count; lost if no run is going on (emu_start sets the count)."""
+        ctypes.c_uint64.from_address(self._uc._uch.value + _UC_EMU_COUNT).value = 0
 
     def segment_base(self, name: str) -> int:
         """The base in the hidden part of a segment register (what the CPU uses, whatever the

@@ -9,6 +9,7 @@ if TYPE_CHECKING:
     from vmm.engine import Engine
     from vmm.exits import VmExit
     from vmm.gdbstub import Debugger
+    from vmm.input_wake import InputWake
     from vmm.interrupts import InterruptPlatform
     from vmm.memory import PhysicalMemory
     from vmm.trace import Tracer
@@ -22,7 +23,8 @@ class RunContext:
     - wiring (attach): the engine and guest memory, the tracer, the never-executed `until`;
     - the run's budget: `run_budget()` before each run, `retire(n)` for what ran;
     - the limits (`limits`, which bt's per-block budget reads) and the stops that come from
-      outside the guest's flow (`stop_due`, `watchdog_exit`): time limit and Ctrl-C;
+      outside the guest's flow (`stop_due`, `watchdog_exit`): time limit and Ctrl-C; and host
+      input, which ends a run without ending the whole run (`input_pending`: an EVENT exit);
     - the interrupt platform as a mode sees it: `on_first_use` (time comes into use: start
       counting), whether an OUT reprograms a timer, whether INTR is raised;
     - exits: `dispatch` (the run loop's one place, also called from engine hooks), and the end
@@ -35,7 +37,7 @@ class RunContext:
                  until_address: int, dispatch: Callable[["VmExit"], int],
                  run_budget: Callable[[], Optional[int]], retire: Callable[[int], None],
                  stop_requested: Callable[[], bool], request_stop: Callable[..., None],
-                 io_permitted: Callable[[int, int], bool]) -> None:
+                 io_permitted: Callable[[int, int], bool], input_wake: "InputWake") -> None:
         self.engine = engine
         self.memory = memory
         self.tracer = tracer
@@ -49,6 +51,7 @@ class RunContext:
         self.io_permitted = io_permitted
         self._interrupts = interrupts
         self._stop_requested = stop_requested
+        self._input_wake = input_wake
         # The emulator works on the CPU view that attach returns, so the VM builds it after
         # attach and sets it here; modes use it only while running.
         self.emulator: Optional["Emulator"] = None
@@ -66,6 +69,12 @@ class RunContext:
 
     def watchdog_exit(self, eip: int) -> "VmExit":
         return self.limits.watchdog_exit(eip)
+
+    @property
+    def input_pending(self) -> bool:
+        """Host input arrived for an armed device and the run loop has not polled it yet: the
+        mode ends its run (as an EVENT exit) or does not start one (vmm/input_wake.py)."""
+        return self._input_wake.pending
 
     # -- the interrupt platform ------------------------------------------------------------------
     def on_first_use(self, callback: Callable[[], None]) -> None:

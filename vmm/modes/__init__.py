@@ -81,6 +81,14 @@ class ExecutionMode(ABC):
         """Called from the hook of an OUT that reprogrammed the timer or the PIC: end the current
         run as soon after this instruction as the engine allows, with an EVENT exit."""
 
+    @abstractmethod
+    def end_run_soon(self) -> None:
+        """Called from another thread (host input arrived: vmm/input_wake.py): end the engine run
+        going on at a point where it resumes exactly, with every instruction that ran retired,
+        and return an EVENT exit (also, without running, while the context's input_pending
+        holds). Only asked while time is in use: the runs are counted then. The engine's stop()
+        does not do: from another thread it leaves EIP stale (Engine facts)."""
+
     def deny_io(self, port: int, size: int) -> None:
         """Called from the hook of an IN/OUT the guest may not execute (CPL > IOPL and the TSS
         bitmap forbids it; the engine itself never checks): end the run and report #GP(0) at

@@ -294,6 +294,11 @@ class DirectMode(ExecutionMode):
             return
         self.record_stop(StopKind.BREAKPOINT)     # stops before the instruction executes
 
+    def end_run_soon(self) -> None:
+        """(Another thread.) Runs are counted while time is in use: cutting the count stops the
+        run in front of its next instruction, which it counts as started (_instructions_ran)."""
+        self.engine.cut_count()
+
     def end_run_after_io(self, port: int, size: int) -> None:
         """Stop the engine after this OUT: in a counted run the stop lands right in front of the
         next instruction, otherwise at the next one that touches memory (_resume_point). Only
@@ -613,6 +618,8 @@ class DirectMode(ExecutionMode):
         stepping = debugger is not None and debugger.stepping
         if debugger is not None and debugger.interrupted:
             return VmExit(ExitReason.DEBUG, eip=engine.reg("eip")), None
+        if context.input_pending:           # host input came in the meantime: the run loop polls it
+            return VmExit(ExitReason.EVENT, eip=engine.reg("eip")), None
         self._stop = None
         counted = bool(count) and not stepping
         if counted:
@@ -676,6 +683,8 @@ class DirectMode(ExecutionMode):
         if cause is StopCause.TLB_REFUSED:
             # what ran before the refusal counts, even if it runs again
             return self._tlb_refused(), True
+        if count and context.input_pending and not engine.halted():
+            return VmExit(ExitReason.EVENT, eip=eip), True      # host input cut the count (end_run_soon)
         if count:
             # Only `hlt` and an exhausted count return quietly. hlt leaves EIP just past itself;
             # the count stops before an instruction (perhaps after one ending in byte F4).
@@ -712,7 +721,7 @@ class DirectMode(ExecutionMode):
 
     def _stopped_early(self, cause) -> bool:
         return (cause is not StopCause.RETURNED or self.context.stop_requested or self._stop is not None
-                or self.context.stop_due
+                or self.context.stop_due or self.context.input_pending
                 or self.engine.halted()
                 or self.engine.reg("eip") == self._fetch_exit)
 

@@ -121,7 +121,8 @@ class BinaryTranslationMode(ExecutionMode):
         self.code = TranslatedCode(self.cache, self.decoder, self.emitter, engine)
         self.budget = InstructionBudget(self.scratch_view, context.limits, context.limits.max_instructions is not None,
                                         self.cache, self.code.in_one_shot,
-                                        lambda: self.dispatcher.record(StopKind.START_COUNTING))
+                                        lambda: self.dispatcher.record(StopKind.START_COUNTING),
+                                        lambda: context.input_pending)
         context.on_first_use(self.budget.start_counting)
         self.vcpu_block = VcpuBlock(memory.monitor_view(VCPU_OFFSET, VCPU_SIZE),
                                     memory.monitor_view(VCPU_PRIVILEGED_OFFSET, VCPU_PRIVILEGED_SIZE))
@@ -369,6 +370,13 @@ class BinaryTranslationMode(ExecutionMode):
     def end_run_after_io(self, port: int, size: int) -> None:
         """Translated I/O ends the engine's block, so a stop here lands right after the OUT."""
         self.dispatcher.record(StopKind.END_RUN)
+
+    def end_run_soon(self) -> None:
+        """(Another thread.) While time is in use every block's budget prologue also looks at
+        the wake byte: the run ends at the next block entry, through the budget exit, with the
+        block not charged (InstructionBudget.block_exit). stop() would leave the engine's RIP
+        stale (Engine facts) and make translated code run twice."""
+        self.budget.wake()
 
     def deny_io(self, port: int, size: int) -> None:
         """Note the registers the hook sees (they go back before the #GP) and stop. Which guest

@@ -274,13 +274,12 @@ def _png_size(path) -> tuple[int, int]:
 def test_dot_picture_of_a_small_guest_stays_readable(capsys, dump_path, tmp_path):
     # sensitive.elf's 395 blocks: drawn as one dot graph, the callers of its print routine and
     # a hundred unchained blocks side by side, the PNG was 32181 x 1696 pixels (20131 x 1459
-    # without --max-insns); in rows it is about 2950 x 5000, at a legible font size (4400 before
-    # the budget prologue also read the wake byte: a few blocks more, split to fit their slots).
+    # without --max-insns); in rows it is about 2950 x 4400, at a legible font size.
     target = tmp_path / "graph.png"
     status, out, err = tool(capsys, dump_path, "--dot", target)
     assert status == 0, err
     width, height = _png_size(target)
-    assert width <= 4000 and height <= 5500 and max(width, height) / min(width, height) < 2.5, (width, height)
+    assert width <= 4000 and height <= 5000 and max(width, height) / min(width, height) < 2.5, (width, height)
 
 
 def test_dot_renders_with_graphviz_when_installed(capsys, dump_path, tmp_path, monkeypatch):

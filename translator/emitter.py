@@ -23,7 +23,7 @@ from capstone import x86_const as X
 
 from translator.classify import Handling, Procedure
 from translator.decoder import BlockEnd, GuestBlock, GuestInstruction
-from translator.layout import (SCRATCH_BUDGET, SCRATCH_IO_SITE, SCRATCH_STACK_TOP, SCRATCH_WAKE,
+from translator.layout import (SCRATCH_BUDGET, SCRATCH_IO_SITE, SCRATCH_STACK_TOP,
                                VCPU_CR, VCPU_GDTR, VCPU_IDTR, VCPU_IO_CHECK, VCPU_LDTR, VCPU_POPF_EXPECT,
                                VCPU_PUSHF_ADJUST, VCPU_SELECTOR, VCPU_TR, MonitorAddresses)
 from translator.x64 import NeedsEmulation, absolute_form, relocate
@@ -347,16 +347,13 @@ class Emitter:
         return out
 
     def _finish(self, out: Translation, pending) -> None:
-        placed: dict[int, int] = {}           # a site two jumps lead to is placed once
         for rel_offset, site in pending:
-            target = placed.get(id(site))
-            if target is None:
-                self._owner = site.owner or site.guest_eip
-                target = placed[id(site)] = len(out.code)
-                if site.kind is ExitKind.BRANCH:
-                    self._slot(out, site)
-                else:
-                    self._site(out, site)
+            self._owner = site.owner or site.guest_eip
+            target = len(out.code)
+            if site.kind is ExitKind.BRANCH:
+                self._slot(out, site)
+            else:
+                self._site(out, site)
             struct.pack_into("<i", out.code, rel_offset, target - (rel_offset + 4))
 
     def _site(self, out: Translation, site: ExitSite) -> None:
@@ -609,22 +606,17 @@ class Emitter:
     # -- instruction budget --------------------------------------------------------------------
     def _emit_budget_check(self, out, block, site_later, mark) -> None:
         """Subtract the block's guest instruction count from the budget, the guest's flags parked
-        in ax around it (its eax in r9); the budget exit is also taken when the monitor asks for
-        the run to end (the wake byte: host input, set from another thread, vmm/input_wake.py),
-        so that a run ended from outside ends at a block entry, where it resumes exactly."""
+        in ax around it (its eax in r9). The budget is 64-bit: its high half is where the monitor
+        asks, from another thread, for the run to end at the next block entry (host input:
+        translator/layout.py, SCRATCH_WAKE), at no cost to the prologue."""
         code = out.code
         mark(block.address)
         code += SAVE_FLAGS
         mark(block.address, (FLAGS_IN_AX, EAX_IN_R9))
         count = len(block.instructions)
-        budget_exit = ExitSite(ExitKind.BUDGET, 0, block.address, restore=(FLAGS_IN_AX, EAX_IN_R9))
-        code += _monitor(b"\x81", 5, self.areas.scratch + SCRATCH_BUDGET) + _u32(count)  # sub [budget], n
-        code += b"\x0F\x82"                                                             # jb -> budget exit
-        site_later(len(code), budget_exit)
-        code += b"\0\0\0\0"
-        code += _monitor(b"\x80", 7, self.areas.scratch + SCRATCH_WAKE) + b"\x00"       # cmp byte [wake], 0
-        code += b"\x0F\x85"                                                             # jne -> budget exit
-        site_later(len(code), budget_exit)
+        code += _monitor(b"\x81", 5, self.areas.scratch + SCRATCH_BUDGET, w=1) + _u32(count)  # sub qword [budget], n
+        code += b"\x0F\x8C"                                                                   # jl -> budget exit
+        site_later(len(code), ExitSite(ExitKind.BUDGET, 0, block.address, restore=(FLAGS_IN_AX, EAX_IN_R9)))
         code += b"\0\0\0\0"
         code += RESTORE_FLAGS[:3]
         mark(block.address, (EAX_IN_R9,))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import struct
 from typing import Callable, Optional, Union
 
-from translator.layout import SCRATCH_BUDGET, SCRATCH_WAKE
+from translator.layout import SCRATCH_BUDGET, SCRATCH_WAKE, WAKE_HIGH
 from vmm.exits import ExitReason, VmExit
 
 BUDGET_MAX = 0x7FFFFFFF                  # the budget counter is compared as a signed number
@@ -48,18 +48,18 @@ class InstructionBudget:
         return pending
 
     def begin_run(self, bound: Optional[int]) -> None:
-        """The counter starts at what the run loop allows (at most BUDGET_MAX); the wake byte
-        is set if host input is still waiting for the run loop, else cleared (it was taken)."""
+        """The counter starts at what the run loop allows (at most BUDGET_MAX); its high half
+        asks for the run to end at once if host input still waits for the run loop."""
         given = BUDGET_MAX if bound is None else min(bound, BUDGET_MAX)
-        struct.pack_into("<I", self.scratch_view, SCRATCH_BUDGET, given)
-        self.scratch_view[SCRATCH_WAKE] = 1 if self.input_pending() else 0
+        struct.pack_into("<II", self.scratch_view, SCRATCH_BUDGET, given, WAKE_HIGH if self.input_pending() else 0)
         self.given, self.adjust = given, 0
 
     def wake(self) -> None:
         """From another thread (host input): the next block entry takes the budget exit. Only
-        the monitor writes this byte, and translated code only reads it, so nothing the
-        counter says is lost (the counter itself is charged by translated code as it runs)."""
-        self.scratch_view[SCRATCH_WAKE] = 1
+        the high half is written (one aligned 4-byte store): the low half, the count that
+        translated code charges as it runs, is never the waker's. A prologue's read-modify-
+        write may put back the old high half over it: the waker repeats (vmm/input_wake.py)."""
+        struct.pack_into("<I", self.scratch_view, SCRATCH_WAKE, WAKE_HIGH)
 
     def retired(self) -> int:
         """The instructions retired since begin_run."""
@@ -83,7 +83,7 @@ class InstructionBudget:
 
     def block_exit(self, block) -> Union[VmExit, int]:
         """A block's prologue found fewer instructions left than the block holds, or the wake
-        byte set. An instruction limit stops before the block (never past the limit), and so
+        (the budget's high half set: host input waits). An instruction limit stops before the block (never past the limit), and so
         does host input; a timer event lets the block run first when some budget is left (so
         every run makes progress: events land at most one block late, on the same instruction
         every run). Returns the VmExit, or the host address
@@ -92,7 +92,7 @@ class InstructionBudget:
         left_before = self._left() + length
         limit = self.limits.remaining_instructions()
         limit_reached = limit is not None and limit - (self.given - left_before) < length
-        if limit_reached or left_before <= 0 or self.scratch_view[SCRATCH_WAKE]:
+        if limit_reached or left_before <= 0 or self.input_pending():
             self.adjust -= length              # the prologue charged a block that does not run
             if limit_reached:
                 self.limits.used_all_instructions()

@@ -372,10 +372,10 @@ class BinaryTranslationMode(ExecutionMode):
         self.dispatcher.record(StopKind.END_RUN)
 
     def end_run_soon(self) -> None:
-        """(Another thread.) While time is in use every block's budget prologue also looks at
-        the wake byte: the run ends at the next block entry, through the budget exit, with the
-        block not charged (InstructionBudget.block_exit). stop() would leave the engine's RIP
-        stale (Engine facts) and make translated code run twice."""
+        """(Another thread.) While time is in use every block's prologue charges the budget:
+        its high half made negative, the run ends at the next block entry, through the budget
+        exit, the block not charged (InstructionBudget.wake, block_exit). stop() would leave
+        the engine's RIP stale (Engine facts) and make translated code run twice."""
         self.budget.wake()
 
     def deny_io(self, port: int, size: int) -> None:

@@ -236,6 +236,20 @@ def test_a_count_cut_from_another_thread_ends_the_run_where_it_resumes_exactly()
     assert executed == 2 + 9 * rounds + 1 and runs > 5
 
 
+def test_a_code_hook_ends_a_counted_run_after_its_instruction_through_the_count():
+    # Engine.end_count_after, as direct mode's interrupt-window watch uses it at sti (1: the
+    # instruction behind it too) and popf/iret (0): Unicorn's count hook runs before any other
+    # code hook, so the hooked instruction is counted already; the run stops in front of the
+    # next instruction but `n`, with EIP at it, even across the chained jump into `top`.
+    for after, stopped_at, eax in ((0, TOP, 1), (1, TOP + 3, 2)):
+        engine, memory = machine(LOOP)
+        engine.on_port_io(lambda port, size: 0, lambda port, size, value: None)
+        engine.on_code(CODE + 16, lambda address, after=after, engine=engine: engine.end_count_after(after))
+        engine.run(CODE, memory.until_address, count=10 ** 6)      # mov, add, jmp, add, out, dec, jnz
+        assert (engine.reg("eip"), engine.reg("eax"), engine.instructions_started()) == \
+            (stopped_at, eax, 8 + after)
+
+
 def test_halted_tells_hlt_from_a_count_that_ran_out_after_a_byte_f4():
     # Engine.halted reads CPUState.halted through uc_struct's cpu pointer (pinned offsets). A
     # count that runs out after `jne` (75 F4) leaves EIP past an F4 byte just as hlt does: xv6's

@@ -440,6 +440,14 @@ class Engine:
         effect on a run without a count; lost if no run is going on (emu_start sets the count)."""
         ctypes.c_uint64.from_address(self._uc._uch.value + _UC_EMU_COUNT).value = 0
 
+    def end_count_after(self, instructions: int) -> None:
+        """From a code hook in a counted run: end the run after the hooked instruction and then
+        `instructions` more (0: in front of the next one), through the count, so that it stops
+        where it resumes exactly (the hook cannot stop() there: that would stop in front of the
+        hooked instruction). May lengthen the run given by one instruction or two."""
+        started = ctypes.c_uint64.from_address(self._uc._uch.value + _UC_EMU_COUNTER).value
+        ctypes.c_uint64.from_address(self._uc._uch.value + _UC_EMU_COUNT).value = started + instructions
+
     def segment_base(self, name: str) -> int:
         """The base in the hidden part of a segment register (what the CPU uses, whatever the
         descriptor table says now)."""

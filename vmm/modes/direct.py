@@ -20,9 +20,12 @@ from vmm.guest_paging import GuestPaging, GuestPF, Hidden, Lend, MonitorPage, No
 from vmm.guest_view import GuestView
 from vmm.memory import UnbackedAccess
 from vmm.modes import ExecutionMode, PendingStop
-from vmm.x86 import BP, CR0_PG, CR0_WP, CR4_PCE, DB, GP, IF, NM, OF_VEC, PAGE_SIZE, PF_VEC, TF, UD, nm_is_ud
+from vmm.x86 import BP, CR0_PG, CR0_WP, CR4_PCE, DB, GP, NM, OF_VEC, PAGE_SIZE, PF_VEC, TF, UD, nm_is_ud
 
 HLT_OPCODE = 0xF4
+# The instructions that can set IF, by opcode (after prefixes), with the number of instructions
+# that still run before an interrupt can be taken once they did: sti's shadow; popf, iret none.
+_IF_SETTERS = {0xFB: 1, 0x9D: 0, 0xCF: 0}
 ENGINE_BLOCK_MAX_INSTRUCTIONS = 512     # QEMU's TCG_MAX_INSNS: how far a block start can be
 _ONE_BYTE_INTS = ((BP, 0xCC), (OF_VEC, 0xCE), (DB, 0xF1))   # int3, into, int1
 
@@ -131,8 +134,12 @@ class DirectMode(ExecutionMode):
         self._eip_after_io: Optional[int] = None      # where a run a port hook ended stopped
         if context.tracer.exits:
             engine.on_block(self._block_entered)
-        self._window_hook = None
-        self._if_may_be_set = 0
+        # The interrupt-window watch: code hooks at the instructions that can set IF, while an
+        # interrupt waits for it (watch_interrupt_window).
+        self._window_armed = False
+        self._window_scan_on = False                   # the translation hook that places them
+        self._window_setters: dict[int, int] = {}      # address -> instructions to run after it
+        self._window_hooks: dict[int, object] = {}     # address -> its code hook
         self._io_hook: Optional[tuple] = None           # (port, size, is_out) while an I/O hook runs
         self._fetch_exit: Optional[int] = None          # an engine exit in front of an unfetchable page
         self._stopped_between_blocks = False            # the run ended in front of a block (rerun_block)
@@ -170,8 +177,12 @@ class DirectMode(ExecutionMode):
     # -- the one recorded stop -------------------------------------------------------------------
     def record_stop(self, kind: StopKind, data=None) -> None:
         """Note why the engine must stop and stop it. The first reason of a run wins, except a
-        refused port access: the state goes back to that instruction, whatever was noted before."""
-        if self._stop is None or (kind is StopKind.DENIED_IO and self._stop.kind is not StopKind.DENIED_IO):
+        refused port access: the state goes back to that instruction, whatever was noted before;
+        and a window noted for a run that is still to end after an IF setter gives way to any
+        stop but a block's rerun (whose stop lands in front of the block all the same)."""
+        current = self._stop
+        if current is None or (kind is StopKind.DENIED_IO and current.kind is not StopKind.DENIED_IO) \
+                or (current.kind is StopKind.WINDOW and kind is not StopKind.RERUN_BLOCK):
             self._stop = PendingStop(kind, data)
         self.engine.stop()
 
@@ -302,25 +313,34 @@ class DirectMode(ExecutionMode):
     def end_run_after_io(self, port: int, size: int) -> None:
         """Stop the engine after this OUT: in a counted run the stop lands right in front of the
         next instruction, otherwise at the next one that touches memory (_resume_point). Only
-        when it matters:
-        INTR raised with IF set, or the PIT written (its next event may now come before the
-        run's bound, and a latch must see the time move); an EOI alone lets the run go on."""
+        when it matters: INTR raised (with IF set the window delivers it; with IF clear the
+        window sets the watch for the instruction that sets it), or the PIT written (its next
+        event may now come before the run's bound, and a latch must see the time move); an EOI
+        with nothing else waiting lets the run go on."""
         context = self.context
-        if context.reprograms_timer(port) or (context.intr_raised and self.engine.reg("eflags") & IF):
+        if context.reprograms_timer(port) or context.intr_raised:
             self._end_run()
 
     def watch_interrupt_window(self, blocked: bool) -> None:
-        """While an interrupt waits for IF, a code hook on every instruction watches for the
-        guest setting it (sti, then one more instruction for its shadow; popf; iret) and ends
-        the run in front of the next instruction: slow, but only while an interrupt waits."""
-        if blocked == (self._window_hook is not None):
+        """While an interrupt waits for IF, the instructions that can set IF (sti, popf, iret)
+        are watched: a code hook at each, placed as the engine translates blocks (everything is
+        translated again when the watch starts and when it ends), ends the counted run right
+        after the instruction, or after the next one behind sti (its shadow). The run loop's
+        window then looks at IF. Costs a Python call per such instruction run while an
+        interrupt waits, and one per block translated meanwhile; none for the others (a hook on
+        every instruction made xv6's boot, IF clear with typed input waiting, run at 40,000
+        instructions a second)."""
+        if blocked == self._window_armed:
             return
-        if blocked:
-            self._window_hook = self.engine.on_code(0, self._window_check, end=0xFFFFFFFF)
-        else:
-            self.engine.remove_hook(self._window_hook)
-            self._window_hook = None
-        self._if_may_be_set = 0
+        self._window_armed = blocked
+        if blocked and not self._window_scan_on:
+            self._window_scan_on = True
+            self.engine.on_translation(self._window_scan)
+        if not blocked:
+            for hook in self._window_hooks.values():
+                self.engine.remove_hook(hook)
+            self._window_hooks.clear()
+            self._window_setters.clear()
         # Hooks apply to newly translated code only. invalidate_code takes linear addresses and
         # resolves the range's start through the guest's page tables: with the guest's paging
         # on (page 0 perhaps unmapped) everything goes instead, at a higher price.
@@ -329,21 +349,45 @@ class DirectMode(ExecutionMode):
         else:
             self.engine.invalidate_code(self.memory.ram.base, self.memory.ram.end)
 
-    def _window_check(self, address: int) -> None:
-        if self._if_may_be_set:
-            self._if_may_be_set -= 1
-            if not self._if_may_be_set and self.engine.reg("eflags") & IF:
-                self.record_stop(StopKind.WINDOW)     # before the instruction at `address`
-                return
+    def _window_scan(self, address: int, size: int) -> None:
+        """The engine translated a block while the watch is on: a code hook at each IF setter in
+        it. A hook new to the block misses this translation: the block is translated again and
+        the run ends in front of it, none of it run (rerun_block)."""
+        if not self._window_armed or self.io_denied:
+            return
         try:
-            code = self._guest_code(address, 2)
+            code = self._guest_code(address, size)
         except UnbackedAccess:
             return
-        opcode = code[1] if code[0] == 0x66 else code[0]
-        if opcode == 0xFB:                        # sti: the interrupt comes after the next one
-            self._if_may_be_set = 2
-        elif opcode in (0x9D, 0xCF):              # popf, iret
-            self._if_may_be_set = 1
+        hooked, at = False, 0
+        while at < len(code):
+            length = instruction_length(code[at:at + 16])
+            if length is None:
+                break
+            opcode = code[at + _skip_prefixes(code[at:at + 16])]
+            after = _IF_SETTERS.get(opcode)
+            if after is None:
+                self._window_setters.pop(address + at, None)     # code written over a setter
+            else:
+                self._window_setters[address + at] = after
+                if address + at not in self._window_hooks:
+                    self._window_hooks[address + at] = self.engine.on_code(address + at, self._window_setter)
+                    hooked = True
+            at += length
+        if hooked:
+            self.engine.invalidate_code(address, address + size)
+            self.rerun_block(address)
+
+    def _window_setter(self, address: int) -> None:
+        """Before an instruction that can set IF, while an interrupt waits: the counted run ends
+        after it (after one more behind sti), through its count, where the window looks at IF
+        (counted runs only: an interrupt waits, so time is in use, and every run is counted)."""
+        after = self._window_setters.get(address)
+        if after is None or not self._window_armed or self.io_denied:
+            return
+        self.engine.end_count_after(after)
+        if self._stop is None:
+            self._stop = PendingStop(StopKind.WINDOW)     # (no stop: the count ends the run)
 
     def deny_io(self, port: int, size: int) -> None:
         """An EIP written in the hook is not honoured, so save the CPU state the hook sees and

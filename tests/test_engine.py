@@ -250,6 +250,19 @@ def test_a_code_hook_ends_a_counted_run_after_its_instruction_through_the_count(
             (stopped_at, eax, 8 + after)
 
 
+def test_the_engine_tells_a_stop_in_the_shadow_of_sti_or_mov_ss():
+    # Engine.interrupt_shadow reads QEMU's HF_INHIBIT_IRQ_MASK (bit 3 of hflags in the context
+    # blob): set between sti or mov ss and the next instruction, clear elsewhere. Direct mode
+    # runs that next instruction before the window when a run ends there.
+    for source, shadowed in (("sti\nnop\nnop\nhlt", 1), ("mov ax, ss\nmov ss, ax\nnop\nnop\nhlt", 2)):
+        seen = []
+        for count in range(1, 4):
+            engine, memory = machine(source)
+            engine.run(CODE, memory.until_address, count=count)
+            seen.append(engine.interrupt_shadow())
+        assert seen == [count == shadowed for count in range(1, 4)]
+
+
 def test_halted_tells_hlt_from_a_count_that_ran_out_after_a_byte_f4():
     # Engine.halted reads CPUState.halted through uc_struct's cpu pointer (pinned offsets). A
     # count that runs out after `jne` (75 F4) leaves EIP past an F4 byte just as hlt does: xv6's

@@ -30,6 +30,7 @@ _uc_reg_write.restype = ctypes.c_int
 # tests/test_engine.py re-derives each one from a real fault, so a different build fails loudly.
 _CTX_ENV = 20
 _CTX_HFLAGS = _CTX_ENV + 176             # uint32 hflags: bits 0-1 are the CPL (QEMU's HF_CPL_MASK)
+_HF_INHIBIT_IRQ = 1 << 3                 # hflags: in the shadow of sti/mov ss (QEMU's HF_INHIBIT_IRQ_MASK)
 # SegmentCache segs[6] (ES CS SS DS FS GS): uint32 selector, uint64 base, uint32 limit, flags
 _CTX_SEGMENTS = _CTX_ENV + 184
 _SEGMENT_CACHE_SIZE = 24
@@ -462,6 +463,13 @@ class Engine:
         at = _CTX_SEGMENTS + _SEGMENT_INDEX[name] * _SEGMENT_CACHE_SIZE + 20
         (flags,) = struct.unpack_from("<I", bytes(self._uc.context_save()), at)
         return bool(flags & (1 << 15))
+
+    def interrupt_shadow(self) -> bool:
+        """Whether the engine stopped between sti, mov ss or pop ss and the instruction they
+        shield from interrupts: QEMU's HF_INHIBIT_IRQ_MASK in hflags, set by the one and cleared
+        after the other (tests/test_engine.py)."""
+        (hflags,) = struct.unpack_from("<I", bytes(self._uc.context_save()), _CTX_HFLAGS)
+        return bool(hflags & _HF_INHIBIT_IRQ)
 
     def privilege(self) -> int:
         """The CPU's current privilege level, as the engine keeps it."""

@@ -155,6 +155,7 @@ class DirectMode(ExecutionMode):
         self.loan = TrapFlagLoan(engine)
         self.use_cpu(GuestCpu(engine))
         self._ran_early = 0             # instructions run by the last counted run that ended early
+        self.emulated_shadow: Optional[int] = None  # EIP after an sti/mov ss emulated in a hook this run
         # Once the guest uses time the run loop bounds every run: end the unbounded one now.
         context.on_first_use(self._end_run)
         return self.cpu
@@ -646,18 +647,35 @@ class DirectMode(ExecutionMode):
 
     def execute(self) -> VmExit:
         context = self.context
+        shadow_step = False
         while True:
-            vm_exit, stop = self._run_engine()
+            vm_exit, stop = self._run_engine(shadow_step)
+            if context.stop_requested or context.stop_due:
+                return vm_exit
             # A run that ended only for a block to be translated again (rerun_block) goes on:
             # no exit of the guest's, nothing for the run loop (its instructions are retired).
-            if not (stop is StopKind.RERUN_BLOCK and vm_exit.reason is ExitReason.EVENT) \
-                    or context.stop_requested or context.stop_due:
+            if stop is StopKind.RERUN_BLOCK and vm_exit.reason is ExitReason.EVENT:
+                continue
+            # A run stopped from a hook or from outside (an OUT, time coming into use, host
+            # input) may end between sti (mov ss, pop ss) and the instruction it shields: that
+            # one runs first, alone (counted: only a guest that uses time has interrupts), so
+            # the window never takes an interrupt in the shadow.
+            shadow_step = vm_exit.reason is ExitReason.EVENT and self._in_shadow() and context.run_budget() is not None
+            if not shadow_step:
                 return vm_exit
 
-    def _run_engine(self) -> tuple[VmExit, Optional[StopKind]]:
-        """One run of the engine: its exit and the kind of stop a hook recorded (None: none)."""
+    def _in_shadow(self) -> bool:
+        """Whether the guest stands right after sti, mov ss or pop ss: run natively (the
+        engine's own flag), or emulated in a hook this run (trap's sti: emulated_shadow)."""
+        return self.engine.interrupt_shadow() or self.engine.reg("eip") == self.emulated_shadow
+
+    def _run_engine(self, one: bool = False) -> tuple[VmExit, Optional[StopKind]]:
+        """One run of the engine (one instruction if `one`, in a counted run): its exit and the
+        kind of stop a hook recorded (None: none)."""
         context, engine = self.context, self.engine
         count = context.run_budget()
+        if one and count is not None:
+            count = 1
         debugger = self.debugger
         stepping = debugger is not None and debugger.stepping
         if debugger is not None and debugger.interrupted:
@@ -665,6 +683,7 @@ class DirectMode(ExecutionMode):
         if context.input_pending:           # host input came in the meantime: the run loop polls it
             return VmExit(ExitReason.EVENT, eip=engine.reg("eip")), None
         self._stop = None
+        self.emulated_shadow = None
         counted = bool(count) and not stepping
         if counted:
             cause, count = self._run_counted(count)

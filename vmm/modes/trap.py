@@ -259,6 +259,8 @@ class TrapAndEmulateMode(DirectMode):
                     self.record_stop(StopKind.EXIT, (VmExit(ExitReason.HLT, eip=eip), None))
                     return
                 self.context.dispatch(VmExit(ExitReason.CALLOUT, eip=eip, instruction=instruction))
+                if self.context.emulator.interrupt_shadow:      # sti, mov ss: no interrupt before
+                    self.emulated_shadow = engine.reg("eip")     # the next instruction
                 return
             if not software and not error_code & 2 and self.cpu.shadow.hides(error_code):
                 # The fault is the monitor's mark, not the guest's: delivered, the guest would

@@ -170,6 +170,99 @@ def test_the_engine_counts_the_instructions_a_counted_run_started():
     assert engine.instructions_started() == 3 and engine.reg("eax") == 4      # inc, inc, hlt
 
 
+CALL_LOOP = """
+    mov esp, 0x8000
+    mov ecx, 400000
+top:
+    add eax, 1
+    call f
+    add esi, eax
+    dec ecx
+    jnz top
+    hlt
+f:
+    add edx, 3
+    jmp g
+g:
+    add edi, 1
+    ret
+"""
+
+
+def test_a_count_cut_from_another_thread_ends_the_run_where_it_resumes_exactly():
+    # Engine.cut_count writes uc_struct.emu_count (pinned offset: the count a run was given).
+    # Host input ends direct mode's runs this way from the console's reader thread: each cut
+    # run stops in front of an instruction, EIP at it, and resuming there runs nothing twice
+    # (every block of the loop is entered by a chained jump, and re-running the call would
+    # push twice: stop() from another thread does that now and then, see Engine facts). The
+    # instructions the runs started, less the one each cut run stopped in front of, are
+    # exactly what the guest executed.
+    import ctypes
+    import random
+    import threading
+    import time
+    from vmm.engine import _UC_EMU_COUNT
+    engine, memory = machine(CALL_LOOP)
+    engine.run(CODE, memory.until_address, count=12345)
+    assert ctypes.c_uint64.from_address(engine._uc._uch.value + _UC_EMU_COUNT).value == 12345
+    engine, memory = machine(CALL_LOOP)
+    done = threading.Event()
+
+    def cutter():
+        while not done.is_set():
+            time.sleep(random.uniform(0.0002, 0.002))
+            engine.cut_count()
+
+    thread = threading.Thread(target=cutter, daemon=True)
+    thread.start()
+    eip, runs, executed = CODE, 0, 0
+    try:
+        while True:
+            engine.run(eip, memory.until_address, count=10 ** 15)
+            runs += 1
+            eip = engine.reg("eip")
+            if engine.halted():
+                executed += engine.instructions_started()
+                break
+            executed += engine.instructions_started() - 1
+    finally:
+        done.set()
+        thread.join()
+    total, rounds = 0, 400000
+    for _ in range(rounds):
+        total = (total + _ + 1) & 0xFFFFFFFF
+    assert (engine.reg("eax"), engine.reg("edx"), engine.reg("edi"), engine.reg("esi"), engine.reg("esp")) == \
+        (rounds, 3 * rounds, rounds, total, 0x8000)
+    assert executed == 2 + 9 * rounds + 1 and runs > 5
+
+
+def test_a_code_hook_ends_a_counted_run_after_its_instruction_through_the_count():
+    # Engine.end_count_after, as direct mode's interrupt-window watch uses it at sti (1: the
+    # instruction behind it too) and popf/iret (0): Unicorn's count hook runs before any other
+    # code hook, so the hooked instruction is counted already; the run stops in front of the
+    # next instruction but `n`, with EIP at it, even across the chained jump into `top`.
+    for after, stopped_at, eax in ((0, TOP, 1), (1, TOP + 3, 2)):
+        engine, memory = machine(LOOP)
+        engine.on_port_io(lambda port, size: 0, lambda port, size, value: None)
+        engine.on_code(CODE + 16, lambda address, after=after, engine=engine: engine.end_count_after(after))
+        engine.run(CODE, memory.until_address, count=10 ** 6)      # mov, add, jmp, add, out, dec, jnz
+        assert (engine.reg("eip"), engine.reg("eax"), engine.instructions_started()) == \
+            (stopped_at, eax, 8 + after)
+
+
+def test_the_engine_tells_a_stop_in_the_shadow_of_sti_or_mov_ss():
+    # Engine.interrupt_shadow reads QEMU's HF_INHIBIT_IRQ_MASK (bit 3 of hflags in the context
+    # blob): set between sti or mov ss and the next instruction, clear elsewhere. Direct mode
+    # runs that next instruction before the window when a run ends there.
+    for source, shadowed in (("sti\nnop\nnop\nhlt", 1), ("mov ax, ss\nmov ss, ax\nnop\nnop\nhlt", 2)):
+        seen = []
+        for count in range(1, 4):
+            engine, memory = machine(source)
+            engine.run(CODE, memory.until_address, count=count)
+            seen.append(engine.interrupt_shadow())
+        assert seen == [count == shadowed for count in range(1, 4)]
+
+
 def test_halted_tells_hlt_from_a_count_that_ran_out_after_a_byte_f4():
     # Engine.halted reads CPUState.halted through uc_struct's cpu pointer (pinned offsets). A
     # count that runs out after `jne` (75 F4) leaves EIP past an F4 byte just as hlt does: xv6's

@@ -606,14 +606,16 @@ class Emitter:
     # -- instruction budget --------------------------------------------------------------------
     def _emit_budget_check(self, out, block, site_later, mark) -> None:
         """Subtract the block's guest instruction count from the budget, the guest's flags parked
-        in ax around it (its eax in r9)."""
+        in ax around it (its eax in r9). The budget is 64-bit: its high half is where the monitor
+        asks, from another thread, for the run to end at the next block entry (host input:
+        translator/layout.py, SCRATCH_WAKE), at no cost to the prologue."""
         code = out.code
         mark(block.address)
         code += SAVE_FLAGS
         mark(block.address, (FLAGS_IN_AX, EAX_IN_R9))
         count = len(block.instructions)
-        code += _monitor(b"\x81", 5, self.areas.scratch + SCRATCH_BUDGET) + _u32(count)  # sub [budget], n
-        code += b"\x0F\x82"                                                             # jb -> budget exit
+        code += _monitor(b"\x81", 5, self.areas.scratch + SCRATCH_BUDGET, w=1) + _u32(count)  # sub qword [budget], n
+        code += b"\x0F\x8C"                                                                   # jl -> budget exit
         site_later(len(code), ExitSite(ExitKind.BUDGET, 0, block.address, restore=(FLAGS_IN_AX, EAX_IN_R9)))
         code += b"\0\0\0\0"
         code += RESTORE_FLAGS[:3]

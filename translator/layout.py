@@ -29,8 +29,14 @@ VCPU_IO_CHECK = 0x48       # 0 while the guest's CPL <= IOPL (its port I/O needs
 
 # Scratch page (read/write for translated code, out of every guest instruction's reach): emitted
 # sequences keep their temporaries in r8-r11, not here.
-SCRATCH_BUDGET = 0x24      # guest instructions left (when counting)
-SCRATCH_IO_SITE = 0x28     # the guest address of the I/O instruction running (for its I/O hook)
+# The budget is a signed 64-bit count that each block's prologue decrements: guest instructions
+# left in its low half (at most 0x7FFFFFFF), 0 above them. The monitor ends a run from another
+# thread by writing WAKE_HIGH into the high half (SCRATCH_WAKE): the count turns negative, and
+# the next prologue takes the budget exit, the low half (what the accounting reads) untouched.
+SCRATCH_BUDGET = 0x24      # guest instructions left (when counting), the low half
+SCRATCH_WAKE = 0x28        # the high half: 0, or WAKE_HIGH to end the run at the next block entry
+SCRATCH_IO_SITE = 0x2C     # the guest address of the I/O instruction running (for its I/O hook)
+WAKE_HIGH = 0xC0000000     # stays negative however many times the low half borrows
 SCRATCH_STACK_TOP = 0x1000 # a small stack of the monitor's (pushfq/popfq, the native stubs)
 
 LOOKUP_ENTRIES = 1 << 16   # direct mapped by the low 16 bits of the guest address

@@ -6,7 +6,7 @@ import collections
 import os
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 
 class Console:
@@ -27,6 +27,10 @@ class Console:
     def wait_input(self, timeout: float) -> None:
         """Block until input may have arrived, at most `timeout` seconds."""
         time.sleep(timeout)
+
+    def on_input(self, callback: Callable[[], None]) -> None:
+        """Call `callback` whenever input arrives later, from the thread that received it (a
+        console whose input is all there from the start never calls it)."""
 
     def close(self) -> None:
         pass
@@ -67,6 +71,7 @@ class StdioConsole(Console):
         self._saved_tty = None
         self._arrived = threading.Event()      # set by the reader thread on input and at EOF
         self._at_end = False
+        self._listeners: list[Callable[[], None]] = []
 
     def write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -92,6 +97,9 @@ class StdioConsole(Console):
         self._arrived.wait(timeout)
         self._arrived.clear()
 
+    def on_input(self, callback: Callable[[], None]) -> None:
+        self._listeners.append(callback)
+
     def _start_reader(self) -> None:
         if os.isatty(self._in_fd):
             self._enter_character_mode()
@@ -110,6 +118,8 @@ class StdioConsole(Console):
                 return
             self._input.extend(chunk)
             self._arrived.set()
+            for listener in self._listeners:      # (a running guest is woken: vmm/input_wake.py)
+                listener()
 
     def _enter_character_mode(self) -> None:
         import termios

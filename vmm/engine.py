@@ -30,6 +30,7 @@ _uc_reg_write.restype = ctypes.c_int
 # tests/test_engine.py re-derives each one from a real fault, so a different build fails loudly.
 _CTX_ENV = 20
 _CTX_HFLAGS = _CTX_ENV + 176             # uint32 hflags: bits 0-1 are the CPL (QEMU's HF_CPL_MASK)
+_HF_INHIBIT_IRQ = 1 << 3                 # hflags: in the shadow of sti/mov ss (QEMU's HF_INHIBIT_IRQ_MASK)
 # SegmentCache segs[6] (ES CS SS DS FS GS): uint32 selector, uint64 base, uint32 limit, flags
 _CTX_SEGMENTS = _CTX_ENV + 184
 _SEGMENT_CACHE_SIZE = 24
@@ -37,8 +38,11 @@ _SEGMENT_CACHE_SIZE = 24
 _CTX_TABLE_BASES = {"ldtr": _CTX_SEGMENTS + 6 * _SEGMENT_CACHE_SIZE + 8,
                     "gdtr": _CTX_SEGMENTS + 8 * _SEGMENT_CACHE_SIZE + 8}
 _SEGMENT_INDEX = {"es": 0, "cs": 1, "ss": 2, "ds": 3, "fs": 4, "gs": 5}
-# Offset of uint64 emu_counter in Unicorn's uc_struct (instructions started by a counted run).
+# Offset of uint64 emu_counter in Unicorn's uc_struct (instructions started by a counted run),
+# and of uint64 emu_count right after it (the count the run was given, which Unicorn's count
+# hook compares emu_counter with before each instruction).
 _UC_EMU_COUNTER = 1344
+_UC_EMU_COUNT = 1352
 # Offset of `struct TranslationBlock *last_tb` in uc_struct: the last block that returned to
 # Unicorn's loop, NULL until one has. Its translation hook fires only once it is set (pinned
 # by tests/test_engine.py, which finds it by the block it points to).
@@ -447,6 +451,24 @@ class Engine:
         from Unicorn's own counter (uc_struct.emu_counter, offset pinned by tests/test_engine.py)."""
         return ctypes.c_uint64.from_address(self._uc._uch.value + _UC_EMU_COUNTER).value
 
+    def cut_count(self) -> None:
+        """End a counted run in front of its next instruction, from any thread: the count the
+        run was given becomes 0, so Unicorn's count hook stops the run before the next
+        instruction, with EIP at it and that instruction counted in instructions_started (as a
+        count that runs out). Unlike stop(), which from another thread lands at the start of an
+        engine block with EIP left where it was last written (Unicorn skips its PC fix-up when a
+        stop was requested): resuming from there runs instructions again (Engine facts). No
+        effect on a run without a count; lost if no run is going on (emu_start sets the count)."""
+        ctypes.c_uint64.from_address(self._uc._uch.value + _UC_EMU_COUNT).value = 0
+
+    def end_count_after(self, instructions: int) -> None:
+        """From a code hook in a counted run: end the run after the hooked instruction and then
+        `instructions` more (0: in front of the next one), through the count, so that it stops
+        where it resumes exactly (the hook cannot stop() there: that would stop in front of the
+        hooked instruction). May lengthen the run given by one instruction or two."""
+        started = ctypes.c_uint64.from_address(self._uc._uch.value + _UC_EMU_COUNTER).value
+        ctypes.c_uint64.from_address(self._uc._uch.value + _UC_EMU_COUNT).value = started + instructions
+
     def segment_base(self, name: str) -> int:
         """The base in the hidden part of a segment register (what the CPU uses, whatever the
         descriptor table says now)."""
@@ -461,6 +483,13 @@ class Engine:
         at = _CTX_SEGMENTS + _SEGMENT_INDEX[name] * _SEGMENT_CACHE_SIZE + 20
         (flags,) = struct.unpack_from("<I", bytes(self._uc.context_save()), at)
         return bool(flags & (1 << 15))
+
+    def interrupt_shadow(self) -> bool:
+        """Whether the engine stopped between sti, mov ss or pop ss and the instruction they
+        shield from interrupts: QEMU's HF_INHIBIT_IRQ_MASK in hflags, set by the one and cleared
+        after the other (tests/test_engine.py)."""
+        (hflags,) = struct.unpack_from("<I", bytes(self._uc.context_save()), _CTX_HFLAGS)
+        return bool(hflags & _HF_INHIBIT_IRQ)
 
     def privilege(self) -> int:
         """The CPU's current privilege level, as the engine keeps it."""

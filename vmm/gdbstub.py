@@ -1,7 +1,7 @@
 """A GDB remote-serial-protocol stub: stock gdb attaches over TCP on localhost (`target remote
 :PORT`) and reads/writes registers and memory, sets breakpoints, steps and continues, under
 every execution mode. The protocol is here; stopping the guest is the run loop's and the
-mode's business (vm.debugger)."""
+mode's business (the Debugger, which the modes get through their RunContext)."""
 
 from __future__ import annotations
 

@@ -174,14 +174,15 @@ class GuestPaging:
         return MONITOR_LINEAR if scheme == "nested" else None
 
     @classmethod
-    def untranslated(cls, vm, cpu, scheme: str, ring_compression: bool, monitor_pages=()) -> "GuestPaging":
+    def untranslated(cls, context, cpu, scheme: str, ring_compression: bool, monitor_pages=()) -> "GuestPaging":
         """For the modes that run guest code untranslated (trap, vt): nested paging through the
         engine's virtual TLB, or shadow paging on two-level tables. monitor_pages: the linear
         addresses of the monitor pages the engine reads through every shadow, supervisor-only
         (trap's ring views: its shadows hold nothing else of the monitor's); without them (vt)
         the shadows map the guest's linear space alone. Under nested paging they are at
-        monitor_linear(), where no guest address reaches."""
-        engine, memory = vm.engine, vm.memory
+        monitor_linear(), where no guest address reaches. `context`: the mode's RunContext, for
+        the engine and guest memory."""
+        engine, memory = context.engine, context.memory
         if scheme == "nested":
             control = cpu.control
             pager = NestedPaging(engine, memory, lambda: (control[0], control[3], control[4]), lambda: cpu.cpl)

@@ -1,10 +1,11 @@
 """The platform's interrupt sources as the CPU sees them: the i8259 pair on the INTR line, the i8254
 on IRQ0 and the RTC on IRQ8, all on the virtual clock, and the devices fed by host input (a UART
-that interrupts on receive) polled on it; plus the boot state QEMU's firmware leaves them in."""
+that interrupts on receive), whose input wakes the run; plus the boot state QEMU's firmware leaves
+them in."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 from vmm.clock import CYCLES_PER_PIT_TICK, VirtualClock
 from vmm.devices.i8254 import PIT_BASE, PIT_IRQ, PIT_PORTS, I8254
@@ -16,9 +17,6 @@ from vmm.devices.mc146818 import RTC_BASE, RTC_PORTS
 # in mode 2 with the full count (65536: 18.2 Hz), lo/hi access (read-back status 0x34).
 BOOT_PIC = ((MASTER_BASE, 0x08, 0x04, 0xB8), (SLAVE_BASE, 0x70, 0x02, 0x8E))   # base, ICW2, ICW3, IMR
 BOOT_PIT_CONTROL = 0x34
-# Host input (typed on stdin) reaches a UART that interrupts on receive within this many guest
-# cycles (0.1 ms of guest time): the run is bounded there as at a timer event.
-INPUT_POLL_CYCLES = 10_000
 
 
 class _ClockedPorts:
@@ -54,7 +52,7 @@ class InterruptPlatform:
         self.on_first_use = []          # callbacks: a mode switching its instruction counting on
         self.rtc = None                 # vmm.devices.mc146818.MC146818, attached by the builder
         self.input_sources = []         # devices fed by host input: armed(), poll(), input_may_arrive(),
-        # wait_input(timeout)
+        # wait_input(timeout), on_input(callback)
         self._boot_state()
 
     def _boot_state(self) -> None:
@@ -93,6 +91,15 @@ class InterruptPlatform:
 
     def _armed_inputs(self) -> list:
         return [source for source in self.input_sources if source.armed()]
+
+    def watch_input(self, wake: Callable[[], None]) -> None:
+        """Call `wake` (from the thread that received it) when host input arrives for a source
+        that is armed while time is in use: the running guest's engine run must end so that the
+        next sync polls the source (vmm/input_wake.py). Before time is in use the guest has not
+        touched the PIC, which keeps IRQ 3 and 4 masked as the firmware left them: the input
+        waits for the guest's next look at the UART."""
+        for source in self.input_sources:
+            source.on_input(lambda source=source: wake() if self.in_use and source.armed() else None)
 
     def wait_for_input(self, stop_due) -> bool:
         """The CPU idles (hlt, IF set) with nothing but host input to wake it: wait for input to
@@ -141,8 +148,6 @@ class InterruptPlatform:
             events.append((self.pit.now + ticks) * CYCLES_PER_PIT_TICK - now)
         if self.rtc is not None and (due := self.rtc.next_event()) is not None:
             events.append(due - now)
-        if self._armed_inputs():
-            events.append(INPUT_POLL_CYCLES)
         return max(1, min(events)) if events else None
 
     def reprograms_timer(self, port: int) -> bool:

@@ -95,8 +95,8 @@ AREAS = (
     Area("vcpu", VCPU_OFFSET, VCPU_SIZE, PROT_READ, "vmm/modes/bt/vcpu.py",
          "virtual-CPU block (bt)"),
     Area("scratch", SCRATCH_OFFSET, SCRATCH_SIZE, PROT_READ | PROT_WRITE, "vmm/modes/bt/mode.py",
-         "scratch page: instruction budget, I/O site, a small monitor stack for pushfq/popfq and the "
-         "native stubs (bt)"),
+         "scratch page: instruction budget (its high half: the wake for host input), I/O site, a small "
+         "monitor stack for pushfq/popfq and the native stubs (bt)"),
     Area("vcpu privileged", VCPU_PRIVILEGED_OFFSET, VCPU_PRIVILEGED_SIZE, PROT_READ, "vmm/modes/bt/vcpu.py",
          "privileged virtual-CPU page: control registers for `mov r, crN` (bt)", supervisor=True),
     Area("page tables", TABLES_OFFSET, TABLES_SIZE, PROT_READ, "vmm/monitor_paging.py",

@@ -24,10 +24,12 @@ from vmm.emulate import Emulator, OutcomeKind
 from vmm.errors import MonitorBug, UnsupportedGuestFeature
 from vmm.engine import Engine
 from vmm.guest_view import GuestFault, GuestView
+from vmm.input_wake import InputWake
 from vmm.interrupts import InterruptPlatform
 from vmm.exits import ExitReason, RunResult, StopReason, VmExit
 from vmm.memory import PhysicalMemory, UnbackedAccess
 from vmm.privilege import io_permitted
+from vmm.run_context import RunContext
 from vmm.task_switch import TaskSwitch
 from vmm.trace import Tracer
 from vmm.modes import ExecutionMode
@@ -217,11 +219,20 @@ class VirtualMachine:
             ExitReason.DEBUG: self._debug,
             ExitReason.EVENT: self._event,
         }
-        self.cpu = mode.attach(self)
+        # The mode sees the machine through this context only (vmm/run_context.py).
+        # Host input for an armed device ends the mode's engine run (vmm/input_wake.py).
+        self.input_wake = InputWake(mode.end_run_soon)
+        self.context = RunContext(engine=engine, memory=memory, tracer=self.tracer, debugger=self.debugger,
+                                  limits=limits, interrupts=self.interrupts, until_address=until_address,
+                                  dispatch=self.dispatch, run_budget=self.run_budget, retire=self.retire,
+                                  stop_requested=lambda: self.stop_requested, request_stop=self.request_stop,
+                                  io_permitted=self.io_permitted, input_wake=self.input_wake)
+        self.cpu = mode.attach(self.context)
         view = GuestView(self.cpu, memory)
         self.tasks = TaskSwitch(self.cpu, view, on_switch=mode.task_switched)   # for both below
         self.delivery = ExceptionDelivery(self.cpu, memory, self.tasks)
         self.emulator = Emulator(self.cpu, view, self._read_timestamp, self.tasks)
+        self.context.emulator = self.emulator
         self.external_interrupts: Counter = Counter()
         self.io_denials = 0
         self.devices: dict = {}        # name -> device model with state(), filled by the builder
@@ -236,6 +247,7 @@ class VirtualMachine:
         self.state = RunState.RUNNING
         started = time.perf_counter()          # before the limit's clock: the run lasts at least it
         self.limits.start(self.engine.stop)
+        self.interrupts.watch_input(self.input_wake.arrived)
         try:
             self._run_loop()
         except UnsupportedGuestFeature as error:
@@ -247,6 +259,7 @@ class VirtualMachine:
         except Exception as error:       # noqa: BLE001 - whatever escapes is a monitor bug
             self._monitor_bug(error)
         finally:
+            self.input_wake.close()
             self.limits.finish()
             self.tracer.close()
             if self.gdb is not None:
@@ -271,9 +284,10 @@ class VirtualMachine:
             with self._waiting_on_host():
                 self.gdb.attach(self)
         while self._result is None:
-            vm_exit = self.mode.execute(self)
+            vm_exit = self.mode.execute()
             self.emulator.interrupt_shadow = False     # guest code ran since the last SS load
             self.dispatch(vm_exit)
+            self.input_wake.take()                     # the window's sync polls the input sources
             if self.interrupts.in_use and self._result is None:
                 self._interrupt_window()
             if self.limits.stop_due and self._result is None:
@@ -309,13 +323,17 @@ class VirtualMachine:
     def run_budget(self) -> Optional[int]:
         """How many guest instructions the mode may run before it returns an EVENT exit (None:
         no bound): up to the instruction limit, the next timer event, or, while an interrupt
-        waits for the guest to set IF, the next poll. Modes count instructions only when this
-        is not None, and report what ran through `retire`."""
+        waits for the guest to set IF, the next poll. Once time is in use every run is bounded,
+        so counted (at the largest limit when nothing nearer bounds it): the clock follows every
+        instruction, and host input can end the run where it resumes exactly (direct mode cuts
+        the engine's count: Engine.cut_count). Modes count instructions only when this is not
+        None, and report what ran through `retire`."""
         bounds = []
         left = self.limits.remaining_instructions()
         if left is not None:
             bounds.append(left)
         if self.interrupts.in_use:
+            bounds.append(Limits.MAX_INSTRUCTIONS)
             if self.interrupts.pending():
                 bounds.append(self.POLL_INTERVAL)
             else:

@@ -33,9 +33,11 @@ _TRIGGER_LEVELS = {0x00: 1, 0x40: 4, 0x80: 8, 0xC0: 14}
 class Uart16550:
     """Transmit goes to the console at once (the transmitter is always empty again by the next
     register read); receive pulls console bytes whenever the receiver has room, as QEMU does:
-    on a register read, and, while the guest has the receive interrupt enabled, whenever the
-    platform polls host input (an `input source`: armed, poll, input_may_arrive, wait_input),
-    so input typed while the guest idles in hlt raises the IRQ and wakes it."""
+    on a register read, after a read of the receiver buffer, when the guest enables the receive
+    interrupt (QEMU's receiver would hold the byte already: the IRQ rises at once), and, while
+    that interrupt is enabled, whenever the platform polls host input (an `input source`:
+    armed, poll, input_may_arrive, wait_input, on_input), which it does when input arrives,
+    so typed input raises the IRQ whatever the guest is doing, in hlt or spinning."""
 
     access_width = 1        # byte registers: a word or dword access reaches consecutive ports
 
@@ -107,6 +109,8 @@ class Uart16550:
             else:
                 changed = (self.ier ^ value) & 0x0F
                 self.ier = value & 0x0F
+                if changed & IER_RDI and self.ier & IER_RDI:
+                    self._pull_input()        # (raises the IRQ through _update_irq below)
                 if changed & IER_THRI:
                     # Enabling THRI while THR is empty raises it at once (Windows relies on this).
                     self.thr_pending = bool(self.ier & IER_THRI and self.lsr & LSR_THRE)
@@ -136,6 +140,9 @@ class Uart16550:
 
     def wait_input(self, timeout: float) -> None:
         self.console.wait_input(timeout)
+
+    def on_input(self, callback: Callable[[], None]) -> None:
+        self.console.on_input(callback)
 
     def state(self) -> dict:
         return {"divisor": self.divisor, "ier": self.ier, "iir": self.iir, "fcr": self.fcr, "lcr": self.lcr,
@@ -211,6 +218,8 @@ class Uart16550:
             value = self.rbr
             self.lsr &= ~(LSR_DR | LSR_BI)
         self._update_irq()
+        if self.ier & IER_RDI:
+            self._pull_input()        # room again: the next byte, and the IRQ for it, come now
         return value
 
     def _update_irq(self) -> None:

@@ -12,7 +12,7 @@ from vmm.errors import ConfigError
 if TYPE_CHECKING:
     from vmm.cpu import GuestCpu
     from vmm.exits import VmExit
-    from vmm.vm import VirtualMachine
+    from vmm.run_context import RunContext
 
 
 # The options that only some modes take: MachineConfig field -> (the option as the user writes
@@ -39,8 +39,9 @@ class PendingStop:
 class ExecutionMode(ABC):
     """One way of running the guest. `attach` installs what the mode needs on the engine once
     and returns the guest-visible CPU view; `execute` runs guest code and returns the exit that
-    stopped it. Exits the monitor can service without stopping the engine (port I/O, and in
-    direct mode exceptions) go to vm.dispatch from engine hooks."""
+    stopped it. The mode reaches the machine only through the RunContext that attach is given
+    (vmm/run_context.py). Exits the monitor can service without stopping the engine (port I/O,
+    and in direct mode exceptions) go to its `dispatch` from engine hooks."""
 
     name: str
     long_mode = False          # the engine runs this mode's code in long mode (bt: docs/isolation.md)
@@ -64,7 +65,7 @@ class ExecutionMode(ABC):
                               f"(available: {', '.join(cls.paging_schemes)})")
 
     @abstractmethod
-    def attach(self, vm: "VirtualMachine") -> "GuestCpu": ...
+    def attach(self, context: "RunContext") -> "GuestCpu": ...
 
     @classmethod
     def from_config(cls, config) -> "ExecutionMode":
@@ -79,6 +80,14 @@ class ExecutionMode(ABC):
     def end_run_after_io(self, port: int, size: int) -> None:
         """Called from the hook of an OUT that reprogrammed the timer or the PIC: end the current
         run as soon after this instruction as the engine allows, with an EVENT exit."""
+
+    @abstractmethod
+    def end_run_soon(self) -> None:
+        """Called from another thread (host input arrived: vmm/input_wake.py): end the engine run
+        going on at a point where it resumes exactly, with every instruction that ran retired,
+        and return an EVENT exit (also, without running, while the context's input_pending
+        holds). Only asked while time is in use: the runs are counted then. The engine's stop()
+        does not do: from another thread it leaves EIP stale (Engine facts)."""
 
     def deny_io(self, port: int, size: int) -> None:
         """Called from the hook of an IN/OUT the guest may not execute (CPL > IOPL and the TSS
@@ -110,7 +119,7 @@ class ExecutionMode(ABC):
         return None
 
     @abstractmethod
-    def execute(self, vm: "VirtualMachine") -> "VmExit": ...
+    def execute(self) -> "VmExit": ...
 
 
 def available_modes() -> dict[str, type[ExecutionMode]]:

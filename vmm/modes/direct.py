@@ -20,9 +20,12 @@ from vmm.guest_paging import GuestPaging, GuestPF, Hidden, Lend, MonitorPage, No
 from vmm.guest_view import GuestView
 from vmm.memory import UnbackedAccess
 from vmm.modes import ExecutionMode, PendingStop
-from vmm.x86 import BP, CR0_PG, CR0_WP, CR4_PCE, CR4_PSE, DB, GP, IF, NM, OF_VEC, PAGE_SIZE, PF_VEC, TF, UD, nm_is_ud
+from vmm.x86 import BP, CR0_PG, CR0_WP, CR4_PCE, CR4_PSE, DB, GP, NM, OF_VEC, PAGE_SIZE, PF_VEC, TF, UD, nm_is_ud
 
 HLT_OPCODE = 0xF4
+# The instructions that can set IF, by opcode (after prefixes), with the number of instructions
+# that still run before an interrupt can be taken once they did: sti's shadow; popf, iret none.
+_IF_SETTERS = {0xFB: 1, 0x9D: 0, 0xCF: 0}
 ENGINE_BLOCK_MAX_INSTRUCTIONS = 512     # QEMU's TCG_MAX_INSNS: how far a block start can be
 _ONE_BYTE_INTS = ((BP, 0xCC), (OF_VEC, 0xCE), (DB, 0xF1))   # int3, into, int1
 
@@ -111,10 +114,11 @@ class TrapFlagLoan:
 class DirectMode(ExecutionMode):
     name = "direct"
 
-    def attach(self, vm) -> GuestCpu:
-        engine = vm.engine
+    def attach(self, context) -> GuestCpu:
+        self.context = context
+        engine = context.engine
         engine.keep_alias_stores_coherent()     # Unicorn 2.1.1 misses stores through an alias (Engine facts)
-        self.memory = vm.memory
+        self.memory = context.memory
         self.engine = engine
         # Hooks record why the engine must stop: one PendingStop per run, the first one wins
         # (record_stop), except a refused port access, after which nothing that runs before the
@@ -126,28 +130,32 @@ class DirectMode(ExecutionMode):
         # a block hook follows the blocks, so that each port exit names its own instruction.
         self._io_cursor: Optional[int] = None         # where the next I/O instruction is sought
         self._eip_after_io: Optional[int] = None      # where a run a port hook ended stopped
-        if vm.tracer.exits:
+        if context.tracer.exits:
             engine.on_block(self._block_entered)
-        self._window_hook = None
-        self._if_may_be_set = 0
+        # The interrupt-window watch: code hooks at the instructions that can set IF, while an
+        # interrupt waits for it (watch_interrupt_window).
+        self._window_armed = False
+        self._window_scan_on = False                   # the translation hook that places them
+        self._window_setters: dict[int, int] = {}      # address -> instructions to run after it
+        self._window_hooks: dict[int, object] = {}     # address -> its code hook
         self._io_hook: Optional[tuple] = None           # (port, size, is_out) while an I/O hook runs
         self._fetch_exit: Optional[int] = None          # an engine exit in front of an unfetchable page
         self._stopped_between_blocks = False            # the run ended in front of a block (rerun_block)
-        engine.on_interrupt(lambda vector: self._interrupt_hook(vm, vector))
+        engine.on_interrupt(self._interrupt_hook)
         engine.on_fast_system_call(lambda name: None if self.io_denied else self._fast_system_call(name))
-        if vm.tracer.exec:
-            engine.on_block(lambda address, _size: vm.tracer.executed(address))
-        self.debugger = vm.debugger
+        if context.tracer.exec:
+            engine.on_block(lambda address, _size: context.tracer.executed(address))
+        self.debugger = context.debugger
         self._breakpoint_hooks: dict[int, object] = {}
         if self.debugger is not None:
             self.debugger.on_breakpoints_changed = self._sync_breakpoints
         self.paging: Optional[GuestPaging] = None     # direct: the engine's MMU walks the guest's tables
         self.loan = TrapFlagLoan(engine)
         self.use_cpu(GuestCpu(engine))
-        self._vm = vm
         self._ran_early = 0             # instructions run by the last counted run that ended early
+        self.emulated_shadow: Optional[int] = None  # EIP after an sti/mov ss emulated in a hook this run
         # Once the guest uses time the run loop bounds every run: end the unbounded one now.
-        vm.interrupts.on_first_use.append(self._end_run)
+        context.on_first_use(self._end_run)
         return self.cpu
 
     def use_cpu(self, cpu: GuestCpu) -> None:
@@ -168,8 +176,12 @@ class DirectMode(ExecutionMode):
     # -- the one recorded stop -------------------------------------------------------------------
     def record_stop(self, kind: StopKind, data=None) -> None:
         """Note why the engine must stop and stop it. The first reason of a run wins, except a
-        refused port access: the state goes back to that instruction, whatever was noted before."""
-        if self._stop is None or (kind is StopKind.DENIED_IO and self._stop.kind is not StopKind.DENIED_IO):
+        refused port access: the state goes back to that instruction, whatever was noted before;
+        and a window noted for a run that is still to end after an IF setter gives way to any
+        stop but a block's rerun (whose stop lands in front of the block all the same)."""
+        current = self._stop
+        if current is None or (kind is StopKind.DENIED_IO and current.kind is not StopKind.DENIED_IO) \
+                or (current.kind is StopKind.WINDOW and kind is not StopKind.RERUN_BLOCK):
             self._stop = PendingStop(kind, data)
         self.engine.stop()
 
@@ -205,16 +217,16 @@ class DirectMode(ExecutionMode):
     def _port_in(self, port: int, size: int) -> int:
         self._io_hook = (port, size, False)
         try:
-            return self._vm.dispatch(VmExit(ExitReason.PORT_IN, eip=self._io_eip(port, size, False),
-                                            port=port, size=size))
+            return self.context.dispatch(VmExit(ExitReason.PORT_IN, eip=self._io_eip(port, size, False),
+                                                port=port, size=size))
         finally:
             self._io_hook = None
 
     def _port_out(self, port: int, size: int, value: int) -> None:
         self._io_hook = (port, size, True)
         try:
-            self._vm.dispatch(VmExit(ExitReason.PORT_OUT, eip=self._io_eip(port, size, True),
-                                     port=port, size=size, value=value))
+            self.context.dispatch(VmExit(ExitReason.PORT_OUT, eip=self._io_eip(port, size, True),
+                                         port=port, size=size, value=value))
         finally:
             self._io_hook = None
 
@@ -292,28 +304,42 @@ class DirectMode(ExecutionMode):
             return
         self.record_stop(StopKind.BREAKPOINT)     # stops before the instruction executes
 
+    def end_run_soon(self) -> None:
+        """(Another thread.) Runs are counted while time is in use: cutting the count stops the
+        run in front of its next instruction, which it counts as started (_instructions_ran)."""
+        self.engine.cut_count()
+
     def end_run_after_io(self, port: int, size: int) -> None:
         """Stop the engine after this OUT: in a counted run the stop lands right in front of the
         next instruction, otherwise at the next one that touches memory (_resume_point). Only
-        when it matters:
-        INTR raised with IF set, or the PIT written (its next event may now come before the
-        run's bound, and a latch must see the time move); an EOI alone lets the run go on."""
-        interrupts = self._vm.interrupts
-        if interrupts.reprograms_timer(port) or (interrupts.intr_raised and self.engine.reg("eflags") & IF):
+        when it matters: INTR raised (with IF set the window delivers it; with IF clear the
+        window sets the watch for the instruction that sets it), or the PIT written (its next
+        event may now come before the run's bound, and a latch must see the time move); an EOI
+        with nothing else waiting lets the run go on."""
+        context = self.context
+        if context.reprograms_timer(port) or context.intr_raised:
             self._end_run()
 
     def watch_interrupt_window(self, blocked: bool) -> None:
-        """While an interrupt waits for IF, a code hook on every instruction watches for the
-        guest setting it (sti, then one more instruction for its shadow; popf; iret) and ends
-        the run in front of the next instruction: slow, but only while an interrupt waits."""
-        if blocked == (self._window_hook is not None):
+        """While an interrupt waits for IF, the instructions that can set IF (sti, popf, iret)
+        are watched: a code hook at each, placed as the engine translates blocks (everything is
+        translated again when the watch starts and when it ends), ends the counted run right
+        after the instruction, or after the next one behind sti (its shadow). The run loop's
+        window then looks at IF. Costs a Python call per such instruction run while an
+        interrupt waits, and one per block translated meanwhile; none for the others (a hook on
+        every instruction made xv6's boot, IF clear with typed input waiting, run at 40,000
+        instructions a second)."""
+        if blocked == self._window_armed:
             return
-        if blocked:
-            self._window_hook = self.engine.on_code(0, self._window_check, end=0xFFFFFFFF)
-        else:
-            self.engine.remove_hook(self._window_hook)
-            self._window_hook = None
-        self._if_may_be_set = 0
+        self._window_armed = blocked
+        if blocked and not self._window_scan_on:
+            self._window_scan_on = True
+            self.engine.on_translation(self._window_scan)
+        if not blocked:
+            for hook in self._window_hooks.values():
+                self.engine.remove_hook(hook)
+            self._window_hooks.clear()
+            self._window_setters.clear()
         # Hooks apply to newly translated code only. invalidate_code takes linear addresses and
         # resolves the range's start through the guest's page tables: with the guest's paging
         # on (page 0 perhaps unmapped) everything goes instead, at a higher price.
@@ -322,21 +348,45 @@ class DirectMode(ExecutionMode):
         else:
             self.engine.invalidate_code(self.memory.ram.base, self.memory.ram.end)
 
-    def _window_check(self, address: int) -> None:
-        if self._if_may_be_set:
-            self._if_may_be_set -= 1
-            if not self._if_may_be_set and self.engine.reg("eflags") & IF:
-                self.record_stop(StopKind.WINDOW)     # before the instruction at `address`
-                return
+    def _window_scan(self, address: int, size: int) -> None:
+        """The engine translated a block while the watch is on: a code hook at each IF setter in
+        it. A hook new to the block misses this translation: the block is translated again and
+        the run ends in front of it, none of it run (rerun_block)."""
+        if not self._window_armed or self.io_denied:
+            return
         try:
-            code = self._guest_code(address, 2)
+            code = self._guest_code(address, size)
         except UnbackedAccess:
             return
-        opcode = code[1] if code[0] == 0x66 else code[0]
-        if opcode == 0xFB:                        # sti: the interrupt comes after the next one
-            self._if_may_be_set = 2
-        elif opcode in (0x9D, 0xCF):              # popf, iret
-            self._if_may_be_set = 1
+        hooked, at = False, 0
+        while at < len(code):
+            length = instruction_length(code[at:at + 16])
+            if length is None:
+                break
+            opcode = code[at + _skip_prefixes(code[at:at + 16])]
+            after = _IF_SETTERS.get(opcode)
+            if after is None:
+                self._window_setters.pop(address + at, None)     # code written over a setter
+            else:
+                self._window_setters[address + at] = after
+                if address + at not in self._window_hooks:
+                    self._window_hooks[address + at] = self.engine.on_code(address + at, self._window_setter)
+                    hooked = True
+            at += length
+        if hooked:
+            self.engine.invalidate_code(address, address + size)
+            self.rerun_block(address)
+
+    def _window_setter(self, address: int) -> None:
+        """Before an instruction that can set IF, while an interrupt waits: the counted run ends
+        after it (after one more behind sti), through its count, where the window looks at IF
+        (counted runs only: an interrupt waits, so time is in use, and every run is counted)."""
+        after = self._window_setters.get(address)
+        if after is None or not self._window_armed or self.io_denied:
+            return
+        self.engine.end_count_after(after)
+        if self._stop is None:
+            self._stop = PendingStop(StopKind.WINDOW)     # (no stop: the count ends the run)
 
     def deny_io(self, port: int, size: int) -> None:
         """An EIP written in the hook is not honoured, so save the CPU state the hook sees and
@@ -375,7 +425,7 @@ class DirectMode(ExecutionMode):
         vector = UD if name == "syscall" else GP
         self.record_stop(StopKind.EXIT, (VmExit(ExitReason.EXCEPTION, eip=eip, vector=vector, error_code=0), eip))
 
-    def _interrupt_hook(self, vm, vector: int) -> None:
+    def _interrupt_hook(self, vector: int) -> None:
         if self.io_denied:      # after a refused port access: never happened
             self.engine.reset_exception_state()
             return
@@ -385,7 +435,7 @@ class DirectMode(ExecutionMode):
         elif self.paging is None and self._fetch_ahead(self.engine.reg("eip"), self.engine.reg("cr2")):
             self.engine.reset_exception_state()     # (no pager: the engine walks the guest's tables)
             return
-        self._on_interrupt(vm, vector)
+        self._on_interrupt(vector)
 
     def _fetch_ahead(self, eip: int, linear: int) -> bool:
         """Whether a page fault at `eip` on `linear` is the engine's, not yet the guest's: the
@@ -420,10 +470,10 @@ class DirectMode(ExecutionMode):
         self.engine.set_exits([])
         self.engine.invalidate_code(address - 1, address)     # the block that ends at the exit
 
-    def _on_interrupt(self, vm, vector: int) -> None:
+    def _on_interrupt(self, vector: int) -> None:
         """Exceptions and int n are delivered from inside the engine's hook: the engine's state
         is the guest's, and the run goes on in the handler."""
-        vm.dispatch(self._exception_exit(self.engine, vector))
+        self.context.dispatch(self._exception_exit(self.engine, vector))
 
     def _exception_exit(self, engine, vector: int) -> VmExit:
         """Delivered from inside the interrupt hook: the engine's state is the guest's."""
@@ -477,14 +527,14 @@ class DirectMode(ExecutionMode):
         """Guest code at a linear address, for a decoder (b"" where none can be fetched)."""
         return self.code_view.fetch_code(linear, size)
 
-    def paging_interrupt(self, vm, vector: int) -> bool:
+    def paging_interrupt(self, vector: int) -> bool:
         """The interrupt hook's share of guest paging: True when the exception was the monitor's
         own (a hidden page fault, the single step that ends a loan) or became the guest's #PF."""
         if self.paging is None:
             return False
         engine = self.engine
         if vector == PF_VEC and not self.paging.virtual_tlb and not engine.last_exception_info()[1]:
-            self._page_fault(vm)        # the engine walks the monitor's tables: a fault is its own
+            self._page_fault()        # the engine walks the monitor's tables: a fault is its own
             return True
         if self.loan.active:
             guest_step = self.loan.guest_tf
@@ -494,12 +544,12 @@ class DirectMode(ExecutionMode):
                 return True
         return False
 
-    def serve_monitor_page(self, vm, verdict: MonitorPage) -> bool:
+    def serve_monitor_page(self, verdict: MonitorPage) -> bool:
         """A mode may carry out an access at a monitor page's linear address itself (True:
         trap emulates what it knows) rather than have it run with the guest's frame lent."""
         return False
 
-    def _page_fault(self, vm) -> None:
+    def _page_fault(self) -> None:
         """A page fault of the engine on the shadow: a hidden fault fills it and the instruction
         runs again; a store the shadow keeps read-only (into a guest page table) is carried out
         (a plain mov) or runs with the page lent writable and the real TF set, so that the
@@ -516,7 +566,7 @@ class DirectMode(ExecutionMode):
             self._end_loan()
             engine.reset_exception_state()
             if not self._fetch_ahead(eip, verdict.fault.linear):
-                vm.dispatch(self.paging.guest_page_fault(verdict.fault, eip))
+                self.context.dispatch(self.paging.guest_page_fault(verdict.fault, eip))
             return
         if isinstance(verdict, NoMemory):
             self._end_loan()
@@ -532,7 +582,7 @@ class DirectMode(ExecutionMode):
             self.paging.lend(linear)
             self.loan.begin()
         elif isinstance(verdict, MonitorPage):      # the guest's own page at a monitor page's
-            if not self.serve_monitor_page(vm, verdict):    # address: emulated, or one step lent
+            if not self.serve_monitor_page(verdict):    # address: emulated, or one step lent
                 self.paging.lend_monitor_page(verdict)
                 self.loan.begin()
 
@@ -541,7 +591,7 @@ class DirectMode(ExecutionMode):
         self.loan.end()
         self.paging.end_loans()
 
-    def _tlb_refused(self, vm) -> VmExit:
+    def _tlb_refused(self) -> VmExit:
         """Nested paging refused an access (EIP at the instruction): the guest's #PF, or memory
         it does not have."""
         if self.paging is None:
@@ -587,41 +637,62 @@ class DirectMode(ExecutionMode):
         except UnbackedAccess:
             return -1
 
-    def execute(self, vm) -> VmExit:
+    def execute(self) -> VmExit:
+        context = self.context
+        shadow_step = False
         while True:
-            vm_exit, stop = self._run_engine(vm)
+            vm_exit, stop = self._run_engine(shadow_step)
+            if context.stop_requested or context.stop_due:
+                return vm_exit
             # A run that ended only for a block to be translated again (rerun_block) goes on:
             # no exit of the guest's, nothing for the run loop (its instructions are retired).
-            if not (stop is StopKind.RERUN_BLOCK and vm_exit.reason is ExitReason.EVENT) \
-                    or vm.stop_requested or vm.limits.stop_due:
+            if stop is StopKind.RERUN_BLOCK and vm_exit.reason is ExitReason.EVENT:
+                continue
+            # A run stopped from a hook or from outside (an OUT, time coming into use, host
+            # input) may end between sti (mov ss, pop ss) and the instruction it shields: that
+            # one runs first, alone (counted: only a guest that uses time has interrupts), so
+            # the window never takes an interrupt in the shadow.
+            shadow_step = vm_exit.reason is ExitReason.EVENT and self._in_shadow() and context.run_budget() is not None
+            if not shadow_step:
                 return vm_exit
 
-    def _run_engine(self, vm) -> tuple[VmExit, Optional[StopKind]]:
-        """One run of the engine: its exit and the kind of stop a hook recorded (None: none)."""
-        engine = vm.engine
-        count = vm.run_budget()
+    def _in_shadow(self) -> bool:
+        """Whether the guest stands right after sti, mov ss or pop ss: run natively (the
+        engine's own flag), or emulated in a hook this run (trap's sti: emulated_shadow)."""
+        return self.engine.interrupt_shadow() or self.engine.reg("eip") == self.emulated_shadow
+
+    def _run_engine(self, one: bool = False) -> tuple[VmExit, Optional[StopKind]]:
+        """One run of the engine (one instruction if `one`, in a counted run): its exit and the
+        kind of stop a hook recorded (None: none)."""
+        context, engine = self.context, self.engine
+        count = context.run_budget()
+        if one and count is not None:
+            count = 1
         debugger = self.debugger
         stepping = debugger is not None and debugger.stepping
         if debugger is not None and debugger.interrupted:
             return VmExit(ExitReason.DEBUG, eip=engine.reg("eip")), None
+        if context.input_pending:           # host input came in the meantime: the run loop polls it
+            return VmExit(ExitReason.EVENT, eip=engine.reg("eip")), None
         self._stop = None
+        self.emulated_shadow = None
         counted = bool(count) and not stepping
         if counted:
-            cause, count = self._run_counted(vm, count)
+            cause, count = self._run_counted(count)
         else:
-            cause = engine.run(engine.reg("eip"), vm.until_address, count=1 if stepping else 0)
+            cause = engine.run(engine.reg("eip"), context.until_address, count=1 if stepping else 0)
         stop, self._stop = self._stop, None
-        vm_exit, cut_short = self._exit_after_run(vm, cause, stop, count if counted else 0, stepping)
+        vm_exit, cut_short = self._exit_after_run(cause, stop, count if counted else 0, stepping)
         if counted and (vm_exit.reason is not ExitReason.EVENT or cut_short):
-            vm.retire(self._ran_early)       # a run that ended before its count: what it ran
+            context.retire(self._ran_early)       # a run that ended before its count: what it ran
         return vm_exit, stop.kind if stop is not None else None
 
-    def _exit_after_run(self, vm, cause, stop: Optional[PendingStop], count: int,
+    def _exit_after_run(self, cause, stop: Optional[PendingStop], count: int,
                         stepping: bool) -> tuple[VmExit, bool]:
         """Why the engine returned: the stop a hook recorded, else the engine's own cause.
         count: the instructions a counted run was given (0: none). Also whether the run was
         cut short (ended before its count: what it ran is retired by the caller)."""
-        engine, debugger = self.engine, self.debugger
+        engine, debugger, context = self.engine, self.debugger, self.context
         self._stopped_between_blocks = False
         fetch_exit = self._fetch_exit
         if fetch_exit is not None:       # whatever ended the run, the exit goes
@@ -639,7 +710,7 @@ class DirectMode(ExecutionMode):
             return VmExit(ExitReason.EVENT, eip=stop.data), True
         if kind is StopKind.WINDOW:      # the guest set IF with an interrupt waiting
             return VmExit(ExitReason.EVENT, eip=engine.reg("eip")), True
-        if vm.stop_requested:           # (a port hook's stop: where the run ends is after its OUT)
+        if context.stop_requested:      # (a port hook's stop: where the run ends is after its OUT)
             eip = self._eip_after_io if self._eip_after_io is not None else engine.reg("eip")
             self._eip_after_io = None
             return VmExit(ExitReason.STOP_REQUEST, eip=eip), False
@@ -655,39 +726,41 @@ class DirectMode(ExecutionMode):
         if debugger is not None and (stepping or kind is StopKind.BREAKPOINT or debugger.interrupted):
             if cause is not StopCause.MEMORY_FAULT:
                 return VmExit(ExitReason.DEBUG, eip=eip), False
-        if vm.limits.stop_due:
-            return vm.limits.watchdog_exit(eip), False
+        if context.stop_due:
+            return context.watchdog_exit(eip), False
         if cause is StopCause.MEMORY_FAULT:
             return VmExit(ExitReason.MEMORY_FAULT, eip=eip, detail=engine.memory_fault.message), False
         if cause is StopCause.TLB_REFUSED:
             # what ran before the refusal counts, even if it runs again
-            return self._tlb_refused(vm), True
+            return self._tlb_refused(), True
+        if count and context.input_pending and not engine.halted():
+            return VmExit(ExitReason.EVENT, eip=eip), True      # host input cut the count (end_run_soon)
         if count:
             # Only `hlt` and an exhausted count return quietly. hlt leaves EIP just past itself;
             # the count stops before an instruction (perhaps after one ending in byte F4).
             if not engine.halted():
-                vm.retire(count)
+                context.retire(count)
                 return VmExit(ExitReason.EVENT, eip=eip), False
         return VmExit(ExitReason.HLT, eip=eip - 1), False
 
-    def _run_counted(self, vm, count: int):
+    def _run_counted(self, count: int):
         """Run exactly `count` instructions (the engine's count), except that an instruction
         that blocks interrupts for one more (sti, mov ss, pop ss) is never the last: an
         interrupt taken at the end must not land in its shadow. Returns (cause, count run)."""
-        engine = self.engine
+        engine, until = self.engine, self.context.until_address
         done = 0
         if count > 1:
-            cause = engine.run(engine.reg("eip"), vm.until_address, count=count - 1)
-            if self._stopped_early(vm, cause):
+            cause = engine.run(engine.reg("eip"), until, count=count - 1)
+            if self._stopped_early(cause):
                 self._ran_early = self._instructions_ran()
                 return cause, count
             done = count - 1
             self._run_goes_on()
         if self._opens_shadow(engine.reg("eip")):
             count += 1
-            cause = engine.run(engine.reg("eip"), vm.until_address, count=2)
+            cause = engine.run(engine.reg("eip"), until, count=2)
         else:
-            cause = engine.run(engine.reg("eip"), vm.until_address, count=1)
+            cause = engine.run(engine.reg("eip"), until, count=1)
         self._ran_early = done + self._instructions_ran()
         return cause, count
 
@@ -696,9 +769,9 @@ class DirectMode(ExecutionMode):
         stopped (in front of an instruction, perhaps inside an engine block): for a mode that
         follows engine blocks (trap's hole watch), the block running was left there."""
 
-    def _stopped_early(self, vm, cause) -> bool:
-        return (cause is not StopCause.RETURNED or vm.stop_requested or self._stop is not None
-                or vm.limits.stop_due
+    def _stopped_early(self, cause) -> bool:
+        return (cause is not StopCause.RETURNED or self.context.stop_requested or self._stop is not None
+                or self.context.stop_due or self.context.input_pending
                 or self.engine.halted()
                 or self.engine.reg("eip") == self._fetch_exit)
 

@@ -183,14 +183,14 @@ class TrapAndEmulateMode(DirectMode):
     def from_config(cls, config) -> "TrapAndEmulateMode":
         return cls(watch_holes=config.watch_holes, paging=config.paging or "shadow")
 
-    def attach(self, vm) -> GuestCpu:
-        super().attach(vm)
-        shadow = ShadowTables(vm.engine, vm.memory, 0, 0, kernel_ring=REAL_RING,
+    def attach(self, context) -> GuestCpu:
+        super().attach(context)
+        shadow = ShadowTables(context.engine, context.memory, 0, 0, kernel_ring=REAL_RING,
                               read=lambda linear, size: self.code_view.read(linear, size),
                               linear_base=GuestPaging.monitor_linear(self.paging_scheme),
                               views_offset=RING_VIEWS_OFFSET)
-        self.use_cpu(TrapCpu(vm.engine, shadow, self))
-        self.paging = GuestPaging.untranslated(vm, self.cpu, self.paging_scheme, ring_compression=True,
+        self.use_cpu(TrapCpu(context.engine, shadow, self))
+        self.paging = GuestPaging.untranslated(context, self.cpu, self.paging_scheme, ring_compression=True,
                                                monitor_pages=shadow.linear_pages())
         self._paging_off(self.paging.unpaged())     # (the guest's paging is off at entry)
         self.decoder = Decoder(self._fetch)
@@ -208,15 +208,15 @@ class TrapAndEmulateMode(DirectMode):
         self._current: Optional[tuple] = None
         self._entered = False
         if self.watch_holes:     # without it trap mode costs what trap-and-emulate itself costs
-            vm.engine.on_translation(self._translated)
+            context.engine.on_translation(self._translated)
         return self.cpu
 
     # -- running: the engine at ring 3, traps dispatched from its interrupt hook ---------------
-    def execute(self, vm) -> VmExit:
+    def execute(self) -> VmExit:
         if not self._entered:
             self._entered = True
             self.cpu.deprivilege()
-        vm_exit = super().execute(vm)
+        vm_exit = super().execute()
         if self._current is not None:             # where the run left the guest
             self._block_left(vm_exit.eip if vm_exit.reason is ExitReason.STOP_REQUEST else self.engine.reg("eip"))
         return vm_exit
@@ -225,14 +225,14 @@ class TrapAndEmulateMode(DirectMode):
         if self._current is not None:
             self._block_left(self.engine.reg("eip"))
 
-    def _interrupt_hook(self, vm, vector: int) -> None:
+    def _interrupt_hook(self, vector: int) -> None:
         # An exception (any: a hidden page fault too) ends the engine block it comes from, at
         # EIP; after a refused port access nothing that follows happened (the run's end says).
         if self._current is not None and not self.io_denied:
             self._block_left(self.engine.reg("eip"))
-        super()._interrupt_hook(vm, vector)
+        super()._interrupt_hook(vector)
 
-    def _on_interrupt(self, vm, vector: int) -> None:
+    def _on_interrupt(self, vector: int) -> None:
         """A #GP (or a #NP/#SS/#TS: the shadow tables hold no system descriptors, so gates and
         TSSs used natively fault, and the ring views mark other rings' code not present) at an
         instruction the monitor emulates is a trap: emulate it
@@ -240,45 +240,47 @@ class TrapAndEmulateMode(DirectMode):
         the run. Emulating is right even for the guest's own faults there: the emulation raises
         the same exception. Anything else is the guest's own exception."""
         engine = self.engine
-        if self.paging_interrupt(vm, vector):
+        if self.paging_interrupt(vector):
             return
         if vector in TRAP_VECTORS:
             error_code, software = engine.last_exception_info()
             eip = engine.reg("eip")
             instruction = None if software else self._decode(eip)
-            if instruction is not None and vm.emulator.emulates(instruction):
+            if instruction is not None and self.context.emulator.emulates(instruction):
                 engine.reset_exception_state()
                 self.traps[instruction.insn.mnemonic] += 1
                 if instruction.rule.procedure is Procedure.HLT and self.cpu.cpl == 0:
                     engine.set_reg("eip", instruction.end)
                     self.record_stop(StopKind.EXIT, (VmExit(ExitReason.HLT, eip=eip), None))
                     return
-                vm.dispatch(VmExit(ExitReason.CALLOUT, eip=eip, instruction=instruction))
+                self.context.dispatch(VmExit(ExitReason.CALLOUT, eip=eip, instruction=instruction))
+                if self.context.emulator.interrupt_shadow:      # sti, mov ss: no interrupt before
+                    self.emulated_shadow = engine.reg("eip")     # the next instruction
                 return
             if not software and not error_code & 2 and self.cpu.shadow.hides(error_code):
                 # The fault is the monitor's mark, not the guest's: delivered, the guest would
                 # see an exception the CPU never raises. (Every instruction that loads a
                 # descriptor is emulated; this would be one the emulator does not know.)
                 engine.reset_exception_state()
-                vm.request_stop(StopReason.UNSUPPORTED,
-                                f"{instruction if instruction is not None else 'an instruction'} at {eip:#010x} "
-                                f"used descriptor {error_code & 0xFFFC:#06x}, which trap's ring views hide, "
-                                f"and is not emulated")
+                self.context.request_stop(StopReason.UNSUPPORTED,
+                                          f"{instruction if instruction is not None else 'an instruction'} at "
+                                          f"{eip:#010x} used descriptor {error_code & 0xFFFC:#06x}, which trap's "
+                                          f"ring views hide, and is not emulated")
                 return
-        super()._on_interrupt(vm, vector)
+        super()._on_interrupt(vector)
 
     # -- guest paging: the ring views in the shadows and the flat tables ---------------------------
-    def serve_monitor_page(self, vm, verdict: MonitorPage) -> bool:
+    def serve_monitor_page(self, verdict: MonitorPage) -> bool:
         """An access the guest's tables allow at a linear address where the shadow keeps one of
         the monitor's descriptor-table pages: an instruction the emulator knows is emulated on
         the guest's own tables (a segment load must not find the guest's page lent where the
         engine reads descriptors); any other runs with the page lent for one step."""
         eip = self.engine.reg("eip")
         instruction = self._decode(eip)
-        if instruction is None or not vm.emulator.emulates(instruction):
+        if instruction is None or not self.context.emulator.emulates(instruction):
             return False
         self.traps[instruction.insn.mnemonic] += 1
-        vm.dispatch(VmExit(ExitReason.CALLOUT, eip=eip, instruction=instruction))
+        self.context.dispatch(VmExit(ExitReason.CALLOUT, eip=eip, instruction=instruction))
         return True
 
     def counters(self) -> dict:

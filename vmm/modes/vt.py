@@ -165,15 +165,14 @@ class HardwareAssistedMode(DirectMode):
         return cls(config.vt_exits if config.vt_exits is not None else frozenset(DEFAULT_EXITS),
                    paging=config.paging or "nested")
 
-    def attach(self, vm) -> GuestCpu:
-        cpu = super().attach(vm)
-        self._vm = vm
+    def attach(self, context) -> GuestCpu:
+        cpu = super().attach(context)
         if self.paging_scheme == "shadow":
-            self.use_cpu(ShadowedControlCpu(vm.engine, self))
+            self.use_cpu(ShadowedControlCpu(context.engine, self))
             cpu = self.cpu
-            self.paging = GuestPaging.untranslated(vm, cpu, "shadow", ring_compression=False)
+            self.paging = GuestPaging.untranslated(context, cpu, "shadow", ring_compression=False)
             self._paging_off(self.paging.unpaged())     # the flat tables (the guest's paging is off)
-        vm.engine.on_cpuid(self._cpuid)
+        context.engine.on_cpuid(self._cpuid)
         self._watched = {procedure: reason for reason, procedures in INSTRUCTION_EXITS.items()
                          if reason in self.controls for procedure in procedures}
         if self.paging_scheme == "shadow":
@@ -183,7 +182,7 @@ class HardwareAssistedMode(DirectMode):
             self._scans: dict[tuple[int, bytes], tuple] = {}     # (start, code) -> (watched, others)
             self._code_hooks: set[int] = set()       # addresses with a code hook
             self._exit_at: dict[int, tuple] = {}     # address -> (reason, instruction) its hook exits for
-            vm.engine.on_translation(self._scan_block)
+            context.engine.on_translation(self._scan_block)
         return cpu
 
     def _exit(self, reason: str) -> None:
@@ -205,16 +204,16 @@ class HardwareAssistedMode(DirectMode):
             self._exit("cpuid")
         return False                      # the guest sees the engine's CPUID, as under direct
 
-    def _on_interrupt(self, vm, vector: int) -> None:
+    def _on_interrupt(self, vector: int) -> None:
         if "exception" in self.controls or (vector == PF_VEC and self.paging is not None):
             self._exit("exception")
             self.vt_exception_exits[vector] += 1
-        if self.paging_interrupt(vm, vector):
+        if self.paging_interrupt(vector):
             return
-        super()._on_interrupt(vm, vector)
+        super()._on_interrupt(vector)
 
-    def execute(self, vm):
-        vm_exit = super().execute(vm)
+    def execute(self):
+        vm_exit = super().execute()
         if vm_exit.reason is ExitReason.HLT and "hlt" in self.controls:
             self._exit("hlt")
         return vm_exit
@@ -272,7 +271,7 @@ class HardwareAssistedMode(DirectMode):
         emulated here (the instruction never runs natively) and the guest goes on after it.
         Outside ring 0 they fault before any exit, as on VT-x: the engine raises the #GP."""
         if reason == "task_switch":      # only those that do switch tasks exit (task_switched)
-            if self._vm.emulator.switches_task(instruction):
+            if self.context.emulator.switches_task(instruction):
                 # Performed from the run loop, not in this hook: a switch may change the CPL,
                 # which the engine does by restoring a saved context (not safe in a code hook).
                 self.record_stop(StopKind.EXIT, (VmExit(ExitReason.CALLOUT, eip=instruction.address,
@@ -283,7 +282,7 @@ class HardwareAssistedMode(DirectMode):
             return
         self._exit(reason)
         if self.paging is not None and reason in SHADOW_PAGING_EXITS:
-            self._vm.dispatch(VmExit(ExitReason.CALLOUT, eip=instruction.address, instruction=instruction))
+            self.context.dispatch(VmExit(ExitReason.CALLOUT, eip=instruction.address, instruction=instruction))
 
     def counters(self) -> dict:
         return {"vt_exit_controls": sorted(self.controls), "vt_exits": dict(sorted(self.vt_exits.items())),

@@ -1,13 +1,14 @@
 """The instruction budget of binary translation: the counter in the scratch page that each block's
 prologue charges, what a run was given, the instructions retired beyond what the counter says, and
-the arithmetic of the budget exit (an instruction limit or a timer event at a block's entry)."""
+the arithmetic of the budget exit (an instruction limit, a timer event or host input at a block's
+entry)."""
 
 from __future__ import annotations
 
 import struct
 from typing import Callable, Optional, Union
 
-from translator.layout import SCRATCH_BUDGET
+from translator.layout import SCRATCH_BUDGET, SCRATCH_WAKE, WAKE_HIGH
 from vmm.exits import ExitReason, VmExit
 
 BUDGET_MAX = 0x7FFFFFFF                  # the budget counter is compared as a signed number
@@ -20,13 +21,14 @@ class InstructionBudget:
     rest here, and a one-shot (no prologue) is charged here."""
 
     def __init__(self, scratch_view, limits, enabled: bool, cache, in_one_shot: Callable[[int], bool],
-                 stop_engine: Callable[[], None]) -> None:
+                 stop_engine: Callable[[], None], input_pending: Callable[[], bool]) -> None:
         self.scratch_view = scratch_view
         self.limits = limits
         self.enabled = enabled
         self.cache = cache                    # block_at: which block a host address is in
         self.in_one_shot = in_one_shot        # whether a host address is in the one-shot slot
         self.stop_engine = stop_engine
+        self.input_pending = input_pending    # host input waits for the run loop (RunContext)
         self.start_pending = False            # counting began: flush the cache before the next run
         self.given = 0                        # what the counter started the run at
         self.adjust = 0                       # instructions retired beyond what the counter says
@@ -46,10 +48,18 @@ class InstructionBudget:
         return pending
 
     def begin_run(self, bound: Optional[int]) -> None:
-        """The counter starts at what the run loop allows (at most BUDGET_MAX)."""
+        """The counter starts at what the run loop allows (at most BUDGET_MAX); its high half
+        asks for the run to end at once if host input still waits for the run loop."""
         given = BUDGET_MAX if bound is None else min(bound, BUDGET_MAX)
-        struct.pack_into("<I", self.scratch_view, SCRATCH_BUDGET, given)
+        struct.pack_into("<II", self.scratch_view, SCRATCH_BUDGET, given, WAKE_HIGH if self.input_pending() else 0)
         self.given, self.adjust = given, 0
+
+    def wake(self) -> None:
+        """From another thread (host input): the next block entry takes the budget exit. Only
+        the high half is written (one aligned 4-byte store): the low half, the count that
+        translated code charges as it runs, is never the waker's. A prologue's read-modify-
+        write may put back the old high half over it: the waker repeats (vmm/input_wake.py)."""
+        struct.pack_into("<I", self.scratch_view, SCRATCH_WAKE, WAKE_HIGH)
 
     def retired(self) -> int:
         """The instructions retired since begin_run."""
@@ -72,16 +82,17 @@ class InstructionBudget:
             self.adjust -= 1
 
     def block_exit(self, block) -> Union[VmExit, int]:
-        """A block's prologue found fewer instructions left than the block holds. An instruction
-        limit stops before the block (never past the limit); a timer event lets the block run
-        first when some budget is left (so every run makes progress: events land at most one
-        block late, on the same instruction every run). Returns the VmExit, or the host address
+        """A block's prologue found fewer instructions left than the block holds, or the wake
+        (the budget's high half set: host input waits). An instruction limit stops before the block (never past the limit), and so
+        does host input; a timer event lets the block run first when some budget is left (so
+        every run makes progress: events land at most one block late, on the same instruction
+        every run). Returns the VmExit, or the host address
         of the block's body to run it past the budget."""
         length = len(block.guest.instructions)
         left_before = self._left() + length
         limit = self.limits.remaining_instructions()
         limit_reached = limit is not None and limit - (self.given - left_before) < length
-        if limit_reached or left_before <= 0:
+        if limit_reached or left_before <= 0 or self.input_pending():
             self.adjust -= length              # the prologue charged a block that does not run
             if limit_reached:
                 self.limits.used_all_instructions()

@@ -127,10 +127,10 @@ class Dispatcher:
     """Runs translated code and handles what brings it back. Hooks record one PendingStop (the
     first wins); each cache exit is handled to an Outcome (Resume | RunOneShot | Exit)."""
 
-    def __init__(self, vm, engine, cpu, memory, cache, code: TranslatedCode, decoder, paging, budget, faults,
+    def __init__(self, context, engine, cpu, memory, cache, code: TranslatedCode, decoder, paging, budget, faults,
                  scratch_view, block_for: Callable, deprivileged: Callable[[], bool],
                  enter_deprivileged: Callable[[int], int], count: Callable[[str], None], chaining: bool) -> None:
-        self.vm = vm
+        self.context = context
         self.engine = engine
         self.cpu = cpu
         self.memory = memory
@@ -146,8 +146,8 @@ class Dispatcher:
         self.enter_deprivileged = enter_deprivileged
         self.count = count
         self.chaining = chaining
-        self.debugger = vm.debugger
-        self.tracer = vm.tracer
+        self.debugger = context.debugger
+        self.tracer = context.tracer
         self.pending: Optional[PendingStop] = None
         self.running_native = False           # run_native's int3 is its own end, not an exit
         # Carried from one engine run (or one execute) to the next, not why a run ended:
@@ -193,9 +193,9 @@ class Dispatcher:
         return struct.unpack_from("<I", self.scratch_view, SCRATCH_IO_SITE)[0]
 
     # -- the loop ---------------------------------------------------------------------------------
-    def execute(self, vm) -> VmExit:
+    def execute(self) -> VmExit:
         try:
-            return self.execute_blocks(vm)
+            return self.execute_blocks()
         except PageFault as fault:       # the guest cannot fetch the code it goes to
             return self.faults.guest_page_fault(fault)
         except UnbackedAccess as error:  # its page tables send the fetch outside guest RAM
@@ -216,7 +216,8 @@ class Dispatcher:
             self.code.restore(restore)
             self.cpu.eip = guest_eip
 
-    def execute_blocks(self, vm) -> VmExit:
+    def execute_blocks(self) -> VmExit:
+        context = self.context
         if self._step_trap:
             self._step_trap = False
             return VmExit(ExitReason.EXCEPTION, eip=self.cpu.eip, vector=1)
@@ -242,15 +243,15 @@ class Dispatcher:
             self.pending = None
             if not self.deprivileged():
                 begin = self.enter_deprivileged(begin)
-                cause = self.engine.run(begin, vm.until_address)
-            elif vm.limits.stop_due or (debugger is not None and debugger.interrupted):
+                cause = self.engine.run(begin, context.until_address)
+            elif context.stop_due or (debugger is not None and debugger.interrupted):
                 # A stop from another thread (watchdog, gdb) that landed between two runs is
                 # taken here, as if it had landed on the first instruction: a guest that keeps
                 # leaving the engine for cache exits (faults, misses) never reaches the run loop.
                 self.engine.set_reg("eip", begin)
                 cause = StopCause.RETURNED
             else:
-                cause = self.engine.run(begin, vm.until_address)
+                cause = self.engine.run(begin, context.until_address)
             begin = None
             pending, self.pending = self.pending, None
             if pending is not None and pending.kind is StopKind.DENIED_IO:
@@ -280,10 +281,10 @@ class Dispatcher:
                     return VmExit(ExitReason.EVENT, eip=self.cpu.eip)
                 if debugger is not None and debugger.interrupted:
                     return VmExit(ExitReason.DEBUG, eip=self.cpu.eip)
-                if vm.stop_requested:
+                if context.stop_requested:
                     return VmExit(ExitReason.STOP_REQUEST, eip=self.cpu.eip)
-                if vm.limits.stop_due:
-                    return vm.limits.watchdog_exit(self.cpu.eip)
+                if context.stop_due:
+                    return context.watchdog_exit(self.cpu.eip)
                 raise MonitorBug(f"translated code returned at {self.engine.reg64('rip'):#x} for no reason")
             if stop.kind is CacheExitKind.FAULT:
                 self.count("guest_exception")
@@ -293,7 +294,7 @@ class Dispatcher:
                                              self.cpu.control[4]):
                     vector = UD
                 return VmExit(ExitReason.EXCEPTION, eip=guest_eip, vector=vector, error_code=stop.error_code)
-            if vm.stop_requested:
+            if context.stop_requested:
                 self._sync_guest_eip()
                 return VmExit(ExitReason.STOP_REQUEST, eip=self.cpu.eip)
             if stop.site.kind is ExitKind.IO_PERMISSION:   # inside an instruction: no step ends here
@@ -311,8 +312,8 @@ class Dispatcher:
             if self._step_stop_pending:        # the single step is done
                 self._step_stop_pending = False
                 return VmExit(ExitReason.DEBUG, eip=self.cpu.eip)
-            if vm.limits.stop_due:
-                return vm.limits.watchdog_exit(self.cpu.eip)
+            if context.stop_due:
+                return context.watchdog_exit(self.cpu.eip)
 
     # -- exit sites -------------------------------------------------------------------------------
     def _site_exit(self, stop: CacheExit, stepping: bool, event_after: bool = False) -> Outcome:
@@ -375,7 +376,7 @@ class Dispatcher:
         site = stop.site
         insn = site.instruction.insn
         # the registers the operand uses are as the instruction found them (it changes none)
-        linear = self.vm.emulator.operand_address(insn, next(op for op in insn.operands if op.type == X86_OP_MEM))
+        linear = self.context.emulator.operand_address(insn, next(op for op in insn.operands if op.type == X86_OP_MEM))
         at = FPU_POINTER_STORES[insn.id]
         view = GuestView(self.cpu, self.memory, cpu_access=False)
         stored = int.from_bytes(view.read(linear + at, 4), "little")
@@ -405,7 +406,7 @@ class Dispatcher:
         form with ECX = 0 reaches no hook). Allowed: on to the instruction; else #GP(0)."""
         site = stop.site
         self.count(site.kind.value)
-        if self.vm.io_permitted(self.engine.reg("edx") & 0xFFFF, _string_io_size(site.instruction)):
+        if self.context.io_permitted(self.engine.reg("edx") & 0xFFFF, _string_io_size(site.instruction)):
             return Resume(stop.host_eip + 1)
         self.cpu.eip = site.guest_eip
         if self.budget.enabled:

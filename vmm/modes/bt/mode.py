@@ -84,10 +84,10 @@ class BinaryTranslationMode(ExecutionMode):
         self.translation_seconds = 0.0
 
     # -- set-up --------------------------------------------------------------------------------
-    def attach(self, vm) -> GuestCpu:
-        self.vm = vm
-        self.engine = engine = vm.engine
-        self.memory = memory = vm.memory
+    def attach(self, context) -> GuestCpu:
+        self.context = context
+        self.engine = engine = context.engine
+        self.memory = memory = context.memory
         self.monitor_tables = tables = LongModeTables(memory)
 
         def area(offset: int, size: int, perms: int, user: bool = True) -> int:
@@ -119,10 +119,11 @@ class BinaryTranslationMode(ExecutionMode):
         # needs it: an instruction limit, or a guest that uses time (then from that moment on).
         self.emitter = Emitter(MonitorAddresses(VCPU_OFFSET, SCRATCH_OFFSET, LOOKUP_OFFSET, VCPU_PRIVILEGED_OFFSET))
         self.code = TranslatedCode(self.cache, self.decoder, self.emitter, engine)
-        self.budget = InstructionBudget(self.scratch_view, vm.limits, vm.limits.max_instructions is not None,
+        self.budget = InstructionBudget(self.scratch_view, context.limits, context.limits.max_instructions is not None,
                                         self.cache, self.code.in_one_shot,
-                                        lambda: self.dispatcher.record(StopKind.START_COUNTING))
-        vm.interrupts.on_first_use.append(self.budget.start_counting)
+                                        lambda: self.dispatcher.record(StopKind.START_COUNTING),
+                                        lambda: context.input_pending)
+        context.on_first_use(self.budget.start_counting)
         self.vcpu_block = VcpuBlock(memory.monitor_view(VCPU_OFFSET, VCPU_SIZE),
                                     memory.monitor_view(VCPU_PRIVILEGED_OFFSET, VCPU_PRIVILEGED_SIZE))
         self.cpu = TranslatedCpu(self, self.vcpu_block)
@@ -140,24 +141,24 @@ class BinaryTranslationMode(ExecutionMode):
         # the translator's fetches go through the pager's TLB (stale code runs until the
         # guest's flush, as on QEMU), and reach guest RAM only
         self._quiet_view = GuestView(self.cpu, memory, cpu_access=False, code_address=self.paging.code_address)
-        self.tracer = vm.tracer
-        self.debugger = vm.debugger
+        self.tracer = context.tracer
+        self.debugger = context.debugger
         if self.debugger is not None:
             self.debugger.on_breakpoints_changed = self._breakpoints_changed
         # Tracing every block execution needs every block transition to pass the monitor.
-        self.chaining = not vm.tracer.exec
+        self.chaining = not context.tracer.exec
         self.cache.use_lookup_table = self.chaining
         self._deprivileged = False
         self.faults = CacheFaults(self.cache, self.paging, memory, engine, self.cpu, self.budget, self.code.locate,
                                   self.code.restore, self._protect_page, self._block_for, self._count)
-        self.dispatcher = Dispatcher(vm, engine, self.cpu, memory, self.cache, self.code, self.decoder, self.paging,
-                                     self.budget, self.faults, self.scratch_view, self._block_for,
+        self.dispatcher = Dispatcher(context, engine, self.cpu, memory, self.cache, self.code, self.decoder,
+                                     self.paging, self.budget, self.faults, self.scratch_view, self._block_for,
                                      lambda: self._deprivileged, self._enter_deprivileged, self._count, self.chaining)
         io_site = self.dispatcher.io_site
         engine.on_port_io(      # (translated I/O notes its guest address in the scratch page)
-            lambda port, size: vm.dispatch(VmExit(ExitReason.PORT_IN, eip=io_site(), port=port, size=size)),
-            lambda port, size, value: vm.dispatch(VmExit(ExitReason.PORT_OUT, eip=io_site(), port=port,
-                                                         size=size, value=value)))
+            lambda port, size: context.dispatch(VmExit(ExitReason.PORT_IN, eip=io_site(), port=port, size=size)),
+            lambda port, size, value: context.dispatch(VmExit(ExitReason.PORT_OUT, eip=io_site(), port=port,
+                                                              size=size, value=value)))
         engine.on_interrupt(self._on_interrupt)
         memory.write_observers.append(self._monitor_wrote)
         self.rebuild_shadow_gdt()
@@ -236,7 +237,7 @@ class BinaryTranslationMode(ExecutionMode):
         try:
             eip = address
             while eip == address:      # a stop from another thread landed before the instruction
-                self.engine.run(address, self.vm.until_address)
+                self.engine.run(address, self.context.until_address)
                 eip = self.engine.reg64("rip")
         finally:
             self.dispatcher.running_native = False
@@ -370,22 +371,29 @@ class BinaryTranslationMode(ExecutionMode):
         """Translated I/O ends the engine's block, so a stop here lands right after the OUT."""
         self.dispatcher.record(StopKind.END_RUN)
 
+    def end_run_soon(self) -> None:
+        """(Another thread.) While time is in use every block's prologue charges the budget:
+        its high half made negative, the run ends at the next block entry, through the budget
+        exit, the block not charged (InstructionBudget.wake, block_exit). stop() would leave
+        the engine's RIP stale (Engine facts) and make translated code run twice."""
+        self.budget.wake()
+
     def deny_io(self, port: int, size: int) -> None:
         """Note the registers the hook sees (they go back before the #GP) and stop. Which guest
         instruction it is, translated I/O stores in the scratch page just before it runs: in an
         I/O hook the engine's EIP is stale (the start of some earlier engine block)."""
         self.dispatcher.deny_io()
 
-    def execute(self, vm) -> VmExit:
+    def execute(self) -> VmExit:
         """Run translated code. With counting on, the budget counter starts at what the run
-        loop allows and the instructions retired go to vm.retire when the run returns."""
+        loop allows and the instructions retired go to the context's retire when the run returns."""
         if self.budget.take_start():
             self.cache.flush("counting")
         if not self.budget.enabled:
-            return self.dispatcher.execute(vm)
-        self.budget.begin_run(vm.run_budget())
-        vm_exit = self.dispatcher.execute(vm)
-        vm.retire(self.budget.retired())
+            return self.dispatcher.execute()
+        self.budget.begin_run(self.context.run_budget())
+        vm_exit = self.dispatcher.execute()
+        self.context.retire(self.budget.retired())
         return vm_exit
 
     def watch_interrupt_window(self, blocked: bool) -> None:

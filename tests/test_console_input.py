@@ -23,6 +23,13 @@ from tests.xv6 import Console, PROMPT, vmm_command, xv6_missing
 MODES = ("bt", "direct", "trap", "vt")
 SPIN = 3_000_000          # rounds of the compute loop before the guest looks for the byte
 
+
+def com1_handler(body: str) -> str:
+    """COM1's interrupt handler of the guests here: it prints the IIR it reads, runs `body`, then
+    ends the interrupt at the master PIC."""
+    return ("com1_irq:\n    push eax\n    push edx\n    mov dx, 0x3fa\n    in al, dx\n    call hex8\n" + body
+            + "    mov al, 0x20\n    out 0x20, al\n    pop edx\n    pop eax\n    iretd\n" + HEX)
+
 # IRQ 4 (vector 0x0C at the firmware's PIC base) unmasked, COM1's receive interrupt enabled,
 # `R` printed, then at least SPIN rounds of a compute loop until the handler has stored the
 # byte. The handler prints the IIR it read (04: received data) and the byte at once.
@@ -52,23 +59,13 @@ spin:
     mov eax, 0
     out 0xf4, eax
     hlt
-com1_irq:
-    push eax
-    push edx
-    mov dx, 0x3fa
-    in al, dx
-    call hex8
+""" + com1_handler("""
     call space
     mov dx, 0x3f8
     in al, dx
     mov byte ptr [0x6000], al
     call putc
-    mov al, 0x20
-    out 0x20, al
-    pop edx
-    pop eax
-    iretd
-""" + HEX
+""")
 SPIN_EXPECTED = b"R04 x\n"        # qemu-system-i386 7.2, "x" on stdin
 
 
@@ -164,12 +161,7 @@ work:
     mov eax, 0
     out 0xf4, eax
     hlt
-com1_irq:
-    push eax
-    push edx
-    mov dx, 0x3fa
-    in al, dx
-    call hex8
+""" + com1_handler("""
     mov dx, 0x3fd
     in al, dx
     call hex8
@@ -178,12 +170,7 @@ com1_irq:
     call hex8
     mov al, 0x49
     call putc
-    mov al, 0x20
-    out 0x20, al
-    pop edx
-    pop eax
-    iretd
-""" + HEX
+""")
 
 
 WAITING_EXPECTED = b"S046178IE\n"       # qemu-system-i386 7.2, "x" on stdin, both variants

@@ -267,3 +267,35 @@ def test_xv6_forktest_at_the_console_under_direct():
         assert b"fork test OK" in console.output[echoed:at]
     finally:
         console.close()
+
+
+# Half the guest's instruction boundaries are in the interrupt shadow of a `mov ss`; COM1's receive
+# interrupt is enabled with IRQ 4 masked, and a byte waits, so the waker cuts runs at random.
+SHADOWED_LOOP = f"""
+    mov al, 0xff
+    out 0x21, al
+{ENABLE_RX}    mov ax, ss
+    mov ecx, 100000
+shadowed:
+""" + "    mov ss, ax\n    nop\n" * 4 + """    dec ecx
+    jnz shadowed
+    mov eax, 0
+    out 0xf4, eax
+    hlt
+"""
+
+
+@pytest.mark.parametrize("mode", ["direct", "trap", "vt"])
+def test_the_input_wake_cannot_starve_the_step_out_of_an_interrupt_shadow(tmp_path, mode):
+    # A run that ends in an interrupt shadow is followed by a one-instruction step out of it. The
+    # engine's shadow flag can outlive its instruction (here after the OUT that enabled the
+    # receive interrupt ended the run, in front of a `mov ss`): the step ran nothing and was
+    # tried again for ever, and xv6 under trap hung at its prompt. A step that runs nothing now
+    # ends the loop; the waker, which cuts counts until the run loop takes its note, leaves the
+    # step's count alone. The guest runs to its end.
+    guest = tmp_path / "shadowed.s"
+    guest.write_text(SHADOWED_LOOP)
+    proc = subprocess.run([sys.executable, "-m", "vmm", "run", str(guest), "--mode", mode, "--timeout", "30"],
+                          input=b"x", capture_output=True, cwd=REPO_ROOT,
+                          env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)), timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode()

@@ -28,12 +28,9 @@ def memfs_under_qemu():
     return transcript
 
 
-# trap is left out: its shadow paging under ring compression takes over two minutes for these
-# lines (every hidden and tracing fault is a Python call, and the kernel's and the user's views
-# fault apart).
 @pytest.mark.parametrize("options", [("--mode", "bt"), ("--mode", "bt", "--paging", "nested"),
-                                     ("--mode", "direct"), ("--mode", "vt")],
-                         ids=["bt-shadow", "bt-nested", "direct", "vt"])
+                                     ("--mode", "direct"), ("--mode", "trap"), ("--mode", "vt")],
+                         ids=["bt-shadow", "bt-nested", "direct", "trap", "vt"])
 def test_the_shell_of_kernelmemfs_answers_as_under_qemu(memfs_under_qemu, options):
     transcript = session(vmm_command("kernelmemfs", *options), MEMFS_LINES, timeout=120)
     for line, ours, qemus in zip(["(boot)"] + MEMFS_LINES, transcript, memfs_under_qemu):

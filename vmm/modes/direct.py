@@ -138,6 +138,7 @@ class DirectMode(ExecutionMode):
         self._window_scan_on = False                   # the translation hook that places them
         self._window_setters: dict[int, int] = {}      # address -> instructions to run after it
         self._window_hooks: dict[int, object] = {}     # address -> its code hook
+        self._stepping_out_of_shadow = False           # the waker leaves that run's count alone
         self._io_hook: Optional[tuple] = None           # (port, size, is_out) while an I/O hook runs
         self._fetch_exit: Optional[int] = None          # an engine exit in front of an unfetchable page
         self._stopped_between_blocks = False            # the run ended in front of a block (rerun_block)
@@ -306,8 +307,12 @@ class DirectMode(ExecutionMode):
 
     def end_run_soon(self) -> None:
         """(Another thread.) Runs are counted while time is in use: cutting the count stops the
-        run in front of its next instruction, which it counts as started (_instructions_ran)."""
-        self.engine.cut_count()
+        run in front of its next instruction, which it counts as started (_instructions_ran).
+        Not the one-instruction step out of an interrupt shadow (execute): cut, it would never
+        run, and the waker, which cuts until the run loop takes its note, would starve it for
+        ever. The note waits one instruction; a cut that races the flag costs one more step."""
+        if not self._stepping_out_of_shadow:
+            self.engine.cut_count()
 
     def end_run_after_io(self, port: int, size: int) -> None:
         """Stop the engine after this OUT: in a counted run the stop lands right in front of the
@@ -641,7 +646,15 @@ class DirectMode(ExecutionMode):
         context = self.context
         shadow_step = False
         while True:
-            vm_exit, stop = self._run_engine(shadow_step)
+            self._stepping_out_of_shadow = shadow_step
+            stepped_from = self.engine.reg("eip") if shadow_step else None
+            try:
+                vm_exit, stop = self._run_engine(shadow_step)
+            finally:
+                self._stepping_out_of_shadow = False
+            if stepped_from is not None and self.engine.reg("eip") == stepped_from:
+                return vm_exit          # the step ran nothing (the engine's shadow flag outlived
+                                        # its instruction): stepping again would never end
             if context.stop_requested or context.stop_due:
                 return vm_exit
             # A run that ended only for a block to be translated again (rerun_block) goes on:

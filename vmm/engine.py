@@ -179,6 +179,7 @@ class Engine:
         self._buffers: list = []          # host buffers behind mem_map_ptr regions (kept alive)
         self._buffer_addresses: dict[int, int] = {}
         self._hook_error: Optional[BaseException] = None
+        self._raw_callbacks: list = []      # ctypes callbacks handed to the library (_add_raw_hook)
         self.memory_fault: Optional[MemoryFault] = None
         self._fault_address: Optional[tuple[int, int]] = None
         self._uc.hook_add(uc_const.UC_HOOK_MEM_INVALID, self._record_bad_access)
@@ -191,7 +192,6 @@ class Engine:
         # a double fault). The exit list stays empty: runs end by hlt or stop().
         self._uc.ctl_exits_enabled(True)
         self._tlb_refused = False
-        self._tlb_callback = None
         self._mmio_callbacks: list = []
 
     def _record_bad_access(self, _uc, _access, address, size, _value, _data) -> bool:
@@ -286,10 +286,15 @@ class Engine:
             entry.contents.paddr, entry.contents.perms = result
             return True
         self._uc.ctl_tlb_mode(uc_const.UC_TLB_VIRTUAL)
-        self._tlb_callback = _TLB_FILL_CALLBACK(hook)         # kept alive with the engine
+        self._add_raw_hook(uc_const.UC_HOOK_TLB_FILL, _TLB_FILL_CALLBACK(hook))
+
+    def _add_raw_hook(self, kind: int, callback) -> None:
+        """Register a ctypes callback with the library itself (for the hook kinds whose
+        arguments the binding does not pass through as they are); kept alive with the engine."""
+        self._raw_callbacks.append(callback)
         handle = ctypes.c_size_t()
-        status = uclib.uc_hook_add(self._uc._uch, ctypes.byref(handle), uc_const.UC_HOOK_TLB_FILL,
-                                   ctypes.cast(self._tlb_callback, ctypes.c_void_p), None, 1, 0)
+        status = uclib.uc_hook_add(self._uc._uch, ctypes.byref(handle), kind,
+                                   ctypes.cast(callback, ctypes.c_void_p), None, 1, 0)
         if status != uc_const.UC_ERR_OK:
             raise UcError(status)
 
@@ -580,21 +585,9 @@ class Engine:
         self._victim_tables = [(self._tlb + _TLB_DESC + mode * _TLB_DESC_SIZE + _DESC_VTABLE, _VICTIM_ENTRIES)
                                for mode in range(_MMU_MODES)]
 
-        def hook(_uc, block, _previous, _data):
-            if self._hook_error is not None:
-                return
-            try:
-                self.mark_code_page_aliases(block.contents.pc, block.contents.size)
-            except BaseException as error:   # surfaced from run(), never lost inside Unicorn
-                self._hook_error = error
-                self._uc.emu_stop()
-
-        self._alias_callback = _EDGE_CALLBACK(hook)          # kept alive with the engine
-        handle = ctypes.c_size_t()
-        status = uclib.uc_hook_add(self._uc._uch, ctypes.byref(handle), uc_const.UC_HOOK_EDGE_GENERATED,
-                                   ctypes.cast(self._alias_callback, ctypes.c_void_p), None, 1, 0)
-        if status != uc_const.UC_ERR_OK:
-            raise UcError(status)
+        hook = self._guarded(lambda _uc, block, _previous, _data:
+                             self.mark_code_page_aliases(block.contents.pc, block.contents.size))
+        self._add_raw_hook(uc_const.UC_HOOK_EDGE_GENERATED, _EDGE_CALLBACK(hook))
         self._see_every_translation()
 
     def mark_code_page_aliases(self, address: int, size: int) -> int:

@@ -134,6 +134,8 @@ def test_spin_guest_under_qemu(tmp_path):
 # -- an interrupt that waits for IF --------------------------------------------------------------
 ROUNDS = 2_000_000
 ENABLE_RX = "    mov dx, 0x3f9\n    mov al, 1\n    out dx, al\n"
+# The guests' end: E printed once the interrupt had its chance, then isa-debug-exit with 0.
+E_THEN_EXIT = "    mov al, 0x45\n    call putc\n    cli\n    call nl\n    mov eax, 0\n    out 0xf4, eax\n    hlt\n"
 
 
 def waiting_guest(early: bool) -> str:
@@ -154,14 +156,7 @@ work:
 {"" if early else ENABLE_RX}    mov al, 0x53
     call putc
     sti
-    mov al, 0x45
-    call putc
-    cli
-    call nl
-    mov eax, 0
-    out 0xf4, eax
-    hlt
-""" + com1_handler("""
+""" + E_THEN_EXIT + com1_handler("""
     mov dx, 0x3fd
     in al, dx
     call hex8
@@ -211,14 +206,7 @@ SHADOW_GUEST = idt_setup({0x0C: "com1_irq"}) + """
     out dx, al
     sti
     mov dword ptr [0x6000], 0x22
-    mov al, 0x45
-    call putc
-    cli
-    call nl
-    mov eax, 0
-    out 0xf4, eax
-    hlt
-com1_irq:
+""" + E_THEN_EXIT + """com1_irq:
     push eax
     push edx
     mov eax, dword ptr [0x6000]

@@ -652,9 +652,13 @@ class DirectMode(ExecutionMode):
                 vm_exit, stop = self._run_engine(shadow_step)
             finally:
                 self._stepping_out_of_shadow = False
+            # A step that ran nothing would run nothing again, for ever. Seen after a run an OUT
+            # ended stopped behind `mov ss; nop`, in front of the next mov ss: the engine still
+            # reported the shadow there (its flag is reset only at the end of an engine block),
+            # and a one-instruction run from it did not move. The run loop takes over; its window
+            # may then deliver an interrupt where the engine says a shadow is.
             if stepped_from is not None and self.engine.reg("eip") == stepped_from:
-                return vm_exit          # the step ran nothing (the engine's shadow flag outlived
-                                        # its instruction): stepping again would never end
+                return vm_exit
             if context.stop_requested or context.stop_due:
                 return vm_exit
             # A run that ended only for a block to be translated again (rerun_block) goes on:

@@ -256,8 +256,12 @@ class BinaryTranslationMode(ExecutionMode):
             self.real_cr3 = self.monitor_tables.root_address
         elif change.directory is not None:      # (nested paging: no tables to switch)
             self.real_cr3 = change.directory
-        self.cache.mapping_changed()
+        # The engine moves first: the shadow it was on may be gone (a CR0.WP change rebuilds
+        # the address space's shadow), and unlinking invalidates the engine's translations
+        # through its current tables: a lookup that faults there left Unicorn's exception
+        # state set, and the guest's next fault became a double fault.
         self._flush_tlb()
+        self.cache.mapping_changed()
 
     def invalidate_page(self, linear: int) -> None:
         """invlpg."""

@@ -7,8 +7,9 @@ import pytest
 from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 
 from tests.cli import run_vmm, sample_arguments
-from tests.guests import EXIT, flat_gdt, paging_on, run_image, run_source
+from tests.guests import EXIT, flat_gdt, idt_setup, paging_on, run_image, run_source
 from tests.samples import MANIFEST, REPO_ROOT
+from tests.test_pcplatform import EXIT0, HEX
 from translator.classify import Category, Procedure, classify
 from vmm.exits import ExitReason, StopReason
 
@@ -420,3 +421,27 @@ far_away:
 def test_cr0_wp_change_after_cross_page_links(tmp_path):
     result, _out, _vm = run_source(tmp_path, WP_AFTER_LINKS, mode="bt")
     assert (result.reason, result.guest_value) == (StopReason.DEBUG_EXIT, 0), result.message
+
+
+# ltr with a null selector: QEMU 7.2's helper_ltr (and the engine under direct and vt) leaves TR
+# invalid without a fault, where the SDM documents #GP(0); bt and trap emulated the SDM's #GP and
+# kvm-unit-tests' emulator case died of it. QEMU printed 0000 (no #GP) for this guest
+# (with selector 4, null but TI set, QEMU raises #GP as the emulator does).
+NULL_LTR = "    mov esp, 0x7000\n" + idt_setup({13: "gp"}) + """
+    xor eax, eax
+    ltr ax
+    mov eax, 0x1234
+    str ax
+    call hex16
+    call nl
+""" + EXIT0 + """
+gp:
+    mov al, 'G'
+    call putc
+""" + EXIT0 + HEX
+
+
+@pytest.mark.parametrize("mode", ["bt", "direct", "trap", "vt"])
+def test_ltr_of_a_null_selector_leaves_tr_invalid_as_qemu_does(tmp_path, mode):
+    result, output, _vm = run_source(tmp_path, NULL_LTR, mode=mode)
+    assert (result.reason, output) == (StopReason.DEBUG_EXIT, b"0000\n"), result.message

@@ -502,8 +502,8 @@ class Emulator:
         if selector & 4:
             raise GuestFault(GP, selector & 0xFFFC)
         if not selector & 0xFFFC:
-            if name == "tr":
-                raise GuestFault(GP, 0)
+            # a null LDT; QEMU's helper_ltr also takes a null selector, leaving TR invalid (base
+            # and limit 0) without the #GP(0) the SDM documents
             self.cpu.set_table_selector(name, 0, None)
             return
         raw = self.view.raw_descriptor(selector)

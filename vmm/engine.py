@@ -34,8 +34,10 @@ _CTX_HFLAGS = _CTX_ENV + 176             # uint32 hflags: bits 0-1 are the CPL (
 _CTX_SEGMENTS = _CTX_ENV + 184
 _SEGMENT_CACHE_SIZE = 24
 _SEGMENT_INDEX = {"es": 0, "cs": 1, "ss": 2, "ds": 3, "fs": 4, "gs": 5}
-# Offset of uint64 emu_counter in Unicorn's uc_struct (instructions started by a counted run).
+# Offset of uint64 emu_counter in Unicorn's uc_struct (instructions started by a counted run),
+# and of emu_count right after it (the count the run was given).
 _UC_EMU_COUNTER = 1344
+_UC_EMU_COUNT = _UC_EMU_COUNTER + 8
 # Offset of `struct TranslationBlock *last_tb` in uc_struct: the last block that returned to
 # Unicorn's loop, NULL until one has. Its translation hook fires only once it is set (pinned
 # by tests/test_engine.py, which finds it by the block it points to).
@@ -427,6 +429,15 @@ class Engine:
         from Unicorn's own counter (uc_struct.emu_counter, offset pinned by tests/test_engine.py)."""
         return ctypes.c_uint64.from_address(self._uc._uch.value + _UC_EMU_COUNTER).value
 
+    def end_count_here(self) -> None:
+        """Inside a counted run (from a hook or an MMIO callback): the run ends in front of the
+        next instruction, as if the count ran out there, the current one completed. Unlike
+        stop(), safe inside a memory access: a stop there abandons the instruction and the next
+        run performs the access again (Unicorn's count hook stops cleanly at an instruction start;
+        uc_struct.emu_count pinned by tests/test_engine.py). No effect on a run without a count."""
+        started = ctypes.c_uint64.from_address(self._uc._uch.value + _UC_EMU_COUNTER).value
+        ctypes.c_uint64.from_address(self._uc._uch.value + _UC_EMU_COUNT).value = started
+
     def segment_base(self, name: str) -> int:
         """The base in the hidden part of a segment register (what the CPU uses, whatever the
         descriptor table says now)."""
@@ -655,7 +666,8 @@ class Engine:
 class ScratchCpu:
     """A second, tiny 32-bit engine that runs one register-only instruction for the monitor:
     the BCD adjustments and salc, which the binary translator's 64-bit host code lacks, get
-    exactly the engine's own 32-bit results (flags included) this way."""
+    exactly the engine's own 32-bit results (flags included) this way; and cpuid's answers, for
+    the untranslated modes' cpuid hook (vmm/msr_cpuid.py)."""
 
     _CODE = 0x1000
 
@@ -674,6 +686,17 @@ class ScratchCpu:
             uc.emu_stop()
         uc.hook_add(uc_const.UC_HOOK_INTR, on_interrupt)
         return uc
+
+    def cpuid(self, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
+        """(eax, ebx, ecx, edx) of cpuid here: the untranslated modes' engine's CPU model."""
+        if self._uc is None or self._vector is not None:
+            self._uc = self._fresh()
+        self._uc.mem_write(self._CODE, b"\x0f\xa2\xf4")
+        self._uc.reg_write(x86.UC_X86_REG_EAX, leaf)
+        self._uc.reg_write(x86.UC_X86_REG_ECX, subleaf)
+        self._uc.emu_start(self._CODE, self._CODE + 3, count=1)
+        return tuple(self._uc.reg_read(register) for register in
+                     (x86.UC_X86_REG_EAX, x86.UC_X86_REG_EBX, x86.UC_X86_REG_ECX, x86.UC_X86_REG_EDX))
 
     def run(self, code: bytes, eax: int, eflags: int) -> tuple[int, int, Optional[int]]:
         """(eax, eflags, exception vector or None) after `code` ran from eax and eflags."""

@@ -647,7 +647,8 @@ class Emulator:
         self._set_zf(ok)
 
     def _cpuid(self, insn):
-        values = self.cpu.cpuid(self.cpu.reg("eax"), self.cpu.reg("ecx"))
+        leaf = self.cpu.reg("eax")
+        values = self.cpu.cpuid_seen(leaf, self.cpu.cpuid(leaf, self.cpu.reg("ecx")))
         for name, value in zip(("eax", "ebx", "ecx", "edx"), values):
             self.cpu.set_reg(name, value)
 

@@ -20,6 +20,8 @@ from vmm.guest_paging import GuestPaging, GuestPF, Hidden, Lend, MonitorPage, No
 from vmm.guest_view import GuestView
 from vmm.memory import UnbackedAccess
 from vmm.modes import ExecutionMode, PendingStop
+from translator.decoder import Decoder
+from vmm.msr_cpuid import MsrCpuidWatch
 from vmm.x86 import BP, CR0_PG, CR0_WP, CR4_PCE, DB, GP, IF, NM, OF_VEC, PAGE_SIZE, PF_VEC, TF, UD, nm_is_ud
 
 HLT_OPCODE = 0xF4
@@ -112,6 +114,7 @@ class TrapFlagLoan:
 
 class DirectMode(ExecutionMode):
     name = "direct"
+    watch_msrs = True           # rdmsr/wrmsr run natively at the guest's CPL 0 (not trap's): watched
 
     def attach(self, vm) -> GuestCpu:
         engine = vm.engine
@@ -150,7 +153,16 @@ class DirectMode(ExecutionMode):
         self._ran_early = 0             # instructions run by the last counted run that ended early
         # Once the guest uses time the run loop bounds every run: end the unbounded one now.
         vm.interrupts.on_first_use.append(self._end_run)
+        self._counted_run = False       # an engine run with a count is under way (end_run_after_mmio)
+        # The local APIC's MSR and CPUID bit, which the engine's CPU lacks.
+        self.msr_cpuid = MsrCpuidWatch(engine, vm.interrupts, self._fetch, self._msr_exits_added, self.watch_msrs)
+        self._decoder = Decoder(self._fetch)
+        engine.on_cpuid(self._cpuid_hook)
         return self.cpu
+
+    def _cpuid_hook(self) -> bool:
+        """True when cpuid was answered by the monitor (the engine skips it)."""
+        return not self.io_denied and self.msr_cpuid.cpuid()
 
     def use_cpu(self, cpu: GuestCpu) -> None:
         """The guest-visible CPU view (trap and vt bring their own): the guest's code is read
@@ -301,8 +313,20 @@ class DirectMode(ExecutionMode):
         INTR raised with IF set, or the PIT written (its next event may now come before the
         run's bound, and a latch must see the time move); an EOI alone lets the run go on."""
         interrupts = self._vm.interrupts
-        if interrupts.reprograms_timer(port) or (interrupts.intr_raised and self.engine.reg("eflags") & IF):
+        if interrupts.reprograms_timer(port) or (interrupts.intr_raised and self.engine.reg("eflags") & IF
+                                                 and self._counted_run):
+            # (INTR raised in a run without a count: by the local APIC, touched before any
+            # timer; such a stop lands by the engine's block, which this hook cannot always
+            # see: the run goes on to its end, as an MMIO access would leave it)
             self._end_run()
+
+    def end_run_after_mmio(self) -> None:
+        """In a counted run the engine's count is cut short: it stops in front of the next
+        instruction, the access done once (Engine.end_count_here). A run without a count goes
+        on to its next exit (time came into use meanwhile, or nothing bounds it)."""
+        if self._counted_run and self._stop is None:
+            self._stop = PendingStop(StopKind.END_RUN, None)
+            self.engine.end_count_here()
 
     def watch_interrupt_window(self, blocked: bool) -> None:
         """While an interrupt waits for IF, a code hook on every instruction watches for the
@@ -414,13 +438,49 @@ class DirectMode(ExecutionMode):
         if address == eip:
             return False
         self._fetch_exit = address
-        self.engine.set_exits([address])
+        self._set_engine_exits()
         return True
 
     def _clear_fetch_exit(self) -> None:
         address, self._fetch_exit = self._fetch_exit, None
-        self.engine.set_exits([])
+        self._set_engine_exits()
         self.engine.invalidate_code(address - 1, address)     # the block that ends at the exit
+
+    # -- engine exits: the fetch exit above, and every rdmsr/wrmsr (vmm/msr_cpuid.py) -----------
+    def _set_engine_exits(self) -> None:
+        exits = set(self.msr_cpuid.exits)
+        if self._fetch_exit is not None:
+            exits.add(self._fetch_exit)
+        self.engine.set_exits(sorted(exits))
+
+    def _msr_exits_added(self, address: int, size: int) -> None:
+        """From the translation hook: the block at `address` holds rdmsr/wrmsr the engine must
+        stop in front of; it is translated again, its run ended in front of it."""
+        self._set_engine_exits()
+        self.engine.invalidate_code(address, address + size)
+        self.rerun_block(address)
+
+    def _msr_exit_at(self, eip: int) -> Optional[int]:
+        """The linear address of the rdmsr/wrmsr exit the engine stopped at (EIP `eip`), None if
+        it did not stop at one. An exit looks like hlt to the engine (its halted flag is set), so
+        only a halted stop is looked up; exits are linear addresses (the engine's block PCs)."""
+        if not self.msr_cpuid.exits or not self.engine.halted():
+            return None
+        linear = (eip + self.cpu.segment_base("cs")) & 0xFFFFFFFF
+        return linear if linear in self.msr_cpuid.exits else None
+
+    def _msr_exit(self, linear: int, eip: int) -> VmExit:
+        """The run stopped in front of rdmsr or wrmsr: a callout for the emulator, which answers
+        the platform's MSRs (GuestCpu.read_msr) and the engine's others, and faults outside
+        ring 0. Code written over it since: the exit goes and the run resumes there."""
+        if self.msr_cpuid.still_there(linear):
+            block = self._decoder.decode_block(eip, limit=1, base=(linear - eip) & 0xFFFFFFFF)
+            if block.instructions:
+                return VmExit(ExitReason.CALLOUT, eip=eip, instruction=block.instructions[0])
+        self.msr_cpuid.exits.discard(linear)
+        self._set_engine_exits()
+        self.engine.invalidate_code(linear - 1, linear + 1)
+        return VmExit(ExitReason.EVENT, eip=eip)
 
     def _on_interrupt(self, vm, vector: int) -> None:
         """Exceptions and int n are delivered from inside the engine's hook: the engine's state
@@ -615,7 +675,11 @@ class DirectMode(ExecutionMode):
         self._stop = None
         counted = bool(count) and not stepping
         if counted:
-            cause, count = self._run_counted(vm, count)
+            self._counted_run = True
+            try:
+                cause, count = self._run_counted(vm, count)
+            finally:
+                self._counted_run = False
         else:
             cause = engine.run(engine.reg("eip"), vm.until_address, count=1 if stepping else 0)
         stop, self._stop = self._stop, None
@@ -657,6 +721,9 @@ class DirectMode(ExecutionMode):
             self._eip_after_io = None
             return VmExit(ExitReason.STOP_REQUEST, eip=eip), False
         eip = engine.reg("eip")
+        if cause is StopCause.RETURNED and kind is None and not vm.limits.stop_due and not stepping \
+                and (linear := self._msr_exit_at(eip)) is not None:
+            return self._msr_exit(linear, eip), True
         if kind is StopKind.END_RUN:     # cut short: what it ran is retired by the caller
             eip = self._resume_point(eip, stop.data)
             engine.set_reg("eip", eip)

@@ -51,6 +51,16 @@ class InstructionBudget:
         struct.pack_into("<I", self.scratch_view, SCRATCH_BUDGET, given)
         self.given, self.adjust = given, 0
 
+    def end_at_next_block(self) -> None:
+        """End the run at the next block's entry (an EVENT), from inside the running block (an
+        MMIO access that raised an interrupt): the counter drops to 0, and what it had left is
+        taken off what the run was given, so the count of what retired stays exact."""
+        if self.enabled:
+            left = self._left()
+            if left > 0:
+                struct.pack_into("<i", self.scratch_view, SCRATCH_BUDGET, 0)
+                self.given -= left
+
     def retired(self) -> int:
         """The instructions retired since begin_run."""
         return self.given - self._left() + self.adjust

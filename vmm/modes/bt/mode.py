@@ -374,6 +374,11 @@ class BinaryTranslationMode(ExecutionMode):
         """Translated I/O ends the engine's block, so a stop here lands right after the OUT."""
         self.dispatcher.record(StopKind.END_RUN)
 
+    def end_run_after_mmio(self) -> None:
+        """The budget counter runs out at the next block entry: a clean EVENT exit there, with no
+        stop inside the access (while time is not counted yet, the run ends at its next exit)."""
+        self.budget.end_at_next_block()
+
     def deny_io(self, port: int, size: int) -> None:
         """Note the registers the hook sees (they go back before the #GP) and stop. Which guest
         instruction it is, translated I/O stores in the scratch page just before it runs: in an

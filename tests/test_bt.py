@@ -445,3 +445,58 @@ gp:
 def test_ltr_of_a_null_selector_leaves_tr_invalid_as_qemu_does(tmp_path, mode):
     result, output, _vm = run_source(tmp_path, NULL_LTR, mode=mode)
     assert (result.reason, output) == (StopReason.DEBUG_EXIT, b"0000\n"), result.message
+
+
+# EFER under bt: the engine runs translated code in long mode, and the guest's rdmsr showed its
+# LME|LMA|NXE (0xd00) and a wrmsr ended long mode under the translated code (a monitor bug; an
+# isolation hole had it gone on). It is virtual now, holding what the engine's own CPU model
+# keeps for a 32-bit guest under direct, the reference: SCE and NXE here. (QEMU's qemu32 has no
+# SYSCALL, LM or NX and reads 0 whatever is written: the CPU models differ, as pmu.flat shows.)
+EFER_GUEST = """
+    mov esp, 0x7000
+    mov ecx, 0xc0000080
+    rdmsr
+    call hex32
+    mov ecx, 0xc0000080
+    mov eax, 0x801
+    xor edx, edx
+    wrmsr
+    mov ecx, 0xc0000080
+    rdmsr
+    call hex32
+    call nl
+""" + EXIT0 + HEX
+
+
+def test_efer_is_the_guests_own_under_bt(tmp_path):
+    outputs = {}
+    for mode in ("bt", "direct"):
+        result, outputs[mode], _vm = run_source(tmp_path, EFER_GUEST, mode=mode)
+        assert result.reason is StopReason.DEBUG_EXIT, result.message
+    assert outputs["bt"] == outputs["direct"] == b"0000000000000801\n"
+
+
+# A kernel writing IA32_GS_BASE (0xC0000101) reached the long-mode engine's GS base under bt: with
+# the monitor's linear address there (0x7F00000E9000, the scratch page), a GS store from
+# translated code landed in the monitor. A 32-bit CPU forms 32-bit linear addresses: direct,
+# given the same write, stores at 0xE9800 in guest RAM, and so does bt now. (QEMU's i386 target
+# has no such MSR and ignores the write.)
+GS_BASE_ESCAPE = """
+    mov esp, 0x7000
+    mov ecx, 0xc0000101
+    mov eax, 0x000e9000
+    mov edx, 0x7f00
+    wrmsr
+    mov eax, 0xdeadbeee                 /* made at run time: no translation holds the value */
+    inc eax
+    mov dword ptr gs:[0x800], eax
+    mov eax, 0
+""" + EXIT0
+
+
+@pytest.mark.parametrize("mode", ["bt", "direct"])
+def test_a_gs_base_msr_above_4_gib_stays_in_guest_memory(tmp_path, mode):
+    result, _output, vm = run_source(tmp_path, GS_BASE_ESCAPE, mode=mode)
+    assert result.reason is StopReason.DEBUG_EXIT, result.message
+    assert b"\xef\xbe\xad\xde" not in bytes(vm.memory.monitor_view(0, vm.memory.monitor.size))
+    assert vm.memory.read(0xE9800, 4) == b"\xef\xbe\xad\xde"

@@ -44,3 +44,7 @@ GATE_CALL_16, GATE_CALL_32 = 0x4, 0xC
 
 # Model-specific registers
 MSR_TSC_AUX = 0xC0000103   # what rdtscp returns in ECX
+MSR_APIC_BASE = 0x1B       # IA32_APIC_BASE: the local APIC's base, BSP bit (8), global enable (11)
+MSR_EFER = 0xC0000080
+MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE = 0xC0000100, 0xC0000101, 0xC0000102
+EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 1 << 0, 1 << 8, 1 << 10, 1 << 11

@@ -14,6 +14,8 @@ from unicorn.unicorn_py3.unicorn import uclib
 from unicorn import unicorn_const as uc_const
 from unicorn import x86_const as x86
 
+from translator.x86arch import EFER_LME, EFER_NXE, MSR_EFER
+
 PINNED_UNICORN_VERSION = "2.1.1"
 
 # Our own function pointers into the library (not the binding's, whose prototypes stay its own).
@@ -91,8 +93,6 @@ _TABLE_REGISTERS = {
 LONG_MODE_REGISTERS = {"rip": x86.UC_X86_REG_RIP, "rsp": x86.UC_X86_REG_RSP, "cr2": x86.UC_X86_REG_CR2,
                        **{f"r{n}": getattr(x86, f"UC_X86_REG_R{n}") for n in range(8, 16)}}
 REGISTERS.update({f"r{n}d": getattr(x86, f"UC_X86_REG_R{n}D") for n in range(8, 16)})
-EFER = 0xC0000080
-EFER_LME, EFER_LMA, EFER_NXE = 1 << 8, 1 << 10, 1 << 11
 GENERAL_REGISTERS = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi", "eip", "eflags")
 SEGMENT_REGISTERS = ("cs", "ss", "ds", "es", "fs", "gs")
 
@@ -349,7 +349,7 @@ class Engine:
         stop its stores): the CPU is in long mode (compatibility mode until a 64-bit code
         segment is loaded, see set_privilege)."""
         self._uc.reg_write(x86.UC_X86_REG_CR4, self._uc.reg_read(x86.UC_X86_REG_CR4) | 0x20)      # PAE
-        self._uc.msr_write(EFER, self._uc.msr_read(EFER) | EFER_LME | EFER_NXE)
+        self._uc.msr_write(MSR_EFER, self._uc.msr_read(MSR_EFER) | EFER_LME | EFER_NXE)
         self._uc.reg_write(x86.UC_X86_REG_CR3, cr3)
         self._uc.reg_write(x86.UC_X86_REG_CR0, self._uc.reg_read(x86.UC_X86_REG_CR0) | 0x80010001)
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 from typing import Optional
 
 from vmm.clock import CPU_HZ, CYCLES_PER_PIT_TICK, VirtualClock
-from vmm.devices.apic import APIC_BASE, APIC_SIZE, LVT_LINT0, MSR_APIC_BASE, LocalApic
+from vmm.devices.apic import APIC_BASE, APIC_SIZE, LVT_LINT0, LocalApic
 from vmm.devices.i8254 import PIT_BASE, PIT_IRQ, PIT_PORTS, I8254
 from vmm.devices.i8259 import MASTER_BASE, PIC_PORTS, SLAVE_BASE, PicPair
 from vmm.devices.ioapic import IOAPIC_BASE, IOAPIC_SIZE, IoApic, isa_pin
 from vmm.devices.mc146818 import RTC_BASE, RTC_PORTS
+from vmm.x86 import MSR_APIC_BASE
 
 # What SeaBIOS leaves at the Multiboot entry under QEMU 7.2 (measured with a probe guest):
 # master vectors 0x08-0x0F with IRQ0, 1, 2 and 6 unmasked, slave vectors 0x70-0x77, PIT channel 0

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+from vmm.x86 import MSR_APIC_BASE
+
 APIC_BASE = 0xFEE00000
 # QEMU's "apic-msi" region: the registers repeat every 4 KiB for reads; a write above 0xFFF, or to
 # the first 16 bytes, is an MSI message (address, data), as on QEMU.
 APIC_SIZE = 0x100000
-MSR_APIC_BASE = 0x1B
 APIC_BASE_BSP = 1 << 8
 APIC_BASE_ENABLE = 1 << 11
 APIC_VERSION = 0x14                     # QEMU's "version" property: an integrated (xAPIC) APIC

@@ -15,7 +15,11 @@ from translator.layout import (VCPU_CR, VCPU_GDTR, VCPU_IDTR, VCPU_IO_CHECK, VCP
                                VCPU_POPF_EXPECT, VCPU_PUSHF_ADJUST, VCPU_SELECTOR, real_iopl, real_privilege)
 from vmm.cpu import VirtualSystemCpu
 from vmm.emulate import UnsupportedInstruction
-from vmm.x86 import IOPL_MASK, TF, SegmentDescriptor
+from vmm.x86 import (EFER_LME, EFER_NXE, EFER_SCE, IOPL_MASK, MSR_EFER, MSR_FS_BASE, MSR_GS_BASE,
+                     MSR_KERNEL_GS_BASE, TF, SegmentDescriptor)
+
+# The EFER bits a 32-bit guest keeps in the engine's own CPU model (what direct shows it).
+GUEST_EFER_BITS = EFER_SCE | EFER_LME | EFER_NXE
 
 if TYPE_CHECKING:
     from vmm.modes.bt.mode import BinaryTranslationMode
@@ -89,6 +93,8 @@ class TranslatedCpu(VirtualSystemCpu):
         self.selectors = {name: engine.reg(name) for name in SEGMENT_NAMES}
         self.virtual_flags = engine.reg("eflags") & (IOPL_MASK | TF)
         self.bases = {"ds": 0, "es": 0, "ss": 0, "cs": 0}     # the boot GDT's segments are flat
+        self.efer = 0           # the guest's EFER: the engine's holds the monitor's long mode
+        self.kernel_gs_base = 0
 
     @property
     def segment_bases(self) -> tuple[int, int, int]:
@@ -100,6 +106,31 @@ class TranslatedCpu(VirtualSystemCpu):
         """The CS base: guest code runs at linear code_base + EIP (translated code runs on the
         monitor's own 64-bit CS, so the blocks are keyed by it)."""
         return self.bases["cs"]
+
+    def read_msr(self, number: int) -> int:
+        if number == MSR_EFER:
+            return self.efer
+        if number == MSR_KERNEL_GS_BASE:
+            return self.kernel_gs_base
+        return super().read_msr(number)
+
+    def write_msr(self, number: int, value: int) -> None:
+        """The MSRs of the engine's long mode are the guest's only as a 32-bit CPU has them. EFER
+        is virtual: the engine runs translated code in long mode (LME, LMA, NXE), which a guest
+        write would end (and a read showed); the guest keeps the bits the engine's own CPU takes
+        from a 32-bit guest under direct (SCE, LME, NXE; LMA is never set here). The FS and GS
+        bases take the low 32 bits only: a 32-bit CPU forms 32-bit linear addresses, as direct
+        does with the same write, while the engine adds a 64-bit base to translated code's
+        accesses, and a base above 4 GiB reached the monitor (docs/isolation.md). The kernel GS
+        base (swapgs, which a 32-bit guest cannot run) stays virtual."""
+        if number == MSR_EFER:
+            self.efer = value & GUEST_EFER_BITS
+        elif number in (MSR_FS_BASE, MSR_GS_BASE):
+            super().write_msr(number, value & 0xFFFFFFFF)
+        elif number == MSR_KERNEL_GS_BASE:
+            self.kernel_gs_base = value
+        else:
+            super().write_msr(number, value)
 
     def segment_base(self, name: str) -> int:
         """The guest's base. In long mode the engine keeps no CS/DS/ES/SS base (it loads only

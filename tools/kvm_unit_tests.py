@@ -67,8 +67,6 @@ NOT_MODELLED = {
            "an Intel qemu32, so the test takes the AMD PMU path, where RDPMC(0) is #UD",
     "emulator": (("direct", "vt"), "the engine itself: Unicorn 2.1.1 crashes (SIGSEGV) in test_mov_pop_ss_code_db "
                  "(a code breakpoint after MOV SS); under bt the test runs to QEMU's verdict"),
-    "msr": (("bt",), "the guest's EFER: writing EFER.SCE reaches the long-mode engine under bt, "
-            "which leaves long mode (a triple fault)"),
 }
 
 

@@ -153,8 +153,11 @@ def test_self_ipis_and_destinations():
     write(lapic, 0x310, 0x01000000)
     write(lapic, 0x300, 0x08846)                  # logical destination 1, level triggered
     assert lapic.irr >> 0x46 & 1 and lapic.tmr >> 0x46 & 1
-    write(lapic, 0x300, 0x44400)                  # NMI to self: counted, not modelled
-    assert lapic.unmodelled == {"nmi": 1} and read(lapic, 0x300) == 0x44400
+    nmis = []
+    lapic.raise_nmi = lambda: nmis.append(1)
+    write(lapic, 0x300, 0x44400)                  # NMI to self: the CPU's NMI pin
+    write(lapic, 0x300, 0x44500)                  # INIT to self: counted, not modelled
+    assert nmis == [1] and lapic.unmodelled == {"init": 1} and read(lapic, 0x300) == 0x44500
 
 
 def test_level_triggered_eoi_reaches_the_ioapic():
@@ -531,8 +534,36 @@ pin2s:
 # IRQ0 from pin 2 as vector 0x30 three times, then pin 2 is masked again.
 ROUTING_EXPECTED = b"00\n01\n00000000 00170020 00010000 00000000 \n00000030 \nIII00010030 \n01\n"
 
+NMI_IPIS = ("    mov esp, 0x7000\n" + MASK_PIC + idt_setup({2: "nmi"}) + "    cli\n" + wr(0x300, 0x44400)
+            + "    mov al, '.'\n    call putc\n" + wr(0x300, 0x44400) + """
+    mov al, ':'
+    call putc
+    call nl
+""" + EXIT0 + """
+nmi:
+    push eax
+    inc dword ptr [count]
+    mov al, '0'
+    add al, byte ptr [count]
+    call putc
+    cmp dword ptr [count], 1
+    jne handled
+""" + wr(0x300, 0x44400) + """
+    mov al, 'x'
+    call putc
+handled:
+    pop eax
+    iretd
+count:
+    .long 0
+""" + HEX)
+# An NMI self-IPI with IF clear is taken at once; one sent from its handler waits for the
+# handler's IRET (NMI blocking) and comes right after it, before the code the first interrupted.
+NMI_EXPECTED = b"1x2.3:\n"
+
 GUESTS = {"registers": (REGISTERS, REGISTERS_EXPECTED), "timer": (TIMER, TIMER_EXPECTED),
-          "priorities": (PRIORITIES, PRIORITIES_EXPECTED), "routing": (ROUTING, ROUTING_EXPECTED)}
+          "priorities": (PRIORITIES, PRIORITIES_EXPECTED), "routing": (ROUTING, ROUTING_EXPECTED),
+          "nmi": (NMI_IPIS, NMI_EXPECTED)}
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -11,7 +11,7 @@ Long cases are marked `slow` (setup.cfg: the default run leaves them out, `-m sl
 those QEMU itself takes over 10 s for (sieve); vmexit's sub-tests under bt, whose rounds run
 until 2**30 TSC cycles passed on a 100 MHz TSC (--clock realtime: 10.7 s a round; 20-45 s a
 case); under direct and vt (1-6 s a case, their TSC the host's) those the APIC has no part in;
-and eventinj under bt (over 15 s, waiting for NMIs that do not come). The
+and eventinj under bt (13 s). The
 default run keeps every other case: the start-up of each (the APIC ID read first), cpuid and the
 self-IPI sub-tests in all three modes."""
 
@@ -28,7 +28,7 @@ DECIDED = ("pass", "fail", "skip", "reset")      # QEMU verdicts a test can comp
 SLOW_UNDER_QEMU = 10.0                           # seconds
 APIC_SUBTESTS = {"cpuid", "self_ipi_sti_nop", "self_ipi_sti_hlt", "self_ipi_tpr", "self_ipi_tpr_sti_nop",
                  "self_ipi_tpr_sti_hlt"}
-SLOW_CASES = {("eventinj", "bt")}                  # measured over 15 s
+SLOW_CASES = {("eventinj", "bt")}                  # measured over 10 s
 
 
 def _slow(case, mode: str, qemu_seconds: float) -> bool:

@@ -61,7 +61,6 @@ NOT_MODELLED = {
     "hpet_read_test": "an HPET at 0xFED00000 (and the ACPI HPET table that names it)",
     "s3": "ACPI: the RSDP, FADT and FACS (its waking vector), and the PM1a registers at 0x600",
     "realmode": "Multiboot information placed clear of the image (realmode.flat loads at 0x8000-0xa84b)",
-    "eventinj": "NMIs: an NMI self-IPI delivered through vector 2 and blocked until the handler's IRET",
     "taskswitch2": "a task switch into virtual-8086 mode (vm86 is not modelled)",
     "pmu": "QEMU's CPU model: the engine's CPUID is an AMD family 6 (Unicorn's qemu64), QEMU's default "
            "an Intel qemu32, so the test takes the AMD PMU path, where RDPMC(0) is #UD",

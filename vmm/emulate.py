@@ -443,6 +443,7 @@ class Emulator:
         if flags & NT:                          # a return to the task in the back link
             self.tasks.iret(next_eip=self._next)
             self._next = self.cpu.reg("eip")
+            self._nmis_unblocked()
             return
         esp = self.cpu.reg("esp")
         base = self.cpu.segment_base("ss")
@@ -461,6 +462,12 @@ class Emulator:
         mask = _writable_flags(cpl, flags, size)          # the rules of the ring iret ran in
         self.cpu.set_reg("eflags", (self.cpu.reg("eflags") & ~mask) | (new_flags & mask))
         self._next = eip
+        self._nmis_unblocked()
+
+    def _nmis_unblocked(self) -> None:
+        """An IRET that completed ends the CPU's NMI blocking (QEMU: helper_iret_protected)."""
+        if self.cpu.platform is not None:
+            self.cpu.platform.iret_executed()
 
     def _software_interrupt(self, insn):
         if insn.id == X.X86_INS_INTO:

@@ -429,14 +429,16 @@ class Engine:
         from Unicorn's own counter (uc_struct.emu_counter, offset pinned by tests/test_engine.py)."""
         return ctypes.c_uint64.from_address(self._uc._uch.value + _UC_EMU_COUNTER).value
 
-    def end_count_here(self) -> None:
+    def end_count_here(self, more: int = 0) -> None:
         """Inside a counted run (from a hook or an MMIO callback): the run ends in front of the
-        next instruction, as if the count ran out there, the current one completed. Unlike
-        stop(), safe inside a memory access: a stop there abandons the instruction and the next
-        run performs the access again (Unicorn's count hook stops cleanly at an instruction start;
-        uc_struct.emu_count pinned by tests/test_engine.py). No effect on a run without a count."""
+        next instruction (after `more` more), as if the count ran out there, the current one
+        completed. Unlike stop(), safe inside a memory access: a stop there abandons the
+        instruction and the next run performs the access again (Unicorn's count hook stops
+        cleanly at an instruction start; uc_struct.emu_count pinned by tests/test_engine.py).
+        Never past the count the run was given; no effect on a run without a count."""
         started = ctypes.c_uint64.from_address(self._uc._uch.value + _UC_EMU_COUNTER).value
-        ctypes.c_uint64.from_address(self._uc._uch.value + _UC_EMU_COUNT).value = started
+        count = ctypes.c_uint64.from_address(self._uc._uch.value + _UC_EMU_COUNT)
+        count.value = min(count.value, started + more)
 
     def segment_base(self, name: str) -> int:
         """The base in the hidden part of a segment register (what the CPU uses, whatever the

@@ -66,8 +66,8 @@ class _ClockedMmio:
         platform.mmio_uses_time()
         armed = platform.apic.next_time
         self.device.io_write(offset, size, value)
-        if platform.intr_raised or platform.apic.next_time != armed:
-            platform.end_run()
+        if platform.intr_raised or platform.nmi_pending or platform.apic.next_time != armed:
+            platform.end_run()      # (an NMI even while blocked: the mode must watch for the IRET)
 
 
 class InterruptPlatform:
@@ -83,6 +83,12 @@ class InterruptPlatform:
         self.ioapic = IoApic(self.apic.deliver_irq, pic_read_irq=self.pic.acknowledge)
         self.apic.pic_output = lambda: self.pic.output
         self.apic.ioapic_eoi = self.ioapic.eoi
+        self.apic.raise_nmi = self._raise_nmi
+        # The CPU's NMI input (QEMU's CPU_INTERRUPT_NMI) and its NMI blocking, from an NMI's
+        # delivery to the next IRET (HF2_NMI_MASK): NMIs come from the APIC (an NMI IPI, an LVT
+        # entry or an I/O APIC entry in NMI mode).
+        self.nmi_pending = False
+        self.nmi_blocked = False
         self.pit = I8254(irq=lambda level: self.set_isa_irq(PIT_IRQ, level))
         self.in_use = False
         self.reprogrammed = False       # a chip was written since the run began
@@ -248,6 +254,24 @@ class InterruptPlatform:
         if self.in_use:
             self.sync()
         return self.intr_raised
+
+    # -- NMIs ----------------------------------------------------------------------------------
+    def _raise_nmi(self) -> None:
+        self.nmi_pending = True
+
+    @property
+    def nmi_ready(self) -> bool:
+        """An NMI waits and is not blocked: the CPU takes it at the next instruction boundary,
+        whatever IF and the interrupt shadows say (QEMU's x86_cpu_pending_interrupt)."""
+        return self.nmi_pending and not self.nmi_blocked
+
+    def take_nmi(self) -> None:
+        """The NMI is delivered: blocked until the handler's IRET."""
+        self.nmi_pending, self.nmi_blocked = False, True
+
+    def iret_executed(self) -> None:
+        """The guest executed IRET: NMIs are no longer blocked."""
+        self.nmi_blocked = False
 
     def acknowledge(self) -> int:
         """The INTA cycle (QEMU's cpu_get_pic_interrupt): the APIC's vector if it has one above

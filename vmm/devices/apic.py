@@ -54,7 +54,8 @@ class LocalApic:
         self.now_ns = now_ns
         self.ioapic_eoi: Callable[[int], None] = lambda vector: None
         self.pic_output: Callable[[], bool] = lambda: False        # the PIC pair's INT line
-        self.unmodelled: dict[str, int] = {}       # deliveries the monitor drops (NMI, SMI, INIT)
+        self.raise_nmi: Callable[[], None] = lambda: None          # the CPU's NMI pin
+        self.unmodelled: dict[str, int] = {}       # deliveries the monitor drops (SMI, INIT)
         self.reset()
         # SeaBIOS's state at the Multiboot entry (see BOOT_*).
         self.spurious_vec = BOOT_SPURIOUS
@@ -179,11 +180,13 @@ class LocalApic:
         if mode == DM_FIXED:
             level = lvt_index in (LVT_LINT0, LVT_LINT1) and lvt & LVT_LEVEL_TRIGGER
             self.set_irq(lvt & 0xFF, TRIGGER_LEVEL if level else TRIGGER_EDGE)
+        elif mode == DM_NMI:
+            self.raise_nmi()
         elif mode != DM_EXTINT:                   # ExtINT: INTR follows the PIC (pic_intr)
             self._unmodelled(mode)
 
     def _unmodelled(self, mode: int) -> None:
-        name = {DM_SMI: "smi", DM_NMI: "nmi", DM_INIT: "init"}.get(mode, f"mode {mode}")
+        name = {DM_SMI: "smi", DM_INIT: "init"}.get(mode, f"mode {mode}")
         self.unmodelled[name] = self.unmodelled.get(name, 0) + 1
 
     def _matches(self, dest: int, dest_mode: int) -> bool:
@@ -206,7 +209,9 @@ class LocalApic:
     def _bus_deliver(self, delivery_mode: int, vector: int, trigger: int) -> None:
         if delivery_mode in (DM_FIXED, DM_LOWEST, DM_EXTINT):
             self.set_irq(vector, trigger)
-        elif delivery_mode in (DM_SMI, DM_NMI, DM_INIT):
+        elif delivery_mode == DM_NMI:
+            self.raise_nmi()
+        elif delivery_mode in (DM_SMI, DM_INIT):
             self._unmodelled(delivery_mode)
 
     def _send_ipi(self) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from typing import Optional
 
-from capstone import CS_GRP_CALL, CS_GRP_JUMP, CS_GRP_RET
+from capstone import CS_GRP_CALL, CS_GRP_INT, CS_GRP_IRET, CS_GRP_JUMP, CS_GRP_RET
 
 from vmm.cpu import GuestCpu
 from vmm.engine import StopCause
@@ -135,6 +135,7 @@ class DirectMode(ExecutionMode):
             engine.on_block(self._block_entered)
         self._window_hook = None
         self._if_may_be_set = 0
+        self._after_iret = False                        # the window hook saw an iret start
         self._io_hook: Optional[tuple] = None           # (port, size, is_out) while an I/O hook runs
         self._fetch_exit: Optional[int] = None          # an engine exit in front of an unfetchable page
         self._stopped_between_blocks = False            # the run ended in front of a block (rerun_block)
@@ -321,12 +322,32 @@ class DirectMode(ExecutionMode):
             self._end_run()
 
     def end_run_after_mmio(self) -> None:
-        """In a counted run the engine's count is cut short: it stops in front of the next
-        instruction, the access done once (Engine.end_count_here). A run without a count goes
-        on to its next exit (time came into use meanwhile, or nothing bounds it)."""
+        """In a counted run the engine's count is cut short (Engine.end_count_here): it stops
+        where QEMU's translation block would end, at the first control transfer from this
+        instruction on (QEMU takes an interrupt the access raised between its blocks), the
+        access done once. A run without a count goes on to its next exit (time came into use
+        meanwhile, or nothing bounds it)."""
         if self._counted_run and self._stop is None:
             self._stop = PendingStop(StopKind.END_RUN, None)
-            self.engine.end_count_here()
+            self.engine.end_count_here(self._rest_of_block(self.engine.reg("eip")))
+
+    def _rest_of_block(self, eip: int) -> int:
+        """How many instructions follow the one at `eip` (EIP is exact in a counted run) up to
+        and including the first that ends a QEMU translation block: a jump, call, return,
+        interrupt or iret, hlt, and sti or popf (QEMU ends a block after them for the interrupt
+        check). A bounded walk: at most an engine block."""
+        rest = 0
+        for address, code, _length in self._instructions_from(eip):
+            if address == eip:
+                continue
+            insn = decode(code, address)
+            if insn is None:
+                break
+            rest += 1
+            if any(insn.group(group) for group in (CS_GRP_JUMP, CS_GRP_CALL, CS_GRP_RET, CS_GRP_INT, CS_GRP_IRET)) \
+                    or insn.mnemonic in ("hlt", "sti", "popf", "popfd"):
+                break
+        return rest
 
     def watch_interrupt_window(self, blocked: bool) -> None:
         """While an interrupt waits for IF, a code hook on every instruction watches for the
@@ -340,6 +361,7 @@ class DirectMode(ExecutionMode):
             self.engine.remove_hook(self._window_hook)
             self._window_hook = None
         self._if_may_be_set = 0
+        self._after_iret = False
         # Hooks apply to newly translated code only. invalidate_code takes linear addresses and
         # resolves the range's start through the guest's page tables: with the guest's paging
         # on (page 0 perhaps unmapped) everything goes instead, at a higher price.
@@ -351,9 +373,13 @@ class DirectMode(ExecutionMode):
     def _window_check(self, address: int) -> None:
         if self._if_may_be_set:
             self._if_may_be_set -= 1
-            if not self._if_may_be_set and self.engine.reg("eflags") & IF:
-                self.record_stop(StopKind.WINDOW)     # before the instruction at `address`
-                return
+            if not self._if_may_be_set:
+                if self._after_iret:              # it completed: NMIs are no longer blocked
+                    self._after_iret = False
+                    self._vm.interrupts.iret_executed()
+                if self.engine.reg("eflags") & IF or self._vm.interrupts.nmi_ready:
+                    self.record_stop(StopKind.WINDOW)     # before the instruction at `address`
+                    return
         try:
             code = self._guest_code(address, 2)
         except UnbackedAccess:
@@ -363,6 +389,7 @@ class DirectMode(ExecutionMode):
             self._if_may_be_set = 2
         elif opcode in (0x9D, 0xCF):              # popf, iret
             self._if_may_be_set = 1
+            self._after_iret = opcode == 0xCF
 
     def deny_io(self, port: int, size: int) -> None:
         """An EIP written in the hook is not honoured, so save the CPU state the hook sees and

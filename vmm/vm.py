@@ -334,10 +334,11 @@ class VirtualMachine:
         return self.clock.cycles
 
     def _interrupt_window(self) -> None:
-        """At an instruction boundary between two runs: take an external interrupt if INTR is
-        raised, the guest's IF is set, and no SS load just happened (sti's own shadow cannot
-        be here: the modes never return right after a native sti). An interrupt left waiting
-        makes the mode watch for the guest setting IF (watch_interrupt_window)."""
+        """At an instruction boundary between two runs: take an NMI if one waits and NMIs are
+        not blocked (whatever IF says), then an external interrupt if INTR is raised, the
+        guest's IF is set, and no SS load just happened (sti's own shadow cannot be here: the
+        modes never return right after a native sti). An interrupt left waiting makes the mode
+        watch for the guest setting IF (watch_interrupt_window)."""
         interrupts = self.interrupts
         if interrupts.nmi_ready:                 # IF and the shadows do not hold an NMI back
             interrupts.take_nmi()

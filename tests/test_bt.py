@@ -7,7 +7,7 @@ import pytest
 from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 
 from tests.cli import run_vmm, sample_arguments
-from tests.guests import EXIT, flat_gdt, run_image, run_source
+from tests.guests import EXIT, flat_gdt, idt_setup, paging_on, run_image, run_source
 from tests.samples import MANIFEST, REPO_ROOT
 from tests.test_pcplatform import EXIT0, HEX
 from translator.classify import Category, Procedure, classify
@@ -388,6 +388,63 @@ last_x87:
         registers = result.registers
         assert result.reason.value == "debug_exit", (mode, result.message)
         assert (registers["eax"], registers["ecx"]) == (registers["esi"], 0), (mode, registers)
+
+
+# Paging on (one 4 MiB page), a call into a page 8 KiB away (a link across pages), then CR0.WP
+# set: the address space's shadow is rebuilt and the old one dropped while the engine was still
+# on it. Unlinking the cross-page link invalidated the engine's translations through the dropped
+# tables: the lookups faulted inside Unicorn and left its exception state set, so the hidden
+# fault of the next push arrived as a double fault and the machine triple-faulted (every
+# kvm-unit-tests case that calls setup_vm stopped there). QEMU 7.2 runs it to the end: exit 0.
+WP_AFTER_LINKS = """
+    mov esp, 0x90000
+    mov dword ptr [0x10000], 0x83
+    mov eax, cr4
+    or eax, 0x10
+    mov cr4, eax
+""" + paging_on(0x10000) + """
+    call far_away
+    mov eax, cr0
+    or eax, 0x10000
+    mov cr0, eax
+    call far_away
+    push 5
+    pop eax
+    mov eax, 0
+""" + EXIT + """
+    .skip 0x2000
+far_away:
+    ret
+"""
+
+
+def test_cr0_wp_change_after_cross_page_links(tmp_path):
+    result, _out, _vm = run_source(tmp_path, WP_AFTER_LINKS, mode="bt")
+    assert (result.reason, result.guest_value) == (StopReason.DEBUG_EXIT, 0), result.message
+
+
+# ltr with a null selector: QEMU 7.2's helper_ltr (and the engine under direct and vt) leaves TR
+# invalid without a fault, where the SDM documents #GP(0); bt and trap emulated the SDM's #GP and
+# kvm-unit-tests' emulator case died of it. QEMU printed 0000 (no #GP) for this guest
+# (with selector 4, null but TI set, QEMU raises #GP as the emulator does).
+NULL_LTR = "    mov esp, 0x7000\n" + idt_setup({13: "gp"}) + """
+    xor eax, eax
+    ltr ax
+    mov eax, 0x1234
+    str ax
+    call hex16
+    call nl
+""" + EXIT0 + """
+gp:
+    mov al, 'G'
+    call putc
+""" + EXIT0 + HEX
+
+
+@pytest.mark.parametrize("mode", ["bt", "direct", "trap", "vt"])
+def test_ltr_of_a_null_selector_leaves_tr_invalid_as_qemu_does(tmp_path, mode):
+    result, output, _vm = run_source(tmp_path, NULL_LTR, mode=mode)
+    assert (result.reason, output) == (StopReason.DEBUG_EXIT, b"0000\n"), result.message
 
 
 # EFER under bt: the engine runs translated code in long mode, and the guest's rdmsr showed its

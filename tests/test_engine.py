@@ -244,7 +244,7 @@ def test_a_code_hook_ends_a_counted_run_after_its_instruction_through_the_count(
     for after, stopped_at, eax in ((0, TOP, 1), (1, TOP + 3, 2)):
         engine, memory = machine(LOOP)
         engine.on_port_io(lambda port, size: 0, lambda port, size, value: None)
-        engine.on_code(CODE + 16, lambda address, after=after, engine=engine: engine.end_count_after(after))
+        engine.on_code(CODE + 16, lambda address, after=after, engine=engine: engine.end_count_after(after, may_lengthen=True))
         engine.run(CODE, memory.until_address, count=10 ** 6)      # mov, add, jmp, add, out, dec, jnz
         assert (engine.reg("eip"), engine.reg("eax"), engine.instructions_started()) == \
             (stopped_at, eax, 8 + after)
@@ -492,3 +492,39 @@ def test_a_32_bit_engine_reads_descriptors_through_a_gdt_based_above_4_gib():
     engine.use_virtual_tlb(fill)
     assert engine.run(CODE, memory.until_address, count=2) is StopCause.RETURNED
     assert engine.reg("ds") == 0x10 and fills == [(CODE, "fetch"), (high & ~0xFFF, "read")]
+
+
+def test_a_count_cut_short_in_an_mmio_access_ends_the_run_after_that_instruction():
+    # Engine.end_count_after writes Unicorn's emu_count (pinned next to emu_counter): from inside an
+    # MMIO write the counted run stops in front of the next instruction, the store done once; a
+    # plain stop() there abandons the instruction instead, and the next run stores again (why the
+    # APIC never stops the engine from its registers). The MMIO read's value reaches EAX.
+    source = ("mov ebx, 0\nmov dword ptr [0xfee000b0], 0x55\ninc ebx\ninc ebx\n"
+              "mov eax, dword ptr [0xfee00020]\ninc ebx\nhlt")
+    for cut in (True, False):
+        engine, memory = machine(source)
+        writes = []
+
+        def write(offset, size, value, cut=cut):
+            writes.append(value)
+            if cut:
+                engine.end_count_after(0)
+            elif len(writes) == 1:
+                engine.stop()
+
+        def read(offset, size):
+            engine.end_count_after(0)
+            return 0x1234
+        engine.map_mmio(0xFEE00000, 0x1000, read, write)
+        engine.run(CODE, memory.until_address, count=100)
+        if cut:
+            assert writes == [0x55] and engine.reg("ebx") == 0
+            assert engine.instructions_started() == 3          # mov, the store, stopped at inc
+            engine.run(engine.reg("eip"), memory.until_address, count=100)
+            assert engine.reg("eax") == 0x1234 and engine.reg("ebx") == 2
+            engine.run(engine.reg("eip"), memory.until_address, count=100)
+            assert engine.reg("ebx") == 3 and engine.halted() and writes == [0x55]
+        else:
+            assert writes == [0x55] and engine.reg("eip") == CODE + 5    # at the store, again
+            engine.run(engine.reg("eip"), memory.until_address, count=100)
+            assert writes == [0x55, 0x55]

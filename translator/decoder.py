@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Callable, Optional
 
-from capstone.x86_const import X86_INS_STI
+from capstone.x86_const import X86_INS_POPF, X86_INS_POPFD, X86_INS_STI
 
 from translator.classify import Rule, classify
 from translator.x86arch import PAGE_SIZE
@@ -17,8 +17,13 @@ from translator.x86decode import MAX_INSTRUCTION_LENGTH, PREFIX_GROUPS, decode
 DEFAULT_BLOCK_LIMIT = 32
 
 
+# Instructions that may set IF natively, each followed by an interrupt-window site (emitter).
+SETS_IF = frozenset({X86_INS_STI, X86_INS_POPF, X86_INS_POPFD})
+
+
 class BlockEnd(Enum):
     BRANCH = "branch"              # the last instruction transfers control (or is a callout)
+    WINDOW = "before sti/popf"     # the next instruction may set IF: it starts a block of its own
     PAGE = "page boundary"
     LIMIT = "length limit"
     UNDECODABLE = "undecodable"    # the next bytes do not decode: #UD when reached
@@ -152,6 +157,13 @@ class Decoder:
             if insn is None:
                 # bytes cut short by the end of the code that can be fetched: a fetch fault
                 block.end = BlockEnd.NO_MEMORY if self.short_read else BlockEnd.UNDECODABLE
+                return block
+            if insn.id in SETS_IF and block.instructions and limit > 1:
+                # An interrupt raised inside this block (an APIC write: an MMIO store that
+                # cannot stop the engine) ends the run at the next block entry, the budget's
+                # exit: it must come before the guest sets IF, where the run loop can still arm
+                # the window site after it, so that the interrupt lands after sti's shadow.
+                block.end = BlockEnd.WINDOW
                 return block
             instruction = GuestInstruction(insn, classify(insn))
             block.instructions.append(instruction)

@@ -334,7 +334,7 @@ class Emitter:
                                             rule.procedure, start, len(code) - start))
 
         self._owner = block.next_address if last is None or block.end is not BlockEnd.BRANCH else last.address
-        if block.end in (BlockEnd.PAGE, BlockEnd.LIMIT) or (block.end is BlockEnd.BRANCH and last is None):
+        if block.end in (BlockEnd.PAGE, BlockEnd.LIMIT, BlockEnd.WINDOW) or (block.end is BlockEnd.BRANCH and last is None):
             mark(block.next_address)
             self._slot(out, ExitSite(ExitKind.BRANCH, 0, block.next_address))
         elif block.end is BlockEnd.UNDECODABLE:

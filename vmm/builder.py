@@ -169,6 +169,12 @@ def build_machine(config: MachineConfig, console: Console,
     #   0x0CF9           reset control register
     interrupts = vm.interrupts
     interrupts.register(bus)
+    # The local APIC (0xFEE00000) and the I/O APIC (0xFEC00000) on the MMIO bus; the APIC's MSR
+    # and CPUID bit through the guest's CPU view; an APIC write that needs the run to end asks
+    # the mode (from inside the engine's access).
+    interrupts.register_mmio(memory.mmio)
+    interrupts.end_run = vm.mode.end_run_after_mmio
+    vm.cpu.platform = interrupts
 
     def reset(why: str) -> None:
         vm.request_stop(StopReason.RESET, f"guest reset the machine: {why}")
@@ -191,7 +197,8 @@ def build_machine(config: MachineConfig, console: Console,
     vga = VgaText(memory.read)
     bus.register(VGA_BASE, VGA_PORTS, vga)
     vm.screen = vga
-    vm.devices.update({device.name: device for device in (rtc, keyboard, port92, reset_control, com1, com2, vga)})
+    vm.devices.update({device.name: device for device in (rtc, keyboard, port92, reset_control, com1, com2, vga,
+                                                          interrupts.apic, interrupts.ioapic)})
     vm.ide = IdeChannel(disks, interrupts.device_irq(IDE_IRQ), tracer.disk_command if tracer.disk else None)
     vm.at_exit.append(vm.ide.close)       # what the guest wrote is in the files when the run ends
     bus.register(IDE_BASE, IDE_PORTS, vm.ide)

@@ -13,7 +13,11 @@ SNAPSHOT_REGISTERS = GENERAL_REGISTERS + SEGMENT_REGISTERS + ("cr0", "cr2", "cr3
 
 class GuestCpu:
     """Guest-visible register access. The base class passes everything through to the engine:
-    right for direct execution, where the engine's state IS the guest's."""
+    right for direct execution, where the engine's state IS the guest's. `platform` (the
+    machine's vmm.interrupts.InterruptPlatform, set by the builder) answers for the MSRs and
+    CPUID bits of the devices built into the CPU (the local APIC), which the engine lacks."""
+
+    platform = None
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -73,10 +77,17 @@ class GuestCpu:
         self.engine.flush_tlb()
 
     def read_msr(self, number: int) -> int:
+        if self.platform is not None and (value := self.platform.read_msr(number)) is not None:
+            return value
         return self.engine.read_msr(number)
 
     def write_msr(self, number: int, value: int) -> None:
-        self.engine.write_msr(number, value)
+        if self.platform is None or not self.platform.write_msr(number, value):
+            self.engine.write_msr(number, value)
+
+    def cpuid_seen(self, leaf: int, values: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        """CPUID `leaf` as the guest sees it, from the engine's answer `values`."""
+        return values if self.platform is None else self.platform.cpuid(leaf, values)
 
     @property
     def cpl(self) -> int:

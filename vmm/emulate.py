@@ -443,6 +443,7 @@ class Emulator:
         if flags & NT:                          # a return to the task in the back link
             self.tasks.iret(next_eip=self._next)
             self._next = self.cpu.reg("eip")
+            self._nmis_unblocked()
             return
         esp = self.cpu.reg("esp")
         base = self.cpu.segment_base("ss")
@@ -461,6 +462,12 @@ class Emulator:
         mask = _writable_flags(cpl, flags, size)          # the rules of the ring iret ran in
         self.cpu.set_reg("eflags", (self.cpu.reg("eflags") & ~mask) | (new_flags & mask))
         self._next = eip
+        self._nmis_unblocked()
+
+    def _nmis_unblocked(self) -> None:
+        """An IRET that completed ends the CPU's NMI blocking (QEMU: helper_iret_protected)."""
+        if self.cpu.platform is not None:
+            self.cpu.platform.iret_executed()
 
     def _software_interrupt(self, insn):
         if insn.id == X.X86_INS_INTO:
@@ -502,8 +509,8 @@ class Emulator:
         if selector & 4:
             raise GuestFault(GP, selector & 0xFFFC)
         if not selector & 0xFFFC:
-            if name == "tr":
-                raise GuestFault(GP, 0)
+            # a null LDT; QEMU's helper_ltr also takes a null selector, leaving TR invalid (base
+            # and limit 0) without the #GP(0) the SDM documents
             self.cpu.set_table_selector(name, 0, None)
             return
         raw = self.view.raw_descriptor(selector)
@@ -647,7 +654,8 @@ class Emulator:
         self._set_zf(ok)
 
     def _cpuid(self, insn):
-        values = self.cpu.cpuid(self.cpu.reg("eax"), self.cpu.reg("ecx"))
+        leaf = self.cpu.reg("eax")
+        values = self.cpu.cpuid_seen(leaf, self.cpu.cpuid(leaf, self.cpu.reg("ecx")))
         for name, value in zip(("eax", "ebx", "ecx", "edx"), values):
             self.cpu.set_reg(name, value)
 

@@ -466,13 +466,17 @@ class Engine:
         effect on a run without a count; lost if no run is going on (emu_start sets the count)."""
         ctypes.c_uint64.from_address(self._uc._uch.value + _UC_EMU_COUNT).value = 0
 
-    def end_count_after(self, instructions: int) -> None:
-        """From a code hook in a counted run: end the run after the hooked instruction and then
-        `instructions` more (0: in front of the next one), through the count, so that it stops
-        where it resumes exactly (the hook cannot stop() there: that would stop in front of the
-        hooked instruction). May lengthen the run given by one instruction or two."""
+    def end_count_after(self, more: int, *, may_lengthen: bool = False) -> None:
+        """Inside a counted run (from a code hook or an MMIO callback): the run ends after the
+        current instruction and `more` more (0: in front of the next one), as if the count ran
+        out there, so that it stops where it resumes exactly. Unlike stop(), which in a code hook
+        stops in front of the hooked instruction, and inside a memory access abandons the
+        instruction (the next run performs the access again). Never past the count the run was
+        given unless `may_lengthen` (by `more` at most: the shadow of an sti that ends it). No
+        effect on a run without a count (uc_struct.emu_count pinned by tests/test_engine.py)."""
         started = ctypes.c_uint64.from_address(self._uc._uch.value + _UC_EMU_COUNTER).value
-        ctypes.c_uint64.from_address(self._uc._uch.value + _UC_EMU_COUNT).value = started + instructions
+        count = ctypes.c_uint64.from_address(self._uc._uch.value + _UC_EMU_COUNT)
+        count.value = started + more if may_lengthen else min(count.value, started + more)
 
     def segment_base(self, name: str) -> int:
         """The base in the hidden part of a segment register (what the CPU uses, whatever the
@@ -697,7 +701,8 @@ class Engine:
 class ScratchCpu:
     """A second, tiny 32-bit engine that runs one register-only instruction for the monitor:
     the BCD adjustments and salc, which the binary translator's 64-bit host code lacks, get
-    exactly the engine's own 32-bit results (flags included) this way."""
+    exactly the engine's own 32-bit results (flags included) this way; and cpuid's answers, for
+    the untranslated modes' cpuid hook (vmm/msr_cpuid.py)."""
 
     _CODE = 0x1000
 
@@ -716,6 +721,17 @@ class ScratchCpu:
             uc.emu_stop()
         uc.hook_add(uc_const.UC_HOOK_INTR, on_interrupt)
         return uc
+
+    def cpuid(self, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
+        """(eax, ebx, ecx, edx) of cpuid here: the untranslated modes' engine's CPU model."""
+        if self._uc is None or self._vector is not None:
+            self._uc = self._fresh()
+        self._uc.mem_write(self._CODE, b"\x0f\xa2\xf4")
+        self._uc.reg_write(x86.UC_X86_REG_EAX, leaf)
+        self._uc.reg_write(x86.UC_X86_REG_ECX, subleaf)
+        self._uc.emu_start(self._CODE, self._CODE + 3, count=1)
+        return tuple(self._uc.reg_read(register) for register in
+                     (x86.UC_X86_REG_EAX, x86.UC_X86_REG_EBX, x86.UC_X86_REG_ECX, x86.UC_X86_REG_EDX))
 
     def run(self, code: bytes, eax: int, eflags: int) -> tuple[int, int, Optional[int]]:
         """(eax, eflags, exception vector or None) after `code` ran from eax and eflags."""

@@ -1,22 +1,29 @@
-"""The platform's interrupt sources as the CPU sees them: the i8259 pair on the INTR line, the i8254
-on IRQ0 and the RTC on IRQ8, all on the virtual clock, and the devices fed by host input (a UART
-that interrupts on receive), whose input wakes the run; plus the boot state QEMU's firmware leaves
-them in."""
+"""The platform's one interrupt-controller model as the CPU sees it: the i8259 pair's INTR through the
+local APIC's LINT0, the APIC's own vectors by priority, the I/O APIC on the ISA lines; the i8254 on
+IRQ0, the RTC on IRQ8 and the APIC timer, all on the virtual clock, and the devices fed by host
+input (a UART that interrupts on receive), whose input wakes the run; plus the boot state QEMU's
+firmware leaves them in. `pending()` and `acknowledge()` are the one place that decides the next
+vector."""
 
 from __future__ import annotations
 
 from typing import Callable, Optional
 
-from vmm.clock import CYCLES_PER_PIT_TICK, VirtualClock
+from vmm.clock import CPU_HZ, CYCLES_PER_PIT_TICK, VirtualClock
+from vmm.devices.apic import APIC_BASE, APIC_SIZE, LVT_LINT0, LocalApic
 from vmm.devices.i8254 import PIT_BASE, PIT_IRQ, PIT_PORTS, I8254
 from vmm.devices.i8259 import MASTER_BASE, PIC_PORTS, SLAVE_BASE, PicPair
+from vmm.devices.ioapic import IOAPIC_BASE, IOAPIC_SIZE, IoApic, isa_pin
 from vmm.devices.mc146818 import RTC_BASE, RTC_PORTS
+from vmm.x86 import MSR_APIC_BASE
 
 # What SeaBIOS leaves at the Multiboot entry under QEMU 7.2 (measured with a probe guest):
 # master vectors 0x08-0x0F with IRQ0, 1, 2 and 6 unmasked, slave vectors 0x70-0x77, PIT channel 0
 # in mode 2 with the full count (65536: 18.2 Hz), lo/hi access (read-back status 0x34).
 BOOT_PIC = ((MASTER_BASE, 0x08, 0x04, 0xB8), (SLAVE_BASE, 0x70, 0x02, 0x8E))   # base, ICW2, ICW3, IMR
 BOOT_PIT_CONTROL = 0x34
+NS_PER_SECOND = 10 ** 9
+CPUID_EDX_APIC = 1 << 9
 
 
 class _ClockedPorts:
@@ -38,18 +45,56 @@ class _ClockedPorts:
         self.platform.reprogrammed = True       # the next event may have moved
 
 
+class _ClockedMmio:
+    """The local or I/O APIC on the MMIO bus. Its accesses come from inside the engine, where the
+    run cannot be stopped (a stop there makes the engine run the access again): the platform is
+    brought up to date without telling the modes, and a write that raised INTR or moved the
+    APIC timer's next event asks the mode to end the run as soon as it safely can (`end_run`)."""
+
+    def __init__(self, device, platform: "InterruptPlatform") -> None:
+        self.device, self.platform = device, platform
+        self.name = device.name
+
+    def io_read(self, offset: int, size: int) -> int:
+        self.platform.mmio_uses_time()
+        return self.device.io_read(offset, size)
+
+    def io_write(self, offset: int, size: int, value: int) -> None:
+        platform = self.platform
+        platform.mmio_uses_time()
+        armed = platform.apic.next_time
+        self.device.io_write(offset, size, value)
+        if platform.intr_raised or platform.nmi_pending or platform.apic.next_time != armed:
+            platform.end_run()      # (an NMI even while blocked: the mode must watch for the IRET)
+
+
 class InterruptPlatform:
-    """PIC pair + PIT on one clock. Time is observable once the guest touches either chip or
-    reads the TSC (`in_use`); until then no timer interrupt is raised, and the execution modes
-    run without counting instructions (what an idle PIT costs nobody)."""
+    """The interrupt controllers and timers on one clock. Time is observable once the guest
+    touches a chip (PIC, PIT, RTC, either APIC) or reads the TSC (`in_use`); until then no timer
+    interrupt is raised, and the execution modes run without counting instructions (what an
+    idle PIT costs nobody)."""
 
     def __init__(self, clock: VirtualClock) -> None:
         self.clock = clock
         self.pic = PicPair()
-        self.pit = I8254(irq=lambda level: self.pic.set_irq(PIT_IRQ, level))
+        self.apic = LocalApic(self._now_ns)
+        self.ioapic = IoApic(self.apic.deliver_irq, pic_read_irq=self.pic.acknowledge)
+        self.apic.pic_output = lambda: self.pic.output
+        self.apic.ioapic_eoi = self.ioapic.eoi
+        self.apic.raise_nmi = self._raise_nmi
+        # The CPU's NMI input (QEMU's CPU_INTERRUPT_NMI) and its NMI blocking, from an NMI's
+        # delivery to the next IRET (HF2_NMI_MASK): NMIs come from the APIC (an NMI IPI, an LVT
+        # entry or an I/O APIC entry in NMI mode).
+        self.nmi_pending = False
+        self.nmi_blocked = False
+        self.pit = I8254(irq=lambda level: self.set_isa_irq(PIT_IRQ, level))
         self.in_use = False
         self.reprogrammed = False       # a chip was written since the run began
         self.on_first_use = []          # callbacks: a mode switching its instruction counting on
+        self._first_use_pending = False  # time came into use inside an MMIO access: tell the modes
+        # at the next sync, outside the engine
+        self.end_run = lambda: None     # the mode's end_run_after_mmio (wired by the builder)
+        self._pic_output = False        # the PIC's INT line as LINT0 last saw it (edges)
         self.rtc = None                 # vmm.devices.mc146818.MC146818, attached by the builder
         self.input_sources = []         # devices fed by host input: armed(), poll(), input_may_arrive(),
         # wait_input(timeout), on_input(callback)
@@ -69,6 +114,17 @@ class InterruptPlatform:
         bus.register(SLAVE_BASE, PIC_PORTS, _ClockedPorts(self.pic.slave, self))
         bus.register(PIT_BASE, PIT_PORTS, _ClockedPorts(self.pit, self))
 
+    def register_mmio(self, mmio) -> None:
+        """The local APIC at 0xFEE00000 (QEMU's 1 MiB apic-msi region: it never moves with the
+        APIC base MSR, as on QEMU) and the I/O APIC at 0xFEC00000 on the MMIO bus."""
+        mmio.register(APIC_BASE, APIC_SIZE, _ClockedMmio(self.apic, self))
+        mmio.register(IOAPIC_BASE, IOAPIC_SIZE, _ClockedMmio(self.ioapic, self))
+
+    def set_isa_irq(self, irq: int, level: bool) -> None:
+        """An ISA interrupt line, wired to the PIC pair and to the I/O APIC (QEMU's gsi_handler)."""
+        self.pic.set_irq(irq, level)
+        self.ioapic.set_irq(isa_pin(irq), level)
+
     def attach_rtc(self, rtc, bus) -> None:
         self.rtc = rtc
         bus.register(RTC_BASE, RTC_PORTS, _ClockedPorts(rtc, self))
@@ -78,7 +134,7 @@ class InterruptPlatform:
         next interrupt window must see it, so the run that caused it ends after the access
         (`reprogrammed`), and an interrupt source makes time observable like the chips do."""
         def set_level(level: bool) -> None:
-            self.pic.set_irq(irq, level)
+            self.set_isa_irq(irq, level)
             if level:
                 self.reprogrammed = True
                 if not self.in_use:
@@ -86,8 +142,9 @@ class InterruptPlatform:
         return set_level
 
     def other_timer_armed(self) -> bool:
-        """Whether a timer besides the PIT will raise an interrupt (the RTC's enabled ones)."""
-        return self.rtc is not None and self.rtc.next_event() is not None
+        """Whether a timer besides the PIT will raise an interrupt (the RTC's enabled ones, the
+        APIC timer's unmasked LVT entry)."""
+        return (self.rtc is not None and self.rtc.next_event() is not None) or self.apic.next_time is not None
 
     def _armed_inputs(self) -> list:
         return [source for source in self.input_sources if source.armed()]
@@ -111,7 +168,7 @@ class InterruptPlatform:
                 return False
             for source in sources:
                 source.poll()
-            if self.pic.output:
+            if self.intr_raised:
                 return True
             if stop_due():
                 return False
@@ -120,18 +177,46 @@ class InterruptPlatform:
     def guest_uses_time(self) -> None:
         if not self.in_use:
             self.in_use = True
-            for callback in self.on_first_use:
-                callback()
+            self._first_use_pending = True
         self.sync()
 
+    def mmio_uses_time(self) -> None:
+        """guest_uses_time from inside an MMIO access: the modes hear of it at the next sync. A
+        run without a count cannot be ended from inside the access: the next OUT asks the mode
+        to end it (`reprogrammed`; bt can, the untranslated modes wait for the run's end)."""
+        if not self.in_use:
+            self.in_use = True
+            self._first_use_pending = True
+            self.reprogrammed = True
+        self._advance()
+
     # -- time ----------------------------------------------------------------------------------
+    def _now_ns(self) -> int:
+        """Guest time in nanoseconds (QEMU's virtual clock, on which its APIC timer counts)."""
+        return self.clock.cycles * NS_PER_SECOND // CPU_HZ
+
+    @staticmethod
+    def _cycles_at(ns: int) -> int:
+        """The first guest cycle at or after `ns` nanoseconds."""
+        return -(-ns * CPU_HZ // NS_PER_SECOND)
+
     def sync(self) -> None:
-        """Bring the PIT to the clock's time, raising IRQ0 edges on the way."""
+        """Bring the timers to the clock's time (IRQ0 edges, the RTC's flags, the APIC timer's
+        expiries on the way), and tell the modes if time just came into use."""
+        if self._first_use_pending:
+            self._first_use_pending = False
+            for callback in self.on_first_use:
+                callback()
+        self._advance()
+
+    def _advance(self) -> None:
         ticks = self.clock.pit_ticks
         if ticks > self.pit.now:
             self.pit.advance(ticks - self.pit.now)
         if self.rtc is not None:
             self.rtc.advance()
+        if self.apic.next_time is not None:
+            self.apic.advance(self._now_ns())
         for source in self._armed_inputs():
             source.poll()
 
@@ -148,6 +233,8 @@ class InterruptPlatform:
             events.append((self.pit.now + ticks) * CYCLES_PER_PIT_TICK - now)
         if self.rtc is not None and (due := self.rtc.next_event()) is not None:
             events.append(due - now)
+        if self.apic.next_time is not None:
+            events.append(self._cycles_at(self.apic.next_time) - now)
         return max(1, min(events)) if events else None
 
     def reprograms_timer(self, port: int) -> bool:
@@ -158,15 +245,65 @@ class InterruptPlatform:
     # -- the INTR line -------------------------------------------------------------------------
     @property
     def intr_raised(self) -> bool:
-        """INTR as the PIC pair drives it now (no clock sync: safe inside an I/O hook)."""
-        return self.pic.output
+        """The CPU's INTR line now, as the local APIC drives it: one of its own vectors above the
+        processor priority, or the PIC pair's INTR through LINT0 (no clock sync: safe inside an
+        I/O hook or an MMIO access)."""
+        output = self.pic.output
+        if output and not self._pic_output and self.apic.accepts_pic():
+            self.apic.local_deliver(LVT_LINT0)     # a rise on LINT0: a fixed vector is requested
+        self._pic_output = output
+        return self.apic.intr
 
     def pending(self) -> bool:
         """Whether INTR is raised (a vector would be acknowledged now)."""
         if self.in_use:
             self.sync()
-        return self.pic.output
+        return self.intr_raised
+
+    # -- NMIs ----------------------------------------------------------------------------------
+    def _raise_nmi(self) -> None:
+        self.nmi_pending = True
+
+    @property
+    def nmi_ready(self) -> bool:
+        """An NMI waits and is not blocked: the CPU takes it at the next instruction boundary,
+        whatever IF and the interrupt shadows say (QEMU's x86_cpu_pending_interrupt)."""
+        return self.nmi_pending and not self.nmi_blocked
+
+    def take_nmi(self) -> None:
+        """The NMI is delivered: blocked until the handler's IRET."""
+        self.nmi_pending, self.nmi_blocked = False, True
+
+    def iret_executed(self) -> None:
+        """The guest executed IRET: NMIs are no longer blocked."""
+        self.nmi_blocked = False
 
     def acknowledge(self) -> int:
-        """The INTA cycle: the vector to deliver."""
-        return self.pic.acknowledge()
+        """The INTA cycle (QEMU's cpu_get_pic_interrupt): the APIC's vector if it has one above
+        the processor priority and the PIC is not raising an ExtINT, else the PIC's."""
+        vector = self.apic.get_interrupt()
+        return vector if vector >= 0 else self.pic.acknowledge()
+
+    # -- the CPU's view of the APIC: its MSR and CPUID bit -------------------------------------
+    def read_msr(self, number: int) -> Optional[int]:
+        """The value of an MSR the platform's devices own (None: not theirs)."""
+        return self.apic.read_msr() if number == MSR_APIC_BASE else None
+
+    def write_msr(self, number: int, value: int) -> bool:
+        """Write an MSR the platform's devices own; False if it is not theirs."""
+        if number != MSR_APIC_BASE:
+            return False
+        self.apic.write_msr(value)
+        return True
+
+    def cpuid(self, leaf: int, values: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        """CPUID as the platform shows it: leaf 1's APIC bit goes with the APIC's global enable
+        (QEMU clears it for good when the base MSR disables the APIC)."""
+        if leaf == 1 and not self.apic.cpuid_apic:
+            eax, ebx, ecx, edx = values
+            return eax, ebx, ecx, edx & ~CPUID_EDX_APIC
+        return values
+
+    def cpuid_changed(self, leaf: int) -> bool:
+        """Whether cpuid(leaf) would differ from the engine's own answer."""
+        return leaf == 1 and not self.apic.cpuid_apic

@@ -26,7 +26,8 @@ class RunContext:
       outside the guest's flow (`stop_due`, `watchdog_exit`): time limit and Ctrl-C; and host
       input, which ends a run without ending the whole run (`input_pending`: an EVENT exit);
     - the interrupt platform as a mode sees it: `on_first_use` (time comes into use: start
-      counting), whether an OUT reprograms a timer, whether INTR is raised;
+      counting), whether an OUT reprograms a timer, whether INTR is raised, an IRET's end of NMI
+      blocking; and the CPU's built-in devices' MSRs and CPUID bits (`cpu_devices`);
     - exits: `dispatch` (the run loop's one place, also called from engine hooks), and the end
       of the whole run (`stop_requested`, `request_stop`);
     - the emulator (trap's and vt's traps, bt's operand addresses), the I/O permission check,
@@ -87,5 +88,15 @@ class RunContext:
 
     @property
     def intr_raised(self) -> bool:
-        """INTR as the PIC pair drives it now (safe inside an I/O hook)."""
+        """The CPU's INTR line now (safe inside an I/O hook)."""
         return self._interrupts.intr_raised
+
+    def iret_executed(self) -> None:
+        """The guest completed an IRET: NMIs are no longer blocked."""
+        self._interrupts.iret_executed()
+
+    @property
+    def cpu_devices(self) -> "InterruptPlatform":
+        """What answers for the devices built into the CPU (the local APIC): the MSRs and CPUID
+        bits that the engine's own CPU lacks (read_msr, write_msr, cpuid, cpuid_changed)."""
+        return self._interrupts

@@ -33,7 +33,7 @@ from vmm.run_context import RunContext
 from vmm.task_switch import TaskSwitch
 from vmm.trace import Tracer
 from vmm.modes import ExecutionMode
-from vmm.x86 import IF, vector_name
+from vmm.x86 import IF, NMI, vector_name
 
 
 _SOURCE_ROOT = Path(__file__).resolve().parent.parent        # vmm/, translator/, cache/ live here
@@ -352,18 +352,26 @@ class VirtualMachine:
         return self.clock.cycles
 
     def _interrupt_window(self) -> None:
-        """At an instruction boundary between two runs: take an external interrupt if INTR is
-        raised, the guest's IF is set, and no SS load just happened (sti's own shadow cannot
-        be here: the modes never return right after a native sti). An interrupt left waiting
-        makes the mode watch for the guest setting IF (watch_interrupt_window)."""
-        pending = self.interrupts.pending()
+        """At an instruction boundary between two runs: take an NMI if one waits and NMIs are
+        not blocked (whatever IF says), then an external interrupt if INTR is raised, the
+        guest's IF is set, and no SS load just happened (sti's own shadow cannot be here: the
+        modes never return right after a native sti). An interrupt left waiting makes the mode
+        watch for the guest setting IF (watch_interrupt_window)."""
+        interrupts = self.interrupts
+        if interrupts.nmi_ready:                 # IF and the shadows do not hold an NMI back
+            interrupts.take_nmi()
+            self.external_interrupts[NMI] += 1
+            self.mode.interrupt_delivered()
+            self._deliver(NMI, return_eip=self.cpu.reg("eip"), external=True)
+        pending = interrupts.pending()
         if pending and not self.emulator.interrupt_shadow and self.cpu.reg("eflags") & IF:
             vector = self.interrupts.acknowledge()
             self.external_interrupts[vector] += 1
             self.mode.interrupt_delivered()
             self._deliver(vector, return_eip=self.cpu.reg("eip"), external=True)
             pending = self.interrupts.pending()
-        self.mode.watch_interrupt_window(pending and self._result is None)
+        # (while NMIs are blocked the watch also sees the handler's IRET, which unblocks them)
+        self.mode.watch_interrupt_window((pending or interrupts.nmi_blocked) and self._result is None)
 
     @property
     def stop_requested(self) -> bool:
@@ -481,6 +489,8 @@ class VirtualMachine:
         or nothing that could ever raise INTR, the CPU stays halted and the run ends."""
         resume = (vm_exit.eip + 1) & 0xFFFFFFFF
         self.cpu.set_reg("eip", resume)
+        if self.interrupts.nmi_ready:
+            return 0                          # an NMI wakes the CPU whatever IF says
         if self.cpu.reg("eflags") & IF and self.interrupts.in_use:
             # Skip to the next event; while another device's timer (the RTC's) is armed, events
             # of a masked source (the PIT's) are skipped on until one interrupts.

@@ -89,6 +89,12 @@ class ExecutionMode(ABC):
         holds). Only asked while time is in use: the runs are counted then. The engine's stop()
         does not do: from another thread it leaves EIP stale (Engine facts)."""
 
+    def end_run_after_mmio(self) -> None:
+        """Called from inside a guest's MMIO access (an APIC write that raised INTR or moved the
+        APIC timer's next event): end the current run after this instruction if the mode can do
+        it without stopping the engine inside the access (a stop there makes the engine run the
+        access again); otherwise the run ends at its next exit or event, as here."""
+
     def deny_io(self, port: int, size: int) -> None:
         """Called from the hook of an IN/OUT the guest may not execute (CPL > IOPL and the TSS
         bitmap forbids it; the engine itself never checks): end the run and report #GP(0) at

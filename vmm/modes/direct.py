@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from typing import Optional
 
-from capstone import CS_GRP_CALL, CS_GRP_JUMP, CS_GRP_RET
+from capstone import CS_GRP_CALL, CS_GRP_INT, CS_GRP_IRET, CS_GRP_JUMP, CS_GRP_RET
 
 from vmm.cpu import GuestCpu
 from vmm.engine import StopCause
@@ -20,12 +20,15 @@ from vmm.guest_paging import GuestPaging, GuestPF, Hidden, Lend, MonitorPage, No
 from vmm.guest_view import GuestView
 from vmm.memory import UnbackedAccess
 from vmm.modes import ExecutionMode, PendingStop
+from translator.decoder import Decoder
+from vmm.msr_cpuid import MsrCpuidWatch
 from vmm.x86 import BP, CR0_PG, CR0_WP, CR4_PCE, CR4_PSE, DB, GP, NM, OF_VEC, PAGE_SIZE, PF_VEC, TF, UD, nm_is_ud
 
 HLT_OPCODE = 0xF4
 # The instructions that can set IF, by opcode (after prefixes), with the number of instructions
 # that still run before an interrupt can be taken once they did: sti's shadow; popf, iret none.
-_IF_SETTERS = {0xFB: 1, 0x9D: 0, 0xCF: 0}
+IRET_OPCODE = 0xCF
+_IF_SETTERS = {0xFB: 1, 0x9D: 0, IRET_OPCODE: 0}
 ENGINE_BLOCK_MAX_INSTRUCTIONS = 512     # QEMU's TCG_MAX_INSNS: how far a block start can be
 _ONE_BYTE_INTS = ((BP, 0xCC), (OF_VEC, 0xCE), (DB, 0xF1))   # int3, into, int1
 
@@ -113,6 +116,7 @@ class TrapFlagLoan:
 
 class DirectMode(ExecutionMode):
     name = "direct"
+    watch_msrs = True           # rdmsr/wrmsr run natively at the guest's CPL 0 (not trap's): watched
 
     def attach(self, context) -> GuestCpu:
         self.context = context
@@ -136,8 +140,9 @@ class DirectMode(ExecutionMode):
         # interrupt waits for it (watch_interrupt_window).
         self._window_armed = False
         self._window_scan_on = False                   # the translation hook that places them
-        self._window_setters: dict[int, int] = {}      # address -> instructions to run after it
+        self._window_setters: dict[int, int] = {}      # address -> opcode of the IF setter there
         self._window_hooks: dict[int, object] = {}     # address -> its code hook
+        self._iret_watched = False                     # the watch saw an iret start (NMI blocking)
         self._stepping_out_of_shadow = False           # the waker leaves that run's count alone
         self._io_hook: Optional[tuple] = None           # (port, size, is_out) while an I/O hook runs
         self._fetch_exit: Optional[int] = None          # an engine exit in front of an unfetchable page
@@ -157,7 +162,17 @@ class DirectMode(ExecutionMode):
         self.emulated_shadow: Optional[int] = None  # EIP after an sti/mov ss emulated in a hook this run
         # Once the guest uses time the run loop bounds every run: end the unbounded one now.
         context.on_first_use(self._end_run)
+        self._counted_run = False       # an engine run with a count is under way (end_run_after_mmio)
+        # The local APIC's MSR and CPUID bit, which the engine's CPU lacks.
+        self.msr_cpuid = MsrCpuidWatch(engine, context.cpu_devices, self._fetch, self._msr_exits_added,
+                                       self.watch_msrs)
+        self._decoder = Decoder(self._fetch)
+        engine.on_cpuid(self._cpuid_hook)
         return self.cpu
+
+    def _cpuid_hook(self) -> bool:
+        """True when cpuid was answered by the monitor (the engine skips it)."""
+        return not self.io_denied and self.msr_cpuid.cpuid()
 
     def use_cpu(self, cpu: GuestCpu) -> None:
         """The guest-visible CPU view (trap and vt bring their own): the guest's code is read
@@ -322,12 +337,43 @@ class DirectMode(ExecutionMode):
         event may now come before the run's bound, and a latch must see the time move); an EOI
         with nothing else waiting lets the run go on."""
         context = self.context
-        if context.reprograms_timer(port) or context.intr_raised:
+        if context.reprograms_timer(port) or (context.intr_raised and self._counted_run):
+            # (INTR raised in a run without a count: by the local APIC, touched before any
+            # timer; such a stop lands by the engine's block, which this hook cannot always
+            # see: the run goes on to its end, as an MMIO access would leave it)
             self._end_run()
 
+    def end_run_after_mmio(self) -> None:
+        """In a counted run the engine's count is cut short (Engine.end_count_after): it stops
+        where QEMU's translation block would end, at the first control transfer from this
+        instruction on (QEMU takes an interrupt the access raised between its blocks), the
+        access done once. A run without a count goes on to its next exit (time came into use
+        meanwhile, or nothing bounds it)."""
+        if self._counted_run and self._stop is None:
+            self._stop = PendingStop(StopKind.END_RUN, None)
+            self.engine.end_count_after(self._rest_of_block(self.engine.reg("eip")))
+
+    def _rest_of_block(self, eip: int) -> int:
+        """How many instructions follow the one at `eip` (EIP is exact in a counted run) up to
+        and including the first that ends a QEMU translation block: a jump, call, return,
+        interrupt or iret, hlt, and sti or popf (QEMU ends a block after them for the interrupt
+        check). A bounded walk: at most an engine block."""
+        rest = 0
+        for address, code, _length in self._instructions_from(eip):
+            if address == eip:
+                continue
+            insn = decode(code, address)
+            if insn is None:
+                break
+            rest += 1
+            if any(insn.group(group) for group in (CS_GRP_JUMP, CS_GRP_CALL, CS_GRP_RET, CS_GRP_INT, CS_GRP_IRET)) \
+                    or insn.mnemonic in ("hlt", "sti", "popf", "popfd"):
+                break
+        return rest
+
     def watch_interrupt_window(self, blocked: bool) -> None:
-        """While an interrupt waits for IF, the instructions that can set IF (sti, popf, iret)
-        are watched: a code hook at each, placed as the engine translates blocks (everything is
+        """While an interrupt waits for IF, or NMIs are blocked until the next IRET, the
+        instructions that can set IF (sti, popf, iret) are watched: a code hook at each, placed as the engine translates blocks (everything is
         translated again when the watch starts and when it ends), ends the counted run right
         after the instruction, or after the next one behind sti (its shadow). The run loop's
         window then looks at IF. Costs a Python call per such instruction run while an
@@ -369,11 +415,10 @@ class DirectMode(ExecutionMode):
             if length is None:
                 break
             opcode = code[at + _skip_prefixes(code[at:at + 16])]
-            after = _IF_SETTERS.get(opcode)
-            if after is None:
+            if opcode not in _IF_SETTERS:
                 self._window_setters.pop(address + at, None)     # code written over a setter
             else:
-                self._window_setters[address + at] = after
+                self._window_setters[address + at] = opcode
                 if address + at not in self._window_hooks:
                     self._window_hooks[address + at] = self.engine.on_code(address + at, self._window_setter)
                     hooked = True
@@ -386,10 +431,11 @@ class DirectMode(ExecutionMode):
         """Before an instruction that can set IF, while an interrupt waits: the counted run ends
         after it (after one more behind sti), through its count, where the window looks at IF
         (counted runs only: an interrupt waits, so time is in use, and every run is counted)."""
-        after = self._window_setters.get(address)
-        if after is None or not self._window_armed or self.io_denied:
+        opcode = self._window_setters.get(address)
+        if opcode is None or not self._window_armed or self.io_denied:
             return
-        self.engine.end_count_after(after)
+        self.engine.end_count_after(_IF_SETTERS[opcode], may_lengthen=True)
+        self._iret_watched |= opcode == IRET_OPCODE
         if self._stop is None:
             self._stop = PendingStop(StopKind.WINDOW)     # (no stop: the count ends the run)
 
@@ -467,13 +513,49 @@ class DirectMode(ExecutionMode):
         if address == eip:
             return False
         self._fetch_exit = address
-        self.engine.set_exits([address])
+        self._set_engine_exits()
         return True
 
     def _clear_fetch_exit(self) -> None:
         address, self._fetch_exit = self._fetch_exit, None
-        self.engine.set_exits([])
+        self._set_engine_exits()
         self.engine.invalidate_code(address - 1, address)     # the block that ends at the exit
+
+    # -- engine exits: the fetch exit above, and every rdmsr/wrmsr (vmm/msr_cpuid.py) -----------
+    def _set_engine_exits(self) -> None:
+        exits = set(self.msr_cpuid.exits)
+        if self._fetch_exit is not None:
+            exits.add(self._fetch_exit)
+        self.engine.set_exits(sorted(exits))
+
+    def _msr_exits_added(self, address: int, size: int) -> None:
+        """From the translation hook: the block at `address` holds rdmsr/wrmsr the engine must
+        stop in front of; it is translated again, its run ended in front of it."""
+        self._set_engine_exits()
+        self.engine.invalidate_code(address, address + size)
+        self.rerun_block(address)
+
+    def _msr_exit_at(self, eip: int) -> Optional[int]:
+        """The linear address of the rdmsr/wrmsr exit the engine stopped at (EIP `eip`), None if
+        it did not stop at one. An exit looks like hlt to the engine (its halted flag is set), so
+        only a halted stop is looked up; exits are linear addresses (the engine's block PCs)."""
+        if not self.msr_cpuid.exits or not self.engine.halted():
+            return None
+        linear = (eip + self.cpu.segment_base("cs")) & 0xFFFFFFFF
+        return linear if linear in self.msr_cpuid.exits else None
+
+    def _msr_exit(self, linear: int, eip: int) -> VmExit:
+        """The run stopped in front of rdmsr or wrmsr: a callout for the emulator, which answers
+        the platform's MSRs (GuestCpu.read_msr) and the engine's others, and faults outside
+        ring 0. Code written over it since: the exit goes and the run resumes there."""
+        if self.msr_cpuid.still_there(linear):
+            block = self._decoder.decode_block(eip, limit=1, base=(linear - eip) & 0xFFFFFFFF)
+            if block.instructions:
+                return VmExit(ExitReason.CALLOUT, eip=eip, instruction=block.instructions[0])
+        self.msr_cpuid.exits.discard(linear)
+        self._set_engine_exits()
+        self.engine.invalidate_code(linear - 1, linear + 1)
+        return VmExit(ExitReason.EVENT, eip=eip)
 
     def _on_interrupt(self, vector: int) -> None:
         """Exceptions and int n are delivered from inside the engine's hook: the engine's state
@@ -695,7 +777,11 @@ class DirectMode(ExecutionMode):
         self.emulated_shadow = None
         counted = bool(count) and not stepping
         if counted:
-            cause, count = self._run_counted(count)
+            self._counted_run = True
+            try:
+                cause, count = self._run_counted(count)
+            finally:
+                self._counted_run = False
         else:
             cause = engine.run(engine.reg("eip"), context.until_address, count=1 if stepping else 0)
         stop, self._stop = self._stop, None
@@ -714,6 +800,9 @@ class DirectMode(ExecutionMode):
         fetch_exit = self._fetch_exit
         if fetch_exit is not None:       # whatever ended the run, the exit goes
             self._clear_fetch_exit()
+        if self._iret_watched:           # an iret the watch saw ran: NMIs are no longer blocked
+            self._iret_watched = False
+            context.iret_executed()
         kind = stop.kind if stop is not None else None
         if kind is StopKind.DENIED_IO:
             return self._denied_io_exit(stop.data), False
@@ -732,6 +821,9 @@ class DirectMode(ExecutionMode):
             self._eip_after_io = None
             return VmExit(ExitReason.STOP_REQUEST, eip=eip), False
         eip = engine.reg("eip")
+        if cause is StopCause.RETURNED and kind is None and not context.stop_due and not stepping \
+                and (linear := self._msr_exit_at(eip)) is not None:
+            return self._msr_exit(linear, eip), True
         if kind is StopKind.END_RUN:     # cut short: what it ran is retired by the caller
             eip = self._resume_point(eip, stop.data)
             engine.set_reg("eip", eip)

@@ -173,6 +173,7 @@ class TrapCpu(VirtualSystemCpu):
 class TrapAndEmulateMode(DirectMode):
     name = "trap"
     options = frozenset({"watch_holes"})
+    watch_msrs = False          # rdmsr/wrmsr trap at ring 3: the emulator answers them
     paging_schemes = ("shadow", "nested")
 
     def __init__(self, watch_holes: bool = True, paging: str = "shadow") -> None:

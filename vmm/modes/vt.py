@@ -172,7 +172,6 @@ class HardwareAssistedMode(DirectMode):
             cpu = self.cpu
             self.paging = GuestPaging.untranslated(context, cpu, "shadow", ring_compression=False)
             self._paging_off(self.paging.unpaged())     # the flat tables (the guest's paging is off)
-        context.engine.on_cpuid(self._cpuid)
         self._watched = {procedure: reason for reason, procedures in INSTRUCTION_EXITS.items()
                          if reason in self.controls for procedure in procedures}
         if self.paging_scheme == "shadow":
@@ -199,10 +198,17 @@ class HardwareAssistedMode(DirectMode):
             self._exit("io")
         super()._port_out(port, size, value)
 
-    def _cpuid(self) -> bool:
+    def _msr_exit(self, linear: int, eip: int):
+        """rdmsr/wrmsr stop the engine in front of them (DirectMode): the MSR exit is taken there."""
+        vm_exit = super()._msr_exit(linear, eip)
+        if vm_exit.reason is ExitReason.CALLOUT and "msr" in self.controls:
+            self._exit("msr")
+        return vm_exit
+
+    def _cpuid_hook(self) -> bool:
         if "cpuid" in self.controls and not self.io_denied:     # (not run: DirectMode.deny_io)
             self._exit("cpuid")
-        return False                      # the guest sees the engine's CPUID, as under direct
+        return super()._cpuid_hook()      # the engine's CPUID, as under direct
 
     def _on_interrupt(self, vector: int) -> None:
         if "exception" in self.controls or (vector == PF_VEC and self.paging is not None):

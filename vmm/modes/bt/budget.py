@@ -61,6 +61,18 @@ class InstructionBudget:
         write may put back the old high half over it: the waker repeats (vmm/input_wake.py)."""
         struct.pack_into("<I", self.scratch_view, SCRATCH_WAKE, WAKE_HIGH)
 
+    def end_at_next_block(self) -> None:
+        """End the run at the next block's entry (an EVENT), from inside the running block (an
+        MMIO access that raised an interrupt): the counter drops to 0, and what it had left is
+        taken off what the run was given, so the count of what retired stays exact. Only the low
+        half is written: a wake in the high half stays (the next prologue's borrow makes the
+        whole count negative either way)."""
+        if self.enabled:
+            left = self._left()
+            if left > 0:
+                struct.pack_into("<i", self.scratch_view, SCRATCH_BUDGET, 0)
+                self.given -= left
+
     def retired(self) -> int:
         """The instructions retired since begin_run."""
         return self.given - self._left() + self.adjust

@@ -257,8 +257,12 @@ class BinaryTranslationMode(ExecutionMode):
             self.real_cr3 = self.monitor_tables.root_address
         elif change.directory is not None:      # (nested paging: no tables to switch)
             self.real_cr3 = change.directory
-        self.cache.mapping_changed()
+        # The engine moves first: the shadow it was on may be gone (a CR0.WP change rebuilds
+        # the address space's shadow), and unlinking invalidates the engine's translations
+        # through its current tables: a lookup that faults there left Unicorn's exception
+        # state set, and the guest's next fault became a double fault.
         self._flush_tlb()
+        self.cache.mapping_changed()
 
     def invalidate_page(self, linear: int) -> None:
         """invlpg."""
@@ -377,6 +381,11 @@ class BinaryTranslationMode(ExecutionMode):
         exit, the block not charged (InstructionBudget.wake, block_exit). stop() would leave
         the engine's RIP stale (Engine facts) and make translated code run twice."""
         self.budget.wake()
+
+    def end_run_after_mmio(self) -> None:
+        """The budget counter runs out at the next block entry: a clean EVENT exit there, with no
+        stop inside the access (while time is not counted yet, the run ends at its next exit)."""
+        self.budget.end_at_next_block()
 
     def deny_io(self, port: int, size: int) -> None:
         """Note the registers the hook sees (they go back before the #GP) and stop. Which guest

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -11,7 +12,7 @@ from vmm.clock import CLOCKS
 from vmm.builder import DEFAULT_LOAD_ADDRESS, DEFAULT_MEM_MIB, MachineConfig, build_machine
 from vmm.console import StdioConsole
 from vmm.disks import parse_drive
-from vmm.errors import VmmError
+from vmm.errors import ConfigError, VmmError
 from vmm.loaders.multiboot import split_module_list
 from vmm.exits import StopReason
 from vmm.modes import DEFAULT_MODE, available_modes
@@ -116,6 +117,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--report", default=None, metavar="FILE.json", help="write a JSON report of the run")
     run.add_argument("--screen", action="store_true",
                      help="print the VGA text screen (80x25) on stderr when the run ends")
+    run.add_argument("--keyboard-input", default=None, metavar="FILE",
+                     help="type FILE's bytes on the PS/2 keyboard as scan codes ('-': standard input, which "
+                          "then no longer feeds COM1); a FIFO types as it is written")
     run.add_argument("--log-unassigned-ports", action="store_true",
                      help="log accesses to ports no device claims (stderr)")
     run.add_argument("--no-hole-watch", action="store_true",
@@ -144,6 +148,18 @@ def _failure(error: Exception) -> int:
         return 1
     print(f"vmm: {error}", file=sys.stderr)
     return error.exit_status
+
+
+def _keyboard_input(path: Optional[str]) -> Optional[StdioConsole]:
+    """--keyboard-input: the file (or standard input, '-') read as a console's input side."""
+    if path is None:
+        return None
+    if path == "-":
+        return StdioConsole(out_fd=-1, in_fd=0)
+    try:
+        return StdioConsole(out_fd=-1, in_fd=os.open(path, os.O_RDONLY))
+    except OSError as error:
+        raise ConfigError(f"--keyboard-input {path}: {error.strerror}") from None
 
 
 def _audit(args) -> int:
@@ -180,7 +196,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           profile=args.profile, vt_exits=vt_exits, watch_holes=not args.no_hole_watch,
                           paging=args.paging, dump_cache=args.dump_cache, drives=drives)
     try:
-        vm, image = build_machine(config, StdioConsole())
+        keyboard = _keyboard_input(args.keyboard_input)
+        console = StdioConsole(in_fd=None if args.keyboard_input == "-" else 0)
+        vm, image = build_machine(config, console, keyboard=keyboard)
         result = vm.run()
         if args.screen:
             sys.stderr.write(vm.screen.render())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from typing import Optional, Sequence
@@ -11,6 +12,7 @@ from vmm import __version__, audit
 from vmm.clock import CLOCKS
 from vmm.builder import DEFAULT_LOAD_ADDRESS, DEFAULT_MEM_MIB, MachineConfig, build_machine
 from vmm.console import StdioConsole
+from vmm.display import ESCAPE_NAME, Display
 from vmm.disks import parse_drive
 from vmm.errors import ConfigError, VmmError
 from vmm.loaders.multiboot import split_module_list
@@ -117,6 +119,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--report", default=None, metavar="FILE.json", help="write a JSON report of the run")
     run.add_argument("--screen", action="store_true",
                      help="print the VGA text screen (80x25) on stderr when the run ends")
+    run.add_argument("--display", action="store_true",
+                     help=f"show the VGA text screen live in the terminal (as QEMU's -display curses), COM1's "
+                          f"output beneath it; keys typed go to the PS/2 keyboard; {ESCAPE_NAME} ends the run")
     run.add_argument("--keyboard-input", default=None, metavar="FILE",
                      help="type FILE's bytes on the PS/2 keyboard as scan codes ('-': standard input, which "
                           "then no longer feeds COM1); a FIFO types as it is written")
@@ -196,10 +201,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           profile=args.profile, vt_exits=vt_exits, watch_holes=not args.no_hole_watch,
                           paging=args.paging, dump_cache=args.dump_cache, drives=drives)
     try:
-        keyboard = _keyboard_input(args.keyboard_input)
-        console = StdioConsole(in_fd=None if args.keyboard_input == "-" else 0)
+        display = Display() if args.display else None
+        if display is not None and args.keyboard_input is not None:
+            raise ConfigError("--keyboard-input and --display both type on the keyboard: use one")
+        if display is not None:
+            console, keyboard = display.serial, display.keyboard
+        else:
+            keyboard = _keyboard_input(args.keyboard_input)
+            console = StdioConsole(in_fd=None if args.keyboard_input == "-" else 0)
         vm, image = build_machine(config, console, keyboard=keyboard)
-        result = vm.run()
+        with display if display is not None else contextlib.nullcontext():
+            if display is not None:
+                display.start(vm.screen)
+            result = vm.run()
         if args.screen:
             sys.stderr.write(vm.screen.render())
         if args.report:

@@ -261,3 +261,50 @@ def test_keyboard_input_options_fail_in_one_line(tmp_path):
     typed = subprocess.run([sys.executable, "-m", "vmm", "run", str(guest), "--keyboard-input", str(keys)],
                            capture_output=True, env=env, cwd=REPO_ROOT, timeout=60)
     assert (typed.stdout, typed.returncode) == (EXPECTED[True], 0), typed.stderr
+
+
+# -- xv6 at its keyboard ----------------------------------------------------------------------------
+XV6_LINES = ["echo Hello, World! | wc", "wc README", "echo ~/$HOME: {a_b} \"q\" ?+=*^%#@"]
+
+
+@pytest.fixture(scope="module")
+def xv6_under_qemu():
+    from tests.xv6 import qemu_command, session, xv6_missing
+    if xv6_missing() is not None or shutil.which(bs.QEMU) is None:
+        pytest.skip(xv6_missing() or f"{bs.QEMU} is not installed")
+    return session(qemu_command("kernelmemfs"), XV6_LINES, timeout=60)
+
+
+@pytest.mark.parametrize("mode", ["bt", "direct"])
+def test_xv6_reads_commands_typed_on_its_keyboard(tmp_path, mode, xv6_under_qemu):
+    """An unmodified xv6 (kernelmemfs) takes its console input from COM1 and from the keyboard
+    (kbd.c: IRQ 1, set 1 through the controller's translation, shift and its own Ctrl map).
+    The lines go to the keyboard here (--keyboard-input -), typed after each prompt; what the
+    shell prints on COM1 must be what it printed under QEMU for the same lines typed on its
+    serial line (xv6 echoes both the same way), and the screen (the report's, at Ctrl-C) shows
+    the commands and their output as the console wrote them there."""
+    from tests.xv6 import PROMPT, Console, vmm_command
+    report = tmp_path / "run.json"
+    console = Console(vmm_command("kernelmemfs", "--mode", mode, "--keyboard-input", "-", "--report", str(report)),
+                      timeout=120)
+    try:
+        at = console.expect(PROMPT, 0)
+        transcript = [console.output[:at]]
+        for line in XV6_LINES:
+            console.type(line)
+            echoed = console.expect(line.encode() + b"\n", at)
+            at = console.expect(PROMPT, echoed)
+            transcript.append(console.output[echoed:at - len(PROMPT)])
+        time.sleep(0.5)            # the prompt's space on COM1 first, then on the screen: let it land
+        console.process.send_signal(signal.SIGINT)
+        assert console.process.wait(timeout=30) == 130
+    finally:
+        console.close()
+    for line, ours, qemus in zip(["(boot)"] + XV6_LINES, transcript, xv6_under_qemu):
+        assert ours == qemus, f"{line!r}: {ours!r} where QEMU prints {qemus!r}"
+    screen = json.loads(report.read_text())["screen"]
+    rows = screen["rows"]
+    start = rows.index("$ " + XV6_LINES[0])
+    assert rows[start:start + 6] == ["$ " + XV6_LINES[0], "1 2 14", "$ wc README", "49 313 2191 README",
+                                     "$ " + XV6_LINES[2], XV6_LINES[2][5:]], rows
+    assert rows[start + 6] == "$" and screen["cursor"] == [start + 6, 2]

@@ -189,3 +189,13 @@ def test_the_screen_is_redrawn_only_when_it_changed_and_at_most_every_50_ms():
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_a_terminal_shorter_than_the_screen_shows_its_top_rows_and_no_pane(tmp_path):
+    """24 rows: the screen's first 24 are drawn where they belong; nothing is written past the
+    last row (the terminal would draw it over that row), neither row 25 nor COM1's pane."""
+    status, output, before, after = run_in_terminal(tmp_path, VGA_PRELUDE + keyboard_guest(),
+                                                    [(b"Hello, VGA", b"\r")], rows=24)
+    assert status == 0 and before == after
+    assert "\x1b[24;1H" in output and "\x1b[25;1H" not in output and "\x1b[26;1H" not in output
+    assert "COM1 below" not in output

@@ -209,14 +209,14 @@ class Display:
             self._rows = [None] * ROWS             # a new terminal size: everything again
             self._write("\x1b[2J")
         out = []
-        for row in range(ROWS):
+        for row in range(min(ROWS, size.lines)):   # a shorter terminal shows the top rows
             line = cells[2 * COLUMNS * row:2 * COLUMNS * (row + 1)]
             if line != self._rows[row]:
                 out.append(f"\x1b[{row + 1};1H" + render_row(line, self.glyphs, self.colour))
                 self._rows[row] = line
         if self._shown is None or self._shown[2:] != state[2:]:
             out.append(self._pane(size))
-        if cursor is None:
+        if cursor is None or cursor[0] >= size.lines:
             out.append("\x1b[?25l")
         else:
             out.append(f"\x1b[{cursor[0] + 1};{cursor[1] + 1}H\x1b[?25h")
@@ -226,6 +226,8 @@ class Display:
 
     def _pane(self, size: os.terminal_size) -> str:
         """Row 26: the escape key and what is below; then COM1's last lines, as many as fit."""
+        if size.lines <= ROWS:
+            return ""                              # no room beneath the screen
         width = max(1, min(size.columns, 200))
         status = f"-- {ESCAPE_NAME} ends the run -- COM1 below --"
         out = [f"\x1b[{ROWS + 1};1H\x1b[0;7m{status[:width]}\x1b[0m\x1b[K"]

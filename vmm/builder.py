@@ -122,10 +122,11 @@ def _open_trace(path: Optional[str]):
 
 
 def build_machine(config: MachineConfig, console: Console,
-                  pool: Optional[FramePool] = None) -> tuple[VirtualMachine, LoadedImage]:
+                  pool: Optional[FramePool] = None, keyboard: Optional[Console] = None) -> tuple[VirtualMachine, LoadedImage]:
     """A machine ready to run. Its RAM is frames of `pool` (machines given the same pool share
     its host memory, never its frames), or of a private pool sized for it; nothing is shared
-    between machines otherwise. memory.release() gives the frames back."""
+    between machines otherwise. memory.release() gives the frames back. `keyboard`'s input
+    (host bytes) is typed on the PS/2 keyboard (vmm/keyboard.py); without it, nothing is."""
     config.validate()
     engine = Engine(long_mode=available_modes()[config.mode].long_mode)
     memory = PhysicalMemory(engine, config.mem_mib, pool)
@@ -181,9 +182,12 @@ def build_machine(config: MachineConfig, console: Console,
 
     rtc = MC146818(lambda: vm.clock.cycles, CPU_HZ, start_epoch, memory.ram_size, interrupts.device_irq(8))
     interrupts.attach_rtc(rtc, bus)
-    keyboard = I8042(reset, lambda irq, level: interrupts.device_irq(irq)(level))
-    bus.register(I8042_DATA, 1, keyboard)
-    bus.register(I8042_COMMAND, 1, keyboard.command_port())
+    kbc = I8042(reset, lambda irq, level: interrupts.device_irq(irq)(level), host_input=keyboard)
+    bus.register(I8042_DATA, 1, kbc)
+    bus.register(I8042_COMMAND, 1, kbc.command_port())
+    if keyboard is not None:
+        interrupts.input_sources.append(kbc)      # typed keys wake the guest as COM1's bytes do
+        vm.at_exit.append(keyboard.close)
     port92, reset_control = Port92(reset), ResetControl(reset)
     bus.register(PORT92, 1, port92)
     bus.register(RESET_CONTROL, 1, reset_control)
@@ -197,7 +201,7 @@ def build_machine(config: MachineConfig, console: Console,
     vga = VgaText(memory.read)
     bus.register(VGA_BASE, VGA_PORTS, vga)
     vm.screen = vga
-    vm.devices.update({device.name: device for device in (rtc, keyboard, port92, reset_control, com1, com2, vga,
+    vm.devices.update({device.name: device for device in (rtc, kbc, port92, reset_control, com1, com2, vga,
                                                           interrupts.apic, interrupts.ioapic)})
     vm.ide = IdeChannel(disks, interrupts.device_irq(IDE_IRQ), tracer.disk_command if tracer.disk else None)
     vm.at_exit.append(vm.ide.close)       # what the guest wrote is in the files when the run ends

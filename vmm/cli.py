@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -10,8 +12,9 @@ from vmm import __version__, audit
 from vmm.clock import CLOCKS
 from vmm.builder import DEFAULT_LOAD_ADDRESS, DEFAULT_MEM_MIB, MachineConfig, build_machine
 from vmm.console import StdioConsole
+from vmm.display import ESCAPE_NAME, Display
 from vmm.disks import parse_drive
-from vmm.errors import VmmError
+from vmm.errors import ConfigError, VmmError
 from vmm.loaders.multiboot import split_module_list
 from vmm.exits import StopReason
 from vmm.modes import DEFAULT_MODE, available_modes
@@ -116,6 +119,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--report", default=None, metavar="FILE.json", help="write a JSON report of the run")
     run.add_argument("--screen", action="store_true",
                      help="print the VGA text screen (80x25) on stderr when the run ends")
+    run.add_argument("--display", action="store_true",
+                     help=f"show the VGA text screen live in the terminal (as QEMU's -display curses), COM1's "
+                          f"output beneath it; keys typed go to the PS/2 keyboard; {ESCAPE_NAME} ends the run")
+    run.add_argument("--keyboard-input", default=None, metavar="FILE",
+                     help="type FILE's bytes on the PS/2 keyboard as scan codes ('-': standard input, which "
+                          "then no longer feeds COM1); a FIFO types as it is written")
     run.add_argument("--log-unassigned-ports", action="store_true",
                      help="log accesses to ports no device claims (stderr)")
     run.add_argument("--no-hole-watch", action="store_true",
@@ -144,6 +153,18 @@ def _failure(error: Exception) -> int:
         return 1
     print(f"vmm: {error}", file=sys.stderr)
     return error.exit_status
+
+
+def _keyboard_input(path: Optional[str]) -> Optional[StdioConsole]:
+    """--keyboard-input: the file (or standard input, '-') read as a console's input side."""
+    if path is None:
+        return None
+    if path == "-":
+        return StdioConsole(out_fd=-1, in_fd=0)
+    try:
+        return StdioConsole(out_fd=-1, in_fd=os.open(path, os.O_RDONLY))
+    except OSError as error:
+        raise ConfigError(f"--keyboard-input {path}: {error.strerror}") from None
 
 
 def _audit(args) -> int:
@@ -180,8 +201,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           profile=args.profile, vt_exits=vt_exits, watch_holes=not args.no_hole_watch,
                           paging=args.paging, dump_cache=args.dump_cache, drives=drives)
     try:
-        vm, image = build_machine(config, StdioConsole())
-        result = vm.run()
+        display = Display() if args.display else None
+        if display is not None and args.keyboard_input is not None:
+            raise ConfigError("--keyboard-input and --display both type on the keyboard: use one")
+        if display is not None:
+            console, keyboard = display.serial, display.keyboard
+        else:
+            keyboard = _keyboard_input(args.keyboard_input)
+            console = StdioConsole(in_fd=None if args.keyboard_input == "-" else 0)
+        vm, image = build_machine(config, console, keyboard=keyboard)
+        with display if display is not None else contextlib.nullcontext():
+            if display is not None:
+                display.start(vm.screen)
+            result = vm.run()
         if args.screen:
             sys.stderr.write(vm.screen.render())
         if args.report:

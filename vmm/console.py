@@ -62,9 +62,10 @@ class BufferConsole(Console):
 
 class StdioConsole(Console):
     """stdout byte for byte with no buffering; stdin read by a background thread started on the
-    guest's first look at the receive side, so a run that never reads leaves stdin alone."""
+    guest's first look at the receive side, so a run that never reads leaves stdin alone.
+    `in_fd` None: no input (stdin typed on the keyboard instead: --keyboard-input -)."""
 
-    def __init__(self, out_fd: int = 1, in_fd: int = 0) -> None:
+    def __init__(self, out_fd: int = 1, in_fd: Optional[int] = 0) -> None:
         self._out_fd, self._in_fd = out_fd, in_fd
         self._input: collections.deque = collections.deque()
         self._reader: Optional[threading.Thread] = None
@@ -82,11 +83,13 @@ class StdioConsole(Console):
             pass   # nobody reads the console any more; the guest runs on regardless
 
     def read_byte(self) -> Optional[int]:
-        if self._reader is None:
+        if self._reader is None and self._in_fd is not None:
             self._start_reader()
         return self._input.popleft() if self._input else None
 
     def input_may_arrive(self) -> bool:
+        if self._in_fd is None:
+            return False
         if self._reader is None:
             self._start_reader()
         return bool(self._input) or not self._at_end
@@ -116,10 +119,17 @@ class StdioConsole(Console):
                 self._at_end = True
                 self._arrived.set()
                 return
+            chunk = self._received(chunk)
+            if not chunk:
+                continue
             self._input.extend(chunk)
             self._arrived.set()
             for listener in self._listeners:      # (a running guest is woken: vmm/input_wake.py)
                 listener()
+
+    def _received(self, chunk: bytes) -> bytes:
+        """What of a chunk read is input (a subclass may take some bytes for itself)."""
+        return chunk
 
     def _enter_character_mode(self) -> None:
         import termios

@@ -1,11 +1,13 @@
 """The PS/2 controller (i8042 at 0x60/0x64) and its keyboard, as QEMU's hw/input/pckbd.c and
 hw/input/ps2.c model them: status, command byte, self-tests, output port, keyboard commands;
-the pulse-reset command (0xFE) resets the machine."""
+the pulse-reset command (0xFE) resets the machine; host keystrokes become the keyboard's scan codes."""
 
 from __future__ import annotations
 
 import collections
 from typing import Callable, Optional
+
+from vmm.keyboard import StrokeDecoder, key_events, scan_codes, translate
 
 I8042_DATA, I8042_COMMAND = 0x60, 0x64
 KEYBOARD_IRQ, MOUSE_IRQ = 1, 12
@@ -34,6 +36,15 @@ class Keyboard:
         self.scanning = True
         self.scancode_set = 2
         self.leds = 0
+        self.translate = False       # the controller's command byte asks for set 1 (KCC): ps2.c's
+        self._translation = {}       # translate flag, and its state (a break code's 0xF0 seen)
+
+    def key_event(self, key: str, down: bool) -> list[int]:
+        """The bytes one key event puts in the output buffer: the scan code in the keyboard's set,
+        translated to set 1 by the controller when its command byte says so (QEMU does both in
+        ps2_keyboard_event and ps2_put_keycode; SeaBIOS leaves set 2 with translation on)."""
+        codes = scan_codes(key, down, self.scancode_set)
+        return translate(codes, self._translation) if self.translate else codes
 
     def write(self, value: int) -> list[int]:
         if self.pending_command is not None:
@@ -51,8 +62,8 @@ class Keyboard:
             return [KBD_ACK]
         if value == 0xEE:
             return [KBD_ECHO]
-        if value == 0xF2:                      # identify: an MF2 keyboard (translated: 0x41)
-            return [KBD_ACK, 0xAB, 0x83]
+        if value == 0xF2:                      # identify: an MF2 keyboard, as QEMU answers it
+            return [KBD_ACK, 0xAB, 0x41 if self.translate else 0x83]
         if value == 0xF4:
             self.scanning = True
             return [KBD_ACK]
@@ -66,21 +77,33 @@ class Keyboard:
 
     def state(self) -> dict:
         return {"pending_command": self.pending_command, "scanning": self.scanning,
-                "scancode_set": self.scancode_set, "leds": self.leds}
+                "scancode_set": self.scancode_set, "leds": self.leds, "translate": self.translate}
 
 
 class I8042:
     """Two ports: this device at 0x60 (data), command_port() at 0x64 (status and commands); the
     three between them are not the controller's (0x61 is the speaker's port B). Bytes from the controller and from
-    the keyboard share one output queue; the keyboard's raise IRQ1 while the command byte asks."""
+    the keyboard share one output queue; the keyboard's raise IRQ1 while the command byte asks.
+
+    Host keystrokes (`host_input`, a Console's input side: a terminal under --display, or
+    --keyboard-input) make it an input source of the interrupt platform, as a UART is: armed
+    while the command byte enables the keyboard's interrupt and interface and the keyboard scans;
+    the next stroke's scan codes enter the output queue once it is empty (at a sync, a read of
+    the status or the last byte, the interrupt enabled), so strokes reach the guest at the pace
+    it reads them and none is dropped (QEMU's 16-byte queue drops what overflows it)."""
 
     name = "i8042"
     access_width = 1
 
-    def __init__(self, on_reset: Callable[[str], None], set_irq: Optional[Callable[[int, bool], None]] = None) -> None:
+    def __init__(self, on_reset: Callable[[str], None], set_irq: Optional[Callable[[int, bool], None]] = None,
+                 host_input=None) -> None:
         self.on_reset, self.set_irq = on_reset, set_irq
         self.keyboard = Keyboard()
         self.mode = BOOT_MODE
+        self.keyboard.translate = bool(self.mode & MODE_KCC)
+        self.host_input = host_input                # vmm.console.Console (input side), or None
+        self._decoder = StrokeDecoder()
+        self._strokes: collections.deque = collections.deque()     # decoded, not yet sent
         self.status = BOOT_STATUS
         self.outport = OUT_A20 | OUT_RESET
         self.write_command: Optional[int] = None    # a controller command waiting for its data byte
@@ -95,12 +118,19 @@ class I8042:
     # -- guest side ----------------------------------------------------------------------------
     def io_read(self, offset: int, size: int) -> int:
         if offset == I8042_COMMAND - I8042_DATA:
+            if not self.queue:
+                self._pull_input()
             return self.status | (STAT_OBF if self.queue else 0) | \
                 (STAT_MOUSE_OBF if self.queue and self.queue[0][1] else 0)
         if not self.queue:
             return self.last_read
         value, _mouse = self.queue.popleft()
         self.last_read = value            # an empty buffer reads the last byte again (QEMU)
+        # Reading deasserts the IRQ and more data asserts it again (QEMU's ps2_read_data): an
+        # edge per byte, so a handler that reads one byte per interrupt gets the next one too.
+        self._lower_irqs()
+        if not self.queue:
+            self._pull_input()
         self._update_irq()
         return value
 
@@ -117,7 +147,9 @@ class I8042:
             self._queue(self.keyboard.write(value))
         elif command == 0x60:
             self.mode = value
+            self.keyboard.translate = bool(value & MODE_KCC)
             self.status = (self.status & ~STAT_SELFTEST) | (STAT_SELFTEST if value & MODE_SYS else 0)
+            self._pull_input()
             self._update_irq()
         elif command == 0xD1:
             self._write_outport(value)
@@ -145,8 +177,11 @@ class I8042:
             self._queue([0x55], controller=True)
         elif command == 0xAD:
             self.mode |= MODE_DISABLE_KBD
+            self._update_irq()
         elif command == 0xAE:
             self.mode &= ~MODE_DISABLE_KBD
+            self._pull_input()
+            self._update_irq()
         elif command == 0xC0:                  # input port: keyboard not locked
             self._queue([0x80], controller=True)
         elif command == 0xD0:
@@ -166,14 +201,60 @@ class I8042:
             self.queue.append((byte, mouse))
         self._update_irq()
 
+    def _lower_irqs(self) -> None:
+        for irq, level in self.irq_levels.items():
+            if level:
+                self.irq_levels[irq] = False
+                if self.set_irq:
+                    self.set_irq(irq, False)
+
     def _update_irq(self) -> None:
-        kbd = bool(self.queue) and not self.queue[0][1] and bool(self.mode & MODE_KBD_INT)
+        # A disabled keyboard interface raises no IRQ 1 (QEMU's kbd_update_irq_lines).
+        kbd = bool(self.queue) and not self.queue[0][1] and bool(self.mode & MODE_KBD_INT) \
+            and not self.mode & MODE_DISABLE_KBD
         mouse = bool(self.queue) and self.queue[0][1] and bool(self.mode & MODE_MOUSE_INT)
         for irq, level in ((KEYBOARD_IRQ, kbd), (MOUSE_IRQ, mouse)):
             if level != self.irq_levels[irq]:
                 self.irq_levels[irq] = level
                 if self.set_irq:
                     self.set_irq(irq, level)
+
+    # -- host keystrokes (the interrupt platform's input-source interface) ----------------------
+    def _keys_flow(self) -> bool:
+        return not self.mode & MODE_DISABLE_KBD and self.keyboard.scanning
+
+    def armed(self) -> bool:
+        return self.host_input is not None and bool(self.mode & MODE_KBD_INT) and self._keys_flow() \
+            and self.input_may_arrive()
+
+    def poll(self) -> None:
+        self._pull_input()
+
+    def input_may_arrive(self) -> bool:
+        return bool(self._strokes) or (self.host_input is not None and self.host_input.input_may_arrive())
+
+    def wait_input(self, timeout: float) -> None:
+        self.host_input.wait_input(timeout)
+
+    def on_input(self, callback: Callable[[], None]) -> None:
+        if self.host_input is not None:
+            self.host_input.on_input(callback)
+
+    def _pull_input(self) -> None:
+        """The next stroke's scan codes into the empty output queue (one IRQ edge for them)."""
+        if self.host_input is None or self.queue or not self._keys_flow():
+            return
+        if not self._strokes:
+            data = bytearray()
+            while (byte := self.host_input.read_byte()) is not None:
+                data.append(byte)
+            if data:
+                self._strokes.extend(self._decoder.feed(bytes(data)))
+        if self._strokes:
+            codes = []
+            for key, down in key_events(self._strokes.popleft()):
+                codes += self.keyboard.key_event(key, down)
+            self._queue(codes)
 
     def state(self) -> dict:
         return {"last_read": self.last_read, "mode": self.mode, "status": self.status, "outport": self.outport,

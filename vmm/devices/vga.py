@@ -15,6 +15,8 @@ CRTC_INDEX, CRTC_DATA = 0x3D4, 0x3D5
 CRTC_INDEX_MONO, CRTC_DATA_MONO = 0x3B4, 0x3B5
 MISC_WRITE, MISC_READ, INPUT_STATUS_1 = 0x3C2, 0x3CC, 0x3DA
 CR_START_HIGH, CR_START_LOW, CR_CURSOR_HIGH, CR_CURSOR_LOW = 0x0C, 0x0D, 0x0E, 0x0F
+CR_CURSOR_START = 0x0A
+CURSOR_DISABLE = 0x20       # CR0A bit 5: the cursor is off
 CR_VSYNC_END = 0x11
 ST01_V_RETRACE, ST01_DISP_ENABLE = 0x08, 0x01
 
@@ -104,10 +106,21 @@ class VgaText:
     def cursor(self) -> int:
         return (self.crtc[CR_CURSOR_HIGH] << 8) | self.crtc[CR_CURSOR_LOW]
 
+    def cells(self) -> bytes:
+        """The 80x25 (character, attribute) pairs the screen shows, from the start address."""
+        return self.read_memory(TEXT_MEMORY + 2 * self.start_address, 2 * COLUMNS * ROWS)
+
+    def cursor_position(self):
+        """(row, column) of the hardware cursor, or None while it is off or off the screen."""
+        cursor = self.cursor - self.start_address
+        if self.crtc[CR_CURSOR_START] & CURSOR_DISABLE or not 0 <= cursor < COLUMNS * ROWS:
+            return None
+        return divmod(cursor, COLUMNS)
+
     def text(self) -> list[str]:
         """The 25 rows of 80 characters the screen shows (from the start address), code page
         437's printable ASCII as is, other bytes as '.' except 0 (blank)."""
-        cells = self.read_memory(TEXT_MEMORY + 2 * self.start_address, 2 * COLUMNS * ROWS)
+        cells = self.cells()
         rows = []
         for row in range(ROWS):
             chars = cells[2 * COLUMNS * row:2 * COLUMNS * (row + 1):2]

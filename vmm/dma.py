@@ -70,9 +70,13 @@ class DmaRemapper:
 
     def read(self, address: int, size: int, what: str = "DMA read") -> bytes:
         """A device reads guest RAM (a PRD entry, a buffer going to the disk)."""
-        data = b"".join(bytes(view) for view in self.map(address, size, what))
+        return self.read_views(self.map(address, size, what))
+
+    def read_views(self, views: list[memoryview]) -> bytes:
+        """The bytes behind views that map() gave."""
+        data = b"".join(bytes(view) for view in views)
         self.counters["reads"] += 1
-        self.counters["bytes_read"] += size
+        self.counters["bytes_read"] += len(data)
         return data
 
     def write_views(self, address: int, views: list[memoryview], data: bytes) -> None:

@@ -628,7 +628,7 @@ class IdeChannel:
             return
         try:
             if s.dma_write:
-                s.disk.write(sector, b"".join(bytes(view) for _address, views in buffers for view in views))
+                s.disk.write(sector, b"".join(bm.remapper.read_views(views) for _address, views in buffers))
             else:
                 data, done = s.disk.read(sector, count), 0
                 for address, views in buffers:

@@ -280,12 +280,13 @@ class TranslationCache:
             self.counters["invalidations"] += 1
             self.counters[f"invalidations_{cause}"] += 1
 
-    def invalidate_range(self, address: int, size: int, cause: str) -> list[TranslatedBlock]:
-        """Remove every block whose guest bytes overlap [address, address+size)."""
+    def invalidate_range(self, address: int, size: int, cause: str,
+                         keep: Optional[TranslatedBlock] = None) -> list[TranslatedBlock]:
+        """Remove every block whose guest bytes overlap [address, address+size), but `keep`."""
         removed = []
         for page in range(address // PAGE_SIZE, (address + size - 1) // PAGE_SIZE + 1):
             for block in list(self._pages.get(page, ())):
-                if block.covers(address, size):
+                if block is not keep and block.covers(address, size):
                     self.remove(block, cause)
                     removed.append(block)
         return removed

@@ -12,14 +12,17 @@ from vmm.boot import enter_protected_mode
 from vmm.bus import PortBus
 from vmm.clock import CPU_HZ, VirtualClock
 from vmm.console import Console, NullConsole
+from vmm.devices.bmdma import BusMasterIde
 from vmm.devices.debug_exit import DEBUG_EXIT_PORT, DEBUG_EXIT_PORTS, DebugExit
 from vmm.devices.ide import IDE_BASE, IDE_CONTROL, IDE_IRQ, IDE_PORTS, IdeChannel
 from vmm.devices.i8042 import I8042, I8042_COMMAND, I8042_DATA
 from vmm.devices.mc146818 import MC146818, VIRTUAL_START_EPOCH
+from vmm.devices.pci import CONFIG_DATA, IDE_BMDMA_SIZE, PciHost, host_bridge, ide_function, isa_bridge
 from vmm.devices.reset import PORT92, RESET_CONTROL, Port92, ResetControl
 from vmm.devices.uart16550 import COM1_BASE, COM1_IRQ, COM2_BASE, COM2_IRQ, UART_PORTS, Uart16550
 from vmm.devices.vga import VGA_BASE, VGA_PORTS, VgaText
 from vmm.disks import DriveSpec, open_drives
+from vmm.dma import DmaRemapper
 from vmm.engine import Engine
 from vmm.errors import ConfigError
 from vmm.exits import StopReason
@@ -167,7 +170,9 @@ def build_machine(config: MachineConfig, console: Console,
     #   0x02F8 - 0x02FF  COM2 16550A UART (IRQ3, nothing attached)
     #   0x03C0 - 0x03DF  VGA (CRT controller at 0x3D4/0x3D5)
     #   0x03F8 - 0x03FF  COM1 16550A UART (IRQ4, the console)
+    #   0x0CF8, 0x0CFA   PCI CONFIG_ADDRESS      0x0CFC - 0x0CFF  PCI CONFIG_DATA
     #   0x0CF9           reset control register
+    #   0xC000 - 0xC00F  PIIX3 IDE bus-master registers (BAR4: where the guest puts them)
     interrupts = vm.interrupts
     interrupts.register(bus)
     # The local APIC (0xFEE00000) and the I/O APIC (0xFEC00000) on the MMIO bus; the APIC's MSR
@@ -207,4 +212,14 @@ def build_machine(config: MachineConfig, console: Console,
     vm.at_exit.append(vm.ide.close)       # what the guest wrote is in the files when the run ends
     bus.register(IDE_BASE, IDE_PORTS, vm.ide)
     bus.register(IDE_CONTROL, 1, vm.ide.control)
+    # PCI bus 0 as QEMU's pc machine has it: the i440FX, the PIIX3's ISA bridge and IDE function,
+    # whose bus master reaches guest RAM only through the DMA remapping (vmm/dma.py).
+    bmdma = BusMasterIde(DmaRemapper(memory), lambda: ide_pci.bus_master)
+    ide_pci = ide_function(lambda base: bus.map_overlay(base, IDE_BMDMA_SIZE, bmdma))
+    vm.ide.dma, bmdma.channels[0].ide = bmdma.channels[0], vm.ide
+    pci = PciHost([host_bridge(memory.ram_size), isa_bridge(), ide_pci])
+    for base, length, port in pci.address_ports:
+        bus.register(base, length, port)
+    bus.register(CONFIG_DATA, 4, pci)
+    vm.devices.update({"pci": pci, "bmdma": bmdma})
     return vm, image

@@ -41,7 +41,10 @@ class PortBus:
 
     def __init__(self, on_unassigned: Optional[Callable[[str, int, int, int], None]] = None) -> None:
         self._ranges: list[PortRange] = []
-        self._by_port: dict[int, PortRange] = {}
+        self._registered: dict[int, PortRange] = {}     # the fixed claims, by port
+        self._overlays: dict[object, PortRange] = {}    # movable claims (PCI BARs), by device
+        self._by_port: dict[int, PortRange] = {}        # what answers each port: an overlay first
+        self._names: set[str] = set()                   # every device ever on the bus (counters)
         self.on_unassigned = on_unassigned
         self.reads: Counter = Counter()     # by device name ("unassigned" for none)
         self.writes: Counter = Counter()
@@ -55,12 +58,38 @@ class PortBus:
                                f"{existing.device.name} at {existing.base:#x}-{existing.end - 1:#x}")
         claim = PortRange(base, length, device)
         self._ranges.append(claim)
+        self._names.add(device.name)
         for port in range(base, base + length):
+            self._registered[port] = claim
+            self._refresh(port)
+
+    def map_overlay(self, base: Optional[int], length: int, device: PortDevice) -> None:
+        """Put `device` at [base, base + length), above the registered devices, where it answers
+        alone, or take it away (base None): a PCI I/O BAR, which the guest maps, moves and unmaps,
+        and which QEMU maps over the ISA devices (priority 1). A range past the port space is
+        none (an I/O BAR the guest placed above 0xFFFF answers no IN or OUT)."""
+        old = self._overlays.pop(device, None)
+        self._names.add(device.name)
+        if base is not None and 0 <= base and base + length <= PORT_SPACE:
+            self._overlays[device] = PortRange(base, length, device)
+        ports = set(range(old.base, old.end)) if old is not None else set()
+        if device in self._overlays:
+            ports.update(range(base, base + length))
+        for port in ports:
+            self._refresh(port)
+
+    def _refresh(self, port: int) -> None:
+        """What answers `port`: the overlay mapped last that covers it, else its registered device."""
+        claim = next((c for c in reversed(self._overlays.values()) if c.base <= port < c.end),
+                     self._registered.get(port))
+        if claim is None:
+            self._by_port.pop(port, None)
+        else:
             self._by_port[port] = claim
 
     @property
     def ranges(self) -> list[PortRange]:
-        return sorted(self._ranges, key=lambda r: r.base)
+        return sorted(self._ranges + list(self._overlays.values()), key=lambda r: r.base)
 
     def _split(self, claim: Optional[PortRange], size: int) -> bool:
         return claim is not None and size > getattr(claim.device, "access_width", 4)
@@ -97,7 +126,7 @@ class PortBus:
 
     def counters(self) -> dict[str, dict[str, int]]:
         """Reads and writes by device: every device on the bus and "unassigned", 0 or not."""
-        names = sorted({claim.device.name for claim in self._ranges} | {"unassigned"} | set(self.reads) | set(self.writes))
+        names = sorted(self._names | {"unassigned"} | set(self.reads) | set(self.writes))
         return {name: {"reads": self.reads[name], "writes": self.writes[name]} for name in names}
 
 

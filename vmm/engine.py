@@ -26,6 +26,15 @@ _uc_reg_read.restype = ctypes.c_int
 _uc_reg_write = _library.uc_reg_write
 _uc_reg_write.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p)
 _uc_reg_write.restype = ctypes.c_int
+# QEMU's own functions in the library (C symbols of the x86 target): the RAM offset of a host
+# address and the invalidation of translated code by RAM offset (Engine.invalidate_host_code).
+_ram_addr_from_host = _library.qemu_ram_addr_from_host_x86_64
+_ram_addr_from_host.argtypes = (ctypes.c_void_p, ctypes.c_void_p)
+_ram_addr_from_host.restype = ctypes.c_uint64
+_tb_invalidate_phys_range = _library.tb_invalidate_phys_range_x86_64
+_tb_invalidate_phys_range.argtypes = (ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64)
+_tb_invalidate_phys_range.restype = None
+_RAM_ADDR_INVALID = (1 << 64) - 1
 
 # Offsets inside the blob returned by context_save() for the pinned Unicorn build. The blob is a
 # header followed by a verbatim copy of QEMU's CPUX86State; the API exposes none of these fields.
@@ -316,6 +325,18 @@ class Engine:
         """Drop what the engine itself translated from [begin, end): needed after the monitor
         changes code behind its back (mem_write and host-buffer stores do not invalidate)."""
         self._uc.ctl_remove_cache(begin, end)
+
+    def invalidate_host_code(self, host_address: int, size: int) -> None:
+        """Drop what the engine translated from the bytes of a map_host mapping at
+        [host_address, host_address + size), whatever linear addresses the guest's paging gives
+        them (QEMU's tb_invalidate_phys_range on the RAM block's offsets, as QEMU's own DMA
+        does): after a store the engine did not see (a device's DMA, a monitor write).
+        invalidate_code cannot: it takes linear addresses through the current page tables. Safe
+        inside a hook, also for the block running (it runs to its end, then is translated
+        again); about 1 us on a page without code. The range must lie in one mapping."""
+        start = _ram_addr_from_host(self._uc._uch, host_address)
+        if start != _RAM_ADDR_INVALID:
+            _tb_invalidate_phys_range(self._uc._uch, start, start + size)
 
     def read(self, address: int, size: int) -> bytes:
         return bytes(self._uc.mem_read(address, size))

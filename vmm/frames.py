@@ -239,6 +239,19 @@ class PhysToMachine:
                 return m + guest_pfn - g
         raise KeyError(f"guest pfn {guest_pfn:#x} is not in the P2M map")
 
+    def runs(self, guest_pfn: int, pages: int):
+        """(guest pfn, machine frame, pages) pieces covering guest frames [guest_pfn, guest_pfn +
+        pages), each machine-contiguous inside one extent, in order; KeyError at the first frame
+        the map does not hold."""
+        while pages > 0:
+            index = bisect.bisect_right(self._starts, guest_pfn) - 1
+            if index < 0 or guest_pfn >= self._extents[index][0] + self._extents[index][2]:
+                raise KeyError(f"guest pfn {guest_pfn:#x} is not in the P2M map")
+            g, m, n = self._extents[index]
+            step = min(pages, g + n - guest_pfn)
+            yield guest_pfn, m + guest_pfn - g, step
+            guest_pfn, pages = guest_pfn + step, pages - step
+
     def as_json(self) -> list[dict]:
         return [{"guest_pfn": g, "machine_frame": m, "pages": n} for g, m, n in self._extents]
 

@@ -346,8 +346,24 @@ class PhysicalMemory:
                 done += length
         else:
             buffer[offset:offset + len(data)] = data
+        self.written(address, len(data))
+
+    def host_ranges(self, address: int, size: int):
+        """(host address, length) of guest RAM [address, address + size), one per P2M run (each
+        inside one engine mapping), through the physical-to-machine map; nothing outside RAM."""
+        if size <= 0 or not self.ram.contains(address, size):
+            return
+        offset = address % PAGE_SIZE
+        for _pfn, frame, pages in self.p2m.runs(address // PAGE_SIZE, (offset + size + PAGE_SIZE - 1) // PAGE_SIZE):
+            length = min(size, pages * PAGE_SIZE - offset)
+            yield self.pool.host_address(frame) + offset, length
+            offset, size = 0, size - length
+
+    def written(self, address: int, size: int) -> None:
+        """Guest RAM at [address, address + size) changed behind the engine's back (a monitor
+        store, a device's DMA): the observers (translated code, traced page tables) see it."""
         for observer in self.write_observers:
-            observer(address, len(data))
+            observer(address, size)
 
     def read_u32(self, address: int) -> int:
         return struct.unpack("<I", self.read(address, 4))[0]

@@ -15,7 +15,7 @@ TRACE_FLAGS = {
     "int": "interrupts and exceptions delivered to the guest",
     "exits": "every exit to the monitor",
     "io": "every port access",
-    "disk": "every IDE command (drive, command, sector, count) and software reset",
+    "disk": "every IDE command (drive, command, sector, count), software reset, DMA transfer and DMA refused",
     "guest_errors": "every access to unassigned guest-physical memory, in QEMU's words",
 }
 

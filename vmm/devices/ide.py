@@ -1,10 +1,11 @@
-"""The IDE/ATA primary channel (0x1F0-0x1F7, 0x3F6, IRQ 14), master and slave hard disks, PIO only, as QEMU's hw/ide/core.c."""
+"""The IDE/ATA primary channel (0x1F0-0x1F7, 0x3F6, IRQ 14), master and slave hard disks, PIO and bus-master DMA, as QEMU's hw/ide/core.c."""
 
 from __future__ import annotations
 
 from typing import Callable, Optional
 
 from vmm.disks import SECTOR_SIZE, Disk, DiskError
+from vmm.dma import DmaRefused
 
 IDE_BASE = 0x1F0             # command block: data, error/features, count, LBA 0-7/8-15/16-23, device, status/command
 IDE_PORTS = 8
@@ -108,7 +109,8 @@ class IdeDrive:
             self.cylinders = self.heads = self.sectors = 0
             self.identify = None
         self.buffer = bytearray(MAX_MULT_SECTORS * SECTOR_SIZE + 4)
-        self.counters = {"commands": 0, "sectors_read": 0, "sectors_written": 0, "flushes": 0, "errors": 0}
+        self.counters = {"commands": 0, "sectors_read": 0, "sectors_written": 0, "flushes": 0, "errors": 0,
+                         "dma_transfers": 0, "dma_refused": 0}
         self.reset()
 
     def reset(self) -> None:
@@ -120,6 +122,7 @@ class IdeDrive:
         self.status = READY_STAT | SEEK_STAT
         self.lba48 = False
         self.req_nb_sectors = 0
+        self.dma_write = False           # the DMA command's direction (QEMU's dma_cmd)
         self.set_signature()
         self.end_transfer = _DUMMY
         self.dummy_transfer_stop()
@@ -165,7 +168,7 @@ class IdeDrive:
         return {name: getattr(self, name) for name in (
             "unit", "feature", "error", "nsector", "sector", "lcyl", "hcyl", "hob_feature", "hob_sector",
             "hob_nsector", "hob_lcyl", "hob_hcyl", "select", "status", "lba48", "mult_sectors",
-            "req_nb_sectors", "data_ptr", "data_end", "end_transfer")} | {
+            "req_nb_sectors", "data_ptr", "data_end", "end_transfer", "dma_write")} | {
             "buffer": bytes(self.buffer[:self.data_end]).hex(),
             "disk": self.disk.state() if self.disk is not None else None}
 
@@ -178,6 +181,8 @@ _COMMAND_NAMES = {
     0xC4: "READ MULTIPLE", 0xC5: "WRITE MULTIPLE", 0xC6: "SET MULTIPLE MODE", 0xE7: "FLUSH CACHE",
     0xEA: "FLUSH CACHE EXT", 0xEC: "IDENTIFY DEVICE", 0xEF: "SET FEATURES", 0x27: "READ NATIVE MAX EXT",
     0xF8: "READ NATIVE MAX", 0x98: "CHECK POWER MODE", 0xE5: "CHECK POWER MODE",
+    0xC8: "READ DMA", 0xC9: "READ DMA", 0x25: "READ DMA EXT", 0xCA: "WRITE DMA", 0xCB: "WRITE DMA",
+    0x35: "WRITE DMA EXT",
 }
 
 
@@ -185,8 +190,9 @@ class IdeChannel:
     """The primary channel's command block (this object, at 0x1F0) and its control register
     (`control`, at 0x3F6), as QEMU's IDEBus: two IdeDrive slots, the selected unit, the device
     control byte, the IRQ line. Transfers complete at once (QEMU's asynchronous block layer
-    finishes them before the guest can look, as far as the guest can tell). Bus-master DMA is
-    not modelled: the DMA commands are aborted."""
+    finishes them before the guest can look, as far as the guest can tell). DMA commands go
+    through the bus master (`dma`: the PIIX3 IDE function's, vmm/devices/bmdma.py; without one,
+    as in the unit tests, they are aborted)."""
 
     name = "ide"
     access_width = 4
@@ -199,6 +205,7 @@ class IdeChannel:
         self.cmd = 0
         self.irq_level = 0
         self.control = _ControlPort(self)
+        self.dma = None                 # the bus master (BusMasterChannel), set by the machine
         self._boot_state()
         self._commands = {
             0x10: (self._nop, True), 0x20: (self._read_pio, False), 0x21: (self._read_pio, False),
@@ -213,7 +220,9 @@ class IdeChannel:
             0xE1: (self._nop, False), 0xE2: (self._nop, False), 0xE3: (self._nop, False),
             0xE5: (self._check_power_mode, True), 0xE6: (self._nop, False), 0xE7: (self._flush, False),
             0xEA: (self._flush, False), 0xEC: (self._identify, False), 0xEF: (self._set_features, True),
-            0xF8: (self._read_native_max, True),
+            0xF8: (self._read_native_max, True), 0xC8: (self._read_dma, False), 0xC9: (self._read_dma, False),
+            0x25: (self._read_dma, False), 0xCA: (self._write_dma, False), 0xCB: (self._write_dma, False),
+            0x35: (self._write_dma, False),
         }   # command -> (handler, SET_DSC); handlers return True when the command completes at once
 
     def _boot_state(self) -> None:
@@ -242,6 +251,8 @@ class IdeChannel:
     # -- the interrupt line --------------------------------------------------------------------
     def set_irq(self) -> None:
         if not self.cmd & CTRL_NIEN:
+            if self.dma is not None:    # the bus master sees every interrupt of its channel, PIO too
+                self.dma.interrupt()
             self.irq_level = 1
             self.irq(1)
 
@@ -569,6 +580,89 @@ class IdeChannel:
         else:
             self._transfer_start(s, SECTOR_SIZE * min(s.nsector, s.req_nb_sectors), _WRITE)
         self.set_irq()
+
+    # -- bus-master DMA (cmd_read_dma / cmd_write_dma, ide_sector_start_dma, ide_dma_cb) ---------
+    def _read_dma(self, s: IdeDrive, command: int) -> bool:
+        return self._start_dma(s, command, write=False, lba48=command == 0x25)
+
+    def _write_dma(self, s: IdeDrive, command: int) -> bool:
+        return self._start_dma(s, command, write=True, lba48=command == 0x35)
+
+    def _start_dma(self, s: IdeDrive, command: int, write: bool, lba48: bool) -> bool:
+        if self.dma is None:
+            self._abort(s)
+            return True
+        self._lba48_transform(s, lba48)
+        s.status = READY_STAT | SEEK_STAT | DRQ_STAT
+        s.dma_write = write
+        self.dma.start_dma(s)       # runs now if the bus master's start bit is already set
+        return False
+
+    def dma_run(self, s: IdeDrive) -> None:
+        """The bus master has both the command and its start bit: move every sector now, as
+        QEMU's ide_dma_cb does in one scatter-gather list. The PRD table is walked first (the
+        buffers for the whole count, and every byte its entries describe); PRDs too short for
+        the count end the command with nothing moved, Active cleared and no interrupt; a sector
+        range past the disk's end or a failed back end is QEMU's DMA error (ABRT, IRQ). Every
+        PRD and buffer is remapped and checked before a byte moves: a refusal is that DMA error
+        with the bus master's error bit set, counted (`dma_refused`) and traced (-d disk).
+        Active stays set after a transfer whose PRDs described more than it moved."""
+        bm = self.dma
+        sector, count = s.get_sector(), s.nsector
+        size = count * SECTOR_SIZE
+        try:
+            sg, described = bm.prepare(size)
+            if sum(length for _address, length in sg) < size:
+                if self.trace:
+                    self.trace(f"ide: unit {s.unit} DMA stopped: the PRDs describe {described} bytes, "
+                               f"the command needs {size}")
+                s.status = READY_STAT | SEEK_STAT
+                bm.set_inactive(False)
+                return
+            if not s.range_ok(sector, count):
+                self._dma_error(s)
+                return
+            buffers = bm.map_buffers(sg)
+        except DmaRefused as refusal:
+            self._dma_refused(s, refusal)
+            return
+        try:
+            if s.dma_write:
+                s.disk.write(sector, b"".join(bm.remapper.read_views(views) for _address, views in buffers))
+            else:
+                data, done = s.disk.read(sector, count), 0
+                for address, views in buffers:
+                    length = sum(len(view) for view in views)
+                    bm.remapper.write_views(address, views, data[done:done + length])
+                    done += length
+        except (DiskError, OSError):
+            self._dma_error(s)
+            return
+        s.counters["sectors_written" if s.dma_write else "sectors_read"] += count
+        s.counters["dma_transfers"] += 1
+        if self.trace:
+            self.trace(f"ide: unit {s.unit} DMA {'write' if s.dma_write else 'read'} of {count} sectors at "
+                       f"{sector}: {len(sg)} buffers, " + ", ".join(f"{a:#x}+{n:#x}" for a, n in sg[:8])
+                       + (" ..." if len(sg) > 8 else ""))
+        s.set_sector(sector + count)
+        s.nsector = 0
+        s.status = READY_STAT | SEEK_STAT
+        self.set_irq()
+        bm.set_inactive(described > size)
+
+    def _dma_error(self, s: IdeDrive) -> None:
+        """QEMU's ide_dma_error: the command aborted, the bus master inactive, the IRQ raised."""
+        s.counters["errors"] += 1
+        self._abort(s)
+        self.dma.set_inactive(False)
+        self.set_irq()
+
+    def _dma_refused(self, s: IdeDrive, refusal: DmaRefused) -> None:
+        s.counters["dma_refused"] += 1
+        if self.trace:
+            self.trace(f"ide: unit {s.unit} DMA refused: {refusal}")
+        self.dma.master_abort()
+        self._dma_error(s)
 
     # -- the machine's side ----------------------------------------------------------------------
     def close(self) -> None:

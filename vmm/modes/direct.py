@@ -124,6 +124,7 @@ class DirectMode(ExecutionMode):
         engine.keep_alias_stores_coherent()     # Unicorn 2.1.1 misses stores through an alias (Engine facts)
         self.memory = context.memory
         self.engine = engine
+        context.memory.write_observers.append(self._monitor_wrote)
         # Hooks record why the engine must stop: one PendingStop per run, the first one wins
         # (record_stop), except a refused port access, after which nothing that runs before the
         # stop lands happened as far as the guest is concerned: hooks then do nothing.
@@ -398,6 +399,13 @@ class DirectMode(ExecutionMode):
             self.engine.flush_translations()
         else:
             self.engine.invalidate_code(self.memory.ram.base, self.memory.ram.end)
+
+    def _monitor_wrote(self, address: int, size: int) -> None:
+        """A store into guest RAM that the engine did not make (a device's DMA, the monitor's
+        own): what the engine translated from those bytes goes, whatever linear addresses map
+        them (Engine.invalidate_host_code), as bt's cache drops its blocks there."""
+        for host, length in self.memory.host_ranges(address, size):
+            self.engine.invalidate_host_code(host, length)
 
     def _window_scan(self, address: int, size: int) -> None:
         """The engine translated a block while the watch is on: a code hook at each IF setter in

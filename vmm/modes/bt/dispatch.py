@@ -154,8 +154,30 @@ class Dispatcher:
         self._step_trap = False               # a callout ran under TF: #DB on the next execute
         self._step_stop_pending = False       # gdb's single step is one one-shot: stop after it
         self._event_after_one_shot = False    # the shadow of an sti runs alone, then the event
+        self.in_engine = False                # translated code runs (the monitor is in one of its hooks)
+        self._deferred_removals: list = []    # blocks written while they ran: dropped once the run ends
 
     # -- what hooks record ------------------------------------------------------------------------
+    def running_block(self):
+        """The cache block translated code is in while a hook of the engine runs (a device's DMA
+        from the hook of an OUT), else None."""
+        return self.cache.block_at(self.engine.reg64("rip")) if self.in_engine else None
+
+    def remove_after_run(self, block) -> None:
+        """A store from inside a hook hit the block running it: the block stays (its exits and
+        the way back to its guest instructions with it) until the engine returns, and the run
+        ends right after the I/O instruction (translated I/O ends the engine's block), so that
+        the rest of the guest's instructions run from the bytes as they are now."""
+        self._deferred_removals.append(block)
+        self.record(StopKind.END_RUN)
+
+    def _engine_run(self, begin: int) -> StopCause:
+        self.in_engine = True
+        try:
+            return self.engine.run(begin, self.context.until_address)
+        finally:
+            self.in_engine = False
+
     def record(self, kind: StopKind, data=None) -> None:
         """Note why the engine should stop (the first reason of a run wins) and stop it."""
         if self.pending is None:
@@ -234,6 +256,9 @@ class Dispatcher:
                 debugger.resume_over = None
                 begin = self._run_one_shot(self.cpu.eip)
         while True:
+            for block in self._deferred_removals:
+                self.cache.remove(block, "smc")
+            self._deferred_removals.clear()
             if begin is None:
                 block = self.block_for(self.cpu.eip)
                 begin = block.host
@@ -243,7 +268,7 @@ class Dispatcher:
             self.pending = None
             if not self.deprivileged():
                 begin = self.enter_deprivileged(begin)
-                cause = self.engine.run(begin, context.until_address)
+                cause = self._engine_run(begin)
             elif context.stop_due or (debugger is not None and debugger.interrupted):
                 # A stop from another thread (watchdog, gdb) that landed between two runs is
                 # taken here, as if it had landed on the first instruction: a guest that keeps
@@ -251,7 +276,7 @@ class Dispatcher:
                 self.engine.set_reg("eip", begin)
                 cause = StopCause.RETURNED
             else:
-                cause = self.engine.run(begin, context.until_address)
+                cause = self._engine_run(begin)
             begin = None
             pending, self.pending = self.pending, None
             if pending is not None and pending.kind is StopKind.DENIED_IO:

@@ -356,10 +356,15 @@ class BinaryTranslationMode(ExecutionMode):
 
     def _monitor_wrote(self, address: int, size: int) -> None:
         """The monitor stored into guest memory (emulation, exception frames, accessed and dirty
-        bits): the engine's write protection did not see it, so invalidate overlapping
-        translations and look at the guest page tables it may have changed here."""
+        bits, a device's DMA): the engine's write protection did not see it, so invalidate
+        overlapping translations and look at the guest page tables it may have changed here.
+        A DMA started by an OUT can write over the very block running that OUT: that block goes
+        once the engine returns (the run ends right after the OUT)."""
         if self.memory.ram.contains(address, 1):
-            self.cache.invalidate_range(address, size, "smc")
+            running = self.dispatcher.running_block()       # a device's DMA from an I/O hook
+            self.cache.invalidate_range(address, size, "smc", keep=running)
+            if running is not None and running.covers(address, size):
+                self.dispatcher.remove_after_run(running)
             self.paging.memory_written(address, size)
 
     # -- running (the hub: dispatch.py) -------------------------------------------------------------

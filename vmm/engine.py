@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import os
 import struct
 from dataclasses import dataclass
 from enum import Enum
@@ -17,6 +18,18 @@ from unicorn import x86_const as x86
 from translator.x86arch import EFER_LME, EFER_NXE, MSR_EFER
 
 PINNED_UNICORN_VERSION = "2.1.1"
+
+# The engine's code buffer (Unicorn's default, set explicitly), and how much of it the monitor
+# counts for each invalidation before it flushes the buffer itself (Engine.flush_before_full):
+# 4 times what xv6's boot was measured to need, 8 KiB.
+CODE_BUFFER_MIB = 1024
+CODE_PER_INVALIDATION = 32 * 1024
+
+
+def _ctl_write(control: int, arguments: int) -> int:
+    """uc_ctl's request word for writing `control` with that many arguments (UC_CTL_WRITE)."""
+    return control | (arguments << 26) | (uc_const.UC_CTL_IO_WRITE << 30)
+
 
 # Our own function pointers into the library (not the binding's, whose prototypes stay its own).
 _library = ctypes.CDLL(uclib._name)
@@ -183,6 +196,14 @@ class Engine:
         self.long_mode = long_mode
         self._uc = Uc(uc_const.UC_ARCH_X86, uc_const.UC_MODE_64 if long_mode else uc_const.UC_MODE_32)
         self._handle = self._uc._uch
+        # The engine's code buffer, sized before anything is translated (VMM_CODE_BUFFER_MIB: a
+        # small one for the test that fills it quickly), and what the monitor has invalidated
+        # since it last flushed it (flush_before_full).
+        self.code_buffer_bytes = int(os.environ.get("VMM_CODE_BUFFER_MIB", CODE_BUFFER_MIB)) << 20
+        _library.uc_ctl(self._handle, ctypes.c_int(_ctl_write(uc_const.UC_CTL_TCG_BUFFER_SIZE, 1)),
+                        ctypes.c_uint32(self.code_buffer_bytes))
+        self._invalidations = 0
+        self.buffer_flushes = 0
         self._register_buffer = ctypes.c_uint64()
         self._register_pointer = ctypes.byref(self._register_buffer)
         self._buffers: list = []          # host buffers behind mem_map_ptr regions (kept alive)
@@ -324,7 +345,21 @@ class Engine:
     def invalidate_code(self, begin: int, end: int) -> None:
         """Drop what the engine itself translated from [begin, end): needed after the monitor
         changes code behind its back (mem_write and host-buffer stores do not invalidate)."""
+        self._invalidations += 1
         self._uc.ctl_remove_cache(begin, end)
+
+    def flush_before_full(self) -> None:
+        """Between runs: drop every translation once the code the monitor's invalidations may
+        have made the engine generate again could fill half its code buffer. Unicorn 2.1.1
+        flushes a full buffer itself, from inside a run, and under binary translation that run
+        then goes wrong: xv6's usertests read a kernel stack back as zeros after 7 minutes (with
+        a 2 MiB buffer, its boot faults, or the engine crashes). QEMU never frees a translation
+        alone, so the buffer fills at the rate code is patched; each invalidation is counted at
+        CODE_PER_INVALIDATION (xv6's boot measured under 8 KiB)."""
+        if self._invalidations * CODE_PER_INVALIDATION >= self.code_buffer_bytes // 2:
+            self._invalidations = 0
+            self.buffer_flushes += 1
+            self.flush_translations()
 
     def invalidate_host_code(self, host_address: int, size: int) -> None:
         """Drop what the engine translated from the bytes of a map_host mapping at
@@ -687,6 +722,7 @@ class Engine:
     # -- run control ----------------------------------------------------------------------------
     def run(self, begin: int, until: int, count: int = 0) -> StopCause:
         """Execute from `begin` until hlt, stop() or `count` instructions."""
+        self.flush_before_full()
         self.memory_fault = None
         self._fault_address = None
         self._tlb_refused = False

@@ -1,7 +1,7 @@
 """The platform's one interrupt-controller model as the CPU sees it: the i8259 pair's INTR through the
 local APIC's LINT0, the APIC's own vectors by priority, the I/O APIC on the ISA lines; the i8254 on
-IRQ0, the RTC on IRQ8 and the APIC timer, all on the virtual clock, and the devices fed by host
-input (a UART that interrupts on receive), whose input wakes the run; plus the boot state QEMU's
+IRQ0, the RTC on IRQ8, the APIC timer and the firmware's (HPET, ACPI PM timer), all on the virtual
+clock, and the devices fed by host input (a UART that interrupts on receive), whose input wakes the run; plus the boot state QEMU's
 firmware leaves them in. `pending()` and `acknowledge()` are the one place that decides the next
 vector."""
 
@@ -62,9 +62,9 @@ class _ClockedMmio:
     def io_write(self, offset: int, size: int, value: int) -> None:
         platform = self.platform
         platform.mmio_uses_time()
-        armed = platform.apic.next_time
+        armed = platform.armed_events()
         self.device.io_write(offset, size, value)
-        if platform.intr_raised or platform.nmi_pending or platform.apic.next_time != armed:
+        if platform.intr_raised or platform.nmi_pending or platform.armed_events() != armed:
             platform.end_run()      # (an NMI even while blocked: the mode must watch for the IRET)
 
 
@@ -87,7 +87,10 @@ class InterruptPlatform:
         # entry or an I/O APIC entry in NMI mode).
         self.nmi_pending = False
         self.nmi_blocked = False
-        self.pit = I8254(irq=lambda level: self.set_isa_irq(PIT_IRQ, level))
+        self.pit = I8254(irq=self._pit_output)
+        self.hpet = None                # vmm.devices.hpet.Hpet: its legacy mode cuts the PIT off
+        self.timers = []                # devices on guest nanoseconds: advance(ns), next_event_ns()
+        self._timer_ports = [(PIT_BASE, PIT_PORTS), (RTC_BASE, RTC_PORTS)]   # an OUT may move an event
         self.in_use = False
         self.reprogrammed = False       # a chip was written since the run began
         self.on_first_use = []          # callbacks: a mode switching its instruction counting on
@@ -125,6 +128,35 @@ class InterruptPlatform:
         self.pic.set_irq(irq, level)
         self.ioapic.set_irq(isa_pin(irq), level)
 
+    def set_gsi(self, gsi: int, level: bool) -> None:
+        """A global system interrupt (QEMU's gsi[]): 0-15 are the ISA lines, the others reach the
+        I/O APIC alone (the HPET's routes)."""
+        if gsi < 16:
+            self.set_isa_irq(gsi, level)
+        else:
+            self.ioapic.set_irq(gsi, level)
+
+    def _pit_output(self, level: bool) -> None:
+        """The PIT's OUT0 on IRQ0, unless the HPET's legacy replacement routing has cut it off
+        (QEMU's pit_enabled line)."""
+        if self.hpet is None or not self.hpet.legacy:
+            self.set_isa_irq(PIT_IRQ, level)
+
+    def clocked_ports(self, device, base: int, count: int, bus, timer: bool = False) -> None:
+        """A chip on the port bus whose accesses make time observable and sync the timers first
+        (`timer`: an OUT to it may move its next event, so the run is bounded anew)."""
+        bus.register(base, count, _ClockedPorts(device, self))
+        if timer:
+            self._timer_ports.append((base, count))
+
+    def clocked_mmio(self, device, base: int, size: int, mmio) -> None:
+        """A memory-mapped chip on guest time (the HPET), as the APICs are."""
+        mmio.register(base, size, _ClockedMmio(device, self))
+
+    def armed_events(self) -> tuple:
+        """The APIC timer's and the other timers' next events: a write that changes one ends the run."""
+        return (self.apic.next_time,) + tuple(timer.next_event_ns() for timer in self.timers)
+
     def attach_rtc(self, rtc, bus) -> None:
         self.rtc = rtc
         bus.register(RTC_BASE, RTC_PORTS, _ClockedPorts(rtc, self))
@@ -144,7 +176,8 @@ class InterruptPlatform:
     def other_timer_armed(self) -> bool:
         """Whether a timer besides the PIT will raise an interrupt (the RTC's enabled ones, the
         APIC timer's unmasked LVT entry)."""
-        return (self.rtc is not None and self.rtc.next_event() is not None) or self.apic.next_time is not None
+        return (self.rtc is not None and self.rtc.next_event() is not None) or self.apic.next_time is not None \
+            or any(timer.next_event_ns() is not None for timer in self.timers)
 
     def _armed_inputs(self) -> list:
         return [source for source in self.input_sources if source.armed()]
@@ -217,6 +250,9 @@ class InterruptPlatform:
             self.rtc.advance()
         if self.apic.next_time is not None:
             self.apic.advance(self._now_ns())
+        for timer in self.timers:
+            if timer.next_event_ns() is not None:
+                timer.advance(self._now_ns())
         for source in self._armed_inputs():
             source.poll()
 
@@ -235,12 +271,15 @@ class InterruptPlatform:
             events.append(due - now)
         if self.apic.next_time is not None:
             events.append(self._cycles_at(self.apic.next_time) - now)
+        for timer in self.timers:
+            if (due := timer.next_event_ns()) is not None:
+                events.append(self._cycles_at(due) - now)
         return max(1, min(events)) if events else None
 
     def reprograms_timer(self, port: int) -> bool:
-        """Whether an OUT to `port` reprograms the PIT or the RTC: its next event may come sooner
-        than the run's bound, so the run must end and be bounded anew."""
-        return PIT_BASE <= port < PIT_BASE + PIT_PORTS or RTC_BASE <= port < RTC_BASE + RTC_PORTS
+        """Whether an OUT to `port` reprograms a timer (the PIT, the RTC, the ACPI PM's enables):
+        its next event may come sooner than the run's bound, so the run must end and be bounded anew."""
+        return any(base <= port < base + count for base, count in self._timer_ports)
 
     # -- the INTR line -------------------------------------------------------------------------
     @property

@@ -37,7 +37,9 @@ class _ClockedPorts:
 
     def io_read(self, offset: int, size: int) -> int:
         self.platform.guest_uses_time()
-        return self.device.io_read(offset, size)
+        value = self.device.io_read(offset, size)
+        self.platform.clock_read(self.device, offset)
+        return value
 
     def io_write(self, offset: int, size: int, value: int) -> None:
         self.platform.guest_uses_time()
@@ -57,7 +59,9 @@ class _ClockedMmio:
 
     def io_read(self, offset: int, size: int) -> int:
         self.platform.mmio_uses_time()
-        return self.device.io_read(offset, size)
+        value = self.device.io_read(offset, size)
+        self.platform.clock_read(self.device, offset)
+        return value
 
     def io_write(self, offset: int, size: int, value: int) -> None:
         platform = self.platform
@@ -152,6 +156,15 @@ class InterruptPlatform:
     def clocked_mmio(self, device, base: int, size: int, mmio) -> None:
         """A memory-mapped chip on guest time (the HPET), as the APICs are."""
         mmio.register(base, size, _ClockedMmio(device, self))
+
+    def clock_read(self, device, offset: int) -> None:
+        """A free-running counter was read (the HPET's, the PM timer: their `reads_clock`). Guest
+        time moves only as runs retire instructions, so a loop that polls one would see it stand
+        still until its run's bound: the run ends after the read (at the end of the block, as
+        an MMIO write that moves an event), and the next read sees the instructions since."""
+        reads_clock = getattr(device, "reads_clock", None)
+        if reads_clock is not None and reads_clock(offset):
+            self.end_run()
 
     def armed_events(self) -> tuple:
         """The APIC timer's and the other timers' next events: a write that changes one ends the run."""

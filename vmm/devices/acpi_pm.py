@@ -81,6 +81,9 @@ class AcpiPm:
         else:
             self.armed_ns = None
 
+    def reads_clock(self, offset: int) -> bool:
+        return PM_TMR <= offset < PM_TMR + 4
+
     def next_event_ns(self) -> Optional[int]:
         return self.armed_ns
 

@@ -76,6 +76,7 @@ class Hpet:
         self.isr = 0
         self.counter = 0                # the main counter while halted
         self.offset_ns = 0              # counter = (now + offset) / 10 ns while enabled
+        self.last_read = 0              # the main counter as last read (reads never repeat it)
         self.rtc_level = False          # the RTC's IRQ line, passed on outside legacy mode
         self.rtc_irq: Callable[[bool], None] = lambda level: None
 
@@ -93,6 +94,21 @@ class Hpet:
 
     def main_counter(self) -> int:
         return self.ticks() if self.enabled else self.counter
+
+    def _read_counter(self) -> int:
+        """The running counter as a read sees it: at least one tick (10 ns) past the last read.
+        Guest time is retired instructions, which a run that has not been counted yet (time
+        came into use inside it) does not see move; on QEMU and on the hardware a read takes
+        longer than a tick, so two reads never agree (kvm-unit-tests' hpet_read_test times a
+        stretch without an exit by two reads)."""
+        if not self.enabled:
+            return self.counter
+        value = max(self.ticks(), (self.last_read + 1) & MASK64)
+        self.last_read = value
+        return value
+
+    def reads_clock(self, offset: int) -> bool:
+        return offset in (REG_COUNTER, REG_COUNTER + 4) and self.enabled
 
     def _diff(self, timer: HpetTimer, current: int) -> int:
         """QEMU's hpet_calculate_diff: ticks to the comparator, at least 1."""
@@ -196,7 +212,7 @@ class Hpet:
         if offset == REG_CFG:
             return self.config & MASK32
         if offset in (REG_COUNTER, REG_COUNTER + 4):
-            return (self.main_counter() >> (32 if offset & 4 else 0)) & MASK32
+            return (self._read_counter() >> (32 if offset & 4 else 0)) & MASK32
         if offset == REG_STATUS:
             return self.isr & MASK32
         return 0
@@ -207,7 +223,7 @@ class Hpet:
     def io_write(self, offset: int, size: int, value: int) -> None:
         if size != 4 or offset >= HPET_SIZE:
             return
-        old = self._read(offset)
+        old = self._read(offset) if offset not in (REG_COUNTER, REG_COUNTER + 4) else 0   # (no read side effect)
         if TIMER_BASE <= offset < TIMER_END:
             timer = self._timer_at(offset)
             if timer is not None:
@@ -262,11 +278,12 @@ class Hpet:
         self.config = (self.config & ~MASK32) | value
         if not old & CFG_ENABLE and new & CFG_ENABLE:
             self.offset_ns = self.counter * PERIOD_NS - self.now_ns()
+            self.last_read = (self.counter - 1) & MASK64      # reads go on from the counter
             for timer in self.timers[:NUM_TIMERS]:
                 if timer.cmp != MASK64:
                     self._set_timer(timer)
         elif old & CFG_ENABLE and not new & CFG_ENABLE:
-            self.counter = self.ticks()
+            self.counter = max(self.ticks(), self.last_read)
             for timer in self.timers[:NUM_TIMERS]:
                 self._del_timer(timer)
         if not old & CFG_LEGACY and new & CFG_LEGACY:

@@ -46,15 +46,6 @@ class HpetTimer:
         self.cmp, self.period, self.wrap, self.expires_ns = MASK64, 0, False, None
 
 
-def _after32(a: int, b: int) -> bool:
-    """QEMU's hpet_time_after: a is after b, modulo 2^32."""
-    return ((b - a) & MASK32) >= 1 << 31
-
-
-def _after64(a: int, b: int) -> bool:
-    return ((b - a) & MASK64) >= 1 << 63
-
-
 class Hpet:
     """QEMU's HPET register for register. Only 4-byte accesses reach the registers (others read 0
     and are dropped: QEMU's valid access size). `now_ns()` is guest time; `set_gsi(gsi, level)`
@@ -69,7 +60,7 @@ class Hpet:
         self.now_ns, self.set_gsi = now_ns, set_gsi
         # QEMU keeps 32 timer slots and checks `id > num_timers`: the registers of a fourth timer
         # answer (all zero, never reset) as on QEMU, the others read 0.
-        self.timers = [HpetTimer(i) for i in range(NUM_TIMERS + 1)]
+        self.timers = [HpetTimer(i, cmp=0) for i in range(NUM_TIMERS + 1)]
         for timer in self.timers[:NUM_TIMERS]:
             timer.reset()
         self.config = 0
@@ -139,12 +130,15 @@ class Hpet:
         timer.expires_ns = None
         current = self.ticks()
         if timer.config & TN_PERIODIC and timer.period:
-            if timer.config & TN_32BIT:
-                while _after32(current, timer.cmp):
-                    timer.cmp = (timer.cmp + timer.period) & MASK32
-            else:
-                while _after64(current, timer.cmp):
-                    timer.cmp = (timer.cmp + timer.period) & MASK64
+            # QEMU adds the period while the count is after the comparator (at once here). Its
+            # callback runs after the deadline on a host-timed clock; on guest time it runs at
+            # the very tick, count equal to the comparator, which QEMU would leave there and
+            # fire again a tick later: equal counts as reached.
+            bits = 32 if timer.config & TN_32BIT else 64
+            mask = (1 << bits) - 1
+            behind = (current - timer.cmp) & mask
+            if behind < 1 << (bits - 1):
+                timer.cmp = (timer.cmp + (behind // timer.period + 1) * timer.period) & mask
             timer.expires_ns = now_ns + self._diff(timer, current) * PERIOD_NS
         elif timer.config & TN_32BIT and not timer.config & TN_PERIODIC and timer.wrap:
             timer.expires_ns = now_ns + self._diff(timer, current) * PERIOD_NS

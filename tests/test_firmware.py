@@ -452,3 +452,62 @@ def test_hpet_legacy_mode_routes_timers_0_and_1_and_cuts_the_rtc_off():
     assert lines[-2:] == [(8, True), (8, False)]        # timer 1 on IRQ8
     device.io_write(0x10, 4, 1)                         # legacy off: IRQ8 gets the RTC's level
     assert lines[-1] == (8, False)
+
+
+# -- reading a free-running counter sees the instructions since the last read -----------------------
+# 20,000 loop instructions between two reads of the PM timer, then of the HPET's counter (about 200
+# us at the virtual clock's 100.2 MHz: 716 PM ticks, 20,000 HPET ticks). Each delta must be more
+# than 1 us (any machine takes that long for 20,000 instructions) and under 10 ms. Before reads
+# saw the instructions of the run going on (VirtualClock.now), both reads of a run bounded by
+# nothing near (the PIT's next edge, 55 ms on) gave the time at its start: 0 PM ticks, and 1
+# HPET tick (its reads never agree).
+TIMED_LOOP_PROBE = """
+    mov esp, 0x7000
+    mov dword ptr [0xfed00010], 1
+    mov dx, 0x608
+    in eax, dx
+    mov ebx, eax
+    mov ecx, 10000
+pm_loop:
+    dec ecx
+    jnz pm_loop
+    in eax, dx
+    sub eax, ebx
+    and eax, 0xffffff
+    cmp eax, 4
+    seta al
+    call hex8
+    mov dx, 0x608
+    in eax, dx
+    sub eax, ebx
+    and eax, 0xffffff
+    cmp eax, 35795
+    setb al
+    call hex8
+    mov ebx, dword ptr [0xfed000f0]
+    mov ecx, 10000
+hpet_loop:
+    dec ecx
+    jnz hpet_loop
+    mov eax, dword ptr [0xfed000f0]
+    sub eax, ebx
+    cmp eax, 100
+    seta al
+    call hex8
+    cmp eax, 1000000
+    setb al
+    call hex8
+    call nl
+""" + EXIT0 + HEX
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_counter_reads_see_the_instructions_run_since(tmp_path, mode):
+    result, output, _vm = run_source(tmp_path, TIMED_LOOP_PROBE, mode=mode)
+    assert result.reason is StopReason.DEBUG_EXIT, result.message
+    assert output == b"01010101\n"
+
+
+@needs_qemu
+def test_timed_loop_probe_under_qemu(tmp_path):
+    assert run_qemu_source(tmp_path, TIMED_LOOP_PROBE).stdout == b"01010101\n"

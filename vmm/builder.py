@@ -186,11 +186,12 @@ def build_machine(config: MachineConfig, console: Console,
 
     # The HPET (0xFED00000) and the PIIX4's ACPI registers on guest time; the RTC's IRQ 8 goes
     # through the HPET, which cuts it (and the PIT's IRQ0) off in legacy replacement mode.
-    hpet = Hpet(interrupts._now_ns, interrupts.set_gsi)
+    vm.clock.in_flight = vm.mode.instructions_in_flight
+    hpet = Hpet(interrupts.precise_now_ns, interrupts.set_gsi)
     interrupts.hpet = hpet
     interrupts.timers.append(hpet)
     interrupts.clocked_mmio(hpet, HPET_BASE, HPET_SIZE, memory.mmio)
-    acpi_pm = AcpiPm(interrupts._now_ns, interrupts.device_irq(SCI_IRQ),
+    acpi_pm = AcpiPm(interrupts.precise_now_ns, interrupts.device_irq(SCI_IRQ),
                      power_off=lambda why: vm.request_stop(StopReason.POWERED_OFF, f"guest powered off: {why}"),
                      suspend=lambda why: vm.request_stop(StopReason.UNSUPPORTED, f"{why}: not modelled"))
     interrupts.timers.append(acpi_pm)

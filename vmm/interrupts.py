@@ -38,7 +38,8 @@ class _ClockedPorts:
     def io_read(self, offset: int, size: int) -> int:
         self.platform.guest_uses_time()
         value = self.device.io_read(offset, size)
-        self.platform.clock_read(self.device, offset)
+        if self.platform.reads_clock(self.device, offset) and self.platform.clock.in_flight() is None:
+            self.platform.clock_read_by_in = True     # the run loop ends the run after this IN
         return value
 
     def io_write(self, offset: int, size: int, value: int) -> None:
@@ -59,9 +60,7 @@ class _ClockedMmio:
 
     def io_read(self, offset: int, size: int) -> int:
         self.platform.mmio_uses_time()
-        value = self.device.io_read(offset, size)
-        self.platform.clock_read(self.device, offset)
-        return value
+        return self.device.io_read(offset, size)
 
     def io_write(self, offset: int, size: int, value: int) -> None:
         platform = self.platform
@@ -97,6 +96,7 @@ class InterruptPlatform:
         self._timer_ports = [(PIT_BASE, PIT_PORTS), (RTC_BASE, RTC_PORTS)]   # an OUT may move an event
         self.in_use = False
         self.reprogrammed = False       # a chip was written since the run began
+        self.clock_read_by_in = False   # an IN read a free-running counter (reads_clock)
         self.on_first_use = []          # callbacks: a mode switching its instruction counting on
         self._first_use_pending = False  # time came into use inside an MMIO access: tell the modes
         # at the next sync, outside the engine
@@ -157,14 +157,21 @@ class InterruptPlatform:
         """A memory-mapped chip on guest time (the HPET), as the APICs are."""
         mmio.register(base, size, _ClockedMmio(device, self))
 
-    def clock_read(self, device, offset: int) -> None:
-        """A free-running counter was read (the HPET's, the PM timer: their `reads_clock`). Guest
-        time moves only as runs retire instructions, so a loop that polls one would see it stand
-        still until its run's bound: the run ends after the read (at the end of the block, as
-        an MMIO write that moves an event), and the next read sees the instructions since."""
-        reads_clock = getattr(device, "reads_clock", None)
-        if reads_clock is not None and reads_clock(offset):
-            self.end_run()
+    def precise_now_ns(self) -> int:
+        """Guest time as the instruction running sees it (VirtualClock.now: what the run going on
+        executed included), for the free-running counters a guest times code with (the HPET's,
+        the PM timer): with the time at the run's start, code timed between two reads in one
+        run took no time, and a loop polling one saw it stand still until the run's bound."""
+        return self.clock.now() * NS_PER_SECOND // CPU_HZ
+
+    @staticmethod
+    def reads_clock(device, offset: int) -> bool:
+        """Whether this read was of a free-running counter (their `reads_clock`). In a run not
+        counted (time came into use inside it) nothing says what ran: a PM timer read ends that
+        run (`clock_read_by_in`, through the run loop) so that the next is counted; the HPET's
+        reads never agree (vmm/devices/hpet.py)."""
+        reads = getattr(device, "reads_clock", None)
+        return reads is not None and reads(offset)
 
     def armed_events(self) -> tuple:
         """The APIC timer's and the other timers' next events: a write that changes one ends the run."""

@@ -491,8 +491,17 @@ def test_resets_under_qemu(tmp_path, how):
 
 
 # -- COM1 interrupts, input while idle, COM2 ---------------------------------------------------
+class Line(list):
+    """An IRQ line's levels as a device drives it, repeats folded: the changes (the UART raises
+    its line again on every update with an interrupt pending, as QEMU's serial_update_irq)."""
+
+    def append(self, level):
+        if not self or self[-1] != level:
+            super().append(level)
+
+
 def test_uart_raises_its_irq_whatever_out2_says():
-    levels = []
+    levels = Line()
     uart = Uart16550(BufferConsole(b"x"), levels.append)
     uart.io_write(MCR, 1, 0x00)             # OUT2 off, as xv6 leaves it
     assert not uart.armed() and levels == []
@@ -508,13 +517,27 @@ def test_the_uart_takes_the_next_byte_as_soon_as_its_receiver_has_room():
     # A guest that reads one byte per interrupt (no LSR loop) gets the next one's IRQ at once,
     # as from QEMU's chardev, not at its next look at LSR: nothing else would raise it while
     # the guest spins.
-    levels = []
+    levels = Line()
     uart = Uart16550(BufferConsole(b"ab"), levels.append)
     uart.io_write(IER_DLM, 1, IER_RDI)
     assert levels == [True] and uart.armed()
     assert uart.io_read(RBR_THR_DLL, 1) == ord("a")
     assert levels == [True, False, True] and uart.io_read(LSR, 1) & 1
     assert uart.io_read(RBR_THR_DLL, 1) == ord("b") and levels == [True, False, True, False]
+
+
+def test_the_uart_raises_its_irq_again_on_each_update_with_an_interrupt_pending():
+    # QEMU's serial_update_irq calls qemu_irq_raise on every register access while an interrupt
+    # is pending, so an edge-triggered I/O APIC pin unmasked after the line went high still gets
+    # a request (xv6 reads COM1's receiver, unmasks the pin, then writes its banner: under QEMU
+    # the byte typed ahead interrupts there). Before, the UART drove its line on changes only.
+    levels = []
+    uart = Uart16550(BufferConsole(b"ab"), levels.append)
+    uart.io_write(IER_DLM, 1, IER_RDI)
+    raised = len(levels)
+    assert levels[-1] is True
+    uart.io_write(RBR_THR_DLL, 1, ord("!"))         # a byte transmitted: the line is raised again
+    assert levels[raised:] == [True]
 
 
 UART_GUEST = idt_setup({0x0B: "com2_irq", 0x0C: "com1_irq"}) + """

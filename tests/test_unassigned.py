@@ -159,8 +159,8 @@ def test_guest_errors_trace_and_report_counters(tmp_path):
         "Invalid read at addr 0x2000000, size 4, region '(null)', reason: rejected",
         "Invalid write at addr 0xFF0E9024, size 2, region '(null)', reason: rejected"]
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["counters"]["mmio"] == {"apic": {"reads": 0, "writes": 0}, "ioapic": {"reads": 0, "writes": 0},
-                                          "unassigned": {"reads": 1, "writes": 1}}
+    assert report["counters"]["mmio"] == {"apic": {"reads": 0, "writes": 0}, "hpet": {"reads": 0, "writes": 0},
+                                          "ioapic": {"reads": 0, "writes": 0}, "unassigned": {"reads": 1, "writes": 1}}
     proc = run_vmm("run", str(guest), "--unassigned", "never")
     assert proc.returncode == 2 and "--unassigned" in proc.stderr.decode() and b"Traceback" not in proc.stderr
 

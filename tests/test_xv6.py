@@ -61,3 +61,22 @@ def test_kernel_on_an_ide_disk_writes_the_image_as_qemu_does(tmp_path):
         assert mine == theirs, f"{line!r}: {mine!r} where QEMU prints {theirs!r}"
     digest = [hashlib.sha256(path.read_bytes()).hexdigest() for path in (ours_image, qemus_image, XV6 / "fs.img")]
     assert digest[0] == digest[1] != digest[2]       # the same writes, and some there were
+
+
+@pytest.mark.parametrize("mode", ["bt", "direct", "trap", "vt"])
+def test_xv6_finds_the_mp_table_and_takes_its_interrupts_through_the_apics(mode):
+    # With SeaBIOS's MP table (vmm/mptable.py) xv6 goes the way it goes under QEMU: its mp.c finds
+    # the floating pointer in the F segment, lapicinit runs the local APIC's timer (periodic,
+    # vector 32) and masks LINT0, cutting the i8259 pair off, and the console's IRQ 4 comes through the I/O
+    # APIC (vector 36). Before the table, xv6 ran on the PIC and the PIT. A byte typed ahead is
+    # eaten by uartinit's read of the receiver, under QEMU too: " echo hi" reaches the shell. The run
+    # ends at 10^8 guest instructions (idle time is skipped: the shell has answered by then).
+    from tests.guests import run_image
+    result, output, vm = run_image(str(XV6 / "kernelmemfs"), b" echo hi\n", mode=mode, mem_mib=256,
+                                  max_instructions=100_000_000, timeout=120)
+    assert b"init: starting sh\n$ hi\n$ " in output, (result.message, output[-300:])
+    assert vm.interrupts.apic.lvt[0] == 0x20020                  # timer: periodic, vector 32
+    assert vm.interrupts.ioapic.table[4] & 0x1FFFF == 0x24       # COM1: unmasked, vector 36
+    assert vm.interrupts.apic.lvt[3] & 0x10000                    # LINT0 masked: no PIC interrupt
+    assert vm.external_interrupts[0x20] > 0 and vm.external_interrupts[0x24] > 0
+    assert set(vm.external_interrupts) <= {0x20, 0x24, 0x3F}     # nothing from the PIC (0x3F: spurious)

@@ -1,11 +1,14 @@
 """Low memory as SeaBIOS leaves it for a Multiboot kernel on QEMU's pc machine: the BIOS data area
-(0x400-0x4FF), the extended BIOS data area below 640 KiB, and the text screen SeaBIOS printed."""
+(0x400-0x4FF), the extended BIOS data area below 640 KiB, the text screen SeaBIOS printed, and the
+firmware tables (MP, ACPI: vmm/mptable.py, vmm/acpi.py)."""
 
 from __future__ import annotations
 
 import struct
 
+from vmm.acpi import write_acpi_tables
 from vmm.devices.vga import TEXT_MEMORY, boot_text_memory
+from vmm.mptable import write_mp_tables
 
 BDA_ADDRESS = 0x400
 EBDA_SEGMENT = 0x9FC0           # 1 KiB at 0x9FC00-0x9FFFF (the e820 map reserves it)
@@ -52,9 +55,12 @@ def ticks_since_midnight(epoch_seconds: int) -> int:
 
 
 def write_firmware_state(memory, start_epoch: int) -> None:
-    """Fill the BDA, the EBDA (its first byte is its size in KiB) and the text page."""
+    """Fill the BDA, the EBDA (its first byte is its size in KiB), the text page, the MP tables
+    (F segment) and the ACPI tables (RSDP in the F segment, the others at the top of RAM)."""
     area = bytearray(bios_data_area())
     struct.pack_into("<I", area, TIMER_TICKS - BDA_ADDRESS, ticks_since_midnight(start_epoch))
     memory.write(BDA_ADDRESS, bytes(area))
     memory.write(EBDA_ADDRESS, bytes([EBDA_KIB]) + bytes(EBDA_KIB * 1024 - 1))
     memory.write(TEXT_MEMORY, boot_text_memory())
+    write_mp_tables(memory)
+    write_acpi_tables(memory)

@@ -13,7 +13,9 @@ from vmm.bus import PortBus
 from vmm.clock import CPU_HZ, VirtualClock
 from vmm.console import Console, NullConsole
 from vmm.devices.bmdma import BusMasterIde
+from vmm.devices.acpi_pm import APM_BASE, APM_PORTS, GPE0_BASE, GPE0_LENGTH, PM_BASE, PM_PORTS, SCI_IRQ, AcpiPm, Apm
 from vmm.devices.debug_exit import DEBUG_EXIT_PORT, DEBUG_EXIT_PORTS, DebugExit
+from vmm.devices.hpet import HPET_BASE, HPET_SIZE, Hpet
 from vmm.devices.ide import IDE_BASE, IDE_CONTROL, IDE_IRQ, IDE_PORTS, IdeChannel
 from vmm.devices.i8042 import I8042, I8042_COMMAND, I8042_DATA
 from vmm.devices.mc146818 import MC146818, VIRTUAL_START_EPOCH
@@ -165,13 +167,16 @@ def build_machine(config: MachineConfig, console: Console,
     #   0x0060, 0x0064   i8042 PS/2 controller and keyboard (IRQ1)
     #   0x0070 - 0x0071  MC146818 RTC/CMOS (IRQ8)
     #   0x0092           port 92: A20 gate, fast reset
+    #   0x00B2 - 0x00B3  APM control and status (0xB2 is the FADT's SMI_CMD)
     #   0x00F4 - 0x00F7  isa-debug-exit
     #   0x01F0 - 0x01F7  IDE primary channel command block (IRQ 14), 0x03F6 its control register
     #   0x02F8 - 0x02FF  COM2 16550A UART (IRQ3, nothing attached)
     #   0x03C0 - 0x03DF  VGA (CRT controller at 0x3D4/0x3D5)
     #   0x03F8 - 0x03FF  COM1 16550A UART (IRQ4, the console)
+    #   0x0600 - 0x063F  PIIX4 PM (SeaBIOS's PMBA): PM1a event, control, the PM timer (SCI on IRQ 9)
     #   0x0CF8, 0x0CFA   PCI CONFIG_ADDRESS      0x0CFC - 0x0CFF  PCI CONFIG_DATA
     #   0x0CF9           reset control register
+    #   0xAFE0 - 0xAFE3  PIIX4 GPE0 block
     #   0xC000 - 0xC00F  PIIX3 IDE bus-master registers (BAR4: where the guest puts them)
     interrupts = vm.interrupts
     interrupts.register(bus)
@@ -185,7 +190,24 @@ def build_machine(config: MachineConfig, console: Console,
     def reset(why: str) -> None:
         vm.request_stop(StopReason.RESET, f"guest reset the machine: {why}")
 
-    rtc = MC146818(lambda: vm.clock.cycles, CPU_HZ, start_epoch, memory.ram_size, interrupts.device_irq(8))
+    # The HPET (0xFED00000) and the PIIX4's ACPI registers on guest time; the RTC's IRQ 8 goes
+    # through the HPET, which cuts it (and the PIT's IRQ0) off in legacy replacement mode.
+    vm.clock.in_flight = vm.mode.instructions_in_flight
+    hpet = Hpet(interrupts.precise_now_ns, interrupts.set_gsi)
+    interrupts.hpet = hpet
+    interrupts.timers.append(hpet)
+    interrupts.clocked_mmio(hpet, HPET_BASE, HPET_SIZE, memory.mmio)
+    acpi_pm = AcpiPm(interrupts.precise_now_ns, interrupts.device_irq(SCI_IRQ),
+                     power_off=lambda why: vm.request_stop(StopReason.POWERED_OFF, f"guest powered off: {why}"),
+                     suspend=lambda why: vm.request_stop(StopReason.UNSUPPORTED, f"{why}: not modelled"))
+    interrupts.timers.append(acpi_pm)
+    interrupts.clocked_ports(acpi_pm, PM_BASE, PM_PORTS, bus, timer=True)
+    interrupts.clocked_ports(acpi_pm.gpe_port(), GPE0_BASE, GPE0_LENGTH, bus)
+    apm = Apm(acpi_pm.apm_control)
+    bus.register(APM_BASE, APM_PORTS, apm)
+    rtc_irq = interrupts.device_irq(8)
+    hpet.rtc_irq = rtc_irq
+    rtc = MC146818(lambda: vm.clock.cycles, CPU_HZ, start_epoch, memory.ram_size, hpet.rtc_input)
     interrupts.attach_rtc(rtc, bus)
     kbc = I8042(reset, lambda irq, level: interrupts.device_irq(irq)(level), host_input=keyboard)
     bus.register(I8042_DATA, 1, kbc)
@@ -207,7 +229,7 @@ def build_machine(config: MachineConfig, console: Console,
     bus.register(VGA_BASE, VGA_PORTS, vga)
     vm.screen = vga
     vm.devices.update({device.name: device for device in (rtc, kbc, port92, reset_control, com1, com2, vga,
-                                                          interrupts.apic, interrupts.ioapic)})
+                                                          interrupts.apic, interrupts.ioapic, hpet, acpi_pm, apm)})
     vm.ide = IdeChannel(disks, interrupts.device_irq(IDE_IRQ), tracer.disk_command if tracer.disk else None)
     vm.at_exit.append(vm.ide.close)       # what the guest wrote is in the files when the run ends
     bus.register(IDE_BASE, IDE_PORTS, vm.ide)

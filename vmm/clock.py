@@ -4,6 +4,7 @@ clock (--clock realtime). Devices and rdtsc read it; the execution modes advance
 from __future__ import annotations
 
 import time
+from typing import Callable, Optional
 
 from vmm.devices.i8254 import PIT_FREQ
 
@@ -27,12 +28,23 @@ class VirtualClock:
         self._cycles = 0
         self._started = time.perf_counter()
         self.idle_cycles = 0          # skipped by hlt
+        # The instructions the engine run going on has executed and not retired yet, from its
+        # mode (ExecutionMode.instructions_in_flight; None: no counted run).
+        self.in_flight: Callable[[], Optional[int]] = lambda: None
 
     @property
     def cycles(self) -> int:
         if self.realtime:
             self._cycles = max(self._cycles, int((time.perf_counter() - self._started) * CPU_HZ))
         return self._cycles
+
+    def now(self) -> int:
+        """Guest time as an instruction inside a run sees it: what was retired, plus what the
+        run going on has executed (under the virtual clock; the realtime clock is the host's)."""
+        cycles = self.cycles
+        if not self.realtime:
+            cycles += self.in_flight() or 0
+        return cycles
 
     @property
     def pit_ticks(self) -> int:

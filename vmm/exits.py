@@ -49,6 +49,7 @@ class StopReason(Enum):
     TRIPLE_FAULT = "triple_fault"        # an exception while delivering a double fault: shutdown
     RESET = "reset"                      # the guest reset the machine (port 0x92, 0xCF9, the keyboard
                                          # controller): the end of the run, as QEMU's -no-reboot makes it
+    POWERED_OFF = "powered_off"          # the guest powered the machine off (ACPI S5 through PM1a_CNT)
     MEMORY_FAULT = "memory_fault"
     UNSUPPORTED = "unsupported"          # the guest used a feature this monitor does not model
     INSTRUCTION_LIMIT = "instruction_limit"
@@ -60,6 +61,7 @@ class StopReason(Enum):
 # Statuses for stops the guest did not choose. A debug-exit run exits with the guest's value & 0xFF.
 EXIT_STATUS = {
     StopReason.HALTED: 0,
+    StopReason.POWERED_OFF: 0,           # QEMU exits 0 when its guest shuts it down
     StopReason.TRIPLE_FAULT: 120,
     StopReason.RESET: 119,
     StopReason.MEMORY_FAULT: 121,

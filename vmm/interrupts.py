@@ -1,7 +1,7 @@
 """The platform's one interrupt-controller model as the CPU sees it: the i8259 pair's INTR through the
 local APIC's LINT0, the APIC's own vectors by priority, the I/O APIC on the ISA lines; the i8254 on
-IRQ0, the RTC on IRQ8 and the APIC timer, all on the virtual clock, and the devices fed by host
-input (a UART that interrupts on receive), whose input wakes the run; plus the boot state QEMU's
+IRQ0, the RTC on IRQ8, the APIC timer and the firmware's (HPET, ACPI PM timer), all on the virtual
+clock, and the devices fed by host input (a UART that interrupts on receive), whose input wakes the run; plus the boot state QEMU's
 firmware leaves them in. `pending()` and `acknowledge()` are the one place that decides the next
 vector."""
 
@@ -37,7 +37,10 @@ class _ClockedPorts:
 
     def io_read(self, offset: int, size: int) -> int:
         self.platform.guest_uses_time()
-        return self.device.io_read(offset, size)
+        value = self.device.io_read(offset, size)
+        if self.platform.reads_clock(self.device, offset) and self.platform.clock.in_flight() is None:
+            self.platform.clock_read_by_in = True     # the run loop ends the run after this IN
+        return value
 
     def io_write(self, offset: int, size: int, value: int) -> None:
         self.platform.guest_uses_time()
@@ -62,9 +65,9 @@ class _ClockedMmio:
     def io_write(self, offset: int, size: int, value: int) -> None:
         platform = self.platform
         platform.mmio_uses_time()
-        armed = platform.apic.next_time
+        armed = platform.armed_events()
         self.device.io_write(offset, size, value)
-        if platform.intr_raised or platform.nmi_pending or platform.apic.next_time != armed:
+        if platform.intr_raised or platform.nmi_pending or platform.armed_events() != armed:
             platform.end_run()      # (an NMI even while blocked: the mode must watch for the IRET)
 
 
@@ -87,9 +90,13 @@ class InterruptPlatform:
         # entry or an I/O APIC entry in NMI mode).
         self.nmi_pending = False
         self.nmi_blocked = False
-        self.pit = I8254(irq=lambda level: self.set_isa_irq(PIT_IRQ, level))
+        self.pit = I8254(irq=self._pit_output)
+        self.hpet = None                # vmm.devices.hpet.Hpet: its legacy mode cuts the PIT off
+        self.timers = []                # devices on guest nanoseconds: advance(ns), next_event_ns()
+        self._timer_ports = [(PIT_BASE, PIT_PORTS), (RTC_BASE, RTC_PORTS)]   # an OUT may move an event
         self.in_use = False
         self.reprogrammed = False       # a chip was written since the run began
+        self.clock_read_by_in = False   # an IN read a free-running counter (reads_clock)
         self.on_first_use = []          # callbacks: a mode switching its instruction counting on
         self._first_use_pending = False  # time came into use inside an MMIO access: tell the modes
         # at the next sync, outside the engine
@@ -125,6 +132,51 @@ class InterruptPlatform:
         self.pic.set_irq(irq, level)
         self.ioapic.set_irq(isa_pin(irq), level)
 
+    def set_gsi(self, gsi: int, level: bool) -> None:
+        """A global system interrupt (QEMU's gsi[]): 0-15 are the ISA lines, the others reach the
+        I/O APIC alone (the HPET's routes)."""
+        if gsi < 16:
+            self.set_isa_irq(gsi, level)
+        else:
+            self.ioapic.set_irq(gsi, level)
+
+    def _pit_output(self, level: bool) -> None:
+        """The PIT's OUT0 on IRQ0, unless the HPET's legacy replacement routing has cut it off
+        (QEMU's pit_enabled line)."""
+        if self.hpet is None or not self.hpet.legacy:
+            self.set_isa_irq(PIT_IRQ, level)
+
+    def clocked_ports(self, device, base: int, count: int, bus, timer: bool = False) -> None:
+        """A chip on the port bus whose accesses make time observable and sync the timers first
+        (`timer`: an OUT to it may move its next event, so the run is bounded anew)."""
+        bus.register(base, count, _ClockedPorts(device, self))
+        if timer:
+            self._timer_ports.append((base, count))
+
+    def clocked_mmio(self, device, base: int, size: int, mmio) -> None:
+        """A memory-mapped chip on guest time (the HPET), as the APICs are."""
+        mmio.register(base, size, _ClockedMmio(device, self))
+
+    def precise_now_ns(self) -> int:
+        """Guest time as the instruction running sees it (VirtualClock.now: what the run going on
+        executed included), for the free-running counters a guest times code with (the HPET's,
+        the PM timer): with the time at the run's start, code timed between two reads in one
+        run took no time, and a loop polling one saw it stand still until the run's bound."""
+        return self.clock.now() * NS_PER_SECOND // CPU_HZ
+
+    @staticmethod
+    def reads_clock(device, offset: int) -> bool:
+        """Whether this read was of a free-running counter (their `reads_clock`). In a run not
+        counted (time came into use inside it) nothing says what ran: a PM timer read ends that
+        run (`clock_read_by_in`, through the run loop) so that the next is counted; the HPET's
+        reads never agree (vmm/devices/hpet.py)."""
+        reads = getattr(device, "reads_clock", None)
+        return reads is not None and reads(offset)
+
+    def armed_events(self) -> tuple:
+        """The APIC timer's and the other timers' next events: a write that changes one ends the run."""
+        return (self.apic.next_time,) + tuple(timer.next_event_ns() for timer in self.timers)
+
     def attach_rtc(self, rtc, bus) -> None:
         self.rtc = rtc
         bus.register(RTC_BASE, RTC_PORTS, _ClockedPorts(rtc, self))
@@ -144,7 +196,8 @@ class InterruptPlatform:
     def other_timer_armed(self) -> bool:
         """Whether a timer besides the PIT will raise an interrupt (the RTC's enabled ones, the
         APIC timer's unmasked LVT entry)."""
-        return (self.rtc is not None and self.rtc.next_event() is not None) or self.apic.next_time is not None
+        return (self.rtc is not None and self.rtc.next_event() is not None) or self.apic.next_time is not None \
+            or any(timer.next_event_ns() is not None for timer in self.timers)
 
     def _armed_inputs(self) -> list:
         return [source for source in self.input_sources if source.armed()]
@@ -217,6 +270,9 @@ class InterruptPlatform:
             self.rtc.advance()
         if self.apic.next_time is not None:
             self.apic.advance(self._now_ns())
+        for timer in self.timers:
+            if timer.next_event_ns() is not None:
+                timer.advance(self._now_ns())
         for source in self._armed_inputs():
             source.poll()
 
@@ -235,12 +291,15 @@ class InterruptPlatform:
             events.append(due - now)
         if self.apic.next_time is not None:
             events.append(self._cycles_at(self.apic.next_time) - now)
+        for timer in self.timers:
+            if (due := timer.next_event_ns()) is not None:
+                events.append(self._cycles_at(due) - now)
         return max(1, min(events)) if events else None
 
     def reprograms_timer(self, port: int) -> bool:
-        """Whether an OUT to `port` reprograms the PIT or the RTC: its next event may come sooner
-        than the run's bound, so the run must end and be bounded anew."""
-        return PIT_BASE <= port < PIT_BASE + PIT_PORTS or RTC_BASE <= port < RTC_BASE + RTC_PORTS
+        """Whether an OUT to `port` reprograms a timer (the PIT, the RTC, the ACPI PM's enables):
+        its next event may come sooner than the run's bound, so the run must end and be bounded anew."""
+        return any(base <= port < base + count for base, count in self._timer_ports)
 
     # -- the INTR line -------------------------------------------------------------------------
     @property

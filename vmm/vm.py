@@ -418,6 +418,13 @@ class VirtualMachine:
         # An IRQ raised by an IN (the IDE's next sector) does not end the run here: a stop inside
         # the hook of an INS lands on the element's own store, and the engine runs the element,
         # IN included, again (a data word lost). It is seen at the next OUT, hlt or event.
+        if self.interrupts.clock_read_by_in:
+            # A read of the PM timer: the run ends after it, so that the next read sees the
+            # instructions run since (InterruptPlatform.reads_clock; an INS of it read again
+            # loses nothing).
+            self.interrupts.clock_read_by_in = False
+            if self._result is None:
+                self.mode.end_run_after_io(vm_exit.port, vm_exit.size)
         return value
 
     def _port_out(self, vm_exit: VmExit) -> int:

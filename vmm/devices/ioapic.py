@@ -37,18 +37,20 @@ class IoApic:
         self.id = 0
         self.ioregsel = 0
         self.irr = 0
-        self.levels = 0                      # each input pin's line (edge-triggered pins fire on a rise)
+        self.levels = 0                      # each input pin's line as last driven (state only)
         self.table = [ENTRY_MASKED] * IOAPIC_PINS
 
     # -- inputs -------------------------------------------------------------------------------------
     def set_irq(self, pin: int, level: bool) -> None:
         """Drive input `pin`. QEMU's ioapic_set_irq: a level-triggered pin requests while its line
-        is high (again once the EOI clears remote IRR); an edge-triggered one on a rise, and
-        not while it is masked (the 82093AA ignores edges on masked pins)."""
+        is high (again once the EOI clears remote IRR); an edge-triggered one each time its line
+        is driven high, raised already or not (QEMU keeps no line state for them: a device that
+        raises its IRQ again, as QEMU's serial does on every register access with an interrupt
+        pending, requests again), and not while it is masked (the 82093AA ignores edges on
+        masked pins)."""
         if not 0 <= pin < IOAPIC_PINS:
             return
         mask = 1 << pin
-        rising = level and not self.levels & mask
         self.levels = self.levels | mask if level else self.levels & ~mask
         entry = self.table[pin]
         if entry & ENTRY_LEVEL:
@@ -58,7 +60,7 @@ class IoApic:
                     self.service()
             else:
                 self.irr &= ~mask
-        elif rising and not entry & ENTRY_MASKED:
+        elif level and not entry & ENTRY_MASKED:
             self.irr |= mask
             self.service()
 

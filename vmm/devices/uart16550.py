@@ -236,7 +236,10 @@ class Uart16550:
             pending = IIR_NO_INT
         self.iir = pending | (self.iir & 0xF0)
         level = pending != IIR_NO_INT
-        if level != self.irq_level:
+        # QEMU's serial_update_irq raises the line on every update with an interrupt pending, not
+        # only on a change: an edge-triggered I/O APIC pin unmasked while the line was already
+        # high (xv6 unmasks COM1's after reading the receiver) requests at the next update.
+        if level != self.irq_level or level:
             self.irq_level = level
             if self.set_irq:
                 self.set_irq(level)

@@ -95,6 +95,12 @@ class ExecutionMode(ABC):
         it without stopping the engine inside the access (a stop there makes the engine run the
         access again); otherwise the run ends at its next exit or event, as here."""
 
+    def instructions_in_flight(self) -> Optional[int]:
+        """From inside a hook or an MMIO access of a counted run: the guest instructions the run
+        has executed so far, not retired yet (the clock's `in_flight`: devices that read a free-
+        running counter see them). None while no counted run is going on."""
+        return None
+
     def deny_io(self, port: int, size: int) -> None:
         """Called from the hook of an IN/OUT the guest may not execute (CPL > IOPL and the TSS
         bitmap forbids it; the engine itself never checks): end the run and report #GP(0) at

@@ -164,6 +164,7 @@ class DirectMode(ExecutionMode):
         # Once the guest uses time the run loop bounds every run: end the unbounded one now.
         context.on_first_use(self._end_run)
         self._counted_run = False       # an engine run with a count is under way (end_run_after_mmio)
+        self._done_in_run = 0           # instructions of the counted run's earlier engine runs
         # The local APIC's MSR and CPUID bit, which the engine's CPU lacks.
         self.msr_cpuid = MsrCpuidWatch(engine, context.cpu_devices, self._fetch, self._msr_exits_added,
                                        self.watch_msrs)
@@ -343,6 +344,12 @@ class DirectMode(ExecutionMode):
             # timer; such a stop lands by the engine's block, which this hook cannot always
             # see: the run goes on to its end, as an MMIO access would leave it)
             self._end_run()
+
+    def instructions_in_flight(self) -> Optional[int]:
+        """In a counted run (from a hook: the instruction in it is started, not done)."""
+        if not self._counted_run:
+            return None
+        return self._done_in_run + max(0, self.engine.instructions_started() - 1)
 
     def end_run_after_mmio(self) -> None:
         """In a counted run the engine's count is cut short (Engine.end_count_after): it stops
@@ -865,13 +872,13 @@ class DirectMode(ExecutionMode):
         that blocks interrupts for one more (sti, mov ss, pop ss) is never the last: an
         interrupt taken at the end must not land in its shadow. Returns (cause, count run)."""
         engine, until = self.engine, self.context.until_address
-        done = 0
+        done = self._done_in_run = 0
         if count > 1:
             cause = engine.run(engine.reg("eip"), until, count=count - 1)
             if self._stopped_early(cause):
                 self._ran_early = self._instructions_ran()
                 return cause, count
-            done = count - 1
+            done = self._done_in_run = count - 1
             self._run_goes_on()
         if self._opens_shadow(engine.reg("eip")):
             count += 1

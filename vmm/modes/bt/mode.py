@@ -82,6 +82,7 @@ class BinaryTranslationMode(ExecutionMode):
         self.paging_scheme = paging
         self.exit_counts: dict[str, int] = dict.fromkeys(CACHE_EXIT_KINDS, 0)
         self.translation_seconds = 0.0
+        self._counted_run = False       # a run with the budget counting is under way
 
     # -- set-up --------------------------------------------------------------------------------
     def attach(self, context) -> GuestCpu:
@@ -406,9 +407,17 @@ class BinaryTranslationMode(ExecutionMode):
         if not self.budget.enabled:
             return self.dispatcher.execute()
         self.budget.begin_run(self.context.run_budget())
-        vm_exit = self.dispatcher.execute()
+        self._counted_run = True
+        try:
+            vm_exit = self.dispatcher.execute()
+        finally:
+            self._counted_run = False
         self.context.retire(self.budget.retired())
         return vm_exit
+
+    def instructions_in_flight(self) -> Optional[int]:
+        """The budget charged so far: whole blocks, the running one included (block granularity)."""
+        return self.budget.retired() if self._counted_run else None
 
     def watch_interrupt_window(self, blocked: bool) -> None:
         """While an interrupt waits for IF, the sites after translated sti/popf are exits."""

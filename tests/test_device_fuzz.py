@@ -1,10 +1,11 @@
-"""Every I/O port and every register of the memory-mapped devices written with values of every
-shape by a guest, under every mode: the monitor survives it, the guest's own report comes out
-(its COM1 set up again, then `OK`), and the guest ends through isa-debug-exit, as the same guest
-does under qemu-system-i386 (the needs_qemu test). Left out: the writes that end a PC by design
-(isa-debug-exit at 0xF4-0xF7, the resets at 0x64, 0x92 and 0xCF9, the PIIX4 PM block at
-0x600-0x63F that powers off), which tests of their own cover, and the local APIC's ICR (an INIT
-to itself); interrupts stay off (IF clear), an NMI is taken and returned from."""
+"""Every I/O port and every register of the memory-mapped devices (local APIC, I/O APIC, HPET)
+written with values of every shape by a guest, under every mode: the monitor survives it, the
+guest's own report comes out (its COM1 set up again, then `OK`), and the guest ends through
+isa-debug-exit, as the same guest does under qemu-system-i386 (the needs_qemu test). Left out:
+the writes that end a PC by design (isa-debug-exit at 0xF4-0xF7, the resets at 0x64, 0x92 and
+0xCF9, the PIIX4 PM block at 0x600-0x63F that powers off), which tests of their own cover, and
+the local APIC's ICR (an INIT to itself); interrupts stay off (IF clear), an NMI is taken and
+returned from."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ DEVICE_PORTS = ([0x20, 0x21, 0xA0, 0xA1, 0x40, 0x41, 0x42, 0x43, 0x60, 0x61, 0x7
                 + list(range(0x1F0, 0x1F8)) + list(range(0x3F8, 0x400)) + list(range(0x2F8, 0x300))
                 + list(range(0x3C0, 0x3E0)) + list(range(0xC000, 0xC010)))
 VALUES = (0, 0xFFFFFFFF, 0x55555555, 0xAAAAAAAA)
-APIC, IOAPIC = 0xFEE00000, 0xFEC00000
+APIC, IOAPIC, HPET = 0xFEE00000, 0xFEC00000, 0xFED00000
 APIC_ICR = (0x300, 0x310)
 
 
@@ -54,6 +55,10 @@ def _mmio_pass() -> str:
             continue
         for value in VALUES:
             lines += [f"    mov dword ptr [{APIC + offset:#x}], {value:#x}", f"    mov eax, dword ptr [{APIC + offset:#x}]"]
+    for offset in range(0, 0x400, 8):
+        for value in VALUES:
+            lines += [f"    mov dword ptr [{HPET + offset:#x}], {value:#x}", f"    mov eax, dword ptr [{HPET + offset:#x}]",
+                      f"    mov dword ptr [{HPET + offset + 4:#x}], {value:#x}", f"    mov eax, dword ptr [{HPET + offset + 4:#x}]"]
     for select in range(0x40):
         for value in VALUES:
             lines += [f"    mov dword ptr [{IOAPIC:#x}], {select:#x}", f"    mov dword ptr [{IOAPIC + 0x10:#x}], {value:#x}",

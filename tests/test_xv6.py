@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from tests.xv6 import QEMU, XV6, qemu_command, session, vmm_command, xv6_missing
+from tests.xv6 import PROMPT, QEMU, XV6, Console, qemu_command, session, vmm_command, xv6_missing
 
 pytestmark = [
     pytest.mark.skipif(xv6_missing() is not None, reason=xv6_missing() or ""),
@@ -80,3 +80,20 @@ def test_xv6_finds_the_mp_table_and_takes_its_interrupts_through_the_apics(mode)
     assert vm.interrupts.apic.lvt[3] & 0x10000                    # LINT0 masked: no PIC interrupt
     assert vm.external_interrupts[0x20] > 0 and vm.external_interrupts[0x24] > 0
     assert set(vm.external_interrupts) <= {0x20, 0x24, 0x3F}     # nothing from the PIC (0x3F: spurious)
+
+
+# usertests, xv6's own test of its kernel, typed at the shell: a pass is what it prints at the end.
+# Minutes each (bt with shadow paging: 4 under load; QEMU: well under one): the slow group.
+@pytest.mark.slow
+@pytest.mark.parametrize("options", [("--mode", "bt"), ("--mode", "bt", "--paging", "nested"),
+                                     ("--mode", "direct"), ("--mode", "vt")],
+                         ids=["bt-shadow", "bt-nested", "direct", "vt"])
+def test_usertests_pass(options):
+    console = Console(vmm_command("kernelmemfs", *options), timeout=1800)
+    try:
+        at = console.expect(PROMPT, 0)
+        console.type("usertests")
+        end = console.expect(b"ALL TESTS PASSED\n", at)
+        assert b"panic" not in console.output[:end], console.output[-2000:]
+    finally:
+        console.close()

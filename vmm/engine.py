@@ -200,8 +200,10 @@ class Engine:
         # small one for the test that fills it quickly), and what the monitor has invalidated
         # since it last flushed it (flush_before_full).
         self.code_buffer_bytes = int(os.environ.get("VMM_CODE_BUFFER_MIB", CODE_BUFFER_MIB)) << 20
-        _library.uc_ctl(self._handle, ctypes.c_int(_ctl_write(uc_const.UC_CTL_TCG_BUFFER_SIZE, 1)),
-                        ctypes.c_uint32(self.code_buffer_bytes))
+        status = _library.uc_ctl(self._handle, ctypes.c_int(_ctl_write(uc_const.UC_CTL_TCG_BUFFER_SIZE, 1)),
+                                 ctypes.c_uint32(self.code_buffer_bytes))
+        if status != uc_const.UC_ERR_OK:
+            raise UcError(status)
         self._invalidations = 0
         self.buffer_flushes = 0
         self._register_buffer = ctypes.c_uint64()

@@ -528,3 +528,29 @@ def test_a_count_cut_short_in_an_mmio_access_ends_the_run_after_that_instruction
             assert writes == [0x55] and engine.reg("eip") == CODE + 5    # at the store, again
             engine.run(engine.reg("eip"), memory.until_address, count=100)
             assert writes == [0x55, 0x55]
+
+
+def test_the_code_buffer_is_flushed_between_runs_before_the_invalidations_could_fill_it(monkeypatch):
+    # Engine.flush_before_full: with a 1 MiB buffer, 16 invalidations (32 KiB each) account for
+    # half of it; the next run starts with a flush, the run before it with none.
+    from vmm.engine import CODE_PER_INVALIDATION
+    monkeypatch.setenv("VMM_CODE_BUFFER_MIB", "1")
+    engine, memory = machine("nop\nhlt")
+    assert engine.code_buffer_bytes == 1 << 20
+    limit = engine.code_buffer_bytes // 2 // CODE_PER_INVALIDATION
+    for _ in range(limit - 1):
+        engine.invalidate_code(CODE, CODE + 1)
+    engine.run(CODE, memory.until_address)
+    assert engine.buffer_flushes == 0
+    engine.invalidate_code(CODE, CODE + 1)
+    engine.run(CODE, memory.until_address)
+    assert engine.buffer_flushes == 1 and engine.halted()
+
+
+def test_a_bad_code_buffer_size_is_a_one_line_configuration_error(monkeypatch):
+    import pytest
+    from vmm.errors import ConfigError
+    for setting in ("abc", "0", "4096"):
+        monkeypatch.setenv("VMM_CODE_BUFFER_MIB", setting)
+        with pytest.raises(ConfigError, match="VMM_CODE_BUFFER_MIB"):
+            Engine()

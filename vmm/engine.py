@@ -16,6 +16,7 @@ from unicorn import unicorn_const as uc_const
 from unicorn import x86_const as x86
 
 from translator.x86arch import EFER_LME, EFER_NXE, MSR_EFER
+from vmm.errors import ConfigError
 
 PINNED_UNICORN_VERSION = "2.1.1"
 
@@ -24,6 +25,13 @@ PINNED_UNICORN_VERSION = "2.1.1"
 # 4 times what xv6's boot was measured to need, 8 KiB.
 CODE_BUFFER_MIB = 1024
 CODE_PER_INVALIDATION = 32 * 1024
+
+
+def _code_buffer_mib() -> int:
+    setting = os.environ.get("VMM_CODE_BUFFER_MIB", str(CODE_BUFFER_MIB))
+    if not setting.isdigit() or not 1 <= int(setting) <= 2048:
+        raise ConfigError(f"VMM_CODE_BUFFER_MIB={setting}: the engine's code buffer takes 1 to 2048 MiB")
+    return int(setting)
 
 
 def _ctl_write(control: int, arguments: int) -> int:
@@ -199,7 +207,7 @@ class Engine:
         # The engine's code buffer, sized before anything is translated (VMM_CODE_BUFFER_MIB: a
         # small one for the test that fills it quickly), and what the monitor has invalidated
         # since it last flushed it (flush_before_full).
-        self.code_buffer_bytes = int(os.environ.get("VMM_CODE_BUFFER_MIB", CODE_BUFFER_MIB)) << 20
+        self.code_buffer_bytes = _code_buffer_mib() << 20
         status = _library.uc_ctl(self._handle, ctypes.c_int(_ctl_write(uc_const.UC_CTL_TCG_BUFFER_SIZE, 1)),
                                  ctypes.c_uint32(self.code_buffer_bytes))
         if status != uc_const.UC_ERR_OK:

@@ -20,10 +20,13 @@ from vmm.errors import ConfigError
 
 PINNED_UNICORN_VERSION = "2.1.1"
 
-# The engine's code buffer (Unicorn's default, set explicitly), and how much of it the monitor
-# counts for each invalidation before it flushes the buffer itself (Engine.flush_before_full):
-# 4 times what xv6's boot was measured to need, 8 KiB.
-CODE_BUFFER_MIB = 1024
+# The engine's code buffer, and how much of it the monitor counts for each invalidation before it
+# flushes the buffer itself (Engine.flush_before_full): 4 times what xv6's boot was measured to
+# need, 8 KiB. 64 MiB, not Unicorn's 1 GiB: a flush of a well-used 1 GiB buffer took 2.2 s of
+# system time, of 256 MiB 45 ms, of 64 MiB 1 ms (a guest looping on cpuid under bt, which
+# patches bt's native stub each time, flushes 31 times a second); xv6's boot and forktest
+# under bt took the same time with 32 MiB to 1 GiB.
+CODE_BUFFER_MIB = 64
 CODE_PER_INVALIDATION = 32 * 1024
 
 

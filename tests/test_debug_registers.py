@@ -25,6 +25,7 @@ import pytest
 from tests.guests import PUTC, flat_gdt, idt_setup
 from tests.probe import brief, parse, probe_source, qemu_available, run_under_qemu
 from tests.samples import REPO_ROOT
+from tests.test_task_switch import PRINT_HEX, SETUP, TASK_X, _idt
 
 GP, DB = 13, 1
 MODES = [("bt", None), ("direct", None), ("trap", None), ("vt", None)]
@@ -482,3 +483,37 @@ def test_vt_takes_a_dr_access_exit_per_mov_drn_at_ring_0(tmp_path):
         assert proc.returncode == 0 and proc.stdout == expected, proc.stderr.decode()[-2000:]
         counts.append(json.loads(report.read_text())["counters"]["vt_exits"]["dr_access"])
     assert counts == [0, 7]
+
+
+# -- a task switch ends DR7's local breakpoints -------------------------------------------------------
+# (QEMU's switch_tss_ra clears L0-L3, not G0-G3.) Task X, reached through a task gate in the IDT,
+# which the monitor performs in every mode, prints DR7 and returns (iret, NT); the main task prints
+# it too.
+TASK_SWITCH = ("start:\n" + SETUP + _idt({0x40: (0x00200000, 0x00008500)})
+               + TASK_X.replace("mov eax, task_x", "mov eax, task_dr7") + """
+    mov eax, 0x4ff
+    mov dr7, eax
+    int 0x40
+    mov eax, dr7
+    call print_hex
+    call newline
+    mov eax, 0
+    out 0xf4, eax
+    cli
+    hlt
+task_dr7:
+    mov eax, dr7
+    call print_hex
+    iretd
+""" + PRINT_HEX)
+
+
+@pytest.mark.parametrize("mode, paging", MODES)
+def test_a_task_switch_clears_the_local_enables_as_on_qemu(tmp_path, mode, paging):
+    assert _run_apart(tmp_path, TASK_SWITCH, mode=mode) == b"000004aa 000004aa \n"
+
+
+@needs_qemu
+def test_task_switch_expectation_is_qemus():
+    from tools.fuzzlib.qemu import boot_under_qemu
+    assert boot_under_qemu(TASK_SWITCH, timeout=60).stdout == b"000004aa 000004aa \n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable, NamedTuple
 
 from vmm.guest_view import GuestFault
-from vmm.x86 import CR4_DE, DR6_BS, DR6_FIXED, DR7_FIXED, UD
+from vmm.x86 import CR4_DE, DR6_BS, DR6_FIXED, DR7_FIXED, DR7_LOCAL_ENABLES, UD
 
 # DR7's R/W field of each breakpoint (SDM vol. 3, 17.2.4)
 EXECUTE, WRITE, IO, ACCESS = 0, 1, 2, 3
@@ -55,6 +55,12 @@ class DebugRegisters:
                 raise GuestFault(UD)
             return number + 2
         return number
+
+    def task_switched(self) -> None:
+        """A hardware task switch completed: DR7's local enables go (QEMU's switch_tss_ra)."""
+        if self.dr[7] & DR7_LOCAL_ENABLES:
+            self.dr[7] &= ~DR7_LOCAL_ENABLES
+            self._rearm()
 
     # -- what DR7 enables -------------------------------------------------------------------------
     def _kind(self, index: int) -> int:

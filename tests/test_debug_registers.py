@@ -244,6 +244,23 @@ after_store:
     b'Dffff0ff4 001000d7 00000046 \n'
     b'00000005 .\n'
 )),
+    # A hit on the third round of a loop, by a store whose block ran twice before (under bt the
+    # one-instruction blocks were chained after their first run, and the #DB came late).
+    "a data breakpoint in a loop": (guest("""
+    mov eax, 0x7e00
+    mov dr2, eax
+    mov eax, 0x0D000420
+    mov dr7, eax
+    mov esi, 0x7e08
+    mov ecx, 3
+again:
+    mov dword ptr [esi], ecx
+    sub esi, 4
+    dec ecx
+    jnz again
+    mov eax, dword ptr [0x7f00]
+    call hex32
+"""), b'Dffff0ff4 001000a6 00000002 \n00000001 .\n'),
     # The guest's TF: DR6.BS after the step (the handler clears TF).
     "single step sets BS": (guest("""
     mov dword ptr [0x7f04], 4

@@ -364,7 +364,7 @@ class Dispatcher:
             if event_after:
                 return Exit(VmExit(ExitReason.EVENT, eip=self.cpu.eip))
             target = self.block_for(site.guest_eip)
-            if self.chaining and stop.block is not None and stop.block.alive:
+            if self._may_chain(stop.block):
                 self.cache.link(stop.block, stop.site_index, target)
             return Resume(target.host)
         if site.kind is ExitKind.MISS:
@@ -379,7 +379,7 @@ class Dispatcher:
                 return Exit(VmExit(ExitReason.EVENT, eip=self.cpu.eip))
             target = self.block_for(target_eip)
             self.cache.install_lookup(target)
-            if self.chaining and stop.block is not None and stop.block.alive:
+            if self._may_chain(stop.block):
                 self.cache.predict(stop.block, site, target_eip)
             return Resume(target.host)
         self.cpu.eip = site.guest_eip
@@ -402,6 +402,11 @@ class Dispatcher:
         if site.kind is ExitKind.FPU_POINTER:
             return self._fpu_pointer_exit(stop)
         raise MonitorBug(f"unknown exit {site.kind}")
+
+    def _may_chain(self, block) -> bool:
+        """Whether a block's exits may lead straight into other blocks: not a one-instruction
+        block (the guest's TF, an armed data breakpoint), which comes back after each."""
+        return self.chaining and block is not None and block.alive and not block.key.single_step
 
     # -- #DB: the guest's TF and hardware breakpoints (DR6 as QEMU sets it) ----------------------------
     def _single_step(self, eip: int) -> VmExit:

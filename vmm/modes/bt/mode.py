@@ -131,7 +131,8 @@ class BinaryTranslationMode(ExecutionMode):
         self.cpu = TranslatedCpu(self, self.vcpu_block)
         # The guest's hardware breakpoints (DR7): blocks end in front of its instruction
         # breakpoints; data breakpoints are memory hooks where their ranges map.
-        self.data_watch = DataWatch(engine, guest_physical(memory, lambda: self.cpu))
+        self.data_watch = DataWatch(engine, guest_physical(memory, lambda: self.cpu),
+                                    lambda: self.cache.flush("breakpoint"))
         self.data_watch.use(self.cpu.debug)
         self._guest_breakpoints: frozenset = frozenset()       # the instruction breakpoints blocks end at
         self._single_instruction_blocks = False                 # (while a data breakpoint is armed)
@@ -196,14 +197,13 @@ class BinaryTranslationMode(ExecutionMode):
         exit: the blocks holding an address that became or ceased to be one go. While a data
         breakpoint is armed every block is one instruction, never chained, so that its #DB
         comes right after the instruction (dispatch.py): when that starts or stops, or the
-        memory hooks change, everything is translated again (Unicorn too: its memory hooks
-        only see code it translates afterwards)."""
+        memory hooks come or go, everything is translated again (Unicorn's memory hooks only see
+        code it translates afterwards: the cache's code is new code to it)."""
         debug = self.cpu.debug
         if self._single_instruction_blocks or self.data_watch.armed:
             self._single_instruction_blocks = self.data_watch.armed
-            self.data_watch.refresh()
             self.cache.flush("breakpoint")
-            self.engine.flush_translations()
+            self.data_watch.refresh()
         else:
             for linear in self._guest_breakpoints ^ debug.instruction_breakpoints:
                 try:

@@ -171,6 +171,7 @@ class EngineBreakpoints:
         for hook in self._code_hooks.values():
             engine.remove_hook(hook)
         self._code_hooks = {address: engine.on_code(address, self._instruction_breakpoint) for address in wanted}
+        self._resumed_at = None
         self._retranslate(changed)
 
     def _retranslate(self, addresses) -> None:

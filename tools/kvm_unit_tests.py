@@ -67,8 +67,6 @@ NOT_MODELLED = {
     "taskswitch2": "a task switch into virtual-8086 mode (vm86 is not modelled)",
     "pmu": "QEMU's CPU model: the engine's CPUID is an AMD family 6 (Unicorn's qemu64), QEMU's default "
            "an Intel qemu32, so the test takes the AMD PMU path, where RDPMC(0) is #UD",
-    "emulator": (("direct", "vt"), "the engine itself: Unicorn 2.1.1 crashes (SIGSEGV) in test_mov_pop_ss_code_db "
-                 "(a code breakpoint after MOV SS); under bt the test runs to QEMU's verdict"),
 }
 
 

@@ -22,6 +22,11 @@ CR4_PGE = 1 << 7       # global pages
 CR4_PCE = 1 << 8       # rdpmc allowed outside ring 0
 CR4_OSFXSR, CR4_OSXMMEXCPT = 1 << 9, 1 << 10
 
+# Debug registers (SDM vol. 3, 17.2): the bits of DR6 and DR7 that always read as one, DR6's
+# single-step status, DR7's local enables L0-L3
+DR6_FIXED, DR7_FIXED, DR6_BS = 0xFFFF0FF0, 0x400, 1 << 14
+DR7_LOCAL_ENABLES = 0x55
+
 # Exception vectors (SDM vol. 3, table 6-1). Where a mnemonic is also a flag name (#DF/DF,
 # #OF/OF, #PF/PF, #AC/AC) the vector takes a _VEC suffix.
 DE, DB, NMI, BP, OF_VEC, BR, UD, NM, DF_VEC, TS, NP, SS, GP, PF_VEC, MF, AC_VEC, MC, XM = (

@@ -1,10 +1,12 @@
 """The guest-visible CPU: registers as the guest sees them, whatever the execution mode keeps
-in the engine. Delivery, emulation procedures and reports read and write the guest through it.
+in the engine (the debug registers in the monitor, in every mode). Delivery, emulation
+procedures and reports read and write the guest through it.
 VirtualSystemCpu is the bookkeeping shared by the views that keep the guest's descriptor-table
 and control registers virtual (bt's TranslatedCpu, trap's TrapCpu)."""
 
 from __future__ import annotations
 
+from vmm.debug_registers import DebugRegisters
 from vmm.engine import GENERAL_REGISTERS, SEGMENT_REGISTERS, Engine
 from vmm.x86 import SegmentDescriptor
 
@@ -15,12 +17,14 @@ class GuestCpu:
     """Guest-visible register access. The base class passes everything through to the engine:
     right for direct execution, where the engine's state IS the guest's. `platform` (the
     machine's vmm.interrupts.InterruptPlatform, set by the builder) answers for the MSRs and
-    CPUID bits of the devices built into the CPU (the local APIC), which the engine lacks."""
+    CPUID bits of the devices built into the CPU (the local APIC), which the engine lacks.
+    `debug`: the debug registers, the monitor's in every mode (the engine never sees them)."""
 
     platform = None
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self.debug = DebugRegisters()
 
     def reg(self, name: str) -> int:
         return self.engine.reg(name)

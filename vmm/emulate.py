@@ -24,14 +24,14 @@ from vmm.memory import UnbackedAccess
 from vmm.privilege import check_outer_stack, inner_stack, iopl, null_outer_data_segments
 from vmm.task_switch import TaskSwitch
 from vmm.x86 import (AC, AF, BP, BR, CF, DF, GP, ID, IF, IOPL_MASK, NP, NT, OF, OF_VEC, PF, RF, SF, SS, TF, UD, VM,
-                     ZF, CR0_ET, CR0_MSW, CR0_PE, CR0_TS, CR4_DE, CR4_PCE, GATE_CALL_16, GATE_CALL_32, GATE_TASK,
+                     ZF, CR0_ET, CR0_MSW, CR0_PE, CR0_TS, CR4_PCE, GATE_CALL_16, GATE_CALL_32, GATE_TASK,
                      LDT_TYPE, MSR_TSC_AUX, TSS_AVAILABLE_16, TSS_AVAILABLE_32, Gate, SegmentDescriptor)
 
-_DR_FIXED_ONES = {6: 0xFFFF0FF0, 7: 0x400}
 _CONTROL_REGISTERS = (0, 2, 3, 4)       # the others are #UD (QEMU: CR8 only in long mode)
 # Register name -> (full register, shift, mask)
 _SUBREGISTERS = {name: (full, shift, (1 << bits) - 1) for name, (full, shift, bits) in SUBREGISTERS.items()}
-# EFLAGS bits a ring-0 popf/iret may change (VM, VIF, VIP and RF are left alone here)
+# EFLAGS bits a ring-0 popf/iret may change (VM, VIF, VIP and RF are left alone here; a 32-bit
+# iret also loads RF)
 _EFLAGS_WRITABLE = CF | PF | AF | ZF | SF | TF | IF | DF | OF | IOPL_MASK | NT | AC | ID
 
 
@@ -78,7 +78,6 @@ class Emulator:
         self.tasks = tasks if tasks is not None else TaskSwitch(cpu, view)
         self.timestamp = timestamp       # rdtsc: () -> the virtual clock's cycles
         self.interrupt_shadow = False    # set by a load of SS: no interrupt before the next instruction
-        self.debug_registers = [0, 0, 0, 0, 0xFFFF0FF0, 0x400, 0xFFFF0FF0, 0x400]   # reset values
 
     @classmethod
     def has_emulation(cls, procedure: Optional[Procedure]) -> bool:
@@ -460,6 +459,8 @@ class Emulator:
             self.load_segment("cs", cs)
             self.cpu.set_reg("esp", esp + 3 * size)
         mask = _writable_flags(cpl, flags, size)          # the rules of the ring iret ran in
+        if size == 4:
+            mask |= RF          # iret loads RF (QEMU's helper_iret_protected): a #DB handler's resume flag
         self.cpu.set_reg("eflags", (self.cpu.reg("eflags") & ~mask) | (new_flags & mask))
         self._next = eip
         self._nmis_unblocked()
@@ -573,17 +574,16 @@ class Emulator:
         self._set_cr0((cr0 & ~(CR0_MSW & ~CR0_PE)) | (msw & CR0_MSW) | (cr0 & CR0_PE))   # lmsw cannot clear PE
 
     def _debug_register(self, insn):
+        """mov drN, r32 / mov r32, drN on the CPU view's debug registers (vmm/debug_registers.py:
+        DR4/DR5 aliases, #UD under CR4.DE, DR6/DR7's fixed ones, what DR7 arms)."""
         destination, source = insn.operands
         write = insn.reg_name(destination.reg).startswith("dr")
         number = int(insn.reg_name((destination if write else source).reg)[2:])
-        if number in (4, 5):          # DR6/DR7 under other names, unless CR4.DE makes them #UD
-            if self.cpu.reg("cr4") & CR4_DE:
-                raise GuestFault(UD)
-            number += 2
-        if write:   # DR6 and DR7 read their fixed-one bits back (QEMU's helper_set_dr)
-            self.debug_registers[number] = self._read(insn, source, 4) | _DR_FIXED_ONES.get(number, 0)
+        cr4 = self.cpu.reg("cr4")
+        if write:
+            self.cpu.debug.write(number, self._read(insn, source, 4), cr4)
         else:
-            self._write(insn, destination, self.debug_registers[number])
+            self._write(insn, destination, self.cpu.debug.read(number, cr4))
 
     def _cache_control(self, insn):
         if insn.id == X.X86_INS_INVLPG:

@@ -600,6 +600,21 @@ class Engine:
         return self._uc.hook_add(uc_const.UC_HOOK_CODE, self._guarded(lambda _uc, at, _size, _data: handler(at)),
                                  None, address, address if end is None else end)
 
+    def on_memory_access(self, begin: int, end: int, handler: Callable[[int, int, bool], None],
+                         reads: bool = True):
+        """handler(address, size, write) for each data access by guest code that STARTS in
+        [begin, end] (an access that starts below and reaches in is missed: widen `begin`),
+        writes only unless `reads`. The addresses are linear while the engine's MMU is off and
+        PHYSICAL once it pages (measured on 2.1.1). Inside the hook EIP is the accessing
+        instruction and the access is not done yet. Returns a handle for remove_hook. Only code
+        the engine translates after the hook was added calls it, and while one exists every
+        load and store of such code takes the slow path (about 40 times the cost, measured):
+        drop the translations when the first comes and when the last goes."""
+        def hook(_uc, access, address, size, _value, _data):
+            handler(address, size, access == uc_const.UC_MEM_WRITE)
+        kinds = uc_const.UC_HOOK_MEM_WRITE | (uc_const.UC_HOOK_MEM_READ if reads else 0)
+        return self._uc.hook_add(kinds, self._guarded(hook), None, begin, end)
+
     def remove_hook(self, handle) -> None:
         self._uc.hook_del(handle)
 

@@ -10,10 +10,11 @@ interrupt through a task gate), the new busy bit set (jmp, call). That is the co
 CR0.TS is set, TR loaded, CR3 loaded if the new TSS is 32-bit and paging is on, then EIP,
 EFLAGS and the general registers, the LDT and the segment registers with their checks, whose
 faults are the new task's. Like QEMU, the switch ignores the TSS's T bit (no #DB), marks no
-segment descriptor accessed, and a fault after the commit point is delivered with the state
-loaded so far; the segment registers it did not get to load are left null (QEMU leaves their
-new selectors with an unusable cache). A 16-bit TSS is switched too (16-bit fields, FS and GS
-null, the upper halves of the registers kept). Virtual-8086 tasks are not modelled.
+segment descriptor accessed, clears DR7's local enables once the new task is loaded, and a
+fault after the commit point is delivered with the state loaded so far; the segment registers
+it did not get to load are left null (QEMU leaves their new selectors with an unusable cache).
+A 16-bit TSS is switched too (16-bit fields, FS and GS null, the upper halves of the registers
+kept). Virtual-8086 tasks are not modelled.
 """
 
 from __future__ import annotations
@@ -165,6 +166,7 @@ class TaskSwitch:
             self._load(new, new_eflags, is32)
         except GuestFault as fault:
             raise TaskFault(fault.vector, fault.error_code, new.eip) from None
+        cpu.debug.task_switched()          # DR7's local breakpoints end with the task
         return is32
 
     # -- pieces --------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from vmm.guest_paging import GuestPaging, GuestPF, Hidden, Lend, MonitorPage, No
 from vmm.guest_view import GuestView
 from vmm.memory import UnbackedAccess
 from vmm.modes import ExecutionMode, PendingStop
+from vmm.modes.breakpoints import EngineBreakpoints, spend_resume_flag
 from translator.decoder import Decoder
 from vmm.msr_cpuid import MsrCpuidWatch
 from vmm.x86 import BP, CR0_PG, CR0_WP, CR4_PCE, CR4_PSE, DB, GP, NM, OF_VEC, PAGE_SIZE, PF_VEC, TF, UD, nm_is_ud
@@ -30,6 +31,7 @@ HLT_OPCODE = 0xF4
 IRET_OPCODE = 0xCF
 _IF_SETTERS = {0xFB: 1, 0x9D: 0, IRET_OPCODE: 0}
 ENGINE_BLOCK_MAX_INSTRUCTIONS = 512     # QEMU's TCG_MAX_INSNS: how far a block start can be
+_WATCH_COUNT = 10 ** 18     # the count of a run that needs one (a data breakpoint) and has no budget
 _ONE_BYTE_INTS = ((BP, 0xCC), (OF_VEC, 0xCE), (DB, 0xF1))   # int3, into, int1
 
 
@@ -87,6 +89,7 @@ class StopKind(enum.Enum):
     END_RUN = "end_run"           # a device asked the run to end (inside an I/O hook: (block start,
                                   # dx, port, size, out), to find where it really ends; else None)
     BREAKPOINT = "breakpoint"     # a debugger breakpoint, in front of its instruction
+    WATCHPOINT = "watchpoint"     # the instruction hit a guest data breakpoint: #DB in front of the next
 
 
 class TrapFlagLoan:
@@ -158,8 +161,10 @@ class DirectMode(ExecutionMode):
             self.debugger.on_breakpoints_changed = self._sync_breakpoints
         self.paging: Optional[GuestPaging] = None     # direct: the engine's MMU walks the guest's tables
         self.loan = TrapFlagLoan(engine)
+        self.guest_breakpoints = EngineBreakpoints(self)     # what the guest's DR7 arms
         self.use_cpu(GuestCpu(engine))
         self._ran_early = 0             # instructions run by the last counted run that ended early
+        self._retiring = True           # the run going on was budgeted: what it runs is retired
         self.emulated_shadow: Optional[int] = None  # EIP after an sti/mov ss emulated in a hook this run
         # Once the guest uses time the run loop bounds every run: end the unbounded one now.
         context.on_first_use(self._end_run)
@@ -180,6 +185,7 @@ class DirectMode(ExecutionMode):
         """The guest-visible CPU view (trap and vt bring their own): the guest's code is read
         through its registers (trap: its virtual CR3, not the shadow's)."""
         self.cpu = cpu
+        self.guest_breakpoints.use(cpu.debug)
         # a look of the monitor's own: no accessed bits set, CR2 untouched
         self.code_view = GuestView(cpu, self.memory, cpu_access=False)
 
@@ -202,6 +208,22 @@ class DirectMode(ExecutionMode):
                 or (current.kind is StopKind.WINDOW and kind is not StopKind.RERUN_BLOCK):
             self._stop = PendingStop(kind, data)
         self.engine.stop()
+
+    def record_exit(self, vm_exit: VmExit, eip: int) -> None:
+        """From a code hook: stop in front of the instruction with this exit, EIP at `eip`."""
+        self.record_stop(StopKind.EXIT, (vm_exit, eip))
+
+    def end_run_after_instruction(self, watchpoint: bool = False) -> None:
+        """From a hook: the run ends in front of the next instruction. Inside a memory access
+        (a guest data breakpoint hit: `watchpoint`) through the count, as the run is counted,
+        with #DB there; elsewhere (an interrupt hook's emulation changed what DR7 arms) by a
+        stop, which lands there."""
+        if watchpoint:
+            if self._stop is None:
+                self._stop = PendingStop(StopKind.WATCHPOINT)
+            self.engine.end_count_after(0)
+        else:
+            self.record_stop(StopKind.END_RUN)
 
     @property
     def io_denied(self) -> bool:
@@ -536,7 +558,7 @@ class DirectMode(ExecutionMode):
         self._set_engine_exits()
         self.engine.invalidate_code(address - 1, address)     # the block that ends at the exit
 
-    # -- engine exits: the fetch exit above, and every rdmsr/wrmsr (vmm/msr_cpuid.py) -----------
+    # -- engine exits: the fetch exit above, every rdmsr/wrmsr/mov drN (vmm/msr_cpuid.py) -------
     def _set_engine_exits(self) -> None:
         exits = set(self.msr_cpuid.exits)
         if self._fetch_exit is not None:
@@ -544,25 +566,27 @@ class DirectMode(ExecutionMode):
         self.engine.set_exits(sorted(exits))
 
     def _msr_exits_added(self, address: int, size: int) -> None:
-        """From the translation hook: the block at `address` holds rdmsr/wrmsr the engine must
-        stop in front of; it is translated again, its run ended in front of it."""
+        """From the translation hook: the block at `address` holds rdmsr/wrmsr/mov drN the
+        engine must stop in front of; it is translated again, its run ended in front of it."""
         self._set_engine_exits()
         self.engine.invalidate_code(address, address + size)
         self.rerun_block(address)
 
     def _msr_exit_at(self, eip: int) -> Optional[int]:
-        """The linear address of the rdmsr/wrmsr exit the engine stopped at (EIP `eip`), None if
-        it did not stop at one. An exit looks like hlt to the engine (its halted flag is set), so
-        only a halted stop is looked up; exits are linear addresses (the engine's block PCs)."""
+        """The linear address of the rdmsr/wrmsr/mov drN exit the engine stopped at (EIP `eip`),
+        None if it did not stop at one. An exit looks like hlt to the engine (its halted flag is
+        set), so only a halted stop is looked up; exits are linear addresses (the engine's block
+        PCs)."""
         if not self.msr_cpuid.exits or not self.engine.halted():
             return None
         linear = (eip + self.cpu.segment_base("cs")) & 0xFFFFFFFF
         return linear if linear in self.msr_cpuid.exits else None
 
     def _msr_exit(self, linear: int, eip: int) -> VmExit:
-        """The run stopped in front of rdmsr or wrmsr: a callout for the emulator, which answers
-        the platform's MSRs (GuestCpu.read_msr) and the engine's others, and faults outside
-        ring 0. Code written over it since: the exit goes and the run resumes there."""
+        """The run stopped in front of rdmsr, wrmsr or mov drN (or a hlt in front of one): a
+        callout for the emulator, which answers the platform's MSRs (GuestCpu.read_msr) and the
+        engine's others, keeps the debug registers, and faults outside ring 0. Code written
+        over it since: the exit goes and the run resumes there."""
         if self.msr_cpuid.still_there(linear):
             block = self._decoder.decode_block(eip, limit=1, base=(linear - eip) & 0xFFFFFFFF)
             if block.instructions:
@@ -591,6 +615,11 @@ class DirectMode(ExecutionMode):
             vector, error_code = (GP, 0) if outside else (UD, 0)
         if vector == NM and nm_is_ud(self._instruction_at(eip), self.cpu.reg("cr4")):
             vector = UD
+        if vector == DB and not software:     # the guest's TF (the engine has no breakpoints)
+            self.cpu.debug.single_step(eip, self.guest_breakpoints.take_hits())
+            spend_resume_flag(self.cpu)
+        elif not software:
+            self.guest_breakpoints.instruction_faulted(eip)
         if software:    # EIP is past the int instruction; blame its first byte if delivery faults
             fault_eip = eip - (1 if (vector, self._byte_before(eip)) in _ONE_BYTE_INTS else 2)
         return VmExit(ExitReason.EXCEPTION, eip=eip, vector=vector, error_code=error_code,
@@ -664,6 +693,8 @@ class DirectMode(ExecutionMode):
         linear, eip = engine.reg("cr2"), engine.reg("eip")
         write = bool(error_code & 2)
         verdict = self.paging.fault(linear, write, self.cpu.cpl == 3, lambda: self._fetch(eip, 16), engine.reg)
+        if not isinstance(verdict, Traced):      # the instruction runs again, or faults
+            self.guest_breakpoints.instruction_faulted(eip)
         if isinstance(verdict, GuestPF):
             self._end_loan()
             engine.reset_exception_state()
@@ -700,6 +731,7 @@ class DirectMode(ExecutionMode):
             raise MonitorBug("the engine's virtual TLB is only used by modes with nested paging")
         page, access, _present = self.paging.refusal
         eip, write = self.engine.reg("eip"), access == "write"
+        self.guest_breakpoints.instruction_faulted(eip)       # it runs again, or faults
         if access == "fetch":
             linear = max(page, eip)
         else:
@@ -790,19 +822,30 @@ class DirectMode(ExecutionMode):
             return VmExit(ExitReason.EVENT, eip=engine.reg("eip")), None
         self._stop = None
         self.emulated_shadow = None
+        self.guest_breakpoints.arm()
+        self.guest_breakpoints.take_hits()
+        # Runs are counted while a guest data breakpoint is armed (its #DB comes through the
+        # count), but only budgeted runs retire what they ran.
+        self._retiring = count is not None
+        if count is None and self.guest_breakpoints.counted:
+            count = _WATCH_COUNT
         counted = bool(count) and not stepping
-        if counted:
-            self._counted_run = True
-            try:
-                cause, count = self._run_counted(count)
-            finally:
-                self._counted_run = False
-        else:
-            cause = engine.run(engine.reg("eip"), context.until_address, count=1 if stepping else 0)
+        self.guest_breakpoints.in_run = True
+        try:
+            if counted:
+                self._counted_run = True
+                try:
+                    cause, count = self._run_counted(count)
+                finally:
+                    self._counted_run = False
+            else:
+                cause = engine.run(engine.reg("eip"), context.until_address, count=1 if stepping else 0)
+        finally:
+            self.guest_breakpoints.in_run = False
         stop, self._stop = self._stop, None
         vm_exit, cut_short = self._exit_after_run(cause, stop, count if counted else 0, stepping)
         if counted and (vm_exit.reason is not ExitReason.EVENT or cut_short):
-            context.retire(self._ran_early)       # a run that ended before its count: what it ran
+            self._retire(self._ran_early)          # a run that ended before its count: what it ran
         return vm_exit, stop.kind if stop is not None else None
 
     def _exit_after_run(self, cause, stop: Optional[PendingStop], count: int,
@@ -831,6 +874,9 @@ class DirectMode(ExecutionMode):
             return VmExit(ExitReason.EVENT, eip=stop.data), True
         if kind is StopKind.WINDOW:      # the guest set IF with an interrupt waiting
             return VmExit(ExitReason.EVENT, eip=engine.reg("eip")), True
+        if kind is StopKind.WATCHPOINT:  # (counted: EIP is the next instruction)
+            eip = engine.reg("eip")
+            return self.guest_breakpoints.watchpoint_exit(eip) or VmExit(ExitReason.EVENT, eip=eip), True
         if context.stop_requested:      # (a port hook's stop: where the run ends is after its OUT)
             eip = self._eip_after_io if self._eip_after_io is not None else engine.reg("eip")
             self._eip_after_io = None
@@ -863,9 +909,13 @@ class DirectMode(ExecutionMode):
             # Only `hlt` and an exhausted count return quietly. hlt leaves EIP just past itself;
             # the count stops before an instruction (perhaps after one ending in byte F4).
             if not engine.halted():
-                context.retire(count)
+                self._retire(count)
                 return VmExit(ExitReason.EVENT, eip=eip), False
         return VmExit(ExitReason.HLT, eip=eip - 1), False
+
+    def _retire(self, instructions: int) -> None:
+        if self._retiring:
+            self.context.retire(instructions)
 
     def _run_counted(self, count: int):
         """Run exactly `count` instructions (the engine's count), except that an instruction

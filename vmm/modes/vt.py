@@ -46,7 +46,7 @@ from vmm.errors import ConfigError
 from vmm.exits import ExitReason, VmExit
 from vmm.guest_paging import GuestPaging
 from vmm.modes.direct import DirectMode, StopKind
-from vmm.x86 import CR0_PG, CR0_WP, CR4_PAE, CR4_PSE, PF_VEC
+from vmm.x86 import CR0_PG, CR0_WP, CR4_DE, CR4_PAE, CR4_PSE, PF_VEC
 
 EVENT_EXITS = ("io", "hlt", "cpuid", "external_interrupt", "exception")
 # Instruction exits found by scanning: exit reason -> classification procedures it covers.
@@ -80,6 +80,18 @@ def parse_exit_controls(text: str) -> frozenset:
             raise ConfigError(f"unknown VT exit {name!r} (known: {', '.join(ALL_EXITS)}, default, all)")
         base.add(name)
     return frozenset(base)
+
+
+# The exits of the instructions the engine stops in front of (vmm/msr_cpuid.py), by procedure.
+_INTERCEPTED_EXITS = {Procedure.MSR: "msr", Procedure.DEBUG_REGISTER: "dr_access", Procedure.HLT: "hlt"}
+
+
+def _undefined_debug_register(instruction, cr4: int) -> bool:
+    """mov to or from DR4 or DR5 under CR4.DE: #UD, which comes before any VM exit."""
+    if instruction.rule.procedure is not Procedure.DEBUG_REGISTER or not cr4 & CR4_DE:
+        return False
+    insn = instruction.insn
+    return any(insn.reg_name(operand.reg) in ("dr4", "dr5") for operand in insn.operands)
 
 
 def _undefined_control_register(instruction) -> bool:
@@ -199,10 +211,15 @@ class HardwareAssistedMode(DirectMode):
         super()._port_out(port, size, value)
 
     def _msr_exit(self, linear: int, eip: int):
-        """rdmsr/wrmsr stop the engine in front of them (DirectMode): the MSR exit is taken there."""
+        """rdmsr, wrmsr and mov drN (and a hlt in front of one) stop the engine in front of them
+        (DirectMode): their exit is taken there, where VT-x would take it: at ring 0 (elsewhere
+        the #GP comes first), and not for DR4/DR5 under CR4.DE (#UD first)."""
         vm_exit = super()._msr_exit(linear, eip)
-        if vm_exit.reason is ExitReason.CALLOUT and "msr" in self.controls:
-            self._exit("msr")
+        if vm_exit.reason is ExitReason.CALLOUT:
+            reason = _INTERCEPTED_EXITS.get(vm_exit.instruction.rule.procedure)
+            if reason in self.controls and self.cpu.cpl == 0 \
+                    and not _undefined_debug_register(vm_exit.instruction, self.cpu.reg("cr4")):
+                self._exit(reason)
         return vm_exit
 
     def _cpuid_hook(self) -> bool:

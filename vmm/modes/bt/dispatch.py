@@ -21,9 +21,10 @@ from vmm.exits import ExitReason, VmExit
 from vmm.guest_view import GuestView
 from vmm.memory import PageFault, UnbackedAccess
 from vmm.modes import PendingStop
+from vmm.modes.breakpoints import spend_resume_flag
 from vmm.modes.bt.stops import CacheExit, CacheExitKind, Exit, Outcome, Resume, RunOneShot
 from vmm.monitor_layout import ARENA_SLOT_SIZE, MONITOR_LINEAR
-from vmm.x86 import AF, CF, GP, NM, OF, PF, PF_VEC, SF, UD, ZF, nm_is_ud
+from vmm.x86 import AF, CF, DB, GP, NM, OF, PF, PF_VEC, RF, SF, TF, UD, ZF, nm_is_ud
 
 ONE_SHOT_SLOT = 0                        # reserved: single instructions run outside the cache
 
@@ -129,7 +130,8 @@ class Dispatcher:
 
     def __init__(self, context, engine, cpu, memory, cache, code: TranslatedCode, decoder, paging, budget, faults,
                  scratch_view, block_for: Callable, deprivileged: Callable[[], bool],
-                 enter_deprivileged: Callable[[int], int], count: Callable[[str], None], chaining: bool) -> None:
+                 enter_deprivileged: Callable[[int], int], count: Callable[[str], None], chaining: bool,
+                 data_watch) -> None:
         self.context = context
         self.engine = engine
         self.cpu = cpu
@@ -146,6 +148,7 @@ class Dispatcher:
         self.enter_deprivileged = enter_deprivileged
         self.count = count
         self.chaining = chaining
+        self.data_watch = data_watch          # the guest's data breakpoints (mode.py)
         self.debugger = context.debugger
         self.tracer = context.tracer
         self.pending: Optional[PendingStop] = None
@@ -240,9 +243,11 @@ class Dispatcher:
 
     def execute_blocks(self) -> VmExit:
         context = self.context
+        self.data_watch.refresh()             # (the guest's mappings may have changed)
+        self.data_watch.take_hits()           # (an instruction that faulted completed nothing)
         if self._step_trap:
             self._step_trap = False
-            return VmExit(ExitReason.EXCEPTION, eip=self.cpu.eip, vector=1)
+            return self._single_step(self.cpu.eip)
         begin: Optional[int] = None
         stepping = False
         debugger = self.debugger
@@ -262,7 +267,7 @@ class Dispatcher:
             if begin is None:
                 block = self.block_for(self.cpu.eip)
                 begin = block.host
-                stepping = block.key.single_step
+                stepping = block.key.single_step and bool(self.cpu.virtual_flags & TF)
             if self.tracer.exec:
                 self.tracer.executed(self.cpu.eip, begin)
             self.pending = None
@@ -352,25 +357,29 @@ class Dispatcher:
             return self._window_exit(stop)
         if site.kind in (ExitKind.BRANCH, ExitKind.PREDICTED):
             self.cpu.eip = site.guest_eip
+            if stepping:
+                return Exit(self._single_step(self.cpu.eip))
+            if self.data_watch.hits:
+                return Exit(self._watchpoint(self.cpu.eip))
             if event_after:
                 return Exit(VmExit(ExitReason.EVENT, eip=self.cpu.eip))
-            if stepping:
-                return Exit(VmExit(ExitReason.EXCEPTION, eip=self.cpu.eip, vector=1))
             target = self.block_for(site.guest_eip)
-            if self.chaining and stop.block is not None and stop.block.alive:
+            if self._may_chain(stop.block):
                 self.cache.link(stop.block, stop.site_index, target)
             return Resume(target.host)
         if site.kind is ExitKind.MISS:
             target_eip = self.engine.reg(site.target)
             self.code.restore(site.restore)
             self.cpu.eip = target_eip
+            if stepping:
+                return Exit(self._single_step(self.cpu.eip))
+            if self.data_watch.hits:
+                return Exit(self._watchpoint(self.cpu.eip))
             if event_after:
                 return Exit(VmExit(ExitReason.EVENT, eip=self.cpu.eip))
-            if stepping:
-                return Exit(VmExit(ExitReason.EXCEPTION, eip=self.cpu.eip, vector=1))
             target = self.block_for(target_eip)
             self.cache.install_lookup(target)
-            if self.chaining and stop.block is not None and stop.block.alive:
+            if self._may_chain(stop.block):
                 self.cache.predict(stop.block, site, target_eip)
             return Resume(target.host)
         self.cpu.eip = site.guest_eip
@@ -386,13 +395,45 @@ class Dispatcher:
             return Exit(VmExit(ExitReason.MEMORY_FAULT, eip=site.guest_eip,
                                detail=f"fetch of no memory at {linear:#x}"))
         if site.kind is ExitKind.BREAKPOINT:
-            return Exit(VmExit(ExitReason.DEBUG, eip=site.guest_eip))
+            return self._breakpoint_exit(site.guest_eip)
         if site.kind is ExitKind.BUDGET:
             outcome = self.budget.block_exit(stop.block)
             return Exit(outcome) if isinstance(outcome, VmExit) else Resume(outcome)
         if site.kind is ExitKind.FPU_POINTER:
             return self._fpu_pointer_exit(stop)
         raise MonitorBug(f"unknown exit {site.kind}")
+
+    def _may_chain(self, block) -> bool:
+        """Whether a block's exits may lead straight into other blocks: not a one-instruction
+        block (the guest's TF, an armed data breakpoint), which comes back after each."""
+        return self.chaining and block is not None and block.alive and not block.key.single_step
+
+    # -- #DB: the guest's TF and hardware breakpoints (DR6 as QEMU sets it) ----------------------------
+    def _single_step(self, eip: int) -> VmExit:
+        """The guest's single-step trap after an instruction (EIP `eip`, the next one)."""
+        self.cpu.debug.single_step(eip, self.data_watch.take_hits())
+        spend_resume_flag(self.cpu)
+        return VmExit(ExitReason.EXCEPTION, eip=eip, vector=DB)
+
+    def _watchpoint(self, eip: int) -> VmExit:
+        """The instruction before `eip` hit a guest data breakpoint: #DB after it (a trap)."""
+        self.cpu.debug.data_breakpoint(self.data_watch.take_hits(), eip)
+        spend_resume_flag(self.cpu)
+        return VmExit(ExitReason.EXCEPTION, eip=eip, vector=DB)
+
+    def _breakpoint_exit(self, eip: int) -> Outcome:
+        """A block that starts at a breakpoint: gdb's first; the guest's (an instruction
+        breakpoint DR7 enables) is #DB in front of the instruction, unless EFLAGS.RF is set (a
+        #DB handler resumed over it), which lets it run once, alone, and is spent."""
+        debugger = self.debugger
+        if debugger is not None and eip in debugger.breakpoints:
+            return Exit(VmExit(ExitReason.DEBUG, eip=eip))
+        eflags = self.cpu.reg("eflags")
+        if eflags & RF:
+            self.cpu.set_reg("eflags", eflags & ~RF)
+            return RunOneShot(eip)
+        self.cpu.debug.instruction_breakpoint(eip)
+        return Exit(VmExit(ExitReason.EXCEPTION, eip=eip, vector=DB))
 
     def _fpu_pointer_exit(self, stop: CacheExit) -> Outcome:
         """After fnstenv/fnsave/fxsave/xsave: the image holds the host address of the last x87

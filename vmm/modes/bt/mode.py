@@ -36,6 +36,7 @@ from vmm.engine import PROT_EXEC, PROT_READ, PROT_WRITE
 from vmm.errors import MonitorBug
 from vmm.exits import ExitReason, VmExit
 from vmm.modes import ExecutionMode
+from vmm.modes.breakpoints import DataWatch, guest_physical
 from vmm.modes.bt.budget import InstructionBudget
 from vmm.modes.bt.dispatch import ONE_SHOT_SLOT, Dispatcher, StopKind, TranslatedCode
 from vmm.modes.bt.faults import CacheFaults
@@ -45,6 +46,7 @@ from vmm.nested_paging import NestedPaging
 from vmm.shadow_paging import ShadowPaging
 from vmm.guest_paging import GuestPaging, PagingOff
 from vmm.guest_view import GuestView
+from vmm.memory import PageFault, UnbackedAccess
 from vmm.monitor_layout import (ARENA_OFFSET, ARENA_SIZE, ARENA_SLOT_SIZE, ARENA_SLOTS, DEFAULT_TCACHE_BLOCKS,
                                 LOOKUP_OFFSET, LOOKUP_SIZE, MONITOR_LINEAR, PROFILE_OFFSET, PROFILE_SIZE, SCRATCH_OFFSET, SCRATCH_SIZE,
                                 SHADOW_GDT_OFFSET, SHADOW_GDT_SIZE, SHADOW_LDT_OFFSET, SHADOW_LDT_SIZE, STUB_OFFSET,
@@ -128,6 +130,14 @@ class BinaryTranslationMode(ExecutionMode):
         self.vcpu_block = VcpuBlock(memory.monitor_view(VCPU_OFFSET, VCPU_SIZE),
                                     memory.monitor_view(VCPU_PRIVILEGED_OFFSET, VCPU_PRIVILEGED_SIZE))
         self.cpu = TranslatedCpu(self, self.vcpu_block)
+        # The guest's hardware breakpoints (DR7): blocks end in front of its instruction
+        # breakpoints; data breakpoints are memory hooks where their ranges map.
+        self.data_watch = DataWatch(engine, guest_physical(memory, lambda: self.cpu),
+                                    lambda: self.cache.flush("breakpoint"))
+        self.data_watch.use(self.cpu.debug)
+        self._guest_breakpoints: frozenset = frozenset()       # the instruction breakpoints blocks end at
+        self._single_instruction_blocks = False                 # (while a data breakpoint is armed)
+        self.cpu.debug.listeners.append(self._guest_breakpoints_changed)
         code_frame = self.cache.page_has_code
         if self.paging_scheme == "nested":
             control = self.cpu.control
@@ -154,7 +164,8 @@ class BinaryTranslationMode(ExecutionMode):
                                   self.code.restore, self._protect_page, self._block_for, self._count)
         self.dispatcher = Dispatcher(context, engine, self.cpu, memory, self.cache, self.code, self.decoder,
                                      self.paging, self.budget, self.faults, self.scratch_view, self._block_for,
-                                     lambda: self._deprivileged, self._enter_deprivileged, self._count, self.chaining)
+                                     lambda: self._deprivileged, self._enter_deprivileged, self._count, self.chaining,
+                                     self.data_watch)
         io_site = self.dispatcher.io_site
         engine.on_port_io(      # (translated I/O notes its guest address in the scratch page)
             lambda port, size: context.dispatch(VmExit(ExitReason.PORT_IN, eip=io_site(), port=port, size=size)),
@@ -180,6 +191,29 @@ class BinaryTranslationMode(ExecutionMode):
             self.cache.flush("breakpoint")
         else:
             self.cache.invalidate_range(address, 1, "breakpoint")
+
+    def _guest_breakpoints_changed(self) -> None:
+        """The guest changed what its DR7 arms (a callout, outside the engine). Blocks end in
+        front of an enabled instruction breakpoint, and a block starting at one is a breakpoint
+        exit: the blocks holding an address that became or ceased to be one go. While a data
+        breakpoint is armed every block is one instruction, never chained, so that its #DB
+        comes right after the instruction (dispatch.py): when that starts or stops, or the
+        memory hooks come or go, everything is translated again (Unicorn's memory hooks only see
+        code it translates afterwards: the cache's code is new code to it)."""
+        debug = self.cpu.debug
+        if self._single_instruction_blocks or self.data_watch.armed:
+            self._single_instruction_blocks = self.data_watch.armed
+            self.cache.flush("breakpoint")
+            self.data_watch.refresh()
+        else:
+            for linear in self._guest_breakpoints ^ debug.instruction_breakpoints:
+                try:
+                    address = self.paging.code_address(linear)
+                except (PageFault, UnbackedAccess):      # (where it maps no code of this address space)
+                    self.cache.flush("breakpoint")
+                    break
+                self.cache.invalidate_range(address, 1, "breakpoint")
+        self._guest_breakpoints = debug.instruction_breakpoints
 
     def counters(self) -> dict:
         cache = {name: self.cache.counters[name] for name in sorted(set(CACHE_COUNTERS) | set(self.cache.counters))}
@@ -296,8 +330,9 @@ class BinaryTranslationMode(ExecutionMode):
         cs_base = self.cpu.code_base
         linear = (cs_base + eip) & 0xFFFFFFFF
         physical = self.paging.code_address(linear) if self.paging.on else -1
-        return BlockKey(eip, single_step=bool(self.cpu.virtual_flags & TF), physical=physical,
-                        segment_bases=self.cpu.segment_bases, cs_base=cs_base)
+        # (one-instruction blocks for the guest's TF, and while a data breakpoint is armed)
+        return BlockKey(eip, single_step=bool(self.cpu.virtual_flags & TF) or self._single_instruction_blocks,
+                        physical=physical, segment_bases=self.cpu.segment_bases, cs_base=cs_base)
 
     def _translate(self, key: BlockKey) -> TranslatedBlock:
         started = time.perf_counter()
@@ -308,6 +343,9 @@ class BinaryTranslationMode(ExecutionMode):
 
     def _translate_block(self, key: BlockKey) -> TranslatedBlock:
         breakpoints = frozenset(self.debugger.breakpoints) if self.debugger is not None else frozenset()
+        guest = self.cpu.debug.instruction_breakpoints     # linear addresses
+        if guest:
+            breakpoints |= {(linear - key.cs_base) & 0xFFFFFFFF for linear in guest}
         if key.eip in breakpoints:
             return self.cache.add(key, GuestBlock(key.eip, end=BlockEnd.BRANCH), self.emitter.breakpoint(key.eip))
         limit, predictions = (1 if key.single_step else 32), INLINE_CACHE_ENTRIES

@@ -37,16 +37,10 @@ CHUNK = 256                           # sectors a command
 BUFFER, TABLE = 0x200000, 0x1F0000    # 128 KiB of buffer; the PRD table
 MODES = ["bt", "direct", "trap", "vt"]
 
-COMMON = """
-    mov esp, 0x90000
-    mov esi, {sectors}
-    xor ebx, ebx
-    test esi, esi
-    jz done
-"""
 
-PIO = """
-next:
+def ata_command(command: int) -> str:
+    """Drive 0, LBA28 sector EBX, a count of 256 (0), then `command`: the task file both guests write."""
+    return """
     mov dx, 0x1f6
     mov eax, ebx
     shr eax, 24
@@ -66,9 +60,22 @@ next:
     mov dx, 0x1f5
     out dx, al
     mov dx, 0x1f7
-    mov al, 0x20
+    mov al, """ + f"{command:#x}" + """
     out dx, al
-    mov ebp, 256
+"""
+
+
+COMMON = """
+    mov esp, 0x90000
+    mov esi, {sectors}
+    xor ebx, ebx
+    test esi, esi
+    jz done
+"""
+
+PIO = """
+next:
+""" + ata_command(0x20) + """    mov ebp, 256
 sector:
     mov dx, 0x1f7
 drq:
@@ -137,28 +144,7 @@ next:
     add dx, 2
     mov eax, {table:#x}
     out dx, eax
-    mov dx, 0x1f6
-    mov eax, ebx
-    shr eax, 24
-    and al, 0x0f
-    or al, 0xe0
-    out dx, al
-    mov dx, 0x1f2
-    xor al, al
-    out dx, al
-    mov eax, ebx
-    mov dx, 0x1f3
-    out dx, al
-    shr eax, 8
-    mov dx, 0x1f4
-    out dx, al
-    shr eax, 8
-    mov dx, 0x1f5
-    out dx, al
-    mov dx, 0x1f7
-    mov al, 0xc8
-    out dx, al
-    mov dx, bp
+""" + ata_command(0xC8) + """    mov dx, bp
     mov al, 1
     out dx, al
     add dx, 2

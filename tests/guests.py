@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
 import struct
+import subprocess
 from pathlib import Path
 from typing import Optional
 
+import pytest
+
+from tests.samples import build_samples as bs
 from vmm.builder import MachineConfig, build_machine
 from vmm.console import BufferConsole
+from vmm.exits import StopReason
 
 LOAD = 0x100000
 
@@ -46,6 +52,90 @@ EXIT = """
     cli
     hlt
 """
+
+
+MODES = ("bt", "direct", "trap", "vt")       # every execution mode a platform guest runs under
+needs_qemu = pytest.mark.skipif(shutil.which(bs.QEMU) is None, reason=f"{bs.QEMU} is not installed")
+
+# The platform as QEMU's: a VGA and COM2 (nothing attached) beside the reference command line,
+# the RTC's date fixed as the virtual clock's.
+QEMU_PLATFORM = ["-vga", "std", "-serial", "null", "-rtc", "base=2000-01-01T00:00:00"]
+
+# Print AL, AX or EAX in hex (hex8/hex16/hex32), a space or a newline on COM1; every register kept.
+HEX = """
+nl:
+    push eax
+    mov al, 10
+    call putc
+    pop eax
+    ret
+space:
+    push eax
+    mov al, 0x20
+    call putc
+    pop eax
+    ret
+hex32:
+    push eax
+    shr eax, 16
+    call hex16
+    pop eax
+hex16:
+    push eax
+    shr eax, 8
+    call hex8
+    pop eax
+hex8:
+    push eax
+    shr al, 4
+    call hex4
+    pop eax
+hex4:
+    push eax
+    and al, 0xf
+    cmp al, 10
+    jb hex4_digit
+    add al, 0x27
+hex4_digit:
+    add al, 0x30
+    call putc
+    pop eax
+    ret
+""" + PUTC
+EXIT0 = "    mov eax, 0\n    out 0xf4, eax\n    cli\n    hlt\n"
+
+
+def cmos(index: int) -> str:
+    """Read CMOS/RTC register `index` into AL."""
+    return f"    mov al, {index:#x}\n    out 0x70, al\n    in al, 0x71\n"
+
+
+def run_qemu_source(tmp_path: Path, source: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
+    """Assemble `source`, wrap it for Multiboot and run it under qemu-system-i386 on QEMU_PLATFORM."""
+    path = tmp_path / "guest.s"
+    path.write_text(source)
+    wrapped = tmp_path / "guest.mb.elf"
+    wrapped.write_bytes(bs.multiboot_wrapped_image(path))
+    return subprocess.run(bs.qemu_command(str(wrapped)) + QEMU_PLATFORM, input=stdin, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, timeout=30)
+
+
+def qemu_recorded(source: str, expected: bytes, modes=MODES):
+    """The two tests of a guest whose output was recorded from qemu-system-i386: every mode prints
+    `expected` and ends at isa-debug-exit, and QEMU still prints it (so a recording that went stale
+    with QEMU, or a guest edited without re-recording, fails). Bind both at module level:
+    `test_x, test_x_under_qemu = qemu_recorded(X, X_EXPECTED)`."""
+    @pytest.mark.parametrize("mode", modes)
+    def under_each_mode(tmp_path, mode):
+        result, output, _vm = run_source(tmp_path, source, mode=mode)
+        assert result.reason is StopReason.DEBUG_EXIT, result.message
+        assert output == expected
+
+    @needs_qemu
+    def under_qemu(tmp_path):
+        assert run_qemu_source(tmp_path, source).stdout == expected
+
+    return under_each_mode, under_qemu
 
 
 def flat_gdt(base: int) -> str:

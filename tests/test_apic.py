@@ -3,17 +3,16 @@ model of vmm/interrupts.py, against QEMU 7.2's models (hw/intc/apic.c, apic_comm
 unit tests of the registers, priorities and the timer; guests that read the registers, program
 the APIC timer, send themselves IPIs under the task priority and route the PIC through LINT0 and
 the PIT through the I/O APIC, in every mode. Each guest's expected output is what
-qemu-system-i386 7.2 printed for it (QEMU_PLATFORM of tests/test_pcplatform.py); the needs_qemu
+qemu-system-i386 7.2 printed for it (QEMU_PLATFORM of tests/guests.py); the needs_qemu
 tests run QEMU again and compare."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.guests import idt_setup, run_source
-from tests.test_pcplatform import EXIT0, HEX, MODES, needs_qemu, run_qemu_source
+from tests.guests import EXIT0, HEX, MODES, idt_setup, needs_qemu, run_qemu_source, run_source
 from vmm.clock import CPU_HZ, VirtualClock
-from vmm.devices.apic import (APIC_BASE, DM_EXTINT, DM_FIXED, LVT_LINT0, LVT_TIMER, LocalApic)
+from vmm.devices.apic import APIC_BASE, DM_EXTINT, DM_FIXED, LocalApic
 from vmm.devices.ioapic import IOAPIC_PINS, IoApic, isa_pin
 from vmm.exits import StopReason
 from vmm.interrupts import InterruptPlatform

@@ -7,9 +7,8 @@ import pytest
 from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 
 from tests.cli import run_vmm, sample_arguments
-from tests.guests import EXIT, flat_gdt, idt_setup, paging_on, run_image, run_source
+from tests.guests import EXIT, EXIT0, HEX, flat_gdt, idt_setup, paging_on, run_image, run_source
 from tests.samples import MANIFEST, REPO_ROOT
-from tests.test_pcplatform import EXIT0, HEX
 from translator.classify import Category, Procedure, classify
 from vmm.exits import ExitReason, StopReason
 

@@ -15,9 +15,8 @@ import time
 
 import pytest
 
-from tests.guests import idt_setup, run_source
+from tests.guests import HEX, idt_setup, needs_qemu, run_qemu_source, run_source
 from tests.samples import REPO_ROOT
-from tests.test_pcplatform import HEX, needs_qemu, run_qemu_source
 from tests.xv6 import Console, PROMPT, vmm_command, xv6_missing
 
 MODES = ("bt", "direct", "trap", "vt")

@@ -9,16 +9,12 @@ returned from."""
 
 from __future__ import annotations
 
-import shutil
 
 import pytest
 
-from tests.guests import PUTC, idt_setup, run_source
-from tests.samples import build_samples as bs
-from tests.test_pcplatform import run_qemu_source
+from tests.guests import PUTC, idt_setup, needs_qemu, run_qemu_source, run_source
 from vmm.exits import StopReason
 
-needs_qemu = pytest.mark.skipif(shutil.which(bs.QEMU) is None, reason=f"{bs.QEMU} is not installed")
 MODES = ["bt", "direct", "trap", "vt"]
 
 # Ports whose every register is also written at every width with each of VALUES.

@@ -15,8 +15,6 @@ import sys
 import termios
 import time
 
-import pytest
-
 from tests.samples import REPO_ROOT
 from tests.test_keyboard import keyboard_guest
 from vmm.display import ENTER, LEAVE, SerialPane, render_row, cell_glyphs

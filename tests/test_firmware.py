@@ -2,18 +2,16 @@
 (vmm/mptable.py), the ACPI tables (vmm/acpi.py), the PIIX4's ACPI registers and PM timer, the APM
 port (vmm/devices/acpi_pm.py) and the HPET (vmm/devices/hpet.py). Probe guests print what they
 find; the expected output is what qemu-system-i386 7.2 printed for the same guest (QEMU_PLATFORM
-of tests/test_pcplatform.py, -m 32), and the needs_qemu tests re-run QEMU and compare. Unit
+of tests/guests.py, -m 32), and the needs_qemu tests re-run QEMU and compare. Unit
 tests hold the devices to QEMU's models."""
 
 from __future__ import annotations
 
-import json
 import struct
 
 import pytest
 
-from tests.guests import idt_setup, run_source
-from tests.test_pcplatform import EXIT0, HEX, MODES, needs_qemu, run_qemu_source
+from tests.guests import EXIT0, HEX, MODES, idt_setup, needs_qemu, qemu_recorded, run_qemu_source, run_source
 from vmm import acpi, mptable
 from vmm.devices.acpi_pm import PM_TIMER_HZ, SCI_EN, TMR_EN, TMR_STS, AcpiPm
 from vmm.devices.hpet import Hpet
@@ -70,16 +68,7 @@ TABLES_EXPECTED = (
 ).encode()
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_mp_and_acpi_tables_are_qemus_byte_for_byte(tmp_path, mode):
-    result, output, _vm = run_source(tmp_path, TABLES_PROBE, mode=mode)
-    assert result.reason is StopReason.DEBUG_EXIT, result.message
-    assert output == TABLES_EXPECTED
-
-
-@needs_qemu
-def test_tables_probe_under_qemu(tmp_path):
-    assert run_qemu_source(tmp_path, TABLES_PROBE).stdout == TABLES_EXPECTED
+test_mp_and_acpi_tables_are_qemus_byte_for_byte, test_tables_probe_under_qemu = qemu_recorded(TABLES_PROBE, TABLES_EXPECTED)
 
 
 def _tables(ram_size: int) -> dict:
@@ -205,16 +194,7 @@ REGISTERS_EXPECTED = (
 )
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_pm_apm_and_hpet_registers_read_as_qemus(tmp_path, mode):
-    result, output, _vm = run_source(tmp_path, REGISTERS_PROBE, mode=mode)
-    assert result.reason is StopReason.DEBUG_EXIT, result.message
-    assert output == REGISTERS_EXPECTED
-
-
-@needs_qemu
-def test_registers_probe_under_qemu(tmp_path):
-    assert run_qemu_source(tmp_path, REGISTERS_PROBE).stdout == REGISTERS_EXPECTED
+test_pm_apm_and_hpet_registers_read_as_qemus, test_registers_probe_under_qemu = qemu_recorded(REGISTERS_PROBE, REGISTERS_EXPECTED)
 
 
 # -- power off ------------------------------------------------------------------------------------------
@@ -318,16 +298,7 @@ irq8:
 HPET_IRQ_EXPECTED = b"03 01 00000134 00000000\n"
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_hpet_legacy_routing_interrupts_as_qemus(tmp_path, mode):
-    result, output, _vm = run_source(tmp_path, HPET_IRQ_PROBE, mode=mode)
-    assert result.reason is StopReason.DEBUG_EXIT, result.message
-    assert output == HPET_IRQ_EXPECTED
-
-
-@needs_qemu
-def test_hpet_irq_probe_under_qemu(tmp_path):
-    assert run_qemu_source(tmp_path, HPET_IRQ_PROBE).stdout == HPET_IRQ_EXPECTED
+test_hpet_legacy_routing_interrupts_as_qemus, test_hpet_irq_probe_under_qemu = qemu_recorded(HPET_IRQ_PROBE, HPET_IRQ_EXPECTED)
 
 
 # -- unit tests against QEMU's models ----------------------------------------------------------------

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.guests import idt_setup
+from tests.guests import idt_setup, needs_qemu
 from tests.samples import REPO_ROOT, build_samples as bs
 from vmm.builder import MachineConfig, build_machine
 from vmm.console import BufferConsole
@@ -23,7 +22,6 @@ from vmm.disks import (SECTOR_SIZE, DiskError, DriveSpec, MemoryDisk, Overlay, R
                        parse_drive)
 from vmm.errors import ConfigError
 
-needs_qemu = pytest.mark.skipif(shutil.which(bs.QEMU) is None, reason=f"{bs.QEMU} is not installed")
 MODES = ["bt", "direct", "trap", "vt"]
 LOAD = 0x100000
 

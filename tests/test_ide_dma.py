@@ -11,14 +11,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.guests import idt_setup, identity_paging
+from tests.guests import identity_paging, idt_setup, needs_qemu
 from tests.samples import REPO_ROOT, build_samples as bs
 from tests.test_ide import LIB, disk_image
 from vmm.builder import MachineConfig, build_machine
@@ -29,7 +28,6 @@ from vmm.engine import Engine
 from vmm.frames import Extent, FramePool
 from vmm.memory import PhysicalMemory
 
-needs_qemu = pytest.mark.skipif(shutil.which(bs.QEMU) is None, reason=f"{bs.QEMU} is not installed")
 MODES = ["bt", "direct", "trap", "vt"]
 LOAD = 0x100000
 SECTORS = 300

@@ -18,9 +18,8 @@ import time
 
 import pytest
 
-from tests.guests import idt_setup
+from tests.guests import HEX, QEMU_PLATFORM, idt_setup, needs_qemu
 from tests.samples import REPO_ROOT, build_samples as bs
-from tests.test_pcplatform import HEX, QEMU_PLATFORM, needs_qemu
 from vmm.builder import MachineConfig, build_machine
 from vmm.console import BufferConsole
 from vmm.devices.i8042 import I8042

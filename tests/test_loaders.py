@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from tests.cli import run_vmm
-from tests.guests import EXIT, make_elf, run_image
+from tests.guests import EXIT, make_elf, needs_qemu, run_image
 from tests.samples import build_samples as bs
 from vmm.engine import Engine
 from vmm.errors import ImageError
@@ -17,7 +17,6 @@ from vmm.loaders.assembly import assemble
 from vmm.memory import PhysicalMemory
 
 EXIT_CODE = assemble("mov eax, 9\n" + EXIT, 0)     # position independent
-needs_qemu = pytest.mark.skipif(shutil.which(bs.QEMU) is None, reason=f"{bs.QEMU} is not installed")
 
 
 def load(tmp_path, data, name="image.bin", mem_mib=32, load_address=0x100000):

@@ -6,19 +6,17 @@ the same way, and unit tests of the write rules (masks, write-1-to-clear, BAR si
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 import pytest
 
+from tests.guests import MODES, needs_qemu
 from tests.samples import build_samples as bs
 from tests.test_ide import LIB
 from vmm.bus import PortBus
 from vmm.devices.pci import (CONFIG_DATA, IDE_BMDMA_SIZE, IDE_DEVFN, PciHost, host_bridge, ide_function,
                              isa_bridge)
 
-needs_qemu = pytest.mark.skipif(shutil.which(bs.QEMU) is None, reason=f"{bs.QEMU} is not installed")
-MODES = ["bt", "direct", "trap", "vt"]
 LOAD = 0x100000
 EXIT0 = "    mov al, 0\n    mov dx, 0xf4\n    out dx, al\n    cli\n    hlt\n"
 

@@ -3,16 +3,16 @@ BIOS data area and EBDA, the CMOS/RTC, port 0x92, 0xCF9 and the PS/2 controller'
 interrupts with input typed while the guest idles, COM2, VGA text and the Multiboot structures
 under an image. Unit tests follow QEMU's device models; every guest here prints what it sees,
 and its expected output is what qemu-system-i386 7.2 printed for it (the QEMU command is
-QEMU_PLATFORM below; the needs_qemu tests re-run QEMU and compare)."""
+tests.guests.QEMU_PLATFORM; the needs_qemu tests re-run QEMU and compare)."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 import pytest
 
-from tests.guests import idt_setup, run_source
+from tests.guests import (EXIT0, HEX, MODES, cmos, idt_setup, needs_qemu, qemu_recorded, run_qemu_source,
+                          run_source)
 from tests.samples import build_samples as bs
 from vmm.bios import bios_data_area, ticks_since_midnight
 from vmm.console import BufferConsole
@@ -24,74 +24,7 @@ from vmm.devices.uart16550 import IER_DLM, IER_RDI, IIR_FCR, LSR, MCR, RBR_THR_D
 from vmm.devices.vga import VgaText
 from vmm.exits import StopReason
 
-MODES = ("bt", "direct", "trap", "vt")
 HZ = 100_000_000
-needs_qemu = pytest.mark.skipif(shutil.which(bs.QEMU) is None, reason=f"{bs.QEMU} is not installed")
-
-# The platform as QEMU's: a VGA and COM2 (nothing attached) beside the reference command line.
-QEMU_PLATFORM = ["-vga", "std", "-serial", "null", "-rtc", "base=2000-01-01T00:00:00"]
-
-# -- guest helpers (Keystone) ------------------------------------------------------------------
-HEX = """
-nl:
-    push eax
-    mov al, 10
-    call putc
-    pop eax
-    ret
-space:
-    push eax
-    mov al, 0x20
-    call putc
-    pop eax
-    ret
-hex32:
-    push eax
-    shr eax, 16
-    call hex16
-    pop eax
-hex16:
-    push eax
-    shr eax, 8
-    call hex8
-    pop eax
-hex8:
-    push eax
-    shr al, 4
-    call hex4
-    pop eax
-hex4:
-    push eax
-    and al, 0xf
-    cmp al, 10
-    jb hex4_digit
-    add al, 0x27
-hex4_digit:
-    add al, 0x30
-    call putc
-    pop eax
-    ret
-putc:
-    push edx
-    mov dx, 0x3f8
-    out dx, al
-    pop edx
-    ret
-"""
-EXIT0 = "    mov eax, 0\n    out 0xf4, eax\n    cli\n    hlt\n"
-
-
-def cmos(index: int) -> str:
-    return f"    mov al, {index:#x}\n    out 0x70, al\n    in al, 0x71\n"
-
-
-def run_qemu_source(tmp_path, source: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
-    path = tmp_path / "guest.s"
-    path.write_text(source)
-    wrapped = tmp_path / "guest.mb.elf"
-    wrapped.write_bytes(bs.multiboot_wrapped_image(path))
-    return subprocess.run(bs.qemu_command(str(wrapped)) + QEMU_PLATFORM, input=stdin, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, timeout=30)
 
 
 # -- the BIOS data area, EBDA, CMOS memory bytes, boot state of the devices ---------------------
@@ -192,16 +125,7 @@ FIRMWARE_EXPECTED = (
 )
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_firmware_state_matches_qemus(tmp_path, mode):
-    result, output, _vm = run_source(tmp_path, FIRMWARE_PROBE, mode=mode)
-    assert result.reason is StopReason.DEBUG_EXIT, result.message
-    assert output == FIRMWARE_EXPECTED
-
-
-@needs_qemu
-def test_firmware_probe_under_qemu(tmp_path):
-    assert run_qemu_source(tmp_path, FIRMWARE_PROBE).stdout == FIRMWARE_EXPECTED
+test_firmware_state_matches_qemus, test_firmware_probe_under_qemu = qemu_recorded(FIRMWARE_PROBE, FIRMWARE_EXPECTED)
 
 
 def test_bios_data_area_words_xv6_reads():
@@ -397,16 +321,7 @@ print_c:
 RTC_EXPECTED = b"00000701010020\n0c010100\nc0 c0 c0 90 16\n"
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_rtc_guest(tmp_path, mode):
-    result, output, _vm = run_source(tmp_path, RTC_GUEST, mode=mode)
-    assert result.reason is StopReason.DEBUG_EXIT, result.message
-    assert output == RTC_EXPECTED
-
-
-@needs_qemu
-def test_rtc_guest_under_qemu(tmp_path):
-    assert run_qemu_source(tmp_path, RTC_GUEST).stdout == RTC_EXPECTED
+test_rtc_guest, test_rtc_guest_under_qemu = qemu_recorded(RTC_GUEST, RTC_EXPECTED)
 
 
 # -- resets: port 0x92, 0xCF9, the keyboard controller ------------------------------------------

@@ -8,7 +8,6 @@ import selectors
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Optional
 
 from tests.samples import REPO_ROOT

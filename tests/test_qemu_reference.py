@@ -116,3 +116,23 @@ def test_rebuild_reproduces_committed_images(tmp_path):
         assert path.read_bytes() == committed.read_bytes(), (
             f"{path.name}: rebuild differs from the committed image "
             f"(run python tools/build_samples.py)")
+
+
+@needs_qemu
+@pytest.mark.parametrize("written, declared", [(0, 0), (3, 0)])
+def test_a_recording_with_the_wrong_exit_status_is_refused(tmp_path, capsys, written, declared):
+    # build_samples --record-expected: a guest that exits otherwise under QEMU than its manifest
+    # entry says (it crashed, hung or changed) must not become the reference output.
+    image = tmp_path / "guest.s"
+    image.write_text(f"    mov dx, 0x3f8\n    mov al, 0x41\n    out dx, al\n    mov eax, {written}\n"
+                     "    mov dx, 0xf4\n    out dx, eax\n    cli\n    hlt\n")
+    expected = tmp_path / "guest.out"
+    entry = {"name": "guest", "image": str(image), "qemu": False, "append": None, "initrd": None, "stdin": None,
+             "exit": declared, "expected": str(expected)}
+    recorded = bs.record_entry(entry, tmp_path)
+    assert recorded == (written == declared)
+    assert expected.exists() == recorded
+    if recorded:
+        assert expected.read_bytes() == b"A"
+    else:
+        assert f"(expected status {bs.qemu_status(declared)}: not recorded)" in capsys.readouterr().out

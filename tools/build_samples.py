@@ -351,27 +351,33 @@ def run_entry_under_qemu(entry: dict, tmp_dir: Path | None = None) -> subprocess
 
 # --------------------------------------------------------------------------- main
 
+def record_entry(entry: dict, tmp_dir: Path) -> bool:
+    """Run one manifest entry under QEMU and write its expected output, unless QEMU's exit status is
+    not the one the entry's isa-debug-exit value gives (a guest that crashed or hung under QEMU
+    must not become the reference): then nothing is written. Returns whether it was written."""
+    proc = run_entry_under_qemu(entry, tmp_dir)
+    want = qemu_status(entry["exit"])
+    refused = want is not None and proc.returncode != want
+    note = f"  (expected status {want}: not recorded)" if refused else ""
+    if proc.stderr:
+        note += f"  stderr: {proc.stderr.decode(errors='replace').strip()!r}"
+    if not refused:
+        out = REPO_ROOT / entry["expected"]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(proc.stdout)
+    print(f"{entry['name']:16s} status={proc.returncode:3d} "
+          f"{len(proc.stdout):5d} bytes -> {entry['expected']}{note}")
+    return not refused
+
+
 def record_expected() -> int:
     if shutil.which(QEMU) is None:
         print(f"build_samples: {QEMU} not found; refusing to regenerate expected outputs",
               file=sys.stderr)
         return 2
-    status = 0
     with tempfile.TemporaryDirectory(prefix="build_samples-qemu-") as tmp:
-        for entry in load_manifest():
-            proc = run_entry_under_qemu(entry, Path(tmp))
-            want = qemu_status(entry["exit"])
-            note = "" if want is None or proc.returncode == want else f"  (expected status {want}!)"
-            if want is not None and proc.returncode != want:
-                status = 1
-            if proc.stderr:
-                note += f"  stderr: {proc.stderr.decode(errors='replace').strip()!r}"
-            out = REPO_ROOT / entry["expected"]
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_bytes(proc.stdout)
-            print(f"{entry['name']:16s} status={proc.returncode:3d} "
-                  f"{len(proc.stdout):5d} bytes -> {entry['expected']}{note}")
-    return status
+        recorded = [record_entry(entry, Path(tmp)) for entry in load_manifest()]
+    return 0 if all(recorded) else 1
 
 
 def check_reproducible() -> int:

@@ -357,7 +357,7 @@ class Program:
 
 # ----------------------------------------------------------------------------- the attacks
 # Monitor areas of today's layout (docs/architecture.md, "Monitor region"; translator/layout.py).
-BOOT_GDT, STUBS, MONITOR_DIRECTORY = 0xFF000000, 0xFF003000, 0xFF004000
+BOOT_GDT, UNUSED_PAGE, MONITOR_DIRECTORY = 0xFF000000, 0xFF003000, 0xFF004000
 SHADOW_GDT, SHADOW_LDT, LOOKUP_TABLE = 0xFF010000, 0xFF020000, 0xFF040000
 PROFILE_COUNTERS, VCPU, SCRATCH, VCPU_PRIVILEGED = 0xFF0C0000, 0xFF0E8000, 0xFF0E9000, 0xFF0EA000
 MONITOR_TABLES, TRANSLATION_CACHE, SHADOW_POOL = 0xFF100000, 0xFF500000, 0xFFD00000
@@ -367,7 +367,7 @@ JUMP_SLOT, BUDGET_SLOT = SCRATCH + 0x20, SCRATCH + 0x24
 # Read at +8: the first descriptor of a descriptor table is null, as unassigned memory reads.
 READABLE_AREAS = [("shadow GDT", SHADOW_GDT + 8), ("shadow LDT", SHADOW_LDT + 8), ("boot GDT", BOOT_GDT + 8),
                   ("virtual CPU", VCPU + 8), ("privileged virtual CPU", VCPU_PRIVILEGED + 8),
-                  ("lookup table", LOOKUP_TABLE + 8), ("stubs", STUBS + 8),
+                  ("lookup table", LOOKUP_TABLE + 8), ("unused monitor page", UNUSED_PAGE + 8),
                   ("monitor page directory", MONITOR_DIRECTORY + 8), ("monitor page tables", MONITOR_TABLES + 8),
                   ("trap's ring views", RING_VIEWS + 8),
                   ("translation cache", TRANSLATION_CACHE + 8), ("shadow pool", SHADOW_POOL + 8)]
@@ -810,7 +810,7 @@ def transfer_probes(p: Program) -> None:
     p.probe("jmp 0xff500000", f"    jmp {TRANSLATION_CACHE:#x}")
     p.probe("jmp eax to the virtual CPU", f"    mov eax, {VCPU:#x}\n    jmp eax")
     p.probe("call the scratch page", f"    call {SCRATCH:#x}")
-    p.probe("ret to the stubs", f"    push {STUBS:#x}\n    ret")
+    p.probe("ret to an unused monitor page", f"    push {UNUSED_PAGE:#x}\n    ret")
     p.probe(f"call far {code:#x}:0xff500000",
             f"    .byte 0x9a\n    .long {TRANSLATION_CACHE:#x}\n    .word {code:#x}")
     p.probe(f"retf to {code:#x}:0xff0e8000", f"    push {code:#x}\n    push {VCPU:#x}\n    retf")

@@ -4,7 +4,7 @@ line) under bt, direct and vt, and the guest's own verdict (what it wrote to isa
 pass, 1 fail, 0x26 skip) must be QEMU's, recorded in tests/kvm_unit_tests_qemu.json by
 `python -m tools.kvm_unit_tests --record` (the file says how). Cases that need what the platform
 does not model yet (tools/kvm_unit_tests.py, NOT_MODELLED: ACPI S3's resume, vm86, 16-bit
-code, QEMU's CPU model) are expected to differ, strictly: one that
+code) are expected to differ, strictly: one that
 starts to agree fails here until it is taken off that list. QEMU's hang (la57) and the verdicts
 that are no verdict (vmexit without a sub-test, vmcall, taskswitch2: exit codes 0x3f, 0x2) are
 left out.

@@ -18,6 +18,7 @@ from capstone import x86_const as X
 from translator.classify import Category, Procedure
 from translator.x86decode import SEGMENT_NAMES as _SEGMENTS
 from translator.x86decode import SUBREGISTERS
+from vmm import cpu_model
 from vmm.errors import UnsupportedGuestFeature
 from vmm.guest_view import GuestFault, GuestView
 from vmm.memory import UnbackedAccess
@@ -655,7 +656,7 @@ class Emulator:
 
     def _cpuid(self, insn):
         leaf = self.cpu.reg("eax")
-        values = self.cpu.cpuid_seen(leaf, self.cpu.cpuid(leaf, self.cpu.reg("ecx")))
+        values = self.cpu.cpuid_seen(leaf, cpu_model.cpuid(leaf, self.cpu.reg("ecx")))
         for name, value in zip(("eax", "ebx", "ecx", "edx"), values):
             self.cpu.set_reg(name, value)
 

@@ -786,8 +786,7 @@ class Engine:
 class ScratchCpu:
     """A second, tiny 32-bit engine that runs one register-only instruction for the monitor:
     the BCD adjustments and salc, which the binary translator's 64-bit host code lacks, get
-    exactly the engine's own 32-bit results (flags included) this way; and cpuid's answers, for
-    the untranslated modes' cpuid hook (vmm/msr_cpuid.py)."""
+    exactly the engine's own 32-bit results (flags included) this way."""
 
     _CODE = 0x1000
 
@@ -806,17 +805,6 @@ class ScratchCpu:
             uc.emu_stop()
         uc.hook_add(uc_const.UC_HOOK_INTR, on_interrupt)
         return uc
-
-    def cpuid(self, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
-        """(eax, ebx, ecx, edx) of cpuid here: the untranslated modes' engine's CPU model."""
-        if self._uc is None or self._vector is not None:
-            self._uc = self._fresh()
-        self._uc.mem_write(self._CODE, b"\x0f\xa2\xf4")
-        self._uc.reg_write(x86.UC_X86_REG_EAX, leaf)
-        self._uc.reg_write(x86.UC_X86_REG_ECX, subleaf)
-        self._uc.emu_start(self._CODE, self._CODE + 3, count=1)
-        return tuple(self._uc.reg_read(register) for register in
-                     (x86.UC_X86_REG_EAX, x86.UC_X86_REG_EBX, x86.UC_X86_REG_ECX, x86.UC_X86_REG_EDX))
 
     def run(self, code: bytes, eax: int, eflags: int) -> tuple[int, int, Optional[int]]:
         """(eax, eflags, exception vector or None) after `code` ran from eax and eflags."""

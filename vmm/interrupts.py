@@ -362,7 +362,3 @@ class InterruptPlatform:
             eax, ebx, ecx, edx = values
             return eax, ebx, ecx, edx & ~CPUID_EDX_APIC
         return values
-
-    def cpuid_changed(self, leaf: int) -> bool:
-        """Whether cpuid(leaf) would differ from the engine's own answer."""
-        return leaf == 1 and not self.apic.cpuid_apic

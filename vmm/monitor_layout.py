@@ -29,7 +29,6 @@ MAX_TCACHE_BLOCKS = ARENA_SLOTS - 1
 
 # Offsets from MONITOR_BASE (physical) and MONITOR_LINEAR (bt's linear view); sizes in bytes.
 BOOT_GDT_OFFSET, BOOT_GDT_SIZE = 0x0, 0x1000
-STUB_OFFSET, STUB_SIZE = 0x3000, 0x1000
 DIRECTORY_OFFSET, DIRECTORY_SIZE = 0x4000, 0x1000
 SHADOW_GDT_OFFSET, SHADOW_GDT_SIZE = 0x10000, 0x10000      # 8192 descriptors: the architectural maximum
 SHADOW_LDT_OFFSET, SHADOW_LDT_SIZE = 0x20000, 0x10000
@@ -80,8 +79,6 @@ AREAS = (
     Area("boot GDT", BOOT_GDT_OFFSET, BOOT_GDT_SIZE, PROT_READ | PROT_WRITE, "vmm/boot.py",
          "boot GDT (descriptors pre-marked accessed), MMIO: the table while the guest's GDTR names it, "
          "else unassigned memory (vmm/memory.py)"),
-    Area("stubs", STUB_OFFSET, STUB_SIZE, PROT_READ | PROT_EXEC, "vmm/modes/bt/mode.py",
-         "stubs: native cpuid/rdtsc (bt)"),
     Area("directory", DIRECTORY_OFFSET, DIRECTORY_SIZE, PROT_READ, "vmm/monitor_paging.py",
          "PML4 of the monitor's long-mode tables (bt)"),
     Area("shadow GDT", SHADOW_GDT_OFFSET, SHADOW_GDT_SIZE, PROT_READ, "vmm/shadow_tables.py",
@@ -96,7 +93,7 @@ AREAS = (
          "virtual-CPU block (bt)"),
     Area("scratch", SCRATCH_OFFSET, SCRATCH_SIZE, PROT_READ | PROT_WRITE, "vmm/modes/bt/mode.py",
          "scratch page: instruction budget (its high half: the wake for host input), I/O site, a small "
-         "monitor stack for pushfq/popfq and the native stubs (bt)"),
+         "monitor stack for pushfq/popfq (bt)"),
     Area("vcpu privileged", VCPU_PRIVILEGED_OFFSET, VCPU_PRIVILEGED_SIZE, PROT_READ, "vmm/modes/bt/vcpu.py",
          "privileged virtual-CPU page: control registers for `mov r, crN` (bt)", supervisor=True),
     Area("page tables", TABLES_OFFSET, TABLES_SIZE, PROT_READ, "vmm/monitor_paging.py",

@@ -1,10 +1,11 @@
-"""rdmsr, wrmsr, mov drN and cpuid where the engine runs guest code natively (direct, trap, vt): the first three become engine exits that the monitor's emulator serves (the local APIC's base MSR; the debug registers, which the engine must never see), cpuid leaves are answered as the CPU's built-in devices change them."""
+"""rdmsr, wrmsr, mov drN and cpuid where the engine runs guest code natively (direct, trap, vt): the first three become engine exits that the monitor's emulator serves (the local APIC's base MSR; the debug registers, which the engine must never see), cpuid is answered from the guest's CPU model (vmm/cpu_model.py) as the CPU's built-in devices change it."""
 
 from __future__ import annotations
 
 from typing import Callable
 
 from translator.x86decode import LEGACY_PREFIXES, instruction_length
+from vmm import cpu_model
 
 _RDMSR, _WRMSR = b"\x0f\x32", b"\x0f\x30"
 _MOV_FROM_DR, _MOV_TO_DR = b"\x0f\x21", b"\x0f\x23"
@@ -34,8 +35,9 @@ class MsrCpuidWatch:
     An exit stops the run as hlt does (the engine's halted flag set, EIP past the hlt), so a
     hlt right in front of one (hlt ends an engine block: the exit then starts the next) is an
     exit too, emulated: a run can never stop after a native hlt at an exit's address. The
-    cpuid hook answers a leaf the platform changes (leaf 1's APIC bit once the APIC is
-    disabled) from the engine's own values, and lets every other cpuid run natively.
+    cpuid hook answers every leaf from the guest's CPU model, QEMU's qemu32 (vmm/cpu_model.py),
+    with the platform's changes (leaf 1's APIC bit once the APIC is disabled): the engine's
+    own model is another CPU.
 
     fetch(linear, size) -> the guest's code bytes there (b"" if none); added(address, size): new
     exits in the block just translated there, which lacks them (the mode installs the exits and
@@ -46,7 +48,6 @@ class MsrCpuidWatch:
         self.engine, self.platform = engine, platform
         self.fetch, self.added = fetch, added
         self.exits: set[int] = set()             # addresses of intercepted instructions: engine exits
-        self._native_leaves: dict[tuple[int, int], tuple] = {}
         self.answered = 0                        # cpuid leaves answered here
         if watch_msrs:
             engine.on_translation(self._scan)
@@ -98,20 +99,12 @@ class MsrCpuidWatch:
 
     # -- cpuid -------------------------------------------------------------------------------------
     def cpuid(self) -> bool:
-        """The cpuid hook: True when the instruction was answered here (the engine skips it)."""
+        """The cpuid hook: every leaf is answered here, from the guest's CPU model (vmm/cpu_model.py,
+        not the engine's own) as the platform's devices change it; the engine skips the
+        instruction. True: answered."""
         leaf = self.engine.reg("eax")
-        if not self.platform.cpuid_changed(leaf):
-            return False
-        values = self.platform.cpuid(leaf, self._native(leaf, self.engine.reg("ecx")))
+        values = self.platform.cpuid(leaf, cpu_model.cpuid(leaf, self.engine.reg("ecx")))
         for name, value in zip(("eax", "ebx", "ecx", "edx"), values):
             self.engine.set_reg(name, value)
         self.answered += 1
         return True
-
-    def _native(self, leaf: int, subleaf: int) -> tuple:
-        """The engine's own answer, from a scratch engine of the same CPU model."""
-        key = (leaf, subleaf)
-        if key not in self._native_leaves:
-            from vmm.engine import ScratchCpu
-            self._native_leaves[key] = ScratchCpu().cpuid(leaf, subleaf)
-        return self._native_leaves[key]

@@ -98,5 +98,5 @@ class RunContext:
     @property
     def cpu_devices(self) -> "InterruptPlatform":
         """What answers for the devices built into the CPU (the local APIC): the MSRs and CPUID
-        bits that the engine's own CPU lacks (read_msr, write_msr, cpuid, cpuid_changed)."""
+        bits that the engine's own CPU lacks (read_msr, write_msr, cpuid)."""
         return self._interrupts

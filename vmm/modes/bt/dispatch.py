@@ -152,7 +152,6 @@ class Dispatcher:
         self.debugger = context.debugger
         self.tracer = context.tracer
         self.pending: Optional[PendingStop] = None
-        self.running_native = False           # run_native's int3 is its own end, not an exit
         # Carried from one engine run (or one execute) to the next, not why a run ended:
         self._step_trap = False               # a callout ran under TF: #DB on the next execute
         self._step_stop_pending = False       # gdb's single step is one one-shot: stop after it
@@ -190,10 +189,6 @@ class Dispatcher:
     def on_interrupt(self, vector: int) -> None:
         engine = self.engine
         eip = engine.reg64("rip")
-        if self.running_native:       # the int3 after run_native's instruction
-            engine.reset_exception_state()
-            engine.stop()
-            return
         if vector == 3:               # int3: one of the translation's own exits
             site = self.code.site_at(eip - 1)
             if site is not None:

@@ -28,12 +28,11 @@ from typing import Optional
 from cache.arena import CodeArena
 from cache.tcache import BlockKey, TranslatedBlock, TranslationCache
 from translator.decoder import BlockEnd, Decoder, GuestBlock
-from translator.emitter import INLINE_CACHE_ENTRIES, INT3, Emitter, ExitKind, UnsupportedForm
+from translator.emitter import INLINE_CACHE_ENTRIES, Emitter, ExitKind, UnsupportedForm
 from translator.layout import REAL_IOPL, MonitorAddresses
 from vmm.cpu import GuestCpu
 from vmm.emulate import UnsupportedInstruction
 from vmm.engine import PROT_EXEC, PROT_READ, PROT_WRITE
-from vmm.errors import MonitorBug
 from vmm.exits import ExitReason, VmExit
 from vmm.modes import ExecutionMode
 from vmm.modes.breakpoints import DataWatch, guest_physical
@@ -49,8 +48,8 @@ from vmm.guest_view import GuestView
 from vmm.memory import PageFault, UnbackedAccess
 from vmm.monitor_layout import (ARENA_OFFSET, ARENA_SIZE, ARENA_SLOT_SIZE, ARENA_SLOTS, DEFAULT_TCACHE_BLOCKS,
                                 LOOKUP_OFFSET, LOOKUP_SIZE, MONITOR_LINEAR, PROFILE_OFFSET, PROFILE_SIZE, SCRATCH_OFFSET, SCRATCH_SIZE,
-                                SHADOW_GDT_OFFSET, SHADOW_GDT_SIZE, SHADOW_LDT_OFFSET, SHADOW_LDT_SIZE, STUB_OFFSET,
-                                STUB_SIZE, VCPU_OFFSET, VCPU_PRIVILEGED_OFFSET, VCPU_PRIVILEGED_SIZE, VCPU_SIZE)
+                                SHADOW_GDT_OFFSET, SHADOW_GDT_SIZE, SHADOW_LDT_OFFSET, SHADOW_LDT_SIZE,
+                                VCPU_OFFSET, VCPU_PRIVILEGED_OFFSET, VCPU_PRIVILEGED_SIZE, VCPU_SIZE)
 from vmm.monitor_paging import LongModeTables
 from vmm.x86 import IOPL_MASK, PAGE_SIZE, TF
 
@@ -101,7 +100,6 @@ class BinaryTranslationMode(ExecutionMode):
         self.vcpu_address = area(VCPU_OFFSET, VCPU_SIZE, PROT_READ)
         self.vcpu_privileged_address = area(VCPU_PRIVILEGED_OFFSET, VCPU_PRIVILEGED_SIZE, PROT_READ, user=False)
         self.scratch_address = area(SCRATCH_OFFSET, SCRATCH_SIZE, PROT_READ | PROT_WRITE)
-        self.stub_address = area(STUB_OFFSET, STUB_SIZE, PROT_READ | PROT_EXEC)
         self.shadow = ShadowTables(engine, memory, SHADOW_GDT_OFFSET, SHADOW_LDT_OFFSET, kernel_ring=1,
                                    read=self._read_linear, linear_base=MONITOR_LINEAR,
                                    monitor_descriptors={CODE64_SELECTOR[ring]: code64_descriptor(ring) for ring in (1, 3)})
@@ -255,30 +253,6 @@ class BinaryTranslationMode(ExecutionMode):
         engine.set_reg64("r15", MONITOR_LINEAR)
         self._deprivileged = True
         return host_target
-
-    def run_native(self, code: bytes, inputs: dict, outputs: tuple) -> tuple:
-        """Run an unprivileged instruction (cpuid, rdtsc) by itself on the engine, at the guest's
-        ring, followed by an int3 that ends the run (the engine has no `until`: exits are on)."""
-        at = STUB_OFFSET + 0x800
-        stub = code + bytes([INT3])
-        self.memory.monitor_view(at, len(stub))[:] = stub
-        if not self._deprivileged:
-            self._enter_deprivileged(0)
-        address = MONITOR_LINEAR + at
-        self.engine.invalidate_code(address, address + len(stub))
-        for name, value in inputs.items():
-            self.engine.set_reg(name, value)
-        self.dispatcher.running_native = True
-        try:
-            eip = address
-            while eip == address:      # a stop from another thread landed before the instruction
-                self.engine.run(address, self.context.until_address)
-                eip = self.engine.reg64("rip")
-        finally:
-            self.dispatcher.running_native = False
-        if eip not in (address + len(code), address + len(stub)):     # stopped at, or after, the int3
-            raise MonitorBug(f"native {code.hex()} did not run to its end (rip {eip:#x})")
-        return tuple(self.engine.reg(name) for name in outputs)
 
     # -- guest paging (the service: vmm/guest_paging.py) -------------------------------------------
     def control_register_written(self, number: int, old: int) -> None:

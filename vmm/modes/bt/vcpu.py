@@ -232,8 +232,5 @@ class TranslatedCpu(VirtualSystemCpu):
     def cpl(self) -> int:
         return self.selectors["cs"] & 3
 
-    def cpuid(self, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
-        return self.mode.run_native(b"\x0F\xA2", {"eax": leaf, "ecx": subleaf}, ("eax", "ebx", "ecx", "edx"))
-
     def invalidate_page(self, linear: int) -> None:
         self.mode.invalidate_page(linear)

@@ -103,7 +103,20 @@ top:
     cli
     dec ecx
     jnz top
-""" + EXIT, 9, 32_000_000),
+""" + EXIT, 10, 32_000_000),
+    Guest("codepage", "a counter and a sum kept on the loop's own code page (self-checking blocks)", """
+    mov ecx, {N}
+top:
+    inc dword ptr [counter]
+    add dword ptr [sum], ecx
+    dec ecx
+    jnz top
+""" + EXIT + """
+counter:
+    .long 0
+sum:
+    .long 0
+""", 4, 40_000_000),
 ]
 
 

@@ -81,6 +81,14 @@ class TranslatedBlock:
         return id(self)
 
 
+# A page of code the guest stores into this often (each store a fault, an invalidation of what it
+# overlaps and a one-shot of the store, about 100 us) mixes code and data (xv6 links a program's
+# data right after its text): it is not write-protected any more, and its blocks check their own
+# bytes at every entry instead (translator/emitter.py, _emit_self_check), as VMware's
+# translator and DynamoRIO do for such pages. A page stays self-checking for the rest of the run.
+SELF_CHECK_AFTER = 8
+
+
 class TranslationCache:
     """Owns the arena, the lookup table and every translated block. `protect_page(page, on)`
     write-protects (on=True) or releases a guest page for the engine."""
@@ -102,6 +110,11 @@ class TranslationCache:
         self._blocks = LRU(capacity)
         self._by_slot: dict[int, TranslatedBlock] = {}
         self._pages: dict[int, set[TranslatedBlock]] = collections.defaultdict(set)
+        self.self_checking: set[int] = set()       # pages not protected: their blocks check themselves
+        self._code_page_stores: collections.Counter = collections.Counter()
+        # Off while the guest has a data breakpoint armed: the checks' reads of guest code would
+        # hit it as the guest's own reads (vmm/modes/breakpoints.py hooks guest memory).
+        self.self_checking_allowed = True
         self._sites: dict[int, tuple[TranslatedBlock, int]] = {}
         self.counters = collections.Counter()
         self.events: collections.deque = collections.deque(maxlen=4096)   # (event, guest eip, cause)
@@ -171,7 +184,7 @@ class TranslationCache:
                 if self.windows_armed:
                     self._set_window(block.host + site.offset, True)
         for page in block.frames:
-            if not self._pages[page]:
+            if not self._pages[page] and page not in self.self_checking:
                 self.protect_page(page, True)
             self._pages[page].add(block)
         if not key.single_step:
@@ -181,6 +194,13 @@ class TranslationCache:
         self.counters["bytes_translated"] += len(translation.code)
         return block
 
+    def stop_self_checking(self) -> None:
+        """Every page goes back to write protection (the caller flushes the cache: the pages are
+        protected again as their blocks come back) and self-checking is off until allowed."""
+        self.self_checking_allowed = False
+        self.self_checking.clear()
+        self._code_page_stores.clear()
+
     # -- chaining ------------------------------------------------------------------------------
     def link(self, source: TranslatedBlock, index: int, target: TranslatedBlock) -> None:
         """Patch exit `index` of `source` into a direct jump to `target`."""
@@ -188,10 +208,12 @@ class TranslationCache:
             return
         site = source.site_address(index)
         # A direct jump: Unicorn chains its own blocks through it. (An indirect jump through a
-        # cell measured 2-4 times slower: Unicorn 2.1.1 leaves its block cache for those.)
-        jump = b"\xE9" + struct.pack("<i", target.host - (site + 5))
+        # cell measured 2-4 times slower: Unicorn 2.1.1 leaves its block cache for those.) A
+        # self-checking block that cannot store into itself loops to itself past its check.
+        entry = target.host + (target.translation.checked if source is target else 0)
+        jump = b"\xE9" + struct.pack("<i", entry - (site + 5))
         self._write_code(site, jump.ljust(EXIT_SLOT_SIZE, b"\x90"))
-        self._aim_branch(source, index, target.host)
+        self._aim_branch(source, index, entry)
         source.links[index] = target
         target.incoming.add((source, index))
         if len(target.ranges) > 1 or target.guest.linear // PAGE_SIZE != source.guest.linear // PAGE_SIZE:
@@ -299,6 +321,28 @@ class TranslationCache:
 
     def page_has_code(self, page: int) -> bool:
         return bool(self._pages.get(page))
+
+    def write_protected(self, page: int) -> bool:
+        """Whether stores into the page fault: it holds code and does not check itself."""
+        return bool(self._pages.get(page)) and page not in self.self_checking
+
+    def checks_itself(self, frames) -> bool:
+        """Whether a block on these pages must check its own bytes (one of them is self-checking)."""
+        return bool(self.self_checking) and any(page in self.self_checking for page in frames)
+
+    def code_page_written(self, page: int) -> None:
+        """A guest store faulted on this write-protected page of code (what it overlaps is
+        invalidated already). The SELF_CHECK_AFTER-th makes it a self-checking page: its blocks
+        go (retranslated with the check when next run) and the protection with them."""
+        self._code_page_stores[page] += 1
+        if self._code_page_stores[page] < SELF_CHECK_AFTER or page in self.self_checking \
+                or not self.self_checking_allowed:
+            return
+        self.self_checking.add(page)
+        self.counters["self_checking_pages"] += 1
+        for block in list(self._pages.get(page, ())):
+            self.remove(block, "self_check")
+        self.protect_page(page, False)
 
     def mapping_changed(self, page: Optional[int] = None) -> None:
         """The guest's linear-to-physical mapping may have changed (CR3 load, paging on or off;

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Callable, Optional
 
+from capstone import x86_const as X
 from capstone.x86_const import X86_INS_POPF, X86_INS_POPFD, X86_INS_STI
 
 from translator.classify import Rule, classify
@@ -21,11 +22,57 @@ DEFAULT_BLOCK_LIMIT = 32
 SETS_IF = frozenset({X86_INS_STI, X86_INS_POPF, X86_INS_POPFD})
 
 
+# For blocks that check their own bytes (a code page the guest writes often, cache/tcache.py):
+# an instruction that may store to memory ends its block, so that what it stores is checked at
+# the next block's entry. Capstone's operand access flags are not reliable for this (fstp, fistp,
+# movups and cmpxchg8b stores read as reads), so the rule is conservative: a first operand in
+# memory is a store unless the instruction only reads it, and the stack and string writers store.
+_READS_FIRST_OPERAND = frozenset({X.X86_INS_CMP, X.X86_INS_TEST, X.X86_INS_BT, X.X86_INS_NOP,
+                                  X.X86_INS_PREFETCH, X.X86_INS_PREFETCHNTA, X.X86_INS_PREFETCHT0,
+                                  X.X86_INS_PREFETCHT1, X.X86_INS_PREFETCHT2, X.X86_INS_PREFETCHW,
+                                  X.X86_INS_FLD, X.X86_INS_FILD, X.X86_INS_FBLD, X.X86_INS_FLDCW,
+                                  X.X86_INS_FLDENV, X.X86_INS_FRSTOR, X.X86_INS_FXRSTOR, X.X86_INS_LGDT,
+                                  X.X86_INS_LIDT, X.X86_INS_JMP, X.X86_INS_LJMP})
+_STORES_IMPLICITLY = frozenset({X.X86_INS_PUSH, X.X86_INS_PUSHAL, X.X86_INS_PUSHAW, X.X86_INS_PUSHF,
+                                X.X86_INS_PUSHFD, X.X86_INS_CALL, X.X86_INS_LCALL, X.X86_INS_ENTER,
+                                X.X86_INS_INT, X.X86_INS_INT3, X.X86_INS_INTO, X.X86_INS_XCHG})
+
+
+def may_store(insn) -> bool:
+    """Whether the instruction may write guest memory (conservatively: true for some that only
+    read it)."""
+    if insn.id in _STORES_IMPLICITLY:
+        return True
+    operands = insn.operands
+    return bool(operands) and operands[0].type == X.X86_OP_MEM and insn.id not in _READS_FIRST_OPERAND
+
+
+_SEGMENT_INDEX = {X.X86_REG_DS: 0, X.X86_REG_ES: 1, X.X86_REG_SS: 2}
+
+
+def absolute_store(insn, data_bases: tuple) -> Optional[tuple[int, int]]:
+    """The linear [start, end) a store to a fixed address writes (`mov [counter], eax`), through
+    DS, ES or SS based at `data_bases` (DS, ES, SS); None when the address is not fixed (a base
+    or index register, FS/GS, a string or stack store)."""
+    if insn.id in _STORES_IMPLICITLY or not insn.operands:
+        return None
+    operand = insn.operands[0]
+    mem = operand.mem
+    if operand.type != X.X86_OP_MEM or mem.base or mem.index:
+        return None
+    segment = _SEGMENT_INDEX.get(mem.segment or X.X86_REG_DS)
+    if segment is None:
+        return None
+    start = (data_bases[segment] + mem.disp) & 0xFFFFFFFF
+    return start, start + operand.size
+
+
 class BlockEnd(Enum):
     BRANCH = "branch"              # the last instruction transfers control (or is a callout)
     WINDOW = "before sti/popf"     # the next instruction may set IF: it starts a block of its own
     PAGE = "page boundary"
     LIMIT = "length limit"
+    STORE = "after a store"        # a self-checking block ends after each store (may_store)
     UNDECODABLE = "undecodable"    # the next bytes do not decode: #UD when reached
     NO_MEMORY = "no memory"        # the next bytes are not in guest memory: fetch fault when reached
 
@@ -142,10 +189,27 @@ class Decoder:
             address = block.instructions[0].end
 
     def decode_block(self, address: int, limit: int = DEFAULT_BLOCK_LIMIT,
-                     stop_before: frozenset = frozenset(), base: int = 0) -> GuestBlock:
+                     stop_before: frozenset = frozenset(), base: int = 0,
+                     end_after_store: bool = False, data_bases: tuple = (0, 0, 0)) -> GuestBlock:
         """The block at EIP `address` of a code segment based at `base`. `stop_before`:
         addresses (debugger breakpoints) no block may run into; a block ends before one of them
-        (falling through to a block that starts there)."""
+        (falling through to a block that starts there). `end_after_store`: the block checks its
+        own bytes at entry, so it ends after an instruction that may store into itself
+        (may_store): after any store but one to a fixed address outside the block (through
+        DS/ES/SS based at `data_bases`)."""
+        block = self._decode_block(address, limit, stop_before, base, end_after_store, data_bases)
+        if end_after_store:
+            start, end = block.linear, block.linear + block.guest_size
+            for index, instruction in enumerate(block.instructions):
+                target = absolute_store(instruction.insn, data_bases)
+                if target is not None and target[0] < end and start < target[1]:
+                    del block.instructions[index + 1:]       # it stores into the block: ends it
+                    block.end = BlockEnd.STORE
+                    break
+        return block
+
+    def _decode_block(self, address: int, limit: int, stop_before: frozenset, base: int,
+                      end_after_store: bool, data_bases: tuple) -> GuestBlock:
         block = GuestBlock(address, base=base)
         page = (base + address) // PAGE_SIZE
         current = address
@@ -176,6 +240,9 @@ class Decoder:
                                 # delivered between blocks (the next instruction may be on the next page)
             if len(block.instructions) >= limit:
                 block.end = BlockEnd.LIMIT
+                return block
+            if end_after_store and may_store(insn) and absolute_store(insn, data_bases) is None:
+                block.end = BlockEnd.STORE
                 return block
             if (base + current) // PAGE_SIZE != page:
                 block.end = BlockEnd.PAGE

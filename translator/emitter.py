@@ -22,7 +22,7 @@ from typing import Optional
 from capstone import x86_const as X
 
 from translator.classify import Handling, Procedure
-from translator.decoder import BlockEnd, GuestBlock, GuestInstruction
+from translator.decoder import BlockEnd, GuestBlock, GuestInstruction, absolute_store, may_store
 from translator.layout import (SCRATCH_BUDGET, SCRATCH_IO_SITE, SCRATCH_STACK_TOP,
                                VCPU_CR, VCPU_GDTR, VCPU_IDTR, VCPU_IO_CHECK, VCPU_LDTR, VCPU_POPF_EXPECT,
                                VCPU_PUSHF_ADJUST, VCPU_SELECTOR, VCPU_TR, MonitorAddresses)
@@ -87,6 +87,7 @@ class ExitKind(Enum):
     INTERRUPT_WINDOW = "interrupt window"   # after sti/popf: armed only while an interrupt waits for IF
     IO_PERMISSION = "I/O permission"        # string I/O above IOPL: the monitor checks the port first
     FPU_POINTER = "x87 pointer"             # after fnstenv/fxsave...: the monitor writes the guest's FIP
+    STALE = "stale code"           # a self-checking block found its guest bytes changed at entry
 
 
 @dataclass
@@ -138,6 +139,8 @@ class Translation:
     rewrites: list[Rewrite] = field(default_factory=list)
     counter_fixups: list[int] = field(default_factory=list)   # where the block's counter address goes
     body: int = 0                  # offset past the budget prologue (entered after a budget exit)
+    checked: int = 0               # a self-checking block that cannot store into itself: offset
+                                   # past its check, where a jump from the block itself may enter
 
     def pc_entry(self, offset: int) -> Optional[PcEntry]:
         """The entry covering host offset `offset` (entries are in increasing offset order)."""
@@ -277,12 +280,14 @@ class Emitter:
 
     def translate(self, block: GuestBlock, *, budget: bool = False, chainable: bool = True,
                   profile: bool = False, predictions: int = INLINE_CACHE_ENTRIES,
-                  segment_bases: tuple = (0, 0, 0), code_base: int = 0) -> Translation:
+                  segment_bases: tuple = (0, 0, 0), code_base: int = 0, self_check: bool = False) -> Translation:
         """`predictions`: inline-cache entries per indirect branch (fewer make a smaller block).
         `segment_bases`: the guest's DS, ES and SS bases, which 64-bit host code ignores: memory
         operands through a segment with a non-zero base get it added explicitly. `code_base`:
         the CS base, added to `cs:` operands the same way (the block's addresses are EIPs,
-        which is what calls push and branches compare, so nothing else needs it)."""
+        which is what calls push and branches compare, so nothing else needs it). `self_check`:
+        the block compares its guest bytes with those it was translated from at every entry
+        (a code page the guest writes often is not write-protected: _emit_self_check)."""
         self._bases = dict(zip(("ds", "es", "ss"), segment_bases))
         self._bases["cs"] = code_base
         out = Translation()
@@ -297,6 +302,14 @@ class Emitter:
         def site_later(rel_offset: int, site: ExitSite) -> None:
             pending.append((rel_offset, site))
 
+        if self_check and block.instructions:
+            self._emit_self_check(out, block, mark)
+            if not any(may_store(i.insn) and absolute_store(i.insn, segment_bases) is None
+                       for i in block.instructions) and not any(
+                    (target := absolute_store(i.insn, segment_bases)) is not None
+                    and target[0] < block.linear + block.guest_size and block.linear < target[1]
+                    for i in block.instructions):
+                out.checked = len(code)     # its stores are to fixed addresses outside it
         if budget and block.instructions:
             self._emit_budget_check(out, block, site_later, mark)
         out.body = len(code)
@@ -334,7 +347,7 @@ class Emitter:
                                             rule.procedure, start, len(code) - start))
 
         self._owner = block.next_address if last is None or block.end is not BlockEnd.BRANCH else last.address
-        if block.end in (BlockEnd.PAGE, BlockEnd.LIMIT, BlockEnd.WINDOW) or (block.end is BlockEnd.BRANCH and last is None):
+        if block.end in (BlockEnd.PAGE, BlockEnd.LIMIT, BlockEnd.WINDOW, BlockEnd.STORE) or (block.end is BlockEnd.BRANCH and last is None):
             mark(block.next_address)
             self._slot(out, ExitSite(ExitKind.BRANCH, 0, block.next_address))
         elif block.end is BlockEnd.UNDECODABLE:
@@ -602,6 +615,54 @@ class Emitter:
                         owner=instruction.address)
         out.exits.append(site)
         out.code += WINDOW_SITE_DISARMED
+
+    # -- self-checking blocks ------------------------------------------------------------------
+    def _emit_self_check(self, out, block, mark) -> None:
+        """At block entry, compare the guest's bytes at the block's linear address with the ones
+        it was translated from; any difference leaves through the STALE exit before a guest
+        instruction ran. 8 bytes at a time (the last 8 overlapping, never a byte past the
+        block, which may be data the guest writes; a block under 8 bytes compares 4, 2, 1),
+        each as `rcx = bytes - expected; jrcxz`, which leaves the guest's flags alone (its rcx
+        waits in r9). The reads go through the guest's mappings like its own loads (a hidden
+        fault fills the shadow). With stores ending such blocks (decoder.may_store), a store
+        into code is seen at the next block entry, as the CPU sees it at the next instruction;
+        DynamoRIO's sandboxing checks the same way."""
+        code = out.code
+        data = b"".join(instruction.bytes for instruction in block.instructions)
+        if len(data) >= 8:
+            chunks = [(offset, 8) for offset in range(0, len(data) - 8, 8)] + [(len(data) - 8, 8)]
+        else:
+            chunks, offset = [], 0
+            for size in (4, 2, 1):
+                if len(data) - offset >= size:
+                    chunks.append((offset, size))
+                    offset += size
+        mark(block.address)
+        code += b"\x49\x89\xC9"                                    # mov r9, rcx
+        restore = ((ECX, "r9"),)
+        mark(block.address, restore)
+        code += b"\x41\xBA" + _u32(block.linear)                   # mov r10d, linear (zero-extended)
+        to_stale = []
+        for offset, size in chunks:
+            disp = bytes([offset]) if offset < 128 else _u32(offset)
+            mod = 0x40 if offset < 128 else 0x80
+            load = {8: b"\x49\x8B", 4: b"\x41\x8B", 2: b"\x41\x0F\xB7", 1: b"\x41\x0F\xB6"}[size]
+            code += load + bytes([mod | ECX << 3 | 2]) + disp            # mov/movzx rcx, [r10 + offset]
+            expected = int.from_bytes(data[offset:offset + size], "little")
+            code += b"\x49\xBB" + struct.pack("<Q", -expected & 0xFFFFFFFFFFFFFFFF)   # mov r11, -expected
+            code += b"\x4A\x8D\x0C\x19"                            # lea rcx, [rcx + r11]
+            code += b"\xE3\x05"                                      # jrcxz over the jump
+            code += b"\xE9"                                          # jmp stale
+            to_stale.append(len(code))
+            code += b"\0\0\0\0"
+        code += b"\x4C\x89\xC9"                                    # mov rcx, r9
+        mark(block.address)
+        code += b"\xEB\x01"                                          # jmp over the exit
+        mark(block.address, restore)
+        for rel_offset in to_stale:
+            struct.pack_into("<i", code, rel_offset, len(code) - (rel_offset + 4))
+        self._site(out, ExitSite(ExitKind.STALE, 0, block.address, restore=restore, owner=block.address))
+        mark(block.address)
 
     # -- instruction budget --------------------------------------------------------------------
     def _emit_budget_check(self, out, block, site_later, mark) -> None:

@@ -396,6 +396,9 @@ class Dispatcher:
             return Exit(outcome) if isinstance(outcome, VmExit) else Resume(outcome)
         if site.kind is ExitKind.FPU_POINTER:
             return self._fpu_pointer_exit(stop)
+        if site.kind is ExitKind.STALE:     # nothing of the block ran: its new translation instead
+            self.cache.remove(stop.block, "smc")
+            return Resume(self.block_for(site.guest_eip).host)
         raise MonitorBug(f"unknown exit {site.kind}")
 
     def _may_chain(self, block) -> bool:

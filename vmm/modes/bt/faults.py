@@ -46,7 +46,7 @@ class CacheFaults:
         and pages the shadow lent writable go back."""
         if self.reprotect:
             for page in self.reprotect:
-                if self.cache.page_has_code(page):
+                if self.cache.write_protected(page):
                     self.protect_page(page, True)
             self.reprotect = set()
         self.paging.end_loans()
@@ -148,6 +148,7 @@ class CacheFaults:
         self.count("smc_store")
         # The store's size is not reported; no single store spans more than 16 bytes of a page.
         self.cache.invalidate_range(address, min(16, PAGE_SIZE - address % PAGE_SIZE), "smc")
+        self.cache.code_page_written(page)
         for affected in {page, (address + 15) // PAGE_SIZE}:
             if self.cache.page_has_code(affected):
                 self.protect_page(affected, False)
@@ -183,6 +184,7 @@ class CacheFaults:
         if self.cache.page_has_code(frame):
             self.count("smc_store")
             self.cache.invalidate_range(frame * PAGE_SIZE + offset, min(16, PAGE_SIZE - offset), "smc")
+            self.cache.code_page_written(frame)
         elif self.paging.page_table(frame):
             self.count("tracing_fault")     # (the service counted it for the report's paging)
         else:

@@ -64,7 +64,8 @@ from vmm.x86 import IOPL_MASK, PAGE_SIZE, TF
 CACHE_COUNTERS = ("lookups", "hits", "misses", "lookup_table_installs", "blocks_translated",
                   "instructions_translated", "bytes_translated", "links_made", "links_broken",
                   "predictions_set", "evictions", "invalidations", "invalidations_smc",
-                  "invalidations_breakpoint", "invalidations_counting", "mapping_changes",
+                  "invalidations_breakpoint", "invalidations_counting", "invalidations_self_check",
+                  "self_checking_pages", "mapping_changes",
                   "interrupt_windows_armed", "interrupt_windows_disarmed", "events")
 CACHE_EXIT_KINDS = tuple(kind.value for kind in ExitKind) + (
     "hidden_page_fault", "true_page_fault", "tracing_fault", "smc_store", "write_lent", "memory_fault",
@@ -136,7 +137,7 @@ class BinaryTranslationMode(ExecutionMode):
         self._guest_breakpoints: frozenset = frozenset()       # the instruction breakpoints blocks end at
         self._single_instruction_blocks = False                 # (while a data breakpoint is armed)
         self.cpu.debug.listeners.append(self._guest_breakpoints_changed)
-        code_frame = self.cache.page_has_code
+        code_frame = self.cache.write_protected      # (a self-checking page is written freely)
         if self.paging_scheme == "nested":
             control = self.cpu.control
             pager = NestedPaging(engine, memory, lambda: (control[0], control[3], control[4]),
@@ -201,6 +202,10 @@ class BinaryTranslationMode(ExecutionMode):
         debug = self.cpu.debug
         if self._single_instruction_blocks or self.data_watch.armed:
             self._single_instruction_blocks = self.data_watch.armed
+            if self.data_watch.armed:       # self-checks would read guest code as the guest
+                self.cache.stop_self_checking()
+            else:
+                self.cache.self_checking_allowed = True
             self.cache.flush("breakpoint")
             self.data_watch.refresh()
         else:
@@ -293,6 +298,12 @@ class BinaryTranslationMode(ExecutionMode):
             linear += length
         return tuple(ranges)
 
+    @staticmethod
+    def _frames(guest: GuestBlock, ranges) -> set[int]:
+        """The guest-physical pages of a block's bytes (`ranges`: from _ranges, None: paging off)."""
+        spans = ranges or ((guest.linear, guest.linear + max(guest.guest_size, 1)),)
+        return {page for start, end in spans for page in range(start // PAGE_SIZE, (end - 1) // PAGE_SIZE + 1)}
+
     def _read_linear(self, address: int, size: int) -> bytes:
         """The guest's linear memory as the monitor reads it for itself (no bits set)."""
         return self._quiet_view.read(address, size)
@@ -323,19 +334,26 @@ class BinaryTranslationMode(ExecutionMode):
         if key.eip in breakpoints:
             return self.cache.add(key, GuestBlock(key.eip, end=BlockEnd.BRANCH), self.emitter.breakpoint(key.eip))
         limit, predictions = (1 if key.single_step else 32), INLINE_CACHE_ENTRIES
+        self_check = False      # on a page the guest writes often: ends after stores, checks its bytes
         while True:     # a block that does not fit a slot is shortened, a lone indirect branch
             guest = self.decoder.decode_block(key.eip, limit=limit, stop_before=breakpoints,   # predicts less
-                                              base=key.cs_base)
+                                              base=key.cs_base, end_after_store=self_check,
+                                              data_bases=key.segment_bases)
+            ranges = self._ranges(guest)
+            if not self_check and self.cache.checks_itself(self._frames(guest, ranges)):
+                self_check = True
+                continue
             translation = self.emitter.translate(guest, budget=self.budget.enabled, chainable=not key.single_step,
                                                  profile=self.profile, predictions=predictions,
-                                                 segment_bases=key.segment_bases, code_base=key.cs_base)
+                                                 segment_bases=key.segment_bases, code_base=key.cs_base,
+                                                 self_check=self_check)
             if len(translation.code) <= ARENA_SLOT_SIZE or (len(guest.instructions) <= 1 and not predictions):
                 break
             if len(guest.instructions) > 1:
                 limit = len(guest.instructions) // 2
             else:
                 predictions //= 2
-        block = self.cache.add(key, guest, translation, self._ranges(guest))
+        block = self.cache.add(key, guest, translation, ranges)
         if self.tracer.in_asm or self.tracer.out_asm:
             self.tracer.translated(guest, translation, block.host)
         return block

@@ -534,3 +534,15 @@ def test_a_task_switch_clears_the_local_enables_as_on_qemu(tmp_path, mode, pagin
 def test_task_switch_expectation_is_qemus():
     from tools.fuzzlib.qemu import boot_under_qemu
     assert boot_under_qemu(TASK_SWITCH, timeout=60).stdout == b"000004aa 000004aa \n"
+
+
+@pytest.mark.parametrize("mode, paging", PAGING_MODES)
+def test_a_data_breakpoint_on_code_the_guest_patches(tmp_path, mode, paging):
+    # A store that hits a data breakpoint and writes into the engine block running it: Unicorn
+    # abandons that block and runs the store again, which the run's count, cut for the #DB,
+    # stopped each time: the store never completed, and under direct, trap and vt the endless
+    # new engine blocks ended in a segfault of the monitor. Under bt the checks of a
+    # self-checking page would read the breakpoint. Output: QEMU's (tests/test_self_checking.py).
+    from tests.test_self_checking import BREAKPOINT_EXPECTED, patching_guest
+    config = {"mode": mode, **({"paging": paging} if paging else {})}
+    assert _run_apart(tmp_path, patching_guest(False, data_breakpoint=True), **config) == BREAKPOINT_EXPECTED

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from vmm.errors import UnsupportedGuestFeature
+from vmm.errors import MonitorBug, UnsupportedGuestFeature
 from vmm.exits import ExitReason, VmExit
 from vmm.memory import PageFault, UnbackedAccess, linear_to_physical
 from vmm.x86 import DB, PAGE_SIZE, RF
@@ -139,6 +139,8 @@ class EngineBreakpoints:
         self._changed = False
         self.in_run = False               # an engine run is going on
         self._resumed_at: Optional[int] = None    # the breakpoint EFLAGS.RF let pass last
+        self.hit_at: Optional[int] = None         # EIP of the instruction whose access hit last
+        self._completing = False                  # complete_hit_instruction's run: no stop
 
     def use(self, debug) -> None:
         """The CPU view's debug registers (a mode may replace its view while attaching)."""
@@ -220,8 +222,30 @@ class EngineBreakpoints:
     def _data_hit(self) -> None:
         if self.mode.io_denied:
             self.data.hits = 0
-        else:
+        elif not self._completing:
+            self.hit_at = self.engine.reg("eip")       # (inside the access: the accessing instruction)
             self.mode.end_run_after_instruction(watchpoint=True)
+
+    def complete_hit_instruction(self, run: Callable[[int], None]) -> bool:
+        """After a run ended for a data breakpoint hit: if the engine is still at the instruction
+        that hit, it did not complete. That is a store into the engine block running it: Unicorn
+        abandons the block and runs the store again, which the count, cut inside the access, no
+        longer lets run, so each run would stop there again (and the endless new blocks end in
+        a segfault). `run(count)` runs from there, its hits kept but not stopping it: one
+        instruction, or, if the store abandoned its block again (the block now starts at it),
+        two, the abandoned attempt counting as one. True: it ran."""
+        hit_at, self.hit_at = self.hit_at, None
+        if hit_at is None or self.engine.reg("eip") != hit_at:
+            return False
+        self._completing = True
+        try:
+            for count in (1, 2):
+                run(count)
+                if self.engine.reg("eip") != hit_at:
+                    return True
+        finally:
+            self._completing = False
+        raise MonitorBug(f"the store at {hit_at:#x} that hit a data breakpoint does not complete")
 
     def take_hits(self) -> int:
         return self.data.take_hits()

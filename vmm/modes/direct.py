@@ -875,6 +875,9 @@ class DirectMode(ExecutionMode):
         if kind is StopKind.WINDOW:      # the guest set IF with an interrupt waiting
             return VmExit(ExitReason.EVENT, eip=engine.reg("eip")), True
         if kind is StopKind.WATCHPOINT:  # (counted: EIP is the next instruction)
+            if self.guest_breakpoints.complete_hit_instruction(
+                    lambda count: engine.run(engine.reg("eip"), context.until_address, count=count)):
+                self._ran_early += 1
             eip = engine.reg("eip")
             return self.guest_breakpoints.watchpoint_exit(eip) or VmExit(ExitReason.EVENT, eip=eip), True
         if context.stop_requested:      # (a port hook's stop: where the run ends is after its OUT)

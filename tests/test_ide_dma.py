@@ -309,7 +309,9 @@ def source(body: str) -> str:
 # of the disk (ABRT); READ DMA EXT (0x25); a PIO command also sets the bus master's interrupt
 # bit, a DMA under nIEN does not; code loaded by DMA over code that ran (A, then B); and IRQ 14
 # through the PIC for a DMA, the guest in hlt (the first interrupt is the latched edge of an
-# earlier command, delivered at sti).
+# earlier command, delivered at sti; the PIC's IRQ 0 masked first: SeaBIOS leaves the PIT ticking
+# on it at 18.2 Hz, and under QEMU on a loaded host a tick came in at the sti, through a vector
+# the IDT does not hold, and QEMU's run ended in a triple fault half way).
 MAIN_BODY = f"""
     mov ebx, 0x80000000
 find:
@@ -493,6 +495,9 @@ fill:
     call putc_
     call nl
     mov dword ptr [irqs], 0
+    in al, 0x21
+    or al, 1
+    out 0x21, al
     sti
     nop
     cli

@@ -875,11 +875,11 @@ class Engine:
         overwrites), and the page's first translation marks every entry mapping its frame, as
         QEMU's tlb_protect_code does.
 
-        Costs (measured, tests/test_engine.py and docs/architecture.md's Engine facts): none
-        for a store on the fast path; a store into a page holding translated code takes the
-        engine's slow path (QEMU's own cost there); the first store after a TLB fill into any
-        page pays a native check of some 20 ns; each page's first translation (and a page's
-        last one dropped) a Python call of a few microseconds."""
+        Costs (measured, docs/architecture.md's Engine facts): none for a store on the fast
+        path; a store into a page holding translated code takes the engine's slow path (about
+        230 ns, QEMU's own path there); the first store into a page after a TLB fill passes
+        the native gate (about 20 ns); each page's first translation, and the loss of a page's
+        last one, a Python call (about 2 us per page). Nothing per translated block."""
         cpu = ctypes.c_uint64.from_address(self._uc._uch.value + _UC_CPU).value
         _code_write_gate().register(self._uc._uch.value, cpu, self)
 

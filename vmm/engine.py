@@ -194,7 +194,7 @@ _MEMORY_ERRORS = {
 # tb_page_add calls tlb_protect_code(uc, ram_addr) when a page gets its first translation, and
 # tb_invalidate_phys_page_range__locked tlb_unprotect_code(uc, ram_addr) when it loses its last.
 _GATED = ("tlb_set_dirty_x86_64", "tlb_protect_code_x86_64", "tlb_unprotect_code_x86_64")
-_R_X86_64_JUMP_SLOT, _SHT_RELA = 7, 4
+_R_X86_64_JUMP_SLOT, _SHT_RELA, _SHF_INFO_LINK = 7, 4, 0x40
 _GATE_SLOTS, _GATE_SLOT_SIZE = 64, 32        # per engine: cpu, uc, code-page bytemap, its pages
 _map_ram_ptr = _library.qemu_map_ram_ptr_x86_64
 _map_ram_ptr.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64)
@@ -223,14 +223,13 @@ def _jump_slots(path: str, names) -> dict[str, tuple[int, int]]:
             library.seek(section[4])
             return library.read(section[5])
         for section in sections:
-            if section[1] != _SHT_RELA:
+            if section[1] != _SHT_RELA or not section[2] & _SHF_INFO_LINK:     # .rela.plt only
                 continue
             relocations = contents(section)
             symbols = sections[section[6]]
             strings = contents(sections[symbols[6]])
             symbol_table = contents(symbols)
-            for at in range(0, len(relocations), 24):
-                slot, info = struct.unpack_from("<QQ", relocations, at)
+            for slot, info, _addend in struct.iter_unpack("<QQq", relocations):
                 if info & 0xFFFFFFFF != _R_X86_64_JUMP_SLOT:
                     continue
                 name_at, = struct.unpack_from("<I", symbol_table, (info >> 32) * 24)
@@ -357,7 +356,7 @@ class _CodeWriteGate:
         through every mapping of its frame (QEMU's tlb_protect_code -> tlb_reset_dirty, on the
         host page)."""
         try:
-            slot, cpu, engine, bytemap = self._engines[uc]
+            _slot, cpu, _engine, bytemap = self._engines[uc]
             page = ram_address >> 12
             if page >= len(bytemap):
                 self._set_bytemap(uc, max(2 * len(bytemap), page + 1))

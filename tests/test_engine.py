@@ -377,6 +377,19 @@ fn:
 """
 
 
+def test_raw_unicorn_2_1_1_runs_the_old_code_after_a_store_into_its_page():
+    # The engine fact on the bare library (no Engine, no monitor): the minimal reproducer.
+    # Unicorn 2.1.4 prints 0x11111111 here (measured with its wheel), as QEMU does.
+    from unicorn import Uc
+    from unicorn import unicorn_const as uc_const
+    from unicorn import x86_const
+    uc = Uc(uc_const.UC_ARCH_X86, uc_const.UC_MODE_32)
+    uc.mem_map(0, 0x100000)                        # code at 4 KiB, stack below 576 KiB
+    uc.mem_write(0x1000, assemble(RUNNING_PAGE_STORE, 0x1000))
+    uc.emu_start(0x1000, 0xF000)
+    assert uc.reg_read(x86_const.UC_X86_REG_EAX) == 0x44444444
+
+
 def test_a_patch_after_a_store_into_the_running_page_reaches_the_translated_code():
     # Coherent first: the gate, process-wide once installed, leaves an engine that did not ask
     # for it (bt's) as Unicorn made it.

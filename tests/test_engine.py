@@ -278,14 +278,15 @@ def test_halted_tells_hlt_from_a_count_that_ran_out_after_a_byte_f4():
 
 
 def test_the_cpu_tlb_sits_before_env_at_the_pinned_offsets():
-    # Engine.mark_code_page_aliases reads and writes the CPU's software TLB (QEMU's CPUTLB in the
+    # Engine.keep_code_coherent's gate reads the CPU's software TLB (QEMU's CPUTLB in the
     # X86CPU's CPUNegativeOffsetState, just before env). Re-derived here: env is where the
     # context blob's copy of it (distinctive registers first) is found in the CPU structure;
     # the store to 0x200000 evicts the code page 0x100000 (same slot of 256) into the victim table.
     import ctypes
     import struct
-    from vmm.engine import (_CPU_TLB, _CTX_ENV, _DESC_VTABLE, _ENTRY_ADDEND, _ENTRY_CODE, _ENTRY_PADDR,
-                            _ENTRY_WRITE, _TLB_DESC, _TLB_DESC_SIZE, _TLB_FAST, _TLB_NOTDIRTY, _UC_CPU)
+    from vmm.engine import (_CPU_TLB, _CTX_ENV, _DESC_IOTLB, _DESC_VTABLE, _ENTRY_ADDEND, _ENTRY_CODE,
+                            _ENTRY_PADDR, _ENTRY_WRITE, _TLB_DESC, _TLB_DESC_SIZE, _TLB_FAST, _TLB_NOTDIRTY, _UC_CPU,
+                            _ram_addr_from_host)
     engine, memory = machine("mov eax, 0x11223344\nmov ecx, 0x55667788\nmov edx, 0x99aabbcc\n"
                              "mov ebx, 0xddeeff01\nmov dword ptr [0x200010], eax\nhlt")
     engine.run(CODE, memory.until_address)
@@ -306,6 +307,10 @@ def test_the_cpu_tlb_sits_before_env_at_the_pinned_offsets():
     # The data page: written once, so dirty (no TLB_NOTDIRTY); paddr and addend lead to its bytes.
     assert (read, write, paddr) == (0x200000, 0x200000, 0x200000) and code == 0x200000
     assert ctypes.string_at(0x200010 + addend, 4) == (0x11223344).to_bytes(4, "little")
+    # Its CPUIOTLBEntry (16 bytes, same index): addr is the page's RAM offset minus the page.
+    iotlb = ctypes.c_uint64.from_address(tlb + _TLB_DESC + mode * _TLB_DESC_SIZE + _DESC_IOTLB).value
+    ram = ctypes.c_uint64.from_address(iotlb).value + 0x200000
+    assert ram == _ram_addr_from_host(engine._uc._uch, 0x200000 + addend)
     victims = entries(tlb + _TLB_DESC + mode * _TLB_DESC_SIZE + _DESC_VTABLE, 8)
     code_page = [entry for entry in victims if entry[2] == CODE]
     assert len(code_page) == 1
@@ -339,18 +344,93 @@ def test_a_store_through_an_alias_reaches_the_block_translated_from_its_frame():
     # instruction through that alias. QEMU counts 2 (tests/test_isolation.py's smc_race guests,
     # recorded under QEMU, run this loop). Unicorn 2.1.1 alone counts 3: after the first store
     # the alias's TLB entry stays on the fast store path through the next translation, and the
-    # nop round runs the stale inc. keep_alias_stores_coherent marks it as QEMU would.
+    # nop round runs the stale inc. keep_code_coherent marks it as QEMU would.
     import struct
     for coherent, expected in ((False, 3), (True, 2)):
         engine, memory = machine(ALIAS_STORES)
         memory.write(0x1000, struct.pack("<III", 0x87, 0, 0x87))      # 4 MiB pages: 0 and 8 MiB -> 0
         if coherent:
-            engine.keep_alias_stores_coherent()
+            engine.keep_code_coherent()
         engine.set_reg("cr4", 0x10)                                   # PSE
         engine.set_reg("cr3", 0x1000)
         engine.set_reg("cr0", engine.reg("cr0") | 0x80000000)
         assert engine.run(CODE, memory.until_address) is StopCause.RETURNED
         assert engine.halted() and engine.reg("eax") == expected, coherent
+
+
+# The smc_data pattern on the bare engine: fn is translated, a store into the running block's
+# page (not into code) makes Unicorn 2.1.1 clean the page's TLB entry, and the patch of fn's
+# immediate then takes the fast path: the old fn runs (0x44444444). QEMU and Unicorn 2.1.4 run
+# the patched one (0x11111111; tests/test_fuzz.py's arbiter program, recorded under QEMU).
+RUNNING_PAGE_STORE = """
+    mov esp, 0x90000
+    call fn
+    mov dword ptr [data], 1
+    mov dword ptr [fn + 1], 0x11111111
+    call fn
+    hlt
+data:
+    .long 0
+fn:
+    mov eax, 0x44444444
+    ret
+"""
+
+
+def test_raw_unicorn_2_1_1_runs_the_old_code_after_a_store_into_its_page():
+    # The engine fact on the bare library (no Engine, no monitor): the minimal reproducer.
+    # Unicorn 2.1.4 prints 0x11111111 here (measured with its wheel), as QEMU does.
+    from unicorn import Uc
+    from unicorn import unicorn_const as uc_const
+    from unicorn import x86_const
+    uc = Uc(uc_const.UC_ARCH_X86, uc_const.UC_MODE_32)
+    uc.mem_map(0, 0x100000)                        # code at 4 KiB, stack below 576 KiB
+    uc.mem_write(0x1000, assemble(RUNNING_PAGE_STORE, 0x1000))
+    uc.emu_start(0x1000, 0xF000)
+    assert uc.reg_read(x86_const.UC_X86_REG_EAX) == 0x44444444
+
+
+def test_a_patch_after_a_store_into_the_running_page_reaches_the_translated_code():
+    # Coherent first: the gate, process-wide once installed, leaves an engine that did not ask
+    # for it (bt's) as Unicorn made it.
+    for coherent, expected in ((True, 0x11111111), (False, 0x44444444)):
+        engine, memory = machine(RUNNING_PAGE_STORE)
+        if coherent:
+            engine.keep_code_coherent()
+        assert engine.run(CODE, memory.until_address) is StopCause.RETURNED
+        assert engine.halted() and engine.reg("eax") == expected, coherent
+
+
+def test_the_gate_follows_the_pages_that_hold_translations():
+    # The engine's bytemap of code pages (by RAM offset) gains a page with its first translation
+    # (tlb_protect_code), loses it with its last (tlb_unprotect_code, here from invalidate_code)
+    # and forgets everything at a flush; a store into the code's page leaves its entry on the
+    # slow path (Unicorn 2.1.1 alone cleans it), one into a page without code cleans it.
+    import ctypes
+    import struct
+    from vmm.engine import _CPU_TLB, _TLB_FAST, _TLB_NOTDIRTY, _UC_CPU, _code_write_gate, _ram_addr_from_host
+    engine, memory = machine("mov dword ptr [data], 1\nmov dword ptr [0x201000], 2\nhlt\ndata:\n.long 0")
+    engine.keep_code_coherent()
+    handle = engine._uc._uch.value
+    gate = _code_write_gate()
+    assert engine.run(CODE, memory.until_address) is StopCause.RETURNED
+    pages = gate.code_pages(handle)
+    assert len(pages) == 1
+    cpu = ctypes.c_uint64.from_address(handle + _UC_CPU).value
+
+    def write_entry(page):
+        mask, table = struct.unpack("<QQ", ctypes.string_at(cpu + _CPU_TLB + _TLB_FAST + 16 * 2, 16))
+        return struct.unpack_from("<QQQQQ", ctypes.string_at(table + ((page >> 6) & mask), 40))
+    _read, write, _code, _paddr, addend = write_entry(CODE)
+    assert pages[0] == _ram_addr_from_host(engine._uc._uch, CODE + addend)
+    assert write_entry(0x201000)[1] == 0x201000                 # a data page: dirty after its first store
+    assert write == CODE | _TLB_NOTDIRTY                        # the code's page stays on the slow path
+    engine.invalidate_code(CODE, CODE + 0x1000)
+    assert gate.code_pages(handle) == []
+    assert engine.run(CODE, memory.until_address) is StopCause.RETURNED
+    assert len(gate.code_pages(handle)) == 1
+    engine.flush_translations()
+    assert gate.code_pages(handle) == []
 
 
 def test_segment_limits_are_not_checked():

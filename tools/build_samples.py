@@ -103,8 +103,6 @@ MODULES = ["sample_binaries/modules/mod1.txt", "sample_binaries/modules/mod2.txt
 # skip the run there with that reason). Trap-and-emulate runs the samples that show its
 # virtualization holes and differs where they do: tests/test_trap.py checks those apart.
 MODES = ("bt", "direct", "trap", "vt")
-RUNNING_PAGE_STORE = ("Unicorn 2.1.1 misses a store into translated code on a page after a store into that "
-                      "page from the engine block running on it (a fuzzer find, issue 3)")
 STRING_IO_CHECK = ("Unicorn 2.1.1 skips the I/O permission check of string I/O, which only its I/O hook can make: "
                    "INS stores a dummy 0 at ES:EDI before the hook can refuse, and rep with ECX = 0 calls no hook "
                    "(issue 3)")
@@ -145,7 +143,7 @@ RUNS = [
     _run("triple", "triple.elf", exit=None),
     _run("calls", "calls.elf"),
     _run("smc", "smc.elf"),
-    _run("smc_data", "smc_data.elf", missing={mode: RUNNING_PAGE_STORE for mode in ("direct", "trap", "vt")}),
+    _run("smc_data", "smc_data.elf"),
     _run("sensitive", "sensitive.elf"),
     _run("faults_in_blocks", "faults_in_blocks.elf"),
     _run("ticks", "ticks.elf"),

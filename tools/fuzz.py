@@ -34,7 +34,7 @@ or nested paging against the engine's own walk, accessed and dirty bits compared
 
 --qemu asks QEMU which side is right for each diverging program (tools/fuzzlib/arbiter.py: the
 differing bytes hashed into the exit status); programs where it sides with the second mode are
-the reference's defects (direct on Unicorn has some: the smc_data sample) and are reported as
+the reference's defects (direct on Unicorn had some: the smc_data sample, fixed since) and are reported as
 such, not counted as failures. `--modes bt+nested` picks a paging scheme.
 """
 

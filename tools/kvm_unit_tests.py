@@ -62,9 +62,12 @@ NOT_MODELLED = {
     "s3": "ACPI S3: QEMU suspends, wakes on the RTC alarm (RTC_EN), resets, and SeaBIOS's resume enters the "
           "FACS waking vector in real mode, whose 16-bit code reports 1 (fail); the monitor ends the run at the "
           "sleep request (unsupported)",
-    "realmode": "16-bit code: bt refuses a 16-bit code segment (unsupported); under direct and vt the engine's "
-                "real mode fails 'call near 2' and runs away (memory fault). The Multiboot information is where "
-                "QEMU 7.2 leaves it (EBX 0x9500 inside the image, the image's bytes winning)",
+    "realmode": "16-bit code: bt refuses a 16-bit code segment (unsupported); under direct and vt the output is "
+                "QEMU's up to 'sti inhibit' but for 'rflags.rf' (Unicorn 2.1.1's pushf shows the RF an iret loaded, "
+                "as QEMU 5.0's helper_read_eflags did), and 'sti inhibit' halts for good: QEMU wakes it with "
+                "SeaBIOS's 18.2 Hz PIT tick (IRQ0 to the firmware's vector 8 handler), firmware state the platform "
+                "does not model (tests/test_smc_untranslated.py). The Multiboot information is where QEMU 7.2 "
+                "leaves it (EBX 0x9500 inside the image, the image's bytes winning)",
     "taskswitch2": "a task switch into virtual-8086 mode (vm86 is not modelled)",
 }
 

@@ -4,8 +4,8 @@ Unicorn never consults the IDT: every exception and `int n` comes back to the mo
 performs the CPU's delivery here: gate lookup and checks, the switch to the inner ring's stack
 from the TSS when the handler is more privileged, the frame on the stack, the flag changes, the
 jump to the handler; or, for a task gate, a task switch (vmm/task_switch.py) and the error code
-on the new task's stack. A fault during delivery becomes #DF, and one during #DF a triple fault
-(shutdown).
+on the new task's stack. In real mode, the vector table at the IDTR's base instead. A fault
+during delivery becomes #DF, and one during #DF a triple fault (shutdown).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from vmm.guest_view import GuestFault, GuestView, accessed_bits_kept
 from vmm.memory import PhysicalMemory
 from vmm.privilege import inner_stack
 from vmm.task_switch import TaskFault, TaskSwitch
-from vmm.x86 import (DF_VEC, ERROR_CODE_VECTORS, GATE_INTERRUPT_16, GATE_INTERRUPT_32, GATE_TASK,
+from vmm.x86 import (AC, CR0_PE, DF_VEC, ERROR_CODE_VECTORS, GATE_INTERRUPT_16, GATE_INTERRUPT_32, GATE_TASK,
                      GATE_TRAP_16, GATE_TRAP_32, GP, IF, NP, NT, RF, TF, VM, Gate,
                      SegmentDescriptor, needs_double_fault, selector_error_code, vector_name)
 
@@ -76,6 +76,9 @@ class ExceptionDelivery:
     # -- one delivery attempt ------------------------------------------------------------------
     def _deliver_once(self, vector: int, return_eip: int, error_code: Optional[int],
                       software: bool, interrupt: bool = False) -> None:
+        if not self.cpu.reg("cr0") & CR0_PE:
+            self._deliver_real(vector, return_eip)
+            return
         external = not software
         cpl = self.cpu.cpl
         idt_base, idt_limit = self.cpu.table_register("idtr")
@@ -138,6 +141,24 @@ class ExceptionDelivery:
         self.cpu.set_reg("eflags", eflags)
         offset = gate.offset if gate.is_32bit else gate.offset & 0xFFFF
         self.cpu.set_reg("eip", offset)
+
+    def _deliver_real(self, vector: int, return_eip: int) -> None:
+        """Real mode: the handler's CS:IP from the vector table at the IDTR's base, FLAGS, CS and
+        IP pushed as words at SS:SP (SP wrapping at 64 KiB), no error code; IF, TF, AC and RF
+        cleared (QEMU 7.2's do_interrupt_real; the CS limit stays what it was, as there)."""
+        idt_base, idt_limit = self.cpu.table_register("idtr")
+        if vector * 4 + 3 > idt_limit:
+            raise _DeliveryFault(GP, vector * 8 + 2)
+        entry = self.view.read_int(idt_base + vector * 4, 4)
+        eflags, esp = self.cpu.reg("eflags"), self.cpu.reg("esp")
+        ss_base, sp = self.cpu.segment_base("ss"), esp & 0xFFFF
+        for value in (eflags, self.cpu.reg("cs"), return_eip):
+            sp = (sp - 2) & 0xFFFF
+            self.view.write_int((ss_base + sp) & 0xFFFFFFFF, 2, value & 0xFFFF)
+        self.cpu.set_reg("esp", (esp & ~0xFFFF) | sp)
+        self.cpu.load_segment("cs", entry >> 16, None)
+        self.cpu.set_reg("eip", entry & 0xFFFF)
+        self.cpu.set_reg("eflags", eflags & ~(IF | TF | AC | RF))
 
     def _through_task_gate(self, raw_gate: bytes, vector: int, return_eip: int, error_code: Optional[int],
                            no_error_code: bool) -> None:

@@ -89,19 +89,19 @@ _CPU_HALTED = 33176
 # The CPU's software TLB (QEMU's CPUTLB in X86CPU's CPUNegativeOffsetState, just before `env`):
 # env sits at 35408 in the X86CPU that uc_struct's cpu points at, neg.tlb 2192 bytes before it.
 # CPUTLB = CPUTLBCommon c (32 bytes), CPUTLBDesc d[3] (696 bytes each: the victim table
-# vtable[8] at 48), CPUTLBDescFast f[3] at 2128 (uintptr mask, CPUTLBEntry *table); i386 has
-# NB_MMU_MODES 3. A CPUTLBEntry is 64 bytes: addr_read, addr_write, addr_code, paddr (Unicorn's
-# own: the guest-physical page), addend (host address minus the virtual page). All pinned by
-# tests/test_engine.py, which finds env by the context blob's copy of it.
+# vtable[8] at 48, viotlb[8] after it, the CPUIOTLBEntry *iotlb at 688, one 16-byte entry per
+# fast entry whose addr is the RAM offset of the page minus the virtual page), CPUTLBDescFast
+# f[3] at 2128 (uintptr mask, CPUTLBEntry *table); i386 has NB_MMU_MODES 3. A CPUTLBEntry is
+# 64 bytes: addr_read, addr_write, addr_code, paddr (Unicorn's own: the guest-physical page),
+# addend (host address minus the virtual page). All pinned by tests/test_engine.py, which finds
+# env by the context blob's copy of it.
 _CPU_ENV = 35408
 _CPU_TLB = _CPU_ENV - 2192
-_TLB_DESC, _TLB_DESC_SIZE, _DESC_VTABLE = 32, 696, 48
+_TLB_DESC, _TLB_DESC_SIZE, _DESC_VTABLE, _DESC_IOTLB = 32, 696, 48, 688
 _TLB_FAST = 2128
-_MMU_MODES, _VICTIM_ENTRIES, _TLB_ENTRY_SIZE = 3, 8, 64
+_MMU_MODES, _TLB_ENTRY_SIZE = 3, 64
 _ENTRY_WRITE, _ENTRY_CODE, _ENTRY_PADDR, _ENTRY_ADDEND = 8, 16, 24, 32
-# Low bits of addr_write (qemu/include/exec/cpu-all.h, TARGET_PAGE_BITS_MIN 12).
-_TLB_INVALID, _TLB_NOTDIRTY, _TLB_MMIO, _TLB_DISCARD_WRITE = 0x800, 0x400, 0x200, 0x40
-_TLB_NOT_FAST_RAM = _TLB_INVALID | _TLB_NOTDIRTY | _TLB_MMIO | _TLB_DISCARD_WRITE
+_TLB_NOTDIRTY = 0x400        # a low bit of addr_write (qemu/include/exec/cpu-all.h): slow stores
 _CTX_ERROR_CODE = _CTX_ENV + 5352        # int error_code of the last exception
 _CTX_EXCEPTION_IS_INT = _CTX_ENV + 5356  # int exception_is_int: 1 for int n / int3 / into
 _CTX_OLD_EXCEPTION = _CTX_ENV + 5464     # int old_exception: never cleared by Unicorn (see reset)
@@ -186,6 +186,206 @@ _MEMORY_ERRORS = {
     uc_const.UC_ERR_WRITE_PROT: ("write", "protected"),
     uc_const.UC_ERR_FETCH_PROT: ("fetch", "protected"),
 }
+
+
+# -- Unicorn 2.1.1's lost protection of pages holding translated code (Engine.keep_code_coherent) --
+# The library calls these three through its PLT, so its GOT slots can be pointed elsewhere:
+# notdirty_write ends in tlb_set_dirty(cpu, vaddr) (clean the page's entries: stores go fast),
+# tb_page_add calls tlb_protect_code(uc, ram_addr) when a page gets its first translation, and
+# tb_invalidate_phys_page_range__locked tlb_unprotect_code(uc, ram_addr) when it loses its last.
+_GATED = ("tlb_set_dirty_x86_64", "tlb_protect_code_x86_64", "tlb_unprotect_code_x86_64")
+_R_X86_64_JUMP_SLOT, _SHT_RELA, _SHF_INFO_LINK = 7, 4, 0x40
+_GATE_SLOTS, _GATE_SLOT_SIZE = 64, 32        # per engine: cpu, uc, code-page bytemap, its pages
+_map_ram_ptr = _library.qemu_map_ram_ptr_x86_64
+_map_ram_ptr.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64)
+_map_ram_ptr.restype = ctypes.c_uint64
+_tlb_reset_dirty = _library.tlb_reset_dirty_x86_64
+_tlb_reset_dirty.argtypes = (ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64)
+_tlb_reset_dirty.restype = None
+_RAM_PAGE_HOOK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64)
+
+
+def _jump_slots(path: str, names) -> dict[str, tuple[int, int]]:
+    """{symbol: (its GOT slot, its value)} from the JUMP_SLOT relocations of an ELF64 library,
+    both relative to its load address: which slot each PLT call of the library goes through."""
+    found: dict[str, tuple[int, int]] = {}
+    with open(path, "rb") as library:
+        header = library.read(64)
+        if header[:5] != b"\x7fELF\x02":
+            raise RuntimeError(f"{path}: not an ELF64 library")
+        section_table, = struct.unpack_from("<Q", header, 0x28)
+        entry_size, count = struct.unpack_from("<HH", header, 0x3A)
+        library.seek(section_table)
+        table = library.read(entry_size * count)
+        sections = [struct.unpack_from("<IIQQQQIIQQ", table, index * entry_size) for index in range(count)]
+
+        def contents(section):
+            library.seek(section[4])
+            return library.read(section[5])
+        for section in sections:
+            if section[1] != _SHT_RELA or not section[2] & _SHF_INFO_LINK:     # .rela.plt only
+                continue
+            relocations = contents(section)
+            symbols = sections[section[6]]
+            strings = contents(sections[symbols[6]])
+            symbol_table = contents(symbols)
+            for slot, info, _addend in struct.iter_unpack("<QQq", relocations):
+                if info & 0xFFFFFFFF != _R_X86_64_JUMP_SLOT:
+                    continue
+                name_at, = struct.unpack_from("<I", symbol_table, (info >> 32) * 24)
+                name = strings[name_at:strings.index(b"\0", name_at)].decode()
+                if name in names:
+                    found[name] = (slot, struct.unpack_from("<Q", symbol_table, (info >> 32) * 24 + 8)[0])
+    return found
+
+
+class _CodeWriteGate:
+    """QEMU's rule for stores into translated code, put back into Unicorn 2.1.1 (one per process:
+    the library's GOT is the process's). tlb_set_dirty's slot points at a native gate (a few
+    instructions assembled here) that, for a registered CPU whose store hit a page holding
+    translations, returns leaving the page's entries TLB_NOTDIRTY, and otherwise goes on to
+    the library's function; tlb_protect_code's and tlb_unprotect_code's slots at gates that
+    call back into Python for a registered engine only. The pages holding translations are a
+    bytemap per engine, indexed by RAM offset (uc's ram_addr >> 12): the gate finds a page's
+    from the TLB's CPUIOTLBEntry, as notdirty_write does."""
+
+    def __init__(self) -> None:
+        names = set(_GATED)
+        slots = _jump_slots(uclib._name, names)
+        if set(slots) != names:
+            raise RuntimeError(f"{uclib._name}: no PLT slot for {sorted(names - set(slots))}")
+        functions = {name: ctypes.cast(getattr(_library, name), ctypes.c_void_p).value for name in _GATED}
+        base = functions[_GATED[0]] - slots[_GATED[0]][1]
+        self._got = {name: base + slots[name][0] for name in _GATED}
+        self._original = {name: _RAM_PAGE_HOOK(functions[name]) for name in _GATED}
+        self._table = mmap.mmap(-1, _GATE_SLOTS * _GATE_SLOT_SIZE)
+        self._table_address = ctypes.addressof(ctypes.c_char.from_buffer(self._table))
+        self._engines: dict[int, tuple] = {}      # uc handle -> (slot, cpu, engine weakref, bytemap)
+        self._callbacks = (_RAM_PAGE_HOOK(self._protect), _RAM_PAGE_HOOK(self._unprotect))
+        code = self._assemble(functions)
+        self._code = mmap.mmap(-1, len(code), prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+        self._code.write(code)
+        code_address = ctypes.addressof(ctypes.c_char.from_buffer(self._code))
+        for name, offset in zip(_GATED, self._offsets):
+            ctypes.c_uint64.from_address(self._got[name]).value = code_address + offset
+
+    def _assemble(self, functions: dict[str, int]) -> bytes:
+        from keystone import KS_ARCH_X86, KS_MODE_64, Ks
+        table, slots, size = self._table_address, _GATE_SLOTS, _GATE_SLOT_SIZE
+        find = (f"mov r10, {table:#x}\n mov ecx, {slots}\n"
+                "find: cmp qword ptr [r10 + {key}], rdi\n je found\n"
+                f"add r10, {size}\n dec ecx\n jne find\n")
+        # tlb_set_dirty(cpu, vaddr): keep the entries when the page the store hit holds code.
+        # For each MMU mode: the fast entry of vaddr, if it is the one tlb_set_dirty would clean
+        # (addr_write == page | TLB_NOTDIRTY), gives the page's RAM offset through its iotlb.
+        modes = "".join(
+            f"mov rax, rsi\n shr rax, 6\n and rax, qword ptr [rdi + {_CPU_TLB + _TLB_FAST + 16 * mode}]\n"
+            f"mov rcx, qword ptr [rdi + {_CPU_TLB + _TLB_FAST + 16 * mode + 8}]\n"
+            f"cmp qword ptr [rcx + rax + {_ENTRY_WRITE}], rdx\n jne mode{mode}\n"
+            f"shr rax, 2\n add rax, qword ptr [rdi + {_CPU_TLB + _TLB_DESC + mode * _TLB_DESC_SIZE + _DESC_IOTLB}]\n"
+            "mov rax, qword ptr [rax]\n add rax, r8\n shr rax, 12\n cmp rax, r9\n jae mode{mode}\n"
+            f"cmp byte ptr [r11 + rax], 0\n jne keep\n mode{mode}:\n".replace("{mode}", str(mode))
+            for mode in range(_MMU_MODES))
+        set_dirty = (find.format(key=0) + f"original: mov rax, {functions[_GATED[0]]:#x}\n jmp rax\n"
+                     "found: mov r11, qword ptr [r10 + 16]\n mov r9, qword ptr [r10 + 24]\n"
+                     f"mov r8, rsi\n and r8, -4096\n lea rdx, [r8 + {_TLB_NOTDIRTY}]\n"
+                     + modes + "jmp original\n keep: ret\n")
+        protect_hook, unprotect_hook = (ctypes.cast(callback, ctypes.c_void_p).value for callback in self._callbacks)
+        protect = (find.format(key=8) + f"mov rax, {functions[_GATED[1]]:#x}\n jmp rax\n"
+                   f"found: mov rax, {protect_hook:#x}\n jmp rax\n")
+        # tlb_unprotect_code(uc, ram_addr): Python only when the engine counts the page as code.
+        unprotect = (find.format(key=8) + f"original: mov rax, {functions[_GATED[2]]:#x}\n jmp rax\n"
+                     "found: mov rax, rsi\n shr rax, 12\n cmp rax, qword ptr [r10 + 24]\n jae original\n"
+                     "mov r11, qword ptr [r10 + 16]\n cmp byte ptr [r11 + rax], 0\n je original\n"
+                     f"mov rax, {unprotect_hook:#x}\n jmp rax\n")
+        assembler = Ks(KS_ARCH_X86, KS_MODE_64)
+        code, self._offsets = b"", []
+        for source in (set_dirty, protect, unprotect):
+            self._offsets.append(len(code))
+            encoding, _count = assembler.asm(source, 0)     # position independent: absolute jumps
+            code += bytes(encoding) + b"\xcc" * (-len(encoding) % 16)
+        return code
+
+    def register(self, uc: int, cpu: int, engine: "Engine") -> None:
+        """Gate the stores of the engine whose uc_struct and CPUState are at these addresses."""
+        import gc
+        import weakref
+        for _attempt in range(2):
+            used = {slot for slot, *_rest in self._engines.values()}
+            free = [slot for slot in range(_GATE_SLOTS) if slot not in used]
+            if free:
+                break
+            gc.collect()                   # engines no longer referenced release their slots
+        else:
+            raise RuntimeError(f"more than {_GATE_SLOTS} engines keep their code coherent at once")
+        if uc in self._engines:
+            self.release(uc, self._engines[uc][0])
+        slot = free[0]
+        self._engines[uc] = (slot, cpu, weakref.ref(engine), None)
+        self._set_bytemap(uc, 1024)
+        weakref.finalize(engine, self.release, uc, slot)
+
+    def release(self, uc: int, slot: int) -> None:
+        """The engine is gone: its slot no longer gates anything (then its bytemap may go)."""
+        struct.pack_into("<4Q", self._table, slot * _GATE_SLOT_SIZE, 0, 0, 0, 0)
+        if self._engines.get(uc, (None,))[0] == slot:
+            del self._engines[uc]
+
+    def _set_bytemap(self, uc: int, pages: int) -> None:
+        """Give the engine a bytemap of `pages` pages, keeping what the old one held."""
+        slot, cpu, engine, old = self._engines[uc]
+        bytemap = (ctypes.c_ubyte * pages)()
+        if old is not None:
+            ctypes.memmove(bytemap, old, len(old))
+        self._engines[uc] = (slot, cpu, engine, bytemap)
+        struct.pack_into("<4Q", self._table, slot * _GATE_SLOT_SIZE, cpu, uc, ctypes.addressof(bytemap), pages)
+
+    def forget_code(self, uc: int) -> None:
+        """Every translation of the engine is gone (a flush, which tells no page)."""
+        entry = self._engines.get(uc)
+        if entry is not None:
+            ctypes.memset(entry[3], 0, len(entry[3]))
+
+    def code_pages(self, uc: int) -> list[int]:
+        """RAM offsets of the pages the engine holds translations of (for tests)."""
+        bytemap = self._engines[uc][3]
+        return [page << 12 for page in range(len(bytemap)) if bytemap[page]]
+
+    def _protect(self, uc: int, ram_address: int) -> None:
+        """A page gets its first translation: from now on stores into it take the slow path,
+        through every mapping of its frame (QEMU's tlb_protect_code -> tlb_reset_dirty, on the
+        host page)."""
+        try:
+            _slot, cpu, _engine, bytemap = self._engines[uc]
+            page = ram_address >> 12
+            if page >= len(bytemap):
+                self._set_bytemap(uc, max(2 * len(bytemap), page + 1))
+                bytemap = self._engines[uc][3]
+            bytemap[page] = 1
+            _tlb_reset_dirty(cpu, _map_ram_ptr(uc, None, page << 12), 4096)
+        except BaseException as error:        # never unwound through the library: run() raises it
+            owner = self._engines.get(uc, (None, None, lambda: None))[2]()
+            if owner is not None and owner._hook_error is None:
+                owner._hook_error = error
+                owner.stop()
+        self._original[_GATED[1]](uc, ram_address)
+
+    def _unprotect(self, uc: int, ram_address: int) -> None:
+        """The page's last translation is gone: stores into it may go fast again."""
+        entry = self._engines.get(uc)
+        if entry is not None:
+            entry[3][ram_address >> 12] = 0
+        self._original[_GATED[2]](uc, ram_address)
+
+
+_GATE: Optional[_CodeWriteGate] = None
+
+
+def _code_write_gate() -> _CodeWriteGate:
+    global _GATE
+    if _GATE is None:
+        _GATE = _CodeWriteGate()
+    return _GATE
 
 
 def unicorn_version() -> str:
@@ -354,6 +554,8 @@ class Engine:
         again): after adding a hook that must see code translated earlier, when the code's
         addresses are linear ones the guest's paging may map anywhere."""
         self._control(uc_const.UC_CTL_TB_FLUSH)
+        if _GATE is not None:          # a flush tells tlb_unprotect_code of no page
+            _GATE.forget_code(self._uc._uch.value)
 
     def invalidate_code(self, begin: int, end: int) -> None:
         """Drop what the engine itself translated from [begin, end): needed after the monitor
@@ -653,70 +855,32 @@ class Engine:
             self._no_block_yet = ctypes.create_string_buffer(512)    # read as a TranslationBlock
             last_tb.value = ctypes.addressof(self._no_block_yet)
 
-    def keep_alias_stores_coherent(self) -> None:
-        """Make guest stores through any linear alias of a frame see the code the engine
-        translated from it, as QEMU does (Engine facts in docs/architecture.md).
+    def keep_code_coherent(self) -> None:
+        """Make every guest store into code the engine translated invalidate that code, as QEMU
+        does, for an engine that runs guest code untranslated (direct, trap, vt).
 
-        Unicorn 2.1.1 runs guest stores into RAM on its fast path once a TLB entry is marked
-        dirty; a store through an entry still marked TLB_NOTDIRTY takes the slow path, which
-        invalidates translations on that page and marks the entry dirty. When it translates a
-        block, Unicorn marks TLB_NOTDIRTY again only on the entries whose VIRTUAL page is the
-        block's (tlb_reset_dirty_by_vaddr), where QEMU marks every entry that maps the same host
-        page (tlb_protect_code -> tlb_reset_dirty). So a store through a second mapping of the
-        frame, made dirty before the translation, stays fast and the block runs stale. After
-        each translation this marks those entries as QEMU would, and touches nothing else: each
-        entry keeps its translation, so a PTE change stays unseen until invlpg as on QEMU.
+        Unicorn 2.1.1 loses QEMU's protection of pages holding translated code: it stubs out
+        the dirty-memory bitmap (cpu_physical_memory_is_clean always answers "clean",
+        tlb_protect_code and tlb_unprotect_code do nothing), so notdirty_write cleans a TLB
+        entry on the first store into its page, code or not, and later stores into the page's
+        code take the fast path and leave the stale translation running; only a translation on
+        the same virtual page (tlb_reset_dirty_by_vaddr) arms the entry again. So a store into
+        the page of the running block (data kept beside code, realmode.flat's copy loop) and
+        then a patch of code translated earlier on that page runs the old code; so does a store
+        through another linear mapping of the frame. 2.1.4 (PR #2031) never cleans an entry
+        that maps code, at ten times the cost of every store. _CodeWriteGate restores QEMU's
+        rule instead: an entry of a page that holds translations stays TLB_NOTDIRTY until the
+        page holds none (each store there takes QEMU's slow path, which invalidates what it
+        overwrites), and the page's first translation marks every entry mapping its frame, as
+        QEMU's tlb_protect_code does.
 
-        Costs a few microseconds per translated block (never per executed one)."""
+        Costs (measured, docs/architecture.md's Engine facts): none for a store on the fast
+        path; a store into a page holding translated code takes the engine's slow path (about
+        230 ns, QEMU's own path there); the first store into a page after a TLB fill passes
+        the native gate (about 20 ns); each page's first translation, and the loss of a page's
+        last one, a Python call (about 2 us per page). Nothing per translated block."""
         cpu = ctypes.c_uint64.from_address(self._uc._uch.value + _UC_CPU).value
-        self._tlb = cpu + _CPU_TLB
-        self._victim_tables = [(self._tlb + _TLB_DESC + mode * _TLB_DESC_SIZE + _DESC_VTABLE, _VICTIM_ENTRIES)
-                               for mode in range(_MMU_MODES)]
-
-        hook = self._guarded(lambda _uc, block, _previous, _data:
-                             self.mark_code_page_aliases(block.contents.pc, block.contents.size))
-        self._add_raw_hook(uc_const.UC_HOOK_EDGE_GENERATED, _EDGE_CALLBACK(hook))
-        self._see_every_translation()
-
-    def mark_code_page_aliases(self, address: int, size: int) -> int:
-        """Mark TLB_NOTDIRTY on every dirty, writable TLB entry that maps the host page(s) of the
-        code at [address, address + size) (what QEMU's tlb_reset_dirty does for a new block);
-        returns how many it marked. The host page is the one the code TLB entry of each page
-        names. Entries are matched by Unicorn's paddr field first (a byte search, C speed), then
-        checked by host address: the engine maps each host page at one physical address (RAM
-        frames are distinct), so the same host page is the same physical page."""
-        fast = struct.unpack("<6Q", ctypes.string_at(self._tlb + _TLB_FAST, 16 * _MMU_MODES))
-        tables = [(fast[2 * mode + 1], (fast[2 * mode] >> 6) + 1) for mode in range(_MMU_MODES)]
-        tables += self._victim_tables
-        contents = [(table, ctypes.string_at(table, entries * _TLB_ENTRY_SIZE)) for table, entries in tables]
-        first, last = address & ~0xFFF, (address + size - 1) & ~0xFFF
-        code_pages: dict[int, int] = {}          # paddr -> host page of the code
-        for page in (first,) if first == last else (first, last):
-            for mode in range(_MMU_MODES):       # the fast slot of each mode, then the victims
-                mask, table = fast[2 * mode], fast[2 * mode + 1]
-                slot = ((page >> 12) << 6) & mask
-                code, paddr, addend = struct.unpack("<3Q", ctypes.string_at(table + slot + _ENTRY_CODE, 24))
-                if code & ~0xFFF == page:
-                    code_pages[paddr] = (page + addend) & 0xFFFFFFFFFFFFFFFF
-            for table, data in contents[_MMU_MODES:]:
-                for at in range(0, len(data), _TLB_ENTRY_SIZE):
-                    code, paddr, addend = struct.unpack_from("<3Q", data, at + _ENTRY_CODE)
-                    if code & ~0xFFF == page:
-                        code_pages[paddr] = (page + addend) & 0xFFFFFFFFFFFFFFFF
-        marked = 0
-        for paddr, host in code_pages.items():
-            pattern = struct.pack("<Q", paddr)
-            for table, data in contents:
-                at = data.find(pattern)
-                while at >= 0:
-                    if at % _TLB_ENTRY_SIZE == _ENTRY_PADDR:
-                        entry = at - _ENTRY_PADDR
-                        write, addend = struct.unpack_from("<Q16xQ", data, entry + _ENTRY_WRITE)
-                        if not write & _TLB_NOT_FAST_RAM and ((write & ~0xFFF) + addend) & 0xFFFFFFFFFFFFFFFF == host:
-                            ctypes.c_uint64.from_address(table + entry + _ENTRY_WRITE).value = write | _TLB_NOTDIRTY
-                            marked += 1
-                    at = data.find(pattern, at + 1)
-        return marked
+        _code_write_gate().register(self._uc._uch.value, cpu, self)
 
     def last_block(self) -> int:
         """The address (pc) of the last engine block that returned to Unicorn's loop, -1 if none

@@ -124,7 +124,7 @@ class DirectMode(ExecutionMode):
     def attach(self, context) -> GuestCpu:
         self.context = context
         engine = context.engine
-        engine.keep_alias_stores_coherent()     # Unicorn 2.1.1 misses stores through an alias (Engine facts)
+        engine.keep_code_coherent()     # Unicorn 2.1.1 lets stores into translated code go stale (Engine facts)
         self.memory = context.memory
         self.engine = engine
         context.memory.write_observers.append(self._monitor_wrote)

@@ -102,6 +102,11 @@ class TranslationCache:
         self._blocks = LRU(capacity)
         self._by_slot: dict[int, TranslatedBlock] = {}
         self._pages: dict[int, set[TranslatedBlock]] = collections.defaultdict(set)
+        # Guest page -> bitmap of its bytes that translated instructions hold (bit i: byte i),
+        # built from _pages when first asked, dropped when a block comes or goes there: a store
+        # that misses them (the monitor's pushes and accessed bits next to code) costs one test,
+        # not a look at every block of the page (QEMU keeps such a code bitmap per page too).
+        self._code_bits: dict[int, int] = {}
         self._sites: dict[int, tuple[TranslatedBlock, int]] = {}
         self.counters = collections.Counter()
         self.events: collections.deque = collections.deque(maxlen=4096)   # (event, guest eip, cause)
@@ -175,6 +180,7 @@ class TranslationCache:
             if not self._pages[page]:
                 self.protect_page(page, True)
             self._pages[page].add(block)
+            self._code_bits.pop(page, None)
         if not key.single_step:
             self._install_lookup(block)
         self.counters["blocks_translated"] += 1
@@ -261,6 +267,7 @@ class TranslationCache:
             del self._blocks[block.key]
         for page in block.frames:
             self._pages[page].discard(block)
+            self._code_bits.pop(page, None)
             if not self._pages[page]:
                 del self._pages[page]
                 self.protect_page(page, False)
@@ -286,11 +293,29 @@ class TranslationCache:
         """Remove every block whose guest bytes overlap [address, address+size), but `keep`."""
         removed = []
         for page in range(address // PAGE_SIZE, (address + size - 1) // PAGE_SIZE + 1):
-            for block in list(self._pages.get(page, ())):
+            blocks = self._pages.get(page)
+            if not blocks or not self._holds_code(page, address, size):
+                continue
+            for block in list(blocks):
                 if block is not keep and block.covers(address, size):
                     self.remove(block, cause)
                     removed.append(block)
         return removed
+
+    def _holds_code(self, page: int, address: int, size: int) -> bool:
+        """Whether translated instructions hold a byte of [address, address+size) on `page`."""
+        bits = self._code_bits.get(page)
+        if bits is None:
+            bits, first = 0, page * PAGE_SIZE
+            for block in self._pages[page]:
+                for start, end in block.ranges:
+                    start, end = max(start, first), min(end, first + PAGE_SIZE)
+                    if start < end:
+                        bits |= ((1 << (end - start)) - 1) << (start - first)
+            self._code_bits[page] = bits
+        start = max(address - page * PAGE_SIZE, 0)
+        end = min(address + size - page * PAGE_SIZE, PAGE_SIZE)
+        return bool(bits >> start & ((1 << (end - start)) - 1))
 
     def executions(self, block: TranslatedBlock) -> Optional[int]:
         """How often the block ran (--profile), counted by the translated code itself."""

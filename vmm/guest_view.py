@@ -91,10 +91,15 @@ class GuestView:
             linear, size = (linear + length) & 0xFFFFFFFF, size - length
 
     def read(self, linear: int, size: int) -> bytes:
+        if (linear & (PAGE_SIZE - 1)) + size <= PAGE_SIZE:     # one page (descriptors, frames)
+            return self.memory.read(self._physical(linear, False), size)
         return b"".join(self.memory.read(self._physical(piece, False), length)
                         for piece, length in self._page_chunks(linear, size))
 
     def write(self, linear: int, data: bytes) -> None:
+        if (linear & (PAGE_SIZE - 1)) + len(data) <= PAGE_SIZE:
+            self.memory.write(self._physical(linear, True), data)
+            return
         pieces = [(self._physical(piece, True), length) for piece, length in self._page_chunks(linear, len(data))]
         done = 0
         for physical, length in pieces:      # every translation succeeds before any byte is stored

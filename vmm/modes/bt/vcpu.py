@@ -56,15 +56,25 @@ class VcpuBlock:
     def __init__(self, view, privileged_view) -> None:
         self.view = view
         self.privileged_view = privileged_view
+        self._written: Optional[tuple] = None     # the state virtual_state_changed last wrote
 
     def control_register_changed(self, cpu: "TranslatedCpu", number: int) -> None:
         """Rewrite one control register in both pages (mov r, crN reads them)."""
         value = cpu.control[number]
+        self._written = None
         struct.pack_into("<I", self.view, VCPU_CR[number], value)
         struct.pack_into("<I", self.privileged_view, VCPU_CR[number], value)
 
     def virtual_state_changed(self, cpu: "TranslatedCpu") -> None:
-        """Rewrite the whole block from the virtual CPU."""
+        """Rewrite the whole block from the virtual CPU (unless it holds that state already:
+        a privilege change asks twice, and most loads change nothing in it)."""
+        selectors = cpu.selectors
+        state = (selectors["cs"], selectors["ss"], selectors["ds"], selectors["es"], selectors["fs"],
+                 selectors["gs"], cpu.virtual_flags, cpu.tables["gdtr"], cpu.tables["idtr"],
+                 cpu.table_selectors["ldtr"], cpu.table_selectors["tr"], *cpu.control.values())
+        if state == self._written:
+            return
+        self._written = state
         view = self.view
         for name in SEGMENT_NAMES:
             struct.pack_into("<I", view, VCPU_SELECTOR[SEGMENT_IDS[name]], cpu.selectors[name])
@@ -78,6 +88,11 @@ class VcpuBlock:
         for number, offset in VCPU_CR.items():
             struct.pack_into("<I", view, offset, cpu.control[number])
             struct.pack_into("<I", self.privileged_view, offset, cpu.control[number])
+
+
+# The registers TranslatedCpu keeps itself, and how (a control register by its number).
+_VIRTUAL_REGISTERS = {"eip": "eip", "eflags": "eflags", **{name: "selector" for name in SEGMENT_NAMES},
+                      **{f"cr{n}": n for n in VCPU_CR}}
 
 
 class TranslatedCpu(VirtualSystemCpu):
@@ -147,15 +162,16 @@ class TranslatedCpu(VirtualSystemCpu):
                 self.mode.segment_bases_changed()
 
     def reg(self, name: str) -> int:
-        if name == "eip":
+        kind = _VIRTUAL_REGISTERS.get(name)
+        if kind is None:                      # a general register: the engine's (most reads)
+            return self.engine.reg(name)
+        if kind == "eip":
             return self.eip
-        if name == "eflags":
+        if kind == "eflags":
             return (self.engine.reg("eflags") & ~(IOPL_MASK | TF)) | self.virtual_flags
-        if name in self.selectors:
+        if kind == "selector":
             return self.selectors[name]
-        if name.startswith("cr"):
-            return self.control[int(name[2:])]
-        return self.engine.reg(name)
+        return self.control[kind]
 
     def set_reg(self, name: str, value: int) -> None:
         value &= 0xFFFFFFFF

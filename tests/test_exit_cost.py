@@ -7,6 +7,9 @@ import pytest
 
 import cache.tcache
 from tests.guests import EXIT, paging_on, run_source
+from tests.samples import REPO_ROOT
+from vmm.builder import MachineConfig, build_machine
+from vmm.console import BufferConsole
 from vmm.exits import ExitReason, StopReason
 
 # Two page directories sharing one 4 MiB page of kernel (PSE): the guest switches between them.
@@ -120,3 +123,23 @@ once_end:
     result, _out, vm = run_source(tmp_path, source, mode="bt")
     assert (result.reason, result.guest_value) == (StopReason.DEBUG_EXIT, 0), result.message
     assert vm.mode.cache.counters["invalidations_smc"] >= 1
+
+
+def test_delivery_from_ring_3_under_bt_leaves_the_guest_gdt_unwritten(monkeypatch):
+    # sample ring3 (its output and exit value recorded from QEMU in sample_binaries/expected)
+    # takes 23 #GPs, a #UD and system calls from ring 3. bt's engine loads the shadows of CS and
+    # SS (accessed bit preset), never the guest's descriptors: the monitor no longer sets their
+    # accessed bits around the load and puts them back (59 stores into the GDT, each an
+    # invalidation check and a page-table trace check, with nothing changed in the end).
+    console = BufferConsole()
+    vm, _image = build_machine(MachineConfig(image=str(REPO_ROOT / "sample_binaries/ring3.elf"), mode="bt"), console)
+    stores = []
+    write = vm.memory.write
+    monkeypatch.setattr(vm.memory, "write", lambda address, data: stores.append(address) or write(address, data))
+    result = vm.run()
+    assert (result.reason, result.guest_value) == (StopReason.DEBUG_EXIT, 0), result.message
+    assert bytes(console.output) == (REPO_ROOT / "sample_binaries/expected/ring3.out").read_bytes()
+    base, limit = vm.cpu.tables["gdtr"]
+    assert vm.delivery.delivered[13] == 23
+    # what remains is the guest's own: ltr's busy bit, the accessed bits of two segment loads
+    assert len([address for address in stores if base <= address <= base + limit]) == 3

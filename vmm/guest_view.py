@@ -144,7 +144,13 @@ def accessed_bits_kept(view: GuestView, *selectors: int):
     switch, without marking the descriptors accessed; the engine's own segment loads (direct and
     vt, which read the guest's tables) would set the bit. So the monitor sets it for the load,
     through the physical address (the engine then writes nothing: no page-table bit moves, and
-    no write can fault inside the engine's register write), and puts back what was there."""
+    no write can fault inside the engine's register write), and puts back what was there.
+    Nothing to do where the engine loads the monitor's shadows of the descriptors, never the
+    guest's (bt: GuestCpu.loads_guest_descriptors): the guest's bytes stay as they are anyway,
+    and the four stores a delivery from ring 3 made cost a fifth of it."""
+    if not view.cpu.loads_guest_descriptors:
+        yield
+        return
     quiet = GuestView(view.cpu, view.memory, cpu_access=False)
     places = []
     for selector in selectors:

@@ -99,6 +99,8 @@ class TranslatedCpu(VirtualSystemCpu):
     """Guest registers under binary translation: general registers and the arithmetic flags are
     the engine's; EIP, IOPL, TF, selectors, descriptor-table and control registers are virtual."""
 
+    loads_guest_descriptors = False     # the engine loads shadows, the accessed bit preset
+
     def __init__(self, mode: "BinaryTranslationMode", block: VcpuBlock) -> None:
         super().__init__(mode.engine, tuple(VCPU_CR))
         self.mode = mode        # shadow descriptors, guest paging, native runs

@@ -3,9 +3,10 @@ exit path saves is pinned here by counting the work it must not do, with real gu
 engine runs; each guest's guest-visible result is QEMU's (recorded with qemu-system-i386, as
 said at each test), and where a fast path stands beside a slow one, both give the same."""
 
-import pytest
+import json
 
 import cache.tcache
+from tests.cli import run_vmm
 from tests.guests import EXIT, paging_on, run_source
 from tests.samples import REPO_ROOT
 from vmm.builder import MachineConfig, build_machine
@@ -143,3 +144,20 @@ def test_delivery_from_ring_3_under_bt_leaves_the_guest_gdt_unwritten(monkeypatc
     assert vm.delivery.delivered[13] == 23
     # what remains is the guest's own: ltr's busy bit, the accessed bits of two segment loads
     assert len([address for address in stores if base <= address <= base + limit]) == 3
+
+
+def test_the_report_gives_the_seconds_spent_on_each_exit_reason(tmp_path):
+    # The INT_LOOP guest (QEMU: value 0) under bt: 300 int 0x30 and 300 iretd callouts (and lidt), each
+    # handled by the run loop; the report says how long they took, by reason, and the rest
+    # took nothing measurable beside them.
+    image = tmp_path / "guest.s"
+    image.write_text(INT_LOOP)
+    report = tmp_path / "report.json"
+    proc = run_vmm("run", image, "--mode", "bt", "--report", report)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(report.read_text())
+    assert result["counters"]["exits"]["callout"] == 601            # and lidt
+    seconds = result["exit_seconds"]
+    assert set(seconds) == set(result["counters"]["exits"])
+    assert 0 < seconds["callout"] < result["wall_time_s"]
+    assert seconds["hlt"] == seconds["exception"] == 0

@@ -201,6 +201,10 @@ class VirtualMachine:
         self.gdb = gdb                               # vmm.gdbstub.GdbStub, or None
         self.debugger = gdb.debugger if gdb is not None else None
         self.exits: Counter = Counter()
+        # Wall seconds the run loop spent on each exit, by reason: from the mode's return to its
+        # next execute (the exit's handling and the interrupt window after it), where the time
+        # outside the guest goes (bt's cache exits are handled inside execute: the mode's own).
+        self.exit_seconds: Counter = Counter()
         self.state = RunState.READY
         self.wall_time = 0.0
         self._result: Optional[RunResult] = None
@@ -283,8 +287,10 @@ class VirtualMachine:
         if self.gdb is not None:
             with self._waiting_on_host():
                 self.gdb.attach(self)
+        clock = time.perf_counter
         while self._result is None:
             vm_exit = self.mode.execute()
+            returned = clock()
             self.emulator.interrupt_shadow = False     # guest code ran since the last SS load
             self.dispatch(vm_exit)
             self.input_wake.take()                     # the window's sync polls the input sources
@@ -293,6 +299,7 @@ class VirtualMachine:
             if self.limits.stop_due and self._result is None:
                 # the watchdog's stop landed outside guest code (a guest that exits all the time)
                 self.dispatch(self.limits.watchdog_exit(self.cpu.reg("eip")))
+            self.exit_seconds[vm_exit.reason] += clock() - returned
 
     @contextmanager
     def _waiting_on_host(self):

@@ -174,6 +174,8 @@ class _UcTb(ctypes.Structure):
     _fields_ = [("pc", ctypes.c_uint64), ("icount", ctypes.c_uint16), ("size", ctypes.c_uint16)]
 
 
+# void cb(uc_engine *, uint32_t intno, void *user_data)
+_INTR_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p)
 _EDGE_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.POINTER(_UcTb), ctypes.POINTER(_UcTb),
                                   ctypes.c_void_p)
 TLB_ACCESS = {uc_const.UC_MEM_READ: "read", uc_const.UC_MEM_WRITE: "write", uc_const.UC_MEM_FETCH: "fetch"}
@@ -593,7 +595,17 @@ class Engine:
 
     def on_interrupt(self, handler: Callable[[int], None]) -> None:
         """handler(vector): an exception or `int n` raised by the guest (EIP as the CPU left it)."""
-        self._uc.hook_add(uc_const.UC_HOOK_INTR, self._guarded(lambda _uc, intno, _data: handler(intno)))
+        # A raw callback (the binding's adds two Python frames and a decorator to each call:
+        # a third of a cache exit's hook time).
+        def hook(_handle, intno, _data):
+            if self._hook_error is not None:
+                return
+            try:
+                handler(intno)
+            except BaseException as error:   # surfaced from run(), never lost inside Unicorn
+                self._hook_error = error
+                self._uc.emu_stop()
+        self._add_raw_hook(uc_const.UC_HOOK_INTR, _INTR_CALLBACK(hook))
 
     def on_code(self, address: int, handler: Callable[[int], None], end: Optional[int] = None):
         """handler(address) before the instruction at `address` (or at every address up to `end`)

@@ -9,7 +9,7 @@ import pytest
 
 import cache.tcache
 from tests.cli import run_vmm
-from tests.guests import EXIT, paging_on, run_source
+from tests.guests import EXIT, paging_on, run_image, run_source
 from tests.samples import REPO_ROOT
 from vmm.builder import MachineConfig, build_machine
 from vmm.console import BufferConsole
@@ -165,3 +165,29 @@ def test_the_report_gives_the_seconds_spent_on_each_exit_reason(tmp_path, mode, 
     assert set(seconds) == set(result["counters"]["exits"])
     assert 0 < seconds[reason] < result["wall_time_s"]
     assert seconds["hlt"] == seconds["event"] == 0
+
+
+def test_the_virtual_cpu_block_holds_what_a_full_rewrite_writes():
+    # VcpuBlock skips its rewrite when the state it last wrote is unchanged. After sample ring3
+    # (QEMU's output, sample_binaries/expected) under bt, whose deliveries, irets and segment
+    # loads changed that state hundreds of times, the block is byte for byte what a forced
+    # rewrite from the virtual CPU gives (the slow path, kept as the reference).
+    result, output, vm = run_image(str(REPO_ROOT / "sample_binaries/ring3.elf"), mode="bt")
+    assert output == (REPO_ROOT / "sample_binaries/expected/ring3.out").read_bytes(), result.message
+    block = vm.mode.vcpu_block
+    kept = bytes(block.view), bytes(block.privileged_view)
+    block._written = None
+    block.virtual_state_changed(vm.cpu)
+    assert (bytes(block.view), bytes(block.privileged_view)) == kept
+
+
+def test_decoded_descriptors_are_those_a_fresh_decode_gives():
+    # Gate.decode and SegmentDescriptor.decode keep their results by the raw bytes; a fresh
+    # decode (a bytearray is never kept) gives the same for every kind of descriptor.
+    import random
+    from vmm.x86 import Gate, SegmentDescriptor
+    rng = random.Random(15)
+    for _ in range(2000):
+        raw = rng.getrandbits(64).to_bytes(8, "little")
+        for kind in (Gate, SegmentDescriptor):
+            assert kind.decode(raw) == kind.decode(bytearray(raw)) and kind.decode(raw) is kind.decode(raw)

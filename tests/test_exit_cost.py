@@ -167,18 +167,34 @@ def test_the_report_gives_the_seconds_spent_on_each_exit_reason(tmp_path, mode, 
     assert seconds["hlt"] == seconds["event"] == 0
 
 
-def test_the_virtual_cpu_block_holds_what_a_full_rewrite_writes():
-    # VcpuBlock skips its rewrite when the state it last wrote is unchanged. After sample ring3
-    # (QEMU's output, sample_binaries/expected) under bt, whose deliveries, irets and segment
-    # loads changed that state hundreds of times, the block is byte for byte what a forced
-    # rewrite from the virtual CPU gives (the slow path, kept as the reference).
+def test_the_virtual_cpu_block_holds_its_fields_at_the_layout_offsets():
+    # VcpuBlock packs its 76 bytes at once and stores them only when they changed. After sample
+    # ring3 (QEMU's output, sample_binaries/expected) under bt, whose deliveries, irets and
+    # segment loads changed the virtual CPU hundreds of times, both pages hold each field where
+    # translator/layout.py puts it (the field-by-field writes this replaced, the reference).
+    import struct
+    from capstone import x86_const as X
+    from translator import layout
+    from vmm.modes.bt.vcpu import SEGMENT_IDS
     result, output, vm = run_image(str(REPO_ROOT / "sample_binaries/ring3.elf"), mode="bt")
     assert output == (REPO_ROOT / "sample_binaries/expected/ring3.out").read_bytes(), result.message
-    block = vm.mode.vcpu_block
-    kept = bytes(block.view), bytes(block.privileged_view)
-    block._written = None
-    block.virtual_state_changed(vm.cpu)
-    assert (bytes(block.view), bytes(block.privileged_view)) == kept
+    cpu, block = vm.cpu, vm.mode.vcpu_block
+    expected, privileged = bytearray(bytes(block.view)), bytearray(bytes(block.privileged_view))
+    for name, register in SEGMENT_IDS.items():
+        struct.pack_into("<I", expected, layout.VCPU_SELECTOR[register], cpu.selectors[name])
+    struct.pack_into("<I", expected, layout.VCPU_PUSHF_ADJUST, (cpu.virtual_flags - cpu.real_iopl) & 0xFFFFFFFF)
+    struct.pack_into("<I", expected, layout.VCPU_POPF_EXPECT, cpu.virtual_flags)
+    struct.pack_into("<I", expected, layout.VCPU_IO_CHECK, int(cpu.cpl > (cpu.virtual_flags >> 12) & 3))
+    for offset, name in ((layout.VCPU_GDTR, "gdtr"), (layout.VCPU_IDTR, "idtr")):
+        base, limit = cpu.tables[name]
+        struct.pack_into("<HIH", expected, offset, limit, base, 0)
+    struct.pack_into("<II", expected, layout.VCPU_LDTR, cpu.table_selectors["ldtr"], cpu.table_selectors["tr"])
+    assert layout.VCPU_TR == layout.VCPU_LDTR + 4
+    for number, offset in layout.VCPU_CR.items():
+        struct.pack_into("<I", expected, offset, cpu.control[number])
+        struct.pack_into("<I", privileged, offset, cpu.control[number])
+    assert (bytes(block.view), bytes(block.privileged_view)) == (bytes(expected), bytes(privileged))
+    assert cpu.selectors["cs"] & 3 == 0 and X.X86_REG_CS in layout.VCPU_SELECTOR
 
 
 def test_decoded_descriptors_are_those_a_fresh_decode_gives():

@@ -24,6 +24,9 @@ N = 1 for the run's fixed cost (start-up, translation). Every guest runs once un
              loop (a callout, a guest exception, a budget exit that ends in an event) is
              counted in each.
   loop/op    the same with counters.exits alone: exits the run loop dispatched.
+  by reason  those exits per operation by reason, each run-loop reason with the wall time per
+             operation the monitor spent on it (the report's exit_seconds, taken off and
+             divided as the counts are): where an operation's time outside the guest goes.
 
 Operations: int 0x80 from ring 3 to a DPL-3 interrupt gate whose handler is `iretd` (its
 baseline loop runs in ring 3 too); `in al, dx` from the unassigned port 0x80; cli+sti;
@@ -213,6 +216,11 @@ class Run:
         """All VM exits (vt) as one count."""
         return {"vt": sum(self.report["counters"].get("vt_exits", {}).values())}
 
+    def exit_seconds(self) -> dict[str, float]:
+        """The monitor's wall seconds on its exits, by reason (the report's exit_seconds; none
+        from a monitor whose report lacks them)."""
+        return dict(self.report.get("exit_seconds", {}))
+
 
 @dataclass
 class Stopped:
@@ -275,6 +283,8 @@ class Baseline:
     round_exits: dict[str, float]   # by reason, per loop round: 0 unless the loop itself exits
     fixed_vt: dict[str, float]      # the same for VM exits (Run.vt_exits)
     round_vt: dict[str, float]
+    fixed_seconds: dict[str, float]  # the same for the seconds spent on exits (Run.exit_seconds)
+    round_seconds: dict[str, float]
     run: Run                     # the N run
 
 
@@ -300,7 +310,10 @@ def baseline(guest: Guest, full: Run | Stopped, once: Run | Stopped) -> Baseline
     per_round = (full.wall - once.wall) / max(1, full.iterations - once.iterations)
     fixed_exits, round_exits = split_counts(full.exit_reasons(), once.exit_reasons(), full.iterations, once.iterations)
     fixed_vt, round_vt = split_counts(full.vt_exits(), once.vt_exits(), full.iterations, once.iterations)
+    fixed_seconds, round_seconds = split_counts(full.exit_seconds(), once.exit_seconds(), full.iterations,
+                                                once.iterations)
     return Baseline(once.wall, per_round, per_round / guest.per_round, fixed_exits, round_exits, fixed_vt, round_vt,
+                    fixed_seconds, round_seconds,
                     full)
 
 
@@ -323,6 +336,7 @@ class Measure:
     run: Run
     base: Baseline
     note: str = ""
+    exit_seconds: dict[str, float] = None    # per operation: the monitor's seconds on each exit reason
 
 
 def measure(micro: Micro, op: Run, base: Baseline, unit: Baseline) -> Measure:
@@ -342,9 +356,10 @@ def measure(micro: Micro, op: Run, base: Baseline, unit: Baseline) -> Measure:
         per_operation = (op.wall - base.fixed) / op.iterations - base.per_round
     reasons = net_counts(op.exit_reasons(), base.fixed_exits, base.round_exits, rounds, operations)
     vt = net_counts(op.vt_exits(), base.fixed_vt, base.round_vt, rounds, operations)["vt"]
+    seconds = net_counts(op.exit_seconds(), base.fixed_seconds, base.round_seconds, rounds, operations)
     return Measure(per_operation, per_operation / unit.per_instruction, sum(reasons.values()),
                    sum(n for reason, n in reasons.items() if not reason.startswith("cache ")), reasons, vt,
-                   operations, op, base, note)
+                   operations, op, base, note, seconds)
 
 
 @dataclass
@@ -466,7 +481,8 @@ def report(runs: dict, rows: list[Row], schemes: tuple[Optional[str], ...]) -> N
               f"{row.micro.goal:>4} | "
               f"{na(direct, lambda m: number(m.seconds * 1e9)):>8} {na(bt, lambda m: number(m.seconds * 1e9)):>8}")
 
-    print("\nexits per operation by reason (run loop; `cache ...`: translation-cache exits, bt):")
+    print("\nexits per operation by reason (run loop, with the wall time spent on them per operation, from the "
+          "report's exit_seconds;\n`cache ...`: translation-cache exits, bt, handled inside the mode):")
     for row in rows:
         for mode in DETAIL_MODES:
             m = measures[row.label, mode]
@@ -474,7 +490,9 @@ def report(runs: dict, rows: list[Row], schemes: tuple[Optional[str], ...]) -> N
                 print(f"  {row.label:{width}} {mode:6} {m.cell}")
                 continue
             reasons = {r: n for r, n in m.reasons.items() if abs(n) >= 0.005}
-            text = ", ".join(f"{r} {n:.2f}" for r, n in sorted(reasons.items(), key=lambda i: (-i[1], i[0])))
+            seconds = m.exit_seconds or {}
+            text = ", ".join(f"{r} {n:.2f}" + (f" ({seconds[r] * 1e6:.1f} us)" if r in seconds else "")
+                             for r, n in sorted(reasons.items(), key=lambda i: (-i[1], i[0])))
             print(f"  {row.label:{width}} {mode:6} {text or 'none'}")
     for mode in DETAIL_MODES:
         print(f"timer, {mode}: {na(measures['timer', mode], lambda m: m.note)}")

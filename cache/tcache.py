@@ -115,6 +115,11 @@ class TranslationCache:
         # Off while the guest has a data breakpoint armed: the checks' reads of guest code would
         # hit it as the guest's own reads (vmm/modes/breakpoints.py hooks guest memory).
         self.self_checking_allowed = True
+        # Guest page -> bitmap of its bytes that translated instructions hold (bit i: byte i),
+        # built from _pages when first asked, dropped when a block comes or goes there: a store
+        # that misses them (the monitor's pushes and accessed bits next to code) costs one test,
+        # not a look at every block of the page (QEMU keeps such a code bitmap per page too).
+        self._code_bits: dict[int, int] = {}
         self._sites: dict[int, tuple[TranslatedBlock, int]] = {}
         self.counters = collections.Counter()
         self.events: collections.deque = collections.deque(maxlen=4096)   # (event, guest eip, cause)
@@ -123,6 +128,7 @@ class TranslationCache:
         self._cross_page_links: set[tuple[TranslatedBlock, int]] = set()
         self._lookup_installed: set[int] = set()         # entry offsets installed since the last clear
         self._lookup_pages: dict[int, set[int]] = collections.defaultdict(set)   # guest page -> offsets
+        self._lookup_table_cleared = False       # once cleared whole, only installed entries need it
         self.windows_armed = False
         # --profile: a block's counter lives in its arena slot, which a removal frees. remove()
         # first adds the count to removed_executions and passes (block, count) to on_remove
@@ -187,6 +193,7 @@ class TranslationCache:
             if not self._pages[page] and page not in self.self_checking:
                 self.protect_page(page, True)
             self._pages[page].add(block)
+            self._code_bits.pop(page, None)
         if not key.single_step:
             self._install_lookup(block)
         self.counters["blocks_translated"] += 1
@@ -282,6 +289,7 @@ class TranslationCache:
             del self._blocks[block.key]
         for page in block.frames:
             self._pages[page].discard(block)
+            self._code_bits.pop(page, None)
             if not self._pages[page]:
                 del self._pages[page]
                 self.protect_page(page, False)
@@ -307,11 +315,29 @@ class TranslationCache:
         """Remove every block whose guest bytes overlap [address, address+size), but `keep`."""
         removed = []
         for page in range(address // PAGE_SIZE, (address + size - 1) // PAGE_SIZE + 1):
-            for block in list(self._pages.get(page, ())):
+            blocks = self._pages.get(page)
+            if not blocks or not self._holds_code(page, address, size):
+                continue
+            for block in list(blocks):
                 if block is not keep and block.covers(address, size):
                     self.remove(block, cause)
                     removed.append(block)
         return removed
+
+    def _holds_code(self, page: int, address: int, size: int) -> bool:
+        """Whether translated instructions hold a byte of [address, address+size) on `page`."""
+        bits = self._code_bits.get(page)
+        if bits is None:
+            bits, first = 0, page * PAGE_SIZE
+            for block in self._pages[page]:
+                for start, end in block.ranges:
+                    start, end = max(start, first), min(end, first + PAGE_SIZE)
+                    if start < end:
+                        bits |= ((1 << (end - start)) - 1) << (start - first)
+            self._code_bits[page] = bits
+        start = max(address - page * PAGE_SIZE, 0)
+        end = min(address + size - page * PAGE_SIZE, PAGE_SIZE)
+        return bool(bits >> start & ((1 << (end - start)) - 1))
 
     def executions(self, block: TranslatedBlock) -> Optional[int]:
         """How often the block ran (--profile), counted by the translated code itself."""
@@ -383,12 +409,17 @@ class TranslationCache:
     # -- the lookup table (probed by translated code) ------------------------------------------
     def clear_lookup_table(self) -> None:
         """Empty entries hold a tag whose low 16 bits differ from their index: never a hit. Only
-        the entries installed since the last clear are reset, unless most of the table is."""
-        if len(self._lookup_installed) > LOOKUP_ENTRIES // 16 or not self._lookup_installed:
+        the entries installed since the last clear are reset, unless most of the table is; with
+        none installed since, nothing is (a guest switching address spaces in a loop without an
+        indirect branch had the whole 512 KiB rewritten at each CR3 load: 20 us a switch)."""
+        if self._lookup_table_cleared and not self._lookup_installed:
+            return
+        if len(self._lookup_installed) > LOOKUP_ENTRIES // 16 or not self._lookup_table_cleared:
             self.lookup_view[:] = _empty_lookup_table()
         else:
             for offset in self._lookup_installed:
                 self._clear_lookup_entry(offset)
+        self._lookup_table_cleared = True
         self._lookup_installed = set()
         self._lookup_pages = collections.defaultdict(set)
 

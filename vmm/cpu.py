@@ -21,6 +21,9 @@ class GuestCpu:
     `debug`: the debug registers, the monitor's in every mode (the engine never sees them)."""
 
     platform = None
+    # Whether the engine's segment loads read the guest's own descriptor tables (and so would
+    # set their accessed bits): not where it loads shadows with the bit preset (bt).
+    loads_guest_descriptors = True
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine

@@ -112,7 +112,7 @@ class ExceptionDelivery:
             # SS:ESP is saved on it first (SDM vol. 3, 6.12.1).
             new_ss, esp, ss_raw = inner_stack(self.cpu, self.view, new_cpl)
             frame = [self.cpu.reg("ss"), self.cpu.reg("esp")] + frame
-            ss_base = self.view.segment_base(new_ss)
+            ss_base = SegmentDescriptor.decode(ss_raw).base        # (inner_stack read it: no second walk)
         else:
             ss_base = self.cpu.segment_base("ss")
         if not software and not interrupt and vector in ERROR_CODE_VECTORS:

@@ -91,10 +91,15 @@ class GuestView:
             linear, size = (linear + length) & 0xFFFFFFFF, size - length
 
     def read(self, linear: int, size: int) -> bytes:
+        if (linear & (PAGE_SIZE - 1)) + size <= PAGE_SIZE:     # one page (descriptors, frames)
+            return self.memory.read(self._physical(linear, False), size)
         return b"".join(self.memory.read(self._physical(piece, False), length)
                         for piece, length in self._page_chunks(linear, size))
 
     def write(self, linear: int, data: bytes) -> None:
+        if (linear & (PAGE_SIZE - 1)) + len(data) <= PAGE_SIZE:
+            self.memory.write(self._physical(linear, True), data)
+            return
         pieces = [(self._physical(piece, True), length) for piece, length in self._page_chunks(linear, len(data))]
         done = 0
         for physical, length in pieces:      # every translation succeeds before any byte is stored
@@ -139,7 +144,13 @@ def accessed_bits_kept(view: GuestView, *selectors: int):
     switch, without marking the descriptors accessed; the engine's own segment loads (direct and
     vt, which read the guest's tables) would set the bit. So the monitor sets it for the load,
     through the physical address (the engine then writes nothing: no page-table bit moves, and
-    no write can fault inside the engine's register write), and puts back what was there."""
+    no write can fault inside the engine's register write), and puts back what was there.
+    Nothing to do where the engine loads the monitor's shadows of the descriptors, never the
+    guest's (bt: GuestCpu.loads_guest_descriptors): the guest's bytes stay as they are anyway,
+    and the four stores a delivery from ring 3 made cost a fifth of it."""
+    if not view.cpu.loads_guest_descriptors:
+        yield
+        return
     quiet = GuestView(view.cpu, view.memory, cpu_access=False)
     places = []
     for selector in selectors:

@@ -259,6 +259,9 @@ class PhysicalMemory:
         """Guest-physical bytes as the guest's CPU would read them: RAM, devices, and 0 from
         unassigned memory (the monitor's region is unassigned to the guest; only the boot GDT
         shows through while boot_gdt_visible())."""
+        ram = self._ram
+        if ram is not None and 0 <= address and address + size <= self.ram.size:    # (most reads)
+            return bytes(ram[address:address + size])
         buffer, offset = self._buffer(address, size)
         if buffer is None:
             if size > 0 and self.ram.contains(address, size):
@@ -372,6 +375,8 @@ class PhysicalMemory:
         """A page-table entry the guest's tables point at: outside guest RAM nothing answers and
         the entry reads as 0 (not present), as unassigned memory reads on the reference
         machine. The monitor's region is never walked on the guest's behalf."""
+        if self._ram is not None and 0 <= address and address + 4 <= self.ram.size:    # (every walk)
+            return _U32.unpack_from(self._ram, address)[0]
         if not self.ram.contains(address, 4):
             return 0
         return self.read_u32(address)
@@ -385,6 +390,7 @@ class PhysicalMemory:
         return self.monitor.base + offset
 
 
+_U32 = struct.Struct("<I")
 PDE_4M_RESERVED = 1 << 21               # a 4 MiB PDE's reserved bit (bits 20-13: address bits 39-32)
 PF_PROTECTION, PF_WRITE, PF_USER, PF_RESERVED = 1, 2, 4, 8      # #PF error code bits
 

@@ -73,11 +73,14 @@ def io_permitted(cpu, view: GuestView, port: int, size: int) -> bool:
 def null_outer_data_segments(cpu, view: GuestView, new_cpl: int) -> None:
     """After a return to an outer ring, data segment registers the new CPL may not use are
     loaded with the null selector (QEMU's validate_seg)."""
+    seen: dict = {}                          # (the four often share one selector: read it once)
     for name in ("es", "ds", "fs", "gs"):
         selector = cpu.reg(name)
         if not selector & 0xFFFC:
             continue
-        descriptor = view.descriptor(selector)
+        if selector not in seen:
+            seen[selector] = view.descriptor(selector)
+        descriptor = seen[selector]
         if descriptor is None:
             continue
         conforming_code = descriptor.is_code and descriptor.type & 4

@@ -42,6 +42,9 @@ def build_report(config: MachineConfig, image: LoadedImage, vm: VirtualMachine, 
         "screen": vm.screen.screen() if vm.screen is not None else None,
         "devices": {name: device.state() for name, device in sorted(vm.devices.items())},
         "wall_time_s": round(vm.wall_time, 6),
+        # the monitor's handling of each exit (counters.exits) and the interrupt window after it, by reason
+        "exit_seconds": {reason.value: round(vm.exit_seconds[reason], 6)
+                         for reason in sorted(ExitReason, key=lambda r: r.value)},
         "physical_to_machine": vm.memory.p2m.as_json(),
         "frame_pool": vm.memory.pool.counters(),
     }

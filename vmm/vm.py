@@ -201,6 +201,11 @@ class VirtualMachine:
         self.gdb = gdb                               # vmm.gdbstub.GdbStub, or None
         self.debugger = gdb.debugger if gdb is not None else None
         self.exits: Counter = Counter()
+        # Wall seconds spent on each exit, by reason: its dispatch (from the run loop, or from
+        # an engine hook for the exits the untranslated modes take there) and the interrupt
+        # window after it: where the time outside the guest goes (bt's cache exits are handled
+        # inside the mode's execute, and not in here).
+        self.exit_seconds: Counter = Counter()
         self.state = RunState.READY
         self.wall_time = 0.0
         self._result: Optional[RunResult] = None
@@ -283,13 +288,16 @@ class VirtualMachine:
         if self.gdb is not None:
             with self._waiting_on_host():
                 self.gdb.attach(self)
+        clock = time.perf_counter
         while self._result is None:
             vm_exit = self.mode.execute()
             self.emulator.interrupt_shadow = False     # guest code ran since the last SS load
             self.dispatch(vm_exit)
+            window = clock()
             self.input_wake.take()                     # the window's sync polls the input sources
             if self.interrupts.in_use and self._result is None:
                 self._interrupt_window()
+            self.exit_seconds[vm_exit.reason] += clock() - window
             if self.limits.stop_due and self._result is None:
                 # the watchdog's stop landed outside guest code (a guest that exits all the time)
                 self.dispatch(self.limits.watchdog_exit(self.cpu.reg("eip")))
@@ -388,10 +396,14 @@ class VirtualMachine:
 
     def dispatch(self, vm_exit: VmExit) -> int:
         """The one place every exit is serviced. Returns the value an IN exit reads."""
+        started = time.perf_counter()
         self.exits[vm_exit.reason] += 1
         if self.tracer.exits:
             self.tracer.exit(vm_exit)
-        return self._handlers[vm_exit.reason](vm_exit)
+        try:
+            return self._handlers[vm_exit.reason](vm_exit)
+        finally:
+            self.exit_seconds[vm_exit.reason] += time.perf_counter() - started
 
     # -- exit handlers --------------------------------------------------------------------------
     def io_permitted(self, port: int, size: int) -> bool:

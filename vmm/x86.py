@@ -87,6 +87,18 @@ def selector_error_code(index_kind: str, index: int, external: bool) -> int:
 
 # Gate and segment descriptors (SDM vol. 3, 3.4.5 and 6.11)
 
+# Decoded descriptors by their 8 raw bytes: every exception delivery and iret decodes the same
+# few gates and segments again (frozen dataclasses, so one object serves every caller).
+_DECODED_GATES: dict = {}
+_DECODED_SEGMENTS: dict = {}
+_DECODED_MAX = 4096
+
+
+def _remember(cache: dict, raw: bytes, decoded) -> None:
+    if len(cache) >= _DECODED_MAX:          # a guest that builds descriptors without end
+        cache.clear()
+    cache[raw] = decoded
+
 
 @dataclass(frozen=True)
 class Gate:
@@ -99,11 +111,17 @@ class Gate:
 
     @classmethod
     def decode(cls, raw: bytes) -> "Gate":
+        gate = _DECODED_GATES.get(raw) if cls is Gate and type(raw) is bytes else None
+        if gate is not None:
+            return gate
         low, high = struct.unpack("<II", raw)
         access = (high >> 8) & 0xFF
-        return cls(offset=(high & 0xFFFF0000) | (low & 0xFFFF), selector=low >> 16,
+        gate = cls(offset=(high & 0xFFFF0000) | (low & 0xFFFF), selector=low >> 16,
                    type=access & 0x1F, dpl=(access >> 5) & 3, present=bool(access & 0x80),
                    raw_count=high & 0xFF)
+        if cls is Gate and type(raw) is bytes:
+            _remember(_DECODED_GATES, raw, gate)
+        return gate
 
     @property
     def parameter_count(self) -> int:
@@ -131,14 +149,20 @@ class SegmentDescriptor:
 
     @classmethod
     def decode(cls, raw: bytes) -> "SegmentDescriptor":
+        descriptor = _DECODED_SEGMENTS.get(raw) if cls is SegmentDescriptor and type(raw) is bytes else None
+        if descriptor is not None:
+            return descriptor
         low, high = struct.unpack("<II", raw)
         base = (low >> 16) | ((high & 0xFF) << 16) | (high & 0xFF000000)
         limit = (low & 0xFFFF) | (high & 0x000F0000)
         if high & (1 << 23):
             limit = (limit << 12) | 0xFFF
         access = (high >> 8) & 0xFF
-        return cls(base=base, limit=limit, type=access & 0xF, system=not access & 0x10,
-                   dpl=(access >> 5) & 3, present=bool(access & 0x80), big=bool(high & (1 << 22)))
+        descriptor = cls(base=base, limit=limit, type=access & 0xF, system=not access & 0x10,
+                         dpl=(access >> 5) & 3, present=bool(access & 0x80), big=bool(high & (1 << 22)))
+        if cls is SegmentDescriptor and type(raw) is bytes:
+            _remember(_DECODED_SEGMENTS, raw, descriptor)
+        return descriptor
 
     @property
     def is_code(self) -> bool:

@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING, Optional
 
 from capstone import x86_const as X
 
-from translator.layout import (VCPU_CR, VCPU_GDTR, VCPU_IDTR, VCPU_IO_CHECK, VCPU_LDTR,
-                               VCPU_POPF_EXPECT, VCPU_PUSHF_ADJUST, VCPU_SELECTOR, real_iopl, real_privilege)
+from translator.layout import VCPU_CR, real_iopl, real_privilege
 from vmm.cpu import VirtualSystemCpu
 from vmm.emulate import UnsupportedInstruction
 from vmm.x86 import (EFER_LME, EFER_NXE, EFER_SCE, IOPL_MASK, MSR_EFER, MSR_FS_BASE, MSR_GS_BASE,
@@ -56,33 +55,51 @@ class VcpuBlock:
     def __init__(self, view, privileged_view) -> None:
         self.view = view
         self.privileged_view = privileged_view
+        self._written: Optional[bytes] = None     # the block virtual_state_changed last wrote
 
     def control_register_changed(self, cpu: "TranslatedCpu", number: int) -> None:
         """Rewrite one control register in both pages (mov r, crN reads them)."""
         value = cpu.control[number]
+        self._written = None
         struct.pack_into("<I", self.view, VCPU_CR[number], value)
         struct.pack_into("<I", self.privileged_view, VCPU_CR[number], value)
 
     def virtual_state_changed(self, cpu: "TranslatedCpu") -> None:
-        """Rewrite the whole block from the virtual CPU."""
-        view = self.view
-        for name in SEGMENT_NAMES:
-            struct.pack_into("<I", view, VCPU_SELECTOR[SEGMENT_IDS[name]], cpu.selectors[name])
-        struct.pack_into("<I", view, VCPU_PUSHF_ADJUST, (cpu.virtual_flags - cpu.real_iopl) & 0xFFFFFFFF)
-        struct.pack_into("<I", view, VCPU_POPF_EXPECT, cpu.virtual_flags)
-        struct.pack_into("<I", view, VCPU_IO_CHECK, int(cpu.cpl > (cpu.virtual_flags & IOPL_MASK) >> 12))
-        for offset, name in ((VCPU_GDTR, "gdtr"), (VCPU_IDTR, "idtr")):
-            base, limit = cpu.tables[name]
-            struct.pack_into("<HIH", view, offset, limit, base, 0)
-        struct.pack_into("<II", view, VCPU_LDTR, cpu.table_selectors["ldtr"], cpu.table_selectors["tr"])
-        for number, offset in VCPU_CR.items():
-            struct.pack_into("<I", view, offset, cpu.control[number])
-            struct.pack_into("<I", self.privileged_view, offset, cpu.control[number])
+        """Rewrite the whole block from the virtual CPU: one pack of its 76 bytes, stored only
+        when they differ from what it holds (a privilege change asks twice, and most segment
+        loads change nothing in it)."""
+        selectors, control, virtual_flags = cpu.selectors, cpu.control, cpu.virtual_flags
+        gdt_base, gdt_limit = cpu.tables["gdtr"]
+        idt_base, idt_limit = cpu.tables["idtr"]
+        data = _BLOCK.pack(selectors["cs"], selectors["ss"], selectors["ds"], selectors["es"], selectors["fs"],
+                           selectors["gs"], (virtual_flags - cpu.real_iopl) & 0xFFFFFFFF, virtual_flags,
+                           gdt_limit, gdt_base, 0, idt_limit, idt_base, 0,
+                           cpu.table_selectors["ldtr"], cpu.table_selectors["tr"],
+                           control[0], control[2], control[3], control[4],
+                           int(cpu.cpl > (virtual_flags & IOPL_MASK) >> 12))
+        if data == self._written:
+            return
+        self._written = data
+        self.view[:_BLOCK.size] = data
+        self.privileged_view[VCPU_CR[0]:VCPU_CR[4] + 4] = data[VCPU_CR[0]:VCPU_CR[4] + 4]
+
+
+# The block's fields in their order (translator/layout.py): the six selectors, pushf's adjustment,
+# popf's expectation, GDTR and IDTR as sgdt stores them, LDTR and TR, CR0 CR2 CR3 CR4, the I/O check.
+# tests/test_exit_cost.py checks it against the layout's offsets, field by field.
+_BLOCK = struct.Struct("<8I HIH HIH 2I 4I I")
+
+
+# The registers TranslatedCpu keeps itself, and how (a control register by its number).
+_VIRTUAL_REGISTERS = {"eip": "eip", "eflags": "eflags", **{name: "selector" for name in SEGMENT_NAMES},
+                      **{f"cr{n}": n for n in VCPU_CR}}
 
 
 class TranslatedCpu(VirtualSystemCpu):
     """Guest registers under binary translation: general registers and the arithmetic flags are
     the engine's; EIP, IOPL, TF, selectors, descriptor-table and control registers are virtual."""
+
+    loads_guest_descriptors = False     # the engine loads shadows, the accessed bit preset
 
     def __init__(self, mode: "BinaryTranslationMode", block: VcpuBlock) -> None:
         super().__init__(mode.engine, tuple(VCPU_CR))
@@ -147,15 +164,16 @@ class TranslatedCpu(VirtualSystemCpu):
                 self.mode.segment_bases_changed()
 
     def reg(self, name: str) -> int:
-        if name == "eip":
+        kind = _VIRTUAL_REGISTERS.get(name)
+        if kind is None:                      # a general register: the engine's (most reads)
+            return self.engine.reg(name)
+        if kind == "eip":
             return self.eip
-        if name == "eflags":
+        if kind == "eflags":
             return (self.engine.reg("eflags") & ~(IOPL_MASK | TF)) | self.virtual_flags
-        if name in self.selectors:
+        if kind == "selector":
             return self.selectors[name]
-        if name.startswith("cr"):
-            return self.control[int(name[2:])]
-        return self.engine.reg(name)
+        return self.control[kind]
 
     def set_reg(self, name: str, value: int) -> None:
         value &= 0xFFFFFFFF

@@ -125,3 +125,9 @@ def read_cpio_newc(archive: bytes) -> list[tuple[str, int, bytes, tuple[int, int
             return entries
         entries.append((name, mode, archive[data_at:data_at + size], rdev))
         at = data_at + size + (-size % 4)
+
+
+if __name__ == "__main__":          # python -m tests.linux initrd.gz: the test initramfs, for a manual run
+    if len(sys.argv) != 2 or linux_missing():
+        sys.exit(linux_missing() or "usage: python -m tests.linux OUTPUT.gz")
+    write_initramfs(Path(sys.argv[1]))

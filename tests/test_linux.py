@@ -55,3 +55,18 @@ def test_qemu_boots_the_initramfs_to_its_marker(tmp_path):
     proc = linux.run(linux.qemu_command(initrd), timeout=120)
     assert linux.init_output(proc.stdout) == QEMU_INIT_OUTPUT, proc.stdout[-2000:]
     assert b"reboot: Power down" in proc.stdout
+
+
+@needs_linux
+@pytest.mark.slow
+@pytest.mark.parametrize("options", [("--mode", "direct"), ("--mode", "bt", "--tcache-size", "32767")],
+                         ids=["direct", "bt"])
+def test_debian_boots_to_the_init_script_and_powers_off(tmp_path, options):
+    """The unmodified kernel decompresses, boots, runs busybox's /init, whose output is QEMU's,
+    and powers off through ACPI (S5): the run ends powered_off, status 0."""
+    initrd = linux.write_initramfs(tmp_path / "initrd.gz")
+    report = tmp_path / "report.json"
+    proc = linux.run(linux.vmm_command(initrd, *options, "--report", str(report)), timeout=3600)
+    assert linux.init_output(proc.stdout) == QEMU_INIT_OUTPUT, proc.stdout[-3000:]
+    assert b"reboot: Power down" in proc.stdout
+    assert proc.returncode == 0, proc.stderr[-2000:]

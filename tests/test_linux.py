@@ -59,8 +59,9 @@ def test_qemu_boots_the_initramfs_to_its_marker(tmp_path):
 
 @needs_linux
 @pytest.mark.slow
-@pytest.mark.parametrize("options", [("--mode", "direct"), ("--mode", "bt", "--tcache-size", "32767")],
-                         ids=["direct", "bt"])
+@pytest.mark.parametrize("options", [("--mode", "direct"), ("--mode", "bt", "--tcache-size", "32767"),
+                                     ("--mode", "bt", "--paging", "nested", "--tcache-size", "32767")],
+                         ids=["direct", "bt-shadow", "bt-nested"])
 def test_debian_boots_to_the_init_script_and_powers_off(tmp_path, options):
     """The unmodified kernel decompresses, boots, runs busybox's /init, whose output is QEMU's,
     and powers off through ACPI (S5): the run ends powered_off, status 0."""

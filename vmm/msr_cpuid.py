@@ -9,19 +9,18 @@ from translator.x86decode import LEGACY_PREFIXES, instruction_length
 _RDMSR, _WRMSR = b"\x0f\x32", b"\x0f\x30"
 _MOV_FROM_DR, _MOV_TO_DR = b"\x0f\x21", b"\x0f\x23"
 _INTERCEPTED = (_RDMSR, _WRMSR, _MOV_FROM_DR, _MOV_TO_DR)
-_RDTSC = (b"\x0f\x31",)         # direct's too: its TSC is the virtual clock's (watch_rdtsc)
 _HLT = 0xF4
 _MAX_BLOCK_INSTRUCTIONS = 512      # an engine block is shorter (its translator's limit)
 _MAX_INSTRUCTION_LENGTH = 15
 
 
-def intercepted_instruction(code: bytes, intercepted: tuple = _INTERCEPTED) -> bool:
+def intercepted_instruction(code: bytes) -> bool:
     """Whether `code` starts with rdmsr, wrmsr or mov to/from a debug register (after legacy
-    prefixes), or another of `intercepted`'s two-byte opcodes."""
+    prefixes)."""
     at = 0
     while at < len(code) - 1 and code[at] in LEGACY_PREFIXES:
         at += 1
-    return code[at:at + 2] in intercepted
+    return code[at:at + 2] in _INTERCEPTED
 
 
 class MsrCpuidWatch:
@@ -43,11 +42,8 @@ class MsrCpuidWatch:
     has the block translated again)."""
 
     def __init__(self, engine, platform, fetch: Callable[[int, int], bytes],
-                 added: Callable[[int, int], None], watch_msrs: bool = True, watch_rdtsc: bool = False) -> None:
+                 added: Callable[[int, int], None], watch_msrs: bool = True) -> None:
         self.engine, self.platform = engine, platform
-        # rdtsc too when asked (direct): Unicorn answers it from the host's clock, at a rate no
-        # other guest clock has (Linux's PIT calibration and timer check fail on it).
-        self._intercepted = _INTERCEPTED + (_RDTSC if watch_rdtsc else ())
         self.fetch, self.added = fetch, added
         self.exits: set[int] = set()             # addresses of intercepted instructions: engine exits
         self._native_leaves: dict[tuple[int, int], tuple] = {}
@@ -57,7 +53,7 @@ class MsrCpuidWatch:
 
     def _scan(self, address: int, size: int) -> None:
         code = self.fetch(address, size)
-        if not any(opcode in code for opcode in self._intercepted):
+        if not any(opcode in code for opcode in _INTERCEPTED):
             return
         found = False
         at = 0
@@ -67,7 +63,7 @@ class MsrCpuidWatch:
             length = instruction_length(code[at:at + 16])
             if length is None:
                 break
-            if intercepted_instruction(code[at:at + 16], self._intercepted) and address + at not in self.exits:
+            if intercepted_instruction(code[at:at + 16]) and address + at not in self.exits:
                 self.exits.add(address + at)
                 found = True
                 if at == 0:
@@ -95,7 +91,7 @@ class MsrCpuidWatch:
         front of one); if not (code written over it), it goes (the caller updates the engine's
         exits)."""
         code = self.fetch(address, 16)
-        if intercepted_instruction(code, self._intercepted) or code[:1] == bytes([_HLT]):
+        if intercepted_instruction(code) or code[:1] == bytes([_HLT]):
             return True
         self.exits.discard(address)
         return False

@@ -120,7 +120,6 @@ class TrapFlagLoan:
 class DirectMode(ExecutionMode):
     name = "direct"
     watch_msrs = True           # rdmsr/wrmsr run natively at the guest's CPL 0 (not trap's): watched
-    watch_rdtsc = True          # rdtsc too: the TSC is guest time, as every other clock (not vt's)
 
     def attach(self, context) -> GuestCpu:
         self.context = context
@@ -173,7 +172,7 @@ class DirectMode(ExecutionMode):
         self._done_in_run = 0           # instructions of the counted run's earlier engine runs
         # The local APIC's MSR and CPUID bit, which the engine's CPU lacks.
         self.msr_cpuid = MsrCpuidWatch(engine, context.cpu_devices, self._fetch, self._msr_exits_added,
-                                       self.watch_msrs, self.watch_rdtsc)
+                                       self.watch_msrs)
         self._decoder = Decoder(self._fetch)
         engine.on_cpuid(self._cpuid_hook)
         return self.cpu

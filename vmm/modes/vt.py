@@ -162,7 +162,6 @@ class ShadowedControlCpu(GuestCpu):
 class HardwareAssistedMode(DirectMode):
     name = "vt"
     options = frozenset({"vt_exits"})
-    watch_rdtsc = False         # rdtsc is native unless its exit control is on (--vt-exits)
     paging_schemes = ("nested", "shadow")
 
     def __init__(self, exits: frozenset = frozenset(DEFAULT_EXITS), paging: str = "nested") -> None:

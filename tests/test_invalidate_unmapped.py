@@ -1,8 +1,9 @@
 """Engine.invalidate_code of a linear address the guest's page tables do not map. Unicorn 2.1.1
 walks the tables for it and takes a page fault inside the call: CR2 overwritten, and its
 "exception in flight" marker left set, so the guest's next #PF arrived as #DF and the one after
-that ended the run without a word (Debian's kernel under direct looped forever on a store that
-should have faulted, once the decompressor's rdtsc exit was invalidated with paging on)."""
+that ended the run without a word (found when Debian's kernel under direct, with engine exits at
+its decompressor's rdtsc, looped forever on a store that should have faulted: the exit's
+invalidation came with paging on and the decompressor unmapped)."""
 
 from tests.guests import EXIT, flat_gdt, idt_setup, identity_paging
 from vmm.builder import MachineConfig, build_machine

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from vmm.bios import write_firmware_state
-from vmm.boot import enter_protected_mode
+from vmm.boot import enter_linux, enter_protected_mode
 from vmm.bus import PortBus
 from vmm.clock import CPU_HZ, VirtualClock
 from vmm.console import Console, NullConsole
@@ -30,7 +30,7 @@ from vmm.errors import ConfigError
 from vmm.exits import StopReason
 from vmm.frames import FramePool
 from vmm.loaders import LoadedImage, load_image
-from vmm.loaders import multiboot
+from vmm.loaders import bzimage, multiboot
 from vmm.memory import PhysicalMemory, UnbackedAccess
 from vmm.modes import DEFAULT_MODE, available_modes
 from vmm.monitor_layout import MAX_TCACHE_BLOCKS
@@ -141,8 +141,12 @@ def build_machine(config: MachineConfig, console: Console,
     try:
         write_firmware_state(memory, start_epoch)      # before the image: its bytes win, as on QEMU
         image = load_image(config.image, memory, config.load_address)
-        info_address = multiboot.write_boot_information(memory, image, config.image, config.append, config.initrd)
-        enter_protected_mode(engine, memory, image.entry, multiboot.BOOTLOADER_MAGIC, info_address)
+        if image.kind == "linux":
+            boot_params = bzimage.write_boot_params(memory, config.image, image, config.append, config.initrd)
+            enter_linux(engine, memory, image.entry, boot_params)
+        else:
+            info_address = multiboot.write_boot_information(memory, image, config.image, config.append, config.initrd)
+            enter_protected_mode(engine, memory, image.entry, multiboot.BOOTLOADER_MAGIC, info_address)
 
         bus = PortBus(on_unassigned=_log_unassigned if config.log_unassigned_ports else None)
         mode = available_modes()[config.mode].from_config(config)

@@ -67,7 +67,7 @@ def add_guest_arguments(group) -> None:
                        help=f"guest RAM in MiB (default {DEFAULT_MEM_MIB})")
     group.add_argument("--append", default="", metavar="CMDLINE", help="kernel command line")
     group.add_argument("--initrd", type=_module_list, default=[], metavar="FILE[,FILE...]",
-                       help="Multiboot modules, as QEMU's -initrd (',,' is a comma in a name)")
+                       help="Multiboot modules, or a Linux bzImage's initrd, as QEMU's -initrd (',,' is a comma in a name)")
     group.add_argument("--load-addr", type=parse_address, default=DEFAULT_LOAD_ADDRESS, metavar="ADDR",
                        help="load address of flat binaries and assembly (default 0x100000)")
     group.add_argument("--max-insns", type=int, default=None, metavar="N", help="stop after about N instructions")
@@ -97,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vmm {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     run = commands.add_parser("run", help="run a guest image")
-    run.add_argument("image", help="Multiboot or plain ELF32 kernel, flat binary, or .s/.asm source")
+    run.add_argument("image", help="Linux bzImage, Multiboot or plain ELF32 kernel, flat binary, or .s/.asm source")
     run.add_argument("--mode", default=DEFAULT_MODE, choices=sorted(available_modes()),
                      help="bt: binary translation (default); direct: untranslated, the reference; trap: "
                           "trap-and-emulate (kernel at ring 3, the 386's holes show); vt: hardware-assisted model")
@@ -140,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     audit_parser = commands.add_parser(
         "audit", help="report the sensitive instructions a guest executes and whether trap-and-emulate "
                       "could virtualize it", description=audit.__doc__.splitlines()[0], epilog=audit.AUDIT_EPILOG)
-    audit_parser.add_argument("image", help="Multiboot or plain ELF32 kernel, flat binary, or .s/.asm source")
+    audit_parser.add_argument("image", help="Linux bzImage, Multiboot or plain ELF32 kernel, flat binary, or .s/.asm source")
     add_guest_arguments(audit_parser)
     audit.add_arguments(audit_parser)
     return parser

@@ -26,8 +26,13 @@ from vmm.privilege import check_outer_stack, inner_stack, iopl, null_outer_data_
 from vmm.task_switch import TaskSwitch
 from vmm.x86 import (AC, AF, BP, BR, CF, DF, GP, ID, IF, IOPL_MASK, NP, NT, OF, OF_VEC, PF, RF, SF, SS, TF, UD, VM,
                      ZF, CR0_ET, CR0_MSW, CR0_PE, CR0_TS, CR4_PCE, GATE_CALL_16, GATE_CALL_32, GATE_TASK,
-                     LDT_TYPE, MSR_TSC_AUX, TSS_AVAILABLE_16, TSS_AVAILABLE_32, Gate, SegmentDescriptor)
+                     LDT_TYPE, MSR_TSC_AUX, TSS_AVAILABLE_16, TSS_AVAILABLE_32, Gate, SegmentDescriptor, encode_segment)
 
+MSR_SYSENTER_CS, MSR_SYSENTER_ESP, MSR_SYSENTER_EIP = 0x174, 0x175, 0x176
+# The hidden parts sysenter and sysexit load (QEMU's helper_sysenter/sysexit): flat 4 GiB,
+# 32-bit, accessed; code execute/read, stack read/write; DPL 0 or 3.
+_FLAT_CODE = {dpl: encode_segment(0, 0xFFFFF, 0x9B | dpl << 5, 0xC) for dpl in (0, 3)}
+_FLAT_DATA = {dpl: encode_segment(0, 0xFFFFF, 0x93 | dpl << 5, 0xC) for dpl in (0, 3)}
 _CONTROL_REGISTERS = (0, 2, 3, 4)       # the others are #UD (QEMU: CR8 only in long mode)
 # Register name -> (full register, shift, mask)
 _SUBREGISTERS = {name: (full, shift, (1 << bits) - 1) for name, (full, shift, bits) in SUBREGISTERS.items()}
@@ -484,7 +489,29 @@ class Emulator:
         return Outcome(OutcomeKind.INTERRUPT, insn.operands[0].imm & 0xFF if vector is None else vector)
 
     def _fast_system_call(self, insn):
-        raise GuestFault(GP, 0) if insn.id in (X.X86_INS_SYSENTER, X.X86_INS_SYSEXIT) else GuestFault(UD)
+        """sysenter and sysexit as QEMU's helper_sysenter/helper_sysexit do them: #GP(0) while
+        IA32_SYSENTER_CS is 0 (or for sysexit outside ring 0), else flat segments derived from
+        it, whatever the GDT holds there. syscall/sysret: #UD (no EFER.SCE in a 32-bit CPU)."""
+        if insn.id not in (X.X86_INS_SYSENTER, X.X86_INS_SYSEXIT):
+            raise GuestFault(UD)
+        cs_msr = self.cpu.read_msr(MSR_SYSENTER_CS) & 0xFFFF
+        if not self.cpu.reg("cr0") & CR0_PE or cs_msr == 0:
+            raise GuestFault(GP, 0)
+        if insn.id == X.X86_INS_SYSENTER:
+            cs, ss = cs_msr & 0xFFFC, (cs_msr + 8) & 0xFFFC
+            esp, eip = self.cpu.read_msr(MSR_SYSENTER_ESP) & 0xFFFFFFFF, self.cpu.read_msr(MSR_SYSENTER_EIP)
+            flags = self.cpu.reg("eflags") & ~(VM | IF | RF)
+            self.cpu.change_privilege(cs, _FLAT_CODE[0], ss, _FLAT_DATA[0], esp)
+            self.cpu.set_reg("eflags", flags)
+        else:
+            if self.cpu.cpl != 0:
+                raise GuestFault(GP, 0)
+            cs, ss = ((cs_msr + 16) & 0xFFFC) | 3, ((cs_msr + 24) & 0xFFFC) | 3
+            esp, eip = self.cpu.reg("ecx"), self.cpu.reg("edx")
+            flags = self.cpu.reg("eflags")
+            self.cpu.change_privilege(cs, _FLAT_CODE[3], ss, _FLAT_DATA[3], esp)
+            self.cpu.set_reg("eflags", flags)
+        self._next = eip & 0xFFFFFFFF
 
     # -- system state --------------------------------------------------------------------------
     def _hlt(self, insn):

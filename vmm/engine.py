@@ -562,9 +562,18 @@ class Engine:
 
     def invalidate_code(self, begin: int, end: int) -> None:
         """Drop what the engine itself translated from [begin, end): needed after the monitor
-        changes code behind its back (mem_write and host-buffer stores do not invalidate)."""
+        changes code behind its back (mem_write and host-buffer stores do not invalidate).
+        Unicorn 2.1.1 walks the guest's page tables for `begin`; where they do not map it, the
+        walk takes a page fault inside the call: CR2 overwritten and the exception-in-flight
+        marker left set (the guest's next #PF would arrive as #DF). Both are put back (and CR3
+        after CR2: Unicorn 2.1.1's reg_write of CR2 loads CR3 with the value too)."""
         self._invalidations += 1
+        cr2, cr3 = self._uc.reg_read(x86.UC_X86_REG_CR2), self._uc.reg_read(x86.UC_X86_REG_CR3)
         self._uc.ctl_remove_cache(begin, end)
+        if self._uc.reg_read(x86.UC_X86_REG_CR2) != cr2:
+            self._uc.reg_write(x86.UC_X86_REG_CR2, cr2)
+            self._uc.reg_write(x86.UC_X86_REG_CR3, cr3)
+            self.reset_exception_state()
 
     def flush_before_full(self) -> None:
         """Between runs: drop every translation once the code the monitor's invalidations may

@@ -15,7 +15,7 @@ ASSEMBLY_SUFFIXES = (".s", ".asm")
 @dataclass
 class LoadedImage:
     """What a loader placed in memory: its kind, entry point and physical extent."""
-    kind: str                    # "multiboot", "elf", "flat" or "asm"
+    kind: str                    # "multiboot", "linux", "elf", "flat" or "asm"
     entry: int
     low: int                     # lowest physical address loaded
     high: int                    # one past the highest (including zeroed .bss)
@@ -54,11 +54,14 @@ def read_image(path: str) -> bytes:
 
 def load_image(path: str, memory: PhysicalMemory, load_address: int,
                reserved: tuple[Region, ...] = ()) -> LoadedImage:
-    """Load the image at `path`, choosing the loader by content (ELF) or suffix (assembly)."""
-    from vmm.loaders import assembly, elf, flat, multiboot
+    """Load the image at `path`, choosing the loader by content (bzImage, Multiboot, ELF) or
+    suffix (assembly)."""
+    from vmm.loaders import assembly, bzimage, elf, flat, multiboot
 
     data = read_image(path)
     name = os.path.basename(path)
+    if bzimage.is_bzimage(data):        # QEMU looks for "HdrS" before a Multiboot header too
+        return bzimage.load(name, data, memory)
     header = multiboot.find_header(data)
     if header is None and not path.lower().endswith(ASSEMBLY_SUFFIXES):   # (source text holds no header)
         multiboot.check_no_broken_header(name, data)

@@ -506,12 +506,23 @@ class DirectMode(ExecutionMode):
         return snapshot
 
     def _fast_system_call(self, name: str) -> None:
-        """syscall and sysenter, which Unicorn would run as no-ops: the CPU's exception without
-        the MSRs that enable them, as QEMU raises it (syscall #UD without EFER.SCE, sysenter
-        #GP(0) with SYSENTER_CS 0; neither is modelled further, as under bt)."""
-        eip = self.engine.reg("eip")                 # at the instruction (Unicorn passes it after)
-        vector = UD if name == "syscall" else GP
-        self.record_stop(StopKind.EXIT, (VmExit(ExitReason.EXCEPTION, eip=eip, vector=vector, error_code=0), eip))
+        """syscall and sysenter, which Unicorn would run as no-ops: syscall is #UD (no EFER.SCE
+        in a 32-bit CPU, as QEMU); sysenter a callout, which the emulator performs as QEMU's
+        helper_sysenter (#GP(0) while IA32_SYSENTER_CS is 0). sysexit runs natively."""
+        eip = self.engine.reg("eip")
+        if name == "syscall":
+            vm_exit = VmExit(ExitReason.EXCEPTION, eip=eip, vector=UD, error_code=0)
+        else:
+            # Unicorn 2.1.1 does not write EIP back before sysenter's helper: EIP is where it was
+            # last written (the block's start, or an instruction before sysenter in it). sysenter
+            # ends the engine's block, so it is the first one decoding forward from there.
+            base = self.cpu.segment_base("cs")
+            eip = next(((address - base) & 0xFFFFFFFF for address, code, _length in
+                        self._instructions_from((eip + base) & 0xFFFFFFFF)
+                        if code[_skip_prefixes(code):][:2] == b"\x0f\x34"), eip)
+            block = self._decoder.decode_block(eip, limit=1, base=base)
+            vm_exit = VmExit(ExitReason.CALLOUT, eip=eip, instruction=block.instructions[0])
+        self.record_stop(StopKind.EXIT, (vm_exit, eip))
 
     def _interrupt_hook(self, vector: int) -> None:
         if self.io_denied:      # after a refused port access: never happened

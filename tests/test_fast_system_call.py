@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.guests import run_source
+from tests.guests import PUTC, run_source
 
 # Ring 0 loads a GDT (0x08/0x10 kernel, 0x1b/0x23 user), sets IA32_SYSENTER_CS/ESP/EIP, and
 # sysexits to ring 3 with IF set; ring 3 saves CS, SS, ESP and EFLAGS, loads ECX/EDX and
@@ -100,13 +100,7 @@ hex_print:
     loop hex_digit
     pop ecx
     ret
-putc:
-    push edx
-    mov dx, 0x3f8
-    out dx, al
-    pop edx
-    ret
-"""
+""" + PUTC
 
 # What qemu-system-i386 7.2 printed for GUEST (test_expectation_is_qemus runs it again).
 QEMU_OUTPUT = b"00000008 00000010 00080000 00000046 9ABCDEF0 12345678 0000001B 00000023 00070000 00000246 \n"

@@ -634,3 +634,18 @@ def test_a_bad_code_buffer_size_is_a_one_line_configuration_error(monkeypatch):
         monkeypatch.setenv("VMM_CODE_BUFFER_MIB", setting)
         with pytest.raises(ConfigError, match="VMM_CODE_BUFFER_MIB"):
             Engine()
+
+
+def test_writing_cr2_leaves_cr3_alone():
+    # Unicorn 2.1.1's reg_write of CR2 loads CR3 with the value too (pinned below on the raw
+    # engine); the monitor's set_reg("cr2") puts CR3 back, wherever it is called from.
+    from unicorn import UC_ARCH_X86, UC_MODE_32, Uc
+    from unicorn import x86_const as x86
+    raw = Uc(UC_ARCH_X86, UC_MODE_32)
+    raw.reg_write(x86.UC_X86_REG_CR3, 0x1000)
+    raw.reg_write(x86.UC_X86_REG_CR2, 0x5000)
+    assert raw.reg_read(x86.UC_X86_REG_CR3) == 0x5000          # the defect
+    engine = Engine()
+    engine.set_reg("cr3", 0x1000)
+    engine.set_reg("cr2", 0x5000)
+    assert (engine.reg("cr2"), engine.reg("cr3")) == (0x5000, 0x1000)

@@ -571,7 +571,7 @@ class Engine:
         cr2, cr3 = self._uc.reg_read(x86.UC_X86_REG_CR2), self._uc.reg_read(x86.UC_X86_REG_CR3)
         self._uc.ctl_remove_cache(begin, end)
         if self._uc.reg_read(x86.UC_X86_REG_CR2) != cr2:
-            self._uc.reg_write(x86.UC_X86_REG_CR2, cr2)
+            self._set_cr2(cr2)
             self._uc.reg_write(x86.UC_X86_REG_CR3, cr3)
             self.reset_exception_state()
 
@@ -618,10 +618,21 @@ class Engine:
         return buffer.value & 0xFFFFFFFF
 
     def set_reg(self, name: str, value: int) -> None:
+        if name == "cr2":
+            self._set_cr2(value)
+            return
         self._register_buffer.value = value & 0xFFFFFFFF
         status = _uc_reg_write(self._handle, REGISTERS[name], self._register_pointer)
         if status:
             raise UcError(status)
+
+    def _set_cr2(self, value: int) -> None:
+        """Unicorn 2.1.1's register write of CR2 shares CR3's case (cpu_x86_update_cr3): it loads
+        CR3 with the value too. CR3 is put back (the engine's TLB is flushed either way)."""
+        cr3 = self._uc.reg_read(x86.UC_X86_REG_CR3)
+        self._uc.reg_write(x86.UC_X86_REG_CR2, value & 0xFFFFFFFF)
+        if self._uc.reg_read(x86.UC_X86_REG_CR3) != cr3:
+            self._uc.reg_write(x86.UC_X86_REG_CR3, cr3)
 
     def reg64(self, name: str) -> int:
         """A long-mode register whole (rip, rsp, r8-r15)."""

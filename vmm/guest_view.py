@@ -74,13 +74,8 @@ class GuestView:
         return code
 
     def _set_cr2(self, linear: int) -> None:
-        """CR2 for a fault the monitor raises. Unicorn 2.1.1's register write of CR2 loads CR3
-        with the same value (its uc_reg_write shares CR3's case, cpu_x86_update_cr3): put the
-        guest's CR3 back (the engine's TLB is flushed either way)."""
-        cr3 = self.cpu.reg("cr3")
+        """CR2 for a fault the monitor raises (Engine.set_reg keeps CR3 when it writes CR2)."""
         self.cpu.set_reg("cr2", linear)
-        if self.cpu.reg("cr3") != cr3:
-            self.cpu.set_reg("cr3", cr3)
 
     @staticmethod
     def _page_chunks(linear: int, size: int):

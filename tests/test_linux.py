@@ -68,7 +68,7 @@ def test_qemu_boots_the_initramfs_to_its_marker(tmp_path):
                          ids=["bt-shadow", "bt-nested"])
 def test_debian_boots_to_the_init_script_and_powers_off(tmp_path, options):
     """The unmodified kernel decompresses, boots, runs busybox's /init, whose output is QEMU's,
-    and powers off through ACPI (S5): the run ends powered_off, status 0 (about 17 minutes each
+    and powers off through ACPI (S5): the run ends powered_off, status 0 (about 5 minutes each
     on the loaded 2-core machine)."""
     initrd = linux.write_initramfs(tmp_path / "initrd.gz")
     report = tmp_path / "report.json"

@@ -201,7 +201,7 @@ class Decoder:
         if end_after_store:
             start, end = block.linear, block.linear + block.guest_size
             for index, instruction in enumerate(block.instructions):
-                target = absolute_store(instruction.insn, data_bases)
+                target = absolute_store(instruction.insn, data_bases) if may_store(instruction.insn) else None
                 if target is not None and target[0] < end and start < target[1]:
                     del block.instructions[index + 1:]       # it stores into the block: ends it
                     block.end = BlockEnd.STORE

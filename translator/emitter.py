@@ -304,11 +304,9 @@ class Emitter:
 
         if self_check and block.instructions:
             self._emit_self_check(out, block, mark)
-            if not any(may_store(i.insn) and absolute_store(i.insn, segment_bases) is None
-                       for i in block.instructions) and not any(
-                    (target := absolute_store(i.insn, segment_bases)) is not None
-                    and target[0] < block.linear + block.guest_size and block.linear < target[1]
-                    for i in block.instructions):
+            stores = [absolute_store(i.insn, segment_bases) for i in block.instructions if may_store(i.insn)]
+            end = block.linear + block.guest_size
+            if all(target is not None and not (target[0] < end and block.linear < target[1]) for target in stores):
                 out.checked = len(code)     # its stores are to fixed addresses outside it
         if budget and block.instructions:
             self._emit_budget_check(out, block, site_later, mark)

@@ -308,6 +308,11 @@ def baseline(guest: Guest, full: Run | Stopped, once: Run | Stopped) -> Baseline
         if isinstance(run, Stopped):
             return run
     per_round = (full.wall - once.wall) / max(1, full.iterations - once.iterations)
+    if per_round <= 0:
+        # The whole loop ran no longer than one round (the machine's noise won): a cost measured
+        # against it would be negative or infinite, so every cell that needs it reads n/a.
+        return Stopped("baseline not timed", f"{guest.name}: {full.iterations} rounds took {full.wall:.3f} s, "
+                                             f"one took {once.wall:.3f} s")
     fixed_exits, round_exits = split_counts(full.exit_reasons(), once.exit_reasons(), full.iterations, once.iterations)
     fixed_vt, round_vt = split_counts(full.vt_exits(), once.vt_exits(), full.iterations, once.iterations)
     fixed_seconds, round_seconds = split_counts(full.exit_seconds(), once.exit_seconds(), full.iterations,

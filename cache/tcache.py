@@ -47,6 +47,17 @@ class BlockKey:
     # turn (as QEMU keys its translation blocks by physical and virtual PC).
 
 
+def byte_ranges(guest: GuestBlock, ranges: Optional[tuple[tuple[int, int], ...]] = None) -> tuple[tuple[int, int], ...]:
+    """Where a block's bytes are in guest-physical memory: `ranges` (one per linear page, where
+    the guest's paging put them), or, with paging off (None), at their linear addresses."""
+    return ranges if ranges is not None else ((guest.linear, guest.linear + max(guest.guest_size, 1)),)
+
+
+def frames_of(ranges) -> set[int]:
+    """The guest-physical page numbers `ranges` cover."""
+    return {page for start, end in ranges for page in range(start // PAGE_SIZE, (end - 1) // PAGE_SIZE + 1)}
+
+
 @dataclass(eq=False)
 class TranslatedBlock:
     key: BlockKey
@@ -64,7 +75,7 @@ class TranslatedBlock:
     @property
     def frames(self) -> set[int]:
         """Guest-physical page numbers whose bytes this translation depends on."""
-        return {page for start, end in self.ranges for page in range(start // PAGE_SIZE, (end - 1) // PAGE_SIZE + 1)}
+        return frames_of(self.ranges)
 
     @property
     def host_size(self) -> int:
@@ -171,9 +182,8 @@ class TranslationCache:
             self.remove(victim, "capacity")
             self.counters["evictions"] += 1
         slot = self.arena.allocate()
-        if ranges is None:
-            ranges = ((guest.linear, guest.linear + max(guest.guest_size, 1)),)
-        block = TranslatedBlock(key, guest, slot, self.arena.address(slot), translation, ranges=ranges)
+        block = TranslatedBlock(key, guest, slot, self.arena.address(slot), translation,
+                                ranges=byte_ranges(guest, ranges))
         code = bytearray(translation.code)
         if translation.counter_fixups:
             struct.pack_into("<I", self.counters_view, slot * 4, 0)
@@ -352,9 +362,10 @@ class TranslationCache:
         """Whether stores into the page fault: it holds code and does not check itself."""
         return bool(self._pages.get(page)) and page not in self.self_checking
 
-    def checks_itself(self, frames) -> bool:
-        """Whether a block on these pages must check its own bytes (one of them is self-checking)."""
-        return bool(self.self_checking) and any(page in self.self_checking for page in frames)
+    def checks_itself(self, guest: GuestBlock, ranges=None) -> bool:
+        """Whether a block decoded there (`ranges` as add() takes them) must check its own bytes:
+        one of its pages is self-checking."""
+        return bool(self.self_checking) and not self.self_checking.isdisjoint(frames_of(byte_ranges(guest, ranges)))
 
     def code_page_written(self, page: int) -> None:
         """A guest store faulted on this write-protected page of code (what it overlaps is

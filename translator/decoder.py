@@ -132,6 +132,25 @@ class GuestBlock:
         return {page for page in range(start // PAGE_SIZE, (start + self.guest_size - 1) // PAGE_SIZE + 1)}
 
 
+def store_into_itself(block: GuestBlock, data_bases: tuple) -> Optional[int]:
+    """The index of the first instruction of `block` that stores to a fixed address among the
+    block's own bytes (absolute_store), None if none does."""
+    start, end = block.linear, block.linear + block.guest_size
+    for index, instruction in enumerate(block.instructions):
+        target = absolute_store(instruction.insn, data_bases) if may_store(instruction.insn) else None
+        if target is not None and target[0] < end and start < target[1]:
+            return index
+    return None
+
+
+def stores_only_outside(block: GuestBlock, data_bases: tuple) -> bool:
+    """Whether every store of `block` goes to a fixed address outside its bytes: running it
+    cannot change it."""
+    return all(absolute_store(instruction.insn, data_bases) is not None
+               for instruction in block.instructions if may_store(instruction.insn)) \
+        and store_into_itself(block, data_bases) is None
+
+
 class Decoder:
     """Decodes basic blocks from guest memory. `read_code(address, size)` returns up to `size`
     bytes of guest code at `address` (fewer at the end of memory, none outside it)."""
@@ -199,13 +218,10 @@ class Decoder:
         DS/ES/SS based at `data_bases`)."""
         block = self._decode_block(address, limit, stop_before, base, end_after_store, data_bases)
         if end_after_store:
-            start, end = block.linear, block.linear + block.guest_size
-            for index, instruction in enumerate(block.instructions):
-                target = absolute_store(instruction.insn, data_bases) if may_store(instruction.insn) else None
-                if target is not None and target[0] < end and start < target[1]:
-                    del block.instructions[index + 1:]       # it stores into the block: ends it
-                    block.end = BlockEnd.STORE
-                    break
+            index = store_into_itself(block, data_bases)
+            if index is not None:                    # it stores into the block: ends it
+                del block.instructions[index + 1:]
+                block.end = BlockEnd.STORE
         return block
 
     def _decode_block(self, address: int, limit: int, stop_before: frozenset, base: int,

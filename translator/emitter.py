@@ -22,7 +22,7 @@ from typing import Optional
 from capstone import x86_const as X
 
 from translator.classify import Handling, Procedure
-from translator.decoder import BlockEnd, GuestBlock, GuestInstruction, absolute_store, may_store
+from translator.decoder import BlockEnd, GuestBlock, GuestInstruction, stores_only_outside
 from translator.layout import (SCRATCH_BUDGET, SCRATCH_IO_SITE, SCRATCH_STACK_TOP,
                                VCPU_CR, VCPU_GDTR, VCPU_IDTR, VCPU_IO_CHECK, VCPU_LDTR, VCPU_POPF_EXPECT,
                                VCPU_PUSHF_ADJUST, VCPU_SELECTOR, VCPU_TR, MonitorAddresses)
@@ -304,10 +304,8 @@ class Emitter:
 
         if self_check and block.instructions:
             self._emit_self_check(out, block, mark)
-            stores = [absolute_store(i.insn, segment_bases) for i in block.instructions if may_store(i.insn)]
-            end = block.linear + block.guest_size
-            if all(target is not None and not (target[0] < end and block.linear < target[1]) for target in stores):
-                out.checked = len(code)     # its stores are to fixed addresses outside it
+            if stores_only_outside(block, segment_bases):
+                out.checked = len(code)     # a jump from itself may enter past the check
         if budget and block.instructions:
             self._emit_budget_check(out, block, site_later, mark)
         out.body = len(code)

@@ -298,12 +298,6 @@ class BinaryTranslationMode(ExecutionMode):
             linear += length
         return tuple(ranges)
 
-    @staticmethod
-    def _frames(guest: GuestBlock, ranges) -> set[int]:
-        """The guest-physical pages of a block's bytes (`ranges`: from _ranges, None: paging off)."""
-        spans = ranges or ((guest.linear, guest.linear + max(guest.guest_size, 1)),)
-        return {page for start, end in spans for page in range(start // PAGE_SIZE, (end - 1) // PAGE_SIZE + 1)}
-
     def _read_linear(self, address: int, size: int) -> bytes:
         """The guest's linear memory as the monitor reads it for itself (no bits set)."""
         return self._quiet_view.read(address, size)
@@ -340,7 +334,7 @@ class BinaryTranslationMode(ExecutionMode):
                                               base=key.cs_base, end_after_store=self_check,
                                               data_bases=key.segment_bases)
             ranges = self._ranges(guest)
-            if not self_check and self.cache.checks_itself(self._frames(guest, ranges)):
+            if not self_check and self.cache.checks_itself(guest, ranges):
                 self_check = True
                 continue
             translation = self.emitter.translate(guest, budget=self.budget.enabled, chainable=not key.single_step,

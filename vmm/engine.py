@@ -132,6 +132,8 @@ _TABLE_REGISTERS = {
 LONG_MODE_REGISTERS = {"rip": x86.UC_X86_REG_RIP, "rsp": x86.UC_X86_REG_RSP, "cr2": x86.UC_X86_REG_CR2,
                        **{f"r{n}": getattr(x86, f"UC_X86_REG_R{n}") for n in range(8, 16)}}
 REGISTERS.update({f"r{n}d": getattr(x86, f"UC_X86_REG_R{n}D") for n in range(8, 16)})
+# What set_reg writes straight through: all but CR2, whose write Unicorn 2.1.1 gets wrong (_set_cr2).
+_DIRECT_WRITES = {name: number for name, number in REGISTERS.items() if name != "cr2"}
 GENERAL_REGISTERS = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi", "eip", "eflags")
 SEGMENT_REGISTERS = ("cs", "ss", "ds", "es", "fs", "gs")
 
@@ -565,14 +567,13 @@ class Engine:
         changes code behind its back (mem_write and host-buffer stores do not invalidate).
         Unicorn 2.1.1 walks the guest's page tables for `begin`; where they do not map it, the
         walk takes a page fault inside the call: CR2 overwritten and the exception-in-flight
-        marker left set (the guest's next #PF would arrive as #DF). Both are put back (and CR3
-        after CR2: Unicorn 2.1.1's reg_write of CR2 loads CR3 with the value too)."""
+        marker left set (the guest's next #PF would arrive as #DF). Both are put back (CR2 through
+        _set_cr2, which keeps CR3)."""
         self._invalidations += 1
-        cr2, cr3 = self._uc.reg_read(x86.UC_X86_REG_CR2), self._uc.reg_read(x86.UC_X86_REG_CR3)
+        cr2 = self._uc.reg_read(x86.UC_X86_REG_CR2)
         self._uc.ctl_remove_cache(begin, end)
         if self._uc.reg_read(x86.UC_X86_REG_CR2) != cr2:
             self._set_cr2(cr2)
-            self._uc.reg_write(x86.UC_X86_REG_CR3, cr3)
             self.reset_exception_state()
 
     def flush_before_full(self) -> None:
@@ -618,11 +619,14 @@ class Engine:
         return buffer.value & 0xFFFFFFFF
 
     def set_reg(self, name: str, value: int) -> None:
-        if name == "cr2":
+        number = _DIRECT_WRITES.get(name)
+        if number is None:
+            if name != "cr2":
+                raise KeyError(name)
             self._set_cr2(value)
             return
         self._register_buffer.value = value & 0xFFFFFFFF
-        status = _uc_reg_write(self._handle, REGISTERS[name], self._register_pointer)
+        status = _uc_reg_write(self._handle, number, self._register_pointer)
         if status:
             raise UcError(status)
 

@@ -105,6 +105,19 @@ hex4_digit:
 EXIT0 = "    mov eax, 0\n    out 0xf4, eax\n    cli\n    hlt\n"
 
 
+# Read the PCI configuration dword CONFIG_ADDRESS EAX names into EAX (mechanism #1, 0xCF8/0xCFC).
+CFG_READ = """
+cfg_read:
+    push edx
+    mov dx, 0xcf8
+    out dx, eax
+    mov dx, 0xcfc
+    in eax, dx
+    pop edx
+    ret
+"""
+
+
 def cmos(index: int) -> str:
     """Read CMOS/RTC register `index` into AL."""
     return f"    mov al, {index:#x}\n    out 0x70, al\n    in al, 0x71\n"

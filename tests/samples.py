@@ -9,18 +9,20 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load_build_samples():
-    """tools/build_samples.py is a script: load it by path."""
-    if "build_samples" in sys.modules:
-        return sys.modules["build_samples"]
-    spec = importlib.util.spec_from_file_location("build_samples", REPO_ROOT / "tools" / "build_samples.py")
+def load_script(relative_path: str):
+    """A script of the repository (tools/build_samples.py, bench/*.py: not in a package), loaded
+    by path once, as the module named after its file."""
+    name = Path(relative_path).stem
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / relative_path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["build_samples"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
 
-build_samples = _load_build_samples()
+build_samples = load_script("tools/build_samples.py")
 MANIFEST = build_samples.load_manifest()
 
 

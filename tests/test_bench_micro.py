@@ -2,20 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
-from tests.samples import REPO_ROOT
-
-
-def _bench_micro():
-    """bench/ holds scripts, not a package: load it by path."""
-    if "bench_micro" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("bench_micro", REPO_ROOT / "bench" / "bench_micro.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["bench_micro"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["bench_micro"]
+from tests.samples import load_script
 
 
 def _run(bench, wall: float, iterations: int):
@@ -25,7 +12,7 @@ def _run(bench, wall: float, iterations: int):
 def test_a_baseline_whose_loop_took_no_time_is_not_a_unit():
     # Issue 19: a baseline whose N rounds ran no longer than its one round (noise) gave a cost
     # unit of zero or less, and costs such as -692,307 were printed.
-    bench = _bench_micro()
+    bench = load_script("bench/bench_micro.py")
     guest = bench.Guest("spin", (), 1000, per_round=5)
     timed = bench.baseline(guest, _run(bench, 0.50, 1000), _run(bench, 0.30, 1))
     assert isinstance(timed, bench.Baseline) and timed.per_instruction > 0

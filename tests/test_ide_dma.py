@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.guests import identity_paging, idt_setup, needs_qemu
+from tests.guests import CFG_READ, identity_paging, idt_setup, needs_qemu
 from tests.samples import REPO_ROOT, build_samples as bs
 from tests.test_ide import LIB, disk_image
 from vmm.builder import MachineConfig, build_machine
@@ -57,15 +57,7 @@ def sha(data: bytes) -> str:
 
 
 # -- the guests' library (Keystone), beside tests/test_ide.py's hex/lba/command/irq14 -----------
-DMA_LIB = f"""
-cfg_read:
-    push edx
-    mov dx, 0xcf8
-    out dx, eax
-    mov dx, 0xcfc
-    in eax, dx
-    pop edx
-    ret
+DMA_LIB = CFG_READ + f"""
 cfg_write:
     push edx
     mov dx, 0xcf8

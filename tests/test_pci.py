@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from tests.guests import MODES, needs_qemu
+from tests.guests import CFG_READ, MODES, needs_qemu
 from tests.samples import build_samples as bs
 from tests.test_ide import LIB
 from vmm.bus import PortBus
@@ -19,17 +19,6 @@ from vmm.devices.pci import (CONFIG_DATA, IDE_BMDMA_SIZE, IDE_DEVFN, PciHost, ho
 
 LOAD = 0x100000
 EXIT0 = "    mov al, 0\n    mov dx, 0xf4\n    out dx, al\n    cli\n    hlt\n"
-
-CFG_READ = """
-cfg_read:
-    push edx
-    mov dx, 0xcf8
-    out dx, eax
-    mov dx, 0xcfc
-    in eax, dx
-    pop edx
-    ret
-"""
 
 # Every function of bus 0 (device 0-31, function 0-7) whose vendor ID is not 0xFFFF: its
 # CONFIG_ADDRESS, then its 256 bytes as 64 dwords, 8 a line.

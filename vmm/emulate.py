@@ -9,6 +9,7 @@ caller as a fault at the instruction), or returns an Outcome the run loop acts o
 from __future__ import annotations
 
 import struct
+from collections import Counter
 from dataclasses import dataclass
 from enum import Enum
 from typing import Optional
@@ -84,6 +85,9 @@ class Emulator:
         self.tasks = tasks if tasks is not None else TaskSwitch(cpu, view)
         self.timestamp = timestamp       # rdtsc: () -> the virtual clock's cycles
         self.interrupt_shadow = False    # set by a load of SS: no interrupt before the next instruction
+        # Instructions emulated, by mnemonic (the report's counters.callouts): which sensitive
+        # instructions a guest leans on, and so which are worth emulating inline.
+        self.emulated: Counter = Counter()
 
     @classmethod
     def has_emulation(cls, procedure: Optional[Procedure]) -> bool:
@@ -100,6 +104,7 @@ class Emulator:
             raise UnsupportedInstruction(f"no emulation for {instruction} at {instruction.address:#010x}")
         procedure = getattr(self, "_" + rule.procedure.value)
         insn = instruction.insn
+        self.emulated[insn.mnemonic] += 1
         if rule.category is Category.PRIVILEGED and self.cpu.cpl > 0 \
                 and rule.procedure not in (Procedure.INTERRUPT_FLAG, Procedure.RDPMC):
             raise GuestFault(GP, 0)           # outside ring 0 every privileged instruction faults

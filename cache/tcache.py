@@ -71,6 +71,7 @@ class TranslatedBlock:
     # Guest-physical [start, end) ranges of the block's bytes, one per linear page it spans
     # (where the guest's paging put them when it was translated).
     ranges: tuple[tuple[int, int], ...] = ()
+    linear_pages: frozenset = frozenset()       # the linear page numbers of its bytes (GuestBlock.pages)
 
     @property
     def frames(self) -> set[int]:
@@ -136,7 +137,10 @@ class TranslationCache:
         self.events: collections.deque = collections.deque(maxlen=4096)   # (event, guest eip, cause)
         self.use_lookup_table = True      # off: every indirect branch exits (exec tracing)
         self._window_sites: set[int] = set()      # host addresses of INTERRUPT_WINDOW sites
-        self._cross_page_links: set[tuple[TranslatedBlock, int]] = set()
+        # Links that leave their linear page (or enter a block spanning two), by each linear
+        # page of their target: an invlpg breaks those into its page only, without a look at
+        # every link (the Linux boot's 40,000 invlpg each walked 500 of them: 64 s).
+        self._cross_page_links: dict[int, set[tuple[TranslatedBlock, int]]] = collections.defaultdict(set)
         self._lookup_installed: set[int] = set()         # entry offsets installed since the last clear
         self._lookup_pages: dict[int, set[int]] = collections.defaultdict(set)   # guest page -> offsets
         self._lookup_table_cleared = False       # once cleared whole, only installed entries need it
@@ -183,7 +187,7 @@ class TranslationCache:
             self.counters["evictions"] += 1
         slot = self.arena.allocate()
         block = TranslatedBlock(key, guest, slot, self.arena.address(slot), translation,
-                                ranges=byte_ranges(guest, ranges))
+                                ranges=byte_ranges(guest, ranges), linear_pages=frozenset(guest.pages))
         code = bytearray(translation.code)
         if translation.counter_fixups:
             struct.pack_into("<I", self.counters_view, slot * 4, 0)
@@ -234,7 +238,8 @@ class TranslationCache:
         source.links[index] = target
         target.incoming.add((source, index))
         if len(target.ranges) > 1 or target.guest.linear // PAGE_SIZE != source.guest.linear // PAGE_SIZE:
-            self._cross_page_links.add((source, index))
+            for page in target.linear_pages:
+                self._cross_page_links[page].add((source, index))
         self.counters["links_made"] += 1
 
     def unlink(self, source: TranslatedBlock, index: int) -> None:
@@ -243,7 +248,12 @@ class TranslationCache:
         if target is None:
             return
         target.incoming.discard((source, index))
-        self._cross_page_links.discard((source, index))
+        for page in target.linear_pages:
+            links = self._cross_page_links.get(page)
+            if links is not None:
+                links.discard((source, index))
+                if not links:
+                    del self._cross_page_links[page]
         if source.alive:
             self._write_code(source.site_address(index), UNLINKED_SLOT)
             self._aim_branch(source, index, source.site_address(index))
@@ -388,9 +398,9 @@ class TranslationCache:
         page (or into a block spanning two) that may now lead elsewhere are broken; links within
         a page stay, since a block is only entered where its page maps to its code. Blocks stay:
         they are keyed by physical address too."""
-        for source, index in list(self._cross_page_links):
-            target = source.links.get(index)
-            if page is None or target is None or page in target.guest.pages:
+        pages = list(self._cross_page_links) if page is None else [page]
+        for linear_page in pages:
+            for source, index in list(self._cross_page_links.get(linear_page, ())):
                 self.unlink(source, index)
         if page is None:
             self.clear_lookup_table()

@@ -240,3 +240,41 @@ clear:
     counters = vm.mode.paging.pager.counters
     assert counters["flooded_tables_unshadowed"] >= 1
     assert counters["tracing_faults"] < 20          # of the 1025 stores into the table
+
+
+@pytest.mark.parametrize("mode, paging", [("bt", "shadow"), ("bt", "nested"), ("direct", None)],
+                         ids=["bt-shadow", "bt-nested", "direct"])
+def test_a_chained_call_into_a_remapped_code_page_runs_the_new_code(tmp_path, mode, paging):
+    # Linear 0x400000 maps frame 0x203000 (`mov eax, 1; ret`); a loop calls it three times, so
+    # under bt the call is chained across pages into its translation. Then the PTE points at
+    # frame 0x205000 (`mov eax, 2; ret`) and invlpg flushes that page only: the same chained
+    # call must now run the other frame's code (the link into the flushed page is broken),
+    # while the unflushed kernel page's own links stay. EBX sums the results: 3 * 1 + 2 * 2.
+    source = PAGING_ON + """
+    mov dword ptr [0x203000], 0x000001b8     /* mov eax, 1 */
+    mov dword ptr [0x203004], 0x0000c300     /* ret */
+    mov dword ptr [0x205000], 0x000002b8     /* mov eax, 2 */
+    mov dword ptr [0x205004], 0x0000c300
+    mov dword ptr [0x11000], 0x203003
+    mov esp, 0x90000
+    xor ebx, ebx
+    mov esi, 0
+again:
+    mov ecx, 3
+    sub ecx, esi
+calls:
+    call 0x400000
+    add ebx, eax
+    dec ecx
+    jnz calls
+    test esi, esi
+    jnz done
+    mov dword ptr [0x11000], 0x205003
+    invlpg [0x400000]
+    inc esi
+    jmp again
+done:
+    lea eax, [ebx - 7]
+""" + EXIT
+    result, _out, _vm = run_source(tmp_path, source, mode=mode, paging=paging)
+    assert (result.reason, result.guest_value) == (StopReason.DEBUG_EXIT, 0), result.message

@@ -96,6 +96,12 @@ CASES.update({
     "rdpmc in ring 3": (dict(ring3=True, body=["rdpmc"]), [(GP, 0, 0)]),
     "rdpmc in ring 3 with CR4.PCE": (dict(ring3=True, setup="mov eax, 0x100\nmov cr4, eax", body=["rdpmc"]),
                                      [(UD, 0, 0)]),
+    # CR4.TSD: rdtsc is #GP outside ring 0 only (QEMU's helper_rdtsc). The first rdtsc turns
+    # time on, so under bt the later ones are inline, behind the virtual-CPU block's check.
+    "rdtsc with CR4.TSD in ring 0": (dict(body=["rdtsc", "mov eax, 4", "mov cr4, eax", "rdtsc", "ud2"]),
+                                     [(UD, 0, 4)]),
+    "rdtsc with CR4.TSD in ring 3": (dict(ring3=True, setup="rdtsc\nmov eax, 4\nmov cr4, eax", body=["rdtsc", "rdtsc"]),
+                                     [(GP, 0, 0), (GP, 0, 1)]),
     # every mode ran SSE with CR4.OSFXSR clear; bt and trap ignored the guest's CR0.EM and TS;
     # the untranslated modes raised #NM instead of #UD for SSE with both TS set and OSFXSR clear
     "x87, MMX and SSE controls": (dict(body=[
@@ -107,7 +113,8 @@ CASES.update({
         [(UD, 0, 0), (UD, 0, 6), (UD, 0, 10), (UD, 0, 11), (NM, 0, 12), (UD, 0, 16), (UD, 0, 17), (UD, 0, 18),
          (UD, 0, 19), (NM, 0, 20), (NM, 0, 21), (NM, 0, 30), (UD, 0, 31)]),
 })
-MODES.update({"rdpmc in ring 3": RING3_MODES, "rdpmc in ring 3 with CR4.PCE": RING3_MODES})
+MODES.update({"rdpmc in ring 3": RING3_MODES, "rdpmc in ring 3 with CR4.PCE": RING3_MODES,
+              "rdtsc with CR4.TSD in ring 3": RING3_MODES})
 
 
 # -- ring-3 port access refused at IOPL 0 ---------------------------------------------------------

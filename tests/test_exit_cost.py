@@ -168,7 +168,7 @@ def test_the_report_gives_the_seconds_spent_on_each_exit_reason(tmp_path, mode, 
 
 
 def test_the_virtual_cpu_block_holds_its_fields_at_the_layout_offsets():
-    # VcpuBlock packs its 76 bytes at once and stores them only when they changed. After sample
+    # VcpuBlock packs its 80 bytes at once and stores them only when they changed. After sample
     # ring3 (QEMU's output, sample_binaries/expected) under bt, whose deliveries, irets and
     # segment loads changed the virtual CPU hundreds of times, both pages hold each field where
     # translator/layout.py puts it (the field-by-field writes this replaced, the reference).
@@ -180,11 +180,13 @@ def test_the_virtual_cpu_block_holds_its_fields_at_the_layout_offsets():
     assert output == (REPO_ROOT / "sample_binaries/expected/ring3.out").read_bytes(), result.message
     cpu, block = vm.cpu, vm.mode.vcpu_block
     expected, privileged = bytearray(bytes(block.view)), bytearray(bytes(block.privileged_view))
+    expected[:layout.VCPU_TSC_CHECK + 4] = bytes(layout.VCPU_TSC_CHECK + 4)    # every field written below
     for name, register in SEGMENT_IDS.items():
         struct.pack_into("<I", expected, layout.VCPU_SELECTOR[register], cpu.selectors[name])
     struct.pack_into("<I", expected, layout.VCPU_PUSHF_ADJUST, (cpu.virtual_flags - cpu.real_iopl) & 0xFFFFFFFF)
     struct.pack_into("<I", expected, layout.VCPU_POPF_EXPECT, cpu.virtual_flags)
     struct.pack_into("<I", expected, layout.VCPU_IO_CHECK, int(cpu.cpl > (cpu.virtual_flags >> 12) & 3))
+    struct.pack_into("<I", expected, layout.VCPU_TSC_CHECK, int(cpu.cpl > 0 and bool(cpu.control[4] & 4)))
     for offset, name in ((layout.VCPU_GDTR, "gdtr"), (layout.VCPU_IDTR, "idtr")):
         base, limit = cpu.tables[name]
         struct.pack_into("<HIH", expected, offset, limit, base, 0)

@@ -145,7 +145,10 @@ _BY_ID.update(_rules(Category.SENSITIVE, Handling.CALLOUT,
 _BY_ID.update(_rules(Category.SENSITIVE, Handling.CALLOUT,
                      [X.X86_INS_LDS, X.X86_INS_LES, X.X86_INS_LFS, X.X86_INS_LGS, X.X86_INS_LSS], Procedure.LOAD_FAR_POINTER))
 _BY_ID.update(_rules(Category.SENSITIVE, Handling.CALLOUT, [X.X86_INS_CPUID], Procedure.CPUID))
-_BY_ID.update(_rules(Category.SENSITIVE, Handling.CALLOUT, [X.X86_INS_RDTSC, X.X86_INS_RDTSCP], Procedure.RDTSC))
+# rdtsc reads the virtual clock inline while the budget counts (translator/layout.py); rdtscp,
+# which also reads an MSR, and rdtsc before time is counted or under the realtime clock, call out.
+_BY_ID.update(_rules(Category.SENSITIVE, Handling.INLINE, [X.X86_INS_RDTSC], Procedure.RDTSC))
+_BY_ID.update(_rules(Category.SENSITIVE, Handling.CALLOUT, [X.X86_INS_RDTSCP], Procedure.RDTSC))
 
 # Innocuous instructions that the host's 64-bit mode does not have (translated code is 64-bit:
 # docs/isolation.md): the monitor carries them out. Not sensitive; a callout for the host's sake.

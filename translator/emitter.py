@@ -23,9 +23,9 @@ from capstone import x86_const as X
 
 from translator.classify import Handling, Procedure
 from translator.decoder import BlockEnd, GuestBlock, GuestInstruction, stores_only_outside
-from translator.layout import (SCRATCH_BUDGET, SCRATCH_IO_SITE, SCRATCH_STACK_TOP,
+from translator.layout import (SCRATCH_BUDGET, SCRATCH_IO_SITE, SCRATCH_STACK_TOP, SCRATCH_TSC_BASE, SCRATCH_TSC_VALUE,
                                VCPU_CR, VCPU_GDTR, VCPU_IDTR, VCPU_IO_CHECK, VCPU_LDTR, VCPU_POPF_EXPECT,
-                               VCPU_PUSHF_ADJUST, VCPU_SELECTOR, VCPU_TR, MonitorAddresses)
+                               VCPU_PUSHF_ADJUST, VCPU_SELECTOR, VCPU_TR, VCPU_TSC_CHECK, MonitorAddresses)
 from translator.x64 import NeedsEmulation, absolute_form, relocate
 from translator.x86arch import IOPL_MASK, TF
 from translator.x86decode import ADDRESS_SIZE, FLAT_SEGMENT_PREFIXES, REGISTER_NUMBER, SEGMENT_PREFIXES, split_prefixes
@@ -280,14 +280,18 @@ class Emitter:
 
     def translate(self, block: GuestBlock, *, budget: bool = False, chainable: bool = True,
                   profile: bool = False, predictions: int = INLINE_CACHE_ENTRIES,
-                  segment_bases: tuple = (0, 0, 0), code_base: int = 0, self_check: bool = False) -> Translation:
+                  segment_bases: tuple = (0, 0, 0), code_base: int = 0, self_check: bool = False,
+                  inline_timestamp: bool = False) -> Translation:
         """`predictions`: inline-cache entries per indirect branch (fewer make a smaller block).
         `segment_bases`: the guest's DS, ES and SS bases, which 64-bit host code ignores: memory
         operands through a segment with a non-zero base get it added explicitly. `code_base`:
         the CS base, added to `cs:` operands the same way (the block's addresses are EIPs,
         which is what calls push and branches compare, so nothing else needs it). `self_check`:
         the block compares its guest bytes with those it was translated from at every entry
-        (a code page the guest writes often is not write-protected: _emit_self_check)."""
+        (a code page the guest writes often is not write-protected: _emit_self_check).
+        `inline_timestamp`: rdtsc reads the virtual clock inline (needs `budget`: the monitor
+        keeps the clock's base in the scratch page while time is counted); else it calls out."""
+        self._inline_timestamp = inline_timestamp and budget
         self._bases = dict(zip(("ds", "es", "ss"), segment_bases))
         self._bases["cs"] = code_base
         out = Translation()
@@ -313,8 +317,10 @@ class Emitter:
             self._emit_execution_counter(out, block, mark)
 
         last = block.instructions[-1] if block.instructions else None
+        self._after = len(block.instructions)      # instructions of the block after the current one
         for instruction in block.instructions:
             self._owner = instruction.address
+            self._after -= 1
             rule = instruction.rule
             start = len(code)
             if rule.handling in (Handling.COPY, Handling.IO_HOOK) or rule.procedure is Procedure.INTERRUPT_FLAG:
@@ -743,6 +749,9 @@ class Emitter:
                          Procedure.STORE_SYSTEM_SEGMENT, Procedure.SMSW, Procedure.READ_CONTROL_REGISTER):
             self._emit_read_virtual(out, instruction, procedure, mark, operand16)
             return
+        if procedure is Procedure.RDTSC:
+            self._emit_rdtsc(out, instruction, mark)
+            return
         if procedure is Procedure.STORE_DESCRIPTOR_TABLE:
             table = VCPU_GDTR if insn.id == X.X86_INS_SGDT else VCPU_IDTR
             self._check_segment_prefix(instruction)
@@ -757,6 +766,33 @@ class Emitter:
             code += b"\x66\x45\x89\x48\x04"                                       # mov [r8+4], r9w
             return
         raise UntranslatableForm(procedure)
+
+    def _emit_rdtsc(self, out: Translation, instruction: GuestInstruction, mark) -> None:
+        """edx:eax = the virtual clock's cycles once this instruction retires, flag-free: the
+        scratch page's base minus the budget left minus the block's instructions after this one
+        (the prologue charged them all; translator/layout.py). While the virtual-CPU block says
+        rdtsc faults (CR4.TSD outside ring 0) it exits to its callout, which raises the #GP."""
+        if not self._inline_timestamp:
+            raise UntranslatableForm("rdtsc before time is counted")
+        code, guest = out.code, instruction.address
+        mark(guest)
+        code += _reg_reg(b"\x89", ECX, R9, w=1)                                        # mov r9, rcx
+        mark(guest, ((ECX, "r9"),))
+        code += _monitor(b"\x8B", ECX, self.areas.vcpu + VCPU_TSC_CHECK)               # mov ecx, [tsc check]
+        code += b"\xE3\x04"                                                             # jrcxz over 4 bytes
+        code += _reg_reg(b"\x89", R9, ECX, w=1)                                        # mov rcx, r9 (3)
+        mark(guest)
+        self._site(out, ExitSite(ExitKind.CALLOUT, 0, guest, instruction.end, instruction))
+        mark(guest, ((ECX, "r9"),))                                                     # where jrcxz lands
+        code += _reg_reg(b"\x89", R9, ECX, w=1)
+        mark(guest)
+        code += _monitor(b"\x63", EAX, self.areas.scratch + SCRATCH_BUDGET, w=1)       # movsxd rax, [budget]
+        code += b"\x48\xF7\xD0"                                                       # not rax: -left - 1
+        code += _monitor(b"\x8B", EDX, self.areas.scratch + SCRATCH_TSC_BASE, w=1)     # mov rdx, [base]
+        code += b"\x48\x8D\x84\x10" + _u32((1 - self._after) & 0xFFFFFFFF)          # lea rax, [rax+rdx+1-after]
+        code += _monitor(b"\x89", EAX, self.areas.scratch + SCRATCH_TSC_VALUE, w=1)    # mov [value], rax
+        code += b"\x89\xC0"                                                            # mov eax, eax
+        code += _monitor(b"\x8B", EDX, self.areas.scratch + SCRATCH_TSC_VALUE + 4)     # mov edx, [value + 4]
 
     def _check_segment_prefix(self, instruction: GuestInstruction) -> None:
         if any(p in SEGMENT_PREFIXES for p in _prefixes(instruction.bytes)):

@@ -22,6 +22,7 @@ VCPU_LDTR = 0x30           # selector, zero-extended
 VCPU_TR = 0x34
 VCPU_CR = {0: 0x38, 2: 0x3C, 3: 0x40, 4: 0x44}
 VCPU_IO_CHECK = 0x48       # 0 while the guest's CPL <= IOPL (its port I/O needs no check), else 1
+VCPU_TSC_CHECK = 0x4C      # 1 while rdtsc faults (CR4.TSD outside ring 0): inline rdtsc takes its callout
 # The same control-register offsets in the PRIVILEGED virtual-CPU page, which the monitor's page
 # tables map supervisor-only: `mov r, crN` reads it, so at guest CPL 3 (real CPL 3) the read
 # faults and becomes the guest's #GP, with no check in the translated code. smsw, which any
@@ -36,6 +37,12 @@ VCPU_IO_CHECK = 0x48       # 0 while the guest's CPL <= IOPL (its port I/O needs
 SCRATCH_BUDGET = 0x24      # guest instructions left (when counting), the low half
 SCRATCH_WAKE = 0x28        # the high half: 0, or WAKE_HIGH to end the run at the next block entry
 SCRATCH_IO_SITE = 0x2C     # the guest address of the I/O instruction running (for its I/O hook)
+# Inline rdtsc (virtual clock, budget counting): the guest's TSC at an instruction is
+# SCRATCH_TSC_BASE - (budget left) - (instructions of its block after it), since the prologue
+# charges the whole block at entry. The monitor keeps the base at clock + given + adjust
+# (vmm/modes/bt/budget.py); SCRATCH_TSC_VALUE is where the sequence splits it into edx:eax.
+SCRATCH_TSC_BASE = 0x30
+SCRATCH_TSC_VALUE = 0x38
 WAKE_HIGH = 0xC0000000     # stays negative however many times the low half borrows
 SCRATCH_STACK_TOP = 0x1000 # a small stack of the monitor's (pushfq/popfq, the native stubs)
 

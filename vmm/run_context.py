@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from vmm.exits import VmExit
     from vmm.gdbstub import Debugger
     from vmm.input_wake import InputWake
+    from vmm.clock import VirtualClock
     from vmm.interrupts import InterruptPlatform
     from vmm.memory import PhysicalMemory
     from vmm.trace import Tracer
@@ -81,6 +82,16 @@ class RunContext:
     def on_first_use(self, callback: Callable[[], None]) -> None:
         """Call `callback` once the guest starts to use time (its runs are bounded from then on)."""
         self._interrupts.on_first_use.append(callback)
+
+    @property
+    def clock(self) -> "VirtualClock":
+        """Guest time (vmm/clock.py)."""
+        return self._interrupts.clock
+
+    @property
+    def time_in_use(self) -> bool:
+        """Whether the guest uses time yet (from then on it stays so)."""
+        return self._interrupts.in_use
 
     def reprograms_timer(self, port: int) -> bool:
         """Whether an OUT to `port` reprograms the PIT or the RTC (the run's bound may move)."""

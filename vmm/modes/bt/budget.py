@@ -8,7 +8,7 @@ from __future__ import annotations
 import struct
 from typing import Callable, Optional, Union
 
-from translator.layout import SCRATCH_BUDGET, SCRATCH_WAKE, WAKE_HIGH
+from translator.layout import SCRATCH_BUDGET, SCRATCH_TSC_BASE, SCRATCH_WAKE, WAKE_HIGH
 from vmm.exits import ExitReason, VmExit
 
 BUDGET_MAX = 0x7FFFFFFF                  # the budget counter is compared as a signed number
@@ -18,10 +18,12 @@ class InstructionBudget:
     """Counts the guest instructions translated code retires. Blocks carry a budget prologue only
     while `enabled` (an instruction limit, or a guest that uses time: then from that moment on);
     the prologue charges a whole block at its entry, so a block that stops early is uncharged the
-    rest here, and a one-shot (no prologue) is charged here."""
+    rest here, and a one-shot (no prologue) is charged here. Inline rdtsc reads the clock from
+    what the counter says: the scratch page keeps its base (clock + given + adjust) current."""
 
     def __init__(self, scratch_view, limits, enabled: bool, cache, in_one_shot: Callable[[int], bool],
-                 stop_engine: Callable[[], None], input_pending: Callable[[], bool]) -> None:
+                 stop_engine: Callable[[], None], input_pending: Callable[[], bool],
+                 cycles: Callable[[], int] = lambda: 0) -> None:
         self.scratch_view = scratch_view
         self.limits = limits
         self.enabled = enabled
@@ -32,6 +34,8 @@ class InstructionBudget:
         self.start_pending = False            # counting began: flush the cache before the next run
         self.given = 0                        # what the counter started the run at
         self.adjust = 0                       # instructions retired beyond what the counter says
+        self.cycles = cycles                  # the virtual clock, which moves only between runs
+        self._clock_at_start = 0
 
     def start_counting(self) -> None:
         """The guest began to use time: from the next run on, blocks count their instructions.
@@ -53,6 +57,13 @@ class InstructionBudget:
         given = BUDGET_MAX if bound is None else min(bound, BUDGET_MAX)
         struct.pack_into("<II", self.scratch_view, SCRATCH_BUDGET, given, WAKE_HIGH if self.input_pending() else 0)
         self.given, self.adjust = given, 0
+        self._clock_at_start = self.cycles()
+        self._publish_clock_base()
+
+    def _publish_clock_base(self) -> None:
+        """What inline rdtsc subtracts the counter from (translator/layout.py): rewritten each
+        time `given` or `adjust` moves, so that clock + retired() is what it computes."""
+        struct.pack_into("<q", self.scratch_view, SCRATCH_TSC_BASE, self._clock_at_start + self.given + self.adjust)
 
     def wake(self) -> None:
         """From another thread (host input): the next block entry takes the budget exit. Only
@@ -72,6 +83,7 @@ class InstructionBudget:
             if left > 0:
                 struct.pack_into("<i", self.scratch_view, SCRATCH_BUDGET, 0)
                 self.given -= left
+                self._publish_clock_base()
 
     def retired(self) -> int:
         """The instructions retired since begin_run."""
@@ -83,6 +95,7 @@ class InstructionBudget:
     def charge_one_shot(self) -> None:
         """One guest instruction run alone outside the cache (no prologue charged it)."""
         self.adjust += 1
+        self._publish_clock_base()
 
     def uncharge_rest_of_block(self, host_eip: int, guest_eip: int) -> None:
         """The block at `host_eip` was charged in full at its entry; it stopped at `guest_eip`
@@ -92,6 +105,7 @@ class InstructionBudget:
             self.adjust -= sum(1 for i in block.guest.instructions if i.address >= guest_eip)
         elif self.in_one_shot(host_eip):
             self.adjust -= 1
+        self._publish_clock_base()
 
     def block_exit(self, block) -> Union[VmExit, int]:
         """A block's prologue found fewer instructions left than the block holds, or the wake
@@ -106,6 +120,7 @@ class InstructionBudget:
         limit_reached = limit is not None and limit - (self.given - left_before) < length
         if limit_reached or left_before <= 0 or self.input_pending():
             self.adjust -= length              # the prologue charged a block that does not run
+            self._publish_clock_base()
             if limit_reached:
                 self.limits.used_all_instructions()
                 return VmExit(ExitReason.INSTRUCTION_LIMIT, eip=block.key.eip)
@@ -114,4 +129,5 @@ class InstructionBudget:
         # and the block's overshoot is counted here.
         struct.pack_into("<i", self.scratch_view, SCRATCH_BUDGET, 0)
         self.adjust += length - left_before
+        self._publish_clock_base()
         return block.host + block.translation.body

@@ -379,6 +379,11 @@ class Dispatcher:
             return Resume(target.host)
         self.cpu.eip = site.guest_eip
         if site.kind is ExitKind.CALLOUT:
+            block = stop.block
+            if self.budget.enabled and block is not None and site.instruction is not block.guest.instructions[-1]:
+                # out of the middle of its block (inline rdtsc's #GP path, popf changing IOPL or
+                # TF, an inline form that fell back): the prologue charged what follows it too
+                self.budget.uncharge_rest_of_block(stop.host_eip, site.next_eip)
             self._step_trap = stepping
             return Exit(VmExit(ExitReason.CALLOUT, eip=site.guest_eip, instruction=site.instruction))
         if site.kind is ExitKind.UNDECODABLE:

@@ -124,7 +124,7 @@ class BinaryTranslationMode(ExecutionMode):
         self.budget = InstructionBudget(self.scratch_view, context.limits, context.limits.max_instructions is not None,
                                         self.cache, self.code.in_one_shot,
                                         lambda: self.dispatcher.record(StopKind.START_COUNTING),
-                                        lambda: context.input_pending)
+                                        lambda: context.input_pending, lambda: context.clock.cycles)
         context.on_first_use(self.budget.start_counting)
         self.vcpu_block = VcpuBlock(memory.monitor_view(VCPU_OFFSET, VCPU_SIZE),
                                     memory.monitor_view(VCPU_PRIVILEGED_OFFSET, VCPU_PRIVILEGED_SIZE))
@@ -340,7 +340,7 @@ class BinaryTranslationMode(ExecutionMode):
             translation = self.emitter.translate(guest, budget=self.budget.enabled, chainable=not key.single_step,
                                                  profile=self.profile, predictions=predictions,
                                                  segment_bases=key.segment_bases, code_base=key.cs_base,
-                                                 self_check=self_check)
+                                                 self_check=self_check, inline_timestamp=self._inline_timestamp())
             if len(translation.code) <= ARENA_SLOT_SIZE or (len(guest.instructions) <= 1 and not predictions):
                 break
             if len(guest.instructions) > 1:
@@ -351,6 +351,13 @@ class BinaryTranslationMode(ExecutionMode):
         if self.tracer.in_asm or self.tracer.out_asm:
             self.tracer.translated(guest, translation, block.host)
         return block
+
+    def _inline_timestamp(self) -> bool:
+        """Whether rdtsc may read the virtual clock inline: the budget counts and the guest
+        already uses time (a first rdtsc's callout is what turns time on). Under the realtime
+        clock the TSC is the host's, which only the callout reads."""
+        context = self.context
+        return self.budget.enabled and context.time_in_use and not context.clock.realtime
 
     def _block_for(self, eip: int) -> TranslatedBlock:
         """The translation of the block at `eip` (PageFault: the guest cannot fetch it)."""

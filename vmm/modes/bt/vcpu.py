@@ -14,7 +14,7 @@ from capstone import x86_const as X
 from translator.layout import VCPU_CR, real_iopl, real_privilege
 from vmm.cpu import VirtualSystemCpu
 from vmm.emulate import UnsupportedInstruction
-from vmm.x86 import (EFER_LME, EFER_NXE, EFER_SCE, IOPL_MASK, MSR_EFER, MSR_FS_BASE, MSR_GS_BASE,
+from vmm.x86 import (CR4_TSD, EFER_LME, EFER_NXE, EFER_SCE, IOPL_MASK, MSR_EFER, MSR_FS_BASE, MSR_GS_BASE,
                      MSR_KERNEL_GS_BASE, TF, SegmentDescriptor)
 
 # The EFER bits a 32-bit guest keeps in the engine's own CPU model (what direct shows it).
@@ -58,14 +58,18 @@ class VcpuBlock:
         self._written: Optional[bytes] = None     # the block virtual_state_changed last wrote
 
     def control_register_changed(self, cpu: "TranslatedCpu", number: int) -> None:
-        """Rewrite one control register in both pages (mov r, crN reads them)."""
+        """Rewrite one control register in both pages (mov r, crN reads them); CR4 rewrites the
+        block, whose rdtsc check depends on its TSD bit."""
         value = cpu.control[number]
         self._written = None
+        if number == 4:
+            self.virtual_state_changed(cpu)
+            return
         struct.pack_into("<I", self.view, VCPU_CR[number], value)
         struct.pack_into("<I", self.privileged_view, VCPU_CR[number], value)
 
     def virtual_state_changed(self, cpu: "TranslatedCpu") -> None:
-        """Rewrite the whole block from the virtual CPU: one pack of its 76 bytes, stored only
+        """Rewrite the whole block from the virtual CPU: one pack of its 80 bytes, stored only
         when they differ from what it holds (a privilege change asks twice, and most segment
         loads change nothing in it)."""
         selectors, control, virtual_flags = cpu.selectors, cpu.control, cpu.virtual_flags
@@ -76,7 +80,8 @@ class VcpuBlock:
                            gdt_limit, gdt_base, 0, idt_limit, idt_base, 0,
                            cpu.table_selectors["ldtr"], cpu.table_selectors["tr"],
                            control[0], control[2], control[3], control[4],
-                           int(cpu.cpl > (virtual_flags & IOPL_MASK) >> 12))
+                           int(cpu.cpl > (virtual_flags & IOPL_MASK) >> 12),
+                           int(cpu.cpl > 0 and bool(control[4] & CR4_TSD)))
         if data == self._written:
             return
         self._written = data
@@ -85,9 +90,9 @@ class VcpuBlock:
 
 
 # The block's fields in their order (translator/layout.py): the six selectors, pushf's adjustment,
-# popf's expectation, GDTR and IDTR as sgdt stores them, LDTR and TR, CR0 CR2 CR3 CR4, the I/O check.
-# tests/test_exit_cost.py checks it against the layout's offsets, field by field.
-_BLOCK = struct.Struct("<8I HIH HIH 2I 4I I")
+# popf's expectation, GDTR and IDTR as sgdt stores them, LDTR and TR, CR0 CR2 CR3 CR4, the I/O check,
+# the rdtsc check. tests/test_exit_cost.py checks it against the layout's offsets, field by field.
+_BLOCK = struct.Struct("<8I HIH HIH 2I 4I 2I")
 
 
 # The registers TranslatedCpu keeps itself, and how (a control register by its number).

@@ -85,7 +85,7 @@ class Emulator:
         self.tasks = tasks if tasks is not None else TaskSwitch(cpu, view)
         self.timestamp = timestamp       # rdtsc: () -> the virtual clock's cycles
         self.interrupt_shadow = False    # set by a load of SS: no interrupt before the next instruction
-        # Instructions emulated, by mnemonic (the report's counters.callouts): which sensitive
+        # Instructions emulated, by procedure (the report's counters.callouts): which sensitive
         # instructions a guest leans on, and so which are worth emulating inline.
         self.emulated: Counter = Counter()
 
@@ -93,6 +93,11 @@ class Emulator:
     def has_emulation(cls, procedure: Optional[Procedure]) -> bool:
         """Whether there is an emulation for this procedure: the method named after it."""
         return procedure is not None and hasattr(cls, "_" + procedure.value)
+
+    def counters(self) -> dict[str, int]:
+        """Instructions emulated by procedure, every procedure there is an emulation for."""
+        return {procedure.value: self.emulated[procedure.value]
+                for procedure in Procedure if self.has_emulation(procedure)}
 
     def emulates(self, instruction) -> bool:
         """Whether there is an emulation procedure for this instruction."""
@@ -104,7 +109,7 @@ class Emulator:
             raise UnsupportedInstruction(f"no emulation for {instruction} at {instruction.address:#010x}")
         procedure = getattr(self, "_" + rule.procedure.value)
         insn = instruction.insn
-        self.emulated[insn.mnemonic] += 1
+        self.emulated[rule.procedure.value] += 1
         if rule.category is Category.PRIVILEGED and self.cpu.cpl > 0 \
                 and rule.procedure not in (Procedure.INTERRUPT_FLAG, Procedure.RDPMC):
             raise GuestFault(GP, 0)           # outside ring 0 every privileged instruction faults

@@ -33,7 +33,7 @@ def build_report(config: MachineConfig, image: LoadedImage, vm: VirtualMachine, 
             "exceptions": {f"{vector} {vector_name(vector)}": count
                            for vector, count in sorted(vm.delivery.delivered.items())},
             "external_interrupts": {f"{vector:#04x}": count for vector, count in sorted(vm.external_interrupts.items())},
-            "callouts": dict(vm.emulator.emulated.most_common()),
+            "callouts": vm.emulator.counters(),
             "task_switches": dict(sorted(vm.tasks.performed.items())),
             "disks": vm.ide.counters() if vm.ide is not None else {},
             "clock": {"kind": "realtime" if vm.clock.realtime else "virtual", "cycles": vm.clock.cycles,

@@ -576,6 +576,11 @@ class Engine:
             self._set_cr2(cr2)
             self.reset_exception_state()
 
+    def flush_due(self) -> bool:
+        """Whether the next run must begin with flush_before_full's flush (a hook that would go
+        on running guest code ends the run instead)."""
+        return self._invalidations * CODE_PER_INVALIDATION >= self.code_buffer_bytes // 2
+
     def flush_before_full(self) -> None:
         """Between runs: drop every translation once the code the monitor's invalidations may
         have made the engine generate again could fill half its code buffer. Unicorn 2.1.1
@@ -584,7 +589,7 @@ class Engine:
         a 2 MiB buffer, its boot faults, or the engine crashes). QEMU never frees a translation
         alone, so the buffer fills at the rate code is patched; each invalidation is counted at
         CODE_PER_INVALIDATION (xv6's boot measured under 8 KiB)."""
-        if self._invalidations * CODE_PER_INVALIDATION >= self.code_buffer_bytes // 2:
+        if self.flush_due():
             self._invalidations = 0
             self.buffer_flushes += 1
             self.flush_translations()

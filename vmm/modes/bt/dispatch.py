@@ -11,6 +11,7 @@ from typing import Callable, Optional
 
 from capstone.x86_const import X86_INS_STI, X86_OP_MEM
 
+from translator.classify import Procedure
 from translator.decoder import MAX_INSTRUCTION_LENGTH
 from translator.emitter import FLAGS_IN_AX, FPU_POINTER_STORES, ExitKind, Translation
 from translator.layout import SCRATCH_IO_SITE
@@ -36,6 +37,8 @@ def _string_io_size(instruction) -> int:
 
 class StopKind(enum.Enum):
     """Why a run of the engine ended, as a hook recorded it."""
+    EMULATED = "emulated"                 # a callout was serviced in the hook: the virtual CPU is
+                                          # past it; the run loop's window comes next
     CACHE_EXIT = "cache_exit"             # an exit site or an exception of translated code (data: CacheExit)
     DENIED_IO = "denied_io"               # I/O the TSS bitmap refuses (data: the registers the hook saw)
     END_RUN = "end_run"                   # a device asked the run to end right after an OUT
@@ -192,6 +195,8 @@ class Dispatcher:
         if vector == 3:               # int3: one of the translation's own exits
             site = self.code.site_at(eip - 1)
             if site is not None:
+                if site.site.kind is ExitKind.CALLOUT and self._callout_in_hook(site):
+                    return
                 self.record(StopKind.CACHE_EXIT, site)
                 return
         error_code, _software = engine.last_exception_info()
@@ -202,6 +207,53 @@ class Dispatcher:
         else:
             self.record(StopKind.CACHE_EXIT, CacheExit(CacheExitKind.FAULT, eip, vector=vector,
                                                        error_code=error_code))
+
+    # Procedures whose callouts are serviced inside the interrupt hook, with no return from the
+    # engine: they neither read guest time (rdtsc, an MSR: the clock moves only when a run
+    # returns) nor wait (hlt). Everything else, and everything under a debugger, a trace of
+    # executions, the guest's TF or a data breakpoint, leaves the engine as before.
+    IN_HOOK_PROCEDURES = frozenset({
+        Procedure.IRET, Procedure.SOFTWARE_INTERRUPT, Procedure.FAST_SYSTEM_CALL, Procedure.FAR_CALL,
+        Procedure.FAR_JMP, Procedure.FAR_RET, Procedure.LOAD_SEGMENT_REGISTER, Procedure.LOAD_FAR_POINTER,
+        Procedure.WRITE_CONTROL_REGISTER, Procedure.CACHE_CONTROL, Procedure.CPUID, Procedure.POPF,
+        Procedure.LOAD_DESCRIPTOR_TABLE, Procedure.LOAD_SYSTEM_SEGMENT, Procedure.WRITE_MSW,
+        Procedure.DESCRIPTOR_ACCESS, Procedure.DEBUG_REGISTER, Procedure.DECIMAL_ADJUST, Procedure.BOUND,
+        Procedure.ARPL})
+
+    def _callout_in_hook(self, stop: CacheExit) -> bool:
+        """Service a callout from inside the engine's interrupt hook, which runs between the
+        engine's blocks (the int3 has left its block), and go on in the block after it without
+        stopping the engine: the run loop's work for a callout (dispatch, then the interrupt
+        window) minus the return from the engine, its restart and the loop itself (the Linux
+        boot makes 170,000 of them). When the window has work (an interrupt waits, a stop was
+        asked for, time started to count) or the next block cannot be found here, the engine
+        stops with the callout done (StopKind.EMULATED). False: not one for the hook."""
+        site, block = stop.site, stop.block
+        if block is None or site.instruction.rule.procedure not in self.IN_HOOK_PROCEDURES \
+                or self.debugger is not None or self.tracer.exec or block.key.single_step \
+                or self.data_watch.armed or self.pending is not None or self._step_trap:
+            return False
+        context = self.context
+        self.count(site.kind.value)
+        self.count("callout_in_hook")
+        self.code.restore(site.restore)
+        self.cpu.eip = site.guest_eip
+        if self.budget.enabled and site.instruction is not block.guest.instructions[-1]:
+            self.budget.uncharge_rest_of_block(stop.host_eip, site.next_eip)
+        context.emulator.interrupt_shadow = False      # guest code ran since the last exit
+        context.dispatch(VmExit(ExitReason.CALLOUT, eip=site.guest_eip, instruction=site.instruction))
+        if self.pending is None and not (context.window_has_work or context.stop_requested or context.stop_due
+                                         or self.cpu.virtual_flags & TF or self.engine.flush_due()):
+            try:
+                target = self.block_for(self.cpu.eip)
+            except (PageFault, UnbackedAccess):
+                target = None          # (the next execute takes the fault)
+            if target is not None and self.pending is None:
+                self.engine.set_reg64("rip", target.host)
+                return True
+        self.pending = PendingStop(StopKind.EMULATED)
+        self.engine.stop()
+        return True
 
     def deny_io(self) -> None:
         """Note the registers the hook sees (they go back before the #GP) and stop."""
@@ -281,6 +333,8 @@ class Dispatcher:
             pending, self.pending = self.pending, None
             if pending is not None and pending.kind is StopKind.DENIED_IO:
                 return self._denied_io_exit(pending.data)
+            if pending is not None and pending.kind is StopKind.EMULATED:
+                return VmExit(ExitReason.EVENT, eip=self.cpu.eip)
             self.faults.after_run()
             stop = pending.data if pending is not None and pending.kind is StopKind.CACHE_EXIT else None
             if cause is StopCause.TLB_REFUSED:      # nested paging: as a page fault would

@@ -67,7 +67,7 @@ INT_LOOP = """
     mov dword ptr [0x7ff2], 0x8000
     lidt [0x7ff0]
     mov ecx, 300
-    xor esi, esi
+    xor ebx, ebx
 again:
     int 0x30
     dec ecx

@@ -241,7 +241,13 @@ class Dispatcher:
         if self.budget.enabled and site.instruction is not block.guest.instructions[-1]:
             self.budget.uncharge_rest_of_block(stop.host_eip, site.next_eip)
         context.emulator.interrupt_shadow = False      # guest code ran since the last exit
-        context.dispatch(VmExit(ExitReason.CALLOUT, eip=site.guest_eip, instruction=site.instruction))
+        # No block is running any more: the int3 has left its block, which the monitor's own
+        # stores (an exception frame) may invalidate as between two runs (running_block).
+        self.in_engine = False
+        try:
+            context.dispatch(VmExit(ExitReason.CALLOUT, eip=site.guest_eip, instruction=site.instruction))
+        finally:
+            self.in_engine = True
         if self.pending is None and not (context.window_has_work or context.stop_requested or context.stop_due
                                          or self.cpu.virtual_flags & TF or self.engine.flush_due()):
             try:

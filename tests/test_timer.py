@@ -6,7 +6,7 @@ import struct
 import pytest
 
 from tests.guests import EXIT, flat_gdt, idt_setup, paging_on, run_source
-from vmm.exits import StopReason
+from vmm.exits import ExitReason, StopReason
 
 def pic_and_pit(divisor: int) -> str:
     """Assembly: the master PIC at vector 0x20 with IRQ0 alone unmasked, PIT channel 0 in mode 2."""
@@ -300,3 +300,28 @@ def test_the_interrupt_window_is_watched_with_the_guests_paging_on(tmp_path, mod
     assert result.reason is StopReason.DEBUG_EXIT, result.message
     assert result.guest_value == 0, f"{result.guest_value} interrupts landed outside the window"
     assert vm.external_interrupts[0x20] >= 50
+
+
+# While an interrupt waits for IF, bt needs no polling (vmm/vm.py run_budget): sti and popf set
+# IF only in front of an armed window site, and every callout that can set it returns to the
+# run loop. A million instructions with IRQ0 waiting used to end a run every 10,000 of them.
+IF_CLEAR_SPIN = """
+    mov esp, 0x90000
+    mov dword ptr [0x7000], 0
+""" + idt_setup({0x20: "timer"}) + PIC_AND_PIT_100HZ + """
+    mov ecx, 1500000
+spin:
+    dec ecx
+    jnz spin
+    sti
+    nop
+    cli
+    mov eax, dword ptr [0x7000]
+    sub eax, 1
+""" + EXIT + HANDLER
+
+
+def test_an_interrupt_waiting_for_if_needs_no_polling_under_bt(tmp_path):
+    result, _out, vm = run_source(tmp_path, IF_CLEAR_SPIN, mode="bt")
+    assert (result.reason, result.guest_value) == (StopReason.DEBUG_EXIT, 0), result.message
+    assert vm.exits[ExitReason.EVENT] < 20, vm.exits

@@ -326,6 +326,7 @@ class VirtualMachine:
 
     # -- time and external interrupts -----------------------------------------------------------
     POLL_INTERVAL = 10_000     # instructions between looks at IF while an interrupt waits for it
+                               # (modes that do not watch every way of setting IF; SS shadows)
     IDLE_SKIPS = 100_000       # timer events one hlt may skip over before it counts as halted for good
 
     def run_budget(self) -> Optional[int]:
@@ -342,7 +343,7 @@ class VirtualMachine:
             bounds.append(left)
         if self.interrupts.in_use:
             bounds.append(Limits.MAX_INSTRUCTIONS)
-            if self.interrupts.pending():
+            if self.interrupts.pending() and (self.emulator.interrupt_shadow or not self.mode.watches_every_if_set):
                 bounds.append(self.POLL_INTERVAL)
             else:
                 next_event = self.interrupts.cycles_to_next_event()

@@ -48,6 +48,9 @@ class ExecutionMode(ABC):
     options: frozenset = frozenset()      # the MODE_OPTIONS this mode takes
     paging_schemes: tuple = ()            # its memory-virtualization schemes (--paging), the default
                                           # first; none: the guest's paging runs on the engine's MMU
+    # True: while watch_interrupt_window is armed, every way guest code can set IF returns to
+    # the run loop at that boundary, so an interrupt waiting for IF needs no polling (run_budget)
+    watches_every_if_set = False
 
     @classmethod
     def accepts(cls, config) -> None:

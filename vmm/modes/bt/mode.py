@@ -77,6 +77,10 @@ class BinaryTranslationMode(ExecutionMode):
     long_mode = True
     options = frozenset({"profile", "dump_cache"})
     paging_schemes = ("shadow", "nested")
+    # sti and popf set IF natively only in front of an armed window site; iret, task switches
+    # and every other callout that can set it reach the run loop's window (one serviced in the
+    # engine's hook stops the engine while INTR is raised)
+    watches_every_if_set = True
 
     def __init__(self, capacity: int = DEFAULT_TCACHE_BLOCKS, profile: bool = False, paging: str = "shadow") -> None:
         self.capacity = capacity

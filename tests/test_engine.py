@@ -649,3 +649,25 @@ def test_writing_cr2_leaves_cr3_alone():
     engine.set_reg("cr3", 0x1000)
     engine.set_reg("cr2", 0x5000)
     assert (engine.reg("cr2"), engine.reg("cr3")) == (0x5000, 0x1000)
+
+
+def test_a_collected_engine_stops_gating_at_once_and_leaves_the_gate_table_at_the_next_register():
+    # The garbage collector finalizes engines at any allocation, also while register() looks
+    # through the gate's engines: a finalizer that deleted its entry there raised "dictionary
+    # changed size during iteration" (test_exit_cost then test_shadow_paging, in one process).
+    import gc
+    import struct
+    from vmm import engine as engine_module
+    gate = engine_module._code_write_gate()
+    engine = Engine()
+    engine.keep_code_coherent()
+    uc = engine._uc._uch.value
+    slot = gate._engines[uc][0]
+    del engine
+    gc.collect()
+    assert uc in gate._engines                      # no finalizer touches the dict
+    assert struct.unpack_from("<4Q", gate._table, slot * engine_module._GATE_SLOT_SIZE) == (0, 0, 0, 0)
+    other = Engine()
+    other.keep_code_coherent()
+    assert gate._engines.get(uc, (None,))[0] != slot or uc == other._uc._uch.value
+    assert not gate._released

@@ -265,6 +265,10 @@ class _CodeWriteGate:
         self._table = mmap.mmap(-1, _GATE_SLOTS * _GATE_SLOT_SIZE)
         self._table_address = ctypes.addressof(ctypes.c_char.from_buffer(self._table))
         self._engines: dict[int, tuple] = {}      # uc handle -> (slot, cpu, engine weakref, bytemap)
+        # Engines the garbage collector finalized: their table slot is cleared at once, their
+        # entry dropped at the next register (a finalizer runs whenever the collector does, also
+        # while register iterates over _engines: deleting there raised "dictionary changed size")
+        self._released: list[tuple[int, int]] = []
         self._callbacks = (_RAM_PAGE_HOOK(self._protect), _RAM_PAGE_HOOK(self._unprotect))
         code = self._assemble(functions)
         self._code = mmap.mmap(-1, len(code), prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
@@ -315,6 +319,7 @@ class _CodeWriteGate:
         import gc
         import weakref
         for _attempt in range(2):
+            self._drop_released()
             used = {slot for slot, *_rest in self._engines.values()}
             free = [slot for slot in range(_GATE_SLOTS) if slot not in used]
             if free:
@@ -327,7 +332,17 @@ class _CodeWriteGate:
         slot = free[0]
         self._engines[uc] = (slot, cpu, weakref.ref(engine), None)
         self._set_bytemap(uc, 1024)
-        weakref.finalize(engine, self.release, uc, slot)
+        weakref.finalize(engine, self._finalized, uc, slot)
+
+    def _finalized(self, uc: int, slot: int) -> None:
+        """(The garbage collector, at any allocation.) The engine is gone: its slot stops gating
+        at once; its entry goes at the next register."""
+        struct.pack_into("<4Q", self._table, slot * _GATE_SLOT_SIZE, 0, 0, 0, 0)
+        self._released.append((uc, slot))
+
+    def _drop_released(self) -> None:
+        while self._released:
+            self.release(*self._released.pop())
 
     def release(self, uc: int, slot: int) -> None:
         """The engine is gone: its slot no longer gates anything (then its bytemap may go)."""

@@ -215,8 +215,16 @@ def decode_stream(code: bytes, address: int, bits: int = 32) -> Iterator[Instruc
     # (insn is shared: each step copies it out before yielding, so streams may interleave)
     while _disasm_iter(handle, pointer_ref, size_ref, at_ref, insn):
         iid, start, length, raw, mnemonic, operands, detail = _INSN.unpack(ctypes.string_at(insn, _INSN_SIZE))
+        if mnemonic[0] == _AVX:
+            # cs_disasm_iter (Capstone 5.0) gives VEX compares other ids than cs_disasm does
+            # (vcmpeqps: X86_INS_VCMPPD, not X86_INS_VCMP): AVX goes through the binding's path
+            yield next(disassembler.disasm(raw[:length], start, 1))
+            continue
         yield Instruction(iid, start, length, raw[:length], (mnemonic, operands),
                           ctypes.string_at(detail + _X86_OFFSET, _X86_SIZE) if detail and iid else None, bits)
+
+
+_AVX = ord("v")
 
 
 def decode_run(code: bytes, address: int, count: int, bits: int = 32) -> list[Instruction]:

@@ -13,7 +13,7 @@ from capstone.x86_const import X86_INS_POPF, X86_INS_POPFD, X86_INS_STI
 
 from translator.classify import Rule, classify
 from translator.x86arch import PAGE_SIZE
-from translator.x86decode import MAX_INSTRUCTION_LENGTH, PREFIX_GROUPS, decode
+from translator.x86decode import MAX_INSTRUCTION_LENGTH, PREFIX_GROUPS, Instruction, decode, decode_run, decode_stream
 
 DEFAULT_BLOCK_LIMIT = 32
 
@@ -96,7 +96,8 @@ class GuestInstruction:
 
     @property
     def bytes(self) -> bytes:
-        return bytes(self.insn.bytes)
+        insn = self.insn
+        return insn.raw if isinstance(insn, Instruction) else bytes(insn.bytes)
 
     def __str__(self) -> str:
         return f"{self.insn.mnemonic} {self.insn.op_str}".strip()
@@ -151,6 +152,10 @@ def stores_only_outside(block: GuestBlock, data_bases: tuple) -> bool:
         and store_into_itself(block, data_bases) is None
 
 
+def _first(instructions: list):
+    return instructions[0] if instructions else None
+
+
 class Decoder:
     """Decodes basic blocks from guest memory. `read_code(address, size)` returns up to `size`
     bytes of guest code at `address` (fewer at the end of memory, none outside it)."""
@@ -169,12 +174,20 @@ class Decoder:
         code = self.read_code(linear, in_page)
         if not code:
             return None
-        insn = decode(code, address)
+        insn = _first(decode_run(code, address, 1))
         if insn is None and len(code) == in_page < MAX_INSTRUCTION_LENGTH:
             code = self.read_code(linear, MAX_INSTRUCTION_LENGTH)
-            insn = decode(code, address)
+            insn = _first(decode_run(code, address, 1))
             self.short_read = insn is None and len(code) < MAX_INSTRUCTION_LENGTH
         return insn
+
+    def _stream(self, address: int, base: int, limit: int):
+        """The instructions from EIP `address` on, as many as `limit` instructions may take up
+        to the end of its page, decoded one by one as the block asks: one fetch of their bytes
+        for all of them."""
+        linear = (base + address) & 0xFFFFFFFF
+        code = self.read_code(linear, min(PAGE_SIZE - linear % PAGE_SIZE, (limit + 1) * MAX_INSTRUCTION_LENGTH))
+        return decode_stream(code, address) if code else None
 
     def too_long(self, address: int, base: int = 0) -> bool:
         """Whether bytes that do not decode are an instruction longer than 15 bytes (redundant
@@ -229,15 +242,22 @@ class Decoder:
         block = GuestBlock(address, base=base)
         page = (base + address) // PAGE_SIZE
         current = address
+        stream = None                  # the instructions of the page from `current` on
         while True:
-            if not self.read_code((base + current) & 0xFFFFFFFF, 1):
-                block.end = BlockEnd.NO_MEMORY
-                return block
-            insn = self.decode_one(current, base)
-            if insn is None:
-                # bytes cut short by the end of the code that can be fetched: a fetch fault
-                block.end = BlockEnd.NO_MEMORY if self.short_read else BlockEnd.UNDECODABLE
-                return block
+            insn = next(stream, None) if stream is not None else None
+            if insn is None:           # (the first, the page's end, or bytes that stop decoding)
+                stream = self._stream(current, base, limit)
+                if stream is None:
+                    block.end = BlockEnd.NO_MEMORY
+                    return block
+                insn = next(stream, None)
+                if insn is None:       # crosses into the next page, or does not decode
+                    stream = None
+                    insn = self.decode_one(current, base)
+                    if insn is None:
+                        # bytes cut short by the end of the code that can be fetched: a fetch fault
+                        block.end = BlockEnd.NO_MEMORY if self.short_read else BlockEnd.UNDECODABLE
+                        return block
             if insn.id in SETS_IF and block.instructions and limit > 1:
                 # An interrupt raised inside this block (an APIC write: an MMIO store that
                 # cannot stop the engine) ends the run at the next block entry, the budget's

@@ -290,3 +290,62 @@ def test_an_interrupt_waiting_for_an_iret_that_sets_if_comes_right_after_it(tmp_
     # the iret's callout is serviced in the hook, which stops the engine for the window.
     result, _out, vm = run_source(tmp_path, IRET_WINDOW, mode=mode)
     assert (result.reason, result.guest_value) == (StopReason.DEBUG_EXIT, 0), result.message
+
+
+# Page faults classified inside the engine's hook (_page_fault_in_hook): under shadow paging the
+# guest's own #PF (a page not present in its tables) is delivered to its handler, which maps the
+# page and returns, and the shadow's hidden faults resume, all without the engine stopping.
+# QEMU runs the guest to the same end (status 1: the value 0).
+DEMAND_PAGING = flat_gdt(0x6000) + idt_setup({14: "page_fault"}, trap_vectors=()) + """
+    mov esp, 0x90000
+    mov edi, 0x81000                     /* table for 4-8 MiB: every page not present */
+    mov ecx, 1024
+clear:
+    mov dword ptr [edi], 0
+    add edi, 4
+    dec ecx
+    jnz clear
+    mov dword ptr [0x80000], 0x83        /* 0-4 MiB: one 4 MiB page */
+    mov dword ptr [0x80004], 0x81003
+    mov eax, cr4
+    or eax, 0x10
+    mov cr4, eax
+""" + paging_on(0x80000) + """
+    xor esi, esi
+    mov ebx, 0x400000
+touch:
+    add esi, dword ptr [ebx]             /* faults once per page: the handler maps it */
+    add ebx, 0x1000
+    cmp ebx, 0x400000 + 64 * 0x1000
+    jne touch
+    mov eax, dword ptr [0x7000]
+    sub eax, 64
+    add eax, esi                         /* the frames read hold zeros */
+""" + EXIT + """
+page_fault:
+    push eax
+    push edx
+    inc dword ptr [0x7000]
+    mov eax, cr2
+    shr eax, 12
+    and eax, 0x3ff
+    mov edx, eax
+    shl edx, 12
+    add edx, 0x200003                    /* page n of 4-8 MiB -> frame 0x200000 + n pages */
+    mov dword ptr [0x81000 + eax * 4], edx
+    pop edx
+    pop eax
+    add esp, 4                           /* the error code */
+    iretd
+"""
+
+
+@pytest.mark.parametrize("mode, paging", [("bt", "shadow"), ("bt", "nested"), ("direct", None)])
+def test_guest_page_faults_are_delivered_from_the_engine_hook(tmp_path, mode, paging):
+    result, _out, vm = run_source(tmp_path, DEMAND_PAGING, mode=mode, **({"paging": paging} if paging else {}))
+    assert (result.reason, result.guest_value) == (StopReason.DEBUG_EXIT, 0), result.message
+    assert vm.delivery.delivered[14] == 64
+    if (mode, paging) == ("bt", "shadow"):
+        exits = vm.mode.exit_counts
+        assert exits["fault_in_hook"] == exits["true_page_fault"] == 64
+        assert vm.exits[ExitReason.EVENT] < 10

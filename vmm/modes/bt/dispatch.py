@@ -37,8 +37,10 @@ def _string_io_size(instruction) -> int:
 
 class StopKind(enum.Enum):
     """Why a run of the engine ended, as a hook recorded it."""
-    EMULATED = "emulated"                 # a callout was serviced in the hook: the virtual CPU is
-                                          # past it; the run loop's window comes next
+    EMULATED = "emulated"                 # a callout or fault was serviced in the hook: the virtual
+                                          # CPU is past it; the run loop's window comes next
+    FAULT_OUTCOME = "fault outcome"       # a page fault classified in the hook, to be acted on
+                                          # between runs (data: its Outcome, e.g. a one-shot)
     CACHE_EXIT = "cache_exit"             # an exit site or an exception of translated code (data: CacheExit)
     DENIED_IO = "denied_io"               # I/O the TSS bitmap refuses (data: the registers the hook saw)
     END_RUN = "end_run"                   # a device asked the run to end right after an OUT
@@ -202,8 +204,10 @@ class Dispatcher:
         error_code, _software = engine.last_exception_info()
         engine.reset_exception_state()
         if vector == PF_VEC:          # only the monitor's tables exist: a store to a protected page
-            self.record(StopKind.CACHE_EXIT, CacheExit(CacheExitKind.PAGE_FAULT, eip, vector=vector,
-                                                       error_code=error_code, address=engine.reg64("cr2")))
+            stop = CacheExit(CacheExitKind.PAGE_FAULT, eip, vector=vector, error_code=error_code,
+                             address=engine.reg64("cr2"))
+            if not self._page_fault_in_hook(stop):
+                self.record(StopKind.CACHE_EXIT, stop)
         else:
             self.record(StopKind.CACHE_EXIT, CacheExit(CacheExitKind.FAULT, eip, vector=vector,
                                                        error_code=error_code))
@@ -220,46 +224,79 @@ class Dispatcher:
         Procedure.DESCRIPTOR_ACCESS, Procedure.DEBUG_REGISTER, Procedure.DECIMAL_ADJUST, Procedure.BOUND,
         Procedure.ARPL})
 
+    def _hook_may_serve(self, block) -> bool:
+        """Whether an exit out of `block` may be serviced inside the engine's hook: nothing that
+        watches single instructions or blocks (a debugger, a trace of executions, the guest's TF,
+        a data breakpoint) and no stop already asked for in this run."""
+        return not (block is None or self.debugger is not None or self.tracer.exec or block.key.single_step
+                    or self.data_watch.armed or self.pending is not None or self._step_trap)
+
     def _callout_in_hook(self, stop: CacheExit) -> bool:
         """Service a callout from inside the engine's interrupt hook, which runs between the
         engine's blocks (the int3 has left its block), and go on in the block after it without
         stopping the engine: the run loop's work for a callout (dispatch, then the interrupt
         window) minus the return from the engine, its restart and the loop itself (the Linux
-        boot makes 170,000 of them). When the window has work (an interrupt waits, a stop was
-        asked for, time started to count) or the next block cannot be found here, the engine
-        stops with the callout done (StopKind.EMULATED). False: not one for the hook."""
+        boot makes 240,000 of them). False: not one for the hook."""
         site, block = stop.site, stop.block
-        if block is None or site.instruction.rule.procedure not in self.IN_HOOK_PROCEDURES \
-                or self.debugger is not None or self.tracer.exec or block.key.single_step \
-                or self.data_watch.armed or self.pending is not None or self._step_trap:
+        if site.instruction.rule.procedure not in self.IN_HOOK_PROCEDURES or not self._hook_may_serve(block):
             return False
-        context = self.context
         self.count(site.kind.value)
         self.count("callout_in_hook")
         self.code.restore(site.restore)
         self.cpu.eip = site.guest_eip
         if self.budget.enabled and site.instruction is not block.guest.instructions[-1]:
             self.budget.uncharge_rest_of_block(stop.host_eip, site.next_eip)
-        context.emulator.interrupt_shadow = False      # guest code ran since the last exit
-        # No block is running any more: the int3 has left its block, which the monitor's own
+        self._dispatch_in_hook(VmExit(ExitReason.CALLOUT, eip=site.guest_eip, instruction=site.instruction))
+        self._go_on_in_hook()
+        return True
+
+    def _page_fault_in_hook(self, stop: CacheExit) -> bool:
+        """A page fault of translated code classified inside the engine's hook: a hidden fault
+        of the shadow (filled) or a traced page-table store (carried out) goes on in the same
+        block, and a true fault is delivered to the guest's handler, all without stopping the
+        engine; anything else (a one-shot with a page lent, a memory fault) stops it with its
+        outcome, which the loop acts on as before. False: not one for the hook."""
+        if stop.address >= MONITOR_LINEAR or not self._hook_may_serve(self.cache.block_at(stop.host_eip)):
+            return False
+        outcome = self.faults.page_fault(stop)
+        if isinstance(outcome, Resume):
+            self.engine.set_reg64("rip", outcome.host)
+        elif isinstance(outcome, Exit) and outcome.vm_exit.reason is ExitReason.EXCEPTION:
+            self.count("fault_in_hook")
+            self._dispatch_in_hook(outcome.vm_exit)
+            self._go_on_in_hook()
+        else:
+            self.record(StopKind.FAULT_OUTCOME, outcome)
+        return True
+
+    def _dispatch_in_hook(self, vm_exit: VmExit) -> None:
+        """The run loop's dispatch of an exit, from inside the hook."""
+        self.context.emulator.interrupt_shadow = False      # guest code ran since the last exit
+        # No block is running any more: the exit has left its block, which the monitor's own
         # stores (an exception frame) may invalidate as between two runs (running_block).
         self.in_engine = False
         try:
-            context.dispatch(VmExit(ExitReason.CALLOUT, eip=site.guest_eip, instruction=site.instruction))
+            self.context.dispatch(vm_exit)
         finally:
             self.in_engine = True
+
+    def _go_on_in_hook(self) -> None:
+        """After an exit serviced in the hook: go on at the virtual CPU's EIP, or stop the engine
+        (StopKind.EMULATED) when the run loop's window has work (an interrupt waits, a stop was
+        asked for, time started to count, the guest set TF, the engine's code buffer wants its
+        flush) or the next block cannot be had here (a fetch fault: the next execute takes it)."""
+        context = self.context
         if self.pending is None and not (context.window_has_work or context.stop_requested or context.stop_due
                                          or self.cpu.virtual_flags & TF or self.engine.flush_due()):
             try:
                 target = self.block_for(self.cpu.eip)
             except (PageFault, UnbackedAccess):
-                target = None          # (the next execute takes the fault)
+                target = None
             if target is not None and self.pending is None:
                 self.engine.set_reg64("rip", target.host)
-                return True
+                return
         self.pending = PendingStop(StopKind.EMULATED)
         self.engine.stop()
-        return True
 
     def deny_io(self) -> None:
         """Note the registers the hook sees (they go back before the #GP) and stop."""
@@ -341,15 +378,17 @@ class Dispatcher:
                 return self._denied_io_exit(pending.data)
             if pending is not None and pending.kind is StopKind.EMULATED:
                 return VmExit(ExitReason.EVENT, eip=self.cpu.eip)
-            self.faults.after_run()
+            fault_outcome = pending.data if pending is not None and pending.kind is StopKind.FAULT_OUTCOME else None
+            if fault_outcome is None:             # (else: the loan or one-shot set up in the hook stands)
+                self.faults.after_run()
             stop = pending.data if pending is not None and pending.kind is StopKind.CACHE_EXIT else None
             if cause is StopCause.TLB_REFUSED:      # nested paging: as a page fault would
                 stop = self.faults.refused_access()
             if cause is StopCause.MEMORY_FAULT:
                 self._sync_guest_eip()
                 return VmExit(ExitReason.MEMORY_FAULT, eip=self.cpu.eip, detail=self.engine.memory_fault.message)
-            if stop is not None and stop.kind is CacheExitKind.PAGE_FAULT:
-                outcome = self.faults.page_fault(stop)
+            if fault_outcome is not None or (stop is not None and stop.kind is CacheExitKind.PAGE_FAULT):
+                outcome = fault_outcome or self.faults.page_fault(stop)
                 if isinstance(outcome, RunOneShot):
                     begin, stepping = self._run_one_shot(outcome.eip), False
                     continue

@@ -69,7 +69,7 @@ CACHE_COUNTERS = ("lookups", "hits", "misses", "lookup_table_installs", "blocks_
                   "interrupt_windows_armed", "interrupt_windows_disarmed", "events")
 CACHE_EXIT_KINDS = tuple(kind.value for kind in ExitKind) + (
     "hidden_page_fault", "true_page_fault", "tracing_fault", "smc_store", "write_lent", "memory_fault",
-    "guest_exception", "callout_in_hook")
+    "guest_exception", "callout_in_hook", "fault_in_hook")
 
 
 class BinaryTranslationMode(ExecutionMode):

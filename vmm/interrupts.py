@@ -298,7 +298,9 @@ class InterruptPlatform:
             self._first_use_pending = False
             for callback in self.on_first_use:
                 callback()
-        self._advance()
+        cycles = self.clock.cycles              # (_advance, inline: 4 or 5 syncs an exit)
+        if cycles >= self._due:
+            self._advance_to(cycles)
 
     def _advance(self) -> None:
         """Before `_due` no timer would change anything: a sync costs a comparison, however many

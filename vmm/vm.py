@@ -294,7 +294,8 @@ class VirtualMachine:
             self.emulator.interrupt_shadow = False     # guest code ran since the last SS load
             self.dispatch(vm_exit)
             window = clock()
-            self.input_wake.take()                     # the window polls the input sources
+            if self.input_wake.pending:                # host input: the note taken, the window
+                self.input_wake.take()                 # polls (one coming later: the next does)
             if self.interrupts.in_use and self._result is None:
                 self._interrupt_window()
             self.exit_seconds[vm_exit.reason] += clock() - window

@@ -14,7 +14,7 @@ class InputWake:
     end its engine run soon (`end_run`, ExecutionMode.end_run_soon: a point where the run
     resumes exactly, every instruction that ran retired), turned by the mode into an ordinary
     EVENT exit. The run loop `take()`s the note after every exit, before its interrupt window,
-    whose sync polls the input sources: input that arrives after that sets it again.
+    which polls the input sources: input that arrives after that sets it again.
 
     A request made while no engine run is going on is lost (the next run starts afresh), so
     `arrived()` repeats it every few milliseconds until the run loop has taken the note, as the

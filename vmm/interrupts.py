@@ -28,7 +28,8 @@ CPUID_EDX_APIC = 1 << 9
 
 class _ClockedPorts:
     """A timer or interrupt-controller chip on the bus: brings the platform up to the current
-    time before every access, and notes that the guest now depends on time."""
+    time before every access (the PIT's count too: `chip_access`), notes that the guest now
+    depends on time, and after a write has the timers' next events worked out anew."""
 
     def __init__(self, device, platform: "InterruptPlatform") -> None:
         self.device, self.platform = device, platform
@@ -36,16 +37,19 @@ class _ClockedPorts:
         self.access_width = getattr(device, "access_width", 4)
 
     def io_read(self, offset: int, size: int) -> int:
-        self.platform.guest_uses_time()
+        platform = self.platform
+        platform.chip_access(self.device)
         value = self.device.io_read(offset, size)
-        if self.platform.reads_clock(self.device, offset) and self.platform.clock.in_flight() is None:
-            self.platform.clock_read_by_in = True     # the run loop ends the run after this IN
+        if platform.reads_clock(self.device, offset) and platform.clock.in_flight() is None:
+            platform.clock_read_by_in = True      # the run loop ends the run after this IN
         return value
 
     def io_write(self, offset: int, size: int, value: int) -> None:
-        self.platform.guest_uses_time()
+        platform = self.platform
+        platform.chip_access(self.device)
         self.device.io_write(offset, size, value)
-        self.platform.reprogrammed = True       # the next event may have moved
+        platform.reprogrammed = True            # the next event may have moved
+        platform.timers_written()
 
 
 class _ClockedMmio:
@@ -67,6 +71,7 @@ class _ClockedMmio:
         platform.mmio_uses_time()
         armed = platform.armed_events()
         self.device.io_write(offset, size, value)
+        platform.timers_written()
         if platform.intr_raised or platform.nmi_pending or platform.armed_events() != armed:
             platform.end_run()      # (an NMI even while blocked: the mode must watch for the IRET)
 
@@ -105,6 +110,12 @@ class InterruptPlatform:
         self.rtc = None                 # vmm.devices.mc146818.MC146818, attached by the builder
         self.input_sources = []         # devices fed by host input: armed(), poll(), input_may_arrive(),
         # wait_input(timeout), on_input(callback)
+        # The timers' schedule (`_schedule`), worked out when they were last brought to the clock:
+        # the first cycle at which any of them changes a line or re-arms (`_due`: until then a
+        # sync has nothing to do), and the cycle of the next interrupt event (`_next_event`,
+        # None: none), which bounds the runs. A write to a chip makes both stale (`_due` 0).
+        self._due = 0
+        self._next_event: Optional[int] = None
         self._boot_state()
 
     def _boot_state(self) -> None:
@@ -202,12 +213,21 @@ class InterruptPlatform:
     def _armed_inputs(self) -> list:
         return [source for source in self.input_sources if source.armed()]
 
+    def poll_input(self) -> None:
+        """Pull waiting host input into the armed sources (their IRQs rise): once in every
+        interrupt window, after the run loop took the input wake's note (vmm/input_wake.py), and
+        while hlt idles. Not at every sync: input is the host's, not guest time's, and between
+        two windows its arrival ends the engine run (the wake) for the next window to poll."""
+        for source in self.input_sources:
+            if source.armed():
+                source.poll()
+
     def watch_input(self, wake: Callable[[], None]) -> None:
         """Call `wake` (from the thread that received it) when host input arrives for a source
         that is armed while time is in use: the running guest's engine run must end so that the
-        next sync polls the source (vmm/input_wake.py). Before time is in use the guest has not
-        touched the PIC, which keeps IRQ 3 and 4 masked as the firmware left them: the input
-        waits for the guest's next look at the UART."""
+        next interrupt window polls the source (vmm/input_wake.py). Before time is in use the
+        guest has not touched the PIC, which keeps IRQ 3 and 4 masked as the firmware left them:
+        the input waits for the guest's next look at the UART."""
         for source in self.input_sources:
             source.on_input(lambda source=source: wake() if self.in_use and source.armed() else None)
 
@@ -232,6 +252,24 @@ class InterruptPlatform:
             self.in_use = True
             self._first_use_pending = True
         self.sync()
+
+    def chip_access(self, device) -> None:
+        """A chip's port is about to be read or written: time is in use, the timers are brought
+        to the clock, and so is the PIT's count, which a sync leaves behind while no transition
+        of its OUT is due (its ports are the only readers of it)."""
+        self.guest_uses_time()
+        if device is self.pit:
+            ticks = self.clock.pit_ticks
+            if ticks > self.pit.now:
+                self.pit.advance(ticks - self.pit.now)
+
+    def timers_written(self) -> None:
+        """A chip was written (a timer reprogrammed, an enable changed...): the schedule is
+        stale, and the next sync works it out again. Nothing else moves a timer's next event but
+        the timer firing (at `_due`): no read of a chip (a latch, the RTC's flags, a counter),
+        no interrupt acknowledge, no IRQ line (the timers' events do not depend on the PIC, the
+        APICs' requests or the devices' lines)."""
+        self._due = 0
 
     def mmio_uses_time(self) -> None:
         """guest_uses_time from inside an MMIO access: the modes hear of it at the next sync. A
@@ -260,21 +298,56 @@ class InterruptPlatform:
             self._first_use_pending = False
             for callback in self.on_first_use:
                 callback()
-        self._advance()
+        cycles = self.clock.cycles              # (_advance, inline: 4 or 5 syncs an exit)
+        if cycles >= self._due:
+            self._advance_to(cycles)
 
     def _advance(self) -> None:
-        ticks = self.clock.pit_ticks
+        """Before `_due` no timer would change anything: a sync costs a comparison, however many
+        callers ask between two exits (the run budget, the window, rdtsc, every chip access).
+        The timers then lag behind the clock without anyone seeing it: the PIT's count only
+        (`chip_access` brings it up for the PIT's ports), the RTC's flags, which it brings up to
+        date itself on every access, and the free-running counters read the clock themselves."""
+        cycles = self.clock.cycles
+        if cycles >= self._due:
+            self._advance_to(cycles)
+
+    def _advance_to(self, cycles: int) -> None:
+        ticks = cycles // CYCLES_PER_PIT_TICK
         if ticks > self.pit.now:
             self.pit.advance(ticks - self.pit.now)
         if self.rtc is not None:
             self.rtc.advance()
+        ns = cycles * NS_PER_SECOND // CPU_HZ
         if self.apic.next_time is not None:
-            self.apic.advance(self._now_ns())
+            self.apic.advance(ns)
         for timer in self.timers:
             if timer.next_event_ns() is not None:
-                timer.advance(self._now_ns())
-        for source in self._armed_inputs():
-            source.poll()
+                timer.advance(ns)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        """With the timers at the clock's time: the next interrupt event of each (the PIT's next
+        rising edge, the RTC's enabled interrupts, the APIC timer's expiry, the HPET's and the
+        PM timer's) and the first cycle at which any timer does anything (the events, and the
+        PIT's OUT falling too). Both stay true until the clock reaches `_due` (then the
+        timers fire and re-arm, and this runs again) or a chip is written (`timers_written`)."""
+        pit = self.pit
+        change = pit.next_change()
+        due = float("inf") if change is None else (pit.now + change) * CYCLES_PER_PIT_TICK
+        events = []
+        ticks = pit.next_event()
+        if ticks is not None:
+            events.append((pit.now + ticks) * CYCLES_PER_PIT_TICK)
+        if self.rtc is not None and (at := self.rtc.next_event()) is not None:
+            events.append(at)
+        if self.apic.next_time is not None:
+            events.append(self._cycles_at(self.apic.next_time))
+        for timer in self.timers:
+            if (ns := timer.next_event_ns()) is not None:
+                events.append(self._cycles_at(ns))
+        self._next_event = min(events) if events else None
+        self._due = due if self._next_event is None else min(due, self._next_event)
 
     def cycles_to_next_event(self) -> Optional[int]:
         """Guest cycles until the next timer edge (>= 1), or None if none is coming or time is
@@ -282,19 +355,9 @@ class InterruptPlatform:
         if not self.in_use:
             return None
         self.sync()
-        now = self.clock.cycles
-        events = []
-        ticks = self.pit.next_event()
-        if ticks is not None:
-            events.append((self.pit.now + ticks) * CYCLES_PER_PIT_TICK - now)
-        if self.rtc is not None and (due := self.rtc.next_event()) is not None:
-            events.append(due - now)
-        if self.apic.next_time is not None:
-            events.append(self._cycles_at(self.apic.next_time) - now)
-        for timer in self.timers:
-            if (due := timer.next_event_ns()) is not None:
-                events.append(self._cycles_at(due) - now)
-        return max(1, min(events)) if events else None
+        if self._next_event is None:
+            return None
+        return max(1, self._next_event - self.clock.cycles)
 
     def reprograms_timer(self, port: int) -> bool:
         """Whether an OUT to `port` reprograms a timer (the PIT, the RTC, the ACPI PM's enables):
@@ -306,8 +369,12 @@ class InterruptPlatform:
     def intr_raised(self) -> bool:
         """The CPU's INTR line now, as the local APIC drives it: one of its own vectors above the
         processor priority, or the PIC pair's INTR through LINT0 (no clock sync: safe inside an
-        I/O hook or an MMIO access)."""
-        output = self.pic.output
+        I/O hook or an MMIO access). Nothing requested anywhere (the PIC's INT low, the APIC's
+        IRR empty) is the common case, and answered first."""
+        output = self.pic.master.output
+        if not output and not self.apic.irr:
+            self._pic_output = False
+            return False
         if output and not self._pic_output and self.apic.accepts_pic():
             self.apic.local_deliver(LVT_LINT0)     # a rise on LINT0: a fixed vector is requested
         self._pic_output = output

@@ -294,7 +294,8 @@ class VirtualMachine:
             self.emulator.interrupt_shadow = False     # guest code ran since the last SS load
             self.dispatch(vm_exit)
             window = clock()
-            self.input_wake.take()                     # the window's sync polls the input sources
+            if self.input_wake.pending:                # host input: the note taken, the window
+                self.input_wake.take()                 # polls (one coming later: the next does)
             if self.interrupts.in_use and self._result is None:
                 self._interrupt_window()
             self.exit_seconds[vm_exit.reason] += clock() - window
@@ -337,19 +338,16 @@ class VirtualMachine:
         instruction, and host input can end the run where it resumes exactly (direct mode cuts
         the engine's count: Engine.cut_count). Modes count instructions only when this is not
         None, and report what ran through `retire`."""
-        bounds = []
         left = self.limits.remaining_instructions()
-        if left is not None:
-            bounds.append(left)
-        if self.interrupts.in_use:
-            bounds.append(Limits.MAX_INSTRUCTIONS)
-            if self.interrupts.pending() and (self.emulator.interrupt_shadow or not self.mode.watches_every_if_set):
-                bounds.append(self.POLL_INTERVAL)
-            else:
-                next_event = self.interrupts.cycles_to_next_event()
-                if next_event is not None:
-                    bounds.append(next_event)
-        return max(1, min(bounds)) if bounds else None
+        interrupts = self.interrupts
+        if not interrupts.in_use:
+            return None if left is None else max(1, left)
+        if interrupts.pending() and (self.emulator.interrupt_shadow or not self.mode.watches_every_if_set):
+            bound = self.POLL_INTERVAL
+        else:
+            next_event = interrupts.cycles_to_next_event()
+            bound = Limits.MAX_INSTRUCTIONS if next_event is None else min(next_event, Limits.MAX_INSTRUCTIONS)
+        return max(1, bound if left is None else min(bound, left))
 
     def retire(self, instructions: int) -> None:
         """Guest instructions the mode executed: the clock and the instruction limit move."""
@@ -372,6 +370,7 @@ class VirtualMachine:
             self.external_interrupts[NMI] += 1
             self.mode.interrupt_delivered()
             self._deliver(NMI, return_eip=self.cpu.reg("eip"), external=True)
+        interrupts.poll_input()                  # host input (the run loop took its wake's note)
         pending = interrupts.pending()
         if pending and not self.emulator.interrupt_shadow and self.cpu.reg("eflags") & IF:
             vector = self.interrupts.acknowledge()
@@ -515,6 +514,7 @@ class VirtualMachine:
             # Skip to the next event; while another device's timer (the RTC's) is armed, events
             # of a masked source (the PIT's) are skipped on until one interrupts.
             for _ in range(self.IDLE_SKIPS):
+                self.interrupts.poll_input()
                 next_event = self.interrupts.cycles_to_next_event()
                 if self.interrupts.pending() or next_event is None:
                     break

@@ -181,6 +181,12 @@ class I8254:
             level = out
         return None
 
+    def next_change(self) -> Optional[int]:
+        """Ticks from `now` to channel 0's next OUT transition, rising or falling (None: never):
+        until then `advance` moves nothing but `now`."""
+        at = self.channels[0].next_transition(self.now)
+        return None if at is None else at - self.now
+
     def channel_out(self, index: int) -> bool:
         """OUT of a channel now (channel 2's feeds port 0x61 bit 5)."""
         return self.channels[index].get_out(self.now)

@@ -42,6 +42,9 @@ def _ctl_write(control: int, arguments: int) -> int:
     return control | (arguments << 26) | (uc_const.UC_CTL_IO_WRITE << 30)
 
 
+_REMOVE_CACHE = ctypes.c_int(_ctl_write(uc_const.UC_CTL_TB_REMOVE_CACHE, 2))
+
+
 # Our own function pointers into the library (not the binding's, whose prototypes stay its own).
 _library = ctypes.CDLL(uclib._name)
 _uc_reg_read = _library.uc_reg_read
@@ -585,11 +588,22 @@ class Engine:
         marker left set (the guest's next #PF would arrive as #DF). Both are put back (CR2 through
         _set_cr2, which keeps CR3)."""
         self._invalidations += 1
-        cr2 = self._uc.reg_read(x86.UC_X86_REG_CR2)
-        self._uc.ctl_remove_cache(begin, end)
-        if self._uc.reg_read(x86.UC_X86_REG_CR2) != cr2:
+        cr2 = self._cr2()
+        # (the library's uc_ctl, not the binding's ctl_remove_cache: 2 us against 11, and the
+        # cache patches a chain slot, each an invalidation, about a million times in a Linux boot)
+        status = _library.uc_ctl(self._handle, _REMOVE_CACHE, ctypes.c_uint64(begin), ctypes.c_uint64(end))
+        if status != uc_const.UC_ERR_OK:
+            raise UcError(status)
+        if self._cr2() != cr2:
             self._set_cr2(cr2)
             self.reset_exception_state()
+
+    def _cr2(self) -> int:
+        buffer = self._register_buffer
+        status = _uc_reg_read(self._handle, x86.UC_X86_REG_CR2, self._register_pointer)
+        if status:
+            raise UcError(status)
+        return buffer.value
 
     def flush_due(self) -> bool:
         """Whether the next run must begin with flush_before_full's flush (a hook that would go

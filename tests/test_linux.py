@@ -63,8 +63,7 @@ def test_qemu_boots_the_initramfs_to_its_marker(tmp_path):
 # the TSC and the local APIC timer against a clock far faster than every other guest clock. It
 # reaches /init, then spends its time in APIC timer interrupts (861,000 in 10 minutes, the init
 # script not yet through its first command), or panics in its timer check when the host is loaded.
-@pytest.mark.parametrize("options", [("--mode", "bt", "--tcache-size", "32767"),
-                                     ("--mode", "bt", "--paging", "nested", "--tcache-size", "32767")],
+@pytest.mark.parametrize("options", [("--mode", "bt"), ("--mode", "bt", "--paging", "nested")],
                          ids=["bt-shadow", "bt-nested"])
 def test_debian_boots_to_the_init_script_and_powers_off(tmp_path, options):
     """The unmodified kernel decompresses, boots, runs busybox's /init, whose output is QEMU's,

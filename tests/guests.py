@@ -118,6 +118,19 @@ cfg_read:
 """
 
 
+def pic_pair(master_mask: int, slave_mask: int) -> str:
+    """Assembly: both i8259s initialized as a PC's (ICW1-4: master at vector 0x20, slave at 0x28
+    on its IRQ 2, 8086 mode), then their masks."""
+    return ("    mov al, 0x11\n    out 0x20, al\n    out 0xa0, al\n    mov al, 0x20\n    out 0x21, al\n"
+            "    mov al, 0x28\n    out 0xa1, al\n    mov al, 0x04\n    out 0x21, al\n    mov al, 0x02\n"
+            "    out 0xa1, al\n    mov al, 0x01\n    out 0x21, al\n    out 0xa1, al\n"
+            f"    mov al, {master_mask:#04x}\n    out 0x21, al\n    mov al, {slave_mask:#04x}\n    out 0xa1, al\n")
+
+
+# A timer handler's end: EOI to the master PIC, eax kept, and back.
+EOI_IRET = "    push eax\n    mov al, 0x20\n    out 0x20, al\n    pop eax\n    iretd\n"
+
+
 def cmos(index: int) -> str:
     """Read CMOS/RTC register `index` into AL."""
     return f"    mov al, {index:#x}\n    out 0x70, al\n    in al, 0x71\n"

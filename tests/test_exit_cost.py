@@ -9,7 +9,7 @@ import pytest
 
 import cache.tcache
 from tests.cli import run_vmm
-from tests.guests import EXIT, flat_gdt, idt_setup, paging_on, run_image, run_source
+from tests.guests import EOI_IRET, EXIT, flat_gdt, idt_setup, paging_on, run_image, run_source
 from tests.test_timer import pic_and_pit
 from tests.samples import REPO_ROOT
 from vmm.builder import MachineConfig, build_machine
@@ -275,12 +275,7 @@ timer:
     mov eax, dword ptr [esp]
     mov dword ptr [0x7000], eax
 timer_done:
-    push eax
-    mov al, 0x20
-    out 0x20, al
-    pop eax
-    iretd
-"""
+""" + EOI_IRET
 
 
 @pytest.mark.parametrize("mode", ["bt", "direct"])

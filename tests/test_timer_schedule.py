@@ -8,7 +8,7 @@ once per caller."""
 
 import pytest
 
-from tests.guests import HEX, MODES, idt_setup, needs_qemu, run_qemu_source, run_source
+from tests.guests import HEX, MODES, idt_setup, needs_qemu, pic_pair, run_qemu_source, run_source
 from vmm.devices.uart16550 import Uart16550
 from vmm.exits import StopReason
 from vmm.interrupts import InterruptPlatform
@@ -27,25 +27,7 @@ SETUP = f"""
     mov esp, 0x90000
     mov dword ptr [{HPET + 0x10:#x}], 1
 """ + idt_setup({0x20: "irq0", 0x28: "irq8", 0x29: "irq9", 0x30: "apic_timer"}) + """
-    mov al, 0x11
-    out 0x20, al
-    out 0xa0, al
-    mov al, 0x20
-    out 0x21, al
-    mov al, 0x28
-    out 0xa1, al
-    mov al, 0x04
-    out 0x21, al
-    mov al, 0x02
-    out 0xa1, al
-    mov al, 0x01
-    out 0x21, al
-    out 0xa1, al
-    mov al, 0xfa
-    out 0x21, al
-    mov al, 0xfc
-    out 0xa1, al
-"""
+""" + pic_pair(0xfa, 0xfc)
 
 HANDLERS = """
 stamp:

@@ -141,6 +141,11 @@ class TranslationCache:
         # page of their target: an invlpg breaks those into its page only, without a look at
         # every link (the Linux boot's 40,000 invlpg each walked 500 of them: 64 s).
         self._cross_page_links: dict[int, set[tuple[TranslatedBlock, int]]] = collections.defaultdict(set)
+        # The same for links into blocks whose pages the guest maps global (the caller says so at
+        # link time): a CR3 load keeps them, as the CPU keeps global TLB entries; invlpg and a
+        # full flush (CR4.PGE, CR0, CR4 changes) break them. A Linux context switch broke and
+        # relinked every cross-page link of its kernel (global) code.
+        self._global_links: dict[int, set[tuple[TranslatedBlock, int]]] = collections.defaultdict(set)
         self._lookup_installed: set[int] = set()         # entry offsets installed since the last clear
         self._lookup_pages: dict[int, set[int]] = collections.defaultdict(set)   # guest page -> offsets
         self._lookup_table_cleared = False       # once cleared whole, only installed entries need it
@@ -223,8 +228,15 @@ class TranslationCache:
         self._code_page_stores.clear()
 
     # -- chaining ------------------------------------------------------------------------------
-    def link(self, source: TranslatedBlock, index: int, target: TranslatedBlock) -> None:
-        """Patch exit `index` of `source` into a direct jump to `target`."""
+    @staticmethod
+    def crosses_pages(source: TranslatedBlock, target: TranslatedBlock) -> bool:
+        """Whether a link from `source` to `target` leads into another linear page (or into a
+        block spanning two): a change of the guest's mapping may make it lead elsewhere."""
+        return len(target.ranges) > 1 or target.guest.linear // PAGE_SIZE != source.guest.linear // PAGE_SIZE
+
+    def link(self, source: TranslatedBlock, index: int, target: TranslatedBlock, global_target: bool = False) -> None:
+        """Patch exit `index` of `source` into a direct jump to `target` (`global_target`: the
+        guest maps the target's pages global, so a CR3 load keeps the link)."""
         if not (source.alive and target.alive) or index in source.links:
             return
         site = source.site_address(index)
@@ -237,9 +249,10 @@ class TranslationCache:
         self._aim_branch(source, index, entry)
         source.links[index] = target
         target.incoming.add((source, index))
-        if len(target.ranges) > 1 or target.guest.linear // PAGE_SIZE != source.guest.linear // PAGE_SIZE:
+        if self.crosses_pages(source, target):
+            links = self._global_links if global_target else self._cross_page_links
             for page in target.linear_pages:
-                self._cross_page_links[page].add((source, index))
+                links[page].add((source, index))
         self.counters["links_made"] += 1
 
     def unlink(self, source: TranslatedBlock, index: int) -> None:
@@ -248,12 +261,13 @@ class TranslationCache:
         if target is None:
             return
         target.incoming.discard((source, index))
-        for page in target.linear_pages:
-            links = self._cross_page_links.get(page)
-            if links is not None:
-                links.discard((source, index))
-                if not links:
-                    del self._cross_page_links[page]
+        for by_page in (self._cross_page_links, self._global_links):
+            for page in target.linear_pages:
+                links = by_page.get(page)
+                if links is not None:
+                    links.discard((source, index))
+                    if not links:
+                        del by_page[page]
         if source.alive:
             self._write_code(source.site_address(index), UNLINKED_SLOT)
             self._aim_branch(source, index, source.site_address(index))
@@ -391,17 +405,19 @@ class TranslationCache:
             self.remove(block, "self_check")
         self.protect_page(page, False)
 
-    def mapping_changed(self, page: Optional[int] = None) -> None:
+    def mapping_changed(self, page: Optional[int] = None, keep_global: bool = False) -> None:
         """The guest's linear-to-physical mapping may have changed (CR3 load, paging on or off;
         `page`: invlpg of that linear page only): what finds blocks by linear address alone may
         now be wrong. The lookup table forgets those entries and the links into another linear
         page (or into a block spanning two) that may now lead elsewhere are broken; links within
         a page stay, since a block is only entered where its page maps to its code. Blocks stay:
-        they are keyed by physical address too."""
-        pages = list(self._cross_page_links) if page is None else [page]
-        for linear_page in pages:
-            for source, index in list(self._cross_page_links.get(linear_page, ())):
-                self.unlink(source, index)
+        they are keyed by physical address too. `keep_global`: a CR3 load, which leaves the
+        links into global pages."""
+        for by_page in (self._cross_page_links,) if keep_global and page is None else \
+                (self._cross_page_links, self._global_links):
+            for linear_page in (list(by_page) if page is None else [page]):
+                for source, index in list(by_page.get(linear_page, ())):
+                    self.unlink(source, index)
         if page is None:
             self.clear_lookup_table()
         else:

@@ -278,3 +278,48 @@ done:
 """ + EXIT
     result, _out, _vm = run_source(tmp_path, source, mode=mode, paging=paging)
     assert (result.reason, result.guest_value) == (StopReason.DEBUG_EXIT, 0), result.message
+
+
+def _switching_calls(global_bit: int) -> str:
+    """Two directories mapping linear 0x400000 onto the same frame (`mov eax, 1; ret`), through
+    entries with `global_bit` (0x100: G, with CR4.PGE on); 50 rounds of a CR3 load and a call
+    into that page, chained across pages under bt. Exits with EBX - 50 (0 when right)."""
+    return f"""
+    mov esp, 0x90000
+    mov dword ptr [0x203000], 0x000001b8     /* mov eax, 1 */
+    mov dword ptr [0x203004], 0x0000c300     /* ret */
+    mov dword ptr [0x10000], {0x83 | global_bit:#x}     /* 0-4 MiB, both directories */
+    mov dword ptr [0x12000], {0x83 | global_bit:#x}
+    mov dword ptr [0x10004], 0x11003
+    mov dword ptr [0x12004], 0x13003
+    mov dword ptr [0x11000], {0x203003 | global_bit:#x}
+    mov dword ptr [0x13000], {0x203003 | global_bit:#x}
+    mov eax, cr4
+    or eax, 0x90                              /* PSE, PGE */
+    mov cr4, eax
+""" + paging_on(0x10000, 0x80010000) + """
+    xor ebx, ebx
+    mov ecx, 50
+    mov esi, 0x10000
+switch:
+    xor esi, 0x2000
+    mov cr3, esi
+    call 0x400000
+    add ebx, eax
+    dec ecx
+    jnz switch
+    lea eax, [ebx - 50]
+""" + EXIT
+
+
+@pytest.mark.parametrize("paging", ["shadow", "nested"])
+def test_links_into_global_pages_survive_cr3_loads(tmp_path, paging):
+    # The same code through global entries: one link across pages made once and kept over 50
+    # CR3 loads; through ordinary entries each load breaks it and the next call makes it again.
+    # (QEMU runs both guests to the value 0.)
+    broken = {}
+    for name, bit in (("global", 0x100), ("ordinary", 0)):
+        result, _out, vm = run_source(tmp_path, _switching_calls(bit), mode="bt", paging=paging)
+        assert (result.reason, result.guest_value) == (StopReason.DEBUG_EXIT, 0), result.message
+        broken[name] = vm.mode.cache.counters["links_broken"]
+    assert broken["global"] < 5 and broken["ordinary"] >= 50, broken

@@ -38,6 +38,7 @@ DE, DB, NMI, BP, OF_VEC, BR, UD, NM, DF_VEC, TS, NP, SS, GP, PF_VEC, MF, AC_VEC,
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
 PTE_P, PTE_RW, PTE_US, PTE_A, PTE_D, PTE_PS = 0x001, 0x002, 0x004, 0x020, 0x040, 0x080
+PTE_G = 0x100          # global: a CR3 load leaves its TLB entry (while CR4.PGE is set)
 PTE_NX = 1 << 63       # execute-disable (PAE and IA-32e entries only)
 
 # Gate and system-segment descriptor types (SDM vol. 3, 3.5 and 6.11)

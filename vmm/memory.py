@@ -13,7 +13,7 @@ from vmm.errors import ConfigError, UnsupportedGuestFeature
 from vmm.frames import FramePool, PhysToMachine
 from vmm.monitor_layout import (BOOT_GDT_OFFSET, BOOT_GDT_SIZE, MONITOR_BASE, MONITOR_SIZE, UNASSIGNED_PAGE_OFFSET,
                                 UNTIL_PAGE_OFFSET, UNTIL_PAGE_SIZE)
-from vmm.x86 import CR0_PG, CR0_WP, CR4_PAE, CR4_PSE, PAGE_SIZE, PTE_A, PTE_D, PTE_P, PTE_PS, PTE_RW, PTE_US
+from vmm.x86 import CR0_PG, CR0_WP, CR4_PAE, CR4_PGE, CR4_PSE, PAGE_SIZE, PTE_A, PTE_D, PTE_G, PTE_P, PTE_PS, PTE_RW, PTE_US
 
 MIB = 1 << 20
 
@@ -393,6 +393,20 @@ class PhysicalMemory:
 _U32 = struct.Struct("<I")
 PDE_4M_RESERVED = 1 << 21               # a 4 MiB PDE's reserved bit (bits 20-13: address bits 39-32)
 PF_PROTECTION, PF_WRITE, PF_USER, PF_RESERVED = 1, 2, 4, 8      # #PF error code bits
+
+
+def mapped_global(memory: PhysicalMemory, cr3: int, cr4: int, linear: int) -> bool:
+    """Whether the guest's tables map `linear` through a global entry while CR4.PGE is set: a CR3
+    load leaves such a TLB entry (the monitor's look: no accessed bit is set)."""
+    if not cr4 & CR4_PGE or cr4 & CR4_PAE:
+        return False
+    pde = memory.read_table_entry((cr3 & 0xFFFFF000) + ((linear >> 22) << 2))
+    if not pde & PTE_P:
+        return False
+    if pde & PTE_PS and cr4 & CR4_PSE:
+        return bool(pde & PTE_G)
+    pte = memory.read_table_entry((pde & 0xFFFFF000) + (((linear >> 12) & 0x3FF) << 2))
+    return bool(pte & PTE_P and pte & PTE_G)
 
 
 def linear_to_physical(memory: PhysicalMemory, cr0: int, cr3: int, linear: int, write: bool, *,

@@ -136,7 +136,7 @@ class Dispatcher:
     def __init__(self, context, engine, cpu, memory, cache, code: TranslatedCode, decoder, paging, budget, faults,
                  scratch_view, block_for: Callable, deprivileged: Callable[[], bool],
                  enter_deprivileged: Callable[[int], int], count: Callable[[str], None], chaining: bool,
-                 data_watch) -> None:
+                 data_watch, global_block: Callable[[object], bool]) -> None:
         self.context = context
         self.engine = engine
         self.cpu = cpu
@@ -154,6 +154,7 @@ class Dispatcher:
         self.count = count
         self.chaining = chaining
         self.data_watch = data_watch          # the guest's data breakpoints (mode.py)
+        self.global_block = global_block      # whether the guest maps a block's pages global
         self.debugger = context.debugger
         self.tracer = context.tracer
         self.pending: Optional[PendingStop] = None
@@ -459,7 +460,9 @@ class Dispatcher:
                 return Exit(VmExit(ExitReason.EVENT, eip=self.cpu.eip))
             target = self.block_for(site.guest_eip)
             if self._may_chain(stop.block):
-                self.cache.link(stop.block, stop.site_index, target)
+                source = stop.block
+                self.cache.link(source, stop.site_index, target,
+                                global_target=self.cache.crosses_pages(source, target) and self.global_block(target))
             return Resume(target.host)
         if site.kind is ExitKind.MISS:
             target_eip = self.engine.reg(site.target)

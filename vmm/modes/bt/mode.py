@@ -45,13 +45,13 @@ from vmm.nested_paging import NestedPaging
 from vmm.shadow_paging import ShadowPaging
 from vmm.guest_paging import GuestPaging, PagingOff
 from vmm.guest_view import GuestView
-from vmm.memory import PageFault, UnbackedAccess
+from vmm.memory import PageFault, UnbackedAccess, mapped_global
 from vmm.monitor_layout import (ARENA_OFFSET, ARENA_SIZE, ARENA_SLOT_SIZE, ARENA_SLOTS, DEFAULT_TCACHE_BLOCKS,
                                 LOOKUP_OFFSET, LOOKUP_SIZE, MONITOR_LINEAR, PROFILE_OFFSET, PROFILE_SIZE, SCRATCH_OFFSET, SCRATCH_SIZE,
                                 SHADOW_GDT_OFFSET, SHADOW_GDT_SIZE, SHADOW_LDT_OFFSET, SHADOW_LDT_SIZE,
                                 VCPU_OFFSET, VCPU_PRIVILEGED_OFFSET, VCPU_PRIVILEGED_SIZE, VCPU_SIZE)
 from vmm.monitor_paging import LongModeTables
-from vmm.x86 import IOPL_MASK, PAGE_SIZE, TF
+from vmm.x86 import CR4_PGE, IOPL_MASK, PAGE_SIZE, TF
 
 
 # The monitor-region areas bt uses (offsets, sizes, where the TLB wants them) and the cache's
@@ -168,7 +168,7 @@ class BinaryTranslationMode(ExecutionMode):
         self.dispatcher = Dispatcher(context, engine, self.cpu, memory, self.cache, self.code, self.decoder,
                                      self.paging, self.budget, self.faults, self.scratch_view, self._block_for,
                                      lambda: self._deprivileged, self._enter_deprivileged, self._count, self.chaining,
-                                     self.data_watch)
+                                     self.data_watch, self._global_block)
         io_site = self.dispatcher.io_site
         engine.on_port_io(      # (translated I/O notes its guest address in the scratch page)
             lambda port, size: context.dispatch(VmExit(ExitReason.PORT_IN, eip=io_site(), port=port, size=size)),
@@ -280,7 +280,21 @@ class BinaryTranslationMode(ExecutionMode):
         # through its current tables: a lookup that faults there left Unicorn's exception
         # state set, and the guest's next fault became a double fault.
         self._flush_tlb()
-        self.cache.mapping_changed()
+        self.cache.mapping_changed(keep_global=number == 3)
+
+    def _global_block(self, block: TranslatedBlock) -> bool:
+        """Whether the guest's tables map every page of the block global (CR4.PGE): links into
+        it survive CR3 loads, as the CPU's global TLB entries do. A guest that changes a global
+        mapping must invlpg it or toggle CR4.PGE (QEMU flushes globals at a CR3 load too: a guest
+        relying on that runs the old code here through such a link)."""
+        control = self.cpu.control
+        if not self.paging.on or not control[4] & CR4_PGE:
+            return False
+        try:
+            return all(mapped_global(self.memory, control[3], control[4], page * PAGE_SIZE)
+                       for page in block.linear_pages)
+        except UnbackedAccess:
+            return False
 
     def invalidate_page(self, linear: int) -> None:
         """invlpg."""

@@ -164,6 +164,10 @@ class TranslationCache:
         self.counters["hits" if block is not None else "misses"] += 1
         return block
 
+    def translated(self, key: BlockKey) -> Optional[TranslatedBlock]:
+        """The block for `key` if there is one (the monitor's own look: no lookup counted)."""
+        return self._blocks.get(key)
+
     def __len__(self) -> int:
         return len(self._blocks)
 

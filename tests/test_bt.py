@@ -499,3 +499,30 @@ def test_a_gs_base_msr_above_4_gib_stays_in_guest_memory(tmp_path, mode):
     assert result.reason is StopReason.DEBUG_EXIT, result.message
     assert b"\xef\xbe\xad\xde" not in bytes(vm.memory.monitor_view(0, vm.memory.monitor.size))
     assert vm.memory.read(0xE9800, 4) == b"\xef\xbe\xad\xde"
+
+
+# A loop whose two halves join: `jnz top` (the back edge) and `jmp next` (into a block the even
+# half translated first) lead to blocks translated before them on the same page, so they are
+# chained when translated; the five others exit once each, as every first edge did before.
+JOINING_LOOP = """
+    mov ecx, 1000
+    xor eax, eax
+top:
+    add eax, ecx
+    test ecx, 1
+    jz even
+    add eax, 3
+    jmp next
+even:
+    sub eax, 1
+next:
+    dec ecx
+    jnz top
+    sub eax, 500500 + 1500 - 500
+""" + EXIT
+
+
+def test_edges_to_blocks_already_on_the_page_are_chained_when_translated(tmp_path):
+    result, _out, vm = run_source(tmp_path, JOINING_LOOP, mode="bt")
+    assert (result.reason, result.guest_value) == (StopReason.DEBUG_EXIT, 0), result.message
+    assert vm.mode.exit_counts["branch"] == 5 and vm.mode.cache.counters["links_made"] == 7

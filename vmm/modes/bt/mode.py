@@ -23,6 +23,7 @@ Guest ring 3 runs at CPL 3 with the real IOPL at 0 or 3 (docs/translation.md, "G
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Optional
 
 from cache.arena import CodeArena
@@ -366,9 +367,29 @@ class BinaryTranslationMode(ExecutionMode):
             else:
                 predictions //= 2
         block = self.cache.add(key, guest, translation, ranges)
+        if self.chaining and not key.single_step:
+            self._link_within_page(block)
         if self.tracer.in_asm or self.tracer.out_asm:
             self.tracer.translated(guest, translation, block.host)
         return block
+
+    def _link_within_page(self, block: TranslatedBlock) -> None:
+        """Chain a new block's static exits at once to blocks already translated on its own first
+        linear page (a loop's back edge, a branch to code that ran before): their keys are the
+        block's but for the EIP and, on the same page, the physical address, which needs no walk
+        of the guest's tables. Other exits are chained at their first exit, as before (the Linux
+        boot took 330,000 of those)."""
+        key, page = block.key, block.guest.linear // PAGE_SIZE
+        for index, site in enumerate(block.translation.exits):
+            if site.kind is not ExitKind.BRANCH or index in block.links:
+                continue
+            linear = (key.cs_base + site.guest_eip) & 0xFFFFFFFF
+            if linear // PAGE_SIZE != page:
+                continue
+            physical = -1 if key.physical == -1 else (key.physical & ~(PAGE_SIZE - 1)) | (linear % PAGE_SIZE)
+            target = self.cache.translated(replace(key, eip=site.guest_eip, physical=physical))
+            if target is not None:
+                self.cache.link(block, index, target)
 
     def _inline_timestamp(self) -> bool:
         """Whether rdtsc may read the virtual clock inline: the budget counts and the guest

@@ -26,7 +26,7 @@ from vmm.memory import UnbackedAccess
 from vmm.privilege import check_outer_stack, inner_stack, iopl, null_outer_data_segments
 from vmm.task_switch import TaskSwitch
 from vmm.x86 import (AC, AF, BP, BR, CF, DF, GP, ID, IF, IOPL_MASK, NP, NT, OF, OF_VEC, PF, RF, SF, SS, TF, UD, VM,
-                     ZF, CR0_ET, CR0_MSW, CR0_PE, CR0_TS, CR4_PCE, GATE_CALL_16, GATE_CALL_32, GATE_TASK,
+                     ZF, CR0_ET, CR0_MSW, CR0_PE, CR0_TS, CR4_PCE, CR4_TSD, GATE_CALL_16, GATE_CALL_32, GATE_TASK,
                      LDT_TYPE, MSR_TSC_AUX, TSS_AVAILABLE_16, TSS_AVAILABLE_32, Gate, SegmentDescriptor, encode_segment)
 
 MSR_SYSENTER_CS, MSR_SYSENTER_ESP, MSR_SYSENTER_EIP = 0x174, 0x175, 0x176
@@ -693,6 +693,8 @@ class Emulator:
             self.cpu.set_reg(name, value)
 
     def _rdtsc(self, insn):
+        if self.cpu.reg("cr4") & CR4_TSD and self.cpu.cpl:
+            raise GuestFault(GP, 0)          # CR4.TSD: the TSC is ring 0's alone
         value = self.timestamp()
         self.cpu.set_reg("eax", value & 0xFFFFFFFF)
         self.cpu.set_reg("edx", (value >> 32) & 0xFFFFFFFF)

@@ -105,6 +105,17 @@ _TLB_NOTDIRTY = 0x400        # a low bit of addr_write (qemu/include/exec/cpu-al
 _CTX_ERROR_CODE = _CTX_ENV + 5352        # int error_code of the last exception
 _CTX_EXCEPTION_IS_INT = _CTX_ENV + 5356  # int exception_is_int: 1 for int n / int3 / into
 _CTX_OLD_EXCEPTION = _CTX_ENV + 5464     # int old_exception: never cleared by Unicorn (see reset)
+# QEMU's SVM state, which Unicorn keeps but never enters: hflags' HF_GUEST_MASK says the CPU runs
+# an SVM guest, and uint64 `intercept` (after tsc_offset, which helper_rdtsc adds) holds one bit
+# per intercepted instruction from SVM_EXIT_INTR (0x60) on. Read off helper_rdtsc and
+# cpu_svm_check_intercept_param in the pinned library; tests/test_rdtsc.py pins them by a guest.
+_HF_GUEST = 1 << 21
+_CTX_INTERCEPT = _CTX_ENV + 0x1570
+_SVM_EXIT_INTR, _SVM_EXIT_RDTSC = 0x60, 0x6E
+# The vector an intercepted rdtsc (or rdtscp, whose helper calls rdtsc's) arrives with at the
+# interrupt hook: QEMU's cpu_vmexit raises EXCP_VMEXIT (0x100) + the exit code, EIP at the
+# instruction, and (Unicorn never calling do_vmexit) nothing else of the CPU changes.
+RDTSC_EXIT_VECTOR = 0x100 + _SVM_EXIT_RDTSC
 
 PROT_NONE = uc_const.UC_PROT_NONE
 PROT_READ = uc_const.UC_PROT_READ
@@ -421,6 +432,7 @@ class Engine:
             raise UcError(status)
         self._invalidations = 0
         self.buffer_flushes = 0
+        self._rdtsc_intercepted = False     # intercept_rdtsc
         self._register_buffer = ctypes.c_uint64()
         self._register_pointer = ctypes.byref(self._register_buffer)
         self._buffers: list = []          # host buffers behind mem_map_ptr regions (kept alive)
@@ -730,6 +742,30 @@ class Engine:
         if old.value != -1:
             old.value = -1
 
+    def intercept_rdtsc(self) -> None:
+        """Make every rdtsc and rdtscp the guest runs natively an exception at the interrupt hook,
+        vector RDTSC_EXIT_VECTOR, EIP at the instruction (not run): the hook answers it and moves
+        EIP past it, and the run goes on. Unicorn has no hook for rdtsc and reads the host's TSC;
+        this is QEMU's own SVM intercept (the CPU marked as an SVM guest intercepting rdtsc and
+        nothing else), checked by helper_rdtsc at run time, after CR4.TSD's #GP. Unlike an engine
+        exit per rdtsc, which ends the run, and after which Unicorn drops the translations around
+        every exit (retranslated by the next run: the code buffer fills and Unicorn's own flush
+        inside a run crashed it), this costs one exception and no translation. The other checks
+        an SVM guest makes (every bit of `intercept` but rdtsc's clear) pass."""
+        self._rdtsc_intercepted = True
+        hflags = self._state(_CTX_HFLAGS, ctypes.c_uint32)
+        hflags.value |= _HF_GUEST
+        intercept = self._state(_CTX_INTERCEPT, ctypes.c_uint64)
+        intercept.value |= 1 << (_SVM_EXIT_RDTSC - _SVM_EXIT_INTR)
+
+    def forget_software_interrupt(self) -> None:
+        """Clear exception_is_int once an int n / int3 / into was hooked: Unicorn sets EIP to the
+        next instruction's before the hook of every exception while it is set, and only a raised
+        exception sets it again; an intercepted rdtsc raises none, and would find EIP moved."""
+        is_int = self._state(_CTX_EXCEPTION_IS_INT)
+        if is_int.value:
+            is_int.value = 0
+
     def set_exits(self, addresses) -> None:
         """Addresses where the engine stops before running the instruction there, as after hlt
         (its translator ends a block in front of one). Translations made meanwhile keep the
@@ -828,6 +864,8 @@ class Engine:
                 return
             try:
                 handler(intno)
+                if self._rdtsc_intercepted:
+                    self.forget_software_interrupt()
             except BaseException as error:   # surfaced from run(), never lost inside Unicorn
                 self._hook_error = error
                 self._uc.emu_stop()

@@ -116,6 +116,9 @@ _SVM_EXIT_INTR, _SVM_EXIT_RDTSC = 0x60, 0x6E
 # interrupt hook: QEMU's cpu_vmexit raises EXCP_VMEXIT (0x100) + the exit code, EIP at the
 # instruction, and (Unicorn never calling do_vmexit) nothing else of the CPU changes.
 RDTSC_EXIT_VECTOR = 0x100 + _SVM_EXIT_RDTSC
+# target_ulong cr[5] in CPUX86State: CR2 at +0x1B8 (helper_rdtsc tests cr[4] at +0x1C8).
+_CTX_CR2 = _CTX_ENV + 0x1B8
+_PF = 14
 
 PROT_NONE = uc_const.UC_PROT_NONE
 PROT_READ = uc_const.UC_PROT_READ
@@ -433,6 +436,8 @@ class Engine:
         self._invalidations = 0
         self.buffer_flushes = 0
         self._rdtsc_intercepted = False     # intercept_rdtsc
+        self._exits: frozenset = frozenset()    # set_exits
+        self._run_cr2 = 0                   # CR2 as the guest last left it in this run (run)
         self._register_buffer = ctypes.c_uint64()
         self._register_pointer = ctypes.byref(self._register_buffer)
         self._buffers: list = []          # host buffers behind mem_map_ptr regions (kept alive)
@@ -742,6 +747,22 @@ class Engine:
         if old.value != -1:
             old.value = -1
 
+    def _undo_exit_walk(self) -> None:
+        """At the end of every run Unicorn looks up the code in front of each exit (to drop its
+        translation) through the guest's page tables: where they no longer map it (an exit in
+        code the guest since unmapped, as Linux's freed __init text), the walk takes a page
+        fault inside the library: CR2 becomes that address and old_exception 14, so the guest's
+        next page fault arrives as a double fault (Linux's first one in user space: "double
+        fault" in strncpy_from_user, under direct and vt). Both are put back: CR2 as the guest
+        left it (at the run's start, or after the last exception hook of the run)."""
+        old = self._state(_CTX_OLD_EXCEPTION)
+        if old.value != _PF:
+            return
+        cr2 = self._state(_CTX_CR2, ctypes.c_uint64)
+        if (cr2.value + 1) & 0xFFFFFFFF in self._exits:
+            cr2.value = self._run_cr2
+            old.value = -1
+
     def intercept_rdtsc(self) -> None:
         """Make every rdtsc and rdtscp the guest runs natively an exception at the interrupt hook,
         vector RDTSC_EXIT_VECTOR, EIP at the instruction (not run): the hook answers it and moves
@@ -770,7 +791,8 @@ class Engine:
         """Addresses where the engine stops before running the instruction there, as after hlt
         (its translator ends a block in front of one). Translations made meanwhile keep the
         stop: invalidate_code them when an exit goes."""
-        self._uc.ctl_set_exits(list(addresses))
+        self._exits = frozenset(addresses)
+        self._uc.ctl_set_exits(list(self._exits))
 
     def save_state(self):
         """The whole CPU state (general, segment, control, FPU/SSE registers and hidden parts),
@@ -866,6 +888,8 @@ class Engine:
                 handler(intno)
                 if self._rdtsc_intercepted:
                     self.forget_software_interrupt()
+                if self._exits:                     # (a #PF sets CR2, and so may the monitor)
+                    self._run_cr2 = self._state(_CTX_CR2, ctypes.c_uint64).value
             except BaseException as error:   # surfaced from run(), never lost inside Unicorn
                 self._hook_error = error
                 self._uc.emu_stop()
@@ -996,8 +1020,12 @@ class Engine:
         self.memory_fault = None
         self._fault_address = None
         self._tlb_refused = False
+        if self._exits:
+            self._run_cr2 = self._state(_CTX_CR2, ctypes.c_uint64).value
         try:
             self._uc.emu_start(begin, until, count=count)
+            if self._exits:
+                self._undo_exit_walk()
         except UcError as error:
             if self._tlb_refused and self._hook_error is None and error.errno == uc_const.UC_ERR_EXCEPTION:
                 self.reset_exception_state()

@@ -114,8 +114,9 @@ def test_version_and_bare_command():
 
 # Maps keyed by what happened (a vector, a mnemonic), not by counter names: these list only what
 # the guest did. Every other key of a mode's report is there on every run.
-EVENT_MAPS = {"exceptions", "external_interrupts", "traps", "vt_exception_exits"}
-MACHINE_COUNTERS = {"exits", "port_io", "mmio", "exceptions", "external_interrupts", "task_switches", "clock", "disks"}
+EVENT_MAPS = {"exceptions", "external_interrupts", "callouts", "traps", "vt_exception_exits"}
+MACHINE_COUNTERS = {"exits", "port_io", "mmio", "exceptions", "external_interrupts", "callouts", "task_switches", "clock",
+                    "disks"}
 MODE_COUNTERS = {"bt": {"translation_cache", "cache_exits", "shadow_paging"}, "direct": set(),
                  "trap": {"traps", "virtualization_holes", "shadow_paging"},
                  "vt": {"vt_exit_controls", "vt_exits", "vt_exception_exits"}}

@@ -68,7 +68,7 @@ SHELL_COMMANDS = [
     "echo one two three | wc -w",
     "sleep 1 && echo slept",
     "(sleep 5; echo late) &",
-    "kill %1",
+    "kill %1; sleep 1",     # (the job's end is reported at the next prompt: after it ended)
     "trap 'echo got USR1' USR1; kill -USR1 $$",
     "i=0; while [ $i -lt 200 ]; do /bin/true; i=$((i+1)); done; echo spawned $i",
     "echo status $?",

@@ -51,7 +51,7 @@ QEMU_SHELL_TRANSCRIPT = [
     "/ # sleep 1 && echo slept",
     "slept",
     "/ # (sleep 5; echo late) &",
-    "/ # kill %1",
+    "/ # kill %1; sleep 1",
     "[1]+  Terminated                 (sleep 5; echo late)",
     "/ # trap 'echo got USR1' USR1; kill -USR1 $$",
     "got USR1",

@@ -139,8 +139,8 @@ def test_qemu_runs_the_shell_session(tmp_path):
 
 @needs_linux
 @pytest.mark.slow
-@pytest.mark.parametrize("options", [("--mode", "bt", "--tcache-size", "32767"), ("--mode", "direct")],
-                         ids=["bt-shadow", "direct"])
+@pytest.mark.parametrize("options", [("--mode", "bt", "--tcache-size", "32767"), ("--mode", "direct"), ("--mode", "vt")],
+                         ids=["bt-shadow", "direct", "vt"])
 def test_shell_session_on_the_serial_console(tmp_path, options):
     """Issue 15: the kernel boots to busybox's interactive shell on ttyS0, each command typed on
     the monitor's stdin (COM1's input) at its prompt runs (fork/exec, pipes, signals, sleep's

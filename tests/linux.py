@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
+import re
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -34,6 +38,42 @@ echo hello > /tmp/file && cat /tmp/file
 echo {MARKER}-END
 poweroff -f
 """
+
+SHELL_MARKER = "VMM-LINUX-SHELL"
+# The interactive variant: /init mounts what a real system would, then starts busybox's shell
+# on the console as a terminal, the way an init does: setsid makes it a session leader and
+# cttyhack opens the console's real device (/dev/ttyS0, from /sys/class/tty/console/active) as
+# its controlling terminal, so job control (`&`, `kill %1`) works. The prompt is ash's "/ # ".
+SHELL_INIT = f"""#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+echo {SHELL_MARKER}
+exec setsid cttyhack sh
+"""
+PROMPT = b"/ # "
+# Typed on the serial console one line at a time, each once the prompt is back: fork/exec, pipes,
+# signals (a trap, a job killed), timers (sleep), tmpfs, a fork/exec storm of 200 processes, and
+# poweroff -f to end the run. Each line is at least 8 bytes with its newline: Linux sets the
+# 16550A's receive FIFO to interrupt at 8 bytes, and the monitor's UART (vmm/devices/uart16550.py)
+# lacks the FIFO's character-timeout interrupt that QEMU raises for fewer ("ls /" never reached
+# the shell under the monitor); see test_short_line_reaches_the_shell.
+SHELL_COMMANDS = [
+    "echo hello from the shell",
+    "uname -s -r -m",
+    "ls -C /",
+    "cat /proc/cpuinfo | grep -c processor",
+    "mount -t tmpfs none /tmp && echo x > /tmp/f && cat /tmp/f",
+    "echo one two three | wc -w",
+    "sleep 1 && echo slept",
+    "(sleep 5; echo late) &",
+    "kill %1; sleep 1",     # (the job's end is reported at the next prompt: after it ended)
+    "trap 'echo got USR1' USR1; kill -USR1 $$",
+    "i=0; while [ $i -lt 200 ]; do /bin/true; i=$((i+1)); done; echo spawned $i",
+    "echo status $?",
+    "poweroff -f",
+]
 
 S_IFDIR, S_IFREG, S_IFCHR = 0o040000, 0o100000, 0o020000
 
@@ -110,6 +150,81 @@ def init_output(console: bytes) -> list[str]:
     return text[start:end if end >= 0 else len(text)].splitlines()
 
 
+class Conversation:
+    """What a session on the serial console printed, and whether it got through its commands."""
+
+    def __init__(self, console: bytes, typed: int, returncode: Optional[int], seconds: float) -> None:
+        self.console, self.typed, self.returncode, self.seconds = console, typed, returncode, seconds
+
+
+def converse(command: list[str], commands: list[str] = SHELL_COMMANDS, timeout: float = 600,
+             marker: str = SHELL_MARKER, prompt: bytes = PROMPT) -> Conversation:
+    """Run `command` (QEMU's or the monitor's, its stdin the console's input) and type each of
+    `commands` at the shell once its prompt is back, as a person would: the same for both, and
+    nothing sent before the shell runs (input typed earlier is the kernel's to drop or echo at
+    will). Returns once the process ends (the last command powers off) or `timeout` passes (the
+    process is then killed)."""
+    started = time.perf_counter()
+    deadline = started + timeout
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            cwd=REPO_ROOT)
+    console = bytearray()
+
+    def read_until(done) -> bool:
+        while not done():
+            ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.perf_counter()))
+            if not ready:
+                return False
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                return False
+            console.extend(chunk)
+        return True
+
+    typed = 0
+    try:
+        at = [-1]
+
+        def shell_up() -> bool:
+            at[0] = console.find(marker.encode())
+            return at[0] >= 0 and console.count(prompt, at[0]) >= 1
+        if read_until(shell_up):
+            for typed, line in enumerate(commands, start=1):
+                proc.stdin.write(line.encode() + b"\n")
+                proc.stdin.flush()
+                if typed == len(commands):
+                    break
+                if not read_until(lambda: console.count(prompt, at[0]) > typed):
+                    break
+        read_until(lambda: False)            # to the end of the output (the guest powers off)
+        proc.wait(timeout=max(1.0, deadline - time.perf_counter()))
+    except (subprocess.TimeoutExpired, BrokenPipeError):
+        pass
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return Conversation(bytes(console), typed, proc.returncode, time.perf_counter() - started)
+
+
+_KERNEL_MESSAGE = re.compile(r"^\[ *\d+\.\d+\] ")
+
+
+def shell_transcript(console: bytes, marker: str = SHELL_MARKER) -> list[str]:
+    """The session as a person reads it: from the marker on, the shell's terminal queries (ash
+    asks the cursor position, ESC [6n, before each prompt), carriage returns and the kernel's own
+    log lines (timestamped) dropped, up to and including the `poweroff -f` line."""
+    text = console.decode(errors="replace").replace("\x1b[6n", "").replace("\r", "")
+    start = text.find(marker + "\n")
+    if start < 0:
+        return []
+    lines = [line for line in text[start:].splitlines() if not _KERNEL_MESSAGE.match(line)]
+    for index, line in enumerate(lines):
+        if line.endswith("poweroff -f"):
+            return lines[:index + 1]
+    return lines
+
+
 def read_cpio_newc(archive: bytes) -> list[tuple[str, int, bytes, tuple[int, int]]]:
     """The entries of a newc archive (up to its trailer), as cpio_newc takes them."""
     entries, at = [], 0
@@ -127,7 +242,9 @@ def read_cpio_newc(archive: bytes) -> list[tuple[str, int, bytes, tuple[int, int
         at = data_at + size + (-size % 4)
 
 
-if __name__ == "__main__":          # python -m tests.linux initrd.gz: the test initramfs, for a manual run
-    if len(sys.argv) != 2 or linux_missing():
-        sys.exit(linux_missing() or "usage: python -m tests.linux OUTPUT.gz")
-    write_initramfs(Path(sys.argv[1]))
+if __name__ == "__main__":          # python -m tests.linux [--shell] initrd.gz: for a manual run
+    shell = sys.argv[1:2] == ["--shell"]
+    arguments = sys.argv[1 + shell:]
+    if len(arguments) != 1 or linux_missing():
+        sys.exit(linux_missing() or "usage: python -m tests.linux [--shell] OUTPUT.gz")
+    write_initramfs(Path(arguments[0]), SHELL_INIT if shell else INIT)

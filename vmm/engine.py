@@ -108,6 +108,20 @@ _TLB_NOTDIRTY = 0x400        # a low bit of addr_write (qemu/include/exec/cpu-al
 _CTX_ERROR_CODE = _CTX_ENV + 5352        # int error_code of the last exception
 _CTX_EXCEPTION_IS_INT = _CTX_ENV + 5356  # int exception_is_int: 1 for int n / int3 / into
 _CTX_OLD_EXCEPTION = _CTX_ENV + 5464     # int old_exception: never cleared by Unicorn (see reset)
+# QEMU's SVM state, which Unicorn keeps but never enters: hflags' HF_GUEST_MASK says the CPU runs
+# an SVM guest, and uint64 `intercept` (after tsc_offset, which helper_rdtsc adds) holds one bit
+# per intercepted instruction from SVM_EXIT_INTR (0x60) on. Read off helper_rdtsc and
+# cpu_svm_check_intercept_param in the pinned library; tests/test_rdtsc.py pins them by a guest.
+_HF_GUEST = 1 << 21
+_CTX_INTERCEPT = _CTX_ENV + 0x1570
+_SVM_EXIT_INTR, _SVM_EXIT_RDTSC = 0x60, 0x6E
+# The vector an intercepted rdtsc (or rdtscp, whose helper calls rdtsc's) arrives with at the
+# interrupt hook: QEMU's cpu_vmexit raises EXCP_VMEXIT (0x100) + the exit code, EIP at the
+# instruction, and (Unicorn never calling do_vmexit) nothing else of the CPU changes.
+RDTSC_EXIT_VECTOR = 0x100 + _SVM_EXIT_RDTSC
+# target_ulong cr[5] in CPUX86State: CR2 at +0x1B8 (helper_rdtsc tests cr[4] at +0x1C8).
+_CTX_CR2 = _CTX_ENV + 0x1B8
+_PF = 14
 
 PROT_NONE = uc_const.UC_PROT_NONE
 PROT_READ = uc_const.UC_PROT_READ
@@ -439,6 +453,9 @@ class Engine:
             raise UcError(status)
         self._invalidations = 0
         self.buffer_flushes = 0
+        self._rdtsc_intercepted = False     # intercept_rdtsc
+        self._exits: frozenset = frozenset()    # set_exits
+        self._run_cr2 = 0                   # CR2 as the guest last left it in this run (run)
         self._register_buffer = ctypes.c_uint64()
         self._register_pointer = ctypes.byref(self._register_buffer)
         self._buffers: list = []          # host buffers behind mem_map_ptr regions (kept alive)
@@ -764,11 +781,52 @@ class Engine:
         if old.value != -1:
             old.value = -1
 
+    def _undo_exit_walk(self) -> None:
+        """At the end of every run Unicorn looks up the code in front of each exit (to drop its
+        translation) through the guest's page tables: where they no longer map it (an exit in
+        code the guest since unmapped, as Linux's freed __init text), the walk takes a page
+        fault inside the library: CR2 becomes that address and old_exception 14, so the guest's
+        next page fault arrives as a double fault (Linux's first one in user space: "double
+        fault" in strncpy_from_user, under direct and vt). Both are put back: CR2 as the guest
+        left it (at the run's start, or after the last exception hook of the run)."""
+        old = self._state(_CTX_OLD_EXCEPTION)
+        if old.value != _PF:
+            return
+        cr2 = self._state(_CTX_CR2, ctypes.c_uint64)
+        if (cr2.value + 1) & 0xFFFFFFFF in self._exits:
+            cr2.value = self._run_cr2
+            old.value = -1
+
+    def intercept_rdtsc(self) -> None:
+        """Make every rdtsc and rdtscp the guest runs natively an exception at the interrupt hook,
+        vector RDTSC_EXIT_VECTOR, EIP at the instruction (not run): the hook answers it and moves
+        EIP past it, and the run goes on. Unicorn has no hook for rdtsc and reads the host's TSC;
+        this is QEMU's own SVM intercept (the CPU marked as an SVM guest intercepting rdtsc and
+        nothing else), checked by helper_rdtsc at run time, after CR4.TSD's #GP. Unlike an engine
+        exit per rdtsc, which ends the run, and after which Unicorn drops the translations around
+        every exit (retranslated by the next run: the code buffer fills and Unicorn's own flush
+        inside a run crashed it), this costs one exception and no translation. The other checks
+        an SVM guest makes (every bit of `intercept` but rdtsc's clear) pass."""
+        self._rdtsc_intercepted = True
+        hflags = self._state(_CTX_HFLAGS, ctypes.c_uint32)
+        hflags.value |= _HF_GUEST
+        intercept = self._state(_CTX_INTERCEPT, ctypes.c_uint64)
+        intercept.value |= 1 << (_SVM_EXIT_RDTSC - _SVM_EXIT_INTR)
+
+    def forget_software_interrupt(self) -> None:
+        """Clear exception_is_int once an int n / int3 / into was hooked: Unicorn sets EIP to the
+        next instruction's before the hook of every exception while it is set, and only a raised
+        exception sets it again; an intercepted rdtsc raises none, and would find EIP moved."""
+        is_int = self._state(_CTX_EXCEPTION_IS_INT)
+        if is_int.value:
+            is_int.value = 0
+
     def set_exits(self, addresses) -> None:
         """Addresses where the engine stops before running the instruction there, as after hlt
         (its translator ends a block in front of one). Translations made meanwhile keep the
         stop: invalidate_code them when an exit goes."""
-        self._uc.ctl_set_exits(list(addresses))
+        self._exits = frozenset(addresses)
+        self._uc.ctl_set_exits(list(self._exits))
 
     def save_state(self):
         """The whole CPU state (general, segment, control, FPU/SSE registers and hidden parts),
@@ -862,6 +920,10 @@ class Engine:
                 return
             try:
                 handler(intno)
+                if self._rdtsc_intercepted:
+                    self.forget_software_interrupt()
+                if self._exits:                     # (a #PF sets CR2, and so may the monitor)
+                    self._run_cr2 = self._state(_CTX_CR2, ctypes.c_uint64).value
             except BaseException as error:   # surfaced from run(), never lost inside Unicorn
                 self._hook_error = error
                 self._uc.emu_stop()
@@ -992,8 +1054,12 @@ class Engine:
         self.memory_fault = None
         self._fault_address = None
         self._tlb_refused = False
+        if self._exits:
+            self._run_cr2 = self._state(_CTX_CR2, ctypes.c_uint64).value
         try:
             self._uc.emu_start(begin, until, count=count)
+            if self._exits:
+                self._undo_exit_walk()
         except UcError as error:
             if self._tlb_refused and self._hook_error is None and error.errno == uc_const.UC_ERR_EXCEPTION:
                 self.reset_exception_state()

@@ -354,9 +354,11 @@ class VirtualMachine:
         self.clock.retire(instructions)
         self.limits.consume(instructions)
 
-    def _read_timestamp(self) -> int:
+    def _read_timestamp(self, in_run: bool = False) -> int:
+        """The TSC: the clock as retired, or (`in_run`: read from a hook inside an engine run,
+        vmm/modes/direct.py) with the run's instructions so far, as devices see it."""
         self.interrupts.guest_uses_time()
-        return self.clock.cycles
+        return self.clock.now() if in_run else self.clock.cycles
 
     def _interrupt_window(self) -> None:
         """At an instruction boundary between two runs: take an NMI if one waits and NMIs are

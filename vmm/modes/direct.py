@@ -12,7 +12,7 @@ from typing import Optional
 from capstone import CS_GRP_CALL, CS_GRP_INT, CS_GRP_IRET, CS_GRP_JUMP, CS_GRP_RET
 
 from vmm.cpu import GuestCpu
-from vmm.engine import StopCause
+from vmm.engine import RDTSC_EXIT_VECTOR, StopCause
 from vmm.errors import MonitorBug
 from vmm.exits import ExitReason, VmExit
 from translator.x86decode import LEGACY_PREFIXES, decode, instruction_length
@@ -23,7 +23,9 @@ from vmm.modes import ExecutionMode, PendingStop
 from vmm.modes.breakpoints import EngineBreakpoints, spend_resume_flag
 from translator.decoder import Decoder
 from vmm.msr_cpuid import MsrCpuidWatch
-from vmm.x86 import BP, CR0_PG, CR0_WP, CR4_PCE, CR4_PSE, DB, GP, NM, OF_VEC, PAGE_SIZE, PF_VEC, TF, UD, nm_is_ud
+from vmm.x86 import (BP, CR0_PG, CR0_WP, CR4_PCE, CR4_PSE, CR4_TSD, DB, GP, MSR_TSC_AUX, NM, OF_VEC, PAGE_SIZE,
+                     PF_VEC, TF, UD, nm_is_ud)
+_RDTSCP = b"\x0f\x01\xf9"
 
 HLT_OPCODE = 0xF4
 # The instructions that can set IF, by opcode (after prefixes), with the number of instructions
@@ -175,6 +177,9 @@ class DirectMode(ExecutionMode):
                                        self.watch_msrs)
         self._decoder = Decoder(self._fetch)
         engine.on_cpuid(self._cpuid_hook)
+        # rdtsc reads guest time, as under bt (the engine's would be the host's TSC).
+        engine.intercept_rdtsc()
+        self.timestamps_read = 0
         return self.cpu
 
     def _cpuid_hook(self) -> bool:
@@ -528,6 +533,9 @@ class DirectMode(ExecutionMode):
         if self.io_denied:      # after a refused port access: never happened
             self.engine.reset_exception_state()
             return
+        if vector == RDTSC_EXIT_VECTOR:
+            self._read_timestamp()
+            return
         if vector != PF_VEC:
             if self._fetch_exit is not None:
                 self._clear_fetch_exit()
@@ -535,6 +543,29 @@ class DirectMode(ExecutionMode):
             self.engine.reset_exception_state()     # (no pager: the engine walks the guest's tables)
             return
         self._on_interrupt(vector)
+
+    def _read_timestamp(self) -> None:
+        """An rdtsc or rdtscp the engine intercepted (Engine.intercept_rdtsc), EIP at it: answered
+        from guest time as the run has it so far (the virtual clock: one cycle per instruction
+        retired before it, exactly as bt's callout reads it) and the run goes on after it. Outside
+        ring 0 with the guest's CR4.TSD set it is #GP(0) (the engine checks its own CR4 first:
+        the guest's under direct and vt, not under trap, whose CR4 is virtual)."""
+        engine, cpu = self.engine, self.cpu
+        eip = engine.reg("eip")
+        code = self._guest_code((eip + cpu.segment_base("cs")) & 0xFFFFFFFF, 16)
+        at = _skip_prefixes(code)
+        if cpu.reg("cr4") & CR4_TSD and cpu.cpl:
+            self.context.dispatch(VmExit(ExitReason.EXCEPTION, eip=eip, vector=GP, error_code=0,
+                                         software=False, fault_eip=eip))
+            return
+        rdtscp = code[at:at + 3] == _RDTSCP
+        value = self.context.emulator.timestamp(in_run=True)
+        engine.set_reg("eax", value & 0xFFFFFFFF)
+        engine.set_reg("edx", (value >> 32) & 0xFFFFFFFF)
+        if rdtscp:
+            engine.set_reg("ecx", cpu.read_msr(MSR_TSC_AUX) & 0xFFFFFFFF)
+        engine.set_reg("eip", (eip + at + (3 if rdtscp else 2)) & 0xFFFFFFFF)
+        self.timestamps_read += 1
 
     def _fetch_ahead(self, eip: int, linear: int) -> bool:
         """Whether a page fault at `eip` on `linear` is the engine's, not yet the guest's: the

@@ -16,7 +16,9 @@ The exit controls (`--vt-exits`, shown in the report) name exit reasons as VT-x 
                       when the engine translates it (Engine.on_translation), a code hook goes
                       at each watched instruction, and a block that got one is translated
                       again before it runs, so every execution exits. The cost is paid per
-                      translation and per exit, not per block run
+                      translation and per exit, not per block run. rdtsc reads guest time
+                      with the control on or off (TSC offsetting and scaling to the virtual
+                      clock: DirectMode's intercepted rdtsc); on, each one also counts an exit
   task_switch         not a control: VT-x exits on every task switch and the monitor performs
                       it (vmm/task_switch.py); counted for those the monitor sees (see
                       task_switched)

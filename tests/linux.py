@@ -24,12 +24,15 @@ MARKER = "VMM-LINUX-INIT-OK"
 
 # The init script: busybox's applets installed as links, the pseudo file systems mounted, a
 # marker, a few commands whose output is the same on every boot (and under QEMU), power off.
-INIT = f"""#!/bin/busybox sh
+# What both init scripts begin with: busybox's applets installed as links, the pseudo file
+# systems mounted, as a real system's init does.
+INIT_SETUP = """#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-echo {MARKER}
+"""
+INIT = INIT_SETUP + f"""echo {MARKER}
 uname -s -r -m
 cat /proc/cmdline
 echo sum $((6 * 7))
@@ -44,12 +47,7 @@ SHELL_MARKER = "VMM-LINUX-SHELL"
 # on the console as a terminal, the way an init does: setsid makes it a session leader and
 # cttyhack opens the console's real device (/dev/ttyS0, from /sys/class/tty/console/active) as
 # its controlling terminal, so job control (`&`, `kill %1`) works. The prompt is ash's "/ # ".
-SHELL_INIT = f"""#!/bin/busybox sh
-/bin/busybox --install -s /bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-echo {SHELL_MARKER}
+SHELL_INIT = INIT_SETUP + f"""echo {SHELL_MARKER}
 exec setsid cttyhack sh
 """
 PROMPT = b"/ # "

@@ -9,21 +9,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.guests import EXIT, MODES, idt_setup, needs_qemu, run_qemu_source, run_source
+from tests.guests import EXIT, MODES, idt_setup, needs_qemu, pic_pair, run_qemu_source, run_source
 
 # COM1's IRQ 4 through the master PIC at vector 0x24, the FIFO on with its trigger at 8 bytes,
 # the receive interrupt enabled; the guest waits in hlt and exits with the IIR its handler reads.
-FIFO_TIMEOUT = "    mov esp, 0x90000\n" + idt_setup({0x24: "com1"}) + """
-    mov al, 0x11
-    out 0x20, al
-    mov al, 0x20
-    out 0x21, al
-    mov al, 0x04
-    out 0x21, al
-    mov al, 0x01
-    out 0x21, al
-    mov al, 0xef
-    out 0x21, al
+FIFO_TIMEOUT = "    mov esp, 0x90000\n" + idt_setup({0x24: "com1"}) + pic_pair(0xef, 0xff) + """
     mov dx, 0x3fa
     mov al, 0x81
     out dx, al

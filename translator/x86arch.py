@@ -16,7 +16,7 @@ CR0_WP, CR0_PG = 1 << 16, 1 << 31
 CR0_MSW = CR0_PE | CR0_MP | CR0_EM | CR0_TS    # the bits lmsw loads (the low word's first four)
 # CR4 bits
 CR4_DE = 1 << 3        # debug extensions: DR4/DR5 are #UD instead of DR6/DR7's aliases
-CR4_TSD = 1 << 2       # rdtsc outside ring 0 is #GP
+CR4_TSD = 1 << 2       # rdtsc and rdtscp fault (#GP(0)) outside ring 0
 CR4_PSE = 1 << 4       # 4 MiB pages in 32-bit paging
 CR4_PAE = 1 << 5
 CR4_PGE = 1 << 7       # global pages

@@ -19,7 +19,6 @@ FPU_CONTROLS = {0: CR0_MP | CR0_EM | CR0_TS | CR0_NE, 4: CR4_OSFXSR | CR4_OSXMME
 # CR4 bits whose change invalidates every TLB entry, global ones included (SDM vol. 3, 4.10.4.1;
 # QEMU's cpu_x86_update_cr4 flushes on the same ones): PSE, PAE, PGE
 CR4_TLB_BITS = CR4_PSE | CR4_PAE | CR4_PGE
-CR4_TSD = 1 << 2        # rdtsc and rdtscp fault (#GP(0)) outside ring 0
 
 VECTOR_NAMES = {
     0: "#DE", 1: "#DB", 2: "NMI", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM", 8: "#DF",

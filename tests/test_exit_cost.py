@@ -104,24 +104,7 @@ def test_a_monitor_store_into_translated_code_still_drops_the_block(tmp_path):
     call once
     mov esp, once_end
 skip:
-""") + """
-once:
-    nop
-    nop
-    nop
-    nop
-    nop
-    nop
-    nop
-    nop
-    nop
-    nop
-    nop
-    nop
-    nop
-    nop
-    nop
-    ret
+""") + "once:\n" + "    nop\n" * 15 + """    ret
 once_end:
 """
     result, _out, vm = run_source(tmp_path, source, mode="bt")

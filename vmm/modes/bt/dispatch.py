@@ -245,11 +245,17 @@ class Dispatcher:
         self.count("callout_in_hook")
         self.code.restore(site.restore)
         self.cpu.eip = site.guest_eip
-        if self.budget.enabled and site.instruction is not block.guest.instructions[-1]:
-            self.budget.uncharge_rest_of_block(stop.host_eip, site.next_eip)
+        self._uncharge_after_callout(stop)
         self._dispatch_in_hook(VmExit(ExitReason.CALLOUT, eip=site.guest_eip, instruction=site.instruction))
         self._go_on_in_hook()
         return True
+
+    def _uncharge_after_callout(self, stop: CacheExit) -> None:
+        """A callout out of the middle of its block (inline rdtsc's #GP path, popf changing IOPL
+        or TF, an inline form that fell back): the prologue charged what follows it too."""
+        site, block = stop.site, stop.block
+        if self.budget.enabled and block is not None and site.instruction is not block.guest.instructions[-1]:
+            self.budget.uncharge_rest_of_block(stop.host_eip, site.next_eip)
 
     def _page_fault_in_hook(self, stop: CacheExit) -> bool:
         """A page fault of translated code classified inside the engine's hook: a hidden fault
@@ -481,11 +487,7 @@ class Dispatcher:
             return Resume(target.host)
         self.cpu.eip = site.guest_eip
         if site.kind is ExitKind.CALLOUT:
-            block = stop.block
-            if self.budget.enabled and block is not None and site.instruction is not block.guest.instructions[-1]:
-                # out of the middle of its block (inline rdtsc's #GP path, popf changing IOPL or
-                # TF, an inline form that fell back): the prologue charged what follows it too
-                self.budget.uncharge_rest_of_block(stop.host_eip, site.next_eip)
+            self._uncharge_after_callout(stop)
             self._step_trap = stepping
             return Exit(VmExit(ExitReason.CALLOUT, eip=site.guest_eip, instruction=site.instruction))
         if site.kind is ExitKind.UNDECODABLE:

@@ -596,14 +596,20 @@ class Emitter:
         """In front of string I/O: while the virtual-CPU block says the guest's CPL is above its
         IOPL, an exit where the monitor checks the TSS bitmap (#GP, or on to the instruction).
         Flag-free (jrcxz, the guest's rcx kept in r9); at CPL <= IOPL no exit."""
+        self._emit_vcpu_check(out, instruction, mark, VCPU_IO_CHECK, ExitKind.IO_PERMISSION)
+
+    def _emit_vcpu_check(self, out: Translation, instruction: GuestInstruction, mark, flag: int,
+                         kind: ExitKind) -> None:
+        """An exit of `kind` at `instruction` while the virtual-CPU block's dword at `flag` is not
+        0, and on to what follows while it is: flag-free (jrcxz, the guest's rcx kept in r9)."""
         code = out.code
         code += _reg_reg(b"\x89", ECX, R9, w=1)                                        # mov r9, rcx
         mark(instruction.address, ((ECX, "r9"),))
-        code += _monitor(b"\x8B", ECX, self.areas.vcpu + VCPU_IO_CHECK)                # mov ecx, [io check]
+        code += _monitor(b"\x8B", ECX, self.areas.vcpu + flag)                         # mov ecx, [flag]
         code += b"\xE3\x04"                                                             # jrcxz over 4 bytes
         code += _reg_reg(b"\x89", R9, ECX, w=1)                                        # mov rcx, r9 (3)
         mark(instruction.address)
-        self._site(out, ExitSite(ExitKind.IO_PERMISSION, 0, instruction.address, instruction.end, instruction))
+        self._site(out, ExitSite(kind, 0, instruction.address, instruction.end, instruction))
         mark(instruction.address, ((ECX, "r9"),))                                      # where jrcxz lands
         code += _reg_reg(b"\x89", R9, ECX, w=1)
         mark(instruction.address)
@@ -774,18 +780,9 @@ class Emitter:
         rdtsc faults (CR4.TSD outside ring 0) it exits to its callout, which raises the #GP."""
         if not self._inline_timestamp:
             raise UntranslatableForm("rdtsc before time is counted")
-        code, guest = out.code, instruction.address
-        mark(guest)
-        code += _reg_reg(b"\x89", ECX, R9, w=1)                                        # mov r9, rcx
-        mark(guest, ((ECX, "r9"),))
-        code += _monitor(b"\x8B", ECX, self.areas.vcpu + VCPU_TSC_CHECK)               # mov ecx, [tsc check]
-        code += b"\xE3\x04"                                                             # jrcxz over 4 bytes
-        code += _reg_reg(b"\x89", R9, ECX, w=1)                                        # mov rcx, r9 (3)
-        mark(guest)
-        self._site(out, ExitSite(ExitKind.CALLOUT, 0, guest, instruction.end, instruction))
-        mark(guest, ((ECX, "r9"),))                                                     # where jrcxz lands
-        code += _reg_reg(b"\x89", R9, ECX, w=1)
-        mark(guest)
+        code = out.code
+        mark(instruction.address)
+        self._emit_vcpu_check(out, instruction, mark, VCPU_TSC_CHECK, ExitKind.CALLOUT)
         code += _monitor(b"\x63", EAX, self.areas.scratch + SCRATCH_BUDGET, w=1)       # movsxd rax, [budget]
         code += b"\x48\xF7\xD0"                                                       # not rax: -left - 1
         code += _monitor(b"\x8B", EDX, self.areas.scratch + SCRATCH_TSC_BASE, w=1)     # mov rdx, [base]

@@ -417,8 +417,10 @@ class TranslationCache:
         a page stay, since a block is only entered where its page maps to its code. Blocks stay:
         they are keyed by physical address too. `keep_global`: a CR3 load, which leaves the
         links into global pages."""
-        for by_page in (self._cross_page_links,) if keep_global and page is None else \
-                (self._cross_page_links, self._global_links):
+        indexes = [self._cross_page_links]
+        if page is not None or not keep_global:
+            indexes.append(self._global_links)
+        for by_page in indexes:
             for linear_page in (list(by_page) if page is None else [page]):
                 for source, index in list(by_page.get(linear_page, ())):
                     self.unlink(source, index)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 
@@ -11,6 +12,14 @@ from tests.samples import REPO_ROOT
 def run_vmm(*args, stdin: bytes = b"", timeout: float = 60, cwd=REPO_ROOT) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "vmm", *map(str, args)], input=stdin, capture_output=True,
                           timeout=timeout, cwd=cwd)
+
+
+def sigint_as_a_terminal_gives_it() -> None:
+    """A subprocess's preexec_fn for tests that send it Ctrl-C: SIGINT back to its default. A
+    shell without job control starts background commands with SIGINT ignored, and children
+    inherit that; the monitor rightly honours an ignored SIGINT (as nohup'd programs do), so a
+    suite started with `&` from a script saw every Ctrl-C test hang."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def sample_arguments(entry: dict) -> list[str]:

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from tests.cli import run_vmm
+from tests.cli import run_vmm, sigint_as_a_terminal_gives_it
 from tests.guests import flat_gdt, idt_setup, paging_on, run_source
 from tests.samples import REPO_ROOT
 from tests.test_cli import assert_one_line_error
@@ -72,6 +72,7 @@ def _start(tmp_path, guest: str, mode: str, paging, *options) -> tuple[subproces
     image.write_text(GUESTS[guest])
     args = ["run", image, "--mode", mode, "--report", report, *options] + (["--paging", paging] if paging else [])
     proc = subprocess.Popen([sys.executable, "-m", "vmm", *map(str, args)], cwd=REPO_ROOT,
+                            preexec_fn=sigint_as_a_terminal_gives_it,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     return proc, report
 
@@ -144,7 +145,7 @@ def test_ctrl_c_while_waiting_for_gdb(tmp_path):
         port = probe.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "vmm", "run", str(image), "--gdb", str(port), "--gdb-wait",
                              "--report", str(report)], cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=sigint_as_a_terminal_gives_it)
     readable, _, _ = select.select([proc.stderr], [], [], 60)
     assert readable and b"waiting for gdb" in proc.stderr.readline()
     proc.send_signal(signal.SIGINT)

@@ -10,6 +10,7 @@ import sys
 import time
 from typing import Optional
 
+from tests.cli import sigint_as_a_terminal_gives_it
 from tests.samples import REPO_ROOT
 
 XV6 = REPO_ROOT.parent / "shared" / "guests" / "xv6"
@@ -39,7 +40,8 @@ class Console:
 
     def __init__(self, command: list[str], timeout: float) -> None:
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, cwd=REPO_ROOT)
+                                        stderr=subprocess.PIPE, cwd=REPO_ROOT,
+                                        preexec_fn=sigint_as_a_terminal_gives_it)   # tests send it Ctrl-C
         self.deadline = time.monotonic() + timeout
         self.output = b""
         self._selector = selectors.DefaultSelector()

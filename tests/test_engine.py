@@ -610,13 +610,48 @@ def test_a_count_cut_short_in_an_mmio_access_ends_the_run_after_that_instruction
             assert writes == [0x55, 0x55]
 
 
-def test_the_code_buffer_is_flushed_between_runs_before_the_invalidations_could_fill_it(monkeypatch):
-    # Engine.flush_before_full: with a 1 MiB buffer, 16 invalidations (32 KiB each) account for
-    # half of it; the next run starts with a flush, the run before it with none.
+def _many_blocks(count: int) -> str:
+    """`count` blocks in a row (inc eax, then a jump to the next: each one engine block), then hlt."""
+    return "".join(f"b{n}:\n    inc eax\n    jmp b{n + 1}\n" for n in range(count)) + f"b{count}:\n    hlt\n"
+
+
+def test_the_engine_reports_how_full_its_code_buffer_is():
+    # The pinned offsets into Unicorn's TCG context (vmm/engine.py, _UC_TCG_CTX): the buffer's
+    # size for code is the configured one less the prologue; nothing generated before a run,
+    # each new block adds code, a second run of the same blocks adds none, a flush empties it.
+    engine, memory = machine(_many_blocks(200))
+    used, size = engine.code_buffer_fill()
+    assert engine.code_buffer_bytes - 4096 < size <= engine.code_buffer_bytes and used == 0
+    engine.run(CODE, memory.until_address)
+    assert engine.reg("eax") == 200 and engine.halted()
+    after_one, _size = engine.code_buffer_fill()
+    assert 200 * 32 < after_one < 200 * 2048           # tens to hundreds of bytes a block
+    engine.run(CODE, memory.until_address)
+    assert engine.code_buffer_fill()[0] == after_one
+    engine.flush_translations()
+    assert engine.code_buffer_fill()[0] == 0
+
+
+def test_the_code_buffer_is_flushed_between_runs_once_half_of_it_holds_code(monkeypatch):
+    # Engine.flush_before_full: with a 1 MiB buffer, a run of blocks whose code fills more than
+    # half of it is followed by a flush as the next run starts; a run that fills less is not.
+    monkeypatch.setenv("VMM_CODE_BUFFER_MIB", "1")
+    engine, memory = machine(_many_blocks(1600))        # about 380 bytes of code each
+    engine.run(CODE, memory.until_address)
+    used, size = engine.code_buffer_fill()
+    assert engine.buffer_flushes == 0 and used >= size // 2 and engine.flush_due()
+    engine.run(CODE, memory.until_address)
+    assert engine.buffer_flushes == 1 and engine.halted() and engine.reg("eax") == 3200
+
+
+def test_the_fill_estimate_stands_in_where_the_engine_cannot_say(monkeypatch):
+    # Where the TCG context's fields do not check out, each invalidation counts
+    # CODE_PER_INVALIDATION: half the buffer's worth of them makes a flush due.
     from vmm.engine import CODE_PER_INVALIDATION
     monkeypatch.setenv("VMM_CODE_BUFFER_MIB", "1")
+    monkeypatch.setattr("vmm.engine._TCG_CODE_GEN_BUFFER", 8)     # not the fields: refused
     engine, memory = machine("nop\nhlt")
-    assert engine.code_buffer_bytes == 1 << 20
+    assert engine.code_buffer_fill() is None
     limit = engine.code_buffer_bytes // 2 // CODE_PER_INVALIDATION
     for _ in range(limit - 1):
         engine.invalidate_code(CODE, CODE + 1)

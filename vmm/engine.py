@@ -20,12 +20,14 @@ from vmm.errors import ConfigError
 
 PINNED_UNICORN_VERSION = "2.1.1"
 
-# The engine's code buffer, and how much of it the monitor counts for each invalidation before it
-# flushes the buffer itself (Engine.flush_before_full): 4 times what xv6's boot was measured to
-# need, 8 KiB. 64 MiB, not Unicorn's 1 GiB: a flush of a well-used 1 GiB buffer took 2.2 s of
-# system time, of 256 MiB 45 ms, of 64 MiB 1 ms (a guest looping on cpuid under bt, which
-# patches bt's native stub each time, flushes 31 times a second); xv6's boot and forktest
-# under bt took the same time with 32 MiB to 1 GiB.
+# The engine's code buffer: 64 MiB, not Unicorn's 1 GiB: a flush of a well-used 1 GiB buffer took
+# 2.2 s of system time, of 256 MiB 45 ms, of 64 MiB 1 ms; xv6's boot and forktest under bt took
+# the same time with 32 MiB to 1 GiB. Engine.flush_before_full flushes it once half of it holds
+# code, which it reads from the engine itself (_UC_TCG_CTX below). Where that cannot be read (the
+# offsets do not check out: another build of Unicorn), it counts CODE_PER_INVALIDATION for each
+# invalidation instead: far more than the 0.8 KiB a Linux boot under bt measured (316 MiB of
+# code for 417,000 invalidations), so that estimate flushed that boot 400 times where the
+# measured fill flushes it 9 times (107 s of CPU against 135).
 CODE_BUFFER_MIB = 64
 CODE_PER_INVALIDATION = 32 * 1024
 
@@ -81,6 +83,14 @@ _SEGMENT_INDEX = {"es": 0, "cs": 1, "ss": 2, "ds": 3, "fs": 4, "gs": 5}
 # hook compares emu_counter with before each instruction).
 _UC_EMU_COUNTER = 1344
 _UC_EMU_COUNT = 1352
+# Offset of `TCGContext *tcg_ctx` in uc_struct, and of five fields in a row in that TCGContext:
+# code_gen_buffer (where generated code starts, after the prologue), initial_buffer,
+# initial_buffer_size (the whole buffer), code_gen_buffer_size (its part for code) and
+# code_gen_ptr (where the next translation goes; a flush puts it back at code_gen_buffer).
+# Engine.code_buffer_fill checks them against the size the engine set before it trusts them
+# (pinned by tests/test_engine.py).
+_UC_TCG_CTX = 744
+_TCG_CODE_GEN_BUFFER = 160
 # Offset of `struct TranslationBlock *last_tb` in uc_struct: the last block that returned to
 # Unicorn's loop, NULL until one has. Its translation hook fires only once it is set (pinned
 # by tests/test_engine.py, which finds it by the block it points to).
@@ -453,6 +463,7 @@ class Engine:
             raise UcError(status)
         self._invalidations = 0
         self.buffer_flushes = 0
+        self._code_fields = None            # code_buffer_fill: the TCG context's fields, once checked
         self._rdtsc_intercepted = False     # intercept_rdtsc
         self._exits: frozenset = frozenset()    # set_exits
         self._run_cr2 = 0                   # CR2 as the guest last left it in this run (run)
@@ -622,19 +633,40 @@ class Engine:
             raise UcError(status)
         return buffer.value
 
+    def code_buffer_fill(self) -> Optional[tuple[int, int]]:
+        """(bytes of code the engine generated since its buffer was last flushed, the bytes the
+        buffer has for code), read from its TCG context; None where the pinned offsets do not
+        hold: the fields must describe the buffer of the size this engine set."""
+        fields = self._code_fields
+        if fields is None:
+            tcg = ctypes.c_uint64.from_address(self._handle.value + _UC_TCG_CTX).value
+            candidate = (ctypes.c_uint64 * 5).from_address(tcg + _TCG_CODE_GEN_BUFFER) if tcg else None
+            if candidate is not None:
+                start, initial, initial_size, size, pointer = candidate
+                if not (initial_size == self.code_buffer_bytes and size <= initial_size
+                        and initial <= start <= pointer <= initial + initial_size):
+                    candidate = None
+            fields = self._code_fields = candidate if candidate is not None else False
+        if fields is False:
+            return None
+        return fields[4] - fields[0], fields[3]
+
     def flush_due(self) -> bool:
         """Whether the next run must begin with flush_before_full's flush (a hook that would go
-        on running guest code ends the run instead)."""
+        on running guest code ends the run instead): half the buffer holds code."""
+        fill = self.code_buffer_fill()
+        if fill is not None:
+            used, size = fill
+            return used >= size // 2
         return self._invalidations * CODE_PER_INVALIDATION >= self.code_buffer_bytes // 2
 
     def flush_before_full(self) -> None:
-        """Between runs: drop every translation once the code the monitor's invalidations may
-        have made the engine generate again could fill half its code buffer. Unicorn 2.1.1
-        flushes a full buffer itself, from inside a run, and under binary translation that run
-        then goes wrong: xv6's usertests read a kernel stack back as zeros after 7 minutes (with
-        a 2 MiB buffer, its boot faults, or the engine crashes). QEMU never frees a translation
-        alone, so the buffer fills at the rate code is patched; each invalidation is counted at
-        CODE_PER_INVALIDATION (xv6's boot measured under 8 KiB)."""
+        """Between runs: drop every translation once half the engine's code buffer holds code.
+        Unicorn 2.1.1 flushes a full buffer itself, from inside a run, and under binary
+        translation that run then goes wrong: xv6's usertests read a kernel stack back as zeros
+        after 7 minutes (with a 2 MiB buffer, its boot faults, or the engine crashes). QEMU never
+        frees a translation alone, so the buffer fills with new code and with the code every
+        invalidation (bt patches its cache) makes the engine generate again."""
         if self.flush_due():
             self._invalidations = 0
             self.buffer_flushes += 1

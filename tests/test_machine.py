@@ -110,3 +110,28 @@ def test_entry_state_follows_multiboot(tmp_path, mode):
     assert (eax, ebx) == (0x2BADB002, 0x9500)
     assert eflags & 0x200 == 0 and (cs, ss) == (0x08, 0x10)
     assert cr0 & 0x80000001 == 0x1                    # protected mode, paging off
+
+
+def test_a_run_collects_its_long_lived_heap_rarely_and_gives_the_thresholds_back(tmp_path):
+    # vmm/vm.py, RUN_COLLECTOR_THRESHOLDS: Python's full collections walked the whole monitor
+    # heap (11.6 s of a Linux boot under bt); the run sets its own thresholds and restores the
+    # caller's, whatever they were.
+    import gc
+    from vmm.builder import MachineConfig, build_machine
+    from vmm.console import BufferConsole
+    from vmm.vm import RUN_COLLECTOR_THRESHOLDS
+    image = tmp_path / "guest.s"
+    image.write_text("    mov eax, 3\n" + EXIT)
+    vm, _image = build_machine(MachineConfig(image=str(image), mode="bt"), BufferConsole())
+    during = []
+    execute = vm.mode.execute
+    vm.mode.execute = lambda: (during.append(gc.get_threshold()), execute())[1]
+    before = gc.get_threshold()
+    gc.set_threshold(123, 4, 5)
+    try:
+        result = vm.run()
+        after = gc.get_threshold()
+    finally:
+        gc.set_threshold(*before)
+    assert result.reason is StopReason.DEBUG_EXIT and result.guest_value == 3
+    assert during and set(during) == {RUN_COLLECTOR_THRESHOLDS} and after == (123, 4, 5)

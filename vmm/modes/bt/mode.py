@@ -227,6 +227,9 @@ class BinaryTranslationMode(ExecutionMode):
         cache = {name: self.cache.counters[name] for name in sorted(set(CACHE_COUNTERS) | set(self.cache.counters))}
         cache["blocks_cached"] = len(self.cache)
         cache["translation_seconds"] = round(self.translation_seconds, 6)
+        # (the engine's own translations of the cache's code, dropped whole when half its buffer
+        # is full: every one is made again as it runs)
+        cache["engine_code_buffer_flushes"] = self.engine.buffer_flushes
         return {"translation_cache": cache, "cache_exits": dict(sorted(self.exit_counts.items())),
                 "shadow_paging": self.paging.counters_report()}
 

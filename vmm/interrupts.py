@@ -15,6 +15,7 @@ from vmm.devices.i8254 import PIT_BASE, PIT_IRQ, PIT_PORTS, I8254
 from vmm.devices.i8259 import MASTER_BASE, PIC_PORTS, SLAVE_BASE, PicPair
 from vmm.devices.ioapic import IOAPIC_BASE, IOAPIC_SIZE, IoApic, isa_pin
 from vmm.devices.mc146818 import RTC_BASE, RTC_PORTS
+from vmm.devices.pcspk import PORT_B, PcSpeaker
 from vmm.x86 import MSR_APIC_BASE
 
 # What SeaBIOS leaves at the Multiboot entry under QEMU 7.2 (measured with a probe guest):
@@ -96,6 +97,7 @@ class InterruptPlatform:
         self.nmi_pending = False
         self.nmi_blocked = False
         self.pit = I8254(irq=self._pit_output)
+        self.speaker = PcSpeaker(self.pit)      # port B: channel 2's gate and OUT
         self.hpet = None                # vmm.devices.hpet.Hpet: its legacy mode cuts the PIT off
         self.timers = []                # devices on guest nanoseconds: advance(ns), next_event_ns()
         self._timer_ports = [(PIT_BASE, PIT_PORTS), (RTC_BASE, RTC_PORTS)]   # an OUT may move an event
@@ -131,6 +133,7 @@ class InterruptPlatform:
         bus.register(MASTER_BASE, PIC_PORTS, _ClockedPorts(self.pic.master, self))
         bus.register(SLAVE_BASE, PIC_PORTS, _ClockedPorts(self.pic.slave, self))
         bus.register(PIT_BASE, PIT_PORTS, _ClockedPorts(self.pit, self))
+        bus.register(PORT_B, 1, _ClockedPorts(self.speaker, self))
 
     def register_mmio(self, mmio) -> None:
         """The local APIC at 0xFEE00000 (QEMU's 1 MiB apic-msi region: it never moves with the
@@ -256,12 +259,18 @@ class InterruptPlatform:
     def chip_access(self, device) -> None:
         """A chip's port is about to be read or written: time is in use, the timers are brought
         to the clock, and so is the PIT's count, which a sync leaves behind while no transition
-        of its OUT is due (its ports are the only readers of it)."""
+        of its OUT is due (its ports and port B, channel 2's gate and OUT, are the only readers
+        of it)."""
         self.guest_uses_time()
-        if device is self.pit:
-            ticks = self.clock.pit_ticks
+        if device is self.pit or device is self.speaker:
+            # At the instruction's own time (VirtualClock.now), as QEMU reads its PIT: a guest
+            # polling channel 2 in one run (Linux's PM-timer rate check and TSC calibration)
+            # saw the count and OUT stand still until the run's bound, channel 0's next edge.
+            ticks = self.clock.now() // CYCLES_PER_PIT_TICK
             if ticks > self.pit.now:
                 self.pit.advance(ticks - self.pit.now)
+                if ticks * CYCLES_PER_PIT_TICK >= self._due:
+                    self._due = 0          # an edge the schedule waited for went by: work it out anew
 
     def timers_written(self) -> None:
         """A chip was written (a timer reprogrammed, an enable changed...): the schedule is

@@ -256,6 +256,11 @@ class I8254:
         channel.bcd = value & CW_BCD
         # As in QEMU the counter keeps running until the next count is written.
 
+    @staticmethod
+    def reads_clock(offset: int) -> bool:
+        """A counter's read gives its count now (InterruptPlatform.reads_clock)."""
+        return offset != CONTROL
+
     def io_read(self, offset: int, size: int) -> int:
         if offset == CONTROL:
             return 0                         # the control word is write-only

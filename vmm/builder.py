@@ -169,6 +169,7 @@ def build_machine(config: MachineConfig, console: Console,
     #   0x0020 - 0x0021  i8259 master     0x00A0 - 0x00A1  i8259 slave
     #   0x0040 - 0x0043  i8254 PIT (channel 0 on IRQ0)
     #   0x0060, 0x0064   i8042 PS/2 controller and keyboard (IRQ1)
+    #   0x0061           port B: PIT channel 2's gate and OUT (the platform's: vmm/interrupts.py)
     #   0x0070 - 0x0071  MC146818 RTC/CMOS (IRQ8)
     #   0x0092           port 92: A20 gate, fast reset
     #   0x00B2 - 0x00B3  APM control and status (0xB2 is the FADT's SMI_CMD)

@@ -230,9 +230,10 @@ class Emulator:
                 raise GuestFault(GP, 0)
             self.cpu.load_segment(segment, selector, None)
             return
-        descriptor = self.view.descriptor(selector)
-        if descriptor is None:
+        raw = self.view.raw_descriptor(selector)
+        if raw is None:
             raise GuestFault(GP, index_error)
+        descriptor = SegmentDescriptor.decode(raw)
         rpl, dpl = selector & 3, descriptor.dpl
         if segment == "ss":
             if rpl != cpl or dpl != cpl or not descriptor.is_writable_data:
@@ -257,7 +258,6 @@ class Emulator:
                 raise GuestFault(GP, index_error)
             if not descriptor.present:
                 raise GuestFault(NP, index_error)
-        raw = self.view.raw_descriptor(selector)
         if segment != "cs" and not raw[5] & 1:
             # Data and stack loads mark the descriptor accessed in the guest's table (QEMU does
             # this for them, never for CS).

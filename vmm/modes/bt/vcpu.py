@@ -115,6 +115,9 @@ class TranslatedCpu(VirtualSystemCpu):
         self.selectors = {name: engine.reg(name) for name in SEGMENT_NAMES}
         self.virtual_flags = engine.reg("eflags") & (IOPL_MASK | TF)
         self.bases = {"ds": 0, "es": 0, "ss": 0, "cs": 0}     # the boot GDT's segments are flat
+        # The descriptor each data segment register was last loaded from (load_segment): a
+        # reload of the same selector from the same bytes changes nothing anywhere.
+        self._loaded_from: dict[str, tuple[int, bytes]] = {}
         self.efer = 0           # the guest's EFER: the engine's holds the monitor's long mode
         self.kernel_gs_base = 0
 
@@ -202,7 +205,13 @@ class TranslatedCpu(VirtualSystemCpu):
             self.engine.set_reg(name, value)
 
     def load_segment(self, name: str, selector: int, raw: Optional[bytes]) -> None:
-        """Load a segment register whose checks the emulator has done."""
+        """Load a segment register whose checks the emulator has done. A reload of the selector
+        the register holds, from the descriptor bytes it was loaded from, leaves the engine's
+        register, the base and the virtual-CPU block as they are (Linux reloads DS, ES and FS on
+        every kernel entry and exit, mostly with what they hold: 125,000 loads in its boot)."""
+        selector &= 0xFFFF
+        if raw is not None and name != "cs" and self._loaded_from.get(name) == (selector, raw):
+            return
         if name == "cs":
             if not SegmentDescriptor.decode(raw).big:
                 raise UnsupportedInstruction("a 16-bit code segment, under binary translation")
@@ -211,8 +220,9 @@ class TranslatedCpu(VirtualSystemCpu):
             self.engine.set_reg(name, _real_selector(selector))
         else:
             self.engine.set_reg(name, 0)
+        self._loaded_from[name] = (selector, raw)
         self._note_base(name, raw)
-        self.selectors[name] = selector & 0xFFFF
+        self.selectors[name] = selector
         self.block.virtual_state_changed(self)
 
     def change_privilege(self, cs: int, cs_raw: bytes, ss: int, ss_raw: bytes, esp: int) -> None:
@@ -228,6 +238,7 @@ class TranslatedCpu(VirtualSystemCpu):
         self.mode.refresh_shadow(cs, cs_raw)
         self.mode.refresh_shadow(ss, ss_raw)
         self.selectors["cs"], self.selectors["ss"] = cs & 0xFFFF, ss & 0xFFFF
+        self._loaded_from["cs"], self._loaded_from["ss"] = (cs & 0xFFFF, cs_raw), (ss & 0xFFFF, ss_raw)
         self.engine.set_privilege(real_privilege(cpl), _real_selector(ss), code_selector(cpl))
         self._note_base("ss", ss_raw)
         self._note_base("cs", cs_raw)

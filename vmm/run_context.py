@@ -98,11 +98,9 @@ class RunContext:
         return self._interrupts.reprograms_timer(port)
 
     @property
-    def window_has_work(self) -> bool:
-        """Whether the run loop's interrupt window would find something: INTR raised or an NMI
-        that may be taken (safe inside a hook)."""
-        interrupts = self._interrupts
-        return interrupts.intr_raised or interrupts.nmi_ready
+    def nmi_ready(self) -> bool:
+        """An NMI waits and NMIs are not blocked (safe inside a hook)."""
+        return self._interrupts.nmi_ready
 
     @property
     def intr_raised(self) -> bool:

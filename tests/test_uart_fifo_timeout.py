@@ -9,10 +9,18 @@ InterruptPlatform.deadline_moved): the guests here, in every mode, print what qe
 
 from __future__ import annotations
 
+import os
+import selectors
+import subprocess
+import sys
+import time
+
 import pytest
 
-from tests.guests import (EXIT, EXIT0, HEX, MODES, idt_setup, needs_qemu, pic_pair,
+from tests.guests import (EXIT, EXIT0, HEX, MODES, QEMU_PLATFORM, idt_setup, needs_qemu, pic_pair,
                           run_qemu_source, run_source)
+from tests.samples import REPO_ROOT
+from tests.samples import build_samples as bs
 from vmm.clock import CPU_HZ
 from vmm.console import BufferConsole
 from vmm.devices.uart16550 import (IER_DLM, IIR_FCR, LCR, LSR, MCR, RBR_THR_DLL, RESET_CHARACTER_NS, Uart16550,
@@ -190,6 +198,83 @@ def test_recorded_guest_under_the_monitor(tmp_path, case, mode):
 def test_recorded_guest_under_qemu(tmp_path, case):
     source, stdin, expected = RECORDED[case]
     assert run_qemu_source(tmp_path, source, stdin=stdin).stdout == expected
+
+
+# -- typed while the guest idles: the console's input, below the trigger level ----------------------
+# Trigger 8, the receive interrupt on; `R` printed, then hlt until the handler has run. The line is
+# typed after the `R` (QEMU's receiver then has the FIFO on: nothing flushed): the timeout, every
+# byte of it, LSR and IIR once drained, and E at the exit.
+TYPED_LATER = COM1_SETUP + uart_write(2, 0x81) + uart_write(1, 0x01) + """
+    mov al, 0x52
+    call putc
+    mov dword ptr [0x7000], 0
+    sti
+wait_line:
+    hlt
+    cmp dword ptr [0x7000], 0
+    je wait_line
+    mov al, 0x45
+    call putc
+    call nl
+""" + EXIT0 + "com1:\n    inc dword ptr [0x7000]\n" + uart_show(2) + """
+bytes:
+    mov dx, 0x3fd
+    in al, dx
+    test al, 1
+    jz bytes_done
+    mov dx, 0x3f8
+    in al, dx
+    call hex8
+    call space
+    jmp bytes
+bytes_done:
+    call hex8
+    call space
+""" + uart_show(2) + EOI_IRET + HEX
+TYPED_LATER_EXPECTED = b"Rcc 6c 73 20 2f 0a 60 c1 E\n"       # qemu-system-i386 7.2
+
+
+def type_after_r(command: list[str]) -> bytes:
+    """Run `command`, write TYPED to its stdin half a second after it printed `R` (the guest is
+    in hlt by then, idle until input comes), return all it printed."""
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+    output = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + 20
+        while b"\n" not in output and time.monotonic() < deadline:
+            if not selector.select(deadline - time.monotonic()):
+                break
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            output += chunk
+            if output == b"R":
+                time.sleep(0.5)
+                proc.stdin.write(TYPED)
+                proc.stdin.flush()
+    rest, _err = proc.communicate(timeout=60)
+    return output + rest
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_line_typed_while_the_guest_idles_comes_by_the_timeout(tmp_path, mode):
+    # hlt waits for the input; the bytes it brings set the timeout, and hlt idles on to it (it
+    # used to wait for more input, and with none coming the guest halted).
+    guest = tmp_path / "typed.s"
+    guest.write_text(TYPED_LATER)
+    command = [sys.executable, "-m", "vmm", "run", str(guest), "--mode", mode, "--timeout", "60"]
+    assert type_after_r(command) == TYPED_LATER_EXPECTED
+
+
+@needs_qemu
+def test_a_line_typed_while_the_guest_idles_under_qemu(tmp_path):
+    guest = tmp_path / "typed.s"
+    guest.write_text(TYPED_LATER)
+    wrapped = tmp_path / "typed.mb.elf"
+    wrapped.write_bytes(bs.multiboot_wrapped_image(guest))
+    assert type_after_r(bs.qemu_command(str(wrapped)) + QEMU_PLATFORM) == TYPED_LATER_EXPECTED
 
 
 # -- the timeout on guest time --------------------------------------------------------------------

@@ -235,15 +235,18 @@ class InterruptPlatform:
 
     def wait_for_input(self, stop_due) -> bool:
         """The CPU idles (hlt, IF set) with nothing but host input to wake it: wait for input to
-        reach an armed device, polling; False at once if none is armed or no input can come
-        any more, or when `stop_due()` (the watchdog's time limit or Ctrl-C) turns true."""
+        reach an armed device, polling; True once it raised INTR or set the device's deadline
+        (bytes below the UART's FIFO trigger level: the character timeout is to come, and hlt
+        idles on to it); False at once if none is armed or no input can come any more, or when
+        `stop_due()` (the watchdog's time limit or Ctrl-C) turns true."""
         while True:
             sources = [source for source in self._armed_inputs() if source.input_may_arrive()]
             if not sources:
                 return False
             for source in sources:
                 source.poll()
-            if self.intr_raised:
+            if self.intr_raised or any(source in self.timers and source.next_event_ns() is not None
+                                       for source in sources):
                 return True
             if stop_due():
                 return False

@@ -292,8 +292,8 @@ class InterruptPlatform:
             return
         if not self.in_use:
             self.guest_uses_time()      # (the modes end the run, not counted, as for a chip access)
-        elif self.clock.in_flight() is not None and (self._next_event is None
-                                                     or self._cycles_at(at_ns) < self._next_event):
+        elif (self._next_event is None or self._cycles_at(at_ns) < self._next_event) \
+                and self.clock.in_flight() is not None:
             self.end_run()
 
     def mmio_uses_time(self) -> None:

@@ -70,8 +70,8 @@ class Uart16550:
     when it comes with bytes still in the FIFO, IIR reads 0xCC (while the receive interrupt is
     enabled, ranked above the trigger level's 0xC4) until the receiver buffer is read or the
     receive FIFO cleared. The platform learns the deadline from `next_event_ns` (told by
-    `deadline_moved` whenever it is set or dropped) and fires it with `advance(ns)`; a register
-    read also fires it once it is due, as the chip's state at that time."""
+    `deadline_moved` whenever it is set or dropped) and fires it with `advance(ns)`: runs are
+    bounded by it, so no register access comes after it before it fired."""
 
     access_width = 1        # byte registers: a word or dword access reaches consecutive ports
 
@@ -109,8 +109,6 @@ class Uart16550:
 
     # -- guest side -----------------------------------------------------------------------------
     def io_read(self, offset: int, size: int) -> int:
-        if self.timeout_at is not None and self.now_ns() >= self.timeout_at:
-            self.advance(self.timeout_at)   # due: the platform has not brought it to the clock yet
         if offset in (RBR_THR_DLL, IIR_FCR, LSR):
             self._pull_input()     # the receiver takes console input whenever it has room
         if offset == RBR_THR_DLL:
@@ -266,24 +264,37 @@ class Uart16550:
     def _pull_input(self) -> None:
         if self.mcr & MCR_LOOPBACK:
             return               # in loopback the receiver hears only the transmitter
+        received = False
         while self._room() > 0:
             byte = self.console.read_byte()
             if byte is None:
-                return
-            self._receive(byte)
+                break
+            self._store(byte)
+            received = True
+        if received:
+            self._received()
 
     def _receive(self, byte: int) -> None:
+        self._store(byte)
+        self._received()
+
+    def _store(self, byte: int) -> None:
         if self.fifo_enabled:
             if len(self.receive_fifo) >= FIFO_DEPTH:
                 self.lsr |= LSR_OE
             else:
                 self.receive_fifo.append(byte)
-            self._restart_timeout()
         else:
             if self.lsr & LSR_DR:
                 self.lsr |= LSR_OE
             self.rbr = byte
         self.lsr |= LSR_DR
+
+    def _received(self) -> None:
+        """What QEMU's serial_receive1 does once for the bytes its chardev hands over together:
+        the character timeout set from now, the interrupt line updated."""
+        if self.fifo_enabled:
+            self._restart_timeout()
         self._update_irq()
 
     def _read_receiver(self) -> int:

@@ -53,14 +53,13 @@ exec setsid cttyhack sh
 PROMPT = b"/ # "
 # Typed on the serial console one line at a time, each once the prompt is back: fork/exec, pipes,
 # signals (a trap, a job killed), timers (sleep), tmpfs, a fork/exec storm of 200 processes, and
-# poweroff -f to end the run. Each line is at least 8 bytes with its newline: Linux sets the
-# 16550A's receive FIFO to interrupt at 8 bytes, and the monitor's UART (vmm/devices/uart16550.py)
-# lacks the FIFO's character-timeout interrupt that QEMU raises for fewer ("ls /" never reached
-# the shell under the monitor); see test_short_line_reaches_the_shell.
+# poweroff -f to end the run. `ls /` is shorter than the 8 bytes at which Linux sets the 16550A's
+# receive FIFO to interrupt: it reaches the shell through the FIFO's character timeout
+# (tests/test_uart_fifo_timeout.py).
 SHELL_COMMANDS = [
     "echo hello from the shell",
     "uname -s -r -m",
-    "ls -C /",
+    "ls /",
     "cat /proc/cpuinfo | grep -c processor",
     "mount -t tmpfs none /tmp && echo x > /tmp/f && cat /tmp/f",
     "echo one two three | wc -w",

@@ -40,7 +40,7 @@ QEMU_SHELL_TRANSCRIPT = [
     "hello from the shell",
     "/ # uname -s -r -m",
     "Linux 6.1.0-57-686 i686",
-    "/ # ls -C /",
+    "/ # ls /",
     "bin   dev   init  proc  root  sbin  sys   tmp   usr",
     "/ # cat /proc/cpuinfo | grep -c processor",
     "1",

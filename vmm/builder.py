@@ -225,11 +225,16 @@ def build_machine(config: MachineConfig, console: Console,
     bus.register(RESET_CONTROL, 1, reset_control)
     bus.register(DEBUG_EXIT_PORT, DEBUG_EXIT_PORTS, DebugExit(
         lambda value: vm.request_stop(StopReason.DEBUG_EXIT, f"guest wrote {value:#x} to isa-debug-exit", value)))
-    com1 = Uart16550(console, interrupts.device_irq(COM1_IRQ), name="com1")
-    com2 = Uart16550(NullConsole(), interrupts.device_irq(COM2_IRQ), name="com2")
+    # The UARTs are on guest time for their receive FIFO's character timeout: a deadline each,
+    # which they tell the platform when it moves and the platform fires.
+    com1 = Uart16550(console, interrupts.device_irq(COM1_IRQ), name="com1",
+                     now_ns=interrupts.precise_now_ns, deadline_moved=interrupts.deadline_moved)
+    com2 = Uart16550(NullConsole(), interrupts.device_irq(COM2_IRQ), name="com2",
+                     now_ns=interrupts.precise_now_ns, deadline_moved=interrupts.deadline_moved)
     bus.register(COM1_BASE, UART_PORTS, com1)
     bus.register(COM2_BASE, UART_PORTS, com2)
     interrupts.input_sources += [com1, com2]
+    interrupts.timers += [com1, com2]
     vga = VgaText(memory.read)
     bus.register(VGA_BASE, VGA_PORTS, vga)
     vm.screen = vga

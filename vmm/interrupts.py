@@ -1,9 +1,10 @@
 """The platform's one interrupt-controller model as the CPU sees it: the i8259 pair's INTR through the
 local APIC's LINT0, the APIC's own vectors by priority, the I/O APIC on the ISA lines; the i8254 on
 IRQ0, the RTC on IRQ8, the APIC timer and the firmware's (HPET, ACPI PM timer), all on the virtual
-clock, and the devices fed by host input (a UART that interrupts on receive), whose input wakes the run; plus the boot state QEMU's
-firmware leaves them in. `pending()` and `acknowledge()` are the one place that decides the next
-vector."""
+clock, the devices with a deadline of their own on it (the UART's character timeout: they say when
+it moves, `deadline_moved`, and the platform fires it), and the devices fed by host input (a UART
+that interrupts on receive), whose input wakes the run; plus the boot state QEMU's firmware leaves
+them in. `pending()` and `acknowledge()` are the one place that decides the next vector."""
 
 from __future__ import annotations
 
@@ -99,7 +100,8 @@ class InterruptPlatform:
         self.pit = I8254(irq=self._pit_output)
         self.speaker = PcSpeaker(self.pit)      # port B: channel 2's gate and OUT
         self.hpet = None                # vmm.devices.hpet.Hpet: its legacy mode cuts the PIT off
-        self.timers = []                # devices on guest nanoseconds: advance(ns), next_event_ns()
+        self.timers = []                # devices on guest nanoseconds: advance(ns), next_event_ns();
+        # those whose deadline moves outside a chip write (the UARTs) say so: deadline_moved
         self._timer_ports = [(PIT_BASE, PIT_PORTS), (RTC_BASE, RTC_PORTS)]   # an OUT may move an event
         self.in_use = False
         self.reprogrammed = False       # a chip was written since the run began
@@ -236,15 +238,18 @@ class InterruptPlatform:
 
     def wait_for_input(self, stop_due) -> bool:
         """The CPU idles (hlt, IF set) with nothing but host input to wake it: wait for input to
-        reach an armed device, polling; False at once if none is armed or no input can come
-        any more, or when `stop_due()` (the watchdog's time limit or Ctrl-C) turns true."""
+        reach an armed device, polling; True once it raised INTR or set the device's deadline
+        (bytes below the UART's FIFO trigger level: the character timeout is to come, and hlt
+        idles on to it); False at once if none is armed or no input can come any more, or when
+        `stop_due()` (the watchdog's time limit or Ctrl-C) turns true."""
         while True:
             sources = [source for source in self._armed_inputs() if source.input_may_arrive()]
             if not sources:
                 return False
             for source in sources:
                 source.poll()
-            if self.intr_raised:
+            if self.intr_raised or any(source in self.timers and source.next_event_ns() is not None
+                                       for source in sources):
                 return True
             if stop_due():
                 return False
@@ -275,10 +280,30 @@ class InterruptPlatform:
     def timers_written(self) -> None:
         """A chip was written (a timer reprogrammed, an enable changed...): the schedule is
         stale, and the next sync works it out again. Nothing else moves a timer's next event but
-        the timer firing (at `_due`): no read of a chip (a latch, the RTC's flags, a counter),
-        no interrupt acknowledge, no IRQ line (the timers' events do not depend on the PIC, the
-        APICs' requests or the devices' lines)."""
+        the timer firing (at `_due`) and a device saying its deadline moved (`deadline_moved`):
+        no read of a chip (a latch, the RTC's flags, a counter), no interrupt acknowledge, no
+        IRQ line (the timers' events do not depend on the PIC, the APICs' requests or the
+        devices' lines)."""
         self._due = 0
+
+    def deadline_moved(self, at_ns: Optional[int]) -> None:
+        """A device in `timers` set its deadline to `at_ns` guest nanoseconds, or dropped it
+        (None), outside a chip write: the UART's character timeout, set by a byte received or a
+        read of its receiver buffer (from a port access inside a run, an interrupt window's
+        input poll, hlt's wait for input). The schedule is stale; a deadline set brings time
+        into use (it must move for the deadline to come: a guest that polls IIR for the timeout
+        touches no chip), and a counted run going on, bounded before it was set, ends as soon
+        as the mode can without a stop inside the access (`end_run`), so that the next run is
+        bounded by it and it fires at its exact cycle. A deadline dropped needs nothing more: a
+        run it bounded ends early and its sync finds nothing due."""
+        self._due = 0
+        if at_ns is None:
+            return
+        if not self.in_use:
+            self.guest_uses_time()      # (the modes end the run, not counted, as for a chip access)
+        elif (self._next_event is None or self._cycles_at(at_ns) < self._next_event) \
+                and self.clock.in_flight() is not None:
+            self.end_run()
 
     def mmio_uses_time(self) -> None:
         """guest_uses_time from inside an MMIO access: the modes hear of it at the next sync. A

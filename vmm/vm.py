@@ -536,20 +536,24 @@ class VirtualMachine:
         if self.interrupts.nmi_ready:
             return 0                          # an NMI wakes the CPU whatever IF says
         if self.cpu.reg("eflags") & IF and self.interrupts.in_use:
-            # Skip to the next event; while another device's timer (the RTC's) is armed, events
-            # of a masked source (the PIT's) are skipped on until one interrupts.
-            for _ in range(self.IDLE_SKIPS):
-                self.interrupts.poll_input()
-                next_event = self.interrupts.cycles_to_next_event()
-                if self.interrupts.pending() or next_event is None:
+            while True:
+                # Skip to the next event; while another device's timer (the RTC's) is armed,
+                # events of a masked source (the PIT's) are skipped on until one interrupts.
+                for _ in range(self.IDLE_SKIPS):
+                    self.interrupts.poll_input()
+                    next_event = self.interrupts.cycles_to_next_event()
+                    if self.interrupts.pending() or next_event is None:
+                        break
+                    self.clock.skip_to(self.clock.cycles + next_event)
+                    if not self.interrupts.other_timer_armed():
+                        break
+                if self.interrupts.pending():
+                    return 0                  # the interrupt window after this exit takes it
+                if not self.interrupts.wait_for_input(lambda: self.limits.stop_due):
                     break
-                self.clock.skip_to(self.clock.cycles + next_event)
-                if not self.interrupts.other_timer_armed():
-                    break
-            if self.interrupts.pending():
-                return 0                      # the interrupt window after this exit takes it
-            if self.interrupts.wait_for_input(lambda: self.limits.stop_due):
-                return 0                      # typed input raised a UART's IRQ
+                if self.interrupts.pending():
+                    return 0                  # typed input raised a UART's IRQ
+                # typed input set a deadline (a UART's character timeout): idle on to it
             if self.limits.stop_due:
                 return 0                      # the run loop dispatches the watchdog's stop
             state = "enabled, nothing unmasked will interrupt"

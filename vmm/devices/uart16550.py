@@ -1,9 +1,12 @@
 """A 16550A UART as QEMU's hw/char/serial.c models it: registers, divisor latch, FIFOs, loopback,
-the interrupt line (raised whatever MCR's OUT2 says, as QEMU does)."""
+the interrupt line (raised whatever MCR's OUT2 says, as QEMU does), and the receive FIFO's
+character timeout: a clocked device whose one deadline (`next_event_ns`, said moved through
+`deadline_moved`) the interrupt platform fires (`advance`)."""
 
 from __future__ import annotations
 
 import collections
+import struct
 from typing import Callable, Optional
 
 from vmm.console import Console
@@ -20,6 +23,7 @@ RBR_THR_DLL, IER_DLM, IIR_FCR, LCR, MCR, LSR, MSR, SCR = range(8)
 LCR_DLAB = 0x80
 IER_RDI, IER_THRI, IER_RLSI, IER_MSI = 0x01, 0x02, 0x04, 0x08
 IIR_NO_INT, IIR_MSI, IIR_THRI, IIR_RDI, IIR_RLSI, IIR_FIFO_ENABLED = 0x01, 0x00, 0x02, 0x04, 0x06, 0xC0
+IIR_CHARACTER_TIMEOUT = 0x0C
 IIR_ID_MASK = 0x06
 FCR_FIFO_ENABLE, FCR_CLEAR_RECEIVE, FCR_CLEAR_TRANSMIT = 0x01, 0x02, 0x04
 MCR_LOOPBACK = 0x10
@@ -28,6 +32,28 @@ LSR_INT_ANY = 0x1E
 MSR_CTS, MSR_DSR, MSR_DCD = 0x10, 0x20, 0x80
 FIFO_DEPTH = 16
 _TRIGGER_LEVELS = {0x00: 1, 0x40: 4, 0x80: 8, 0xC0: 14}
+LCR_PARITY, LCR_TWO_STOP_BITS, LCR_WORD_LENGTH = 0x08, 0x04, 0x03
+NS_PER_SECOND = 10 ** 9
+BAUD_BASE = 115200                  # the ISA serial's 1.8432 MHz crystal over 16
+ZERO_DIVISOR_BAUD = 3500            # what QEMU takes a divisor of 0 for
+# QEMU's serial_reset: 9600 baud, ten bits a character, in integer arithmetic (LCR and the
+# divisor are not looked at until the guest writes one of them).
+RESET_CHARACTER_NS = (NS_PER_SECOND // 9600) * 10
+TIMEOUT_CHARACTERS = 4              # the character timeout: four character times of silence
+
+
+def _single(value: float) -> float:
+    """`value` rounded to IEEE single precision: QEMU computes the speed and the character time
+    in C floats (one double operation rounded once to single is the single operation's result)."""
+    return struct.unpack("f", struct.pack("f", value))[0]
+
+
+def character_time_ns(divisor: int, lcr: int) -> int:
+    """QEMU's serial_update_parameters: one character's time on the line (start bit, 5-8 data
+    bits, parity, 1 or 2 stop bits) at the divisor's speed, truncated to whole nanoseconds."""
+    bits = 1 + (lcr & LCR_WORD_LENGTH) + 5 + (1 if lcr & LCR_PARITY else 0) + (2 if lcr & LCR_TWO_STOP_BITS else 1)
+    speed = float(ZERO_DIVISOR_BAUD) if divisor == 0 else _single(BAUD_BASE / divisor)
+    return int(_single(_single(NS_PER_SECOND / speed) * bits))
 
 
 class Uart16550:
@@ -37,15 +63,29 @@ class Uart16550:
     interrupt (QEMU's receiver would hold the byte already: the IRQ rises at once), and, while
     that interrupt is enabled, whenever the platform polls host input (an `input source`:
     armed, poll, input_may_arrive, wait_input, on_input), which it does when input arrives,
-    so typed input raises the IRQ whatever the guest is doing, in hlt or spinning."""
+    so typed input raises the IRQ whatever the guest is doing, in hlt or spinning.
+
+    With the FIFOs on, each received byte and each read of the receiver buffer that leaves bytes
+    behind sets the character timeout four character times ahead (on `now_ns`, guest time);
+    when it comes with bytes still in the FIFO, IIR reads 0xCC (while the receive interrupt is
+    enabled, ranked above the trigger level's 0xC4) until the receiver buffer is read or the
+    receive FIFO cleared. The platform learns the deadline from `next_event_ns` (told by
+    `deadline_moved` whenever it is set or dropped) and fires it with `advance(ns)`: runs are
+    bounded by it, so no register access comes after it before it fired."""
 
     access_width = 1        # byte registers: a word or dword access reaches consecutive ports
 
     def __init__(self, console: Console, set_irq: Optional[Callable[[bool], None]] = None,
-                 name: str = "com1") -> None:
+                 name: str = "com1", now_ns: Callable[[], int] = lambda: 0,
+                 deadline_moved: Callable[[Optional[int]], None] = lambda at_ns: None) -> None:
+        """`now_ns` and `deadline_moved` come from the interrupt platform (precise_now_ns,
+        deadline_moved); without them (a UART on its own) time stands at 0 and the timeout
+        comes only when `advance` is called."""
         self.console = console
         self.set_irq = set_irq
         self.name = name
+        self.now_ns = now_ns
+        self.deadline_moved = deadline_moved
         self.reset()
 
     def reset(self) -> None:
@@ -63,6 +103,9 @@ class Uart16550:
         self.receive_fifo: collections.deque = collections.deque()
         self.trigger_level = 1
         self.irq_level = False
+        self.character_ns = RESET_CHARACTER_NS
+        self.timeout_at: Optional[int] = None      # the character timeout's deadline (guest ns)
+        self.timeout_pending = False
 
     # -- guest side -----------------------------------------------------------------------------
     def io_read(self, offset: int, size: int) -> int:
@@ -101,11 +144,13 @@ class Uart16550:
         if offset == RBR_THR_DLL:
             if self.lcr & LCR_DLAB:
                 self.divisor = (self.divisor & 0xFF00) | value
+                self.character_ns = character_time_ns(self.divisor, self.lcr)
             else:
                 self._transmit(value)
         elif offset == IER_DLM:
             if self.lcr & LCR_DLAB:
                 self.divisor = (self.divisor & 0x00FF) | (value << 8)
+                self.character_ns = character_time_ns(self.divisor, self.lcr)
             else:
                 changed = (self.ier ^ value) & 0x0F
                 self.ier = value & 0x0F
@@ -120,6 +165,7 @@ class Uart16550:
             self._write_fcr(value)
         elif offset == LCR:
             self.lcr = value
+            self.character_ns = character_time_ns(self.divisor, self.lcr)
         elif offset == MCR:
             self.mcr = value & 0x1F
         elif offset == SCR:
@@ -144,11 +190,36 @@ class Uart16550:
     def on_input(self, callback: Callable[[], None]) -> None:
         self.console.on_input(callback)
 
+    # -- the character timeout on guest time (a platform timer) ---------------------------------
+    def next_event_ns(self) -> Optional[int]:
+        """When the character timeout comes (guest ns), None if it is not set or would find the
+        FIFO empty (QEMU's fifo_timeout_int then does nothing: no event to stop a run for)."""
+        return self.timeout_at if self.receive_fifo else None
+
+    def advance(self, ns: int) -> None:
+        """Guest time is `ns`: the character timeout, if due, becomes pending while the FIFO
+        holds bytes (QEMU's fifo_timeout_int)."""
+        if self.timeout_at is not None and ns >= self.timeout_at:
+            self.timeout_at = None
+            if self.receive_fifo:
+                self.timeout_pending = True
+                self._update_irq()
+
+    def _set_timeout(self, at: Optional[int]) -> None:
+        self.timeout_at = at
+        self.deadline_moved(at)
+
+    def _restart_timeout(self) -> None:
+        """QEMU's timer_mod(fifo_timeout_timer, now + 4 character times)."""
+        self._set_timeout(self.now_ns() + TIMEOUT_CHARACTERS * self.character_ns)
+
     def state(self) -> dict:
         return {"divisor": self.divisor, "ier": self.ier, "iir": self.iir, "fcr": self.fcr, "lcr": self.lcr,
                 "mcr": self.mcr, "lsr": self.lsr, "msr": self.msr, "scr": self.scr, "rbr": self.rbr,
                 "thr_pending": self.thr_pending, "receive_fifo": list(self.receive_fifo),
-                "trigger_level": self.trigger_level, "irq": self.irq_level}
+                "trigger_level": self.trigger_level, "irq": self.irq_level,
+                "character_ns": self.character_ns, "timeout_at_ns": self.timeout_at,
+                "timeout_pending": self.timeout_pending}
 
     # -- internals ------------------------------------------------------------------------------
     @property
@@ -171,6 +242,9 @@ class Uart16550:
         if value & FCR_CLEAR_RECEIVE:
             self.lsr &= ~(LSR_DR | LSR_BI)
             self.receive_fifo.clear()
+            self.timeout_pending = False
+            if self.timeout_at is not None:
+                self._set_timeout(None)
         if value & FCR_CLEAR_TRANSMIT:
             self.lsr |= LSR_THRE
             self.thr_pending = True
@@ -190,13 +264,21 @@ class Uart16550:
     def _pull_input(self) -> None:
         if self.mcr & MCR_LOOPBACK:
             return               # in loopback the receiver hears only the transmitter
+        received = False
         while self._room() > 0:
             byte = self.console.read_byte()
             if byte is None:
-                return
-            self._receive(byte)
+                break
+            self._store(byte)
+            received = True
+        if received:
+            self._received()
 
     def _receive(self, byte: int) -> None:
+        self._store(byte)
+        self._received()
+
+    def _store(self, byte: int) -> None:
         if self.fifo_enabled:
             if len(self.receive_fifo) >= FIFO_DEPTH:
                 self.lsr |= LSR_OE
@@ -207,6 +289,12 @@ class Uart16550:
                 self.lsr |= LSR_OE
             self.rbr = byte
         self.lsr |= LSR_DR
+
+    def _received(self) -> None:
+        """What QEMU's serial_receive1 does once for the bytes its chardev hands over together:
+        the character timeout set from now, the interrupt line updated."""
+        if self.fifo_enabled:
+            self._restart_timeout()
         self._update_irq()
 
     def _read_receiver(self) -> int:
@@ -214,6 +302,9 @@ class Uart16550:
             value = self.receive_fifo.popleft() if self.receive_fifo else 0
             if not self.receive_fifo:
                 self.lsr &= ~(LSR_DR | LSR_BI)
+            else:
+                self._restart_timeout()     # bytes left: four more character times for them
+            self.timeout_pending = False
         else:
             value = self.rbr
             self.lsr &= ~(LSR_DR | LSR_BI)
@@ -225,6 +316,10 @@ class Uart16550:
     def _update_irq(self) -> None:
         if self.ier & IER_RLSI and self.lsr & LSR_INT_ANY:
             pending = IIR_RLSI
+        elif self.ier & IER_RDI and self.timeout_pending:
+            # (the receive interrupt's enable masks the timeout too: QEMU's note says real
+            # chips do, whatever the data sheet says)
+            pending = IIR_CHARACTER_TIMEOUT
         elif (self.ier & IER_RDI and self.lsr & LSR_DR
               and (not self.fifo_enabled or len(self.receive_fifo) >= self.trigger_level)):
             pending = IIR_RDI

@@ -94,7 +94,8 @@ class ExecutionMode(ABC):
 
     def end_run_after_mmio(self) -> None:
         """Called from inside a guest's MMIO access (an APIC write that raised INTR or moved the
-        APIC timer's next event): end the current run after this instruction if the mode can do
+        APIC timer's next event), or a port access that set a device's deadline (a UART's
+        character timeout): end the current run after this instruction if the mode can do
         it without stopping the engine inside the access (a stop there makes the engine run the
         access again); otherwise the run ends at its next exit or event, as here."""
 

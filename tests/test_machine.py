@@ -2,7 +2,7 @@
 
 import struct
 
-from tests.guests import EXIT, PUTS, run_source
+from tests.guests import EXIT, EXIT0, PUTS, idt_setup, pic_pair, qemu_recorded, run_source
 from vmm.exits import ExitReason, StopReason
 
 
@@ -135,3 +135,18 @@ def test_a_run_collects_its_long_lived_heap_rarely_and_gives_the_thresholds_back
         gc.set_threshold(*before)
     assert result.reason is StopReason.DEBUG_EXIT and result.guest_value == 3
     assert during and set(during) == {RUN_COLLECTOR_THRESHOLDS} and after == (123, 4, 5)
+
+
+# The guest's first write to a timer chip brings time into use inside a run without a count:
+# direct and vt end that run from the I/O hook, and the engine stops at the block's next memory
+# access with EIP at the block's start, which the hook had seen later (lidt wrote EIP back).
+# The run began again there and the OUT to COM1 between ran twice ("AA"; QEMU prints "A").
+FIRST_CHIP_WRITE = "    mov esp, 0x90000\n" + idt_setup({0x24: "com1"}) + pic_pair(0xef, 0xff) + """
+    mov dx, 0x3f8
+    mov al, 0x41
+    out dx, al
+    mov dword ptr [0x5000], 1
+""" + EXIT0 + "com1:\n    iretd\n"
+
+test_io_after_the_first_chip_write_runs_once, test_io_after_the_first_chip_write_runs_once_under_qemu = \
+    qemu_recorded(FIRST_CHIP_WRITE, b"A")

@@ -310,8 +310,12 @@ class DirectMode(ExecutionMode):
         """Where a run stopped from an I/O hook really ended. Unicorn 2.1.1 honours the stop
         at the next instruction that touches memory in the same engine block, abandoning it
         with EIP left at the block's start (tests/test_engine.py pins this): when EIP is that
-        start, it is the first memory-touching instruction after the I/O one, if any."""
-        if check is None or eip != check[0]:
+        start, it is the first memory-touching instruction after the I/O one, if any. The hook
+        saw EIP as the engine last wrote it back, which may be later in the block than its start
+        (an instruction with a helper, as lidt, writes it back): EIP before it, with straight-line
+        code from there to it, is that block's start too (the first PIC write of a guest, which
+        brings time into use, once ran the I/O after it twice: the run began again at the block)."""
+        if check is None or (eip != check[0] and not self._straight_line_to(eip, check[0])):
             return eip
         block_start, dx, port, size, out = check
         seen_io = False
@@ -331,6 +335,19 @@ class DirectMode(ExecutionMode):
             elif insn.group(CS_GRP_JUMP) or insn.group(CS_GRP_CALL) or insn.group(CS_GRP_RET):
                 break
         return eip
+
+    def _straight_line_to(self, start: int, target: int) -> bool:
+        """Whether straight-line code from `start` reaches `target` (no jump, call or return
+        before it): both are in one engine block."""
+        if target <= start:
+            return False
+        for address, code, _length in self._instructions_from(start):
+            if address >= target:
+                return address == target
+            insn = decode(code, address)
+            if insn is None or insn.group(CS_GRP_JUMP) or insn.group(CS_GRP_CALL) or insn.group(CS_GRP_RET):
+                return False
+        return False
 
     # -- debugger: a code hook per breakpoint, the engine's count for single steps ---------------
     def _sync_breakpoints(self, _address) -> None:

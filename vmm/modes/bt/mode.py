@@ -47,7 +47,7 @@ from vmm.shadow_paging import ShadowPaging
 from vmm.guest_paging import GuestPaging, PagingOff
 from vmm.guest_view import GuestView
 from vmm.memory import PageFault, UnbackedAccess, mapped_global
-from vmm.monitor_layout import (ARENA_OFFSET, ARENA_SIZE, ARENA_SLOT_SIZE, ARENA_SLOTS, DEFAULT_TCACHE_BLOCKS,
+from vmm.monitor_layout import (ARENA_OFFSET, ARENA_SIZE, ARENA_SLOT_SIZE, DEFAULT_TCACHE_BLOCKS, MAX_TCACHE_BLOCKS,
                                 LOOKUP_OFFSET, LOOKUP_SIZE, MONITOR_LINEAR, PROFILE_OFFSET, PROFILE_SIZE, SCRATCH_OFFSET, SCRATCH_SIZE,
                                 SHADOW_GDT_OFFSET, SHADOW_GDT_SIZE, SHADOW_LDT_OFFSET, SHADOW_LDT_SIZE,
                                 VCPU_OFFSET, VCPU_PRIVILEGED_OFFSET, VCPU_PRIVILEGED_SIZE, VCPU_SIZE)
@@ -116,10 +116,11 @@ class BinaryTranslationMode(ExecutionMode):
         area(PROFILE_OFFSET, PROFILE_SIZE, PROT_READ | PROT_WRITE)
         self.real_cr3 = tables.root_address      # the engine's CR3: the identity map, or a shadow
         self.scratch_view = memory.monitor_view(SCRATCH_OFFSET, SCRATCH_SIZE)
-        arena = CodeArena(arena_address, memory.monitor_view(ARENA_OFFSET, ARENA_SIZE), ARENA_SLOT_SIZE, ARENA_SLOTS)
-        assert arena.allocate() == ONE_SHOT_SLOT
+        # (the arena's first slot, reserved, is the one-shot slot: ONE_SHOT_SLOT)
+        arena = CodeArena(arena_address, memory.monitor_view(ARENA_OFFSET, ARENA_SIZE), ARENA_SLOT_SIZE,
+                          reserved=ONE_SHOT_SLOT + 1)
         self.cache = TranslationCache(engine, arena, memory.monitor_view(LOOKUP_OFFSET, LOOKUP_SIZE),
-                                      min(self.capacity, ARENA_SLOTS - 1), self._protect_page, MONITOR_LINEAR,
+                                      min(self.capacity, MAX_TCACHE_BLOCKS), self._protect_page, MONITOR_LINEAR,
                                       memory.monitor_view(PROFILE_OFFSET, PROFILE_SIZE), PROFILE_OFFSET)
         self.decoder = Decoder(lambda linear, size: self._quiet_view.fetch_code(linear, size))
         # The per-block instruction count (the budget prologue) is emitted only while someone

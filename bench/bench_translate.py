@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import hashlib
 import io
 import pstats
 import sys
@@ -70,6 +71,56 @@ def run(image: Path, max_insns: int, tcache: int, profile: bool) -> dict:
     return figures
 
 
+def replay(image: Path, max_insns: int, rounds: int, profile: bool) -> dict:
+    """Run to max_insns, then translate the cached blocks again `rounds` times (not into the
+    cache): the translator's cost alone on a fixed set of real blocks, and a digest of what it
+    makes (code, exits, pc map), which a change that must keep the output equal must keep."""
+    from vmm.memory import PageFault, UnbackedAccess
+    config = MachineConfig(image=str(image), mode="bt", mem_mib=256, append="console=ttyS0",
+                           max_instructions=max_insns)
+    vm, _image = build_machine(config, BufferConsole())
+    vm.run()
+    mode = vm.mode
+    keys = []
+    for block in mode.cache.blocks():
+        key = block.key
+        if not block.guest.instructions:
+            continue
+        try:      # only blocks of the address space the run stopped in
+            if key.physical != (mode.paging.code_address((key.cs_base + key.eip) & 0xFFFFFFFF)
+                                if mode.paging.on else -1):
+                continue
+        except (PageFault, UnbackedAccess):
+            continue
+        keys.append(key)
+    keys.sort(key=lambda key: (key.physical, key.eip, key.single_step, key.segment_bases, key.cs_base))
+    profiler = cProfile.Profile() if profile else None
+    digest = hashlib.sha256()
+    started = time.process_time()
+    if profiler is not None:
+        profiler.enable()
+    for round_number in range(rounds):
+        for key in keys:
+            guest, translation, _ranges = mode.translation_for(key)
+            if round_number == 0:
+                digest.update(bytes(translation.code))
+                digest.update(repr([(site.kind.value, site.offset, site.guest_eip, site.branch)
+                                    for site in translation.exits]).encode())
+                digest.update(repr([(entry.offset, entry.guest_eip, entry.restore)
+                                    for entry in translation.pc_map]).encode())
+    if profiler is not None:
+        profiler.disable()
+    spent = time.process_time() - started
+    figures = {"blocks": len(keys), "instructions": sum(len(mode.cache.translated(key).guest.instructions)
+                                                         for key in keys),
+               "seconds": spent, "digest": digest.hexdigest()[:16]}
+    if profiler is not None:
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(40)
+        figures["profile"] = text.getvalue()
+    return figures
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", type=Path, default=KERNEL)
@@ -77,10 +128,22 @@ def main(argv=None) -> int:
     parser.add_argument("--tcache-size", type=int, default=None, help="cache capacity in blocks (default: bt's)")
     parser.add_argument("--sizes", default=None, help="comma-separated capacities: one run each")
     parser.add_argument("--profile", action="store_true", help="cProfile translation alone")
+    parser.add_argument("--replay", type=int, default=0, metavar="ROUNDS",
+                        help="translate the blocks cached at --max-insns again ROUNDS times (CPU time, digest)")
     args = parser.parse_args(argv)
     if not args.image.exists():
         print(f"bench: {args.image} is missing (see ../shared/guests/linux/README.md)", file=sys.stderr)
         return 2
+    if args.replay:
+        figures = replay(args.image, args.max_insns, args.replay, args.profile)
+        per_round = figures["seconds"] / args.replay
+        print(f"replayed {figures['blocks']} blocks ({figures['instructions']} instructions) x {args.replay}: "
+              f"{per_round / max(figures['blocks'], 1) * 1e6:.1f} us/block, "
+              f"{per_round / max(figures['instructions'], 1) * 1e6:.1f} us/insn (CPU time); "
+              f"output digest {figures['digest']}")
+        if args.profile:
+            print(figures["profile"])
+        return 0
     sizes = [int(size) for size in args.sizes.split(",")] if args.sizes else [args.tcache_size]
     print(f"{'tcache':>6} {'blocks':>7} {'insns':>8} {'us/block':>8} {'us/insn':>7} {'xlate s':>7} "
           f"{'evictions':>9} {'wall s':>7}  exit")

@@ -29,7 +29,7 @@ from typing import Optional
 from cache.arena import CodeArena
 from cache.tcache import BlockKey, TranslatedBlock, TranslationCache
 from translator.decoder import BlockEnd, Decoder, GuestBlock
-from translator.emitter import INLINE_CACHE_ENTRIES, Emitter, ExitKind, UnsupportedForm
+from translator.emitter import INLINE_CACHE_ENTRIES, Emitter, ExitKind, Translation, UnsupportedForm
 from translator.layout import REAL_IOPL, MonitorAddresses
 from vmm.cpu import GuestCpu
 from vmm.emulate import UnsupportedInstruction
@@ -347,6 +347,19 @@ class BinaryTranslationMode(ExecutionMode):
             breakpoints |= {(linear - key.cs_base) & 0xFFFFFFFF for linear in guest}
         if key.eip in breakpoints:
             return self.cache.add(key, GuestBlock(key.eip, end=BlockEnd.BRANCH), self.emitter.breakpoint(key.eip))
+        guest, translation, ranges = self.translation_for(key, breakpoints)
+        block = self.cache.add(key, guest, translation, ranges)
+        if self.chaining and not key.single_step:
+            self._link_within_page(block)
+        if self.tracer.in_asm or self.tracer.out_asm:
+            self.tracer.translated(guest, translation, block.host)
+        return block
+
+    def translation_for(self, key: BlockKey, breakpoints: frozenset = frozenset()
+                        ) -> tuple[GuestBlock, Translation, Optional[tuple]]:
+        """The block at `key` decoded (ending before `breakpoints`) and translated, and where its
+        bytes are (_ranges), not yet in the cache (bench/bench_translate.py --replay translates
+        cached keys again with it)."""
         limit, predictions = (1 if key.single_step else 32), INLINE_CACHE_ENTRIES
         self_check = False      # on a page the guest writes often: ends after stores, checks its bytes
         while True:     # a block that does not fit a slot is shortened, a lone indirect branch
@@ -362,17 +375,11 @@ class BinaryTranslationMode(ExecutionMode):
                                                  segment_bases=key.segment_bases, code_base=key.cs_base,
                                                  self_check=self_check, inline_timestamp=self._inline_timestamp())
             if len(translation.code) <= ARENA_SLOT_SIZE or (len(guest.instructions) <= 1 and not predictions):
-                break
+                return guest, translation, ranges
             if len(guest.instructions) > 1:
                 limit = len(guest.instructions) // 2
             else:
                 predictions //= 2
-        block = self.cache.add(key, guest, translation, ranges)
-        if self.chaining and not key.single_step:
-            self._link_within_page(block)
-        if self.tracer.in_asm or self.tracer.out_asm:
-            self.tracer.translated(guest, translation, block.host)
-        return block
 
     def _link_within_page(self, block: TranslatedBlock) -> None:
         """Chain a new block's static exits at once to blocks already translated on its own first

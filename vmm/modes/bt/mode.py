@@ -361,11 +361,15 @@ class BinaryTranslationMode(ExecutionMode):
         bytes are (_ranges), not yet in the cache (bench/bench_translate.py --replay translates
         cached keys again with it)."""
         limit, predictions = (1 if key.single_step else 32), INLINE_CACHE_ENTRIES
-        self_check = False      # on a page the guest writes often: ends after stores, checks its bytes
+        # On a page the guest writes often the block ends after stores and checks its bytes: known
+        # before decoding when its first byte is on one, after it when only a later byte is.
+        first_frame = (key.physical if key.physical != -1 else (key.cs_base + key.eip) & 0xFFFFFFFF) // PAGE_SIZE
+        self_check = first_frame in self.cache.self_checking
+        guest = None
         while True:     # a block that does not fit a slot is shortened, a lone indirect branch
             guest = self.decoder.decode_block(key.eip, limit=limit, stop_before=breakpoints,   # predicts less
                                               base=key.cs_base, end_after_store=self_check,
-                                              data_bases=key.segment_bases)
+                                              data_bases=key.segment_bases, again=guest)
             ranges = self._ranges(guest)
             if not self_check and self.cache.checks_itself(guest, ranges):
                 self_check = True

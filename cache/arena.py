@@ -30,6 +30,9 @@ class CodeArena:
         self._free[self.top_order].update(range(reserved * slot_size, self.size - slot_size + 1, slot_size))
         self._allocated: dict[int, int] = {}
         self.free_bytes = len(self._free[self.top_order]) * slot_size
+        # Granules code was ever written to: the engine can hold translations of its own only
+        # there (the rest was never executed), so a block placed elsewhere needs no invalidation.
+        self._written = bytearray(self.size // GRANULE)
 
     @staticmethod
     def order_for(size: int) -> int:
@@ -74,9 +77,16 @@ class CodeArena:
         """The engine address of reserved slot `slot`."""
         return self.base + slot * self.slot_size
 
+    def never_written(self, address: int, size: int) -> bool:
+        """Whether no code was ever written to [address, address + size)."""
+        offset = address - self.base
+        return 1 not in self._written[offset // GRANULE:(offset + size - 1) // GRANULE + 1]
+
     def write(self, address: int, data: bytes) -> None:
         offset = address - self.base
         self.view[offset:offset + len(data)] = data
+        first, last = offset // GRANULE, (offset + len(data) - 1) // GRANULE + 1
+        self._written[first:last] = b"\x01" * (last - first)
 
     def read(self, address: int, size: int) -> bytes:
         offset = address - self.base

@@ -214,8 +214,11 @@ class TranslationCache:
             struct.pack_into("<I", self.counters_view, number * 4, 0)
             for offset in translation.counter_fixups:
                 struct.pack_into("<I", code, offset, self.counters_base + number * 4)
+        piece = self.arena.piece_size(host)
+        stale = not self.arena.never_written(host, piece)     # (the engine may hold a translation there)
         self.arena.write(host, code)
-        self.engine.invalidate_code(host, host + self.arena.piece_size(host))
+        if stale:
+            self.engine.invalidate_code(host, host + piece)
         self._blocks[key] = block
         self._by_host[host] = block
         for index, site in enumerate(translation.exits):

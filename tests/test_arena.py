@@ -57,3 +57,31 @@ def test_the_arena_holds_as_many_blocks_of_average_code_as_the_cache_numbers():
 def test_a_slot_size_that_is_not_a_power_of_two_of_granules_is_refused():
     with pytest.raises(ValueError):
         CodeArena(BASE, memoryview(bytearray(4096)), 3 * GRANULE)
+
+
+class _Engine:
+    """The engine as the cache sees it: only what it invalidates."""
+    def __init__(self) -> None:
+        self.invalidated = []
+
+    def invalidate_code(self, begin: int, end: int) -> None:
+        self.invalidated.append((begin, end))
+
+
+def test_a_block_placed_where_no_code_ever_was_costs_no_engine_invalidation():
+    """Each invalidation counts toward the engine's full flush of its own translations
+    (vmm/engine.py, flush_before_full): a piece never written cannot hold one, a reused piece can."""
+    from cache.tcache import BlockKey, TranslationCache
+    from translator.decoder import GuestBlock
+    from translator.emitter import Translation
+    from translator.layout import LOOKUP_ENTRIES, LOOKUP_ENTRY_SIZE
+    engine = _Engine()
+    cache = TranslationCache(engine, arena(4 * ARENA_SLOT_SIZE), memoryview(bytearray(LOOKUP_ENTRIES * LOOKUP_ENTRY_SIZE)),
+                             2, lambda page, on: None, BASE)
+    first = cache.add(BlockKey(0x1000), GuestBlock(0x1000), Translation(code=bytearray(b"\xCC" * 100)))
+    cache.add(BlockKey(0x2000), GuestBlock(0x2000), Translation(code=bytearray(b"\xCC" * 100)))
+    assert engine.invalidated == []
+    third = cache.add(BlockKey(0x3000), GuestBlock(0x3000), Translation(code=bytearray(b"\xCC" * 100)))
+    assert not first.alive and third.host == first.host          # the evicted block's piece, reused
+    assert engine.invalidated == [(third.host, third.host + 128)]
+    assert cache.block_at(third.host + 99) is third and cache.block_at(third.host + 128) is not third

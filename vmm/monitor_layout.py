@@ -24,9 +24,9 @@ ARENA_SLOT_SIZE = 256                    # (not the 5-byte exit slot: translator
 ARENA_SIZE = 0x800000                    # 8 MiB
 # The cache's capacity in blocks (--tcache-size), each numbered for its --profile counter (one u32
 # a block). The default is the largest: the arena, not the count, bounds the cache then (blocks
-# average about 105 bytes of code, pieces about 130). With fixed 256-byte slots (32,767 blocks)
-# the Linux boot to its power-off translated 106,858 blocks and evicted 67,404: most of its
-# translations were of blocks evicted before.
+# average about 105 bytes of code, their pieces about 135). The Linux boot to its power-off, with
+# fixed 256-byte slots (32,767 blocks): 106,858 translations for 78,890 distinct keys, 67,404
+# evictions; with pieces: 83,812 translations, 13,549 evictions, about 63,000 blocks cached.
 MAX_TCACHE_BLOCKS = 65535
 DEFAULT_TCACHE_BLOCKS = MAX_TCACHE_BLOCKS
 

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 from lru import LRU
 
-from cache.arena import CodeArena
+from cache.arena import GRANULE, CodeArena
 from translator.decoder import GuestBlock
 from translator.emitter import EXIT_SLOT_SIZE, INT3, UNLINKED_SLOT, WINDOW_SITE_DISARMED, ExitKind, ExitSite, Translation
 from translator.layout import LOOKUP_ENTRIES, LOOKUP_ENTRY_SIZE
@@ -62,7 +62,7 @@ def frames_of(ranges) -> set[int]:
 class TranslatedBlock:
     key: BlockKey
     guest: GuestBlock
-    slot: int
+    number: int                                 # 1..capacity, its --profile counter's index
     host: int                                   # engine address of the translated code
     translation: Translation
     links: dict[int, "TranslatedBlock"] = field(default_factory=dict)       # exit index -> target
@@ -108,8 +108,8 @@ class TranslationCache:
     def __init__(self, engine, arena: CodeArena, lookup_view: memoryview, capacity: int,
                  protect_page: Callable[[int, bool], None], host_base: int,
                  counters_view: Optional[memoryview] = None, counters_base: int = 0) -> None:
-        if not 1 <= capacity <= arena.count:
-            raise ValueError(f"capacity {capacity} outside 1..{arena.count}")
+        if capacity < 1 or counters_view is not None and (capacity + 1) * 4 > len(counters_view):
+            raise ValueError(f"capacity {capacity} outside 1..{len(counters_view) // 4 - 1}")
         self.engine = engine
         self.arena = arena
         self.capacity = capacity
@@ -118,9 +118,11 @@ class TranslationCache:
         # Lookup-table entries hold a translation's address as an offset from host_base (the
         # monitor's base, which translated code keeps in r15 and adds back).
         self.host_base = host_base
-        self.counters_view, self.counters_base = counters_view, counters_base   # one u32 per slot
+        # --profile: one u32 per block number (0 is the one-shot slot's, which counts nothing)
+        self.counters_view, self.counters_base = counters_view, counters_base
         self._blocks = LRU(capacity)
-        self._by_slot: dict[int, TranslatedBlock] = {}
+        self._numbers = list(range(capacity, 0, -1))      # free block numbers, lowest last
+        self._by_host: dict[int, TranslatedBlock] = {}    # engine address of its code -> block
         self._pages: dict[int, set[TranslatedBlock]] = collections.defaultdict(set)
         self.self_checking: set[int] = set()       # pages not protected: their blocks check themselves
         self._code_page_stores: collections.Counter = collections.Counter()
@@ -150,7 +152,7 @@ class TranslationCache:
         self._lookup_pages: dict[int, set[int]] = collections.defaultdict(set)   # guest page -> offsets
         self._lookup_table_cleared = False       # once cleared whole, only installed entries need it
         self.windows_armed = False
-        # --profile: a block's counter lives in its arena slot, which a removal frees. remove()
+        # --profile: a block's counter goes with its number, which a removal frees. remove()
         # first adds the count to removed_executions and passes (block, count) to on_remove
         # (vmm/audit.py attributes it to the block's instructions), so no execution is lost.
         self.removed_executions = 0
@@ -176,8 +178,15 @@ class TranslationCache:
         return list(self._blocks.values())
 
     def block_at(self, host_address: int) -> Optional[TranslatedBlock]:
-        slot = self.arena.slot_of(host_address)
-        return self._by_slot.get(slot) if slot is not None else None
+        """The block whose code piece holds `host_address`. Pieces start on granules and are at
+        most a slot long, and never overlap: the nearest start at or below the address decides."""
+        by_host = self._by_host
+        start = host_address - (host_address - self.arena.base) % GRANULE
+        for candidate in range(start, start - self.arena.slot_size, -GRANULE):
+            block = by_host.get(candidate)
+            if block is not None:
+                return block if host_address < candidate + self.arena.piece_size(candidate) else None
+        return None
 
     def site_at(self, host_address: int) -> Optional[tuple[TranslatedBlock, int]]:
         return self._sites.get(host_address)
@@ -190,22 +199,28 @@ class TranslationCache:
         if len(translation.code) > self.arena.slot_size:
             raise ValueError(f"translation of {guest.address:#x} is {len(translation.code)} bytes, "
                              f"slot is {self.arena.slot_size}")
-        while len(self._blocks) >= self.capacity or self.arena.free_slots == 0:
-            _key, victim = self._blocks.peek_last_item()
-            self.remove(victim, "capacity")
-            self.counters["evictions"] += 1
-        slot = self.arena.allocate()
-        block = TranslatedBlock(key, guest, slot, self.arena.address(slot), translation,
+        while len(self._blocks) >= self.capacity:
+            self._evict_least_recently_used()
+        host = self.arena.allocate(len(translation.code))
+        while host is None:          # the arena is full: room is made as the capacity makes it
+            self._evict_least_recently_used()
+            host = self.arena.allocate(len(translation.code))
+        number = self._numbers.pop()
+        block = TranslatedBlock(key, guest, number, host, translation,
                                 ranges=byte_ranges(guest, ranges), linear_pages=frozenset(guest.pages))
-        code = bytearray(translation.code)
+        code = translation.code
         if translation.counter_fixups:
-            struct.pack_into("<I", self.counters_view, slot * 4, 0)
+            code = bytearray(code)
+            struct.pack_into("<I", self.counters_view, number * 4, 0)
             for offset in translation.counter_fixups:
-                struct.pack_into("<I", code, offset, self.counters_base + slot * 4)
-        self.arena.write(block.host, bytes(code))
-        self.engine.invalidate_code(block.host, block.host + self.arena.slot_size)
+                struct.pack_into("<I", code, offset, self.counters_base + number * 4)
+        piece = self.arena.piece_size(host)
+        stale = not self.arena.never_written(host, piece)     # (the engine may hold a translation there)
+        self.arena.write(host, code)
+        if stale:
+            self.engine.invalidate_code(host, host + piece)
         self._blocks[key] = block
-        self._by_slot[slot] = block
+        self._by_host[host] = block
         for index, site in enumerate(translation.exits):
             self._sites[block.host + site.offset] = (block, index)
             if site.kind is ExitKind.INTERRUPT_WINDOW:
@@ -223,6 +238,11 @@ class TranslationCache:
         self.counters["instructions_translated"] += len(guest.instructions)
         self.counters["bytes_translated"] += len(translation.code)
         return block
+
+    def _evict_least_recently_used(self) -> None:
+        _key, victim = self._blocks.peek_last_item()
+        self.remove(victim, "capacity")
+        self.counters["evictions"] += 1
 
     def stop_self_checking(self) -> None:
         """Every page goes back to write protection (the caller flushes the cache: the pages are
@@ -315,7 +335,7 @@ class TranslationCache:
     def remove(self, block: TranslatedBlock, cause: str) -> None:
         """Evict or invalidate, in a fixed order: unlink everything chained to it, then what it
         chains to, drop it from the lookup table, the key map, the page index and the site map,
-        and only then free its slot for reuse."""
+        and only then free its code piece and number for reuse."""
         if not block.alive:
             return
         for source, index in list(block.incoming):
@@ -335,13 +355,14 @@ class TranslationCache:
             self._sites.pop(block.host + site.offset, None)
             self._window_sites.discard(block.host + site.offset)
         executions = self.executions(block)
-        if executions is not None:        # --profile: keep the count before the slot is freed
+        if executions is not None:        # --profile: keep the count before the number is reused
             self.removed_executions += executions
             if self.on_remove is not None:
                 self.on_remove(block, executions)
         block.alive = False
-        del self._by_slot[block.slot]
-        self.arena.release(block.slot)
+        del self._by_host[block.host]
+        self.arena.release(block.host)
+        self._numbers.append(block.number)
         self.events.append(("evicted" if cause == "capacity" else "invalidated", block.guest.address, cause))
         self.counters["events"] += 1          # the deque keeps the last 4096
         if cause != "capacity":
@@ -381,7 +402,7 @@ class TranslationCache:
         """How often the block ran (--profile), counted by the translated code itself."""
         if not block.translation.counter_fixups:
             return None
-        return struct.unpack_from("<I", self.counters_view, block.slot * 4)[0]
+        return struct.unpack_from("<I", self.counters_view, block.number * 4)[0]
 
     def page_has_code(self, page: int) -> bool:
         return bool(self._pages.get(page))

@@ -211,3 +211,34 @@ def test_every_sensitive_unprivileged_rule_is_a_hole_and_every_privileged_one_tr
             assert not traps_when_deprivileged(rule), name
         if rule.category is C.PRIVILEGED:
             assert traps_when_deprivileged(rule), name
+
+
+def test_mov_is_classified_by_opcode_as_its_register_operands_say():
+    """classify() tells a mov of a control or debug register by its opcode (0F 20-23), without
+    parsing operands: for every ModRM byte of every mov opcode (and the 0F 24-27 neighbours)
+    the rule is the one the operands' registers give (the rule before the shortcut)."""
+    from capstone import x86_const as X
+    from translator.x86decode import decode
+    control = {getattr(X, f"X86_REG_CR{n}") for n in range(16)}
+    debug = {getattr(X, f"X86_REG_DR{n}") for n in range(16)}
+    checked = 0
+    for opcode in [bytes([0x0F, second]) for second in range(0x20, 0x28)] + \
+            [bytes([first]) for first in (0x88, 0x89, 0x8A, 0x8B, 0x8C, 0x8E, 0xC6, 0xC7)]:
+        for modrm in range(256):
+            insn = decode(opcode + bytes([modrm]) + b"\x78\x56\x34\x12\x01\x02\x03\x04", 0x1000)
+            if insn is None or insn.id != X.X86_INS_MOV:
+                continue
+            registers = {op.reg for op in insn.operands if op.type == X.X86_OP_REG}
+            rule = classify(insn)
+            if registers & control:
+                assert rule.procedure.value == ("read_control_register" if opcode == b"\x0F\x20"
+                                                else "write_control_register"), insn
+            elif registers & debug:
+                assert rule.procedure.value == "debug_register", insn
+            elif opcode in (b"\x8C", b"\x8E"):
+                assert rule.procedure.value == ("read_segment_register" if opcode == b"\x8C"
+                                                else "load_segment_register"), insn
+            else:
+                assert rule.handling is Handling.COPY, insn
+            checked += 1
+    assert checked > 2400

@@ -222,14 +222,19 @@ class Decoder:
 
     def decode_block(self, address: int, limit: int = DEFAULT_BLOCK_LIMIT,
                      stop_before: frozenset = frozenset(), base: int = 0,
-                     end_after_store: bool = False, data_bases: tuple = (0, 0, 0)) -> GuestBlock:
+                     end_after_store: bool = False, data_bases: tuple = (0, 0, 0),
+                     again: Optional[GuestBlock] = None) -> GuestBlock:
         """The block at EIP `address` of a code segment based at `base`. `stop_before`:
         addresses (debugger breakpoints) no block may run into; a block ends before one of them
         (falling through to a block that starts there). `end_after_store`: the block checks its
         own bytes at entry, so it ends after an instruction that may store into itself
         (may_store): after any store but one to a fixed address outside the block (through
-        DS/ES/SS based at `data_bases`)."""
-        block = self._decode_block(address, limit, stop_before, base, end_after_store, data_bases)
+        DS/ES/SS based at `data_bases`). `again`: a block just decoded from the same bytes (one
+        too long for its slot, or found to need the self-check): its instructions are taken as
+        they are, only those past it are fetched and decoded (the translator's retries decoded
+        every block twice: a third of the decoding of the Linux boot)."""
+        known = {instruction.address: instruction for instruction in again.instructions} if again else None
+        block = self._decode_block(address, limit, stop_before, base, end_after_store, data_bases, known)
         if end_after_store:
             index = store_into_itself(block, data_bases)
             if index is not None:                    # it stores into the block: ends it
@@ -238,13 +243,18 @@ class Decoder:
         return block
 
     def _decode_block(self, address: int, limit: int, stop_before: frozenset, base: int,
-                      end_after_store: bool, data_bases: tuple) -> GuestBlock:
+                      end_after_store: bool, data_bases: tuple, known: Optional[dict] = None) -> GuestBlock:
         block = GuestBlock(address, base=base)
         page = (base + address) // PAGE_SIZE
         current = address
         stream = None                  # the instructions of the page from `current` on
         while True:
-            insn = next(stream, None) if stream is not None else None
+            instruction = known.get(current) if known else None
+            if instruction is not None:
+                insn = instruction.insn
+                stream = None          # (a stream goes on where the known ones end)
+            else:
+                insn = next(stream, None) if stream is not None else None
             if insn is None:           # (the first, the page's end, or bytes that stop decoding)
                 stream = self._stream(current, base, limit)
                 if stream is None:
@@ -265,7 +275,8 @@ class Decoder:
                 # the window site after it, so that the interrupt lands after sti's shadow.
                 block.end = BlockEnd.WINDOW
                 return block
-            instruction = GuestInstruction(insn, classify(insn))
+            if instruction is None:
+                instruction = GuestInstruction(insn, classify(insn))
             block.instructions.append(instruction)
             current = instruction.end
             if instruction.rule.ends_block:

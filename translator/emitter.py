@@ -268,6 +268,7 @@ class Emitter:
     def __init__(self, addresses: MonitorAddresses) -> None:
         self.areas = addresses
         self._bases = {"ds": 0, "es": 0, "ss": 0, "cs": 0}
+        self._any_base = False         # (flat segments, the common case: no operand needs a base)
 
     # -- block ---------------------------------------------------------------------------------
     def breakpoint(self, address: int) -> Translation:
@@ -294,6 +295,7 @@ class Emitter:
         self._inline_timestamp = inline_timestamp and budget
         self._bases = dict(zip(("ds", "es", "ss"), segment_bases))
         self._bases["cs"] = code_base
+        self._any_base = any(self._bases.values())
         out = Translation()
         self._predictions = predictions
         self._owner = block.address
@@ -396,7 +398,7 @@ class Emitter:
 
     def _needs_base(self, insn) -> bool:
         """Whether a memory operand of the instruction goes through a DS/ES/SS with a base."""
-        if insn.id == X.X86_INS_LEA:
+        if not self._any_base or insn.id == X.X86_INS_LEA:
             return False
         return any(self._bases.get(self._segment_of(insn, op)) for op in insn.operands if op.type == X.X86_OP_MEM)
 

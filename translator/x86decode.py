@@ -79,6 +79,7 @@ _X86_SIZE = ctypes.sizeof(_x86.CsX86)
 _X86 = struct.Struct("<4s4sBBBB4xqIb3xIIII?3xIQB")          # prefix .. op_count
 _OPERAND = struct.Struct("<I4xIIIiqBB2xI?")                  # type, value (as mem), size, access, avx
 _OPERANDS_OFFSET, _OPERAND_SIZE = _x86.CsX86.operands.offset, ctypes.sizeof(_x86.X86Op)
+_OP_COUNT_OFFSET = _x86.CsX86.op_count.offset
 _ENCODING = struct.Struct("<BBBBB")
 _ENCODING_OFFSET = _x86.CsX86.encoding.offset
 assert (_X86.size, _OPERAND.size) == (_x86.CsX86.op_count.offset + 1, _x86.X86Op.avx_zero_opmask.offset + 1)
@@ -105,10 +106,12 @@ class Operand:
         self.mem = MemoryOperand(segment, base, index, scale, disp)
 
 
-# The x86 detail fields, as CsInsn names them; read from the detail bytes at first use.
+# The x86 detail fields, as CsInsn names them; read from the detail bytes at first use, the
+# operands apart from the rest: most instructions the translator copies need only the encoding
+# fields (relocation reads modrm_offset and modrm), and the operand objects cost the most.
 _DETAIL_FIELDS = frozenset({"prefix", "opcode", "rex", "addr_size", "modrm", "sib", "disp", "sib_index",
                             "sib_scale", "sib_base", "xop_cc", "sse_cc", "avx_cc", "avx_sae", "avx_rm",
-                            "eflags", "fpu_flags", "operands", "modrm_offset", "disp_offset", "disp_size",
+                            "eflags", "fpu_flags", "modrm_offset", "disp_offset", "disp_size",
                             "imm_offset", "imm_size"})
 
 
@@ -157,15 +160,23 @@ class Instruction:
             raise AttributeError("no detail")
         (prefix, opcode, self.rex, self.addr_size, self.modrm, self.sib, self.disp, self.sib_index,
          self.sib_scale, self.sib_base, self.xop_cc, self.sse_cc, self.avx_cc, self.avx_sae, self.avx_rm,
-         flags, count) = _X86.unpack_from(data)
+         flags, _count) = _X86.unpack_from(data)
         self.prefix, self.opcode = list(prefix), list(opcode)
         self.eflags = self.fpu_flags = flags
-        self.operands = [Operand(data, _OPERANDS_OFFSET + k * _OPERAND_SIZE) for k in range(count)]
         (self.modrm_offset, self.disp_offset, self.disp_size, self.imm_offset,
          self.imm_size) = _ENCODING.unpack_from(data, _ENCODING_OFFSET)
 
+    def _parse_operands(self) -> None:
+        data = self._detail
+        if data is None:
+            raise AttributeError("no detail")
+        self.operands = [Operand(data, _OPERANDS_OFFSET + k * _OPERAND_SIZE) for k in range(data[_OP_COUNT_OFFSET])]
+
     def __getattr__(self, name: str):
         # (only for names not set yet: a detail field before the parse, or CsInsn's others)
+        if name == "operands":
+            self._parse_operands()
+            return self.operands
         if name in _DETAIL_FIELDS:
             self._parse_detail()
             return object.__getattribute__(self, name)

@@ -29,7 +29,7 @@ from typing import Optional
 from cache.arena import CodeArena
 from cache.tcache import BlockKey, TranslatedBlock, TranslationCache
 from translator.decoder import BlockEnd, Decoder, GuestBlock
-from translator.emitter import INLINE_CACHE_ENTRIES, Emitter, ExitKind, UnsupportedForm
+from translator.emitter import INLINE_CACHE_ENTRIES, Emitter, ExitKind, Translation, UnsupportedForm
 from translator.layout import REAL_IOPL, MonitorAddresses
 from vmm.cpu import GuestCpu
 from vmm.emulate import UnsupportedInstruction
@@ -47,7 +47,7 @@ from vmm.shadow_paging import ShadowPaging
 from vmm.guest_paging import GuestPaging, PagingOff
 from vmm.guest_view import GuestView
 from vmm.memory import PageFault, UnbackedAccess, mapped_global
-from vmm.monitor_layout import (ARENA_OFFSET, ARENA_SIZE, ARENA_SLOT_SIZE, ARENA_SLOTS, DEFAULT_TCACHE_BLOCKS,
+from vmm.monitor_layout import (ARENA_OFFSET, ARENA_SIZE, ARENA_SLOT_SIZE, DEFAULT_TCACHE_BLOCKS, MAX_TCACHE_BLOCKS,
                                 LOOKUP_OFFSET, LOOKUP_SIZE, MONITOR_LINEAR, PROFILE_OFFSET, PROFILE_SIZE, SCRATCH_OFFSET, SCRATCH_SIZE,
                                 SHADOW_GDT_OFFSET, SHADOW_GDT_SIZE, SHADOW_LDT_OFFSET, SHADOW_LDT_SIZE,
                                 VCPU_OFFSET, VCPU_PRIVILEGED_OFFSET, VCPU_PRIVILEGED_SIZE, VCPU_SIZE)
@@ -116,10 +116,11 @@ class BinaryTranslationMode(ExecutionMode):
         area(PROFILE_OFFSET, PROFILE_SIZE, PROT_READ | PROT_WRITE)
         self.real_cr3 = tables.root_address      # the engine's CR3: the identity map, or a shadow
         self.scratch_view = memory.monitor_view(SCRATCH_OFFSET, SCRATCH_SIZE)
-        arena = CodeArena(arena_address, memory.monitor_view(ARENA_OFFSET, ARENA_SIZE), ARENA_SLOT_SIZE, ARENA_SLOTS)
-        assert arena.allocate() == ONE_SHOT_SLOT
+        # (the arena's first slot, reserved, is the one-shot slot: ONE_SHOT_SLOT)
+        arena = CodeArena(arena_address, memory.monitor_view(ARENA_OFFSET, ARENA_SIZE), ARENA_SLOT_SIZE,
+                          reserved=ONE_SHOT_SLOT + 1)
         self.cache = TranslationCache(engine, arena, memory.monitor_view(LOOKUP_OFFSET, LOOKUP_SIZE),
-                                      min(self.capacity, ARENA_SLOTS - 1), self._protect_page, MONITOR_LINEAR,
+                                      min(self.capacity, MAX_TCACHE_BLOCKS), self._protect_page, MONITOR_LINEAR,
                                       memory.monitor_view(PROFILE_OFFSET, PROFILE_SIZE), PROFILE_OFFSET)
         self.decoder = Decoder(lambda linear, size: self._quiet_view.fetch_code(linear, size))
         # The per-block instruction count (the budget prologue) is emitted only while someone
@@ -349,12 +350,29 @@ class BinaryTranslationMode(ExecutionMode):
             breakpoints |= {(linear - key.cs_base) & 0xFFFFFFFF for linear in guest}
         if key.eip in breakpoints:
             return self.cache.add(key, GuestBlock(key.eip, end=BlockEnd.BRANCH), self.emitter.breakpoint(key.eip))
+        guest, translation, ranges = self.translation_for(key, breakpoints)
+        block = self.cache.add(key, guest, translation, ranges)
+        if self.chaining and not key.single_step:
+            self._link_within_page(block)
+        if self.tracer.in_asm or self.tracer.out_asm:
+            self.tracer.translated(guest, translation, block.host)
+        return block
+
+    def translation_for(self, key: BlockKey, breakpoints: frozenset = frozenset()
+                        ) -> tuple[GuestBlock, Translation, Optional[tuple]]:
+        """The block at `key` decoded (ending before `breakpoints`) and translated, and where its
+        bytes are (_ranges), not yet in the cache (bench/bench_translate.py --replay translates
+        cached keys again with it)."""
         limit, predictions = (1 if key.single_step else 32), INLINE_CACHE_ENTRIES
-        self_check = False      # on a page the guest writes often: ends after stores, checks its bytes
+        # On a page the guest writes often the block ends after stores and checks its bytes: known
+        # before decoding when its first byte is on one, after it when only a later byte is.
+        first_frame = (key.physical if key.physical != -1 else (key.cs_base + key.eip) & 0xFFFFFFFF) // PAGE_SIZE
+        self_check = first_frame in self.cache.self_checking
+        guest = None
         while True:     # a block that does not fit a slot is shortened, a lone indirect branch
             guest = self.decoder.decode_block(key.eip, limit=limit, stop_before=breakpoints,   # predicts less
                                               base=key.cs_base, end_after_store=self_check,
-                                              data_bases=key.segment_bases)
+                                              data_bases=key.segment_bases, again=guest)
             ranges = self._ranges(guest)
             if not self_check and self.cache.checks_itself(guest, ranges):
                 self_check = True
@@ -364,17 +382,11 @@ class BinaryTranslationMode(ExecutionMode):
                                                  segment_bases=key.segment_bases, code_base=key.cs_base,
                                                  self_check=self_check, inline_timestamp=self._inline_timestamp())
             if len(translation.code) <= ARENA_SLOT_SIZE or (len(guest.instructions) <= 1 and not predictions):
-                break
+                return guest, translation, ranges
             if len(guest.instructions) > 1:
                 limit = len(guest.instructions) // 2
             else:
                 predictions //= 2
-        block = self.cache.add(key, guest, translation, ranges)
-        if self.chaining and not key.single_step:
-            self._link_within_page(block)
-        if self.tracer.in_asm or self.tracer.out_asm:
-            self.tracer.translated(guest, translation, block.host)
-        return block
 
     def _link_within_page(self, block: TranslatedBlock) -> None:
         """Chain a new block's static exits at once to blocks already translated on its own first

@@ -51,7 +51,8 @@ def _module_list(text: str) -> list[str]:
 
 
 def _cache_size(text: str) -> int:
-    """'4096' is a block count; '2M', '512K' or '65536B' are bytes of translated code."""
+    """'4096' is a block count; '2M', '512K' or '65536B' are bytes of translated code, a block
+    counted at the largest size one can have (its code in the arena takes at most that)."""
     units = {"B": 1, "K": 1 << 10, "M": 1 << 20}
     try:
         if text[-1:].upper() in units:
@@ -80,7 +81,8 @@ def add_guest_arguments(group) -> None:
                             "QEMU's PC (default); 'stop' ends the run at the first access (memory_fault, 121)")
     group.add_argument("--tcache-size", type=_cache_size, default=None, metavar="BLOCKS|BYTES",
                        help=f"translation cache capacity: a block count, or bytes with K/M suffix "
-                            f"({ARENA_SLOT_SIZE} bytes a block; default {DEFAULT_TCACHE_BLOCKS} blocks)")
+                            f"(counted at {ARENA_SLOT_SIZE} bytes, the largest block; default "
+                            f"{DEFAULT_TCACHE_BLOCKS} blocks)")
 
 
 def guest_config(args, image: str, mode: str, **more) -> MachineConfig:

@@ -148,8 +148,15 @@ class TranslationCache:
         # full flush (CR4.PGE, CR0, CR4 changes) break them. A Linux context switch broke and
         # relinked every cross-page link of its kernel (global) code.
         self._global_links: dict[int, set[tuple[TranslatedBlock, int]]] = collections.defaultdict(set)
-        self._lookup_installed: set[int] = set()         # entry offsets installed since the last clear
+        # Lookup-table entries installed since the last clear: of blocks in pages the guest maps
+        # global (`global_block`, the mode's: a CR3 load keeps those, as the CPU keeps global TLB
+        # entries; a Linux context switch emptied the table of its kernel's return targets and
+        # each came back through a miss), and of the others; the linear page of each.
+        self.global_block: Callable[[TranslatedBlock], bool] = lambda block: False
+        self._lookup_installed: set[int] = set()         # entry offsets, not global
+        self._global_lookups: set[int] = set()           # entry offsets, global
         self._lookup_pages: dict[int, set[int]] = collections.defaultdict(set)   # guest page -> offsets
+        self._lookup_page_of: dict[int, int] = {}        # entry offset -> its guest page
         self._lookup_table_cleared = False       # once cleared whole, only installed entries need it
         self.windows_armed = False
         # --profile: a block's counter goes with its number, which a removal frees. remove()
@@ -446,10 +453,10 @@ class TranslationCache:
                 for source, index in list(by_page.get(linear_page, ())):
                     self.unlink(source, index)
         if page is None:
-            self.clear_lookup_table()
+            self.clear_lookup_table(keep_global)
         else:
             for offset in self._lookup_pages.pop(page, ()):
-                self._clear_lookup_entry(offset)
+                self._forget_lookup(offset)
         self.counters["mapping_changes"] += 1
 
     def flush(self, cause: str) -> None:
@@ -471,25 +478,43 @@ class TranslationCache:
         self._write_code(address, bytes([INT3]) + WINDOW_SITE_DISARMED[1:] if armed else WINDOW_SITE_DISARMED)
 
     # -- the lookup table (probed by translated code) ------------------------------------------
-    def clear_lookup_table(self) -> None:
+    def clear_lookup_table(self, keep_global: bool = False) -> None:
         """Empty entries hold a tag whose low 16 bits differ from their index: never a hit. Only
         the entries installed since the last clear are reset, unless most of the table is; with
         none installed since, nothing is (a guest switching address spaces in a loop without an
-        indirect branch had the whole 512 KiB rewritten at each CR3 load: 20 us a switch)."""
-        if self._lookup_table_cleared and not self._lookup_installed:
-            return
-        if len(self._lookup_installed) > LOOKUP_ENTRIES // 16 or not self._lookup_table_cleared:
-            self.lookup_view[:] = _empty_lookup_table()
-        else:
+        indirect branch had the whole 512 KiB rewritten at each CR3 load: 20 us a switch).
+        `keep_global`: a CR3 load, which leaves the entries of blocks in global pages."""
+        if keep_global:
             for offset in self._lookup_installed:
                 self._clear_lookup_entry(offset)
+                self._lookup_pages[self._lookup_page_of.pop(offset)].discard(offset)
+            self._lookup_installed = set()
+            return
+        installed = self._lookup_installed | self._global_lookups
+        if self._lookup_table_cleared and not installed:
+            return
+        if len(installed) > LOOKUP_ENTRIES // 16 or not self._lookup_table_cleared:
+            self.lookup_view[:] = _empty_lookup_table()
+        else:
+            for offset in installed:
+                self._clear_lookup_entry(offset)
         self._lookup_table_cleared = True
-        self._lookup_installed = set()
+        self._lookup_installed, self._global_lookups = set(), set()
         self._lookup_pages = collections.defaultdict(set)
+        self._lookup_page_of = {}
 
     def _clear_lookup_entry(self, offset: int) -> None:
         index = offset // LOOKUP_ENTRY_SIZE
         struct.pack_into("<II", self.lookup_view, offset, index ^ 1, 0)
+
+    def _forget_lookup(self, offset: int) -> None:
+        """Clear one installed entry and everything that says where it is."""
+        self._clear_lookup_entry(offset)
+        self._lookup_installed.discard(offset)
+        self._global_lookups.discard(offset)
+        page = self._lookup_page_of.pop(offset, None)
+        if page is not None:
+            self._lookup_pages[page].discard(offset)
 
     def _install_lookup(self, block: TranslatedBlock) -> None:
         """Tagged by the guest EIP (what translated code looks up); the entry belongs to the
@@ -499,17 +524,20 @@ class TranslationCache:
             return
         guest = block.guest.address
         offset = (guest & (LOOKUP_ENTRIES - 1)) * LOOKUP_ENTRY_SIZE
+        if offset in self._lookup_page_of:          # another block's entry goes
+            self._forget_lookup(offset)
         struct.pack_into("<II", self.lookup_view, offset, guest, block.host - self.host_base)
-        self._lookup_installed.add(offset)
-        self._lookup_pages[block.guest.linear // PAGE_SIZE].add(offset)
+        page = block.guest.linear // PAGE_SIZE
+        (self._global_lookups if self.global_block(block) else self._lookup_installed).add(offset)
+        self._lookup_pages[page].add(offset)
+        self._lookup_page_of[offset] = page
         self.counters["lookup_table_installs"] += 1
 
     def _remove_lookup(self, guest: int, host: int) -> None:
         offset = (guest & (LOOKUP_ENTRIES - 1)) * LOOKUP_ENTRY_SIZE
         tag, target = struct.unpack_from("<II", self.lookup_view, offset)
         if tag == guest and target == host - self.host_base:
-            index = guest & (LOOKUP_ENTRIES - 1)
-            struct.pack_into("<II", self.lookup_view, offset, index ^ 1, 0)
+            self._forget_lookup(offset)
 
     def install_lookup(self, block: TranslatedBlock) -> None:
         """Point the table entry for this block's guest address at it (after a colliding entry

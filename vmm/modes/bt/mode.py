@@ -122,6 +122,7 @@ class BinaryTranslationMode(ExecutionMode):
         self.cache = TranslationCache(engine, arena, memory.monitor_view(LOOKUP_OFFSET, LOOKUP_SIZE),
                                       min(self.capacity, MAX_TCACHE_BLOCKS), self._protect_page, MONITOR_LINEAR,
                                       memory.monitor_view(PROFILE_OFFSET, PROFILE_SIZE), PROFILE_OFFSET)
+        self.cache.global_block = self._global_block      # lookup entries a CR3 load keeps
         self.decoder = Decoder(lambda linear, size: self._quiet_view.fetch_code(linear, size))
         # The per-block instruction count (the budget prologue) is emitted only while someone
         # needs it: an instruction limit, or a guest that uses time (then from that moment on).

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import selectors
 import signal
 import subprocess
 import sys
+import time
+from typing import Optional
 
 from tests.samples import REPO_ROOT
 
@@ -20,6 +24,33 @@ def sigint_as_a_terminal_gives_it() -> None:
     inherit that; the monitor rightly honours an ignored SIGINT (as nohup'd programs do), so a
     suite started with `&` from a script saw every Ctrl-C test hang."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def type_when_ready(proc: subprocess.Popen, typed: bytes, timeout: float,
+                    settle: float = 0.0) -> tuple[bytes, Optional[float]]:
+    """Read what `proc` prints, up to its first newline; once it has printed exactly `R` (the
+    guest is in its loop), wait `settle` seconds and write `typed` to its stdin. Returns what
+    was read and the seconds from that write until `typed`'s first byte was printed back (None:
+    never)."""
+    output, typed_at, latency = b"", None, None
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        while b"\n" not in output and time.monotonic() < deadline:
+            if not selector.select(deadline - time.monotonic()):
+                break
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            output += chunk
+            if output == b"R":
+                time.sleep(settle)
+                typed_at = time.monotonic()
+                proc.stdin.write(typed)
+                proc.stdin.flush()
+            elif latency is None and typed_at is not None and typed[:1] in output[1:]:
+                latency = time.monotonic() - typed_at
+    return output, latency
 
 
 def sample_arguments(entry: dict) -> list[str]:

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
 import subprocess
 import sys
-import time
 
 import pytest
 
+from tests.cli import type_when_ready
 from tests.guests import HEX, idt_setup, needs_qemu, run_qemu_source, run_source
 from tests.samples import REPO_ROOT
 from tests.xv6 import Console, PROMPT, vmm_command, xv6_missing
@@ -98,23 +97,7 @@ def test_a_byte_typed_while_the_guest_spins_is_delivered_at_once(tmp_path, mode)
     proc = subprocess.Popen([sys.executable, "-m", "vmm", "run", str(guest), "--mode", mode, "--timeout", "60",
                              "--report", str(report)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env, cwd=REPO_ROOT)
-    output, latency = b"", None
-    with selectors.DefaultSelector() as selector:
-        selector.register(proc.stdout, selectors.EVENT_READ)
-        deadline = time.monotonic() + 60
-        while b"\n" not in output and time.monotonic() < deadline:
-            if not selector.select(deadline - time.monotonic()):
-                break
-            chunk = os.read(proc.stdout.fileno(), 4096)
-            if not chunk:
-                break
-            output += chunk
-            if output == b"R":
-                typed = time.monotonic()
-                proc.stdin.write(b"x")
-                proc.stdin.flush()
-            elif latency is None and b"x" in output:
-                latency = time.monotonic() - typed
+    output, latency = type_when_ready(proc, b"x", 60)
     rest, err = proc.communicate(timeout=60)
     output += rest
     assert (output, proc.returncode) == (SPIN_EXPECTED, 0), err.decode()

@@ -16,14 +16,32 @@ from vmm.builder import MachineConfig, build_machine
 from vmm.console import BufferConsole
 from vmm.exits import ExitReason, StopReason
 
-# Two page directories sharing one 4 MiB page of kernel (PSE): the guest switches between them.
-TWO_DIRECTORIES = """
-    mov dword ptr [0x10000], 0x83
-    mov dword ptr [0x11000], 0x83
+def _two_directories(entry: int = 0x83, cr4_bits: int = 0x10) -> str:
+    """Two page directories sharing one 4 MiB page of kernel (`entry`: PSE, and G where asked,
+    with CR4.PGE in `cr4_bits`): the guest switches between them."""
+    return f"""
+    mov esp, 0x90000
+    mov dword ptr [0x10000], {entry:#x}
+    mov dword ptr [0x11000], {entry:#x}
     mov eax, cr4
-    or eax, 0x10
+    or eax, {cr4_bits:#x}
     mov cr4, eax
 """ + paging_on(0x10000)
+
+
+def _switches(rounds: int, after_each: str = "") -> str:
+    """`rounds` CR3 loads, each between the two directories and followed by `after_each`; EAX
+    ends on the first directory, so the guest writes 0 to isa-debug-exit."""
+    return f"""
+    mov ecx, {rounds}
+    mov eax, 0x10000
+switch:
+    xor eax, 0x1000
+    mov cr3, eax
+{after_each}    dec ecx
+    jnz switch
+    sub eax, 0x10000
+""" + EXIT
 
 
 def test_a_cr3_switch_without_indirect_branches_leaves_the_lookup_table_alone(tmp_path, monkeypatch):
@@ -34,17 +52,7 @@ def test_a_cr3_switch_without_indirect_branches_leaves_the_lookup_table_alone(tm
     rewrites = []
     empty = cache.tcache._empty_lookup_table
     monkeypatch.setattr(cache.tcache, "_empty_lookup_table", lambda: rewrites.append(1) or empty())
-    source = TWO_DIRECTORIES + """
-    mov ecx, 400
-    mov eax, 0x10000
-switch:
-    xor eax, 0x1000
-    mov cr3, eax
-    dec ecx
-    jnz switch
-    sub eax, 0x10000
-""" + EXIT
-    result, _out, vm = run_source(tmp_path, source, mode="bt")
+    result, _out, vm = run_source(tmp_path, _two_directories() + _switches(400), mode="bt")
     assert (result.reason, result.guest_value) == (StopReason.DEBUG_EXIT, 0), result.message
     assert vm.exits[ExitReason.CALLOUT] >= 400
     assert len(rewrites) == 1, len(rewrites)          # the cache's first, empty table
@@ -52,32 +60,12 @@ switch:
 
 
 def _cr3_switches_with_returns(global_bit: int) -> str:
-    """TWO_DIRECTORIES with the kernel's 4 MiB page global or not (CR4.PGE on): 200 CR3 loads,
-    each followed by six calls of one function, whose `ret` has more targets than the inline
-    cache predicts, so it goes through the lookup table. EAX ends on the first directory: the
-    guest writes 0 to isa-debug-exit, as under QEMU (recorded: exit status 1, the value 0)."""
-    entry = 0x83 | global_bit
-    return f"""
-    mov esp, 0x90000
-    mov dword ptr [0x10000], {entry:#x}
-    mov dword ptr [0x11000], {entry:#x}
-    mov eax, cr4
-    or eax, 0x90
-    mov cr4, eax
-""" + paging_on(0x10000) + """
-    mov ecx, 200
-    mov eax, 0x10000
-switch:
-    xor eax, 0x1000
-    mov cr3, eax
-""" + "    call function\n" * 6 + """
-    dec ecx
-    jnz switch
-    sub eax, 0x10000
-""" + EXIT + """
-function:
-    ret
-"""
+    """The two directories with the kernel's 4 MiB page global or not (CR4.PGE on): 200 CR3
+    loads, each followed by six calls of one function, whose `ret` has more targets than the
+    inline cache predicts, so it goes through the lookup table. As under QEMU (recorded: exit
+    status 1, the value 0)."""
+    return (_two_directories(0x83 | global_bit, 0x90) + _switches(200, "    call function\n" * 6)
+            + "function:\n    ret\n")
 
 
 @pytest.mark.parametrize("global_bit", [0x100, 0])
@@ -240,7 +228,7 @@ def test_decoded_descriptors_are_those_a_fresh_decode_gives():
 # Callouts serviced inside the engine's interrupt hook (vmm/modes/bt/dispatch.py,
 # _callout_in_hook): segment loads, invlpg, cpuid and CR3 loads in a loop, each exact, none
 # leaving the engine; the run loop sees them as callouts all the same.
-IN_HOOK_LOOP = flat_gdt(0x6000) + TWO_DIRECTORIES + """
+IN_HOOK_LOOP = flat_gdt(0x6000) + _two_directories() + """
     mov esp, 0x90000
     mov ecx, 300
     xor esi, esi

@@ -10,13 +10,12 @@ InterruptPlatform.deadline_moved): the guests here, in every mode, print what qe
 from __future__ import annotations
 
 import os
-import selectors
 import subprocess
 import sys
-import time
 
 import pytest
 
+from tests.cli import type_when_ready
 from tests.guests import (EXIT, EXIT0, HEX, MODES, QEMU_PLATFORM, idt_setup, needs_qemu, pic_pair,
                           run_qemu_source, run_source)
 from tests.samples import REPO_ROOT
@@ -239,21 +238,7 @@ def type_after_r(command: list[str]) -> bytes:
     in hlt by then, idle until input comes), return all it printed."""
     proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
-    output = b""
-    with selectors.DefaultSelector() as selector:
-        selector.register(proc.stdout, selectors.EVENT_READ)
-        deadline = time.monotonic() + 20
-        while b"\n" not in output and time.monotonic() < deadline:
-            if not selector.select(deadline - time.monotonic()):
-                break
-            chunk = os.read(proc.stdout.fileno(), 4096)
-            if not chunk:
-                break
-            output += chunk
-            if output == b"R":
-                time.sleep(0.5)
-                proc.stdin.write(TYPED)
-                proc.stdin.flush()
+    output, _latency = type_when_ready(proc, TYPED, 20, settle=0.5)
     rest, _err = proc.communicate(timeout=60)
     return output + rest
 

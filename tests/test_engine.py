@@ -706,3 +706,27 @@ def test_a_collected_engine_stops_gating_at_once_and_leaves_the_gate_table_at_th
     other.keep_code_coherent()
     assert gate._engines.get(uc, (None,))[0] != slot or uc == other._uc._uch.value
     assert not gate._released
+
+
+def test_the_code_write_gate_reads_its_numbers_as_decimal_whatever_keystone_left_in_memory():
+    # The gate's stubs came from a bare Keystone instance, which now and then reads bare numbers
+    # as hex (Keystone never initialises its radix: vmm/loaders/assembly.py): "add r10, 32" became
+    # 0x32, "shr rax, 12" 0x12, and the monitor segfaulted at a guest's first store into a page
+    # of translated code (4 tests of a full suite, now and then, under trap and vt). Assembled
+    # again after a hex radix was left in Keystone's memory, the gate is the same code, stepping
+    # through its table 32 bytes at a time.
+    import ctypes
+
+    from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+    from keystone import KS_ARCH_X86, KS_MODE_32, KS_OPT_SYNTAX_INTEL, Ks
+    from vmm import engine as module
+    gate = module._code_write_gate()                  # the process's one gate
+    functions = {name: ctypes.cast(getattr(module._library, name), ctypes.c_void_p).value for name in module._GATED}
+    live = bytes(gate._code[:len(gate._assemble(functions))])
+    for _ in range(10):
+        leave_hex = Ks(KS_ARCH_X86, KS_MODE_32)
+        leave_hex.syntax = KS_OPT_SYNTAX_INTEL        # ks_option: its radix becomes 16
+        del leave_hex
+        assert gate._assemble(functions) == live
+    steps = [i.op_str for i in Cs(CS_ARCH_X86, CS_MODE_64).disasm(live, 0) if i.mnemonic == "add" and "r10" in i.op_str]
+    assert steps and set(steps) == {f"r10, {module._GATE_SLOT_SIZE:#x}"}, steps

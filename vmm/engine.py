@@ -305,7 +305,7 @@ class _CodeWriteGate:
             ctypes.c_uint64.from_address(self._got[name]).value = code_address + offset
 
     def _assemble(self, functions: dict[str, int]) -> bytes:
-        from keystone import KS_ARCH_X86, KS_MODE_64, Ks
+        from vmm.loaders.assembly import new_assembler      # radix-checked: its numbers are decimal
         table, slots, size = self._table_address, _GATE_SLOTS, _GATE_SLOT_SIZE
         find = (f"mov r10, {table:#x}\n mov ecx, {slots}\n"
                 "find: cmp qword ptr [r10 + {key}], rdi\n je found\n"
@@ -333,7 +333,7 @@ class _CodeWriteGate:
                      "found: mov rax, rsi\n shr rax, 12\n cmp rax, qword ptr [r10 + 24]\n jae original\n"
                      "mov r11, qword ptr [r10 + 16]\n cmp byte ptr [r11 + rax], 0\n je original\n"
                      f"mov rax, {unprotect_hook:#x}\n jmp rax\n")
-        assembler = Ks(KS_ARCH_X86, KS_MODE_64)
+        assembler = new_assembler(64)
         code, self._offsets = b"", []
         for source in (set_dirty, protect, unprotect):
             self._offsets.append(len(code))

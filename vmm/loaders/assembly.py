@@ -27,11 +27,14 @@ _shared = None
 _lock = threading.Lock()
 
 
-def new_assembler():
-    """A new 32-bit Intel-syntax Keystone instance that reads bare numbers as decimal."""
-    from keystone import KS_ARCH_X86, KS_MODE_32, Ks   # only images that need it pay the import
+def new_assembler(bits: int = 32):
+    """A new Intel-syntax Keystone instance (32- or 64-bit code) that reads bare numbers as
+    decimal. Every Keystone instance in the process must come from here (the engine's code-write
+    gate too, whose 64-bit instance once assembled "add r10, 32" as 0x32 now and then: a gate
+    that segfaulted the monitor at the guest's first store into translated code)."""
+    from keystone import KS_ARCH_X86, KS_MODE_32, KS_MODE_64, Ks   # only images that need it pay the import
     for _ in range(_MAX_INSTANCES):
-        assembler = Ks(KS_ARCH_X86, KS_MODE_32)
+        assembler = Ks(KS_ARCH_X86, KS_MODE_64 if bits == 64 else KS_MODE_32)
         if assembler.asm(_RADIX_PROBE, 0)[0] == _DECIMAL:
             return assembler
         _set_aside.append(assembler)

@@ -61,8 +61,8 @@ def _where(error: BaseException) -> str:
 # each), and what the monitor drops (an evicted block, a fault's traceback) goes by reference
 # counting or with the young objects, so the boot's peak memory was the same without them. A
 # run collects young objects in batches of 50,000 allocations and the whole heap only after 100
-# of the middle generation's collections (GC 15.0 s -> 3.9 s in that boot); the thresholds the
-# caller had come back when the run ends.
+# of the middle generation's collections (that boot: 15.0 s of GC -> 2.5 s in 102 collections,
+# none of them full); the thresholds the caller had come back when the run ends.
 RUN_COLLECTOR_THRESHOLDS = (50_000, 50, 100)
 
 

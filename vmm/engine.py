@@ -27,7 +27,7 @@ PINNED_UNICORN_VERSION = "2.1.1"
 # offsets do not check out: another build of Unicorn), it counts CODE_PER_INVALIDATION for each
 # invalidation instead: far more than the 0.8 KiB a Linux boot under bt measured (316 MiB of
 # code for 417,000 invalidations), so that estimate flushed that boot 400 times where the
-# measured fill flushes it 9 times (107 s of CPU against 135).
+# measured fill flushes it 28-30 times (107 s of CPU against 135, on a loaded machine).
 CODE_BUFFER_MIB = 64
 CODE_PER_INVALIDATION = 32 * 1024
 
@@ -640,13 +640,14 @@ class Engine:
         fields = self._code_fields
         if fields is None:
             tcg = ctypes.c_uint64.from_address(self._handle.value + _UC_TCG_CTX).value
-            candidate = (ctypes.c_uint64 * 5).from_address(tcg + _TCG_CODE_GEN_BUFFER) if tcg else None
-            if candidate is not None:
-                start, initial, initial_size, size, pointer = candidate
-                if not (initial_size == self.code_buffer_bytes and size <= initial_size
-                        and initial <= start <= pointer <= initial + initial_size):
-                    candidate = None
-            fields = self._code_fields = candidate if candidate is not None else False
+            if not tcg:
+                return None                   # (the engine has not set its TCG up yet: asked again later)
+            fields = (ctypes.c_uint64 * 5).from_address(tcg + _TCG_CODE_GEN_BUFFER)
+            start, initial, initial_size, size, pointer = fields
+            if not (initial_size == self.code_buffer_bytes and size <= initial_size
+                    and initial <= start <= pointer <= initial + initial_size):
+                fields = False
+            self._code_fields = fields
         if fields is False:
             return None
         return fields[4] - fields[0], fields[3]

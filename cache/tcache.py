@@ -510,6 +510,10 @@ class TranslationCache:
     def _forget_lookup(self, offset: int) -> None:
         """Clear one installed entry and everything that says where it is."""
         self._clear_lookup_entry(offset)
+        self._untrack_lookup(offset)
+
+    def _untrack_lookup(self, offset: int) -> None:
+        """Drop what says where an installed entry is (its set and its page)."""
         self._lookup_installed.discard(offset)
         self._global_lookups.discard(offset)
         page = self._lookup_page_of.pop(offset, None)
@@ -524,8 +528,8 @@ class TranslationCache:
             return
         guest = block.guest.address
         offset = (guest & (LOOKUP_ENTRIES - 1)) * LOOKUP_ENTRY_SIZE
-        if offset in self._lookup_page_of:          # another block's entry goes
-            self._forget_lookup(offset)
+        if offset in self._lookup_page_of:          # another block's entry goes (overwritten below)
+            self._untrack_lookup(offset)
         struct.pack_into("<II", self.lookup_view, offset, guest, block.host - self.host_base)
         page = block.guest.linear // PAGE_SIZE
         (self._global_lookups if self.global_block(block) else self._lookup_installed).add(offset)

@@ -115,8 +115,8 @@ class TranslatedCpu(VirtualSystemCpu):
         self.selectors = {name: engine.reg(name) for name in SEGMENT_NAMES}
         self.virtual_flags = engine.reg("eflags") & (IOPL_MASK | TF)
         self.bases = {"ds": 0, "es": 0, "ss": 0, "cs": 0}     # the boot GDT's segments are flat
-        # The descriptor each data segment register was last loaded from (load_segment): a
-        # reload of the same selector from the same bytes changes nothing anywhere.
+        # The descriptor each data and stack segment register was last loaded from (load_segment):
+        # a reload of the same selector from the same bytes changes nothing anywhere.
         self._loaded_from: dict[str, tuple[int, bytes]] = {}
         self.efer = 0           # the guest's EFER: the engine's holds the monitor's long mode
         self.kernel_gs_base = 0
@@ -220,7 +220,8 @@ class TranslatedCpu(VirtualSystemCpu):
             self.engine.set_reg(name, _real_selector(selector))
         else:
             self.engine.set_reg(name, 0)
-        self._loaded_from[name] = (selector, raw)
+        if name != "cs":
+            self._loaded_from[name] = (selector, raw)
         self._note_base(name, raw)
         self.selectors[name] = selector
         self.block.virtual_state_changed(self)
@@ -238,7 +239,7 @@ class TranslatedCpu(VirtualSystemCpu):
         self.mode.refresh_shadow(cs, cs_raw)
         self.mode.refresh_shadow(ss, ss_raw)
         self.selectors["cs"], self.selectors["ss"] = cs & 0xFFFF, ss & 0xFFFF
-        self._loaded_from["cs"], self._loaded_from["ss"] = (cs & 0xFFFF, cs_raw), (ss & 0xFFFF, ss_raw)
+        self._loaded_from["ss"] = (ss & 0xFFFF, ss_raw)
         self.engine.set_privilege(real_privilege(cpl), _real_selector(ss), code_selector(cpl))
         self._note_base("ss", ss_raw)
         self._note_base("cs", cs_raw)
